@@ -1,0 +1,10 @@
+"""`boneseg ensemble`."""
+from __future__ import annotations
+
+from boneseg.cli.app import app, not_implemented
+
+
+@app.command("ensemble", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ensemble_command() -> None:
+    """(not implemented yet)"""
+    not_implemented("ensemble")

@@ -1,0 +1,60 @@
+"""Shared terminal output: consoles, progress bars and tables."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+from rich.text import Text
+
+console = Console(stderr=True, highlight=False)
+"""Human-oriented output goes to stderr so stdout stays free for CSV/JSON."""
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+out_console = Console(highlight=False, soft_wrap=True)
+
+
+class _RateColumn(ProgressColumn):
+    """Items per second (``unit`` field, default "it") and an optional ``info`` field."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "it")
+        rate = f"{speed:.2f} {unit}/s" if speed else f"- {unit}/s"
+        info = task.fields.get("info", "")
+        return Text(f"{rate} {info}".rstrip(), style="cyan")
+
+
+def progress(transient: bool = False, disable: bool | None = None) -> Progress:
+    """A rich progress bar with count, rate and ETA (on stderr)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+        disable=bool(disable),
+    )
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
+    """A rich table from plain rows (floats shown with 4 decimals)."""
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(str(c), justify="right" if c not in columns[:1] else "left")
+    for row in rows:
+        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    return t
+
+
+def print_json(obj: Mapping | Sequence) -> None:
+    """Machine-readable JSON on stdout."""
+    import json
+
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,48 @@
+"""The project's exceptions: library code raises these, the CLI turns them into one-line errors."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class BonesegError(Exception):
+    """Base of every error the CLI reports as ``Error: <message>`` (exit code `exit_code`)."""
+
+    exit_code = 1
+
+
+class UsageError(BonesegError):
+    """A wrong option or option value (unknown name, impossible number)."""
+
+    exit_code = 2
+
+
+class DataError(BonesegError):
+    """Input data that cannot be used: missing or corrupt files, bad labels, broken RLE or CSV."""
+
+
+class OutputExistsError(BonesegError):
+    """An output already exists and ``--force`` was not given."""
+
+
+class CheckpointError(BonesegError):
+    """A checkpoint that cannot be loaded safely."""
+
+
+def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
+    """The valid `choices` ordered closest-first to `name` (all of them, best first)."""
+    choices = list(choices)
+    lower = {c.lower(): c for c in choices}
+    near = [lower[c] for c in difflib.get_close_matches(name.lower(), list(lower), n=n, cutoff=0.0)]
+    rest = [c for c in choices if c not in near]
+    return near + rest
+
+
+def suggest(name: str, choices: Iterable[str], show: int = 8) -> str:
+    """A ``"; did you mean …? valid: …"`` suffix for error messages."""
+    ordered = closest(name, choices)
+    if not ordered:
+        return ""
+    head = ", ".join(ordered[:show])
+    more = f", … ({len(ordered) - show} more)" if len(ordered) > show else ""
+    return f"; did you mean {ordered[0]!r}? valid (closest first): {head}{more}"
