@@ -1,10 +1,52 @@
-"""`boneseg check`."""
+"""`boneseg check`: validate a submission CSV."""
 from __future__ import annotations
 
-from boneseg.cli.app import app, not_implemented
+from pathlib import Path
+
+import typer
+
+from boneseg.cli.app import app
+from boneseg.cli.output import console, print_json
+from boneseg.errors import DataError, UsageError
 
 
-@app.command("check", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def check_command() -> None:
-    """(not implemented yet)"""
-    not_implemented("check")
+def parse_size(text: str) -> tuple[int, int]:
+    """``2048`` -> (2048, 2048); ``1024x2048`` -> (1024, 2048) as (height, width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise UsageError(f"--size {text!r}: expected a positive integer or HxW, e.g. 2048 or 2048x2048")
+    return parts[0], parts[1]
+
+
+@app.command("check")
+def check_command(
+    submission: Path = typer.Argument(..., help="Submission CSV to validate.", show_default=False),
+    images: Path = typer.Option(None, "--images", help="Image folder (or dataset root: its test/DCM) the "
+                                "submission must cover exactly.", show_default=False),
+    size: str = typer.Option("2048", "--size", help="Image size the RLE must fit: N or HxW."),
+    json_out: bool = typer.Option(False, "--json", help="Print {valid, images, problems} as JSON on stdout."),
+) -> None:
+    """Validate a submission: header, 29 known classes per image once each, well-formed RLE inside the
+    image, and (with --images) exactly that folder's images. Exit 0 when valid, 1 listing every problem."""
+    from boneseg.data.layout import find_images
+    from boneseg.submission import validate_submission
+
+    if not submission.is_file():
+        raise DataError(f"{submission}: file not found")
+    shape = parse_size(size)
+    names = [s.image_name for s in find_images(images)] if images is not None else None
+    problems = validate_submission(submission, shape, names)
+    if json_out:
+        print_json({"file": str(submission), "valid": not problems, "problems": problems})
+    elif problems:
+        for p in problems:
+            console.print(f"{submission}: {p}", markup=False)
+        console.print(f"[red]invalid[/red]: {len(problems)} problem(s)")
+    else:
+        console.print(f"[green]valid[/green]: {submission}")
+    raise typer.Exit(1 if problems else 0)

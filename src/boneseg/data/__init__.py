@@ -1,0 +1,1 @@
+"""The data layer: dataset layout, labels, masks and their cache, datasets, transforms, splits, synthesis."""

@@ -1,0 +1,205 @@
+"""Discover the competition layout: images, labels, patients, hand side and metadata.
+
+::
+
+    DATA/train/DCM/ID001/image1661130828152_R.png
+    DATA/train/outputs_json/ID001/image1661130828152_R.json
+    DATA/test/DCM/ID040/image1661319116107.png
+    DATA/meta_data.xlsx
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from boneseg.errors import DataError
+
+IMAGE_DIR, LABEL_DIR = "DCM", "outputs_json"
+IMAGE_SUFFIXES = (".png",)
+_PATIENT = re.compile(r"ID(\d+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One radiograph: `name` is its path relative to ``<split>/DCM`` (``ID001/image….png``)."""
+
+    name: str
+    image: Path
+    label: Path | None = None
+
+    @property
+    def image_name(self) -> str:
+        """The base name used in submissions."""
+        return Path(self.name).name
+
+    @property
+    def patient(self) -> str:
+        """The patient folder (``ID001``), or the parent folder name for other layouts."""
+        parent = Path(self.name).parent.name
+        return parent or Path(self.name).stem
+
+    @property
+    def suffix_side(self) -> str | None:
+        """``"L"``/``"R"`` from an ``_L``/``_R`` file-name suffix, else None."""
+        stem = Path(self.name).stem
+        return stem[-1].upper() if len(stem) > 2 and stem[-2] == "_" and stem[-1] in "LRlr" else None
+
+
+def _relative_images(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def discover(root: str | os.PathLike, split: str = "train", labels: bool | None = None,
+             skip_bad: bool = False) -> list[Sample]:
+    """Samples of ``root/<split>`` in sorted relative-path order.
+
+    With labels (default for ``train``), every image needs ``outputs_json/<same stem>.json`` and every
+    label an image; a mismatch is a `DataError` listing the files, unless `skip_bad` drops them.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    images_dir = root / split / IMAGE_DIR
+    if not images_dir.is_dir():
+        raise DataError(f"{root}: no {split}/{IMAGE_DIR} folder (expected the competition layout, see docs/data.md)")
+    names = _relative_images(images_dir)
+    if not names:
+        raise DataError(f"{images_dir}: no PNG images found")
+    want_labels = (split == "train") if labels is None else labels
+    if not want_labels:
+        return [Sample(n, images_dir / n) for n in names]
+    labels_dir = root / split / LABEL_DIR
+    if not labels_dir.is_dir():
+        raise DataError(f"{root}: no {split}/{LABEL_DIR} folder with the labels")
+    label_names = {p.relative_to(labels_dir).with_suffix("").as_posix()
+                   for p in labels_dir.rglob("*.json") if p.is_file()}
+    image_stems = {str(Path(n).with_suffix("").as_posix()) for n in names}
+    no_label = [n for n in names if str(Path(n).with_suffix("").as_posix()) not in label_names]
+    no_image = sorted(label_names - image_stems)
+    if (no_label or no_image) and not skip_bad:
+        parts = []
+        if no_label:
+            parts.append(f"{len(no_label)} image(s) without a label, e.g. {split}/{IMAGE_DIR}/{no_label[0]}")
+        if no_image:
+            parts.append(f"{len(no_image)} label(s) without an image, e.g. {split}/{LABEL_DIR}/{no_image[0]}.json")
+        raise DataError(f"{root}: " + "; ".join(parts) + " (use --skip-bad to leave them out)")
+    skip = set(no_label)
+    return [Sample(n, images_dir / n, labels_dir / Path(n).with_suffix(".json"))
+            for n in names if n not in skip]
+
+
+def find_images(path: str | os.PathLike) -> list[Sample]:
+    """Images to predict: a dataset root (its ``test/DCM``), any folder of PNGs (recursive), or one PNG."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"{path}: not a PNG image")
+        return [Sample(path.name, path)]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    if (path / "test" / IMAGE_DIR).is_dir():
+        return discover(path, "test", labels=False)
+    names = _relative_images(path)
+    if not names:
+        raise DataError(f"{path}: no PNG images found")
+    return [Sample(n, path / n) for n in names]
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An 8-bit grayscale image (H, W); unreadable or truncated files raise `DataError`."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    data = np.fromfile(path, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    if image is None:
+        raise DataError(f"{path}: unreadable or corrupt image")
+    return image
+
+
+def patient_number(patient: str) -> int | None:
+    """``ID001`` -> 1; None when the folder name carries no number."""
+    m = _PATIENT.fullmatch(patient) or _PATIENT.search(patient)
+    return int(m.group(1)) if m else None
+
+
+# -- metadata -------------------------------------------------------------------------------------
+
+_META_COLUMNS = {
+    "id": ("id",),
+    "age": ("나이", "age"),
+    "sex": ("성별", "sex", "gender"),
+    "weight": ("체중", "몸무게", "weight"),
+    "height": ("키", "신장", "height"),
+}
+
+
+def _clean_header(text: object) -> str:
+    return re.sub(r"_x[0-9a-fA-F]{4}_|[\s\x00-\x1f]", "", str(text)).lower()
+
+
+def read_meta(root: str | os.PathLike, path: str | os.PathLike | None = None):
+    """``meta_data.xlsx`` as a DataFrame indexed by patient (``ID001``) with columns age, sex ("M"/"F"),
+    weight, height (floats, NaN when missing). Korean or English headers; junk characters tolerated.
+    Returns None when the file does not exist.
+    """
+    import pandas as pd
+
+    path = Path(path) if path else Path(root) / "meta_data.xlsx"
+    if not path.exists():
+        return None
+    try:
+        raw = pd.read_excel(path) if path.suffix.lower() in (".xlsx", ".xls") else pd.read_csv(path)
+    except Exception as exc:  # openpyxl/pandas raise many types for broken files
+        raise DataError(f"{path}: cannot read metadata ({type(exc).__name__}: {exc})") from None
+    found: dict[str, str] = {}
+    for col in raw.columns:
+        key = _clean_header(col)
+        for name, aliases in _META_COLUMNS.items():
+            if name not in found and any(key.startswith(a) for a in aliases):
+                found[name] = col
+    if "id" not in found:
+        raise DataError(f"{path}: no ID column (columns: {', '.join(map(str, raw.columns))})")
+    out = pd.DataFrame(index=pd.Index([], name="patient"))
+    ids = pd.to_numeric(raw[found["id"]].astype(str).str.extract(r"(\d+)")[0], errors="coerce")
+    keep = ids.notna()
+    out = pd.DataFrame({"patient": [f"ID{int(i):03d}" for i in ids[keep]]})
+    for name in ("age", "weight", "height"):
+        col = raw.loc[keep, found[name]] if name in found else None
+        out[name] = (pd.to_numeric(col.astype(str).str.extract(r"(-?\d+(?:\.\d+)?)")[0], errors="coerce").values
+                     if col is not None else np.nan)
+    if "sex" in found:
+        sex = raw.loc[keep, found["sex"]].astype(str).str.replace(r"_x[0-9a-fA-F]{4}_", "", regex=True).str.strip()
+        out["sex"] = sex.map(lambda s: "M" if s[:1] in ("남", "M", "m") else "F" if s[:1] in ("여", "F", "f") else None).values
+    else:
+        out["sex"] = None
+    return out.drop_duplicates("patient").set_index("patient")
+
+
+# -- hand side ------------------------------------------------------------------------------------
+
+def side_from_polygons(polygons: dict[str, np.ndarray]) -> str | None:
+    """``"R"`` when the thumb (finger-1..3) lies left of the little finger (finger-16..19) in the image,
+    ``"L"`` when right of it, None when the labels do not tell."""
+    def mean_x(names):
+        xs = [polygons[n][:, 0].mean() for n in names if n in polygons and len(polygons[n])]
+        return float(np.mean(xs)) if xs else None
+
+    thumb = mean_x(("finger-1", "finger-2", "finger-3"))
+    little = mean_x(("finger-16", "finger-17", "finger-18", "finger-19"))
+    if thumb is None or little is None or thumb == little:
+        return None
+    return "R" if thumb < little else "L"
+
+
+def hand_side(sample: Sample, polygons: dict[str, np.ndarray] | None = None) -> str:
+    """``"R"``, ``"L"`` or ``"unknown"``: from the labels when given, else the ``_L``/``_R`` suffix."""
+    side = side_from_polygons(polygons) if polygons else None
+    return side or sample.suffix_side or "unknown"

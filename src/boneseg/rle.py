@@ -1,0 +1,151 @@
+"""Run-length encoding in the competition format.
+
+A mask is flattened row-major (C order) at the original image size; the RLE is a space-separated list
+of ``start length`` pairs with 1-based starts; an empty mask is the empty string.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from boneseg.errors import DataError
+
+__all__ = ["encode", "decode", "decode_into", "decode_stack", "fill_runs", "runs_from_mask", "parse", "format_runs", "runs_to_rle"]
+
+
+def runs_from_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """0-based run starts and exclusive ends of a 2-D mask, flattened row-major.
+
+    Works on the bounding rows/columns of the foreground only, so cost follows the object, not the
+    image; runs that wrap from one row's last column to the next row's first are merged.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
+    if mask.dtype != np.bool_:
+        mask = mask != 0
+    h, w = mask.shape
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        empty = np.empty(0, np.int64)
+        return empty, empty
+    r0, r1 = rows[0], rows[-1] + 1
+    band = mask[r0:r1]
+    cols = np.flatnonzero(band.any(axis=0))
+    c0, c1 = cols[0], cols[-1] + 1
+    crop = np.zeros((r1 - r0, c1 - c0 + 2), np.bool_)
+    crop[:, 1:-1] = band[:, c0:c1]
+    rr, cc = np.nonzero(crop[:, 1:] != crop[:, :-1])
+    flat = (rr.astype(np.int64) + r0) * w + (cc + c0)
+    starts, ends = flat[0::2], flat[1::2]
+    if c0 == 0 and c1 == w and starts.size > 1:  # a run touching the right edge continues on the next row
+        joined = ends[:-1] == starts[1:]
+        if joined.any():
+            starts = starts[np.concatenate(([True], ~joined))]
+            ends = ends[np.concatenate((~joined, [True]))]
+    return starts, ends
+
+
+def format_runs(starts: np.ndarray, lengths: np.ndarray) -> str:
+    """``start length`` pairs (starts 0-based on input, written 1-based)."""
+    if len(starts) == 0:
+        return ""
+    pairs = np.empty(2 * len(starts), np.int64)
+    pairs[0::2] = starts
+    pairs[0::2] += 1
+    pairs[1::2] = lengths
+    return " ".join(map(str, pairs.tolist()))
+
+
+def runs_to_rle(starts: np.ndarray, ends: np.ndarray) -> str:
+    """RLE text from 0-based starts and exclusive ends."""
+    return format_runs(starts, np.asarray(ends) - np.asarray(starts))
+
+
+def encode(mask: np.ndarray) -> str:
+    """RLE of a 2-D mask (any dtype; non-zero is foreground)."""
+    starts, ends = runs_from_mask(mask)
+    return runs_to_rle(starts, ends)
+
+
+def _is_empty(rle: object) -> bool:
+    if rle is None:
+        return True
+    if isinstance(rle, float) and math.isnan(rle):
+        return True
+    return isinstance(rle, str) and not rle.strip()
+
+
+def parse(rle: str | float | None, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Validated 0-based starts and exclusive ends of an RLE string.
+
+    Raises `DataError` for non-integer tokens, an odd count, starts < 1, lengths < 1, runs out of order
+    or overlapping, or (given `size` = height*width) runs past the end of the image.
+    """
+    if _is_empty(rle):
+        empty = np.empty(0, np.int64)
+        return empty, empty
+    if not isinstance(rle, str):
+        raise DataError(f"malformed RLE: expected text, got {type(rle).__name__}")
+    tokens = rle.split()
+    if len(tokens) % 2:
+        raise DataError(f"malformed RLE: odd number of values ({len(tokens)})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = np.fromstring(rle, dtype=np.int64, sep=" ")  # C parser; stops at the first bad token
+    except ValueError:
+        values = np.empty(0, np.int64)
+    if values.size != len(tokens) or not all(t.isdigit() and len(t) <= 18 for t in tokens):
+        bad = next((t for t in tokens if not t.isdigit() or len(t) > 18), tokens[0])
+        raise DataError(f"malformed RLE: {bad[:20]!r} is not a non-negative integer")
+    starts, lengths = values[0::2] - 1, values[1::2]
+    if starts.min() < 0:
+        raise DataError("malformed RLE: run starts must be >= 1")
+    if lengths.min() < 1:
+        raise DataError("malformed RLE: run lengths must be >= 1")
+    ends = starts + lengths
+    if starts.size > 1 and (starts[1:] < ends[:-1]).any():
+        i = int(np.flatnonzero(starts[1:] < ends[:-1])[0])
+        raise DataError(f"malformed RLE: run {i + 2} (start {starts[i + 1] + 1}) is out of order or overlaps "
+                        "the previous run")
+    if size is not None and ends[-1] > size:
+        raise DataError(f"malformed RLE: run ends at pixel {int(ends[-1])}, past the image's {size} pixels")
+    return starts, ends
+
+
+def fill_runs(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, value: object = True) -> None:
+    """Set ``flat[start:end] = value`` for every run (runs are few: one per object row)."""
+    for lo, hi in zip(starts.tolist(), ends.tolist()):
+        flat[lo:hi] = value
+
+
+def decode_into(out: np.ndarray, rle: str | float | None, clear: bool = True) -> np.ndarray:
+    """Decode `rle` into the contiguous 2-D boolean array `out`; returns `out`.
+
+    `clear=False` skips zeroing `out` (for buffers known to be empty, e.g. fresh `np.zeros`).
+    """
+    flat = out.reshape(-1)
+    starts, ends = parse(rle, flat.size)
+    if clear:
+        flat[:] = False
+    fill_runs(flat, starts, ends)
+    return out
+
+
+def decode(rle: str | float | None, shape: Sequence[int]) -> np.ndarray:
+    """Boolean mask of `shape` (height, width); empty/None/NaN give an empty mask."""
+    h, w = (int(s) for s in shape)
+    return decode_into(np.zeros((h, w), np.bool_), rle, clear=False)
+
+
+def decode_stack(rles: Sequence[str | float | None], shape: Sequence[int]) -> np.ndarray:
+    """Decode several RLEs (e.g. an image's 29 classes) into one ``(len(rles), H, W)`` bool array."""
+    h, w = (int(s) for s in shape)
+    out = np.zeros((len(rles), h, w), np.bool_)
+    for plane, rle in zip(out, rles):
+        decode_into(plane, rle, clear=False)
+    return out

@@ -1,0 +1,188 @@
+"""Submission CSVs: streaming writer, keyed reader and validator (``image_name,class,rle``)."""
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from boneseg import rle as rle_mod
+from boneseg.classes import CLASS_INDEX, CLASSES
+from boneseg.errors import BonesegError, DataError
+from boneseg.io import atomic_open
+
+HEADER = ("image_name", "class", "rle")
+
+
+class SubmissionWriter:
+    """Write a submission image by image; memory does not grow with the number of images.
+
+    Use as a context manager: the file appears (atomically) only when the block succeeds.
+    ``path`` ``-`` writes to standard output.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, force: bool = False):
+        self._ctx = atomic_open(path, "w", force=force)
+        self._fh: IO[str] | None = None
+        self.images = 0
+
+    def __enter__(self) -> "SubmissionWriter":
+        self._fh = self._ctx.__enter__()
+        self._fh.write(",".join(HEADER) + "\n")
+        return self
+
+    def __exit__(self, *exc) -> bool | None:
+        return self._ctx.__exit__(*exc)
+
+    def write_rles(self, image_name: str, rles: Sequence[str]) -> None:
+        """One image's 29 RLE strings, in class order."""
+        if len(rles) != len(CLASSES):
+            raise ValueError(f"{image_name}: expected {len(CLASSES)} RLEs, got {len(rles)}")
+        self._fh.write("".join(f"{image_name},{c},{r}\n" for c, r in zip(CLASSES, rles)))
+        self.images += 1
+
+    def write_masks(self, image_name: str, masks: np.ndarray) -> None:
+        """One image's (29, H, W) boolean masks at the original resolution."""
+        self.write_rles(image_name, [rle_mod.encode(m) for m in masks])
+
+
+@dataclass
+class Submission:
+    """A submission read into memory as text: RLEs keyed by (image_name, class)."""
+
+    path: Path
+    rles: dict[tuple[str, str], str] = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)
+
+    def image_rles(self, image: str) -> list[str]:
+        """The 29 RLEs of `image` in class order; a missing row is an error naming it."""
+        out = []
+        for c in CLASSES:
+            try:
+                out.append(self.rles[(image, c)])
+            except KeyError:
+                raise DataError(f"{self.path}: no row for image {image!r}, class {c!r}") from None
+        return out
+
+    def masks(self, image: str, shape: Sequence[int]) -> np.ndarray:
+        """(29, H, W) boolean masks of `image`; malformed RLE is an error naming file, image and class."""
+        out = np.zeros((len(CLASSES), *shape), np.bool_)
+        for i, (c, r) in enumerate(zip(CLASSES, self.image_rles(image))):
+            try:
+                rle_mod.decode_into(out[i], r, clear=False)
+            except DataError as exc:
+                raise DataError(f"{self.path}: image {image!r}, class {c!r}: {exc}") from None
+        return out
+
+
+def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each data row; checks the header."""
+    try:
+        fh = open(path, newline="", encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: empty file (expected header {','.join(HEADER)})")
+            header = [h.strip().lstrip("\ufeff") for h in header]
+            if tuple(header) != HEADER:
+                raise DataError(f"{path}: wrong header {','.join(header)!r} (expected {','.join(HEADER)})")
+            for row in reader:
+                yield reader.line_num, row
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not a readable CSV ({exc})") from None
+
+
+def read_submission(path: str | os.PathLike) -> Submission:
+    """Read a submission into a (image_name, class) -> RLE mapping (empty field = empty mask).
+
+    Raises `DataError` naming the file and row for a wrong header, a wrong field count, an unknown class,
+    a duplicate (image, class) row, or an image lacking some of the 29 classes. RLE text is checked
+    lazily, when decoded.
+    """
+    path = Path(path)
+    sub = Submission(path)
+    seen_images: dict[str, int] = {}
+    for line, row in _rows(path):
+        if len(row) != 3:
+            if not row:
+                continue
+            raise DataError(f"{path}: row {line}: expected 3 fields, got {len(row)}")
+        image, cls, text = row
+        if cls not in CLASS_INDEX:
+            from boneseg.errors import suggest
+            raise DataError(f"{path}: row {line}: unknown class {cls!r}{suggest(cls, CLASSES, 3)}")
+        key = (image, cls)
+        if key in sub.rles:
+            raise DataError(f"{path}: row {line}: duplicate row for image {image!r}, class {cls!r}")
+        sub.rles[key] = text
+        if image not in seen_images:
+            seen_images[image] = line
+            sub.images.append(image)
+    for image in sub.images:
+        missing = [c for c in CLASSES if (image, c) not in sub.rles]
+        if missing:
+            raise DataError(f"{path}: image {image!r} lacks {len(missing)} class row(s): {', '.join(missing[:5])}"
+                            + (", …" if len(missing) > 5 else ""))
+    return sub
+
+
+def validate_submission(path: str | os.PathLike, shape: Sequence[int] = (2048, 2048),
+                        images: Iterable[str] | None = None, limit: int = 1000) -> list[str]:
+    """Every problem found in a submission (empty list: valid), each naming its row.
+
+    Checks the header, field counts, class names, duplicates, that each image has all 29 classes, that
+    each RLE is integral, sorted, non-overlapping and inside an image of `shape`, and (given `images`,
+    base names) that exactly those images are present.
+    """
+    path = Path(path)
+    size = int(shape[0]) * int(shape[1])
+    problems: list[str] = []
+    seen: dict[tuple[str, str], int] = {}
+    per_image: dict[str, set[str]] = {}
+    try:
+        for line, row in _rows(path):
+            if len(problems) >= limit:
+                break
+            if len(row) != 3:
+                if row:
+                    problems.append(f"row {line}: expected 3 fields, got {len(row)}")
+                continue
+            image, cls, text = row
+            if not image:
+                problems.append(f"row {line}: empty image_name")
+            if cls not in CLASS_INDEX:
+                problems.append(f"row {line}: unknown class {cls!r}")
+            elif (image, cls) in seen:
+                problems.append(f"row {line}: duplicate of row {seen[(image, cls)]} ({image}, {cls})")
+            else:
+                seen[(image, cls)] = line
+                per_image.setdefault(image, set()).add(cls)
+            try:
+                rle_mod.parse(text, size)
+            except DataError as exc:
+                problems.append(f"row {line}: {image}, {cls}: {exc}")
+    except BonesegError as exc:
+        return [str(exc).removeprefix(f"{path}: ")]
+    for image, classes in per_image.items():
+        if len(classes) != len(CLASSES):
+            missing = [c for c in CLASSES if c not in classes]
+            problems.append(f"image {image}: missing class(es) {', '.join(missing)}")
+    if images is not None:
+        expected = set(images)
+        for name in sorted(expected - per_image.keys()):
+            problems.append(f"image {name}: in the image folder but not in the submission")
+        for name in sorted(per_image.keys() - expected):
+            problems.append(f"image {name}: in the submission but not in the image folder")
+    if not per_image and not problems:
+        problems.append("no rows")
+    return problems[:limit]

@@ -1,0 +1,48 @@
+import subprocess
+import sys
+
+import numpy as np
+from typer.testing import CliRunner
+
+from boneseg import __version__
+from boneseg.cli import app
+from boneseg.submission import SubmissionWriter
+
+COMMANDS = "synth eda split train predict tta pseudo ensemble analyze check demo".split()
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "boneseg", *args], capture_output=True, text=True)
+
+
+def test_help_lists_every_command_and_version():
+    res = CliRunner().invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for c in COMMANDS:
+        assert c in res.output
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and __version__ in res.output
+    for c in COMMANDS:
+        assert CliRunner().invoke(app, [c, "--help"]).exit_code == 0, c
+
+
+def test_error_path_is_one_line_without_traceback(tmp_path):
+    res = run("check", str(tmp_path / "missing.csv"))
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [f"Error: {tmp_path / 'missing.csv'}: file not found"]
+    assert "Traceback" not in res.stderr
+    res = run("--debug", "check", str(tmp_path / "missing.csv"))
+    assert "Traceback" in res.stderr and res.returncode == 1
+
+
+def test_check_command(tmp_path):
+    path = tmp_path / "sub.csv"
+    with SubmissionWriter(path) as w:
+        w.write_masks("a.png", np.random.default_rng(0).random((29, 16, 16)) > 0.5)
+    assert run("check", str(path), "--size", "16").returncode == 0
+    res = run("check", str(path), "--size", "8")
+    assert res.returncode == 1 and "past the image" in res.stderr
+    res = run("check", str(path), "--size", "abc")
+    assert res.returncode == 2 and res.stderr.startswith("Error: --size 'abc'")
+    res = run("check", str(path), "--size", "16", "--json")
+    assert res.returncode == 0 and '"valid": true' in res.stdout

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from boneseg import rle
+from boneseg.errors import DataError
+
+
+def notebook_encode(mask):
+    pixels = np.concatenate([[0], mask.flatten(), [0]])
+    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(str(x) for x in runs)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (16, 16), (3, 40), (40, 3)])
+def test_round_trip_random(shape):
+    rng = np.random.default_rng(sum(shape))
+    for p in (0.0, 0.1, 0.5, 0.9, 1.0):
+        mask = rng.random(shape) < p
+        text = rle.encode(mask)
+        assert text == notebook_encode(mask.astype(np.uint8))
+        assert np.array_equal(rle.decode(text, shape), mask)
+
+
+def test_empty_full_and_corners():
+    shape = (4, 6)
+    assert rle.encode(np.zeros(shape, bool)) == ""
+    assert rle.encode(np.ones(shape, bool)) == "1 24"
+    m = np.zeros(shape, bool)
+    m[0, 0] = m[-1, -1] = True
+    assert rle.encode(m) == "1 1 24 1"
+    # a run wrapping from the end of a row to the start of the next is one run
+    m = np.zeros(shape, bool)
+    m[0, 4:] = m[1, :2] = True
+    assert rle.encode(m) == "5 4"
+    assert np.array_equal(rle.decode("5 4", shape), m)
+
+
+def test_non_bool_and_nan_empty():
+    m = np.array([[0, 3], [255, 0]], np.uint8)
+    assert rle.encode(m) == "2 2"
+    for empty in ("", None, float("nan"), "   "):
+        assert not rle.decode(empty, (3, 3)).any()
+
+
+def test_decode_stack_and_into():
+    masks = np.random.default_rng(1).random((3, 8, 9)) > 0.5
+    texts = [rle.encode(m) for m in masks]
+    assert np.array_equal(rle.decode_stack(texts, (8, 9)), masks)
+    out = np.ones((8, 9), bool)
+    assert np.array_equal(rle.decode_into(out, texts[0]), masks[0])
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("1 2 x 3", "'x' is not"), ("1.5 2", "not a non-negative"), ("-1 2", "not a non-negative"),
+    ("1 0", "lengths must be >= 1"), ("0 2", "starts must be >= 1"), ("5 2 1 2", "out of order"),
+    ("1 3 2 2", "overlaps"), ("1 2 3", "odd number"), ("10 8", "past the image"),
+    ("99999999999999999999 1", "not a non-negative"),
+])
+def test_malformed(text, fragment):
+    with pytest.raises(DataError, match=fragment):
+        rle.decode(text, (4, 4))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="0123456789 -x.\t\n", max_size=40))
+def test_fuzz_parse_only_raises_project_errors(text):
+    try:
+        starts, ends = rle.parse(text, 64)
+    except DataError:
+        return
+    assert (starts >= 0).all() and (ends <= 64).all() and (ends > starts).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**32))
+def test_fuzz_round_trip(h, w, seed):
+    mask = np.random.default_rng(seed).random((h, w)) < 0.5
+    assert np.array_equal(rle.decode(rle.encode(mask), (h, w)), mask)

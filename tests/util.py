@@ -1,0 +1,47 @@
+"""Small hand-made datasets in the competition layout, for tests that must not depend on synth."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from boneseg import CLASSES
+
+
+def square_polygons(size: int, flip: bool = False) -> dict[str, list[list[int]]]:
+    """29 small overlapping squares laid out like a hand (thumb left unless `flip`)."""
+    polys = {}
+    step = size // 8
+    for i, name in enumerate(CLASSES):
+        x = (i % 6) * step + step // 2
+        y = (i // 6) * step + step // 2
+        if flip:
+            x = size - x - step
+        polys[name] = [[x, y], [x + step + 2, y], [x + step + 2, y + step + 2], [x, y + step + 2]]
+    return polys
+
+
+def write_label(path: Path, polygons: dict, filename: str = "x.png") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    anns = [{"id": f"a{i}", "type": "poly_seg", "attributes": {}, "points": pts, "label": name}
+            for i, (name, pts) in enumerate(polygons.items())]
+    path.write_text(json.dumps({"annotations": anns, "filename": filename, "metadata": {}}))
+
+
+def write_dataset(root: Path, patients: int = 2, size: int = 64, test_patients: int = 1) -> Path:
+    """ID001.. with two images each (right and left hand) + labels; test patients after them."""
+    rng = np.random.default_rng(0)
+    for p in range(1, patients + test_patients + 1):
+        split = "train" if p <= patients else "test"
+        for k, flip in enumerate((False, True)):
+            stem = f"image{1661000000000 + p * 10 + k}"
+            img = (rng.random((size, size)) * 255).astype(np.uint8)
+            img_path = root / split / "DCM" / f"ID{p:03d}" / f"{stem}.png"
+            img_path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(img_path), img)
+            if split == "train":
+                write_label(root / split / "outputs_json" / f"ID{p:03d}" / f"{stem}.json",
+                            square_polygons(size, flip), f"{stem}.png")
+    return root
