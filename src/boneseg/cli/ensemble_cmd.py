@@ -1,10 +1,100 @@
-"""`boneseg ensemble`."""
+"""`boneseg ensemble`: hard voting over submission CSVs, soft voting over probability folders."""
 from __future__ import annotations
 
-from boneseg.cli.app import app, not_implemented
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from boneseg.cli.app import app
+from boneseg.cli.output import console, progress
 
 
-@app.command("ensemble", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def ensemble_command() -> None:
-    """(not implemented yet)"""
-    not_implemented("ensemble")
+class Vote(str, Enum):
+    hard = "hard"
+    soft = "soft"
+
+
+def _floats(values: list[str] | None, option: str) -> list[float] | None:
+    """``--weights 0.5,0.3 --weights 0.2`` -> [0.5, 0.3, 0.2]."""
+    from boneseg.errors import UsageError
+
+    if not values:
+        return None
+    out = []
+    for v in values:
+        for part in v.replace(",", " ").split():
+            try:
+                out.append(float(part))
+            except ValueError:
+                raise UsageError(f"{option}: {part!r} is not a number") from None
+    return out
+
+
+@app.command("ensemble")
+def ensemble_command(
+    inputs: list[Path] = typer.Argument(..., help="Submission CSVs (hard vote) or `predict --save-probs` "
+                                        "folders (soft vote).", show_default=False),
+    vote: Vote = typer.Option(None, "--vote", help="hard: pixel-wise vote over CSVs; soft: weighted mean of "
+                              "probabilities. Default: soft for folders, hard for files.", show_default=False),
+    min_votes: int = typer.Option(None, "--min-votes", help="Hard vote: keep pixels with at least K votes "
+                                  "(default: strict majority n//2+1).", show_default=False),
+    weights: list[str] = typer.Option(None, "--weights", help="One weight per input, comma-separated or "
+                                      "repeated. Hard: keep pixels with more than half of the total weight; "
+                                      "soft: weighted mean.", show_default=False),
+    threshold: str = typer.Option("0.5", "--threshold", help="Soft vote: probability threshold, global or "
+                                  "a JSON file {class: threshold}."),
+    per_class: Path = typer.Option(None, "--per-class", help="JSON {class: input index | input name | "
+                                   "[weights]}: who votes on each class.", show_default=False),
+    scores: list[Path] = typer.Option(None, "--scores", help="Validation scores per input (`analyze --json` "
+                                      "or `tta --json`), repeated in input order: each class goes to its "
+                                      "best input.", show_default=False),
+    per_class_out: Path = typer.Option(None, "--per-class-out", help="Also save the per-class choice "
+                                       "made from --scores as JSON.", show_default=False),
+    size: str = typer.Option("2048", "--size", help="Hard vote: image size the RLE must fit: N or HxW."),
+    workers: int = typer.Option(None, "--workers", help="Worker processes (default: all cores).",
+                                show_default=False),
+    output: str = typer.Option("-", "-o", "--output", help="Output CSV (`-`: stdout)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+) -> None:
+    """Ensemble predictions: [bold]hard[/bold] votes over submission CSVs (rows matched by image and class,
+    any order, never decoding a mask) or [bold]soft[/bold] weighted means of probability folders."""
+    from boneseg import ensemble
+    from boneseg.cli.check_cmd import parse_size
+    from boneseg.errors import UsageError
+
+    dirs = [p.is_dir() for p in inputs]
+    if vote is None:
+        if any(dirs) and not all(dirs):
+            raise UsageError("inputs mix folders and files: give --vote soft (folders) or --vote hard (CSVs)")
+        vote = Vote.soft if all(dirs) else Vote.hard
+    if vote is Vote.hard and any(dirs):
+        raise UsageError(f"--vote hard takes submission CSVs; {inputs[dirs.index(True)]} is a folder")
+    if vote is Vote.soft and min_votes is not None:
+        raise UsageError("--min-votes applies to --vote hard only")
+    if vote is Vote.hard and threshold != "0.5":
+        raise UsageError("--threshold applies to --vote soft only")
+    if per_class is not None and scores:
+        raise UsageError("give either --per-class or --scores, not both")
+    if per_class_out is not None and not scores:
+        raise UsageError("--per-class-out needs --scores")
+    names = [str(p) for p in inputs]
+    plan = per_class
+    if scores:
+        plan = ensemble.per_class_from_scores(scores, names)
+        if per_class_out is not None:
+            ensemble.write_per_class(per_class_out, plan, force=force)
+            console.print(f"per-class choice written to {per_class_out}")
+    w = _floats(weights, "--weights")
+    with progress(transient=True) as bar:
+        task = bar.add_task(f"{vote.value} vote", total=None, unit="img")
+        def step(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+        if vote is Vote.hard:
+            summary = ensemble.hard_vote(inputs, output, min_votes=min_votes, weights=w, per_class=plan,
+                                         shape=parse_size(size), workers=workers, force=force, progress=step)
+        else:
+            summary = ensemble.soft_vote(inputs, output, weights=w, threshold=ensemble.read_threshold(threshold),
+                                         per_class=plan, workers=workers, force=force, progress=step)
+    console.print(f"{summary.vote} vote over {len(names)} inputs: {summary.images} images -> "
+                  f"{'stdout' if output == '-' else output}")

@@ -1,10 +1,32 @@
-"""`boneseg synth`."""
+"""`boneseg synth`: a synthetic hand X-ray dataset in the competition layout."""
 from __future__ import annotations
 
-from boneseg.cli.app import app, not_implemented
+from pathlib import Path
+
+import typer
+
+from boneseg.cli.app import app
+from boneseg.cli.output import console, progress, table
 
 
-@app.command("synth", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def synth_command() -> None:
-    """(not implemented yet)"""
-    not_implemented("synth")
+@app.command("synth")
+def synth_command(
+    out: Path = typer.Argument(..., help="Dataset folder to create (must be empty or absent unless --force)."),
+    patients: int = typer.Option(8, "--patients", help="Train patients (two labelled images each: both hands)."),
+    test_patients: int = typer.Option(2, "--test-patients", help="Test patients (two unlabelled images each)."),
+    size: int = typer.Option(2048, "--size", help="Image side in pixels (>= 128; the real data is 2048)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same options give byte-identical files."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty OUT (replaces its train/, test/, meta)."),
+) -> None:
+    """Write procedural hand radiographs with 29-bone polygon labels in the competition layout."""
+    from boneseg.data.synth import check_options, synthesize
+
+    check_options(out, patients, test_patients, size, force)
+    with progress() as bar:
+        task = bar.add_task("synth", total=2 * (patients + test_patients), unit="img")
+        summary = synthesize(out, patients=patients, test_patients=test_patients, size=size, seed=seed,
+                             force=force, progress=lambda done, total: bar.update(task, completed=done))
+    console.print(table(f"Synthetic dataset in {summary.out}", ["split", "patients", "images"], [
+        ["train", len(summary.train_ids), summary.train_images],
+        ["test", len(summary.test_ids), summary.test_images],
+    ]))

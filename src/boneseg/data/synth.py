@@ -286,8 +286,8 @@ def build_hand(pose: Pose, rng: np.random.Generator) -> HandModel:
     thumb = digits["thumb"]
     palm = np.vstack([thumb[0] + 0.45 * (thumb[1] - thumb[0]), digits["index"][1] + (-20, 10), digits["middle"][1],
                       digits["ring"][1], digits["little"][1] + (25, 10), digits["little"][0] + (70, 40),
-                      (1230, 1600), (820, 1620), (780, 1500)])
-    forearm = np.array([[760, 1540], [1270, 1560], [1330, 2048 + 900], [700, 2048 + 900]], float)
+                      (1245, 1650), (785, 1650), (770, 1500)])
+    forearm = np.array([[790, 1480], [1240, 1480], [1330, 2048 + 900], [710, 2048 + 900]], float)
     ordered = {c: bones[c] for c in CLASSES}
     return HandModel(ordered, digits, widths, palm, forearm)
 
@@ -452,7 +452,7 @@ def render(hand: HandModel, polygons: dict[str, np.ndarray], pose: Pose, size: i
     gx, gy = rng.normal(0.0, 0.08, 2)
     shade = 1.0 + gy * yy[:, None] + gx * yy[None, :] - 0.25 * (yy[:, None] ** 2 + yy[None, :] ** 2)
     img = 0.07 + 0.86 * (1.0 - np.exp(-1.3 * atten)) * shade.astype(np.float32)
-    img = cv2.GaussianBlur(img, (0, 0), max(1.6 * s, 0.5))
+    img = cv2.GaussianBlur(img, (0, 0), max(1.1 * s, 0.5))
     noise = rng.standard_normal((size, size), dtype=np.float32)
     img += (0.006 + 0.02 * np.sqrt(np.clip(img, 0.0, 1.0))) * noise
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
@@ -548,13 +548,24 @@ def meta_xlsx(patients: list[Patient]) -> bytes:
     return out.getvalue()
 
 
-def _prepare_out(out: Path, force: bool) -> None:
-    """Apply the ``--force`` rule: a non-empty OUT needs `force`, which clears our own folders."""
+def check_options(out: str | Path, patients: int, test_patients: int, size: int, force: bool) -> None:
+    """Raise `UsageError` for impossible values and `OutputExistsError` for a non-empty `out` without `force`."""
+    if size < 128:
+        raise UsageError(f"--size must be at least 128, got {size}")
+    if patients < 1:
+        raise UsageError(f"--patients must be at least 1, got {patients}")
+    if test_patients < 0:
+        raise UsageError(f"--test-patients must be 0 or more, got {test_patients}")
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise OutputExistsError(f"{out} already exists and is not empty (use --force to overwrite)")
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    """Create `out`; a non-empty one (allowed by ``--force``) loses its train/, test/ and meta file."""
     if out.exists() and any(out.iterdir()):
-        if not force:
-            raise OutputExistsError(f"{out} already exists and is not empty (use --force to overwrite)")
         for sub in ("train", "test"):
             if (out / sub).is_dir():
                 shutil.rmtree(out / sub)
@@ -583,13 +594,8 @@ def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size:
     Raises:
         UsageError: impossible option values. OutputExistsError: `out` not empty without `force`.
     """
-    if size < 128:
-        raise UsageError(f"--size must be at least 128, got {size}")
-    if patients < 1:
-        raise UsageError(f"--patients must be at least 1, got {patients}")
-    if test_patients < 0:
-        raise UsageError(f"--test-patients must be 0 or more, got {test_patients}")
     out = Path(out)
+    check_options(out, patients, test_patients, size, force)
     _prepare_out(out, force)
     train_ids, test_ids = split_ids(patients, test_patients)
     people = [sample_patient(np.random.default_rng([seed, pid, 0]), pid)

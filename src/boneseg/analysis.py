@@ -1,0 +1,587 @@
+"""Score predictions and compare models in run-length space (``boneseg analyze``).
+
+Every mask -- predicted (RLE text) or true (label polygons) -- becomes a list of pixel runs. The runs of
+all (image, class) masks of one input go into a single sorted array, each mask shifted into its own
+block of ``block`` pixels, so the overlap of two inputs is one vectorised pass: with ``F(x)`` the number
+of covered pixels below ``x`` in one input (a ``searchsorted`` over its run starts plus a cumulative sum
+of run lengths), a run ``[s, e)`` of the other input overlaps it by ``F(e) - F(s)``. A 2048² image is
+never decoded; the cost follows the number of runs (about one per bone row).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from boneseg import rle as rle_mod
+from boneseg.classes import CLASSES, NUM_CLASSES, FINGERS, CARPALS
+from boneseg.errors import DataError, UsageError
+from boneseg.metrics import dice_from_counts
+from boneseg.submission import Submission, read_submission
+
+__all__ = ["RunTable", "runs_table", "intersections", "run_dice", "Inputs", "load_inputs", "Analysis", "analyze",
+           "suggest_ensemble", "write_plots", "PLOT_FILES"]
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called as work proceeds."""
+
+PLOT_FILES = {"per_class": "per_class.png", "dice_vs_area": "dice_vs_area.png", "worst": "worst_cases.png",
+              "similarity": "similarity.png"}
+JSON_FILE = "analysis.json"
+
+
+# -- run tables -----------------------------------------------------------------------------------
+
+@dataclass
+class RunTable:
+    """The runs of ``n_keys`` masks (key = image * 29 + class) in one sorted array.
+
+    Key ``k``'s runs are shifted by ``k * block``, so runs of different masks never meet.
+    """
+
+    starts: np.ndarray  # (R,) int64, global
+    ends: np.ndarray    # (R,) int64, exclusive
+    owner: np.ndarray   # (R,) int64 key of each run
+    areas: np.ndarray   # (n_keys,) int64 pixel count of each mask
+    block: int
+
+    @property
+    def n_keys(self) -> int:
+        return len(self.areas)
+
+
+def runs_table(runs: Sequence[tuple[np.ndarray, np.ndarray]], block: int) -> RunTable:
+    """A `RunTable` from per-key (0-based starts, exclusive ends), in key order."""
+    counts = np.fromiter((len(s) for s, _ in runs), np.int64, len(runs))
+    owner = np.repeat(np.arange(len(runs), dtype=np.int64), counts)
+    if counts.sum():
+        offset = owner * np.int64(block)
+        starts = np.concatenate([s for s, _ in runs]).astype(np.int64) + offset
+        ends = np.concatenate([e for _, e in runs]).astype(np.int64) + offset
+    else:
+        starts = ends = np.empty(0, np.int64)
+    areas = np.bincount(owner, weights=ends - starts, minlength=len(runs)).astype(np.int64)
+    return RunTable(starts, ends, owner, areas, int(block))
+
+
+def intersections(a: RunTable, b: RunTable) -> np.ndarray:
+    """|A ∩ B| of every key: (n_keys,) int64, by a sorted sweep over the runs (no masks decoded)."""
+    if a.n_keys != b.n_keys or a.block != b.block:
+        raise ValueError(f"run tables differ in layout: {a.n_keys} vs {b.n_keys} keys, block {a.block} vs {b.block}")
+    if a.starts.size == 0 or b.starts.size == 0:
+        return np.zeros(a.n_keys, np.int64)
+    if a.starts.size > b.starts.size:  # search the longer list, iterate the shorter
+        a, b = b, a
+    covered_before = np.concatenate(([0], np.cumsum(b.ends - b.starts)))
+
+    def covered(x: np.ndarray) -> np.ndarray:
+        """Pixels of B below x: whole runs starting before x, minus the part of the last one at or past x."""
+        k = np.searchsorted(b.starts, x, side="left")
+        past = np.maximum(b.ends[np.maximum(k - 1, 0)] - x, 0)
+        return covered_before[k] - np.where(k > 0, past, 0)
+
+    per_run = covered(a.ends) - covered(a.starts)
+    return np.bincount(a.owner, weights=per_run, minlength=a.n_keys).astype(np.int64)
+
+
+def run_dice(a: RunTable, b: RunTable) -> np.ndarray:
+    """Competition Dice of every key (both empty -> 1.0): (n_keys,) float64."""
+    return dice_from_counts(intersections(a, b), a.areas, b.areas)
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+@dataclass
+class Inputs:
+    """Predictions matched to a common, ordered image list (and to ground truth when given)."""
+
+    paths: list[Path]
+    names: list[str]                    # unique display names (file paths as given)
+    subs: list[Submission]
+    images: list[str]                   # evaluated image base names, in order
+    shapes: list[tuple[int, int]]       # (H, W) of each image
+    samples: list | None = None         # matching `Sample`s with labels (with ground truth)
+    data: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def block(self) -> int:
+        return max((h * w for h, w in self.shapes), default=1)
+
+
+def _listing(names: Sequence[str], limit: int = 5) -> str:
+    names = list(names)
+    head = ", ".join(names[:limit])
+    return head + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _unique_names(paths: Sequence[Path]) -> list[str]:
+    names, seen = [], {}
+    for p in paths:
+        name = str(p)
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return names
+
+
+def _fold_images(data: Path, samples: list, fold: int, splits: Path) -> list:
+    """The validation samples of `fold` under the splits file (helpers from `boneseg.data.split`)."""
+    try:
+        from boneseg.data.split import fold_samples, load_splits
+    except ImportError:
+        raise UsageError("--fold/--splits need boneseg.data.split, which this installation lacks") from None
+    split = load_splits(splits)
+    _, val = fold_samples(samples, split, fold)
+    return list(val)
+
+
+def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None = None,
+                fold: int | None = None, splits: str | os.PathLike | None = None, size: int = 2048,
+                cache_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> Inputs:
+    """Read prediction CSVs and fix the images to evaluate.
+
+    Without `gt`, every CSV must hold the same images (all assumed `size`²). With `gt` (a dataset root),
+    the CSV images are matched by base name to its labelled train images and take their sizes; with
+    `fold` and `splits` only that fold's validation images are evaluated (every CSV must cover them,
+    extra images are ignored with a note).
+
+    Raises:
+        UsageError: no input, `fold` without `splits` (or the reverse), a bad size.
+        DataError: unreadable CSVs, images missing from the labels or from a CSV.
+    """
+    from boneseg.data.layout import discover
+    from boneseg.data.masks import MaskCache, default_cache_dir
+
+    if not preds:
+        raise UsageError("give at least one prediction CSV")
+    if (fold is None) != (splits is None):
+        raise UsageError("--fold and --splits go together")
+    if fold is not None and gt is None:
+        raise UsageError("--fold/--splits need --gt DATA")
+    if size < 1:
+        raise UsageError(f"--size must be positive, got {size}")
+    paths = [Path(p) for p in preds]
+    subs = []
+    for i, p in enumerate(paths):
+        subs.append(read_submission(p))
+        if progress:
+            progress("read CSVs", i + 1, len(paths))
+    notes: list[str] = []
+    if gt is None:
+        images = sorted(subs[0].images)
+        for p, s in zip(paths[1:], subs[1:]):
+            _same_images(paths[0], set(images), p, set(s.images))
+        return Inputs(paths, _unique_names(paths), subs, images, [(size, size)] * len(images), notes=notes)
+
+    data = Path(gt)
+    train = discover(data, "train")
+    by_name: dict[str, object] = {}
+    for s in train:
+        if s.image_name in by_name:
+            raise DataError(f"{data}: image name {s.image_name} occurs twice ({by_name[s.image_name].name}, "
+                            f"{s.name}); CSV rows cannot be matched")
+        by_name[s.image_name] = s
+    if fold is not None:
+        samples = _fold_images(data, train, fold, Path(splits))
+        wanted = {s.image_name for s in samples}
+        for p, s in zip(paths, subs):
+            missing = sorted(wanted - set(s.images))
+            if missing:
+                raise DataError(f"{p}: lacks {len(missing)} validation image(s) of fold {fold}: {_listing(missing)}")
+            extra = len(set(s.images) - wanted)
+            if extra:
+                notes.append(f"{p}: {extra} image(s) outside fold {fold}'s validation set ignored")
+    else:
+        first = set(subs[0].images)
+        unknown = sorted(first - by_name.keys())
+        if unknown:
+            raise DataError(f"{paths[0]}: {len(unknown)} image(s) not among the labelled train images of {data}: "
+                            f"{_listing(unknown)} (use --fold/--splits to score one fold's validation images)")
+        for p, s in zip(paths[1:], subs[1:]):
+            _same_images(paths[0], first, p, set(s.images))
+        samples = sorted((by_name[n] for n in first), key=lambda s: s.name)
+    if not samples:
+        raise DataError(f"no images to evaluate")
+    cache = MaskCache(cache_dir or default_cache_dir(data))
+    shapes = []
+    for i, s in enumerate(samples):
+        shapes.append(_image_shape(s, cache))
+        if progress:
+            progress("image sizes", i + 1, len(samples))
+    return Inputs(paths, _unique_names(paths), subs, [s.image_name for s in samples], shapes, samples, data, notes)
+
+
+def _image_shape(sample, cache) -> tuple[int, int]:
+    """(H, W) from the PNG header (cheap); falls back to decoding through the cache."""
+    try:
+        with open(sample.image, "rb") as fh:
+            head = fh.read(24)
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+            return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    except OSError:
+        pass
+    return tuple(cache.get(sample).original_shape)
+
+
+def _same_images(ref: Path, ref_images: set[str], path: Path, images: set[str]) -> None:
+    if images != ref_images:
+        missing, extra = sorted(ref_images - images), sorted(images - ref_images)
+        parts = ([f"lacks {len(missing)} of its image(s): {_listing(missing)}"] if missing else []) + \
+                ([f"has {len(extra)} image(s) it lacks: {_listing(extra)}"] if extra else [])
+        raise DataError(f"{path}: images differ from {ref}: " + "; ".join(parts))
+
+
+def prediction_runs(inputs: Inputs, index: int) -> RunTable:
+    """The `RunTable` of input `index` over the evaluated images (RLE validated per image size)."""
+    sub, runs = inputs.subs[index], []
+    for image, (h, w) in zip(inputs.images, inputs.shapes):
+        for cls, text in zip(CLASSES, sub.image_rles(image)):
+            try:
+                runs.append(rle_mod.parse(text, h * w))
+            except DataError as exc:
+                raise DataError(f"{inputs.paths[index]}: image {image!r}, class {cls!r}: {exc}") from None
+    return runs_table(runs, inputs.block)
+
+
+def truth_runs(inputs: Inputs, cache_dir: str | os.PathLike | None = None,
+               progress: Progress | None = None) -> RunTable:
+    """The `RunTable` of the label masks of the evaluated images (through the mask cache)."""
+    from boneseg.data.masks import MaskCache, default_cache_dir
+
+    cache = MaskCache(cache_dir or default_cache_dir(inputs.data))
+    runs = []
+    for i, (sample, shape) in enumerate(zip(inputs.samples, inputs.shapes)):
+        masks = cache.get(sample).masks
+        if masks.shape[1:] != tuple(shape):
+            raise DataError(f"{sample.image}: image is {masks.shape[2]}x{masks.shape[1]}, header said "
+                            f"{shape[1]}x{shape[0]}")
+        runs.extend(rle_mod.runs_from_mask(m) for m in masks)
+        if progress:
+            progress("ground truth", i + 1, len(inputs.samples))
+    return runs_table(runs, inputs.block)
+
+
+# -- analysis -------------------------------------------------------------------------------------
+
+@dataclass
+class Analysis:
+    """Scores of one or more predictions: arrays indexed [model, image, class]."""
+
+    inputs: Inputs
+    pred_area: np.ndarray                 # (M, N, 29) predicted pixels
+    gt_area: np.ndarray | None = None     # (N, 29) true pixels
+    dice: np.ndarray | None = None        # (M, N, 29) against the truth
+    similarity: np.ndarray | None = None  # (M, M, N, 29) model-vs-model Dice
+    worst: int = 10
+    tolerance: float = 0.02
+
+    @property
+    def models(self) -> int:
+        return len(self.inputs.names)
+
+    def per_class_dice(self, m: int = 0) -> np.ndarray | None:
+        return None if self.dice is None else self.dice[m].mean(axis=0)
+
+    def mean_dice(self, m: int = 0) -> float | None:
+        return None if self.dice is None else float(self.per_class_dice(m).mean())
+
+    def area_ratio(self, m: int = 0) -> np.ndarray | None:
+        """Predicted / true pixels per class (summed over images); NaN where the truth is empty."""
+        if self.gt_area is None:
+            return None
+        gt = self.gt_area.sum(axis=0).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(gt > 0, self.pred_area[m].sum(axis=0) / gt, np.nan)
+
+    def similarity_matrices(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mean over classes (M, M), per class (29, M, M)) of the mean-over-images model-vs-model Dice."""
+        if self.similarity is None:
+            return None
+        per_class = self.similarity.mean(axis=2).transpose(2, 0, 1)
+        return per_class.mean(axis=0), per_class
+
+    def worst_images(self, m: int = 0) -> list[dict]:
+        if self.dice is None:
+            return []
+        per_image = self.dice[m].mean(axis=1)
+        order = np.argsort(per_image, kind="stable")[: self.worst]
+        return [{"image": self.inputs.images[i], "dice": float(per_image[i]),
+                 "worst_class": CLASSES[int(self.dice[m, i].argmin())],
+                 "worst_class_dice": float(self.dice[m, i].min())} for i in order]
+
+    def worst_cases(self, m: int = 0) -> list[tuple[int, int, float]]:
+        """The `worst` (image index, class index, Dice) pairs, lowest Dice first."""
+        if self.dice is None:
+            return []
+        flat = self.dice[m].ravel()
+        order = np.argsort(flat, kind="stable")[: self.worst]
+        return [(int(k // NUM_CLASSES), int(k % NUM_CLASSES), float(flat[k])) for k in order if flat[k] < 1.0]
+
+    def dice_vs_area(self, m: int = 0, bins: int = 5) -> dict | None:
+        """Mean Dice in quantile bins of the true bone area (non-empty truths only)."""
+        if self.dice is None:
+            return None
+        area, score = self.gt_area.ravel(), self.dice[m].ravel()
+        keep = area > 0
+        if not keep.any():
+            return {"edges": [], "mean_dice": [], "count": []}
+        edges = np.unique(np.quantile(area[keep], np.linspace(0, 1, bins + 1)))
+        which = np.clip(np.searchsorted(edges, area[keep], side="right") - 1, 0, max(len(edges) - 2, 0))
+        count = np.bincount(which, minlength=max(len(edges) - 1, 1))
+        total = np.bincount(which, weights=score[keep], minlength=len(count))
+        means = [float(t / c) if c else None for t, c in zip(total, count)]
+        return {"edges": edges.tolist(), "mean_dice": means, "count": count.tolist()}
+
+    def suggested_ensemble(self) -> list[str]:
+        if self.models < 2:
+            return []
+        mean_sim, _ = self.similarity_matrices()
+        scores = [self.mean_dice(m) for m in range(self.models)] if self.dice is not None else None
+        return [self.inputs.names[i] for i in suggest_ensemble(mean_sim, scores, self.tolerance)]
+
+    def model_report(self, m: int) -> dict:
+        ratio = self.area_ratio(m)
+        out = {"mean_dice": self.mean_dice(m),
+               "per_class_dice": _by_class(self.per_class_dice(m)),
+               "area_ratio": _by_class(ratio),
+               "mean_area": _by_class(self.pred_area[m].mean(axis=0)),
+               "empty_masks": _by_class((self.pred_area[m] == 0).sum(axis=0), int)}
+        return out
+
+    def to_json(self) -> dict:
+        """The stable report: see docs/analyze.md. Top-level scores are those of the first input."""
+        first = self.model_report(0)
+        sims = self.similarity_matrices()
+        per_image = {} if self.dice is None else {
+            name: float(v) for name, v in zip(self.inputs.images, self.dice[0].mean(axis=1))}
+        return {
+            "inputs": [str(p) for p in self.inputs.paths],
+            "images": len(self.inputs.images),
+            "mean_dice": first["mean_dice"],
+            "per_class_dice": first["per_class_dice"],
+            "per_image_dice": per_image,
+            "worst_images": self.worst_images(0),
+            "area_ratio": first["area_ratio"],
+            "gt_mean_area": None if self.gt_area is None else _by_class(self.gt_area.mean(axis=0)),
+            "dice_vs_area": self.dice_vs_area(0),
+            "models": {name: self.model_report(m) for m, name in enumerate(self.inputs.names)},
+            "similarity": None if sims is None else {
+                "models": list(self.inputs.names),
+                "mean": _rounded(sims[0]),
+                "per_class": {c: _rounded(sims[1][i]) for i, c in enumerate(CLASSES)}},
+            "suggested_ensemble": self.suggested_ensemble(),
+            "notes": list(self.inputs.notes),
+        }
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def _by_class(values: np.ndarray | None, kind=float) -> dict | None:
+    if values is None:
+        return None
+    return {c: (kind(v) if kind is int else _finite(v)) for c, v in zip(CLASSES, values)}
+
+
+def _rounded(matrix: np.ndarray) -> list[list[float]]:
+    return [[float(v) for v in row] for row in matrix]
+
+
+def suggest_ensemble(similarity: np.ndarray, scores: Sequence[float] | None = None, tolerance: float = 0.02,
+                     max_models: int = 3) -> list[int]:
+    """Indices of models to ensemble.
+
+    With `scores` (mean Dice against the truth): start from the best model and greedily add, among the
+    models within `tolerance` of the best score, the one maximising ``score + (1 - mean similarity to the
+    chosen)`` -- accurate yet different -- up to `max_models`. Without scores: the least similar pair.
+    """
+    similarity = np.asarray(similarity, np.float64)
+    n = len(similarity)
+    if n < 2:
+        return list(range(n))
+    if scores is None:
+        off = similarity + np.eye(n) * np.inf
+        i, j = np.unravel_index(np.argmin(off), off.shape)
+        return sorted((int(i), int(j)))
+    scores = np.asarray(scores, np.float64)
+    best = int(np.argmax(scores))
+    candidates = [i for i in range(n) if i != best and scores[i] >= scores[best] - tolerance]
+    chosen = [best]
+    while candidates and len(chosen) < max_models:
+        gain = [scores[c] + 1 - similarity[c, chosen].mean() for c in candidates]
+        chosen.append(candidates.pop(int(np.argmax(gain))))
+    return chosen
+
+
+def analyze(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None = None, *, fold: int | None = None,
+            splits: str | os.PathLike | None = None, size: int = 2048, worst: int = 10, tolerance: float = 0.02,
+            cache_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> Analysis:
+    """Score prediction CSVs against the train labels (`gt`) and/or against each other.
+
+    Args:
+        preds: submission CSVs.
+        gt: dataset root whose labelled train images the CSVs are scored against.
+        fold, splits: score only this fold's validation images (see `load_inputs`).
+        size: image side assumed without `gt`.
+        worst: how many worst images / cases to report.
+        tolerance: Dice tolerance of the ensemble suggestion (see `suggest_ensemble`).
+
+    Raises:
+        UsageError, DataError: see `load_inputs`; malformed RLE names file, image and class.
+    """
+    inputs = load_inputs(preds, gt, fold, splits, size, cache_dir, progress)
+    tables = []
+    for m in range(len(inputs.paths)):
+        tables.append(prediction_runs(inputs, m))
+        if progress:
+            progress("parse RLE", m + 1, len(inputs.paths))
+    n = len(inputs.images)
+    shape = (n, NUM_CLASSES)
+    result = Analysis(inputs, np.stack([t.areas.reshape(shape) for t in tables]), worst=worst, tolerance=tolerance)
+    if gt is not None:
+        truth = truth_runs(inputs, cache_dir, progress)
+        result.gt_area = truth.areas.reshape(shape)
+        result.dice = np.stack([run_dice(t, truth).reshape(shape) for t in tables])
+    if len(tables) > 1:
+        k = len(tables)
+        sim = np.ones((k, k, *shape))
+        pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+        for done, (i, j) in enumerate(pairs, 1):
+            sim[i, j] = sim[j, i] = run_dice(tables[i], tables[j]).reshape(shape)
+            if progress:
+                progress("similarity", done, len(pairs))
+        result.similarity = sim
+    return result
+
+
+# -- plots ----------------------------------------------------------------------------------------
+
+def _group_colour(c: int) -> str:
+    name = CLASSES[c]
+    return "tab:blue" if name in FINGERS else "tab:orange" if name in CARPALS else "tab:green"
+
+
+def _per_class_figure(result: Analysis):
+    from boneseg.plots import new_figure
+
+    models = result.models
+    order = np.argsort(np.mean([result.per_class_dice(m) for m in range(models)], axis=0), kind="stable")
+    names = [CLASSES[i] for i in order]
+    fig = new_figure(12, 0.26 * NUM_CLASSES + 2)
+    ax_d, ax_r = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    height = 0.8 / models
+    y = np.arange(NUM_CLASSES)
+    for m in range(models):
+        label = Path(result.inputs.names[m]).name
+        ax_d.barh(y + m * height, result.per_class_dice(m)[order], height, label=label)
+        ax_r.barh(y + m * height, np.nan_to_num(result.area_ratio(m)[order], nan=0.0), height, label=label)
+    lo = float(min(result.per_class_dice(m).min() for m in range(models)))
+    ax_d.set_xlim(max(0.0, lo - 0.05), 1.0)
+    ax_d.set_title("Dice per class (worst at the top)")
+    ax_r.axvline(1.0, color="k", lw=0.8)
+    ax_r.set_title("area ratio prediction / truth (>1 over-, <1 under-segmentation)")
+    for ax in (ax_d, ax_r):
+        ax.set_yticks(y + height * (models - 1) / 2, names, fontsize=7)
+        ax.invert_yaxis()
+    if models > 1:
+        ax_d.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _dice_vs_area_figure(result: Analysis):
+    from boneseg.plots import new_figure
+
+    fig = new_figure(8, 5)
+    ax = fig.add_subplot(1, 1, 1)
+    area, score = result.gt_area, result.dice[0]
+    colours = np.array([_group_colour(c) for c in range(NUM_CLASSES)])[None].repeat(len(area), axis=0)
+    keep = area > 0
+    ax.scatter(area[keep], score[keep], s=6, c=colours[keep], alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("true bone area (pixels)")
+    ax.set_ylabel("Dice")
+    ax.set_title(f"Dice vs bone area ({Path(result.inputs.names[0]).name}; blue fingers, orange carpals, "
+                 "green forearm)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _crop_box(pred: np.ndarray, gt: np.ndarray, shape: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
+    union = pred | gt
+    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+    if rows.size == 0:
+        return 0, shape[0], 0, shape[1]
+    return (max(0, rows[0] - margin), min(shape[0], rows[-1] + 1 + margin),
+            max(0, cols[0] - margin), min(shape[1], cols[-1] + 1 + margin))
+
+
+def _worst_figure(result: Analysis, cache, max_side: int = 384):
+    import cv2
+
+    from boneseg.plots import image_grid, overlay_compare
+
+    inputs, tiles, titles = result.inputs, [], []
+    loaded: dict[int, object] = {}
+    for i, c, score in result.worst_cases(0):
+        item = loaded.get(i) or cache.get(inputs.samples[i])
+        loaded = {i: item}
+        shape = item.image.shape
+        pred = rle_mod.decode(inputs.subs[0].rles[(inputs.images[i], CLASSES[c])], shape)
+        gt = item.masks[c]
+        y0, y1, x0, x1 = _crop_box(pred, gt, shape, margin=max(8, shape[0] // 64))
+        tile = overlay_compare(item.image[y0:y1, x0:x1], pred[y0:y1, x0:x1], gt[y0:y1, x0:x1])
+        scale = max_side / max(tile.shape[:2])
+        if scale < 1:
+            tile = cv2.resize(tile, (max(1, round(tile.shape[1] * scale)), max(1, round(tile.shape[0] * scale))),
+                              interpolation=cv2.INTER_AREA)
+        tiles.append(tile)
+        titles.append(f"{inputs.images[i]}\n{CLASSES[c]}  Dice {score:.3f}")
+    return image_grid(tiles, titles, columns=4,
+                      suptitle="worst cases: prediction red, truth green, both yellow") if tiles else None
+
+
+def _similarity_figure(result: Analysis):
+    from boneseg.plots import heatmap
+
+    mean, _ = result.similarity_matrices()
+    labels = [Path(n).name for n in result.inputs.names]
+    return heatmap(mean, labels, "model-vs-model Dice (mean over classes)", "Dice", annotate=True,
+                   cmap="magma", vmin=min(float(mean.min()), 0.99), vmax=1.0)
+
+
+def write_plots(result: Analysis, out_dir: str | os.PathLike, force: bool = False,
+                cache_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Write ``analysis.json`` and the PNG plots that apply into `out_dir`; returns the files written.
+
+    Raises:
+        OutputExistsError: a file exists and `force` is false (checked before anything is written).
+    """
+    from boneseg.io import check_output, write_json
+    from boneseg.plots import save_png
+
+    out = Path(out_dir)
+    makers: dict[str, Callable] = {}
+    if result.dice is not None:
+        from boneseg.data.masks import MaskCache, default_cache_dir
+
+        cache = MaskCache(cache_dir or default_cache_dir(result.inputs.data))
+        makers[PLOT_FILES["per_class"]] = lambda: _per_class_figure(result)
+        makers[PLOT_FILES["dice_vs_area"]] = lambda: _dice_vs_area_figure(result)
+        makers[PLOT_FILES["worst"]] = lambda: _worst_figure(result, cache)
+    if result.similarity is not None:
+        makers[PLOT_FILES["similarity"]] = lambda: _similarity_figure(result)
+    for name in [JSON_FILE, *makers]:
+        check_output(out / name, force)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / JSON_FILE]
+    write_json(out / JSON_FILE, result.to_json(), force=force)
+    for name, make in makers.items():
+        fig = make()
+        if fig is not None:
+            written.append(save_png(fig, out / name, force=force))
+    return written

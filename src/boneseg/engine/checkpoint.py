@@ -1,0 +1,85 @@
+"""Checkpoints: atomic saves, safe (``weights_only``) loads, and model + config from a run.
+
+A checkpoint is a dict holding at least ``config`` (plain JSON-able: arch, encoder, size, crop, channels,
+in_channels, mean, std, unify_side, classes, loss, aug, …), ``model`` (state dict), ``epoch``, ``step`` and
+``metrics``. ``last.pt`` adds what resuming needs: ``optimizer``, ``scheduler``, ``scaler``, ``ema``,
+``rng`` and the position inside the epoch. Everything is tensors or plain Python types, so
+``torch.load(weights_only=True)`` reads it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from boneseg.errors import CheckpointError
+from boneseg.io import atomic_path
+
+BEST, LAST = "best.pt", "last.pt"
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write `state` to `path` atomically (temp file + rename), replacing an older checkpoint."""
+    path = Path(path)
+    with atomic_path(path, force=True) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file for `path`: the file itself, or a run folder's ``best.pt`` (else its ``last.pt``).
+
+    Raises:
+        CheckpointError: nothing loadable there.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: run folder without {BEST} or {LAST}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a boneseg checkpoint (file or run folder) with ``torch.load(weights_only=True)``.
+
+    Raises:
+        CheckpointError: missing file, a file that is not a plain-tensor checkpoint (e.g. a pickled
+            model, which is never unpickled), or one without ``config``/``model``.
+    """
+    path = resolve_checkpoint(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign or broken files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable boneseg checkpoint (refusing anything but plain "
+                              f"tensors; {first[:200]})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or not isinstance(
+            state.get("model"), dict):
+        raise CheckpointError(f"{path}: not a boneseg checkpoint (no 'config' and 'model' entries)")
+    return state
+
+
+def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model described by a loaded checkpoint, weights loaded, in eval mode on `device`."""
+    from boneseg.models import build_model
+
+    config = dict(state["config"], encoder_weights=None)
+    model = build_model(config)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint weights do not fit {config.get('arch')}/{config.get('encoder')}: "
+                              f"{str(exc).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode on `device`, its training config) from a checkpoint file or run folder."""
+    state = load_checkpoint(path)
+    return model_from_state(state, device), dict(state["config"])

@@ -1,0 +1,517 @@
+"""Ensembles of submissions and probability folders (``boneseg ensemble``).
+
+Hard voting works in run-length space: each input's RLE for one (image, class) is parsed into runs,
+the run boundaries of all inputs are merged (+weight at a start, -weight at an end, sorted, cumulative
+sum) and the spans where the vote passes the cut are written back as runs. The cost follows the number
+of runs (a few hundred per bone), not the 4 M pixels of a 2048² mask, and no mask is ever decoded.
+Rows are matched by (image_name, class), never by row order, and images run in parallel processes.
+
+Soft voting averages ``predict --save-probs`` folders (uint8 probabilities) with weights and binarises
+the re-quantised mean exactly as ``predict`` does, so one folder with weight 1 gives predict's CSV.
+
+Both take an optional per-class plan: a JSON object mapping a class to one input (its 0-based index or
+its path/name: that input alone decides the class) or to a list of weights, one per input (a weighted
+vote). `per_class_from_scores` builds such a file from validation scores (``analyze --json``,
+``tta --json``) by picking the best input per class.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from boneseg import probs as probs_mod
+from boneseg import rle as rle_mod
+from boneseg.classes import CLASSES, NUM_CLASSES, class_index
+from boneseg.errors import DataError, UsageError
+from boneseg.io import read_json, write_json
+from boneseg.submission import Submission, SubmissionWriter, read_submission
+
+__all__ = [
+    "VotePlan", "EnsembleSummary", "vote_runs", "hard_plan", "soft_plan", "read_per_class", "read_threshold",
+    "per_class_from_scores", "write_per_class", "hard_vote", "soft_vote", "vote_image_rles", "soft_vote_image",
+    "check_same_images", "parallel_map", "default_workers",
+]
+
+Progress = Callable[[int, int], None]
+_TOL = 1e-9
+
+
+# -- run-length voting ----------------------------------------------------------------------------
+
+def vote_runs(runs: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float], cut: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Spans covered by inputs whose summed weight exceeds `cut`.
+
+    Args:
+        runs: per input, 0-based run starts and exclusive ends (as `boneseg.rle.parse` returns them).
+        weights: one weight per input (1 each for a plain count).
+        cut: a pixel is kept when the weight of the inputs covering it is greater than `cut`
+            (``k - 0.5`` for "at least k votes").
+
+    Returns:
+        0-based starts and exclusive ends of the kept spans (sorted, disjoint, adjacent spans merged).
+    """
+    pos, delta = [], []
+    for (starts, ends), w in zip(runs, weights):
+        if len(starts) and w:
+            pos += [starts, ends]
+            delta += [np.full(len(starts), float(w)), np.full(len(ends), -float(w))]
+    if not pos:
+        empty = np.empty(0, np.int64)
+        return empty, empty
+    pos_all = np.concatenate(pos)
+    order = np.argsort(pos_all, kind="stable")
+    pos_all = pos_all[order]
+    level = np.cumsum(np.concatenate(delta)[order])
+    last = np.empty(len(pos_all), np.bool_)  # the level after the last event at each position
+    last[:-1] = pos_all[1:] != pos_all[:-1]
+    last[-1] = True
+    pos_all, level = pos_all[last], level[last]
+    on = level > cut + _TOL * max(1.0, abs(cut))
+    before = np.empty_like(on)
+    before[0] = False
+    before[1:] = on[:-1]
+    return pos_all[on & ~before], pos_all[before & ~on]
+
+
+@dataclass(frozen=True)
+class VotePlan:
+    """How each class is voted: per-class input weights and a cut.
+
+    ``weights`` is (29, n_inputs). Hard voting keeps a pixel when the weight of the inputs that cover it
+    exceeds ``cuts[c]``; soft voting averages probabilities with the weights and keeps ``mean > cuts[c]``
+    (the probability threshold).
+    """
+
+    weights: np.ndarray
+    cuts: np.ndarray
+
+    def describe(self, c: int) -> str:
+        w = self.weights[c]
+        return f"weights {w.tolist()}, cut {self.cuts[c]:g}"
+
+
+def _as_weights(values: Sequence[float] | None, n: int, what: str) -> np.ndarray:
+    if values is None:
+        return np.ones(n)
+    w = np.asarray([float(v) for v in values], np.float64)
+    if w.shape != (n,):
+        raise UsageError(f"{what}: expected {n} weights (one per input), got {len(w)}")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise UsageError(f"{what}: weights must be finite, >= 0 and not all zero, got {w.tolist()}")
+    return w
+
+
+def _resolve_input(value: Any, inputs: Sequence[str], where: str) -> int:
+    """An input named by 0-based index, by path as given, or by its file/folder name."""
+    n = len(inputs)
+    if isinstance(value, bool):
+        raise DataError(f"{where}: expected an input index, name or list of weights, got {value!r}")
+    if isinstance(value, int):
+        if not 0 <= value < n:
+            raise DataError(f"{where}: input index {value} out of range (0..{n - 1})")
+        return value
+    if isinstance(value, str):
+        exact = [i for i, p in enumerate(inputs) if p == value]
+        named = [i for i, p in enumerate(inputs) if Path(p).name == value or Path(p).stem == value]
+        hits = exact or named
+        if len(hits) == 1:
+            return hits[0]
+        from boneseg.errors import suggest
+        what = "is ambiguous" if hits else "is not one of the inputs"
+        raise DataError(f"{where}: {value!r} {what}{suggest(value, [Path(p).name for p in inputs])}")
+    raise DataError(f"{where}: expected an input index, name or list of weights, got {type(value).__name__}")
+
+
+def read_per_class(spec: str | os.PathLike | Mapping[str, Any], inputs: Sequence[str]
+                   ) -> dict[int, np.ndarray]:
+    """Per-class weights from a per-class plan (a JSON file or a mapping).
+
+    Each class maps to one input (0-based index, path or file name: that input alone decides) or to a
+    list of weights, one per input. Classes not listed are absent from the result.
+
+    Raises:
+        DataError: naming the file and class, for unknown classes, inputs or bad weights.
+    """
+    where = str(spec) if not isinstance(spec, Mapping) else "per-class plan"
+    doc = spec if isinstance(spec, Mapping) else read_json(spec)
+    if isinstance(doc, Mapping) and isinstance(doc.get("per_class"), Mapping):
+        doc = doc["per_class"]
+    if not isinstance(doc, Mapping):
+        raise DataError(f"{where}: expected a JSON object mapping classes to an input or weights")
+    n = len(inputs)
+    out: dict[int, np.ndarray] = {}
+    for name, value in doc.items():
+        try:
+            c = class_index(name)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        if isinstance(value, list):
+            try:
+                out[c] = _as_weights(value, n, f"{where}: class {name!r}")
+            except (UsageError, TypeError, ValueError) as exc:
+                raise DataError(str(exc) if isinstance(exc, UsageError) else
+                                f"{where}: class {name!r}: weights must be numbers") from None
+        else:
+            w = np.zeros(n)
+            w[_resolve_input(value, inputs, f"{where}: class {name!r}")] = 1.0
+            out[c] = w
+    return out
+
+
+def hard_plan(n: int, min_votes: int | None = None, weights: Sequence[float] | None = None,
+              per_class: Mapping[int, np.ndarray] | None = None) -> VotePlan:
+    """The plan of a hard vote over `n` inputs.
+
+    Default: strict majority (``n // 2 + 1`` votes); `min_votes` k: at least k of n; `weights`: more
+    than half of the total weight. Classes in `per_class` get their own weights (more than half of
+    their total weight; one input alone for a one-hot row).
+
+    Raises:
+        UsageError: `min_votes` outside 1..n, both `min_votes` and `weights`, bad weights.
+    """
+    if n < 1:
+        raise UsageError("ensemble needs at least one input")
+    if min_votes is not None and weights is not None:
+        raise UsageError("--min-votes and --weights exclude each other (weights vote by majority of weight)")
+    if min_votes is not None and not 1 <= min_votes <= n:
+        raise UsageError(f"--min-votes must be within 1..{n} for {n} inputs, got {min_votes}")
+    w = _as_weights(weights, n, "--weights")
+    cut = (min_votes - 0.5) if min_votes is not None else (n // 2 + 0.5 if weights is None else w.sum() / 2)
+    W = np.tile(w, (NUM_CLASSES, 1))
+    cuts = np.full(NUM_CLASSES, float(cut))
+    for c, row in (per_class or {}).items():
+        W[c] = row
+        cuts[c] = row.sum() / 2
+    return VotePlan(W, cuts)
+
+
+def soft_plan(n: int, weights: Sequence[float] | None = None,
+              threshold: float | Sequence[float] | Mapping[str, float] = 0.5,
+              per_class: Mapping[int, np.ndarray] | None = None) -> VotePlan:
+    """The plan of a soft vote: per-class weights for the mean and per-class probability thresholds."""
+    if n < 1:
+        raise UsageError("ensemble needs at least one input")
+    W = np.tile(_as_weights(weights, n, "--weights"), (NUM_CLASSES, 1))
+    for c, row in (per_class or {}).items():
+        W[c] = row
+    try:
+        cuts = probs_mod.thresholds_array(dict(threshold) if isinstance(threshold, Mapping) else threshold)
+    except DataError as exc:
+        raise UsageError(f"--threshold: {exc}") from None
+    return VotePlan(W, cuts)
+
+
+def read_threshold(value: str | float | None) -> float | dict[str, float]:
+    """A global threshold (``0.45``) or a JSON file of per-class thresholds (``{class: t}``, optionally
+    under a ``"thresholds"`` key; unlisted classes keep 0.5)."""
+    if value is None:
+        return 0.5
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    doc = read_json(value)
+    if isinstance(doc, Mapping) and isinstance(doc.get("thresholds"), Mapping):
+        doc = doc["thresholds"]
+    if not isinstance(doc, Mapping):
+        raise DataError(f"{value}: expected a JSON object mapping classes to thresholds")
+    out = {}
+    for name, t in doc.items():
+        try:
+            class_index(name)
+            out[name] = float(t)
+        except DataError as exc:
+            raise DataError(f"{value}: {exc}") from None
+        except (TypeError, ValueError):
+            raise DataError(f"{value}: class {name!r}: threshold {t!r} is not a number") from None
+    return out
+
+
+# -- per-class choice from validation scores -------------------------------------------------------
+
+def _per_class_scores(doc: Any, where: str) -> dict[str, float]:
+    """``per_class_dice`` of an ``analyze --json`` document, or of the best policy of ``tta --json``."""
+    if isinstance(doc, Mapping):
+        if isinstance(doc.get("per_class_dice"), Mapping):
+            return {str(k): float(v) for k, v in doc["per_class_dice"].items() if v is not None}
+        best, policies = doc.get("best"), doc.get("policies", doc.get("results"))
+        if isinstance(best, Mapping):
+            best = best.get("policy", best.get("name"))
+        if best is not None and isinstance(policies, Mapping) and isinstance(policies.get(best), Mapping):
+            return _per_class_scores(policies[best], where)
+        if best is not None and isinstance(policies, list):
+            for p in policies:
+                if isinstance(p, Mapping) and best in (p.get("policy"), p.get("name")):
+                    return _per_class_scores(p, where)
+    raise DataError(f"{where}: no 'per_class_dice' scores (expected `boneseg analyze --json` or `tta --json` output)")
+
+
+def per_class_from_scores(scores: Sequence[str | os.PathLike | Mapping[str, Any]],
+                          inputs: Sequence[str] | None = None) -> dict[str, int | str]:
+    """The per-class plan that gives each class to the input with the best validation Dice.
+
+    Args:
+        scores: one score document (or JSON file) per input, in input order: ``analyze --json`` output
+            (``{"per_class_dice": {class: dice}}``) or ``tta --json`` output (its best policy).
+        inputs: the inputs' paths; when given, the plan names inputs by path, else by 0-based index.
+
+    Returns:
+        ``{class: input}`` for every class scored by at least one input (ties go to the earlier input).
+
+    Raises:
+        DataError: a document without per-class scores, or a count that differs from `inputs`.
+    """
+    if inputs is not None and len(scores) != len(inputs):
+        raise UsageError(f"--scores: expected one score file per input ({len(inputs)}), got {len(scores)}")
+    table = []
+    for i, s in enumerate(scores):
+        where = str(s) if not isinstance(s, Mapping) else f"scores of input {i}"
+        per = _per_class_scores(s if isinstance(s, Mapping) else read_json(s), where)
+        for name in per:
+            try:
+                class_index(name)
+            except DataError as exc:
+                raise DataError(f"{where}: {exc}") from None
+        table.append([per.get(c, np.nan) for c in CLASSES])
+    arr = np.asarray(table, np.float64)  # (n, 29)
+    plan: dict[str, int | str] = {}
+    for c, name in enumerate(CLASSES):
+        col = arr[:, c]
+        if np.isnan(col).all():
+            continue
+        best = int(np.nanargmax(col))
+        plan[name] = inputs[best] if inputs is not None else best
+    return plan
+
+
+def write_per_class(path: str | os.PathLike, plan: Mapping[str, Any], force: bool = False) -> None:
+    """Save a per-class plan as JSON (atomically)."""
+    write_json(path, dict(plan), force=force)
+
+
+# -- parallel execution ---------------------------------------------------------------------------
+
+def default_workers() -> int:
+    """Worker processes: the usable CPU cores (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(state: dict[str, Any]) -> None:
+    _STATE.clear()
+    _STATE.update(state)
+
+
+def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], state: dict[str, Any],
+                 workers: int | None = None, progress: Progress | None = None) -> Iterator[Any]:
+    """``fn(item)`` for each item, in order, in `workers` processes that share `state` (read-only).
+
+    `state` reaches the workers through ``fork`` where available (no copy until written), else by
+    pickling. With one worker (or one item) everything runs in this process. `fn` reads it via
+    ``_STATE``. Results are yielded in item order as they complete.
+    """
+    workers = default_workers() if workers is None else max(1, int(workers))
+    total = len(items)
+    if workers == 1 or total <= 1:
+        _init_worker(state)
+        try:
+            for i, item in enumerate(items, 1):
+                yield fn(item)
+                if progress:
+                    progress(i, total)
+        finally:
+            _STATE.clear()
+        return
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if "fork" in methods else None)
+    chunk = max(1, min(8, total // (workers * 8)))
+    with cf.ProcessPoolExecutor(min(workers, total), mp_context=ctx, initializer=_init_worker,
+                                initargs=(state,)) as pool:
+        try:
+            for i, result in enumerate(pool.map(fn, items, chunksize=chunk), 1):
+                yield result
+                if progress:
+                    progress(i, total)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+# -- hard vote over submissions -------------------------------------------------------------------
+
+@dataclass
+class EnsembleSummary:
+    """What an ensemble run did."""
+
+    output: str
+    vote: str
+    inputs: list[str]
+    images: int
+    plan: VotePlan
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"output": self.output, "vote": self.vote, "inputs": self.inputs, "images": self.images,
+                "weights": {c: self.plan.weights[i].tolist() for i, c in enumerate(CLASSES)},
+                "cuts": {c: float(self.plan.cuts[i]) for i, c in enumerate(CLASSES)}}
+
+
+def check_same_images(names: Sequence[str], image_lists: Sequence[Sequence[str]], what: str = "image") -> None:
+    """All inputs cover the same images; otherwise a `DataError` naming the input and an image."""
+    first = set(image_lists[0])
+    for name, images in zip(names[1:], image_lists[1:]):
+        these = set(images)
+        if these == first:
+            continue
+        missing = [i for i in image_lists[0] if i not in these]
+        if missing:
+            raise DataError(f"{name}: lacks {what} {missing[0]!r} (in {names[0]})"
+                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        extra = [i for i in images if i not in first]
+        raise DataError(f"{name}: has {what} {extra[0]!r} that {names[0]} lacks"
+                        + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
+
+
+def vote_image_rles(rles: Sequence[Sequence[str]], plan: VotePlan, size: int,
+                    names: Sequence[str] | None = None, image: str = "") -> list[str]:
+    """Hard-vote one image: `rles[i]` are input i's 29 RLE texts in class order; returns 29 RLE texts.
+
+    Raises:
+        DataError: malformed RLE or runs past `size` pixels, naming the input, image and class.
+    """
+    out = []
+    for c, cls in enumerate(CLASSES):
+        runs = []
+        for i, texts in enumerate(rles):
+            if plan.weights[c, i] == 0:
+                runs.append((np.empty(0, np.int64), np.empty(0, np.int64)))
+                continue
+            try:
+                runs.append(rle_mod.parse(texts[c], size))
+            except DataError as exc:
+                who = names[i] if names else f"input {i}"
+                raise DataError(f"{who}: image {image!r}, class {cls!r}: {exc}") from None
+        out.append(rle_mod.runs_to_rle(*vote_runs(runs, plan.weights[c], plan.cuts[c])))
+    return out
+
+
+def _hard_worker(image: str) -> list[str]:
+    subs: list[Submission] = _STATE["subs"]
+    return vote_image_rles([s.image_rles(image) for s in subs], _STATE["plan"], _STATE["size"],
+                           [str(s.path) for s in subs], image)
+
+
+def hard_vote(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None, *,
+              min_votes: int | None = None, weights: Sequence[float] | None = None,
+              per_class: str | os.PathLike | Mapping[str, Any] | None = None,
+              shape: tuple[int, int] = (2048, 2048), workers: int | None = None, force: bool = False,
+              progress: Progress | None = None) -> EnsembleSummary:
+    """Pixel-wise vote over submission CSVs, written as a submission CSV (``-``/None: stdout).
+
+    Rows are matched by (image_name, class); the output lists images in the first input's order.
+
+    Args:
+        inputs: submission CSVs.
+        out: output CSV (written atomically; existing only with `force`).
+        min_votes: keep pixels with at least this many votes (default: strict majority).
+        weights: per-input weights: keep pixels with more than half of the total weight.
+        per_class: per-class plan (JSON file or mapping), see `read_per_class`.
+        shape: (height, width) of the images; every run must fit.
+        workers: processes (default: all usable cores).
+        progress: called as ``progress(done, total)`` after each image.
+
+    Raises:
+        DataError: unreadable inputs, inputs with different images, malformed RLE (naming file, image
+            and class). UsageError: impossible options.
+    """
+    names = [str(p) for p in inputs]
+    per = read_per_class(per_class, names) if per_class is not None else None
+    plan = hard_plan(len(names), min_votes, weights, per)
+    subs = [read_submission(p) for p in inputs]
+    check_same_images(names, [s.images for s in subs])
+    images = subs[0].images
+    size = int(shape[0]) * int(shape[1])
+    state = {"subs": subs, "plan": plan, "size": size}
+    with SubmissionWriter(out, force=force) as writer:
+        for image, rles in zip(images, parallel_map(_hard_worker, images, state, workers, progress)):
+            writer.write_rles(image, rles)
+    return EnsembleSummary(str(out or "-"), "hard", names, len(images), plan)
+
+
+# -- soft vote over probability folders -----------------------------------------------------------
+
+def soft_vote_image(qs: Sequence[np.ndarray], plan: VotePlan) -> np.ndarray:
+    """(29, H, W) masks from the weighted mean of uint8 probabilities (re-quantised with ``rint``)."""
+    mean = np.empty(qs[0].shape, np.uint8)
+    for c in range(NUM_CLASSES):
+        w = plan.weights[c]
+        acc = np.zeros(qs[0].shape[1:], np.float64)
+        for q, wi in zip(qs, w):
+            if wi:
+                acc += wi * q[c]
+        np.rint(acc / w.sum(), out=acc)
+        mean[c] = acc
+    return probs_mod.binarize(mean, plan.cuts)
+
+
+def _soft_worker(image: str) -> list[str]:
+    folders: list[str] = _STATE["folders"]
+    plan: VotePlan = _STATE["plan"]
+    used = plan.weights.any(axis=0)
+    qs, shape = [], None
+    for folder, use in zip(folders, used):
+        if not use:
+            qs.append(None)
+            continue
+        q = probs_mod.load(folder, image)
+        if shape is None:
+            shape, first = q.shape, folder
+        elif q.shape != shape:
+            raise DataError(f"image {image!r}: probabilities of shape {q.shape[1:]} in {folder} but "
+                            f"{shape[1:]} in {first}")
+        qs.append(q)
+    blank = np.zeros(shape, np.uint8)
+    masks = soft_vote_image([q if q is not None else blank for q in qs], plan)
+    return [rle_mod.encode(m) for m in masks]
+
+
+def soft_vote(folders: Sequence[str | os.PathLike], out: str | os.PathLike | None, *,
+              weights: Sequence[float] | None = None,
+              threshold: float | Sequence[float] | Mapping[str, float] = 0.5,
+              per_class: str | os.PathLike | Mapping[str, Any] | None = None,
+              workers: int | None = None, force: bool = False,
+              progress: Progress | None = None) -> EnsembleSummary:
+    """Weighted mean of ``predict --save-probs`` folders, binarised per class, as a submission CSV.
+
+    One folder with weight 1 reproduces ``predict``'s CSV exactly (same stored values, same rule).
+
+    Raises:
+        DataError: a folder that is not a probability folder, folders with different images or shapes
+            (naming the folders and the image). UsageError: impossible options.
+    """
+    names = [str(p) for p in folders]
+    per = read_per_class(per_class, names) if per_class is not None else None
+    plan = soft_plan(len(names), weights, threshold, per)
+    manifests = [probs_mod.read_manifest(f) for f in folders]
+    check_same_images(names, [m["images"] for m in manifests])
+    images = [str(i) for i in manifests[0]["images"]]
+    state = {"folders": names, "plan": plan}
+    with SubmissionWriter(out, force=force) as writer:
+        for image, rles in zip(images, parallel_map(_soft_worker, images, state, workers, progress)):
+            writer.write_rles(Path(image).name, rles)
+    return EnsembleSummary(str(out or "-"), "soft", names, len(images), plan)
+

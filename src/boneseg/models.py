@@ -1,0 +1,166 @@
+"""Model factory: segmentation_models_pytorch architectures x encoders -> 29 sigmoid-channel logits.
+
+::
+
+    model = build_model({"arch": "unetpp", "encoder": "efficientnet-b4", "encoder_weights": "imagenet"})
+    logits = model(x)            # (N, C, H, W) float -> (N, 29, H, W) logits, one sigmoid per class
+
+Names are case-insensitive; short aliases (``unetpp``, ``dlv3p``, ``uper``…) resolve to smp's canonical
+names, and any ``tu-<timm model>`` encoder is accepted. Unknown names raise `UsageError` listing the
+valid ones, closest first.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from boneseg.classes import NUM_CLASSES
+from boneseg.errors import CheckpointError, UsageError, suggest
+
+import segmentation_models_pytorch as smp  # noqa: E402  (after torch)
+
+ARCHITECTURES: dict[str, type[torch.nn.Module]] = dict(smp.MODEL_ARCHITECTURES_MAPPING)
+"""Canonical (smp) architecture name -> model class."""
+
+ALIASES: dict[str, str] = {
+    "unetpp": "unetplusplus", "unet++": "unetplusplus", "nestedunet": "unetplusplus",
+    "deeplabv3+": "deeplabv3plus", "dlv3p": "deeplabv3plus", "dlv3+": "deeplabv3plus",
+    "dlv3": "deeplabv3", "deeplab": "deeplabv3plus",
+    "uper": "upernet", "mit": "segformer", "psp": "pspnet", "link": "linknet",
+}
+"""Short name -> canonical architecture name."""
+
+ENCODER_WEIGHTS = ("imagenet", "none")
+"""Named `encoder_weights` values; anything else is a path to a local state dict."""
+
+
+def resolve_arch(name: str) -> str:
+    """The canonical smp architecture name for `name` (alias, canonical or class name, any case).
+
+    Raises:
+        UsageError: unknown name (the message lists valid names, closest first).
+    """
+    key = str(name).strip().lower().replace("_", "").replace("-", "")
+    key = ALIASES.get(key, ALIASES.get(str(name).strip().lower(), key))
+    if key in ARCHITECTURES:
+        return key
+    raise UsageError(f"--arch {name!r}: unknown architecture{suggest(str(name), [*ARCHITECTURES, *ALIASES])}")
+
+
+def _smp_encoders() -> list[str]:
+    return list(smp.encoders.get_encoder_names())
+
+
+def resolve_encoder(name: str) -> str:
+    """`name` checked against smp's encoders and, for ``tu-<model>[.<tag>]``, timm's models.
+
+    Raises:
+        UsageError: unknown encoder (closest valid names first).
+    """
+    name = str(name).strip()
+    smp_names = _smp_encoders()
+    if name in smp_names:
+        return name
+    lower = {n.lower(): n for n in smp_names}
+    if name.lower() in lower:
+        return lower[name.lower()]
+    if name.lower().startswith("tu-"):
+        import timm
+
+        model = name[3:]
+        if timm.is_model(model.split(".")[0]):
+            return "tu-" + model
+        choices = ["tu-" + m for m in timm.list_models()]
+        raise UsageError(f"--encoder {name!r}: timm has no model {model!r}{suggest(name, choices)}")
+    raise UsageError(f"--encoder {name!r}: unknown encoder (or use tu-<timm model>)"
+                     f"{suggest(name, smp_names)}")
+
+
+def _weights_arg(encoder: str, weights: str | None):
+    """smp's `encoder_weights` argument for a `--encoder-weights` value (None for a local file)."""
+    if weights is None or str(weights).lower() in ("none", "", "null", "random"):
+        return None
+    if str(weights).lower() == "imagenet":
+        return True if encoder.startswith("tu-") else "imagenet"
+    return None
+
+
+def build_model(config: Mapping) -> torch.nn.Module:
+    """An smp model from a config dict.
+
+    Keys: ``arch``, ``encoder`` (required); ``in_channels`` (default 1), ``classes`` (list of names or a
+    count, default 29), ``encoder_weights`` (``imagenet``, ``none`` or a path to a local state dict;
+    default none), ``model_kwargs`` (extra smp keyword arguments). Pretrained downloads go through
+    smp/timm and the Hugging Face cache, so ``HF_HUB_OFFLINE=1`` with a filled cache works offline.
+
+    Raises:
+        UsageError: unknown architecture or encoder, or a combination smp refuses.
+        CheckpointError: an encoder-weights file that cannot be loaded.
+    """
+    arch = resolve_arch(config["arch"])
+    encoder = resolve_encoder(config["encoder"])
+    classes = config.get("classes", NUM_CLASSES)
+    n_classes = classes if isinstance(classes, int) else len(classes)
+    in_channels = int(config.get("in_channels", 1))
+    weights = config.get("encoder_weights")
+    kwargs = dict(config.get("model_kwargs") or {})
+    if arch == "dpt" and encoder.startswith("tu-"):
+        kwargs.setdefault("dynamic_img_size", True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*encoder_weights.*")
+            model = smp.create_model(arch, encoder_name=encoder, encoder_weights=_weights_arg(encoder, weights),
+                                     in_channels=in_channels, classes=n_classes, **kwargs)
+    except (KeyError, ValueError, TypeError, AssertionError, RuntimeError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot build --arch {arch} with --encoder {encoder}: {msg}") from None
+    except OSError as exc:  # no network and nothing in the Hugging Face cache
+        raise UsageError(f"--encoder-weights {weights}: cannot fetch pretrained weights for {encoder} ({exc}); "
+                         "offline, fill the Hugging Face cache first or pass a local file") from None
+    if weights is not None and _weights_arg(encoder, weights) is None and str(weights).lower() not in ENCODER_WEIGHTS \
+            and str(weights).lower() not in ("", "null", "random"):
+        load_encoder_weights(model, weights)
+    return model
+
+
+def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load a local encoder state dict (``weights_only``) into ``model.encoder``.
+
+    Accepts a bare state dict, one wrapped in ``state_dict``/``model``, keys prefixed ``encoder.``, and a
+    3-channel first convolution for a 1-channel model (summed over the input channels, as smp does).
+
+    Raises:
+        CheckpointError: missing/unreadable file, or no key matches the encoder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--encoder-weights {path}: file not found (valid names: imagenet, none, or a path)")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign pickles
+        raise CheckpointError(f"{path}: not a plain state dict ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: not a state dict")
+    if any(k.startswith("encoder.") for k in sd):
+        sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    own = model.encoder.state_dict()
+    loaded = {}
+    for k, v in sd.items():
+        if k not in own or not isinstance(v, torch.Tensor):
+            continue
+        if v.shape == own[k].shape:
+            loaded[k] = v
+        elif v.ndim == 4 and v.shape[0] == own[k].shape[0] and v.shape[2:] == own[k].shape[2:]:
+            loaded[k] = (v.sum(1, keepdim=True) / own[k].shape[1]).expand_as(own[k]).clone()
+    if not loaded:
+        raise CheckpointError(f"{path}: no weight matches the {type(model.encoder).__name__} encoder")
+    model.encoder.load_state_dict(loaded, strict=False)

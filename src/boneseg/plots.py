@@ -1,0 +1,182 @@
+"""Shared plotting helpers: mask overlays, image grids, heat maps and atomic PNG output.
+
+Matplotlib is used through its object API with the Agg canvas only (no pyplot, no global backend
+switch), so plotting works headless and in worker processes; figures are released after saving.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from boneseg.classes import PALETTE
+from boneseg.io import atomic_path
+
+__all__ = ["overlay", "overlay_compare", "save_png", "new_figure", "image_grid", "heatmap", "PRED_COLOUR",
+           "GT_COLOUR"]
+
+PRED_COLOUR = (255, 60, 60)
+"""Prediction colour in `overlay_compare` (red); overlap with the truth mixes to yellow."""
+GT_COLOUR = (60, 220, 60)
+"""Ground-truth colour in `overlay_compare` (green)."""
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image.copy()
+    raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {image.shape}")
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _blend(image: np.ndarray, layers: Sequence[tuple[np.ndarray, tuple[int, int, int]]], alpha: float) -> np.ndarray:
+    """Alpha-blend coloured masks onto an image; where masks overlap their colours are averaged."""
+    out = _rgb(image)
+    h, w = out.shape[:2]
+    colour = np.zeros((h, w, 3), np.float32)
+    count = np.zeros((h, w), np.uint8)
+    for mask, rgb in layers:
+        mask = np.asarray(mask, bool)
+        if mask.shape != (h, w):
+            raise ValueError(f"mask shape {mask.shape} does not match the image {(h, w)}")
+        box = _box(mask)
+        if box is None:
+            continue
+        y0, y1, x0, x1 = box
+        m = mask[y0:y1, x0:x1]
+        colour[y0:y1, x0:x1][m] += np.asarray(rgb, np.float32)
+        count[y0:y1, x0:x1] += m
+    hit = count > 0
+    mixed = colour[hit] / count[hit, None]
+    out[hit] = np.clip((1 - alpha) * out[hit] + alpha * mixed, 0, 255).astype(np.uint8)
+    return out
+
+
+def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Colour each class mask onto a grayscale (or RGB) uint8 image with `boneseg.classes.PALETTE`.
+
+    Args:
+        image: (H, W) or (H, W, 3) uint8.
+        masks: (C, H, W) boolean-like, C <= 29 in class order (a single (H, W) mask uses the first colour).
+        alpha: opacity of the colours.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    masks = np.asarray(masks)
+    if masks.ndim == 2:
+        masks = masks[None]
+    if len(masks) > len(PALETTE):
+        raise ValueError(f"at most {len(PALETTE)} masks, got {len(masks)}")
+    return _blend(image, [(m, PALETTE[i]) for i, m in enumerate(masks)], alpha)
+
+
+def overlay_compare(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Prediction (red) against truth (green) on an image; agreement shows yellow.
+
+    `pred` and `gt` are (H, W) masks or (C, H, W) stacks (any class counts).
+    """
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    pred = pred.any(axis=0) if pred.ndim == 3 else pred
+    gt = gt.any(axis=0) if gt.ndim == 3 else gt
+    both = pred & gt
+    return _blend(image, [(pred & ~both, PRED_COLOUR), (gt & ~both, GT_COLOUR), (both, (255, 230, 60))], alpha)
+
+
+def new_figure(width: float = 8.0, height: float = 6.0, dpi: int = 100):
+    """A matplotlib `Figure` on the Agg canvas (no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(obj, path: str | os.PathLike, force: bool = False, dpi: int | None = None) -> Path:
+    """Write a matplotlib figure or an RGB/grayscale uint8 array as PNG, atomically.
+
+    A figure is cleared and released after saving. Refuses an existing file unless `force`.
+    """
+    path = Path(path)
+    with atomic_path(path, force) as tmp:
+        if isinstance(obj, np.ndarray):
+            array = obj if obj.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(obj), cv2.COLOR_RGB2BGR)
+            ok, data = cv2.imencode(".png", array)
+            if not ok:
+                raise ValueError(f"cannot encode an array of shape {obj.shape} as PNG")
+            tmp.write_bytes(data.tobytes())
+        else:
+            try:
+                obj.savefig(tmp, format="png", dpi=dpi or obj.dpi, bbox_inches="tight")
+            finally:
+                obj.clear()
+                pyplot = sys.modules.get("matplotlib.pyplot")
+                if pyplot is not None:  # a figure made with pyplot: drop its registry reference too
+                    pyplot.close(obj)
+    return path
+
+
+def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] = (), columns: int = 4,
+               tile: float = 3.5, suptitle: str | None = None):
+    """A figure showing RGB/grayscale images in a grid with optional titles."""
+    n = max(len(images), 1)
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    fig = new_figure(tile * columns, tile * rows + (0.4 if suptitle else 0))
+    for i in range(rows * columns):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        ax.axis("off")
+        if i < len(images):
+            img = images[i]
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="antialiased")
+            if i < len(titles):
+                ax.set_title(titles[i], fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str, colour_label: str = "",
+            col_labels: Sequence[str] | None = None, log: bool = False, annotate: bool = False,
+            cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None):
+    """A labelled heat map of a 2-D matrix (log colour scale for counts spanning decades)."""
+    from matplotlib.colors import LogNorm
+
+    matrix = np.asarray(matrix, np.float64)
+    col_labels = list(labels) if col_labels is None else list(col_labels)
+    side = max(4.0, 0.28 * max(matrix.shape) + 2)
+    fig = new_figure(side + 1.5, side)
+    ax = fig.add_subplot(1, 1, 1)
+    if log:
+        positive = matrix[matrix > 0]
+        shown = np.where(matrix > 0, matrix, np.nan)
+        norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
+        im = ax.imshow(shown, cmap=cmap, norm=norm)
+    else:
+        im = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(col_labels)), col_labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_title(title)
+    if annotate:
+        for (i, j), v in np.ndenumerate(matrix):
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="w")
+    fig.colorbar(im, ax=ax, label=colour_label, shrink=0.8)
+    fig.tight_layout()
+    return fig
