@@ -397,7 +397,8 @@ def suggest_ensemble(similarity: np.ndarray, scores: Sequence[float] | None = No
 
     With `scores` (mean Dice against the truth): start from the best model and greedily add, among the
     models within `tolerance` of the best score, the one maximising ``score + (1 - mean similarity to the
-    chosen)`` -- accurate yet different -- up to `max_models`. Without scores: the least similar pair.
+    chosen)`` -- accurate yet different -- up to `max_models`; exact copies (similarity 1 to a chosen
+    model) are skipped. Without scores: the least similar pair.
     """
     similarity = np.asarray(similarity, np.float64)
     n = len(similarity)
@@ -412,6 +413,9 @@ def suggest_ensemble(similarity: np.ndarray, scores: Sequence[float] | None = No
     candidates = [i for i in range(n) if i != best and scores[i] >= scores[best] - tolerance]
     chosen = [best]
     while candidates and len(chosen) < max_models:
+        candidates = [c for c in candidates if similarity[c, chosen].max() < 1.0]  # a copy adds nothing
+        if not candidates:
+            break
         gain = [scores[c] + 1 - similarity[c, chosen].mean() for c in candidates]
         chosen.append(candidates.pop(int(np.argmax(gain))))
     return chosen
@@ -533,7 +537,7 @@ def _worst_figure(result: Analysis, cache, max_side: int = 384):
         shape = item.image.shape
         pred = rle_mod.decode(inputs.subs[0].rles[(inputs.images[i], CLASSES[c])], shape)
         gt = item.masks[c]
-        y0, y1, x0, x1 = _crop_box(pred, gt, shape, margin=max(8, shape[0] // 64))
+        y0, y1, x0, x1 = _crop_box(pred, gt, shape, margin=max(8, shape[0] // 32))
         tile = overlay_compare(item.image[y0:y1, x0:x1], pred[y0:y1, x0:x1], gt[y0:y1, x0:x1])
         scale = max_side / max(tile.shape[:2])
         if scale < 1:

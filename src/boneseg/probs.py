@@ -45,9 +45,14 @@ def thresholds_array(threshold: float | Sequence[float] | dict[str, float]) -> n
     return arr
 
 
+def cutoffs(threshold: float | Sequence[float] | dict[str, float] = 0.5) -> np.ndarray:
+    """The (29,) integer cut per class: a quantised value ``q`` is foreground when ``q > cut``."""
+    return np.floor(thresholds_array(threshold) * SCALE + 1e-9).astype(np.int32)
+
+
 def binarize(q: np.ndarray, threshold: float | Sequence[float] | dict[str, float] = 0.5) -> np.ndarray:
     """Masks from quantised probabilities (29, H, W): a pixel is on when ``q / 255 > t`` per class."""
-    cuts = np.floor(thresholds_array(threshold) * SCALE + 1e-9).astype(np.int32)
+    cuts = cutoffs(threshold)
     return q > cuts.astype(np.uint8)[:, None, None] if q.ndim == 3 else q > cuts[0]
 
 

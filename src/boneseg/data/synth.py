@@ -28,7 +28,7 @@ import shutil
 import uuid
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -171,7 +171,7 @@ def _unit(angle: float) -> np.ndarray:
 
 def _normalised_profile(kind: str) -> tuple[np.ndarray, np.ndarray]:
     t, w = (np.asarray(a, float) for a in PROFILES[kind])
-    return t, w / np.trapezoid(np.interp(np.linspace(0, 1, 201), t, w), dx=1 / 200)
+    return t, w / np.interp(np.linspace(0.0, 1.0, 201), t, w).mean()
 
 
 _PROFILE_CACHE = {kind: _normalised_profile(kind) for kind in PROFILES}
@@ -240,7 +240,6 @@ class HandModel:
     palm: np.ndarray
     forearm: np.ndarray
     forearm_bones: tuple[str, ...] = ("Radius", "Ulna")
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _digit(name: str, pose: Pose, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -612,7 +611,7 @@ def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size:
             stem = f"image{stamp}" + (f"_{side}" if person.id == 1 else "")
             image, polygons, _ = render_hand(rng, size, side, person)
             ident = f"ID{person.id:03d}"
-            ok, png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+            _, png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
             _write_bytes(out / split / "DCM" / ident / f"{stem}.png", png.tobytes())
             if split == "train":
                 doc = label_json(polygons, f"{stem}.png", size, rng)

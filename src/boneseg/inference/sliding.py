@@ -114,5 +114,4 @@ def sliding_window(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
             acc[:, y:y + window, xx:xx + window] += (tile * gw).to(acc.dtype)
             wsum[y:y + window, xx:xx + window] += gw
         i += len(chunk)
-    acc = acc[:, :h, :w]
-    return acc.float().div_(wsum[:h, :w]) if acc.dtype != torch.float32 else acc.div_(wsum[:h, :w])
+    return acc[:, :h, :w].div_(wsum[:h, :w])

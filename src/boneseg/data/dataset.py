@@ -1,0 +1,142 @@
+"""Training/validation datasets over the mask cache, and a resumable, distributed batch sampler.
+
+Randomness is a pure function of (seed, epoch, sample index): the sampler orders an epoch from
+(seed, epoch) and hands each item its own seed, which fixes that item's augmentation. A run stopped
+anywhere and resumed therefore sees exactly the batches an uninterrupted run would, with any number of
+data-loader workers.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from boneseg.data.layout import Sample
+from boneseg.data.masks import MaskCache
+from boneseg.data.transforms import augment
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample `index` in `epoch` (a 32-bit int)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class Item:
+    """A sample and the cache that serves it (training data and each pseudo folder have their own)."""
+
+    sample: Sample
+    cache: MaskCache
+
+
+class SegDataset(Dataset):
+    """Images (1, H, W) uint8 and masks (29, H, W) uint8 at `size`, augmented and side-unified.
+
+    Indexed by ``(index, seed)`` pairs from `EpochBatchSampler` (plain ints use seed 0).
+
+    Args:
+        items: samples with their caches.
+        size: the side the cache stores images at (None: original size).
+        transform: albumentations Compose (or None) applied with the item's seed.
+        unify_side: ``"R"``/``"L"`` mirrors every image of the other side (from its labels), None keeps all.
+    """
+
+    def __init__(self, items: Sequence[Item], size: int | None, transform=None, unify_side: str | None = None):
+        self.items, self.size, self.transform, self.unify_side = list(items), size, transform, unify_side
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        item = self.items[index]
+        cached = item.cache.get(item.sample, self.size)
+        image, masks = cached.image, cached.masks
+        if self.unify_side and cached.side in ("L", "R") and cached.side != self.unify_side:
+            image, masks = image[:, ::-1], (masks[:, :, ::-1] if masks is not None else None)
+        image, masks = augment(self.transform, np.ascontiguousarray(image),
+                               None if masks is None else np.ascontiguousarray(masks), seed)
+        out = {"image": torch.from_numpy(np.ascontiguousarray(image))[None], "index": index}
+        if masks is not None:
+            out["mask"] = torch.from_numpy(np.ascontiguousarray(masks).view(np.uint8))
+        return out
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of ``(index, item_seed)`` for one rank, reproducible from (seed, epoch), resumable mid-epoch.
+
+    Shuffled order comes from ``torch.randperm`` with a generator seeded by (seed, epoch). With
+    ``world_size > 1`` the order is padded to a multiple of the world size (training) or not (validation:
+    each image once overall) and split as ``order[rank::world_size]``, like DistributedSampler.
+
+    Args:
+        n: dataset length.
+        batch_size: items per batch.
+        seed: base seed.
+        shuffle: shuffle each epoch (training) or keep order (validation).
+        drop_last: drop a last incomplete batch (training; BatchNorm dislikes batches of 1).
+        rank, world_size: this process's share.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
+                 rank: int = 0, world_size: int = 1):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select `epoch` and skip its first `start_batch` batches (resume)."""
+        self.epoch, self.start = epoch, start_batch
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.world_size > 1:
+            if self.shuffle and self.n % self.world_size:
+                order += order[: self.world_size - self.n % self.world_size]
+            order = order[self.rank::self.world_size]
+        return order
+
+    def batches_per_epoch(self) -> int:
+        """Batches in a whole epoch (for this rank)."""
+        per_rank = len(self._indices())
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() - self.start)
+
+    def __iter__(self):
+        order = self._indices()
+        for b in range(self.start, self.batches_per_epoch()):
+            chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [(i, item_seed(self.seed, self.epoch, i)) for i in chunk]
+
+
+def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, progress: bool = True,
+                  description: str = "caching masks") -> None:
+    """Build every missing cache entry once (threads; OpenCV and zlib release the GIL)."""
+    from boneseg.cli.output import progress as make_progress
+
+    threads = max(1, workers or min(4, os.cpu_count() or 1))
+    with make_progress(transient=True, disable=not progress) as bar, ThreadPoolExecutor(threads) as pool:
+        task = bar.add_task(description, total=len(items), unit="img")
+        for _ in pool.map(lambda it: it.cache._entry(it.sample, size).exists() or it.cache.get(it.sample, size),
+                          items):
+            bar.advance(task)
+
+
+def collate(batch: list[dict]) -> dict:
+    """Stack a list of dataset items (images and masks stay uint8)."""
+    out = {"image": torch.stack([b["image"] for b in batch]),
+           "index": torch.tensor([b["index"] for b in batch])}
+    if all("mask" in b for b in batch):
+        out["mask"] = torch.stack([b["mask"] for b in batch])
+    return out

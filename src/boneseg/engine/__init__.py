@@ -1,0 +1,1 @@
+"""The training engine: the loop (`train`), checkpoints, distributed helpers, optimisers and EMA."""
