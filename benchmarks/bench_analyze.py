@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=288)
     ap.add_argument("--baseline-images", type=int, default=12)
-    args = ap.parse_args(argv)
+    args = ap.parse_args([] if argv is None else argv)  # main() from run_all.py: the defaults
     texts, names, (h, w), source = build_models()
     with tempfile.TemporaryDirectory() as tmp:
         csvs, images = write_csvs(texts, names, args.images, Path(tmp))
@@ -134,4 +134,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -75,7 +75,7 @@ def build_inputs(folder: Path) -> tuple[list[Path], str, int]:
         models = sorted({Path(f).parent.name for f in files})
         stems = sorted({Path(f).stem for f in files})
         load = lambda m, s: np.load(REAL_MASKS / m / f"{s}.npz")["mask"].astype(bool)  # noqa: E731
-        source = f"real masks ({len(models)} models x {len(stems)} images from {REAL_MASKS.parent.name})"
+        source = f"real masks ({len(models)} models x {len(stems)} images, ../shared/data/real-masks)"
     else:
         from boneseg.data.masks import rasterize
         from boneseg.data.synth import render_hand

@@ -127,15 +127,11 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def _fold_images(data: Path, samples: list, fold: int, splits: Path) -> list:
-    """The validation samples of `fold` under the splits file (helpers from `boneseg.data.split`)."""
-    try:
-        from boneseg.data.split import fold_samples, load_splits
-    except ImportError:
-        raise UsageError("--fold/--splits need boneseg.data.split, which this installation lacks") from None
-    split = load_splits(splits)
-    _, val = fold_samples(samples, split, fold)
-    return list(val)
+def _fold_images(samples: list, fold: int, splits: Path) -> list:
+    """The validation samples of `fold` under the splits file."""
+    from boneseg.data.split import fold_samples, load_splits
+
+    return fold_samples(samples, load_splits(splits, samples), fold)[1]
 
 
 def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None = None,
@@ -185,7 +181,7 @@ def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None
                             f"{s.name}); CSV rows cannot be matched")
         by_name[s.image_name] = s
     if fold is not None:
-        samples = _fold_images(data, train, fold, Path(splits))
+        samples = _fold_images(train, fold, Path(splits))
         wanted = {s.image_name for s in samples}
         for p, s in zip(paths, subs):
             missing = sorted(wanted - set(s.images))
@@ -204,7 +200,7 @@ def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None
             _same_images(paths[0], first, p, set(s.images))
         samples = sorted((by_name[n] for n in first), key=lambda s: s.name)
     if not samples:
-        raise DataError(f"no images to evaluate")
+        raise DataError("no images to evaluate")
     cache = MaskCache(cache_dir or default_cache_dir(data))
     shapes = []
     for i, s in enumerate(samples):
@@ -216,21 +212,16 @@ def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None
 
 def _image_shape(sample, cache) -> tuple[int, int]:
     """(H, W) from the PNG header (cheap); falls back to decoding through the cache."""
-    try:
-        with open(sample.image, "rb") as fh:
-            head = fh.read(24)
-        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-            return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
-    except OSError:
-        pass
-    return tuple(cache.get(sample).original_shape)
+    from boneseg.eda import png_size
+
+    return png_size(sample.image) or tuple(cache.get(sample).original_shape)
 
 
 def _same_images(ref: Path, ref_images: set[str], path: Path, images: set[str]) -> None:
     if images != ref_images:
         missing, extra = sorted(ref_images - images), sorted(images - ref_images)
         parts = ([f"lacks {len(missing)} of its image(s): {_listing(missing)}"] if missing else []) + \
-                ([f"has {len(extra)} image(s) it lacks: {_listing(extra)}"] if extra else [])
+                ([f"has {len(extra)} image(s) {ref.name} lacks: {_listing(extra)}"] if extra else [])
         raise DataError(f"{path}: images differ from {ref}: " + "; ".join(parts))
 
 
@@ -329,8 +320,10 @@ class Analysis:
         if not keep.any():
             return {"edges": [], "mean_dice": [], "count": []}
         edges = np.unique(np.quantile(area[keep], np.linspace(0, 1, bins + 1)))
-        which = np.clip(np.searchsorted(edges, area[keep], side="right") - 1, 0, max(len(edges) - 2, 0))
-        count = np.bincount(which, minlength=max(len(edges) - 1, 1))
+        if len(edges) < 2:  # every true area the same: one bin
+            edges = np.repeat(edges, 2)
+        which = np.clip(np.searchsorted(edges, area[keep], side="right") - 1, 0, len(edges) - 2)
+        count = np.bincount(which, minlength=len(edges) - 1)
         total = np.bincount(which, weights=score[keep], minlength=len(count))
         means = [float(t / c) if c else None for t, c in zip(total, count)]
         return {"edges": edges.tolist(), "mean_dice": means, "count": count.tolist()}
@@ -405,7 +398,8 @@ def suggest_ensemble(similarity: np.ndarray, scores: Sequence[float] | None = No
     if n < 2:
         return list(range(n))
     if scores is None:
-        off = similarity + np.eye(n) * np.inf
+        off = similarity.copy()
+        np.fill_diagonal(off, np.inf)
         i, j = np.unravel_index(np.argmin(off), off.shape)
         return sorted((int(i), int(j)))
     scores = np.asarray(scores, np.float64)

@@ -52,24 +52,27 @@ def vote_runs(runs: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[f
     Args:
         runs: per input, 0-based run starts and exclusive ends (as `boneseg.rle.parse` returns them).
         weights: one weight per input (1 each for a plain count).
-        cut: a pixel is kept when the weight of the inputs covering it is greater than `cut`
-            (``k - 0.5`` for "at least k votes").
+        cut: a pixel is kept when the weight of the inputs covering it is greater than `cut` (>= 0;
+            ``k - 0.5`` for "at least k votes").
 
     Returns:
         0-based starts and exclusive ends of the kept spans (sorted, disjoint, adjacent spans merged).
     """
-    pos, delta = [], []
+    if cut < 0:
+        raise ValueError(f"cut must be >= 0 (uncovered pixels have weight 0), got {cut}")
+    pos, step, count = [], [], []
     for (starts, ends), w in zip(runs, weights):
         if len(starts) and w:
             pos += [starts, ends]
-            delta += [np.full(len(starts), float(w)), np.full(len(ends), -float(w))]
+            step += [float(w), -float(w)]
+            count += [len(starts), len(ends)]
     if not pos:
         empty = np.empty(0, np.int64)
         return empty, empty
     pos_all = np.concatenate(pos)
     order = np.argsort(pos_all, kind="stable")
     pos_all = pos_all[order]
-    level = np.cumsum(np.concatenate(delta)[order])
+    level = np.cumsum(np.repeat(step, count)[order])
     last = np.empty(len(pos_all), np.bool_)  # the level after the last event at each position
     last[:-1] = pos_all[1:] != pos_all[:-1]
     last[-1] = True
@@ -92,10 +95,6 @@ class VotePlan:
 
     weights: np.ndarray
     cuts: np.ndarray
-
-    def describe(self, c: int) -> str:
-        w = self.weights[c]
-        return f"weights {w.tolist()}, cut {self.cuts[c]:g}"
 
 
 def _as_weights(values: Sequence[float] | None, n: int, what: str) -> np.ndarray:
@@ -243,7 +242,10 @@ def _per_class_scores(doc: Any, where: str) -> dict[str, float]:
     """``per_class_dice`` of an ``analyze --json`` document, or of the best policy of ``tta --json``."""
     if isinstance(doc, Mapping):
         if isinstance(doc.get("per_class_dice"), Mapping):
-            return {str(k): float(v) for k, v in doc["per_class_dice"].items() if v is not None}
+            try:
+                return {str(k): float(v) for k, v in doc["per_class_dice"].items() if v is not None}
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: per_class_dice values must be numbers") from None
         best, policies = doc.get("best"), doc.get("policies", doc.get("results"))
         if isinstance(best, Mapping):
             best = best.get("policy", best.get("name"))
@@ -269,7 +271,8 @@ def per_class_from_scores(scores: Sequence[str | os.PathLike | Mapping[str, Any]
         ``{class: input}`` for every class scored by at least one input (ties go to the earlier input).
 
     Raises:
-        DataError: a document without per-class scores, or a count that differs from `inputs`.
+        DataError: a document without per-class scores or with unknown classes.
+        UsageError: a number of documents that differs from `inputs`.
     """
     if inputs is not None and len(scores) != len(inputs):
         raise UsageError(f"--scores: expected one score file per input ({len(inputs)}), got {len(scores)}")
@@ -396,10 +399,7 @@ def vote_image_rles(rles: Sequence[Sequence[str]], plan: VotePlan, size: int,
     out = []
     for c, cls in enumerate(CLASSES):
         runs = []
-        for i, texts in enumerate(rles):
-            if plan.weights[c, i] == 0:
-                runs.append((np.empty(0, np.int64), np.empty(0, np.int64)))
-                continue
+        for i, texts in enumerate(rles):  # every input is validated, even one with no say on this class
             try:
                 runs.append(rle_mod.parse(texts[c], size))
             except DataError as exc:
@@ -422,7 +422,8 @@ def hard_vote(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None
               progress: Progress | None = None) -> EnsembleSummary:
     """Pixel-wise vote over submission CSVs, written as a submission CSV (``-``/None: stdout).
 
-    Rows are matched by (image_name, class); the output lists images in the first input's order.
+    Rows are matched by (image_name, class), so any row order works; the output lists images sorted by
+    name (the same output whatever the inputs' row order).
 
     Args:
         inputs: submission CSVs.
@@ -443,7 +444,7 @@ def hard_vote(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None
     plan = hard_plan(len(names), min_votes, weights, per)
     subs = [read_submission(p) for p in inputs]
     check_same_images(names, [s.images for s in subs])
-    images = subs[0].images
+    images = sorted(subs[0].images)  # a fixed order whatever the inputs' row order
     size = int(shape[0]) * int(shape[1])
     state = {"subs": subs, "plan": plan, "size": size}
     with SubmissionWriter(out, force=force) as writer:

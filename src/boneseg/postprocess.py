@@ -47,6 +47,6 @@ def postprocess(masks: np.ndarray, keep_largest: bool = False, min_area: int = 0
     """
     if min_area < 0:
         raise UsageError(f"--min-area must be 0 or more, got {min_area}")
-    if not keep_largest and min_area <= 1:
+    if (not keep_largest and min_area <= 1) or len(masks) == 0:
         return masks
     return np.stack([clean_mask(m, keep_largest, min_area) for m in masks])

@@ -6,6 +6,7 @@ of ``start length`` pairs with 1-based starts; an empty mask is the empty string
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -14,6 +15,8 @@ import numpy as np
 from boneseg.errors import DataError
 
 __all__ = ["encode", "decode", "decode_into", "decode_stack", "fill_runs", "runs_from_mask", "parse", "format_runs", "runs_to_rle"]
+
+_UNSIGNED_PAIRS = re.compile(r"\s*\d{1,18}(?:\s+\d{1,18})*\s*", re.ASCII)  # tokens of 1-18 digits
 
 
 def runs_from_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +103,7 @@ def parse(rle: str | float | None, size: int | None = None) -> tuple[np.ndarray,
             values = np.fromstring(rle, dtype=np.int64, sep=" ")  # C parser; stops at the first bad token
     except ValueError:
         values = np.empty(0, np.int64)
-    if values.size != len(tokens) or not all(t.isdigit() and len(t) <= 18 for t in tokens):
+    if values.size != len(tokens) or not _UNSIGNED_PAIRS.fullmatch(rle):  # one C-speed check, not a loop
         bad = next((t for t in tokens if not t.isdigit() or len(t) > 18), tokens[0])
         raise DataError(f"malformed RLE: {bad[:20]!r} is not a non-negative integer")
     starts, lengths = values[0::2] - 1, values[1::2]

@@ -1,10 +1,95 @@
-"""`boneseg analyze`."""
+"""`boneseg analyze`: score predictions against the labels and compare models."""
 from __future__ import annotations
 
-from boneseg.cli.app import app, not_implemented
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from boneseg.cli.app import app
+from boneseg.cli.output import console, print_json, progress, stage_callback, table
 
 
-@app.command("analyze", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def analyze_command() -> None:
-    """(not implemented yet)"""
-    not_implemented("analyze")
+@app.command("analyze")
+def analyze_command(
+    preds: list[Path] = typer.Argument(..., metavar="PRED.csv", show_default=False,
+                                       help="Submission CSVs to score and/or compare."),
+    gt: Path = typer.Option(None, "--gt", metavar="DATA", show_default=False,
+                            help="Dataset root: score against its train labels (images matched by name)."),
+    fold: int = typer.Option(None, "--fold", show_default=False,
+                             help="With --splits: score only this fold's validation images."),
+    splits: Path = typer.Option(None, "--splits", show_default=False, help="Splits file from `boneseg split`."),
+    size: int = typer.Option(2048, "--size", help="Image side of the CSVs without --gt."),
+    out: Path = typer.Option(None, "--out", show_default=False,
+                             help="Folder for analysis.json and the PNG plots."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    worst: int = typer.Option(10, "--worst", min=0, help="How many worst images / cases to list and draw."),
+    tolerance: float = typer.Option(0.02, "--tolerance", min=0.0,
+                                    help="Ensemble suggestion: consider models within this Dice of the best."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
+) -> None:
+    """Per-class and per-image Dice against the labels (--gt), model-vs-model Dice for several CSVs, area
+    statistics, the worst cases and an ensemble suggestion. Tables on stderr; --json on stdout."""
+    from boneseg.analysis import analyze, write_plots
+
+    with progress(transient=True, disable=not console.is_terminal) as bar:
+        result = analyze(preds, gt, fold=fold, splits=splits, size=size, worst=worst, tolerance=tolerance,
+                         progress=stage_callback(bar))
+        written = write_plots(result, out, force=force) if out is not None else []
+    for note in result.inputs.notes:
+        console.print(f"note: {note}", markup=False)
+    _print_tables(result)
+    if written:
+        console.print(f"wrote {', '.join(str(p) for p in written)}", markup=False)
+    if json_out:
+        print_json(result.to_json())
+
+
+def _short(names: list[str]) -> list[str]:
+    shorts = [Path(n).name for n in names]
+    return shorts if len(set(shorts)) == len(shorts) else list(names)
+
+
+def _print_tables(result) -> None:
+    from boneseg.classes import CLASSES
+
+    names = _short(result.inputs.names)
+    n_img = len(result.inputs.images)
+    if result.dice is not None:
+        dice = np.stack([result.per_class_dice(m) for m in range(result.models)])
+        order = np.argsort(dice.mean(axis=0), kind="stable")
+        if result.models == 1:
+            ratio, gt_area = result.area_ratio(0), result.gt_area.mean(axis=0)
+            rows = [[CLASSES[c], dice[0, c], f"{ratio[c]:.3f}", f"{gt_area[c]:.0f}"] for c in order]
+            columns = ["class", "Dice", "area pred/true", "true px"]
+        else:
+            rows = [[CLASSES[c], *dice[:, c]] for c in order]
+            columns = ["class", *names]
+        rows.append(["[bold]mean[/bold]", *(float(dice[m].mean()) for m in range(result.models)),
+                     *([""] * (len(columns) - 1 - result.models))])
+        console.print(table(f"Dice per class, worst first ({n_img} images)", columns, rows))
+        worst = result.worst_images(0)
+        if worst:
+            console.print(table(f"Worst images ({names[0]})", ["image", "Dice", "worst class", "its Dice"],
+                                [[w["image"], w["dice"], w["worst_class"], w["worst_class_dice"]] for w in worst]))
+        for m, name in enumerate(names):
+            console.print(f"mean Dice {name}: [bold]{result.mean_dice(m):.4f}[/bold]")
+    else:
+        area = result.pred_area.mean(axis=1)
+        empty = (result.pred_area == 0).sum(axis=1)
+        rows = [[c, *(f"{area[m, i]:.0f} ({empty[m, i]})" for m in range(result.models))]
+                for i, c in enumerate(CLASSES)]
+        console.print(table(f"Mean predicted area in px (empty masks) over {n_img} images", ["class", *names], rows))
+    sims = result.similarity_matrices()
+    if sims is not None:
+        mean, per_class = sims
+        console.print(table("Model-vs-model Dice (mean over classes)", ["", *names],
+                            [[n, *map(float, row)] for n, row in zip(names, mean)]))
+        off = ~np.eye(result.models, dtype=bool)
+        agreement = np.array([pc[off].mean() for pc in per_class])
+        rows = [[CLASSES[c], float(agreement[c])] for c in np.argsort(agreement, kind="stable")[:5]]
+        console.print(table("Classes the models disagree on most", ["class", "mean pairwise Dice"], rows))
+        suggestion = [Path(n).name if n in result.inputs.names else n for n in result.suggested_ensemble()]
+        rule = ("most accurate, then least similar within the tolerance" if result.dice is not None
+                else "least similar pair")
+        console.print(f"suggested ensemble ({rule}): [bold]{' + '.join(suggestion)}[/bold]")

@@ -44,8 +44,8 @@ def ensemble_command(
                                       "soft: weighted mean.", show_default=False),
     threshold: str = typer.Option("0.5", "--threshold", help="Soft vote: probability threshold, global or "
                                   "a JSON file {class: threshold}."),
-    per_class: Path = typer.Option(None, "--per-class", help="JSON {class: input index | input name | "
-                                   "[weights]}: who votes on each class.", show_default=False),
+    per_class: Path = typer.Option(None, "--per-class", help="JSON {class: input index, input name or "
+                                   "list of weights}: who votes on each class.", show_default=False),
     scores: list[Path] = typer.Option(None, "--scores", help="Validation scores per input (`analyze --json` "
                                       "or `tta --json`), repeated in input order: each class goes to its "
                                       "best input.", show_default=False),

@@ -58,3 +58,15 @@ def print_json(obj: Mapping | Sequence) -> None:
 
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def stage_callback(bar: Progress, unit: str = "img"):
+    """A ``callback(stage, done, total)`` for library functions: one progress task per stage name."""
+    tasks: dict[str, object] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, unit=unit)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return update

@@ -1,10 +1,76 @@
-"""`boneseg predict`."""
+"""`boneseg predict`: checkpoints -> submission CSV (streaming), optional saved probabilities."""
 from __future__ import annotations
 
-from boneseg.cli.app import app, not_implemented
+from pathlib import Path
+
+import typer
+
+from boneseg.cli.app import app
+
+# Options shared with `boneseg tta` (one definition, imported there).
+MODELS = typer.Option(..., "--model", "-m", help="Checkpoint file or run folder (its best.pt); repeat to ensemble.")
+WEIGHTS = typer.Option(None, "--weights", help="Ensemble weights, comma-separated, one per -m (default equal).")
+SIZE = typer.Option(None, "--size", help="Resize-mode side (default: each model's training size); with "
+                                         "--sliding, the square resolution the window slides over.")
+WINDOW = typer.Option(None, "--window", help="Sliding tile side (default: the model's training crop, else size).")
+OVERLAP = typer.Option(0.5, "--overlap", help="Sliding overlap fraction of a tile, in [0, 1).")
+SCALES = typer.Option("0.75,1,1.25", "--scales", help="Scales of the 'scale' TTA, comma-separated.")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
+BATCH = typer.Option(4, "--batch-size", "-b", help="Tiles per forward pass in sliding mode.")
+AMP = typer.Option(True, "--amp/--no-amp", help="fp16 autocast on CUDA.")
+WORKERS = typer.Option(2, "--workers", "-j", help="Background image-loading processes (0: none).")
 
 
-@app.command("predict", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def predict_command() -> None:
-    """(not implemented yet)"""
-    not_implemented("predict")
+def floats(text: str | None, option: str) -> list[float] | None:
+    """``"1,2.5"`` -> [1.0, 2.5]; a `UsageError` naming `option` otherwise."""
+    from boneseg.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        return [float(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise UsageError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+@app.command("predict")
+def predict_command(
+    source: Path = typer.Argument(..., help="Dataset root (uses test/DCM), a folder of PNGs (recursive) or one PNG."),
+    models: list[Path] = MODELS,
+    out: str = typer.Option("-", "--out", "-o", help="Submission CSV ('-' or omitted: standard output)."),
+    tta: str = typer.Option("none", "--tta", help="none, hflip, scale or hflip+scale (mean of probabilities)."),
+    scales: str = SCALES,
+    sliding: bool = typer.Option(False, "--sliding", help="Sliding window at full resolution instead of resize."),
+    window: int = WINDOW,
+    overlap: float = OVERLAP,
+    size: int = SIZE,
+    threshold: str = typer.Option("0.5", "--threshold", "-t", help="Threshold, or a JSON file {class: t} "
+                                                                   "(e.g. from boneseg tta --thresholds-out)."),
+    keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep each class's largest component only."),
+    min_area: int = typer.Option(0, "--min-area", help="Remove components smaller than this many pixels."),
+    save_probs: Path = typer.Option(None, "--save-probs", help="Also write uint8 probabilities here "
+                                                               "(for ensemble --vote soft and pseudo)."),
+    weights: str = WEIGHTS,
+    device: str = DEVICE,
+    batch_size: int = BATCH,
+    amp: bool = AMP,
+    workers: int = WORKERS,
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing CSV / non-empty --save-probs folder."),
+) -> None:
+    """Predict images into a submission CSV (29 rows per image, sorted, RLE at the original size).
+
+    Memory stays flat: each image is predicted, thresholded, run-length encoded and written before the next. Under torchrun the images are split across ranks and rank 0 writes the merged CSV.
+    """
+    from boneseg.cli.output import console
+    from boneseg.inference import predict
+
+    summary = predict(source, models, out, tta=tta, scales=scales, sliding=sliding, threshold=threshold,
+                      keep_largest=keep_largest, min_area=min_area, save_probs=save_probs, workers=workers,
+                      force=force, weights=floats(weights, "--weights"), device=device, size=size,
+                      window=window, overlap=overlap, batch_size=batch_size, amp=amp)
+    if summary.rank == 0:
+        where = "stdout" if summary.output == "-" else summary.output
+        ranks = f" on {summary.world} ranks" if summary.world > 1 else ""
+        console.print(f"{summary.images} image(s){ranks} -> {where} ({summary.policy}, "
+                      f"{summary.images_per_s:.2f} img/s)" + (f"; probabilities in {summary.probs_dir}"
+                                                             if summary.probs_dir else ""))

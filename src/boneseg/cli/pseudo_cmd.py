@@ -1,10 +1,55 @@
-"""`boneseg pseudo`."""
+"""`boneseg pseudo`: test predictions -> a pseudo-labelled training set."""
 from __future__ import annotations
 
-from boneseg.cli.app import app, not_implemented
+from pathlib import Path
+
+import typer
+
+from boneseg.cli.app import app
+from boneseg.cli.output import console, print_json, progress
 
 
-@app.command("pseudo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def pseudo_command() -> None:
-    """(not implemented yet)"""
-    not_implemented("pseudo")
+@app.command("pseudo")
+def pseudo_command(
+    source: Path = typer.Argument(..., help="Submission CSV or `predict --save-probs` folder with the test "
+                                  "predictions.", show_default=False),
+    data: Path = typer.Argument(..., help="Dataset root (its test/DCM) or folder of the predicted PNGs.",
+                                show_default=False),
+    out: Path = typer.Option(..., "-o", "--out", help="Pseudo-label dataset folder to write (train layout).",
+                             show_default=False),
+    min_confidence: float = typer.Option(None, "--min-confidence", help="Probability folders: leave out "
+                                         "images where a class's mean probability inside its mask is below "
+                                         "C.", show_default=False),
+    threshold: str = typer.Option("0.5", "--threshold", help="Probability folders: threshold, global or a "
+                                  "JSON file {class: threshold}."),
+    copy: bool = typer.Option(False, "--copy", help="Copy the images instead of hard-linking them."),
+    workers: int = typer.Option(None, "--workers", help="Worker processes (default: all cores).",
+                                show_default=False),
+    json_out: bool = typer.Option(False, "--json", help="Print the manifest's summary and left-out list as "
+                                  "JSON on stdout."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing pseudo-label folder."),
+) -> None:
+    """Write the test images with pseudo-labels in the train layout (PNG + one polygon per class), usable
+    as `boneseg train DATA --pseudo OUT`. Images with a missing class or (with probabilities) a class
+    below --min-confidence are left out and listed in OUT/pseudo_manifest.json."""
+    from boneseg.ensemble import read_threshold
+    from boneseg.pseudo import make_pseudo
+
+    thr = read_threshold(threshold)
+    with progress(transient=True) as bar:
+        task = bar.add_task("pseudo-labels", total=None, unit="img")
+        def step(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+        summary = make_pseudo(source, data, out, min_confidence=min_confidence, threshold=thr, copy=copy,
+                              workers=workers, force=force, progress=step)
+    s = summary.manifest["summary"]
+    if json_out:
+        print_json({**s, "out": str(out), "left_out": summary.left_out})
+        return
+    refill = f", polygon refill Dice mean {s['refill_dice_mean']:.4f} (min {s['refill_dice_min']:.4f})" \
+        if s["written"] else ""
+    console.print(f"wrote {s['written']} pseudo-labelled image(s) to {out}{refill}")
+    for item in summary.left_out[:10]:
+        console.print(f"  left out {item['image']}: {item['reason']}", markup=False)
+    if len(summary.left_out) > 10:
+        console.print(f"  … and {len(summary.left_out) - 10} more (see {out}/pseudo_manifest.json)")

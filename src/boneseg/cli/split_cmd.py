@@ -1,10 +1,37 @@
-"""`boneseg split`."""
+"""`boneseg split`: patient-grouped cross-validation folds."""
 from __future__ import annotations
 
-from boneseg.cli.app import app, not_implemented
+from pathlib import Path
+
+import typer
+
+from boneseg.cli.app import app
 
 
-@app.command("split", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def split_command() -> None:
-    """(not implemented yet)"""
-    not_implemented("split")
+@app.command("split")
+def split_command(
+    data: Path = typer.Argument(..., help="Dataset root (with train/DCM and train/outputs_json)."),
+    folds: int = typer.Option(5, "--folds", "-k", help="Number of folds."),
+    seed: int = typer.Option(0, "--seed", help="Shuffling seed (same seed, same folds)."),
+    stratify: str = typer.Option("none", "--stratify", help="Balance folds by: none, side (hand side) or tilt (wrist tilt)."),
+    out: str = typer.Option("-", "--out", "-o", help="Output JSON file ('-' for stdout)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+) -> None:
+    """Patient-grouped K folds (both hands of a patient in one fold) as JSON."""
+    from collections import Counter
+
+    from boneseg.cli.output import console, table
+    from boneseg.data.layout import discover
+    from boneseg.data.split import make_splits
+    from boneseg.io import check_output, is_stdout, write_json
+
+    if not is_stdout(out):
+        check_output(out, force)
+    samples = discover(data)
+    splits = make_splits(samples, folds=folds, seed=seed, stratify=None if stratify == "none" else stratify)
+    write_json(out, splits, force=force)
+    if not is_stdout(out):
+        images = Counter(splits["assignments"].values())
+        patients = {k: len({n.split("/")[0] for n, f in splits["assignments"].items() if f == k}) for k in images}
+        console.print(table(f"{folds} folds -> {out}", ["fold", "patients", "images"],
+                            [(k, patients[k], images[k]) for k in sorted(images)]))

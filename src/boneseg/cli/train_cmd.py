@@ -1,10 +1,85 @@
-"""`boneseg train`."""
+"""`boneseg train`: one model on one fold, on CPU, one GPU or many (under torchrun)."""
 from __future__ import annotations
 
-from boneseg.cli.app import app, not_implemented
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from boneseg.cli.app import app
 
 
-@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train_command() -> None:
-    """(not implemented yet)"""
-    not_implemented("train")
+@app.command("train")
+def train_command(
+    data: Path = typer.Argument(..., help="Dataset root (train/DCM + train/outputs_json)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: unet, unetpp, deeplabv3plus (dlv3p), upernet, segformer, fpn, manet, … (required unless --resume)."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="smp encoder (resnet34, efficientnet-b4, mit_b2, …) or tu-<timm model> (required unless --resume)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Side the images are resized to (multiple of 32; required unless --resume)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config.json, metrics.jsonl, last.pt, best.pt)."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Validation fold [default: 0]."),
+    splits: Optional[Path] = typer.Option(None, "--splits", help="Splits JSON from `boneseg split` [default: 5 folds made on the fly with --seed]."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="Folds made on the fly when no --splits is given (capped at the number of patients) [default: 5]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (sets the schedule) [default: 30]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step per process [default: 4]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [default: 1e-3]."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay [default: 1e-4]."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="Loss terms: bce, dice, focal, tversky, lovasz, jaccard, boundary; e.g. bce+dice or 0.3*bce+0.7*dice [default: bce+dice]."),
+    encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights", help="imagenet, none, or a local state-dict file [default: imagenet]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda [default: auto]."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision [default: on with CUDA]."),
+    amp_dtype: Optional[str] = typer.Option(None, "--amp-dtype", help="bf16 or fp16 (with a gradient scaler) [default: bf16]."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="channels_last memory format [default: on with CUDA]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Data-loader worker processes [default: 2]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for folds, initialisation, order and augmentation [default: 0]."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps in all (schedule unchanged); continue later with --resume."),
+    pseudo: Optional[list[Path]] = typer.Option(None, "--pseudo", help="Pseudo-labelled folder in the train layout (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt to the end of its schedule."),
+    force: bool = typer.Option(False, "--force", help="Start over in a non-empty --out (removes its checkpoints and logs)."),
+    aug: Optional[str] = typer.Option(None, "--aug", help="Augmentation preset: none, light, default, strong [default: default]."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Train on random crops of this side from the --size image (validation on whole images)."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw or sgd [default: adamw]."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="cosine, poly, plateau or constant [default: cosine]."),
+    warmup: Optional[float] = typer.Option(None, "--warmup", help="Linear warm-up length in epochs (fractions allowed) [default: 0]."),
+    accumulate: Optional[int] = typer.Option(None, "--accumulate", help="Gradient accumulation: batches per optimizer step [default: 1]."),
+    clip: Optional[float] = typer.Option(None, "--clip", help="Clip the gradient norm to this value."),
+    ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.999 (validated and saved as the model) [default: off]."),
+    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N epochs (and always after the last) [default: 1]."),
+    unify_hands: Optional[str] = typer.Option(None, "--unify-hands", help="Mirror every hand to one side: R, L or none [default: none]."),
+    channels: Optional[str] = typer.Option(None, "--channels", help="Model input channels: gray or rgb [default: gray]."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Mask-cache folder [default: DATA/.boneseg-cache]."),
+    dist_timeout: Optional[float] = typer.Option(None, "--dist-timeout", help="Minutes a DDP collective may wait for another rank [default: 30]."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+) -> None:
+    """Train a segmentation model; under `torchrun --nproc-per-node N` the same command uses DDP."""
+    from boneseg.cli.output import console, print_json
+    from boneseg.engine.train import train
+    from boneseg.errors import UsageError
+
+    options = dict(arch=arch, encoder=encoder, size=size, fold=fold, splits=splits, folds=folds, epochs=epochs,
+                   batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss,
+                   encoder_weights=encoder_weights, device=device, amp=amp, amp_dtype=amp_dtype,
+                   channels_last=channels_last, workers=workers, seed=seed, max_steps=max_steps,
+                   pseudo=[str(p) for p in pseudo] if pseudo else None, aug=aug, crop=crop, optimizer=optimizer,
+                   scheduler=scheduler, warmup=warmup, accumulate=accumulate, clip=clip, ema=ema,
+                   val_every=val_every, unify_side=unify_hands, channels=channels, cache_dir=cache_dir,
+                   dist_timeout=dist_timeout)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None}
+    if unify_hands is not None and unify_hands.lower() == "none":
+        config["unify_side"] = None
+    if not resume:
+        missing = [f"--{k}" for k in ("arch", "encoder", "size") if k not in config]
+        if missing:
+            raise UsageError(f"missing option {', '.join(missing)} (needed for a new run)")
+    config.update(data=str(data), out=str(out), resume=resume, force=force, tensorboard=tensorboard)
+    summary = train(config, progress=True)
+    if json_out:
+        print_json(summary)
+    best = summary["best_val_dice"]
+    if summary["stopped"]:
+        console.print(f"stopped after {summary['steps']} steps (--max-steps); last.pt saved in {out}. "
+                      "Continue with the same command plus --resume.")
+    else:
+        console.print(f"done: {summary['epochs_done']} epochs, {summary['steps']} steps, best val Dice "
+                      f"{best:.4f} (epoch {summary['best_epoch']}) -> {out}/best.pt" if best is not None
+                      else f"done: {summary['epochs_done']} epochs -> {out}")

@@ -1,10 +1,73 @@
-"""`boneseg tta`."""
+"""`boneseg tta`: score test-time augmentation policies on validation images, tune thresholds."""
 from __future__ import annotations
 
-from boneseg.cli.app import app, not_implemented
+from pathlib import Path
+
+import typer
+
+from boneseg.cli.app import app
+from boneseg.cli.predict_cmd import AMP, BATCH, DEVICE, MODELS, OVERLAP, SCALES, SIZE, WEIGHTS, WINDOW, WORKERS, floats
 
 
-@app.command("tta", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def tta_command() -> None:
-    """(not implemented yet)"""
-    not_implemented("tta")
+@app.command("tta")
+def tta_command(
+    data: Path = typer.Argument(..., help="Dataset root with labelled train images."),
+    models: list[Path] = MODELS,
+    fold: int = typer.Option(None, "--fold", help="Validation fold (default: the checkpoint's)."),
+    splits: Path = typer.Option(None, "--splits", help="Splits JSON from boneseg split (default: the checkpoint's)."),
+    policies: str = typer.Option(None, "--policies", help="Comma-separated, e.g. none,hflip,scale,hflip+scale,"
+                                                          "sliding:none (default: all four, plus sliding ones "
+                                                          "with --sliding)."),
+    sliding: bool = typer.Option(False, "--sliding", help="Also score the sliding-window versions."),
+    scales: str = SCALES,
+    window: int = WINDOW,
+    overlap: float = OVERLAP,
+    size: int = SIZE,
+    thresholds_out: Path = typer.Option(None, "--thresholds-out", help="Write the per-class thresholds that "
+                                                                       "maximise validation Dice (for predict "
+                                                                       "--threshold)."),
+    search: str = typer.Option("0.3,0.7", "--search", help="Threshold search range low,high."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    weights: str = WEIGHTS,
+    device: str = DEVICE,
+    batch_size: int = BATCH,
+    amp: bool = AMP,
+    workers: int = WORKERS,
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --thresholds-out file."),
+) -> None:
+    """Score TTA policies on validation images with the competition Dice and name the best.
+
+    Optionally writes the per-class thresholds (tuned on the best policy) for predict --threshold."""
+    from boneseg.cli.output import console, print_json, table
+    from boneseg.errors import UsageError
+    from boneseg.inference import evaluate_policies
+    from boneseg.io import check_output, write_json
+
+    if thresholds_out is not None:
+        check_output(thresholds_out, force)
+    rng = floats(search, "--search")
+    if len(rng) != 2:
+        raise UsageError(f"--search must be low,high, got {search!r}")
+    report = evaluate_policies(
+        data, models, policies=[p for p in (policies or "").split(",") if p.strip()] or None, fold=fold,
+        splits=splits, scales=scales, sliding=sliding, search=tuple(rng), workers=workers,
+        weights=floats(weights, "--weights"), device=device, size=size, window=window, overlap=overlap,
+        batch_size=batch_size, amp=amp)
+    if thresholds_out is not None:
+        write_json(thresholds_out, report.thresholds, force=force)
+    if as_json:
+        print_json(report.to_json())
+        return
+    rows = [(name, r["mean_dice"], *r["group_dice"].values(), r["views"], f"{r['seconds_per_image']:.3f}")
+            for name, r in report.policies.items()]
+    first = next(iter(report.policies.values()))
+    where = f"fold {report.fold}" if report.fold is not None else "train images"
+    console.print(table(f"TTA policies on {report.images} image(s) ({where}), Dice at 0.5",
+                        ["policy", "mean Dice", *first["group_dice"], "views", "s/img"], rows))
+    for note in report.notes:
+        console.print(f"[yellow]note: {note}[/]")
+    console.print(f"best: [bold]{report.best}[/] (mean Dice {report.policies[report.best]['mean_dice']:.4f})")
+    if report.thresholds is not None:
+        console.print(f"per-class thresholds on {report.best}: mean Dice {report.tuned_mean_dice:.4f} "
+                      "(tuned on these images: optimistic)"
+                      + (f" -> {thresholds_out}" if thresholds_out else ""))

@@ -32,10 +32,12 @@ def binarize(q: torch.Tensor, cuts: np.ndarray) -> torch.Tensor:
     return q > torch.as_tensor(np.asarray(cuts), device=q.device).to(torch.uint8)[:, None, None]
 
 
-def masks_to_rles(masks: torch.Tensor) -> list[str]:
-    """Competition RLE of each (H, W) plane of a (K, H, W) bool tensor, computed where the tensor lives.
+def run_bounds(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Run boundaries of each plane of a (K, H, W) bool tensor, computed where the tensor lives.
 
-    Only the run boundaries leave the device; the text equals `boneseg.rle.encode` of each plane.
+    Returns the 0-based flat positions where a plane switches (alternately run starts and exclusive ends,
+    planes one after the other) and the (K + 1,) offsets of each plane's positions. Only these leave
+    the device.
     """
     k = masks.shape[0]
     flat = masks.reshape(k, -1)
@@ -43,8 +45,17 @@ def masks_to_rles(masks: torch.Tensor) -> list[str]:
     padded = torch.cat([pad, flat, pad], 1)
     cls, pos = (padded[:, 1:] != padded[:, :-1]).nonzero(as_tuple=True)
     cls, pos = cls.cpu().numpy(), pos.cpu().numpy()
-    bounds = np.concatenate(([0], np.cumsum(np.bincount(cls, minlength=k))))
-    return [runs_to_rle(pos[a:b:2], pos[a + 1:b:2]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return pos, np.concatenate(([0], np.cumsum(np.bincount(cls, minlength=k))))
+
+
+def format_rles(pos: np.ndarray, offsets: np.ndarray) -> list[str]:
+    """RLE text of each plane from `run_bounds` output."""
+    return [runs_to_rle(pos[a:b:2], pos[a + 1:b:2]) for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def masks_to_rles(masks: torch.Tensor) -> list[str]:
+    """Competition RLE of each (H, W) plane of a (K, H, W) bool tensor; equals `boneseg.rle.encode`."""
+    return format_rles(*run_bounds(masks))
 
 
 def read_thresholds(value: float | str | os.PathLike | dict | None) -> np.ndarray:

@@ -22,13 +22,13 @@ _HFLIP = ttach.HorizontalFlip()
 
 
 def hflip(x: torch.Tensor) -> torch.Tensor:
-    """Mirror the last axis (ttach's horizontal flip; it is its own inverse)."""
-    return _HFLIP.apply_aug_image(x, apply=True)
+    """Mirror the width axis of a (N, C, H, W) or (C, H, W) tensor (ttach's horizontal flip)."""
+    return _HFLIP.apply_aug_image(x, apply=True) if x.ndim == 4 else hflip(x[None])[0]
 
 
 def unflip(x: torch.Tensor) -> torch.Tensor:
-    """Undo `hflip` on a prediction."""
-    return _HFLIP.apply_deaug_mask(x, apply=True)
+    """Undo `hflip` on a prediction ((N, K, H, W) or (K, H, W))."""
+    return _HFLIP.apply_deaug_mask(x, apply=True) if x.ndim == 4 else unflip(x[None])[0]
 
 
 def parse_scales(scales: str | Sequence[float]) -> tuple[float, ...]:

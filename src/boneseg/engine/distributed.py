@@ -1,0 +1,89 @@
+"""DistributedDataParallel plumbing: process-group setup from torchrun's environment, and reductions.
+
+Under ``torchrun --nproc-per-node N [--nnodes M …] -m boneseg train …`` the variables ``RANK``,
+``LOCAL_RANK`` and ``WORLD_SIZE`` are set; `setup` then joins the group (NCCL on CUDA, gloo on CPU) with a
+collective timeout, so a dead rank makes the others fail instead of hanging forever. Without them,
+everything here is a no-op on a single process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from boneseg.errors import UsageError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> this rank's CUDA device when available, else CPU; ``cuda`` without CUDA is an error."""
+    name = str(name).lower()
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+        raise UsageError(f"--device {name!r}: expected auto, cpu or cuda")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device available (use --device cpu or auto)")
+    if name.startswith("cuda:"):
+        return torch.device(name)
+    return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+
+
+def setup(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
+    """Join the torchrun process group if there is one; returns this process's `DistInfo`."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local)
+    if world > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                timeout=timedelta(minutes=timeout_minutes))
+    return DistInfo(rank, world, local, dev)
+
+
+def cleanup(info: DistInfo) -> None:
+    """Leave the process group (after a final barrier)."""
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum `tensor` over ranks in place (no-op on one process); returns it."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True when `flag` is true on any rank (used so every rank stops at the same step)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

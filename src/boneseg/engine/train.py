@@ -1,0 +1,671 @@
+"""The training loop behind ``boneseg train``: plain functions, one job each.
+
+``train(config)`` prepares a run folder, the data (mask cache, folds, pseudo labels), the model,
+optimiser, schedule, AMP scaler and EMA, then loops over epochs: `train_epoch` (optimizer steps with
+gradient accumulation, clipping, stop requests) and `evaluate` (competition Dice per class on the device,
+at the training size). Every epoch it writes ``last.pt``, ``metrics.jsonl`` and, on a new best mean Dice,
+``best.pt``. A run stopped anywhere (``--max-steps``, Ctrl-C, SIGTERM) leaves a ``last.pt`` from which
+``--resume`` finishes bit for bit like an uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from boneseg.classes import CLASSES
+from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, in_channels, normalize
+from boneseg.engine import distributed as D
+from boneseg.engine.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from boneseg.errors import BonesegError, CheckpointError, OutputExistsError, UsageError, suggest
+from boneseg.io import atomic_open, write_json
+
+CONFIG, METRICS = "config.json", "metrics.jsonl"
+
+
+class TrainingInterrupted(BonesegError):
+    """Ctrl-C/SIGTERM: the current step finished, ``last.pt`` was saved; exit code 130."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (saved as ``RUN/config.json`` and in every checkpoint)."""
+
+    data: str = ""
+    out: str = ""
+    arch: str = "unet"
+    encoder: str = "resnet34"
+    size: int = 512
+    crop: int | None = None
+    fold: int = 0
+    splits: str | None = None
+    folds: int = 5
+    epochs: int = 30
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    loss: str = "bce+dice"
+    encoder_weights: str | None = "imagenet"
+    device: str = "auto"
+    amp: bool | None = None
+    amp_dtype: str = "bf16"
+    channels_last: bool | None = None
+    workers: int = 2
+    seed: int = 0
+    max_steps: int | None = None
+    pseudo: list[str] = field(default_factory=list)
+    resume: bool = False
+    force: bool = False
+    aug: str = "default"
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    warmup: float = 0.0
+    accumulate: int = 1
+    clip: float | None = None
+    ema: float = 0.0
+    val_every: int = 1
+    unify_side: str | None = None
+    tensorboard: bool = False
+    cache_dir: str | None = None
+    channels: str = "gray"
+    mean: list[float] = field(default_factory=lambda: list(DEFAULT_MEAN))
+    std: list[float] = field(default_factory=lambda: list(DEFAULT_STD))
+    model_kwargs: dict = field(default_factory=dict)
+    dist_timeout: float = 30.0
+
+    @classmethod
+    def from_any(cls, config: "TrainConfig | dict") -> "TrainConfig":
+        """A config from a dataclass or a dict; unknown keys raise `UsageError` with suggestions."""
+        if isinstance(config, cls):
+            return dataclasses.replace(config)
+        names = {f.name for f in dataclasses.fields(cls)}
+        derived = {"in_channels", "classes", "unify_hands"}
+        unknown = [k for k in config if k not in names and k not in derived]
+        if unknown:
+            raise UsageError(f"unknown training option {unknown[0]!r}{suggest(unknown[0], names)}")
+        kw = {k: v for k, v in config.items() if k in names}
+        if "unify_hands" in config and "unify_side" not in config:
+            kw["unify_side"] = config["unify_hands"]
+        return cls(**kw)
+
+    def to_dict(self) -> dict:
+        """The JSON-able dict stored in checkpoints (with derived ``in_channels`` and ``classes``)."""
+        d = dataclasses.asdict(self)
+        d["in_channels"] = in_channels(d)
+        d["classes"] = list(CLASSES)
+        return d
+
+
+# Options that define the trajectory of a run: a resume must not change them.
+FIXED_ON_RESUME = ("arch", "encoder", "size", "crop", "fold", "splits", "folds", "epochs", "batch_size", "lr",
+                   "weight_decay", "loss", "aug", "optimizer", "scheduler", "warmup", "accumulate", "clip", "ema",
+                   "seed", "unify_side", "channels", "mean", "std", "pseudo", "amp", "amp_dtype", "val_every")
+# Options a resume may change freely.
+RUNTIME = ("device", "workers", "max_steps", "tensorboard", "cache_dir", "dist_timeout", "data", "out")
+
+
+# -- validation of options -----------------------------------------------------------------------
+
+def check_config(cfg: TrainConfig) -> None:
+    """Reject impossible option values with one clear line each (no training started)."""
+    from boneseg.losses import parse_loss
+    from boneseg.models import resolve_arch, resolve_encoder
+
+    if not cfg.data:
+        raise UsageError("no DATA folder given")
+    if not cfg.out:
+        raise UsageError("--out RUN is required")
+    cfg.arch, cfg.encoder = resolve_arch(cfg.arch), resolve_encoder(cfg.encoder)
+    parse_loss(cfg.loss)
+    in_channels(dataclasses.asdict(cfg))
+    positive = {"--size": cfg.size, "--epochs": cfg.epochs, "--batch-size": cfg.batch_size,
+                "--accumulate": cfg.accumulate, "--val-every": cfg.val_every}
+    for opt, v in positive.items():
+        if not isinstance(v, int) or v < 1:
+            raise UsageError(f"{opt} {v}: must be a positive integer")
+    if cfg.size % 32:
+        raise UsageError(f"--size {cfg.size}: must be a multiple of 32 (encoders downsample 32x)")
+    if cfg.crop is not None and (cfg.crop < 32 or cfg.crop % 32 or cfg.crop > cfg.size):
+        raise UsageError(f"--crop {cfg.crop}: must be a multiple of 32 and at most --size {cfg.size}")
+    if cfg.lr <= 0:
+        raise UsageError(f"--lr {cfg.lr}: must be positive")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise UsageError(f"--max-steps {cfg.max_steps}: must be at least 1")
+    if cfg.workers < 0:
+        raise UsageError(f"--workers {cfg.workers}: must be >= 0")
+    if cfg.aug not in AUGMENTATIONS:
+        raise UsageError(f"--aug {cfg.aug!r}: unknown preset{suggest(cfg.aug, AUGMENTATIONS)}")
+    if cfg.unify_side in ("none", "None", ""):
+        cfg.unify_side = None
+    if cfg.unify_side is not None:
+        cfg.unify_side = str(cfg.unify_side).upper()[:1]
+        if cfg.unify_side not in ("L", "R"):
+            raise UsageError("--unify-hands: expected R, L or none")
+    if cfg.amp_dtype not in ("bf16", "fp16"):
+        raise UsageError(f"--amp-dtype {cfg.amp_dtype!r}: expected bf16 or fp16")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise UsageError(f"--ema {cfg.ema}: decay must be in [0, 1) (0 disables it)")
+    if cfg.clip is not None and cfg.clip <= 0:
+        raise UsageError(f"--clip {cfg.clip}: must be positive")
+
+
+# -- run folder ------------------------------------------------------------------------------------
+
+_RUN_FILES = (CONFIG, METRICS, LAST, BEST, "tensorboard")
+
+
+def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
+    """Refuse a non-empty RUN unless resuming or forced; `force` clears only boneseg's own files."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out}: exists and is not a folder")
+    if resume:
+        if not (out / LAST).is_file():
+            raise CheckpointError(f"--resume: {out / LAST} not found (nothing to resume; drop --resume)")
+        return
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise OutputExistsError(f"--out {out}: folder exists and is not empty "
+                                    "(use --resume to continue that run or --force to start over)")
+        import shutil
+
+        for name in _RUN_FILES:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def merge_resume(cfg_given: dict, saved: dict) -> TrainConfig:
+    """The config of a resumed run: the saved one, with runtime options from the new command.
+
+    Raises:
+        UsageError: the new command changes an option that defines the run (e.g. ``--epochs``).
+    """
+    for key in FIXED_ON_RESUME:
+        if key in cfg_given and key in saved and cfg_given[key] != saved[key]:
+            if key in ("arch", "encoder"):
+                from boneseg.models import resolve_arch, resolve_encoder
+
+                norm = resolve_arch if key == "arch" else resolve_encoder
+                if norm(cfg_given[key]) == saved[key]:
+                    continue
+            if key == "unify_side" and str(cfg_given[key] or "none").upper()[:1] == str(saved[key] or "none").upper()[:1]:
+                continue
+            raise UsageError(f"--resume: the run was started with {key}={saved[key]!r}, not {cfg_given[key]!r} "
+                             "(resume with the same options, or start a new run)")
+    merged = {k: v for k, v in saved.items() if k not in ("in_channels", "classes")}
+    for key in RUNTIME:
+        if key in cfg_given and cfg_given[key] is not None:
+            merged[key] = cfg_given[key]
+    merged["resume"] = True
+    return TrainConfig.from_any(merged)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def build_data(cfg: TrainConfig, info: D.DistInfo, progress: bool):
+    """(train items, val items) with the mask cache built once (rank 0 builds, the others wait)."""
+    from boneseg.data.dataset import Item, prepare_cache
+    from boneseg.data.layout import discover
+    from boneseg.data.masks import MaskCache, default_cache_dir
+    from boneseg.data.split import fold_samples, load_splits, make_splits
+
+    samples = discover(cfg.data)
+    if cfg.splits:
+        splits = load_splits(cfg.splits, samples)
+    else:
+        patients = len({s.patient for s in samples})
+        splits = make_splits(samples, folds=min(cfg.folds, patients), seed=cfg.seed)
+    train_s, val_s = fold_samples(samples, splits, cfg.fold)
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data)
+    cache = MaskCache(cache_root)
+    train_items = [Item(s, cache) for s in train_s]
+    val_items = [Item(s, cache) for s in val_s]
+    for i, folder in enumerate(cfg.pseudo):
+        pcache = MaskCache(Path(cfg.cache_dir) / f"pseudo-{i}") if cfg.cache_dir else MaskCache(default_cache_dir(folder))
+        train_items += [Item(s, pcache) for s in discover(folder)]
+    if not train_items:
+        raise UsageError(f"--fold {cfg.fold}: no training images left")
+    if info.is_main:
+        prepare_cache(train_items + val_items, cfg.size, cfg.workers, progress and info.is_main)
+    D.barrier(info)
+    return train_items, val_items
+
+
+def _worker_init(_: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
+    """A DataLoader over `items` driven by an `EpochBatchSampler` (returns loader, sampler)."""
+    from torch.utils.data import DataLoader
+
+    from boneseg.data.dataset import EpochBatchSampler, SegDataset, collate
+    from boneseg.data.transforms import build_augmentation
+
+    transform = build_augmentation(cfg.aug, cfg.crop, flip=cfg.unify_side is None) if train else None
+    dataset = SegDataset(items, cfg.size, transform, cfg.unify_side)
+    sampler = EpochBatchSampler(len(items), cfg.batch_size, cfg.seed, shuffle=train,
+                                drop_last=train and len(items) >= cfg.batch_size * info.world_size,
+                                rank=info.rank, world_size=info.world_size)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
+                        pin_memory=info.device.type == "cuda", persistent_workers=cfg.workers > 0,
+                        worker_init_fn=_worker_init if cfg.workers > 0 else None,
+                        generator=torch.Generator())  # never touches the global RNG (resume exactness)
+    return loader, sampler
+
+
+# -- model and optimisation state -------------------------------------------------------------------
+
+@dataclass
+class State:
+    """What the loop mutates; `checkpoint` turns it into a ``weights_only``-loadable dict."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module              # the bare module (not the DDP wrapper)
+    net: torch.nn.Module                # what forward/backward runs (DDP wrapper or the module)
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    scaler: torch.amp.GradScaler
+    ema: Any = None
+    epoch: int = 0                      # completed epochs
+    batch: int = 0                      # batches done in the current epoch
+    step: int = 0                       # optimizer steps in all
+    loss_sum: torch.Tensor | None = None
+    loss_count: int = 0
+    best: float = -math.inf
+    best_epoch: int = 0
+    history: list = field(default_factory=list)
+    criterion: Any = None
+    device: torch.device = torch.device("cpu")
+
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(int, np_state[2:4]),
+                      float(np_state[4])],
+            "python": _py_state_to_plain(random.getstate())}
+
+
+def _py_state_to_plain(state):
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def checkpoint(st: State, full: bool) -> dict:
+    """The checkpoint dict: ``config``, ``model`` (EMA weights when EMA is on), ``epoch``, ``step``,
+    ``metrics``; with `full`, everything resuming needs."""
+    last = st.history[-1] if st.history else {}
+    state = {"config": st.cfg.to_dict(), "model": st.eval_model().state_dict(), "epoch": st.epoch,
+             "step": st.step, "metrics": {k: v for k, v in last.items()}, "format": 1}
+    if full:
+        state.update({
+            "train_model": st.model.state_dict() if st.ema is not None else None, "optimizer": st.optimizer.state_dict(),
+            "scheduler": st.schedule.state_dict(), "scaler": st.scaler.state_dict(),
+            "ema": st.ema.state_dict() if st.ema is not None else None, "rng": _rng_state(),
+            "batch": st.batch,
+            "loss_sum": st.loss_sum.detach().cpu() if st.loss_sum is not None else None,
+            "loss_count": st.loss_count, "best": st.best, "best_epoch": st.best_epoch, "history": st.history,
+        })
+    return state
+
+
+def restore(st: State, saved: dict) -> None:
+    """Load a ``last.pt`` dict into `st` (model, optimiser, schedule, scaler, EMA, RNG, position)."""
+    st.model.load_state_dict(saved["train_model"] if saved.get("train_model") is not None else saved["model"])
+    st.optimizer.load_state_dict(saved["optimizer"])
+    st.schedule.load_state_dict(saved["scheduler"])
+    if saved.get("scaler"):
+        st.scaler.load_state_dict(saved["scaler"])
+    if st.ema is not None and saved.get("ema"):
+        st.ema.load_state_dict(saved["ema"])
+    st.epoch, st.batch, st.step = int(saved["epoch"]), int(saved["batch"]), int(saved["step"])
+    ls = saved.get("loss_sum")
+    st.loss_sum = ls.to(st.device) if ls is not None else None
+    st.loss_count = int(saved["loss_count"])
+    st.best, st.best_epoch, st.history = float(saved["best"]), int(saved["best_epoch"]), list(saved["history"])
+    _set_rng_state(saved["rng"])
+
+
+def build_state(cfg: TrainConfig, info: D.DistInfo, steps_per_epoch: int) -> State:
+    """Model (on device, channels_last / SyncBN / DDP as fit), optimiser, schedule, scaler and EMA."""
+    from boneseg.engine.ema import ModelEMA
+    from boneseg.engine.optim import LRSchedule, build_optimizer
+    from boneseg.models import build_model
+
+    model = build_model(cfg.to_dict())
+    cuda = info.device.type == "cuda"
+    if info.enabled and cuda:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(info.device)
+    if _channels_last(cfg, info):
+        model = model.to(memory_format=torch.channels_last)
+    net = model
+    if info.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[info.device] if cuda else None)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
+    total = cfg.epochs * steps_per_epoch
+    schedule = LRSchedule(optimizer, cfg.scheduler, total, warmup=round(cfg.warmup * steps_per_epoch))
+    scaler = torch.amp.GradScaler(info.device.type, enabled=_amp(cfg, info) and cfg.amp_dtype == "fp16")
+    ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
+    return State(cfg, model, net, optimizer, schedule, scaler, ema, device=info.device)
+
+
+def _amp(cfg: TrainConfig, info: D.DistInfo) -> bool:
+    return bool(cfg.amp) if cfg.amp is not None else info.device.type == "cuda"
+
+
+def _channels_last(cfg: TrainConfig, info: D.DistInfo) -> bool:
+    return bool(cfg.channels_last) if cfg.channels_last is not None else info.device.type == "cuda"
+
+
+def _autocast(cfg: TrainConfig, info: D.DistInfo):
+    if not _amp(cfg, info):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
+    if dtype is torch.bfloat16 and info.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    return torch.autocast(info.device.type, dtype=dtype)
+
+
+# -- stop requests ----------------------------------------------------------------------------------
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM while installed; the loop checks it after each optimizer step."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C: stop right now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, bar=None) -> bool:
+    """Run the rest of epoch ``st.epoch`` from batch ``st.batch``; True when it stopped early."""
+    cfg, device = st.cfg, info.device
+    n_batches = sampler.batches_per_epoch()
+    acc = cfg.accumulate
+    criterion = st.criterion
+    channels_last = _channels_last(cfg, info)
+    st.net.train()
+    if st.loss_sum is None:
+        st.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    task = bar.add_task(f"epoch {st.epoch + 1}/{cfg.epochs}", total=n_batches * cfg.batch_size,
+                        completed=st.batch * cfg.batch_size, unit="img") if bar else None
+    for batch in loader:
+        b = st.batch
+        group_start = (b // acc) * acc
+        group_size = min(acc, n_batches - group_start)
+        sync = b + 1 - group_start == group_size
+        x = normalize(batch["image"].to(device, non_blocking=True), cfg.to_dict())
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = batch["mask"].to(device, non_blocking=True)
+        no_sync = st.net.no_sync() if (info.enabled and not sync) else contextlib.nullcontext()
+        with no_sync:
+            with _autocast(cfg, info):
+                logits = st.net(x)
+            loss = criterion(logits, target)
+            st.scaler.scale(loss / group_size).backward()
+        st.loss_sum += loss.detach().double()
+        st.loss_count += 1
+        st.batch += 1
+        if sync:
+            if cfg.clip:
+                st.scaler.unscale_(st.optimizer)
+                torch.nn.utils.clip_grad_norm_(st.model.parameters(), cfg.clip)
+            st.scaler.step(st.optimizer)
+            st.scaler.update()
+            st.optimizer.zero_grad(set_to_none=True)
+            st.schedule.step()
+            if st.ema is not None:
+                st.ema.update(st.model)
+            st.step += 1
+        if task is not None:
+            info_text = f"loss {loss.item():.4f}  lr {st.optimizer.param_groups[0]['lr']:.2e}"
+            bar.update(task, advance=len(batch["image"]), info=info_text)
+        if sync:
+            wants = stop.signal is not None or (cfg.max_steps is not None and st.step >= cfg.max_steps)
+            if D.any_rank(wants, info):
+                if task is not None:
+                    bar.remove_task(task)
+                return st.batch < n_batches
+    if task is not None:
+        bar.remove_task(task)
+    return False
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, cfg: TrainConfig, info: D.DistInfo, criterion=None) -> dict:
+    """Competition Dice per class over the validation images, on the device (reduced over ranks).
+
+    Predictions are ``sigmoid(logits) > 0.5`` at the training size. Returns ``{"val_dice", "val_dice_per_class",
+    "val_loss"}``.
+    """
+    from boneseg.metrics import dice
+
+    model.eval()
+    device = info.device
+    sums = torch.zeros(len(CLASSES), dtype=torch.float64, device=device)
+    stats = torch.zeros(2, dtype=torch.float64, device=device)  # images, loss * images
+    channels_last = _channels_last(cfg, info)
+    for batch in loader:
+        x = normalize(batch["image"].to(device, non_blocking=True), cfg.to_dict())
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = batch["mask"].to(device, non_blocking=True)
+        with _autocast(cfg, info):
+            logits = model(x)
+        sums += dice(logits > 0, target).sum(0)
+        n = len(x)
+        stats[0] += n
+        if criterion is not None:
+            stats[1] += criterion(logits, target).double() * n
+    D.all_reduce_sum(sums, info)
+    D.all_reduce_sum(stats, info)
+    per_class = (sums / stats[0].clamp_min(1)).tolist()
+    count = stats[0].item()
+    return {"val_dice": float(np.mean(per_class)) if count else None,
+            "val_dice_per_class": dict(zip(CLASSES, per_class)) if count else None,
+            "val_loss": stats[1].item() / count if count else None}
+
+
+def write_outputs(st: State, out: Path, best: bool) -> None:
+    """``last.pt`` (always), ``best.pt`` (when `best`), then ``metrics.jsonl`` rewritten from the history."""
+    save_checkpoint(out / LAST, checkpoint(st, full=True))
+    if best:
+        save_checkpoint(out / BEST, checkpoint(st, full=False))
+    with atomic_open(out / METRICS, "w", force=True) as fh:
+        for line in st.history:
+            fh.write(json.dumps(line) + "\n")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def _tensorboard(out: Path, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package (pip install 'boneseg[tensorboard]')") from None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def train(config: TrainConfig | dict, progress: bool = True) -> dict:
+    """Train one model as ``boneseg train`` does; returns a summary dict.
+
+    Args:
+        config: a `TrainConfig` or a dict of its fields (``data``, ``out``, ``arch``, ``encoder``, ``size`` …).
+            On ``resume`` a dict only needs the keys it wants to set; the run's saved config supplies the rest.
+        progress: show rich progress bars and one line per epoch (rank 0, stderr).
+
+    Returns:
+        ``{"run", "epochs_done", "steps", "best_val_dice", "best_epoch", "last", "stopped", "seconds"}``.
+
+    Raises:
+        UsageError, DataError, OutputExistsError, CheckpointError: bad options or inputs (before training).
+        TrainingInterrupted: SIGINT/SIGTERM; ``last.pt`` is saved first.
+    """
+    given = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config)
+    cfg = TrainConfig.from_any(given)
+    out = Path(cfg.out) if cfg.out else None
+    if out is None:
+        raise UsageError("--out RUN is required")
+    saved = None
+    if cfg.resume:
+        if not (out / LAST).is_file():
+            raise CheckpointError(f"--resume: {out / LAST} not found (nothing to resume; drop --resume)")
+        saved = load_checkpoint(out / LAST)
+        if "optimizer" not in saved:
+            raise CheckpointError(f"{out / LAST}: holds no training state to resume from")
+        cfg = merge_resume({k: v for k, v in given.items() if k not in ("resume", "force")}
+                           if not isinstance(config, TrainConfig) else given, saved["config"])
+    check_config(cfg)
+    info = D.setup(cfg.device, cfg.dist_timeout)
+    try:
+        with StopFlag() as stop:
+            return _run(cfg, info, saved, out, progress and info.is_main, stop)
+    finally:
+        D.cleanup(info)
+
+
+def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, progress: bool, stop: StopFlag) -> dict:
+    from boneseg.cli.output import console, progress as make_progress
+    from boneseg.losses import build_loss
+
+    t0 = time.time()
+    if info.is_main:
+        prepare_run_dir(out, cfg.resume, cfg.force)
+    D.barrier(info)
+    _seed_everything(cfg.seed)
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    train_items, val_items = build_data(cfg, info, progress)
+    train_loader, train_sampler = make_loader(train_items, cfg, info, train=True)
+    val_loader, _ = make_loader(val_items, cfg, info, train=False)
+    n_batches = train_sampler.batches_per_epoch()
+    if n_batches == 0:
+        raise UsageError(f"--batch-size {cfg.batch_size}: larger than the {len(train_items)} training images per rank")
+    steps_per_epoch = -(-n_batches // cfg.accumulate)
+    st = build_state(cfg, info, steps_per_epoch)
+    st.criterion = build_loss(cfg.loss).to(info.device)
+    if saved is not None:
+        restore(st, saved)
+    if info.is_main:
+        write_json(out / CONFIG, cfg.to_dict(), force=True)
+    tb = _tensorboard(out, cfg.tensorboard and info.is_main)
+    stopped = False
+    with make_progress(transient=True, disable=not progress) as bar:
+        while st.epoch < cfg.epochs:
+            e_start = time.time()
+            train_sampler.set_epoch(st.epoch, st.batch)
+            stopped = train_epoch(st, train_loader, train_sampler, info, stop, bar if progress else None)
+            if stopped:
+                break
+            train_loss = D.all_reduce_sum(torch.stack([st.loss_sum, torch.tensor(float(st.loss_count),
+                                          dtype=torch.float64, device=info.device)]), info)
+            st.epoch, st.batch = st.epoch + 1, 0
+            line = {"epoch": st.epoch, "step": st.step,
+                    "train_loss": (train_loss[0] / train_loss[1].clamp_min(1)).item(),
+                    "val_dice": None, "val_dice_per_class": None, "val_loss": None,
+                    "lr": st.optimizer.param_groups[0]["lr"]}
+            st.loss_sum, st.loss_count = None, 0
+            if st.epoch % cfg.val_every == 0 or st.epoch == cfg.epochs:
+                line.update(evaluate(st.eval_model(), val_loader, cfg, info, st.criterion))
+            line["seconds"] = round(time.time() - e_start, 3)
+            is_best = line["val_dice"] is not None and line["val_dice"] > st.best
+            if is_best:
+                st.best, st.best_epoch = line["val_dice"], st.epoch
+            st.schedule.observe(line["val_dice"])
+            st.history.append(line)
+            if info.is_main:
+                write_outputs(st, out, best=is_best)
+                if tb is not None:
+                    _log_tensorboard(tb, line)
+                if progress:
+                    vd = f"{line['val_dice']:.4f}" if line["val_dice"] is not None else "-"
+                    console.print(f"epoch {st.epoch}/{cfg.epochs}  step {st.step}  train_loss {line['train_loss']:.4f}  "
+                                  f"val_dice {vd}  best {st.best:.4f} (epoch {st.best_epoch})  "
+                                  f"lr {line['lr']:.2e}  {line['seconds']:.1f}s")
+            D.barrier(info)
+            if stop.signal is not None or (cfg.max_steps is not None and st.step >= cfg.max_steps):
+                stopped = st.epoch < cfg.epochs
+                break
+        if stopped and info.is_main:
+            write_outputs(st, out, best=False)
+        D.barrier(info)
+    if tb is not None:
+        tb.close()
+    summary = {"run": str(out), "epochs_done": st.epoch, "steps": st.step,
+               "best_val_dice": st.best if st.best > -math.inf else None, "best_epoch": st.best_epoch or None,
+               "last": st.history[-1] if st.history else None, "stopped": stopped,
+               "train_images": len(train_items), "val_images": len(val_items),
+               "seconds": round(time.time() - t0, 3)}
+    if stopped and stop.signal is not None:
+        raise TrainingInterrupted(f"interrupted at epoch {st.epoch + 1}, step {st.step}; {out / LAST} saved. "
+                                  f"Continue with the same command plus --resume")
+    return summary
+
+
+def _log_tensorboard(tb, line: dict) -> None:
+    step = line["epoch"]
+    for key in ("train_loss", "val_dice", "val_loss", "lr"):
+        if line.get(key) is not None:
+            tb.add_scalar(key, line[key], step)
+    for cls, v in (line.get("val_dice_per_class") or {}).items():
+        tb.add_scalar(f"val_dice_per_class/{cls}", v, step)
+    tb.flush()

@@ -1,0 +1,182 @@
+"""`boneseg tta` as a library call: score TTA policies on validation images and tune thresholds.
+
+Every policy is predicted with the same `Predictor` as `predict` (views shared between policies are
+computed once per image). For each (image, class) the quantised probabilities inside and outside the
+ground truth are histogrammed (256 bins each); that gives the exact competition Dice at every one of the
+256 possible cuts at once, summed over images in constant memory. The best policy is the one with
+the highest mean Dice at the 0.5 threshold; the per-class thresholds maximise each class's mean Dice
+over the cuts inside a search range.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from boneseg import probs as probs_mod
+from boneseg.classes import CLASSES, GROUPS, NUM_CLASSES
+from boneseg.data.layout import Sample, discover
+from boneseg.errors import UsageError
+from boneseg.inference.encode import quantize
+from boneseg.inference.predictor import Predictor, ViewCache
+from boneseg.inference.run import ImageDataset, make_loader
+from boneseg.inference.tta import DEFAULT_SCALES, Policy, default_policies
+from boneseg.metrics import dice_from_counts
+
+LEVELS = probs_mod.SCALE + 1
+
+
+def dice_curves(q: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
+    """(29, 256) competition Dice of one image at every cut ``k`` (foreground: ``q > k``).
+
+    Args:
+        q: (29, H, W) uint8 quantised probabilities. gt: (29, H, W) bool ground truth (same device).
+    """
+    hist = torch.stack([torch.bincount(q[c].reshape(-1).long() + LEVELS * gt[c].reshape(-1).long(),
+                                       minlength=2 * LEVELS) for c in range(q.shape[0])]).cpu().numpy()
+    out_h, in_h = hist[:, :LEVELS].astype(np.int64), hist[:, LEVELS:].astype(np.int64)
+    g = in_h.sum(1, keepdims=True)
+    inter = g - np.cumsum(in_h, 1)                       # |P∩G| with P = q > k
+    pred = (g + out_h.sum(1, keepdims=True)) - np.cumsum(in_h + out_h, 1)
+    return dice_from_counts(inter, pred, np.broadcast_to(g, inter.shape))
+
+
+def search_thresholds(curves: np.ndarray, low: float = 0.3, high: float = 0.7,
+                      default: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class best threshold from mean-Dice curves (29, 256): (thresholds (29,), their mean Dice (29,)).
+
+    Only cuts whose threshold lies in [low, high] are searched; ties go to the cut nearest `default`.
+    Each threshold is written as ``(k + 0.5) / 255`` (4 decimals) so `boneseg.probs.cutoffs` gives back k.
+    """
+    if not 0.0 <= low <= high <= 1.0:
+        raise UsageError(f"threshold search range must satisfy 0 <= low <= high <= 1, got {low}..{high}")
+    k_lo, k_hi = int(probs_mod.cutoffs(low)[0]), int(probs_mod.cutoffs(high)[0])
+    k_def = int(probs_mod.cutoffs(default)[0])
+    ks = np.arange(k_lo, k_hi + 1)
+    window = curves[:, ks]
+    best = window.max(1, keepdims=True)
+    tie_break = np.where(np.isclose(window, best, rtol=0, atol=1e-12), -np.abs(ks - k_def)[None], -10 ** 9)
+    chosen = ks[tie_break.argmax(1)]
+    thresholds = np.round((chosen + 0.5) / probs_mod.SCALE, 4)
+    assert (probs_mod.cutoffs(thresholds) == chosen).all()
+    return thresholds, curves[np.arange(len(chosen)), chosen]
+
+
+@dataclass
+class TTAReport:
+    """Scores of each policy (mean and per-class Dice at 0.5), the best one, and tuned thresholds."""
+
+    images: int
+    policies: dict[str, dict] = field(default_factory=dict)
+    best: str = ""
+    thresholds: dict[str, float] | None = None
+    tuned_mean_dice: float | None = None
+    fold: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        doc = {"best": self.best, "images": self.images, "fold": self.fold, "policies": self.policies}
+        if self.thresholds is not None:
+            doc.update(thresholds=self.thresholds, tuned_mean_dice=self.tuned_mean_dice,
+                       tuned_policy=self.best)
+        if self.notes:
+            doc["notes"] = self.notes
+        return doc
+
+
+def validation_samples(data: str | os.PathLike, splits: str | os.PathLike | None, fold: int | None,
+                       config: dict) -> tuple[list[Sample], int | None, list[str]]:
+    """The images to score: fold `fold` of `splits` (defaults: the checkpoint's own fold and splits
+    file), else every train image (with a note that the scores are then optimistic)."""
+    from boneseg.data.split import fold_samples, load_splits
+
+    samples = discover(data, "train")
+    splits = splits or config.get("splits")
+    fold = config.get("fold") if fold is None else fold
+    if splits and fold is not None and os.path.exists(splits):
+        _, val = fold_samples(samples, load_splits(splits, samples), int(fold))
+        if not val:
+            raise UsageError(f"--fold {fold}: no validation images in {splits}")
+        return val, int(fold), []
+    if (splits is None) != (fold is None):
+        raise UsageError("give --fold and --splits together")
+    return samples, None, ["no --fold/--splits: scored on every train image (optimistic if the model saw them)"]
+
+
+def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str | os.PathLike], *,
+                      policies: Sequence[str | Policy] | None = None, fold: int | None = None,
+                      splits: str | os.PathLike | None = None, scales: Sequence[float] | str = DEFAULT_SCALES,
+                      sliding: bool = False, search: tuple[float, float] | None = (0.3, 0.7),
+                      workers: int = 2, progress: bool = True, weights: Sequence[float] | None = None,
+                      device: str = "auto", size: int | None = None, window: int | None = None,
+                      overlap: float = 0.5, batch_size: int = 4, amp: bool = True,
+                      samples: Sequence[Sample] | None = None) -> TTAReport:
+    """Predict the validation images under each policy and score them with the competition Dice.
+
+    Args:
+        data: dataset root with labelled ``train`` images.
+        models: checkpoints/run folders or a ready `Predictor` (several: averaged as in predict).
+        policies: names (``none``, ``hflip``, ``scale``, ``hflip+scale``, optionally ``sliding:``-prefixed)
+            or `Policy` objects; default every TTA name in resize mode, plus sliding mode with `sliding`.
+        fold, splits: the validation fold (default: the checkpoint's). samples: score these instead.
+        search: (low, high) range of the per-class threshold search on the best policy; None skips it.
+        Others: see `boneseg.inference.predict`.
+    """
+    predictor = models if isinstance(models, Predictor) else Predictor.from_checkpoints(
+        models, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
+    if policies:
+        pols = [p if isinstance(p, Policy) else Policy.parse(p, scales, sliding) for p in policies]
+    else:
+        pols = default_policies(scales, sliding)
+    notes: list[str] = []
+    if predictor.unified and len(predictor.unified) == len(predictor.models):
+        dropped = [p.name for p in pols if p.hflip]
+        pols = list(dict.fromkeys(Policy(p.sliding, False, p.scales) for p in pols))
+        if dropped:
+            notes.append(f"hand-side unified model(s): flip TTA does not apply; dropped {', '.join(dropped)}")
+    pols = list(dict.fromkeys(pols))
+    fold_used = fold
+    if samples is None:
+        samples, fold_used, extra = validation_samples(data, splits, fold, predictor.models[0].config)
+        notes += extra
+    from boneseg.data.masks import default_cache_dir
+
+    loader = make_loader(ImageDataset(samples, predictor.plan(pols), labels=True,
+                                      cache_dir=default_cache_dir(data)), workers, predictor.device)
+    sums = {p: np.zeros((NUM_CLASSES, LEVELS)) for p in pols}
+    seconds = {p: 0.0 for p in pols}
+    n = 0
+    from boneseg.cli.output import progress as make_progress
+
+    with make_progress(disable=not progress) as bar:
+        task = bar.add_task("tta", total=len(samples), unit="img")
+        for item in loader:
+            cache = ViewCache(keep=True)
+            gt = item.masks.to(predictor.device)
+            for p in pols:
+                cache.used = set()
+                q = quantize(predictor.predict(item, p, cache))
+                seconds[p] += cache.side_seconds + sum(cache.seconds[k] for k in cache.used - cache.side_keys)
+                sums[p] += dice_curves(q, gt)
+            n += 1
+            bar.advance(task)
+    k_def = int(probs_mod.cutoffs(0.5)[0])
+    report = TTAReport(images=n, fold=fold_used, notes=notes)
+    for p in pols:
+        per_class = sums[p][:, k_def] / n
+        report.policies[p.name] = {
+            "mean_dice": float(per_class.mean()),
+            "per_class_dice": dict(zip(CLASSES, map(float, per_class))),
+            "group_dice": {g: float(np.mean([per_class[CLASSES.index(c)] for c in cs])) for g, cs in GROUPS.items()},
+            "views": len(p.views()), "seconds_per_image": seconds[p] / n,
+        }
+    best = max(pols, key=lambda p: (report.policies[p.name]["mean_dice"], -len(p.views())))
+    report.best = best.name
+    if search is not None:
+        thresholds, tuned = search_thresholds(sums[best] / n, *search)
+        report.thresholds = dict(zip(CLASSES, map(float, thresholds)))
+        report.tuned_mean_dice = float(tuned.mean())
+    return report

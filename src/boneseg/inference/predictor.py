@@ -1,0 +1,353 @@
+"""The predictor: one or more models -> full-resolution probabilities of one image under a TTA policy.
+
+`predict` (the submission) and `tta` (policy scoring) both go through `Predictor.predict`; `tta` only
+keeps the per-view results in a `ViewCache` so that policies sharing a view compute it once.
+
+Hand side: a model trained with hand-side unification (config ``unify_side`` "R" or "L") saw every hand
+mirrored to that side. An image is mirrored before such a model (and its prediction mirrored back) when
+its side differs. The side comes from the file name's ``_L``/``_R`` suffix; when there is none, the first
+unified model predicts the image and its mirror (resize mode) and the view whose thumb (finger-1..3) and
+little finger (finger-16..19) are arranged as in training wins (thumb left of the little finger for
+"R"); when both or neither are, the more confident view wins (mean probability of its foreground
+pixels). Horizontal-flip TTA is ignored for unified models (their mirror view is the other hand side).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from boneseg.classes import CLASS_INDEX, NUM_CLASSES
+from boneseg.errors import UsageError
+from boneseg.inference.sliding import alloc, check_window, sliding_window
+from boneseg.inference.tta import Policy, hflip, snap, unflip
+
+_THUMB = [CLASS_INDEX[f"finger-{i}"] for i in (1, 2, 3)]
+_LITTLE = [CLASS_INDEX[f"finger-{i}"] for i in (16, 17, 18, 19)]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when available (the local rank's GPU under torchrun), else CPU.
+
+    Raises:
+        UsageError: an unknown device or CUDA asked for without a GPU.
+    """
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r}: expected auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device available (use --device cpu)")
+    return dev
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its training config and ensemble weight."""
+
+    model: torch.nn.Module
+    config: dict
+    source: str = ""
+    weight: float = 1.0
+
+    @property
+    def unify(self) -> str | None:
+        side = self.config.get("unify_side")
+        return side if side in ("L", "R") else None
+
+
+def load_models(checkpoints: Sequence[str | os.PathLike], device: torch.device,
+                weights: Sequence[float] | None = None) -> list[LoadedModel]:
+    """Load each checkpoint (file or run folder) with its own config.
+
+    Raises:
+        UsageError: no checkpoint, or a weight count that differs from the checkpoint count / a negative weight.
+        CheckpointError: a checkpoint that cannot be loaded.
+    """
+    from boneseg.engine.checkpoint import load_model
+
+    if not checkpoints:
+        raise UsageError("give at least one model with -m CKPT")
+    weights = list(weights) if weights else [1.0] * len(checkpoints)
+    if len(weights) != len(checkpoints):
+        raise UsageError(f"--weights: {len(weights)} weight(s) for {len(checkpoints)} model(s)")
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise UsageError(f"--weights must be non-negative with a positive sum, got {weights}")
+    out = []
+    for ckpt, w in zip(checkpoints, weights):
+        model, config = load_model(ckpt, device)
+        out.append(LoadedModel(model, config, str(ckpt), float(w)))
+    return out
+
+
+@dataclass
+class Item:
+    """One image ready for the device: uint8 inputs keyed by (height, width), plus what predict needs."""
+
+    index: int
+    name: str
+    shape: tuple[int, int]
+    side: str | None
+    inputs: dict[tuple[int, int], torch.Tensor]
+    masks: torch.Tensor | None = None  # (29, H, W) bool ground truth (tta only)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W) -> (h, w), with the interpolation training used (area down, linear up)."""
+    h, w = size
+    if image.shape == (h, w):
+        return image
+    interp = cv2.INTER_AREA if h * w < image.shape[0] * image.shape[1] else cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=interp)
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """The resized copies of an image a set of policies needs (computed in data-loader workers)."""
+
+    squares: frozenset[int] = frozenset()          # resize mode: square sides
+    side_squares: frozenset[int] = frozenset()     # side pass (images without a side suffix)
+    sliding_scales: frozenset[float] = frozenset()
+    sliding_base: int | None = None                # None: the image's own size
+
+    def sizes(self, shape: tuple[int, int], side: str | None) -> set[tuple[int, int]]:
+        out = {(s, s) for s in self.squares}
+        if side is None:
+            out |= {(s, s) for s in self.side_squares}
+        base = (self.sliding_base, self.sliding_base) if self.sliding_base else shape
+        out |= {(round(base[0] * s), round(base[1] * s)) for s in self.sliding_scales}
+        return out
+
+    def item(self, index: int, name: str, image: np.ndarray, side: str | None) -> Item:
+        inputs = {hw: torch.from_numpy(np.ascontiguousarray(resize_image(image, hw)))
+                  for hw in sorted(self.sizes(image.shape, side))}
+        return Item(index, name, tuple(image.shape), side, inputs)
+
+
+class ViewCache:
+    """Per-image results of single views ``(model, sliding, scale, flip)``; `keep` retains them for
+    reuse by several policies, otherwise each is handed out once."""
+
+    def __init__(self, keep: bool = False):
+        self.keep, self.views, self.side = keep, {}, None
+        self.seconds: dict[tuple, float] = {}  # compute time of each view (device-synchronised)
+        self.side_seconds = 0.0                # time of the hand-side pass
+        self.side_keys: set[tuple] = set()     # its views (reused by the main pass when they match)
+        self.used: set[tuple] = set()          # views handed out (reset by the caller)
+
+    def take(self, key):
+        return self.views.get(key) if self.keep else self.views.pop(key, None)
+
+
+def side_from_probs(p: torch.Tensor) -> str | None:
+    """``"R"`` when the predicted thumb lies left of the predicted little finger, ``"L"`` when right,
+    None when either is missing (image-frame probabilities (29, H, W))."""
+    xs = torch.arange(p.shape[-1], device=p.device, dtype=torch.float64)
+
+    def centre(idx):
+        cols = (p[idx] > 0.5).any(0).sum(0).double()
+        n = cols.sum()
+        return float((cols * xs).sum() / n) if n > 0 else None
+
+    thumb, little = centre(_THUMB), centre(_LITTLE)
+    if thumb is None or little is None or thumb == little:
+        return None
+    return "R" if thumb < little else "L"
+
+
+def _other(side: str) -> str:
+    return "L" if side == "R" else "R"
+
+
+class Predictor:
+    """Models + inference settings; `predict` gives (29, H, W) probabilities of one image.
+
+    Args:
+        models: loaded models (weights are normalised to sum to 1).
+        device: where the models live.
+        size: resize-mode side (default: each model's training ``size``); with sliding, the square
+            resolution the window slides over (default: the image's own).
+        window: sliding tile side (default: each model's training ``crop``, else its ``size``).
+        overlap: sliding overlap fraction. batch_size: tiles (sliding) per forward.
+        amp: fp16 autocast on CUDA.
+    """
+
+    def __init__(self, models: Sequence[LoadedModel], device: torch.device | str = "cpu", size: int | None = None,
+                 window: int | None = None, overlap: float = 0.5, batch_size: int = 4, amp: bool = True):
+        if not models:
+            raise UsageError("give at least one model with -m CKPT")
+        self.models = list(models)
+        total = sum(m.weight for m in self.models)
+        self.weights = [m.weight / total for m in self.models]
+        self.device = torch.device(device)
+        if size is not None and (size <= 0 or size % 32):
+            raise UsageError(f"--size must be a positive multiple of 32, got {size}")
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        self.size, self.window, self.overlap, self.batch_size = size, window, overlap, batch_size
+        for lm in self.models:
+            check_window(self.window_of(lm), overlap)
+        self.amp = amp and self.device.type == "cuda"
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.channels_last = self.device.type == "cuda"
+        if self.channels_last:
+            for lm in self.models:
+                lm.model.to(memory_format=torch.channels_last)
+        self.unified = [i for i, lm in enumerate(self.models) if lm.unify]
+
+    @classmethod
+    def from_checkpoints(cls, checkpoints: Sequence[str | os.PathLike], weights: Sequence[float] | None = None,
+                         device: str | torch.device = "auto", **kwargs) -> "Predictor":
+        dev = resolve_device(device)
+        return cls(load_models(checkpoints, dev, weights), dev, **kwargs)
+
+    # -- sizes ------------------------------------------------------------------------------------
+    def size_of(self, lm: LoadedModel) -> int:
+        return int(self.size or lm.config.get("size") or 512)
+
+    def window_of(self, lm: LoadedModel) -> int:
+        return int(self.window or lm.config.get("crop") or self.size_of(lm))
+
+    def plan(self, policies: Sequence[Policy]) -> InputPlan:
+        """The resized inputs `policies` need, for the data-loader workers."""
+        squares, scales = set(), set()
+        for p in policies:
+            for lm in self.models:
+                if p.sliding:
+                    scales |= set(p.scales)
+                else:
+                    squares |= {snap(self.size_of(lm) * s) for s in p.scales}
+        side = frozenset({snap(self.size_of(self.models[self.unified[0]]))}) if self.unified else frozenset()
+        return InputPlan(frozenset(squares), side, frozenset(scales), self.size)
+
+    # -- views ------------------------------------------------------------------------------------
+    def _input(self, lm: LoadedModel, item: Item, hw: tuple[int, int]) -> torch.Tensor:
+        from boneseg.data.transforms import normalize
+
+        x = normalize(item.inputs[hw].to(self.device, non_blocking=True)[None], lm.config)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _forward(self, lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            return lm.model(x).to(self.dtype)
+
+    def view_size(self, m: int, item: Item, sliding: bool, scale: float) -> tuple[int, int]:
+        """The input size of a view: the model's square (snapped) or the sliding base, times `scale`."""
+        if sliding:
+            base = (self.size, self.size) if self.size else item.shape
+            return round(base[0] * scale), round(base[1] * scale)
+        s = snap(self.size_of(self.models[m]) * scale)
+        return s, s
+
+    def _compute(self, m: int, item: Item, sliding: bool, hw: tuple[int, int],
+                 flips: Sequence[bool]) -> list[torch.Tensor]:
+        lm, (h, w) = self.models[m], item.shape
+        if sliding:
+            out = []
+            for f in flips:
+                x = self._input(lm, item, hw)[0]
+                p = sliding_window(lambda b: self._forward(lm, b).sigmoid_(), hflip(x) if f else x,
+                                   self.window_of(lm), self.overlap, self.batch_size, self.dtype)
+                p = unflip(p) if f else p
+                if p.shape[-2:] != (h, w):
+                    p = F.interpolate(p[None], (h, w), mode="bilinear", align_corners=False)[0]
+                out.append(p)
+            return out
+        x = self._input(lm, item, hw)
+        out = []
+        for f in flips:  # one forward per view: results do not depend on which views are asked together
+            y = self._forward(lm, hflip(x) if f else x)
+            y = unflip(y) if f else y
+            if y.shape[-2:] != (h, w):
+                y = F.interpolate(y, (h, w), mode="bilinear", align_corners=False)
+            out.append(y[0].sigmoid_())
+        return out
+
+    def views(self, m: int, item: Item, sliding: bool, scale: float, flips: Sequence[bool],
+              cache: ViewCache | None = None) -> list[torch.Tensor]:
+        """Image-frame probabilities (29, H, W) of model `m` for each flip at one scale."""
+        cache = cache or ViewCache()
+        hw = self.view_size(m, item, sliding, scale)
+        keys = {f: (m, sliding, hw, f) for f in flips}
+        found = {f: cache.take(keys[f]) for f in flips}
+        todo = [f for f in flips if found[f] is None]
+        if todo:
+            t0 = time.perf_counter()
+            found.update(zip(todo, self._compute(m, item, sliding, hw, todo)))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            for f in todo:
+                cache.seconds[keys[f]] = (time.perf_counter() - t0) / len(todo)
+            if cache.keep:
+                cache.views.update({keys[f]: found[f] for f in todo})
+        cache.used.update(keys.values())
+        return [found[f] for f in flips]
+
+    # -- hand side --------------------------------------------------------------------------------
+    def image_side(self, item: Item, cache: ViewCache) -> str | None:
+        """The hand side used for unified models (see the module notes); None without unified models."""
+        if item.side in ("L", "R") or not self.unified:
+            return item.side
+        if cache.side is None:
+            m = self.unified[0]
+            unify = self.models[m].unify
+            used = set(cache.used)
+            plain, mirrored = self.views(m, item, False, 1.0, (False, True), cache)
+            cache.used = used
+            hw = self.view_size(m, item, False, 1.0)
+            cache.side_keys = {(m, False, hw, f) for f in (False, True)}
+            cache.side_seconds = sum(cache.seconds[k] for k in cache.side_keys)
+
+            def score(p, flipped):
+                seen = side_from_probs(p)
+                model_side = (_other(seen) if flipped else seen) if seen else None
+                fg = p[p > 0.5]
+                return (model_side == unify, float(fg.float().mean()) if fg.numel() else 0.0)
+
+            cache.side = _other(unify) if score(mirrored, True) > score(plain, False) else unify
+            if not cache.keep:  # keep both for the main pass, which takes the one it needs
+                cache.views.update(zip(sorted(cache.side_keys, key=lambda k: k[-1]), (plain, mirrored)))
+        return cache.side
+
+    def flips(self, m: int, item: Item, policy: Policy, cache: ViewCache) -> tuple[bool, ...]:
+        unify = self.models[m].unify
+        if unify:
+            return (self.image_side(item, cache) not in (None, unify),)
+        return (False, True) if policy.hflip else (False,)
+
+    # -- the prediction ---------------------------------------------------------------------------
+    def predict(self, item: Item, policy: Policy, cache: ViewCache | None = None) -> torch.Tensor:
+        """(29, H, W) probabilities: per model the mean over its views, then the weighted mean over models."""
+        cache = cache or ViewCache()
+        total = None
+        for m, weight in enumerate(self.weights):
+            flips = self.flips(m, item, policy, cache)
+            mean = None
+            scales = list({self.view_size(m, item, policy.sliding, sc): sc for sc in policy.scales}.values())
+            for scale in scales:  # scales that snap to the same input size count once
+                for v in self.views(m, item, policy.sliding, scale, flips, cache):
+                    if mean is None:
+                        mean = alloc((NUM_CLASSES, *item.shape), v.device, v.dtype)
+                    mean.add_(v.to(mean.device))
+            n = len(scales) * len(flips)
+            if n > 1:
+                mean.div_(n)
+            if len(self.weights) == 1:
+                return mean
+            if total is None:
+                total = alloc(mean.shape, mean.device, mean.dtype)
+            total.add_(mean.to(total.device), alpha=weight)
+        return total

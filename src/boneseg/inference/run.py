@@ -1,0 +1,292 @@
+"""`boneseg predict` as a library call: images -> streaming submission CSV (and saved probabilities).
+
+Per image: background workers read and resize it, the device predicts, quantises and thresholds it and
+computes the run boundaries, and a writer thread formats the rows (and compresses the probabilities)
+while the device moves on. At most two finished images wait for the writer, so memory stays flat
+whatever the number of images. Under ``torchrun`` each rank predicts ``images[rank::world]`` into a
+part file and rank 0 merges the parts in image order.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from boneseg import probs as probs_mod
+from boneseg import rle as rle_mod
+from boneseg.classes import NUM_CLASSES
+from boneseg.data.layout import Sample, find_images, read_image
+from boneseg.errors import DataError, OutputExistsError, UsageError
+from boneseg.inference.encode import binarize, format_rles, quantize, read_thresholds, run_bounds
+from boneseg.inference.predictor import InputPlan, Item, Predictor
+from boneseg.inference.tta import DEFAULT_SCALES, Policy
+from boneseg.io import atomic_open, check_output, is_stdout
+from boneseg.postprocess import postprocess
+from boneseg.submission import HEADER, SubmissionWriter
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Samples -> `Item` (image resized to what the policies need; ground truth with `labels`)."""
+
+    def __init__(self, samples: Sequence[Sample], plan: InputPlan, labels: bool = False,
+                 cache_dir: str | os.PathLike | None = None):
+        self.samples, self.plan, self.labels, self.cache_dir = list(samples), plan, labels, cache_dir
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Item:
+        s = self.samples[i]
+        if self.labels:
+            from boneseg.data.masks import MaskCache, build_sample
+
+            cached = MaskCache(self.cache_dir).get(s) if self.cache_dir else build_sample(s)
+            item = self.plan.item(i, s.image_name, cached.image, s.suffix_side)
+            item.masks = torch.from_numpy(cached.masks)
+            return item
+        return self.plan.item(i, s.image_name, read_image(s.image), s.suffix_side)
+
+
+def make_loader(dataset: ImageDataset, workers: int, device: torch.device) -> torch.utils.data.DataLoader:
+    """One item at a time, read `workers`-wide ahead in background processes (0: in this process)."""
+    if workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {workers}")
+    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                       prefetch_factor=2 if workers else None, persistent_workers=False)
+
+
+def check_unique_names(samples: Sequence[Sample]) -> None:
+    """Submission rows and probability files are keyed by base name: two images sharing one is an error."""
+    seen: dict[str, str] = {}
+    for s in samples:
+        if s.image_name in seen:
+            raise DataError(f"two images named {s.image_name}: {seen[s.image_name]} and {s.name} "
+                            "(submission rows are keyed by base name)")
+        seen[s.image_name] = s.name
+
+
+def check_probs_dir(folder: str | os.PathLike, force: bool) -> Path:
+    """Refuse a non-empty ``--save-probs`` folder unless `force`."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"--save-probs {folder}: exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not force:
+        raise OutputExistsError(f"{folder} is not empty (use --force to overwrite)")
+    return folder
+
+
+# -- distributed ----------------------------------------------------------------------------------
+
+def dist_context() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group); joins the torchrun process
+    group (gloo) when launched by torchrun."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), created
+
+
+def _broadcast(obj):
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def merge_parts(parts: Sequence[Path], n_images: int, output: str | os.PathLike | None, force: bool) -> None:
+    """Interleave per-rank CSVs (rank r holds images r, r+world, …) back into image order, streaming."""
+    world = len(parts)
+    handles = [open(p, encoding="utf-8", newline="") for p in parts]
+    try:
+        for h, p in zip(handles, parts):
+            if h.readline().rstrip("\r\n") != ",".join(HEADER):
+                raise DataError(f"{p}: part file without the submission header")
+        with atomic_open(output, "w", force=force) as out:
+            out.write(",".join(HEADER) + "\n")
+            for i in range(n_images):
+                fh = handles[i % world]
+                for _ in range(NUM_CLASSES):
+                    line = fh.readline()
+                    if not line:
+                        raise DataError(f"{parts[i % world]}: ends early (image {i})")
+                    out.write(line)
+    finally:
+        for h in handles:
+            h.close()
+
+
+# -- predict --------------------------------------------------------------------------------------
+
+@dataclass
+class PredictSummary:
+    """What a `predict` call did (on this rank, plus the totals)."""
+
+    images: int
+    seconds: float
+    output: str
+    probs_dir: str | None = None
+    rank: int = 0
+    world: int = 1
+    policy: str = "resize:none"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+class _Writer:
+    """Formats rows and saves probabilities on one background thread, in submission order; at most
+    `depth` images wait, so memory stays bounded."""
+
+    def __init__(self, depth: int = 2):
+        self.pool, self.pending, self.depth = ThreadPoolExecutor(1, thread_name_prefix="boneseg-writer"), [], depth
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        while len(self.pending) >= self.depth:
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(fn))
+
+    def drain(self) -> None:
+        while self.pending:
+            self.pending.pop(0).result()
+
+    def close(self) -> None:
+        for f in self.pending:
+            f.cancel()
+        self.pool.shutdown(wait=True)
+
+
+def _row_task(writer: SubmissionWriter, name: str, bounds: tuple | None, masks: np.ndarray | None,
+              q: np.ndarray | None, probs_dir: Path | None, keep_largest: bool, min_area: int) -> Callable[[], None]:
+    def task() -> None:
+        if probs_dir is not None:
+            probs_mod.save(probs_dir, name, q)
+        if masks is not None:
+            writer.write_masks(name, postprocess(masks, keep_largest, min_area))
+        else:
+            writer.write_rles(name, format_rles(*bounds))
+    return task
+
+
+def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Sequence[str | os.PathLike],
+            output: str | os.PathLike | None = "-", *, tta: str | Policy = "none",
+            scales: Sequence[float] | str = DEFAULT_SCALES, sliding: bool = False,
+            threshold: float | str | os.PathLike | dict = 0.5, keep_largest: bool = False, min_area: int = 0,
+            save_probs: str | os.PathLike | None = None, workers: int = 2, force: bool = False,
+            progress: bool = True, weights: Sequence[float] | None = None, device: str = "auto",
+            size: int | None = None, window: int | None = None, overlap: float = 0.5, batch_size: int = 4,
+            amp: bool = True) -> PredictSummary:
+    """Predict images into a submission CSV, streaming one image at a time.
+
+    Args:
+        source: a dataset root (its ``test/DCM``), a folder of PNGs (recursive), one PNG, or samples.
+        models: checkpoints/run folders (each rebuilt from its own config) or a ready `Predictor`.
+        output: CSV path, or ``-``/None for standard output.
+        tta: ``none``, ``hflip``, ``scale``, ``hflip+scale`` (or a `Policy`); views are merged by the mean
+            of their probabilities. scales: the scales of ``scale``. sliding: sliding-window mode.
+        threshold: a number, a {class: t} mapping, or a JSON file of per-class thresholds.
+        keep_largest / min_area: post-processing per class (off by default).
+        save_probs: folder for uint8 probabilities (`boneseg.probs`), for soft voting and pseudo-labels.
+        workers: data-loader processes. force: overwrite existing outputs.
+        weights, device, size, window, overlap, batch_size, amp: see `Predictor`.
+
+    Raises:
+        UsageError: bad options. DataError: unreadable images or thresholds. OutputExistsError: an
+        existing output without `force`. CheckpointError: a checkpoint that cannot be loaded.
+    """
+    samples = list(source) if not isinstance(source, (str, os.PathLike)) else find_images(source)
+    if not samples:
+        raise DataError("no images to predict")
+    check_unique_names(samples)
+    policy = tta if isinstance(tta, Policy) else Policy.parse(tta, scales, sliding)
+    cuts = probs_mod.cutoffs(read_thresholds(threshold))
+    postprocess(np.zeros((0, 1, 1), np.bool_), keep_largest, min_area)  # validates the options
+    if not is_stdout(output):
+        check_output(output, force)
+    probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
+
+    rank, world, created = dist_context()
+    predictor = models if isinstance(models, Predictor) else Predictor.from_checkpoints(
+        models, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
+    if policy.hflip and predictor.unified:
+        from boneseg.cli.output import console
+
+        console.print("[yellow]note: horizontal-flip TTA is skipped for models trained with hand-side "
+                      "unification (their mirror view is the other hand)[/]")
+    shard = samples[rank::world]
+    parts_dir = None
+    if world > 1:
+        parts_dir = Path(_broadcast(tempfile.mkdtemp(prefix="boneseg-predict-") if rank == 0 else None))
+        target: str | os.PathLike | None = parts_dir / f"part-{rank}.csv"
+    else:
+        target = output
+
+    loader = make_loader(ImageDataset(shard, predictor.plan([policy])), workers, predictor.device)
+    post = keep_largest or min_area > 1
+    start = time.perf_counter()
+    bg = _Writer()
+    try:
+        from boneseg.cli.output import progress as make_progress
+
+        with SubmissionWriter(target, force=force or world > 1) as writer, \
+                make_progress(disable=not progress or rank != 0) as bar:
+            label = "predict" + (f" [rank 0 of {world}]" if world > 1 else "")
+            task = bar.add_task(label, total=len(shard), unit="img")
+            for item in loader:
+                p = predictor.predict(item, policy)
+                q = quantize(p)
+                del p
+                masks = binarize(q, cuts)
+                q_np = q.cpu().numpy() if probs_dir is not None else None
+                del q
+                if post:
+                    m_np, bounds = masks.cpu().numpy(), None
+                else:
+                    m_np, bounds = None, run_bounds(masks)
+                del masks
+                bg.submit(_row_task(writer, item.name, bounds, m_np, q_np, probs_dir, keep_largest, min_area))
+                bar.advance(task)
+            bg.drain()
+    finally:
+        bg.close()
+    seconds = time.perf_counter() - start
+
+    if world > 1:
+        _barrier()
+        if rank == 0:
+            try:
+                merge_parts([parts_dir / f"part-{r}.csv" for r in range(world)], len(samples), output, force)
+            finally:
+                shutil.rmtree(parts_dir, ignore_errors=True)
+        _barrier()
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if probs_dir is not None and rank == 0:
+        probs_mod.write_manifest(probs_dir, [s.image_name for s in samples], [lm.source for lm in predictor.models],
+                                 {"policy": policy.name, "scales": list(policy.scales),
+                                  "weights": predictor.weights, "threshold": [float(t) for t in read_thresholds(threshold)]})
+    return PredictSummary(len(shard), seconds, "-" if is_stdout(output) else str(output),
+                          str(probs_dir) if probs_dir else None, rank, world, policy.name)

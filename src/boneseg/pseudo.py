@@ -1,0 +1,317 @@
+"""Pseudo-labels (``boneseg pseudo``): test predictions written back as a training set.
+
+From a submission CSV or a ``predict --save-probs`` folder, each test image becomes a labelled sample
+in the train layout::
+
+    PSEUDO/train/DCM/ID040/image1661319116107.png          hard link to DATA's image (or a copy)
+    PSEUDO/train/outputs_json/ID040/image1661319116107.json  one polygon per class, competition schema
+    PSEUDO/pseudo_manifest.json                             where each came from, confidence, left-outs
+
+Each class mask is traced to one polygon (the outer contour of its largest component, integer pixel
+points); the polygons are filled back with `boneseg.data.masks.rasterize` -- exactly what training does
+-- and the Dice of that refill against the mask is recorded. An image is written only when all 29
+classes are predicted (an empty class would teach "no bone here") and, with probabilities and a
+minimum confidence, when every class is confident enough (mean probability inside its mask).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import struct
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from boneseg import probs as probs_mod
+from boneseg.classes import CLASSES, NUM_CLASSES
+from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, find_images, read_image
+from boneseg.data.masks import rasterize
+from boneseg.ensemble import _STATE, parallel_map
+from boneseg.errors import DataError, OutputExistsError, UsageError
+from boneseg.io import write_json
+from boneseg.metrics import dice
+from boneseg.submission import read_submission
+
+__all__ = ["MANIFEST", "PseudoSummary", "trace_polygon", "label_document", "image_shape", "open_source",
+           "make_pseudo"]
+
+MANIFEST = "pseudo_manifest.json"
+FORMAT = "boneseg-pseudo"
+_ID_NAMESPACE = uuid.UUID("6f1c2a4e-0b8e-4a55-9a57-3c1de2f0b7a1")
+
+
+# -- masks -> polygons ----------------------------------------------------------------------------
+
+def trace_polygon(mask: np.ndarray) -> np.ndarray | None:
+    """The outer contour of the largest component of a 2-D mask as (N, 2) int32 ``[x, y]`` points.
+
+    Works on the mask's bounding box only. Returns None for an empty mask or a component too thin to
+    make a polygon (fewer than 3 points).
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    r0, r1 = rows[0], rows[-1] + 1
+    cols = np.flatnonzero(mask[r0:r1].any(axis=0))
+    c0, c1 = cols[0], cols[-1] + 1
+    crop = np.zeros((r1 - r0 + 2, c1 - c0 + 2), np.uint8)
+    crop[1:-1, 1:-1] = mask[r0:r1, c0:c1]
+    contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                   offset=(int(c0) - 1, int(r0) - 1))
+    best = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))
+    points = best.reshape(-1, 2).astype(np.int32)
+    return points if len(points) >= 3 else None
+
+
+def label_document(polygons: Mapping[str, np.ndarray], image_name: str, shape: tuple[int, int]) -> dict:
+    """A label JSON in the competition schema (one ``poly_seg`` annotation per class, stable ids)."""
+    annotations = [
+        {"id": str(uuid.uuid5(_ID_NAMESPACE, f"{image_name}/{name}")), "type": "poly_seg", "attributes": {},
+         "points": np.asarray(polygons[name]).tolist(), "label": name}
+        for name in CLASSES if name in polygons
+    ]
+    return {"annotations": annotations, "filename": image_name,
+            "metadata": {"height": int(shape[0]), "width": int(shape[1]), "source": "boneseg pseudo"}}
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image, from the PNG header when possible (no decoding)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return int(height), int(width)
+    return read_image(path).shape[:2]
+
+
+# -- sources --------------------------------------------------------------------------------------
+
+@dataclass
+class _CsvSource:
+    """Masks from a submission CSV (no probabilities, hence no confidence)."""
+
+    path: Path
+    kind: str = "csv"
+
+    def __post_init__(self) -> None:
+        self.sub = read_submission(self.path)
+        self.images = list(self.sub.images)
+
+    def masks(self, image: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.sub.masks(image, shape), None
+
+
+@dataclass
+class _ProbsSource:
+    """Masks and confidences from a probability folder, binarised as `predict` does."""
+
+    path: Path
+    threshold: Any = 0.5
+    kind: str = "probs"
+
+    def __post_init__(self) -> None:
+        self.images = [Path(str(i)).name for i in probs_mod.read_manifest(self.path)["images"]]
+        self.cuts = probs_mod.thresholds_array(self.threshold)
+
+    def masks(self, image: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+        q = probs_mod.load(self.path, image)
+        if q.shape[1:] != tuple(shape):
+            raise DataError(f"{probs_mod.prob_path(self.path, image)}: probabilities are {q.shape[2]}x"
+                            f"{q.shape[1]} but the image is {shape[1]}x{shape[0]}")
+        masks = probs_mod.binarize(q, self.cuts)
+        conf = np.zeros(NUM_CLASSES)
+        for c in range(NUM_CLASSES):
+            inside = q[c][masks[c]]
+            conf[c] = inside.mean() / probs_mod.SCALE if inside.size else 0.0
+        return masks, conf
+
+
+def open_source(path: str | os.PathLike, threshold: Any = 0.5):
+    """A submission CSV or a probability folder (chosen by what `path` is)."""
+    path = Path(path)
+    if path.is_dir():
+        return _ProbsSource(path, threshold)
+    if threshold not in (None, 0.5):
+        raise UsageError("--threshold applies to probability folders only (a CSV is already binary)")
+    return _CsvSource(path)
+
+
+# -- one image ------------------------------------------------------------------------------------
+
+def _left_out(name: str, reason: str, classes: Sequence[str] = ()) -> dict:
+    out = {"image": name, "reason": reason}
+    if classes:
+        out["classes"] = list(classes)
+    return out
+
+
+def _place_image(src: Path, dst: Path, copy: bool) -> str:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not copy:
+        try:
+            os.link(src, dst)
+            return "hardlink"
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+    return "copy"
+
+
+def _pseudo_worker(task: tuple[str, str]) -> dict:
+    name, image_path = task
+    source, stage, min_conf, copy = (_STATE[k] for k in ("source", "stage", "min_confidence", "copy"))
+    image_name = Path(name).name
+    shape = image_shape(image_path)
+    masks, conf = source.masks(image_name, shape)
+    empty = [c for c, m in zip(CLASSES, masks) if not m.any()]
+    if empty:
+        return {"left_out": _left_out(name, f"{len(empty)} class(es) not predicted", empty)}
+    if min_conf is not None and conf is not None and conf.min() < min_conf:
+        low = [c for c, v in zip(CLASSES, conf) if v < min_conf]
+        return {"left_out": _left_out(name, f"confidence {conf.min():.3f} < {min_conf:g} "
+                                            f"({len(low)} class(es))", low)}
+    polygons = {}
+    for c, m in zip(CLASSES, masks):
+        pts = trace_polygon(m)
+        if pts is None:
+            return {"left_out": _left_out(name, f"mask of {c} too thin to trace a polygon", [c])}
+        polygons[c] = pts
+    scores = dice(rasterize(polygons, shape), masks)
+    label = stage / "train" / LABEL_DIR / Path(name).with_suffix(".json")
+    label.parent.mkdir(parents=True, exist_ok=True)
+    label.write_text(json.dumps(label_document(polygons, image_name, shape), separators=(",", ":")))
+    how = _place_image(Path(image_path), stage / "train" / IMAGE_DIR / name, copy)
+    worst = int(np.argmin(scores))
+    record = {"image": name, "source_image": str(Path(image_path).resolve()), "image_file": how,
+              "refill_dice_mean": round(float(scores.mean()), 5), "refill_dice_min": round(float(scores[worst]), 5),
+              "refill_dice_min_class": CLASSES[worst], "confidence": None}
+    if conf is not None:
+        weakest = int(np.argmin(conf))
+        record.update(confidence=round(float(conf[weakest]), 5), weakest_class=CLASSES[weakest])
+    return {"written": record}
+
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+@dataclass
+class PseudoSummary:
+    """What `make_pseudo` wrote."""
+
+    out: Path
+    written: list[dict] = field(default_factory=list)
+    left_out: list[dict] = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+
+
+def _prepare_out(out: Path, force: bool) -> Path:
+    """Check the output folder (the ``--force`` rule) and return a staging folder beside it."""
+    if out.exists():
+        if not out.is_dir():
+            raise DataError(f"{out} exists and is not a folder")
+        if any(out.iterdir()):
+            if not force:
+                raise OutputExistsError(f"{out} already exists and is not empty (use --force to overwrite)")
+            if not (out / MANIFEST).is_file():
+                raise DataError(f"{out} is not a pseudo-label folder (no {MANIFEST}); not overwriting it "
+                                "even with --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    stage.chmod(0o755)
+    return stage
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the finished staging folder onto `out` (the old folder is removed only afterwards)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
+                min_confidence: float | None = None, threshold: Any = 0.5, copy: bool = False,
+                workers: int | None = None, force: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> PseudoSummary:
+    """Write pseudo-labelled test images in the train layout.
+
+    Args:
+        source: a submission CSV or a ``predict --save-probs`` folder with the test predictions.
+        data: the dataset root (its ``test/DCM``) or a folder of the predicted PNGs.
+        out: the pseudo-label dataset folder (``train --pseudo`` reads it); written atomically.
+        min_confidence: with probabilities, leave out images where a class's mean probability inside
+            its mask is below this.
+        threshold: probability threshold(s) for a probability folder (global, per class list or
+            ``{class: t}``), as in ``predict``.
+        copy: copy images instead of hard-linking them.
+        workers: processes (default: all usable cores).
+        force: replace an existing pseudo-label folder.
+        progress: called as ``progress(done, total)`` after each image.
+
+    Raises:
+        DataError: unreadable sources, predictions for images that DATA lacks, malformed RLE (naming
+            file, image and class). UsageError: impossible options. OutputExistsError: `out` exists.
+    """
+    out = Path(out)
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+        raise UsageError(f"--min-confidence must be within [0, 1], got {min_confidence}")
+    src = open_source(source, threshold)
+    if min_confidence is not None and src.kind != "probs":
+        raise UsageError("--min-confidence needs a probability folder (`predict --save-probs`); a CSV "
+                         "carries no confidence")
+    samples = find_images(data)
+    by_name: dict[str, Any] = {}
+    for s in samples:
+        if s.image_name in by_name:
+            raise DataError(f"{data}: two images named {s.image_name!r} ({by_name[s.image_name].name}, {s.name})")
+        by_name[s.image_name] = s
+    unknown = [i for i in src.images if i not in by_name]
+    if unknown:
+        raise DataError(f"{source}: predicts image {unknown[0]!r} that {data} lacks"
+                        + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+    predicted = set(src.images)
+    left_out = [_left_out(s.name, "no prediction in the source") for s in samples if s.image_name not in predicted]
+    tasks = [(s.name, str(s.image)) for s in samples if s.image_name in predicted]
+    stage = _prepare_out(out, force)
+    try:
+        state = {"source": src, "stage": stage, "min_confidence": min_confidence, "copy": copy}
+        written = []
+        for result in parallel_map(_pseudo_worker, tasks, state, workers, progress):
+            if "written" in result:
+                written.append(result["written"])
+            else:
+                left_out.append(result["left_out"])
+        left_out.sort(key=lambda r: r["image"])
+        means = [r["refill_dice_mean"] for r in written]
+        manifest = {
+            "format": FORMAT, "version": 1,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": str(Path(source).resolve()), "source_kind": src.kind, "data": str(Path(data).resolve()),
+            "threshold": (probs_mod.thresholds_array(threshold).tolist() if src.kind == "probs" else None),
+            "min_confidence": min_confidence,
+            "summary": {"written": len(written), "left_out": len(left_out),
+                        "refill_dice_mean": round(float(np.mean(means)), 5) if means else None,
+                        "refill_dice_min": min((r["refill_dice_min"] for r in written), default=None)},
+            "images": written, "left_out": left_out,
+        }
+        write_json(stage / MANIFEST, manifest, force=True)
+        _publish(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return PseudoSummary(out, written, left_out, manifest)

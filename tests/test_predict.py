@@ -1,0 +1,325 @@
+"""`boneseg predict`: CSV contract, every mode/TTA, ensembles, saved probabilities, thresholds, sharding."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from boneseg import CLASSES, probs, rle
+from boneseg.cli import app
+from boneseg.data.layout import find_images
+from boneseg.errors import DataError, OutputExistsError, UsageError
+from boneseg.inference import (InputPlan, LoadedModel, Policy, Predictor, ViewCache, gaussian_weights,
+                               masks_to_rles, predict, side_from_probs, sliding_window, tile_starts)
+from boneseg.postprocess import postprocess
+from boneseg.submission import SubmissionWriter, read_submission, validate_submission
+
+torch.set_num_threads(1)
+runner = CliRunner()
+
+
+def make_checkpoint(path: Path, seed: int = 0, **extra) -> Path:
+    """A freshly built tiny model saved as a boneseg checkpoint (config as training writes it)."""
+    from boneseg.engine.checkpoint import save_checkpoint
+    from boneseg.models import build_model
+
+    config = {"arch": "unet", "encoder": "resnet18", "size": 64, "in_channels": 1, "channels": "gray",
+              "unify_side": None, **extra}
+    torch.manual_seed(seed)
+    model = build_model(config)
+    save_checkpoint(path, {"config": config, "model": model.state_dict(), "epoch": 0, "step": 0, "metrics": {}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def one_image(synth_data, tmp_path_factory):
+    """A folder holding a single 256² test image."""
+    folder = tmp_path_factory.mktemp("one")
+    src = find_images(synth_data)[0].image
+    shutil.copy(src, folder / src.name)
+    return folder
+
+
+def run(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result
+
+
+# -- the CSV ---------------------------------------------------------------------------------------
+
+def test_csv_format_order_names_and_original_size(synth_data, ckpt, tmp_path):
+    out = tmp_path / "sub.csv"
+    run("predict", synth_data, "-m", ckpt, "-o", out, "--workers", "1")
+    samples = find_images(synth_data)
+    names = [s.image_name for s in samples]
+    assert validate_submission(out, (256, 256), names) == []
+    lines = out.read_text().splitlines()
+    assert lines[0] == "image_name,class,rle"
+    rows = [line.split(",") for line in lines[1:]]
+    assert [r[0] for r in rows] == [n for n in names for _ in CLASSES]
+    assert [r[1] for r in rows] == list(CLASSES) * len(names)
+    sub = read_submission(out)
+    masks = sub.masks(names[0], (256, 256))
+    assert masks.shape == (29, 256, 256) and masks.any()
+    with pytest.raises(DataError):  # runs reach past a smaller image: the RLE is at 256²
+        rle.parse(max((r[2] for r in rows), key=len), 128 * 128)
+
+
+def test_stdout_and_python_api_agree(synth_data, ckpt, tmp_path):
+    out = tmp_path / "sub.csv"
+    predict(synth_data, [ckpt], out, workers=0, progress=False)
+    result = run("predict", synth_data, "-m", ckpt, "--workers", "0")
+    assert result.stdout == out.read_text()
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+@pytest.mark.parametrize("tta", ["none", "hflip", "scale", "hflip+scale"])
+def test_every_mode_and_tta_runs(one_image, ckpt, tmp_path, sliding, tta):
+    out = tmp_path / "sub.csv"
+    args = ["predict", one_image, "-m", ckpt, "-o", out, "--tta", tta, "--scales", "0.5,1", "--workers", "0"]
+    if sliding:
+        args += ["--sliding", "--window", "128", "--overlap", "0", "--batch-size", "3"]
+    run(*args)
+    names = [p.name for p in one_image.iterdir()]
+    assert validate_submission(out, (256, 256), names) == []
+
+
+def test_two_identical_models_equal_one(synth_data, ckpt, tmp_path):
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    predict(synth_data, [ckpt], one, tta="hflip", workers=0, progress=False)
+    predict(synth_data, [ckpt, ckpt], two, tta="hflip", workers=0, progress=False)
+    assert one.read_bytes() == two.read_bytes()
+
+
+def test_ensemble_weights_matter_and_are_checked(one_image, ckpt, tmp_path):
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    predict(one_image, [ckpt, other], a, weights=[1, 0], workers=0, progress=False)
+    predict(one_image, [ckpt], b, workers=0, progress=False)
+    assert a.read_bytes() == b.read_bytes()  # weight 0: the second model does not count
+    with pytest.raises(UsageError, match="--weights"):
+        predict(one_image, [ckpt, other], tmp_path / "c.csv", weights=[1], workers=0, progress=False)
+
+
+# -- saved probabilities and thresholds -------------------------------------------------------------
+
+def _csv_from_probs(folder: Path, out: Path, threshold) -> None:
+    manifest = probs.read_manifest(folder)
+    with SubmissionWriter(out) as w:
+        for name in manifest["images"]:
+            w.write_masks(name, probs.binarize(probs.load(folder, name), threshold))
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_saved_probs_give_back_the_same_csv(synth_data, ckpt, tmp_path, per_class):
+    threshold = {c: 0.3 + 0.4 * i / 28 for i, c in enumerate(CLASSES)} if per_class else 0.5
+    arg = threshold
+    if per_class:
+        arg = tmp_path / "thr.json"
+        arg.write_text(__import__("json").dumps(threshold))
+    out, pdir = tmp_path / "sub.csv", tmp_path / "probs"
+    predict(synth_data, [ckpt], out, tta="hflip", threshold=arg, save_probs=pdir, workers=0, progress=False)
+    manifest = probs.read_manifest(pdir)
+    assert manifest["images"] == [s.image_name for s in find_images(synth_data)]
+    q = probs.load(pdir, manifest["images"][0])
+    assert q.dtype == np.uint8 and q.shape == (29, 256, 256)
+    _csv_from_probs(pdir, tmp_path / "back.csv", threshold)
+    assert (tmp_path / "back.csv").read_bytes() == out.read_bytes()
+    from boneseg.ensemble import soft_vote  # the ensemble command's soft vote agrees too
+
+    soft_vote([pdir], tmp_path / "soft.csv", threshold=threshold, workers=0)
+    assert (tmp_path / "soft.csv").read_bytes() == out.read_bytes()
+
+
+def test_thresholds_file_is_honoured(one_image, ckpt, tmp_path):
+    base, tuned = tmp_path / "base.csv", tmp_path / "tuned.csv"
+    run("predict", one_image, "-m", ckpt, "-o", base, "--workers", "0")
+    thr = tmp_path / "thr.json"
+    thr.write_text('{"thresholds": {"finger-1": 1.0, "Ulna": 0.0}}')
+    run("predict", one_image, "-m", ckpt, "-o", tuned, "--threshold", thr, "--workers", "0")
+    a, b = read_submission(base), read_submission(tuned)
+    name = a.images[0]
+    assert b.rles[(name, "finger-1")] == "" and a.rles[(name, "finger-1")] != ""
+    assert b.rles[(name, "Ulna")] == f"1 {256 * 256}"
+    for c in CLASSES[1:-1]:
+        assert a.rles[(name, c)] == b.rles[(name, c)]
+    thr.write_text('{"finger-100": 0.4}')
+    with pytest.raises(DataError, match="thr.json.*finger-100"):
+        predict(one_image, [ckpt], tmp_path / "x.csv", threshold=thr, workers=0, progress=False)
+    with pytest.raises(UsageError, match="--threshold"):
+        predict(one_image, [ckpt], tmp_path / "x.csv", threshold="nope.json", workers=0, progress=False)
+
+
+def test_nothing_overwritten_without_force(one_image, ckpt, tmp_path):
+    out = tmp_path / "sub.csv"
+    out.write_text("keep me")
+    with pytest.raises(OutputExistsError):
+        predict(one_image, [ckpt], out, workers=0, progress=False)
+    assert out.read_text() == "keep me"
+    pdir = tmp_path / "probs"
+    pdir.mkdir()
+    (pdir / "old.npz").write_bytes(b"x")
+    with pytest.raises(OutputExistsError):
+        predict(one_image, [ckpt], tmp_path / "new.csv", save_probs=pdir, workers=0, progress=False)
+    assert not (tmp_path / "new.csv").exists()
+    result = runner.invoke(app, ["predict", str(one_image), "-m", str(ckpt), "-o", str(out), "--workers", "0"])
+    assert isinstance(result.exception, OutputExistsError)
+    run("predict", one_image, "-m", ckpt, "-o", out, "--workers", "0", "--force")
+    assert out.read_text().startswith("image_name,class,rle")
+
+
+def test_bad_options_are_one_line_errors(one_image, ckpt, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    proc = subprocess.run([sys.executable, "-m", "boneseg", "predict", str(one_image), "-m", str(ckpt),
+                           "--tta", "hflp"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "'hflip'" in proc.stderr
+    with pytest.raises(UsageError, match="--window"):
+        predict(one_image, [ckpt], tmp_path / "x.csv", sliding=True, window=100, workers=0, progress=False)
+
+
+# -- modes agree -----------------------------------------------------------------------------------
+
+def test_sliding_with_one_tile_equals_resize(one_image, ckpt, tmp_path):
+    a, b = tmp_path / "resize.csv", tmp_path / "sliding.csv"
+    predict(one_image, [ckpt], a, size=256, tta="hflip", workers=0, progress=False)
+    predict(one_image, [ckpt], b, sliding=True, window=256, tta="hflip", workers=0, progress=False)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_sliding_window_blends_to_the_forward_output():
+    x = torch.rand(1, 200, 150)
+    forward = lambda b: torch.sigmoid(b.repeat(1, 3, 1, 1) * 4 - 2)  # a pointwise "model"
+    want = forward(x[None])[0]
+    got = sliding_window(forward, x, window=64, overlap=0.5, batch_size=5)
+    assert got.shape == (3, 200, 150)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    small = sliding_window(forward, x[:, :40, :50], window=64)  # padded to one tile, cropped back
+    torch.testing.assert_close(small, want[:, :40, :50])
+    assert tile_starts(200, 64, 0.5) == [0, 27, 54, 82, 109, 136] and tile_starts(64, 64, 0.5) == [0]
+    g = gaussian_weights(64)
+    assert g.max() == 1 and g.min() >= 1e-3 and torch.equal(g, g.flip(0))
+
+
+# -- hand side -------------------------------------------------------------------------------------
+
+class _HandModel(torch.nn.Module):
+    """A "right-hand" model: the thumb on bright pixels of the left half of its input, the little finger
+    on the mirror image of the bright pixels."""
+
+    def forward(self, x):
+        logits = torch.full((x.shape[0], 29, *x.shape[-2:]), -8.0)
+        bright = x[:, 0] > 0
+        logits[:, 15] = torch.where(bright.flip(-1), 8.0, -8.0)
+        bright[..., x.shape[-1] // 2:] = False
+        logits[:, 0] = torch.where(bright, 8.0, -8.0)
+        return logits
+
+
+def _blob_image(right: bool) -> np.ndarray:
+    img = np.zeros((64, 64), np.uint8)
+    img[20:40, 40:56] = 255
+    return img if right else img[:, ::-1].copy()
+
+
+def test_side_from_probs():
+    p = torch.zeros(29, 10, 10)
+    p[0, :, 1] = 1
+    p[16, :, 8] = 1
+    assert side_from_probs(p) == "R" and side_from_probs(p.flip(-1)) == "L"
+    assert side_from_probs(torch.zeros(29, 4, 4)) is None
+
+
+@pytest.mark.parametrize("suffix", [None, "L", "R"])
+def test_unified_model_mirrors_left_hands(suffix):
+    model = LoadedModel(_HandModel(), {"size": 64, "channels": "gray", "unify_side": "R"})
+    pred = Predictor([model], "cpu")
+    policy = Policy(hflip=True)  # ignored for unified models
+    plan = pred.plan([policy])
+    for right in (False, True):
+        side = suffix if suffix else None
+        item = plan.item(0, "x.png", _blob_image(right), side)
+        cache = ViewCache()
+        p = pred.predict(item, policy, cache)
+        expected = suffix or ("R" if not right else "L")
+        assert pred.image_side(item, cache) == expected
+        # the model saw the image mirrored exactly when its side differs from the trained side: then
+        # a blob on the right reaches the model's left half and comes back as the thumb, in place
+        blob = torch.from_numpy(_blob_image(right) > 0)
+        seen = (expected == "L") == right
+        assert torch.equal(p[0] > 0.5, blob if seen else torch.zeros_like(blob))
+
+
+# -- encoding and post-processing ------------------------------------------------------------------
+
+def test_device_rle_equals_reference():
+    rng = np.random.default_rng(0)
+    masks = rng.random((5, 7, 9)) > 0.5
+    masks[1] = True
+    masks[2] = False
+    masks[3, :, -1] = True  # runs wrapping from one row's end into the next row
+    masks[3, 1:, 0] = True
+    assert masks_to_rles(torch.from_numpy(masks)) == [rle.encode(m) for m in masks]
+
+
+def test_postprocess_keeps_largest_and_drops_islands():
+    m = np.zeros((2, 20, 20), bool)
+    m[0, 2:10, 2:10] = True
+    m[0, 15:17, 15:17] = True
+    m[1, 0:3, 0:3] = True
+    largest = postprocess(m, keep_largest=True)
+    assert largest[0].sum() == 64 and largest[1].sum() == 9
+    small = postprocess(m, min_area=5)
+    assert small[0].sum() == 64 and small[1].sum() == 9
+    assert postprocess(m, min_area=10)[1].sum() == 0
+    assert postprocess(m) is m
+    with pytest.raises(UsageError):
+        postprocess(m, min_area=-1)
+
+
+def test_postprocess_in_predict(one_image, ckpt, tmp_path):
+    import cv2
+
+    out = tmp_path / "pp.csv"
+    run("predict", one_image, "-m", ckpt, "-o", out, "--keep-largest", "--workers", "0")
+    sub = read_submission(out)
+    masks = sub.masks(sub.images[0], (256, 256))
+    for m in masks:
+        if m.any():
+            assert cv2.connectedComponents(m.astype(np.uint8), connectivity=8)[0] == 2
+
+
+# -- torchrun --------------------------------------------------------------------------------------
+
+def test_two_rank_sharding_equals_single_process(synth_data, ckpt, tmp_path):
+    images = tmp_path / "images"  # three images: uneven shards
+    for s in find_images(synth_data) + [find_images(synth_data / "train" / "DCM")[0]]:
+        (images / s.name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(s.image, images / s.name)
+    single = tmp_path / "single.csv"
+    predict(images, [ckpt], single, save_probs=tmp_path / "p1", workers=0, progress=False)
+    sharded = tmp_path / "sharded.csv"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "boneseg", "predict", str(images), "-m", str(ckpt), "-o", str(sharded),
+                           "--device", "cpu", "--workers", "0", "--save-probs", str(tmp_path / "p2")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sharded.read_bytes() == single.read_bytes()
+    assert probs.read_manifest(tmp_path / "p2")["images"] == probs.read_manifest(tmp_path / "p1")["images"]
+    assert not list(tmp_path.glob("boneseg-predict-*"))

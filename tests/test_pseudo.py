@@ -1,0 +1,193 @@
+"""`boneseg pseudo`: predictions -> polygon labels in the train layout, confidence filtering, and the
+`pseudo` -> `train --pseudo` pair."""
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from boneseg import probs
+from boneseg.classes import CLASSES
+from boneseg.cli import app
+from boneseg.data.layout import discover
+from boneseg.data.masks import build_sample, load_label, rasterize
+from boneseg.data.synth import render_hand
+from boneseg.errors import DataError, OutputExistsError, UsageError
+from boneseg.metrics import dice
+from boneseg.pseudo import MANIFEST, make_pseudo, trace_polygon
+from boneseg.submission import SubmissionWriter
+
+SIZE = 256
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory):
+    """DATA with four phantom test images (two patients) and their bone masks as 'predictions'."""
+    root = tmp_path_factory.mktemp("pseudo") / "data"
+    rng = np.random.default_rng(3)
+    names, masks = [], []
+    for i in range(4):
+        image, polygons, _ = render_hand(rng, SIZE)
+        name = f"ID{10 + i // 2:03d}/image{1661319000000 + i}.png"
+        path = root / "test" / "DCM" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), image)
+        m = rasterize(polygons, (SIZE, SIZE)).copy()
+        m[CLASSES.index("Radius"), 2:4, 2:4] = True  # a stray fragment, as predictions have
+        names.append(name)
+        masks.append(m)
+    return root, names, np.stack(masks)
+
+
+def write_sub(path, names, masks):
+    with SubmissionWriter(path) as w:
+        for name, m in zip(names, masks):
+            w.write_masks(os.path.basename(name), m)
+    return path
+
+
+def test_trace_polygon_keeps_the_largest_component():
+    mask = np.zeros((20, 30), bool)
+    mask[0:12, 20:30] = True  # touches the top and right borders
+    mask[15:17, 2:4] = True   # a smaller fragment, dropped
+    pts = trace_polygon(mask)
+    assert pts.dtype == np.int32 and pts.shape[1] == 2
+    refill = rasterize({"Radius": pts}, mask.shape)[CLASSES.index("Radius")]
+    expected = np.zeros_like(mask)
+    expected[0:12, 20:30] = True
+    np.testing.assert_array_equal(refill, expected)
+    assert trace_polygon(np.zeros((5, 5), bool)) is None
+    line = np.zeros((5, 9), bool)
+    line[2, 1:8] = True
+    assert trace_polygon(line) is None  # a 1-pixel line makes no polygon
+
+
+def test_round_trip_from_a_submission(test_set, tmp_path):
+    root, names, masks = test_set
+    masks = masks.copy()
+    masks[3, CLASSES.index("Pisiform")] = False  # an image missing a class is left out
+    sub = write_sub(tmp_path / "sub.csv", names[1:], masks[1:])  # names[0] has no prediction
+    summary = make_pseudo(sub, root, tmp_path / "pseudo", workers=2)
+    out = tmp_path / "pseudo"
+
+    samples = discover(out)  # the plain train layout: no special case for pseudo data
+    assert [s.name for s in samples] == names[1:3]
+    for s, m in zip(samples, masks[1:3]):
+        doc = json.loads(s.label.read_text())
+        assert doc["filename"] == s.image_name and len(doc["annotations"]) == len(CLASSES)
+        ann = doc["annotations"][0]
+        assert set(ann) == {"id", "type", "attributes", "points", "label"} and ann["type"] == "poly_seg"
+        label = load_label(s.label, (SIZE, SIZE))
+        assert not label.problems
+        scores = dice(rasterize(label.polygons, (SIZE, SIZE)), m)
+        assert scores.min() >= 0.97 and scores.mean() >= 0.99
+        assert os.path.samefile(s.image, root / "test" / "DCM" / s.name)  # hard-linked
+        cached = build_sample(s)  # what training reads
+        assert cached.masks.shape == (len(CLASSES), SIZE, SIZE) and cached.side in ("L", "R")
+
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["source_kind"] == "csv" and manifest["summary"]["written"] == 2
+    assert manifest["summary"]["refill_dice_min"] >= 0.97
+    assert [r["image"] for r in manifest["images"]] == names[1:3]
+    assert manifest["images"][0]["image_file"] == "hardlink" and manifest["images"][0]["confidence"] is None
+    left = {r["image"]: r for r in manifest["left_out"]}
+    assert left[names[0]]["reason"] == "no prediction in the source"
+    assert left[names[3]]["classes"] == ["Pisiform"] and "not predicted" in left[names[3]]["reason"]
+    assert summary.left_out == manifest["left_out"]
+
+
+def write_probs(folder, names, masks, conf):
+    """Probabilities `conf[i, c]` inside each mask, 0.1 outside."""
+    qs = []
+    for name, m, cf in zip(names, masks, conf):
+        q = np.where(m, probs.quantize(cf)[:, None, None], probs.quantize(0.1)).astype(np.uint8)
+        probs.save(folder, os.path.basename(name), q)
+        qs.append(q)
+    probs.write_manifest(folder, [os.path.basename(n) for n in names], ["test"])
+    return folder
+
+
+def test_confidence_filter_from_probabilities(test_set, tmp_path):
+    root, names, masks = test_set
+    conf = np.full((len(names), len(CLASSES)), 0.95)
+    conf[1, CLASSES.index("Lunate")] = 0.6
+    conf[2, :3] = 0.7
+    folder = write_probs(tmp_path / "probs", names, masks, conf)
+    summary = make_pseudo(folder, root, tmp_path / "p", min_confidence=0.8, workers=1)
+    assert [r["image"] for r in summary.written] == [names[0], names[3]]
+    assert summary.written[0]["confidence"] == pytest.approx(0.95, abs=0.003)
+    left = {r["image"]: r for r in summary.left_out}
+    assert left[names[1]]["classes"] == ["Lunate"] and left[names[1]]["reason"].startswith("confidence 0.600 < 0.8")
+    assert left[names[2]]["classes"] == ["finger-1", "finger-2", "finger-3"]
+    label = load_label(tmp_path / "p" / "train" / "outputs_json" / names[3].replace(".png", ".json"))
+    assert dice(rasterize(label.polygons, (SIZE, SIZE)), masks[3]).min() >= 0.97
+
+    everything = make_pseudo(folder, root, tmp_path / "all", workers=1)  # no filter: all four written
+    assert len(everything.written) == 4 and not everything.left_out
+    assert everything.manifest["source_kind"] == "probs" and everything.manifest["threshold"][0] == 0.5
+
+
+def test_errors_and_overwrite_rules(test_set, tmp_path):
+    root, names, masks = test_set
+    sub = write_sub(tmp_path / "sub.csv", names, masks)
+    with pytest.raises(UsageError, match="--min-confidence needs a probability folder"):
+        make_pseudo(sub, root, tmp_path / "o", min_confidence=0.5)
+    stranger = write_sub(tmp_path / "stranger.csv", names[:1] + ["ID099/image1.png"], masks[:2])
+    with pytest.raises(DataError, match=r"stranger.csv: predicts image 'image1.png' that .* lacks"):
+        make_pseudo(stranger, root, tmp_path / "o")
+    text = sub.read_text().replace(f"{os.path.basename(names[2])},Capitate,", f"{os.path.basename(names[2])},Capitate,9 x ")
+    (tmp_path / "bad.csv").write_text(text)
+    with pytest.raises(DataError, match=rf"bad.csv: image '{os.path.basename(names[2])}', class 'Capitate': malformed RLE"):
+        make_pseudo(tmp_path / "bad.csv", root, tmp_path / "o", workers=1)
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))  # staging cleaned up
+
+    make_pseudo(sub, root, tmp_path / "o", workers=1)
+    with pytest.raises(OutputExistsError):
+        make_pseudo(sub, root, tmp_path / "o", workers=1)
+    again = make_pseudo(write_sub(tmp_path / "two.csv", names[:2], masks[:2]), root, tmp_path / "o", workers=1,
+                        force=True)
+    assert len(again.written) == 2 and len(discover(tmp_path / "o")) == 2
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a pseudo-label folder"):
+        make_pseudo(sub, root, tmp_path / "mine", force=True)
+
+
+def test_cli_json(test_set, tmp_path):
+    root, names, masks = test_set
+    sub = write_sub(tmp_path / "sub.csv", names, masks)
+    res = CliRunner().invoke(app, ["pseudo", str(sub), str(root), "-o", str(tmp_path / "ps"), "--copy",
+                                   "--workers", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["written"] == 4 and doc["left_out"] == [] and doc["refill_dice_min"] >= 0.97
+    s = discover(tmp_path / "ps")[0]
+    assert not os.path.samefile(s.image, root / "test" / "DCM" / s.name)  # --copy
+
+
+def test_pseudo_then_train_mixes_them_in(synth_data, tmp_path):
+    """`boneseg pseudo` output is training data for `boneseg train DATA --pseudo PSEUDO` (real CLI, tiny model)."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    train_s, test_s = discover(synth_data), discover(synth_data, "test", labels=False)
+    with SubmissionWriter(tmp_path / "sub.csv") as w:  # stand-in predictions: labels of train images
+        for s, t in zip(test_s, train_s):
+            w.write_masks(s.image_name, build_sample(t).masks)
+    runner = CliRunner()
+    res = runner.invoke(app, ["pseudo", str(tmp_path / "sub.csv"), str(synth_data), "-o", str(tmp_path / "pseudo"),
+                              "--workers", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["written"] == len(test_s)
+    res = runner.invoke(app, ["train", str(synth_data), "--pseudo", str(tmp_path / "pseudo"), "--arch", "unet",
+                              "--encoder", "resnet18", "--encoder-weights", "none", "--size", "64", "--epochs", "1",
+                              "--batch-size", "2", "--device", "cpu", "--workers", "0", "-o", str(tmp_path / "run"),
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert summary["epochs_done"] == 1
+    assert summary["train_images"] == len(train_s) - summary["val_images"] + len(test_s)  # pseudo images mixed in
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["pseudo"] == [str(tmp_path / "pseudo")]

@@ -1,0 +1,186 @@
+"""The training engine on CPU with tiny real smp models: outputs, bit-exact resume, stops, pseudo data."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from boneseg.classes import CLASSES
+from boneseg.engine.checkpoint import load_checkpoint, load_model
+from boneseg.engine.train import TrainingInterrupted, train
+from boneseg.errors import CheckpointError, OutputExistsError, UsageError
+
+
+def tiny(data: Path, out: Path, **extra) -> dict:
+    """A 64-px U-Net/ResNet-18 run: 6 train images (3 batches of 2), 2 val images, per epoch."""
+    cfg = dict(data=str(data), out=str(out), arch="unet", encoder="resnet18", size=64, epochs=2, batch_size=2,
+               encoder_weights="none", device="cpu", workers=0, seed=0, lr=3e-3, cache_dir=str(out.parent / "cache"),
+               model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
+    cfg.update(extra)
+    return cfg
+
+
+# Exercises per-item augmentation seeds, EMA, warm-up, accumulation with a short last group (3 batches
+# -> 2 optimizer steps per epoch), clipping and the cosine schedule.
+RESUME_OPTS = dict(aug="strong", ema=0.9, accumulate=2, warmup=0.5, clip=1.0)
+
+
+@pytest.fixture(scope="module")
+def full_run(synth_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "run"
+    summary = train(tiny(synth_data, out, **RESUME_OPTS), progress=False)
+    return out, summary
+
+
+def _assert_same_state(a: Path, b: Path) -> None:
+    sa = torch.load(a, weights_only=True)
+    sb = torch.load(b, weights_only=True)
+    for key in ("model", "train_model"):
+        assert sa[key].keys() == sb[key].keys()
+        for name in sa[key]:
+            assert torch.equal(sa[key][name], sb[key][name]), f"{key}.{name} differs"
+    for group in ("state",):
+        for pid, pstate in sa["optimizer"][group].items():
+            for k, v in pstate.items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb["optimizer"][group][pid][k])), k
+    assert sa["scheduler"] == sb["scheduler"]
+    assert torch.equal(sa["rng"]["torch"], sb["rng"]["torch"])
+    assert (sa["epoch"], sa["step"], sa["batch"]) == (sb["epoch"], sb["step"], sb["batch"])
+
+
+def _metrics(run: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.pop("seconds")
+    return lines
+
+
+def test_outputs_and_schema(full_run):
+    run, summary = full_run
+    assert summary["epochs_done"] == 2 and summary["steps"] == 4 and not summary["stopped"]
+    assert summary["train_images"] == 6 and summary["val_images"] == 2
+    for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt"):
+        assert (run / name).is_file()
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    lines = _metrics(run)
+    assert [m["epoch"] for m in lines] == [1, 2]
+    for m in lines:
+        assert {"epoch", "train_loss", "val_dice", "val_dice_per_class", "lr", "step"} <= set(m)
+        assert list(m["val_dice_per_class"]) == list(CLASSES)
+        assert 0.0 <= m["val_dice"] <= 1.0 and m["train_loss"] > 0
+        assert m["val_dice"] == pytest.approx(sum(m["val_dice_per_class"].values()) / 29)
+    config = json.loads((run / "config.json").read_text())
+    assert config["arch"] == "unet" and config["in_channels"] == 1 and config["classes"] == list(CLASSES)
+    assert {"mean", "std", "unify_side", "size", "crop", "loss", "aug"} <= set(config)
+    best = load_checkpoint(run)  # a run folder means its best.pt
+    assert best["metrics"]["val_dice"] == summary["best_val_dice"]
+    assert best["epoch"] == summary["best_epoch"] and "optimizer" not in best
+    model, cfg = load_model(run)
+    assert not model.training and cfg["encoder"] == "resnet18"
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 29, 64, 64)
+
+
+def test_resume_is_bit_exact(full_run, synth_data, tmp_path):
+    ref, _ = full_run
+    out = tmp_path / "run"
+    first = train(tiny(synth_data, out, max_steps=1, **RESUME_OPTS), progress=False)
+    assert first["stopped"] and first["steps"] == 1 and first["epochs_done"] == 0
+    assert load_checkpoint(out / "last.pt")["batch"] == 2  # stopped mid-epoch, after one 2-batch group
+    second = train(tiny(synth_data, out, resume=True, max_steps=3, **RESUME_OPTS), progress=False)
+    assert second["stopped"] and second["steps"] == 3 and second["epochs_done"] == 1
+    # a resume may give only what it changes: the saved config supplies the rest
+    third = train({"data": str(synth_data), "out": str(out), "resume": True, "workers": 0}, progress=False)
+    assert not third["stopped"] and third["steps"] == 4
+    _assert_same_state(ref / "last.pt", out / "last.pt")
+    assert _metrics(ref) == _metrics(out)
+    best_ref, best_new = torch.load(ref / "best.pt", weights_only=True), torch.load(out / "best.pt", weights_only=True)
+    assert all(torch.equal(best_ref["model"][k], best_new["model"][k]) for k in best_ref["model"])
+
+
+def test_sigterm_saves_last_and_resumes_exactly(full_run, synth_data, tmp_path):
+    ref, _ = full_run
+    out = tmp_path / "run"
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        with pytest.raises(TrainingInterrupted, match="--resume"):
+            train(tiny(synth_data, out, **RESUME_OPTS), progress=False)
+    finally:
+        timer.cancel()
+    state = load_checkpoint(out / "last.pt")
+    assert 1 <= state["step"] < 4
+    train(tiny(synth_data, out, resume=True, **RESUME_OPTS), progress=False)
+    _assert_same_state(ref / "last.pt", out / "last.pt")
+
+
+def test_run_folder_rules(full_run, synth_data, tmp_path):
+    ref, _ = full_run
+    with pytest.raises(OutputExistsError, match="--resume .*--force"):
+        train(tiny(synth_data, ref, **RESUME_OPTS), progress=False)
+    with pytest.raises(UsageError, match="epochs"):
+        train(tiny(synth_data, ref, resume=True, epochs=3, **RESUME_OPTS), progress=False)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(tiny(synth_data, tmp_path / "new", resume=True), progress=False)
+    with pytest.raises(UsageError, match="did you mean 'unetpp'"):
+        train(tiny(synth_data, tmp_path / "x", arch="unetp"), progress=False)
+    with pytest.raises(UsageError, match="multiple of 32"):
+        train(tiny(synth_data, tmp_path / "x", size=70), progress=False)
+    forced = tmp_path / "forced"
+    shutil.copytree(ref, forced)
+    (forced / "notes.txt").write_text("keep me")
+    summary = train(tiny(synth_data, forced, force=True, epochs=1, max_steps=1, aug="none"), progress=False)
+    assert summary["steps"] == 1 and (forced / "notes.txt").read_text() == "keep me"
+    assert _metrics(forced) == []  # the old run's log is gone
+
+
+def test_pseudo_data_is_mixed_in(synth_data, tmp_path):
+    from boneseg.data.layout import discover
+
+    pseudo = tmp_path / "pseudo"
+    for s in discover(synth_data)[:2]:
+        for src, sub in ((s.image, "DCM"), (s.label, "outputs_json")):
+            dst = pseudo / "train" / sub / "ID900" / src.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+    out = tmp_path / "run"
+    summary = train(tiny(synth_data, out, pseudo=[str(pseudo)], epochs=1, max_steps=1, aug="none",
+                         splits=None, fold=1), progress=False)
+    assert summary["train_images"] == 6 + 2 and summary["val_images"] == 2
+    assert (out.parent / "cache" / "pseudo-0").is_dir()
+    assert json.loads((out / "config.json").read_text())["pseudo"] == [str(pseudo)]
+
+
+def test_crop_mode_and_unified_hands(synth_data, tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny(synth_data, out, size=128, crop=64, unify_side="R", epochs=1, max_steps=2,
+                         loss="0.5*bce+0.5*dice+boundary", scheduler="poly", optimizer="sgd"), progress=False)
+    assert summary["steps"] == 2
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["crop"] == 64 and cfg["unify_side"] == "R"
+
+
+def test_cli_train_and_errors(synth_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from boneseg.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    args = ["train", str(synth_data), "--arch", "unet", "--encoder", "resnet18", "--size", "64", "--epochs", "1",
+            "--batch-size", "2", "--encoder-weights", "none", "--workers", "0", "--device", "cpu",
+            "--max-steps", "1", "--aug", "none", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "last.pt").is_file()
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0 and isinstance(result.exception, OutputExistsError)
+    bad = runner.invoke(app, ["train", str(synth_data), "--arch", "unet", "--encoder", "resnet81", "--size", "64",
+                              "--out", str(tmp_path / "bad")])
+    assert isinstance(bad.exception, UsageError) and "did you mean 'resnet18'" in str(bad.exception)

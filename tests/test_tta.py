@@ -1,0 +1,133 @@
+"""`boneseg tta`: policy scores equal the competition Dice of predict's CSV; tuned thresholds."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from boneseg import CLASSES, probs
+from boneseg.cli import app
+from boneseg.data.layout import discover
+from boneseg.data.masks import build_sample
+from boneseg.data.split import fold_samples, make_splits
+from boneseg.errors import OutputExistsError, UsageError
+from boneseg.inference import Policy, Predictor, dice_curves, evaluate_policies, predict, search_thresholds
+from boneseg.io import write_json
+from boneseg.metrics import dice, mean_dice, per_class
+from boneseg.submission import read_submission
+
+from test_predict import make_checkpoint
+
+torch.set_num_threads(1)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def setup(synth_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tta")
+    ckpt = make_checkpoint(tmp / "model.pt")
+    splits = tmp / "splits.json"
+    write_json(splits, make_splits(discover(synth_data), folds=2, seed=0))
+    return synth_data, ckpt, splits, tmp
+
+
+def _csv_dice(csv, samples) -> dict[str, float]:
+    sub = read_submission(csv)
+    scores = []
+    for s in samples:
+        truth = build_sample(s).masks
+        scores.append(dice(sub.masks(s.image_name, truth.shape[1:]), truth))
+    return per_class(np.stack(scores))
+
+
+def test_tta_json_scores_equal_the_dice_of_predicts_csv(setup, tmp_path):
+    data, ckpt, splits, _ = setup
+    thr = tmp_path / "thr.json"
+    result = runner.invoke(app, ["tta", str(data), "-m", str(ckpt), "--fold", "0", "--splits", str(splits),
+                                 "--policies", "none,hflip,sliding:none", "--window", "128", "--json",
+                                 "--workers", "1", "--thresholds-out", str(thr)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["policies"]) == {"resize:none", "resize:hflip", "sliding:none"}
+    assert report["best"] == max(report["policies"], key=lambda k: report["policies"][k]["mean_dice"])
+    _, val = fold_samples(discover(data), json.loads(splits.read_text()), 0)
+    assert report["images"] == len(val) and report["fold"] == 0
+
+    # the same images through predict -> CSV -> competition Dice give the same numbers
+    pred = Predictor.from_checkpoints([ckpt], device="cpu", window=128)
+    for name, tta, sliding in (("resize:hflip", "hflip", False), ("sliding:none", "none", True)):
+        out = tmp_path / f"{tta}{sliding}.csv"
+        predict(val, pred, out, tta=tta, sliding=sliding, workers=0, progress=False)
+        want = _csv_dice(out, val)
+        got = report["policies"][name]["per_class_dice"]
+        assert list(got) == list(CLASSES)
+        np.testing.assert_allclose([got[c] for c in CLASSES], [want[c] for c in CLASSES], atol=1e-12)
+        assert report["policies"][name]["mean_dice"] == pytest.approx(mean_dice(want), abs=1e-12)
+
+    # the tuned thresholds, used by predict, reach the tuned score on these images
+    thresholds = json.loads(thr.read_text())
+    assert list(thresholds) == list(CLASSES) and all(0.3 <= t <= 0.7 for t in thresholds.values())
+    best = Policy.parse(report["best"])
+    out = tmp_path / "tuned.csv"
+    predict(val, pred, out, tta=best, threshold=thr, workers=0, progress=False)
+    assert mean_dice(_csv_dice(out, val)) == pytest.approx(report["tuned_mean_dice"], abs=1e-12)
+    assert report["tuned_mean_dice"] >= report["policies"][report["best"]]["mean_dice"] - 1e-12
+
+
+def test_tta_table_and_force(setup, tmp_path):
+    data, ckpt, splits, _ = setup
+    thr = tmp_path / "thr.json"
+    thr.write_text("{}")
+    result = runner.invoke(app, ["tta", str(data), "-m", str(ckpt), "--fold", "1", "--splits", str(splits),
+                                 "--policies", "none", "--thresholds-out", str(thr), "--workers", "0"])
+    assert isinstance(result.exception, OutputExistsError) and thr.read_text() == "{}"
+    result = runner.invoke(app, ["tta", str(data), "-m", str(ckpt), "--fold", "1", "--splits", str(splits),
+                                 "--policies", "none,scale", "--scales", "0.5,1", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert "best:" in result.output and "resize:scale" in result.output
+
+
+def test_policy_names():
+    assert Policy.parse("none") == Policy()
+    assert Policy.parse("sliding:hflip+scale", [1, 0.5]).views() == [(0.5, False), (0.5, True), (1.0, False),
+                                                                     (1.0, True)]
+    assert Policy.parse("flip").name == "resize:hflip"
+    with pytest.raises(UsageError, match="did you mean 'hflip'"):
+        Policy.parse("hflp")
+    with pytest.raises(UsageError, match="sliding"):
+        Policy.parse("slidng:none")
+
+
+def test_dice_curves_match_direct_dice():
+    rng = np.random.default_rng(0)
+    q = torch.from_numpy(rng.integers(0, 256, (29, 16, 16), dtype=np.uint8))
+    gt = torch.from_numpy(rng.random((29, 16, 16)) > 0.6)
+    gt[3] = False
+    curves = dice_curves(q, gt)
+    for k in (0, 76, 127, 200, 255):
+        np.testing.assert_allclose(curves[:, k], dice(q.numpy() > k, gt.numpy()), atol=1e-12)
+
+
+def test_search_thresholds_round_trip():
+    curves = np.zeros((29, 256))
+    curves[:, 100] = 1.0           # best cut 100 (t ~ 0.394) for every class...
+    curves[5, :] = 0.5             # ...but a flat curve for class 5: ties go to the default (cut 127)
+    curves[6, 250] = 2.0           # outside the range: ignored
+    curves[6, 90] = 1.5
+    t, score = search_thresholds(curves, 0.3, 0.7)
+    cuts = probs.cutoffs(t)
+    assert cuts[0] == 100 and cuts[5] == 127 and cuts[6] == 90
+    assert score[0] == 1.0 and score[5] == 0.5 and score[6] == 1.5
+    with pytest.raises(UsageError):
+        search_thresholds(curves, 0.8, 0.2)
+
+
+def test_evaluate_defaults_to_all_train_images_with_a_note(setup):
+    data, ckpt, _, _ = setup
+    samples = discover(data)[:2]
+    report = evaluate_policies(data, [ckpt], policies=["none"], samples=samples, search=None, workers=0,
+                               progress=False, device="cpu")
+    assert report.images == 2 and report.thresholds is None and report.best == "resize:none"
