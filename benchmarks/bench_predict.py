@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SIZES = (4, 12)
+SIZES = (4, 12, 24)
 IMAGE, MODEL = 1024, 256
 
 

@@ -16,7 +16,7 @@ from boneseg import CLASSES, probs, rle
 from boneseg.cli import app
 from boneseg.data.layout import find_images
 from boneseg.errors import DataError, OutputExistsError, UsageError
-from boneseg.inference import (InputPlan, LoadedModel, Policy, Predictor, ViewCache, gaussian_weights,
+from boneseg.inference import (LoadedModel, Policy, Predictor, ViewCache, gaussian_weights,
                                masks_to_rles, predict, side_from_probs, sliding_window, tile_starts)
 from boneseg.postprocess import postprocess
 from boneseg.submission import SubmissionWriter, read_submission, validate_submission

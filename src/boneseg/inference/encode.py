@@ -19,11 +19,14 @@ from boneseg.rle import runs_to_rle
 
 
 def quantize(p: torch.Tensor) -> torch.Tensor:
-    """(K, H, W) probabilities -> uint8 ``round(clip(p, 0, 1) * 255)`` on the same device (class by class,
-    so a fp16 accumulator never needs a full float32 copy)."""
+    """(K, H, W) probabilities in [0, 1] -> uint8 ``round(p * 255)`` on the same device; `p` is left as it
+    is. fp16 input is converted class by class, so it never needs a full float32 copy.
+
+    Inputs are sigmoids or weighted means of them, so no clipping pass is needed: a mean that rounds
+    a hair above 1 still rounds to 255."""
     out = torch.empty(p.shape, dtype=torch.uint8, device=p.device)
-    for c in range(p.shape[0]):
-        out[c] = p[c].float().clamp_(0.0, 1.0).mul_(probs_mod.SCALE).round_()
+    for c in range(p.shape[0]) if p.dtype != torch.float32 else [slice(None)]:
+        out[c] = p[c].float().mul(probs_mod.SCALE).round_()
     return out
 
 

@@ -94,15 +94,16 @@ def validation_samples(data: str | os.PathLike, splits: str | os.PathLike | None
     from boneseg.data.split import fold_samples, load_splits
 
     samples = discover(data, "train")
-    splits = splits or config.get("splits")
-    fold = config.get("fold") if fold is None else fold
-    if splits and fold is not None and os.path.exists(splits):
+    if (splits is None) != (fold is None):
+        raise UsageError("give --fold and --splits together")
+    if splits is None and config.get("splits") and config.get("fold") is not None \
+            and os.path.exists(config["splits"]):
+        splits, fold = config["splits"], config["fold"]
+    if splits is not None:
         _, val = fold_samples(samples, load_splits(splits, samples), int(fold))
         if not val:
             raise UsageError(f"--fold {fold}: no validation images in {splits}")
         return val, int(fold), []
-    if (splits is None) != (fold is None):
-        raise UsageError("give --fold and --splits together")
     return samples, None, ["no --fold/--splits: scored on every train image (optimistic if the model saw them)"]
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -103,6 +103,11 @@ class Item:
     side: str | None
     inputs: dict[tuple[int, int], torch.Tensor]
     masks: torch.Tensor | None = None  # (29, H, W) bool ground truth (tta only)
+
+    def pin_memory(self) -> "Item":
+        """Page-locked inputs, for asynchronous copies to the GPU (called by the DataLoader)."""
+        self.inputs = {k: v.pin_memory() for k, v in self.inputs.items()}
+        return self
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -330,13 +335,17 @@ class Predictor:
 
     # -- the prediction ---------------------------------------------------------------------------
     def predict(self, item: Item, policy: Policy, cache: ViewCache | None = None) -> torch.Tensor:
-        """(29, H, W) probabilities: per model the mean over its views, then the weighted mean over models."""
+        """(29, H, W) probabilities: per model the mean over its views, then the weighted mean over models.
+
+        The result may be a cached view: treat it as read-only."""
         cache = cache or ViewCache()
         total = None
         for m, weight in enumerate(self.weights):
             flips = self.flips(m, item, policy, cache)
             mean = None
             scales = list({self.view_size(m, item, policy.sliding, sc): sc for sc in policy.scales}.values())
+            if len(scales) * len(flips) == 1 and len(self.weights) == 1:  # one view: no copy
+                return self.views(m, item, policy.sliding, scales[0], flips, cache)[0]
             for scale in scales:  # scales that snap to the same input size count once
                 for v in self.views(m, item, policy.sliding, scale, flips, cache):
                     if mean is None:

@@ -13,15 +13,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from boneseg import probs as probs_mod
-from boneseg import rle as rle_mod
 from boneseg.classes import NUM_CLASSES
 from boneseg.data.layout import Sample, find_images, read_image
 from boneseg.errors import DataError, OutputExistsError, UsageError
@@ -60,7 +59,8 @@ def make_loader(dataset: ImageDataset, workers: int, device: torch.device) -> to
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                       prefetch_factor=2 if workers else None, persistent_workers=False)
+                                       prefetch_factor=2 if workers else None, persistent_workers=False,
+                                       pin_memory=device.type == "cuda")
 
 
 def check_unique_names(samples: Sequence[Sample]) -> None:
@@ -81,6 +81,22 @@ def check_probs_dir(folder: str | os.PathLike, force: bool) -> Path:
     if folder.is_dir() and any(folder.iterdir()) and not force:
         raise OutputExistsError(f"{folder} is not empty (use --force to overwrite)")
     return folder
+
+
+def fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
+    """Serve buffers above `nbytes` with mmap, released on free (glibc only; a no-op elsewhere).
+
+    glibc otherwise raises its mmap threshold after large frees, so the per-image buffers (tens of MB)
+    move onto the heap, whose fragmentation makes the resident size creep up image after image.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD (also turns off the dynamic adjustment)
+    except (OSError, AttributeError):
+        pass
 
 
 # -- distributed ----------------------------------------------------------------------------------
@@ -148,7 +164,6 @@ class PredictSummary:
     rank: int = 0
     world: int = 1
     policy: str = "resize:none"
-    extra: dict = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -220,13 +235,15 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
         raise DataError("no images to predict")
     check_unique_names(samples)
     policy = tta if isinstance(tta, Policy) else Policy.parse(tta, scales, sliding)
-    cuts = probs_mod.cutoffs(read_thresholds(threshold))
+    thresholds = read_thresholds(threshold)
+    cuts = probs_mod.cutoffs(thresholds)
     postprocess(np.zeros((0, 1, 1), np.bool_), keep_largest, min_area)  # validates the options
     if not is_stdout(output):
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
 
     rank, world, created = dist_context()
+    fixed_mmap_threshold()
     predictor = models if isinstance(models, Predictor) else Predictor.from_checkpoints(
         models, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
     if policy.hflip and predictor.unified:
@@ -287,6 +304,6 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     if probs_dir is not None and rank == 0:
         probs_mod.write_manifest(probs_dir, [s.image_name for s in samples], [lm.source for lm in predictor.models],
                                  {"policy": policy.name, "scales": list(policy.scales),
-                                  "weights": predictor.weights, "threshold": [float(t) for t in read_thresholds(threshold)]})
+                                  "weights": predictor.weights, "threshold": [float(t) for t in thresholds]})
     return PredictSummary(len(shard), seconds, "-" if is_stdout(output) else str(output),
                           str(probs_dir) if probs_dir else None, rank, world, policy.name)
