@@ -13,6 +13,15 @@ from typing import IO, Any
 from boneseg.errors import DataError, OutputExistsError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def is_stdout(path: str | os.PathLike | None) -> bool:
     """True for ``-`` (or None), which means standard output."""
     return path is None or str(path) == "-"
@@ -41,6 +50,7 @@ def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp_path
         if not force and path.exists():

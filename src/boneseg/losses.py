@@ -4,9 +4,9 @@ Every term treats the 29 classes as independent sigmoid channels (overlapping bo
 
 =============  =================================================================================
 ``bce``        binary cross-entropy on logits, mean over pixels and classes
-``dice``       soft Dice per class over the batch (smp ``DiceLoss(mode="multilabel")``)
-``jaccard``    soft IoU per class over the batch (smp ``JaccardLoss``)
-``tversky``    Tversky per class, alpha=0.3 / beta=0.7 (recall-leaning; smp ``TverskyLoss``)
+``dice``       soft Dice per class over the batch, averaged over all 29 classes
+``jaccard``    soft IoU per class over the batch
+``tversky``    Tversky per class, alpha=0.3 (FP) / beta=0.7 (FN): recall-leaning
 ``focal``      sigmoid focal loss, gamma=2 (smp's vectorised focal on logits)
 ``lovasz``     Lovasz hinge per class over the batch, averaged over classes
 ``boundary``   boundary-weighted BCE: pixels within a thin band around each class's boundary weigh
@@ -71,23 +71,44 @@ class BoundaryBCE(nn.Module):
         return (w * bce).sum() / w.sum()
 
 
-def _smp(name: str):
-    def make():
-        from segmentation_models_pytorch import losses as L
+class SoftOverlap(nn.Module):
+    """``1 - score`` per class over the whole batch, averaged over all classes.
 
-        if name == "dice":
-            return L.DiceLoss("multilabel", from_logits=True)
-        if name == "jaccard":
-            return L.JaccardLoss("multilabel", from_logits=True)
-        return L.TverskyLoss("multilabel", from_logits=True, alpha=0.3, beta=0.7)
-    return make
+    ``dice``: (2TP + s) / (2TP + FP + FN + s); ``jaccard``: (TP + s) / (TP + FP + FN + s); ``tversky``:
+    (TP + s) / (TP + a FP + b FN + s) -- soft counts from sigmoid probabilities, smoothing s = 1. A class
+    absent from the batch scores ~1 only when it is also predicted absent (the competition rule), so false
+    positives on absent classes are penalised too.
+    """
+
+    def __init__(self, kind: str, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0):
+        super().__init__()
+        self.kind, self.alpha, self.beta, self.smooth = kind, alpha, beta, smooth
+
+    def forward(self, logits, target):
+        p = torch.sigmoid(logits)
+        dims = (0, 2, 3)
+        tp = (p * target).sum(dims)
+        fp = (p * (1 - target)).sum(dims)
+        fn = ((1 - p) * target).sum(dims)
+        s = self.smooth
+        if self.kind == "dice":
+            score = (2 * tp + s) / (2 * tp + fp + fn + s)
+        elif self.kind == "jaccard":
+            score = (tp + s) / (tp + fp + fn + s)
+        else:
+            score = (tp + s) / (tp + self.alpha * fp + self.beta * fn + s)
+        return (1 - score).mean()
+
+
+def _overlap(kind: str):
+    return lambda: SoftOverlap(kind)
 
 
 LOSSES = {
     "bce": BCE,
-    "dice": _smp("dice"),
-    "jaccard": _smp("jaccard"),
-    "tversky": _smp("tversky"),
+    "dice": _overlap("dice"),
+    "jaccard": _overlap("jaccard"),
+    "tversky": _overlap("tversky"),
     "focal": Focal,
     "lovasz": Lovasz,
     "boundary": BoundaryBCE,

@@ -110,18 +110,22 @@ def build_model(config: Mapping) -> torch.nn.Module:
     kwargs = dict(config.get("model_kwargs") or {})
     if arch == "dpt" and encoder.startswith("tu-"):
         kwargs.setdefault("dynamic_img_size", True)
+    if encoder.startswith("tu-swin") and config.get("size"):
+        kwargs.setdefault("img_size", int(config["size"]))  # timm's Swin is built for one input size
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*encoder_weights.*")
             model = smp.create_model(arch, encoder_name=encoder, encoder_weights=_weights_arg(encoder, weights),
                                      in_channels=in_channels, classes=n_classes, **kwargs)
-    except (KeyError, ValueError, TypeError, AssertionError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - smp/timm/huggingface_hub raise many types
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        origin = type(exc).__module__ or ""
+        if isinstance(exc, OSError) or origin.startswith(("huggingface_hub", "requests", "urllib3")):
+            raise UsageError(f"--encoder-weights {weights}: cannot fetch pretrained weights for {encoder} ({msg}); "
+                             "offline, fill the Hugging Face cache first (HF_HUB_OFFLINE=1 then reads it) "
+                             "or pass a local file") from None
         raise UsageError(f"cannot build --arch {arch} with --encoder {encoder}: {msg}") from None
-    except OSError as exc:  # no network and nothing in the Hugging Face cache
-        raise UsageError(f"--encoder-weights {weights}: cannot fetch pretrained weights for {encoder} ({exc}); "
-                         "offline, fill the Hugging Face cache first or pass a local file") from None
     if weights is not None and _weights_arg(encoder, weights) is None and str(weights).lower() not in ENCODER_WEIGHTS \
             and str(weights).lower() not in ("", "null", "random"):
         load_encoder_weights(model, weights)

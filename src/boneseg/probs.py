@@ -7,7 +7,6 @@ CSV and soft voting both binarise the same stored values with `binarize`, so the
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.errors import DataError
-from boneseg.io import read_json, write_json
+from boneseg.io import atomic_open, read_json, write_json
 
 MANIFEST = "probs.json"
 FORMAT = "boneseg-probs"
@@ -67,14 +66,8 @@ def save(folder: str | os.PathLike, image_name: str, q: np.ndarray) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = prob_path(folder, image_name)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, probs=q, image_name=np.array(image_name))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb", force=True) as fh:
+        np.savez_compressed(fh, probs=q, image_name=np.array(image_name))
     return path
 
 

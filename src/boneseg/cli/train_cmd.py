@@ -73,6 +73,8 @@ def train_command(
             raise UsageError(f"missing option {', '.join(missing)} (needed for a new run)")
     config.update(data=str(data), out=str(out), resume=resume, force=force, tensorboard=tensorboard)
     summary = train(config, progress=True)
+    if summary.get("rank", 0) != 0:
+        return
     if json_out:
         print_json(summary)
     best = summary["best_val_dice"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 from boneseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from boneseg.data.layout import Sample, read_image, side_from_polygons
 from boneseg.errors import DataError, suggest
+from boneseg.io import atomic_open
 
 CACHE_VERSION = 1
 _SHIFT = 4  # sub-pixel bits for cv2.fillPoly when polygons are scaled
@@ -204,15 +204,13 @@ class MaskCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         boxes, bits = pack_masks(item.masks) if item.masks is not None else (np.zeros((0, 4), np.int32),
                                                                              np.zeros(0, np.uint8))
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npz.tmp", dir=self.dir)
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with atomic_open(entry, "wb", force=True) as fh:
                 np.savez(fh, fingerprint=np.array(fp), image=item.image, boxes=boxes, bits=bits,
                          labelled=np.array(item.masks is not None), side=np.array(item.side),
                          original_shape=np.array(item.original_shape))
-            os.replace(tmp, entry)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)  # a read-only or full cache only costs speed
+        except (OSError, DataError):
+            pass  # a read-only or full cache only costs speed
 
 
 def build_sample(sample: Sample, size: int | None = None) -> CachedSample:

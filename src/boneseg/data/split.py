@@ -10,6 +10,7 @@ The JSON form::
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -96,7 +97,9 @@ def make_splits(samples: Sequence[Sample], folds: int = 5, seed: int = 0,
         strata = [fn(s) for s in samples]
         codes = np.unique(strata, return_inverse=True)[1]
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        parts = splitter.split(x, codes, groups=groups)
+        with warnings.catch_warnings():  # "least populated class has only N members": expected on small sets
+            warnings.simplefilter("ignore", UserWarning)
+            parts = list(splitter.split(x, codes, groups=groups))
     fold_of = np.empty(len(samples), int)
     for k, (_, val) in enumerate(parts):
         fold_of[val] = k

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import random
 import signal
 import threading
@@ -560,6 +559,11 @@ def train(config: TrainConfig | dict, progress: bool = True) -> dict:
         UsageError, DataError, OutputExistsError, CheckpointError: bad options or inputs (before training).
         TrainingInterrupted: SIGINT/SIGTERM; ``last.pt`` is saved first.
     """
+    with StopFlag() as stop:  # installed first: a signal during setup stops after the first step
+        return _train(config, progress, stop)
+
+
+def _train(config: TrainConfig | dict, progress: bool, stop: StopFlag) -> dict:
     given = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config)
     cfg = TrainConfig.from_any(given)
     out = Path(cfg.out) if cfg.out else None
@@ -577,8 +581,7 @@ def train(config: TrainConfig | dict, progress: bool = True) -> dict:
     check_config(cfg)
     info = D.setup(cfg.device, cfg.dist_timeout)
     try:
-        with StopFlag() as stop:
-            return _run(cfg, info, saved, out, progress and info.is_main, stop)
+        return _run(cfg, info, saved, out, progress and info.is_main, stop)
     finally:
         D.cleanup(info)
 
@@ -653,7 +656,8 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
     summary = {"run": str(out), "epochs_done": st.epoch, "steps": st.step,
                "best_val_dice": st.best if st.best > -math.inf else None, "best_epoch": st.best_epoch or None,
                "last": st.history[-1] if st.history else None, "stopped": stopped,
-               "train_images": len(train_items), "val_images": len(val_items),
+               "train_images": len(train_items), "val_images": len(val_items), "rank": info.rank,
+               "world_size": info.world_size,
                "seconds": round(time.time() - t0, 3)}
     if stopped and stop.signal is not None:
         raise TrainingInterrupted(f"interrupted at epoch {st.epoch + 1}, step {st.step}; {out / LAST} saved. "

@@ -1,0 +1,89 @@
+"""Loss terms on known inputs; every term is multilabel (overlapping classes stay independent)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from boneseg.errors import UsageError
+from boneseg.losses import LOSSES, build_loss, parse_loss
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _overlapping_target():
+    target = torch.zeros(2, 29, 16, 16)
+    target[:, 0, 2:10, 2:10] = 1
+    target[:, 1, 6:14, 6:14] = 1   # overlaps class 0 on 6:10 x 6:10
+    target[:, 28, :, 8:] = 1
+    return target
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_perfect_overlapping_prediction_is_near_zero(name):
+    target = _overlapping_target()
+    logits = (target * 2 - 1) * 20
+    perfect = build_loss(name)(logits, target).item()
+    wrong = build_loss(name)(-logits, target).item()
+    assert perfect < 0.05 and wrong > 0.5 and perfect < wrong
+
+
+def test_parse_and_weights():
+    assert parse_loss("0.3*bce+0.7*dice") == [(0.3, "bce"), (0.7, "dice")]
+    assert parse_loss("bce + DICE") == [(1.0, "bce"), (1.0, "dice")]
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 29, 16, 16), _overlapping_target()
+    combo = build_loss("0.3*bce+0.7*dice")(logits, target)
+    parts = 0.3 * build_loss("bce")(logits, target) + 0.7 * build_loss("dice")(logits, target)
+    assert torch.allclose(combo, parts)
+    assert torch.allclose(build_loss("bce")(logits, target), F.binary_cross_entropy_with_logits(logits, target))
+
+
+def test_dice_is_per_class_soft_dice():
+    target = _overlapping_target()
+    logits = torch.zeros_like(target)  # p = 0.5 everywhere
+    p = torch.sigmoid(logits)
+    inter, total = (p * target).sum((0, 2, 3)), (p + target).sum((0, 2, 3))
+    expected = (1 - (2 * inter + 1) / (total + 1)).mean()  # all 29 classes, smoothing 1
+    assert build_loss("dice")(logits, target).item() == pytest.approx(expected.item(), abs=1e-4)
+
+
+def test_absent_class_false_positives_count():
+    target = torch.zeros(1, 29, 8, 8)
+    quiet, noisy = torch.full_like(target, -20.0), torch.full_like(target, -20.0)
+    noisy[:, 5] = 20.0  # predicts a class that is not there
+    for name in ("dice", "jaccard", "tversky"):
+        assert build_loss(name)(quiet, target).item() < 1e-3 < build_loss(name)(noisy, target).item()
+
+
+def test_lovasz_is_per_class_average():
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 29, 8, 8), _overlapping_target()[:, :, ::2, ::2].contiguous()
+    from segmentation_models_pytorch.losses.lovasz import _lovasz_hinge
+
+    per_class = [_lovasz_hinge(logits[:, c].reshape(1, -1), target[:, c].reshape(1, -1)) for c in range(29)]
+    assert build_loss("lovasz")(logits, target).item() == pytest.approx(torch.stack(per_class).mean().item(), rel=1e-5)
+
+
+def test_boundary_weights_errors_on_edges_more():
+    target = _overlapping_target()
+    logits = (target * 2 - 1) * 3.0
+    edge_err, inner_err = logits.clone(), logits.clone()
+    edge_err[:, 0, 2, 2:10] *= -1     # flip the top edge row of class 0
+    inner_err[:, 0, 5, 2:10] *= -1    # flip an interior row of the same length
+    boundary = build_loss("boundary")
+    assert boundary(edge_err, target) > boundary(inner_err, target)
+    assert torch.isclose(build_loss("bce")(edge_err, target), build_loss("bce")(inner_err, target))
+
+
+def test_unknown_terms_suggest():
+    with pytest.raises(UsageError, match="did you mean 'dice'"):
+        parse_loss("bce+dcie")
+    with pytest.raises(UsageError, match="cannot read term"):
+        parse_loss("0.3**bce")

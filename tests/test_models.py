@@ -1,0 +1,107 @@
+"""Model factory, input normalisation and checkpoints, with tiny real smp models."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from boneseg.data.transforms import normalize, to_input
+from boneseg.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+from boneseg.errors import CheckpointError, UsageError
+from boneseg.models import ALIASES, ARCHITECTURES, build_model, resolve_arch, resolve_encoder
+
+ENCODER = {"dpt": "tu-vit_tiny_patch16_224"}   # DPT needs a ViT encoder
+SIZE = {"pan": 128}                            # PAN's pyramid pooling needs >= 128 px
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes 2 threads far slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_builds_and_steps(arch):
+    torch.manual_seed(0)
+    model = build_model({"arch": arch, "encoder": ENCODER.get(arch, "resnet18"), "encoder_weights": "none"})
+    size = SIZE.get(arch, 64)
+    x = torch.randn(2, 1, size, size)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    logits = model(x)
+    assert logits.shape == (2, 29, size, size)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)).backward()
+    opt.step()
+
+
+def test_aliases_resolve():
+    for alias, canonical in ALIASES.items():
+        assert resolve_arch(alias) == canonical and canonical in ARCHITECTURES
+    assert resolve_arch("UNETPP") == resolve_arch("UnetPlusPlus") == resolve_arch("unet++") == "unetplusplus"
+    assert resolve_arch("dlv3p") == "deeplabv3plus" and resolve_arch("SegFormer") == "segformer"
+
+
+def test_unknown_names_suggest_closest():
+    with pytest.raises(UsageError, match=r"--arch 'unetp'.*did you mean 'unetpp'"):
+        resolve_arch("unetp")
+    with pytest.raises(UsageError, match=r"did you mean 'efficientnet-b4'"):
+        resolve_encoder("efficientnet_b4")
+    with pytest.raises(UsageError, match=r"did you mean 'tu-convnext_tiny'"):
+        resolve_encoder("tu-convnxt_tiny")
+    assert resolve_encoder("tu-convnext_tiny.fb_in22k") == "tu-convnext_tiny.fb_in22k"
+    assert resolve_encoder("ResNet18") == "resnet18"
+
+
+def test_timm_encoder_and_rgb_channels():
+    model = build_model({"arch": "fpn", "encoder": "tu-resnet10t", "encoder_weights": "none", "in_channels": 3})
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 29, 64, 64)
+
+
+def test_encoder_weights_from_local_file(tmp_path):
+    src = build_model({"arch": "unet", "encoder": "resnet18", "in_channels": 3})
+    path = tmp_path / "enc.pth"
+    torch.save({"state_dict": src.encoder.state_dict()}, path)
+    model = build_model({"arch": "unet", "encoder": "resnet18", "encoder_weights": str(path)})
+    assert torch.allclose(model.encoder.conv1.weight, src.encoder.conv1.weight.sum(1, keepdim=True))
+    assert torch.equal(model.encoder.layer1[0].conv1.weight, src.encoder.layer1[0].conv1.weight)
+    with pytest.raises(CheckpointError, match="file not found"):
+        build_model({"arch": "unet", "encoder": "resnet18", "encoder_weights": str(tmp_path / "missing.pth")})
+
+
+def test_to_input_normalisation():
+    image = np.array([[0, 255], [128, 64]], np.uint8)
+    x = to_input(image, {"mean": [0.5], "std": [0.25]})
+    assert x.shape == (1, 2, 2) and x.dtype == torch.float32
+    assert torch.allclose(x[0], (torch.tensor([[0, 255], [128, 64]]) / 255 - 0.5) / 0.25)
+    rgb = to_input(image, {"channels": "rgb", "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.2, 0.2]})
+    assert rgb.shape == (3, 2, 2) and torch.allclose(rgb[2, 0, 0], torch.tensor(-3.0))
+    batch = torch.from_numpy(np.stack([image, image]))
+    assert torch.equal(normalize(batch, {})[0], to_input(image, {}))
+    assert batch.dtype == torch.uint8 and batch[0, 0, 1] == 255  # input untouched
+    with pytest.raises(UsageError, match="did you mean 'rgb'"):
+        to_input(image, {"channels": "rbg"})
+
+
+def test_checkpoint_roundtrip_and_refusals(tmp_path):
+    config = {"arch": "unet", "encoder": "resnet18", "in_channels": 1, "mean": [0.5], "std": [0.25]}
+    model = build_model(config)
+    run = tmp_path / "run"
+    save_checkpoint(run / "best.pt", {"config": config, "model": model.state_dict(), "epoch": 1, "step": 3,
+                                      "metrics": {"val_dice": 0.5}})
+    assert not [p for p in run.iterdir() if p.name != "best.pt"]
+    loaded, cfg = load_model(run)
+    assert cfg == config and not loaded.training
+    x = torch.randn(1, 1, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pt")  # a whole pickled module: never unpickled
+    with pytest.raises(CheckpointError, match="not a loadable boneseg checkpoint"):
+        load_checkpoint(tmp_path / "pickled.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="no 'config' and 'model'"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="without best.pt or last.pt"):
+        load_checkpoint(tmp_path)
