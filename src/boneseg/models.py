@@ -94,7 +94,8 @@ def build_model(config: Mapping) -> torch.nn.Module:
 
     Keys: ``arch``, ``encoder`` (required); ``in_channels`` (default 1), ``classes`` (list of names or a
     count, default 29), ``encoder_weights`` (``imagenet``, ``none`` or a path to a local state dict;
-    default none), ``model_kwargs`` (extra smp keyword arguments). Pretrained downloads go through
+    default none), ``model_kwargs`` (extra smp keyword arguments); ``meta``, ``boundary_head`` and
+    ``boundary_sharpen`` wrap the model in a `boneseg.heads.AuxModel`. Pretrained downloads go through
     smp/timm and the Hugging Face cache, so ``HF_HUB_OFFLINE=1`` with a filled cache works offline.
 
     Raises:
@@ -129,7 +130,9 @@ def build_model(config: Mapping) -> torch.nn.Module:
     if weights is not None and _weights_arg(encoder, weights) is None and str(weights).lower() not in ENCODER_WEIGHTS \
             and str(weights).lower() not in ("", "null", "random"):
         load_encoder_weights(model, weights)
-    return model
+    from boneseg.heads import wrap
+
+    return wrap(model, config)
 
 
 def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:

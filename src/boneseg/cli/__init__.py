@@ -1,7 +1,9 @@
 """The ``boneseg`` command line: a thin Typer layer over the library."""
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 
 from boneseg.cli.app import app, state
@@ -19,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in argv:
         state["debug"] = True
+    _terminate_like_ctrl_c()
     try:
         app(args=argv, prog_name="boneseg")
     except SystemExit:
@@ -34,6 +37,15 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{where}{exc.strerror or exc}", 1)
     except Exception as exc:  # an unexpected failure still gets one line unless --debug
         _fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (e.g. from a job scheduler or torchrun) unwinds like Ctrl-C, so partial outputs are removed."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _fail(message: str, code: int) -> None:

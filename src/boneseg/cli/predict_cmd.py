@@ -48,6 +48,13 @@ def predict_command(
                                                                    "(e.g. from boneseg tta --thresholds-out)."),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep each class's largest component only."),
     min_area: int = typer.Option(0, "--min-area", help="Remove components smaller than this many pixels."),
+    postprocess: str = typer.Option("auto", "--postprocess", help="Per-class post-processing rules: auto (the "
+                                    "postprocess.json of a single -m run folder, from train --fit-postprocess), "
+                                    "none, or a rules file."),
+    wrist_model: Path = typer.Option(None, "--wrist-model", help="Wrist second-stage checkpoint (train --wrist): "
+                                     "replaces the carpal predictions inside the wrist box."),
+    meta: Path = typer.Option(None, "--meta", help="Metadata file for --meta film models (default: meta_data.xlsx "
+                              "found from the source)."),
     save_probs: Path = typer.Option(None, "--save-probs", help="Also write uint8 probabilities here "
                                                                "(for ensemble --vote soft and pseudo)."),
     weights: str = WEIGHTS,
@@ -67,7 +74,8 @@ def predict_command(
     summary = predict(source, models, out, tta=tta, scales=scales, sliding=sliding, threshold=threshold,
                       keep_largest=keep_largest, min_area=min_area, save_probs=save_probs, workers=workers,
                       force=force, weights=floats(weights, "--weights"), device=device, size=size,
-                      window=window, overlap=overlap, batch_size=batch_size, amp=amp)
+                      window=window, overlap=overlap, batch_size=batch_size, amp=amp, wrist_model=wrist_model,
+                      postprocess_rules=postprocess, meta=meta)
     if summary.rank == 0:
         where = "stdout" if summary.output == "-" else summary.output
         ranks = f" on {summary.world} ranks" if summary.world > 1 else ""

@@ -45,10 +45,22 @@ def train_command(
     ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.999 (validated and saved as the model) [default: off]."),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N epochs (and always after the last) [default: 1]."),
     unify_hands: Optional[str] = typer.Option(None, "--unify-hands", help="Mirror every hand to one side: R, L or none [default: none]."),
-    channels: Optional[str] = typer.Option(None, "--channels", help="Model input channels: gray or rgb [default: gray]."),
+    channels: Optional[str] = typer.Option(None, "--channels", help="Model input channels: gray, rgb or clahe3, optionally +sobel and/or +laplacian (e.g. gray+sobel) [default: gray]."),
+    meta: Optional[str] = typer.Option(None, "--meta", help="Patient metadata (meta_data.xlsx): none, aux (auxiliary prediction heads), film (decoder conditioning) or aux+film [default: none]."),
+    meta_weight: Optional[float] = typer.Option(None, "--meta-weight", help="Loss weight of the metadata heads [default: 0.1]."),
+    boundary_head: Optional[float] = typer.Option(None, "--boundary-head", help="Loss weight of an auxiliary boundary head (0: none) [default: 0]."),
+    boundary_sharpen: Optional[float] = typer.Option(None, "--boundary-sharpen", help="At inference, multiply mask probabilities by 1 - a * p_edge from the boundary head [default: 0]."),
+    distance_clip: Optional[int] = typer.Option(None, "--distance-clip", help="Clip (px at --size) of the cached signed distance maps used by the dtbce loss [default: 16]."),
+    wrist: bool = typer.Option(False, "--wrist", help="Train a wrist second-stage model: crops around the 8 carpal bones, loss and val Dice on the carpals."),
+    wrist_margin: Optional[float] = typer.Option(None, "--wrist-margin", help="Wrist box margin, a fraction of the carpal extent per side [default: 0.15]."),
+    log: Optional[str] = typer.Option(None, "--log", help="Run tracking: tensorboard, wandb (installed and logged in) or none [default: none]."),
+    log_images: Optional[int] = typer.Option(None, "--log-images", help="Prediction-vs-label overlays logged per validation [default: 4]."),
+    fit_postprocess: bool = typer.Option(False, "--fit-postprocess", help="After training, choose per-class keep-largest / island removal on the validation fold (RUN/postprocess.json, used by predict)."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Mask-cache folder [default: DATA/.boneseg-cache]."),
     dist_timeout: Optional[float] = typer.Option(None, "--dist-timeout", help="Minutes a DDP collective may wait for another rank [default: 30]."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out (and list) unreadable images, broken labels "
+                                  "and unpaired files instead of stopping before training."),
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
 ) -> None:
     """Train a segmentation model; under `torchrun --nproc-per-node N` the same command uses DDP."""
@@ -63,7 +75,9 @@ def train_command(
                    pseudo=[str(p) for p in pseudo] if pseudo else None, aug=aug, crop=crop, optimizer=optimizer,
                    scheduler=scheduler, warmup=warmup, accumulate=accumulate, clip=clip, ema=ema,
                    val_every=val_every, unify_side=unify_hands, channels=channels, cache_dir=cache_dir,
-                   dist_timeout=dist_timeout)
+                   dist_timeout=dist_timeout, meta=meta, meta_weight=meta_weight, boundary_head=boundary_head,
+                   boundary_sharpen=boundary_sharpen, distance_clip=distance_clip, wrist_margin=wrist_margin,
+                   log=log, log_images=log_images)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None}
     if unify_hands is not None and unify_hands.lower() == "none":
         config["unify_side"] = None
@@ -71,7 +85,12 @@ def train_command(
         missing = [f"--{k}" for k in ("arch", "encoder", "size") if k not in config]
         if missing:
             raise UsageError(f"missing option {', '.join(missing)} (needed for a new run)")
-    config.update(data=str(data), out=str(out), resume=resume, force=force, tensorboard=tensorboard)
+    if wrist:
+        config["wrist"] = True
+    if fit_postprocess:
+        config["fit_postprocess"] = True
+    config.update(data=str(data), out=str(out), resume=resume, force=force, tensorboard=tensorboard,
+                  skip_bad=skip_bad)
     summary = train(config, progress=True)
     if summary.get("rank", 0) != 0:
         return

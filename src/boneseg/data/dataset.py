@@ -44,10 +44,21 @@ class SegDataset(Dataset):
         size: the side the cache stores images at (None: original size).
         transform: albumentations Compose (or None) applied with the item's seed.
         unify_side: ``"R"``/``"L"`` mirrors every image of the other side (from its labels), None keeps all.
+        channels: input-channel mode (`boneseg.channels`); CLAHE/edge modes give (C, H, W) images, made
+            after augmentation.
+        distance: clip of the signed distance maps to add as ``dist`` (29, H, W) uint8 (augmented with the
+            masks), None for none.
+        meta: {patient: `boneseg.heads.meta_vector`} to add ``meta`` (8,) and ``side`` (1 right, 0 left,
+            NaN unknown, from the augmented masks); None for none. Patients without a row get zeros.
     """
 
-    def __init__(self, items: Sequence[Item], size: int | None, transform=None, unify_side: str | None = None):
+    def __init__(self, items: Sequence[Item], size: int | None, transform=None, unify_side: str | None = None,
+                 channels: str = "gray", distance: int | None = None, meta: dict | None = None):
+        from boneseg.channels import is_derived
+
         self.items, self.size, self.transform, self.unify_side = list(items), size, transform, unify_side
+        self.channels = channels if is_derived(channels) else None
+        self.distance, self.meta = distance, meta
 
     def __len__(self) -> int:
         return len(self.items)
@@ -57,13 +68,34 @@ class SegDataset(Dataset):
         item = self.items[index]
         cached = item.cache.get(item.sample, self.size)
         image, masks = cached.image, cached.masks
+        dist = item.cache.distance(item.sample, self.size, self.distance) if (
+            self.distance and masks is not None) else None
         if self.unify_side and cached.side in ("L", "R") and cached.side != self.unify_side:
             image, masks = image[:, ::-1], (masks[:, :, ::-1] if masks is not None else None)
+            dist = dist[:, :, ::-1] if dist is not None else None
+        if dist is not None:  # warped with the masks (nearest), split off again after
+            masks = np.concatenate([np.asarray(masks).view(np.uint8), dist])
         image, masks = augment(self.transform, np.ascontiguousarray(image),
                                None if masks is None else np.ascontiguousarray(masks), seed)
-        out = {"image": torch.from_numpy(np.ascontiguousarray(image))[None], "index": index}
+        if dist is not None:
+            masks, dist = masks[:len(masks) // 2], masks[len(masks) // 2:]
+        image = np.ascontiguousarray(image)
+        if self.channels:
+            from boneseg.channels import make_channels
+
+            out = {"image": torch.from_numpy(make_channels(image, self.channels)), "index": index}
+        else:
+            out = {"image": torch.from_numpy(image)[None], "index": index}
         if masks is not None:
             out["mask"] = torch.from_numpy(np.ascontiguousarray(masks).view(np.uint8))
+        if dist is not None:
+            out["dist"] = torch.from_numpy(np.ascontiguousarray(dist))
+        if self.meta is not None:
+            from boneseg.heads import META_DIM, side_target
+
+            vec = self.meta.get(item.sample.patient)
+            out["meta"] = torch.from_numpy(vec if vec is not None else np.zeros(META_DIM, np.float32))
+            out["side"] = torch.tensor(side_target(masks) if masks is not None else float("nan"))
         return out
 
 
@@ -121,22 +153,43 @@ class EpochBatchSampler(Sampler):
 
 
 def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, progress: bool = True,
-                  description: str = "caching masks") -> None:
-    """Build every missing cache entry once (threads; OpenCV and zlib release the GIL)."""
+                  description: str = "caching masks", skip_bad: bool = False) -> list[tuple[Item, str]]:
+    """Build every missing cache entry once (threads; OpenCV and zlib release the GIL).
+
+    Every item is checked before training starts. A bad one (unreadable image, broken label) raises a
+    `DataError` naming it and counting the others, unless `skip_bad`: then the bad items and their
+    problems are returned (empty list when all are good).
+    """
     from boneseg.cli.output import progress as make_progress
+    from boneseg.errors import DataError
+
+    def build(it: Item) -> str | None:
+        try:
+            it.cache._entry(it.sample, size).exists() or it.cache.get(it.sample, size)
+        except DataError as exc:
+            return str(exc)
+        return None
 
     threads = max(1, workers or min(4, os.cpu_count() or 1))
+    bad: list[tuple[Item, str]] = []
     with make_progress(transient=True, disable=not progress) as bar, ThreadPoolExecutor(threads) as pool:
         task = bar.add_task(description, total=len(items), unit="img")
-        for _ in pool.map(lambda it: it.cache._entry(it.sample, size).exists() or it.cache.get(it.sample, size),
-                          items):
+        for it, problem in zip(items, pool.map(build, items)):
+            if problem:
+                bad.append((it, problem))
             bar.advance(task)
+    if bad and not skip_bad:
+        more = f" (and {len(bad) - 1} more bad sample(s); --skip-bad leaves them out)" if len(bad) > 1 else \
+            " (--skip-bad leaves it out)"
+        raise DataError(bad[0][1] + more)
+    return bad
 
 
 def collate(batch: list[dict]) -> dict:
     """Stack a list of dataset items (images and masks stay uint8)."""
     out = {"image": torch.stack([b["image"] for b in batch]),
            "index": torch.tensor([b["index"] for b in batch])}
-    if all("mask" in b for b in batch):
-        out["mask"] = torch.stack([b["mask"] for b in batch])
+    for key in ("mask", "dist", "meta", "side"):
+        if all(key in b for b in batch):
+            out[key] = torch.stack([b[key] for b in batch])
     return out

@@ -22,6 +22,10 @@ from boneseg.errors import DataError, suggest
 from boneseg.io import atomic_open
 
 CACHE_VERSION = 1
+DIST_CLIP = 16
+"""Default clip (pixels at the cached size) of the signed distance maps."""
+DIST_ZERO = 128
+"""The uint8 code of distance 0 (the boundary) in quantised distance maps."""
 _SHIFT = 4  # sub-pixel bits for cv2.fillPoly when polygons are scaled
 
 
@@ -196,9 +200,37 @@ class MaskCache:
                     return CachedSample(z["image"], masks, str(z["side"]), tuple(z["original_shape"].tolist()))
         except (FileNotFoundError, KeyError, ValueError, OSError, EOFError):
             pass
-        item = build_sample(sample, size)
+        item = self._build(sample, size)
         self._store(entry, fp, item)
         return item
+
+    def _build(self, sample: Sample, size: int | None) -> CachedSample:
+        """Build an entry (subclasses such as `boneseg.wrist.WristCache` change what is stored)."""
+        return build_sample(sample, size)
+
+    def distance(self, sample: Sample, size: int | None = None, clip: int = DIST_CLIP) -> np.ndarray:
+        """The signed, clipped distance maps of the sample's masks at `size` (see `distance_maps`),
+        computed once and stored next to the mask entry."""
+        entry = self._entry(sample, size)
+        entry = entry.with_name(entry.name[:-len(".npz")] + f".dist{clip}.npz")
+        fp = _fingerprint(sample, size) + f"|{type(self).__name__}"
+        try:
+            with np.load(entry, allow_pickle=False) as z:
+                if str(z["fingerprint"]) == fp:
+                    return z["dist"]
+        except (FileNotFoundError, KeyError, ValueError, OSError, EOFError):
+            pass
+        masks = self.get(sample, size).masks
+        if masks is None:
+            raise DataError(f"{sample.image}: no labels, so no distance maps")
+        dist = distance_maps(masks, clip)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with atomic_open(entry, "wb", force=True) as fh:
+                np.savez_compressed(fh, fingerprint=np.array(fp), dist=dist)
+        except (OSError, DataError):
+            pass
+        return dist
 
     def _store(self, entry: Path, fp: str, item: CachedSample) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -228,3 +260,32 @@ def build_sample(sample: Sample, size: int | None = None) -> CachedSample:
         out_h, out_w = image.shape
         masks = rasterize(label.polygons, (out_h, out_w), (out_w / w, out_h / h))
     return CachedSample(image, masks, side, (h, w))
+
+
+def distance_maps(masks: np.ndarray, clip: int = DIST_CLIP) -> np.ndarray:
+    """Signed distance to each class's boundary, clipped to ``[-clip, clip]`` and stored as uint8.
+
+    Positive inside the mask (distance to the nearest background pixel), negative outside (minus the
+    distance to the nearest mask pixel); code ``u = DIST_ZERO + round(d)``, so decode with
+    ``clip(u - DIST_ZERO, -clip, clip)`` (0, the padding of geometric augmentations, decodes to -clip: far
+    outside). An empty class is -clip everywhere.
+    """
+    if not 1 <= clip <= 127:
+        raise ValueError(f"distance clip must be in 1..127, got {clip}")
+    out = np.empty(masks.shape, np.uint8)
+    for c, m in enumerate(masks):
+        m8 = np.ascontiguousarray(m, dtype=np.uint8)
+        if not m8.any():
+            out[c] = DIST_ZERO - clip
+            continue
+        inside = cv2.distanceTransform(m8, cv2.DIST_L2, 3)
+        outside = cv2.distanceTransform(1 - m8, cv2.DIST_L2, 3)
+        out[c] = np.clip(np.rint(inside - outside), -clip, clip).astype(np.int16) + DIST_ZERO
+    return out
+
+
+def decode_distance(codes, clip: int = DIST_CLIP):
+    """uint8 codes (numpy or torch) -> signed distances in pixels (float32 / the tensor's float)."""
+    if isinstance(codes, np.ndarray):
+        return np.clip(codes.astype(np.float32) - DIST_ZERO, -clip, clip)
+    return (codes.float() - DIST_ZERO).clamp_(-clip, clip)

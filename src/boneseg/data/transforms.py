@@ -18,18 +18,17 @@ DEFAULT_STD = (0.226,)
 """ImageNet's mean/std averaged over RGB: a 1-channel model built from ImageNet weights (first convolution
 summed over its input channels) sees inputs on the scale it was trained on."""
 
-CHANNELS: dict[str, int] = {"gray": 1, "rgb": 3}
-"""Input-channel modes -> number of model input channels (``rgb`` repeats the gray image)."""
+CHANNELS: dict[str, int] = {"gray": 1, "rgb": 3, "clahe3": 3}
+"""Base input-channel modes -> model input channels; `boneseg.channels` adds ``+sobel``/``+laplacian``."""
 
 AUGMENTATIONS = ("none", "light", "default", "strong")
 
 
 def in_channels(config: Mapping) -> int:
     """Number of model input channels for a config (its ``channels`` mode, default ``gray``)."""
-    mode = config.get("channels", "gray")
-    if mode not in CHANNELS:
-        raise UsageError(f"--channels {mode!r}: unknown mode{suggest(str(mode), CHANNELS)}")
-    return CHANNELS[mode]
+    from boneseg.channels import n_channels
+
+    return n_channels(config.get("channels", "gray"))
 
 
 def _stats(config: Mapping, n: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,11 +44,18 @@ def _stats(config: Mapping, n: int, device, dtype) -> tuple[torch.Tensor, torch.
 def normalize(images: torch.Tensor, config: Mapping, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 images (N, H, W) or (N, 1, H, W), on any device -> model input (N, C, H, W) of `dtype`.
 
-    ``x = (image / 255 - mean) / std`` per channel, channels made by the config's ``channels`` mode.
+    ``x = (image / 255 - mean) / std`` per channel, channels made by the config's ``channels`` mode: a
+    1-channel batch of a CLAHE/edge mode gets its channels from `boneseg.channels.make_channels` (on the
+    CPU); a batch that already has them (the training dataset makes them) is only scaled.
     """
+    from boneseg.channels import batch_channels, is_derived
+
     if images.ndim == 3:
         images = images[:, None]
     n = in_channels(config)
+    mode = config.get("channels", "gray")
+    if images.shape[1] == 1 and n > 1 and is_derived(mode):
+        images = batch_channels(images, mode)
     x = images.to(dtype=dtype, copy=True).div_(255.0)
     mean, std = _stats(config, n, x.device, dtype)
     if x.shape[1] == n:

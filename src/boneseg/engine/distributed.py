@@ -73,6 +73,13 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def broadcast_object(objects: list, info: DistInfo) -> list:
+    """Rank 0's picklable `objects` (a list, replaced in place) on every rank; also a barrier."""
+    if info.enabled:
+        dist.broadcast_object_list(objects, src=0)
+    return objects
+
+
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum `tensor` over ranks in place (no-op on one process); returns it."""
     if info.enabled:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from boneseg.classes import CLASSES
+from boneseg import heads
 from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, in_channels, normalize
 from boneseg.engine import distributed as D
 from boneseg.engine.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
@@ -85,6 +86,17 @@ class TrainConfig:
     std: list[float] = field(default_factory=lambda: list(DEFAULT_STD))
     model_kwargs: dict = field(default_factory=dict)
     dist_timeout: float = 30.0
+    meta: str = "none"
+    meta_weight: float = 0.1
+    boundary_head: float = 0.0
+    boundary_sharpen: float = 0.0
+    distance_clip: int = 16
+    wrist: bool = False
+    wrist_margin: float = 0.15
+    log: str = "none"
+    log_images: int = 4
+    fit_postprocess: bool = False
+    skip_bad: bool = False
 
     @classmethod
     def from_any(cls, config: "TrainConfig | dict") -> "TrainConfig":
@@ -112,9 +124,11 @@ class TrainConfig:
 # Options that define the trajectory of a run: a resume must not change them.
 FIXED_ON_RESUME = ("arch", "encoder", "size", "crop", "fold", "splits", "folds", "epochs", "batch_size", "lr",
                    "weight_decay", "loss", "aug", "optimizer", "scheduler", "warmup", "accumulate", "clip", "ema",
-                   "seed", "unify_side", "channels", "mean", "std", "pseudo", "amp", "amp_dtype", "val_every")
+                   "seed", "unify_side", "channels", "mean", "std", "pseudo", "amp", "amp_dtype", "val_every",
+                   "meta", "meta_weight", "boundary_head", "distance_clip", "wrist", "wrist_margin")
 # Options a resume may change freely.
-RUNTIME = ("device", "workers", "max_steps", "tensorboard", "cache_dir", "dist_timeout", "data", "out")
+RUNTIME = ("device", "workers", "max_steps", "tensorboard", "cache_dir", "dist_timeout", "data", "out", "skip_bad",
+           "log", "log_images", "fit_postprocess", "boundary_sharpen")
 
 
 # -- validation of options -----------------------------------------------------------------------
@@ -160,11 +174,30 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--ema {cfg.ema}: decay must be in [0, 1) (0 disables it)")
     if cfg.clip is not None and cfg.clip <= 0:
         raise UsageError(f"--clip {cfg.clip}: must be positive")
+    from boneseg.heads import check_meta_mode
+    from boneseg.tracking import check_logger
+
+    cfg.meta = check_meta_mode(cfg.meta)
+    if cfg.tensorboard and cfg.log in (None, "none"):
+        cfg.log = "tensorboard"
+    cfg.log = check_logger(cfg.log)
+    if cfg.meta_weight < 0 or cfg.boundary_head < 0:
+        raise UsageError("--meta-weight and --boundary-head must be >= 0")
+    if not 0 <= cfg.boundary_sharpen <= 1:
+        raise UsageError(f"--boundary-sharpen {cfg.boundary_sharpen}: must be in [0, 1]")
+    if cfg.boundary_sharpen > 0 and cfg.boundary_head <= 0:
+        raise UsageError("--boundary-sharpen needs a boundary head (--boundary-head WEIGHT > 0)")
+    if not 1 <= cfg.distance_clip <= 127:
+        raise UsageError(f"--distance-clip {cfg.distance_clip}: must be in 1..127")
+    if not 0 <= cfg.wrist_margin <= 1:
+        raise UsageError(f"--wrist-margin {cfg.wrist_margin}: must be in [0, 1]")
+    if cfg.wrist and cfg.fit_postprocess:
+        raise UsageError("--fit-postprocess applies to whole-image models, not a --wrist model")
 
 
 # -- run folder ------------------------------------------------------------------------------------
 
-_RUN_FILES = (CONFIG, METRICS, LAST, BEST, "tensorboard")
+_RUN_FILES = (CONFIG, METRICS, LAST, BEST, "tensorboard", "postprocess.json")
 
 
 def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
@@ -225,7 +258,7 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, progress: bool):
     from boneseg.data.masks import MaskCache, default_cache_dir
     from boneseg.data.split import fold_samples, load_splits, make_splits
 
-    samples = discover(cfg.data)
+    samples = discover(cfg.data, skip_bad=cfg.skip_bad)
     if cfg.splits:
         splits = load_splits(cfg.splits, samples)
     else:
@@ -234,16 +267,32 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, progress: bool):
     train_s, val_s = fold_samples(samples, splits, cfg.fold)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data)
     cache = MaskCache(cache_root)
+    if cfg.wrist:
+        from boneseg.wrist import WristCache
+
+        cache = WristCache(cache_root, cfg.wrist_margin)
     train_items = [Item(s, cache) for s in train_s]
     val_items = [Item(s, cache) for s in val_s]
     for i, folder in enumerate(cfg.pseudo):
         pcache = MaskCache(Path(cfg.cache_dir) / f"pseudo-{i}") if cfg.cache_dir else MaskCache(default_cache_dir(folder))
-        train_items += [Item(s, pcache) for s in discover(folder)]
+        train_items += [Item(s, pcache) for s in discover(folder, skip_bad=cfg.skip_bad)]
+    bad_names = [None]
+    if info.is_main:
+        bad = prepare_cache(train_items + val_items, cfg.size, cfg.workers, progress and info.is_main,
+                            skip_bad=cfg.skip_bad)
+        bad_names = [sorted({str(it.sample.image) for it, _ in bad})]
+        if bad:
+            from boneseg.cli.output import console
+
+            console.print(f"[yellow]--skip-bad: left out {len(bad)} sample(s):[/yellow]")
+            for _, problem in bad:
+                console.print(f"  {problem}", markup=False)
+    D.broadcast_object(bad_names, info)
+    skipped = set(bad_names[0] or ())
+    train_items = [it for it in train_items if str(it.sample.image) not in skipped]
+    val_items = [it for it in val_items if str(it.sample.image) not in skipped]
     if not train_items:
         raise UsageError(f"--fold {cfg.fold}: no training images left")
-    if info.is_main:
-        prepare_cache(train_items + val_items, cfg.size, cfg.workers, progress and info.is_main)
-    D.barrier(info)
     return train_items, val_items
 
 
@@ -260,8 +309,13 @@ def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
     from boneseg.data.dataset import EpochBatchSampler, SegDataset, collate
     from boneseg.data.transforms import build_augmentation
 
+    from boneseg.heads import meta_table
+    from boneseg.losses import build_loss
+
     transform = build_augmentation(cfg.aug, cfg.crop, flip=cfg.unify_side is None) if train else None
-    dataset = SegDataset(items, cfg.size, transform, cfg.unify_side)
+    distance = cfg.distance_clip if build_loss(cfg.loss).needs_distance else None
+    meta = meta_table(cfg.data) if cfg.meta != "none" else None
+    dataset = SegDataset(items, cfg.size, transform, cfg.unify_side, cfg.channels, distance, meta)
     sampler = EpochBatchSampler(len(items), cfg.batch_size, cfg.seed, shuffle=train,
                                 drop_last=train and len(items) >= cfg.batch_size * info.world_size,
                                 rank=info.rank, world_size=info.world_size)
@@ -428,6 +482,18 @@ class StopFlag:
 
 # -- the loop ---------------------------------------------------------------------------------------
 
+def _seg_loss(criterion, logits, target, batch, cfg: TrainConfig, device) -> torch.Tensor:
+    """The segmentation loss (on the carpal channels only for a wrist model; with distance maps when the
+    loss needs them)."""
+    dist = batch["dist"].to(device, non_blocking=True) if "dist" in batch else None
+    if cfg.wrist:
+        from boneseg.wrist import CARPAL_IDX
+
+        logits, target = logits[:, CARPAL_IDX], target[:, CARPAL_IDX]
+        dist = dist[:, CARPAL_IDX] if dist is not None else None
+    return criterion(logits, target, dist) if dist is not None else criterion(logits, target)
+
+
 def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, bar=None) -> bool:
     """Run the rest of epoch ``st.epoch`` from batch ``st.batch``; True when it stopped early."""
     cfg, device = st.cfg, info.device
@@ -452,8 +518,11 @@ def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, ba
         no_sync = st.net.no_sync() if (info.enabled and not sync) else contextlib.nullcontext()
         with no_sync:
             with _autocast(cfg, info):
-                logits = st.net(x)
-            loss = criterion(logits, target)
+                out = st.net(x, **heads.model_kwargs(st.net, batch, device))
+            logits = out["masks"] if isinstance(out, dict) else out
+            loss = _seg_loss(criterion, logits, target, batch, cfg, device)
+            if isinstance(out, dict):
+                loss = loss + heads.aux_loss(out, batch, target, dataclasses.asdict(cfg))
             st.scaler.scale(loss / group_size).backward()
         st.loss_sum += loss.detach().double()
         st.loss_count += 1
@@ -484,11 +553,13 @@ def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, ba
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, cfg: TrainConfig, info: D.DistInfo, criterion=None) -> dict:
+def evaluate(model: torch.nn.Module, loader, cfg: TrainConfig, info: D.DistInfo, criterion=None,
+             images: list | None = None) -> dict:
     """Competition Dice per class over the validation images, on the device (reduced over ranks).
 
     Predictions are ``sigmoid(logits) > 0.5`` at the training size. Returns ``{"val_dice", "val_dice_per_class",
-    "val_loss"}``.
+    "val_loss"}`` (``val_dice`` over the carpal classes for a wrist model). With `images` (a list), the first
+    ``cfg.log_images`` (image, prediction, label) triples of this rank are appended to it (for tracking).
     """
     from boneseg.metrics import dice
 
@@ -503,17 +574,26 @@ def evaluate(model: torch.nn.Module, loader, cfg: TrainConfig, info: D.DistInfo,
             x = x.contiguous(memory_format=torch.channels_last)
         target = batch["mask"].to(device, non_blocking=True)
         with _autocast(cfg, info):
-            logits = model(x)
+            logits = model(x, **heads.model_kwargs(model, batch, device))
         sums += dice(logits > 0, target).sum(0)
         n = len(x)
         stats[0] += n
         if criterion is not None:
-            stats[1] += criterion(logits, target).double() * n
+            stats[1] += _seg_loss(criterion, logits, target, batch, cfg, device).double() * n
+        if images is not None and len(images) < cfg.log_images:
+            for i in range(min(n, cfg.log_images - len(images))):
+                images.append((batch["image"][i, 0].numpy(), (logits[i] > 0).cpu().numpy(),
+                               batch["mask"][i].numpy().astype(bool)))
     D.all_reduce_sum(sums, info)
     D.all_reduce_sum(stats, info)
     per_class = (sums / stats[0].clamp_min(1)).tolist()
     count = stats[0].item()
-    return {"val_dice": float(np.mean(per_class)) if count else None,
+    headline = per_class
+    if cfg.wrist:
+        from boneseg.wrist import CARPAL_IDX
+
+        headline = [per_class[i] for i in CARPAL_IDX]
+    return {"val_dice": float(np.mean(headline)) if count else None,
             "val_dice_per_class": dict(zip(CLASSES, per_class)) if count else None,
             "val_loss": stats[1].item() / count if count else None}
 
@@ -532,16 +612,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
-
-
-def _tensorboard(out: Path, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UsageError("--tensorboard needs the tensorboard package (pip install 'boneseg[tensorboard]')") from None
-    return SummaryWriter(str(out / "tensorboard"))
 
 
 def train(config: TrainConfig | dict, progress: bool = True) -> dict:
@@ -610,7 +680,9 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
         restore(st, saved)
     if info.is_main:
         write_json(out / CONFIG, cfg.to_dict(), force=True)
-    tb = _tensorboard(out, cfg.tensorboard and info.is_main)
+    from boneseg.tracking import make_tracker, overlays
+
+    tracker = make_tracker(cfg.log, out, cfg.to_dict()) if info.is_main else None
     stopped = False
     with make_progress(transient=True, disable=not progress) as bar:
         while st.epoch < cfg.epochs:
@@ -627,8 +699,9 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
                     "val_dice": None, "val_dice_per_class": None, "val_loss": None,
                     "lr": st.optimizer.param_groups[0]["lr"]}
             st.loss_sum, st.loss_count = None, 0
+            shots = [] if tracker is not None and cfg.log_images > 0 else None
             if st.epoch % cfg.val_every == 0 or st.epoch == cfg.epochs:
-                line.update(evaluate(st.eval_model(), val_loader, cfg, info, st.criterion))
+                line.update(evaluate(st.eval_model(), val_loader, cfg, info, st.criterion, shots))
             line["seconds"] = round(time.time() - e_start, 3)
             is_best = line["val_dice"] is not None and line["val_dice"] > st.best
             if is_best:
@@ -637,8 +710,10 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
             st.history.append(line)
             if info.is_main:
                 write_outputs(st, out, best=is_best)
-                if tb is not None:
-                    _log_tensorboard(tb, line)
+                if tracker is not None:
+                    tracker.log_epoch(line)
+                    if shots:
+                        tracker.images("val/prediction_vs_label", overlays(shots), st.epoch)
                 if progress:
                     vd = f"{line['val_dice']:.4f}" if line["val_dice"] is not None else "-"
                     console.print(f"epoch {st.epoch}/{cfg.epochs}  step {st.step}  train_loss {line['train_loss']:.4f}  "
@@ -651,8 +726,12 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
         if stopped and info.is_main:
             write_outputs(st, out, best=False)
         D.barrier(info)
-    if tb is not None:
-        tb.close()
+    if tracker is not None:
+        tracker.close()
+    if cfg.fit_postprocess and not stopped and info.is_main and (out / BEST).is_file():
+        from boneseg.postprocess import fit_postprocess
+
+        fit_postprocess(out, cfg.data, device=str(info.device), workers=0, progress=progress)
     summary = {"run": str(out), "epochs_done": st.epoch, "steps": st.step,
                "best_val_dice": st.best if st.best > -math.inf else None, "best_epoch": st.best_epoch or None,
                "last": st.history[-1] if st.history else None, "stopped": stopped,
@@ -663,13 +742,3 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
         raise TrainingInterrupted(f"interrupted at epoch {st.epoch + 1}, step {st.step}; {out / LAST} saved. "
                                   f"Continue with the same command plus --resume")
     return summary
-
-
-def _log_tensorboard(tb, line: dict) -> None:
-    step = line["epoch"]
-    for key in ("train_loss", "val_dice", "val_loss", "lr"):
-        if line.get(key) is not None:
-            tb.add_scalar(key, line[key], step)
-    for cls, v in (line.get("val_dice_per_class") or {}).items():
-        tb.add_scalar(f"val_dice_per_class/{cls}", v, step)
-    tb.flush()

@@ -127,9 +127,12 @@ class InputPlan:
     side_squares: frozenset[int] = frozenset()     # side pass (images without a side suffix)
     sliding_scales: frozenset[float] = frozenset()
     sliding_base: int | None = None                # None: the image's own size
+    original: bool = False                         # also the image at its own size (wrist second stage)
 
     def sizes(self, shape: tuple[int, int], side: str | None) -> set[tuple[int, int]]:
         out = {(s, s) for s in self.squares}
+        if self.original:
+            out.add(tuple(shape))
         if side is None:
             out |= {(s, s) for s in self.side_squares}
         base = (self.sliding_base, self.sliding_base) if self.sliding_base else shape

@@ -28,7 +28,7 @@ from boneseg.inference.encode import binarize, format_rles, quantize, read_thres
 from boneseg.inference.predictor import InputPlan, Item, Predictor
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
 from boneseg.io import atomic_open, check_output, is_stdout
-from boneseg.postprocess import postprocess
+from boneseg.postprocess import find_rules, postprocess, postprocess_per_class, rules_list
 from boneseg.submission import HEADER, SubmissionWriter
 
 
@@ -193,12 +193,14 @@ class _Writer:
 
 
 def _row_task(writer: SubmissionWriter, name: str, bounds: tuple | None, masks: np.ndarray | None,
-              q: np.ndarray | None, probs_dir: Path | None, keep_largest: bool, min_area: int) -> Callable[[], None]:
+              q: np.ndarray | None, probs_dir: Path | None, keep_largest: bool, min_area: int,
+              rules: list | None = None) -> Callable[[], None]:
     def task() -> None:
         if probs_dir is not None:
             probs_mod.save(probs_dir, name, q)
         if masks is not None:
-            writer.write_masks(name, postprocess(masks, keep_largest, min_area))
+            writer.write_masks(name, postprocess_per_class(masks, rules) if rules
+                               else postprocess(masks, keep_largest, min_area))
         else:
             writer.write_rles(name, format_rles(*bounds))
     return task
@@ -211,7 +213,9 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
             save_probs: str | os.PathLike | None = None, workers: int = 2, force: bool = False,
             progress: bool = True, weights: Sequence[float] | None = None, device: str = "auto",
             size: int | None = None, window: int | None = None, overlap: float = 0.5, batch_size: int = 4,
-            amp: bool = True) -> PredictSummary:
+            amp: bool = True, wrist_model: str | os.PathLike | None = None,
+            postprocess_rules: str | os.PathLike | None = "auto",
+            meta: str | os.PathLike | None = None) -> PredictSummary:
     """Predict images into a submission CSV, streaming one image at a time.
 
     Args:
@@ -225,6 +229,11 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
         save_probs: folder for uint8 probabilities (`boneseg.probs`), for soft voting and pseudo-labels.
         workers: data-loader processes. force: overwrite existing outputs.
         weights, device, size, window, overlap, batch_size, amp: see `Predictor`.
+        wrist_model: a wrist second-stage checkpoint (`boneseg.wrist`): its carpal predictions, on the crop
+            around the first stage's carpals, replace the first stage's.
+        postprocess_rules: ``auto`` (the ``postprocess.json`` of a single model's run folder, see
+            `boneseg.postprocess.fit_postprocess`), ``none``, or a rules file.
+        meta: metadata file for FiLM models (default: ``meta_data.xlsx`` found from `source`).
 
     Raises:
         UsageError: bad options. DataError: unreadable images or thresholds. OutputExistsError: an
@@ -238,6 +247,8 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     thresholds = read_thresholds(threshold)
     cuts = probs_mod.cutoffs(thresholds)
     postprocess(np.zeros((0, 1, 1), np.bool_), keep_largest, min_area)  # validates the options
+    rules_doc, _ = find_rules(list(models) if not isinstance(models, Predictor) else [], postprocess_rules)
+    rules = rules_list(rules_doc, keep_largest, min_area) if rules_doc is not None else None
     if not is_stdout(output):
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
@@ -251,6 +262,16 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
 
         console.print("[yellow]note: horizontal-flip TTA is skipped for models trained with hand-side "
                       "unification (their mirror view is the other hand)[/]")
+    wrist = None
+    if wrist_model is not None:
+        from boneseg.inference.predictor import load_models
+        from boneseg.wrist import WristStage
+
+        wrist = WristStage(load_models([wrist_model], predictor.device)[0], predictor.device)
+    from boneseg import heads
+
+    film = [lm for lm in predictor.models if getattr(lm.model, "wants_meta", False)]
+    table = heads.meta_table(meta or (source if isinstance(source, (str, os.PathLike)) else None)) if film else {}
     shard = samples[rank::world]
     parts_dir = None
     if world > 1:
@@ -259,8 +280,13 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     else:
         target = output
 
-    loader = make_loader(ImageDataset(shard, predictor.plan([policy])), workers, predictor.device)
-    post = keep_largest or min_area > 1
+    plan = predictor.plan([policy])
+    if wrist is not None:
+        import dataclasses
+
+        plan = dataclasses.replace(plan, original=True)
+    loader = make_loader(ImageDataset(shard, plan), workers, predictor.device)
+    post = keep_largest or min_area > 1 or rules is not None
     start = time.perf_counter()
     bg = _Writer()
     try:
@@ -271,7 +297,12 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
             label = "predict" + (f" [rank 0 of {world}]" if world > 1 else "")
             task = bar.add_task(label, total=len(shard), unit="img")
             for item in loader:
+                for lm in film:
+                    vec = table.get(shard[item.index].patient)
+                    lm.model.default_meta = torch.from_numpy(vec)[None] if vec is not None else None
                 p = predictor.predict(item, policy)
+                if wrist is not None:
+                    p = wrist.refine(p, item.inputs[item.shape])
                 q = quantize(p)
                 del p
                 masks = binarize(q, cuts)
@@ -282,7 +313,7 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
                 else:
                     m_np, bounds = None, run_bounds(masks)
                 del masks
-                bg.submit(_row_task(writer, item.name, bounds, m_np, q_np, probs_dir, keep_largest, min_area))
+                bg.submit(_row_task(writer, item.name, bounds, m_np, q_np, probs_dir, keep_largest, min_area, rules))
                 bar.advance(task)
             bg.drain()
     finally:

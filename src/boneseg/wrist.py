@@ -1,0 +1,130 @@
+"""The wrist second stage: a model trained on crops around the 8 carpal bones, pasted back at inference.
+
+Training (``boneseg train --wrist``) is the ordinary `train()` with two switches: the mask cache serves
+each image cropped to its wrist box (`WristCache`: the carpal polygons' extent plus a margin, made
+square, cut from the full-resolution image and resized to ``--size``), and the loss and the headline
+validation Dice cover only the carpal classes (the model keeps 29 outputs; the other classes are
+partial bones in a crop and are ignored).
+
+Inference (``boneseg predict -m FIRST --wrist-model WRIST``): the first stage predicts the whole image;
+its carpal predictions give the wrist box (same rule as training); the wrist model predicts the crop cut
+from the full-resolution image, and its carpal probabilities replace the first stage's (zero outside
+the box). Images where the first stage finds no carpal bone keep the first-stage prediction.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from boneseg.classes import CARPALS, CLASS_INDEX
+from boneseg.data.layout import Sample, read_image
+from boneseg.data.masks import CachedSample, MaskCache, load_label, rasterize
+
+CARPAL_IDX: list[int] = [CLASS_INDEX[c] for c in CARPALS]
+DEFAULT_MARGIN = 0.15
+
+
+def square_box(y0: float, y1: float, x0: float, x1: float, shape: tuple[int, int],
+               margin: float = DEFAULT_MARGIN) -> tuple[int, int, int, int]:
+    """A square box around ``[y0, y1) x [x0, x1)`` grown by `margin` of its longer side on each side,
+    shifted (then clipped) to lie inside an image of `shape`. Returns int (y0, y1, x0, x1)."""
+    h, w = shape
+    side = max(y1 - y0, x1 - x0) * (1 + 2 * margin)
+    side = int(min(max(side, 8), h, w))
+    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+    top = int(round(min(max(cy - side / 2, 0), h - side)))
+    left = int(round(min(max(cx - side / 2, 0), w - side)))
+    return top, top + side, left, left + side
+
+
+def box_from_masks(masks, margin: float = DEFAULT_MARGIN) -> tuple[int, int, int, int] | None:
+    """The wrist box of (29, H, W) masks or probabilities (> 0.5), numpy or torch; None without carpals."""
+    if isinstance(masks, torch.Tensor):
+        carp = (masks[CARPAL_IDX] > 0.5).any(0)
+        rows, cols = carp.any(1).nonzero().flatten(), carp.any(0).nonzero().flatten()
+        if rows.numel() == 0:
+            return None
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    else:
+        carp = (np.asarray(masks)[CARPAL_IDX] > 0.5).any(0)
+        rows, cols = np.flatnonzero(carp.any(1)), np.flatnonzero(carp.any(0))
+        if rows.size == 0:
+            return None
+        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    return square_box(y0, y1, x0, x1, tuple(masks.shape[-2:]), margin)
+
+
+def box_from_polygons(polygons: dict[str, np.ndarray], shape: tuple[int, int],
+                      margin: float = DEFAULT_MARGIN) -> tuple[int, int, int, int] | None:
+    """The wrist box from label polygons (their extent), None without carpal polygons."""
+    pts = [polygons[c] for c in CARPALS if c in polygons and len(polygons[c])]
+    if not pts:
+        return None
+    allp = np.concatenate(pts)
+    return square_box(allp[:, 1].min(), allp[:, 1].max() + 1, allp[:, 0].min(), allp[:, 0].max() + 1, shape, margin)
+
+
+class WristCache(MaskCache):
+    """A `MaskCache` whose entries are the wrist crops (full-resolution crop resized to `size`)."""
+
+    def __init__(self, cache_dir: str | os.PathLike, margin: float = DEFAULT_MARGIN):
+        super().__init__(Path(cache_dir) / f"wrist-m{margin:g}")
+        self.margin = margin
+
+    def _build(self, sample: Sample, size: int | None) -> CachedSample:
+        image = read_image(sample.image)
+        h, w = image.shape
+        label = load_label(sample.label, (h, w)) if sample.label is not None else None
+        box = box_from_polygons(label.polygons, (h, w), self.margin) if label is not None else None
+        y0, y1, x0, x1 = box or (0, h, 0, w)
+        crop = image[y0:y1, x0:x1]
+        out = size or max(y1 - y0, x1 - x0)
+        interp = cv2.INTER_AREA if out < crop.shape[0] else cv2.INTER_LINEAR
+        crop = cv2.resize(crop, (out, out), interpolation=interp)
+        masks = None
+        side = sample.suffix_side or "unknown"
+        if label is not None:
+            shifted = {k: v - np.array([x0, y0], np.int32) for k, v in label.polygons.items()}
+            masks = rasterize(shifted, (out, out), (out / (x1 - x0), out / (y1 - y0)))
+            side = label.side or side
+        return CachedSample(crop, masks, side, (h, w))
+
+
+class WristStage:
+    """A loaded wrist model that refines a first-stage prediction (see the module notes)."""
+
+    def __init__(self, lm, device: torch.device):
+        self.lm, self.device = lm, device
+        self.margin = float(lm.config.get("wrist_margin", DEFAULT_MARGIN))
+        self.size = int(lm.config.get("size") or 256)
+
+    @torch.no_grad()
+    def refine(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Replace the carpal channels of `probs` (29, H, W), in place, using the full-size uint8 `image`."""
+        from boneseg.data.transforms import normalize
+        from boneseg.inference.predictor import resize_image, side_from_probs
+
+        box = box_from_masks(probs, self.margin)
+        if box is None:
+            return probs
+        y0, y1, x0, x1 = box
+        crop = np.asarray(image.cpu().numpy() if isinstance(image, torch.Tensor) else image)[y0:y1, x0:x1]
+        flip = False
+        if self.lm.unify:
+            seen = side_from_probs(probs)
+            flip = seen is not None and seen != self.lm.unify
+        crop = np.ascontiguousarray(crop[:, ::-1] if flip else crop)
+        x = torch.from_numpy(resize_image(crop, (self.size, self.size)))[None]  # as the WristCache resized
+        x = normalize(x.to(self.device), self.lm.config)
+        y = torch.sigmoid(self.lm.model(x).float())
+        y = F.interpolate(y, (y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
+        if flip:
+            y = y.flip(-1)
+        probs[CARPAL_IDX] = 0
+        probs[CARPAL_IDX, y0:y1, x0:x1] = y[CARPAL_IDX].to(probs.dtype)
+        return probs
