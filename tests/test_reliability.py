@@ -285,3 +285,27 @@ def test_real_signal_to_real_training_then_resume(checkpoint, tmp_path):
     assert done.returncode == 0, done.stderr
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == list(range(1, 9))
+
+
+# -- distributed faults ----------------------------------------------------------------------------
+
+def test_failed_rank_stops_the_others_and_the_run_resumes(tmp_path):
+    data = write_dataset(tmp_path / "data", patients=4, size=64, test_patients=0)
+    run = tmp_path / "run"
+    train_args = ["train", str(data), *TINY[:-2], "--folds", "2", "--epochs", "3", "--batch-size", "1",
+                  "--out", str(run), "--dist-timeout", "1"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t0 = time.time()
+    res = subprocess.run(launcher + [str(Path(__file__).parent / "fault_entry.py")] + train_args,
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert res.returncode != 0 and time.time() - t0 < 200
+    errors = [l for l in (res.stdout + res.stderr).splitlines() if l.startswith("Error: ")]
+    assert "Error: [rank 1] injected fault on rank 1" in errors, errors
+    assert any(l.startswith("Error: [rank 0] another rank failed or stopped responding") for l in errors), errors
+    assert (run / "last.pt").is_file()  # epoch 1 finished before the fault
+    res = subprocess.run(launcher + ["-m", "boneseg"] + train_args + ["--resume"], capture_output=True, text=True,
+                         env=env, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2, 3]

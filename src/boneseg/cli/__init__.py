@@ -1,6 +1,7 @@
 """The ``boneseg`` command line: a thin Typer layer over the library."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -51,5 +52,7 @@ def _terminate_like_ctrl_c() -> None:
 def _fail(message: str, code: int) -> None:
     if state["debug"]:
         traceback.print_exc()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: say which rank speaks
+        message = f"[rank {os.environ.get('RANK', '?')}] {message}"
     print(f"Error: {message}", file=sys.stderr)
     sys.exit(code)

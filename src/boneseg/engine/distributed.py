@@ -14,7 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from boneseg.errors import UsageError
+from boneseg.errors import BonesegError, UsageError
 
 
 @dataclass(frozen=True)
@@ -94,3 +94,25 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+class RankFailure(BonesegError):
+    """A collective failed because another rank crashed, was killed or stopped responding."""
+
+
+_PEER_SIGNS = ("connection closed by peer", "connection reset", "timed out", "timeout", "broken pipe",
+               "nccl", "gloo", "socket")
+
+
+def as_rank_failure(exc: BaseException, info: DistInfo) -> RankFailure | None:
+    """A clear `RankFailure` for a collective that failed under DDP (None for other errors)."""
+    if not info.enabled:
+        return None
+    text = str(exc)
+    dist_error = getattr(dist, "DistError", ())
+    if not (isinstance(exc, dist_error) or any(s in text.lower() for s in _PEER_SIGNS)):
+        return None
+    detail = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    detail = detail.split("] ", 1)[-1][:160]
+    return RankFailure(f"another rank failed or stopped responding ({detail}); see its error "
+                       "above, fix the cause and restart the same command with --resume")

@@ -652,6 +652,11 @@ def _train(config: TrainConfig | dict, progress: bool, stop: StopFlag) -> dict:
     info = D.setup(cfg.device, cfg.dist_timeout)
     try:
         return _run(cfg, info, saved, out, progress and info.is_main, stop)
+    except RuntimeError as exc:
+        failure = D.as_rank_failure(exc, info)
+        if failure is None:
+            raise
+        raise failure from exc
     finally:
         D.cleanup(info)
 

@@ -1,0 +1,276 @@
+"""`boneseg demo`: the whole pipeline on a synthetic set, sized for a laptop-class CPU.
+
+synth -> split -> train -> TTA choice on the validation fold -> predict (validation fold and test set)
+-> analyze -> overlay, all through the library functions the commands use, with every output under one
+folder and a ``summary.json`` holding the validation Dice. The settings (`SETTINGS`, `QUICK`) and the
+reasons for them are in ``docs/demo.md``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from boneseg.classes import CLASSES
+from boneseg.errors import OutputExistsError, UsageError, suggest
+from boneseg.io import write_json
+
+SETTINGS: dict = {
+    "patients": 24,            # train patients (2 images each); cheap to make, more distinct hands generalise better
+    "test_patients": 2,        # test patients for the submission CSV
+    "size": 256,               # synthesised at the training size: no resize loss at evaluation
+    "folds": 6,                # 4 validation patients (8 images), 40 training images
+    "fold": 0,
+    "arch": "unet",
+    "encoder": "resnet18",
+    "model_kwargs": {"decoder_channels": [128, 64, 32, 16, 16]},
+    "encoder_weights": None,   # offline, no downloads
+    "epochs": 60,
+    "batch_size": 8,
+    "lr": 3e-3,
+    "weight_decay": 1e-4,
+    "warmup": 2,
+    "scheduler": "cosine",
+    "loss": "bce+dice",
+    "aug": "light",
+    "unify_hands": "R",
+    "val_every": 10,
+    "tta": ["none", "scale"],  # candidate policies scored on the validation fold; the best predicts
+    "threads": None,           # torch threads (None: every core)
+}
+"""The full demo (about ten minutes on two CPU cores); see ``docs/demo.md`` for the tuning runs."""
+
+QUICK: dict = {
+    **SETTINGS,
+    "patients": 4, "test_patients": 1, "size": 128, "folds": 4, "encoder": "resnet18",
+    "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}, "epochs": 2, "batch_size": 4, "warmup": 0,
+    "val_every": 1,
+}
+"""`--quick`: every step end to end in seconds (it checks the plumbing, not the Dice)."""
+
+STEPS = ("synth", "split", "train", "tta", "predict", "analyze", "overlay")
+OVERLAY = "overlay.png"
+
+
+def settings_for(quick: bool = False, overrides: Mapping | None = None) -> dict:
+    """The demo settings (`QUICK` or `SETTINGS`) with `overrides` applied.
+
+    Raises:
+        UsageError: an override names no setting.
+    """
+    base = dict(QUICK if quick else SETTINGS)
+    for key, value in (overrides or {}).items():
+        if key not in base:
+            raise UsageError(f"unknown demo setting {key!r}{suggest(key, base)}")
+        base[key] = value
+    return base
+
+
+def check_out(out: str | os.PathLike, force: bool) -> Path:
+    """Refuse a non-empty `out` unless `force` (then it is emptied first).
+
+    Raises:
+        OutputExistsError: `out` is a file, or a non-empty folder without `force`.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise OutputExistsError(f"--out {out}: folder exists and is not empty (use --force to start over)")
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """Run the block with `n` torch (and OpenCV) threads (None: one per core); restores the old counts."""
+    import cv2
+    import torch
+
+    n = max(1, int(n or os.cpu_count() or 1))
+    old, old_cv = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(old)
+        cv2.setNumThreads(old_cv)
+
+
+class _Steps:
+    """Prints a numbered header per step and records its wall time."""
+
+    def __init__(self, progress: bool):
+        self.progress, self.seconds = progress, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, what: str) -> Iterator[None]:
+        from boneseg.cli.output import console
+
+        if self.progress:
+            console.rule(f"[bold][{STEPS.index(name) + 1}/{len(STEPS)}] {name}[/bold]: {what}", align="left")
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        if self.progress:
+            console.print(f"{name} done in {self.seconds[name]:.1f}s", style="dim")
+
+
+def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: bool = False,
+             progress: bool = True, overrides: Mapping | None = None) -> dict:
+    """Run the whole pipeline on a synthetic dataset under `out`; returns the summary (also ``summary.json``).
+
+    Args:
+        out: output folder (``data/``, ``splits.json``, ``run/``, ``val.csv``, ``submission.csv``,
+            ``analysis/``, ``overlay.png``, ``summary.json``).
+        seed: seeds the dataset, the folds, the initialisation and the sample order; the same seed gives
+            the same Dice.
+        quick: tiny sizes and two epochs (a plumbing check in seconds; the Dice is meaningless).
+        force: empty a non-empty `out` first.
+        progress: step headers, progress bars and epoch lines on stderr.
+        overrides: replace individual settings (keys of `SETTINGS`), e.g. for tuning.
+
+    Returns:
+        ``{"mean_dice", "per_class_dice", "train_val_dice", "tta", "seconds", "settings", "seed", …}``.
+
+    Raises:
+        OutputExistsError: `out` is not empty and `force` is false.
+        UsageError: an unknown override.
+    """
+    cfg = settings_for(quick, overrides)
+    out = check_out(out, force)
+    data, splits_path, run_dir = out / "data", out / "splits.json", out / "run"
+    val_csv, sub_csv = out / "val.csv", out / "submission.csv"
+    step = _Steps(progress)
+    started = time.perf_counter()
+    with torch_threads(cfg["threads"]) as threads:
+        with step("synth", f"{cfg['patients']} + {cfg['test_patients']} patients at {cfg['size']}²"):
+            _synth(data, cfg, seed, progress)
+        with step("split", f"{cfg['folds']} patient-grouped folds, validating on fold {cfg['fold']}"):
+            from boneseg.data.layout import discover
+            from boneseg.data.split import fold_samples, make_splits
+
+            samples = discover(data)
+            splits = make_splits(samples, folds=cfg["folds"], seed=seed, stratify="side")
+            write_json(splits_path, splits)
+            _, val_samples = fold_samples(samples, splits, cfg["fold"])
+        with step("train", f"{cfg['arch']}/{cfg['encoder']} at {cfg['size']}², {cfg['epochs']} epochs, "
+                           f"{threads} thread(s)"):
+            from boneseg.engine.train import train
+
+            trained = train(_train_config(cfg, data, splits_path, run_dir, seed), progress=progress)
+        with step("tta", f"policies {', '.join(cfg['tta'])} on the {len(val_samples)} validation images"):
+            from boneseg.inference import Predictor, evaluate_policies
+
+            predictor = Predictor.from_checkpoints([run_dir], device="cpu")
+            report = evaluate_policies(data, predictor, policies=cfg["tta"], samples=val_samples, workers=0,
+                                       search=None, progress=progress)
+        with step("predict", f"validation fold and test set with TTA {report.best}"):
+            from boneseg.inference import predict
+
+            predict(val_samples, predictor, val_csv, tta=report.best, workers=0, progress=progress)
+            test = predict(data, predictor, sub_csv, tta=report.best, workers=0, progress=progress)
+        with step("analyze", "Dice per class and image of the validation predictions"):
+            result = _analyze(val_csv, data, splits_path, cfg["fold"], out / "analysis", progress)
+        with step("overlay", "first test image with its predicted masks"):
+            _overlay(data, sub_csv, out / OVERLAY)
+    per_class = result.per_class_dice(0)
+    best_line = next((h for h in _metrics(run_dir) if h.get("epoch") == trained["best_epoch"]), {})
+    summary = {
+        "mean_dice": float(per_class.mean()),
+        "per_class_dice": {c: float(v) for c, v in zip(CLASSES, per_class)},
+        "train_val_dice": trained["best_val_dice"],
+        "train_val_dice_per_class": best_line.get("val_dice_per_class"),
+        "best_epoch": trained["best_epoch"],
+        "steps": trained["steps"],
+        "tta": {"best": report.best, "policies": {k: v["mean_dice"] for k, v in report.policies.items()}},
+        "images": {"train": trained["train_images"], "val": len(val_samples), "test": test.images},
+        "seconds": {**step.seconds, "total": round(time.perf_counter() - started, 2)},
+        "threads": threads,
+        "seed": seed,
+        "quick": quick,
+        "settings": cfg,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "files": {"data": "data", "splits": "splits.json", "run": "run", "val_csv": "val.csv",
+                  "submission": "submission.csv", "analysis": "analysis", "overlay": OVERLAY},
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _synth(data: Path, cfg: dict, seed: int, progress: bool) -> None:
+    from boneseg.cli.output import progress as make_progress
+    from boneseg.data.synth import synthesize
+
+    total = 2 * (cfg["patients"] + cfg["test_patients"])
+    with make_progress(disable=not progress) as bar:
+        task = bar.add_task("synth", total=total, unit="img")
+        synthesize(data, patients=cfg["patients"], test_patients=cfg["test_patients"], size=cfg["size"],
+                   seed=seed, progress=lambda done, _: bar.update(task, completed=done))
+
+
+def _train_config(cfg: dict, data: Path, splits: Path, run_dir: Path, seed: int) -> dict:
+    keys = ("arch", "encoder", "size", "fold", "epochs", "batch_size", "lr", "weight_decay", "warmup",
+            "scheduler", "loss", "aug", "val_every", "model_kwargs", "encoder_weights")
+    return {**{k: cfg[k] for k in keys}, "data": str(data), "out": str(run_dir), "splits": str(splits),
+            "unify_side": cfg["unify_hands"], "seed": seed, "device": "cpu", "workers": 0}
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    import json
+
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _analyze(val_csv: Path, data: Path, splits: Path, fold: int, folder: Path, progress: bool):
+    from boneseg.analysis import analyze, write_plots
+    from boneseg.cli.output import progress as make_progress, stage_callback
+
+    with make_progress(transient=True, disable=not progress) as bar:
+        result = analyze([val_csv], data, fold=fold, splits=splits, progress=stage_callback(bar) if progress else None)
+        write_plots(result, folder)
+    return result
+
+
+def _overlay(data: Path, sub_csv: Path, path: Path) -> None:
+    from boneseg.data.layout import find_images, read_image
+    from boneseg.plots import overlay, save_png
+    from boneseg.submission import read_submission
+
+    sample = find_images(data)[0]
+    image = read_image(sample.image)
+    masks = read_submission(sub_csv).masks(sample.image_name, image.shape)
+    save_png(overlay(image, masks), path)
+
+
+def summary_table(summary: Mapping):
+    """The per-class validation Dice of a summary as a rich table, worst first, with the mean."""
+    from boneseg.cli.output import table
+
+    per_class = summary["per_class_dice"]
+    engine = summary.get("train_val_dice_per_class") or {}
+    rows = [[c, per_class[c], engine.get(c, "-")] for c in sorted(CLASSES, key=lambda c: per_class[c])]
+    rows.append(["[bold]mean[/bold]", summary["mean_dice"],
+                 summary["train_val_dice"] if summary.get("train_val_dice") is not None else "-"])
+    return table(f"Validation Dice per class, worst first ({summary['images']['val']} images, "
+                 f"TTA {summary['tta']['best']})", ["class", "Dice (predict + analyze)", "Dice (engine, best epoch)"],
+                 rows)
+
+
+def format_seconds(seconds: Mapping) -> str:
+    """``synth 3.1s · split 0.1s · …`` from a summary's ``seconds``."""
+    return " · ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
+
+
+__all__ = ["OVERLAY", "QUICK", "SETTINGS", "STEPS", "check_out", "format_seconds", "run_demo", "settings_for",
+           "summary_table", "torch_threads"]

@@ -1,0 +1,50 @@
+"""The encoder families of the competition write-ups build through the model factory and run a forward.
+
+Smallest variant of each family, random weights, at the smallest input each accepts (see docs/encoders.md).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from boneseg.models import build_model
+
+FAMILIES = [
+    # (family, arch, encoder, input side, extra config)
+    ("EfficientNet", "unet", "efficientnet-b0", 64, {}),
+    ("ResNeXt", "unet", "tu-resnext26ts", 64, {}),
+    ("HRNet", "unet", "tu-hrnet_w18_small", 64, {}),
+    ("Swin", "upernet", "tu-swin_tiny_patch4_window7_224", 224, {"size": 224}),
+    ("MiT/SegFormer", "segformer", "mit_b0", 64, {}),
+    ("ConvNeXt", "unet", "tu-convnext_atto", 64, {}),
+    ("Hiera", "upernet", "tu-hiera_tiny_224", 224, {}),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("family,arch,encoder,side,extra", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_family_builds_and_runs(family, arch, encoder, side, extra):
+    if encoder.startswith("tu-"):
+        timm = pytest.importorskip("timm")
+        if not timm.is_model(encoder[3:]):
+            pytest.skip(f"this timm has no {encoder[3:]}")
+    model = build_model({"arch": arch, "encoder": encoder, "encoder_weights": "none", "in_channels": 1, **extra}).eval()
+    with torch.no_grad():
+        y = model(torch.randn(1, 1, side, side))
+    assert y.shape == (1, 29, side, side)
+    assert torch.isfinite(y).all()
+
+
+def test_swin_is_built_for_the_training_size():
+    """timm's Swin takes one input size: the factory passes the run's --size, and another size fails."""
+    model = build_model({"arch": "upernet", "encoder": "tu-swin_tiny_patch4_window7_224", "encoder_weights": "none",
+                         "size": 224}).eval()
+    with torch.no_grad(), pytest.raises(Exception):
+        model(torch.randn(1, 1, 256, 256))
