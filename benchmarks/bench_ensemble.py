@@ -17,30 +17,9 @@ import numpy as np
 from boneseg import rle
 from boneseg.classes import CLASSES
 from boneseg.ensemble import hard_vote
-from common import REAL_MASKS, cpu_info, print_table, real_mask_files
+from common import REAL_MASKS, cpu_info, notebook_decode, notebook_encode, print_table, real_mask_files
 
 N_INPUTS, N_IMAGES, SUBSET = 5, 288, 12
-
-
-def notebook_encode(mask):
-    """The competition notebooks' encoder."""
-    pixels = mask.flatten()
-    pixels = np.concatenate([[0], pixels, [0]])
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
-
-
-def notebook_decode(rle_text, height, width):
-    """The competition notebooks' decoder."""
-    s = rle_text.split()
-    starts, lengths = [np.asarray(x, dtype=int) for x in (s[0:][::2], s[1:][::2])]
-    starts -= 1
-    ends = starts + lengths
-    img = np.zeros(height * width, dtype=np.uint8)
-    for lo, hi in zip(starts, ends):
-        img[lo:hi] = 1
-    return img.reshape(height, width)
 
 
 def notebook_vote(csvs, height, width, rows=None):

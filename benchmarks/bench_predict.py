@@ -24,18 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common import notebook_encode
+
 HERE = Path(__file__).resolve().parent
 SIZES = (4, 12, 24)
 IMAGE, MODEL = 1024, 256
-
-
-def notebook_encode(mask):
-    """The competition notebooks' encoder."""
-    pixels = mask.flatten()
-    pixels = np.concatenate([[0], pixels, [0]])
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
 
 
 def _setup(folder: Path, n: int) -> Path:

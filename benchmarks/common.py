@@ -42,6 +42,29 @@ def load_masks(limit: int | None = None) -> tuple[list[np.ndarray], str]:
     return out, f"synthetic phantom masks ({len(out)} images)"
 
 
+# The straightforward notebook RLE functions every benchmark compares against (never used by boneseg).
+
+def notebook_encode(mask):
+    """The competition notebooks' encoder."""
+    pixels = mask.flatten()
+    pixels = np.concatenate([[0], pixels, [0]])
+    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(str(x) for x in runs)
+
+
+def notebook_decode(rle_text, height, width):
+    """The competition notebooks' decoder."""
+    s = rle_text.split()
+    starts, lengths = [np.asarray(x, dtype=int) for x in (s[0:][::2], s[1:][::2])]
+    starts -= 1
+    ends = starts + lengths
+    img = np.zeros(height * width, dtype=np.uint8)
+    for lo, hi in zip(starts, ends):
+        img[lo:hi] = 1
+    return img.reshape(height, width)
+
+
 def print_table(title: str, rows: list[dict]) -> None:
     if not rows:
         return

@@ -5,7 +5,16 @@ import os
 
 import pytest
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One intra-op thread everywhere (also for subprocesses): on a small shared machine OpenMP spin-waiting
+# makes two threads far slower than one for the tiny models the tests use.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,6 @@ from boneseg.errors import UsageError
 from boneseg.losses import LOSSES, build_loss, parse_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _overlapping_target():
     target = torch.zeros(2, 29, 16, 16)

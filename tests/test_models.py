@@ -14,14 +14,6 @@ ENCODER = {"dpt": "tu-vit_tiny_patch16_224"}   # DPT needs a ViT encoder
 SIZE = {"pan": 128}                            # PAN's pyramid pooling needs >= 128 px
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes 2 threads far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_every_architecture_builds_and_steps(arch):

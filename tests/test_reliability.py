@@ -42,13 +42,6 @@ def error_line(err: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture()
 def data(tmp_path):

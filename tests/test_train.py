@@ -17,14 +17,6 @@ from boneseg.engine.train import TrainingInterrupted, train
 from boneseg.errors import CheckpointError, OutputExistsError, UsageError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes 2 threads far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny(data: Path, out: Path, **extra) -> dict:
     """A 64-px U-Net/ResNet-18 run: 6 train images (3 batches of 2), 2 val images, per epoch."""
