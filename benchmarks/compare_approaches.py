@@ -13,27 +13,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-BUDGET = dict(arch="unet", encoder="resnet18", size=128, epochs=12, batch_size=2, lr=2e-3, seed=0)
+BUDGET = dict(arch="unet", encoder="resnet18", size=96, epochs=25, batch_size=2, lr=3e-3, seed=0)
 MODEL_KWARGS = None  # smp defaults
 
 # name -> (train options, predict options, description)
 APPROACHES = {
     "baseline": ([], [], "gray input, bce+dice"),
-    "channels rgb": (["--channels", "rgb"], [], "gray repeated 3x"),
     "channels clahe3": (["--channels", "clahe3"], [], "gray + CLAHE 2 + CLAHE 4"),
     "channels gray+sobel": (["--channels", "gray+sobel"], [], "gray + Sobel magnitude"),
     "meta aux": (["--meta", "aux"], [], "aux heads: age/sex/height/weight/side, weight 0.1"),
     "meta film": (["--meta", "film"], [], "FiLM on decoder features"),
     "boundary head": (["--boundary-head", "0.5"], [], "outer-edge head, weight 0.5, no sharpening"),
-    "boundary head + sharpen": (["--boundary-head", "0.5", "--boundary-sharpen", "0.5"], [], "same, a = 0.5 at inference"),
+    "boundary head + sharpen": (None, [], "same run, boundary_sharpen 0.5 at inference"),
     "loss +boundary": (["--loss", "bce+dice+0.5*boundary"], [], "edge-band-weighted BCE"),
     "loss +dtbce": (["--loss", "bce+dice+0.5*dtbce"], [], "distance-weighted BCE (cached maps)"),
-    "postprocess rule": (["--fit-postprocess"], [], "baseline + per-class rule chosen on val"),
+    "postprocess rule": (None, [], "baseline + per-class rule chosen on val (fit_postprocess)"),
     "wrist second stage": (None, [], "baseline + wrist model (carpals replaced)"),
 }
 
@@ -59,7 +59,7 @@ def main(work: str | os.PathLike = "/tmp/boneseg-approaches") -> list[dict]:
     base = ["--arch", BUDGET["arch"], "--encoder", BUDGET["encoder"], "--size", str(BUDGET["size"]),
             "--epochs", str(BUDGET["epochs"]), "--batch-size", str(BUDGET["batch_size"]), "--lr", str(BUDGET["lr"]),
             "--seed", str(BUDGET["seed"]), "--encoder-weights", "none", "--device", "cpu", "--workers", "0",
-            "--splits", str(splits), "--fold", "0", "--aug", "light", "--cache-dir", str(work / "cache")]
+            "--splits", str(splits), "--fold", "0", "--aug", "none", "--cache-dir", str(work / "cache")]
 
     def run(name, opts):
         out = work / "runs" / name.replace(" ", "_").replace("+", "p")
@@ -69,6 +69,16 @@ def main(work: str | os.PathLike = "/tmp/boneseg-approaches") -> list[dict]:
             (out / "seconds.txt").write_text(f"{time.time() - t0:.1f}")
         return out
 
+    from boneseg.engine.checkpoint import load_checkpoint, save_checkpoint
+    from boneseg.postprocess import fit_postprocess
+
+    def derived(src, name, make):
+        d = work / "runs" / name
+        if not (d / "best.pt").exists():
+            d.mkdir(parents=True, exist_ok=True)
+            make(d)
+        return d
+
     rows = []
     for name, (train_opts, pred_opts, desc) in APPROACHES.items():
         if name == "wrist second stage":
@@ -76,6 +86,17 @@ def main(work: str | os.PathLike = "/tmp/boneseg-approaches") -> list[dict]:
             wrist = run("wrist", ["--wrist"])
             models, pred_opts = [str(first)], ["--wrist-model", str(wrist)]
             seconds = sum(float((r / "seconds.txt").read_text()) for r in (first, wrist))
+        elif name == "boundary head + sharpen":
+            src = run("boundary head", ["--boundary-head", "0.5"])
+            state = load_checkpoint(src / "best.pt")
+            sharpened = dict(state, config=dict(state["config"], boundary_sharpen=0.5))
+            r = derived(src, "boundary_sharpen", lambda d: save_checkpoint(d / "best.pt", sharpened))
+            models, seconds = [str(r)], float((src / "seconds.txt").read_text())
+        elif name == "postprocess rule":
+            src = run("baseline", [])
+            r = derived(src, "postprocess_rule", lambda d: (shutil.copy(src / "best.pt", d / "best.pt"),
+                                                           fit_postprocess(d, data, device="cpu", progress=False)))
+            models, seconds = [str(r)], float((src / "seconds.txt").read_text())
         else:
             r = run(name, train_opts)
             models, seconds = [str(r)], float((r / "seconds.txt").read_text())

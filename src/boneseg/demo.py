@@ -22,7 +22,8 @@ from boneseg.io import write_json
 SETTINGS: dict = {
     "patients": 24,            # train patients (2 images each); cheap to make, more distinct hands generalise better
     "test_patients": 2,        # test patients for the submission CSV
-    "size": 256,               # synthesised at the training size: no resize loss at evaluation
+    "size": 256,               # side of the synthetic images (the Dice is measured at this size)
+    "train_size": None,        # side the model sees (None: `size`; predictions are resized back to `size`)
     "folds": 6,                # 4 validation patients (8 images), 40 training images
     "fold": 0,
     "arch": "unet",
@@ -162,7 +163,7 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
             splits = make_splits(samples, folds=cfg["folds"], seed=seed, stratify="side")
             write_json(splits_path, splits)
             _, val_samples = fold_samples(samples, splits, cfg["fold"])
-        with step("train", f"{cfg['arch']}/{cfg['encoder']} at {cfg['size']}², {cfg['epochs']} epochs, "
+        with step("train", f"{cfg['arch']}/{cfg['encoder']} at {cfg['train_size'] or cfg['size']}², {cfg['epochs']} epochs, "
                            f"{threads} thread(s)"):
             from boneseg.engine.train import train
 
@@ -219,9 +220,10 @@ def _synth(data: Path, cfg: dict, seed: int, progress: bool) -> None:
 
 
 def _train_config(cfg: dict, data: Path, splits: Path, run_dir: Path, seed: int) -> dict:
-    keys = ("arch", "encoder", "size", "fold", "epochs", "batch_size", "lr", "weight_decay", "warmup",
+    keys = ("arch", "encoder", "fold", "epochs", "batch_size", "lr", "weight_decay", "warmup",
             "scheduler", "loss", "aug", "val_every", "model_kwargs", "encoder_weights")
     return {**{k: cfg[k] for k in keys}, "data": str(data), "out": str(run_dir), "splits": str(splits),
+            "size": cfg["train_size"] or cfg["size"],
             "unify_side": cfg["unify_hands"], "seed": seed, "device": "cpu", "workers": 0}
 
 

@@ -18,7 +18,8 @@ Every term treats the 29 classes as independent sigmoid channels (overlapping bo
 =============  =================================================================================
 
 Terms are computed in float32 whatever the autocast dtype. Terms that need the distance maps (``dtbce``)
-take them as ``dist`` (uint8 codes, as the training dataset delivers them when the loss asks).
+take them as ``dist`` (uint8 codes, as the training dataset delivers them from the cache when the loss
+asks); without ``dist`` they compute them from the target on the CPU.
 """
 from __future__ import annotations
 
@@ -86,11 +87,14 @@ class DistanceBCE(nn.Module):
         self.weight, self.clip = weight, clip
 
     def forward(self, logits, target, dist=None):
-        from boneseg.data.masks import DIST_CLIP, decode_distance
+        from boneseg.data.masks import DIST_CLIP, decode_distance, distance_maps
 
-        if dist is None:
-            raise UsageError("--loss dtbce needs distance maps (the training dataset provides them)")
         clip = self.clip or DIST_CLIP
+        if dist is None:  # not from the cache: computed here from the target (CPU, OpenCV)
+            import numpy as np
+
+            maps = np.stack([distance_maps(t, clip) for t in target.detach().bool().cpu().numpy()])
+            dist = torch.from_numpy(maps).to(target.device)
         w = 1.0 + self.weight * decode_distance(dist, clip).abs_() / clip
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         return (w * bce).sum() / w.sum()

@@ -1,0 +1,83 @@
+"""Per-class post-processing chosen on validation (nnU-Net's rule), saved for predict."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from boneseg.classes import CLASSES, NUM_CLASSES
+from boneseg.errors import DataError
+from boneseg.postprocess import RULES_FILE, choose_rules, postprocess_per_class, rules_list
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(data: Path, out: Path, **extra) -> dict:
+    cfg = dict(data=str(data), out=str(out), arch="unet", encoder="resnet18", size=64, epochs=1, batch_size=2,
+               encoder_weights="none", device="cpu", workers=0, seed=0, lr=3e-3, aug="none",
+               cache_dir=str(out.parent / "cache"), model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
+    cfg.update(extra)
+    return cfg
+
+
+def test_rules_only_where_they_raise_dice():
+    gt = np.zeros((NUM_CLASSES, 32, 32), bool)
+    gt[:, 8:20, 8:20] = True
+    pred = gt.copy()
+    pred[0, 28:30, 28:30] = True          # class 0: a spurious island -> a rule helps
+    pred[1, 8:20, 8:20] = False
+    pred[1, 9:12, 9:12] = True            # class 1: a small true-ish fragment -> removing it would hurt
+    pred[1, 14:19, 14:19] = True
+    rules = choose_rules([pred, pred], [gt, gt])
+    assert rules[CLASSES[0]]["dice_after"] > rules[CLASSES[0]]["dice_before"]
+    assert rules[CLASSES[0]]["keep_largest"] or rules[CLASSES[0]]["min_area"] > 4
+    assert rules[CLASSES[1]] == {"keep_largest": False, "min_area": 0, "dice_before": rules[CLASSES[1]]["dice_before"],
+                                 "dice_after": rules[CLASSES[1]]["dice_before"]}
+    assert all(r["dice_after"] >= r["dice_before"] for r in rules.values())
+    for c in range(2, NUM_CLASSES):        # perfect classes: nothing to gain, nothing applied
+        assert not rules[CLASSES[c]]["keep_largest"] and rules[CLASSES[c]]["min_area"] == 0
+    applied = postprocess_per_class(pred, rules_list({"classes": rules}))
+    assert np.array_equal(applied[0], gt[0]) and np.array_equal(applied[1], pred[1])
+
+
+def test_rules_file_is_checked():
+    with pytest.raises(DataError, match="classes"):
+        rules_list({"nope": 1})
+    with pytest.raises(DataError, match="did you mean 'Pisiform'"):
+        rules_list({"classes": {"Pisifrom": {"keep_largest": True}}})
+    assert rules_list({"classes": {}}, keep_largest=True, min_area=5)[3] == (True, 5)
+
+
+def test_fit_after_training_and_predict_picks_it_up(synth_data, tmp_path):
+    from boneseg.engine.train import train
+    from boneseg.inference import predict
+
+    run = tmp_path / "run"
+    train(tiny(synth_data, run, fit_postprocess=True), progress=False)
+    doc = json.loads((run / RULES_FILE).read_text())
+    assert set(doc["classes"]) == set(CLASSES) and doc["images"] == 2 and doc["fold"] == 0
+    assert doc["mean_dice_after"] >= doc["mean_dice_before"]
+
+    # Predict applies RUN/postprocess.json by itself: an all-keep-largest file equals --keep-largest.
+    (run / RULES_FILE).write_text(json.dumps({"classes": {c: {"keep_largest": True, "min_area": 0} for c in CLASSES}}))
+    kw = dict(progress=False, workers=0, device="cpu")
+    auto, flag, none, explicit = (tmp_path / f"{n}.csv" for n in ("auto", "flag", "none", "explicit"))
+    predict(synth_data, [run], auto, **kw)
+    predict(synth_data, [run], flag, keep_largest=True, postprocess_rules="none", **kw)
+    predict(synth_data, [run], none, postprocess_rules="none", **kw)
+    predict(synth_data, [run / "best.pt"], explicit, postprocess_rules=run / RULES_FILE, **kw)
+    assert auto.read_text() == flag.read_text() == explicit.read_text()
+    assert auto.read_text() != none.read_text()  # the tiny model's masks are fragmented
+    # an ensemble does not inherit one member's rules
+    ens = tmp_path / "ens.csv"
+    predict(synth_data, [run, run], ens, **kw)
+    assert ens.read_text() == none.read_text()

@@ -1,0 +1,121 @@
+"""--log tensorboard|wandb|none: scalars and prediction-vs-label overlays each validation; W&B only when
+installed and logged in, and never with a key of boneseg's making."""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from boneseg.errors import UsageError
+from boneseg.tracking import check_logger, make_tracker, overlays
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(data: Path, out: Path, **extra) -> dict:
+    cfg = dict(data=str(data), out=str(out), arch="unet", encoder="resnet18", size=64, epochs=1, batch_size=2,
+               encoder_weights="none", device="cpu", workers=0, seed=0, lr=3e-3, aug="none",
+               cache_dir=str(out.parent / "cache"), model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
+    cfg.update(extra)
+    return cfg
+
+
+class FakeRun:
+    def __init__(self):
+        self.logged, self.finished = [], False
+
+    def log(self, values, step=None):
+        self.logged.append((step, values))
+
+    def finish(self):
+        self.finished = True
+
+
+def fake_wandb(key):
+    mod = types.ModuleType("wandb")
+    mod.api = types.SimpleNamespace(api_key=key)
+    mod.runs = []
+
+    def init(**kw):
+        run = FakeRun()
+        run.kwargs = kw
+        mod.runs.append(run)
+        return run
+
+    mod.init = init
+    mod.Image = lambda array: ("image", np.asarray(array).shape)
+    return mod
+
+
+def test_logger_names():
+    assert check_logger(None) == "none" and check_logger("TensorBoard") == "tensorboard"
+    with pytest.raises(UsageError, match="did you mean 'wandb'"):
+        check_logger("wanb")
+    assert make_tracker("none", "/nonexistent", {}) is None
+
+
+def test_wandb_missing_or_logged_out_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with pytest.raises(UsageError, match="needs the wandb package"):
+        make_tracker("wandb", tmp_path, {})
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb(None))
+    with pytest.raises(UsageError, match="not logged in"):
+        make_tracker("wandb", tmp_path, {})
+
+
+def test_wandb_run_logs_scalars_and_overlays(monkeypatch, synth_data, tmp_path):
+    from boneseg.engine.train import train
+
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    mod = fake_wandb(secret)
+    monkeypatch.setitem(sys.modules, "wandb", mod)
+    run = tmp_path / "run"
+    train(tiny(synth_data, run, log="wandb", log_images=2), progress=False)
+    (wb,) = mod.runs
+    assert wb.finished and "api_key" not in str(wb.kwargs) and secret not in str(wb.kwargs)
+    assert wb.kwargs["config"]["log"] == "wandb"
+    scalars = [v for _, v in wb.logged if "val_dice" in v]
+    images = [v for _, v in wb.logged if "val/prediction_vs_label" in v]
+    assert scalars and "val_dice_per_class/Pisiform" in scalars[0]
+    assert len(images[0]["val/prediction_vs_label"]) == 2
+    assert images[0]["val/prediction_vs_label"][0] == ("image", (64, 64, 3))
+    for f in run.rglob("*"):  # nothing boneseg wrote holds the key
+        if f.is_file() and f.suffix in (".json", ".jsonl"):
+            assert secret not in f.read_text()
+
+
+def test_tensorboard_gets_scalars_and_images(synth_data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from boneseg.engine.checkpoint import load_checkpoint
+    from boneseg.engine.train import train
+
+    run = tmp_path / "run"
+    train(tiny(synth_data, run, log="tensorboard", log_images=1), progress=False)
+    assert load_checkpoint(run / "best.pt")["config"]["log"] == "tensorboard"
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert "val_dice" in acc.Tags()["scalars"] and "val_dice_per_class/Ulna" in acc.Tags()["scalars"]
+    assert acc.Tags()["images"] == ["val/prediction_vs_label/0"]
+
+
+def test_overlays_colour_prediction_and_label():
+    img = np.zeros((8, 8), np.uint8)
+    pred = np.zeros((29, 8, 8), bool)
+    gt = np.zeros((29, 8, 8), bool)
+    pred[0, :4] = True
+    gt[0, 2:6] = True
+    (rgb,) = overlays([(img, pred, gt)])
+    assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
+    assert rgb[0].any() and rgb[5].any() and not rgb[7].any()
+    assert not np.array_equal(rgb[0, 0], rgb[5, 0]) and not np.array_equal(rgb[3, 0], rgb[0, 0])

@@ -1,0 +1,121 @@
+"""The wrist second stage: crop boxes, the crop cache, training on carpals, and predict's paste-back."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from boneseg.classes import CARPALS, CLASSES, NUM_CLASSES
+from boneseg.wrist import CARPAL_IDX, WristCache, box_from_masks, box_from_polygons, square_box
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(data: Path, out: Path, **extra) -> dict:
+    cfg = dict(data=str(data), out=str(out), arch="unet", encoder="resnet18", size=64, epochs=1, batch_size=2,
+               encoder_weights="none", device="cpu", workers=0, seed=0, lr=3e-3, aug="none",
+               cache_dir=str(out.parent / "cache"), model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
+    cfg.update(extra)
+    return cfg
+
+
+def test_boxes_are_square_inside_and_agree():
+    assert square_box(10, 20, 30, 50, (100, 100), margin=0.5) == (0, 40, 20, 60)
+    y0, y1, x0, x1 = square_box(90, 99, 90, 99, (100, 100), margin=0.2)
+    assert y1 == 100 and x1 == 100 and y1 - y0 == x1 - x0
+    masks = np.zeros((NUM_CLASSES, 64, 64), bool)
+    assert box_from_masks(masks) is None
+    masks[CARPAL_IDX[0], 30:40, 20:28] = True
+    masks[0, 0:5, 0:5] = True  # a finger: ignored
+    box = box_from_masks(masks, margin=0.1)
+    assert box == box_from_masks(torch.from_numpy(masks).float(), margin=0.1)
+    poly = {CARPALS[0]: np.array([[20, 30], [27, 30], [27, 39], [20, 39]], np.int32)}
+    assert box_from_polygons(poly, (64, 64), margin=0.1) == box
+
+
+def test_wrist_cache_serves_carpal_crops(synth_data, tmp_path):
+    from boneseg.data.layout import discover
+    from boneseg.data.masks import MaskCache
+
+    sample = discover(synth_data)[0]
+    crop = WristCache(tmp_path, margin=0.15).get(sample, 64)
+    full = MaskCache(tmp_path).get(sample, 64)
+    assert crop.image.shape == (64, 64) and crop.masks.shape == (NUM_CLASSES, 64, 64)
+    carp = crop.masks[CARPAL_IDX]
+    assert carp.any(axis=(1, 2)).all()  # every carpal bone is in the crop...
+    assert not carp[:, [0, -1], :].any() and not carp[:, :, [0, -1]].any()  # ...with a margin around it
+    # carpals fill much more of the crop than of the whole image
+    assert carp.mean() > 3 * full.masks[CARPAL_IDX].mean()
+    assert (tmp_path / "wrist-m0.15").is_dir()
+
+
+def test_refine_replaces_carpals_inside_the_box_only(synth_data, tmp_path):
+    from boneseg.engine.train import train
+    from boneseg.inference.predictor import load_models
+    from boneseg.wrist import WristStage
+
+    run = tmp_path / "wrist"
+    train(tiny(synth_data, run, wrist=True, max_steps=1), progress=False)
+    stage = WristStage(load_models([run], torch.device("cpu"))[0], torch.device("cpu"))
+    probs = torch.full((NUM_CLASSES, 128, 128), 0.25)
+    probs[CARPAL_IDX, 60:80, 40:70] = 0.9
+    before = probs.clone()
+    image = torch.randint(0, 255, (128, 128), dtype=torch.uint8)
+    stage.refine(probs, image)
+    others = [i for i in range(NUM_CLASSES) if i not in CARPAL_IDX]
+    assert torch.equal(probs[others], before[others])
+    y0, y1, x0, x1 = box_from_masks(before, stage.margin)
+    outside = torch.ones(128, 128, dtype=torch.bool)
+    outside[y0:y1, x0:x1] = False
+    assert (probs[CARPAL_IDX][:, outside] == 0).all()
+    assert not torch.equal(probs[CARPAL_IDX, y0:y1, x0:x1], before[CARPAL_IDX, y0:y1, x0:x1])
+    empty = torch.zeros(NUM_CLASSES, 32, 32)
+    assert torch.equal(stage.refine(empty.clone(), image[:32, :32]), empty)  # no carpals: unchanged
+
+
+def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
+    from boneseg.engine.checkpoint import load_checkpoint, save_checkpoint
+    from boneseg.engine.train import train
+    from boneseg.inference import predict
+    from boneseg.submission import read_submission
+
+    wrist = tmp_path / "wrist"
+    train(tiny(synth_data, wrist, wrist=True, wrist_margin=0.2), progress=False)
+    state = load_checkpoint(wrist / "best.pt")
+    assert state["config"]["wrist"] is True and state["config"]["wrist_margin"] == 0.2
+    line = json.loads((wrist / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["val_dice"] == pytest.approx(np.mean([line["val_dice_per_class"][c] for c in CARPALS]))
+
+    first = tmp_path / "first"
+    train(tiny(synth_data, first, max_steps=1), progress=False)
+    # A first stage that sees carpal bones everywhere: the wrist box is then the whole (square) image.
+    st = load_checkpoint(first / "last.pt")
+    sd = dict(st["model"])
+    bias = sd["segmentation_head.0.bias"].clone()
+    bias[CARPAL_IDX] = 20.0
+    sd["segmentation_head.0.bias"] = bias
+    forced = tmp_path / "first.pt"
+    save_checkpoint(forced, dict(st, model=sd))
+    kw = dict(progress=False, workers=0, device="cpu")
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    predict(synth_data, [forced], one, **kw)
+    predict(synth_data, [forced], two, wrist_model=wrist, **kw)
+    a, b = read_submission(one), read_submission(two)
+    changed = set()
+    for img in a.images:
+        ra, rb = dict(zip(CLASSES, a.image_rles(img))), dict(zip(CLASSES, b.image_rles(img)))
+        for c in CLASSES:
+            if c not in CARPALS:
+                assert ra[c] == rb[c], (img, c)
+            elif ra[c] != rb[c]:
+                changed.add(c)
+    assert changed  # the wrist model's carpal predictions replaced the all-foreground first stage
