@@ -1,10 +1,10 @@
 """The comparison table of docs/approaches.md: every approach of issue 10 on one synthetic split, one budget.
 
-    OMP_NUM_THREADS=1 python benchmarks/compare_approaches.py [WORKDIR]   # ~10 min on one CPU core
+    OMP_NUM_THREADS=1 python benchmarks/compare_approaches.py [WORKDIR]   # ~25 min on a shared 2-core machine
 
 Synthetic hands (``boneseg synth``, 8 patients at 256²), one patient-grouped split (4 folds, fold 0 =
-2 patients / 4 images for validation), a tiny U-Net/ResNet-18 at 128 px, the same epochs, seed and
-learning rate for every option. Each run is predicted at full resolution on the train images with
+2 patients / 4 images for validation), a tiny U-Net/ResNet-18 at 96 px, the same epochs, seed and
+learning rate for every option (96 px, 25 epochs). Each run is predicted at full resolution on the train images with
 ``boneseg predict`` and scored on the validation fold with ``boneseg analyze --gt --fold --splits --json``.
 The figures compare options relative to the baseline on synthetic data; they say nothing about the
 real competition scores.

@@ -20,34 +20,35 @@ from boneseg.errors import OutputExistsError, UsageError, suggest
 from boneseg.io import write_json
 
 SETTINGS: dict = {
-    "patients": 24,            # train patients (2 images each); cheap to make, more distinct hands generalise better
+    "patients": 48,            # train patients (2 images each): more distinct hands instead of augmentation
     "test_patients": 2,        # test patients for the submission CSV
     "size": 256,               # side of the synthetic images (the Dice is measured at this size)
-    "train_size": None,        # side the model sees (None: `size`; predictions are resized back to `size`)
-    "folds": 6,                # 4 validation patients (8 images), 40 training images
+    "train_size": 128,         # side the model sees; predictions are resized back to `size`
+    "folds": 8,                # 6 validation patients (12 images), 84 training images
     "fold": 0,
     "arch": "unet",
     "encoder": "resnet18",
     "model_kwargs": {"decoder_channels": [128, 64, 32, 16, 16]},
     "encoder_weights": None,   # offline, no downloads
-    "epochs": 60,
-    "batch_size": 8,
+    "epochs": 34,              # 21 steps per epoch: 714 optimizer steps
+    "batch_size": 4,
     "lr": 3e-3,
     "weight_decay": 1e-4,
-    "warmup": 2,
+    "warmup": 1,
     "scheduler": "cosine",
     "loss": "bce+dice",
-    "aug": "light",
+    "aug": "none",
     "unify_hands": "R",
-    "val_every": 10,
+    "val_every": 5,
     "tta": ["none", "scale"],  # candidate policies scored on the validation fold; the best predicts
-    "threads": None,           # torch threads (None: every core)
+    "tta_scales": [1.0, 1.25],  # the views of ``scale``
+    "threads": None,           # torch threads (None: `default_threads()`)
 }
 """The full demo (about ten minutes on two CPU cores); see ``docs/demo.md`` for the tuning runs."""
 
 QUICK: dict = {
     **SETTINGS,
-    "patients": 4, "test_patients": 1, "size": 128, "folds": 4, "encoder": "resnet18",
+    "patients": 4, "test_patients": 1, "size": 128, "train_size": None, "folds": 4,
     "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}, "epochs": 2, "batch_size": 4, "warmup": 0,
     "val_every": 1,
 }
@@ -89,13 +90,22 @@ def check_out(out: str | os.PathLike, force: bool) -> Path:
     return out
 
 
+def default_threads() -> int:
+    """Half the logical CPUs (one per physical core on SMT machines), at least one.
+
+    On a two-core machine shared with other work, one thread was 4.7x faster than two per training step
+    (OpenMP threads spin-wait for each other when a core is taken away); see ``docs/demo.md``.
+    """
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[int]:
-    """Run the block with `n` torch (and OpenCV) threads (None: one per core); restores the old counts."""
+    """Run the block with `n` torch (and OpenCV) threads (None: `default_threads()`); restores the old counts."""
     import cv2
     import torch
 
-    n = max(1, int(n or os.cpu_count() or 1))
+    n = max(1, int(n or default_threads()))
     old, old_cv = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(n)
     cv2.setNumThreads(n)
@@ -173,12 +183,13 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
 
             predictor = Predictor.from_checkpoints([run_dir], device="cpu")
             report = evaluate_policies(data, predictor, policies=cfg["tta"], samples=val_samples, workers=0,
-                                       search=None, progress=progress)
+                                       scales=cfg["tta_scales"], search=None, progress=progress)
         with step("predict", f"validation fold and test set with TTA {report.best}"):
             from boneseg.inference import predict
 
-            predict(val_samples, predictor, val_csv, tta=report.best, workers=0, progress=progress)
-            test = predict(data, predictor, sub_csv, tta=report.best, workers=0, progress=progress)
+            opts = {"tta": report.best.split(":")[-1], "scales": cfg["tta_scales"], "workers": 0, "progress": progress}
+            predict(val_samples, predictor, val_csv, **opts)
+            test = predict(data, predictor, sub_csv, **opts)
         with step("analyze", "Dice per class and image of the validation predictions"):
             result = _analyze(val_csv, data, splits_path, cfg["fold"], out / "analysis", progress)
         with step("overlay", "first test image with its predicted masks"):
@@ -274,5 +285,5 @@ def format_seconds(seconds: Mapping) -> str:
     return " · ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
 
 
-__all__ = ["OVERLAY", "QUICK", "SETTINGS", "STEPS", "check_out", "format_seconds", "run_demo", "settings_for",
+__all__ = ["OVERLAY", "QUICK", "SETTINGS", "STEPS", "check_out", "default_threads", "format_seconds", "run_demo", "settings_for",
            "summary_table", "torch_threads"]
