@@ -21,13 +21,6 @@ FAMILIES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("family,arch,encoder,side,extra", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_family_builds_and_runs(family, arch, encoder, side, extra):

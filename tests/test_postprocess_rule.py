@@ -6,19 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.errors import DataError
 from boneseg.postprocess import RULES_FILE, choose_rules, postprocess_per_class, rules_list
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:

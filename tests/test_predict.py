@@ -21,7 +21,6 @@ from boneseg.inference import (LoadedModel, Policy, Predictor, ViewCache, gaussi
 from boneseg.postprocess import postprocess
 from boneseg.submission import SubmissionWriter, read_submission, validate_submission
 
-torch.set_num_threads(1)
 runner = CliRunner()
 
 

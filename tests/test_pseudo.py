@@ -171,8 +171,6 @@ def test_cli_json(test_set, tmp_path):
 
 def test_pseudo_then_train_mixes_them_in(synth_data, tmp_path):
     """`boneseg pseudo` output is training data for `boneseg train DATA --pseudo PSEUDO` (real CLI, tiny model)."""
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
     train_s, test_s = discover(synth_data), discover(synth_data, "test", labels=False)
     with SubmissionWriter(tmp_path / "sub.csv") as w:  # stand-in predictions: labels of train images
         for s, t in zip(test_s, train_s):

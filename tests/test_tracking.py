@@ -8,18 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from boneseg.errors import UsageError
 from boneseg.tracking import check_logger, make_tracker, overlays
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:

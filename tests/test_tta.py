@@ -21,7 +21,6 @@ from boneseg.submission import read_submission
 
 from test_predict import make_checkpoint
 
-torch.set_num_threads(1)
 runner = CliRunner()
 
 
