@@ -51,7 +51,7 @@ def test_outputs_and_summary_schema(demo_dir):
     images = sorted(p.name for p in (out / "data/test/DCM").rglob("*.png"))
     assert summary["images"]["test"] == len(images)
     size = summary["settings"]["size"]
-    assert validate_submission(out / "submission.csv", images=out / "data/test/DCM", size=size) == []
+    assert validate_submission(out / "submission.csv", shape=(size, size), images=images) == []
     # the validation fold: exactly its images, and analyze scored them
     splits = json.loads((out / "splits.json").read_text())
     val = sorted(k.split("/")[-1] for k, f in splits["assignments"].items() if f == summary["settings"]["fold"])
@@ -61,7 +61,7 @@ def test_outputs_and_summary_schema(demo_dir):
 
 
 def summary_val_images(out):
-    return [row["image"] for row in json.loads((out / "analysis/analysis.json").read_text())["per_image"]]
+    return list(json.loads((out / "analysis/analysis.json").read_text())["per_image_dice"])
 
 
 def test_same_seed_same_result(demo_dir, tmp_path):

@@ -22,8 +22,8 @@ from boneseg.io import write_json
 SETTINGS: dict = {
     "patients": 48,            # train patients (2 images each): more distinct hands instead of augmentation
     "test_patients": 2,        # test patients for the submission CSV
-    "size": 256,               # side of the synthetic images (the Dice is measured at this size)
-    "train_size": 128,         # side the model sees; predictions are resized back to `size`
+    "size": 128,               # side of the synthetic images (the Dice is measured at this size)
+    "train_size": None,        # side the model sees (None: `size`, so no resize loss at evaluation)
     "folds": 8,                # 6 validation patients (12 images), 84 training images
     "fold": 0,
     "arch": "unet",
@@ -48,7 +48,7 @@ SETTINGS: dict = {
 
 QUICK: dict = {
     **SETTINGS,
-    "patients": 4, "test_patients": 1, "size": 128, "train_size": None, "folds": 4,
+    "patients": 4, "test_patients": 1, "folds": 4,
     "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}, "epochs": 2, "batch_size": 4, "warmup": 0,
     "val_every": 1,
 }

@@ -15,7 +15,7 @@ from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.errors import BonesegError, DataError, UsageError
 from boneseg.io import read_json
-from boneseg.rle import runs_to_rle
+from boneseg.rle import encode, runs_to_rle
 
 
 def quantize(p: torch.Tensor) -> torch.Tensor:
@@ -57,7 +57,12 @@ def format_rles(pos: np.ndarray, offsets: np.ndarray) -> list[str]:
 
 
 def masks_to_rles(masks: torch.Tensor) -> list[str]:
-    """Competition RLE of each (H, W) plane of a (K, H, W) bool tensor; equals `boneseg.rle.encode`."""
+    """Competition RLE of each (H, W) plane of a (K, H, W) bool tensor; equals `boneseg.rle.encode`.
+
+    On an accelerator only the run boundaries leave the device (`run_bounds`); on the CPU the
+    bounding-box encoder of `boneseg.rle` is faster than a full-image boundary scan."""
+    if masks.device.type == "cpu":
+        return [encode(plane) for plane in masks.numpy()]
     return format_rles(*run_bounds(masks))
 
 

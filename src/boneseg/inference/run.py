@@ -308,7 +308,7 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
                 masks = binarize(q, cuts)
                 q_np = q.cpu().numpy() if probs_dir is not None else None
                 del q
-                if post:
+                if post or masks.device.type == "cpu":  # CPU: the writer thread's bounding-box RLE is faster
                     m_np, bounds = masks.cpu().numpy(), None
                 else:
                     m_np, bounds = None, run_bounds(masks)
