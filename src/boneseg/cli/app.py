@@ -36,10 +36,3 @@ def root(
     if debug:
         state["debug"] = True
 
-
-def not_implemented(command: str) -> None:
-    """Exit 2 for a registered command whose issue is still open."""
-    from boneseg.cli.output import err_console
-
-    err_console.print(f"Error: `boneseg {command}` is not implemented yet")
-    raise typer.Exit(2)
