@@ -83,6 +83,15 @@ def _notebook(images: Path, ckpt: Path, out: Path) -> None:
     pd.DataFrame(rows, columns=["image_name", "class", "rle"]).to_csv(out, index=False)
 
 
+def _peak_mb() -> float:
+    """This process's peak resident memory (VmHWM; unlike ru_maxrss it does not inherit the parent's peak
+    across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _child(method: str, n: int, folder: str) -> None:
     import torch
 
@@ -97,7 +106,7 @@ def _child(method: str, n: int, folder: str) -> None:
 
         predict(folder / "images", [folder / "model.pt"], out, device="cpu", workers=1, force=True, progress=False)
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_mb()
     print(json.dumps({"seconds": seconds, "peak_mb": peak}))
 
 

@@ -15,11 +15,11 @@ from boneseg.cli.output import console, table
 from boneseg.data.synth import render_hand, synthesize
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--images", type=int, default=8, help="an even number (two hands per patient)")
-    args = parser.parse_args()
+    args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
     n = max(args.images // 2 * 2, 2)
 
     t0 = time.perf_counter()
@@ -39,6 +39,7 @@ def main() -> None:
     ]
     console.print(table(f"boneseg synth at {args.size}² ({mb:.1f} MiB written)",
                         ["stage", "images", "total s", "s / image"], rows))
+    return [{"stage": r[0], "images": r[1], "seconds": r[2], "s/image": r[3]} for r in rows]
 
 
 if __name__ == "__main__":

@@ -78,3 +78,14 @@ def test_fuzz_parse_only_raises_project_errors(text):
 def test_fuzz_round_trip(h, w, seed):
     mask = np.random.default_rng(seed).random((h, w)) < 0.5
     assert np.array_equal(rle.decode(rle.encode(mask), (h, w)), mask)
+
+
+@pytest.mark.parametrize("rows", [[0], [299], [0, 299], [63, 64], [5, 130, 131, 200], list(range(300))])
+def test_row_extent_edge_cases(rows):
+    mask = np.zeros((300, 70), bool)
+    for r in rows:
+        mask[r, (r * 7) % 70] = True
+    assert rle.encode(mask) == notebook_encode(mask.astype(np.uint8))
+    view = np.zeros((300, 140), bool)[:, ::2]  # a non-contiguous view
+    view[...] = mask
+    assert rle.encode(view) == rle.encode(mask)
