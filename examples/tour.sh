@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's tour, runnable as is: the whole workflow on a small synthetic set (about 15 minutes on a
+# The README's tour, runnable as is: the whole workflow on a small synthetic set (about 10 minutes on a
 # 2-core CPU). For real data replace `data` with the competition folder and use the GPU settings of
 # docs/recipes.md (e.g. --arch unetpp --encoder efficientnet-b4 --size 1024 --encoder-weights imagenet).
 set -euo pipefail

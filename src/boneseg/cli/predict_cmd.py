@@ -79,6 +79,6 @@ def predict_command(
     if summary.rank == 0:
         where = "stdout" if summary.output == "-" else summary.output
         ranks = f" on {summary.world} ranks" if summary.world > 1 else ""
-        console.print(f"{summary.images} image(s){ranks} -> {where} ({summary.policy}, "
-                      f"{summary.images_per_s:.2f} img/s)" + (f"; probabilities in {summary.probs_dir}"
+        rate = f"{summary.images_per_s:.2f} img/s" + (" on rank 0" if summary.world > 1 else "")
+        console.print(f"{summary.total or summary.images} image(s){ranks} -> {where} ({summary.policy}, {rate})" + (f"; probabilities in {summary.probs_dir}"
                                                              if summary.probs_dir else ""))

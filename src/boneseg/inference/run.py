@@ -164,6 +164,7 @@ class PredictSummary:
     rank: int = 0
     world: int = 1
     policy: str = "resize:none"
+    total: int | None = None  # images over all ranks (``images`` is this rank's share)
 
     @property
     def images_per_s(self) -> float:
@@ -337,4 +338,4 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
                                  {"policy": policy.name, "scales": list(policy.scales),
                                   "weights": predictor.weights, "threshold": [float(t) for t in thresholds]})
     return PredictSummary(len(shard), seconds, "-" if is_stdout(output) else str(output),
-                          str(probs_dir) if probs_dir else None, rank, world, policy.name)
+                          str(probs_dir) if probs_dir else None, rank, world, policy.name, len(samples))
