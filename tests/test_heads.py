@@ -11,14 +11,12 @@ from boneseg.classes import NUM_CLASSES
 from boneseg.heads import AuxModel, META_DIM, aux_loss, meta_table, meta_vector, outer_band, side_target
 from boneseg.models import build_model
 
+from util import tiny_config
+
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:
-    cfg = dict(data=str(data), out=str(out), arch="unet", encoder="resnet18", size=64, epochs=1, batch_size=2,
-               encoder_weights="none", device="cpu", workers=0, seed=0, lr=3e-3, max_steps=1,
-               cache_dir=str(out.parent / "cache"), model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
-    cfg.update(extra)
-    return cfg
+    return tiny_config(data, out, **{"max_steps": 1, **extra})
 
 
 SMALL = {"arch": "unet", "encoder": "resnet18", "encoder_weights": "none", "in_channels": 1,

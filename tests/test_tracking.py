@@ -12,14 +12,12 @@ import pytest
 from boneseg.errors import UsageError
 from boneseg.tracking import check_logger, make_tracker, overlays
 
+from util import tiny_config
+
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:
-    cfg = dict(data=str(data), out=str(out), arch="unet", encoder="resnet18", size=64, epochs=1, batch_size=2,
-               encoder_weights="none", device="cpu", workers=0, seed=0, lr=3e-3, aug="none",
-               cache_dir=str(out.parent / "cache"), model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
-    cfg.update(extra)
-    return cfg
+    return tiny_config(data, out, **{"aug": "none", **extra})
 
 
 class FakeRun:

@@ -11,14 +11,12 @@ import torch
 from boneseg.classes import CARPALS, CLASSES, NUM_CLASSES
 from boneseg.wrist import CARPAL_IDX, WristCache, box_from_masks, box_from_polygons, square_box
 
+from util import tiny_config
+
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:
-    cfg = dict(data=str(data), out=str(out), arch="unet", encoder="resnet18", size=64, epochs=1, batch_size=2,
-               encoder_weights="none", device="cpu", workers=0, seed=0, lr=3e-3, aug="none",
-               cache_dir=str(out.parent / "cache"), model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
-    cfg.update(extra)
-    return cfg
+    return tiny_config(data, out, **{"aug": "none", **extra})
 
 
 def test_boxes_are_square_inside_and_agree():

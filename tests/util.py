@@ -45,3 +45,12 @@ def write_dataset(root: Path, patients: int = 2, size: int = 64, test_patients: 
                 write_label(root / split / "outputs_json" / f"ID{p:03d}" / f"{stem}.json",
                             square_polygons(size, flip), f"{stem}.png")
     return root
+
+
+def tiny_config(data: Path, out: Path, **extra) -> dict:
+    """A training config for a tiny real model (64 px, slim decoder, CPU, workers 0); `extra` overrides."""
+    cfg = dict(data=str(data), out=str(out), arch="unet", encoder="resnet18", size=64, epochs=1, batch_size=2,
+               encoder_weights="none", device="cpu", workers=0, seed=0, lr=3e-3,
+               cache_dir=str(Path(out).parent / "cache"), model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
+    cfg.update(extra)
+    return cfg
