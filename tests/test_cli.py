@@ -46,3 +46,19 @@ def test_check_command(tmp_path):
     assert res.returncode == 2 and res.stderr.startswith("Error: --size 'abc'")
     res = run("check", str(path), "--size", "16", "--json")
     assert res.returncode == 0 and '"valid": true' in res.stdout
+
+
+def test_shared_option_parsers():
+    import pytest
+
+    from boneseg.cli.options import parse_floats, parse_size
+    from boneseg.errors import UsageError
+
+    assert parse_floats("0.5,0.3", "--weights") == [0.5, 0.3]
+    assert parse_floats(["0.5, 0.3", "0.2"], "--weights") == [0.5, 0.3, 0.2]
+    assert parse_floats(None, "--weights") is None and parse_floats([], "--weights") is None
+    with pytest.raises(UsageError, match="--search must be comma-separated numbers: 'x'"):
+        parse_floats("0.3,x", "--search")
+    assert parse_size("2048") == (2048, 2048) and parse_size("1024x2048") == (1024, 2048)
+    with pytest.raises(UsageError, match="--size '0'"):
+        parse_size("0")

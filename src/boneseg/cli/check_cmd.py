@@ -6,21 +6,9 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import parse_size
 from boneseg.cli.output import console, print_json
-from boneseg.errors import DataError, UsageError
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``2048`` -> (2048, 2048); ``1024x2048`` -> (1024, 2048) as (height, width)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise UsageError(f"--size {text!r}: expected a positive integer or HxW, e.g. 2048 or 2048x2048")
-    return parts[0], parts[1]
+from boneseg.errors import DataError
 
 
 @app.command("check")

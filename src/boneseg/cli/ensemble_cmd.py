@@ -7,28 +7,13 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import parse_floats
 from boneseg.cli.output import console, progress
 
 
 class Vote(str, Enum):
     hard = "hard"
     soft = "soft"
-
-
-def _floats(values: list[str] | None, option: str) -> list[float] | None:
-    """``--weights 0.5,0.3 --weights 0.2`` -> [0.5, 0.3, 0.2]."""
-    from boneseg.errors import UsageError
-
-    if not values:
-        return None
-    out = []
-    for v in values:
-        for part in v.replace(",", " ").split():
-            try:
-                out.append(float(part))
-            except ValueError:
-                raise UsageError(f"{option}: {part!r} is not a number") from None
-    return out
 
 
 @app.command("ensemble")
@@ -60,7 +45,7 @@ def ensemble_command(
     """Ensemble predictions: [bold]hard[/bold] votes over submission CSVs (rows matched by image and class,
     any order, never decoding a mask) or [bold]soft[/bold] weighted means of probability folders."""
     from boneseg import ensemble
-    from boneseg.cli.check_cmd import parse_size
+    from boneseg.cli.options import parse_size
     from boneseg.errors import UsageError
 
     dirs = [p.is_dir() for p in inputs]
@@ -85,7 +70,7 @@ def ensemble_command(
         if per_class_out is not None:
             ensemble.write_per_class(per_class_out, plan, force=force)
             console.print(f"per-class choice written to {per_class_out}")
-    w = _floats(weights, "--weights")
+    w = parse_floats(weights, "--weights")
     with progress(transient=True) as bar:
         task = bar.add_task(f"{vote.value} vote", total=None, unit="img")
         def step(done: int, total: int) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import parse_floats
 
 # Options shared with `boneseg tta` (one definition, imported there).
 MODELS = typer.Option(..., "--model", "-m", help="Checkpoint file or run folder (its best.pt); repeat to ensemble.")
@@ -19,18 +20,6 @@ DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
 BATCH = typer.Option(4, "--batch-size", "-b", help="Tiles per forward pass in sliding mode.")
 AMP = typer.Option(True, "--amp/--no-amp", help="fp16 autocast on CUDA.")
 WORKERS = typer.Option(2, "--workers", "-j", help="Background image-loading processes (0: none).")
-
-
-def floats(text: str | None, option: str) -> list[float] | None:
-    """``"1,2.5"`` -> [1.0, 2.5]; a `UsageError` naming `option` otherwise."""
-    from boneseg.errors import UsageError
-
-    if text is None:
-        return None
-    try:
-        return [float(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise UsageError(f"{option} must be comma-separated numbers, got {text!r}") from None
 
 
 @app.command("predict")
@@ -73,7 +62,7 @@ def predict_command(
 
     summary = predict(source, models, out, tta=tta, scales=scales, sliding=sliding, threshold=threshold,
                       keep_largest=keep_largest, min_area=min_area, save_probs=save_probs, workers=workers,
-                      force=force, weights=floats(weights, "--weights"), device=device, size=size,
+                      force=force, weights=parse_floats(weights, "--weights"), device=device, size=size,
                       window=window, overlap=overlap, batch_size=batch_size, amp=amp, wrist_model=wrist_model,
                       postprocess_rules=postprocess, meta=meta)
     if summary.rank == 0:

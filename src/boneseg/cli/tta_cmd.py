@@ -6,7 +6,8 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
-from boneseg.cli.predict_cmd import AMP, BATCH, DEVICE, MODELS, OVERLAP, SCALES, SIZE, WEIGHTS, WINDOW, WORKERS, floats
+from boneseg.cli.options import parse_floats
+from boneseg.cli.predict_cmd import AMP, BATCH, DEVICE, MODELS, OVERLAP, SCALES, SIZE, WEIGHTS, WINDOW, WORKERS
 
 
 @app.command("tta")
@@ -45,13 +46,13 @@ def tta_command(
 
     if thresholds_out is not None:
         check_output(thresholds_out, force)
-    rng = floats(search, "--search")
+    rng = parse_floats(search, "--search")
     if len(rng) != 2:
         raise UsageError(f"--search must be low,high, got {search!r}")
     report = evaluate_policies(
         data, models, policies=[p for p in (policies or "").split(",") if p.strip()] or None, fold=fold,
         splits=splits, scales=scales, sliding=sliding, search=tuple(rng), workers=workers,
-        weights=floats(weights, "--weights"), device=device, size=size, window=window, overlap=overlap,
+        weights=parse_floats(weights, "--weights"), device=device, size=size, window=window, overlap=overlap,
         batch_size=batch_size, amp=amp)
     if thresholds_out is not None:
         write_json(thresholds_out, report.thresholds, force=force)
