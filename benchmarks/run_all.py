@@ -52,8 +52,10 @@ def main() -> None:
         with redirect_stdout(buf):
             rows = importlib.import_module(name).main()
         print(buf.getvalue())
+        module = importlib.import_module(name)
         body = _markdown(rows) if rows else "(no rows)"
-        sections.append(f"### {title}\n\n`python benchmarks/{name}.py`\n\n{body}\n")
+        note = f"\n{module.NOTE}\n" if getattr(module, "NOTE", None) else ""
+        sections.append(f"### {title}\n\n`python benchmarks/{name}.py`\n\n{body}\n{note}")
     previous = DOC.read_text() if DOC.exists() else ""
     gpu = previous.split(GPU_MARK, 1)[1] if GPU_MARK in previous else "\n## GPU\n\nNot measured yet: run " \
         "`python benchmarks/bench_gpu_train.py` and `python benchmarks/bench_gpu_predict.py` on a CUDA machine.\n"

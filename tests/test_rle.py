@@ -50,13 +50,42 @@ def test_decode_stack_and_into():
     assert np.array_equal(rle.decode_stack(texts, (8, 9)), masks)
     out = np.ones((8, 9), bool)
     assert np.array_equal(rle.decode_into(out, texts[0]), masks[0])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        rle.decode_into(np.zeros((8, 18), bool)[:, ::2], texts[0])
+
+
+def test_large_masks_are_ordinary_writeable_arrays():
+    """Masks past 1 MiB live on their own memory mapping: they must behave like any numpy array."""
+    import pickle
+
+    mask = np.zeros((1100, 1000), bool)
+    mask[3:900, 10:20] = mask[1099, 999] = mask[0, 0] = True
+    mask[500:600, 995:] = True  # runs that wrap into the next row
+    decoded = rle.decode(rle.encode(mask), mask.shape)
+    assert decoded.dtype == np.bool_ and decoded.flags.writeable and decoded.shape == mask.shape
+    assert np.array_equal(decoded, mask)
+    decoded[0, 1] = True
+    assert decoded[0, 1] and pickle.loads(pickle.dumps(decoded))[0, 1]
+    stack = rle.decode_stack([rle.encode(mask), "", None, "1 1"], mask.shape)
+    assert stack.shape == (4, *mask.shape) and np.array_equal(stack[0], mask)
+    assert not stack[1:3].any() and stack[3].sum() == 1 and stack[3, 0, 0]
+
+
+def test_decode_stack_names_the_bad_rle_before_allocating():
+    with pytest.raises(DataError, match=r"^class 'b': malformed RLE: odd"):
+        rle.decode_stack(["1 2", "1 2 3"], (4, 4), labels=["class 'a'", "class 'b'"])
+
+
+@pytest.mark.parametrize("text", ["1\t2\n5 1", " 1  2  5 1 ", "0001 2 5 0001"])
+def test_any_whitespace_and_leading_zeros(text):
+    assert rle.decode(text, (2, 3)).reshape(-1).tolist() == [True, True, False, False, True, False]
 
 
 @pytest.mark.parametrize("text,fragment", [
     ("1 2 x 3", "'x' is not"), ("1.5 2", "not a non-negative"), ("-1 2", "not a non-negative"),
     ("1 0", "lengths must be >= 1"), ("0 2", "starts must be >= 1"), ("5 2 1 2", "out of order"),
     ("1 3 2 2", "overlaps"), ("1 2 3", "odd number"), ("10 8", "past the image"),
-    ("99999999999999999999 1", "not a non-negative"),
+    ("99999999999999999999 1", "not a non-negative"), ("1 \u0662", "not a non-negative"), ("1 +2", "'[+]2'"),
 ])
 def test_malformed(text, fragment):
     with pytest.raises(DataError, match=fragment):

@@ -6,15 +6,16 @@ of ``start length`` pairs with 1-based starts; an empty mask is the empty string
 from __future__ import annotations
 
 import math
+import mmap
 import re
-import warnings
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 
 from boneseg.errors import DataError
 
-__all__ = ["encode", "decode", "decode_into", "decode_stack", "fill_runs", "runs_from_mask", "parse", "format_runs", "runs_to_rle"]
+__all__ = ["encode", "decode", "decode_into", "decode_stack", "runs_from_mask", "parse", "format_runs", "runs_to_rle"]
 
 _UNSIGNED_PAIRS = re.compile(r"\s*\d{1,18}(?:\s+\d{1,18})*\s*", re.ASCII)  # tokens of 1-18 digits
 
@@ -85,7 +86,7 @@ def format_runs(starts: np.ndarray, lengths: np.ndarray) -> str:
     pairs[0::2] = starts
     pairs[0::2] += 1
     pairs[1::2] = lengths
-    return " ".join(map(str, pairs.tolist()))
+    return str(pairs.tolist())[1:-1].replace(",", "")  # the list's repr is formatted in C: faster than a join
 
 
 def runs_to_rle(starts: np.ndarray, ends: np.ndarray) -> str:
@@ -107,6 +108,20 @@ def _is_empty(rle: object) -> bool:
     return isinstance(rle, str) and not rle.strip()
 
 
+def _values(rle: str) -> np.ndarray:
+    """The integers of an RLE text; DataError unless every token is a non-negative integer < 10**18."""
+    try:  # digits and single spaces (what every writer produces): one C-speed check
+        plain = not rle.encode("ascii").translate(None, b"0123456789 ")
+    except UnicodeEncodeError:
+        plain = False
+    if plain or _UNSIGNED_PAIRS.fullmatch(rle):  # other whitespace: the slower full pattern
+        values = np.fromstring(rle, dtype=np.int64, sep=" ")  # cannot stop early: every token is digits
+        if values.max() < 10**18:  # 19+ digit tokens saturate
+            return values
+    bad = next((t for t in rle.split() if not (t.isascii() and t.isdigit()) or len(t) > 18), rle.split()[0])
+    raise DataError(f"malformed RLE: {bad[:20]!r} is not a non-negative integer")
+
+
 def parse(rle: str | float | None, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Validated 0-based starts and exclusive ends of an RLE string.
 
@@ -118,18 +133,9 @@ def parse(rle: str | float | None, size: int | None = None) -> tuple[np.ndarray,
         return empty, empty
     if not isinstance(rle, str):
         raise DataError(f"malformed RLE: expected text, got {type(rle).__name__}")
-    tokens = rle.split()
-    if len(tokens) % 2:
-        raise DataError(f"malformed RLE: odd number of values ({len(tokens)})")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            values = np.fromstring(rle, dtype=np.int64, sep=" ")  # C parser; stops at the first bad token
-    except ValueError:
-        values = np.empty(0, np.int64)
-    if values.size != len(tokens) or not _UNSIGNED_PAIRS.fullmatch(rle):  # one C-speed check, not a loop
-        bad = next((t for t in tokens if not t.isdigit() or len(t) > 18), tokens[0])
-        raise DataError(f"malformed RLE: {bad[:20]!r} is not a non-negative integer")
+    values = _values(rle)
+    if values.size % 2:
+        raise DataError(f"malformed RLE: odd number of values ({values.size})")
     starts, lengths = values[0::2] - 1, values[1::2]
     if starts.min() < 0:
         raise DataError("malformed RLE: run starts must be >= 1")
@@ -145,35 +151,98 @@ def parse(rle: str | float | None, size: int | None = None) -> tuple[np.ndarray,
     return starts, ends
 
 
-def fill_runs(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, value: object = True) -> None:
-    """Set ``flat[start:end] = value`` for every run (runs are few: one per object row)."""
+# Decoding is bounded by memory, not arithmetic: a fresh 2048² mask is 4 MB, and touching a new page
+# costs far more than setting its bytes. So decoded masks live on their own anonymous mapping (zero
+# pages cost nothing until written; numpy's allocator would ask for transparent huge pages, each one
+# zeroed in full when touched), the rows an object covers are faulted in with one system call where
+# Linux offers it, and each run is a C-level memoryview copy from a buffer of ones.
+
+_MAPPED_MIN_BYTES = 1 << 20
+_MADV_POPULATE_WRITE = 23 if sys.platform.startswith("linux") else None  # Linux >= 5.14
+_ones = memoryview(b"\x01" * 4096)
+
+
+def _ones_of(n: int) -> memoryview:
+    """At least `n` bytes of value 1."""
+    global _ones
+    ones = _ones
+    if len(ones) < n:
+        ones = memoryview(b"\x01" * n)
+        if n <= 1 << 16:
+            _ones = ones
+    return ones
+
+
+def _paint(buf: memoryview, starts: np.ndarray, ends: np.ndarray) -> None:
+    """Set bytes ``[start, end)`` of `buf` to 1 for every run (runs are few: about one per object row)."""
+    if not starts.size:
+        return
+    ones = _ones_of(int((ends - starts).max()))
     for lo, hi in zip(starts.tolist(), ends.tolist()):
-        flat[lo:hi] = value
+        buf[lo:hi] = ones[:hi - lo]
+
+
+def _prefault(mapping: mmap.mmap, lo: int, hi: int) -> None:
+    """Fault in the pages holding bytes ``[lo, hi)`` of `mapping` at once (no-op where unsupported)."""
+    global _MADV_POPULATE_WRITE
+    if _MADV_POPULATE_WRITE is None:
+        return
+    lo -= lo % mmap.PAGESIZE
+    try:
+        mapping.madvise(_MADV_POPULATE_WRITE, lo, hi - lo)
+    except (OSError, ValueError):  # an older kernel: pages fault one by one on first write instead
+        _MADV_POPULATE_WRITE = None
+
+
+def _byte_view(out: np.ndarray) -> memoryview:
+    if out.dtype != np.bool_ or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("expected a writeable C-contiguous boolean array")
+    return memoryview(out.reshape(-1).view(np.uint8))
 
 
 def decode_into(out: np.ndarray, rle: str | float | None, clear: bool = True) -> np.ndarray:
-    """Decode `rle` into the contiguous 2-D boolean array `out`; returns `out`.
+    """Decode `rle` into the C-contiguous boolean array `out` (of the image's shape); returns `out`.
 
     `clear=False` skips zeroing `out` (for buffers known to be empty, e.g. fresh `np.zeros`).
     """
-    flat = out.reshape(-1)
-    starts, ends = parse(rle, flat.size)
+    buf = _byte_view(out)
+    starts, ends = parse(rle, out.size)
     if clear:
-        flat[:] = False
-    fill_runs(flat, starts, ends)
+        out[...] = False
+    _paint(buf, starts, ends)
+    return out
+
+
+def decode_stack(rles: Sequence[str | float | None], shape: Sequence[int],
+                 labels: Sequence[str] | None = None) -> np.ndarray:
+    """Decode several RLEs (e.g. an image's 29 classes) into one ``(len(rles), H, W)`` bool array.
+
+    Every RLE is validated before memory is taken; `labels` (one per RLE) name the culprit in errors.
+    """
+    h, w = (int(s) for s in shape)
+    plane = h * w
+    runs = []
+    for i, rle in enumerate(rles):
+        try:
+            runs.append(parse(rle, plane))
+        except DataError as exc:
+            raise DataError(f"{labels[i]}: {exc}" if labels is not None else str(exc)) from None
+    nbytes = len(runs) * plane
+    if nbytes < _MAPPED_MIN_BYTES:
+        out = np.zeros((len(runs), h, w), np.bool_)
+        mapping, buf = None, _byte_view(out)
+    else:
+        mapping = mmap.mmap(-1, nbytes)
+        out = np.frombuffer(mapping, np.bool_).reshape(len(runs), h, w)
+        buf = memoryview(mapping)
+    for i, (starts, ends) in enumerate(runs):
+        if starts.size:
+            if mapping is not None:
+                _prefault(mapping, i * plane + int(starts[0]), i * plane + int(ends[-1]))
+            _paint(buf[i * plane:(i + 1) * plane], starts, ends)
     return out
 
 
 def decode(rle: str | float | None, shape: Sequence[int]) -> np.ndarray:
     """Boolean mask of `shape` (height, width); empty/None/NaN give an empty mask."""
-    h, w = (int(s) for s in shape)
-    return decode_into(np.zeros((h, w), np.bool_), rle, clear=False)
-
-
-def decode_stack(rles: Sequence[str | float | None], shape: Sequence[int]) -> np.ndarray:
-    """Decode several RLEs (e.g. an image's 29 classes) into one ``(len(rles), H, W)`` bool array."""
-    h, w = (int(s) for s in shape)
-    out = np.zeros((len(rles), h, w), np.bool_)
-    for plane, rle in zip(out, rles):
-        decode_into(plane, rle, clear=False)
-    return out
+    return decode_stack([rle], shape)[0]

@@ -70,13 +70,8 @@ class Submission:
 
     def masks(self, image: str, shape: Sequence[int]) -> np.ndarray:
         """(29, H, W) boolean masks of `image`; malformed RLE is an error naming file, image and class."""
-        out = np.zeros((len(CLASSES), *shape), np.bool_)
-        for i, (c, r) in enumerate(zip(CLASSES, self.image_rles(image))):
-            try:
-                rle_mod.decode_into(out[i], r, clear=False)
-            except DataError as exc:
-                raise DataError(f"{self.path}: image {image!r}, class {c!r}: {exc}") from None
-        return out
+        labels = [f"{self.path}: image {image!r}, class {c!r}" for c in CLASSES]
+        return rle_mod.decode_stack(self.image_rles(image), shape, labels)
 
 
 def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
