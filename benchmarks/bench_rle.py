@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from boneseg import rle
-from common import best_of, load_masks, notebook_decode, notebook_encode, print_table
+from common import load_masks, notebook_decode, notebook_encode, print_table, race
 
 NOTE = """\
 Decoding one mask is bounded by memory, not by the decoder: a fresh 2048² mask is 4 MB, and the kernel
@@ -37,14 +37,17 @@ def main() -> list[dict]:
     n_masks = sum(len(i) for i in images)
     runs = [rle.parse(t, h * w) for ts in texts for t in ts]
 
-    t_nb_enc = best_of(lambda: [notebook_encode(m) for image in images for m in image], repeat=5)
-    t_enc = best_of(lambda: [rle.encode(m) for image in images for m in image], repeat=5)
-    t_nb_dec = best_of(lambda: [notebook_decode(t, h, w) for ts in texts for t in ts], repeat=5)
-    t_dec = best_of(lambda: [rle.decode(t, (h, w)) for ts in texts for t in ts], repeat=5)
-    t_floor = best_of(lambda: _memory_floor(runs, h, w), repeat=5)
-    # per image, as the notebooks decode a submission: all 29 classes stacked into one (29, H, W) array
-    t_nb_img = best_of(lambda: [np.stack([notebook_decode(t, h, w) for t in ts]) for ts in texts], repeat=5)
-    t_img = best_of(lambda: [rle.decode_stack(ts, (h, w)) for ts in texts], repeat=5)
+    times = race({
+        "nb_enc": lambda: [notebook_encode(m) for image in images for m in image],
+        "enc": lambda: [rle.encode(m) for image in images for m in image],
+        "nb_dec": lambda: [notebook_decode(t, h, w) for ts in texts for t in ts],
+        "dec": lambda: [rle.decode(t, (h, w)) for ts in texts for t in ts],
+        "floor": lambda: _memory_floor(runs, h, w),
+        # per image, as the notebooks decode a submission: all 29 classes stacked into one (29, H, W) array
+        "nb_img": lambda: [np.stack([notebook_decode(t, h, w) for t in ts]) for ts in texts],
+        "img": lambda: [rle.decode_stack(ts, (h, w)) for ts in texts],
+    })
+    t_nb_enc, t_enc, t_nb_dec, t_dec, t_floor, t_nb_img, t_img = times.values()
     per_mask = lambda t: 1e3 * t / n_masks  # noqa: E731
     rows = [
         {"operation": "encode one mask", "notebook_ms": per_mask(t_nb_enc), "boneseg_ms": per_mask(t_enc),

@@ -21,6 +21,18 @@ def best_of(fn, repeat: int = 3) -> float:
     return min(times)
 
 
+def race(fns: dict, repeat: int = 5) -> dict:
+    """The fastest of `repeat` timings of each function (seconds), taken in alternating rounds so that a
+    busy moment of the machine slows every contender, not just the one that happened to be running."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
+
+
 def real_mask_files() -> list[str]:
     """The real 29x2048x2048 masks when ../shared is present (sorted), else []."""
     return sorted(glob.glob(str(REAL_MASKS / "*" / "*.npz")))

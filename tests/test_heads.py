@@ -113,6 +113,23 @@ def test_meta_and_boundary_train_save_and_predict(synth_data, tmp_path):
     predict(synth_data, [strong], without, meta=empty, **kw)
     assert with_meta.read_text() != without.read_text()
 
+    # tta feeds the same metadata: its scores are the Dice of predict's CSV, with and without it
+    from boneseg.data.layout import discover
+    from boneseg.inference import evaluate_policies
+    from test_tta import csv_dice
+
+    val = discover(synth_data, "train")[:3]
+    scores = []
+    for name, meta in (("with", synth_data), ("without", empty)):
+        out = tmp_path / f"val-{name}.csv"
+        predict(val, [strong], out, meta=meta, **kw)
+        report = evaluate_policies(synth_data, [strong], policies=["none"], samples=val, search=None, workers=0,
+                                   progress=False, device="cpu", meta=None if name == "with" else meta)
+        got, want = report.policies["resize:none"]["per_class_dice"], csv_dice(out, val)
+        np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-12)
+        scores.append(list(got.values()))
+    assert scores[0] != scores[1]
+
     # Sharpening is an inference setting read from the checkpoint's config.
     sharp = tmp_path / "sharp.pt"
     save_checkpoint(sharp, dict(state, config=dict(cfg, boundary_sharpen=0.9)))

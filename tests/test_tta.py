@@ -33,7 +33,8 @@ def setup(synth_data, tmp_path_factory):
     return synth_data, ckpt, splits, tmp
 
 
-def _csv_dice(csv, samples) -> dict[str, float]:
+def csv_dice(csv, samples) -> dict[str, float]:
+    """Competition Dice per class of a submission CSV against the samples' labels."""
     sub = read_submission(csv)
     scores = []
     for s in samples:
@@ -60,7 +61,7 @@ def test_tta_json_scores_equal_the_dice_of_predicts_csv(setup, tmp_path):
     for name, tta, sliding in (("resize:hflip", "hflip", False), ("sliding:none", "none", True)):
         out = tmp_path / f"{tta}{sliding}.csv"
         predict(val, pred, out, tta=tta, sliding=sliding, workers=0, progress=False)
-        want = _csv_dice(out, val)
+        want = csv_dice(out, val)
         got = report["policies"][name]["per_class_dice"]
         assert list(got) == list(CLASSES)
         np.testing.assert_allclose([got[c] for c in CLASSES], [want[c] for c in CLASSES], atol=1e-12)
@@ -72,7 +73,7 @@ def test_tta_json_scores_equal_the_dice_of_predicts_csv(setup, tmp_path):
     best = Policy.parse(report["best"])
     out = tmp_path / "tuned.csv"
     predict(val, pred, out, tta=best, threshold=thr, workers=0, progress=False)
-    assert mean_dice(_csv_dice(out, val)) == pytest.approx(report["tuned_mean_dice"], abs=1e-12)
+    assert mean_dice(csv_dice(out, val)) == pytest.approx(report["tuned_mean_dice"], abs=1e-12)
     assert report["tuned_mean_dice"] >= report["policies"][report["best"]]["mean_dice"] - 1e-12
 
 

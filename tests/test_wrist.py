@@ -110,3 +110,19 @@ def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
             elif ra[c] != rb[c]:
                 changed.add(c)
     assert changed  # the wrist model's carpal predictions replaced the all-foreground first stage
+
+    # tta runs the same second stage: its scores are the Dice of predict's CSV
+    from boneseg.data.layout import discover
+    from boneseg.inference import evaluate_policies
+    from test_tta import csv_dice
+
+    val = discover(synth_data, "train")[:3]
+    out = tmp_path / "val.csv"
+    predict(val, [forced], out, wrist_model=wrist, tta="hflip", **kw)
+    report = evaluate_policies(synth_data, [forced], policies=["none", "hflip"], samples=val, search=None,
+                               workers=0, progress=False, device="cpu", wrist_model=wrist)
+    got, want = report.policies["resize:hflip"]["per_class_dice"], csv_dice(out, val)
+    np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-12)
+    plain = evaluate_policies(synth_data, [forced], policies=["hflip"], samples=val, search=None, workers=0,
+                              progress=False, device="cpu")
+    assert plain.policies["resize:hflip"]["per_class_dice"] != got

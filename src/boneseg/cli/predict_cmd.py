@@ -9,6 +9,10 @@ from boneseg.cli.app import app
 from boneseg.cli.options import parse_floats
 
 # Options shared with `boneseg tta` (one definition, imported there).
+WRIST_MODEL = typer.Option(None, "--wrist-model", help="Wrist second-stage checkpoint (train --wrist): "
+                           "replaces the carpal predictions inside the wrist box.")
+META = typer.Option(None, "--meta", help="Metadata file for --meta film models (default: meta_data.xlsx "
+                    "found from the images).")
 MODELS = typer.Option(..., "--model", "-m", help="Checkpoint file or run folder (its best.pt); repeat to ensemble.")
 WEIGHTS = typer.Option(None, "--weights", help="Ensemble weights, comma-separated, one per -m (default equal).")
 SIZE = typer.Option(None, "--size", help="Resize-mode side (default: each model's training size); with "
@@ -40,10 +44,8 @@ def predict_command(
     postprocess: str = typer.Option("auto", "--postprocess", help="Per-class post-processing rules: auto (the "
                                     "postprocess.json of a single -m run folder, from train --fit-postprocess), "
                                     "none, or a rules file."),
-    wrist_model: Path = typer.Option(None, "--wrist-model", help="Wrist second-stage checkpoint (train --wrist): "
-                                     "replaces the carpal predictions inside the wrist box."),
-    meta: Path = typer.Option(None, "--meta", help="Metadata file for --meta film models (default: meta_data.xlsx "
-                              "found from the source)."),
+    wrist_model: Path = WRIST_MODEL,
+    meta: Path = META,
     save_probs: Path = typer.Option(None, "--save-probs", help="Also write uint8 probabilities here "
                                                                "(for ensemble --vote soft and pseudo)."),
     weights: str = WEIGHTS,

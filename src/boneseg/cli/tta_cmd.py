@@ -7,7 +7,8 @@ import typer
 
 from boneseg.cli.app import app
 from boneseg.cli.options import parse_floats
-from boneseg.cli.predict_cmd import AMP, BATCH, DEVICE, MODELS, OVERLAP, SCALES, SIZE, WEIGHTS, WINDOW, WORKERS
+from boneseg.cli.predict_cmd import (AMP, BATCH, DEVICE, META, MODELS, OVERLAP, SCALES, SIZE, WEIGHTS, WINDOW,
+                                     WORKERS, WRIST_MODEL)
 
 
 @app.command("tta")
@@ -28,6 +29,8 @@ def tta_command(
                                                                        "maximise validation Dice (for predict "
                                                                        "--threshold)."),
     search: str = typer.Option("0.3,0.7", "--search", help="Threshold search range low,high."),
+    wrist_model: Path = WRIST_MODEL,
+    meta: Path = META,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     weights: str = WEIGHTS,
     device: str = DEVICE,
@@ -53,7 +56,7 @@ def tta_command(
         data, models, policies=[p for p in (policies or "").split(",") if p.strip()] or None, fold=fold,
         splits=splits, scales=scales, sliding=sliding, search=tuple(rng), workers=workers,
         weights=parse_floats(weights, "--weights"), device=device, size=size, window=window, overlap=overlap,
-        batch_size=batch_size, amp=amp)
+        batch_size=batch_size, amp=amp, wrist_model=wrist_model, meta=meta)
     if thresholds_out is not None:
         write_json(thresholds_out, report.thresholds, force=force)
     if as_json:

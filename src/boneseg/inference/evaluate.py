@@ -23,6 +23,7 @@ from boneseg.errors import UsageError
 from boneseg.inference.encode import quantize
 from boneseg.inference.predictor import Predictor, ViewCache
 from boneseg.inference.run import ImageDataset, make_loader
+from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy, default_policies
 from boneseg.metrics import dice_from_counts
 
@@ -114,7 +115,8 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
                       workers: int = 2, progress: bool = True, weights: Sequence[float] | None = None,
                       device: str = "auto", size: int | None = None, window: int | None = None,
                       overlap: float = 0.5, batch_size: int = 4, amp: bool = True,
-                      samples: Sequence[Sample] | None = None) -> TTAReport:
+                      samples: Sequence[Sample] | None = None, wrist_model: str | os.PathLike | None = None,
+                      meta: str | os.PathLike | None = None) -> TTAReport:
     """Predict the validation images under each policy and score them with the competition Dice.
 
     Args:
@@ -124,6 +126,8 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
             or `Policy` objects; default every TTA name in resize mode, plus sliding mode with `sliding`.
         fold, splits: the validation fold (default: the checkpoint's). samples: score these instead.
         search: (low, high) range of the per-class threshold search on the best policy; None skips it.
+        wrist_model, meta: as in `boneseg.inference.predict` (`meta` defaults to the dataset's
+            ``meta_data.xlsx``), so the scores and thresholds are those of the same predict command.
         Others: see `boneseg.inference.predict`.
     """
     predictor = models if isinstance(models, Predictor) else Predictor.from_checkpoints(
@@ -145,21 +149,23 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
         notes += extra
     from boneseg.data.masks import default_cache_dir
 
-    loader = make_loader(ImageDataset(samples, predictor.plan(pols), labels=True,
+    stages = ImageStages(predictor, meta or data, wrist_model)
+    loader = make_loader(ImageDataset(samples, stages.plan(predictor.plan(pols)), labels=True,
                                       cache_dir=default_cache_dir(data)), workers, predictor.device)
     sums = {p: np.zeros((NUM_CLASSES, LEVELS)) for p in pols}
     seconds = {p: 0.0 for p in pols}
     n = 0
     from boneseg.cli.output import progress as make_progress
 
-    with make_progress(disable=not progress) as bar:
+    with stages, make_progress(disable=not progress) as bar:
         task = bar.add_task("tta", total=len(samples), unit="img")
         for item in loader:
             cache = ViewCache(keep=True)
             gt = item.masks.to(predictor.device)
+            stages.before(samples[item.index])
             for p in pols:
                 cache.used = set()
-                q = quantize(predictor.predict(item, p, cache))
+                q = quantize(stages.after(predictor.predict(item, p, cache), item, shared=True))
                 seconds[p] += cache.side_seconds + sum(cache.seconds[k] for k in cache.used - cache.side_keys)
                 sums[p] += dice_curves(q, gt)
             n += 1

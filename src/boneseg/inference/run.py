@@ -26,6 +26,7 @@ from boneseg.data.layout import Sample, find_images, read_image
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.inference.encode import binarize, format_rles, quantize, read_thresholds, run_bounds
 from boneseg.inference.predictor import InputPlan, Item, Predictor
+from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
 from boneseg.io import atomic_open, check_output, is_stdout
 from boneseg.postprocess import find_rules, postprocess, postprocess_per_class, rules_list
@@ -263,16 +264,8 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
 
         console.print("[yellow]note: horizontal-flip TTA is skipped for models trained with hand-side "
                       "unification (their mirror view is the other hand)[/]")
-    wrist = None
-    if wrist_model is not None:
-        from boneseg.inference.predictor import load_models
-        from boneseg.wrist import WristStage
-
-        wrist = WristStage(load_models([wrist_model], predictor.device)[0], predictor.device)
-    from boneseg import heads
-
-    film = [lm for lm in predictor.models if getattr(lm.model, "wants_meta", False)]
-    table = heads.meta_table(meta or (source if isinstance(source, (str, os.PathLike)) else None)) if film else {}
+    stages = ImageStages(predictor, meta or (source if isinstance(source, (str, os.PathLike)) else None),
+                         wrist_model)
     shard = samples[rank::world]
     parts_dir = None
     if world > 1:
@@ -281,11 +274,7 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     else:
         target = output
 
-    plan = predictor.plan([policy])
-    if wrist is not None:
-        import dataclasses
-
-        plan = dataclasses.replace(plan, original=True)
+    plan = stages.plan(predictor.plan([policy]))
     loader = make_loader(ImageDataset(shard, plan), workers, predictor.device)
     post = keep_largest or min_area > 1 or rules is not None
     start = time.perf_counter()
@@ -293,17 +282,13 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     try:
         from boneseg.cli.output import progress as make_progress
 
-        with SubmissionWriter(target, force=force or world > 1) as writer, \
+        with SubmissionWriter(target, force=force or world > 1) as writer, stages, \
                 make_progress(disable=not progress or rank != 0) as bar:
             label = "predict" + (f" [rank 0 of {world}]" if world > 1 else "")
             task = bar.add_task(label, total=len(shard), unit="img")
             for item in loader:
-                for lm in film:
-                    vec = table.get(shard[item.index].patient)
-                    lm.model.default_meta = torch.from_numpy(vec)[None] if vec is not None else None
-                p = predictor.predict(item, policy)
-                if wrist is not None:
-                    p = wrist.refine(p, item.inputs[item.shape])
+                stages.before(shard[item.index])
+                p = stages.after(predictor.predict(item, policy), item)
                 q = quantize(p)
                 del p
                 masks = binarize(q, cuts)
