@@ -121,6 +121,23 @@ def test_sigterm_saves_last_and_resumes_exactly(full_run, synth_data, tmp_path):
     _assert_same_state(ref / "last.pt", out / "last.pt")
 
 
+def test_save_every_writes_last_less_often(synth_data, tmp_path, monkeypatch):
+    import boneseg.engine.train as engine
+
+    written = []
+    real = engine.save_checkpoint
+    monkeypatch.setattr(engine, "save_checkpoint", lambda path, state: (written.append((Path(path).name,
+                                                                                         state["epoch"])),
+                                                                        real(path, state)))
+    out = tmp_path / "run"
+    summary = train(tiny(synth_data, out, epochs=3, save_every=2), progress=False)
+    assert summary["epochs_done"] == 3
+    assert [e for name, e in written if name == "last.pt"] == [2, 3]  # every 2nd epoch, and the last
+    assert load_checkpoint(out / "last.pt")["epoch"] == 3
+    with pytest.raises(UsageError, match="--save-every 0"):
+        train(tiny(synth_data, tmp_path / "bad", save_every=0), progress=False)
+
+
 def test_run_folder_rules(full_run, synth_data, tmp_path):
     ref, _ = full_run
     with pytest.raises(OutputExistsError, match="--resume .*--force"):

@@ -40,6 +40,7 @@ SETTINGS: dict = {
     "aug": "none",
     "unify_hands": "R",
     "val_every": 5,
+    "save_every": 10,          # last.pt (with optimizer state, ~170 MB) every 10 epochs instead of every epoch
     "tta": ["none", "scale"],  # candidate policies scored on the validation fold; the best predicts
     "tta_scales": [1.0, 1.25],  # the views of ``scale``
     "threads": None,           # torch threads (None: `default_threads()`)
@@ -236,7 +237,7 @@ def _synth(data: Path, cfg: dict, seed: int, progress: bool) -> None:
 
 def _train_config(cfg: dict, data: Path, splits: Path, run_dir: Path, seed: int) -> dict:
     keys = ("arch", "encoder", "fold", "epochs", "batch_size", "lr", "weight_decay", "warmup",
-            "scheduler", "loss", "aug", "val_every", "model_kwargs", "encoder_weights")
+            "scheduler", "loss", "aug", "val_every", "save_every", "model_kwargs", "encoder_weights")
     return {**{k: cfg[k] for k in keys}, "data": str(data), "out": str(run_dir), "splits": str(splits),
             "size": cfg["train_size"] or cfg["size"],
             "unify_side": cfg["unify_hands"], "seed": seed, "device": "cpu", "workers": 0}

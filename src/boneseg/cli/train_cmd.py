@@ -44,6 +44,7 @@ def train_command(
     clip: Optional[float] = typer.Option(None, "--clip", help="Clip the gradient norm to this value."),
     ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.999 (validated and saved as the model) [default: off]."),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N epochs (and always after the last) [default: 1]."),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Write last.pt every N epochs (and always after the last, or when stopped) [default: 1]."),
     unify_hands: Optional[str] = typer.Option(None, "--unify-hands", help="Mirror every hand to one side: R, L or none [default: none]."),
     channels: Optional[str] = typer.Option(None, "--channels", help="Model input channels: gray, rgb or clahe3, optionally +sobel and/or +laplacian (e.g. gray+sobel) [default: gray]."),
     meta: Optional[str] = typer.Option(None, "--meta", help="Patient metadata (meta_data.xlsx): none, aux (auxiliary prediction heads), film (decoder conditioning) or aux+film [default: none]."),
@@ -74,7 +75,7 @@ def train_command(
                    channels_last=channels_last, workers=workers, seed=seed, max_steps=max_steps,
                    pseudo=[str(p) for p in pseudo] if pseudo else None, aug=aug, crop=crop, optimizer=optimizer,
                    scheduler=scheduler, warmup=warmup, accumulate=accumulate, clip=clip, ema=ema,
-                   val_every=val_every, unify_side=unify_hands, channels=channels, cache_dir=cache_dir,
+                   val_every=val_every, save_every=save_every, unify_side=unify_hands, channels=channels, cache_dir=cache_dir,
                    dist_timeout=dist_timeout, meta=meta, meta_weight=meta_weight, boundary_head=boundary_head,
                    boundary_sharpen=boundary_sharpen, distance_clip=distance_clip, wrist_margin=wrist_margin,
                    log=log, log_images=log_images)

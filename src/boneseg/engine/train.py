@@ -3,9 +3,9 @@
 ``train(config)`` prepares a run folder, the data (mask cache, folds, pseudo labels), the model,
 optimiser, schedule, AMP scaler and EMA, then loops over epochs: `train_epoch` (optimizer steps with
 gradient accumulation, clipping, stop requests) and `evaluate` (competition Dice per class on the device,
-at the training size). Every epoch it writes ``last.pt``, ``metrics.jsonl`` and, on a new best mean Dice,
-``best.pt``. A run stopped anywhere (``--max-steps``, Ctrl-C, SIGTERM) leaves a ``last.pt`` from which
-``--resume`` finishes bit for bit like an uninterrupted run.
+at the training size). Every epoch it writes ``metrics.jsonl``, ``best.pt`` on a new best mean Dice, and
+``last.pt`` (every ``--save-every`` epochs, and always at the end). A run stopped anywhere (``--max-steps``,
+Ctrl-C, SIGTERM) writes a ``last.pt`` from which ``--resume`` finishes bit for bit like an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -78,6 +78,7 @@ class TrainConfig:
     clip: float | None = None
     ema: float = 0.0
     val_every: int = 1
+    save_every: int = 1
     unify_side: str | None = None
     tensorboard: bool = False
     cache_dir: str | None = None
@@ -127,7 +128,7 @@ FIXED_ON_RESUME = ("arch", "encoder", "size", "crop", "fold", "splits", "folds",
                    "seed", "unify_side", "channels", "mean", "std", "pseudo", "amp", "amp_dtype", "val_every",
                    "meta", "meta_weight", "boundary_head", "distance_clip", "wrist", "wrist_margin")
 # Options a resume may change freely.
-RUNTIME = ("device", "workers", "max_steps", "tensorboard", "cache_dir", "dist_timeout", "data", "out", "skip_bad",
+RUNTIME = ("device", "workers", "max_steps", "save_every", "tensorboard", "cache_dir", "dist_timeout", "data", "out", "skip_bad",
            "log", "log_images", "fit_postprocess", "boundary_sharpen")
 
 
@@ -146,7 +147,7 @@ def check_config(cfg: TrainConfig) -> None:
     parse_loss(cfg.loss)
     in_channels(dataclasses.asdict(cfg))
     positive = {"--size": cfg.size, "--epochs": cfg.epochs, "--batch-size": cfg.batch_size,
-                "--accumulate": cfg.accumulate, "--val-every": cfg.val_every}
+                "--accumulate": cfg.accumulate, "--val-every": cfg.val_every, "--save-every": cfg.save_every}
     for opt, v in positive.items():
         if not isinstance(v, int) or v < 1:
             raise UsageError(f"{opt} {v}: must be a positive integer")
@@ -598,9 +599,10 @@ def evaluate(model: torch.nn.Module, loader, cfg: TrainConfig, info: D.DistInfo,
             "val_loss": stats[1].item() / count if count else None}
 
 
-def write_outputs(st: State, out: Path, best: bool) -> None:
-    """``last.pt`` (always), ``best.pt`` (when `best`), then ``metrics.jsonl`` rewritten from the history."""
-    save_checkpoint(out / LAST, checkpoint(st, full=True))
+def write_outputs(st: State, out: Path, best: bool, last: bool = True) -> None:
+    """``last.pt`` (when `last`), ``best.pt`` (when `best`), then ``metrics.jsonl`` rewritten from the history."""
+    if last:
+        save_checkpoint(out / LAST, checkpoint(st, full=True))
     if best:
         save_checkpoint(out / BEST, checkpoint(st, full=False))
     with atomic_open(out / METRICS, "w", force=True) as fh:
@@ -714,7 +716,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
             st.schedule.observe(line["val_dice"])
             st.history.append(line)
             if info.is_main:
-                write_outputs(st, out, best=is_best)
+                write_outputs(st, out, best=is_best, last=st.epoch % cfg.save_every == 0 or st.epoch == cfg.epochs)
                 if tracker is not None:
                     tracker.log_epoch(line)
                     if shots:
