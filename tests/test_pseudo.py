@@ -131,6 +131,36 @@ def test_confidence_filter_from_probabilities(test_set, tmp_path):
     assert everything.manifest["source_kind"] == "probs" and everything.manifest["threshold"][0] == 0.5
 
 
+def test_agreement_filter_with_other_predictions(test_set, tmp_path):
+    root, names, masks = test_set
+    sub = write_sub(tmp_path / "a.csv", names, masks)
+    other = masks.copy()
+    other[1, CLASSES.index("Capitate")] = np.roll(other[1, CLASSES.index("Capitate")], 6, axis=1)  # disagrees
+    second = write_sub(tmp_path / "b.csv", names, other)
+    third = write_probs(tmp_path / "probs", names[:3], masks[:3], np.full((3, len(CLASSES)), 0.9))  # lacks names[3]
+    summary = make_pseudo(sub, root, tmp_path / "p", agree_with=[second], min_agreement=0.9, workers=1)
+    assert [r["image"] for r in summary.written] == [names[0], names[2], names[3]]
+    assert all(r["agreement"] == 1.0 for r in summary.written)
+    left = summary.left_out[0]
+    assert left["image"] == names[1] and left["classes"] == ["Capitate"] and left["reason"].startswith("agreement 0.")
+    agreement = float(dice(other[1, CLASSES.index("Capitate")], masks[1, CLASSES.index("Capitate")]))
+    assert f"agreement {agreement:.3f} < 0.9" in left["reason"]
+    assert summary.manifest["min_agreement"] == 0.9 and len(summary.manifest["agree_with"]) == 1
+
+    # no minimum: everything written, each with its weakest agreement (mean over the other inputs)
+    both = make_pseudo(sub, root, tmp_path / "q", agree_with=[second, third], workers=1)
+    assert [r["image"] for r in both.written] == names[:3]
+    assert both.written[1]["agreement"] == pytest.approx((1 + agreement) / 2, abs=1e-5)
+    assert both.written[1]["least_agreed_class"] == "Capitate"
+    assert both.left_out == [{"image": names[3], "reason": "not predicted by probs"}]
+    with pytest.raises(UsageError, match="--agree-with"):
+        make_pseudo(sub, root, tmp_path / "r", min_agreement=0.5)
+    res = CliRunner().invoke(app, ["pseudo", str(sub), str(root), "-o", str(tmp_path / "cli"), "--agree-with",
+                                   str(second), "--min-agreement", "0.9", "--workers", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["written"] == 3
+
+
 def test_errors_and_overwrite_rules(test_set, tmp_path):
     root, names, masks = test_set
     sub = write_sub(tmp_path / "sub.csv", names, masks)

@@ -10,8 +10,11 @@ in the train layout::
 Each class mask is traced to one polygon (the outer contour of its largest component, integer pixel
 points); the polygons are filled back with `boneseg.data.masks.rasterize` -- exactly what training does
 -- and the Dice of that refill against the mask is recorded. An image is written only when all 29
-classes are predicted (an empty class would teach "no bone here") and, with probabilities and a
-minimum confidence, when every class is confident enough (mean probability inside its mask).
+classes are predicted (an empty class would teach "no bone here"), with probabilities and a minimum
+confidence when every class is confident enough (mean probability inside its mask), and with other
+predictions of the same images (`agree_with`: other models, folds or TTA runs) and a minimum agreement
+when every class's mask agrees with theirs (mean Dice against each) -- pseudo-labels only where
+independent models concur.
 """
 from __future__ import annotations
 
@@ -108,6 +111,7 @@ class _CsvSource:
     def __post_init__(self) -> None:
         self.sub = read_submission(self.path)
         self.images = list(self.sub.images)
+        self.image_set = set(self.images)
 
     def masks(self, image: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
         return self.sub.masks(image, shape), None
@@ -123,6 +127,7 @@ class _ProbsSource:
 
     def __post_init__(self) -> None:
         self.images = [Path(str(i)).name for i in probs_mod.read_manifest(self.path)["images"]]
+        self.image_set = set(self.images)
         self.cuts = probs_mod.thresholds_array(self.threshold)
 
     def masks(self, image: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -139,13 +144,9 @@ class _ProbsSource:
 
 
 def open_source(path: str | os.PathLike, threshold: Any = 0.5):
-    """A submission CSV or a probability folder (chosen by what `path` is)."""
+    """A submission CSV or a probability folder (chosen by what `path` is); `threshold` binarises a folder."""
     path = Path(path)
-    if path.is_dir():
-        return _ProbsSource(path, threshold)
-    if threshold not in (None, 0.5):
-        raise UsageError("--threshold applies to probability folders only (a CSV is already binary)")
-    return _CsvSource(path)
+    return _ProbsSource(path, threshold) if path.is_dir() else _CsvSource(path)
 
 
 # -- one image ------------------------------------------------------------------------------------
@@ -169,9 +170,26 @@ def _place_image(src: Path, dst: Path, copy: bool) -> str:
     return "copy"
 
 
+def _agreement(name: str, masks: np.ndarray, others: Sequence) -> np.ndarray | str:
+    """Per class, the mean Dice of `masks` against each other source's masks of the image (a reason
+    string when one of them lacks the image)."""
+    image_name, scores = Path(name).name, []
+    for other in others:
+        if image_name not in other.image_set:
+            return f"not predicted by {other.path.name}"
+        scores.append(dice(other.masks(image_name, masks.shape[1:])[0], masks))
+    return np.mean(scores, axis=0)
+
+
+def _below(name: str, what: str, values: np.ndarray, minimum: float) -> dict:
+    low = [c for c, v in zip(CLASSES, values) if v < minimum]
+    return _left_out(name, f"{what} {values.min():.3f} < {minimum:g} ({len(low)} class(es))", low)
+
+
 def _pseudo_worker(task: tuple[str, str]) -> dict:
     name, image_path = task
-    source, stage, min_conf, copy = (_STATE[k] for k in ("source", "stage", "min_confidence", "copy"))
+    source, others, stage, min_conf, min_agree, copy = (
+        _STATE[k] for k in ("source", "others", "stage", "min_confidence", "min_agreement", "copy"))
     image_name = Path(name).name
     shape = image_shape(image_path)
     masks, conf = source.masks(image_name, shape)
@@ -179,9 +197,12 @@ def _pseudo_worker(task: tuple[str, str]) -> dict:
     if empty:
         return {"left_out": _left_out(name, f"{len(empty)} class(es) not predicted", empty)}
     if min_conf is not None and conf is not None and conf.min() < min_conf:
-        low = [c for c, v in zip(CLASSES, conf) if v < min_conf]
-        return {"left_out": _left_out(name, f"confidence {conf.min():.3f} < {min_conf:g} "
-                                            f"({len(low)} class(es))", low)}
+        return {"left_out": _below(name, "confidence", conf, min_conf)}
+    agree = _agreement(name, masks, others) if others else None
+    if isinstance(agree, str):
+        return {"left_out": _left_out(name, agree)}
+    if min_agree is not None and agree.min() < min_agree:
+        return {"left_out": _below(name, "agreement", agree, min_agree)}
     polygons = {}
     for c, m in zip(CLASSES, masks):
         pts = trace_polygon(m)
@@ -200,6 +221,9 @@ def _pseudo_worker(task: tuple[str, str]) -> dict:
     if conf is not None:
         weakest = int(np.argmin(conf))
         record.update(confidence=round(float(conf[weakest]), 5), weakest_class=CLASSES[weakest])
+    if agree is not None:
+        weakest = int(np.argmin(agree))
+        record.update(agreement=round(float(agree[weakest]), 5), least_agreed_class=CLASSES[weakest])
     return {"written": record}
 
 
@@ -246,6 +270,7 @@ def _publish(stage: Path, out: Path) -> None:
 
 def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
                 min_confidence: float | None = None, threshold: Any = 0.5, copy: bool = False,
+                agree_with: Sequence[str | os.PathLike] = (), min_agreement: float | None = None,
                 workers: int | None = None, force: bool = False,
                 progress: Callable[[int, int], None] | None = None) -> PseudoSummary:
     """Write pseudo-labelled test images in the train layout.
@@ -258,6 +283,9 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
             its mask is below this.
         threshold: probability threshold(s) for a probability folder (global, per class list or
             ``{class: t}``), as in ``predict``.
+        agree_with: other predictions of the images (CSVs or probability folders, binarised with
+            `threshold`); each image records the weakest class's agreement (mean Dice against them).
+        min_agreement: leave out images where a class's agreement is below this (needs `agree_with`).
         copy: copy images instead of hard-linking them.
         workers: processes (default: all usable cores).
         force: replace an existing pseudo-label folder.
@@ -270,7 +298,14 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
     out = Path(out)
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise UsageError(f"--min-confidence must be within [0, 1], got {min_confidence}")
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise UsageError(f"--min-agreement must be within [0, 1], got {min_agreement}")
+    if min_agreement is not None and not agree_with:
+        raise UsageError("--min-agreement needs other predictions to agree with (--agree-with)")
     src = open_source(source, threshold)
+    others = [open_source(p, threshold) for p in agree_with]
+    if threshold not in (None, 0.5) and all(s.kind == "csv" for s in (src, *others)):
+        raise UsageError("--threshold applies to probability folders only (a CSV is already binary)")
     if min_confidence is not None and src.kind != "probs":
         raise UsageError("--min-confidence needs a probability folder (`predict --save-probs`); a CSV "
                          "carries no confidence")
@@ -289,7 +324,8 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
     tasks = [(s.name, str(s.image)) for s in samples if s.image_name in predicted]
     stage = _prepare_out(out, force)
     try:
-        state = {"source": src, "stage": stage, "min_confidence": min_confidence, "copy": copy}
+        state = {"source": src, "others": others, "stage": stage, "min_confidence": min_confidence,
+                 "min_agreement": min_agreement, "copy": copy}
         written = []
         for result in parallel_map(_pseudo_worker, tasks, state, workers, progress):
             if "written" in result:
@@ -304,6 +340,7 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
             "source": str(Path(source).resolve()), "source_kind": src.kind, "data": str(Path(data).resolve()),
             "threshold": (probs_mod.thresholds_array(threshold).tolist() if src.kind == "probs" else None),
             "min_confidence": min_confidence,
+            "agree_with": [str(Path(p).resolve()) for p in agree_with], "min_agreement": min_agreement,
             "summary": {"written": len(written), "left_out": len(left_out),
                         "refill_dice_mean": round(float(np.mean(means)), 5) if means else None,
                         "refill_dice_min": min((r["refill_dice_min"] for r in written), default=None)},

@@ -22,6 +22,11 @@ def pseudo_command(
                                          "C.", show_default=False),
     threshold: str = typer.Option("0.5", "--threshold", help="Probability folders: threshold, global or a "
                                   "JSON file {class: threshold}."),
+    agree_with: list[Path] = typer.Option(None, "--agree-with", help="Other predictions of the same images "
+                                          "(CSV or probability folder; repeat): each image records how well "
+                                          "its masks agree with them (mean Dice).", show_default=False),
+    min_agreement: float = typer.Option(None, "--min-agreement", help="Leave out images where a class's "
+                                        "agreement with --agree-with is below A.", show_default=False),
     copy: bool = typer.Option(False, "--copy", help="Copy the images instead of hard-linking them."),
     workers: int = typer.Option(None, "--workers", help="Worker processes (default: all cores).",
                                 show_default=False),
@@ -30,8 +35,9 @@ def pseudo_command(
     force: bool = typer.Option(False, "--force", help="Replace an existing pseudo-label folder."),
 ) -> None:
     """Write the test images with pseudo-labels in the train layout (PNG + one polygon per class), usable
-    as `boneseg train DATA --pseudo OUT`. Images with a missing class or (with probabilities) a class
-    below --min-confidence are left out and listed in OUT/pseudo_manifest.json."""
+    as `boneseg train DATA --pseudo OUT`. Images with a missing class, (with probabilities) a class
+    below --min-confidence, or a class whose masks disagree with --agree-with predictions (below
+    --min-agreement) are left out and listed in OUT/pseudo_manifest.json."""
     from boneseg.ensemble import read_threshold
     from boneseg.pseudo import make_pseudo
 
@@ -41,7 +47,8 @@ def pseudo_command(
         def step(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
         summary = make_pseudo(source, data, out, min_confidence=min_confidence, threshold=thr, copy=copy,
-                              workers=workers, force=force, progress=step)
+                              agree_with=agree_with or (), min_agreement=min_agreement, workers=workers,
+                              force=force, progress=step)
     s = summary.manifest["summary"]
     if json_out:
         print_json({**s, "out": str(out), "left_out": summary.left_out})
