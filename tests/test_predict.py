@@ -314,11 +314,16 @@ def test_two_rank_sharding_equals_single_process(synth_data, ckpt, tmp_path):
     predict(images, [ckpt], single, save_probs=tmp_path / "p1", workers=0, progress=False)
     sharded = tmp_path / "sharded.csv"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"), OMP_NUM_THREADS="1")
+    # each rank gets its own temp folder, as ranks on different nodes would: the parts travel through
+    # the process group, not through a shared file system
+    for r in (0, 1):
+        (tmp_path / f"tmp{r}").mkdir()
+    command = (f'TMPDIR="{tmp_path}/tmp$LOCAL_RANK" exec "{sys.executable}" -m boneseg predict "{images}" '
+               f'-m "{ckpt}" -o "{sharded}" --device cpu --workers 0 --save-probs "{tmp_path / "p2"}"')
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "boneseg", "predict", str(images), "-m", str(ckpt), "-o", str(sharded),
-                           "--device", "cpu", "--workers", "0", "--save-probs", str(tmp_path / "p2")],
+                           "--no-python", "sh", "-c", command],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sharded.read_bytes() == single.read_bytes()
     assert probs.read_manifest(tmp_path / "p2")["images"] == probs.read_manifest(tmp_path / "p1")["images"]
-    assert not list(tmp_path.glob("boneseg-predict-*"))
+    assert not list((tmp_path / "tmp0").iterdir()) and not list((tmp_path / "tmp1").iterdir())

@@ -116,12 +116,22 @@ def dist_context() -> tuple[int, int, bool]:
     return dist.get_rank(), dist.get_world_size(), created
 
 
-def _broadcast(obj):
+def gather_parts(part: Path, rank: int, world: int) -> list[Path] | None:
+    """On rank 0, every rank's part CSV (rank r's copied beside rank 0's own), sent through the process
+    group on a gloo side group, so that ranks on different nodes need no shared file system; None on
+    the other ranks."""
     import torch.distributed as dist
 
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    group = dist.new_group(backend="gloo")
+    received = [None] * world if rank == 0 else None
+    dist.gather_object(part.read_bytes() if rank else b"", received, dst=0, group=group)
+    if rank:
+        return None
+    parts = [part]
+    for r in range(1, world):
+        parts.append(part.with_name(f"part-{r}.csv"))
+        parts[-1].write_bytes(received[r])
+    return parts
 
 
 def _barrier() -> None:
@@ -267,13 +277,36 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     stages = ImageStages(predictor, meta or (source if isinstance(source, (str, os.PathLike)) else None),
                          wrist_model)
     shard = samples[rank::world]
-    parts_dir = None
-    if world > 1:
-        parts_dir = Path(_broadcast(tempfile.mkdtemp(prefix="boneseg-predict-") if rank == 0 else None))
-        target: str | os.PathLike | None = parts_dir / f"part-{rank}.csv"
-    else:
-        target = output
+    parts_dir = Path(tempfile.mkdtemp(prefix="boneseg-predict-")) if world > 1 else None  # on each rank's node
+    target = parts_dir / "part-0.csv" if parts_dir is not None else output
+    try:
+        seconds = _predict_shard(shard, predictor, policy, stages, target, force or world > 1, cuts, probs_dir,
+                                 keep_largest, min_area, rules, workers, progress and rank == 0,
+                                 f" [rank 0 of {world}]" if world > 1 else "")
+        if world > 1:
+            parts = gather_parts(target, rank, world)
+            if rank == 0:
+                merge_parts(parts, len(samples), output, force)
+            _barrier()
+    finally:
+        if parts_dir is not None:
+            shutil.rmtree(parts_dir, ignore_errors=True)
+    if created:
+        import torch.distributed as dist
 
+        dist.destroy_process_group()
+    if probs_dir is not None and rank == 0:
+        probs_mod.write_manifest(probs_dir, [s.image_name for s in samples], [lm.source for lm in predictor.models],
+                                 {"policy": policy.name, "scales": list(policy.scales),
+                                  "weights": predictor.weights, "threshold": [float(t) for t in thresholds]})
+    return PredictSummary(len(shard), seconds, "-" if is_stdout(output) else str(output),
+                          str(probs_dir) if probs_dir else None, rank, world, policy.name, len(samples))
+
+
+def _predict_shard(shard: Sequence[Sample], predictor: Predictor, policy: Policy, stages: ImageStages,
+                   target: str | os.PathLike | None, force: bool, cuts: np.ndarray, probs_dir: Path | None,
+                   keep_largest: bool, min_area: int, rules, workers: int, progress: bool, label: str) -> float:
+    """Predict `shard` into the CSV `target` (streaming); returns the seconds it took."""
     plan = stages.plan(predictor.plan([policy]))
     loader = make_loader(ImageDataset(shard, plan), workers, predictor.device)
     post = keep_largest or min_area > 1 or rules is not None
@@ -282,10 +315,8 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     try:
         from boneseg.cli.output import progress as make_progress
 
-        with SubmissionWriter(target, force=force or world > 1) as writer, stages, \
-                make_progress(disable=not progress or rank != 0) as bar:
-            label = "predict" + (f" [rank 0 of {world}]" if world > 1 else "")
-            task = bar.add_task(label, total=len(shard), unit="img")
+        with SubmissionWriter(target, force=force) as writer, stages, make_progress(disable=not progress) as bar:
+            task = bar.add_task("predict" + label, total=len(shard), unit="img")
             for item in loader:
                 stages.before(shard[item.index])
                 p = stages.after(predictor.predict(item, policy), item)
@@ -304,23 +335,4 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
             bg.drain()
     finally:
         bg.close()
-    seconds = time.perf_counter() - start
-
-    if world > 1:
-        _barrier()
-        if rank == 0:
-            try:
-                merge_parts([parts_dir / f"part-{r}.csv" for r in range(world)], len(samples), output, force)
-            finally:
-                shutil.rmtree(parts_dir, ignore_errors=True)
-        _barrier()
-        if created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    if probs_dir is not None and rank == 0:
-        probs_mod.write_manifest(probs_dir, [s.image_name for s in samples], [lm.source for lm in predictor.models],
-                                 {"policy": policy.name, "scales": list(policy.scales),
-                                  "weights": predictor.weights, "threshold": [float(t) for t in thresholds]})
-    return PredictSummary(len(shard), seconds, "-" if is_stdout(output) else str(output),
-                          str(probs_dir) if probs_dir else None, rank, world, policy.name, len(samples))
+    return time.perf_counter() - start
