@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -69,6 +71,17 @@ def test_large_masks_are_ordinary_writeable_arrays():
     stack = rle.decode_stack([rle.encode(mask), "", None, "1 1"], mask.shape)
     assert stack.shape == (4, *mask.shape) and np.array_equal(stack[0], mask)
     assert not stack[1:3].any() and stack[3].sum() == 1 and stack[3, 0, 0]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_large_masks_are_private_to_a_process_after_fork():
+    import multiprocessing
+
+    mask = rle.decode("1 5", (1100, 1000))
+    child = multiprocessing.get_context("fork").Process(target=mask.fill, args=(True,))
+    child.start()
+    child.join()
+    assert child.exitcode == 0 and mask.sum() == 5  # the child's writes stayed in the child
 
 
 def test_decode_stack_names_the_bad_rle_before_allocating():

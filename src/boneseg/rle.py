@@ -158,6 +158,7 @@ def parse(rle: str | float | None, size: int | None = None) -> tuple[np.ndarray,
 # Linux offers it, and each run is a C-level memoryview copy from a buffer of ones.
 
 _MAPPED_MIN_BYTES = 1 << 20
+_PRIVATE = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}  # copy-on-write after fork, like numpy's
 _MADV_POPULATE_WRITE = 23 if sys.platform.startswith("linux") else None  # Linux >= 5.14
 _ones = memoryview(b"\x01" * 4096)
 
@@ -232,7 +233,7 @@ def decode_stack(rles: Sequence[str | float | None], shape: Sequence[int],
         out = np.zeros((len(runs), h, w), np.bool_)
         mapping, buf = None, _byte_view(out)
     else:
-        mapping = mmap.mmap(-1, nbytes)
+        mapping = mmap.mmap(-1, nbytes, **_PRIVATE)
         out = np.frombuffer(mapping, np.bool_).reshape(len(runs), h, w)
         buf = memoryview(mapping)
     for i, (starts, ends) in enumerate(runs):
