@@ -26,6 +26,16 @@ def test_help_lists_every_command_and_version():
         assert CliRunner().invoke(app, [c, "--help"]).exit_code == 0, c
 
 
+def test_help_keeps_the_documented_defaults():
+    """Help texts pass through rich markup, where an unescaped ``[default: 1]`` would vanish."""
+    import re
+
+    for command, wanted in (("train", "[default: 1]"), ("demo", "[default: one per CPU")):
+        res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "250"})
+        assert wanted in res.output, command
+        assert not re.search(r"\w \.\s", res.output), command  # the gap a swallowed default leaves
+
+
 def test_error_path_is_one_line_without_traceback(tmp_path):
     res = run("check", str(tmp_path / "missing.csv"))
     assert res.returncode == 1

@@ -15,7 +15,7 @@ def demo_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the dataset, folds, initialisation and order: same seed, same Dice."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes and two epochs: checks every step in seconds (Dice meaningless)."),
     threads: int = typer.Option(None, "--threads", show_default=False,
-                                help="Torch threads [default: one per CPU; use 1 on a machine busy with other work]."),
+                                help="Torch threads \\[default: one per CPU; use 1 on a machine busy with other work]."),
     force: bool = typer.Option(False, "--force", help="Empty a non-empty --out first."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json on stdout too."),
 ) -> None:
