@@ -73,6 +73,15 @@ def test_large_masks_are_ordinary_writeable_arrays():
     assert not stack[1:3].any() and stack[3].sum() == 1 and stack[3, 0, 0]
 
 
+def test_decode_falls_back_to_numpy_when_no_mapping_is_left(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(rle.mmap, "mmap", refuse)
+    mask = rle.decode("1 5 2000 3", (1100, 1000))
+    assert mask.flags.writeable and mask.sum() == 8 and mask.reshape(-1)[1999:2002].all()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_large_masks_are_private_to_a_process_after_fork():
     import multiprocessing

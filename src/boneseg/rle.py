@@ -195,6 +195,17 @@ def _prefault(mapping: mmap.mmap, lo: int, hi: int) -> None:
         _MADV_POPULATE_WRITE = None
 
 
+def _mapping(nbytes: int) -> mmap.mmap | None:
+    """A fresh zeroed private mapping for masks of 1 MiB or more; None for smaller ones, or when the
+    system refuses another mapping (numpy's allocator then serves)."""
+    if nbytes < _MAPPED_MIN_BYTES:
+        return None
+    try:
+        return mmap.mmap(-1, nbytes, **_PRIVATE)
+    except OSError:  # e.g. the per-process limit on mappings (vm.max_map_count)
+        return None
+
+
 def _byte_view(out: np.ndarray) -> memoryview:
     if out.dtype != np.bool_ or not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError("expected a writeable C-contiguous boolean array")
@@ -228,12 +239,11 @@ def decode_stack(rles: Sequence[str | float | None], shape: Sequence[int],
             runs.append(parse(rle, plane))
         except DataError as exc:
             raise DataError(f"{labels[i]}: {exc}" if labels is not None else str(exc)) from None
-    nbytes = len(runs) * plane
-    if nbytes < _MAPPED_MIN_BYTES:
+    mapping = _mapping(len(runs) * plane)
+    if mapping is None:
         out = np.zeros((len(runs), h, w), np.bool_)
-        mapping, buf = None, _byte_view(out)
+        buf = _byte_view(out)
     else:
-        mapping = mmap.mmap(-1, nbytes, **_PRIVATE)
         out = np.frombuffer(mapping, np.bool_).reshape(len(runs), h, w)
         buf = memoryview(mapping)
     for i, (starts, ends) in enumerate(runs):
