@@ -204,18 +204,33 @@ class _Writer:
         self.pool.shutdown(wait=True)
 
 
-def _row_task(writer: SubmissionWriter, name: str, bounds: tuple | None, masks: np.ndarray | None,
-              q: np.ndarray | None, probs_dir: Path | None, keep_largest: bool, min_area: int,
-              rules: list | None = None) -> Callable[[], None]:
-    def task() -> None:
-        if probs_dir is not None:
-            probs_mod.save(probs_dir, name, q)
-        if masks is not None:
-            writer.write_masks(name, postprocess_per_class(masks, rules) if rules
-                               else postprocess(masks, keep_largest, min_area))
-        else:
-            writer.write_rles(name, format_rles(*bounds))
-    return task
+@dataclass(frozen=True)
+class _Rows:
+    """How one image's probabilities become its rows: thresholds (uint8 cuts), post-processing, and
+    where the probabilities are saved."""
+
+    cuts: np.ndarray
+    keep_largest: bool = False
+    min_area: int = 0
+    rules: list | None = None
+    probs_dir: Path | None = None
+
+    @property
+    def postprocessed(self) -> bool:
+        return self.keep_largest or self.min_area > 1 or self.rules is not None
+
+    def task(self, writer: SubmissionWriter, name: str, bounds: tuple | None, masks: np.ndarray | None,
+             q: np.ndarray | None) -> Callable[[], None]:
+        """The writer thread's job for one image: save `q`, post-process `masks` (or format `bounds`), write."""
+        def task() -> None:
+            if self.probs_dir is not None:
+                probs_mod.save(self.probs_dir, name, q)
+            if masks is not None:
+                writer.write_masks(name, postprocess_per_class(masks, self.rules) if self.rules
+                                   else postprocess(masks, self.keep_largest, self.min_area))
+            else:
+                writer.write_rles(name, format_rles(*bounds))
+        return task
 
 
 def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Sequence[str | os.PathLike],
@@ -279,10 +294,10 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     shard = samples[rank::world]
     parts_dir = Path(tempfile.mkdtemp(prefix="boneseg-predict-")) if world > 1 else None  # on each rank's node
     target = parts_dir / "part-0.csv" if parts_dir is not None else output
+    rows = _Rows(cuts, keep_largest, min_area, rules, probs_dir)
+    label = None if not progress or rank else "predict" + (f" [rank 0 of {world}]" if world > 1 else "")
     try:
-        seconds = _predict_shard(shard, predictor, policy, stages, target, force or world > 1, cuts, probs_dir,
-                                 keep_largest, min_area, rules, workers, progress and rank == 0,
-                                 f" [rank 0 of {world}]" if world > 1 else "")
+        seconds = _predict_shard(shard, predictor, policy, stages, rows, target, force or world > 1, workers, label)
         if world > 1:
             parts = gather_parts(target, rank, world)
             if rank == 0:
@@ -303,34 +318,33 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
                           str(probs_dir) if probs_dir else None, rank, world, policy.name, len(samples))
 
 
-def _predict_shard(shard: Sequence[Sample], predictor: Predictor, policy: Policy, stages: ImageStages,
-                   target: str | os.PathLike | None, force: bool, cuts: np.ndarray, probs_dir: Path | None,
-                   keep_largest: bool, min_area: int, rules, workers: int, progress: bool, label: str) -> float:
-    """Predict `shard` into the CSV `target` (streaming); returns the seconds it took."""
+def _predict_shard(shard: Sequence[Sample], predictor: Predictor, policy: Policy, stages: ImageStages, rows: _Rows,
+                   target: str | os.PathLike | None, force: bool, workers: int, label: str | None) -> float:
+    """Predict `shard` into the CSV `target`, streaming (a progress bar titled `label` unless None);
+    returns the seconds it took."""
     plan = stages.plan(predictor.plan([policy]))
     loader = make_loader(ImageDataset(shard, plan), workers, predictor.device)
-    post = keep_largest or min_area > 1 or rules is not None
     start = time.perf_counter()
     bg = _Writer()
     try:
         from boneseg.cli.output import progress as make_progress
 
-        with SubmissionWriter(target, force=force) as writer, stages, make_progress(disable=not progress) as bar:
-            task = bar.add_task("predict" + label, total=len(shard), unit="img")
+        with SubmissionWriter(target, force=force) as writer, stages, make_progress(disable=label is None) as bar:
+            task = bar.add_task(label or "predict", total=len(shard), unit="img")
             for item in loader:
                 stages.before(shard[item.index])
                 p = stages.after(predictor.predict(item, policy), item)
                 q = quantize(p)
                 del p
-                masks = binarize(q, cuts)
-                q_np = q.cpu().numpy() if probs_dir is not None else None
+                masks = binarize(q, rows.cuts)
+                q_np = q.cpu().numpy() if rows.probs_dir is not None else None
                 del q
-                if post or masks.device.type == "cpu":  # CPU: the writer thread's bounding-box RLE is faster
+                if rows.postprocessed or masks.device.type == "cpu":  # CPU: the writer thread's bounding-box RLE is faster
                     m_np, bounds = masks.cpu().numpy(), None
                 else:
                     m_np, bounds = None, run_bounds(masks)
                 del masks
-                bg.submit(_row_task(writer, item.name, bounds, m_np, q_np, probs_dir, keep_largest, min_area, rules))
+                bg.submit(rows.task(writer, item.name, bounds, m_np, q_np))
                 bar.advance(task)
             bg.drain()
     finally:
