@@ -58,6 +58,24 @@ def test_check_command(tmp_path):
     assert res.returncode == 0 and '"valid": true' in res.stdout
 
 
+def test_paths_with_brackets_are_printed_as_they_are(tmp_path):
+    """Terminal output goes through rich; a path like runs/[exp1]/sub.csv must not be read as markup."""
+    from rich.console import Console
+
+    from boneseg.cli.output import table
+
+    path = tmp_path / "[exp1]" / "sub[bold].csv"
+    path.parent.mkdir()
+    with SubmissionWriter(path) as w:
+        w.write_masks("a[0].png", np.zeros((29, 16, 16), bool))
+    res = run("check", str(path), "--size", "16")
+    assert res.returncode == 0 and f"valid: {path}" in res.stderr.replace("\n", ""), res.stderr
+    console = Console(record=True, width=200)
+    console.print(table("scores of [bold]x", ["image", "Dice"], [["a[0].png", 0.5], ["[/b]", 1.0]]))
+    text = console.export_text()
+    assert "scores of [bold]x" in text and "a[0].png" in text and "[/b]" in text and "0.5000" in text
+
+
 def test_shared_option_parsers():
     import pytest
 

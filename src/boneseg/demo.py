@@ -273,12 +273,14 @@ def _overlay(data: Path, sub_csv: Path, path: Path) -> None:
 
 def summary_table(summary: Mapping):
     """The per-class validation Dice of a summary as a rich table, worst first, with the mean."""
+    from rich.text import Text
+
     from boneseg.cli.output import table
 
     per_class = summary["per_class_dice"]
     engine = summary.get("train_val_dice_per_class") or {}
     rows = [[c, per_class[c], engine.get(c, "-")] for c in sorted(CLASSES, key=lambda c: per_class[c])]
-    rows.append(["[bold]mean[/bold]", summary["mean_dice"],
+    rows.append([Text("mean", style="bold"), summary["mean_dice"],
                  summary["train_val_dice"] if summary.get("train_val_dice") is not None else "-"])
     return table(f"Validation Dice per class, worst first ({summary['images']['val']} images, "
                  f"TTA {summary['tta']['best']})", ["class", "Dice (predict + analyze)", "Dice (engine, best epoch)"],

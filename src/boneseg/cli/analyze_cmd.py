@@ -7,7 +7,7 @@ import numpy as np
 import typer
 
 from boneseg.cli.app import app
-from boneseg.cli.output import console, print_json, progress, stage_callback, table
+from boneseg.cli.output import console, escape, print_json, progress, stage_callback, table
 
 
 @app.command("analyze")
@@ -73,7 +73,7 @@ def _print_tables(result) -> None:
             console.print(table(f"Worst images ({names[0]})", ["image", "Dice", "worst class", "its Dice"],
                                 [[w["image"], w["dice"], w["worst_class"], w["worst_class_dice"]] for w in worst]))
         for m, name in enumerate(names):
-            console.print(f"mean Dice {name}: [bold]{result.mean_dice(m):.4f}[/bold]")
+            console.print(f"mean Dice {escape(name)}: [bold]{result.mean_dice(m):.4f}[/bold]")
     else:
         area = result.pred_area.mean(axis=1)
         empty = (result.pred_area == 0).sum(axis=1)
@@ -92,4 +92,4 @@ def _print_tables(result) -> None:
         suggestion = [Path(n).name if n in result.inputs.names else n for n in result.suggested_ensemble()]
         rule = ("most accurate, then least similar within the tolerance" if result.dice is not None
                 else "least similar pair")
-        console.print(f"suggested ensemble ({rule}): [bold]{' + '.join(suggestion)}[/bold]")
+        console.print(f"suggested ensemble ({rule}): [bold]{escape(' + '.join(suggestion))}[/bold]")

@@ -7,7 +7,7 @@ import typer
 
 from boneseg.cli.app import app
 from boneseg.cli.options import parse_size
-from boneseg.cli.output import console, print_json
+from boneseg.cli.output import console, escape, print_json
 from boneseg.errors import DataError
 
 
@@ -36,5 +36,5 @@ def check_command(
             console.print(f"{submission}: {p}", markup=False)
         console.print(f"[red]invalid[/red]: {len(problems)} problem(s)")
     else:
-        console.print(f"[green]valid[/green]: {submission}")
+        console.print(f"[green]valid[/green]: {escape(str(submission))}")
     raise typer.Exit(1 if problems else 0)

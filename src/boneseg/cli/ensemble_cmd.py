@@ -69,7 +69,7 @@ def ensemble_command(
         plan = ensemble.per_class_from_scores(scores, names)
         if per_class_out is not None:
             ensemble.write_per_class(per_class_out, plan, force=force)
-            console.print(f"per-class choice written to {per_class_out}")
+            console.print(f"per-class choice written to {per_class_out}", markup=False)
     w = parse_floats(weights, "--weights")
     with progress(transient=True) as bar:
         task = bar.add_task(f"{vote.value} vote", total=None, unit="img")
@@ -82,4 +82,4 @@ def ensemble_command(
             summary = ensemble.soft_vote(inputs, output, weights=w, threshold=ensemble.read_threshold(threshold),
                                          per_class=plan, workers=workers, force=force, progress=step)
     console.print(f"{summary.vote} vote over {len(names)} inputs: {summary.images} images -> "
-                  f"{'stdout' if output == '-' else output}")
+                  f"{'stdout' if output == '-' else output}", markup=False)

@@ -1,14 +1,18 @@
-"""Shared terminal output: consoles, progress bars and tables."""
+"""Shared terminal output: consoles, progress bars and tables. User-supplied text (paths, image names)
+is printed with `escape` or as `plain` text, never as rich markup."""
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
+
+__all__ = ["console", "err_console", "escape", "out_console", "plain", "print_json", "progress", "stage_callback", "table"]
 
 console = Console(stderr=True, highlight=False)
 """Human-oriented output goes to stderr so stdout stays free for CSV/JSON."""
@@ -42,13 +46,18 @@ def progress(transient: bool = False, disable: bool | None = None) -> Progress:
     )
 
 
+def plain(value: object) -> Text:
+    """`value` as terminal text shown exactly (no rich markup: file names may hold brackets)."""
+    return value if isinstance(value, Text) else Text(f"{value:.4f}" if isinstance(value, float) else str(value))
+
+
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
-    """A rich table from plain rows (floats shown with 4 decimals)."""
-    t = Table(title=title, title_justify="left")
+    """A rich table from plain rows (floats shown with 4 decimals); pass `rich.text.Text` for styled cells."""
+    t = Table(title=plain(title), title_justify="left")
     for c in columns:
-        t.add_column(str(c), justify="right" if c not in columns[:1] else "left")
+        t.add_column(plain(c), justify="right" if c not in columns[:1] else "left")
     for row in rows:
-        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+        t.add_row(*map(plain, row))
     return t
 
 

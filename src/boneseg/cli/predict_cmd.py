@@ -72,4 +72,4 @@ def predict_command(
         ranks = f" on {summary.world} ranks" if summary.world > 1 else ""
         rate = f"{summary.images_per_s:.2f} img/s" + (" on rank 0" if summary.world > 1 else "")
         console.print(f"{summary.total or summary.images} image(s){ranks} -> {where} ({summary.policy}, {rate})" + (f"; probabilities in {summary.probs_dir}"
-                                                             if summary.probs_dir else ""))
+                                                             if summary.probs_dir else ""), markup=False)

@@ -55,8 +55,8 @@ def pseudo_command(
         return
     refill = f", polygon refill Dice mean {s['refill_dice_mean']:.4f} (min {s['refill_dice_min']:.4f})" \
         if s["written"] else ""
-    console.print(f"wrote {s['written']} pseudo-labelled image(s) to {out}{refill}")
+    console.print(f"wrote {s['written']} pseudo-labelled image(s) to {out}{refill}", markup=False)
     for item in summary.left_out[:10]:
         console.print(f"  left out {item['image']}: {item['reason']}", markup=False)
     if len(summary.left_out) > 10:
-        console.print(f"  … and {len(summary.left_out) - 10} more (see {out}/pseudo_manifest.json)")
+        console.print(f"  … and {len(summary.left_out) - 10} more (see {out}/pseudo_manifest.json)", markup=False)

@@ -42,7 +42,7 @@ def tta_command(
     """Score TTA policies on validation images with the competition Dice and name the best.
 
     Optionally writes the per-class thresholds (tuned on the best policy) for predict --threshold."""
-    from boneseg.cli.output import console, print_json, table
+    from boneseg.cli.output import console, escape, print_json, table
     from boneseg.errors import UsageError
     from boneseg.inference import evaluate_policies
     from boneseg.io import check_output, write_json
@@ -69,9 +69,9 @@ def tta_command(
     console.print(table(f"TTA policies on {report.images} image(s) ({where}), Dice at 0.5",
                         ["policy", "mean Dice", *first["group_dice"], "views", "s/img"], rows))
     for note in report.notes:
-        console.print(f"[yellow]note: {note}[/]")
+        console.print(f"[yellow]note: {escape(note)}[/]")
     console.print(f"best: [bold]{report.best}[/] (mean Dice {report.policies[report.best]['mean_dice']:.4f})")
     if report.thresholds is not None:
         console.print(f"per-class thresholds on {report.best}: mean Dice {report.tuned_mean_dice:.4f} "
                       "(tuned on these images: optimistic)"
-                      + (f" -> {thresholds_out}" if thresholds_out else ""))
+                      + (f" -> {escape(str(thresholds_out))}" if thresholds_out else ""))
