@@ -58,7 +58,7 @@ def test_check_command(tmp_path):
     assert res.returncode == 0 and '"valid": true' in res.stdout
 
 
-def test_paths_with_brackets_are_printed_as_they_are(tmp_path):
+def test_paths_with_brackets_are_printed_as_they_are(tmp_path, monkeypatch):
     """Terminal output goes through rich; a path like runs/[exp1]/sub.csv must not be read as markup."""
     from rich.console import Console
 
@@ -74,6 +74,14 @@ def test_paths_with_brackets_are_printed_as_they_are(tmp_path):
     console.print(table("scores of [bold]x", ["image", "Dice"], [["a[0].png", 0.5], ["[/b]", 1.0]]))
     text = console.export_text()
     assert "scores of [bold]x" in text and "a[0].png" in text and "[/b]" in text and "0.5000" in text
+
+    from boneseg.cli import output
+
+    recorder = Console(record=True, width=200, force_terminal=True)
+    monkeypatch.setattr(output, "console", recorder)
+    with output.progress() as bar:
+        bar.add_task("predict [rank 0 of 2]", total=1, unit="img")
+    assert "predict [rank 0 of 2]" in recorder.export_text()
 
 
 def test_shared_option_parsers():

@@ -34,7 +34,7 @@ class _RateColumn(ProgressColumn):
 def progress(transient: bool = False, disable: bool | None = None) -> Progress:
     """A rich progress bar with count, rate and ETA (on stderr)."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # e.g. "predict [rank 0 of 4]"
         BarColumn(),
         MofNCompleteColumn(),
         _RateColumn(),
