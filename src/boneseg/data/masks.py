@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,15 +194,17 @@ class MaskCache:
     def get(self, sample: Sample, size: int | None = None) -> CachedSample:
         """The sample resized to `size`² (None: original size), from the cache or built and stored."""
         entry, fp = self._entry(sample, size), _fingerprint(sample, size)
-        try:
-            with np.load(entry, allow_pickle=False) as z:
-                if str(z["fingerprint"]) == fp:
-                    masks = unpack_masks(z["boxes"], z["bits"], z["image"].shape) if z["labelled"] else None
-                    return CachedSample(z["image"], masks, str(z["side"]), tuple(z["original_shape"].tolist()))
-        except (FileNotFoundError, KeyError, ValueError, OSError, EOFError):
-            pass
+        cached = _load_entry(entry, fp, lambda z: CachedSample(
+            z["image"], unpack_masks(z["boxes"], z["bits"], z["image"].shape) if z["labelled"] else None,
+            str(z["side"]), tuple(z["original_shape"].tolist())))
+        if cached is not None:
+            return cached
         item = self._build(sample, size)
-        self._store(entry, fp, item)
+        boxes, bits = pack_masks(item.masks) if item.masks is not None else (np.zeros((0, 4), np.int32),
+                                                                             np.zeros(0, np.uint8))
+        self._store(entry, fp, np.savez, image=item.image, boxes=boxes, bits=bits,
+                    labelled=np.array(item.masks is not None), side=np.array(item.side),
+                    original_shape=np.array(item.original_shape))
         return item
 
     def _build(self, sample: Sample, size: int | None) -> CachedSample:
@@ -214,35 +217,37 @@ class MaskCache:
         entry = self._entry(sample, size)
         entry = entry.with_name(entry.name[:-len(".npz")] + f".dist{clip}.npz")
         fp = _fingerprint(sample, size) + f"|{type(self).__name__}"
-        try:
-            with np.load(entry, allow_pickle=False) as z:
-                if str(z["fingerprint"]) == fp:
-                    return z["dist"]
-        except (FileNotFoundError, KeyError, ValueError, OSError, EOFError):
-            pass
+        dist = _load_entry(entry, fp, lambda z: z["dist"])
+        if dist is not None:
+            return dist
         masks = self.get(sample, size).masks
         if masks is None:
             raise DataError(f"{sample.image}: no labels, so no distance maps")
         dist = distance_maps(masks, clip)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with atomic_open(entry, "wb", force=True) as fh:
-                np.savez_compressed(fh, fingerprint=np.array(fp), dist=dist)
-        except (OSError, DataError):
-            pass
+        self._store(entry, fp, np.savez_compressed, dist=dist)
         return dist
 
-    def _store(self, entry: Path, fp: str, item: CachedSample) -> None:
+    def _store(self, entry: Path, fp: str, save, **arrays: np.ndarray) -> None:
+        """Write `arrays` and their fingerprint to `entry` with `save` (``np.savez``/``np.savez_compressed``),
+        atomically; a read-only or full cache only costs speed."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        boxes, bits = pack_masks(item.masks) if item.masks is not None else (np.zeros((0, 4), np.int32),
-                                                                             np.zeros(0, np.uint8))
         try:
             with atomic_open(entry, "wb", force=True) as fh:
-                np.savez(fh, fingerprint=np.array(fp), image=item.image, boxes=boxes, bits=bits,
-                         labelled=np.array(item.masks is not None), side=np.array(item.side),
-                         original_shape=np.array(item.original_shape))
+                save(fh, fingerprint=np.array(fp), **arrays)
         except (OSError, DataError):
-            pass  # a read-only or full cache only costs speed
+            pass
+
+
+def _load_entry(entry: Path, fp: str, read: Callable):
+    """`read(arrays)` of the cache file `entry` when its fingerprint is `fp`; None when it is missing,
+    stale or unreadable (then the caller builds it again)."""
+    try:
+        with np.load(entry, allow_pickle=False) as z:
+            if str(z["fingerprint"]) == fp:
+                return read(z)
+    except (FileNotFoundError, KeyError, ValueError, OSError, EOFError):
+        pass
+    return None
 
 
 def build_sample(sample: Sample, size: int | None = None) -> CachedSample:
