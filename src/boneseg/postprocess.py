@@ -169,7 +169,7 @@ def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshol
     from boneseg import probs as probs_mod
     from boneseg.data.layout import discover
     from boneseg.data.masks import default_cache_dir
-    from boneseg.data.split import fold_samples, load_splits, make_splits
+    from boneseg.data.split import run_fold
     from boneseg.engine.checkpoint import resolve_checkpoint
     from boneseg.inference.encode import binarize, quantize
     from boneseg.inference.predictor import Predictor
@@ -181,12 +181,8 @@ def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshol
     predictor = Predictor.from_checkpoints([run], device=device)
     cfg = predictor.models[0].config
     samples = discover(data)
-    if cfg.get("splits"):
-        splits = load_splits(cfg["splits"], samples)
-    else:
-        splits = make_splits(samples, folds=min(int(cfg.get("folds", 5)), len({s.patient for s in samples})),
-                             seed=int(cfg.get("seed", 0)))
-    _, val = fold_samples(samples, splits, int(cfg.get("fold", 0)))
+    _, val = run_fold(samples, cfg.get("splits"), int(cfg.get("folds", 5)), int(cfg.get("seed", 0)),
+                      int(cfg.get("fold", 0)))
     if not val:
         raise UsageError(f"{run}: no validation images to fit post-processing on")
     policy = Policy.parse("none")

@@ -167,3 +167,14 @@ def fold_samples(samples: Sequence[Sample], splits: Mapping, fold: int) -> tuple
             raise DataError(f"{s.name}: not in the splits file (splits file from another dataset?)")
         (val if splits["assignments"][s.name] == fold else train).append(s)
     return train, val
+
+
+def run_fold(samples: Sequence[Sample], splits: str | os.PathLike | None, folds: int, seed: int,
+             fold: int) -> tuple[list[Sample], list[Sample]]:
+    """(train, val) samples of a training run's `fold`: from its splits file, else from `folds`
+    patient-grouped folds (at most one per patient) made with `seed`, as ``boneseg train`` makes them."""
+    if splits:
+        assignment = load_splits(splits, samples)
+    else:
+        assignment = make_splits(samples, folds=min(folds, len({s.patient for s in samples})), seed=seed)
+    return fold_samples(samples, assignment, fold)

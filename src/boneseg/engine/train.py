@@ -257,15 +257,10 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, progress: bool):
     from boneseg.data.dataset import Item, prepare_cache
     from boneseg.data.layout import discover
     from boneseg.data.masks import MaskCache, default_cache_dir
-    from boneseg.data.split import fold_samples, load_splits, make_splits
+    from boneseg.data.split import run_fold
 
     samples = discover(cfg.data, skip_bad=cfg.skip_bad)
-    if cfg.splits:
-        splits = load_splits(cfg.splits, samples)
-    else:
-        patients = len({s.patient for s in samples})
-        splits = make_splits(samples, folds=min(cfg.folds, patients), seed=cfg.seed)
-    train_s, val_s = fold_samples(samples, splits, cfg.fold)
+    train_s, val_s = run_fold(samples, cfg.splits, cfg.folds, cfg.seed, cfg.fold)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data)
     cache = MaskCache(cache_root)
     if cfg.wrist:
