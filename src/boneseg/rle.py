@@ -118,7 +118,8 @@ def _values(rle: str) -> np.ndarray:
         values = np.fromstring(rle, dtype=np.int64, sep=" ")  # cannot stop early: every token is digits
         if values.max() < 10**18:  # 19+ digit tokens saturate
             return values
-    bad = next((t for t in rle.split() if not (t.isascii() and t.isdigit()) or len(t) > 18), rle.split()[0])
+    tokens = rle.split()
+    bad = next((t for t in tokens if not (t.isascii() and t.isdigit()) or len(t) > 18), tokens[0])
     raise DataError(f"malformed RLE: {bad[:20]!r} is not a non-negative integer")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from boneseg.classes import DIGITS
 from boneseg.errors import DataError
 
 IMAGE_DIR, LABEL_DIR = "DCM", "outputs_json"
@@ -192,8 +193,7 @@ def side_from_polygons(polygons: dict[str, np.ndarray]) -> str | None:
         xs = [polygons[n][:, 0].mean() for n in names if n in polygons and len(polygons[n])]
         return float(np.mean(xs)) if xs else None
 
-    thumb = mean_x(("finger-1", "finger-2", "finger-3"))
-    little = mean_x(("finger-16", "finger-17", "finger-18", "finger-19"))
+    thumb, little = mean_x(DIGITS["thumb"]), mean_x(DIGITS["little"])
     if thumb is None or little is None or thumb == little:
         return None
     return "R" if thumb < little else "L"

@@ -18,9 +18,6 @@ DEFAULT_STD = (0.226,)
 """ImageNet's mean/std averaged over RGB: a 1-channel model built from ImageNet weights (first convolution
 summed over its input channels) sees inputs on the scale it was trained on."""
 
-CHANNELS: dict[str, int] = {"gray": 1, "rgb": 3, "clahe3": 3}
-"""Base input-channel modes -> model input channels; `boneseg.channels` adds ``+sobel``/``+laplacian``."""
-
 AUGMENTATIONS = ("none", "light", "default", "strong")
 
 

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boneseg.classes import CLASS_INDEX, NUM_CLASSES
+from boneseg.classes import CLASS_INDEX, DIGITS, NUM_CLASSES
 from boneseg.errors import UsageError
 from boneseg.inference.sliding import alloc, check_window, sliding_window
 from boneseg.inference.tta import Policy, hflip, snap, unflip
 
-_THUMB = [CLASS_INDEX[f"finger-{i}"] for i in (1, 2, 3)]
-_LITTLE = [CLASS_INDEX[f"finger-{i}"] for i in (16, 17, 18, 19)]
+_THUMB = [CLASS_INDEX[c] for c in DIGITS["thumb"]]
+_LITTLE = [CLASS_INDEX[c] for c in DIGITS["little"]]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
