@@ -22,7 +22,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import struct
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +42,7 @@ from boneseg.io import write_json
 from boneseg.metrics import dice
 from boneseg.submission import read_submission
 
-__all__ = ["MANIFEST", "PseudoSummary", "trace_polygon", "label_document", "image_shape", "open_source",
+__all__ = ["MANIFEST", "PseudoSummary", "trace_polygon", "label_document", "open_source",
            "make_pseudo"]
 
 MANIFEST = "pseudo_manifest.json"
@@ -83,20 +82,6 @@ def label_document(polygons: Mapping[str, np.ndarray], image_name: str, shape: t
     ]
     return {"annotations": annotations, "filename": image_name,
             "metadata": {"height": int(shape[0]), "width": int(shape[1]), "source": "boneseg pseudo"}}
-
-
-def image_shape(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) of an image, from the PNG header when possible (no decoding)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(24)
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", head[16:24])
-        return int(height), int(width)
-    return read_image(path).shape[:2]
 
 
 # -- sources --------------------------------------------------------------------------------------
@@ -191,7 +176,7 @@ def _pseudo_worker(task: tuple[str, str]) -> dict:
     source, others, stage, min_conf, min_agree, copy = (
         _STATE[k] for k in ("source", "others", "stage", "min_confidence", "min_agreement", "copy"))
     image_name = Path(name).name
-    shape = image_shape(image_path)
+    shape = read_image(image_path).shape  # decoded: a corrupt image is refused, never linked into the set
     masks, conf = source.masks(image_name, shape)
     empty = [c for c, m in zip(CLASSES, masks) if not m.any()]
     if empty:
@@ -292,8 +277,8 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
         progress: called as ``progress(done, total)`` after each image.
 
     Raises:
-        DataError: unreadable sources, predictions for images that DATA lacks, malformed RLE (naming
-            file, image and class). UsageError: impossible options. OutputExistsError: `out` exists.
+        DataError: unreadable sources, an unreadable image (each is decoded before it is linked),
+            predictions for images that DATA lacks, malformed RLE (naming file, image and class). UsageError: impossible options. OutputExistsError: `out` exists.
     """
     out = Path(out)
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:

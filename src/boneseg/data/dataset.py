@@ -154,7 +154,7 @@ class EpochBatchSampler(Sampler):
 
 def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, progress: bool = True,
                   description: str = "caching masks", skip_bad: bool = False) -> list[tuple[Item, str]]:
-    """Build every missing cache entry once (threads; OpenCV and zlib release the GIL).
+    """Build every missing or stale cache entry once (threads; OpenCV and zlib release the GIL).
 
     Every item is checked before training starts. A bad one (unreadable image, broken label) raises a
     `DataError` naming it and counting the others, unless `skip_bad`: then the bad items and their
@@ -165,7 +165,7 @@ def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, pro
 
     def build(it: Item) -> str | None:
         try:
-            it.cache._entry(it.sample, size).exists() or it.cache.get(it.sample, size)
+            it.cache.fresh(it.sample, size) or it.cache.get(it.sample, size)
         except DataError as exc:
             return str(exc)
         return None

@@ -112,16 +112,31 @@ def find_images(path: str | os.PathLike) -> list[Sample]:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An 8-bit grayscale image (H, W); unreadable or truncated files raise `DataError`."""
+    """An 8-bit grayscale image (H, W): the one reader of every image boneseg uses.
+
+    8-bit images are returned as stored; colour (RGB/RGBA) is converted to gray; 16-bit images are
+    stretched from their own minimum..maximum to 0..255 (12-bit X-rays stored in 16 bits keep their
+    contrast, see docs/data.md). Missing, unreadable or truncated files raise `DataError` naming the file.
+    """
     import cv2
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
     data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise DataError(f"{path}: unreadable or corrupt image")
+    if image.ndim == 3:
+        channels = image.shape[2]
+        image = image[:, :, 0] if channels == 1 else cv2.cvtColor(
+            image, cv2.COLOR_BGRA2GRAY if channels == 4 else cv2.COLOR_BGR2GRAY)
+    if image.dtype == np.uint16:
+        lo, hi = int(image.min()), int(image.max())
+        scaled = (image.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1))
+        image = np.rint(scaled).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise DataError(f"{path}: unsupported pixel type {image.dtype} (8- or 16-bit images only)")
     return image
 
 

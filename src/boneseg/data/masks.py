@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from boneseg.data.layout import Sample, read_image, side_from_polygons
 from boneseg.errors import DataError, suggest
 from boneseg.io import atomic_open
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 DIST_CLIP = 16
 """Default clip (pixels at the cached size) of the signed distance maps."""
 DIST_ZERO = 128
@@ -48,7 +50,8 @@ def load_label(path: str | os.PathLike, shape: tuple[int, int] | None = None, st
 
     Raises `DataError` (naming the file) for malformed JSON, a missing ``annotations`` list, unknown class
     names, duplicate classes, polygons with fewer than 3 points, non-numeric points, and (given `shape` =
-    (H, W)) points outside the image. Missing classes are not errors: they are listed in ``problems``
+    (H, W)) points outside the image or a size in the file (``metadata``, see `_SIZE_KEYS`) other than
+    `shape`. Missing classes are not errors: they are listed in ``problems``
     and give empty masks. With ``strict=False`` the fatal problems are collected in ``problems`` too and the
     offending polygons dropped.
     """
@@ -64,6 +67,9 @@ def load_label(path: str | os.PathLike, shape: tuple[int, int] | None = None, st
         raise DataError(f"{path}: no 'annotations' list")
     polygons: dict[str, np.ndarray] = {}
     fatal: list[str] = []
+    declared = _declared_size(doc)
+    if shape is not None and declared is not None and declared != tuple(shape):
+        fatal.append(f"label is for a {declared[1]}x{declared[0]} image but the image is {shape[1]}x{shape[0]}")
     for i, ann in enumerate(anns):
         if not isinstance(ann, dict):
             fatal.append(f"annotation {i} is not an object")
@@ -88,7 +94,7 @@ def load_label(path: str | os.PathLike, shape: tuple[int, int] | None = None, st
             continue
         if shape is not None:
             h, w = shape
-            if (pts[:, 0] < 0).any() or (pts[:, 1] < 0).any() or (pts[:, 0] > w).any() or (pts[:, 1] > h).any():
+            if (pts < 0).any() or (pts[:, 0] >= w).any() or (pts[:, 1] >= h).any():
                 fatal.append(f"class {name!r}: points outside the {w}x{h} image")
                 continue
         polygons[name] = np.round(pts).astype(np.int32)
@@ -96,6 +102,24 @@ def load_label(path: str | os.PathLike, shape: tuple[int, int] | None = None, st
         raise DataError(f"{path}: {fatal[0]}" + (f" (and {len(fatal) - 1} more problem(s))" if len(fatal) > 1 else ""))
     problems = fatal + [f"missing class {c!r}" for c in CLASSES if c not in polygons]
     return Label(path, polygons, problems)
+
+
+_SIZE_KEYS = (("metadata", "height", "width"), (None, "imageHeight", "imageWidth"), (None, "height", "width"),
+              ("image", "height", "width"))
+"""Where label files state their image's size: ``metadata`` (competition, synth, pseudo), LabelMe's
+``imageHeight``/``imageWidth``, top-level or ``image`` ``height``/``width``."""
+
+
+def _declared_size(doc: dict) -> tuple[int, int] | None:
+    """The (H, W) a label document says its image has, None when it does not say."""
+    for parent, hk, wk in _SIZE_KEYS:
+        where = doc.get(parent) if parent else doc
+        if not isinstance(where, dict):
+            continue
+        h, w = where.get(hk), where.get(wk)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+            return int(h), int(w)
+    return None
 
 
 def rasterize(polygons: dict[str, np.ndarray], shape: tuple[int, int],
@@ -211,6 +235,12 @@ class MaskCache:
         """Build an entry (subclasses such as `boneseg.wrist.WristCache` change what is stored)."""
         return build_sample(sample, size)
 
+    def fresh(self, sample: Sample, size: int | None = None) -> bool:
+        """True when the entry of `sample` at `size` exists and matches the current image and label files
+        (reads only its fingerprint)."""
+        fp = _fingerprint(sample, size)
+        return bool(_load_entry(self._entry(sample, size), fp, lambda z: True))
+
     def distance(self, sample: Sample, size: int | None = None, clip: int = DIST_CLIP) -> np.ndarray:
         """The signed, clipped distance maps of the sample's masks at `size` (see `distance_maps`),
         computed once and stored next to the mask entry."""
@@ -245,8 +275,8 @@ def _load_entry(entry: Path, fp: str, read: Callable):
         with np.load(entry, allow_pickle=False) as z:
             if str(z["fingerprint"]) == fp:
                 return read(z)
-    except (FileNotFoundError, KeyError, ValueError, OSError, EOFError):
-        pass
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error):
+        pass  # missing, truncated or corrupt: rebuilt by the caller
     return None
 
 
