@@ -22,7 +22,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import struct
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +34,7 @@ import numpy as np
 
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, NUM_CLASSES
-from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, find_images, read_image
+from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, find_images, image_shape
 from boneseg.data.masks import rasterize
 from boneseg.ensemble import _STATE, parallel_map
 from boneseg.errors import DataError, OutputExistsError, UsageError
@@ -83,20 +82,6 @@ def label_document(polygons: Mapping[str, np.ndarray], image_name: str, shape: t
     ]
     return {"annotations": annotations, "filename": image_name,
             "metadata": {"height": int(shape[0]), "width": int(shape[1]), "source": "boneseg pseudo"}}
-
-
-def image_shape(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) of an image, from the PNG header when possible (no decoding)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(24)
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", head[16:24])
-        return int(height), int(width)
-    return read_image(path).shape[:2]
 
 
 # -- sources --------------------------------------------------------------------------------------
