@@ -141,3 +141,15 @@ def test_weighted_hard_vote_does_what_the_docs_say(tmp_path, capsys):
 def test_analyze_docs_repeat_scores_per_input():
     doc = (DOCS / "analyze.md").read_text()
     assert "--scores a.json --scores b.json" in doc and "--scores a.json b.json" not in doc
+
+
+def test_sharded_predict_merge_keeps_quoted_rows_whole(tmp_path):
+    from boneseg.inference.run import merge_parts
+
+    names = ["line\nbreak.png", "b.png", "c,d.png"]  # rank 0 holds images 0 and 2, rank 1 image 1
+    rles = {n: [f"{i + 1} 1"] + [""] * 28 for i, n in enumerate(names)}
+    parts = [write_csv(tmp_path / "part-0.csv", {n: rles[n] for n in names[0::2]}),
+             write_csv(tmp_path / "part-1.csv", {n: rles[n] for n in names[1::2]})]
+    merge_parts(parts, len(names), tmp_path / "merged.csv", force=False)
+    expected = write_csv(tmp_path / "expected.csv", rles)
+    assert (tmp_path / "merged.csv").read_bytes() == expected.read_bytes()
