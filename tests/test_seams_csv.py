@@ -153,3 +153,11 @@ def test_sharded_predict_merge_keeps_quoted_rows_whole(tmp_path):
     merge_parts(parts, len(names), tmp_path / "merged.csv", force=False)
     expected = write_csv(tmp_path / "expected.csv", rles)
     assert (tmp_path / "merged.csv").read_bytes() == expected.read_bytes()
+
+
+def test_check_names_the_line_a_quoted_multiline_row_starts_on(tmp_path, capsys):
+    sub = write_csv(tmp_path / "sub.csv", {"b.png": [""] * 29, "x\ny.png": ["5 1 1 1"] + [""] * 28})
+    code, out, _ = cli(capsys, "check", sub, "--json")
+    assert code == 1
+    assert json.loads(out)["problems"] == [f"row 31: x\ny.png, {CLASSES[0]}: malformed RLE: run 2 (start 1) is "
+                                           "out of order or overlaps the previous run"]

@@ -96,7 +96,8 @@ class Submission:
 
 
 def csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of each data row of a submission CSV (``-``: standard input); checks the header.
+    """(first line number, fields) of each data row of a submission CSV (``-``: standard input); checks the
+    header.
 
     Raises `DataError` naming the file for a missing or unreadable file or a wrong header.
     """
@@ -117,8 +118,10 @@ def csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
             header = [h.strip().lstrip("\ufeff") for h in header]
             if tuple(header) != HEADER:
                 raise DataError(f"{path}: wrong header {','.join(header)!r} (expected {','.join(HEADER)})")
-            for row in reader:
-                yield reader.line_num, row
+            start = reader.line_num + 1
+            for row in reader:  # a quoted field may span lines: name the row by its first
+                yield start, row
+                start = reader.line_num + 1
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not a readable CSV ({exc})") from None
 
