@@ -1,9 +1,15 @@
-"""Submission CSVs: streaming writer, keyed reader and validator (``image_name,class,rle``)."""
+"""Submission CSVs: streaming writer, keyed reader and validator (``image_name,class,rle``).
+
+Every CSV boneseg writes goes through `format_row` and every CSV it reads through `csv_rows`: fields are
+quoted per RFC 4180 only when they hold a comma, quote or line break (so ordinary files carry no quotes),
+any image name round-trips, and a field may have any length (a noisy 2048² mask's RLE runs to megabytes).
+"""
 from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -16,6 +22,21 @@ from boneseg.errors import BonesegError, DataError
 from boneseg.io import atomic_open
 
 HEADER = ("image_name", "class", "rle")
+_SPECIAL = (",", '"', "\n", "\r")
+
+# Python's csv refuses fields over 131,072 characters by default; the limit is process-wide.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def _quote(field: str) -> str:
+    if any(c in field for c in _SPECIAL):
+        return '"' + field.replace('"', '""') + '"'
+    return field
+
+
+def format_row(*fields: str) -> str:
+    """One CSV line (with its newline); a field is quoted only when it holds a comma, quote or line break."""
+    return ",".join(map(_quote, fields)) + "\n"
 
 
 class SubmissionWriter:
@@ -32,7 +53,7 @@ class SubmissionWriter:
 
     def __enter__(self) -> "SubmissionWriter":
         self._fh = self._ctx.__enter__()
-        self._fh.write(",".join(HEADER) + "\n")
+        self._fh.write(format_row(*HEADER))
         return self
 
     def __exit__(self, *exc) -> bool | None:
@@ -42,7 +63,7 @@ class SubmissionWriter:
         """One image's 29 RLE strings, in class order."""
         if len(rles) != len(CLASSES):
             raise ValueError(f"{image_name}: expected {len(CLASSES)} RLEs, got {len(rles)}")
-        self._fh.write("".join(f"{image_name},{c},{r}\n" for c, r in zip(CLASSES, rles)))
+        self._fh.write("".join(format_row(image_name, c, r) for c, r in zip(CLASSES, rles)))
         self.images += 1
 
     def write_masks(self, image_name: str, masks: np.ndarray) -> None:
@@ -74,10 +95,16 @@ class Submission:
         return rle_mod.decode_stack(self.image_rles(image), shape, labels)
 
 
-def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of each data row; checks the header."""
+def csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, fields) of each data row of a submission CSV (``-``: standard input); checks the
+    header.
+
+    Raises `DataError` naming the file for a missing or unreadable file or a wrong header.
+    """
+    path = Path(path)
     try:
-        fh = open(path, newline="", encoding="utf-8")
+        source = sys.stdin.fileno() if str(path) == "-" else path
+        fh = open(source, newline="", encoding="utf-8", closefd=source is path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as exc:
@@ -91,8 +118,10 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
             header = [h.strip().lstrip("\ufeff") for h in header]
             if tuple(header) != HEADER:
                 raise DataError(f"{path}: wrong header {','.join(header)!r} (expected {','.join(HEADER)})")
-            for row in reader:
-                yield reader.line_num, row
+            start = reader.line_num + 1
+            for row in reader:  # a quoted field may span lines: name the row by its first
+                yield start, row
+                start = reader.line_num + 1
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not a readable CSV ({exc})") from None
 
@@ -107,7 +136,7 @@ def read_submission(path: str | os.PathLike) -> Submission:
     path = Path(path)
     sub = Submission(path)
     seen_images: dict[str, int] = {}
-    for line, row in _rows(path):
+    for line, row in csv_rows(path):
         if len(row) != 3:
             if not row:
                 continue
@@ -132,20 +161,23 @@ def read_submission(path: str | os.PathLike) -> Submission:
 
 
 def validate_submission(path: str | os.PathLike, shape: Sequence[int] = (2048, 2048),
-                        images: Iterable[str] | None = None, limit: int = 1000) -> list[str]:
+                        images: Iterable[str] | Mapping[str, Sequence[int]] | None = None,
+                        limit: int = 1000) -> list[str]:
     """Every problem found in a submission (empty list: valid), each naming its row.
 
     Checks the header, field counts, class names, duplicates, that each image has all 29 classes, that
-    each RLE is integral, sorted, non-overlapping and inside an image of `shape`, and (given `images`,
-    base names) that exactly those images are present.
+    each RLE is integral, sorted, non-overlapping and inside its image, and (given `images`, base names)
+    that exactly those images are present. An image's size is its own where `images` maps base names to
+    (height, width), else `shape`.
     """
     path = Path(path)
     size = int(shape[0]) * int(shape[1])
+    sizes = {n: int(h) * int(w) for n, (h, w) in images.items()} if isinstance(images, Mapping) else {}
     problems: list[str] = []
     seen: dict[tuple[str, str], int] = {}
     per_image: dict[str, set[str]] = {}
     try:
-        for line, row in _rows(path):
+        for line, row in csv_rows(path):
             if len(problems) >= limit:
                 break
             if len(row) != 3:
@@ -163,7 +195,7 @@ def validate_submission(path: str | os.PathLike, shape: Sequence[int] = (2048, 2
                 seen[(image, cls)] = line
                 per_image.setdefault(image, set()).add(cls)
             try:
-                rle_mod.parse(text, size)
+                rle_mod.parse(text, sizes.get(image, size))
             except DataError as exc:
                 problems.append(f"row {line}: {image}, {cls}: {exc}")
     except BonesegError as exc:

@@ -13,22 +13,26 @@ from boneseg.errors import DataError
 
 @app.command("check")
 def check_command(
-    submission: Path = typer.Argument(..., help="Submission CSV to validate.", show_default=False),
+    submission: Path = typer.Argument(..., help="Submission CSV to validate (`-`: standard input).",
+                                      show_default=False),
     images: Path = typer.Option(None, "--images", help="Image folder (or dataset root: its test/DCM) the "
                                 "submission must cover exactly.", show_default=False),
-    size: str = typer.Option("2048", "--size", help="Image size the RLE must fit: N or HxW."),
+    size: str = typer.Option("2048", "--size", help="Image size the RLE must fit, N or HxW (with --images: "
+                             "each image's own size instead)."),
     json_out: bool = typer.Option(False, "--json", help="Print {valid, images, problems} as JSON on stdout."),
 ) -> None:
     """Validate a submission: header, 29 known classes per image once each, well-formed RLE inside the
     image, and (with --images) exactly that folder's images. Exit 0 when valid, 1 listing every problem."""
-    from boneseg.data.layout import find_images
+    from boneseg.data.layout import find_images, image_shape
     from boneseg.submission import validate_submission
 
-    if not submission.is_file():
+    if str(submission) != "-" and not submission.exists():
         raise DataError(f"{submission}: file not found")
+    if submission.is_dir():
+        raise DataError(f"{submission}: is a folder, not a submission CSV")
     shape = parse_size(size)
-    names = [s.image_name for s in find_images(images)] if images is not None else None
-    problems = validate_submission(submission, shape, names)
+    sizes = {s.image_name: image_shape(s.image) for s in find_images(images)} if images is not None else None
+    problems = validate_submission(submission, shape, sizes)
     if json_out:
         print_json({"file": str(submission), "valid": not problems, "problems": problems})
     elif problems:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +139,20 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     elif image.dtype != np.uint8:
         raise DataError(f"{path}: unsupported pixel type {image.dtype} (8- or 16-bit images only)")
     return image
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image, from the PNG header when possible (no decoding)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return int(height), int(width)
+    return read_image(path).shape[:2]
 
 
 def patient_number(patient: str) -> int | None:

@@ -30,7 +30,7 @@ from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
 from boneseg.io import atomic_open, check_output, is_stdout
 from boneseg.postprocess import find_rules, postprocess, postprocess_per_class, rules_list
-from boneseg.submission import HEADER, SubmissionWriter
+from boneseg.submission import HEADER, SubmissionWriter, csv_rows, format_row
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -143,23 +143,19 @@ def _barrier() -> None:
 def merge_parts(parts: Sequence[Path], n_images: int, output: str | os.PathLike | None, force: bool) -> None:
     """Interleave per-rank CSVs (rank r holds images r, r+world, …) back into image order, streaming."""
     world = len(parts)
-    handles = [open(p, encoding="utf-8", newline="") for p in parts]
+    readers = [csv_rows(p) for p in parts]
     try:
-        for h, p in zip(handles, parts):
-            if h.readline().rstrip("\r\n") != ",".join(HEADER):
-                raise DataError(f"{p}: part file without the submission header")
         with atomic_open(output, "w", force=force) as out:
-            out.write(",".join(HEADER) + "\n")
+            out.write(format_row(*HEADER))
             for i in range(n_images):
-                fh = handles[i % world]
                 for _ in range(NUM_CLASSES):
-                    line = fh.readline()
-                    if not line:
+                    row = next(readers[i % world], None)
+                    if row is None:
                         raise DataError(f"{parts[i % world]}: ends early (image {i})")
-                    out.write(line)
+                    out.write(format_row(*row[1]))
     finally:
-        for h in handles:
-            h.close()
+        for r in readers:
+            r.close()
 
 
 # -- predict --------------------------------------------------------------------------------------
