@@ -34,7 +34,7 @@ import numpy as np
 
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, NUM_CLASSES
-from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, find_images, image_shape
+from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, find_images, read_image
 from boneseg.data.masks import rasterize
 from boneseg.ensemble import _STATE, parallel_map
 from boneseg.errors import DataError, OutputExistsError, UsageError
