@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_masks, print_table, real_mask_files  # noqa: E402
 
 from boneseg import CLASSES, rle  # noqa: E402
-from boneseg.analysis import analyze  # noqa: E402
+from boneseg.workflows.analysis import analyze  # noqa: E402
 from boneseg.submission import SubmissionWriter  # noqa: E402
 
 

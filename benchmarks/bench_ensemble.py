@@ -16,7 +16,7 @@ import numpy as np
 
 from boneseg import rle
 from boneseg.classes import CLASSES
-from boneseg.ensemble import hard_vote
+from boneseg.workflows.ensemble import hard_vote
 from common import REAL_MASKS, cpu_info, notebook_decode, notebook_encode, print_table, real_mask_files
 
 N_INPUTS, N_IMAGES, SUBSET = 5, 288, 12

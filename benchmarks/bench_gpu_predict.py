@@ -32,7 +32,7 @@ def main(images: int = 24, workers: int = 4, batch_size: int = 4) -> list[dict]:
     from boneseg.data.synth import render_hand
     from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.inference import predict
-    from boneseg.models import build_model
+    from boneseg.modelling.models import build_model
 
     torch.backends.cudnn.benchmark = True
     rows = []

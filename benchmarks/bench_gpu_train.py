@@ -22,8 +22,8 @@ ARCH, ENCODER = "unetplusplus", "efficientnet-b4"
 def _setup(size: int, batch: int, amp: bool, channels_last: bool):
     import torch
 
-    from boneseg.losses import build_loss
-    from boneseg.models import build_model
+    from boneseg.modelling.losses import build_loss
+    from boneseg.modelling.models import build_model
 
     model = build_model({"arch": ARCH, "encoder": ENCODER, "encoder_weights": "none"}).cuda()
     if channels_last:

@@ -38,7 +38,7 @@ def _setup(folder: Path, n: int) -> Path:
 
     from boneseg.data.synth import render_hand
     from boneseg.engine.checkpoint import save_checkpoint
-    from boneseg.models import build_model
+    from boneseg.modelling.models import build_model
 
     rng = np.random.default_rng(0)
     images = folder / "images"

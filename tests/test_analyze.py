@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from boneseg import CLASSES, metrics, rle
-from boneseg.analysis import analyze, intersections, run_dice, runs_table, suggest_ensemble
+from boneseg.workflows.analysis import analyze, intersections, run_dice, runs_table, suggest_ensemble
 from boneseg.cli import main
 from boneseg.data.layout import discover
 from boneseg.data.masks import MaskCache, default_cache_dir

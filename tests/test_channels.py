@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from boneseg.channels import make_channels, n_channels, parse_mode
+from boneseg.data.channels import make_channels, n_channels, parse_mode
 from boneseg.data.transforms import normalize, to_input
 from boneseg.errors import UsageError
 

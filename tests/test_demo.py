@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from boneseg.classes import CLASSES
 from boneseg.cli.app import app
-from boneseg.demo import OVERLAY, STEPS, run_demo, settings_for
+from boneseg.workflows.demo import OVERLAY, STEPS, run_demo, settings_for
 from boneseg.errors import OutputExistsError, UsageError
 from boneseg.submission import read_submission, validate_submission
 

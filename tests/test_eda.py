@@ -12,7 +12,7 @@ from boneseg.classes import PALETTE
 from boneseg.cli import main
 from boneseg.data.layout import discover
 from boneseg.data.masks import MaskCache, default_cache_dir
-from boneseg.eda import overlap_matrix, png_size, run_eda, self_intersections, write_eda
+from boneseg.workflows.eda import overlap_matrix, png_size, run_eda, self_intersections, write_eda
 from boneseg.errors import OutputExistsError
 from boneseg.plots import GT_COLOUR, PRED_COLOUR, overlay, overlay_compare, save_png
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from boneseg.models import build_model
+from boneseg.modelling.models import build_model
 
 FAMILIES = [
     # (family, arch, encoder, input side, extra config)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from boneseg import probs, rle
 from boneseg.classes import CLASSES
 from boneseg.cli import app
-from boneseg.ensemble import (hard_vote, per_class_from_scores, read_per_class, soft_vote, vote_runs)
+from boneseg.workflows.ensemble import (hard_vote, per_class_from_scores, read_per_class, soft_vote, vote_runs)
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.submission import SubmissionWriter, read_submission
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from boneseg.classes import NUM_CLASSES
-from boneseg.heads import AuxModel, META_DIM, aux_loss, meta_table, meta_vector, outer_band, side_target
-from boneseg.models import build_model
+from boneseg.modelling.heads import AuxModel, META_DIM, aux_loss, meta_table, meta_vector, outer_band, side_target
+from boneseg.modelling.models import build_model
 
 from util import tiny_config
 
@@ -115,7 +115,7 @@ def test_meta_and_boundary_train_save_and_predict(synth_data, tmp_path):
 
     # tta feeds the same metadata: its scores are the Dice of predict's CSV, with and without it
     from boneseg.data.layout import discover
-    from boneseg.inference import evaluate_policies
+    from boneseg.workflows.validation import evaluate_policies
     from test_tta import csv_dice
 
     val = discover(synth_data, "train")[:3]
@@ -176,7 +176,7 @@ def test_distance_maps_are_cached_and_follow_augmentation(synth_data, tmp_path):
 
 def test_dtbce_weighs_far_mistakes_more():
     from boneseg.data.masks import distance_maps
-    from boneseg.losses import build_loss, parse_loss
+    from boneseg.modelling.losses import build_loss, parse_loss
 
     assert parse_loss("bce+dice+0.5*dtbce")[-1] == (0.5, "dtbce")
     target = torch.zeros(1, 1, 40, 40)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from boneseg.errors import UsageError
-from boneseg.losses import LOSSES, build_loss, parse_loss
+from boneseg.modelling.losses import LOSSES, build_loss, parse_loss
 
 
 

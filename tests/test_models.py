@@ -8,7 +8,7 @@ import torch
 from boneseg.data.transforms import normalize, to_input
 from boneseg.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
 from boneseg.errors import CheckpointError, UsageError
-from boneseg.models import ALIASES, ARCHITECTURES, build_model, resolve_arch, resolve_encoder
+from boneseg.modelling.models import ALIASES, ARCHITECTURES, build_model, resolve_arch, resolve_encoder
 
 ENCODER = {"dpt": "tu-vit_tiny_patch16_224"}   # DPT needs a ViT encoder
 SIZE = {"pan": 128}                            # PAN's pyramid pooling needs >= 128 px

@@ -9,7 +9,8 @@ import pytest
 
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.errors import DataError
-from boneseg.postprocess import RULES_FILE, choose_rules, postprocess_per_class, rules_list
+from boneseg.postprocess import RULES_FILE, postprocess_per_class, rules_list
+from boneseg.workflows.validation import choose_rules
 
 from util import tiny_config
 

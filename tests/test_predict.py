@@ -27,7 +27,7 @@ runner = CliRunner()
 def make_checkpoint(path: Path, seed: int = 0, **extra) -> Path:
     """A freshly built tiny model saved as a boneseg checkpoint (config as training writes it)."""
     from boneseg.engine.checkpoint import save_checkpoint
-    from boneseg.models import build_model
+    from boneseg.modelling.models import build_model
 
     config = {"arch": "unet", "encoder": "resnet18", "size": 64, "in_channels": 1, "channels": "gray",
               "unify_side": None, **extra}
@@ -139,7 +139,7 @@ def test_saved_probs_give_back_the_same_csv(synth_data, ckpt, tmp_path, per_clas
     assert q.dtype == np.uint8 and q.shape == (29, 256, 256)
     _csv_from_probs(pdir, tmp_path / "back.csv", threshold)
     assert (tmp_path / "back.csv").read_bytes() == out.read_bytes()
-    from boneseg.ensemble import soft_vote  # the ensemble command's soft vote agrees too
+    from boneseg.workflows.ensemble import soft_vote  # the ensemble command's soft vote agrees too
 
     soft_vote([pdir], tmp_path / "soft.csv", threshold=threshold, workers=0)
     assert (tmp_path / "soft.csv").read_bytes() == out.read_bytes()

@@ -18,7 +18,7 @@ from boneseg.data.masks import build_sample, load_label, rasterize
 from boneseg.data.synth import render_hand
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.metrics import dice
-from boneseg.pseudo import MANIFEST, make_pseudo, trace_polygon
+from boneseg.workflows.pseudo import MANIFEST, make_pseudo, trace_polygon
 from boneseg.submission import SubmissionWriter
 
 SIZE = 256

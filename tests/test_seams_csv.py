@@ -59,7 +59,7 @@ def test_rle_of_any_length_is_read_by_check_analyze_and_ensemble(tmp_path, capsy
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A freshly built tiny model saved as a boneseg checkpoint."""
     from boneseg.engine.checkpoint import save_checkpoint
-    from boneseg.models import build_model
+    from boneseg.modelling.models import build_model
 
     config = {"arch": "unet", "encoder": "resnet18", "size": 64, "in_channels": 1, "channels": "gray",
               "unify_side": None}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from boneseg.errors import UsageError
-from boneseg.tracking import check_logger, make_tracker, overlays
+from boneseg.engine.tracking import check_logger, make_tracker, overlays
 
 from util import tiny_config
 

@@ -14,7 +14,8 @@ from boneseg.data.layout import discover
 from boneseg.data.masks import build_sample
 from boneseg.data.split import fold_samples, make_splits
 from boneseg.errors import OutputExistsError, UsageError
-from boneseg.inference import Policy, Predictor, dice_curves, evaluate_policies, predict, search_thresholds
+from boneseg.inference import Policy, Predictor, predict
+from boneseg.workflows.validation import dice_curves, evaluate_policies, search_thresholds
 from boneseg.io import write_json
 from boneseg.metrics import dice, mean_dice, per_class
 from boneseg.submission import read_submission

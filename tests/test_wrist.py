@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from boneseg.classes import CARPALS, CLASSES, NUM_CLASSES
-from boneseg.wrist import CARPAL_IDX, WristCache, box_from_masks, box_from_polygons, square_box
+from boneseg.data.wrist import CARPAL_IDX, WristCache, box_from_masks, box_from_polygons, square_box
 
 from util import tiny_config
 
@@ -52,7 +52,7 @@ def test_wrist_cache_serves_carpal_crops(synth_data, tmp_path):
 def test_refine_replaces_carpals_inside_the_box_only(synth_data, tmp_path):
     from boneseg.engine.train import train
     from boneseg.inference.predictor import load_models
-    from boneseg.wrist import WristStage
+    from boneseg.inference.wrist import WristStage
 
     run = tmp_path / "wrist"
     train(tiny(synth_data, run, wrist=True, max_steps=1), progress=False)
@@ -113,7 +113,7 @@ def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
 
     # tta runs the same second stage: its scores are the Dice of predict's CSV
     from boneseg.data.layout import discover
-    from boneseg.inference import evaluate_policies
+    from boneseg.workflows.validation import evaluate_policies
     from test_tta import csv_dice
 
     val = discover(synth_data, "train")[:3]

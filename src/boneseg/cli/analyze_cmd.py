@@ -30,7 +30,7 @@ def analyze_command(
 ) -> None:
     """Per-class and per-image Dice against the labels (--gt), model-vs-model Dice for several CSVs, area
     statistics, the worst cases and an ensemble suggestion. Tables on stderr; --json on stdout."""
-    from boneseg.analysis import analyze, write_plots
+    from boneseg.workflows.analysis import analyze, write_plots
 
     with progress(transient=True, disable=not console.is_terminal) as bar:
         result = analyze(preds, gt, fold=fold, splits=splits, size=size, worst=worst, tolerance=tolerance,

@@ -22,7 +22,7 @@ def demo_command(
     """synth -> split -> train -> TTA -> predict -> analyze on a synthetic hand set sized for a CPU (about ten
     minutes on two cores); ends with the per-class validation Dice and writes OUT/summary.json."""
     from boneseg.cli.output import console, print_json
-    from boneseg.demo import format_seconds, run_demo, summary_table
+    from boneseg.workflows.demo import format_seconds, run_demo, summary_table
 
     summary = run_demo(out, seed=seed, quick=quick, force=force, progress=True,
                        overrides={"threads": threads} if threads else None)

@@ -20,7 +20,7 @@ def eda_command(
 ) -> None:
     """Counts, image sizes and intensities, class areas, overlapping class pairs, metadata and label problems
     (missing classes, tiny or self-intersecting polygons, points outside the image)."""
-    from boneseg.eda import run_eda, write_eda
+    from boneseg.workflows.eda import run_eda, write_eda
 
     with progress(transient=True, disable=not console.is_terminal) as bar:
         report = run_eda(data, show=samples, progress=stage_callback(bar))

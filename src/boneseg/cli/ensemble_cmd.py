@@ -44,7 +44,7 @@ def ensemble_command(
 ) -> None:
     """Ensemble predictions: [bold]hard[/bold] votes over submission CSVs (rows matched by image and class,
     any order, never decoding a mask) or [bold]soft[/bold] weighted means of probability folders."""
-    from boneseg import ensemble
+    from boneseg.workflows import ensemble
     from boneseg.cli.options import parse_size
     from boneseg.errors import UsageError
 

@@ -38,8 +38,8 @@ def pseudo_command(
     as `boneseg train DATA --pseudo OUT`. Images with a missing class, (with probabilities) a class
     below --min-confidence, or a class whose masks disagree with --agree-with predictions (below
     --min-agreement) are left out and listed in OUT/pseudo_manifest.json."""
-    from boneseg.ensemble import read_threshold
-    from boneseg.pseudo import make_pseudo
+    from boneseg.workflows.ensemble import read_threshold
+    from boneseg.workflows.pseudo import make_pseudo
 
     thr = read_threshold(threshold)
     with progress(transient=True) as bar:

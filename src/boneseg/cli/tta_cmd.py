@@ -44,7 +44,7 @@ def tta_command(
     Optionally writes the per-class thresholds (tuned on the best policy) for predict --threshold."""
     from boneseg.cli.output import console, escape, print_json, table
     from boneseg.errors import UsageError
-    from boneseg.inference import evaluate_policies
+    from boneseg.workflows.validation import evaluate_policies
     from boneseg.io import check_output, write_json
 
     if thresholds_out is not None:

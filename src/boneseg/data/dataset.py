@@ -44,17 +44,17 @@ class SegDataset(Dataset):
         size: the side the cache stores images at (None: original size).
         transform: albumentations Compose (or None) applied with the item's seed.
         unify_side: ``"R"``/``"L"`` mirrors every image of the other side (from its labels), None keeps all.
-        channels: input-channel mode (`boneseg.channels`); CLAHE/edge modes give (C, H, W) images, made
+        channels: input-channel mode (`boneseg.data.channels`); CLAHE/edge modes give (C, H, W) images, made
             after augmentation.
         distance: clip of the signed distance maps to add as ``dist`` (29, H, W) uint8 (augmented with the
             masks), None for none.
-        meta: {patient: `boneseg.heads.meta_vector`} to add ``meta`` (8,) and ``side`` (1 right, 0 left,
+        meta: {patient: `boneseg.modelling.heads.meta_vector`} to add ``meta`` (8,) and ``side`` (1 right, 0 left,
             NaN unknown, from the augmented masks); None for none. Patients without a row get zeros.
     """
 
     def __init__(self, items: Sequence[Item], size: int | None, transform=None, unify_side: str | None = None,
                  channels: str = "gray", distance: int | None = None, meta: dict | None = None):
-        from boneseg.channels import is_derived
+        from boneseg.data.channels import is_derived
 
         self.items, self.size, self.transform, self.unify_side = list(items), size, transform, unify_side
         self.channels = channels if is_derived(channels) else None
@@ -81,7 +81,7 @@ class SegDataset(Dataset):
             masks, dist = masks[:len(masks) // 2], masks[len(masks) // 2:]
         image = np.ascontiguousarray(image)
         if self.channels:
-            from boneseg.channels import make_channels
+            from boneseg.data.channels import make_channels
 
             out = {"image": torch.from_numpy(make_channels(image, self.channels)), "index": index}
         else:
@@ -91,7 +91,7 @@ class SegDataset(Dataset):
         if dist is not None:
             out["dist"] = torch.from_numpy(np.ascontiguousarray(dist))
         if self.meta is not None:
-            from boneseg.heads import META_DIM, side_target
+            from boneseg.modelling.heads import META_DIM, side_target
 
             vec = self.meta.get(item.sample.patient)
             out["meta"] = torch.from_numpy(vec if vec is not None else np.zeros(META_DIM, np.float32))

@@ -232,7 +232,7 @@ class MaskCache:
         return item
 
     def _build(self, sample: Sample, size: int | None) -> CachedSample:
-        """Build an entry (subclasses such as `boneseg.wrist.WristCache` change what is stored)."""
+        """Build an entry (subclasses such as `boneseg.data.wrist.WristCache` change what is stored)."""
         return build_sample(sample, size)
 
     def fresh(self, sample: Sample, size: int | None = None) -> bool:

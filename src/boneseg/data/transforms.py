@@ -23,7 +23,7 @@ AUGMENTATIONS = ("none", "light", "default", "strong")
 
 def in_channels(config: Mapping) -> int:
     """Number of model input channels for a config (its ``channels`` mode, default ``gray``)."""
-    from boneseg.channels import n_channels
+    from boneseg.data.channels import n_channels
 
     return n_channels(config.get("channels", "gray"))
 
@@ -42,10 +42,10 @@ def normalize(images: torch.Tensor, config: Mapping, dtype: torch.dtype = torch.
     """uint8 images (N, H, W) or (N, 1, H, W), on any device -> model input (N, C, H, W) of `dtype`.
 
     ``x = (image / 255 - mean) / std`` per channel, channels made by the config's ``channels`` mode: a
-    1-channel batch of a CLAHE/edge mode gets its channels from `boneseg.channels.make_channels` (on the
+    1-channel batch of a CLAHE/edge mode gets its channels from `boneseg.data.channels.make_channels` (on the
     CPU); a batch that already has them (the training dataset makes them) is only scaled.
     """
-    from boneseg.channels import batch_channels, is_derived
+    from boneseg.data.channels import batch_channels, is_derived
 
     if images.ndim == 3:
         images = images[:, None]

@@ -67,7 +67,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
     """The model described by a loaded checkpoint, weights loaded, in eval mode on `device`."""
-    from boneseg.models import build_model
+    from boneseg.modelling.models import build_model
 
     config = dict(state["config"], encoder_weights=None)
     model = build_model(config)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from boneseg.classes import CLASSES
-from boneseg import heads
+from boneseg.modelling import heads
 from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, in_channels, normalize
 from boneseg.engine import distributed as D
 from boneseg.engine.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
@@ -136,8 +136,8 @@ RUNTIME = ("device", "workers", "max_steps", "save_every", "tensorboard", "cache
 
 def check_config(cfg: TrainConfig) -> None:
     """Reject impossible option values with one clear line each (no training started)."""
-    from boneseg.losses import parse_loss
-    from boneseg.models import resolve_arch, resolve_encoder
+    from boneseg.modelling.losses import parse_loss
+    from boneseg.modelling.models import resolve_arch, resolve_encoder
 
     if not cfg.data:
         raise UsageError("no DATA folder given")
@@ -175,8 +175,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--ema {cfg.ema}: decay must be in [0, 1) (0 disables it)")
     if cfg.clip is not None and cfg.clip <= 0:
         raise UsageError(f"--clip {cfg.clip}: must be positive")
-    from boneseg.heads import check_meta_mode
-    from boneseg.tracking import check_logger
+    from boneseg.modelling.heads import check_meta_mode
+    from boneseg.engine.tracking import check_logger
 
     cfg.meta = check_meta_mode(cfg.meta)
     if cfg.tensorboard and cfg.log in (None, "none"):
@@ -233,7 +233,7 @@ def merge_resume(cfg_given: dict, saved: dict) -> TrainConfig:
     for key in FIXED_ON_RESUME:
         if key in cfg_given and key in saved and cfg_given[key] != saved[key]:
             if key in ("arch", "encoder"):
-                from boneseg.models import resolve_arch, resolve_encoder
+                from boneseg.modelling.models import resolve_arch, resolve_encoder
 
                 norm = resolve_arch if key == "arch" else resolve_encoder
                 if norm(cfg_given[key]) == saved[key]:
@@ -264,7 +264,7 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, progress: bool):
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data)
     cache = MaskCache(cache_root)
     if cfg.wrist:
-        from boneseg.wrist import WristCache
+        from boneseg.data.wrist import WristCache
 
         cache = WristCache(cache_root, cfg.wrist_margin)
     train_items = [Item(s, cache) for s in train_s]
@@ -305,8 +305,8 @@ def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
     from boneseg.data.dataset import EpochBatchSampler, SegDataset, collate
     from boneseg.data.transforms import build_augmentation
 
-    from boneseg.heads import meta_table
-    from boneseg.losses import build_loss
+    from boneseg.modelling.heads import meta_table
+    from boneseg.modelling.losses import build_loss
 
     transform = build_augmentation(cfg.aug, cfg.crop, flip=cfg.unify_side is None) if train else None
     distance = cfg.distance_clip if build_loss(cfg.loss).needs_distance else None
@@ -413,7 +413,7 @@ def build_state(cfg: TrainConfig, info: D.DistInfo, steps_per_epoch: int) -> Sta
     """Model (on device, channels_last / SyncBN / DDP as fit), optimiser, schedule, scaler and EMA."""
     from boneseg.engine.ema import ModelEMA
     from boneseg.engine.optim import LRSchedule, build_optimizer
-    from boneseg.models import build_model
+    from boneseg.modelling.models import build_model
 
     model = build_model(cfg.to_dict())
     cuda = info.device.type == "cuda"
@@ -483,7 +483,7 @@ def _seg_loss(criterion, logits, target, batch, cfg: TrainConfig, device) -> tor
     loss needs them)."""
     dist = batch["dist"].to(device, non_blocking=True) if "dist" in batch else None
     if cfg.wrist:
-        from boneseg.wrist import CARPAL_IDX
+        from boneseg.data.wrist import CARPAL_IDX
 
         logits, target = logits[:, CARPAL_IDX], target[:, CARPAL_IDX]
         dist = dist[:, CARPAL_IDX] if dist is not None else None
@@ -586,7 +586,7 @@ def evaluate(model: torch.nn.Module, loader, cfg: TrainConfig, info: D.DistInfo,
     count = stats[0].item()
     headline = per_class
     if cfg.wrist:
-        from boneseg.wrist import CARPAL_IDX
+        from boneseg.data.wrist import CARPAL_IDX
 
         headline = [per_class[i] for i in CARPAL_IDX]
     return {"val_dice": float(np.mean(headline)) if count else None,
@@ -660,7 +660,7 @@ def _train(config: TrainConfig | dict, progress: bool, stop: StopFlag) -> dict:
 
 def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, progress: bool, stop: StopFlag) -> dict:
     from boneseg.cli.output import console, progress as make_progress
-    from boneseg.losses import build_loss
+    from boneseg.modelling.losses import build_loss
 
     t0 = time.time()
     if info.is_main:
@@ -682,7 +682,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
         restore(st, saved)
     if info.is_main:
         write_json(out / CONFIG, cfg.to_dict(), force=True)
-    from boneseg.tracking import make_tracker, overlays
+    from boneseg.engine.tracking import make_tracker, overlays
 
     tracker = make_tracker(cfg.log, out, cfg.to_dict()) if info.is_main else None
     stopped = False
@@ -731,7 +731,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
     if tracker is not None:
         tracker.close()
     if cfg.fit_postprocess and not stopped and info.is_main and (out / BEST).is_file():
-        from boneseg.postprocess import fit_postprocess
+        from boneseg.workflows.validation import fit_postprocess
 
         fit_postprocess(out, cfg.data, device=str(info.device), workers=0, progress=progress)
     summary = {"run": str(out), "epochs_done": st.epoch, "steps": st.step,

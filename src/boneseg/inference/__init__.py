@@ -1,12 +1,11 @@
-"""Inference: checkpoints -> full-resolution probabilities -> streaming submission CSV, and TTA scoring.
+"""Inference: checkpoints -> full-resolution probabilities -> streaming submission CSV.
 
 Modules: `sliding` (Gaussian-blended sliding window), `tta` (policies, flips, scales), `predictor`
 (models, hand side, views), `stages` (per image: FiLM metadata, wrist second stage), `encode` (quantise,
-threshold and RLE on the device), `run` (`predict`: the streaming, sharded CSV writer), `evaluate`
-(`evaluate_policies`: policy scores and threshold search).
+threshold and RLE on the device), `run` (`predict`: the streaming, sharded CSV writer), `wrist` (the wrist second stage). Scoring
+TTA policies and searching thresholds on a validation fold is a workflow: `boneseg.workflows.validation`.
 """
 from boneseg.inference.encode import masks_to_rles, read_thresholds
-from boneseg.inference.evaluate import TTAReport, dice_curves, evaluate_policies, search_thresholds
 from boneseg.inference.predictor import InputPlan, Item, LoadedModel, Predictor, ViewCache, load_models, side_from_probs
 from boneseg.inference.run import PredictSummary, predict
 from boneseg.inference.stages import ImageStages
@@ -15,7 +14,6 @@ from boneseg.inference.tta import DEFAULT_SCALES, TTA_NAMES, Policy, default_pol
 
 __all__ = [
     "DEFAULT_SCALES", "TTA_NAMES", "ImageStages", "InputPlan", "Item", "LoadedModel", "Policy", "PredictSummary", "Predictor",
-    "TTAReport", "ViewCache", "default_policies", "dice_curves", "evaluate_policies", "gaussian_weights",
-    "load_models", "masks_to_rles", "parse_scales", "predict", "read_thresholds", "search_thresholds",
-    "side_from_probs", "sliding_window", "tile_starts",
+    "ViewCache", "default_policies", "gaussian_weights",
+    "load_models", "masks_to_rles", "parse_scales", "predict", "read_thresholds", "side_from_probs", "sliding_window", "tile_starts",
 ]

@@ -23,13 +23,14 @@ import torch
 from boneseg import probs as probs_mod
 from boneseg.classes import NUM_CLASSES
 from boneseg.data.layout import Sample, find_images, read_image
+from boneseg.engine.checkpoint import resolve_checkpoint
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.inference.encode import binarize, format_rles, quantize, read_thresholds, run_bounds
 from boneseg.inference.predictor import InputPlan, Item, Predictor
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
-from boneseg.io import atomic_open, check_output, is_stdout
-from boneseg.postprocess import find_rules, postprocess, postprocess_per_class, rules_list
+from boneseg.io import atomic_open, check_output, is_stdout, read_json
+from boneseg.postprocess import RULES_FILE, postprocess, postprocess_per_class, rules_list
 from boneseg.submission import HEADER, SubmissionWriter, csv_rows, format_row
 
 
@@ -252,7 +253,7 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
         save_probs: folder for uint8 probabilities (`boneseg.probs`), for soft voting and pseudo-labels.
         workers: data-loader processes. force: overwrite existing outputs.
         weights, device, size, window, overlap, batch_size, amp: see `Predictor`.
-        wrist_model: a wrist second-stage checkpoint (`boneseg.wrist`): its carpal predictions, on the crop
+        wrist_model: a wrist second-stage checkpoint (`boneseg.data.wrist`): its carpal predictions, on the crop
             around the first stage's carpals, replace the first stage's.
         postprocess_rules: ``auto`` (the ``postprocess.json`` of a single model's run folder, see
             `boneseg.postprocess.fit_postprocess`), ``none``, or a rules file.
@@ -346,3 +347,22 @@ def _predict_shard(shard: Sequence[Sample], predictor: Predictor, policy: Policy
     finally:
         bg.close()
     return time.perf_counter() - start
+
+
+def find_rules(checkpoints: Sequence, setting: str | os.PathLike | None = "auto") -> tuple[dict | None, str | None]:
+    """The post-processing rules `predict` applies: ``auto`` = the ``postprocess.json`` of the run folder of
+    a single checkpoint (ensembles get none: the rules were validated for one model), ``none`` = none, else
+    a file. Returns (document, its path)."""
+    if setting is None or str(setting).lower() == "none":
+        return None, None
+    if str(setting).lower() == "auto":
+        if len(checkpoints) != 1 or not isinstance(checkpoints[0], (str, os.PathLike)):
+            return None, None
+        path = resolve_checkpoint(checkpoints[0]).parent / RULES_FILE
+        if not path.is_file():
+            return None, None
+    else:
+        path = Path(setting)
+        if not path.is_file():
+            raise DataError(f"--postprocess {path}: file not found (or use auto / none)")
+    return read_json(path), str(path)

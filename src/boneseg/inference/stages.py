@@ -17,16 +17,16 @@ class ImageStages:
 
     def __init__(self, predictor: Predictor, meta: str | os.PathLike | None = None,
                  wrist_model: str | os.PathLike | None = None):
-        """`meta`: a metadata file or a folder it is found from (`boneseg.heads.meta_table`), used only when
-        a model has FiLM. `wrist_model`: a wrist checkpoint (`boneseg.wrist`) whose carpal predictions, on
+        """`meta`: a metadata file or a folder it is found from (`boneseg.modelling.heads.meta_table`), used only when
+        a model has FiLM. `wrist_model`: a wrist checkpoint (`boneseg.data.wrist`) whose carpal predictions, on
         the crop around the first stage's carpals, replace the first stage's."""
-        from boneseg import heads
+        from boneseg.modelling import heads
 
         self.film = [lm.model for lm in predictor.models if getattr(lm.model, "wants_meta", False)]
         self.table = heads.meta_table(meta) if self.film and meta is not None else {}
         self.wrist = None
         if wrist_model is not None:
-            from boneseg.wrist import WristStage
+            from boneseg.inference.wrist import WristStage
 
             self.wrist = WristStage(load_models([wrist_model], predictor.device)[0], predictor.device)
 

@@ -212,7 +212,7 @@ def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None
 
 def _image_shape(sample, cache) -> tuple[int, int]:
     """(H, W) from the PNG header (cheap); falls back to decoding through the cache."""
-    from boneseg.eda import png_size
+    from boneseg.workflows.eda import png_size
 
     return png_size(sample.image) or tuple(cache.get(sample).original_shape)
 

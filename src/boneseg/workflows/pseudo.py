@@ -36,7 +36,7 @@ from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, find_images, read_image
 from boneseg.data.masks import rasterize
-from boneseg.ensemble import _STATE, parallel_map
+from boneseg.workflows.parallel import STATE, parallel_map
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.io import write_json
 from boneseg.metrics import dice
@@ -174,7 +174,7 @@ def _below(name: str, what: str, values: np.ndarray, minimum: float) -> dict:
 def _pseudo_worker(task: tuple[str, str]) -> dict:
     name, image_path = task
     source, others, stage, min_conf, min_agree, copy = (
-        _STATE[k] for k in ("source", "others", "stage", "min_confidence", "min_agreement", "copy"))
+        STATE[k] for k in ("source", "others", "stage", "min_confidence", "min_agreement", "copy"))
     image_name = Path(name).name
     shape = read_image(image_path).shape  # decoded: a corrupt image is refused, never linked into the set
     masks, conf = source.masks(image_name, shape)

@@ -95,7 +95,7 @@ def build_model(config: Mapping) -> torch.nn.Module:
     Keys: ``arch``, ``encoder`` (required); ``in_channels`` (default 1), ``classes`` (list of names or a
     count, default 29), ``encoder_weights`` (``imagenet``, ``none`` or a path to a local state dict;
     default none), ``model_kwargs`` (extra smp keyword arguments); ``meta``, ``boundary_head`` and
-    ``boundary_sharpen`` wrap the model in a `boneseg.heads.AuxModel`. Pretrained downloads go through
+    ``boundary_sharpen`` wrap the model in a `boneseg.modelling.heads.AuxModel`. Pretrained downloads go through
     smp/timm and the Hugging Face cache, so ``HF_HUB_OFFLINE=1`` with a filled cache works offline.
 
     Raises:
@@ -130,7 +130,7 @@ def build_model(config: Mapping) -> torch.nn.Module:
     if weights is not None and _weights_arg(encoder, weights) is None and str(weights).lower() not in ENCODER_WEIGHTS \
             and str(weights).lower() not in ("", "null", "random"):
         load_encoder_weights(model, weights)
-    from boneseg.heads import wrap
+    from boneseg.modelling.heads import wrap
 
     return wrap(model, config)
 

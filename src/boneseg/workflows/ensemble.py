@@ -16,10 +16,8 @@ vote). `per_class_from_scores` builds such a file from validation scores (``anal
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing as mp
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +30,12 @@ from boneseg.classes import CLASSES, NUM_CLASSES, class_index
 from boneseg.errors import DataError, UsageError
 from boneseg.io import read_json, write_json
 from boneseg.submission import Submission, SubmissionWriter, read_submission
+from boneseg.workflows.parallel import STATE, parallel_map
 
 __all__ = [
     "VotePlan", "EnsembleSummary", "vote_runs", "hard_plan", "soft_plan", "read_per_class", "read_threshold",
     "per_class_from_scores", "write_per_class", "hard_vote", "soft_vote", "vote_image_rles", "soft_vote_image",
-    "check_same_images", "parallel_map", "default_workers",
+    "check_same_images",
 ]
 
 Progress = Callable[[int, int], None]
@@ -302,59 +301,6 @@ def write_per_class(path: str | os.PathLike, plan: Mapping[str, Any], force: boo
     write_json(path, dict(plan), force=force)
 
 
-# -- parallel execution ---------------------------------------------------------------------------
-
-def default_workers() -> int:
-    """Worker processes: the usable CPU cores (at least 1)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-_STATE: dict[str, Any] = {}
-
-
-def _init_worker(state: dict[str, Any]) -> None:
-    _STATE.clear()
-    _STATE.update(state)
-
-
-def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], state: dict[str, Any],
-                 workers: int | None = None, progress: Progress | None = None) -> Iterator[Any]:
-    """``fn(item)`` for each item, in order, in `workers` processes that share `state` (read-only).
-
-    `state` reaches the workers through ``fork`` where available (no copy until written), else by
-    pickling. With one worker (or one item) everything runs in this process. `fn` reads it via
-    ``_STATE``. Results are yielded in item order as they complete.
-    """
-    workers = default_workers() if workers is None else max(1, int(workers))
-    total = len(items)
-    if workers == 1 or total <= 1:
-        _init_worker(state)
-        try:
-            for i, item in enumerate(items, 1):
-                yield fn(item)
-                if progress:
-                    progress(i, total)
-        finally:
-            _STATE.clear()
-        return
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("fork" if "fork" in methods else None)
-    chunk = max(1, min(8, total // (workers * 8)))
-    with cf.ProcessPoolExecutor(min(workers, total), mp_context=ctx, initializer=_init_worker,
-                                initargs=(state,)) as pool:
-        try:
-            for i, result in enumerate(pool.map(fn, items, chunksize=chunk), 1):
-                yield result
-                if progress:
-                    progress(i, total)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-
-
 # -- hard vote over submissions -------------------------------------------------------------------
 
 @dataclass
@@ -410,8 +356,8 @@ def vote_image_rles(rles: Sequence[Sequence[str]], plan: VotePlan, size: int,
 
 
 def _hard_worker(image: str) -> list[str]:
-    subs: list[Submission] = _STATE["subs"]
-    return vote_image_rles([s.image_rles(image) for s in subs], _STATE["plan"], _STATE["size"],
+    subs: list[Submission] = STATE["subs"]
+    return vote_image_rles([s.image_rles(image) for s in subs], STATE["plan"], STATE["size"],
                            [str(s.path) for s in subs], image)
 
 
@@ -470,8 +416,8 @@ def soft_vote_image(qs: Sequence[np.ndarray], plan: VotePlan) -> np.ndarray:
 
 
 def _soft_worker(image: str) -> list[str]:
-    folders: list[str] = _STATE["folders"]
-    plan: VotePlan = _STATE["plan"]
+    folders: list[str] = STATE["folders"]
+    plan: VotePlan = STATE["plan"]
     used = plan.weights.any(axis=0)
     qs, shape = [], None
     for folder, use in zip(folders, used):

@@ -184,7 +184,8 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
 
             trained = train(_train_config(cfg, data, splits_path, run_dir, seed), progress=progress)
         with step("tta", f"policies {', '.join(cfg['tta'])} on the {len(val_samples)} validation images"):
-            from boneseg.inference import Predictor, evaluate_policies
+            from boneseg.inference import Predictor
+            from boneseg.workflows.validation import evaluate_policies
 
             predictor = Predictor.from_checkpoints([run_dir], device="cpu")
             report = evaluate_policies(data, predictor, policies=cfg["tta"], samples=val_samples, workers=0,
@@ -251,7 +252,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def _analyze(val_csv: Path, data: Path, splits: Path, fold: int, folder: Path, progress: bool):
-    from boneseg.analysis import analyze, write_plots
+    from boneseg.workflows.analysis import analyze, write_plots
     from boneseg.cli.output import progress as make_progress, stage_callback
 
     with make_progress(transient=True, disable=not progress) as bar:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -187,3 +188,96 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
         report.thresholds = dict(zip(CLASSES, map(float, thresholds)))
         report.tuned_mean_dice = float(tuned.mean())
     return report
+
+
+# -- post-processing fitted on the validation fold (nnU-Net's rule: keep a step only where it helps) --
+
+def _options(areas: np.ndarray) -> list[tuple[bool, int]]:
+    """Candidate (keep_largest, min_area) per class: keep-largest, and islands below 10/25/50% of the
+    class's median true area removed."""
+    med = float(np.median(areas[areas > 0])) if (areas > 0).any() else 0.0
+    opts = [(True, 0)]
+    opts += sorted({(False, int(med * f)) for f in (0.1, 0.25, 0.5) if int(med * f) > 1})
+    return opts
+
+
+def choose_rules(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray], min_gain: float = 1e-9) -> dict:
+    """Per class, the post-processing that raises the mean validation Dice the most, or nothing.
+
+    Args:
+        pred, gt: per image (C, H, W) bool predicted and true masks.
+        min_gain: a rule is kept only when it raises the class's mean Dice by more than this.
+
+    Returns:
+        ``{class: {"keep_largest", "min_area", "dice_before", "dice_after"}}`` for every class.
+    """
+    from boneseg.classes import CLASSES
+    from boneseg.metrics import dice
+    from boneseg.postprocess import clean_mask
+
+    areas = np.stack([g.reshape(len(g), -1).sum(1) for g in gt])  # (images, C)
+    out = {}
+    for c, name in enumerate(CLASSES):
+        base = float(np.mean([dice(p[c], g[c]) for p, g in zip(pred, gt)]))
+        best, best_score = (False, 0), base
+        for keep, area in _options(areas[:, c]):
+            score = float(np.mean([dice(clean_mask(p[c], keep, area), g[c]) for p, g in zip(pred, gt)]))
+            if score > best_score + min_gain:
+                best, best_score = (keep, area), score
+        out[name] = {"keep_largest": best[0], "min_area": best[1], "dice_before": base, "dice_after": best_score}
+    return out
+
+
+def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshold: float = 0.5,
+                    device: str = "auto", workers: int = 0, progress: bool = True, force: bool = True) -> dict:
+    """Choose per-class post-processing on a run's validation fold and write ``RUN/postprocess.json``.
+
+    The run's ``best.pt`` predicts its own validation images (the fold and split it was trained with), at
+    full resolution, without TTA, thresholded at `threshold`; `choose_rules` keeps a rule for a class
+    only where it raises that class's validation Dice. ``boneseg predict -m RUN`` then applies it.
+
+    Returns:
+        The written document: ``{"rule", "fold", "images", "threshold", "mean_dice_before",
+        "mean_dice_after", "classes": {class: {...}}}``.
+    """
+    import torch
+
+    from boneseg import probs as probs_mod
+    from boneseg.data.layout import discover
+    from boneseg.data.masks import default_cache_dir
+    from boneseg.data.split import run_fold
+    from boneseg.engine.checkpoint import resolve_checkpoint
+    from boneseg.inference.encode import binarize, quantize
+    from boneseg.inference.predictor import Predictor
+    from boneseg.inference.run import ImageDataset, make_loader
+    from boneseg.inference.tta import Policy
+    from boneseg.io import write_json
+    from boneseg.postprocess import RULES_FILE
+
+    run = Path(run)
+    predictor = Predictor.from_checkpoints([run], device=device)
+    cfg = predictor.models[0].config
+    samples = discover(data)
+    _, val = run_fold(samples, cfg.get("splits"), int(cfg.get("folds", 5)), int(cfg.get("seed", 0)),
+                      int(cfg.get("fold", 0)))
+    if not val:
+        raise UsageError(f"{run}: no validation images to fit post-processing on")
+    policy = Policy.parse("none")
+    loader = make_loader(ImageDataset(val, predictor.plan([policy]), labels=True,
+                                      cache_dir=cfg.get("cache_dir") or default_cache_dir(data)),
+                         workers, predictor.device)
+    cuts = probs_mod.cutoffs(threshold)
+    preds, gts = [], []
+    with torch.no_grad():
+        for item in loader:
+            preds.append(binarize(quantize(predictor.predict(item, policy)), cuts).cpu().numpy())
+            gts.append(item.masks.numpy())
+    classes = choose_rules(preds, gts)
+    doc = {"rule": "per class, the keep-largest / remove-small-islands option that raises validation Dice",
+           "checkpoint": str(resolve_checkpoint(run)), "fold": cfg.get("fold"), "images": len(val),
+           "threshold": threshold,
+           "mean_dice_before": float(np.mean([v["dice_before"] for v in classes.values()])),
+           "mean_dice_after": float(np.mean([v["dice_after"] for v in classes.values()])),
+           "classes": classes}
+    write_json(run / RULES_FILE if run.is_dir() else run.parent / RULES_FILE, doc, force=force)
+    return doc

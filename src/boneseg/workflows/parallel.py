@@ -1,0 +1,63 @@
+"""Process-parallel map over images with read-only shared state (fork where available)."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)`` after each item."""
+
+STATE: dict[str, Any] = {}
+"""The shared state inside a worker (what `parallel_map` was given); read it, never write it."""
+
+
+def default_workers() -> int:
+    """Worker processes: the usable CPU cores (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+
+def _init_worker(state: dict[str, Any]) -> None:
+    STATE.clear()
+    STATE.update(state)
+
+
+def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], state: dict[str, Any],
+                 workers: int | None = None, progress: Progress | None = None) -> Iterator[Any]:
+    """``fn(item)`` for each item, in order, in `workers` processes that share `state` (read-only).
+
+    `state` reaches the workers through ``fork`` where available (no copy until written), else by
+    pickling. With one worker (or one item) everything runs in this process. `fn` reads it via
+    ``STATE``. Results are yielded in item order as they complete.
+    """
+    workers = default_workers() if workers is None else max(1, int(workers))
+    total = len(items)
+    if workers == 1 or total <= 1:
+        _init_worker(state)
+        try:
+            for i, item in enumerate(items, 1):
+                yield fn(item)
+                if progress:
+                    progress(i, total)
+        finally:
+            STATE.clear()
+        return
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if "fork" in methods else None)
+    chunk = max(1, min(8, total // (workers * 8)))
+    with cf.ProcessPoolExecutor(min(workers, total), mp_context=ctx, initializer=_init_worker,
+                                initargs=(state,)) as pool:
+        try:
+            for i, result in enumerate(pool.map(fn, items, chunksize=chunk), 1):
+                yield result
+                if progress:
+                    progress(i, total)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
