@@ -24,7 +24,7 @@ from boneseg import probs as probs_mod
 from boneseg.classes import NUM_CLASSES
 from boneseg.data.layout import Sample, find_images, read_image
 from boneseg.errors import DataError, OutputExistsError, UsageError
-from boneseg.inference.encode import binarize, format_rles, quantize, read_thresholds, run_bounds
+from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
 from boneseg.inference.predictor import InputPlan, Item, Predictor
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
@@ -271,11 +271,11 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
         raise DataError("no images to predict")
     check_unique_names(samples)
     policy = tta if isinstance(tta, Policy) else Policy.parse(tta, scales, sliding)
-    thresholds = read_thresholds(threshold)
+    thresholds = probs_mod.read_thresholds(threshold)
     cuts = probs_mod.cutoffs(thresholds)
     postprocess(np.zeros((0, 1, 1), np.bool_), keep_largest, min_area)  # validates the options
-    rules_doc, _ = find_rules(list(models) if not isinstance(models, Predictor) else [], postprocess_rules)
-    rules = rules_list(rules_doc, keep_largest, min_area) if rules_doc is not None else None
+    rules_doc, rules_path = find_rules(list(models) if not isinstance(models, Predictor) else [], postprocess_rules)
+    rules = rules_list(rules_doc, keep_largest, min_area, rules_path) if rules_doc is not None else None
     if not is_stdout(output):
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
