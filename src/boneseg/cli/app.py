@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import typing
 
 import typer
 from typer.core import TyperCommand
@@ -12,16 +13,29 @@ from boneseg.errors import UsageError
 
 
 class FiniteCommand(TyperCommand):
-    """A command that refuses nan and ±inf in every number it parses (exit 2, naming the option)."""
+    """A command whose float parameters refuse nan and ±inf (exit 2, naming the option), checked on the
+    command-line text before any other check of the value."""
 
     def parse_args(self, ctx, args):
-        rest = super().parse_args(ctx, args)
+        floats = {name for name, hint in typing.get_type_hints(self.callback).items() if _has_float(hint)}
+        given, _, _ = self.make_parser(ctx).parse_args(args=list(args))
         for param in self.get_params(ctx):
-            value = ctx.params.get(param.name)
-            for v in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(v, float) and not math.isfinite(v):
-                    raise UsageError(f"{max(param.opts, key=len)} {v}: must be a finite number")
-        return rest
+            values = given.get(param.name) if param.name in floats else None
+            for text in values if isinstance(values, (list, tuple)) else [values]:
+                if _non_finite(text):
+                    raise UsageError(f"{max(param.opts, key=len)} {text}: must be a finite number")
+        return super().parse_args(ctx, args)
+
+
+def _has_float(hint) -> bool:
+    return hint is float or any(_has_float(a) for a in typing.get_args(hint))
+
+
+def _non_finite(text) -> bool:
+    try:
+        return not math.isfinite(float(text))
+    except (TypeError, ValueError):
+        return False
 
 
 class _App(typer.Typer):
