@@ -8,6 +8,7 @@ The per-class rules (``RUN/postprocess.json``) are chosen on a run's validation 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import cv2
@@ -67,26 +68,36 @@ def postprocess_per_class(masks: np.ndarray, rules: Sequence[tuple[bool, int]]) 
     return np.stack([clean_mask(m, bool(k), int(a)) for m, (k, a) in zip(masks, rules)])
 
 
-def rules_list(doc: dict, keep_largest: bool = False, min_area: int = 0) -> list[tuple[bool, int]]:
+def rules_list(doc: dict, keep_largest: bool = False, min_area: int = 0,
+               where: str = "post-processing rules") -> list[tuple[bool, int]]:
     """Per-class (keep_largest, min_area) in class order from a ``postprocess.json`` document, combined with
     global options (keep_largest OR, the larger min_area).
 
     Raises:
-        DataError: a document without a ``classes`` mapping or with unknown class names.
+        DataError: naming `where` (the file) and the class: a document without a ``classes`` mapping,
+            unknown class names, a ``keep_largest`` that is not true/false or a ``min_area`` that is not
+            a whole number >= 0 (nan and ±inf included).
     """
     from boneseg.classes import CLASSES
     from boneseg.errors import DataError, suggest
 
     classes = doc.get("classes") if isinstance(doc, dict) else None
     if not isinstance(classes, dict):
-        raise DataError(f"{doc.get('_path', 'post-processing rules') if isinstance(doc, dict) else doc}: "
-                        "no 'classes' mapping")
+        raise DataError(f"{where}: no 'classes' mapping")
     for name in classes:
         if name not in CLASSES:
-            raise DataError(f"post-processing rules: unknown class {name!r}{suggest(str(name), CLASSES)}")
+            raise DataError(f"{where}: unknown class {name!r}{suggest(str(name), CLASSES)}")
     out = []
     for name in CLASSES:
         r = classes.get(name) or {}
-        out.append((bool(r.get("keep_largest")) or keep_largest, max(int(r.get("min_area") or 0), min_area)))
+        if not isinstance(r, dict):
+            raise DataError(f"{where}: class {name!r}: expected {{\"keep_largest\": …, \"min_area\": …}}")
+        keep, area = r.get("keep_largest") or False, r.get("min_area") or 0
+        if not isinstance(keep, bool):
+            raise DataError(f"{where}: class {name!r}: keep_largest {keep!r} must be true or false")
+        if isinstance(area, bool) or not isinstance(area, (int, float)) or not math.isfinite(area) \
+                or area < 0 or area != int(area):
+            raise DataError(f"{where}: class {name!r}: min_area {area!r} must be a whole number >= 0")
+        out.append((keep or keep_largest, max(int(area), min_area)))
     return out
 

@@ -3,17 +3,22 @@
 ``DIR/<image stem>.npz`` holds ``probs`` (29, H, W) uint8 at the original image size, value
 ``round(p * 255)``; ``DIR/probs.json`` lists the images and the models that produced them. Predict's
 CSV and soft voting both binarise the same stored values with `binarize`, so they agree exactly.
+A folder is written all or nothing: into a `staging_dir` beside it, moved into place by `publish`.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
-from collections.abc import Sequence
+import secrets
+import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from boneseg.classes import CLASSES, NUM_CLASSES
-from boneseg.errors import DataError
+from boneseg.classes import CLASSES, NUM_CLASSES, class_index
+from boneseg.errors import BonesegError, DataError, OutputExistsError, UsageError
 from boneseg.io import atomic_open, read_json, write_json
 
 MANIFEST = "probs.json"
@@ -28,28 +33,91 @@ def quantize(probs) -> np.ndarray:
     return np.rint(np.clip(probs, 0.0, 1.0) * SCALE).astype(np.uint8)
 
 
-def thresholds_array(threshold: float | Sequence[float] | dict[str, float]) -> np.ndarray:
-    """A (29,) float array from a global threshold, a sequence, or a {class: threshold} mapping
-    (classes not in the mapping keep 0.5)."""
-    if isinstance(threshold, dict):
-        from boneseg.classes import class_index
+def _threshold_problem(t) -> str | None:
+    """Why `t` cannot be a probability threshold (None when it can)."""
+    if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Real):
+        return "is not a number"
+    if not math.isfinite(t):
+        return "must be a finite number"
+    return None if 0.0 <= t <= 1.0 else "must be within [0, 1]"
 
+
+def _checked(t, where: str = "") -> float:
+    """`t` as a threshold; a `UsageError` (prefixed with `where`) when it is not a finite number in [0, 1]."""
+    problem = _threshold_problem(t)
+    if problem:
+        raise UsageError(f"{where}threshold {t if isinstance(t, numbers.Real) else repr(t)}: {problem}")
+    return float(t)
+
+
+def thresholds_array(threshold: float | Sequence[float] | Mapping[str, float]) -> np.ndarray:
+    """A (29,) float array from a global threshold, one per class, or a {class: threshold} mapping
+    (classes not in the mapping keep 0.5).
+
+    Raises:
+        UsageError: a threshold that is not a finite number within [0, 1] (naming its class), or a count
+            other than 1 or 29. DataError: an unknown class name.
+    """
+    if isinstance(threshold, Mapping):
         out = np.full(NUM_CLASSES, 0.5)
         for name, t in threshold.items():
-            out[class_index(name)] = float(t)
+            out[class_index(name)] = _checked(t, f"class {name!r}: ")
         return out
-    arr = np.broadcast_to(np.asarray(threshold, np.float64), (NUM_CLASSES,)).copy()
-    if ((arr < 0) | (arr > 1)).any():
-        raise DataError(f"thresholds must be within [0, 1], got {arr.min():g}..{arr.max():g}")
-    return arr
+    values = np.ravel(np.asarray(threshold, dtype=object))
+    if values.size == 1:
+        return np.full(NUM_CLASSES, _checked(values[0]))
+    if values.size != NUM_CLASSES:
+        raise UsageError(f"expected 1 or {NUM_CLASSES} thresholds, got {values.size}")
+    return np.array([_checked(t, f"class {name!r}: ") for name, t in zip(CLASSES, values)])
 
 
-def cutoffs(threshold: float | Sequence[float] | dict[str, float] = 0.5) -> np.ndarray:
-    """The (29,) integer cut per class: a quantised value ``q`` is foreground when ``q > cut``."""
+def read_thresholds(value: float | str | os.PathLike | Sequence[float] | Mapping[str, float] | None
+                    ) -> np.ndarray:
+    """Per-class thresholds (29,) from a number, number text, a sequence, a ``{class: t}`` mapping, or a
+    JSON file holding such a mapping (optionally under a ``"thresholds"`` key, as ``boneseg tta
+    --thresholds-out`` writes); None means 0.5. The one reader of ``--threshold T|FILE.json``.
+
+    Raises:
+        UsageError: a value that is not a finite number within [0, 1], or text that is neither a number
+            nor an existing file (``--threshold …``). DataError: a file that is not such a mapping or
+            holds a bad threshold (naming the file and the class).
+    """
+    if value is None:
+        return thresholds_array(0.5)
+    if not isinstance(value, (str, os.PathLike)):
+        return thresholds_array(value)
+    text = str(value)
+    try:
+        number = float(text)
+    except ValueError:
+        path = Path(text)
+        if not path.exists():
+            raise UsageError(f"--threshold must be a number or a JSON file, got {text!r} (no such file)") from None
+        doc = read_json(path)
+        if isinstance(doc, dict) and isinstance(doc.get("thresholds"), dict):
+            doc = doc["thresholds"]
+        if not isinstance(doc, dict):
+            raise DataError(f"{path}: expected a JSON object {{class: threshold}}")
+        try:
+            return thresholds_array(doc)
+        except BonesegError as exc:
+            raise DataError(f"{path}: {exc}") from None
+    problem = _threshold_problem(number)
+    if problem:
+        raise UsageError(f"--threshold {text}: {problem}")
+    return np.full(NUM_CLASSES, number)
+
+
+def cutoffs(threshold: float | Sequence[float] | Mapping[str, float] = 0.5) -> np.ndarray:
+    """The (29,) integer cut per class: a quantised value ``q`` is foreground when ``q > cut``.
+
+    Raises:
+        UsageError: a threshold that is not a finite number within [0, 1] (see `thresholds_array`).
+    """
     return np.floor(thresholds_array(threshold) * SCALE + 1e-9).astype(np.int32)
 
 
-def binarize(q: np.ndarray, threshold: float | Sequence[float] | dict[str, float] = 0.5) -> np.ndarray:
+def binarize(q: np.ndarray, threshold: float | Sequence[float] | Mapping[str, float] = 0.5) -> np.ndarray:
     """Masks from quantised probabilities (29, H, W): a pixel is on when ``q / 255 > t`` per class."""
     cuts = cutoffs(threshold)
     return q > cuts.astype(np.uint8)[:, None, None] if q.ndim == 3 else q > cuts[0]
@@ -84,6 +152,34 @@ def load(folder: str | os.PathLike, image_name: str) -> np.ndarray:
     if q.dtype != np.uint8 or q.ndim != 3 or q.shape[0] != NUM_CLASSES:
         raise DataError(f"{path}: expected uint8 ({NUM_CLASSES}, H, W) probabilities, got {q.dtype} {q.shape}")
     return q
+
+
+def staging_dir(folder: str | os.PathLike) -> Path:
+    """A new empty hidden folder beside `folder`, to write a probability folder into before `publish`."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.partial")
+    path.mkdir()
+    return path
+
+
+def publish(staging: str | os.PathLike, folder: str | os.PathLike, force: bool = False) -> None:
+    """Move the completely written `staging` folder onto `folder`. A non-empty `folder` is replaced only
+    with `force`, and is never left half-replaced (`OutputExistsError` without `force`)."""
+    staging, folder = Path(staging), Path(folder)
+    if folder.is_dir() and any(folder.iterdir()) and not force:
+        raise OutputExistsError(f"{folder} is not empty (use --force to overwrite)")
+    old = staging.with_name(staging.name + ".old") if folder.exists() else None
+    if old is not None:
+        os.replace(folder, old)
+    try:
+        os.replace(staging, folder)
+    except OSError:
+        if old is not None:
+            os.replace(old, folder)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_manifest(folder: str | os.PathLike, images: Sequence[str], models: Sequence[str],

@@ -1,13 +1,51 @@
 """The Typer application every command module registers on."""
 from __future__ import annotations
 
+import math
 import os
+import typing
 
 import typer
+from typer.core import TyperCommand
 
 from boneseg import __version__
+from boneseg.errors import UsageError
 
-app = typer.Typer(
+
+class FiniteCommand(TyperCommand):
+    """A command whose float parameters refuse nan and ±inf (exit 2, naming the option), checked on the
+    command-line text before any other check of the value."""
+
+    def parse_args(self, ctx, args):
+        floats = {name for name, hint in typing.get_type_hints(self.callback).items() if _has_float(hint)}
+        given, _, _ = self.make_parser(ctx).parse_args(args=list(args))
+        for param in self.get_params(ctx):
+            values = given.get(param.name) if param.name in floats else None
+            for text in values if isinstance(values, (list, tuple)) else [values]:
+                if _non_finite(text):
+                    raise UsageError(f"{max(param.opts, key=len)} {text}: must be a finite number")
+        return super().parse_args(ctx, args)
+
+
+def _has_float(hint) -> bool:
+    return hint is float or any(_has_float(a) for a in typing.get_args(hint))
+
+
+def _non_finite(text) -> bool:
+    try:
+        return not math.isfinite(float(text))
+    except (TypeError, ValueError):
+        return False
+
+
+class _App(typer.Typer):
+    """Every command registered here is a `FiniteCommand` (unless it names another class)."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or FiniteCommand, **kwargs)
+
+
+app = _App(
     name="boneseg",
     help="Hand-bone X-ray segmentation: synthetic data, training, inference, TTA, ensembles and analysis.",
     no_args_is_help=True,

@@ -79,7 +79,7 @@ def ensemble_command(
             summary = ensemble.hard_vote(inputs, output, min_votes=min_votes, weights=w, per_class=plan,
                                          shape=parse_size(size), workers=workers, force=force, progress=step)
         else:
-            summary = ensemble.soft_vote(inputs, output, weights=w, threshold=ensemble.read_threshold(threshold),
+            summary = ensemble.soft_vote(inputs, output, weights=w, threshold=threshold,
                                          per_class=plan, workers=workers, force=force, progress=step)
     console.print(f"{summary.vote} vote over {len(names)} inputs: {summary.images} images -> "
                   f"{'stdout' if output == '-' else output}", markup=False)

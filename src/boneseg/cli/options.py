@@ -1,13 +1,18 @@
 """Option-value parsers shared by several commands (each error names the option)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from boneseg.errors import UsageError
 
 
 def parse_floats(values: str | Sequence[str] | None, option: str) -> list[float] | None:
-    """``"0.5,0.3"`` or ``["0.5,0.3", "0.2"]`` (a repeated option) -> [0.5, 0.3, 0.2]; None/empty -> None."""
+    """``"0.5,0.3"`` or ``["0.5,0.3", "0.2"]`` (a repeated option) -> [0.5, 0.3, 0.2]; None/empty -> None.
+
+    Raises:
+        UsageError: a part that is not a finite number (nan and ±inf included), naming `option`.
+    """
     if not values:
         return None
     text = values if isinstance(values, str) else " ".join(values)
@@ -17,6 +22,8 @@ def parse_floats(values: str | Sequence[str] | None, option: str) -> list[float]
             out.append(float(part))
         except ValueError:
             raise UsageError(f"{option} must be comma-separated numbers: {part!r} is not a number") from None
+        if not math.isfinite(out[-1]):
+            raise UsageError(f"{option} {part}: must be a finite number")
     return out
 
 

@@ -38,15 +38,13 @@ def pseudo_command(
     as `boneseg train DATA --pseudo OUT`. Images with a missing class, (with probabilities) a class
     below --min-confidence, or a class whose masks disagree with --agree-with predictions (below
     --min-agreement) are left out and listed in OUT/pseudo_manifest.json."""
-    from boneseg.workflows.ensemble import read_threshold
     from boneseg.workflows.pseudo import make_pseudo
 
-    thr = read_threshold(threshold)
     with progress(transient=True) as bar:
         task = bar.add_task("pseudo-labels", total=None, unit="img")
         def step(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
-        summary = make_pseudo(source, data, out, min_confidence=min_confidence, threshold=thr, copy=copy,
+        summary = make_pseudo(source, data, out, min_confidence=min_confidence, threshold=threshold, copy=copy,
                               agree_with=agree_with or (), min_agreement=min_agreement, workers=workers,
                               force=force, progress=step)
     s = summary.manifest["summary"]

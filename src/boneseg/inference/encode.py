@@ -5,16 +5,10 @@ with `boneseg.probs.cutoffs`, so its CSV and a soft vote of its ``--save-probs``
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from boneseg import probs as probs_mod
-from boneseg.classes import CLASSES, NUM_CLASSES
-from boneseg.errors import BonesegError, DataError, UsageError
-from boneseg.io import read_json
 from boneseg.rle import encode, runs_to_rle
 
 
@@ -64,38 +58,3 @@ def masks_to_rles(masks: torch.Tensor) -> list[str]:
     if masks.device.type == "cpu":
         return [encode(plane) for plane in masks.numpy()]
     return format_rles(*run_bounds(masks))
-
-
-def read_thresholds(value: float | str | os.PathLike | dict | None) -> np.ndarray:
-    """Per-class thresholds (29,) from a number, a ``{class: t}`` mapping, or a JSON file holding one
-    (optionally under a ``"thresholds"`` key, as `boneseg tta --thresholds-out` writes).
-
-    Raises:
-        UsageError: a number outside [0, 1] or text that is neither a number nor an existing file.
-        DataError: a JSON file that is not such a mapping (naming the file and the bad class).
-    """
-    if value is None:
-        return probs_mod.thresholds_array(0.5)
-    source = "--threshold"
-    if isinstance(value, (str, os.PathLike)):
-        text = str(value)
-        try:
-            number = float(text)
-        except ValueError:
-            path = Path(text)
-            if not path.exists():
-                raise UsageError(f"--threshold must be a number or a JSON file, got {text!r} (no such file)") from None
-            doc = read_json(path)
-            doc = doc.get("thresholds", doc) if isinstance(doc, dict) else doc
-            if not isinstance(doc, dict) or not all(isinstance(v, (int, float)) for v in doc.values()):
-                raise DataError(f"{path}: expected a JSON object {{class: threshold}}") from None
-            value, source = doc, str(path)
-        else:
-            value = number
-    try:
-        out = probs_mod.thresholds_array(value)
-    except BonesegError as exc:
-        raise (UsageError if source == "--threshold" else DataError)(f"{source}: {exc}") from None
-    if out.shape != (NUM_CLASSES,):
-        raise UsageError(f"{source}: expected 1 or {NUM_CLASSES} thresholds ({', '.join(CLASSES[:2])}, …)")
-    return out

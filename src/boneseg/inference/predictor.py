@@ -13,6 +13,7 @@ pixels). Horizontal-flip TTA is ignored for unified models (their mirror view is
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -84,8 +85,8 @@ def load_models(checkpoints: Sequence[str | os.PathLike], device: torch.device,
     weights = list(weights) if weights else [1.0] * len(checkpoints)
     if len(weights) != len(checkpoints):
         raise UsageError(f"--weights: {len(weights)} weight(s) for {len(checkpoints)} model(s)")
-    if min(weights) < 0 or sum(weights) <= 0:
-        raise UsageError(f"--weights must be non-negative with a positive sum, got {weights}")
+    if not all(0 <= w < math.inf for w in weights) or sum(weights) <= 0:  # also refuses nan
+        raise UsageError(f"--weights must be finite, non-negative with a positive sum, got {weights}")
     out = []
     for ckpt, w in zip(checkpoints, weights):
         model, config = load_model(ckpt, device)

@@ -4,7 +4,8 @@ Per image: background workers read and resize it, the device predicts, quantises
 computes the run boundaries, and a writer thread formats the rows (and compresses the probabilities)
 while the device moves on. At most two finished images wait for the writer, so memory stays flat
 whatever the number of images. Under ``torchrun`` each rank predicts ``images[rank::world]`` into a
-part file and rank 0 merges the parts in image order.
+part file and rank 0 merges the parts in image order. The CSV and the probability folder appear whole
+or not at all.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from boneseg.classes import NUM_CLASSES
 from boneseg.data.layout import Sample, find_images, read_image
 from boneseg.engine.checkpoint import resolve_checkpoint
 from boneseg.errors import DataError, OutputExistsError, UsageError
-from boneseg.inference.encode import binarize, format_rles, quantize, read_thresholds, run_bounds
+from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
 from boneseg.inference.predictor import InputPlan, Item, Predictor
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
@@ -133,6 +134,17 @@ def gather_parts(part: Path, rank: int, world: int) -> list[Path] | None:
         parts.append(part.with_name(f"part-{r}.csv"))
         parts[-1].write_bytes(received[r])
     return parts
+
+
+def shared_staging(folder: Path, rank: int, world: int) -> Path:
+    """The folder every rank writes the probabilities into: made beside `folder` by rank 0, which tells
+    the other ranks its name (`boneseg.probs.publish` moves it into place at the end)."""
+    path = [probs_mod.staging_dir(folder) if rank == 0 else None]
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(path, src=0)
+    return path[0]
 
 
 def _barrier() -> None:
@@ -268,11 +280,11 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
         raise DataError("no images to predict")
     check_unique_names(samples)
     policy = tta if isinstance(tta, Policy) else Policy.parse(tta, scales, sliding)
-    thresholds = read_thresholds(threshold)
+    thresholds = probs_mod.read_thresholds(threshold)
     cuts = probs_mod.cutoffs(thresholds)
     postprocess(np.zeros((0, 1, 1), np.bool_), keep_largest, min_area)  # validates the options
-    rules_doc, _ = find_rules(list(models) if not isinstance(models, Predictor) else [], postprocess_rules)
-    rules = rules_list(rules_doc, keep_largest, min_area) if rules_doc is not None else None
+    rules_doc, rules_path = find_rules(list(models) if not isinstance(models, Predictor) else [], postprocess_rules)
+    rules = rules_list(rules_doc, keep_largest, min_area, rules_path) if rules_doc is not None else None
     if not is_stdout(output):
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
@@ -291,15 +303,26 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     shard = samples[rank::world]
     parts_dir = Path(tempfile.mkdtemp(prefix="boneseg-predict-")) if world > 1 else None  # on each rank's node
     target = parts_dir / "part-0.csv" if parts_dir is not None else output
-    rows = _Rows(cuts, keep_largest, min_area, rules, probs_dir)
+    staging = shared_staging(probs_dir, rank, world) if probs_dir is not None else None
+    rows = _Rows(cuts, keep_largest, min_area, rules, staging)
     label = None if not progress or rank else "predict" + (f" [rank 0 of {world}]" if world > 1 else "")
     try:
         seconds = _predict_shard(shard, predictor, policy, stages, rows, target, force or world > 1, workers, label)
         if world > 1:
-            parts = gather_parts(target, rank, world)
+            parts = gather_parts(target, rank, world)  # returns once every rank has written its share
             if rank == 0:
                 merge_parts(parts, len(samples), output, force)
+        if staging is not None and rank == 0:
+            probs_mod.write_manifest(staging, [s.image_name for s in samples], [lm.source for lm in predictor.models],
+                                     {"policy": policy.name, "scales": list(policy.scales),
+                                      "weights": predictor.weights, "threshold": [float(t) for t in thresholds]})
+            probs_mod.publish(staging, probs_dir, force)
+        if world > 1:
             _barrier()
+    except BaseException:  # Ctrl-C included: no partial probability folder is left behind
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     finally:
         if parts_dir is not None:
             shutil.rmtree(parts_dir, ignore_errors=True)
@@ -307,10 +330,6 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
         import torch.distributed as dist
 
         dist.destroy_process_group()
-    if probs_dir is not None and rank == 0:
-        probs_mod.write_manifest(probs_dir, [s.image_name for s in samples], [lm.source for lm in predictor.models],
-                                 {"policy": policy.name, "scales": list(policy.scales),
-                                  "weights": predictor.weights, "threshold": [float(t) for t in thresholds]})
     return PredictSummary(len(shard), seconds, "-" if is_stdout(output) else str(output),
                           str(probs_dir) if probs_dir else None, rank, world, policy.name, len(samples))
 

@@ -6,6 +6,7 @@ merged by their mean. Names: ``none``, ``hflip``, ``scale``, ``hflip+scale``, op
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,8 +40,8 @@ def parse_scales(scales: str | Sequence[float]) -> tuple[float, ...]:
         except ValueError:
             raise UsageError(f"--scales must be comma-separated numbers, got {scales!r}") from None
     out = tuple(sorted({float(s) for s in scales}))
-    if not out or min(out) <= 0:
-        raise UsageError(f"--scales must be positive numbers, got {scales!r}")
+    if not out or not all(0 < s < math.inf for s in out):  # also refuses nan
+        raise UsageError(f"--scales must be positive finite numbers, got {scales!r}")
     return out
 
 

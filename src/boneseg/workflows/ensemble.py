@@ -33,7 +33,7 @@ from boneseg.submission import Submission, SubmissionWriter, read_submission
 from boneseg.workflows.parallel import STATE, parallel_map
 
 __all__ = [
-    "VotePlan", "EnsembleSummary", "vote_runs", "hard_plan", "soft_plan", "read_per_class", "read_threshold",
+    "VotePlan", "EnsembleSummary", "vote_runs", "hard_plan", "soft_plan", "read_per_class",
     "per_class_from_scores", "write_per_class", "hard_vote", "soft_vote", "vote_image_rles", "soft_vote_image",
     "check_same_images",
 ]
@@ -192,47 +192,16 @@ def hard_plan(n: int, min_votes: int | None = None, weights: Sequence[float] | N
 
 
 def soft_plan(n: int, weights: Sequence[float] | None = None,
-              threshold: float | Sequence[float] | Mapping[str, float] = 0.5,
+              threshold: float | str | os.PathLike | Sequence[float] | Mapping[str, float] = 0.5,
               per_class: Mapping[int, np.ndarray] | None = None) -> VotePlan:
-    """The plan of a soft vote: per-class weights for the mean and per-class probability thresholds."""
+    """The plan of a soft vote: per-class weights for the mean and per-class probability thresholds
+    (`threshold` as `boneseg.probs.read_thresholds` takes it)."""
     if n < 1:
         raise UsageError("ensemble needs at least one input")
     W = np.tile(_as_weights(weights, n, "--weights"), (NUM_CLASSES, 1))
     for c, row in (per_class or {}).items():
         W[c] = row
-    try:
-        cuts = probs_mod.thresholds_array(dict(threshold) if isinstance(threshold, Mapping) else threshold)
-    except DataError as exc:
-        raise UsageError(f"--threshold: {exc}") from None
-    return VotePlan(W, cuts)
-
-
-def read_threshold(value: str | float | None) -> float | dict[str, float]:
-    """A global threshold (``0.45``) or a JSON file of per-class thresholds (``{class: t}``, optionally
-    under a ``"thresholds"`` key; unlisted classes keep 0.5)."""
-    if value is None:
-        return 0.5
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    doc = read_json(value)
-    if isinstance(doc, Mapping) and isinstance(doc.get("thresholds"), Mapping):
-        doc = doc["thresholds"]
-    if not isinstance(doc, Mapping):
-        raise DataError(f"{value}: expected a JSON object mapping classes to thresholds")
-    out = {}
-    for name, t in doc.items():
-        try:
-            class_index(name)
-            out[name] = float(t)
-        except DataError as exc:
-            raise DataError(f"{value}: {exc}") from None
-        except (TypeError, ValueError):
-            raise DataError(f"{value}: class {name!r}: threshold {t!r} is not a number") from None
-    return out
+    return VotePlan(W, probs_mod.read_thresholds(threshold))
 
 
 # -- per-class choice from validation scores -------------------------------------------------------
@@ -241,10 +210,17 @@ def _per_class_scores(doc: Any, where: str) -> dict[str, float]:
     """``per_class_dice`` of an ``analyze --json`` document, or of the best policy of ``tta --json``."""
     if isinstance(doc, Mapping):
         if isinstance(doc.get("per_class_dice"), Mapping):
-            try:
-                return {str(k): float(v) for k, v in doc["per_class_dice"].items() if v is not None}
-            except (TypeError, ValueError):
-                raise DataError(f"{where}: per_class_dice values must be numbers") from None
+            out = {}
+            for k, v in doc["per_class_dice"].items():
+                if v is None:
+                    continue
+                try:
+                    out[str(k)] = float(v)
+                except (TypeError, ValueError):
+                    raise DataError(f"{where}: per_class_dice values must be numbers") from None
+                if not 0.0 <= out[str(k)] <= 1.0:  # also refuses nan and ±inf
+                    raise DataError(f"{where}: per_class_dice {k!r}: {v} must be a finite number within [0, 1]")
+            return out
         best, policies = doc.get("best"), doc.get("policies", doc.get("results"))
         if isinstance(best, Mapping):
             best = best.get("policy", best.get("name"))
@@ -438,7 +414,7 @@ def _soft_worker(image: str) -> list[str]:
 
 def soft_vote(folders: Sequence[str | os.PathLike], out: str | os.PathLike | None, *,
               weights: Sequence[float] | None = None,
-              threshold: float | Sequence[float] | Mapping[str, float] = 0.5,
+              threshold: float | str | os.PathLike | Sequence[float] | Mapping[str, float] = 0.5,
               per_class: str | os.PathLike | Mapping[str, Any] | None = None,
               workers: int | None = None, force: bool = False,
               progress: Progress | None = None) -> EnsembleSummary:

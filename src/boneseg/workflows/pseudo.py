@@ -113,7 +113,7 @@ class _ProbsSource:
     def __post_init__(self) -> None:
         self.images = [Path(str(i)).name for i in probs_mod.read_manifest(self.path)["images"]]
         self.image_set = set(self.images)
-        self.cuts = probs_mod.thresholds_array(self.threshold)
+        self.cuts = probs_mod.read_thresholds(self.threshold)
 
     def masks(self, image: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
         q = probs_mod.load(self.path, image)
@@ -266,8 +266,8 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
         out: the pseudo-label dataset folder (``train --pseudo`` reads it); written atomically.
         min_confidence: with probabilities, leave out images where a class's mean probability inside
             its mask is below this.
-        threshold: probability threshold(s) for a probability folder (global, per class list or
-            ``{class: t}``), as in ``predict``.
+        threshold: probability threshold(s) for a probability folder (global, per class list,
+            ``{class: t}`` or a JSON file of them: `boneseg.probs.read_thresholds`), as in ``predict``.
         agree_with: other predictions of the images (CSVs or probability folders, binarised with
             `threshold`); each image records the weakest class's agreement (mean Dice against them).
         min_agreement: leave out images where a class's agreement is below this (needs `agree_with`).
@@ -287,9 +287,10 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
         raise UsageError(f"--min-agreement must be within [0, 1], got {min_agreement}")
     if min_agreement is not None and not agree_with:
         raise UsageError("--min-agreement needs other predictions to agree with (--agree-with)")
-    src = open_source(source, threshold)
-    others = [open_source(p, threshold) for p in agree_with]
-    if threshold not in (None, 0.5) and all(s.kind == "csv" for s in (src, *others)):
+    thresholds = probs_mod.read_thresholds(threshold)
+    src = open_source(source, thresholds)
+    others = [open_source(p, thresholds) for p in agree_with]
+    if (thresholds != 0.5).any() and all(s.kind == "csv" for s in (src, *others)):
         raise UsageError("--threshold applies to probability folders only (a CSV is already binary)")
     if min_confidence is not None and src.kind != "probs":
         raise UsageError("--min-confidence needs a probability folder (`predict --save-probs`); a CSV "
@@ -323,7 +324,7 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
             "format": FORMAT, "version": 1,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "source": str(Path(source).resolve()), "source_kind": src.kind, "data": str(Path(data).resolve()),
-            "threshold": (probs_mod.thresholds_array(threshold).tolist() if src.kind == "probs" else None),
+            "threshold": thresholds.tolist() if src.kind == "probs" else None,
             "min_confidence": min_confidence,
             "agree_with": [str(Path(p).resolve()) for p in agree_with], "min_agreement": min_agreement,
             "summary": {"written": len(written), "left_out": len(left_out),
