@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_tracking import fake_wandb
+from util import tiny_config, write_dataset
 
 from boneseg.cli import main
 from boneseg.engine.train import RUNTIME, NonFiniteLoss, train
-
-from test_tracking import fake_wandb
-from util import tiny_config, write_dataset
 
 OPTS = ["--arch", "unet", "--encoder", "resnet18", "--size", "64", "--batch-size", "2", "--encoder-weights",
         "none", "--aug", "light", "--folds", "2", "--seed", "1", "--lr", "3e-3"]

@@ -632,8 +632,8 @@ def check_finite(st: State, info: D.DistInfo, out: Path) -> None:
     at = D.all_reduce_min(at, info).item()
     if math.isfinite(at):
         kept = f"{out / LAST} keeps the last good state" if (out / LAST).is_file() else f"no {LAST} was written"
-        raise NonFiniteLoss(f"the training loss became non-finite (NaN/inf) at step {int(at)} (epoch {st.epoch + 1}); "
-                            f"stopped, {kept} (try a lower --lr or --clip)")
+        raise NonFiniteLoss(f"training diverged: the loss or the weights became non-finite (NaN/inf) at step "
+                            f"{int(at)} (epoch {st.epoch + 1}); stopped, {kept} (try a lower --lr or --clip)")
 
 
 @torch.no_grad()
@@ -829,5 +829,5 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
                "seconds": round(time.time() - t0, 3)}
     if stopped and stop.signal is not None:
         raise TrainingInterrupted(f"interrupted at epoch {st.epoch + 1}, step {st.step}; {out / LAST} saved. "
-                                  f"Continue with the same command plus --resume")
+                                  f"Continue with: boneseg train {cfg.data} --out {out} --resume")
     return summary
