@@ -100,4 +100,3 @@ def rules_list(doc: dict, keep_largest: bool = False, min_area: int = 0,
             raise DataError(f"{where}: class {name!r}: min_area {area!r} must be a whole number >= 0")
         out.append((keep or keep_largest, max(int(area), min_area)))
     return out
-

@@ -100,7 +100,7 @@ def train_command(
     best = summary["best_val_dice"]
     if summary["stopped"]:
         console.print(f"stopped after {summary['steps']} steps (--max-steps); last.pt saved in {out}. "
-                      "Continue with the same command plus --resume.", markup=False)
+                      f"Continue with: boneseg train {data} --out {out} --resume", markup=False)
     else:
         console.print(f"done: {summary['epochs_done']} epochs, {summary['steps']} steps, best val Dice "
                       f"{best:.4f} (epoch {summary['best_epoch']}) -> {out}/best.pt" if best is not None

@@ -87,6 +87,13 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_min(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Minimum of `tensor` over ranks in place (no-op on one process); returns it."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return tensor
+
+
 def any_rank(flag: bool, info: DistInfo) -> bool:
     """True when `flag` is true on any rank (used so every rank stops at the same step)."""
     if not info.enabled:

@@ -29,7 +29,12 @@ def check_logger(name: str | None) -> str:
 
 
 class Tracker:
-    """Base tracker: scalars per epoch and overlay images per validation; subclasses write them."""
+    """Base tracker: scalars per epoch and overlay images per validation; subclasses write them.
+
+    `run_id` names the tracker's own run where it has one (W&B), so a resumed training continues it.
+    """
+
+    run_id: str | None = None
 
     def log_epoch(self, line: Mapping) -> None:
         step = int(line["epoch"])
@@ -86,11 +91,12 @@ def _wandb():
 
 
 class WandbTracker(Tracker):
-    def __init__(self, out: Path, config: Mapping):
+    def __init__(self, out: Path, config: Mapping, run_id: str | None = None):
         wandb = _wandb()
         self.wandb = wandb
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "boneseg"), name=Path(out).name,
-                              dir=str(out), config=dict(config), resume="allow")
+                              dir=str(out), config=dict(config), id=run_id, resume="allow")
+        self.run_id = self.run.id
 
     def scalars(self, values, step):
         self.run.log(dict(values), step=step)
@@ -102,8 +108,9 @@ class WandbTracker(Tracker):
         self.run.finish()
 
 
-def make_tracker(name: str | None, out: str | os.PathLike, config: Mapping) -> Tracker | None:
-    """The tracker for ``--log`` (None for ``none``).
+def make_tracker(name: str | None, out: str | os.PathLike, config: Mapping, run_id: str | None = None
+                 ) -> Tracker | None:
+    """The tracker for ``--log`` (None for ``none``); `run_id`: the tracker run to continue (W&B).
 
     Raises:
         UsageError: unknown name, missing package, or W&B without a login.
@@ -112,7 +119,7 @@ def make_tracker(name: str | None, out: str | os.PathLike, config: Mapping) -> T
     if name == "tensorboard":
         return TensorBoardTracker(Path(out))
     if name == "wandb":
-        return WandbTracker(Path(out), config)
+        return WandbTracker(Path(out), config, run_id)
     return None
 
 

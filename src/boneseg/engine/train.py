@@ -29,7 +29,7 @@ from boneseg.modelling import heads
 from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, in_channels, normalize
 from boneseg.engine import distributed as D
 from boneseg.engine.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
-from boneseg.errors import BonesegError, CheckpointError, OutputExistsError, UsageError, suggest
+from boneseg.errors import BonesegError, CheckpointError, DataError, OutputExistsError, UsageError, suggest
 from boneseg.io import atomic_open, write_json
 
 CONFIG, METRICS = "config.json", "metrics.jsonl"
@@ -41,9 +41,14 @@ class TrainingInterrupted(BonesegError):
     exit_code = 130
 
 
+class NonFiniteLoss(BonesegError):
+    """The loss or the weights became NaN/inf; nothing of that state was saved."""
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a run (saved as ``RUN/config.json`` and in every checkpoint)."""
+    """The options of a run: those that define it (saved as ``RUN/config.json`` and in every checkpoint)
+    and those of one invocation (`RUNTIME`, never saved)."""
 
     data: str = ""
     out: str = ""
@@ -115,8 +120,9 @@ class TrainConfig:
         return cls(**kw)
 
     def to_dict(self) -> dict:
-        """The JSON-able dict stored in checkpoints (with derived ``in_channels`` and ``classes``)."""
-        d = dataclasses.asdict(self)
+        """The run's JSON-able dict stored in checkpoints: no `RUNTIME` option, with the derived
+        ``in_channels`` and ``classes``."""
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME}
         d["in_channels"] = in_channels(d)
         d["classes"] = list(CLASSES)
         return d
@@ -127,9 +133,12 @@ FIXED_ON_RESUME = ("arch", "encoder", "size", "crop", "fold", "splits", "folds",
                    "weight_decay", "loss", "aug", "optimizer", "scheduler", "warmup", "accumulate", "clip", "ema",
                    "seed", "unify_side", "channels", "mean", "std", "pseudo", "amp", "amp_dtype", "val_every",
                    "meta", "meta_weight", "boundary_head", "distance_clip", "wrist", "wrist_margin")
-# Options a resume may change freely.
-RUNTIME = ("device", "workers", "max_steps", "save_every", "tensorboard", "cache_dir", "dist_timeout", "data", "out", "skip_bad",
-           "log", "log_images", "fit_postprocess", "boundary_sharpen")
+# Options of one invocation: never saved with the run, so a resume takes them from its own command
+# (or their defaults), never from an earlier invocation.
+RUNTIME = ("out", "resume", "force", "device", "workers", "max_steps", "save_every", "cache_dir", "dist_timeout",
+           "skip_bad", "channels_last", "tensorboard", "log", "log_images", "fit_postprocess")
+# Saved with the run, but a resume may change them: where the data lives, the inference-time sharpening.
+CHANGEABLE_ON_RESUME = ("data", "boundary_sharpen")
 
 
 # -- validation of options -----------------------------------------------------------------------
@@ -146,6 +155,10 @@ def check_config(cfg: TrainConfig) -> None:
     cfg.arch, cfg.encoder = resolve_arch(cfg.arch), resolve_encoder(cfg.encoder)
     parse_loss(cfg.loss)
     in_channels(dataclasses.asdict(cfg))
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.type.startswith("float") and v is not None and not math.isfinite(v):
+            raise UsageError(f"--{f.name.replace('_', '-')} {v}: must be a finite number")
     positive = {"--size": cfg.size, "--epochs": cfg.epochs, "--batch-size": cfg.batch_size,
                 "--accumulate": cfg.accumulate, "--val-every": cfg.val_every, "--save-every": cfg.save_every}
     for opt, v in positive.items():
@@ -155,8 +168,12 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--size {cfg.size}: must be a multiple of 32 (encoders downsample 32x)")
     if cfg.crop is not None and (cfg.crop < 32 or cfg.crop % 32 or cfg.crop > cfg.size):
         raise UsageError(f"--crop {cfg.crop}: must be a multiple of 32 and at most --size {cfg.size}")
-    if cfg.lr <= 0:
-        raise UsageError(f"--lr {cfg.lr}: must be positive")
+    for opt, v in {"--lr": cfg.lr, "--dist-timeout": cfg.dist_timeout}.items():
+        if v <= 0:
+            raise UsageError(f"{opt} {v}: must be positive")
+    for opt, v in {"--weight-decay": cfg.weight_decay, "--warmup": cfg.warmup}.items():
+        if v < 0:
+            raise UsageError(f"{opt} {v}: must be >= 0")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UsageError(f"--max-steps {cfg.max_steps}: must be at least 1")
     if cfg.workers < 0:
@@ -198,34 +215,68 @@ def check_config(cfg: TrainConfig) -> None:
 
 # -- run folder ------------------------------------------------------------------------------------
 
-_RUN_FILES = (CONFIG, METRICS, LAST, BEST, "tensorboard", "postprocess.json")
+_RUN_FILES = (CONFIG, METRICS, LAST, BEST, "tensorboard", "wandb", "postprocess.json")
 
 
-def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
-    """Refuse a non-empty RUN unless resuming or forced; `force` clears only boneseg's own files."""
+def _stale_temps(out: Path) -> list[Path]:
+    """Temp files of run files that a killed atomic write left behind (``.last.pt.*.tmp`` …)."""
+    return [p for name in _RUN_FILES for p in out.glob(f".{name}.*.tmp")] if out.is_dir() else []
+
+
+def _remove(paths) -> None:
+    import shutil
+
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def prepare_run_dir(out: Path, resume: bool, force: bool) -> bool:
+    """Refuse a non-empty RUN unless resuming or forced; `force` clears only boneseg's own files.
+
+    Stale temp files of an interrupted save are removed (and do not make RUN "not empty").
+    Returns whether it made the folder.
+    """
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out}: exists and is not a folder")
     if resume:
         if not (out / LAST).is_file():
             raise CheckpointError(f"--resume: {out / LAST} not found (nothing to resume; drop --resume)")
-        return
-    if out.is_dir() and any(out.iterdir()):
+        _remove(_stale_temps(out))
+        return False
+    stale = _stale_temps(out)
+    if out.is_dir() and any(p not in stale for p in out.iterdir()):
         if not force:
             raise OutputExistsError(f"--out {out}: folder exists and is not empty "
                                     "(use --resume to continue that run or --force to start over)")
-        import shutil
-
-        for name in _RUN_FILES:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        _remove(out / name for name in _RUN_FILES)
+    _remove(stale)
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+@contextlib.contextmanager
+def run_folder(out: Path, cfg: TrainConfig, info: D.DistInfo):
+    """`prepare_run_dir` (rank 0), then the body; a new run that fails before saving a checkpoint takes
+    back what it wrote (and the folder, if it made it), so the plain retry just works."""
+    made = prepare_run_dir(out, cfg.resume, cfg.force) if info.is_main else False
+    D.barrier(info)
+    try:
+        yield
+    except BaseException:
+        if info.is_main and not cfg.resume and not any((out / name).is_file() for name in (LAST, BEST)):
+            _remove([out / name for name in _RUN_FILES] + _stale_temps(out))
+            if made and not any(out.iterdir()):
+                out.rmdir()
+        raise
 
 
 def merge_resume(cfg_given: dict, saved: dict) -> TrainConfig:
-    """The config of a resumed run: the saved one, with runtime options from the new command.
+    """The config of a resumed run: the saved one (less any runtime option an old checkpoint holds), with
+    the runtime options and `CHANGEABLE_ON_RESUME` ones the new command gives.
 
     Raises:
         UsageError: the new command changes an option that defines the run (e.g. ``--epochs``).
@@ -242,8 +293,8 @@ def merge_resume(cfg_given: dict, saved: dict) -> TrainConfig:
                 continue
             raise UsageError(f"--resume: the run was started with {key}={saved[key]!r}, not {cfg_given[key]!r} "
                              "(resume with the same options, or start a new run)")
-    merged = {k: v for k, v in saved.items() if k not in ("in_channels", "classes")}
-    for key in RUNTIME:
+    merged = {k: v for k, v in saved.items() if k not in ("in_channels", "classes", *RUNTIME)}
+    for key in (*RUNTIME, *CHANGEABLE_ON_RESUME):
         if key in cfg_given and cfg_given[key] is not None:
             merged[key] = cfg_given[key]
     merged["resume"] = True
@@ -261,6 +312,10 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, progress: bool):
 
     samples = discover(cfg.data, skip_bad=cfg.skip_bad)
     train_s, val_s = run_fold(samples, cfg.splits, cfg.folds, cfg.seed, cfg.fold)
+    if not val_s:
+        source = f"--splits {cfg.splits}" if cfg.splits else f"--folds {cfg.folds}"
+        raise DataError(f"{source}: fold {cfg.fold} has no images (nothing to validate on; "
+                        "choose another --fold or run boneseg split again)")
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data)
     cache = MaskCache(cache_root)
     if cfg.wrist:
@@ -289,6 +344,8 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, progress: bool):
     val_items = [it for it in val_items if str(it.sample.image) not in skipped]
     if not train_items:
         raise UsageError(f"--fold {cfg.fold}: no training images left")
+    if not val_items:
+        raise DataError(f"--fold {cfg.fold}: no validation images left after --skip-bad")
     return train_items, val_items
 
 
@@ -296,6 +353,13 @@ def _worker_init(_: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)
+
+
+def build_criterion(cfg: TrainConfig):
+    """The run's segmentation loss, every setting from the config (terms, weights, distance clip)."""
+    from boneseg.modelling.losses import build_loss
+
+    return build_loss(cfg.loss, cfg.distance_clip)
 
 
 def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
@@ -306,10 +370,9 @@ def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
     from boneseg.data.transforms import build_augmentation
 
     from boneseg.modelling.heads import meta_table
-    from boneseg.modelling.losses import build_loss
 
     transform = build_augmentation(cfg.aug, cfg.crop, flip=cfg.unify_side is None) if train else None
-    distance = cfg.distance_clip if build_loss(cfg.loss).needs_distance else None
+    distance = cfg.distance_clip if build_criterion(cfg).needs_distance else None
     meta = meta_table(cfg.data) if cfg.meta != "none" else None
     dataset = SegDataset(items, cfg.size, transform, cfg.unify_side, cfg.channels, distance, meta)
     sampler = EpochBatchSampler(len(items), cfg.batch_size, cfg.seed, shuffle=train,
@@ -340,9 +403,11 @@ class State:
     step: int = 0                       # optimizer steps in all
     loss_sum: torch.Tensor | None = None
     loss_count: int = 0
+    nonfinite_at: torch.Tensor | None = None  # first optimizer step with a non-finite loss (inf: none)
     best: float = -math.inf
     best_epoch: int = 0
     history: list = field(default_factory=list)
+    tracker_ids: dict = field(default_factory=dict)  # --log name -> its run id (a resume continues that run)
     criterion: Any = None
     device: torch.device = torch.device("cpu")
 
@@ -388,6 +453,7 @@ def checkpoint(st: State, full: bool) -> dict:
             "batch": st.batch,
             "loss_sum": st.loss_sum.detach().cpu() if st.loss_sum is not None else None,
             "loss_count": st.loss_count, "best": st.best, "best_epoch": st.best_epoch, "history": st.history,
+            "tracker_ids": st.tracker_ids,
         })
     return state
 
@@ -406,6 +472,7 @@ def restore(st: State, saved: dict) -> None:
     st.loss_sum = ls.to(st.device) if ls is not None else None
     st.loss_count = int(saved["loss_count"])
     st.best, st.best_epoch, st.history = float(saved["best"]), int(saved["best_epoch"]), list(saved["history"])
+    st.tracker_ids = dict(saved.get("tracker_ids") or {})
     _set_rng_state(saved["rng"])
 
 
@@ -500,6 +567,8 @@ def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, ba
     st.net.train()
     if st.loss_sum is None:
         st.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    if st.nonfinite_at is None:
+        st.nonfinite_at = torch.full((), math.inf, dtype=torch.float64, device=device)
     task = bar.add_task(f"epoch {st.epoch + 1}/{cfg.epochs}", total=n_batches * cfg.batch_size,
                         completed=st.batch * cfg.batch_size, unit="img") if bar else None
     for batch in loader:
@@ -534,6 +603,8 @@ def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, ba
             if st.ema is not None:
                 st.ema.update(st.model)
             st.step += 1
+            # on the device, no sync: read by `check_finite` before anything is saved
+            st.nonfinite_at = torch.where(st.loss_sum.isfinite(), st.nonfinite_at, st.nonfinite_at.clamp_max(st.step))
         if task is not None:
             info_text = f"loss {loss.item():.4f}  lr {st.optimizer.param_groups[0]['lr']:.2e}"
             bar.update(task, advance=len(batch["image"]), info=info_text)
@@ -546,6 +617,23 @@ def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, ba
     if task is not None:
         bar.remove_task(task)
     return False
+
+
+@torch.no_grad()
+def check_finite(st: State, info: D.DistInfo, out: Path) -> None:
+    """Raise `NonFiniteLoss` when a loss since the last check or a weight is NaN/inf (one sync).
+
+    Raises:
+        NonFiniteLoss: naming the first such step; called before anything is saved, so the run folder
+            keeps the last good state.
+    """
+    weights_ok = torch.stack([p.isfinite().all() for p in st.model.parameters()]).all()
+    at = torch.where(weights_ok, st.nonfinite_at, st.nonfinite_at.clamp_max(st.step)).clone()
+    at = D.all_reduce_min(at, info).item()
+    if math.isfinite(at):
+        kept = f"{out / LAST} keeps the last good state" if (out / LAST).is_file() else f"no {LAST} was written"
+        raise NonFiniteLoss(f"training diverged: the loss or the weights became non-finite (NaN/inf) at step "
+                            f"{int(at)} (epoch {st.epoch + 1}); stopped, {kept} (try a lower --lr or --clip)")
 
 
 @torch.no_grad()
@@ -648,7 +736,8 @@ def _train(config: TrainConfig | dict, progress: bool, stop: StopFlag) -> dict:
     check_config(cfg)
     info = D.setup(cfg.device, cfg.dist_timeout)
     try:
-        return _run(cfg, info, saved, out, progress and info.is_main, stop)
+        with run_folder(out, cfg, info):
+            return _run(cfg, info, saved, out, progress and info.is_main, stop)
     except RuntimeError as exc:
         failure = D.as_rank_failure(exc, info)
         if failure is None:
@@ -660,12 +749,8 @@ def _train(config: TrainConfig | dict, progress: bool, stop: StopFlag) -> dict:
 
 def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, progress: bool, stop: StopFlag) -> dict:
     from boneseg.cli.output import console, progress as make_progress
-    from boneseg.modelling.losses import build_loss
 
     t0 = time.time()
-    if info.is_main:
-        prepare_run_dir(out, cfg.resume, cfg.force)
-    D.barrier(info)
     _seed_everything(cfg.seed)
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -677,20 +762,24 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
         raise UsageError(f"--batch-size {cfg.batch_size}: larger than the {len(train_items)} training images per rank")
     steps_per_epoch = -(-n_batches // cfg.accumulate)
     st = build_state(cfg, info, steps_per_epoch)
-    st.criterion = build_loss(cfg.loss).to(info.device)
+    st.criterion = build_criterion(cfg).to(info.device)
     if saved is not None:
         restore(st, saved)
     if info.is_main:
         write_json(out / CONFIG, cfg.to_dict(), force=True)
     from boneseg.engine.tracking import make_tracker, overlays
 
-    tracker = make_tracker(cfg.log, out, cfg.to_dict()) if info.is_main else None
+    tracker = make_tracker(cfg.log, out, cfg.to_dict(), st.tracker_ids.get(cfg.log)) if info.is_main else None
+    if tracker is not None and tracker.run_id:
+        st.tracker_ids[cfg.log] = tracker.run_id
     stopped = False
-    with make_progress(transient=True, disable=not progress) as bar:
+    with make_progress(transient=True, disable=not progress) as bar, (
+            contextlib.closing(tracker) if tracker is not None else contextlib.nullcontext()):
         while st.epoch < cfg.epochs:
             e_start = time.time()
             train_sampler.set_epoch(st.epoch, st.batch)
             stopped = train_epoch(st, train_loader, train_sampler, info, stop, bar if progress else None)
+            check_finite(st, info, out)
             if stopped:
                 break
             train_loss = D.all_reduce_sum(torch.stack([st.loss_sum, torch.tensor(float(st.loss_count),
@@ -728,12 +817,10 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
         if stopped and info.is_main:
             write_outputs(st, out, best=False)
         D.barrier(info)
-    if tracker is not None:
-        tracker.close()
     if cfg.fit_postprocess and not stopped and info.is_main and (out / BEST).is_file():
         from boneseg.workflows.validation import fit_postprocess
 
-        fit_postprocess(out, cfg.data, device=str(info.device), workers=0, progress=progress)
+        fit_postprocess(out, cfg.data, device=str(info.device), workers=0, progress=progress, cache_dir=cfg.cache_dir)
     summary = {"run": str(out), "epochs_done": st.epoch, "steps": st.step,
                "best_val_dice": st.best if st.best > -math.inf else None, "best_epoch": st.best_epoch or None,
                "last": st.history[-1] if st.history else None, "stopped": stopped,
@@ -742,5 +829,5 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
                "seconds": round(time.time() - t0, 3)}
     if stopped and stop.signal is not None:
         raise TrainingInterrupted(f"interrupted at epoch {st.epoch + 1}, step {st.step}; {out / LAST} saved. "
-                                  f"Continue with the same command plus --resume")
+                                  f"Continue with: boneseg train {cfg.data} --out {out} --resume")
     return summary

@@ -13,8 +13,9 @@ Every term treats the 29 classes as independent sigmoid channels (overlapping bo
                ``1 + 4`` times more (band from max-pool dilation minus erosion of the mask, on device)
 ``dtbce``      distance-weighted BCE: each pixel's BCE weighs ``1 + 2 |d| / clip``, with d its signed
                distance to the class boundary from the cached distance maps (`boneseg.data.masks.
-               distance_maps`, clipped at 16 px): mistakes far from the true edge (islands, bleeding
-               into a neighbour) cost up to 3x, the opposite emphasis of ``boundary``
+               distance_maps`, clipped at ``--distance-clip``, 16 px by default): mistakes far from
+               the true edge (islands, bleeding into a neighbour) cost up to 3x, the opposite emphasis
+               of ``boundary``
 =============  =================================================================================
 
 Terms are computed in float32 whatever the autocast dtype. Terms that need the distance maps (``dtbce``)
@@ -169,11 +170,12 @@ def parse_loss(spec: str) -> list[tuple[float, str]]:
 class CombinedLoss(nn.Module):
     """A weighted sum of named terms; `forward(logits, target)` with target in {0, 1} of any dtype."""
 
-    def __init__(self, terms: list[tuple[float, str]]):
+    def __init__(self, terms: list[tuple[float, str]], distance_clip: int | None = None):
         super().__init__()
         self.weights = [w for w, _ in terms]
         self.names = [n for _, n in terms]
-        self.terms = nn.ModuleList(LOSSES[n]() for n in self.names)
+        self.terms = nn.ModuleList(DistanceBCE(clip=distance_clip) if n == "dtbce" else LOSSES[n]()
+                                   for n in self.names)
 
     @property
     def needs_distance(self) -> bool:
@@ -192,6 +194,7 @@ class CombinedLoss(nn.Module):
         return " + ".join(f"{w:g}*{n}" for w, n in zip(self.weights, self.names))
 
 
-def build_loss(spec: str) -> CombinedLoss:
-    """The loss for a ``--loss`` spec (see `parse_loss`)."""
-    return CombinedLoss(parse_loss(spec))
+def build_loss(spec: str, distance_clip: int | None = None) -> CombinedLoss:
+    """The loss for a ``--loss`` spec (see `parse_loss`); `distance_clip` is the clip (px) of the distance
+    maps ``dtbce`` receives (``--distance-clip``; default `boneseg.data.masks.DIST_CLIP`)."""
+    return CombinedLoss(parse_loss(spec), distance_clip)

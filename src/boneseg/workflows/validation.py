@@ -229,12 +229,14 @@ def choose_rules(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray], min_gain:
 
 
 def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshold: float = 0.5,
-                    device: str = "auto", workers: int = 0, progress: bool = True, force: bool = True) -> dict:
+                    device: str = "auto", workers: int = 0, progress: bool = True, force: bool = True,
+                    cache_dir: str | os.PathLike | None = None) -> dict:
     """Choose per-class post-processing on a run's validation fold and write ``RUN/postprocess.json``.
 
     The run's ``best.pt`` predicts its own validation images (the fold and split it was trained with), at
     full resolution, without TTA, thresholded at `threshold`; `choose_rules` keeps a rule for a class
     only where it raises that class's validation Dice. ``boneseg predict -m RUN`` then applies it.
+    `cache_dir`: the mask cache (default ``DATA/.boneseg-cache``).
 
     Returns:
         The written document: ``{"rule", "fold", "images", "threshold", "mean_dice_before",
@@ -264,7 +266,7 @@ def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshol
         raise UsageError(f"{run}: no validation images to fit post-processing on")
     policy = Policy.parse("none")
     loader = make_loader(ImageDataset(val, predictor.plan([policy]), labels=True,
-                                      cache_dir=cfg.get("cache_dir") or default_cache_dir(data)),
+                                      cache_dir=cache_dir or default_cache_dir(data)),
                          workers, predictor.device)
     cuts = probs_mod.cutoffs(threshold)
     preds, gts = [], []
