@@ -29,6 +29,16 @@ class CheckpointError(BonesegError):
     """A checkpoint that cannot be loaded safely."""
 
 
+class BonesegWarning(UserWarning):
+    """A choice the library made on the user's behalf; the CLI shows it as one ``Warning: …`` line."""
+
+
+def shorten(text: object, width: int = 60) -> str:
+    """`text` (user data quoted in a message) cut to about `width` characters, with the length cut."""
+    text = str(text)
+    return text if len(text) <= width else f"{text[:width]}… ({len(text)} characters)"
+
+
 def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
     """The valid `choices` ordered closest-first to `name` (all of them, best first)."""
     choices = list(choices)

@@ -51,7 +51,8 @@ def resolve_arch(name: str) -> str:
     raise UsageError(f"--arch {name!r}: unknown architecture{suggest(str(name), [*ARCHITECTURES, *ALIASES])}")
 
 
-def _smp_encoders() -> list[str]:
+def smp_encoders() -> list[str]:
+    """The encoder names smp accepts (`--encoder`; timm models as ``tu-<name>`` besides)."""
     return list(smp.encoders.get_encoder_names())
 
 
@@ -62,7 +63,7 @@ def resolve_encoder(name: str) -> str:
         UsageError: unknown encoder (closest valid names first).
     """
     name = str(name).strip()
-    smp_names = _smp_encoders()
+    smp_names = smp_encoders()
     if name in smp_names:
         return name
     lower = {n.lower(): n for n in smp_names}

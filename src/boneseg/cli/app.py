@@ -4,20 +4,33 @@ from __future__ import annotations
 import os
 
 import typer
+from typer.core import TyperGroup
 
 from boneseg import __version__
+from boneseg.errors import suggest
+
+
+class _Group(TyperGroup):
+    """The command group: an unknown command is refused with the closest names."""
+
+    def resolve_command(self, ctx, args: list[str]):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            ctx.fail(f"no such command {name!r}{suggest(name, self.list_commands(ctx), 5)}")
+        return super().resolve_command(ctx, args)
+
 
 app = typer.Typer(
     name="boneseg",
+    cls=_Group,
     help="Hand-bone X-ray segmentation: synthetic data, training, inference, TTA, ensembles and analysis.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-state = {"debug": os.environ.get("BONESEG_DEBUG", "") not in ("", "0")}
+state = {"debug": os.environ.get("BONESEG_DEBUG", "") not in ("", "0"), "command": None}
 
 
 def _version(value: bool) -> None:
@@ -28,11 +41,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (also BONESEG_DEBUG=1)."),
 ) -> None:
     """boneseg: hand-bone X-ray segmentation toolkit."""
+    state["command"] = ctx.invoked_subcommand
     if debug:
         state["debug"] = True
-
