@@ -4,14 +4,29 @@ from __future__ import annotations
 import os
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from boneseg import __version__
 from boneseg.errors import suggest
 
 
-class _Group(TyperGroup):
-    """The command group: an unknown command is refused with the closest names."""
+class _FlagsAsFlags:
+    """Help shows a flag as a flag, without a ``<bool>`` value placeholder."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsAsFlags, TyperCommand):
+    """A boneseg command."""
+
+
+class _Group(_FlagsAsFlags, TyperGroup):
+    """The command group; an unknown command is refused with the closest names."""
 
     def resolve_command(self, ctx, args: list[str]):
         name = args[0] if args else ""
@@ -20,7 +35,12 @@ class _Group(TyperGroup):
         return super().resolve_command(ctx, args)
 
 
-app = typer.Typer(
+class _Typer(typer.Typer):
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = _Typer(
     name="boneseg",
     cls=_Group,
     help="Hand-bone X-ray segmentation: synthetic data, training, inference, TTA, ensembles and analysis.",
