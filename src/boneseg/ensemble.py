@@ -29,7 +29,7 @@ import numpy as np
 from boneseg import probs as probs_mod
 from boneseg import rle as rle_mod
 from boneseg.classes import CLASSES, NUM_CLASSES, class_index
-from boneseg.errors import DataError, UsageError
+from boneseg.errors import DataError, UsageError, quote
 from boneseg.io import read_json, write_json
 from boneseg.submission import Submission, SubmissionWriter, read_submission
 
@@ -112,7 +112,7 @@ def _resolve_input(value: Any, inputs: Sequence[str], where: str) -> int:
     """An input named by 0-based index, by path as given, or by its file/folder name."""
     n = len(inputs)
     if isinstance(value, bool):
-        raise DataError(f"{where}: expected an input index, name or list of weights, got {value!r}")
+        raise DataError(f"{where}: expected an input index, name or list of weights, got {quote(value)}")
     if isinstance(value, int):
         if not 0 <= value < n:
             raise DataError(f"{where}: input index {value} out of range (0..{n - 1})")
@@ -125,7 +125,7 @@ def _resolve_input(value: Any, inputs: Sequence[str], where: str) -> int:
             return hits[0]
         from boneseg.errors import suggest
         what = "is ambiguous" if hits else "is not one of the inputs"
-        raise DataError(f"{where}: {value!r} {what}{suggest(value, [Path(p).name for p in inputs])}")
+        raise DataError(f"{where}: {quote(value)} {what}{suggest(value, [Path(p).name for p in inputs])}")
     raise DataError(f"{where}: expected an input index, name or list of weights, got {type(value).__name__}")
 
 
@@ -232,7 +232,7 @@ def read_threshold(value: str | float | None) -> float | dict[str, float]:
         except DataError as exc:
             raise DataError(f"{value}: {exc}") from None
         except (TypeError, ValueError):
-            raise DataError(f"{value}: class {name!r}: threshold {t!r} is not a number") from None
+            raise DataError(f"{value}: class {quote(name)}: threshold {quote(t)} is not a number") from None
     return out
 
 
@@ -382,10 +382,10 @@ def check_same_images(names: Sequence[str], image_lists: Sequence[Sequence[str]]
             continue
         missing = [i for i in image_lists[0] if i not in these]
         if missing:
-            raise DataError(f"{name}: lacks {what} {missing[0]!r} (in {names[0]})"
+            raise DataError(f"{name}: lacks {what} {quote(missing[0])} (in {names[0]})"
                             + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
         extra = [i for i in images if i not in first]
-        raise DataError(f"{name}: has {what} {extra[0]!r} that {names[0]} lacks"
+        raise DataError(f"{name}: has {what} {quote(extra[0])} that {names[0]} lacks"
                         + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
 
 
@@ -404,7 +404,7 @@ def vote_image_rles(rles: Sequence[Sequence[str]], plan: VotePlan, size: int,
                 runs.append(rle_mod.parse(texts[c], size))
             except DataError as exc:
                 who = names[i] if names else f"input {i}"
-                raise DataError(f"{who}: image {image!r}, class {cls!r}: {exc}") from None
+                raise DataError(f"{who}: image {quote(image)}, class {quote(cls)}: {exc}") from None
         out.append(rle_mod.runs_to_rle(*vote_runs(runs, plan.weights[c], plan.cuts[c])))
     return out
 

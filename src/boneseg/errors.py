@@ -33,10 +33,10 @@ class BonesegWarning(UserWarning):
     """A choice the library made on the user's behalf; the CLI shows it as one ``Warning: …`` line."""
 
 
-def shorten(text: object, width: int = 60) -> str:
-    """`text` (user data quoted in a message) cut to about `width` characters, with the length cut."""
-    text = str(text)
-    return text if len(text) <= width else f"{text[:width]}… ({len(text)} characters)"
+def quote(value: object, width: int = 40) -> str:
+    """User data quoted in a message, cut to `width` characters: ``'image_name,fin…' (1760 characters)``."""
+    text = str(value)
+    return repr(text) if len(text) <= width else f"{text[:width]!r}… ({len(text)} characters)"
 
 
 def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:

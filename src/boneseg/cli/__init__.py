@@ -16,7 +16,7 @@ from boneseg.cli import (  # noqa: F401  (each module registers its commands on 
     synth_cmd, eda_cmd, split_cmd, train_cmd, predict_cmd, tta_cmd, pseudo_cmd, ensemble_cmd,
     analyze_cmd, check_cmd, demo_cmd, models_cmd,
 )
-from boneseg.errors import BonesegError, BonesegWarning, shorten, suggest
+from boneseg.errors import BonesegError, BonesegWarning, quote, suggest
 
 __all__ = ["app", "main"]
 
@@ -70,7 +70,7 @@ def _usage_message(exc: Exception) -> str:
     if isinstance(exc, _click.NoSuchOption) and ctx is not None:
         names = [o for p in ctx.command.params if not getattr(p, "hidden", False)
                  for o in (*p.opts, *p.secondary_opts) if o.startswith("--")] + ["--help"]
-        return f"{where}no such option {shorten(exc.option_name)}{suggest(exc.option_name, names, 5)}"
+        return f"{where}no such option {quote(exc.option_name)}{suggest(exc.option_name, names, 5)}"
     text = " ".join(exc.format_message().split()).rstrip(".")
     return where + (text[:1].lower() + text[1:])
 
