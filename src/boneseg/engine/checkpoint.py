@@ -57,7 +57,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign or broken files
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))  # a Python object, not data
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # a Python object, not data
         if found:
             raise CheckpointError(f"{path}: refused: it holds Python objects that could run code when loaded "
                                   f"({quote(found.group(1))}); only checkpoints of plain tensors and values are "
