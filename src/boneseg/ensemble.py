@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 from boneseg import probs as probs_mod
 from boneseg import rle as rle_mod
 from boneseg.classes import CLASSES, NUM_CLASSES, class_index
-from boneseg.errors import DataError, UsageError, quote
+from boneseg.errors import BonesegWarning, DataError, UsageError, quote
 from boneseg.io import read_json, write_json
 from boneseg.submission import Submission, SubmissionWriter, read_submission
 
@@ -182,6 +183,9 @@ def hard_plan(n: int, min_votes: int | None = None, weights: Sequence[float] | N
         raise UsageError("--min-votes and --weights exclude each other (weights vote by majority of weight)")
     if min_votes is not None and not 1 <= min_votes <= n:
         raise UsageError(f"--min-votes must be within 1..{n} for {n} inputs, got {min_votes}")
+    if n == 2 and min_votes is None and weights is None:
+        warnings.warn("a hard vote over 2 inputs keeps only the pixels both predict (the intersection); "
+                      "--min-votes 1 gives the union", BonesegWarning, stacklevel=2)
     w = _as_weights(weights, n, "--weights")
     cut = (min_votes - 0.5) if min_votes is not None else (n // 2 + 0.5 if weights is None else w.sum() / 2)
     W = np.tile(w, (NUM_CLASSES, 1))

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from boneseg.classes import NUM_CLASSES
-from boneseg.errors import CheckpointError, UsageError, suggest
+from boneseg.errors import BonesegWarning, CheckpointError, UsageError, suggest
 
 import segmentation_models_pytorch as smp  # noqa: E402  (after torch)
 
@@ -169,6 +169,12 @@ def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> Non
             loaded[k] = v
         elif v.ndim == 4 and v.shape[0] == own[k].shape[0] and v.shape[2:] == own[k].shape[2:]:
             loaded[k] = (v.sum(1, keepdim=True) / own[k].shape[1]).expand_as(own[k]).clone()
-    if not loaded:
-        raise CheckpointError(f"{path}: no weight matches the {type(model.encoder).__name__} encoder")
+    wanted = [k for k in own if not k.endswith("num_batches_tracked")]  # a counter, absent from many files
+    matched = sum(k in loaded for k in wanted)
+    if matched < len(wanted) / 2:
+        raise CheckpointError(f"{path}: only {matched} of the {type(model.encoder).__name__} encoder's "
+                              f"{len(wanted)} tensors match: weights of another encoder?")
+    if matched < len(wanted):
+        warnings.warn(f"--encoder-weights {path}: {matched} of the encoder's {len(wanted)} tensors loaded; "
+                      "the others keep their random initialisation", BonesegWarning, stacklevel=2)
     model.encoder.load_state_dict(loaded, strict=False)
