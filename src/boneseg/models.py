@@ -169,11 +169,13 @@ def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> Non
             loaded[k] = v
         elif v.ndim == 4 and v.shape[0] == own[k].shape[0] and v.shape[2:] == own[k].shape[2:]:
             loaded[k] = (v.sum(1, keepdim=True) / own[k].shape[1]).expand_as(own[k]).clone()
+    other = [k for k, v in sd.items() if k in own and isinstance(v, torch.Tensor) and k not in loaded]
+    if other or not loaded:
+        example = f" ({other[0]}: {tuple(sd[other[0]].shape)}, expected {tuple(own[other[0]].shape)})" if other else ""
+        raise CheckpointError(f"{path}: weights of another encoder than {type(model.encoder).__name__}: "
+                              f"{len(other)} tensor(s) of other shapes{example}, {len(loaded)} matching")
     wanted = [k for k in own if not k.endswith("num_batches_tracked")]  # a counter, absent from many files
     matched = sum(k in loaded for k in wanted)
-    if matched < len(wanted) / 2:
-        raise CheckpointError(f"{path}: only {matched} of the {type(model.encoder).__name__} encoder's "
-                              f"{len(wanted)} tensors match: weights of another encoder?")
     if matched < len(wanted):
         warnings.warn(f"--encoder-weights {path}: {matched} of the encoder's {len(wanted)} tensors loaded; "
                       "the others keep their random initialisation", BonesegWarning, stacklevel=2)
