@@ -183,9 +183,6 @@ def hard_plan(n: int, min_votes: int | None = None, weights: Sequence[float] | N
         raise UsageError("--min-votes and --weights exclude each other (weights vote by majority of weight)")
     if min_votes is not None and not 1 <= min_votes <= n:
         raise UsageError(f"--min-votes must be within 1..{n} for {n} inputs, got {min_votes}")
-    if n == 2 and min_votes is None and weights is None:
-        warnings.warn("a hard vote over 2 inputs keeps only the pixels both predict (the intersection); "
-                      "--min-votes 1 gives the union", BonesegWarning, stacklevel=2)
     w = _as_weights(weights, n, "--weights")
     cut = (min_votes - 0.5) if min_votes is not None else (n // 2 + 0.5 if weights is None else w.sum() / 2)
     W = np.tile(w, (NUM_CLASSES, 1))
@@ -454,6 +451,9 @@ def hard_vote(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None
     with SubmissionWriter(out, force=force) as writer:
         for image, rles in zip(images, parallel_map(_hard_worker, images, state, workers, progress)):
             writer.write_rles(image, rles)
+    if len(names) == 2 and min_votes is None and weights is None:
+        warnings.warn("a hard vote over 2 inputs keeps only the pixels both predict (the intersection); "
+                      "--min-votes 1 gives the union", BonesegWarning, stacklevel=2)
     return EnsembleSummary(str(out or "-"), "hard", names, len(images), plan)
 
 
