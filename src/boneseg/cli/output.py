@@ -31,6 +31,12 @@ class _Console(Console):
     def size(self, new_size: tuple[int, int]) -> None:
         Console.size.fset(self, new_size)
 
+    def rule(self, title: str = "", **kwargs) -> None:
+        """A horizontal rule, 80 columns wide when not on a terminal."""
+        from rich.rule import Rule
+
+        self.print(Rule(title, **kwargs), width=None if self.is_terminal else 80)
+
 
 console = _Console(stderr=True, highlight=False)
 """Human-oriented output goes to stderr so stdout stays free for CSV/JSON."""
