@@ -29,6 +29,16 @@ class CheckpointError(BonesegError):
     """A checkpoint that cannot be loaded safely."""
 
 
+class BonesegWarning(UserWarning):
+    """A choice the library made on the user's behalf; the CLI shows it as one ``Warning: …`` line."""
+
+
+def quote(value: object, width: int = 40) -> str:
+    """User data quoted in a message, cut to `width` characters: ``'image_name,fin…' (1760 characters)``."""
+    text = str(value)
+    return repr(text) if len(text) <= width else f"{text[:width]!r}… ({len(text)} characters)"
+
+
 def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
     """The valid `choices` ordered closest-first to `name` (all of them, best first)."""
     choices = list(choices)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from boneseg.errors import DataError
+from boneseg.errors import DataError, quote
 
 __all__ = ["encode", "decode", "decode_into", "decode_stack", "runs_from_mask", "parse", "format_runs", "runs_to_rle"]
 
@@ -120,7 +120,7 @@ def _values(rle: str) -> np.ndarray:
             return values
     tokens = rle.split()
     bad = next((t for t in tokens if not (t.isascii() and t.isdigit()) or len(t) > 18), tokens[0])
-    raise DataError(f"malformed RLE: {bad[:20]!r} is not a non-negative integer")
+    raise DataError(f"malformed RLE: {quote(bad, 20)} is not a non-negative integer")
 
 
 def parse(rle: str | float | None, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from boneseg import rle as rle_mod
 from boneseg.classes import CLASS_INDEX, CLASSES
-from boneseg.errors import BonesegError, DataError
+from boneseg.errors import BonesegError, DataError, quote
 from boneseg.io import atomic_open
 
 HEADER = ("image_name", "class", "rle")
@@ -86,7 +86,7 @@ class Submission:
             try:
                 out.append(self.rles[(image, c)])
             except KeyError:
-                raise DataError(f"{self.path}: no row for image {image!r}, class {c!r}") from None
+                raise DataError(f"{self.path}: no row for image {quote(image)}, class {quote(c)}") from None
         return out
 
     def masks(self, image: str, shape: Sequence[int]) -> np.ndarray:
@@ -117,7 +117,7 @@ def csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
                 raise DataError(f"{path}: empty file (expected header {','.join(HEADER)})")
             header = [h.strip().lstrip("\ufeff") for h in header]
             if tuple(header) != HEADER:
-                raise DataError(f"{path}: wrong header {','.join(header)!r} (expected {','.join(HEADER)})")
+                raise DataError(f"{path}: wrong header {quote(','.join(header))} (expected {','.join(HEADER)})")
             start = reader.line_num + 1
             for row in reader:  # a quoted field may span lines: name the row by its first
                 yield start, row
@@ -144,10 +144,10 @@ def read_submission(path: str | os.PathLike) -> Submission:
         image, cls, text = row
         if cls not in CLASS_INDEX:
             from boneseg.errors import suggest
-            raise DataError(f"{path}: row {line}: unknown class {cls!r}{suggest(cls, CLASSES, 3)}")
+            raise DataError(f"{path}: row {line}: unknown class {quote(cls)}{suggest(cls, CLASSES, 3)}")
         key = (image, cls)
         if key in sub.rles:
-            raise DataError(f"{path}: row {line}: duplicate row for image {image!r}, class {cls!r}")
+            raise DataError(f"{path}: row {line}: duplicate row for image {quote(image)}, class {quote(cls)}")
         sub.rles[key] = text
         if image not in seen_images:
             seen_images[image] = line
@@ -155,7 +155,7 @@ def read_submission(path: str | os.PathLike) -> Submission:
     for image in sub.images:
         missing = [c for c in CLASSES if (image, c) not in sub.rles]
         if missing:
-            raise DataError(f"{path}: image {image!r} lacks {len(missing)} class row(s): {', '.join(missing[:5])}"
+            raise DataError(f"{path}: image {quote(image)} lacks {len(missing)} class row(s): {', '.join(missing[:5])}"
                             + (", …" if len(missing) > 5 else ""))
     return sub
 
@@ -188,16 +188,16 @@ def validate_submission(path: str | os.PathLike, shape: Sequence[int] = (2048, 2
             if not image:
                 problems.append(f"row {line}: empty image_name")
             if cls not in CLASS_INDEX:
-                problems.append(f"row {line}: unknown class {cls!r}")
+                problems.append(f"row {line}: unknown class {quote(cls)}")
             elif (image, cls) in seen:
-                problems.append(f"row {line}: duplicate of row {seen[(image, cls)]} ({image}, {cls})")
+                problems.append(f"row {line}: duplicate of row {seen[(image, cls)]} ({quote(image)}, {quote(cls)})")
             else:
                 seen[(image, cls)] = line
                 per_image.setdefault(image, set()).add(cls)
             try:
                 rle_mod.parse(text, sizes.get(image, size))
             except DataError as exc:
-                problems.append(f"row {line}: {image}, {cls}: {exc}")
+                problems.append(f"row {line}: {quote(image)}, {quote(cls)}: {exc}")
     except BonesegError as exc:
         return [str(exc).removeprefix(f"{path}: ")]
     for image, classes in per_image.items():

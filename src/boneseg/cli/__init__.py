@@ -1,36 +1,59 @@
 """The ``boneseg`` command line: a thin Typer layer over the library."""
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
 import threading
 import traceback
+import warnings
+
+import typer
 
 from boneseg.cli.app import app, state
 from boneseg.cli import (  # noqa: F401  (each module registers its commands on `app`)
     synth_cmd, eda_cmd, split_cmd, train_cmd, predict_cmd, tta_cmd, pseudo_cmd, ensemble_cmd,
-    analyze_cmd, check_cmd, demo_cmd,
+    analyze_cmd, check_cmd, demo_cmd, models_cmd,
 )
-from boneseg.errors import BonesegError
+from boneseg.errors import BonesegError, BonesegWarning, quote, suggest
 
 __all__ = ["app", "main"]
+
+# Click's exceptions, wherever this Typer takes click from (recent Typers vendor it).
+_click = importlib.import_module(typer.BadParameter.__module__)
+
+# Folders an interrupted command may leave partly filled (each finished file in them is complete).
+_PARTIAL_FOLDERS = {"analyze": "out", "eda": "out", "synth": "out", "demo": "out"}
+_OUTPUTS = ("out", "output", "save_probs", "thresholds_out", "per_class_out")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning every failure into one ``Error: …`` line on stderr."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     if "--debug" in argv:
         state["debug"] = True
+    state["command"] = None
     _terminate_like_ctrl_c()
+    command = typer.main.get_command(app)
+    command._main_shell_completion({}, "boneseg")  # exits when the shell asks for completions
     try:
-        app(args=argv, prog_name="boneseg")
-    except SystemExit:
-        raise
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", BonesegWarning)
+            warnings.showwarning = _show_warning
+            with command.make_context("boneseg", argv) as ctx:
+                command.invoke(ctx)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except getattr(_click, "NoArgsIsHelpError", ()) as exc:  # bare `boneseg`: the help, not an error
+        print(exc.ctx.get_help())
+        sys.exit(0)
+    except _click.ClickException as exc:
+        _fail(_usage_message(exc), exc.exit_code)
     except BonesegError as exc:
         _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    except (KeyboardInterrupt, typer.Abort):
+        _fail(_interrupted(command, argv), 130)
     except MemoryError:
         _fail("out of memory", 1)
     except OSError as exc:
@@ -38,6 +61,48 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{where}{exc.strerror or exc}", 1)
     except Exception as exc:  # an unexpected failure still gets one line unless --debug
         _fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+
+
+def _usage_message(exc: Exception) -> str:
+    """A click usage error as one line naming the command and the option or argument at fault."""
+    ctx = getattr(exc, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None else " ".join(["boneseg", state["command"] or ""]).strip() + ": "
+    if isinstance(exc, _click.NoSuchOption) and ctx is not None:
+        names = [o for p in ctx.command.params if not getattr(p, "hidden", False)
+                 for o in (*p.opts, *p.secondary_opts) if o.startswith("--")] + ["--help"]
+        return f"{where}no such option {quote(exc.option_name)}{suggest(exc.option_name, names, 5)}"
+    text = " ".join(exc.format_message().split()).rstrip(".")
+    return where + (text[:1].lower() + text[1:])
+
+
+def _interrupted(command, argv: list[str]) -> str:
+    """What an interrupted command leaves behind and how to continue, from its own options."""
+    name = state["command"]
+    if name is None:
+        return "interrupted"
+    if name == "train":  # a second Ctrl-C: the step in flight is lost, the previous last.pt is not
+        return ("train interrupted; the previous last.pt (if any) is kept: continue with the same command "
+                "plus --resume")
+    params = {}
+    try:
+        rest = argv[argv.index(name) + 1:]
+        params = command.commands[name].make_context(name, rest, resilient_parsing=True).params
+    except (_click.ClickException, ValueError):
+        pass
+    outs = [str(params[k]) for k in _OUTPUTS if params.get(k) not in (None, "-") and k != _PARTIAL_FOLDERS.get(name)]
+    said = f"{name} interrupted; no output was written" + (f" ({', '.join(outs)} unchanged)" if outs else "")
+    folder = params.get(_PARTIAL_FOLDERS.get(name, ""))
+    if folder is not None:
+        return f"{said}; files finished in {folder} are kept: rerun the same command with --force"
+    return f"{said}; rerun the same command"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (`BonesegWarning`) as one ``Warning: …`` line; others the Python way."""
+    if issubclass(category, BonesegWarning):
+        print(f"Warning: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr, end="")
 
 
 def _terminate_like_ctrl_c() -> None:

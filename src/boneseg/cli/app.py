@@ -6,15 +6,26 @@ import os
 import typing
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from boneseg import __version__
-from boneseg.errors import UsageError
+from boneseg.errors import UsageError, suggest
 
 
-class FiniteCommand(TyperCommand):
-    """A command whose float parameters refuse nan and ±inf (exit 2, naming the option), checked on the
-    command-line text before any other check of the value."""
+class _FlagsAsFlags:
+    """Help shows a flag as a flag, without a ``<bool>`` value placeholder."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+class FiniteCommand(_FlagsAsFlags, TyperCommand):
+    """A boneseg command: its float parameters refuse nan and ±inf (exit 2, naming the option), checked on
+    the command-line text before any other check of the value."""
 
     def parse_args(self, ctx, args):
         floats = {name for name, hint in typing.get_type_hints(self.callback).items() if _has_float(hint)}
@@ -38,6 +49,16 @@ def _non_finite(text) -> bool:
         return False
 
 
+class _Group(_FlagsAsFlags, TyperGroup):
+    """The command group; an unknown command is refused with the closest names."""
+
+    def resolve_command(self, ctx, args: list[str]):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            ctx.fail(f"no such command {name!r}{suggest(name, self.list_commands(ctx), 5)}")
+        return super().resolve_command(ctx, args)
+
+
 class _App(typer.Typer):
     """Every command registered here is a `FiniteCommand` (unless it names another class)."""
 
@@ -47,15 +68,15 @@ class _App(typer.Typer):
 
 app = _App(
     name="boneseg",
+    cls=_Group,
     help="Hand-bone X-ray segmentation: synthetic data, training, inference, TTA, ensembles and analysis.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-state = {"debug": os.environ.get("BONESEG_DEBUG", "") not in ("", "0")}
+state = {"debug": os.environ.get("BONESEG_DEBUG", "") not in ("", "0"), "command": None}
 
 
 def _version(value: bool) -> None:
@@ -66,11 +87,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (also BONESEG_DEBUG=1)."),
 ) -> None:
     """boneseg: hand-bone X-ray segmentation toolkit."""
+    state["command"] = ctx.invoked_subcommand
     if debug:
         state["debug"] = True
-

@@ -10,7 +10,7 @@ from boneseg.cli.app import app
 
 @app.command("demo")
 def demo_command(
-    out: Path = typer.Option(Path("boneseg-demo"), "--out", "-o",
+    out: Path = typer.Option(Path("boneseg-demo"), "--out", "-o", metavar="DIR",
                              help="Folder for everything the demo writes (must be empty or absent unless --force)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the dataset, folds, initialisation and order: same seed, same Dice."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes and two epochs: checks every step in seconds (Dice meaningless)."),

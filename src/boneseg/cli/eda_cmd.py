@@ -12,7 +12,7 @@ from boneseg.cli.output import console, print_json, progress, stage_callback, ta
 @app.command("eda")
 def eda_command(
     data: Path = typer.Argument(..., metavar="DATA", show_default=False, help="Dataset root (competition layout)."),
-    out: Path = typer.Option(None, "--out", show_default=False,
+    out: Path = typer.Option(None, "--out", "-o", metavar="DIR", show_default=False,
                              help="Folder for eda.json and the PNG plots (none written without it)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report (eda.json) on stdout."),
     samples: int = typer.Option(4, "--samples", min=0, help="Images drawn with their labels in samples.png."),

@@ -18,7 +18,7 @@ class Vote(str, Enum):
 
 @app.command("ensemble")
 def ensemble_command(
-    inputs: list[Path] = typer.Argument(..., help="Submission CSVs (hard vote) or `predict --save-probs` "
+    inputs: list[Path] = typer.Argument(..., metavar="PRED.csv|PROBDIR", help="Submission CSVs (hard vote) or `predict --save-probs` "
                                         "folders (soft vote).", show_default=False),
     vote: Vote = typer.Option(None, "--vote", help="hard: pixel-wise vote over CSVs; soft: weighted mean of "
                               "probabilities. Default: soft for folders, hard for files.", show_default=False),
@@ -29,17 +29,18 @@ def ensemble_command(
                                       "soft: weighted mean.", show_default=False),
     threshold: str = typer.Option("0.5", "--threshold", help="Soft vote: probability threshold, global or "
                                   "a JSON file {class: threshold}."),
-    per_class: Path = typer.Option(None, "--per-class", help="JSON {class: input index, input name or "
+    per_class: Path = typer.Option(None, "--per-class", metavar="FILE.json", help="JSON {class: input index, input name or "
                                    "list of weights}: who votes on each class.", show_default=False),
-    scores: list[Path] = typer.Option(None, "--scores", help="Validation scores per input (`analyze --json` "
+    scores: list[Path] = typer.Option(None, "--scores", metavar="FILE.json", help="Validation scores per input (`analyze --json` "
                                       "or `tta --json`), repeated in input order: each class goes to its "
                                       "best input.", show_default=False),
-    per_class_out: Path = typer.Option(None, "--per-class-out", help="Also save the per-class choice "
+    per_class_out: Path = typer.Option(None, "--per-class-out", metavar="FILE.json", help="Also save the per-class choice "
                                        "made from --scores as JSON.", show_default=False),
     size: str = typer.Option("2048", "--size", help="Hard vote: image size the RLE must fit: N or HxW."),
     workers: int = typer.Option(None, "--workers", help="Worker processes (default: all cores).",
                                 show_default=False),
-    output: str = typer.Option("-", "-o", "--output", help="Output CSV (`-`: stdout)."),
+    output: str = typer.Option("-", "-o", "--out", metavar="PRED.csv", help="Output CSV (`-`: stdout)."),
+    output_alias: str = typer.Option(None, "--output", hidden=True),  # the old name of -o/--out
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
 ) -> None:
     """Ensemble predictions: [bold]hard[/bold] votes over submission CSVs (rows matched by image and class,
@@ -48,6 +49,7 @@ def ensemble_command(
     from boneseg.cli.options import parse_size
     from boneseg.errors import UsageError
 
+    output = output_alias or output
     dirs = [p.is_dir() for p in inputs]
     if vote is None:
         if any(dirs) and not all(dirs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
@@ -14,10 +14,34 @@ from rich.text import Text
 
 __all__ = ["console", "err_console", "escape", "out_console", "plain", "print_json", "progress", "stage_callback", "table"]
 
-console = Console(stderr=True, highlight=False)
+
+_UNWRAPPED = 100_000  # columns when the output is not a terminal: more than any message or table needs
+
+
+class _Console(Console):
+    """Wraps lines and tables to a terminal's width; into a file or pipe, never: each message and table row
+    stays one line for ``grep`` and line-by-line parsing."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(_UNWRAPPED, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+    def rule(self, title: str = "", **kwargs) -> None:
+        """A horizontal rule, 80 columns wide when not on a terminal."""
+        from rich.rule import Rule
+
+        self.print(Rule(title, **kwargs), width=None if self.is_terminal else 80)
+
+
+console = _Console(stderr=True, highlight=False)
 """Human-oriented output goes to stderr so stdout stays free for CSV/JSON."""
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-out_console = Console(highlight=False, soft_wrap=True)
+err_console = _Console(stderr=True, highlight=False, soft_wrap=True)
+out_console = _Console(highlight=False, soft_wrap=True)
 
 
 class _RateColumn(ProgressColumn):

@@ -9,11 +9,11 @@ from boneseg.cli.app import app
 from boneseg.cli.options import parse_floats
 
 # Options shared with `boneseg tta` (one definition, imported there).
-WRIST_MODEL = typer.Option(None, "--wrist-model", help="Wrist second-stage checkpoint (train --wrist): "
+WRIST_MODEL = typer.Option(None, "--wrist-model", metavar="CKPT|RUN", help="Wrist second-stage checkpoint (train --wrist): "
                            "replaces the carpal predictions inside the wrist box.")
-META = typer.Option(None, "--meta", help="Metadata file for --meta film models (default: meta_data.xlsx "
+META = typer.Option(None, "--meta", metavar="FILE.xlsx", help="Metadata file for --meta film models (default: meta_data.xlsx "
                     "found from the images).")
-MODELS = typer.Option(..., "--model", "-m", help="Checkpoint file or run folder (its best.pt); repeat to ensemble.")
+MODELS = typer.Option(..., "--model", "-m", metavar="CKPT|RUN", help="Checkpoint file or run folder (its best.pt); repeat to ensemble.")
 WEIGHTS = typer.Option(None, "--weights", help="Ensemble weights, comma-separated, one per -m (default equal).")
 SIZE = typer.Option(None, "--size", help="Resize-mode side (default: each model's training size); with "
                                          "--sliding, the square resolution the window slides over.")
@@ -22,22 +22,23 @@ OVERLAP = typer.Option(0.5, "--overlap", help="Sliding overlap fraction of a til
 SCALES = typer.Option("0.75,1,1.25", "--scales", help="Scales of the 'scale' TTA, comma-separated.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
 BATCH = typer.Option(4, "--batch-size", "-b", help="Tiles per forward pass in sliding mode.")
-AMP = typer.Option(True, "--amp/--no-amp", help="fp16 autocast on CUDA.")
+AMP = typer.Option(True, "--amp/--no-amp", show_default=False,
+                   help="fp16 autocast (CUDA only: a CPU always runs fp32) \\[default: on].")
 WORKERS = typer.Option(2, "--workers", "-j", help="Background image-loading processes (0: none).")
 
 
 @app.command("predict")
 def predict_command(
-    source: Path = typer.Argument(..., help="Dataset root (uses test/DCM), a folder of PNGs (recursive) or one PNG."),
+    source: Path = typer.Argument(..., metavar="DATA|IMAGES", help="Dataset root (uses test/DCM), a folder of PNGs (recursive) or one PNG."),
     models: list[Path] = MODELS,
-    out: str = typer.Option("-", "--out", "-o", help="Submission CSV ('-' or omitted: standard output)."),
+    out: str = typer.Option("-", "--out", "-o", metavar="PRED.csv", help="Submission CSV ('-' or omitted: standard output)."),
     tta: str = typer.Option("none", "--tta", help="none, hflip, scale or hflip+scale (mean of probabilities)."),
     scales: str = SCALES,
     sliding: bool = typer.Option(False, "--sliding", help="Sliding window at full resolution instead of resize."),
     window: int = WINDOW,
     overlap: float = OVERLAP,
     size: int = SIZE,
-    threshold: str = typer.Option("0.5", "--threshold", "-t", help="Threshold, or a JSON file {class: t} "
+    threshold: str = typer.Option("0.5", "--threshold", "-t", metavar="T|FILE.json", help="Threshold, or a JSON file {class: t} "
                                                                    "(e.g. from boneseg tta --thresholds-out)."),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep each class's largest component only."),
     min_area: int = typer.Option(0, "--min-area", help="Remove components smaller than this many pixels."),
@@ -46,7 +47,7 @@ def predict_command(
                                     "none, or a rules file."),
     wrist_model: Path = WRIST_MODEL,
     meta: Path = META,
-    save_probs: Path = typer.Option(None, "--save-probs", help="Also write uint8 probabilities here "
+    save_probs: Path = typer.Option(None, "--save-probs", metavar="PROBDIR", help="Also write uint8 probabilities here "
                                                                "(for ensemble --vote soft and pseudo)."),
     weights: str = WEIGHTS,
     device: str = DEVICE,

@@ -11,18 +11,18 @@ from boneseg.cli.output import console, print_json, progress
 
 @app.command("pseudo")
 def pseudo_command(
-    source: Path = typer.Argument(..., help="Submission CSV or `predict --save-probs` folder with the test "
+    source: Path = typer.Argument(..., metavar="PRED.csv|PROBDIR", help="Submission CSV or `predict --save-probs` folder with the test "
                                   "predictions.", show_default=False),
-    data: Path = typer.Argument(..., help="Dataset root (its test/DCM) or folder of the predicted PNGs.",
+    data: Path = typer.Argument(..., metavar="DATA", help="Dataset root (its test/DCM) or folder of the predicted PNGs.",
                                 show_default=False),
-    out: Path = typer.Option(..., "-o", "--out", help="Pseudo-label dataset folder to write (train layout).",
+    out: Path = typer.Option(..., "-o", "--out", metavar="PSEUDO", help="Pseudo-label dataset folder to write (train layout).",
                              show_default=False),
     min_confidence: float = typer.Option(None, "--min-confidence", help="Probability folders: leave out "
                                          "images where a class's mean probability inside its mask is below "
                                          "C.", show_default=False),
     threshold: str = typer.Option("0.5", "--threshold", help="Probability folders: threshold, global or a "
                                   "JSON file {class: threshold}."),
-    agree_with: list[Path] = typer.Option(None, "--agree-with", help="Other predictions of the same images "
+    agree_with: list[Path] = typer.Option(None, "--agree-with", metavar="PRED.csv|PROBDIR", help="Other predictions of the same images "
                                           "(CSV or probability folder; repeat): each image records how well "
                                           "its masks agree with them (mean Dice).", show_default=False),
     min_agreement: float = typer.Option(None, "--min-agreement", help="Leave out images where a class's "

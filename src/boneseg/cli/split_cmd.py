@@ -10,7 +10,7 @@ from boneseg.cli.app import app
 
 @app.command("split")
 def split_command(
-    data: Path = typer.Argument(..., help="Dataset root (with train/DCM and train/outputs_json)."),
+    data: Path = typer.Argument(..., metavar="DATA", help="Dataset root (with train/DCM and train/outputs_json)."),
     folds: int = typer.Option(5, "--folds", "-k", help="Number of folds."),
     seed: int = typer.Option(0, "--seed", help="Shuffling seed (same seed, same folds)."),
     stratify: str = typer.Option("none", "--stratify", help="Balance folds by: none, side (hand side) or tilt (wrist tilt)."),

@@ -11,7 +11,7 @@ from boneseg.cli.output import console, progress, table
 
 @app.command("synth")
 def synth_command(
-    out: Path = typer.Argument(..., help="Dataset folder to create (must be empty or absent unless --force)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Dataset folder to create (must be empty or absent unless --force)."),
     patients: int = typer.Option(8, "--patients", help="Train patients (two labelled images each: both hands)."),
     test_patients: int = typer.Option(2, "--test-patients", help="Test patients (two unlabelled images each)."),
     size: int = typer.Option(2048, "--size", help="Image side in pixels (>= 128; the real data is 2048)."),

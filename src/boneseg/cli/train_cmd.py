@@ -7,23 +7,24 @@ from typing import Optional
 import typer
 
 from boneseg.cli.app import app
+from boneseg.modelling.losses import LOSSES
 
 
 @app.command("train")
 def train_command(
-    data: Path = typer.Argument(..., help="Dataset root (train/DCM + train/outputs_json)."),
+    data: Path = typer.Argument(..., metavar="DATA", help="Dataset root (train/DCM + train/outputs_json)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: unet, unetpp, deeplabv3plus (dlv3p), upernet, segformer, fpn, manet, … (required unless --resume)."),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="smp encoder (resnet34, efficientnet-b4, mit_b2, …) or tu-<timm model> (required unless --resume)."),
     size: Optional[int] = typer.Option(None, "--size", help="Side the images are resized to (multiple of 32; required unless --resume)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config.json, metrics.jsonl, last.pt, best.pt)."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="RUN", help="Run folder (config.json, metrics.jsonl, last.pt, best.pt)."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Validation fold \\[default: 0]."),
-    splits: Optional[Path] = typer.Option(None, "--splits", help="Splits JSON from `boneseg split` \\[default: 5 folds made on the fly with --seed]."),
+    splits: Optional[Path] = typer.Option(None, "--splits", metavar="SPLITS.json", help="Splits JSON from `boneseg split` \\[default: 5 folds made on the fly with --seed]."),
     folds: Optional[int] = typer.Option(None, "--folds", help="Folds made on the fly when no --splits is given (capped at the number of patients) \\[default: 5]."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (sets the schedule) \\[default: 30]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step per process \\[default: 4]."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate \\[default: 1e-3]."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay \\[default: 1e-4]."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="Loss terms: bce, dice, focal, tversky, lovasz, jaccard, boundary; e.g. bce+dice or 0.3*bce+0.7*dice \\[default: bce+dice]."),
+    loss: Optional[str] = typer.Option(None, "--loss", help=f"Loss terms: {', '.join(LOSSES)}; e.g. bce+dice or 0.3*bce+0.7*dice \\[default: bce+dice]."),
     encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights", help="imagenet, none, or a local state-dict file \\[default: imagenet]."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda \\[default: auto]."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision \\[default: on with CUDA]."),
@@ -32,7 +33,7 @@ def train_command(
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Data-loader worker processes \\[default: 2]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for folds, initialisation, order and augmentation \\[default: 0]."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps in all (schedule unchanged); continue later with --resume."),
-    pseudo: Optional[list[Path]] = typer.Option(None, "--pseudo", help="Pseudo-labelled folder in the train layout (repeatable)."),
+    pseudo: Optional[list[Path]] = typer.Option(None, "--pseudo", metavar="PSEUDO", help="Pseudo-labelled folder in the train layout (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt to the end of its schedule."),
     force: bool = typer.Option(False, "--force", help="Start over in a non-empty --out (removes its checkpoints and logs)."),
     aug: Optional[str] = typer.Option(None, "--aug", help="Augmentation preset: none, light, default, strong \\[default: default]."),
@@ -58,7 +59,7 @@ def train_command(
     log_images: Optional[int] = typer.Option(None, "--log-images", help="Prediction-vs-label overlays logged per validation \\[default: 4]."),
     fit_postprocess: bool = typer.Option(False, "--fit-postprocess", help="After training, choose per-class keep-largest / island removal on the validation fold (RUN/postprocess.json, used by predict)."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Mask-cache folder \\[default: DATA/.boneseg-cache]."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", metavar="DIR", help="Mask-cache folder \\[default: DATA/.boneseg-cache]."),
     dist_timeout: Optional[float] = typer.Option(None, "--dist-timeout", help="Minutes a DDP collective may wait for another rank \\[default: 30]."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out (and list) unreadable images, broken labels "
                                   "and unpaired files instead of stopping before training."),

@@ -13,10 +13,10 @@ from boneseg.cli.predict_cmd import (AMP, BATCH, DEVICE, META, MODELS, OVERLAP, 
 
 @app.command("tta")
 def tta_command(
-    data: Path = typer.Argument(..., help="Dataset root with labelled train images."),
+    data: Path = typer.Argument(..., metavar="DATA", help="Dataset root with labelled train images."),
     models: list[Path] = MODELS,
     fold: int = typer.Option(None, "--fold", help="Validation fold (default: the checkpoint's)."),
-    splits: Path = typer.Option(None, "--splits", help="Splits JSON from boneseg split (default: the checkpoint's)."),
+    splits: Path = typer.Option(None, "--splits", metavar="SPLITS.json", help="Splits JSON from boneseg split (default: the checkpoint's)."),
     policies: str = typer.Option(None, "--policies", help="Comma-separated, e.g. none,hflip,scale,hflip+scale,"
                                                           "sliding:none (default: all four, plus sliding ones "
                                                           "with --sliding)."),
@@ -25,7 +25,7 @@ def tta_command(
     window: int = WINDOW,
     overlap: float = OVERLAP,
     size: int = SIZE,
-    thresholds_out: Path = typer.Option(None, "--thresholds-out", help="Write the per-class thresholds that "
+    thresholds_out: Path = typer.Option(None, "--thresholds-out", metavar="FILE.json", help="Write the per-class thresholds that "
                                                                        "maximise validation Dice (for predict "
                                                                        "--threshold)."),
     search: str = typer.Option("0.3,0.7", "--search", help="Threshold search range low,high."),

@@ -9,12 +9,13 @@ in_channels, mean, std, unify_side, classes, loss, aug, …), ``model`` (state d
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from boneseg.errors import CheckpointError
+from boneseg.errors import CheckpointError, quote
 from boneseg.io import atomic_path
 
 BEST, LAST = "best.pt", "last.pt"
@@ -56,9 +57,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign or broken files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable boneseg checkpoint (refusing anything but plain "
-                              f"tensors; {first[:200]})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # a Python object, not data
+        if found:
+            raise CheckpointError(f"{path}: refused: it holds Python objects that could run code when loaded "
+                                  f"({quote(found.group(1))}); only checkpoints of plain tensors and values are "
+                                  "accepted: re-save it as a state dict from the code that made it") from None
+        raise CheckpointError(f"{path}: not a loadable boneseg checkpoint (a corrupt or foreign file; only "
+                              "checkpoints of plain tensors and values are accepted)") from None
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or not isinstance(
             state.get("model"), dict):
         raise CheckpointError(f"{path}: not a boneseg checkpoint (no 'config' and 'model' entries)")

@@ -17,6 +17,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from boneseg.modelling import heads
 from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, in_channels, normalize
 from boneseg.engine import distributed as D
 from boneseg.engine.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
-from boneseg.errors import BonesegError, CheckpointError, DataError, OutputExistsError, UsageError, suggest
+from boneseg.errors import BonesegError, BonesegWarning, CheckpointError, DataError, OutputExistsError, UsageError, suggest
 from boneseg.io import atomic_open, write_json
 
 CONFIG, METRICS = "config.json", "metrics.jsonl"
@@ -496,6 +497,9 @@ def build_state(cfg: TrainConfig, info: D.DistInfo, steps_per_epoch: int) -> Sta
     total = cfg.epochs * steps_per_epoch
     schedule = LRSchedule(optimizer, cfg.scheduler, total, warmup=round(cfg.warmup * steps_per_epoch))
     scaler = torch.amp.GradScaler(info.device.type, enabled=_amp(cfg, info) and cfg.amp_dtype == "fp16")
+    if scaler.is_enabled() and info.device.type == "cpu":
+        warnings.warn("--amp-dtype fp16 on a CPU runs about 30x slower than fp32 (use --no-amp or bf16)",
+                      BonesegWarning, stacklevel=2)
     ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
     return State(cfg, model, net, optimizer, schedule, scaler, ema, device=info.device)
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from boneseg import probs as probs_mod
 from boneseg.classes import NUM_CLASSES
 from boneseg.data.layout import Sample, find_images, read_image
 from boneseg.engine.checkpoint import resolve_checkpoint
-from boneseg.errors import DataError, OutputExistsError, UsageError
+from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
 from boneseg.inference.predictor import InputPlan, Item, Predictor
 from boneseg.inference.stages import ImageStages
@@ -284,6 +285,9 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     cuts = probs_mod.cutoffs(thresholds)
     postprocess(np.zeros((0, 1, 1), np.bool_), keep_largest, min_area)  # validates the options
     rules_doc, rules_path = find_rules(list(models) if not isinstance(models, Predictor) else [], postprocess_rules)
+    if rules_doc is not None and str(postprocess_rules).lower() == "auto":
+        warnings.warn(f"applying the run's post-processing rules {rules_path} (--postprocess none to skip)",
+                      BonesegWarning, stacklevel=2)
     rules = rules_list(rules_doc, keep_largest, min_area, rules_path) if rules_doc is not None else None
     if not is_stdout(output):
         check_output(output, force)
@@ -294,10 +298,8 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     predictor = models if isinstance(models, Predictor) else Predictor.from_checkpoints(
         models, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
     if policy.hflip and predictor.unified:
-        from boneseg.cli.output import console
-
-        console.print("[yellow]note: horizontal-flip TTA is skipped for models trained with hand-side "
-                      "unification (their mirror view is the other hand)[/]")
+        warnings.warn("--tta hflip is dropped for models trained with hand-side unification (their mirror "
+                      "view is the other hand): they run without the flip", BonesegWarning, stacklevel=2)
     stages = ImageStages(predictor, meta or (source if isinstance(source, (str, os.PathLike)) else None),
                          wrist_model)
     shard = samples[rank::world]

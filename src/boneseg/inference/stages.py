@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import torch
 
 from boneseg.data.layout import Sample
+from boneseg.errors import BonesegWarning
 from boneseg.inference.predictor import InputPlan, Item, Predictor, load_models
 
 
@@ -24,6 +26,9 @@ class ImageStages:
 
         self.film = [lm.model for lm in predictor.models if getattr(lm.model, "wants_meta", False)]
         self.table = heads.meta_table(meta) if self.film and meta is not None else {}
+        if self.film and not self.table:
+            warnings.warn("a FiLM (--meta film) model runs without patient metadata (no meta_data.xlsx found; "
+                          "give --meta FILE): every image gets the no-metadata vector", BonesegWarning, stacklevel=2)
         self.wrist = None
         if wrist_model is not None:
             from boneseg.inference.wrist import WristStage

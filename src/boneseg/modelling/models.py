@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from boneseg.classes import NUM_CLASSES
-from boneseg.errors import CheckpointError, UsageError, suggest
+from boneseg.errors import BonesegWarning, CheckpointError, UsageError, suggest
 
 import segmentation_models_pytorch as smp  # noqa: E402  (after torch)
 
@@ -51,7 +51,8 @@ def resolve_arch(name: str) -> str:
     raise UsageError(f"--arch {name!r}: unknown architecture{suggest(str(name), [*ARCHITECTURES, *ALIASES])}")
 
 
-def _smp_encoders() -> list[str]:
+def smp_encoders() -> list[str]:
+    """The encoder names smp accepts (`--encoder`; timm models as ``tu-<name>`` besides)."""
     return list(smp.encoders.get_encoder_names())
 
 
@@ -62,7 +63,7 @@ def resolve_encoder(name: str) -> str:
         UsageError: unknown encoder (closest valid names first).
     """
     name = str(name).strip()
-    smp_names = _smp_encoders()
+    smp_names = smp_encoders()
     if name in smp_names:
         return name
     lower = {n.lower(): n for n in smp_names}
@@ -168,6 +169,14 @@ def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> Non
             loaded[k] = v
         elif v.ndim == 4 and v.shape[0] == own[k].shape[0] and v.shape[2:] == own[k].shape[2:]:
             loaded[k] = (v.sum(1, keepdim=True) / own[k].shape[1]).expand_as(own[k]).clone()
-    if not loaded:
-        raise CheckpointError(f"{path}: no weight matches the {type(model.encoder).__name__} encoder")
+    other = [k for k, v in sd.items() if k in own and isinstance(v, torch.Tensor) and k not in loaded]
+    if other or not loaded:
+        example = f" ({other[0]}: {tuple(sd[other[0]].shape)}, expected {tuple(own[other[0]].shape)})" if other else ""
+        raise CheckpointError(f"{path}: weights of another encoder than {type(model.encoder).__name__}: "
+                              f"{len(other)} tensor(s) of other shapes{example}, {len(loaded)} matching")
+    wanted = [k for k in own if not k.endswith("num_batches_tracked")]  # a counter, absent from many files
+    matched = sum(k in loaded for k in wanted)
+    if matched < len(wanted):
+        warnings.warn(f"--encoder-weights {path}: {matched} of the encoder's {len(wanted)} tensors loaded; "
+                      "the others keep their random initialisation", BonesegWarning, stacklevel=2)
     model.encoder.load_state_dict(loaded, strict=False)

@@ -17,6 +17,7 @@ vote). `per_class_from_scores` builds such a file from validation scores (``anal
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 from boneseg import probs as probs_mod
 from boneseg import rle as rle_mod
 from boneseg.classes import CLASSES, NUM_CLASSES, class_index
-from boneseg.errors import DataError, UsageError
+from boneseg.errors import BonesegWarning, DataError, UsageError, quote
 from boneseg.io import read_json, write_json
 from boneseg.submission import Submission, SubmissionWriter, read_submission
 from boneseg.workflows.parallel import STATE, parallel_map
@@ -111,7 +112,7 @@ def _resolve_input(value: Any, inputs: Sequence[str], where: str) -> int:
     """An input named by 0-based index, by path as given, or by its file/folder name."""
     n = len(inputs)
     if isinstance(value, bool):
-        raise DataError(f"{where}: expected an input index, name or list of weights, got {value!r}")
+        raise DataError(f"{where}: expected an input index, name or list of weights, got {quote(value)}")
     if isinstance(value, int):
         if not 0 <= value < n:
             raise DataError(f"{where}: input index {value} out of range (0..{n - 1})")
@@ -124,7 +125,7 @@ def _resolve_input(value: Any, inputs: Sequence[str], where: str) -> int:
             return hits[0]
         from boneseg.errors import suggest
         what = "is ambiguous" if hits else "is not one of the inputs"
-        raise DataError(f"{where}: {value!r} {what}{suggest(value, [Path(p).name for p in inputs])}")
+        raise DataError(f"{where}: {quote(value)} {what}{suggest(value, [Path(p).name for p in inputs])}")
     raise DataError(f"{where}: expected an input index, name or list of weights, got {type(value).__name__}")
 
 
@@ -304,10 +305,10 @@ def check_same_images(names: Sequence[str], image_lists: Sequence[Sequence[str]]
             continue
         missing = [i for i in image_lists[0] if i not in these]
         if missing:
-            raise DataError(f"{name}: lacks {what} {missing[0]!r} (in {names[0]})"
+            raise DataError(f"{name}: lacks {what} {quote(missing[0])} (in {names[0]})"
                             + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
         extra = [i for i in images if i not in first]
-        raise DataError(f"{name}: has {what} {extra[0]!r} that {names[0]} lacks"
+        raise DataError(f"{name}: has {what} {quote(extra[0])} that {names[0]} lacks"
                         + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
 
 
@@ -326,7 +327,7 @@ def vote_image_rles(rles: Sequence[Sequence[str]], plan: VotePlan, size: int,
                 runs.append(rle_mod.parse(texts[c], size))
             except DataError as exc:
                 who = names[i] if names else f"input {i}"
-                raise DataError(f"{who}: image {image!r}, class {cls!r}: {exc}") from None
+                raise DataError(f"{who}: image {quote(image)}, class {quote(cls)}: {exc}") from None
         out.append(rle_mod.runs_to_rle(*vote_runs(runs, plan.weights[c], plan.cuts[c])))
     return out
 
@@ -372,6 +373,9 @@ def hard_vote(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None
     with SubmissionWriter(out, force=force) as writer:
         for image, rles in zip(images, parallel_map(_hard_worker, images, state, workers, progress)):
             writer.write_rles(image, rles)
+    if len(names) == 2 and min_votes is None and weights is None:
+        warnings.warn("a hard vote over 2 inputs keeps only the pixels both predict (the intersection); "
+                      "--min-votes 1 gives the union", BonesegWarning, stacklevel=2)
     return EnsembleSummary(str(out or "-"), "hard", names, len(images), plan)
 
 
