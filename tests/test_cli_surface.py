@@ -78,7 +78,7 @@ def test_usage_errors_are_one_line(args, fragment, capsys):
 # -- item 2: interruptions -----------------------------------------------------------------------------
 @pytest.mark.parametrize("command, target, args, kept", [
     ("predict", "boneseg.inference.predict", ["imgs", "-m", "run", "-o", "sub.csv"], "(sub.csv unchanged)"),
-    ("tta", "boneseg.inference.evaluate_policies", ["data", "-m", "run"], "no output was written"),
+    ("tta", "boneseg.workflows.validation.evaluate_policies", ["data", "-m", "run"], "no output was written"),
     ("ensemble", "boneseg.workflows.ensemble.hard_vote", ["a.csv", "b.csv", "--out", "e.csv"], "(e.csv unchanged)"),
     ("analyze", "boneseg.workflows.analysis.analyze", ["a.csv", "--out", "plots"], "files finished in plots are kept"),
 ])

@@ -159,5 +159,5 @@ def test_check_names_the_line_a_quoted_multiline_row_starts_on(tmp_path, capsys)
     sub = write_csv(tmp_path / "sub.csv", {"b.png": [""] * 29, "x\ny.png": ["5 1 1 1"] + [""] * 28})
     code, out, _ = cli(capsys, "check", sub, "--json")
     assert code == 1
-    problem = f"row 31: x\ny.png, {CLASSES[0]}: malformed RLE: run 2 (start 1) is out of order or overlaps"
+    problem = f"row 31: 'x\\ny.png', '{CLASSES[0]}': malformed RLE: run 2 (start 1) is out of order or overlaps"
     assert json.loads(out)["problems"] == [problem + " the previous run"]

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             warnings.showwarning = _show_warning
             with command.make_context("boneseg", argv) as ctx:
                 command.invoke(ctx)
+        sys.exit(0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except getattr(_click, "NoArgsIsHelpError", ()) as exc:  # bare `boneseg`: the help, not an error
