@@ -14,7 +14,11 @@ from typing import Any
 import torch
 
 from boneseg.classes import CLASSES
-from boneseg.engine.checkpoint import load_checkpoint, model_from_state, resolve_checkpoint
+from boneseg.engine.checkpoint import (
+    load_checkpoint,
+    model_from_state,
+    resolve_checkpoint,
+)
 from boneseg.engine.train import TrainConfig
 from boneseg.io import read_json
 from boneseg.postprocess import RULES_FILE
@@ -30,7 +34,7 @@ class Run:
         self._state: dict[str, Any] | None = state
 
     @classmethod
-    def open(cls, path: "str | os.PathLike | Run") -> "Run":
+    def open(cls, path: str | os.PathLike | Run) -> Run:
         """The run at `path` (a `Run` is returned as is).
 
         Raises:
