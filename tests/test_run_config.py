@@ -118,3 +118,20 @@ def test_predict_opens_each_checkpoint_once(tmp_path, monkeypatch):
     with pytest.warns(Warning, match="post-processing rules"):
         predict(data, [run], tmp_path / "sub.csv", device="cpu", workers=0, progress=False)
     assert resolved.count(run) == 1 and loads.count(run / "best.pt") == 1
+
+
+def test_one_resize_rule_for_training_and_prediction(tmp_path):
+    """A non-square image reaches a model with the same pixels in the training cache and in the predictor."""
+    import cv2
+    import numpy as np
+
+    from boneseg.data.layout import Sample
+    from boneseg.data.masks import build_sample
+    from boneseg.inference.predictor import InputPlan
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((160, 30)) * 255).astype(np.uint8)  # fewer pixels, but the width grows
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    trained = build_sample(Sample("a.png", tmp_path / "a.png"), 64).image
+    predicted = InputPlan(frozenset({64})).item(0, "a.png", image, "R").inputs[(64, 64)].numpy()
+    assert np.array_equal(trained, predicted)

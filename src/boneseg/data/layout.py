@@ -141,6 +141,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W) -> `size` (h, w): the one resize rule of model inputs (the training cache, the wrist
+    crops, the predictor): area averaging when both sides shrink, else bilinear."""
+    import cv2
+
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    interp = cv2.INTER_AREA if h < image.shape[0] and w < image.shape[1] else cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=interp)
+
+
 def image_shape(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of an image, from the PNG header when possible (no decoding)."""
     path = Path(path)

@@ -19,12 +19,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from boneseg.classes import CLASS_INDEX, DIGITS, NUM_CLASSES
+from boneseg.data.layout import resize_image
 from boneseg.engine.run import Run
 from boneseg.engine.train import TrainConfig
 from boneseg.errors import UsageError
@@ -111,15 +111,6 @@ class Item:
         """Page-locked inputs, for asynchronous copies to the GPU (called by the DataLoader)."""
         self.inputs = {k: v.pin_memory() for k, v in self.inputs.items()}
         return self
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W) -> (h, w), with the interpolation training used (area down, linear up)."""
-    h, w = size
-    if image.shape == (h, w):
-        return image
-    interp = cv2.INTER_AREA if h * w < image.shape[0] * image.shape[1] else cv2.INTER_LINEAR
-    return cv2.resize(image, (w, h), interpolation=interp)
 
 
 @dataclass(frozen=True)

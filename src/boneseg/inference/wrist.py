@@ -19,8 +19,9 @@ class WristStage:
     @torch.no_grad()
     def refine(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Replace the carpal channels of `probs` (29, H, W), in place, using the full-size uint8 `image`."""
+        from boneseg.data.layout import resize_image
         from boneseg.data.transforms import normalize
-        from boneseg.inference.predictor import resize_image, side_from_probs
+        from boneseg.inference.predictor import side_from_probs
 
         box = box_from_masks(probs, self.margin)
         if box is None:
