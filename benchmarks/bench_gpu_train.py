@@ -39,8 +39,9 @@ def _step(model, opt, loss_fn, images, masks, amp: bool, channels_last: bool):
     import torch
 
     from boneseg.data.transforms import normalize
+    from boneseg.engine.train import TrainConfig
 
-    x = normalize(images, {})
+    x = normalize(images, TrainConfig())
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):

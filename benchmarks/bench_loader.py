@@ -60,6 +60,7 @@ def main(images: int = 6, size: int = 1024) -> list[dict]:
     from boneseg.data.masks import MaskCache
     from boneseg.data.synth import synthesize
     from boneseg.data.transforms import build_augmentation, normalize
+    from boneseg.engine.train import TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
@@ -71,7 +72,7 @@ def main(images: int = 6, size: int = 1024) -> list[dict]:
         prepare_cache(items, size, workers=1, progress=False)
         build_s = (time.perf_counter() - t) / len(items)
         n = len(items)
-        config = {"channels": "gray"}
+        config = TrainConfig()
 
         def ours(transform):
             ds = SegDataset(items, size, transform)

@@ -64,10 +64,11 @@ def _notebook(images: Path, ckpt: Path, out: Path) -> None:
     from boneseg.classes import CLASSES
     from boneseg.data.layout import find_images, read_image
     from boneseg.data.transforms import to_input
-    from boneseg.engine.checkpoint import load_model
+    from boneseg.engine.run import Run
     from boneseg.inference.predictor import resize_image
 
-    model, config = load_model(ckpt)
+    run = Run.open(ckpt)
+    model, config = run.model(), run.config
     outputs, names = [], []
     with torch.no_grad():
         for s in find_images(images):

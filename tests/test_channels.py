@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from boneseg.data.channels import make_channels, n_channels, parse_mode
 from boneseg.data.transforms import normalize, to_input
+from boneseg.engine.train import TrainConfig
 from boneseg.errors import UsageError
 
 from util import tiny_config
@@ -51,14 +52,14 @@ def test_normalize_derives_the_channels_from_a_gray_batch():
     """Prediction hands normalize a 1-channel batch; training hands it the dataset's channels: same input."""
     rng = np.random.default_rng(1)
     imgs = (rng.random((2, 32, 32)) * 255).astype(np.uint8)
-    cfg = {"channels": "clahe3+sobel", "mean": [0.5], "std": [0.25]}
+    cfg = TrainConfig(channels="clahe3+sobel", mean=[0.5], std=[0.25])
     from_gray = normalize(torch.from_numpy(imgs), cfg)
     made = torch.from_numpy(np.stack([make_channels(i, "clahe3+sobel") for i in imgs]))
     assert from_gray.shape == (2, 4, 32, 32)
     assert torch.equal(from_gray, normalize(made, cfg))
     assert torch.equal(to_input(imgs[0], cfg), from_gray[0])
     # gray/rgb keep the old path: rgb repeats the image
-    rgb = normalize(torch.from_numpy(imgs), {"channels": "rgb"})
+    rgb = normalize(torch.from_numpy(imgs), TrainConfig(channels="rgb"))
     assert rgb.shape == (2, 3, 32, 32) and torch.equal(rgb[:, 0], rgb[:, 2])
 
 

@@ -12,7 +12,8 @@ from boneseg.classes import PALETTE
 from boneseg.cli import main
 from boneseg.data.layout import discover
 from boneseg.data.masks import MaskCache, default_cache_dir
-from boneseg.workflows.eda import overlap_matrix, png_size, run_eda, self_intersections, write_eda
+from boneseg.data.layout import png_shape
+from boneseg.workflows.eda import overlap_matrix, run_eda, self_intersections, write_eda
 from boneseg.errors import OutputExistsError
 from boneseg.plots import GT_COLOUR, PRED_COLOUR, overlay, overlay_compare, save_png
 
@@ -133,12 +134,12 @@ def test_label_problems_are_reported(tmp_path):
         write_eda(report, tmp_path / "out")
 
 
-def test_png_size(tmp_path):
+def test_png_shape(tmp_path):
     path = tmp_path / "a.png"
     cv2.imwrite(str(path), np.zeros((30, 50), np.uint8))
-    assert png_size(path) == (30, 50)
+    assert png_shape(path) == (30, 50)
     (tmp_path / "b.png").write_bytes(b"not a png")
-    assert png_size(tmp_path / "b.png") is None
+    assert png_shape(tmp_path / "b.png") is None
 
 
 # -- plotting helpers -----------------------------------------------------------------------------

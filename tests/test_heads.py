@@ -9,6 +9,7 @@ import torch
 
 from boneseg.classes import NUM_CLASSES
 from boneseg.modelling.heads import AuxModel, META_DIM, aux_loss, meta_table, meta_vector, outer_band, side_target
+from boneseg.engine.train import TrainConfig
 from boneseg.modelling.models import build_model
 
 from util import tiny_config
@@ -76,7 +77,7 @@ def test_aux_loss_masks_missing_metadata():
     meta = torch.zeros(2, META_DIM)
     meta[0] = torch.from_numpy(meta_vector({"age": 70, "sex": "M", "height": 180, "weight": 90}))
     batch = {"meta": meta, "side": torch.tensor([1.0, float("nan")])}
-    loss = aux_loss({"meta": pred}, batch, target, {"meta_weight": 1.0})
+    loss = aux_loss({"meta": pred}, batch, target, TrainConfig(meta_weight=1.0))
     loss.backward()
     assert pred.grad[0].abs().sum() > 0
     assert pred.grad[1].abs().sum() == 0  # the image without metadata nor side contributes nothing

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from boneseg import CLASSES, probs, rle
 from boneseg.cli import app
 from boneseg.data.layout import find_images
+from boneseg.engine.train import TrainConfig
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.inference import (LoadedModel, Policy, Predictor, ViewCache, gaussian_weights,
                                masks_to_rles, predict, side_from_probs, sliding_window, tile_starts)
@@ -246,7 +247,7 @@ def test_side_from_probs():
 
 @pytest.mark.parametrize("suffix", [None, "L", "R"])
 def test_unified_model_mirrors_left_hands(suffix):
-    model = LoadedModel(_HandModel(), {"size": 64, "channels": "gray", "unify_side": "R"})
+    model = LoadedModel(_HandModel(), TrainConfig(size=64, unify_side="R"))
     pred = Predictor([model], "cpu")
     policy = Policy(hflip=True)  # ignored for unified models
     plan = pred.plan([policy])

@@ -173,7 +173,7 @@ def test_config_values_reach_losses_and_heads(data, tmp_path, monkeypatch):
         return real_forward(self, logits, target, dist)
 
     def aux_loss(out, batch, target, config):
-        seen["meta_weight"], seen["boundary_head"] = config["meta_weight"], config["boundary_head"]
+        seen["meta_weight"], seen["boundary_head"] = config.meta_weight, config.boundary_head
         return real_aux(out, batch, target, config)
 
     monkeypatch.setattr(losses.DistanceBCE, "forward", forward)

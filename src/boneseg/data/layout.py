@@ -141,18 +141,38 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
-def image_shape(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) of an image, from the PNG header when possible (no decoding)."""
-    path = Path(path)
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W) -> `size` (h, w): the one resize rule of model inputs (the training cache, the wrist
+    crops, the predictor): area averaging when both sides shrink, else bilinear."""
+    import cv2
+
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    interp = cv2.INTER_AREA if h < image.shape[0] and w < image.shape[1] else cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=interp)
+
+
+def png_shape(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) from a PNG header, without decoding; None for an unreadable file or not a PNG."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(24)
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", head[16:24])
-        return int(height), int(width)
-    return read_image(path).shape[:2]
+    except OSError:
+        return None
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return int(height), int(width)
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image, from the PNG header when possible (no decoding).
+
+    Raises:
+        DataError: a missing or unreadable image.
+    """
+    return png_shape(path) or read_image(path).shape[:2]
 
 
 def patient_number(patient: str) -> int | None:

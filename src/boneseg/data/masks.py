@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from boneseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
-from boneseg.data.layout import Sample, read_image, side_from_polygons
+from boneseg.data.layout import Sample, read_image, resize_image, side_from_polygons
 from boneseg.errors import DataError, suggest
 from boneseg.io import atomic_open
 
@@ -288,9 +288,8 @@ def build_sample(sample: Sample, size: int | None = None) -> CachedSample:
     if sample.label is not None:
         label = load_label(sample.label, (h, w))
         side = label.side or side
-    if size is not None and (h, w) != (size, size):
-        interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
-        image = cv2.resize(image, (size, size), interpolation=interp)
+    if size is not None:
+        image = resize_image(image, (size, size))
     if sample.label is not None:
         out_h, out_w = image.shape
         masks = rasterize(label.polygons, (out_h, out_w), (out_w / w, out_h / h))

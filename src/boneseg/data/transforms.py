@@ -1,12 +1,14 @@
 """Input normalisation (shared by training and inference) and the albumentations presets.
 
 The one rule that turns an 8-bit radiograph into model input lives here: `normalize` (a batch of uint8
-tensors, on any device) and `to_input` (one numpy image). The checkpoint's config carries everything it
-needs (``channels``, ``mean``, ``std``), so inference never repeats training flags.
+tensors, on any device) and `to_input` (one numpy image). They read the typed ``channels``, ``mean`` and
+``std`` of a run's config (`boneseg.engine.train.TrainConfig`, or a `boneseg.engine.run.Run`), so
+inference never repeats training flags nor their defaults.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -21,16 +23,24 @@ summed over its input channels) sees inputs on the scale it was trained on."""
 AUGMENTATIONS = ("none", "light", "default", "strong")
 
 
-def in_channels(config: Mapping) -> int:
-    """Number of model input channels for a config (its ``channels`` mode, default ``gray``)."""
+class InputConfig(Protocol):
+    """What the input rule reads from a run's config (a `TrainConfig` or a `Run` has these)."""
+
+    channels: str
+    mean: Sequence[float]
+    std: Sequence[float]
+
+
+def in_channels(config: InputConfig) -> int:
+    """Number of model input channels for a config (its ``channels`` mode)."""
     from boneseg.data.channels import n_channels
 
-    return n_channels(config.get("channels", "gray"))
+    return n_channels(config.channels)
 
 
-def _stats(config: Mapping, n: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.as_tensor(config.get("mean", DEFAULT_MEAN), dtype=dtype, device=device)
-    std = torch.as_tensor(config.get("std", DEFAULT_STD), dtype=dtype, device=device)
+def _stats(config: InputConfig, n: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.as_tensor(config.mean, dtype=dtype, device=device)
+    std = torch.as_tensor(config.std, dtype=dtype, device=device)
     if mean.numel() == 1:
         mean = mean.expand(n)
     if std.numel() == 1:
@@ -38,7 +48,7 @@ def _stats(config: Mapping, n: int, device, dtype) -> tuple[torch.Tensor, torch.
     return mean.reshape(1, n, 1, 1), std.reshape(1, n, 1, 1)
 
 
-def normalize(images: torch.Tensor, config: Mapping, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def normalize(images: torch.Tensor, config: InputConfig, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 images (N, H, W) or (N, 1, H, W), on any device -> model input (N, C, H, W) of `dtype`.
 
     ``x = (image / 255 - mean) / std`` per channel, channels made by the config's ``channels`` mode: a
@@ -50,7 +60,7 @@ def normalize(images: torch.Tensor, config: Mapping, dtype: torch.dtype = torch.
     if images.ndim == 3:
         images = images[:, None]
     n = in_channels(config)
-    mode = config.get("channels", "gray")
+    mode = config.channels
     if images.shape[1] == 1 and n > 1 and is_derived(mode):
         images = batch_channels(images, mode)
     x = images.to(dtype=dtype, copy=True).div_(255.0)
@@ -60,7 +70,7 @@ def normalize(images: torch.Tensor, config: Mapping, dtype: torch.dtype = torch.
     return (x.expand(-1, n, -1, -1) - mean) / std
 
 
-def to_input(image: np.ndarray, config: Mapping) -> torch.Tensor:
+def to_input(image: np.ndarray, config: InputConfig) -> torch.Tensor:
     """One 8-bit grayscale image (H, W) -> float tensor (C, H, W) exactly as the model saw it in training."""
     image = np.asarray(image)
     if image.ndim == 3:  # an RGB/BGR file read in colour: use its first channel

@@ -16,12 +16,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from boneseg.classes import CARPALS, CLASS_INDEX
-from boneseg.data.layout import Sample, read_image
+from boneseg.data.layout import Sample, read_image, resize_image
 from boneseg.data.masks import CachedSample, MaskCache, load_label, rasterize
 
 CARPAL_IDX: list[int] = [CLASS_INDEX[c] for c in CARPALS]
@@ -83,8 +82,7 @@ class WristCache(MaskCache):
         y0, y1, x0, x1 = box or (0, h, 0, w)
         crop = image[y0:y1, x0:x1]
         out = size or max(y1 - y0, x1 - x0)
-        interp = cv2.INTER_AREA if out < crop.shape[0] else cv2.INTER_LINEAR
-        crop = cv2.resize(crop, (out, out), interpolation=interp)
+        crop = resize_image(crop, (out, out))
         masks = None
         side = sample.suffix_side or "unknown"
         if label is not None:

@@ -27,6 +27,7 @@ import torch
 
 from boneseg.classes import CLASSES
 from boneseg.modelling import heads
+from boneseg.data.wrist import DEFAULT_MARGIN
 from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, in_channels, normalize
 from boneseg.engine import distributed as D
 from boneseg.engine.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
@@ -99,7 +100,7 @@ class TrainConfig:
     boundary_sharpen: float = 0.0
     distance_clip: int = 16
     wrist: bool = False
-    wrist_margin: float = 0.15
+    wrist_margin: float = DEFAULT_MARGIN
     log: str = "none"
     log_images: int = 4
     fit_postprocess: bool = False
@@ -120,11 +121,22 @@ class TrainConfig:
             kw["unify_side"] = config["unify_hands"]
         return cls(**kw)
 
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainConfig:
+        """The config of a saved run (a checkpoint's or ``RUN/config.json``): keys this version does not
+        know (derived ones, those of other versions) and runtime options are ignored, missing ones (or a
+        null where the option takes none) take the defaults above."""
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in RUNTIME}
+        kw = {k: v for k, v in saved.items() if k in fields and (v is not None or fields[k].default is None)}
+        if "unify_hands" in saved and "unify_side" not in saved:
+            kw["unify_side"] = saved["unify_hands"]
+        return cls(**kw)
+
     def to_dict(self) -> dict:
         """The run's JSON-able dict stored in checkpoints: no `RUNTIME` option, with the derived
         ``in_channels`` and ``classes``."""
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME}
-        d["in_channels"] = in_channels(d)
+        d["in_channels"] = in_channels(self)
         d["classes"] = list(CLASSES)
         return d
 
@@ -155,7 +167,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError("--out RUN is required")
     cfg.arch, cfg.encoder = resolve_arch(cfg.arch), resolve_encoder(cfg.encoder)
     parse_loss(cfg.loss)
-    in_channels(dataclasses.asdict(cfg))
+    in_channels(cfg)
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if f.type.startswith("float") and v is not None and not math.isfinite(v):
@@ -580,7 +592,7 @@ def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, ba
         group_start = (b // acc) * acc
         group_size = min(acc, n_batches - group_start)
         sync = b + 1 - group_start == group_size
-        x = normalize(batch["image"].to(device, non_blocking=True), cfg.to_dict())
+        x = normalize(batch["image"].to(device, non_blocking=True), cfg)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         target = batch["mask"].to(device, non_blocking=True)
@@ -591,7 +603,7 @@ def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, ba
             logits = out["masks"] if isinstance(out, dict) else out
             loss = _seg_loss(criterion, logits, target, batch, cfg, device)
             if isinstance(out, dict):
-                loss = loss + heads.aux_loss(out, batch, target, dataclasses.asdict(cfg))
+                loss = loss + heads.aux_loss(out, batch, target, cfg)
             st.scaler.scale(loss / group_size).backward()
         st.loss_sum += loss.detach().double()
         st.loss_count += 1
@@ -657,7 +669,7 @@ def evaluate(model: torch.nn.Module, loader, cfg: TrainConfig, info: D.DistInfo,
     stats = torch.zeros(2, dtype=torch.float64, device=device)  # images, loss * images
     channels_last = _channels_last(cfg, info)
     for batch in loader:
-        x = normalize(batch["image"].to(device, non_blocking=True), cfg.to_dict())
+        x = normalize(batch["image"].to(device, non_blocking=True), cfg)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         target = batch["mask"].to(device, non_blocking=True)

@@ -19,12 +19,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from boneseg.classes import CLASS_INDEX, DIGITS, NUM_CLASSES
+from boneseg.data.layout import resize_image
+from boneseg.engine.run import Run
+from boneseg.engine.train import TrainConfig
 from boneseg.errors import UsageError
 from boneseg.inference.sliding import alloc, check_window, sliding_window
 from boneseg.inference.tta import Policy, hflip, snap, unflip
@@ -57,29 +59,29 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode with its training config and ensemble weight."""
+    """A model in eval mode with its training config, ensemble weight and the `Run` it came from."""
 
     model: torch.nn.Module
-    config: dict
+    config: TrainConfig
     source: str = ""
     weight: float = 1.0
+    run: Run | None = None
 
     @property
     def unify(self) -> str | None:
-        side = self.config.get("unify_side")
+        """The hand side every image was mirrored to in training, if any."""
+        side = self.config.unify_side
         return side if side in ("L", "R") else None
 
 
-def load_models(checkpoints: Sequence[str | os.PathLike], device: torch.device,
+def load_models(checkpoints: Sequence[str | os.PathLike | Run], device: torch.device,
                 weights: Sequence[float] | None = None) -> list[LoadedModel]:
-    """Load each checkpoint (file or run folder) with its own config.
+    """Load each checkpoint (file, run folder or opened `Run`) with its own config.
 
     Raises:
         UsageError: no checkpoint, or a weight count that differs from the checkpoint count / a negative weight.
         CheckpointError: a checkpoint that cannot be loaded.
     """
-    from boneseg.engine.checkpoint import load_model
-
     if not checkpoints:
         raise UsageError("give at least one model with -m CKPT")
     weights = list(weights) if weights else [1.0] * len(checkpoints)
@@ -89,8 +91,8 @@ def load_models(checkpoints: Sequence[str | os.PathLike], device: torch.device,
         raise UsageError(f"--weights must be finite, non-negative with a positive sum, got {weights}")
     out = []
     for ckpt, w in zip(checkpoints, weights):
-        model, config = load_model(ckpt, device)
-        out.append(LoadedModel(model, config, str(ckpt), float(w)))
+        run = Run.open(ckpt)
+        out.append(LoadedModel(run.model(device), run.config, str(run.path), float(w), run))
     return out
 
 
@@ -109,15 +111,6 @@ class Item:
         """Page-locked inputs, for asynchronous copies to the GPU (called by the DataLoader)."""
         self.inputs = {k: v.pin_memory() for k, v in self.inputs.items()}
         return self
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W) -> (h, w), with the interpolation training used (area down, linear up)."""
-    h, w = size
-    if image.shape == (h, w):
-        return image
-    interp = cv2.INTER_AREA if h * w < image.shape[0] * image.shape[1] else cv2.INTER_LINEAR
-    return cv2.resize(image, (w, h), interpolation=interp)
 
 
 @dataclass(frozen=True)
@@ -218,17 +211,17 @@ class Predictor:
         self.unified = [i for i, lm in enumerate(self.models) if lm.unify]
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: Sequence[str | os.PathLike], weights: Sequence[float] | None = None,
+    def from_checkpoints(cls, checkpoints: Sequence[str | os.PathLike | Run], weights: Sequence[float] | None = None,
                          device: str | torch.device = "auto", **kwargs) -> "Predictor":
         dev = resolve_device(device)
         return cls(load_models(checkpoints, dev, weights), dev, **kwargs)
 
     # -- sizes ------------------------------------------------------------------------------------
     def size_of(self, lm: LoadedModel) -> int:
-        return int(self.size or lm.config.get("size") or 512)
+        return self.size or lm.config.size
 
     def window_of(self, lm: LoadedModel) -> int:
-        return int(self.window or lm.config.get("crop") or self.size_of(lm))
+        return self.window or lm.config.crop or self.size_of(lm)
 
     def plan(self, policies: Sequence[Policy]) -> InputPlan:
         """The resized inputs `policies` need, for the data-loader workers."""

@@ -25,14 +25,14 @@ import torch
 from boneseg import probs as probs_mod
 from boneseg.classes import NUM_CLASSES
 from boneseg.data.layout import Sample, find_images, read_image
-from boneseg.engine.checkpoint import resolve_checkpoint
+from boneseg.engine.run import Run
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
 from boneseg.inference.predictor import InputPlan, Item, Predictor
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
 from boneseg.io import atomic_open, check_output, is_stdout, read_json
-from boneseg.postprocess import RULES_FILE, postprocess, postprocess_per_class, rules_list
+from boneseg.postprocess import postprocess, postprocess_per_class, rules_list
 from boneseg.submission import HEADER, SubmissionWriter, csv_rows, format_row
 
 
@@ -284,7 +284,8 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     thresholds = probs_mod.read_thresholds(threshold)
     cuts = probs_mod.cutoffs(thresholds)
     postprocess(np.zeros((0, 1, 1), np.bool_), keep_largest, min_area)  # validates the options
-    rules_doc, rules_path = find_rules(list(models) if not isinstance(models, Predictor) else [], postprocess_rules)
+    runs = [] if isinstance(models, Predictor) else [Run.open(m) for m in models]
+    rules_doc, rules_path = find_rules(runs, postprocess_rules)
     if rules_doc is not None and str(postprocess_rules).lower() == "auto":
         warnings.warn(f"applying the run's post-processing rules {rules_path} (--postprocess none to skip)",
                       BonesegWarning, stacklevel=2)
@@ -296,7 +297,7 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     rank, world, created = dist_context()
     fixed_mmap_threshold()
     predictor = models if isinstance(models, Predictor) else Predictor.from_checkpoints(
-        models, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
+        runs, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
     if policy.hflip and predictor.unified:
         warnings.warn("--tta hflip is dropped for models trained with hand-side unification (their mirror "
                       "view is the other hand): they run without the flip", BonesegWarning, stacklevel=2)
@@ -370,18 +371,16 @@ def _predict_shard(shard: Sequence[Sample], predictor: Predictor, policy: Policy
     return time.perf_counter() - start
 
 
-def find_rules(checkpoints: Sequence, setting: str | os.PathLike | None = "auto") -> tuple[dict | None, str | None]:
-    """The post-processing rules `predict` applies: ``auto`` = the ``postprocess.json`` of the run folder of
-    a single checkpoint (ensembles get none: the rules were validated for one model), ``none`` = none, else
-    a file. Returns (document, its path)."""
+def find_rules(runs: Sequence[Run], setting: str | os.PathLike | None = "auto") -> tuple[dict | None, str | None]:
+    """The post-processing rules `predict` applies: ``auto`` = those of a single run (`Run.postprocess_rules`;
+    ensembles get none: the rules were validated for one model), ``none`` = none, else a file. Returns
+    (document, its path)."""
     if setting is None or str(setting).lower() == "none":
         return None, None
     if str(setting).lower() == "auto":
-        if len(checkpoints) != 1 or not isinstance(checkpoints[0], (str, os.PathLike)):
+        if len(runs) != 1 or runs[0].postprocess_rules is None:
             return None, None
-        path = resolve_checkpoint(checkpoints[0]).parent / RULES_FILE
-        if not path.is_file():
-            return None, None
+        return runs[0].postprocess_rules, str(runs[0].rules_path)
     else:
         path = Path(setting)
         if not path.is_file():

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boneseg.data.wrist import CARPAL_IDX, DEFAULT_MARGIN, box_from_masks
+from boneseg.data.wrist import CARPAL_IDX, box_from_masks
 
 
 class WristStage:
@@ -14,14 +14,14 @@ class WristStage:
 
     def __init__(self, lm, device: torch.device):
         self.lm, self.device = lm, device
-        self.margin = float(lm.config.get("wrist_margin", DEFAULT_MARGIN))
-        self.size = int(lm.config.get("size") or 256)
+        self.margin, self.size = lm.config.wrist_margin, lm.config.size
 
     @torch.no_grad()
     def refine(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Replace the carpal channels of `probs` (29, H, W), in place, using the full-size uint8 `image`."""
+        from boneseg.data.layout import resize_image
         from boneseg.data.transforms import normalize
-        from boneseg.inference.predictor import resize_image, side_from_probs
+        from boneseg.inference.predictor import side_from_probs
 
         box = box_from_masks(probs, self.margin)
         if box is None:

@@ -222,12 +222,12 @@ def outer_band(target: torch.Tensor, half: int | None = None) -> torch.Tensor:
     return (F.max_pool2d(target, k, stride=1, padding=half) - target).clamp_(0, 1)
 
 
-def aux_loss(out: Mapping, batch: Mapping, target: torch.Tensor, config: Mapping) -> torch.Tensor:
+def aux_loss(out: Mapping, batch: Mapping, target: torch.Tensor, config) -> torch.Tensor:
     """The weighted auxiliary terms of a training forward (0 when there are none).
 
     Metadata: MSE on the standardised age/height/weight and BCE on sex and hand side, each only over the
-    images that have that field, times ``meta_weight``. Boundary: BCE of the boundary head against
-    `outer_band` of the target, times ``boundary_head``.
+    images that have that field, times ``config.meta_weight``. Boundary: BCE of the boundary head against
+    `outer_band` of the target, times ``config.boundary_head`` (`config`: the run's `TrainConfig`).
     """
     device = target.device
     total = torch.zeros((), device=device)
@@ -254,9 +254,9 @@ def aux_loss(out: Mapping, batch: Mapping, target: torch.Tensor, config: Mapping
             if known.any():
                 terms.append(F.binary_cross_entropy_with_logits(pred[known, 4], side[known]))
         if terms:
-            total = total + float(config.get("meta_weight", 0.1)) * torch.stack(terms).mean()
+            total = total + float(config.meta_weight) * torch.stack(terms).mean()
     if "boundary" in out:
         band = outer_band(target.float())
-        total = total + float(config.get("boundary_head") or 0) * F.binary_cross_entropy_with_logits(
+        total = total + float(config.boundary_head) * F.binary_cross_entropy_with_logits(
             out["boundary"].float(), band)
     return total

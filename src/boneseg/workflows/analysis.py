@@ -212,9 +212,9 @@ def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None
 
 def _image_shape(sample, cache) -> tuple[int, int]:
     """(H, W) from the PNG header (cheap); falls back to decoding through the cache."""
-    from boneseg.workflows.eda import png_size
+    from boneseg.data.layout import png_shape
 
-    return png_size(sample.image) or tuple(cache.get(sample).original_shape)
+    return png_shape(sample.image) or tuple(cache.get(sample).original_shape)
 
 
 def _same_images(ref: Path, ref_images: set[str], path: Path, images: set[str]) -> None:

@@ -18,7 +18,7 @@ from boneseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from boneseg.errors import BonesegError, DataError
 
 __all__ = ["EdaReport", "run_eda", "write_eda", "self_intersections", "polygon_boxes", "overlap_matrix",
-           "png_size", "EDA_FILES", "TINY_FRACTION"]
+           "EDA_FILES", "TINY_FRACTION"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -84,18 +84,6 @@ def overlap_matrix(masks: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np
         t, b, l, r = top[i, j], bottom[i, j], left[i, j], right[i, j]
         inter[i, j] = inter[j, i] = np.count_nonzero(masks[i, t:b, l:r] & masks[j, t:b, l:r])
     return areas, inter
-
-
-def png_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(H, W) from a PNG header without decoding it; None when the file is not a PNG."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(24)
-    except OSError:
-        return None
-    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -239,7 +227,13 @@ def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
         DataError: no train images, images without labels, an unreadable metadata file. Problems inside
             label files (bad polygons, missing classes, points outside the image) are reported, not raised.
     """
-    from boneseg.data.layout import discover, hand_side, read_image, read_meta
+    from boneseg.data.layout import (
+        discover,
+        hand_side,
+        png_shape,
+        read_image,
+        read_meta,
+    )
     from boneseg.data.masks import MaskCache, default_cache_dir, load_label, rasterize
 
     root = Path(root)
@@ -249,7 +243,7 @@ def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
     report.histogram["train"] = np.zeros(256, np.int64)
     areas, present = [], []
     for k, sample in enumerate(samples):
-        shape = png_size(sample.image)
+        shape = png_shape(sample.image)
         label = load_label(sample.label, shape, strict=False) if shape else None
         fatal = label is None or any(_problem_kind(p) != "missing_class" for p in label.problems)
         try:

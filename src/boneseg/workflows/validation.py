@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ import torch
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, GROUPS, NUM_CLASSES
 from boneseg.data.layout import Sample, discover
+from boneseg.engine.train import TrainConfig
 from boneseg.errors import UsageError
 from boneseg.inference.encode import quantize
 from boneseg.inference.predictor import Predictor, ViewCache
@@ -90,7 +90,7 @@ class TTAReport:
 
 
 def validation_samples(data: str | os.PathLike, splits: str | os.PathLike | None, fold: int | None,
-                       config: dict) -> tuple[list[Sample], int | None, list[str]]:
+                       config: TrainConfig) -> tuple[list[Sample], int | None, list[str]]:
     """The images to score: fold `fold` of `splits` (defaults: the checkpoint's own fold and splits
     file), else every train image (with a note that the scores are then optimistic)."""
     from boneseg.data.split import fold_samples, load_splits
@@ -98,9 +98,8 @@ def validation_samples(data: str | os.PathLike, splits: str | os.PathLike | None
     samples = discover(data, "train")
     if (splits is None) != (fold is None):
         raise UsageError("give --fold and --splits together")
-    if splits is None and config.get("splits") and config.get("fold") is not None \
-            and os.path.exists(config["splits"]):
-        splits, fold = config["splits"], config["fold"]
+    if splits is None and config.splits and os.path.exists(config.splits):
+        splits, fold = config.splits, config.fold
     if splits is not None:
         _, val = fold_samples(samples, load_splits(splits, samples), int(fold))
         if not val:
@@ -247,21 +246,16 @@ def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshol
     from boneseg import probs as probs_mod
     from boneseg.data.layout import discover
     from boneseg.data.masks import default_cache_dir
-    from boneseg.data.split import run_fold
-    from boneseg.engine.checkpoint import resolve_checkpoint
+    from boneseg.engine.run import Run
     from boneseg.inference.encode import binarize, quantize
     from boneseg.inference.predictor import Predictor
     from boneseg.inference.run import ImageDataset, make_loader
     from boneseg.inference.tta import Policy
     from boneseg.io import write_json
-    from boneseg.postprocess import RULES_FILE
 
-    run = Path(run)
+    run = Run.open(run)
     predictor = Predictor.from_checkpoints([run], device=device)
-    cfg = predictor.models[0].config
-    samples = discover(data)
-    _, val = run_fold(samples, cfg.get("splits"), int(cfg.get("folds", 5)), int(cfg.get("seed", 0)),
-                      int(cfg.get("fold", 0)))
+    val = run.validation(discover(data))
     if not val:
         raise UsageError(f"{run}: no validation images to fit post-processing on")
     policy = Policy.parse("none")
@@ -276,10 +270,10 @@ def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshol
             gts.append(item.masks.numpy())
     classes = choose_rules(preds, gts)
     doc = {"rule": "per class, the keep-largest / remove-small-islands option that raises validation Dice",
-           "checkpoint": str(resolve_checkpoint(run)), "fold": cfg.get("fold"), "images": len(val),
+           "checkpoint": str(run.checkpoint), "fold": run.fold, "images": len(val),
            "threshold": threshold,
            "mean_dice_before": float(np.mean([v["dice_before"] for v in classes.values()])),
            "mean_dice_after": float(np.mean([v["dice_after"] for v in classes.values()])),
            "classes": classes}
-    write_json(run / RULES_FILE if run.is_dir() else run.parent / RULES_FILE, doc, force=force)
+    write_json(run.rules_path, doc, force=force)
     return doc

@@ -1,0 +1,100 @@
+"""A trained run, resolved once: `Run.open` takes a run folder or a checkpoint file, loads it
+(``weights_only``) and exposes what every reader needs as typed fields, so that no reader keeps its own
+copy of a default: the run's `TrainConfig`, classes, input channels and statistics, training size, its
+validation fold and the post-processing rules fitted on it (``postprocess.json`` beside the checkpoint).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from boneseg.classes import CLASSES
+from boneseg.engine.checkpoint import (
+    load_checkpoint,
+    model_from_state,
+    resolve_checkpoint,
+)
+from boneseg.engine.train import TrainConfig
+from boneseg.io import read_json
+from boneseg.postprocess import RULES_FILE
+
+
+class Run:
+    """A run folder or checkpoint file, resolved and loaded once (see the module notes)."""
+
+    def __init__(self, path: str | os.PathLike, checkpoint: Path, state: dict[str, Any]):
+        self.path, self.checkpoint = Path(path), checkpoint
+        self.saved: dict = dict(state["config"])
+        self.config = TrainConfig.from_saved(self.saved)
+        self._state: dict[str, Any] | None = state
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | Run) -> Run:
+        """The run at `path` (a `Run` is returned as is).
+
+        Raises:
+            CheckpointError: nothing loadable there.
+        """
+        if isinstance(path, Run):
+            return path
+        checkpoint = resolve_checkpoint(path)
+        return cls(path, checkpoint, load_checkpoint(checkpoint))
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.saved.get("classes") or CLASSES)
+
+    @property
+    def channels(self) -> str:
+        return self.config.channels
+
+    @property
+    def mean(self) -> list[float]:
+        return self.config.mean
+
+    @property
+    def std(self) -> list[float]:
+        return self.config.std
+
+    @property
+    def size(self) -> int:
+        return self.config.size
+
+    @property
+    def fold(self) -> int:
+        return self.config.fold
+
+    @property
+    def splits(self) -> str | None:
+        return self.config.splits
+
+    def validation(self, samples: Sequence) -> list:
+        """This run's validation samples among `samples` (its fold of its splits, as training made them)."""
+        from boneseg.data.split import run_fold
+
+        return run_fold(samples, self.splits, self.config.folds, self.config.seed, self.fold)[1]
+
+    @cached_property
+    def postprocess_rules(self) -> dict | None:
+        """The ``postprocess.json`` document beside the checkpoint (`boneseg.workflows.validation.fit_postprocess`),
+        None when there is none."""
+        path = self.rules_path
+        return read_json(path) if path.is_file() else None
+
+    @property
+    def rules_path(self) -> Path:
+        return self.checkpoint.parent / RULES_FILE
+
+    def model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The model in eval mode on `device`, weights loaded (the run then lets go of its copy of them)."""
+        state = self._state if self._state is not None else load_checkpoint(self.checkpoint)
+        self._state = None
+        return model_from_state(state, device)

@@ -1,0 +1,137 @@
+"""A typed run: `TrainConfig` is the one source of a run's defaults (the `train` options agree with it),
+`Run` resolves a run once and every reader takes its typed fields."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import click
+import pytest
+import torch
+import typer
+
+from boneseg.classes import CLASSES
+from boneseg.engine.checkpoint import save_checkpoint
+from boneseg.engine.run import Run
+from boneseg.engine.train import RUNTIME, TrainConfig
+from boneseg.modelling.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+# `train` options whose name differs from the field, and fields only the Python API sets.
+RENAMED = {"unify_hands": "unify_side"}
+API_ONLY = {"mean", "std", "model_kwargs"}
+# Options whose help describes a default that depends on something else (no literal value).
+DESCRIBED = {"splits", "amp", "channels_last", "cache_dir"}
+
+
+def _train_params() -> dict[str, click.Parameter]:
+    from boneseg.cli import app
+
+    command = typer.main.get_command(app).commands["train"]
+    return {RENAMED.get(p.name, p.name): p for p in command.params if p.name != "json_out"}
+
+
+def _same(text: str, default) -> bool:
+    if text in ("none", "off") and default in (None, 0, False):
+        return True
+    try:
+        return default is not None and float(text) == float(default)
+    except (TypeError, ValueError):
+        return text == str(default)
+
+
+def test_train_options_match_train_config():
+    """Every field has its option and no option lacks a field; a default an option's help names is the
+    field's default (the options themselves default to "not given", so a resume knows what was given)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    params = _train_params()
+    assert set(params) == set(fields) - API_ONLY
+    for name, p in params.items():
+        default = getattr(TrainConfig(), name)
+        assert p.default in (None, default), f"--{name}: option default {p.default!r} != {default!r}"
+        shown = re.search(r"\[default: ([^\]]+)\]", getattr(p, "help", "") or "")
+        if shown and name not in DESCRIBED:
+            assert _same(shown.group(1), default), f"--{name}: help says {shown.group(1)!r}, TrainConfig {default!r}"
+
+
+def test_runtime_options_are_documented_as_such():
+    doc = (ROOT / "docs" / "train.md").read_text(encoding="utf-8")
+    runtime = doc[doc.index("The options of one invocation"):]
+    runtime = runtime[:runtime.index("never saved")]
+    for name in set(RUNTIME) - {"out", "resume", "force"}:
+        assert f"`--{name.replace('_', '-')}`" in runtime, name
+
+
+def _checkpoint(path: Path, **config) -> Path:
+    cfg = {"arch": "unet", "encoder": "resnet18", "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+           "in_channels": 1, "classes": list(CLASSES), **config}
+    save_checkpoint(path, {"config": cfg, "model": build_model(cfg).state_dict(), "epoch": 1, "step": 1,
+                           "metrics": {}})
+    return path
+
+
+def test_run_open_types_an_old_checkpoint(tmp_path):
+    """Keys of other versions are ignored and missing ones take `TrainConfig`'s defaults: no reader has its own."""
+    ckpt = _checkpoint(tmp_path / "run" / "best.pt", wrist=True, unify_hands="R", fold=None, future_key=1,
+                       workers=7)
+    run = Run.open(tmp_path / "run")
+    defaults = TrainConfig()
+    assert isinstance(run.config, TrainConfig) and run.checkpoint == ckpt
+    assert run.config.unify_side == "R" and run.config.wrist
+    assert (run.size, run.fold, run.splits, run.channels) == (defaults.size, defaults.fold, None, "gray")
+    assert (run.mean, run.std, run.classes) == (defaults.mean, defaults.std, tuple(CLASSES))
+    assert run.config.workers == defaults.workers  # a runtime option an old checkpoint held is not the run's
+    assert run.postprocess_rules is None
+    assert Run.open(run) is run
+
+
+def test_every_reader_takes_the_run_defaults(tmp_path):
+    """The predictor and the wrist stage of a checkpoint that names no size use the same one (`TrainConfig`)."""
+    from boneseg.inference.predictor import Predictor
+    from boneseg.inference.stages import ImageStages
+
+    ckpt = _checkpoint(tmp_path / "old.pt", wrist=True)
+    predictor = Predictor.from_checkpoints([ckpt], device="cpu")
+    stages = ImageStages(predictor, wrist_model=ckpt)
+    size = TrainConfig().size
+    assert predictor.size_of(predictor.models[0]) == size and stages.wrist.size == size
+    assert stages.wrist.margin == TrainConfig().wrist_margin
+    assert predictor.models[0].run.checkpoint == ckpt
+
+
+def test_predict_opens_each_checkpoint_once(tmp_path, monkeypatch):
+    """`predict -m RUN` loads and resolves the run once (post-processing rules included)."""
+    from util import write_dataset
+
+    from boneseg.engine import checkpoint
+    from boneseg.inference.run import predict
+
+    data = write_dataset(tmp_path / "data", patients=1, size=64, test_patients=1)
+    run = tmp_path / "run"
+    _checkpoint(run / "best.pt", size=64)
+    (run / "postprocess.json").write_text('{"classes": {}}', encoding="utf-8")
+    loads, resolved = [], []
+    real_load, real_is_dir = torch.load, checkpoint.Path.is_dir
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(Path(f)) or real_load(f, *a, **k))
+    monkeypatch.setattr(checkpoint.Path, "is_dir", lambda p: resolved.append(p) or real_is_dir(p))
+    with pytest.warns(Warning, match="post-processing rules"):
+        predict(data, [run], tmp_path / "sub.csv", device="cpu", workers=0, progress=False)
+    assert resolved.count(run) == 1 and loads.count(run / "best.pt") == 1
+
+
+def test_one_resize_rule_for_training_and_prediction(tmp_path):
+    """A non-square image reaches a model with the same pixels in the training cache and in the predictor."""
+    import cv2
+    import numpy as np
+
+    from boneseg.data.layout import Sample
+    from boneseg.data.masks import build_sample
+    from boneseg.inference.predictor import InputPlan
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((160, 30)) * 255).astype(np.uint8)  # fewer pixels, but the width grows
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    trained = build_sample(Sample("a.png", tmp_path / "a.png"), 64).image
+    predicted = InputPlan(frozenset({64})).item(0, "a.png", image, "R").inputs[(64, 64)].numpy()
+    assert np.array_equal(trained, predicted)
