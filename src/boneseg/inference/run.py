@@ -24,6 +24,7 @@ import torch
 
 from boneseg import probs as probs_mod
 from boneseg.classes import NUM_CLASSES
+from boneseg.data.dataset import Loader
 from boneseg.data.layout import Sample, find_images, read_image
 from boneseg.engine.checkpoint import resolve_checkpoint
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
@@ -58,13 +59,12 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.plan.item(i, s.image_name, read_image(s.image), s.suffix_side)
 
 
-def make_loader(dataset: ImageDataset, workers: int, device: torch.device) -> torch.utils.data.DataLoader:
+def make_loader(dataset: ImageDataset, workers: int, device: torch.device) -> Loader:
     """One item at a time, read `workers`-wide ahead in background processes (0: in this process)."""
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
-    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                       prefetch_factor=2 if workers else None, persistent_workers=False,
-                                       pin_memory=device.type == "cuda")
+    return Loader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                  prefetch_factor=2 if workers else None, persistent_workers=False, pin_memory=device.type == "cuda")
 
 
 def check_unique_names(samples: Sequence[Sample]) -> None:
