@@ -90,7 +90,7 @@ def write_json(path: str | os.PathLike | None, obj: Any, force: bool = False) ->
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file, turning missing files and syntax errors into a `DataError`."""
+    """Read a JSON file; a missing, unreadable, malformed or too deeply nested one is a `DataError`."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as fh:
@@ -99,5 +99,9 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DataError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: malformed JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: malformed JSON (nested too deeply)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a JSON file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None

@@ -12,6 +12,8 @@ import numbers
 import os
 import secrets
 import shutil
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -147,8 +149,8 @@ def load(folder: str | os.PathLike, image_name: str) -> np.ndarray:
             q = z["probs"]
     except FileNotFoundError:
         raise DataError(f"{path}: probability file not found (image {image_name})") from None
-    except (KeyError, ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: unreadable probability file ({exc})") from None
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: unreadable or truncated probability file ({exc})") from None
     if q.dtype != np.uint8 or q.ndim != 3 or q.shape[0] != NUM_CLASSES:
         raise DataError(f"{path}: expected uint8 ({NUM_CLASSES}, H, W) probabilities, got {q.dtype} {q.shape}")
     return q

@@ -8,17 +8,49 @@ data-loader workers.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from boneseg.data.layout import Sample
 from boneseg.data.masks import MaskCache
 from boneseg.data.transforms import augment
+
+
+class Loader(DataLoader):
+    """A DataLoader whose workers' errors arrive as themselves: torch re-raises a worker's exception as
+    ``DataError("Caught DataError in DataLoader worker process 0.\\nOriginal Traceback …")``; iterating a
+    `Loader` raises ``DataError("<the original message>")`` instead."""
+
+    def __iter__(self) -> Iterator:
+        try:
+            yield from super().__iter__()
+        except Exception as exc:
+            original = worker_message(exc)
+            if original is None:
+                raise
+            try:
+                unwrapped = type(exc)(original)
+            except Exception:  # noqa: BLE001 - a type that needs other arguments: keep torch's error
+                raise exc from None
+            raise unwrapped from None
+
+
+def worker_message(exc: BaseException) -> str | None:
+    """The original message of an exception a data-loader worker raised, None if `exc` is not one."""
+    text = str(exc)
+    if not text.startswith("Caught ") or "\nOriginal Traceback" not in text:
+        return None
+    kind = type(exc)
+    for name in (f"{kind.__module__}.{kind.__qualname__}", kind.__qualname__):
+        at = text.rfind(f"\n{name}: ")
+        if at >= 0:
+            return text[at + len(name) + 3:].rstrip("\n")
+    return None
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:

@@ -52,8 +52,21 @@ class Sample:
 
 
 def _relative_images(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+    return sorted(_utf8_name(p.relative_to(folder), folder) for p in folder.rglob("*")
                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _utf8_name(name: Path, folder: Path | None = None) -> str:
+    """`name` as text; one that is not valid UTF-8 (it could not be written to a submission, splits file or
+    report) is a `DataError` naming the file."""
+    text = name.as_posix()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = (folder / text if folder else Path(text)).as_posix().encode("utf-8", "backslashreplace").decode()
+        raise DataError(f"{shown}: file name is not valid UTF-8 (submissions and labels are UTF-8): rename it") \
+            from None
+    return text
 
 
 def discover(root: str | os.PathLike, split: str = "train", labels: bool | None = None,
@@ -101,7 +114,7 @@ def find_images(path: str | os.PathLike) -> list[Sample]:
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise DataError(f"{path}: not a PNG image")
-        return [Sample(path.name, path)]
+        return [Sample(_utf8_name(Path(path.name), path.parent), path)]
     if not path.is_dir():
         raise DataError(f"{path}: no such file or folder")
     if (path / "test" / IMAGE_DIR).is_dir():

@@ -8,7 +8,6 @@ written atomically, so data-loader workers and DDP ranks can share one cache fol
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import zipfile
 import zlib
@@ -21,8 +20,8 @@ import numpy as np
 
 from boneseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from boneseg.data.layout import Sample, read_image, resize_image, side_from_polygons
-from boneseg.errors import DataError, suggest
-from boneseg.io import atomic_open
+from boneseg.errors import DataError, quote, suggest
+from boneseg.io import atomic_open, read_json
 
 CACHE_VERSION = 2
 DIST_CLIP = 16
@@ -56,12 +55,7 @@ def load_label(path: str | os.PathLike, shape: tuple[int, int] | None = None, st
     offending polygons dropped.
     """
     path = Path(path)
-    try:
-        doc = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise DataError(f"{path}: label file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: malformed JSON ({exc})") from None
+    doc = read_json(path)
     anns = doc.get("annotations") if isinstance(doc, dict) else None
     if not isinstance(anns, list):
         raise DataError(f"{path}: no 'annotations' list")
@@ -74,16 +68,26 @@ def load_label(path: str | os.PathLike, shape: tuple[int, int] | None = None, st
         if not isinstance(ann, dict):
             fatal.append(f"annotation {i} is not an object")
             continue
-        name = ann.get("label")
+        name, kind = ann.get("label"), ann.get("type", "poly_seg")
+        if not isinstance(name, str):
+            fatal.append(f"annotation {i}: 'label' is {_json_type(name)}, not a class name")
+            continue
         if name not in CLASS_INDEX:
-            fatal.append(f"annotation {i}: unknown class {name!r}{suggest(str(name), CLASSES, 3)}")
+            fatal.append(f"annotation {i}: unknown class {quote(name)}{suggest(name, CLASSES, 3)}")
+            continue
+        if kind != "poly_seg":
+            fatal.append(f"class {name!r}: annotation type {quote(kind)}, expected 'poly_seg'")
             continue
         if name in polygons:
             fatal.append(f"duplicate polygon for class {name!r}")
             continue
+        raw = ann.get("points")
+        if not isinstance(raw, list) or any(isinstance(v, bool) for p in raw if isinstance(p, list) for v in p):
+            fatal.append(f"class {name!r}: points must be a list of [x, y] pairs")
+            continue
         try:
-            pts = np.asarray(ann.get("points"), dtype=np.float64)
-        except (TypeError, ValueError):
+            pts = np.asarray(raw, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
             fatal.append(f"class {name!r}: points are not numbers")
             continue
         if pts.ndim != 2 or pts.shape[1] != 2 or not np.isfinite(pts).all():
@@ -102,6 +106,13 @@ def load_label(path: str | os.PathLike, shape: tuple[int, int] | None = None, st
         raise DataError(f"{path}: {fatal[0]}" + (f" (and {len(fatal) - 1} more problem(s))" if len(fatal) > 1 else ""))
     problems = fatal + [f"missing class {c!r}" for c in CLASSES if c not in polygons]
     return Label(path, polygons, problems)
+
+
+def _json_type(value: object) -> str:
+    """How a JSON value's type reads in a message (``a list``, ``null``, …)."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 _SIZE_KEYS = (("metadata", "height", "width"), (None, "imageHeight", "imageWidth"), (None, "height", "width"),

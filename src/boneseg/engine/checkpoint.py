@@ -16,16 +16,22 @@ from typing import Any
 import torch
 
 from boneseg.errors import CheckpointError, quote
-from boneseg.io import atomic_path
+from boneseg.io import atomic_open
 
 BEST, LAST = "best.pt", "last.pt"
+REQUIRED = ("arch", "encoder")
+"""Config keys every checkpoint must hold (strings): what builds its model."""
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write `state` to `path` atomically (temp file + rename), replacing an older checkpoint."""
+    """Write `state` to `path` atomically (temp file + rename), replacing an older checkpoint.
+
+    Raises:
+        DataError: the write failed (``cannot write PATH: No space left on device``); nothing is left behind.
+    """
     path = Path(path)
-    with atomic_path(path, force=True) as tmp:
-        torch.save(state, tmp)
+    with atomic_open(path, "wb", force=True, buffering=0) as fh:  # unbuffered: torch passes a write's OSError on
+        torch.save(state, fh)
     return path
 
 
@@ -51,7 +57,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     Raises:
         CheckpointError: missing file, a file that is not a plain-tensor checkpoint (e.g. a pickled
-            model, which is never unpickled), or one without ``config``/``model``.
+            model, which is never unpickled), one without ``config``/``model``, or a config without
+            `REQUIRED` keys or with a bad ``size``/``crop`` (naming the file and the key).
     """
     path = resolve_checkpoint(path)
     try:
@@ -67,6 +74,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or not isinstance(
             state.get("model"), dict):
         raise CheckpointError(f"{path}: not a boneseg checkpoint (no 'config' and 'model' entries)")
+    config = state["config"]
+    for key in REQUIRED:
+        if not isinstance(config.get(key), str) or not config[key]:
+            raise CheckpointError(f"{path}: config {'lacks' if key not in config else 'has a bad'} {key!r} "
+                                  "(not a complete boneseg checkpoint)")
+    for key in ("size", "crop"):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise CheckpointError(f"{path}: config {key!r} is {quote(value)}, not a positive whole number")
     return state
 
 

@@ -377,9 +377,7 @@ def build_criterion(cfg: TrainConfig):
 
 def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
     """A DataLoader over `items` driven by an `EpochBatchSampler` (returns loader, sampler)."""
-    from torch.utils.data import DataLoader
-
-    from boneseg.data.dataset import EpochBatchSampler, SegDataset, collate
+    from boneseg.data.dataset import EpochBatchSampler, Loader, SegDataset, collate
     from boneseg.data.transforms import build_augmentation
 
     from boneseg.modelling.heads import meta_table
@@ -391,7 +389,7 @@ def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
     sampler = EpochBatchSampler(len(items), cfg.batch_size, cfg.seed, shuffle=train,
                                 drop_last=train and len(items) >= cfg.batch_size * info.world_size,
                                 rank=info.rank, world_size=info.world_size)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
+    loader = Loader(dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
                         pin_memory=info.device.type == "cuda", persistent_workers=cfg.workers > 0,
                         worker_init_fn=_worker_init if cfg.workers > 0 else None,
                         generator=torch.Generator())  # never touches the global RNG (resume exactness)

@@ -195,10 +195,7 @@ class Predictor:
         total = sum(m.weight for m in self.models)
         self.weights = [m.weight / total for m in self.models]
         self.device = torch.device(device)
-        if size is not None and (size <= 0 or size % 32):
-            raise UsageError(f"--size must be a positive multiple of 32, got {size}")
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        self.check_options(size, window, overlap, batch_size)
         self.size, self.window, self.overlap, self.batch_size = size, window, overlap, batch_size
         for lm in self.models:
             check_window(self.window_of(lm), overlap)
@@ -209,6 +206,19 @@ class Predictor:
             for lm in self.models:
                 lm.model.to(memory_format=torch.channels_last)
         self.unified = [i for i, lm in enumerate(self.models) if lm.unify]
+
+    @staticmethod
+    def check_options(size: int | None = None, window: int | None = None, overlap: float = 0.5,
+                      batch_size: int = 4) -> None:
+        """Raise `UsageError` for impossible sizes, window, overlap or batch size (before any model is loaded)."""
+        if size is not None and (size <= 0 or size % 32):
+            raise UsageError(f"--size must be a positive multiple of 32, got {size}")
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        if window is not None:
+            check_window(window, overlap)
+        elif not 0.0 <= overlap < 1.0:
+            raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
 
     @classmethod
     def from_checkpoints(cls, checkpoints: Sequence[str | os.PathLike | Run], weights: Sequence[float] | None = None,

@@ -24,6 +24,7 @@ import torch
 
 from boneseg import probs as probs_mod
 from boneseg.classes import NUM_CLASSES
+from boneseg.data.dataset import Loader
 from boneseg.data.layout import Sample, find_images, read_image
 from boneseg.engine.run import Run
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
@@ -58,13 +59,17 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.plan.item(i, s.image_name, read_image(s.image), s.suffix_side)
 
 
-def make_loader(dataset: ImageDataset, workers: int, device: torch.device) -> torch.utils.data.DataLoader:
-    """One item at a time, read `workers`-wide ahead in background processes (0: in this process)."""
+def check_workers(workers: int) -> None:
+    """Raise `UsageError` for a negative number of data-loader workers."""
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
-    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                       prefetch_factor=2 if workers else None, persistent_workers=False,
-                                       pin_memory=device.type == "cuda")
+
+
+def make_loader(dataset: ImageDataset, workers: int, device: torch.device) -> Loader:
+    """One item at a time, read `workers`-wide ahead in background processes (0: in this process)."""
+    check_workers(workers)
+    return Loader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                  prefetch_factor=2 if workers else None, persistent_workers=False, pin_memory=device.type == "cuda")
 
 
 def check_unique_names(samples: Sequence[Sample]) -> None:
@@ -276,14 +281,17 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
         UsageError: bad options. DataError: unreadable images or thresholds. OutputExistsError: an
         existing output without `force`. CheckpointError: a checkpoint that cannot be loaded.
     """
-    samples = list(source) if not isinstance(source, (str, os.PathLike)) else find_images(source)
-    if not samples:
-        raise DataError("no images to predict")
-    check_unique_names(samples)
+    # every option first: a bad value is reported before any input is read or output checked
+    Predictor.check_options(size, window, overlap, batch_size)
+    check_workers(workers)
     policy = tta if isinstance(tta, Policy) else Policy.parse(tta, scales, sliding)
     thresholds = probs_mod.read_thresholds(threshold)
     cuts = probs_mod.cutoffs(thresholds)
     postprocess(np.zeros((0, 1, 1), np.bool_), keep_largest, min_area)  # validates the options
+    samples = list(source) if not isinstance(source, (str, os.PathLike)) else find_images(source)
+    if not samples:
+        raise DataError("no images to predict")
+    check_unique_names(samples)
     runs = [] if isinstance(models, Predictor) else [Run.open(m) for m in models]
     rules_doc, rules_path = find_rules(runs, postprocess_rules)
     if rules_doc is not None and str(postprocess_rules).lower() == "auto":
