@@ -39,7 +39,7 @@ def _threshold_problem(t) -> str | None:
         return "is not a number"
     if not math.isfinite(t):
         return "must be a finite number"
-    return None if 0.0 <= t <= 1.0 else "must be within [0, 1]"
+    return None if 0.0 <= float(t) <= 1.0 else "must be within [0, 1]"
 
 
 def _checked(t, where: str = "") -> float:
