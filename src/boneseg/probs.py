@@ -50,7 +50,7 @@ def _checked(t, where: str = "") -> float:
     return float(t)
 
 
-def thresholds_array(threshold: float | Sequence[float] | Mapping[str, float]) -> np.ndarray:
+def thresholds_array(threshold: float | Sequence[float] | np.ndarray | Mapping[str, float]) -> np.ndarray:
     """A (29,) float array from a global threshold, one per class, or a {class: threshold} mapping
     (classes not in the mapping keep 0.5).
 
@@ -108,7 +108,7 @@ def read_thresholds(value: float | str | os.PathLike | Sequence[float] | Mapping
     return np.full(NUM_CLASSES, number)
 
 
-def cutoffs(threshold: float | Sequence[float] | Mapping[str, float] = 0.5) -> np.ndarray:
+def cutoffs(threshold: float | Sequence[float] | np.ndarray | Mapping[str, float] = 0.5) -> np.ndarray:
     """The (29,) integer cut per class: a quantised value ``q`` is foreground when ``q > cut``.
 
     Raises:
@@ -117,7 +117,7 @@ def cutoffs(threshold: float | Sequence[float] | Mapping[str, float] = 0.5) -> n
     return np.floor(thresholds_array(threshold) * SCALE + 1e-9).astype(np.int32)
 
 
-def binarize(q: np.ndarray, threshold: float | Sequence[float] | Mapping[str, float] = 0.5) -> np.ndarray:
+def binarize(q: np.ndarray, threshold: float | Sequence[float] | np.ndarray | Mapping[str, float] = 0.5) -> np.ndarray:
     """Masks from quantised probabilities (29, H, W): a pixel is on when ``q / 255 > t`` per class."""
     cuts = cutoffs(threshold)
     return q > cuts.astype(np.uint8)[:, None, None] if q.ndim == 3 else q > cuts[0]
