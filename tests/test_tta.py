@@ -132,3 +132,11 @@ def test_evaluate_defaults_to_all_train_images_with_a_note(setup):
     report = evaluate_policies(data, [ckpt], policies=["none"], samples=samples, search=None, workers=0,
                                progress=False, device="cpu")
     assert report.images == 2 and report.thresholds is None and report.best == "resize:none"
+
+
+def test_tta_empty_search_is_a_usage_error(tmp_path, capsys):
+    from boneseg.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["tta", str(tmp_path), "-m", str(tmp_path / "m.pt"), "--search", ""])
+    assert exc.value.code == 2 and "--search must be low,high" in capsys.readouterr().err

@@ -76,6 +76,7 @@ def atomic_open(path: str | os.PathLike | None, mode: str = "w", force: bool = F
     if "b" not in mode:
         kwargs.setdefault("encoding", "utf-8")
         kwargs.setdefault("newline", "")
+    assert path is not None  # is_stdout took None
     with atomic_path(path, force) as tmp, open(tmp, mode, **kwargs) as fh:
         yield fh
         fh.flush()

@@ -10,7 +10,7 @@ from boneseg.classes import CLASSES
 try:  # torch is a hard dependency, but keep this module importable on its own
     import torch
 except ImportError:  # pragma: no cover
-    torch = None
+    torch = None  # type: ignore[assignment]  # the checks below test for None
 
 
 def dice_from_counts(intersection, pred_sum, gt_sum):

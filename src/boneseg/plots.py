@@ -92,8 +92,8 @@ def overlay_compare(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, alpha: 
     `pred` and `gt` are (H, W) masks or (C, H, W) stacks (any class counts).
     """
     pred, gt = np.asarray(pred), np.asarray(gt)
-    pred = pred.any(axis=0) if pred.ndim == 3 else pred
-    gt = gt.any(axis=0) if gt.ndim == 3 else gt
+    pred = np.asarray(pred.any(axis=0)) if pred.ndim == 3 else pred
+    gt = np.asarray(gt.any(axis=0)) if gt.ndim == 3 else gt
     both = pred & gt
     return _blend(image, [(pred & ~both, PRED_COLOUR), (gt & ~both, GT_COLOUR), (both, (255, 230, 60))], alpha)
 

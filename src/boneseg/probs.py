@@ -41,7 +41,7 @@ def _threshold_problem(t) -> str | None:
         return "is not a number"
     if not math.isfinite(t):
         return "must be a finite number"
-    return None if 0.0 <= t <= 1.0 else "must be within [0, 1]"
+    return None if 0.0 <= float(t) <= 1.0 else "must be within [0, 1]"
 
 
 def _checked(t, where: str = "") -> float:
@@ -52,7 +52,7 @@ def _checked(t, where: str = "") -> float:
     return float(t)
 
 
-def thresholds_array(threshold: float | Sequence[float] | Mapping[str, float]) -> np.ndarray:
+def thresholds_array(threshold: float | Sequence[float] | np.ndarray | Mapping[str, float]) -> np.ndarray:
     """A (29,) float array from a global threshold, one per class, or a {class: threshold} mapping
     (classes not in the mapping keep 0.5).
 
@@ -110,7 +110,7 @@ def read_thresholds(value: float | str | os.PathLike | Sequence[float] | Mapping
     return np.full(NUM_CLASSES, number)
 
 
-def cutoffs(threshold: float | Sequence[float] | Mapping[str, float] = 0.5) -> np.ndarray:
+def cutoffs(threshold: float | Sequence[float] | np.ndarray | Mapping[str, float] = 0.5) -> np.ndarray:
     """The (29,) integer cut per class: a quantised value ``q`` is foreground when ``q > cut``.
 
     Raises:
@@ -119,7 +119,7 @@ def cutoffs(threshold: float | Sequence[float] | Mapping[str, float] = 0.5) -> n
     return np.floor(thresholds_array(threshold) * SCALE + 1e-9).astype(np.int32)
 
 
-def binarize(q: np.ndarray, threshold: float | Sequence[float] | Mapping[str, float] = 0.5) -> np.ndarray:
+def binarize(q: np.ndarray, threshold: float | Sequence[float] | np.ndarray | Mapping[str, float] = 0.5) -> np.ndarray:
     """Masks from quantised probabilities (29, H, W): a pixel is on when ``q / 255 > t`` per class."""
     cuts = cutoffs(threshold)
     return q > cuts.astype(np.uint8)[:, None, None] if q.ndim == 3 else q > cuts[0]

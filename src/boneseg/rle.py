@@ -210,7 +210,7 @@ def _mapping(nbytes: int) -> mmap.mmap | None:
 def _byte_view(out: np.ndarray) -> memoryview:
     if out.dtype != np.bool_ or not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError("expected a writeable C-contiguous boolean array")
-    return memoryview(out.reshape(-1).view(np.uint8))
+    return out.reshape(-1).view(np.uint8).data
 
 
 def decode_into(out: np.ndarray, rle: str | float | None, clear: bool = True) -> np.ndarray:

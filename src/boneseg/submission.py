@@ -63,6 +63,7 @@ class SubmissionWriter:
         """One image's 29 RLE strings, in class order."""
         if len(rles) != len(CLASSES):
             raise ValueError(f"{image_name}: expected {len(CLASSES)} RLEs, got {len(rles)}")
+        assert self._fh is not None, "use SubmissionWriter in a with block"
         self._fh.write("".join(format_row(image_name, c, r) for c, r in zip(CLASSES, rles)))
         self.images += 1
 

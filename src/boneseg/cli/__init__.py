@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import traceback
+import typing
 import warnings
 
 import typer
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
 
 
-def _usage_message(exc: Exception) -> str:
+def _usage_message(exc: typing.Any) -> str:
     """A click usage error as one line naming the command and the option or argument at fault."""
     ctx = getattr(exc, "ctx", None)
     where = f"{ctx.command_path}: " if ctx is not None else " ".join(["boneseg", state["command"] or ""]).strip() + ": "

@@ -76,7 +76,7 @@ app = _App(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-state = {"debug": os.environ.get("BONESEG_DEBUG", "") not in ("", "0"), "command": None}
+state: dict[str, typing.Any] = {"debug": os.environ.get("BONESEG_DEBUG", "") not in ("", "0"), "command": None}
 
 
 def _version(value: bool) -> None:

@@ -66,7 +66,7 @@ def ensemble_command(
     if per_class_out is not None and not scores:
         raise UsageError("--per-class-out needs --scores")
     names = [str(p) for p in inputs]
-    plan = per_class
+    plan: Path | dict | None = per_class
     if scores:
         plan = ensemble.per_class_from_scores(scores, names)
         if per_class_out is not None:

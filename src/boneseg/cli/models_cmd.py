@@ -15,7 +15,7 @@ def catalog(timm_pattern: str | None = None) -> dict:
     from boneseg.modelling.losses import LOSSES
     from boneseg.modelling.models import ALIASES, ARCHITECTURES, ENCODER_WEIGHTS, smp_encoders
 
-    doc = {
+    doc: dict = {
         "architectures": {a: sorted(k for k, v in ALIASES.items() if v == a) for a in ARCHITECTURES},
         "encoders": {"smp": smp_encoders(), "timm": "tu-<any timm model>"},
         "encoder_weights": [*ENCODER_WEIGHTS, "PATH"],

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+                           TaskID, TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
 
@@ -29,9 +29,9 @@ class _Console(Console):
 
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
-        Console.size.fset(self, new_size)
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]  # mypy sees only the getter
 
-    def rule(self, title: str = "", **kwargs) -> None:
+    def rule(self, title: str | Text = "", **kwargs) -> None:
         """A horizontal rule, 80 columns wide when not on a terminal."""
         from rich.rule import Rule
 
@@ -95,7 +95,7 @@ def print_json(obj: Mapping | Sequence) -> None:
 
 def stage_callback(bar: Progress, unit: str = "img"):
     """A ``callback(stage, done, total)`` for library functions: one progress task per stage name."""
-    tasks: dict[str, object] = {}
+    tasks: dict[str, TaskID] = {}
 
     def update(stage: str, done: int, total: int) -> None:
         if stage not in tasks:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -80,7 +80,7 @@ def train_command(
                    dist_timeout=dist_timeout, meta=meta, meta_weight=meta_weight, boundary_head=boundary_head,
                    boundary_sharpen=boundary_sharpen, distance_clip=distance_clip, wrist_margin=wrist_margin,
                    log=log, log_images=log_images)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None}
+    config: dict[str, Any] = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None}
     if unify_hands is not None and unify_hands.lower() == "none":
         config["unify_side"] = None
     if not resume:

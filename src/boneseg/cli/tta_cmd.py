@@ -50,11 +50,11 @@ def tta_command(
     if thresholds_out is not None:
         check_output(thresholds_out, force)
     rng = parse_floats(search, "--search")
-    if len(rng) != 2:
+    if rng is None or len(rng) != 2:
         raise UsageError(f"--search must be low,high, got {search!r}")
     report = evaluate_policies(
         data, models, policies=[p for p in (policies or "").split(",") if p.strip()] or None, fold=fold,
-        splits=splits, scales=scales, sliding=sliding, search=tuple(rng), workers=workers,
+        splits=splits, scales=scales, sliding=sliding, search=(rng[0], rng[1]), workers=workers,
         weights=parse_floats(weights, "--weights"), device=device, size=size, window=window, overlap=overlap,
         batch_size=batch_size, amp=amp, wrist_model=wrist_model, meta=meta)
     if thresholds_out is not None:

@@ -110,6 +110,7 @@ class SegDataset(Dataset):
         image, masks = augment(self.transform, np.ascontiguousarray(image),
                                None if masks is None else np.ascontiguousarray(masks), seed)
         if dist is not None:
+            assert masks is not None  # dist comes only with masks
             masks, dist = masks[:len(masks) // 2], masks[len(masks) // 2:]
         image = np.ascontiguousarray(image)
         if self.channels:

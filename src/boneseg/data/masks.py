@@ -127,7 +127,7 @@ def _declared_size(doc: dict) -> tuple[int, int] | None:
         where = doc.get(parent) if parent else doc
         if not isinstance(where, dict):
             continue
-        h, w = where.get(hk), where.get(wk)
+        h, w = where.get(hk, 0), where.get(wk, 0)
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (h, w)):
             return int(h), int(w)
     return None

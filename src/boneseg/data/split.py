@@ -161,7 +161,8 @@ def fold_samples(samples: Sequence[Sample], splits: Mapping, fold: int) -> tuple
     k = splits["folds"]
     if not isinstance(fold, int) or not 0 <= fold < k:
         raise UsageError(f"--fold {fold}: the splits have {k} folds (0..{k - 1})")
-    train, val = [], []
+    train: list[Sample] = []
+    val: list[Sample] = []
     for s in samples:
         if s.name not in splits["assignments"]:
             raise DataError(f"{s.name}: not in the splits file (splits file from another dataset?)")

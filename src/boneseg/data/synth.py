@@ -253,10 +253,10 @@ def _digit(name: str, pose: Pose, rng: np.random.Generator) -> tuple[dict[str, n
     angle[1:] += np.radians(SPREAD_DIRECTION[name] * pose.spread)
     flex = np.radians(np.cumsum(rng.uniform(0.0, 45.0, len(vec) - 1) * pose.flexion))
     length[1:] *= np.cos(np.minimum(flex, np.radians(70)))
-    pts = [joints[0]]
+    chain = [joints[0]]
     for ln, an in zip(length, angle):
-        pts.append(pts[-1] + ln * _unit(an))
-    pts = np.array(pts)
+        chain.append(chain[-1] + ln * _unit(an))
+    pts = np.array(chain)
     bones = {}
     for i, bone in enumerate(names):
         kind = "metacarpal" if i == 0 else "distal" if i == len(names) - 1 else "phalanx"
@@ -358,9 +358,9 @@ def to_pixels(poly: np.ndarray, size: int) -> np.ndarray:
 def _smooth_noise(rng: np.random.Generator, size: int, sigma: float, step: int = 4) -> np.ndarray:
     """Zero-mean, unit-ish band-limited noise at full size (generated coarse, then upsampled)."""
     small = max(size // step, 8)
-    z = rng.standard_normal((small, small), dtype=np.float32)
+    z: np.ndarray = rng.standard_normal((small, small), dtype=np.float32)
     z = cv2.GaussianBlur(z, (0, 0), max(sigma / step, 0.5))
-    z /= z.std() + 1e-6
+    z = z / (z.std() + 1e-6)
     return cv2.resize(z, (size, size), interpolation=cv2.INTER_LINEAR)
 
 

@@ -49,11 +49,11 @@ def box_from_masks(masks, margin: float = DEFAULT_MARGIN) -> tuple[int, int, int
             return None
         y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     else:
-        carp = (np.asarray(masks)[CARPAL_IDX] > 0.5).any(0)
-        rows, cols = np.flatnonzero(carp.any(1)), np.flatnonzero(carp.any(0))
-        if rows.size == 0:
+        carp_np = np.asarray((np.asarray(masks)[CARPAL_IDX] > 0.5).any(0))
+        ys, xs = np.flatnonzero(carp_np.any(1)), np.flatnonzero(carp_np.any(0))
+        if ys.size == 0:
             return None
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
     return square_box(y0, y1, x0, x1, tuple(masks.shape[-2:]), margin)
 
 

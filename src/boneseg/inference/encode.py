@@ -40,8 +40,8 @@ def run_bounds(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     flat = masks.reshape(k, -1)
     pad = torch.zeros((k, 1), dtype=torch.bool, device=masks.device)
     padded = torch.cat([pad, flat, pad], 1)
-    cls, pos = (padded[:, 1:] != padded[:, :-1]).nonzero(as_tuple=True)
-    cls, pos = cls.cpu().numpy(), pos.cpu().numpy()
+    cls_t, pos_t = (padded[:, 1:] != padded[:, :-1]).nonzero(as_tuple=True)
+    cls, pos = cls_t.cpu().numpy(), pos_t.cpu().numpy()
     return pos, np.concatenate(([0], np.cumsum(np.bincount(cls, minlength=k))))
 
 

@@ -126,7 +126,7 @@ class InputPlan:
     def sizes(self, shape: tuple[int, int], side: str | None) -> set[tuple[int, int]]:
         out = {(s, s) for s in self.squares}
         if self.original:
-            out.add(tuple(shape))
+            out.add((shape[0], shape[1]))
         if side is None:
             out |= {(s, s) for s in self.side_squares}
         base = (self.sliding_base, self.sliding_base) if self.sliding_base else shape
@@ -144,7 +144,9 @@ class ViewCache:
     reuse by several policies, otherwise each is handed out once."""
 
     def __init__(self, keep: bool = False):
-        self.keep, self.views, self.side = keep, {}, None
+        self.keep = keep
+        self.views: dict[tuple, torch.Tensor] = {}
+        self.side: str | None = None
         self.seconds: dict[tuple, float] = {}  # compute time of each view (device-synchronised)
         self.side_seconds = 0.0                # time of the hand-side pass
         self.side_keys: set[tuple] = set()     # its views (reused by the main pass when they match)
@@ -316,6 +318,7 @@ class Predictor:
         if cache.side is None:
             m = self.unified[0]
             unify = self.models[m].unify
+            assert unify is not None  # self.unified lists the unified models
             used = set(cache.used)
             plain, mirrored = self.views(m, item, False, 1.0, (False, True), cache)
             cache.used = used
@@ -359,6 +362,7 @@ class Predictor:
                         mean = alloc((NUM_CLASSES, *item.shape), v.device, v.dtype)
                     mean.add_(v.to(mean.device))
             n = len(scales) * len(flips)
+            assert mean is not None  # a policy has at least one scale
             if n > 1:
                 mean.div_(n)
             if len(self.weights) == 1:
@@ -366,4 +370,5 @@ class Predictor:
             if total is None:
                 total = alloc(mean.shape, mean.device, mean.dtype)
             total.add_(mean.to(total.device), alpha=weight)
+        assert total is not None  # more than one model
         return total

@@ -105,7 +105,7 @@ def sliding_window(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
             torch.cuda.empty_cache()
             bs = max(1, bs // 2)
             continue
-        if acc is None:
+        if acc is None or wsum is None:
             acc = alloc((out.shape[1], ph, pw), x.device, acc_dtype)
             wsum = torch.zeros((ph, pw), device=acc.device, dtype=torch.float32)
             gw = g.to(acc.device)
@@ -114,4 +114,5 @@ def sliding_window(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
             acc[:, y:y + window, xx:xx + window] += (tile * gw).to(acc.dtype)
             wsum[y:y + window, xx:xx + window] += gw
         i += len(chunk)
+    assert acc is not None and wsum is not None  # more than one tile: the loop ran
     return acc[:, :h, :w].div_(wsum[:h, :w])

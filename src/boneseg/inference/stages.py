@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from typing import Any
 
 import torch
 
@@ -24,7 +25,7 @@ class ImageStages:
         the crop around the first stage's carpals, replace the first stage's."""
         from boneseg.modelling import heads
 
-        self.film = [lm.model for lm in predictor.models if getattr(lm.model, "wants_meta", False)]
+        self.film: list[Any] = [lm.model for lm in predictor.models if getattr(lm.model, "wants_meta", False)]
         self.table = heads.meta_table(meta) if self.film and meta is not None else {}
         if self.film and not self.table:
             warnings.warn("a FiLM (--meta film) model runs without patient metadata (no meta_data.xlsx found; "

@@ -74,7 +74,7 @@ class Policy:
         return [(s, f) for s in self.scales for f in ((False, True) if self.hflip else (False,))]
 
     @classmethod
-    def parse(cls, text: str, scales: Sequence[float] = DEFAULT_SCALES, sliding: bool = False) -> "Policy":
+    def parse(cls, text: str, scales: str | Sequence[float] = DEFAULT_SCALES, sliding: bool = False) -> "Policy":
         """A policy from its name; the mode prefix overrides `sliding`.
 
         Raises:
@@ -93,7 +93,7 @@ class Policy:
         return cls(sliding=sliding, hflip="hflip" in tta, scales=use_scales)
 
 
-def default_policies(scales: Sequence[float] = DEFAULT_SCALES, sliding: bool = False) -> list[Policy]:
+def default_policies(scales: str | Sequence[float] = DEFAULT_SCALES, sliding: bool = False) -> list[Policy]:
     """Every TTA name in resize mode, plus the same in sliding mode when `sliding`."""
     modes = (False, True) if sliding else (False,)
     return [Policy.parse(t, scales, s) for s in modes for t in TTA_NAMES]

@@ -26,6 +26,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ def meta_vector(row: Mapping | None) -> np.ndarray:
             value = 1.0 if v == "M" else -1.0 if v == "F" else None
         else:
             try:
-                value = float(v)
+                value = float(v) if v is not None else None
             except (TypeError, ValueError):
                 value = None
             if value is not None and math.isfinite(value):
@@ -132,7 +133,7 @@ def _first_conv(module: nn.Module) -> nn.Conv2d:
 class AuxModel(nn.Module):
     """An smp model with optional metadata heads / FiLM and a boundary head (see the module notes)."""
 
-    def __init__(self, base: nn.Module, meta: str = "none", boundary: bool = False, sharpen: float = 0.0):
+    def __init__(self, base: Any, meta: str = "none", boundary: bool = False, sharpen: float = 0.0):
         super().__init__()
         self.base = base
         self.meta_mode = check_meta_mode(meta)
@@ -142,17 +143,21 @@ class AuxModel(nn.Module):
         enc_ch = base.encoder.out_channels[-1]
         self.meta_head = nn.Sequential(nn.Linear(enc_ch, 128), nn.ReLU(inplace=True),
                                        nn.Linear(128, len(AUX_OUTPUTS))) if "aux" in self.meta_mode else None
+        self.film: nn.Module | None
         if "film" in self.meta_mode:
-            self.film = nn.Sequential(nn.Linear(META_DIM, 64), nn.ReLU(inplace=True), nn.Linear(64, 2 * dec_ch))
-            nn.init.zeros_(self.film[-1].weight)
-            nn.init.zeros_(self.film[-1].bias)
+            first, last = nn.Linear(META_DIM, 64), nn.Linear(64, 2 * dec_ch)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.film = nn.Sequential(first, nn.ReLU(inplace=True), last)
         else:
             self.film = None
+        self.boundary_head: nn.Module | None
         if boundary:
             self.boundary_head = copy.deepcopy(base.segmentation_head)
             for m in self.boundary_head.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
+                reset = getattr(m, "reset_parameters", None)
+                if callable(reset):
+                    reset()
         else:
             self.boundary_head = None
 

@@ -160,7 +160,7 @@ def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> Non
         raise CheckpointError(f"{path}: not a state dict")
     if any(k.startswith("encoder.") for k in sd):
         sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
-    own = model.encoder.state_dict()
+    own = model.get_submodule("encoder").state_dict()
     loaded = {}
     for k, v in sd.items():
         if k not in own or not isinstance(v, torch.Tensor):
@@ -179,4 +179,4 @@ def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> Non
     if matched < len(wanted):
         warnings.warn(f"--encoder-weights {path}: {matched} of the encoder's {len(wanted)} tensors loaded; "
                       "the others keep their random initialisation", BonesegWarning, stacklevel=2)
-    model.encoder.load_state_dict(loaded, strict=False)
+    model.get_submodule("encoder").load_state_dict(loaded, strict=False)

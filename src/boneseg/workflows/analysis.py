@@ -119,7 +119,8 @@ def _listing(names: Sequence[str], limit: int = 5) -> str:
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
-    names, seen = [], {}
+    names: list[str] = []
+    seen: dict[str, int] = {}
     for p in paths:
         name = str(p)
         seen[name] = seen.get(name, 0) + 1
@@ -242,6 +243,7 @@ def truth_runs(inputs: Inputs, cache_dir: str | os.PathLike | None = None,
     """The `RunTable` of the label masks of the evaluated images (through the mask cache)."""
     from boneseg.data.masks import MaskCache, default_cache_dir
 
+    assert inputs.samples is not None and inputs.data is not None  # truth comes with labelled samples
     cache = MaskCache(cache_dir or default_cache_dir(inputs.data))
     runs = []
     for i, (sample, shape) in enumerate(zip(inputs.samples, inputs.shapes)):

@@ -125,7 +125,8 @@ class _Steps:
     """Prints a numbered header per step and records its wall time."""
 
     def __init__(self, progress: bool):
-        self.progress, self.seconds = progress, {}
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str, what: str) -> Iterator[None]:

@@ -398,8 +398,9 @@ def soft_vote_image(qs: Sequence[np.ndarray], plan: VotePlan) -> np.ndarray:
 def _soft_worker(image: str) -> list[str]:
     folders: list[str] = STATE["folders"]
     plan: VotePlan = STATE["plan"]
-    used = plan.weights.any(axis=0)
-    qs, shape = [], None
+    used = np.asarray(plan.weights.any(axis=0))
+    qs: list[np.ndarray | None] = []
+    shape = None
     for folder, use in zip(folders, used):
         if not use:
             qs.append(None)
@@ -411,6 +412,7 @@ def _soft_worker(image: str) -> list[str]:
             raise DataError(f"image {image!r}: probabilities of shape {q.shape[1:]} in {folder} but "
                             f"{shape[1:]} in {first}")
         qs.append(q)
+    assert shape is not None  # weights are never all zero
     blank = np.zeros(shape, np.uint8)
     masks = soft_vote_image([q if q is not None else blank for q in qs], plan)
     return [rle_mod.encode(m) for m in masks]

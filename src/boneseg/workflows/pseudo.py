@@ -137,7 +137,7 @@ def open_source(path: str | os.PathLike, threshold: Any = 0.5):
 # -- one image ------------------------------------------------------------------------------------
 
 def _left_out(name: str, reason: str, classes: Sequence[str] = ()) -> dict:
-    out = {"image": name, "reason": reason}
+    out: dict[str, Any] = {"image": name, "reason": reason}
     if classes:
         out["classes"] = list(classes)
     return out
@@ -186,7 +186,7 @@ def _pseudo_worker(task: tuple[str, str]) -> dict:
     agree = _agreement(name, masks, others) if others else None
     if isinstance(agree, str):
         return {"left_out": _left_out(name, agree)}
-    if min_agree is not None and agree.min() < min_agree:
+    if min_agree is not None and agree is not None and agree.min() < min_agree:
         return {"left_out": _below(name, "agreement", agree, min_agree)}
     polygons = {}
     for c, m in zip(CLASSES, masks):

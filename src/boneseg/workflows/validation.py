@@ -101,6 +101,7 @@ def validation_samples(data: str | os.PathLike, splits: str | os.PathLike | None
     if splits is None and config.splits and os.path.exists(config.splits):
         splits, fold = config.splits, config.fold
     if splits is not None:
+        assert fold is not None  # given together with splits
         _, val = fold_samples(samples, load_splits(splits, samples), int(fold))
         if not val:
             raise UsageError(f"--fold {fold}: no validation images in {splits}")
