@@ -26,7 +26,7 @@ class Loader(DataLoader):
     ``DataError("Caught DataError in DataLoader worker process 0.\\nOriginal Traceback …")``; iterating a
     `Loader` raises ``DataError("<the original message>")`` instead."""
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator:  # type: ignore[override]  # the same batches, through a generator
         try:
             yield from super().__iter__()
         except Exception as exc:

@@ -26,9 +26,12 @@ AUGMENTATIONS = ("none", "light", "default", "strong")
 class InputConfig(Protocol):
     """What the input rule reads from a run's config (a `TrainConfig` or a `Run` has these)."""
 
-    channels: str
-    mean: Sequence[float]
-    std: Sequence[float]
+    @property
+    def channels(self) -> str: ...
+    @property
+    def mean(self) -> Sequence[float]: ...
+    @property
+    def std(self) -> Sequence[float]: ...
 
 
 def in_channels(config: InputConfig) -> int:

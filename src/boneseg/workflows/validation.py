@@ -254,11 +254,11 @@ def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshol
     from boneseg.inference.tta import Policy
     from boneseg.io import write_json
 
-    run = Run.open(run)
-    predictor = Predictor.from_checkpoints([run], device=device)
-    val = run.validation(discover(data))
+    opened = Run.open(run)
+    predictor = Predictor.from_checkpoints([opened], device=device)
+    val = opened.validation(discover(data))
     if not val:
-        raise UsageError(f"{run}: no validation images to fit post-processing on")
+        raise UsageError(f"{opened.path}: no validation images to fit post-processing on")
     policy = Policy.parse("none")
     loader = make_loader(ImageDataset(val, predictor.plan([policy]), labels=True,
                                       cache_dir=cache_dir or default_cache_dir(data)),
@@ -271,10 +271,10 @@ def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshol
             gts.append(item.masks.numpy())
     classes = choose_rules(preds, gts)
     doc = {"rule": "per class, the keep-largest / remove-small-islands option that raises validation Dice",
-           "checkpoint": str(run.checkpoint), "fold": run.fold, "images": len(val),
+           "checkpoint": str(opened.checkpoint), "fold": opened.fold, "images": len(val),
            "threshold": threshold,
            "mean_dice_before": float(np.mean([v["dice_before"] for v in classes.values()])),
            "mean_dice_after": float(np.mean([v["dice_after"] for v in classes.values()])),
            "classes": classes}
-    write_json(run.rules_path, doc, force=force)
+    write_json(opened.rules_path, doc, force=force)
     return doc
