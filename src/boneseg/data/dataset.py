@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, Sampler
 from boneseg.data.layout import Sample
 from boneseg.data.masks import MaskCache
 from boneseg.data.transforms import augment
+from boneseg.progress import SILENT, Reporter
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -48,7 +49,7 @@ class SegDataset(Dataset):
             after augmentation.
         distance: clip of the signed distance maps to add as ``dist`` (29, H, W) uint8 (augmented with the
             masks), None for none.
-        meta: {patient: `boneseg.modelling.heads.meta_vector`} to add ``meta`` (8,) and ``side`` (1 right, 0 left,
+        meta: {patient: `boneseg.data.meta.meta_vector`} to add ``meta`` (8,) and ``side`` (1 right, 0 left,
             NaN unknown, from the augmented masks); None for none. Patients without a row get zeros.
     """
 
@@ -91,7 +92,7 @@ class SegDataset(Dataset):
         if dist is not None:
             out["dist"] = torch.from_numpy(np.ascontiguousarray(dist))
         if self.meta is not None:
-            from boneseg.modelling.heads import META_DIM, side_target
+            from boneseg.data.meta import META_DIM, side_target
 
             vec = self.meta.get(item.sample.patient)
             out["meta"] = torch.from_numpy(vec if vec is not None else np.zeros(META_DIM, np.float32))
@@ -152,7 +153,7 @@ class EpochBatchSampler(Sampler):
             yield [(i, item_seed(self.seed, self.epoch, i)) for i in chunk]
 
 
-def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, progress: bool = True,
+def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, reporter: Reporter = SILENT,
                   description: str = "caching masks", skip_bad: bool = False) -> list[tuple[Item, str]]:
     """Build every missing or stale cache entry once (threads; OpenCV and zlib release the GIL).
 
@@ -160,7 +161,6 @@ def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, pro
     `DataError` naming it and counting the others, unless `skip_bad`: then the bad items and their
     problems are returned (empty list when all are good).
     """
-    from boneseg.cli.output import progress as make_progress
     from boneseg.errors import DataError
 
     def build(it: Item) -> str | None:
@@ -172,12 +172,11 @@ def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, pro
 
     threads = max(1, workers or min(4, os.cpu_count() or 1))
     bad: list[tuple[Item, str]] = []
-    with make_progress(transient=True, disable=not progress) as bar, ThreadPoolExecutor(threads) as pool:
-        task = bar.add_task(description, total=len(items), unit="img")
+    with reporter.task(description, len(items), "img") as task, ThreadPoolExecutor(threads) as pool:
         for it, problem in zip(items, pool.map(build, items)):
             if problem:
                 bad.append((it, problem))
-            bar.advance(task)
+            task.advance()
     if bad and not skip_bad:
         more = f" (and {len(bad) - 1} more bad sample(s); --skip-bad leaves them out)" if len(bad) > 1 else \
             " (--skip-bad leaves it out)"
