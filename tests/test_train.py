@@ -202,3 +202,24 @@ def test_cli_train_and_errors(synth_data, tmp_path):
     bad = runner.invoke(app, ["train", str(synth_data), "--arch", "unet", "--encoder", "resnet81", "--size", "64",
                               "--out", str(tmp_path / "bad")])
     assert isinstance(bad.exception, UsageError) and "did you mean 'resnet18'" in str(bad.exception)
+
+
+def test_cli_train_reports_its_pace_warns_on_long_cpu_runs_and_fits_postprocess(synth_data, tmp_path, capsys,
+                                                                                   monkeypatch):
+    from boneseg.cli import main
+    from boneseg.engine import train as train_mod
+
+    monkeypatch.setattr(train_mod, "PACE_STEPS", 1)
+    monkeypatch.setattr(train_mod, "CPU_WARN_SECONDS", 0)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as done:
+        main(["train", str(synth_data), "--arch", "unet", "--encoder", "resnet18", "--size", "64", "--epochs", "1",
+              "--batch-size", "1", "--encoder-weights", "none", "--workers", "0", "--device", "cpu", "--aug", "none",
+              "--cache-dir", str(tmp_path / "cache"), "--fit-postprocess", "--out", str(out)])
+    assert done.value.code == 0
+    err = capsys.readouterr().err
+    assert "device cpu" in err and " parameters " in err and "6 steps per epoch (6 train / 2 val images)" in err
+    assert "s per step; about" in err and "Warning: training on the CPU will take about" in err
+    assert "epoch 1/1  step 6" in err
+    assert json.loads((out / "postprocess.json").read_text())["images"] == 2
+    assert "fit_postprocess" not in json.loads((out / "config.json").read_text())
