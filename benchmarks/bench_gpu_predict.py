@@ -55,7 +55,7 @@ def main(images: int = 24, workers: int = 4, batch_size: int = 4) -> list[dict]:
         cv2.imwrite(str(warm / "w.png"), base[0])
         for name, kwargs, tta in CASES:
             common = dict(device="cuda", amp=True, workers=workers, batch_size=batch_size, force=True,
-                          progress=False, tta=tta, **kwargs)
+                          tta=tta, **kwargs)
             predict(warm, [folder / "model.pt"], folder / "w.csv", **common)  # cudnn autotune, allocator
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()

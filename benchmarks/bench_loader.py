@@ -69,7 +69,7 @@ def main(images: int = 6, size: int = 1024) -> list[dict]:
         cache = MaskCache(Path(tmp) / "cache")
         items = [Item(s, cache) for s in samples]
         t = time.perf_counter()
-        prepare_cache(items, size, workers=1, progress=False)
+        prepare_cache(items, size, workers=1)
         build_s = (time.perf_counter() - t) / len(items)
         n = len(items)
         config = TrainConfig()

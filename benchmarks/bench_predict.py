@@ -105,7 +105,7 @@ def _child(method: str, n: int, folder: str) -> None:
     else:
         from boneseg.inference import predict
 
-        predict(folder / "images", [folder / "model.pt"], out, device="cpu", workers=1, force=True, progress=False)
+        predict(folder / "images", [folder / "model.pt"], out, device="cpu", workers=1, force=True)
     seconds = time.perf_counter() - t
     peak = _peak_mb()
     print(json.dumps({"seconds": seconds, "peak_mb": peak}))

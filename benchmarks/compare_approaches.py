@@ -95,7 +95,7 @@ def main(work: str | os.PathLike = "/tmp/boneseg-approaches") -> list[dict]:
         elif name == "postprocess rule":
             src = run("baseline", [])
             r = derived(src, "postprocess_rule", lambda d: (shutil.copy(src / "best.pt", d / "best.pt"),
-                                                           fit_postprocess(d, data, device="cpu", progress=False)))
+                                                           fit_postprocess(d, data, device="cpu")))
             models, seconds = [str(r)], float((src / "seconds.txt").read_text())
         else:
             r = run(name, train_opts)

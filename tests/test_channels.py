@@ -84,7 +84,7 @@ def test_train_saves_the_mode_and_predict_reapplies_it(synth_data, tmp_path):
     from boneseg.inference import predict
 
     run = tmp_path / "run"
-    summary = train(tiny(synth_data, run, channels="clahe3+laplacian"), progress=False)
+    summary = train(tiny(synth_data, run, channels="clahe3+laplacian"))
     assert summary["steps"] == 1
     state = load_checkpoint(run / "last.pt")
     assert state["config"]["channels"] == "clahe3+laplacian" and state["config"]["in_channels"] == 4
@@ -94,7 +94,7 @@ def test_train_saves_the_mode_and_predict_reapplies_it(synth_data, tmp_path):
     swapped = tmp_path / "swapped.pt"
     save_checkpoint(swapped, dict(state, config=dict(state["config"], channels="clahe3+sobel")))
     a, b, c = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
-    kw = dict(progress=False, workers=0, device="cpu")
+    kw = dict(workers=0, device="cpu")
     predict(synth_data, [run], a, **kw)
     predict(synth_data, [run / "last.pt"], c, **kw)
     predict(synth_data, [swapped], b, **kw)

@@ -66,7 +66,7 @@ def summary_val_images(out):
 
 def test_same_seed_same_result(demo_dir, tmp_path):
     out, _ = demo_dir
-    again = run_demo(tmp_path / "again", seed=3, quick=True, progress=False, overrides={"threads": 1})
+    again = run_demo(tmp_path / "again", seed=3, quick=True, overrides={"threads": 1})
     first = json.loads((out / "summary.json").read_text())
     assert again["per_class_dice"] == first["per_class_dice"]
     assert again["train_val_dice"] == first["train_val_dice"]
@@ -76,7 +76,7 @@ def test_same_seed_same_result(demo_dir, tmp_path):
 def test_refuses_non_empty_out_without_force(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(OutputExistsError, match="--force"):
-        run_demo(tmp_path, quick=True, progress=False)
+        run_demo(tmp_path, quick=True)
     assert (tmp_path / "keep.txt").exists()
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path)])
     assert result.exit_code != 0

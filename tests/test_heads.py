@@ -91,7 +91,7 @@ def test_meta_and_boundary_train_save_and_predict(synth_data, tmp_path):
     from boneseg.inference import predict
 
     run = tmp_path / "run"
-    train(tiny(synth_data, run, meta="aux+film", boundary_head=0.5), progress=False)
+    train(tiny(synth_data, run, meta="aux+film", boundary_head=0.5))
     state = load_checkpoint(run / "last.pt")
     cfg = state["config"]
     assert cfg["meta"] == "aux+film" and cfg["boundary_head"] == 0.5
@@ -108,7 +108,7 @@ def test_meta_and_boundary_train_save_and_predict(synth_data, tmp_path):
     save_checkpoint(strong, dict(state, model=sd))
     empty = tmp_path / "meta.csv"
     empty.write_text("ID,age\n999,50\n")  # a metadata file without these patients
-    kw = dict(progress=False, workers=0, device="cpu", postprocess_rules="none")
+    kw = dict(workers=0, device="cpu", postprocess_rules="none")
     with_meta, without = tmp_path / "a.csv", tmp_path / "b.csv"
     predict(synth_data, [strong], with_meta, **kw)
     predict(synth_data, [strong], without, meta=empty, **kw)
@@ -125,7 +125,7 @@ def test_meta_and_boundary_train_save_and_predict(synth_data, tmp_path):
         out = tmp_path / f"val-{name}.csv"
         predict(val, [strong], out, meta=meta, **kw)
         report = evaluate_policies(synth_data, [strong], policies=["none"], samples=val, search=None, workers=0,
-                                   progress=False, device="cpu", meta=None if name == "with" else meta)
+                                   device="cpu", meta=None if name == "with" else meta)
         got, want = report.policies["resize:none"]["per_class_dice"], csv_dice(out, val)
         np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-12)
         scores.append(list(got.values()))
@@ -197,7 +197,7 @@ def test_dtbce_trains_a_step(synth_data, tmp_path):
     from boneseg.engine.train import train
 
     run = tmp_path / "run"
-    s = train(tiny(synth_data, run, loss="bce+dice+0.5*dtbce", distance_clip=8, aug="strong"), progress=False)
+    s = train(tiny(synth_data, run, loss="bce+dice+0.5*dtbce", distance_clip=8, aug="strong"))
     assert s["steps"] == 1
     cfg = load_checkpoint(run / "last.pt")["config"]
     assert cfg["loss"] == "bce+dice+0.5*dtbce" and cfg["distance_clip"] == 8

@@ -51,16 +51,18 @@ def test_rules_file_is_checked():
 def test_fit_after_training_and_predict_picks_it_up(synth_data, tmp_path):
     from boneseg.engine.train import train
     from boneseg.inference import predict
+    from boneseg.workflows.validation import fit_postprocess
 
     run = tmp_path / "run"
-    train(tiny(synth_data, run, fit_postprocess=True), progress=False)
+    train(tiny(synth_data, run))
+    fit_postprocess(run, synth_data, device="cpu", cache_dir=tiny(synth_data, run)["cache_dir"])
     doc = json.loads((run / RULES_FILE).read_text())
     assert set(doc["classes"]) == set(CLASSES) and doc["images"] == 2 and doc["fold"] == 0
     assert doc["mean_dice_after"] >= doc["mean_dice_before"]
 
     # Predict applies RUN/postprocess.json by itself: an all-keep-largest file equals --keep-largest.
     (run / RULES_FILE).write_text(json.dumps({"classes": {c: {"keep_largest": True, "min_area": 0} for c in CLASSES}}))
-    kw = dict(progress=False, workers=0, device="cpu")
+    kw = dict(workers=0, device="cpu")
     auto, flag, none, explicit = (tmp_path / f"{n}.csv" for n in ("auto", "flag", "none", "explicit"))
     predict(synth_data, [run], auto, **kw)
     predict(synth_data, [run], flag, keep_largest=True, postprocess_rules="none", **kw)

@@ -223,7 +223,7 @@ def checkpoint(tmp_path_factory):
     data = write_dataset(root / "data", patients=2, size=64, test_patients=1)
     train(dict(data=str(data), out=str(root / "run"), arch="unet", encoder="resnet18", size=64, epochs=1,
                batch_size=2, encoder_weights="none", workers=0, device="cpu", aug="none", max_steps=1, folds=2,
-               cache_dir=str(root / "cache")), progress=False)
+               cache_dir=str(root / "cache")))
     return data, root / "run"
 
 

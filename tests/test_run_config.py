@@ -116,7 +116,7 @@ def test_predict_opens_each_checkpoint_once(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(Path(f)) or real_load(f, *a, **k))
     monkeypatch.setattr(checkpoint.Path, "is_dir", lambda p: resolved.append(p) or real_is_dir(p))
     with pytest.warns(Warning, match="post-processing rules"):
-        predict(data, [run], tmp_path / "sub.csv", device="cpu", workers=0, progress=False)
+        predict(data, [run], tmp_path / "sub.csv", device="cpu", workers=0)
     assert resolved.count(run) == 1 and loads.count(run / "best.pt") == 1
 
 

@@ -138,7 +138,7 @@ def test_library_refuses_non_finite_weights_and_scales(images, tmp_path):
     from boneseg.inference import parse_scales, predict
 
     with pytest.raises(UsageError, match="--weights must be finite"):
-        predict(images, ["a.pt", "b.pt"], tmp_path / "s.csv", weights=[float("nan"), 1.0], workers=0, progress=False)
+        predict(images, ["a.pt", "b.pt"], tmp_path / "s.csv", weights=[float("nan"), 1.0], workers=0)
     with pytest.raises(UsageError, match="--scales"):
         parse_scales([1.0, float("nan")])
 

@@ -136,7 +136,7 @@ def test_non_finite_loss_before_any_checkpoint_leaves_nothing(data, tmp_path, mo
     run = tmp_path / "run"
     _nan_loss_from(monkeypatch, 1)
     with pytest.raises(NonFiniteLoss, match="step 1 .*no last.pt was written"):
-        train(tiny_config(data, run, folds=2, epochs=2), progress=False)
+        train(tiny_config(data, run, folds=2, epochs=2))
     assert not run.exists()
 
 
@@ -180,7 +180,7 @@ def test_config_values_reach_losses_and_heads(data, tmp_path, monkeypatch):
     monkeypatch.setattr(heads, "aux_loss", aux_loss)
     run = tmp_path / "run"
     train(tiny_config(data, run, folds=2, aug="none", loss="bce+dtbce", distance_clip=5, meta="aux", meta_weight=0.37,
-                      boundary_head=0.55, boundary_sharpen=0.25, max_steps=1), progress=False)
+                      boundary_head=0.55, boundary_sharpen=0.25, max_steps=1))
     assert seen == {"clip": 5, "max_dist": 5, "meta_weight": 0.37, "boundary_head": 0.55}
     model, config = load_model(run)
     assert (model.sharpen, model.meta_mode, config["distance_clip"]) == (0.25, "aux", 5)
@@ -225,8 +225,8 @@ def test_wandb_resume_continues_the_same_run(data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", mod)
     run = tmp_path / "run"
     cfg = tiny_config(data, run, folds=2, epochs=2, log="wandb", log_images=0)
-    train({**cfg, "max_steps": 1}, progress=False)
-    train({**cfg, "resume": True}, progress=False)
+    train({**cfg, "max_steps": 1})
+    train({**cfg, "resume": True})
     first, second = mod.runs
     assert first.kwargs["id"] is None and first.finished
     assert second.kwargs["id"] == first.id and second.kwargs["resume"] == "allow"

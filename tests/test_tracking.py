@@ -70,7 +70,7 @@ def test_wandb_run_logs_scalars_and_overlays(monkeypatch, synth_data, tmp_path):
     mod = fake_wandb(secret)
     monkeypatch.setitem(sys.modules, "wandb", mod)
     run = tmp_path / "run"
-    train(tiny(synth_data, run, log="wandb", log_images=2), progress=False)
+    train(tiny(synth_data, run, log="wandb", log_images=2))
     (wb,) = mod.runs
     assert wb.finished and "api_key" not in str(wb.kwargs) and secret not in str(wb.kwargs)
     assert wb.kwargs["config"]["arch"] == "unet" and "log" not in wb.kwargs["config"]  # the run, not the invocation
@@ -92,7 +92,7 @@ def test_tensorboard_gets_scalars_and_images(synth_data, tmp_path):
     from boneseg.engine.train import train
 
     run = tmp_path / "run"
-    train(tiny(synth_data, run, log="tensorboard", log_images=1), progress=False)
+    train(tiny(synth_data, run, log="tensorboard", log_images=1))
     assert "log" not in load_checkpoint(run / "best.pt")["config"]  # an option of the invocation, not the run
     acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
     assert "val_dice" in acc.Tags()["scalars"] and "val_dice_per_class/Ulna" in acc.Tags()["scalars"]

@@ -35,7 +35,7 @@ RESUME_OPTS = dict(aug="strong", ema=0.9, accumulate=2, warmup=0.5, clip=1.0)
 @pytest.fixture(scope="module")
 def full_run(synth_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "run"
-    summary = train(tiny(synth_data, out, **RESUME_OPTS), progress=False)
+    summary = train(tiny(synth_data, out, **RESUME_OPTS))
     return out, summary
 
 
@@ -91,13 +91,13 @@ def test_outputs_and_schema(full_run):
 def test_resume_is_bit_exact(full_run, synth_data, tmp_path):
     ref, _ = full_run
     out = tmp_path / "run"
-    first = train(tiny(synth_data, out, max_steps=1, **RESUME_OPTS), progress=False)
+    first = train(tiny(synth_data, out, max_steps=1, **RESUME_OPTS))
     assert first["stopped"] and first["steps"] == 1 and first["epochs_done"] == 0
     assert load_checkpoint(out / "last.pt")["batch"] == 2  # stopped mid-epoch, after one 2-batch group
-    second = train(tiny(synth_data, out, resume=True, max_steps=3, **RESUME_OPTS), progress=False)
+    second = train(tiny(synth_data, out, resume=True, max_steps=3, **RESUME_OPTS))
     assert second["stopped"] and second["steps"] == 3 and second["epochs_done"] == 1
     # a resume may give only what it changes: the saved config supplies the rest
-    third = train({"data": str(synth_data), "out": str(out), "resume": True, "workers": 0}, progress=False)
+    third = train({"data": str(synth_data), "out": str(out), "resume": True, "workers": 0})
     assert not third["stopped"] and third["steps"] == 4
     _assert_same_state(ref / "last.pt", out / "last.pt")
     assert _metrics(ref) == _metrics(out)
@@ -112,12 +112,12 @@ def test_sigterm_saves_last_and_resumes_exactly(full_run, synth_data, tmp_path):
     timer.start()
     try:
         with pytest.raises(TrainingInterrupted, match="--resume"):
-            train(tiny(synth_data, out, **RESUME_OPTS), progress=False)
+            train(tiny(synth_data, out, **RESUME_OPTS))
     finally:
         timer.cancel()
     state = load_checkpoint(out / "last.pt")
     assert 1 <= state["step"] < 4
-    train(tiny(synth_data, out, resume=True, **RESUME_OPTS), progress=False)
+    train(tiny(synth_data, out, resume=True, **RESUME_OPTS))
     _assert_same_state(ref / "last.pt", out / "last.pt")
 
 
@@ -130,30 +130,30 @@ def test_save_every_writes_last_less_often(synth_data, tmp_path, monkeypatch):
                                                                                          state["epoch"])),
                                                                         real(path, state)))
     out = tmp_path / "run"
-    summary = train(tiny(synth_data, out, epochs=3, save_every=2), progress=False)
+    summary = train(tiny(synth_data, out, epochs=3, save_every=2))
     assert summary["epochs_done"] == 3
     assert [e for name, e in written if name == "last.pt"] == [2, 3]  # every 2nd epoch, and the last
     assert load_checkpoint(out / "last.pt")["epoch"] == 3
     with pytest.raises(UsageError, match="--save-every 0"):
-        train(tiny(synth_data, tmp_path / "bad", save_every=0), progress=False)
+        train(tiny(synth_data, tmp_path / "bad", save_every=0))
 
 
 def test_run_folder_rules(full_run, synth_data, tmp_path):
     ref, _ = full_run
     with pytest.raises(OutputExistsError, match="--resume .*--force"):
-        train(tiny(synth_data, ref, **RESUME_OPTS), progress=False)
+        train(tiny(synth_data, ref, **RESUME_OPTS))
     with pytest.raises(UsageError, match="epochs"):
-        train(tiny(synth_data, ref, resume=True, epochs=3, **RESUME_OPTS), progress=False)
+        train(tiny(synth_data, ref, resume=True, epochs=3, **RESUME_OPTS))
     with pytest.raises(CheckpointError, match="nothing to resume"):
-        train(tiny(synth_data, tmp_path / "new", resume=True), progress=False)
+        train(tiny(synth_data, tmp_path / "new", resume=True))
     with pytest.raises(UsageError, match="did you mean 'unetpp'"):
-        train(tiny(synth_data, tmp_path / "x", arch="unetp"), progress=False)
+        train(tiny(synth_data, tmp_path / "x", arch="unetp"))
     with pytest.raises(UsageError, match="multiple of 32"):
-        train(tiny(synth_data, tmp_path / "x", size=70), progress=False)
+        train(tiny(synth_data, tmp_path / "x", size=70))
     forced = tmp_path / "forced"
     shutil.copytree(ref, forced)
     (forced / "notes.txt").write_text("keep me")
-    summary = train(tiny(synth_data, forced, force=True, epochs=1, max_steps=1, aug="none"), progress=False)
+    summary = train(tiny(synth_data, forced, force=True, epochs=1, max_steps=1, aug="none"))
     assert summary["steps"] == 1 and (forced / "notes.txt").read_text() == "keep me"
     assert _metrics(forced) == []  # the old run's log is gone
 
@@ -169,7 +169,7 @@ def test_pseudo_data_is_mixed_in(synth_data, tmp_path):
             shutil.copy(src, dst)
     out = tmp_path / "run"
     summary = train(tiny(synth_data, out, pseudo=[str(pseudo)], epochs=1, max_steps=1, aug="none",
-                         splits=None, fold=1), progress=False)
+                         splits=None, fold=1))
     assert summary["train_images"] == 6 + 2 and summary["val_images"] == 2
     assert (out.parent / "cache" / "pseudo-0").is_dir()
     assert json.loads((out / "config.json").read_text())["pseudo"] == [str(pseudo)]
@@ -178,7 +178,7 @@ def test_pseudo_data_is_mixed_in(synth_data, tmp_path):
 def test_crop_mode_and_unified_hands(synth_data, tmp_path):
     out = tmp_path / "run"
     summary = train(tiny(synth_data, out, size=128, crop=64, unify_side="R", epochs=1, max_steps=2,
-                         loss="0.5*bce+0.5*dice+boundary", scheduler="poly", optimizer="sgd"), progress=False)
+                         loss="0.5*bce+0.5*dice+boundary", scheduler="poly", optimizer="sgd"))
     assert summary["steps"] == 2
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["crop"] == 64 and cfg["unify_side"] == "R"
@@ -202,3 +202,24 @@ def test_cli_train_and_errors(synth_data, tmp_path):
     bad = runner.invoke(app, ["train", str(synth_data), "--arch", "unet", "--encoder", "resnet81", "--size", "64",
                               "--out", str(tmp_path / "bad")])
     assert isinstance(bad.exception, UsageError) and "did you mean 'resnet18'" in str(bad.exception)
+
+
+def test_cli_train_reports_its_pace_warns_on_long_cpu_runs_and_fits_postprocess(synth_data, tmp_path, capsys,
+                                                                                   monkeypatch):
+    from boneseg.cli import main
+    from boneseg.engine import train as train_mod
+
+    monkeypatch.setattr(train_mod, "PACE_STEPS", 1)
+    monkeypatch.setattr(train_mod, "CPU_WARN_SECONDS", 0)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as done:
+        main(["train", str(synth_data), "--arch", "unet", "--encoder", "resnet18", "--size", "64", "--epochs", "1",
+              "--batch-size", "1", "--encoder-weights", "none", "--workers", "0", "--device", "cpu", "--aug", "none",
+              "--cache-dir", str(tmp_path / "cache"), "--fit-postprocess", "--out", str(out)])
+    assert done.value.code == 0
+    err = capsys.readouterr().err
+    assert "device cpu" in err and " parameters " in err and "6 steps per epoch (6 train / 2 val images)" in err
+    assert "s per step; about" in err and "Warning: training on the CPU will take about" in err
+    assert "epoch 1/1  step 6" in err
+    assert json.loads((out / "postprocess.json").read_text())["images"] == 2
+    assert "fit_postprocess" not in json.loads((out / "config.json").read_text())

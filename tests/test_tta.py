@@ -61,7 +61,7 @@ def test_tta_json_scores_equal_the_dice_of_predicts_csv(setup, tmp_path):
     pred = Predictor.from_checkpoints([ckpt], device="cpu", window=128)
     for name, tta, sliding in (("resize:hflip", "hflip", False), ("sliding:none", "none", True)):
         out = tmp_path / f"{tta}{sliding}.csv"
-        predict(val, pred, out, tta=tta, sliding=sliding, workers=0, progress=False)
+        predict(val, pred, out, tta=tta, sliding=sliding, workers=0)
         want = csv_dice(out, val)
         got = report["policies"][name]["per_class_dice"]
         assert list(got) == list(CLASSES)
@@ -73,7 +73,7 @@ def test_tta_json_scores_equal_the_dice_of_predicts_csv(setup, tmp_path):
     assert list(thresholds) == list(CLASSES) and all(0.3 <= t <= 0.7 for t in thresholds.values())
     best = Policy.parse(report["best"])
     out = tmp_path / "tuned.csv"
-    predict(val, pred, out, tta=best, threshold=thr, workers=0, progress=False)
+    predict(val, pred, out, tta=best, threshold=thr, workers=0)
     assert mean_dice(csv_dice(out, val)) == pytest.approx(report["tuned_mean_dice"], abs=1e-12)
     assert report["tuned_mean_dice"] >= report["policies"][report["best"]]["mean_dice"] - 1e-12
 
@@ -130,7 +130,7 @@ def test_evaluate_defaults_to_all_train_images_with_a_note(setup):
     data, ckpt, _, _ = setup
     samples = discover(data)[:2]
     report = evaluate_policies(data, [ckpt], policies=["none"], samples=samples, search=None, workers=0,
-                               progress=False, device="cpu")
+                               device="cpu")
     assert report.images == 2 and report.thresholds is None and report.best == "resize:none"
 
 

@@ -55,7 +55,7 @@ def test_refine_replaces_carpals_inside_the_box_only(synth_data, tmp_path):
     from boneseg.inference.wrist import WristStage
 
     run = tmp_path / "wrist"
-    train(tiny(synth_data, run, wrist=True, max_steps=1), progress=False)
+    train(tiny(synth_data, run, wrist=True, max_steps=1))
     stage = WristStage(load_models([run], torch.device("cpu"))[0], torch.device("cpu"))
     probs = torch.full((NUM_CLASSES, 128, 128), 0.25)
     probs[CARPAL_IDX, 60:80, 40:70] = 0.9
@@ -80,14 +80,14 @@ def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
     from boneseg.submission import read_submission
 
     wrist = tmp_path / "wrist"
-    train(tiny(synth_data, wrist, wrist=True, wrist_margin=0.2), progress=False)
+    train(tiny(synth_data, wrist, wrist=True, wrist_margin=0.2))
     state = load_checkpoint(wrist / "best.pt")
     assert state["config"]["wrist"] is True and state["config"]["wrist_margin"] == 0.2
     line = json.loads((wrist / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["val_dice"] == pytest.approx(np.mean([line["val_dice_per_class"][c] for c in CARPALS]))
 
     first = tmp_path / "first"
-    train(tiny(synth_data, first, max_steps=1), progress=False)
+    train(tiny(synth_data, first, max_steps=1))
     # A first stage that sees carpal bones everywhere: the wrist box is then the whole (square) image.
     st = load_checkpoint(first / "last.pt")
     sd = dict(st["model"])
@@ -96,7 +96,7 @@ def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
     sd["segmentation_head.0.bias"] = bias
     forced = tmp_path / "first.pt"
     save_checkpoint(forced, dict(st, model=sd))
-    kw = dict(progress=False, workers=0, device="cpu")
+    kw = dict(workers=0, device="cpu")
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
     predict(synth_data, [forced], one, **kw)
     predict(synth_data, [forced], two, wrist_model=wrist, **kw)
@@ -120,9 +120,9 @@ def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
     out = tmp_path / "val.csv"
     predict(val, [forced], out, wrist_model=wrist, tta="hflip", **kw)
     report = evaluate_policies(synth_data, [forced], policies=["none", "hflip"], samples=val, search=None,
-                               workers=0, progress=False, device="cpu", wrist_model=wrist)
+                               workers=0, device="cpu", wrist_model=wrist)
     got, want = report.policies["resize:hflip"]["per_class_dice"], csv_dice(out, val)
     np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-12)
     plain = evaluate_policies(synth_data, [forced], policies=["hflip"], samples=val, search=None, workers=0,
-                              progress=False, device="cpu")
+                              device="cpu")
     assert plain.policies["resize:hflip"]["per_class_dice"] != got

@@ -7,7 +7,7 @@ import numpy as np
 import typer
 
 from boneseg.cli.app import app
-from boneseg.cli.output import console, escape, print_json, progress, stage_callback, table
+from boneseg.cli.output import console, escape, print_json, reporter, table
 
 
 @app.command("analyze")
@@ -32,9 +32,9 @@ def analyze_command(
     statistics, the worst cases and an ensemble suggestion. Tables on stderr; --json on stdout."""
     from boneseg.workflows.analysis import analyze, write_plots
 
-    with progress(transient=True, disable=not console.is_terminal) as bar:
+    with reporter(transient=True, disable=not console.is_terminal) as shown:
         result = analyze(preds, gt, fold=fold, splits=splits, size=size, worst=worst, tolerance=tolerance,
-                         progress=stage_callback(bar))
+                         reporter=shown)
         written = write_plots(result, out, force=force) if out is not None else []
     for note in result.inputs.notes:
         console.print(f"note: {note}", markup=False)

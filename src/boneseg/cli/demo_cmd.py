@@ -1,6 +1,7 @@
 """`boneseg demo`: the whole pipeline on a synthetic set on this machine."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
@@ -21,11 +22,12 @@ def demo_command(
 ) -> None:
     """synth -> split -> train -> TTA -> predict -> analyze on a synthetic hand set sized for a CPU (about ten
     minutes on two cores); ends with the per-class validation Dice and writes OUT/summary.json."""
-    from boneseg.cli.output import console, print_json
-    from boneseg.workflows.demo import format_seconds, run_demo, summary_table
+    from boneseg.cli.output import console, print_json, reporter
+    from boneseg.workflows.demo import format_seconds, run_demo
 
-    summary = run_demo(out, seed=seed, quick=quick, force=force, progress=True,
-                       overrides={"threads": threads} if threads else None)
+    with reporter(transient=True) as shown:
+        summary = run_demo(out, seed=seed, quick=quick, force=force, reporter=shown,
+                           overrides={"threads": threads} if threads else None)
     console.print(summary_table(summary))
     console.print(f"mean validation Dice [bold]{summary['mean_dice']:.4f}[/bold] "
                   f"(engine at the training size: {summary['train_val_dice']:.4f}); "
@@ -34,3 +36,20 @@ def demo_command(
                   "summary.json", markup=False)
     if json_out:
         print_json(summary)
+
+
+def summary_table(summary: Mapping):
+    """The per-class validation Dice of a demo summary as a rich table, worst first, with the mean."""
+    from rich.text import Text
+
+    from boneseg.classes import CLASSES
+    from boneseg.cli.output import table
+
+    per_class = summary["per_class_dice"]
+    engine = summary.get("train_val_dice_per_class") or {}
+    rows = [[c, per_class[c], engine.get(c, "-")] for c in sorted(CLASSES, key=lambda c: per_class[c])]
+    rows.append([Text("mean", style="bold"), summary["mean_dice"],
+                 summary["train_val_dice"] if summary.get("train_val_dice") is not None else "-"])
+    return table(f"Validation Dice per class, worst first ({summary['images']['val']} images, "
+                 f"TTA {summary['tta']['best']})", ["class", "Dice (predict + analyze)", "Dice (engine, best epoch)"],
+                 rows)

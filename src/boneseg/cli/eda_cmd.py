@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
-from boneseg.cli.output import console, print_json, progress, stage_callback, table
+from boneseg.cli.output import console, print_json, reporter, table
 
 
 @app.command("eda")
@@ -22,8 +22,8 @@ def eda_command(
     (missing classes, tiny or self-intersecting polygons, points outside the image)."""
     from boneseg.workflows.eda import run_eda, write_eda
 
-    with progress(transient=True, disable=not console.is_terminal) as bar:
-        report = run_eda(data, show=samples, progress=stage_callback(bar))
+    with reporter(transient=True, disable=not console.is_terminal) as shown:
+        report = run_eda(data, show=samples, reporter=shown)
         written = write_eda(report, out, force=force) if out is not None else []
     doc = report.to_json()
     _print_tables(doc)

@@ -8,7 +8,7 @@ import typer
 
 from boneseg.cli.app import app
 from boneseg.cli.options import parse_floats
-from boneseg.cli.output import console, progress
+from boneseg.cli.output import console, reporter
 
 
 class Vote(str, Enum):
@@ -73,15 +73,12 @@ def ensemble_command(
             ensemble.write_per_class(per_class_out, plan, force=force)
             console.print(f"per-class choice written to {per_class_out}", markup=False)
     w = parse_floats(weights, "--weights")
-    with progress(transient=True) as bar:
-        task = bar.add_task(f"{vote.value} vote", total=None, unit="img")
-        def step(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    with reporter(transient=True) as shown:
         if vote is Vote.hard:
             summary = ensemble.hard_vote(inputs, output, min_votes=min_votes, weights=w, per_class=plan,
-                                         shape=parse_size(size), workers=workers, force=force, progress=step)
+                                         shape=parse_size(size), workers=workers, force=force, reporter=shown)
         else:
             summary = ensemble.soft_vote(inputs, output, weights=w, threshold=threshold,
-                                         per_class=plan, workers=workers, force=force, progress=step)
+                                         per_class=plan, workers=workers, force=force, reporter=shown)
     console.print(f"{summary.vote} vote over {len(names)} inputs: {summary.images} images -> "
                   f"{'stdout' if output == '-' else output}", markup=False)

@@ -3,16 +3,19 @@ is printed with `escape` or as `plain` text, never as rich markup."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
-                           TaskID, TimeElapsedColumn, TimeRemainingColumn)
+                           TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["console", "err_console", "escape", "out_console", "plain", "print_json", "progress", "stage_callback", "table"]
+from boneseg.progress import Reporter, Task as _Task
+
+__all__ = ["console", "err_console", "escape", "out_console", "plain", "print_json", "progress", "reporter", "table"]
 
 
 _UNWRAPPED = 100_000  # columns when the output is not a terminal: more than any message or table needs
@@ -93,13 +96,40 @@ def print_json(obj: Mapping | Sequence) -> None:
     sys.stdout.flush()
 
 
-def stage_callback(bar: Progress, unit: str = "img"):
-    """A ``callback(stage, done, total)`` for library functions: one progress task per stage name."""
-    tasks: dict[str, TaskID] = {}
+class RichReporter(Reporter):
+    """The library's `Reporter` on a rich `Progress`: one bar per task, messages as console lines."""
 
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total, unit=unit)
-        bar.update(tasks[stage], completed=done, total=total)
+    def __init__(self, bar: Progress, transient: bool = False):
+        self.bar, self.transient = bar, transient
 
-    return update
+    def task(self, description: str, total: int | None, unit: str = "it", done: int = 0) -> _Task:
+        return _RichTask(self, self.bar.add_task(description, total=total, completed=done, unit=unit))
+
+    def message(self, text: str) -> None:
+        self.bar.console.print(text, markup=False, highlight=False)
+
+
+class _RichTask(_Task):
+    def __init__(self, owner: RichReporter, task_id):
+        self.owner, self.id = owner, task_id
+
+    def advance(self, n: int = 1) -> None:
+        self.owner.bar.advance(self.id, n)
+
+    def update(self, done: int | None = None, total: int | None = None, info: str | None = None) -> None:
+        if info is None:
+            self.owner.bar.update(self.id, completed=done, total=total)
+        else:
+            self.owner.bar.update(self.id, completed=done, total=total, info=info)
+
+    def close(self) -> None:
+        if self.owner.transient:
+            self.owner.bar.remove_task(self.id)
+
+
+@contextmanager
+def reporter(transient: bool = False, disable: bool | None = None) -> Iterator[RichReporter]:
+    """A `RichReporter` for library calls: bars as `progress` draws them (none when `disable`; messages still
+    print); with `transient`, each bar disappears when its task closes."""
+    with progress(transient=transient, disable=disable) as bar:
+        yield RichReporter(bar, transient)

@@ -60,14 +60,15 @@ def predict_command(
 
     Memory stays flat: each image is predicted, thresholded, run-length encoded and written before the next. Under torchrun the images are split across ranks and rank 0 writes the merged CSV.
     """
-    from boneseg.cli.output import console
+    from boneseg.cli.output import console, reporter
     from boneseg.inference import predict
 
-    summary = predict(source, models, out, tta=tta, scales=scales, sliding=sliding, threshold=threshold,
-                      keep_largest=keep_largest, min_area=min_area, save_probs=save_probs, workers=workers,
-                      force=force, weights=parse_floats(weights, "--weights"), device=device, size=size,
-                      window=window, overlap=overlap, batch_size=batch_size, amp=amp, wrist_model=wrist_model,
-                      postprocess_rules=postprocess, meta=meta)
+    with reporter() as shown:
+        summary = predict(source, models, out, tta=tta, scales=scales, sliding=sliding, threshold=threshold,
+                          keep_largest=keep_largest, min_area=min_area, save_probs=save_probs, workers=workers,
+                          force=force, reporter=shown, weights=parse_floats(weights, "--weights"), device=device,
+                          size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp,
+                          wrist_model=wrist_model, postprocess_rules=postprocess, meta=meta)
     if summary.rank == 0:
         where = "stdout" if summary.output == "-" else summary.output
         ranks = f" on {summary.world} ranks" if summary.world > 1 else ""

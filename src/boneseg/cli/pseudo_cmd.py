@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
-from boneseg.cli.output import console, print_json, progress
+from boneseg.cli.output import console, print_json, reporter
 
 
 @app.command("pseudo")
@@ -40,13 +40,10 @@ def pseudo_command(
     --min-agreement) are left out and listed in OUT/pseudo_manifest.json."""
     from boneseg.workflows.pseudo import make_pseudo
 
-    with progress(transient=True) as bar:
-        task = bar.add_task("pseudo-labels", total=None, unit="img")
-        def step(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    with reporter(transient=True) as shown:
         summary = make_pseudo(source, data, out, min_confidence=min_confidence, threshold=threshold, copy=copy,
                               agree_with=agree_with or (), min_agreement=min_agreement, workers=workers,
-                              force=force, progress=step)
+                              force=force, reporter=shown)
     s = summary.manifest["summary"]
     if json_out:
         print_json({**s, "out": str(out), "left_out": summary.left_out})

@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
-from boneseg.cli.output import console, progress, table
+from boneseg.cli.output import console, reporter, table
 
 
 @app.command("synth")
@@ -22,10 +22,9 @@ def synth_command(
     from boneseg.data.synth import check_options, synthesize
 
     check_options(out, patients, test_patients, size, force)
-    with progress() as bar:
-        task = bar.add_task("synth", total=2 * (patients + test_patients), unit="img")
+    with reporter() as shown:
         summary = synthesize(out, patients=patients, test_patients=test_patients, size=size, seed=seed,
-                             force=force, progress=lambda done, total: bar.update(task, completed=done))
+                             force=force, reporter=shown)
     console.print(table(f"Synthetic dataset in {summary.out}", ["split", "patients", "images"], [
         ["train", len(summary.train_ids), summary.train_images],
         ["test", len(summary.test_ids), summary.test_images],

@@ -66,7 +66,8 @@ def train_command(
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
 ) -> None:
     """Train a segmentation model; under `torchrun --nproc-per-node N` the same command uses DDP."""
-    from boneseg.cli.output import console, print_json
+    from boneseg.cli.output import console, print_json, reporter
+    from boneseg.engine.checkpoint import BEST
     from boneseg.engine.train import train
     from boneseg.errors import UsageError
 
@@ -89,13 +90,18 @@ def train_command(
             raise UsageError(f"missing option {', '.join(missing)} (needed for a new run)")
     if wrist:
         config["wrist"] = True
-    if fit_postprocess:
-        config["fit_postprocess"] = True
+    if wrist and fit_postprocess:
+        raise UsageError("--fit-postprocess applies to whole-image models, not a --wrist model")
     config.update(data=str(data), out=str(out), resume=resume, force=force, tensorboard=tensorboard,
                   skip_bad=skip_bad)
-    summary = train(config, progress=True)
-    if summary.get("rank", 0) != 0:
-        return
+    with reporter(transient=True) as shown:
+        summary = train(config, shown)
+        if summary.get("rank", 0) != 0:
+            return
+        if fit_postprocess and not summary["stopped"] and (out / BEST).is_file():
+            from boneseg.workflows.validation import fit_postprocess as fit
+
+            fit(out, data, device=str(device or "auto"), workers=0, reporter=shown, cache_dir=cache_dir)
     if json_out:
         print_json(summary)
     best = summary["best_val_dice"]

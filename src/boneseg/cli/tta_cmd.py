@@ -42,7 +42,7 @@ def tta_command(
     """Score TTA policies on validation images with the competition Dice and name the best.
 
     Optionally writes the per-class thresholds (tuned on the best policy) for predict --threshold."""
-    from boneseg.cli.output import console, escape, print_json, table
+    from boneseg.cli.output import console, escape, print_json, reporter, table
     from boneseg.errors import UsageError
     from boneseg.workflows.validation import evaluate_policies
     from boneseg.io import check_output, write_json
@@ -52,11 +52,12 @@ def tta_command(
     rng = parse_floats(search, "--search")
     if rng is None or len(rng) != 2:
         raise UsageError(f"--search must be low,high, got {search!r}")
-    report = evaluate_policies(
-        data, models, policies=[p for p in (policies or "").split(",") if p.strip()] or None, fold=fold,
-        splits=splits, scales=scales, sliding=sliding, search=(rng[0], rng[1]), workers=workers,
-        weights=parse_floats(weights, "--weights"), device=device, size=size, window=window, overlap=overlap,
-        batch_size=batch_size, amp=amp, wrist_model=wrist_model, meta=meta)
+    with reporter() as shown:
+        report = evaluate_policies(
+            data, models, policies=[p for p in (policies or "").split(",") if p.strip()] or None, fold=fold,
+            splits=splits, scales=scales, sliding=sliding, search=(rng[0], rng[1]), workers=workers, reporter=shown,
+            weights=parse_floats(weights, "--weights"), device=device, size=size, window=window, overlap=overlap,
+            batch_size=batch_size, amp=amp, wrist_model=wrist_model, meta=meta)
     if thresholds_out is not None:
         write_json(thresholds_out, report.thresholds, force=force)
     if as_json:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from boneseg.data.layout import Sample
 from boneseg.data.masks import MaskCache
 from boneseg.data.transforms import augment
+from boneseg.progress import SILENT, Reporter
 
 
 class Loader(DataLoader):
@@ -80,7 +81,7 @@ class SegDataset(Dataset):
             after augmentation.
         distance: clip of the signed distance maps to add as ``dist`` (29, H, W) uint8 (augmented with the
             masks), None for none.
-        meta: {patient: `boneseg.modelling.heads.meta_vector`} to add ``meta`` (8,) and ``side`` (1 right, 0 left,
+        meta: {patient: `boneseg.data.meta.meta_vector`} to add ``meta`` (8,) and ``side`` (1 right, 0 left,
             NaN unknown, from the augmented masks); None for none. Patients without a row get zeros.
     """
 
@@ -124,7 +125,7 @@ class SegDataset(Dataset):
         if dist is not None:
             out["dist"] = torch.from_numpy(np.ascontiguousarray(dist))
         if self.meta is not None:
-            from boneseg.modelling.heads import META_DIM, side_target
+            from boneseg.data.meta import META_DIM, side_target
 
             vec = self.meta.get(item.sample.patient)
             out["meta"] = torch.from_numpy(vec if vec is not None else np.zeros(META_DIM, np.float32))
@@ -185,7 +186,7 @@ class EpochBatchSampler(Sampler):
             yield [(i, item_seed(self.seed, self.epoch, i)) for i in chunk]
 
 
-def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, progress: bool = True,
+def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, reporter: Reporter = SILENT,
                   description: str = "caching masks", skip_bad: bool = False) -> list[tuple[Item, str]]:
     """Build every missing or stale cache entry once (threads; OpenCV and zlib release the GIL).
 
@@ -193,7 +194,6 @@ def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, pro
     `DataError` naming it and counting the others, unless `skip_bad`: then the bad items and their
     problems are returned (empty list when all are good).
     """
-    from boneseg.cli.output import progress as make_progress
     from boneseg.errors import DataError
 
     def build(it: Item) -> str | None:
@@ -205,12 +205,11 @@ def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, pro
 
     threads = max(1, workers or min(4, os.cpu_count() or 1))
     bad: list[tuple[Item, str]] = []
-    with make_progress(transient=True, disable=not progress) as bar, ThreadPoolExecutor(threads) as pool:
-        task = bar.add_task(description, total=len(items), unit="img")
+    with reporter.task(description, len(items), "img") as task, ThreadPoolExecutor(threads) as pool:
         for it, problem in zip(items, pool.map(build, items)):
             if problem:
                 bad.append((it, problem))
-            bar.advance(task)
+            task.advance()
     if bad and not skip_bad:
         more = f" (and {len(bad) - 1} more bad sample(s); --skip-bad leaves them out)" if len(bad) > 1 else \
             " (--skip-bad leaves it out)"

@@ -27,7 +27,6 @@ import re
 import shutil
 import uuid
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import numpy as np
 from boneseg.classes import CLASSES, DIGITS
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.io import atomic_open
+from boneseg.progress import SILENT, Reporter
 
 REF = 2048.0
 """Side of the reference frame every template length is expressed in."""
@@ -578,7 +578,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size: int = 2048, seed: int = 0,
-               force: bool = False, progress: Callable[[int, int], None] | None = None) -> SynthSummary:
+               force: bool = False, reporter: Reporter = SILENT) -> SynthSummary:
     """Write a synthetic dataset in the competition layout.
 
     Args:
@@ -588,7 +588,7 @@ def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size:
         size: image side in pixels (>= 128).
         seed: the same arguments give byte-identical files.
         force: overwrite a non-empty `out` (its ``train/``, ``test/`` and ``meta_data.xlsx`` are replaced).
-        progress: called as ``progress(done, total)`` after each image.
+        reporter: its progress (`boneseg.progress`), one step per image.
 
     Raises:
         UsageError: impossible option values. OutputExistsError: `out` not empty without `force`.
@@ -601,7 +601,7 @@ def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size:
               for pid in range(1, patients + test_patients + 1)]
     stamp_rng = np.random.default_rng([seed, 0, 1])
     stamp = _FIRST_STAMP + int(stamp_rng.integers(0, 3_600_000))
-    total, done = 2 * len(people), 0
+    task = reporter.task("synth", 2 * len(people), "img")
     for person in people:
         split = "test" if person.id in test_ids else "train"
         sides = ["R", "L"] if np.random.default_rng([seed, person.id, 2]).random() < 0.5 else ["L", "R"]
@@ -617,8 +617,7 @@ def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size:
                 doc = label_json(polygons, f"{stem}.png", size, rng)
                 _write_bytes(out / split / "outputs_json" / ident / f"{stem}.json",
                              json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode())
-            done += 1
-            if progress is not None:
-                progress(done, total)
+            task.advance()
+    task.close()
     _write_bytes(out / "meta_data.xlsx", meta_xlsx(people))
     return SynthSummary(out, tuple(train_ids), tuple(test_ids), 2 * len(train_ids), 2 * len(test_ids), size, seed)

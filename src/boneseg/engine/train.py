@@ -33,6 +33,7 @@ from boneseg.engine import distributed as D
 from boneseg.engine.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from boneseg.errors import BonesegError, BonesegWarning, CheckpointError, DataError, OutputExistsError, UsageError, suggest
 from boneseg.io import atomic_open, write_json
+from boneseg.progress import SILENT, Reporter, Task
 
 CONFIG, METRICS = "config.json", "metrics.jsonl"
 
@@ -103,7 +104,6 @@ class TrainConfig:
     wrist_margin: float = DEFAULT_MARGIN
     log: str = "none"
     log_images: int = 4
-    fit_postprocess: bool = False
     skip_bad: bool = False
 
     @classmethod
@@ -149,7 +149,7 @@ FIXED_ON_RESUME = ("arch", "encoder", "size", "crop", "fold", "splits", "folds",
 # Options of one invocation: never saved with the run, so a resume takes them from its own command
 # (or their defaults), never from an earlier invocation.
 RUNTIME = ("out", "resume", "force", "device", "workers", "max_steps", "save_every", "cache_dir", "dist_timeout",
-           "skip_bad", "channels_last", "tensorboard", "log", "log_images", "fit_postprocess")
+           "skip_bad", "channels_last", "tensorboard", "log", "log_images")
 # Saved with the run, but a resume may change them: where the data lives, the inference-time sharpening.
 CHANGEABLE_ON_RESUME = ("data", "boundary_sharpen")
 
@@ -222,8 +222,6 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--distance-clip {cfg.distance_clip}: must be in 1..127")
     if not 0 <= cfg.wrist_margin <= 1:
         raise UsageError(f"--wrist-margin {cfg.wrist_margin}: must be in [0, 1]")
-    if cfg.wrist and cfg.fit_postprocess:
-        raise UsageError("--fit-postprocess applies to whole-image models, not a --wrist model")
 
 
 # -- run folder ------------------------------------------------------------------------------------
@@ -316,7 +314,7 @@ def merge_resume(cfg_given: dict, saved: dict) -> TrainConfig:
 
 # -- data ------------------------------------------------------------------------------------------
 
-def build_data(cfg: TrainConfig, info: D.DistInfo, progress: bool):
+def build_data(cfg: TrainConfig, info: D.DistInfo, reporter: Reporter):
     """(train items, val items) with the mask cache built once (rank 0 builds, the others wait)."""
     from boneseg.data.dataset import Item, prepare_cache
     from boneseg.data.layout import discover
@@ -342,15 +340,13 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, progress: bool):
         train_items += [Item(s, pcache) for s in discover(folder, skip_bad=cfg.skip_bad)]
     bad_names = [None]
     if info.is_main:
-        bad = prepare_cache(train_items + val_items, cfg.size, cfg.workers, progress and info.is_main,
+        bad = prepare_cache(train_items + val_items, cfg.size, cfg.workers, reporter,
                             skip_bad=cfg.skip_bad)
         bad_names = [sorted({str(it.sample.image) for it, _ in bad})]
         if bad:
-            from boneseg.cli.output import console
-
-            console.print(f"[yellow]--skip-bad: left out {len(bad)} sample(s):[/yellow]")
+            reporter.message(f"--skip-bad: left out {len(bad)} sample(s):")
             for _, problem in bad:
-                console.print(f"  {problem}", markup=False)
+                reporter.message(f"  {problem}")
     D.broadcast_object(bad_names, info)
     skipped = set(bad_names[0] or ())
     train_items = [it for it in train_items if str(it.sample.image) not in skipped]
@@ -571,20 +567,26 @@ def _seg_loss(criterion, logits, target, batch, cfg: TrainConfig, device) -> tor
     return criterion(logits, target, dist) if dist is not None else criterion(logits, target)
 
 
-def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, bar=None) -> bool:
+def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, reporter: Reporter = SILENT,
+                pace: Pace | None = None) -> bool:
     """Run the rest of epoch ``st.epoch`` from batch ``st.batch``; True when it stopped early."""
     cfg, device = st.cfg, info.device
     n_batches = sampler.batches_per_epoch()
-    acc = cfg.accumulate
-    criterion = st.criterion
-    channels_last = _channels_last(cfg, info)
     st.net.train()
     if st.loss_sum is None:
         st.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     if st.nonfinite_at is None:
         st.nonfinite_at = torch.full((), math.inf, dtype=torch.float64, device=device)
-    task = bar.add_task(f"epoch {st.epoch + 1}/{cfg.epochs}", total=n_batches * cfg.batch_size,
-                        completed=st.batch * cfg.batch_size, unit="img") if bar else None
+    with reporter.task(f"epoch {st.epoch + 1}/{cfg.epochs}", n_batches * cfg.batch_size, "img",
+                       st.batch * cfg.batch_size) as task:
+        return _epoch_steps(st, loader, n_batches, info, stop, task if reporter is not SILENT else None, pace)
+
+
+def _epoch_steps(st: State, loader, n_batches: int, info: D.DistInfo, stop: StopFlag, task: Task | None,
+                 pace: Pace | None) -> bool:
+    """The batches of `train_epoch`; `task` (None: no loss read back each step) shows the progress."""
+    cfg, device = st.cfg, info.device
+    acc, criterion, channels_last = cfg.accumulate, st.criterion, _channels_last(cfg, info)
     for batch in loader:
         b = st.batch
         group_start = (b // acc) * acc
@@ -619,17 +621,15 @@ def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, ba
             st.step += 1
             # on the device, no sync: read by `check_finite` before anything is saved
             st.nonfinite_at = torch.where(st.loss_sum.isfinite(), st.nonfinite_at, st.nonfinite_at.clamp_max(st.step))
+            if pace is not None:
+                pace.step(st.step)
         if task is not None:
-            info_text = f"loss {loss.item():.4f}  lr {st.optimizer.param_groups[0]['lr']:.2e}"
-            bar.update(task, advance=len(batch["image"]), info=info_text)
+            task.update(st.batch * cfg.batch_size,
+                        info=f"loss {loss.item():.4f}  lr {st.optimizer.param_groups[0]['lr']:.2e}")
         if sync:
             wants = stop.signal is not None or (cfg.max_steps is not None and st.step >= cfg.max_steps)
             if D.any_rank(wants, info):
-                if task is not None:
-                    bar.remove_task(task)
                 return st.batch < n_batches
-    if task is not None:
-        bar.remove_task(task)
     return False
 
 
@@ -707,19 +707,56 @@ def write_outputs(st: State, out: Path, best: bool, last: bool = True) -> None:
             fh.write(json.dumps(line) + "\n")
 
 
+CPU_WARN_SECONDS = 2 * 3600
+"""A CPU run estimated to take longer than this gets a `BonesegWarning`."""
+PACE_STEPS = 3
+"""Steps timed after the first (which warms up) to estimate the time per step."""
+
+
+def _duration(seconds: float) -> str:
+    """``1h05m``, ``3m20s`` or ``12s``."""
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Pace:
+    """Times `PACE_STEPS` steps after the run's first and reports the time per step and the time left
+    to `last_step` once; on a CPU, warns when that exceeds `CPU_WARN_SECONDS`."""
+
+    def __init__(self, first_step: int, last_step: float, reporter: Reporter, cpu: bool, clock=time.perf_counter):
+        self.start, self.last, self.reporter, self.cpu, self.clock = first_step + 1, last_step, reporter, cpu, clock
+        self.t0: float | None = None
+
+    def step(self, step: int) -> None:
+        """Called after optimizer step number `step`."""
+        if step == self.start:
+            self.t0 = self.clock()
+        elif self.t0 is not None and step == self.start + PACE_STEPS:
+            per_step = (self.clock() - self.t0) / PACE_STEPS
+            left = per_step * (self.last - step)
+            self.reporter.message(f"{per_step:.3g} s per step; about {_duration(left)} left "
+                                  f"({self.last - step:.0f} steps, validation not included)")
+            if self.cpu and left > CPU_WARN_SECONDS:
+                warnings.warn(f"training on the CPU will take about {_duration(left)} more "
+                              f"({per_step:.3g} s per step); a GPU (--device cuda) is far faster",
+                              BonesegWarning, stacklevel=2)
+            self.t0 = None
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
 
 
-def train(config: TrainConfig | dict, progress: bool = True) -> dict:
+def train(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
     """Train one model as ``boneseg train`` does; returns a summary dict.
 
     Args:
         config: a `TrainConfig` or a dict of its fields (``data``, ``out``, ``arch``, ``encoder``, ``size`` …).
             On ``resume`` a dict only needs the keys it wants to set; the run's saved config supplies the rest.
-        progress: show rich progress bars and one line per epoch (rank 0, stderr).
+        reporter: where progress goes (rank 0): start-up facts, the pace after the first steps, a bar per
+            epoch and one line per epoch (`boneseg.progress`; the CLI's shows rich bars).
 
     Returns:
         ``{"run", "epochs_done", "steps", "best_val_dice", "best_epoch", "last", "stopped", "seconds"}``.
@@ -729,10 +766,10 @@ def train(config: TrainConfig | dict, progress: bool = True) -> dict:
         TrainingInterrupted: SIGINT/SIGTERM; ``last.pt`` is saved first.
     """
     with StopFlag() as stop:  # installed first: a signal during setup stops after the first step
-        return _train(config, progress, stop)
+        return _train(config, reporter, stop)
 
 
-def _train(config: TrainConfig | dict, progress: bool, stop: StopFlag) -> dict:
+def _train(config: TrainConfig | dict, reporter: Reporter, stop: StopFlag) -> dict:
     given = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config)
     cfg = TrainConfig.from_any(given)
     out = Path(cfg.out) if cfg.out else None
@@ -751,7 +788,7 @@ def _train(config: TrainConfig | dict, progress: bool, stop: StopFlag) -> dict:
     info = D.setup(cfg.device, cfg.dist_timeout)
     try:
         with run_folder(out, cfg, info):
-            return _run(cfg, info, saved, out, progress and info.is_main, stop)
+            return _run(cfg, info, saved, out, reporter if info.is_main else SILENT, stop)
     except RuntimeError as exc:
         failure = D.as_rank_failure(exc, info)
         if failure is None:
@@ -761,14 +798,13 @@ def _train(config: TrainConfig | dict, progress: bool, stop: StopFlag) -> dict:
         D.cleanup(info)
 
 
-def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, progress: bool, stop: StopFlag) -> dict:
-    from boneseg.cli.output import console, progress as make_progress
-
+def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, reporter: Reporter,
+         stop: StopFlag) -> dict:
     t0 = time.time()
     _seed_everything(cfg.seed)
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    train_items, val_items = build_data(cfg, info, progress)
+    train_items, val_items = build_data(cfg, info, reporter)
     train_loader, train_sampler = make_loader(train_items, cfg, info, train=True)
     val_loader, _ = make_loader(val_items, cfg, info, train=False)
     n_batches = train_sampler.batches_per_epoch()
@@ -779,6 +815,11 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
     st.criterion = build_criterion(cfg).to(info.device)
     if saved is not None:
         restore(st, saved)
+    ranks = f" x {info.world_size} ranks" if info.world_size > 1 else ""
+    reporter.message(f"device {info.device}{ranks}  {sum(p.numel() for p in st.model.parameters()):,} parameters  "
+                     f"{steps_per_epoch} steps per epoch ({len(train_items)} train / {len(val_items)} val images)")
+    last_step = min(cfg.epochs * steps_per_epoch, cfg.max_steps if cfg.max_steps is not None else math.inf)
+    pace = Pace(st.step, last_step, reporter, info.device.type == "cpu") if info.is_main else None
     if info.is_main:
         write_json(out / CONFIG, cfg.to_dict(), force=True)
     from boneseg.engine.tracking import make_tracker, overlays
@@ -787,12 +828,11 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
     if tracker is not None and tracker.run_id:
         st.tracker_ids[cfg.log] = tracker.run_id
     stopped = False
-    with make_progress(transient=True, disable=not progress) as bar, (
-            contextlib.closing(tracker) if tracker is not None else contextlib.nullcontext()):
+    with contextlib.closing(tracker) if tracker is not None else contextlib.nullcontext():
         while st.epoch < cfg.epochs:
             e_start = time.time()
             train_sampler.set_epoch(st.epoch, st.batch)
-            stopped = train_epoch(st, train_loader, train_sampler, info, stop, bar if progress else None)
+            stopped = train_epoch(st, train_loader, train_sampler, info, stop, reporter, pace)
             check_finite(st, info, out)
             if stopped:
                 break
@@ -819,11 +859,10 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
                     tracker.log_epoch(line)
                     if shots:
                         tracker.images("val/prediction_vs_label", overlays(shots), st.epoch)
-                if progress:
-                    vd = f"{line['val_dice']:.4f}" if line["val_dice"] is not None else "-"
-                    console.print(f"epoch {st.epoch}/{cfg.epochs}  step {st.step}  train_loss {line['train_loss']:.4f}  "
-                                  f"val_dice {vd}  best {st.best:.4f} (epoch {st.best_epoch})  "
-                                  f"lr {line['lr']:.2e}  {line['seconds']:.1f}s")
+                vd = f"{line['val_dice']:.4f}" if line["val_dice"] is not None else "-"
+                reporter.message(f"epoch {st.epoch}/{cfg.epochs}  step {st.step}  train_loss {line['train_loss']:.4f}  "
+                                 f"val_dice {vd}  best {st.best:.4f} (epoch {st.best_epoch})  "
+                                 f"lr {line['lr']:.2e}  {line['seconds']:.1f}s")
             D.barrier(info)
             if stop.signal is not None or (cfg.max_steps is not None and st.step >= cfg.max_steps):
                 stopped = st.epoch < cfg.epochs
@@ -831,10 +870,6 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, prog
         if stopped and info.is_main:
             write_outputs(st, out, best=False)
         D.barrier(info)
-    if cfg.fit_postprocess and not stopped and info.is_main and (out / BEST).is_file():
-        from boneseg.workflows.validation import fit_postprocess
-
-        fit_postprocess(out, cfg.data, device=str(info.device), workers=0, progress=progress, cache_dir=cfg.cache_dir)
     summary = {"run": str(out), "epochs_done": st.epoch, "steps": st.step,
                "best_val_dice": st.best if st.best > -math.inf else None, "best_epoch": st.best_epoch or None,
                "last": st.history[-1] if st.history else None, "stopped": stopped,

@@ -34,6 +34,7 @@ from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
 from boneseg.io import atomic_open, check_output, is_stdout, read_json
 from boneseg.postprocess import postprocess, postprocess_per_class, rules_list
+from boneseg.progress import SILENT, Reporter
 from boneseg.submission import HEADER, SubmissionWriter, csv_rows, format_row
 
 
@@ -253,7 +254,7 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
             scales: Sequence[float] | str = DEFAULT_SCALES, sliding: bool = False,
             threshold: float | str | os.PathLike | dict = 0.5, keep_largest: bool = False, min_area: int = 0,
             save_probs: str | os.PathLike | None = None, workers: int = 2, force: bool = False,
-            progress: bool = True, weights: Sequence[float] | None = None, device: str = "auto",
+            reporter: Reporter = SILENT, weights: Sequence[float] | None = None, device: str = "auto",
             size: int | None = None, window: int | None = None, overlap: float = 0.5, batch_size: int = 4,
             amp: bool = True, wrist_model: str | os.PathLike | None = None,
             postprocess_rules: str | os.PathLike | None = "auto",
@@ -270,6 +271,7 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
         keep_largest / min_area: post-processing per class (off by default).
         save_probs: folder for uint8 probabilities (`boneseg.probs`), for soft voting and pseudo-labels.
         workers: data-loader processes. force: overwrite existing outputs.
+        reporter: where the progress goes (`boneseg.progress`; rank 0 only).
         weights, device, size, window, overlap, batch_size, amp: see `Predictor`.
         wrist_model: a wrist second-stage checkpoint (`boneseg.data.wrist`): its carpal predictions, on the crop
             around the first stage's carpals, replace the first stage's.
@@ -316,9 +318,10 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     target = parts_dir / "part-0.csv" if parts_dir is not None else output
     staging = shared_staging(probs_dir, rank, world) if probs_dir is not None else None
     rows = _Rows(cuts, keep_largest, min_area, rules, staging)
-    label = None if not progress or rank else "predict" + (f" [rank 0 of {world}]" if world > 1 else "")
+    label = "predict" + (f" [rank 0 of {world}]" if world > 1 else "")
     try:
-        seconds = _predict_shard(shard, predictor, policy, stages, rows, target, force or world > 1, workers, label)
+        seconds = _predict_shard(shard, predictor, policy, stages, rows, target, force or world > 1, workers,
+                                 reporter if rank == 0 else SILENT, label)
         if world > 1:
             parts = gather_parts(target, rank, world)  # returns once every rank has written its share
             if rank == 0:
@@ -346,18 +349,16 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
 
 
 def _predict_shard(shard: Sequence[Sample], predictor: Predictor, policy: Policy, stages: ImageStages, rows: _Rows,
-                   target: str | os.PathLike | None, force: bool, workers: int, label: str | None) -> float:
-    """Predict `shard` into the CSV `target`, streaming (a progress bar titled `label` unless None);
+                   target: str | os.PathLike | None, force: bool, workers: int, reporter: Reporter,
+                   label: str) -> float:
+    """Predict `shard` into the CSV `target`, streaming (a `reporter` task titled `label`);
     returns the seconds it took."""
     plan = stages.plan(predictor.plan([policy]))
     loader = make_loader(ImageDataset(shard, plan), workers, predictor.device)
     start = time.perf_counter()
     bg = _Writer()
     try:
-        from boneseg.cli.output import progress as make_progress
-
-        with SubmissionWriter(target, force=force) as writer, stages, make_progress(disable=label is None) as bar:
-            task = bar.add_task(label or "predict", total=len(shard), unit="img")
+        with SubmissionWriter(target, force=force) as writer, stages, reporter.task(label, len(shard), "img") as task:
             for item in loader:
                 stages.before(shard[item.index])
                 p = stages.after(predictor.predict(item, policy), item)
@@ -372,7 +373,7 @@ def _predict_shard(shard: Sequence[Sample], predictor: Predictor, policy: Policy
                     m_np, bounds = None, run_bounds(masks)
                 del masks
                 bg.submit(rows.task(writer, item.name, bounds, m_np, q_np))
-                bar.advance(task)
+                task.advance()
             bg.drain()
     finally:
         bg.close()

@@ -9,13 +9,14 @@ out of memory.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
-from boneseg.errors import UsageError
+from boneseg.errors import BonesegWarning, UsageError
 
 MIN_WEIGHT = 1e-3
 
@@ -59,9 +60,7 @@ def alloc(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> t
         if device.type == "cpu":
             raise
         torch.cuda.empty_cache()
-        from boneseg.cli.output import console
-
-        console.print(f"[yellow]warning: out of device memory for a {tuple(shape)} buffer; using the CPU[/]")
+        warnings.warn(f"out of device memory for a {tuple(shape)} buffer; using the CPU", BonesegWarning, stacklevel=2)
         return torch.zeros(shape, dtype=torch.float32)
 
 

@@ -22,23 +22,17 @@ the (sharpened) mask logits only, so prediction code treats it like any smp mode
 from __future__ import annotations
 
 import copy
-import math
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boneseg.data.meta import (META_DIM, META_FIELDS, META_STATS, find_meta_file, meta_table,  # noqa: F401
+                               meta_vector, side_target)
 from boneseg.errors import UsageError, suggest
 
-META_FIELDS = ("age", "sex", "height", "weight")
-META_STATS = {"age": (40.0, 15.0), "height": (165.0, 10.0), "weight": (65.0, 15.0)}
-"""Fixed standardisation (mean, std) of the numeric metadata (adult hand-radiograph cohort scale)."""
-META_DIM = 2 * len(META_FIELDS)
 META_MODES = ("none", "aux", "film", "aux+film")
 AUX_OUTPUTS = ("age", "height", "weight", "sex", "side")
 META_DROPOUT = 0.1
@@ -56,72 +50,6 @@ def check_meta_mode(mode: str | None) -> str:
 
 def uses_heads(config: Mapping) -> bool:
     return check_meta_mode(config.get("meta")) != "none" or float(config.get("boundary_head") or 0) > 0
-
-
-# -- metadata ---------------------------------------------------------------------------------------
-
-def meta_vector(row: Mapping | None) -> np.ndarray:
-    """A metadata row (age, sex "M"/"F", height, weight; NaN/None when missing) -> float32 (8,): the
-    standardised values (sex +1 male / -1 female; 0 when missing) then a presence flag per field."""
-    out = np.zeros(META_DIM, np.float32)
-    if row is None:
-        return out
-    for i, name in enumerate(META_FIELDS):
-        v = row.get(name) if hasattr(row, "get") else None
-        if name == "sex":
-            value = 1.0 if v == "M" else -1.0 if v == "F" else None
-        else:
-            try:
-                value = float(v) if v is not None else None
-            except (TypeError, ValueError):
-                value = None
-            if value is not None and math.isfinite(value):
-                mean, std = META_STATS[name]
-                value = (value - mean) / std
-            else:
-                value = None
-        if value is not None:
-            out[i], out[len(META_FIELDS) + i] = value, 1.0
-    return out
-
-
-def find_meta_file(path: str | os.PathLike) -> Path | None:
-    """``meta_data.xlsx`` in `path` or up to three folders above it (DATA/test/DCM/ID040 -> DATA)."""
-    p = Path(path).resolve()
-    if p.is_file() and p.suffix.lower() in (".xlsx", ".xls", ".csv"):
-        return p
-    for folder in [p, *p.parents][:4]:
-        if (folder / "meta_data.xlsx").is_file():
-            return folder / "meta_data.xlsx"
-    return None
-
-
-def meta_table(path: str | os.PathLike | None) -> dict[str, np.ndarray]:
-    """{patient: `meta_vector`} from a metadata file or the dataset root/folder it is found from
-    (`find_meta_file`); empty when there is none (every image then uses the no-metadata vector)."""
-    from boneseg.data.layout import read_meta
-
-    found = find_meta_file(path) if path is not None else None
-    if found is None:
-        return {}
-    df = read_meta(found.parent, found)
-    return {pid: meta_vector(row) for pid, row in df.to_dict("index").items()}
-
-
-def side_target(masks: np.ndarray) -> float:
-    """1.0 for a right hand (thumb left of the little finger in the image), 0.0 for a left one, NaN when
-    the (augmented) masks do not show both."""
-    from boneseg.classes import CLASS_INDEX, DIGITS
-
-    def centre(names):
-        cols = np.asarray(masks[[CLASS_INDEX[n] for n in names]]).any(0).any(0)
-        xs = np.flatnonzero(cols)
-        return xs.mean() if xs.size else None
-
-    thumb, little = centre(DIGITS["thumb"]), centre(DIGITS["little"])
-    if thumb is None or little is None or thumb == little:
-        return float("nan")
-    return 1.0 if thumb < little else 0.0
 
 
 # -- the wrapper ------------------------------------------------------------------------------------

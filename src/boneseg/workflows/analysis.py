@@ -20,13 +20,12 @@ from boneseg import rle as rle_mod
 from boneseg.classes import CLASSES, NUM_CLASSES, FINGERS, CARPALS
 from boneseg.errors import DataError, UsageError
 from boneseg.metrics import dice_from_counts
+from boneseg.progress import SILENT, Reporter, track
 from boneseg.submission import Submission, read_submission
 
 __all__ = ["RunTable", "runs_table", "intersections", "run_dice", "Inputs", "load_inputs", "Analysis", "analyze",
            "suggest_ensemble", "write_plots", "PLOT_FILES"]
 
-Progress = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``: called as work proceeds."""
 
 PLOT_FILES = {"per_class": "per_class.png", "dice_vs_area": "dice_vs_area.png", "worst": "worst_cases.png",
               "similarity": "similarity.png"}
@@ -137,7 +136,7 @@ def _fold_images(samples: list, fold: int, splits: Path) -> list:
 
 def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None = None,
                 fold: int | None = None, splits: str | os.PathLike | None = None, size: int = 2048,
-                cache_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> Inputs:
+                cache_dir: str | os.PathLike | None = None, reporter: Reporter = SILENT) -> Inputs:
     """Read prediction CSVs and fix the images to evaluate.
 
     Without `gt`, every CSV must hold the same images (all assumed `size`²). With `gt` (a dataset root),
@@ -161,11 +160,7 @@ def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None
     if size < 1:
         raise UsageError(f"--size must be positive, got {size}")
     paths = [Path(p) for p in preds]
-    subs = []
-    for i, p in enumerate(paths):
-        subs.append(read_submission(p))
-        if progress:
-            progress("read CSVs", i + 1, len(paths))
+    subs = [read_submission(p) for p in track(paths, reporter, "read CSVs", "file")]
     notes: list[str] = []
     if gt is None:
         images = sorted(subs[0].images)
@@ -203,11 +198,7 @@ def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None
     if not samples:
         raise DataError("no images to evaluate")
     cache = MaskCache(cache_dir or default_cache_dir(data))
-    shapes = []
-    for i, s in enumerate(samples):
-        shapes.append(_image_shape(s, cache))
-        if progress:
-            progress("image sizes", i + 1, len(samples))
+    shapes = [_image_shape(s, cache) for s in track(samples, reporter, "image sizes", "img")]
     return Inputs(paths, _unique_names(paths), subs, [s.image_name for s in samples], shapes, samples, data, notes)
 
 
@@ -239,21 +230,19 @@ def prediction_runs(inputs: Inputs, index: int) -> RunTable:
 
 
 def truth_runs(inputs: Inputs, cache_dir: str | os.PathLike | None = None,
-               progress: Progress | None = None) -> RunTable:
+               reporter: Reporter = SILENT) -> RunTable:
     """The `RunTable` of the label masks of the evaluated images (through the mask cache)."""
     from boneseg.data.masks import MaskCache, default_cache_dir
 
     assert inputs.samples is not None and inputs.data is not None  # truth comes with labelled samples
     cache = MaskCache(cache_dir or default_cache_dir(inputs.data))
     runs = []
-    for i, (sample, shape) in enumerate(zip(inputs.samples, inputs.shapes)):
+    for sample, shape in track(list(zip(inputs.samples, inputs.shapes)), reporter, "ground truth", "img"):
         masks = cache.get(sample).masks
         if masks.shape[1:] != tuple(shape):
             raise DataError(f"{sample.image}: image is {masks.shape[2]}x{masks.shape[1]}, header said "
                             f"{shape[1]}x{shape[0]}")
         runs.extend(rle_mod.runs_from_mask(m) for m in masks)
-        if progress:
-            progress("ground truth", i + 1, len(inputs.samples))
     return runs_table(runs, inputs.block)
 
 
@@ -419,7 +408,7 @@ def suggest_ensemble(similarity: np.ndarray, scores: Sequence[float] | None = No
 
 def analyze(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None = None, *, fold: int | None = None,
             splits: str | os.PathLike | None = None, size: int = 2048, worst: int = 10, tolerance: float = 0.02,
-            cache_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> Analysis:
+            cache_dir: str | os.PathLike | None = None, reporter: Reporter = SILENT) -> Analysis:
     """Score prediction CSVs against the train labels (`gt`) and/or against each other.
 
     Args:
@@ -433,27 +422,21 @@ def analyze(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None = N
     Raises:
         UsageError, DataError: see `load_inputs`; malformed RLE names file, image and class.
     """
-    inputs = load_inputs(preds, gt, fold, splits, size, cache_dir, progress)
-    tables = []
-    for m in range(len(inputs.paths)):
-        tables.append(prediction_runs(inputs, m))
-        if progress:
-            progress("parse RLE", m + 1, len(inputs.paths))
+    inputs = load_inputs(preds, gt, fold, splits, size, cache_dir, reporter)
+    tables = [prediction_runs(inputs, m) for m in track(range(len(inputs.paths)), reporter, "parse RLE", "file")]
     n = len(inputs.images)
     shape = (n, NUM_CLASSES)
     result = Analysis(inputs, np.stack([t.areas.reshape(shape) for t in tables]), worst=worst, tolerance=tolerance)
     if gt is not None:
-        truth = truth_runs(inputs, cache_dir, progress)
+        truth = truth_runs(inputs, cache_dir, reporter)
         result.gt_area = truth.areas.reshape(shape)
         result.dice = np.stack([run_dice(t, truth).reshape(shape) for t in tables])
     if len(tables) > 1:
         k = len(tables)
         sim = np.ones((k, k, *shape))
         pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
-        for done, (i, j) in enumerate(pairs, 1):
+        for i, j in track(pairs, reporter, "similarity", "pair"):
             sim[i, j] = sim[j, i] = run_dice(tables[i], tables[j]).reshape(shape)
-            if progress:
-                progress("similarity", done, len(pairs))
         result.similarity = sim
     return result
 

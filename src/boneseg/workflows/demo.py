@@ -18,6 +18,7 @@ from pathlib import Path
 from boneseg.classes import CLASSES
 from boneseg.errors import OutputExistsError, UsageError, suggest
 from boneseg.io import write_json
+from boneseg.progress import SILENT, Reporter
 
 SETTINGS: dict = {
     "patients": 48,            # train patients (2 images each): more distinct hands instead of augmentation
@@ -122,27 +123,23 @@ def torch_threads(n: int | None) -> Iterator[int]:
 
 
 class _Steps:
-    """Prints a numbered header per step and records its wall time."""
+    """Reports a numbered header per step and records its wall time."""
 
-    def __init__(self, progress: bool):
-        self.progress = progress
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str, what: str) -> Iterator[None]:
-        from boneseg.cli.output import console
-
-        if self.progress:
-            console.rule(f"[bold][{STEPS.index(name) + 1}/{len(STEPS)}] {name}[/bold]: {what}", align="left")
+        self.reporter.message(f"-- [{STEPS.index(name) + 1}/{len(STEPS)}] {name}: {what}")
         start = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 2)
-        if self.progress:
-            console.print(f"{name} done in {self.seconds[name]:.1f}s", style="dim")
+        self.reporter.message(f"{name} done in {self.seconds[name]:.1f}s")
 
 
 def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: bool = False,
-             progress: bool = True, overrides: Mapping | None = None) -> dict:
+             reporter: Reporter = SILENT, overrides: Mapping | None = None) -> dict:
     """Run the whole pipeline on a synthetic dataset under `out`; returns the summary (also ``summary.json``).
 
     Args:
@@ -152,7 +149,7 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
             the same Dice.
         quick: tiny sizes and two epochs (a plumbing check in seconds; the Dice is meaningless).
         force: empty a non-empty `out` first.
-        progress: step headers, progress bars and epoch lines on stderr.
+        reporter: step headers, progress and epoch lines (`boneseg.progress`).
         overrides: replace individual settings (keys of `SETTINGS`), e.g. for tuning.
 
     Returns:
@@ -166,11 +163,14 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
     out = check_out(out, force)
     data, splits_path, run_dir = out / "data", out / "splits.json", out / "run"
     val_csv, sub_csv = out / "val.csv", out / "submission.csv"
-    step = _Steps(progress)
+    step = _Steps(reporter)
     started = time.perf_counter()
     with torch_threads(cfg["threads"]) as threads:
         with step("synth", f"{cfg['patients']} + {cfg['test_patients']} patients at {cfg['size']}²"):
-            _synth(data, cfg, seed, progress)
+            from boneseg.data.synth import synthesize
+
+            synthesize(data, patients=cfg["patients"], test_patients=cfg["test_patients"], size=cfg["size"],
+                       seed=seed, reporter=reporter)
         with step("split", f"{cfg['folds']} patient-grouped folds, validating on fold {cfg['fold']}"):
             from boneseg.data.layout import discover
             from boneseg.data.split import fold_samples, make_splits
@@ -183,25 +183,29 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
                            f"{threads} thread(s)"):
             from boneseg.engine.train import train
 
-            trained = train(_train_config(cfg, data, splits_path, run_dir, seed), progress=progress)
+            trained = train(_train_config(cfg, data, splits_path, run_dir, seed), reporter)
         with step("tta", f"policies {', '.join(cfg['tta'])} on the {len(val_samples)} validation images"):
             from boneseg.inference import Predictor
             from boneseg.workflows.validation import evaluate_policies
 
             predictor = Predictor.from_checkpoints([run_dir], device="cpu")
             report = evaluate_policies(data, predictor, policies=cfg["tta"], samples=val_samples, workers=0,
-                                       scales=cfg["tta_scales"], search=None, progress=progress)
+                                       scales=cfg["tta_scales"], search=None, reporter=reporter)
         with step("predict", f"validation fold and test set with TTA {report.best}"):
             from boneseg.inference import predict
 
-            opts = {"tta": report.best.split(":")[-1], "scales": cfg["tta_scales"], "workers": 0, "progress": progress}
+            opts = {"tta": report.best.split(":")[-1], "scales": cfg["tta_scales"], "workers": 0, "reporter": reporter}
             predict(val_samples, predictor, val_csv, **opts)
             test = predict(data, predictor, sub_csv, **opts)
         with step("analyze", "Dice per class and image of the validation predictions"):
-            result = _analyze(val_csv, data, splits_path, cfg["fold"], out / "analysis", progress)
+            from boneseg.workflows.analysis import analyze, write_plots
+
+            result = analyze([val_csv], data, fold=cfg["fold"], splits=splits_path, reporter=reporter)
+            write_plots(result, out / "analysis")
         with step("overlay", "first test image with its predicted masks"):
             _overlay(data, sub_csv, out / OVERLAY)
     per_class = result.per_class_dice(0)
+    assert per_class is not None  # analyze was given the labels
     best_line = next((h for h in _metrics(run_dir) if h.get("epoch") == trained["best_epoch"]), {})
     summary = {
         "mean_dice": float(per_class.mean()),
@@ -226,17 +230,6 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
     return summary
 
 
-def _synth(data: Path, cfg: dict, seed: int, progress: bool) -> None:
-    from boneseg.cli.output import progress as make_progress
-    from boneseg.data.synth import synthesize
-
-    total = 2 * (cfg["patients"] + cfg["test_patients"])
-    with make_progress(disable=not progress) as bar:
-        task = bar.add_task("synth", total=total, unit="img")
-        synthesize(data, patients=cfg["patients"], test_patients=cfg["test_patients"], size=cfg["size"],
-                   seed=seed, progress=lambda done, _: bar.update(task, completed=done))
-
-
 def _train_config(cfg: dict, data: Path, splits: Path, run_dir: Path, seed: int) -> dict:
     keys = ("arch", "encoder", "fold", "epochs", "batch_size", "lr", "weight_decay", "warmup",
             "scheduler", "loss", "aug", "val_every", "save_every", "model_kwargs", "encoder_weights")
@@ -252,16 +245,6 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def _analyze(val_csv: Path, data: Path, splits: Path, fold: int, folder: Path, progress: bool):
-    from boneseg.workflows.analysis import analyze, write_plots
-    from boneseg.cli.output import progress as make_progress, stage_callback
-
-    with make_progress(transient=True, disable=not progress) as bar:
-        result = analyze([val_csv], data, fold=fold, splits=splits, progress=stage_callback(bar) if progress else None)
-        write_plots(result, folder)
-    return result
-
-
 def _overlay(data: Path, sub_csv: Path, path: Path) -> None:
     from boneseg.data.layout import find_images, read_image
     from boneseg.plots import overlay, save_png
@@ -273,26 +256,10 @@ def _overlay(data: Path, sub_csv: Path, path: Path) -> None:
     save_png(overlay(image, masks), path)
 
 
-def summary_table(summary: Mapping):
-    """The per-class validation Dice of a summary as a rich table, worst first, with the mean."""
-    from rich.text import Text
-
-    from boneseg.cli.output import table
-
-    per_class = summary["per_class_dice"]
-    engine = summary.get("train_val_dice_per_class") or {}
-    rows = [[c, per_class[c], engine.get(c, "-")] for c in sorted(CLASSES, key=lambda c: per_class[c])]
-    rows.append([Text("mean", style="bold"), summary["mean_dice"],
-                 summary["train_val_dice"] if summary.get("train_val_dice") is not None else "-"])
-    return table(f"Validation Dice per class, worst first ({summary['images']['val']} images, "
-                 f"TTA {summary['tta']['best']})", ["class", "Dice (predict + analyze)", "Dice (engine, best epoch)"],
-                 rows)
-
-
 def format_seconds(seconds: Mapping) -> str:
     """``synth 3.1s · split 0.1s · …`` from a summary's ``seconds``."""
     return " · ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
 
 
 __all__ = ["OVERLAY", "QUICK", "SETTINGS", "STEPS", "check_out", "default_threads", "format_seconds", "run_demo", "settings_for",
-           "summary_table", "torch_threads"]
+           "torch_threads"]

@@ -8,7 +8,6 @@ self-intersection is a vectorised segment-crossing test.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,11 +15,10 @@ import numpy as np
 
 from boneseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from boneseg.errors import BonesegError, DataError
+from boneseg.progress import SILENT, Reporter, track
 
 __all__ = ["EdaReport", "run_eda", "write_eda", "self_intersections", "polygon_boxes", "overlap_matrix",
            "EDA_FILES", "TINY_FRACTION"]
-
-Progress = Callable[[str, int, int], None]
 
 EDA_FILES = {"json": "eda.json", "areas": "class_areas.png", "overlaps": "overlap_heatmap.png",
              "samples": "samples.png", "metadata": "metadata.png", "intensity": "intensity.png"}
@@ -214,14 +212,14 @@ def _class_of(text: str) -> str | None:
 
 
 def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, show: int = 4,
-            progress: Progress | None = None) -> EdaReport:
+            reporter: Reporter = SILENT) -> EdaReport:
     """Measure a dataset in the competition layout.
 
     Args:
         root: dataset folder (``train/DCM``, ``train/outputs_json``, optional ``test/DCM``, ``meta_data.xlsx``).
         cache_dir: mask cache folder (default: `boneseg.data.masks.default_cache_dir`).
         show: how many images `write_eda` overlays in ``samples.png``.
-        progress: ``progress(stage, done, total)``.
+        reporter: its progress (`boneseg.progress`).
 
     Raises:
         DataError: no train images, images without labels, an unreadable metadata file. Problems inside
@@ -242,7 +240,7 @@ def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
     report = EdaReport(root)
     report.histogram["train"] = np.zeros(256, np.int64)
     areas, present = [], []
-    for k, sample in enumerate(samples):
+    for sample in track(samples, reporter, "train images", "img"):
         shape = png_shape(sample.image)
         label = load_label(sample.label, shape, strict=False) if shape else None
         fatal = label is None or any(_problem_kind(p) != "missing_class" for p in label.problems)
@@ -285,8 +283,6 @@ def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
                               "side": hand_side(sample, label.polygons), "height": int(image.shape[0]),
                               "width": int(image.shape[1]), **_mean_std(hist), "areas": a.tolist(),
                               "label_ok": not fatal})
-        if progress:
-            progress("train images", k + 1, len(samples))
     report.areas = np.array(areas, np.int64).reshape(-1, NUM_CLASSES)
     report.present = np.array(present, bool).reshape(-1, NUM_CLASSES)
     _flag_tiny(report)
@@ -296,7 +292,7 @@ def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
             tests = discover(root, "test", labels=False)
         except DataError:  # an empty test folder: nothing to measure
             tests = []
-        for k, sample in enumerate(tests):
+        for sample in track(tests, reporter, "test images", "img"):
             try:
                 image = read_image(sample.image)
             except BonesegError as exc:
@@ -307,8 +303,6 @@ def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
             report.histogram["test"] += hist
             report.test_images.append({"name": sample.name, "patient": sample.patient, "height": int(image.shape[0]),
                                        "width": int(image.shape[1]), **_mean_std(hist)})
-            if progress:
-                progress("test images", k + 1, len(tests))
     report.meta = read_meta(root)
     report.sample_names = _pick_samples(report.images, show)
     return report

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from boneseg.classes import CLASSES, NUM_CLASSES, class_index
 from boneseg.errors import BonesegWarning, DataError, UsageError, quote
 from boneseg.io import read_json, write_json
 from boneseg.submission import Submission, SubmissionWriter, read_submission
+from boneseg.progress import SILENT, Reporter
 from boneseg.workflows.parallel import STATE, parallel_map
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "check_same_images",
 ]
 
-Progress = Callable[[int, int], None]
 _TOL = 1e-9
 
 
@@ -342,7 +342,7 @@ def hard_vote(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None
               min_votes: int | None = None, weights: Sequence[float] | None = None,
               per_class: str | os.PathLike | Mapping[str, Any] | None = None,
               shape: tuple[int, int] = (2048, 2048), workers: int | None = None, force: bool = False,
-              progress: Progress | None = None) -> EnsembleSummary:
+              reporter: Reporter = SILENT) -> EnsembleSummary:
     """Pixel-wise vote over submission CSVs, written as a submission CSV (``-``/None: stdout).
 
     Rows are matched by (image_name, class), so any row order works; the output lists images sorted by
@@ -356,7 +356,7 @@ def hard_vote(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None
         per_class: per-class plan (JSON file or mapping), see `read_per_class`.
         shape: (height, width) of the images; every run must fit.
         workers: processes (default: all usable cores).
-        progress: called as ``progress(done, total)`` after each image.
+        reporter: its progress (`boneseg.progress`), one step per image.
 
     Raises:
         DataError: unreadable inputs, inputs with different images, malformed RLE (naming file, image
@@ -370,8 +370,8 @@ def hard_vote(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None
     images = sorted(subs[0].images)  # a fixed order whatever the inputs' row order
     size = int(shape[0]) * int(shape[1])
     state = {"subs": subs, "plan": plan, "size": size}
-    with SubmissionWriter(out, force=force) as writer:
-        for image, rles in zip(images, parallel_map(_hard_worker, images, state, workers, progress)):
+    with SubmissionWriter(out, force=force) as writer, reporter.task("hard vote", len(images), "img") as task:
+        for image, rles in zip(images, parallel_map(_hard_worker, images, state, workers, task)):
             writer.write_rles(image, rles)
     if len(names) == 2 and min_votes is None and weights is None:
         warnings.warn("a hard vote over 2 inputs keeps only the pixels both predict (the intersection); "
@@ -423,7 +423,7 @@ def soft_vote(folders: Sequence[str | os.PathLike], out: str | os.PathLike | Non
               threshold: float | str | os.PathLike | Sequence[float] | Mapping[str, float] = 0.5,
               per_class: str | os.PathLike | Mapping[str, Any] | None = None,
               workers: int | None = None, force: bool = False,
-              progress: Progress | None = None) -> EnsembleSummary:
+              reporter: Reporter = SILENT) -> EnsembleSummary:
     """Weighted mean of ``predict --save-probs`` folders, binarised per class, as a submission CSV.
 
     One folder with weight 1 reproduces ``predict``'s CSV exactly (same stored values, same rule).
@@ -439,8 +439,8 @@ def soft_vote(folders: Sequence[str | os.PathLike], out: str | os.PathLike | Non
     check_same_images(names, [m["images"] for m in manifests])
     images = [str(i) for i in manifests[0]["images"]]
     state = {"folders": names, "plan": plan}
-    with SubmissionWriter(out, force=force) as writer:
-        for image, rles in zip(images, parallel_map(_soft_worker, images, state, workers, progress)):
+    with SubmissionWriter(out, force=force) as writer, reporter.task("soft vote", len(images), "img") as task:
+        for image, rles in zip(images, parallel_map(_soft_worker, images, state, workers, task)):
             writer.write_rles(Path(image).name, rles)
     return EnsembleSummary(str(out or "-"), "soft", names, len(images), plan)
 

@@ -7,8 +7,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-Progress = Callable[[int, int], None]
-"""``progress(done, total)`` after each item."""
+from boneseg.progress import Task
 
 STATE: dict[str, Any] = {}
 """The shared state inside a worker (what `parallel_map` was given); read it, never write it."""
@@ -29,22 +28,21 @@ def _init_worker(state: dict[str, Any]) -> None:
 
 
 def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], state: dict[str, Any],
-                 workers: int | None = None, progress: Progress | None = None) -> Iterator[Any]:
+                 workers: int | None = None, task: Task | None = None) -> Iterator[Any]:
     """``fn(item)`` for each item, in order, in `workers` processes that share `state` (read-only).
 
     `state` reaches the workers through ``fork`` where available (no copy until written), else by
     pickling. With one worker (or one item) everything runs in this process. `fn` reads it via
-    ``STATE``. Results are yielded in item order as they complete.
+    ``STATE``. Results are yielded in item order as they complete; `task` advances by one per result.
     """
     workers = default_workers() if workers is None else max(1, int(workers))
-    total = len(items)
+    total, task = len(items), task or Task()
     if workers == 1 or total <= 1:
         _init_worker(state)
         try:
-            for i, item in enumerate(items, 1):
+            for item in items:
                 yield fn(item)
-                if progress:
-                    progress(i, total)
+                task.advance()
         finally:
             STATE.clear()
         return
@@ -54,10 +52,9 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], state: dict[str
     with cf.ProcessPoolExecutor(min(workers, total), mp_context=ctx, initializer=_init_worker,
                                 initargs=(state,)) as pool:
         try:
-            for i, result in enumerate(pool.map(fn, items, chunksize=chunk), 1):
+            for result in pool.map(fn, items, chunksize=chunk):
                 yield result
-                if progress:
-                    progress(i, total)
+                task.advance()
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

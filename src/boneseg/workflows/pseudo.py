@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, find_images, read_image
 from boneseg.data.masks import rasterize
+from boneseg.progress import SILENT, Reporter
 from boneseg.workflows.parallel import STATE, parallel_map
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.io import write_json
@@ -257,7 +258,7 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
                 min_confidence: float | None = None, threshold: Any = 0.5, copy: bool = False,
                 agree_with: Sequence[str | os.PathLike] = (), min_agreement: float | None = None,
                 workers: int | None = None, force: bool = False,
-                progress: Callable[[int, int], None] | None = None) -> PseudoSummary:
+                reporter: Reporter = SILENT) -> PseudoSummary:
     """Write pseudo-labelled test images in the train layout.
 
     Args:
@@ -274,7 +275,7 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
         copy: copy images instead of hard-linking them.
         workers: processes (default: all usable cores).
         force: replace an existing pseudo-label folder.
-        progress: called as ``progress(done, total)`` after each image.
+        reporter: its progress (`boneseg.progress`), one step per image.
 
     Raises:
         DataError: unreadable sources, an unreadable image (each is decoded before it is linked),
@@ -313,7 +314,9 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
         state = {"source": src, "others": others, "stage": stage, "min_confidence": min_confidence,
                  "min_agreement": min_agreement, "copy": copy}
         written = []
-        for result in parallel_map(_pseudo_worker, tasks, state, workers, progress):
+        with reporter.task("pseudo-labels", len(tasks), "img") as task:
+            results = list(parallel_map(_pseudo_worker, tasks, state, workers, task))
+        for result in results:
             if "written" in result:
                 written.append(result["written"])
             else:

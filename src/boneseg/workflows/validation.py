@@ -27,6 +27,7 @@ from boneseg.inference.run import ImageDataset, make_loader
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy, default_policies
 from boneseg.metrics import dice_from_counts
+from boneseg.progress import SILENT, Reporter
 
 LEVELS = probs_mod.SCALE + 1
 
@@ -113,7 +114,7 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
                       policies: Sequence[str | Policy] | None = None, fold: int | None = None,
                       splits: str | os.PathLike | None = None, scales: Sequence[float] | str = DEFAULT_SCALES,
                       sliding: bool = False, search: tuple[float, float] | None = (0.3, 0.7),
-                      workers: int = 2, progress: bool = True, weights: Sequence[float] | None = None,
+                      workers: int = 2, reporter: Reporter = SILENT, weights: Sequence[float] | None = None,
                       device: str = "auto", size: int | None = None, window: int | None = None,
                       overlap: float = 0.5, batch_size: int = 4, amp: bool = True,
                       samples: Sequence[Sample] | None = None, wrist_model: str | os.PathLike | None = None,
@@ -156,10 +157,7 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
     sums = {p: np.zeros((NUM_CLASSES, LEVELS)) for p in pols}
     seconds = {p: 0.0 for p in pols}
     n = 0
-    from boneseg.cli.output import progress as make_progress
-
-    with stages, make_progress(disable=not progress) as bar:
-        task = bar.add_task("tta", total=len(samples), unit="img")
+    with stages, reporter.task("tta", len(samples), "img") as task:
         for item in loader:
             cache = ViewCache(keep=True)
             gt = item.masks.to(predictor.device)
@@ -170,7 +168,7 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
                 seconds[p] += cache.side_seconds + sum(cache.seconds[k] for k in cache.used - cache.side_keys)
                 sums[p] += dice_curves(q, gt)
             n += 1
-            bar.advance(task)
+            task.advance()
     k_def = int(probs_mod.cutoffs(0.5)[0])
     report = TTAReport(images=n, fold=fold_used, notes=notes)
     for p in pols:
@@ -229,14 +227,14 @@ def choose_rules(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray], min_gain:
 
 
 def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshold: float = 0.5,
-                    device: str = "auto", workers: int = 0, progress: bool = True, force: bool = True,
+                    device: str = "auto", workers: int = 0, reporter: Reporter = SILENT, force: bool = True,
                     cache_dir: str | os.PathLike | None = None) -> dict:
     """Choose per-class post-processing on a run's validation fold and write ``RUN/postprocess.json``.
 
     The run's ``best.pt`` predicts its own validation images (the fold and split it was trained with), at
     full resolution, without TTA, thresholded at `threshold`; `choose_rules` keeps a rule for a class
     only where it raises that class's validation Dice. ``boneseg predict -m RUN`` then applies it.
-    `cache_dir`: the mask cache (default ``DATA/.boneseg-cache``).
+    `cache_dir`: the mask cache (default ``DATA/.boneseg-cache``). `reporter`: its progress (`boneseg.progress`).
 
     Returns:
         The written document: ``{"rule", "fold", "images", "threshold", "mean_dice_before",
@@ -265,10 +263,11 @@ def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshol
                          workers, predictor.device)
     cuts = probs_mod.cutoffs(threshold)
     preds, gts = [], []
-    with torch.no_grad():
+    with torch.no_grad(), reporter.task("fit post-processing", len(val), "img") as task:
         for item in loader:
             preds.append(binarize(quantize(predictor.predict(item, policy)), cuts).cpu().numpy())
             gts.append(item.masks.numpy())
+            task.advance()
     classes = choose_rules(preds, gts)
     doc = {"rule": "per class, the keep-largest / remove-small-islands option that raises validation Dice",
            "checkpoint": str(opened.checkpoint), "fold": opened.fold, "images": len(val),
