@@ -74,6 +74,22 @@ class LoadedModel:
         return side if side in ("L", "R") else None
 
 
+def check_weights(weights: Sequence[float] | None, n_models: int) -> list[float]:
+    """The per-model weights (default all 1.0), checked: one per model, finite, >= 0, positive sum.
+
+    Raises:
+        UsageError: no model, a count that differs from the model count, a negative or non-finite weight.
+    """
+    if n_models < 1:
+        raise UsageError("give at least one model with -m CKPT")
+    weights = [float(w) for w in weights] if weights else [1.0] * n_models
+    if len(weights) != n_models:
+        raise UsageError(f"--weights: {len(weights)} weight(s) for {n_models} model(s)")
+    if not all(0 <= w < math.inf for w in weights) or sum(weights) <= 0:  # also refuses nan
+        raise UsageError(f"--weights must be finite, non-negative with a positive sum, got {weights}")
+    return weights
+
+
 def load_models(checkpoints: Sequence[str | os.PathLike | Run], device: torch.device,
                 weights: Sequence[float] | None = None) -> list[LoadedModel]:
     """Load each checkpoint (file, run folder or opened `Run`) with its own config.
@@ -82,13 +98,7 @@ def load_models(checkpoints: Sequence[str | os.PathLike | Run], device: torch.de
         UsageError: no checkpoint, or a weight count that differs from the checkpoint count / a negative weight.
         CheckpointError: a checkpoint that cannot be loaded.
     """
-    if not checkpoints:
-        raise UsageError("give at least one model with -m CKPT")
-    weights = list(weights) if weights else [1.0] * len(checkpoints)
-    if len(weights) != len(checkpoints):
-        raise UsageError(f"--weights: {len(weights)} weight(s) for {len(checkpoints)} model(s)")
-    if not all(0 <= w < math.inf for w in weights) or sum(weights) <= 0:  # also refuses nan
-        raise UsageError(f"--weights must be finite, non-negative with a positive sum, got {weights}")
+    weights = check_weights(weights, len(checkpoints))
     out = []
     for ckpt, w in zip(checkpoints, weights):
         run = Run.open(ckpt)

@@ -29,7 +29,7 @@ from boneseg.data.layout import Sample, find_images, read_image
 from boneseg.engine.run import Run
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
-from boneseg.inference.predictor import InputPlan, Item, Predictor
+from boneseg.inference.predictor import InputPlan, Item, Predictor, check_weights
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
 from boneseg.io import atomic_open, check_output, is_stdout, read_json
@@ -286,20 +286,26 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     # every option first: a bad value is reported before any input is read or output checked
     Predictor.check_options(size, window, overlap, batch_size)
     check_workers(workers)
+    if not isinstance(models, Predictor):
+        check_weights(weights, len(models))
     policy = tta if isinstance(tta, Policy) else Policy.parse(tta, scales, sliding)
     thresholds = probs_mod.read_thresholds(threshold)
     cuts = probs_mod.cutoffs(thresholds)
     postprocess(np.zeros((0, 1, 1), np.bool_), keep_largest, min_area)  # validates the options
+    run_rules = str(postprocess_rules).lower() == "auto"
+    rules_doc, rules_path = (None, None) if run_rules else find_rules([], postprocess_rules)  # a file is an option
+    rules = rules_list(rules_doc, keep_largest, min_area, rules_path) if rules_doc is not None else None
     samples = list(source) if not isinstance(source, (str, os.PathLike)) else find_images(source)
     if not samples:
         raise DataError("no images to predict")
     check_unique_names(samples)
     runs = [] if isinstance(models, Predictor) else [Run.open(m) for m in models]
-    rules_doc, rules_path = find_rules(runs, postprocess_rules)
-    if rules_doc is not None and str(postprocess_rules).lower() == "auto":
-        warnings.warn(f"applying the run's post-processing rules {rules_path} (--postprocess none to skip)",
-                      BonesegWarning, stacklevel=2)
-    rules = rules_list(rules_doc, keep_largest, min_area, rules_path) if rules_doc is not None else None
+    if run_rules:
+        rules_doc, rules_path = find_rules(runs, postprocess_rules)
+        if rules_doc is not None:
+            warnings.warn(f"applying the run's post-processing rules {rules_path} (--postprocess none to skip)",
+                          BonesegWarning, stacklevel=2)
+            rules = rules_list(rules_doc, keep_largest, min_area, rules_path)
     if not is_stdout(output):
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
