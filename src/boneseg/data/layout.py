@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,21 @@ def find_images(path: str | os.PathLike) -> list[Sample]:
     if not names:
         raise DataError(f"{path}: no PNG images found")
     return [Sample(n, path / n) for n in names]
+
+
+def by_image_name(samples: Sequence[Sample], where: str | os.PathLike | None = None) -> dict[str, Sample]:
+    """`samples` keyed by base name, the key of submission rows and probability files.
+
+    Raises:
+        DataError: two samples share a base name (naming both, prefixed by `where` when given).
+    """
+    out: dict[str, Sample] = {}
+    for s in samples:
+        if s.image_name in out:
+            raise DataError(f"{str(where) + ': ' if where is not None else ''}two images named {s.image_name} "
+                            f"({out[s.image_name].name}, {s.name}); submission rows are keyed by base name")
+        out[s.image_name] = s
+    return out
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -24,7 +24,7 @@ import torch
 
 from boneseg import probs as probs_mod
 from boneseg.classes import NUM_CLASSES
-from boneseg.data.layout import Sample, find_images, read_image
+from boneseg.data.layout import Sample, by_image_name, find_images, read_image
 from boneseg.engine.run import Run
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
@@ -65,16 +65,6 @@ def make_loader(dataset: ImageDataset, workers: int, device: torch.device) -> to
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                        prefetch_factor=2 if workers else None, persistent_workers=False,
                                        pin_memory=device.type == "cuda")
-
-
-def check_unique_names(samples: Sequence[Sample]) -> None:
-    """Submission rows and probability files are keyed by base name: two images sharing one is an error."""
-    seen: dict[str, str] = {}
-    for s in samples:
-        if s.image_name in seen:
-            raise DataError(f"two images named {s.image_name}: {seen[s.image_name]} and {s.name} "
-                            "(submission rows are keyed by base name)")
-        seen[s.image_name] = s.name
 
 
 def check_probs_dir(folder: str | os.PathLike, force: bool) -> Path:
@@ -279,7 +269,7 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     samples = list(source) if not isinstance(source, (str, os.PathLike)) else find_images(source)
     if not samples:
         raise DataError("no images to predict")
-    check_unique_names(samples)
+    by_image_name(samples)
     policy = tta if isinstance(tta, Policy) else Policy.parse(tta, scales, sliding)
     thresholds = probs_mod.read_thresholds(threshold)
     cuts = probs_mod.cutoffs(thresholds)

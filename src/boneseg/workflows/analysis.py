@@ -148,7 +148,7 @@ def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None
         UsageError: no input, `fold` without `splits` (or the reverse), a bad size.
         DataError: unreadable CSVs, images missing from the labels or from a CSV.
     """
-    from boneseg.data.layout import discover
+    from boneseg.data.layout import by_image_name, discover
     from boneseg.data.masks import MaskCache, default_cache_dir
 
     if not preds:
@@ -174,12 +174,7 @@ def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None
 
     data = Path(gt)
     train = discover(data, "train")
-    by_name: dict[str, object] = {}
-    for s in train:
-        if s.image_name in by_name:
-            raise DataError(f"{data}: image name {s.image_name} occurs twice ({by_name[s.image_name].name}, "
-                            f"{s.name}); CSV rows cannot be matched")
-        by_name[s.image_name] = s
+    by_name = by_image_name(train, data)
     if fold is not None:
         samples = _fold_images(train, fold, Path(splits))
         wanted = {s.image_name for s in samples}

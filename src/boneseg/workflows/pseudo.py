@@ -34,7 +34,7 @@ import numpy as np
 
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, NUM_CLASSES
-from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, find_images, read_image
+from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, by_image_name, find_images, read_image
 from boneseg.data.masks import rasterize
 from boneseg.workflows.parallel import STATE, parallel_map
 from boneseg.errors import DataError, OutputExistsError, UsageError
@@ -296,11 +296,7 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
         raise UsageError("--min-confidence needs a probability folder (`predict --save-probs`); a CSV "
                          "carries no confidence")
     samples = find_images(data)
-    by_name: dict[str, Any] = {}
-    for s in samples:
-        if s.image_name in by_name:
-            raise DataError(f"{data}: two images named {s.image_name!r} ({by_name[s.image_name].name}, {s.name})")
-        by_name[s.image_name] = s
+    by_name = by_image_name(samples, data)
     unknown = [i for i in src.images if i not in by_name]
     if unknown:
         raise DataError(f"{source}: predicts image {unknown[0]!r} that {data} lacks"
