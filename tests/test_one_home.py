@@ -4,6 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from boneseg.cli import main
 from boneseg.errors import DataError
@@ -44,3 +45,30 @@ def test_duplicate_base_names_name_both_images(tmp_path, capsys):
     code, err = cli(capsys, "predict", tmp_path / "imgs", "-m", tmp_path / "no-run", "-o", tmp_path / "s.csv")
     assert code == 1 and "two images named x.png (ID001/x.png, ID002/x.png)" in err, err
     assert "Traceback" not in err
+
+
+# -- hand side ------------------------------------------------------------------------------------
+
+def test_hand_side_has_one_home():
+    from boneseg.data import layout
+    from boneseg.inference import predictor, wrist
+
+    assert predictor.side_from_masks is wrist.side_from_masks is layout.side_from_masks
+    assert not hasattr(predictor, "side_from_probs")
+    assert wrist.side_from_masks is layout.side_from_masks
+
+
+def test_training_target_and_prediction_read_the_side_alike():
+    """A thumb blob with a long thin spur: by its pixels it lies left of the little finger (a right hand),
+    although its occupied columns reach past it. Target and prediction must both say right."""
+    from boneseg.classes import CLASS_INDEX
+    from boneseg.data.layout import side_from_masks
+    from boneseg.modelling.heads import side_target
+
+    masks = np.zeros((29, 64, 128), bool)
+    masks[CLASS_INDEX["finger-1"], :, 10:21] = True
+    masks[CLASS_INDEX["finger-1"], 0, 10:100] = True
+    masks[CLASS_INDEX["finger-16"], :, 40:51] = True
+    assert side_target(masks) == 1.0
+    assert side_from_masks(torch.from_numpy(masks).float() * 0.9) == "R"
+    assert side_target(masks[:, :, ::-1]) == 0.0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boneseg.classes import DIGITS
+from boneseg.classes import CLASS_INDEX, DIGITS
 from boneseg.errors import DataError
 
 IMAGE_DIR, LABEL_DIR = "DCM", "outputs_json"
@@ -252,6 +252,13 @@ def read_meta(root: str | os.PathLike, path: str | os.PathLike | None = None):
 
 # -- hand side ------------------------------------------------------------------------------------
 
+def _side(thumb: float | None, little: float | None) -> str | None:
+    """The hand-side rule on the thumb's and the little finger's x centres (None: unknown)."""
+    if thumb is None or little is None or thumb == little:
+        return None
+    return "R" if thumb < little else "L"
+
+
 def side_from_polygons(polygons: dict[str, np.ndarray]) -> str | None:
     """``"R"`` when the thumb (finger-1..3) lies left of the little finger (finger-16..19) in the image,
     ``"L"`` when right of it, None when the labels do not tell."""
@@ -259,10 +266,23 @@ def side_from_polygons(polygons: dict[str, np.ndarray]) -> str | None:
         xs = [polygons[n][:, 0].mean() for n in names if n in polygons and len(polygons[n])]
         return float(np.mean(xs)) if xs else None
 
-    thumb, little = mean_x(DIGITS["thumb"]), mean_x(DIGITS["little"])
-    if thumb is None or little is None or thumb == little:
-        return None
-    return "R" if thumb < little else "L"
+    return _side(mean_x(DIGITS["thumb"]), mean_x(DIGITS["little"]))
+
+
+def side_from_masks(masks, threshold: float = 0.5) -> str | None:
+    """`side_from_polygons` for (29, H, W) masks or probabilities (positive above `threshold`), numpy or
+    torch (on any device): a digit's x centre is the mean column of its pixels."""
+    import torch
+
+    m = torch.from_numpy(np.ascontiguousarray(masks)) if isinstance(masks, np.ndarray) else masks
+
+    def centre(names):
+        cols = (m[[CLASS_INDEX[n] for n in names]] > threshold).any(0).sum(0).double()
+        n = cols.sum()
+        xs = torch.arange(cols.numel(), device=cols.device, dtype=torch.float64)
+        return float((cols * xs).sum() / n) if n > 0 else None
+
+    return _side(centre(DIGITS["thumb"]), centre(DIGITS["little"]))
 
 
 def hand_side(sample: Sample, polygons: dict[str, np.ndarray] | None = None) -> str:
