@@ -72,3 +72,35 @@ def test_training_target_and_prediction_read_the_side_alike():
     assert side_target(masks) == 1.0
     assert side_from_masks(torch.from_numpy(masks).float() * 0.9) == "R"
     assert side_target(masks[:, :, ::-1]) == 0.0
+
+
+# -- mask bounding boxes --------------------------------------------------------------------------
+
+def test_mask_bbox_has_one_home():
+    from boneseg import maskops, plots, postprocess, rle
+    from boneseg.data import masks, wrist
+    from boneseg.workflows import pseudo
+
+    for module in (plots, postprocess, rle, masks, wrist, pseudo):
+        assert module.bbox is maskops.bbox, module.__name__
+    assert not hasattr(postprocess, "_bbox") and not hasattr(plots, "_box") and not hasattr(rle, "_row_extent")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "uint8"])
+def test_bbox_and_its_users_agree(layout):
+    from boneseg.data.masks import pack_masks, unpack_masks
+    from boneseg.data.wrist import CARPAL_IDX, box_from_masks, square_box
+    from boneseg.maskops import bbox
+
+    m = np.zeros((200, 90), bool)
+    m[70, 5] = m[150, 40:60] = True      # rows 70..150 (below the first 64-row block), cols 5..59
+    m = {"contiguous": m, "strided": np.asfortranarray(m), "uint8": m.astype(np.uint8) * 255}[layout]
+    assert bbox(m) == (70, 151, 5, 60)
+    assert bbox(np.zeros((4, 4), bool)) is None
+    boxes, bits = pack_masks(np.stack([m != 0, np.zeros_like(m, bool)]))
+    assert boxes.tolist() == [[70, 151, 5, 60], [0, 0, 0, 0]]
+    assert np.array_equal(unpack_masks(boxes, bits, m.shape)[0], m != 0)
+    probs = np.zeros((29, *m.shape), np.float32)
+    probs[CARPAL_IDX[0]] = m != 0
+    want = square_box(70, 151, 5, 60, m.shape)
+    assert box_from_masks(probs) == want == box_from_masks(torch.from_numpy(probs))

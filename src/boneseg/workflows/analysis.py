@@ -505,12 +505,13 @@ def _dice_vs_area_figure(result: Analysis):
 
 
 def _crop_box(pred: np.ndarray, gt: np.ndarray, shape: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
-    union = pred | gt
-    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
-    if rows.size == 0:
+    from boneseg.maskops import bbox
+
+    box = bbox(pred | gt)
+    if box is None:
         return 0, shape[0], 0, shape[1]
-    return (max(0, rows[0] - margin), min(shape[0], rows[-1] + 1 + margin),
-            max(0, cols[0] - margin), min(shape[1], cols[-1] + 1 + margin))
+    y0, y1, x0, x1 = box
+    return max(0, y0 - margin), min(shape[0], y1 + margin), max(0, x0 - margin), min(shape[1], x1 + margin)
 
 
 def _worst_figure(result: Analysis, cache, max_side: int = 384):

@@ -39,6 +39,7 @@ from boneseg.data.masks import rasterize
 from boneseg.workflows.parallel import STATE, parallel_map
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.io import write_json
+from boneseg.maskops import bbox
 from boneseg.metrics import dice
 from boneseg.submission import read_submission
 
@@ -58,12 +59,10 @@ def trace_polygon(mask: np.ndarray) -> np.ndarray | None:
     Works on the mask's bounding box only. Returns None for an empty mask or a component too thin to
     make a polygon (fewer than 3 points).
     """
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    box = bbox(mask)
+    if box is None:
         return None
-    r0, r1 = rows[0], rows[-1] + 1
-    cols = np.flatnonzero(mask[r0:r1].any(axis=0))
-    c0, c1 = cols[0], cols[-1] + 1
+    r0, r1, c0, c1 = box
     crop = np.zeros((r1 - r0 + 2, c1 - c0 + 2), np.uint8)
     crop[1:-1, 1:-1] = mask[r0:r1, c0:c1]
     contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
