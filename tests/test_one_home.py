@@ -104,3 +104,43 @@ def test_bbox_and_its_users_agree(layout):
     probs[CARPAL_IDX[0]] = m != 0
     want = square_box(70, 151, 5, 60, m.shape)
     assert box_from_masks(probs) == want == box_from_masks(torch.from_numpy(probs))
+
+
+# -- device and process group ---------------------------------------------------------------------
+
+def test_device_and_process_group_have_one_home():
+    from boneseg.engine import distributed, train
+    from boneseg.inference import predictor, run
+
+    assert predictor.resolve_device is distributed.resolve_device
+    assert run.setup is distributed.setup and run.cleanup is distributed.cleanup
+    assert train.D is distributed and not hasattr(run, "dist_context")
+
+
+def test_device_names_are_checked_alike():
+    from boneseg.engine.distributed import resolve_device
+    from boneseg.errors import UsageError
+
+    assert resolve_device(torch.device("cpu")) == resolve_device("CPU") == torch.device("cpu")
+    for bad in ("mps", "gpu", "cuda:x"):
+        with pytest.raises(UsageError, match=r"^--device .*expected auto, cpu or cuda\[:N\]"):
+            resolve_device(bad)
+    with pytest.raises(UsageError, match=r"^--device cuda:99: "):
+        resolve_device("cuda:99")
+
+
+def test_a_callers_process_group_is_left_alone(tmp_path, monkeypatch):
+    """`setup` inside a group someone else made joins it and `cleanup` leaves it (predict and train alike)."""
+    import torch.distributed as dist
+
+    from boneseg.engine.distributed import cleanup, setup
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        info = setup("cpu")
+        assert (info.rank, info.world_size, info.created) == (0, 1, False)
+        cleanup(info)
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

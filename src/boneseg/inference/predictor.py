@@ -25,33 +25,12 @@ import torch.nn.functional as F
 
 from boneseg.classes import NUM_CLASSES
 from boneseg.data.layout import resize_image, side_from_masks
+from boneseg.engine.distributed import resolve_device
 from boneseg.engine.run import Run
 from boneseg.engine.train import TrainConfig
 from boneseg.errors import UsageError
 from boneseg.inference.sliding import alloc, check_window, sliding_window
 from boneseg.inference.tta import Policy, hflip, snap, unflip
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available (the local rank's GPU under torchrun), else CPU.
-
-    Raises:
-        UsageError: an unknown device or CUDA asked for without a GPU.
-    """
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {device!r}: expected auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device available (use --device cpu)")
-    return dev
-
 
 @dataclass
 class LoadedModel:

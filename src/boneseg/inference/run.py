@@ -25,6 +25,7 @@ import torch
 from boneseg import probs as probs_mod
 from boneseg.classes import NUM_CLASSES
 from boneseg.data.layout import Sample, by_image_name, find_images, read_image
+from boneseg.engine.distributed import cleanup, setup
 from boneseg.engine.run import Run
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
@@ -94,20 +95,6 @@ def fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
 
 
 # -- distributed ----------------------------------------------------------------------------------
-
-def dist_context() -> tuple[int, int, bool]:
-    """(rank, world size, whether this call created the process group); joins the torchrun process
-    group (gloo) when launched by torchrun."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, False
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size(), created
-
 
 def gather_parts(part: Path, rank: int, world: int) -> list[Path] | None:
     """On rank 0, every rank's part CSV (rank r's copied beside rank 0's own), sent through the process
@@ -284,10 +271,11 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
 
-    rank, world, created = dist_context()
+    info = setup(models.device if isinstance(models, Predictor) else device)
+    rank, world = info.rank, info.world_size
     fixed_mmap_threshold()
     predictor = models if isinstance(models, Predictor) else Predictor.from_checkpoints(
-        runs, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
+        runs, weights, info.device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
     if policy.hflip and predictor.unified:
         warnings.warn("--tta hflip is dropped for models trained with hand-side unification (their mirror "
                       "view is the other hand): they run without the flip", BonesegWarning, stacklevel=2)
@@ -319,10 +307,7 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     finally:
         if parts_dir is not None:
             shutil.rmtree(parts_dir, ignore_errors=True)
-    if created:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    cleanup(info)
     return PredictSummary(len(shard), seconds, "-" if is_stdout(output) else str(output),
                           str(probs_dir) if probs_dir else None, rank, world, policy.name, len(samples))
 
