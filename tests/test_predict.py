@@ -18,7 +18,7 @@ from boneseg.data.layout import find_images
 from boneseg.engine.train import TrainConfig
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.inference import (LoadedModel, Policy, Predictor, ViewCache, gaussian_weights,
-                               masks_to_rles, predict, side_from_probs, sliding_window, tile_starts)
+                               masks_to_rles, predict, sliding_window, tile_starts)
 from boneseg.postprocess import postprocess
 from boneseg.submission import SubmissionWriter, read_submission, validate_submission
 
@@ -238,6 +238,8 @@ def _blob_image(right: bool) -> np.ndarray:
 
 
 def test_side_from_probs():
+    from boneseg.data.layout import side_from_masks as side_from_probs
+
     p = torch.zeros(29, 10, 10)
     p[0, :, 1] = 1
     p[16, :, 8] = 1

@@ -15,6 +15,7 @@ import numpy as np
 
 from boneseg.classes import PALETTE
 from boneseg.io import atomic_path
+from boneseg.maskops import bbox
 
 __all__ = ["overlay", "overlay_compare", "save_png", "new_figure", "image_grid", "heatmap", "PRED_COLOUR",
            "GT_COLOUR"]
@@ -36,14 +37,6 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {image.shape}")
 
 
-def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
 def _blend(image: np.ndarray, layers: Sequence[tuple[np.ndarray, tuple[int, int, int]]], alpha: float) -> np.ndarray:
     """Alpha-blend coloured masks onto an image; where masks overlap their colours are averaged."""
     out = _rgb(image)
@@ -54,7 +47,7 @@ def _blend(image: np.ndarray, layers: Sequence[tuple[np.ndarray, tuple[int, int,
         mask = np.asarray(mask, bool)
         if mask.shape != (h, w):
             raise ValueError(f"mask shape {mask.shape} does not match the image {(h, w)}")
-        box = _box(mask)
+        box = bbox(mask)
         if box is None:
             continue
         y0, y1, x0, x1 = box

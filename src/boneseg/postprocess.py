@@ -15,22 +15,16 @@ import cv2
 import numpy as np
 
 from boneseg.errors import UsageError
-
-
-def _bbox(mask: np.ndarray) -> tuple[slice, slice] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+from boneseg.maskops import bbox
 
 
 def clean_mask(mask: np.ndarray, keep_largest: bool = False, min_area: int = 0) -> np.ndarray:
     """One (H, W) mask with only its largest component (`keep_largest`) and/or without the components
     smaller than `min_area` pixels. Returns a new bool array (the input when nothing changes)."""
-    box = _bbox(mask)
-    if box is None or (not keep_largest and min_area <= 1):
+    found = bbox(mask)
+    if found is None or (not keep_largest and min_area <= 1):
         return mask
+    box = np.s_[found[0]:found[1], found[2]:found[3]]
     crop = np.ascontiguousarray(mask[box], dtype=np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8)
     if n <= 2 and (n < 2 or stats[1, cv2.CC_STAT_AREA] >= min_area):

@@ -14,34 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from boneseg.errors import DataError, quote
+from boneseg.maskops import bbox
 
 __all__ = ["encode", "decode", "decode_into", "decode_stack", "runs_from_mask", "parse", "format_runs", "runs_to_rle"]
 
 _UNSIGNED_PAIRS = re.compile(r"\s*\d{1,18}(?:\s+\d{1,18})*\s*", re.ASCII)  # tokens of 1-18 digits
-
-
-_BLOCK_ROWS = 64
-
-
-def _row_extent(mask: np.ndarray) -> tuple[int, int] | None:
-    """First and one-past-last rows holding foreground (None when empty), touching as little as possible:
-    ``argmax`` on booleans stops at the first True, so the rows above and below the object are skimmed
-    at memory speed instead of reduced row by row."""
-    h, w = mask.shape
-    if not mask.flags.c_contiguous:
-        rows = np.flatnonzero(mask.any(axis=1))
-        return (int(rows[0]), int(rows[-1]) + 1) if rows.size else None
-    flat = mask.reshape(-1)
-    first = int(flat.argmax())
-    if not flat[first]:
-        return None
-    r0 = first // w
-    for end in range(h, r0, -_BLOCK_ROWS):  # from the bottom up, a block of rows at a time
-        lo = max(end - _BLOCK_ROWS, r0)
-        block = mask[lo:end]
-        if block.reshape(-1).argmax() or block[0, 0]:
-            return r0, lo + int(np.flatnonzero(block.any(axis=1))[-1]) + 1
-    return r0, r0 + 1  # unreachable: row r0 holds `first`
 
 
 def runs_from_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,16 +33,13 @@ def runs_from_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if mask.dtype != np.bool_:
         mask = mask != 0
     h, w = mask.shape
-    extent = _row_extent(mask)
-    if extent is None:
+    box = bbox(mask)
+    if box is None:
         empty = np.empty(0, np.int64)
         return empty, empty
-    r0, r1 = extent
-    band = mask[r0:r1]
-    cols = np.flatnonzero(band.any(axis=0))
-    c0, c1 = cols[0], cols[-1] + 1
+    r0, r1, c0, c1 = box
     crop = np.zeros((r1 - r0, c1 - c0 + 2), np.bool_)
-    crop[:, 1:-1] = band[:, c0:c1]
+    crop[:, 1:-1] = mask[r0:r1, c0:c1]
     edges = np.flatnonzero(crop[:, 1:] != crop[:, :-1])  # 1-D nonzero is much faster than 2-D
     rr, cc = np.divmod(edges, crop.shape[1] - 1)
     flat = (rr + r0) * w + (cc + c0)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from boneseg.classes import DIGITS
+from boneseg.classes import CLASS_INDEX, DIGITS
 from boneseg.errors import DataError
 
 IMAGE_DIR, LABEL_DIR = "DCM", "outputs_json"
@@ -123,6 +124,21 @@ def find_images(path: str | os.PathLike) -> list[Sample]:
     if not names:
         raise DataError(f"{path}: no PNG images found")
     return [Sample(n, path / n) for n in names]
+
+
+def by_image_name(samples: Sequence[Sample], where: str | os.PathLike | None = None) -> dict[str, Sample]:
+    """`samples` keyed by base name, the key of submission rows and probability files.
+
+    Raises:
+        DataError: two samples share a base name (naming both, prefixed by `where` when given).
+    """
+    out: dict[str, Sample] = {}
+    for s in samples:
+        if s.image_name in out:
+            raise DataError(f"{str(where) + ': ' if where is not None else ''}two images named {s.image_name} "
+                            f"({out[s.image_name].name}, {s.name}); submission rows are keyed by base name")
+        out[s.image_name] = s
+    return out
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -249,6 +265,13 @@ def read_meta(root: str | os.PathLike, path: str | os.PathLike | None = None):
 
 # -- hand side ------------------------------------------------------------------------------------
 
+def _side(thumb: float | None, little: float | None) -> str | None:
+    """The hand-side rule on the thumb's and the little finger's x centres (None: unknown)."""
+    if thumb is None or little is None or thumb == little:
+        return None
+    return "R" if thumb < little else "L"
+
+
 def side_from_polygons(polygons: dict[str, np.ndarray]) -> str | None:
     """``"R"`` when the thumb (finger-1..3) lies left of the little finger (finger-16..19) in the image,
     ``"L"`` when right of it, None when the labels do not tell."""
@@ -256,10 +279,23 @@ def side_from_polygons(polygons: dict[str, np.ndarray]) -> str | None:
         xs = [polygons[n][:, 0].mean() for n in names if n in polygons and len(polygons[n])]
         return float(np.mean(xs)) if xs else None
 
-    thumb, little = mean_x(DIGITS["thumb"]), mean_x(DIGITS["little"])
-    if thumb is None or little is None or thumb == little:
-        return None
-    return "R" if thumb < little else "L"
+    return _side(mean_x(DIGITS["thumb"]), mean_x(DIGITS["little"]))
+
+
+def side_from_masks(masks, threshold: float = 0.5) -> str | None:
+    """`side_from_polygons` for (29, H, W) masks or probabilities (positive above `threshold`), numpy or
+    torch (on any device): a digit's x centre is the mean column of its pixels."""
+    import torch
+
+    m = torch.from_numpy(np.ascontiguousarray(masks)) if isinstance(masks, np.ndarray) else masks
+
+    def centre(names):
+        cols = (m[[CLASS_INDEX[n] for n in names]] > threshold).any(0).sum(0).double()
+        n = cols.sum()
+        xs = torch.arange(cols.numel(), device=cols.device, dtype=torch.float64)
+        return float((cols * xs).sum() / n) if n > 0 else None
+
+    return _side(centre(DIGITS["thumb"]), centre(DIGITS["little"]))
 
 
 def hand_side(sample: Sample, polygons: dict[str, np.ndarray] | None = None) -> str:

@@ -22,6 +22,7 @@ from boneseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from boneseg.data.layout import Sample, read_image, resize_image, side_from_polygons
 from boneseg.errors import DataError, quote, suggest
 from boneseg.io import atomic_open, read_json
+from boneseg.maskops import bbox
 
 CACHE_VERSION = 2
 DIST_CLIP = 16
@@ -180,12 +181,10 @@ def pack_masks(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     boxes = np.zeros((len(masks), 4), np.int32)
     chunks = []
     for c, m in enumerate(masks):
-        rows = np.flatnonzero(m.any(axis=1))
-        if rows.size == 0:
+        box = bbox(m)
+        if box is None:
             continue
-        cols = np.flatnonzero(m[rows[0]:rows[-1] + 1].any(axis=0))
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        boxes[c] = (y0, y1, x0, x1)
+        y0, y1, x0, x1 = boxes[c] = box
         chunks.append(np.packbits(m[y0:y1, x0:x1], axis=None))
     bits = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
     return boxes, bits

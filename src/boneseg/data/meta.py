@@ -64,16 +64,8 @@ def meta_table(path: str | os.PathLike | None) -> dict[str, np.ndarray]:
 
 
 def side_target(masks: np.ndarray) -> float:
-    """1.0 for a right hand (thumb left of the little finger in the image), 0.0 for a left one, NaN when
-    the (augmented) masks do not show both."""
-    from boneseg.classes import CLASS_INDEX, DIGITS
+    """1.0 for a right hand, 0.0 for a left one (`side_from_masks`), NaN when the (augmented) masks do
+    not show both the thumb and the little finger."""
+    from boneseg.data.layout import side_from_masks
 
-    def centre(names):
-        cols = np.asarray(masks[[CLASS_INDEX[n] for n in names]]).any(0).any(0)
-        xs = np.flatnonzero(cols)
-        return xs.mean() if xs.size else None
-
-    thumb, little = centre(DIGITS["thumb"]), centre(DIGITS["little"])
-    if thumb is None or little is None or thumb == little:
-        return float("nan")
-    return 1.0 if thumb < little else 0.0
+    return {"R": 1.0, "L": 0.0}.get(side_from_masks(masks) or "", float("nan"))

@@ -22,6 +22,7 @@ import torch
 from boneseg.classes import CARPALS, CLASS_INDEX
 from boneseg.data.layout import Sample, read_image, resize_image
 from boneseg.data.masks import CachedSample, MaskCache, load_label, rasterize
+from boneseg.maskops import bbox
 
 CARPAL_IDX: list[int] = [CLASS_INDEX[c] for c in CARPALS]
 DEFAULT_MARGIN = 0.15
@@ -42,19 +43,9 @@ def square_box(y0: float, y1: float, x0: float, x1: float, shape: tuple[int, int
 
 def box_from_masks(masks, margin: float = DEFAULT_MARGIN) -> tuple[int, int, int, int] | None:
     """The wrist box of (29, H, W) masks or probabilities (> 0.5), numpy or torch; None without carpals."""
-    if isinstance(masks, torch.Tensor):
-        carp = (masks[CARPAL_IDX] > 0.5).any(0)
-        rows, cols = carp.any(1).nonzero().flatten(), carp.any(0).nonzero().flatten()
-        if rows.numel() == 0:
-            return None
-        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    else:
-        carp_np = np.asarray((np.asarray(masks)[CARPAL_IDX] > 0.5).any(0))
-        ys, xs = np.flatnonzero(carp_np.any(1)), np.flatnonzero(carp_np.any(0))
-        if ys.size == 0:
-            return None
-        y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
-    return square_box(y0, y1, x0, x1, tuple(masks.shape[-2:]), margin)
+    carp = (masks[CARPAL_IDX] > 0.5).any(0)
+    box = bbox(carp.cpu().numpy() if isinstance(carp, torch.Tensor) else carp)
+    return square_box(*box, tuple(masks.shape[-2:]), margin) if box is not None else None
 
 
 def box_from_polygons(polygons: dict[str, np.ndarray], shape: tuple[int, int],

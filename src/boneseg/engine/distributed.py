@@ -8,6 +8,7 @@ everything here is a no-op on a single process.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -25,6 +26,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    created: bool = False               # `setup` created the process group (`cleanup` destroys it)
 
     @property
     def enabled(self) -> bool:
@@ -35,36 +37,49 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's CUDA device when available, else CPU; ``cuda`` without CUDA is an error."""
+def resolve_device(name: str | torch.device = "auto", local_rank: int | None = None) -> torch.device:
+    """``auto`` -> this rank's CUDA device when available, else CPU; ``cuda`` -> this rank's GPU
+    (`local_rank`, default ``$LOCAL_RANK``); ``cuda:N`` -> GPU N.
+
+    Raises:
+        UsageError: an unknown device, CUDA asked for without a GPU, or a GPU index out of range.
+    """
     name = str(name).lower()
-    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
-        raise UsageError(f"--device {name!r}: expected auto, cpu or cuda")
+    if name not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise UsageError(f"--device {name!r}: expected auto, cpu or cuda[:N]")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device available (use --device cpu or auto)")
+        raise UsageError(f"--device {name}: no CUDA device available (use --device cpu or auto)")
+    count = torch.cuda.device_count()
     if name.startswith("cuda:"):
+        if int(name[5:]) >= count:
+            raise UsageError(f"--device {name}: only {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
         return torch.device(name)
-    return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    local = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
+    return torch.device("cuda", local % count)
 
 
-def setup(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
-    """Join the torchrun process group if there is one; returns this process's `DistInfo`."""
+def setup(device: str | torch.device = "auto", timeout_minutes: float = 30.0) -> DistInfo:
+    """Resolve this process's device and join the torchrun process group if there is one (NCCL on CUDA,
+    gloo on CPU); returns this process's `DistInfo`."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local)
-    if world > 1 and not dist.is_initialized():
+    created = world > 1 and not dist.is_initialized()
+    if created:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
                                 timeout=timedelta(minutes=timeout_minutes))
-    return DistInfo(rank, world, local, dev)
+    if world > 1:
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank, world, local, dev, created)
 
 
 def cleanup(info: DistInfo) -> None:
-    """Leave the process group (after a final barrier)."""
-    if info.enabled and dist.is_initialized():
+    """Leave the process group when `setup` joined it."""
+    if info.created and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -6,7 +6,7 @@ threshold and RLE on the device), `run` (`predict`: the streaming, sharded CSV w
 TTA policies and searching thresholds on a validation fold is a workflow: `boneseg.workflows.validation`.
 """
 from boneseg.inference.encode import masks_to_rles
-from boneseg.inference.predictor import InputPlan, Item, LoadedModel, Predictor, ViewCache, load_models, side_from_probs
+from boneseg.inference.predictor import InputPlan, Item, LoadedModel, Predictor, ViewCache, load_models
 from boneseg.inference.run import PredictSummary, predict
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.sliding import gaussian_weights, sliding_window, tile_starts
@@ -16,5 +16,5 @@ from boneseg.probs import read_thresholds
 __all__ = [
     "DEFAULT_SCALES", "TTA_NAMES", "ImageStages", "InputPlan", "Item", "LoadedModel", "Policy", "PredictSummary", "Predictor",
     "ViewCache", "default_policies", "gaussian_weights",
-    "load_models", "masks_to_rles", "parse_scales", "predict", "read_thresholds", "side_from_probs", "sliding_window", "tile_starts",
+    "load_models", "masks_to_rles", "parse_scales", "predict", "read_thresholds", "sliding_window", "tile_starts",
 ]

@@ -23,39 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boneseg.classes import CLASS_INDEX, DIGITS, NUM_CLASSES
-from boneseg.data.layout import resize_image
+from boneseg.classes import NUM_CLASSES
+from boneseg.data.layout import resize_image, side_from_masks
+from boneseg.engine.distributed import resolve_device
 from boneseg.engine.run import Run
 from boneseg.engine.train import TrainConfig
 from boneseg.errors import UsageError
 from boneseg.inference.sliding import alloc, check_window, sliding_window
 from boneseg.inference.tta import Policy, hflip, snap, unflip
-
-_THUMB = [CLASS_INDEX[c] for c in DIGITS["thumb"]]
-_LITTLE = [CLASS_INDEX[c] for c in DIGITS["little"]]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available (the local rank's GPU under torchrun), else CPU.
-
-    Raises:
-        UsageError: an unknown device or CUDA asked for without a GPU.
-    """
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {device!r}: expected auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device available (use --device cpu)")
-    return dev
-
 
 @dataclass
 class LoadedModel:
@@ -164,22 +139,6 @@ class ViewCache:
 
     def take(self, key):
         return self.views.get(key) if self.keep else self.views.pop(key, None)
-
-
-def side_from_probs(p: torch.Tensor) -> str | None:
-    """``"R"`` when the predicted thumb lies left of the predicted little finger, ``"L"`` when right,
-    None when either is missing (image-frame probabilities (29, H, W))."""
-    xs = torch.arange(p.shape[-1], device=p.device, dtype=torch.float64)
-
-    def centre(idx):
-        cols = (p[idx] > 0.5).any(0).sum(0).double()
-        n = cols.sum()
-        return float((cols * xs).sum() / n) if n > 0 else None
-
-    thumb, little = centre(_THUMB), centre(_LITTLE)
-    if thumb is None or little is None or thumb == little:
-        return None
-    return "R" if thumb < little else "L"
 
 
 def _other(side: str) -> str:
@@ -337,7 +296,7 @@ class Predictor:
             cache.side_seconds = sum(cache.seconds[k] for k in cache.side_keys)
 
             def score(p, flipped):
-                seen = side_from_probs(p)
+                seen = side_from_masks(p)
                 model_side = (_other(seen) if flipped else seen) if seen else None
                 fg = p[p > 0.5]
                 return (model_side == unify, float(fg.float().mean()) if fg.numel() else 0.0)

@@ -25,7 +25,8 @@ import torch
 from boneseg import probs as probs_mod
 from boneseg.classes import NUM_CLASSES
 from boneseg.data.dataset import Loader
-from boneseg.data.layout import Sample, find_images, read_image
+from boneseg.data.layout import Sample, by_image_name, find_images, read_image
+from boneseg.engine.distributed import cleanup, setup
 from boneseg.engine.run import Run
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
@@ -73,16 +74,6 @@ def make_loader(dataset: ImageDataset, workers: int, device: torch.device) -> Lo
                   prefetch_factor=2 if workers else None, persistent_workers=False, pin_memory=device.type == "cuda")
 
 
-def check_unique_names(samples: Sequence[Sample]) -> None:
-    """Submission rows and probability files are keyed by base name: two images sharing one is an error."""
-    seen: dict[str, str] = {}
-    for s in samples:
-        if s.image_name in seen:
-            raise DataError(f"two images named {s.image_name}: {seen[s.image_name]} and {s.name} "
-                            "(submission rows are keyed by base name)")
-        seen[s.image_name] = s.name
-
-
 def check_probs_dir(folder: str | os.PathLike, force: bool) -> Path:
     """Refuse a non-empty ``--save-probs`` folder unless `force`."""
     folder = Path(folder)
@@ -110,20 +101,6 @@ def fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
 
 
 # -- distributed ----------------------------------------------------------------------------------
-
-def dist_context() -> tuple[int, int, bool]:
-    """(rank, world size, whether this call created the process group); joins the torchrun process
-    group (gloo) when launched by torchrun."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, False
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size(), created
-
 
 def gather_parts(part: Path, rank: int, world: int) -> list[Path] | None:
     """On rank 0, every rank's part CSV (rank r's copied beside rank 0's own), sent through the process
@@ -298,7 +275,7 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     samples = list(source) if not isinstance(source, (str, os.PathLike)) else find_images(source)
     if not samples:
         raise DataError("no images to predict")
-    check_unique_names(samples)
+    by_image_name(samples)
     runs = [] if isinstance(models, Predictor) else [Run.open(m) for m in models]
     if run_rules:
         rules_doc, rules_path = find_rules(runs, postprocess_rules)
@@ -310,10 +287,11 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
 
-    rank, world, created = dist_context()
+    info = setup(models.device if isinstance(models, Predictor) else device)
+    rank, world = info.rank, info.world_size
     fixed_mmap_threshold()
     predictor = models if isinstance(models, Predictor) else Predictor.from_checkpoints(
-        runs, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
+        runs, weights, info.device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
     if policy.hflip and predictor.unified:
         warnings.warn("--tta hflip is dropped for models trained with hand-side unification (their mirror "
                       "view is the other hand): they run without the flip", BonesegWarning, stacklevel=2)
@@ -346,10 +324,7 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     finally:
         if parts_dir is not None:
             shutil.rmtree(parts_dir, ignore_errors=True)
-    if created:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    cleanup(info)
     return PredictSummary(len(shard), seconds, "-" if is_stdout(output) else str(output),
                           str(probs_dir) if probs_dir else None, rank, world, policy.name, len(samples))
 

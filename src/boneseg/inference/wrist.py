@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from boneseg.data.layout import side_from_masks
 from boneseg.data.wrist import CARPAL_IDX, box_from_masks
 
 
@@ -21,7 +22,6 @@ class WristStage:
         """Replace the carpal channels of `probs` (29, H, W), in place, using the full-size uint8 `image`."""
         from boneseg.data.layout import resize_image
         from boneseg.data.transforms import normalize
-        from boneseg.inference.predictor import side_from_probs
 
         box = box_from_masks(probs, self.margin)
         if box is None:
@@ -30,7 +30,7 @@ class WristStage:
         crop = np.asarray(image.cpu().numpy() if isinstance(image, torch.Tensor) else image)[y0:y1, x0:x1]
         flip = False
         if self.lm.unify:
-            seen = side_from_probs(probs)
+            seen = side_from_masks(probs)
             flip = seen is not None and seen != self.lm.unify
         crop = np.ascontiguousarray(crop[:, ::-1] if flip else crop)
         x = torch.from_numpy(resize_image(crop, (self.size, self.size)))[None]  # as the WristCache resized

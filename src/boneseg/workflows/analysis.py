@@ -148,7 +148,7 @@ def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None
         UsageError: no input, `fold` without `splits` (or the reverse), a bad size.
         DataError: unreadable CSVs, images missing from the labels or from a CSV.
     """
-    from boneseg.data.layout import discover
+    from boneseg.data.layout import by_image_name, discover
     from boneseg.data.masks import MaskCache, default_cache_dir
 
     if not preds:
@@ -170,12 +170,7 @@ def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None
 
     data = Path(gt)
     train = discover(data, "train")
-    by_name: dict[str, object] = {}
-    for s in train:
-        if s.image_name in by_name:
-            raise DataError(f"{data}: image name {s.image_name} occurs twice ({by_name[s.image_name].name}, "
-                            f"{s.name}); CSV rows cannot be matched")
-        by_name[s.image_name] = s
+    by_name = by_image_name(train, data)
     if fold is not None:
         samples = _fold_images(train, fold, Path(splits))
         wanted = {s.image_name for s in samples}
@@ -495,12 +490,13 @@ def _dice_vs_area_figure(result: Analysis):
 
 
 def _crop_box(pred: np.ndarray, gt: np.ndarray, shape: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
-    union = pred | gt
-    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
-    if rows.size == 0:
+    from boneseg.maskops import bbox
+
+    box = bbox(pred | gt)
+    if box is None:
         return 0, shape[0], 0, shape[1]
-    return (max(0, rows[0] - margin), min(shape[0], rows[-1] + 1 + margin),
-            max(0, cols[0] - margin), min(shape[1], cols[-1] + 1 + margin))
+    y0, y1, x0, x1 = box
+    return max(0, y0 - margin), min(shape[0], y1 + margin), max(0, x0 - margin), min(shape[1], x1 + margin)
 
 
 def _worst_figure(result: Analysis, cache, max_side: int = 384):

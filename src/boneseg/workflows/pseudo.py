@@ -34,12 +34,13 @@ import numpy as np
 
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, NUM_CLASSES
-from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, find_images, read_image
+from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, by_image_name, find_images, read_image
 from boneseg.data.masks import rasterize
 from boneseg.progress import SILENT, Reporter
 from boneseg.workflows.parallel import STATE, parallel_map
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.io import write_json
+from boneseg.maskops import bbox
 from boneseg.metrics import dice
 from boneseg.submission import read_submission
 
@@ -59,12 +60,10 @@ def trace_polygon(mask: np.ndarray) -> np.ndarray | None:
     Works on the mask's bounding box only. Returns None for an empty mask or a component too thin to
     make a polygon (fewer than 3 points).
     """
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    box = bbox(mask)
+    if box is None:
         return None
-    r0, r1 = rows[0], rows[-1] + 1
-    cols = np.flatnonzero(mask[r0:r1].any(axis=0))
-    c0, c1 = cols[0], cols[-1] + 1
+    r0, r1, c0, c1 = box
     crop = np.zeros((r1 - r0 + 2, c1 - c0 + 2), np.uint8)
     crop[1:-1, 1:-1] = mask[r0:r1, c0:c1]
     contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
@@ -297,11 +296,7 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
         raise UsageError("--min-confidence needs a probability folder (`predict --save-probs`); a CSV "
                          "carries no confidence")
     samples = find_images(data)
-    by_name: dict[str, Any] = {}
-    for s in samples:
-        if s.image_name in by_name:
-            raise DataError(f"{data}: two images named {s.image_name!r} ({by_name[s.image_name].name}, {s.name})")
-        by_name[s.image_name] = s
+    by_name = by_image_name(samples, data)
     unknown = [i for i in src.images if i not in by_name]
     if unknown:
         raise DataError(f"{source}: predicts image {unknown[0]!r} that {data} lacks"
