@@ -33,7 +33,7 @@ import numpy as np
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.errors import DataError, UsageError, quote
-from boneseg.io import write_json
+from boneseg.io import check_output, write_json
 from boneseg.metrics import dice_from_counts
 from boneseg.progress import SILENT, Reporter, track
 from boneseg.workflows.parallel import STATE, parallel_map
@@ -370,7 +370,7 @@ def select(inputs: Sequence[str | os.PathLike], data: str | os.PathLike, splits:
            vote: str | None = None, steps: int = 10, per_class: bool = True,
            threshold: float | str | os.PathLike | None = None, tune_thresholds: bool = False,
            workers: int | None = None, cache_dir: str | os.PathLike | None = None,
-           reporter: Reporter = SILENT) -> Selection:
+           out: str | os.PathLike | None = None, force: bool = False, reporter: Reporter = SILENT) -> Selection:
     """Select an ensemble of models by greedy forward selection on their OOF predictions.
 
     Args:
@@ -384,6 +384,8 @@ def select(inputs: Sequence[str | os.PathLike], data: str | os.PathLike, splits:
         threshold: soft voting's threshold during selection (number or ``{class: t}`` JSON; default 0.5).
         tune_thresholds: soft vote: afterwards, pick each class's threshold from `THRESHOLD_GRID`.
         workers: processes reading probability files.
+        out: where to write the plan (`Selection.plan`), checked before anything is read; existing only
+            with `force`.
 
     Raises:
         UsageError: impossible options. DataError: unreadable or mismatched inputs, images that are not
@@ -405,6 +407,8 @@ def select(inputs: Sequence[str | os.PathLike], data: str | os.PathLike, splits:
     if vote == "hard" and (threshold is not None or tune_thresholds):
         raise UsageError("--threshold and --tune-thresholds apply to --vote soft only")
     cuts = probs_mod.cutoffs(probs_mod.read_thresholds(threshold)) if vote == "soft" else None
+    if out is not None:
+        check_output(out, force)
     data = Path(data)
     cache = MaskCache(cache_dir or default_cache_dir(data))
     if vote == "hard":
@@ -437,6 +441,8 @@ def select(inputs: Sequence[str | os.PathLike], data: str | os.PathLike, splits:
         result.thresholds = base
         if tune_thresholds:
             _tune(result, atoms, scorer, base)
+    if out is not None:
+        result.write(out, force)
     return result
 
 
