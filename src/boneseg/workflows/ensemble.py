@@ -466,7 +466,7 @@ def soft_vote(folders: Sequence[str | os.PathLike], out: str | os.PathLike | Non
     if carried is not None:
         if threshold is not None:
             raise UsageError(f"--threshold: the plan {per_class} carries its own thresholds")
-        threshold = carried
+        threshold = carried.tolist()
     plan = soft_plan(len(names), weights, threshold, per)
     manifests = [probs_mod.read_manifest(f) for f in folders]
     check_same_images(names, [m["images"] for m in manifests])

@@ -156,7 +156,7 @@ class _Scorer:
         return dice.mean(axis=0), self.fold_mean @ dice
 
 
-def _kept(vote: str, total: np.ndarray, weight: np.ndarray, cut: np.ndarray) -> np.ndarray:
+def _kept(vote: str, total: np.ndarray, weight: np.ndarray | int, cut: np.ndarray) -> np.ndarray:
     """Atoms a vote keeps: `total` the weighted sum of the models' values, `weight` the class's weight."""
     if vote == "hard":
         return 2 * total > weight
