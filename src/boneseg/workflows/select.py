@@ -79,7 +79,7 @@ def hard_atoms(tables: Sequence, truth) -> Atoms:
                             for i, t in enumerate(layers) for sign in (1, -1)])
     order = np.argsort(pos, kind="stable")
     pos, code = pos[order], np.cumsum(steps[order])
-    last = np.append(pos[1:] != pos[:-1], True)  # the code after the last event at each position
+    last = np.append(pos[1:] != pos[:-1], True)[: pos.size]  # the code after the last event at a position
     pos, code = pos[last], code[last]
     length, code, start = np.diff(pos), code[:-1], pos[:-1]
     keep = (code & ((1 << m) - 1)) != 0  # covered by some prediction (label-only pixels are never kept)
