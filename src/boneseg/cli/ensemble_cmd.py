@@ -27,10 +27,12 @@ def ensemble_command(
     weights: list[str] = typer.Option(None, "--weights", help="One weight per input, comma-separated or "
                                       "repeated. Hard: keep pixels with more than half of the total weight; "
                                       "soft: weighted mean.", show_default=False),
-    threshold: str = typer.Option("0.5", "--threshold", help="Soft vote: probability threshold, global or "
-                                  "a JSON file {class: threshold}."),
+    threshold: str = typer.Option(None, "--threshold", help="Soft vote: probability threshold, global or "
+                                  "a JSON file {class: threshold} (default 0.5, or the thresholds of a "
+                                  "`boneseg select` plan).", show_default=False),
     per_class: Path = typer.Option(None, "--per-class", metavar="FILE.json", help="JSON {class: input index, input name or "
-                                   "list of weights}: who votes on each class.", show_default=False),
+                                   "list of weights}: who votes on each class; or a `boneseg select` plan.",
+                                   show_default=False),
     scores: list[Path] = typer.Option(None, "--scores", metavar="FILE.json", help="Validation scores per input (`analyze --json` "
                                       "or `tta --json`), repeated in input order: each class goes to its "
                                       "best input.", show_default=False),
@@ -59,7 +61,7 @@ def ensemble_command(
         raise UsageError(f"--vote hard takes submission CSVs; {inputs[dirs.index(True)]} is a folder")
     if vote is Vote.soft and min_votes is not None:
         raise UsageError("--min-votes applies to --vote hard only")
-    if vote is Vote.hard and threshold != "0.5":
+    if vote is Vote.hard and threshold is not None:
         raise UsageError("--threshold applies to --vote soft only")
     if per_class is not None and scores:
         raise UsageError("give either --per-class or --scores, not both")

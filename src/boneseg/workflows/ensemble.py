@@ -35,7 +35,7 @@ from boneseg.progress import SILENT, Reporter
 from boneseg.workflows.parallel import STATE, parallel_map
 
 __all__ = [
-    "VotePlan", "EnsembleSummary", "vote_runs", "hard_plan", "soft_plan", "read_per_class",
+    "VotePlan", "EnsembleSummary", "vote_runs", "hard_plan", "soft_plan", "read_per_class", "plan_thresholds",
     "per_class_from_scores", "write_per_class", "hard_vote", "soft_vote", "vote_image_rles", "soft_vote_image",
     "check_same_images",
 ]
@@ -129,19 +129,45 @@ def _resolve_input(value: Any, inputs: Sequence[str], where: str) -> int:
     raise DataError(f"{where}: expected an input index, name or list of weights, got {type(value).__name__}")
 
 
-def read_per_class(spec: str | os.PathLike | Mapping[str, Any], inputs: Sequence[str]
+def _plan_document(spec: str | os.PathLike | Mapping[str, Any]) -> tuple[str, Any]:
+    """(name for messages, document) of a per-class plan given as a JSON file or a mapping."""
+    return (str(spec), read_json(spec)) if not isinstance(spec, Mapping) else ("per-class plan", spec)
+
+
+def plan_thresholds(spec: str | os.PathLike | Mapping[str, Any]) -> np.ndarray | None:
+    """The (29,) thresholds a soft-vote plan carries (``boneseg select`` writes them), else None.
+
+    Raises:
+        DataError: thresholds that are not a ``{class: t}`` object of finite numbers within [0, 1].
+    """
+    where, doc = _plan_document(spec)
+    if not isinstance(doc, Mapping) or "thresholds" not in doc:
+        return None
+    if not isinstance(doc["thresholds"], Mapping):
+        raise DataError(f"{where}: 'thresholds' must be an object {{class: threshold}}")
+    try:
+        return probs_mod.thresholds_array(doc["thresholds"])
+    except (UsageError, DataError) as exc:
+        raise DataError(f"{where}: {exc}") from None
+
+
+def read_per_class(spec: str | os.PathLike | Mapping[str, Any], inputs: Sequence[str], vote: str | None = None
                    ) -> dict[int, np.ndarray]:
     """Per-class weights from a per-class plan (a JSON file or a mapping).
 
     Each class maps to one input (0-based index, path or file name: that input alone decides) or to a
-    list of weights, one per input. Classes not listed are absent from the result.
+    list of weights, one per input. Classes not listed are absent from the result. The mapping may sit
+    under a ``per_class`` key beside a ``vote`` (as ``boneseg select`` writes it), which must then be `vote`.
 
     Raises:
-        DataError: naming the file and class, for unknown classes, inputs or bad weights.
+        DataError: naming the file and class, for unknown classes, inputs or bad weights, or a plan made
+            for the other vote.
     """
-    where = str(spec) if not isinstance(spec, Mapping) else "per-class plan"
-    doc = spec if isinstance(spec, Mapping) else read_json(spec)
+    where, doc = _plan_document(spec)
     if isinstance(doc, Mapping) and isinstance(doc.get("per_class"), Mapping):
+        if vote is not None and doc.get("vote", vote) != vote:
+            raise DataError(f"{where}: a plan for a {doc['vote']} vote, used in a {vote} vote "
+                            f"({'CSVs' if doc['vote'] == 'hard' else 'probability folders'} were selected)")
         doc = doc["per_class"]
     if not isinstance(doc, Mapping):
         raise DataError(f"{where}: expected a JSON object mapping classes to an input or weights")
@@ -193,7 +219,7 @@ def hard_plan(n: int, min_votes: int | None = None, weights: Sequence[float] | N
 
 
 def soft_plan(n: int, weights: Sequence[float] | None = None,
-              threshold: float | str | os.PathLike | Sequence[float] | Mapping[str, float] = 0.5,
+              threshold: float | str | os.PathLike | Sequence[float] | Mapping[str, float] | None = 0.5,
               per_class: Mapping[int, np.ndarray] | None = None) -> VotePlan:
     """The plan of a soft vote: per-class weights for the mean and per-class probability thresholds
     (`threshold` as `boneseg.probs.read_thresholds` takes it)."""
@@ -363,7 +389,7 @@ def hard_vote(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None
             and class). UsageError: impossible options.
     """
     names = [str(p) for p in inputs]
-    per = read_per_class(per_class, names) if per_class is not None else None
+    per = read_per_class(per_class, names, "hard") if per_class is not None else None
     plan = hard_plan(len(names), min_votes, weights, per)
     subs = [read_submission(p) for p in inputs]
     check_same_images(names, [s.images for s in subs])
@@ -420,20 +446,27 @@ def _soft_worker(image: str) -> list[str]:
 
 def soft_vote(folders: Sequence[str | os.PathLike], out: str | os.PathLike | None, *,
               weights: Sequence[float] | None = None,
-              threshold: float | str | os.PathLike | Sequence[float] | Mapping[str, float] = 0.5,
+              threshold: float | str | os.PathLike | Sequence[float] | Mapping[str, float] | None = None,
               per_class: str | os.PathLike | Mapping[str, Any] | None = None,
               workers: int | None = None, force: bool = False,
               reporter: Reporter = SILENT) -> EnsembleSummary:
     """Weighted mean of ``predict --save-probs`` folders, binarised per class, as a submission CSV.
 
     One folder with weight 1 reproduces ``predict``'s CSV exactly (same stored values, same rule).
+    `threshold` defaults to 0.5, or to the thresholds the `per_class` plan carries.
 
     Raises:
         DataError: a folder that is not a probability folder, folders with different images or shapes
-            (naming the folders and the image). UsageError: impossible options.
+            (naming the folders and the image). UsageError: impossible options, a `threshold` beside a
+            plan that carries its own.
     """
     names = [str(p) for p in folders]
-    per = read_per_class(per_class, names) if per_class is not None else None
+    per = read_per_class(per_class, names, "soft") if per_class is not None else None
+    carried = plan_thresholds(per_class) if per_class is not None else None
+    if carried is not None:
+        if threshold is not None:
+            raise UsageError(f"--threshold: the plan {per_class} carries its own thresholds")
+        threshold = carried.tolist()
     plan = soft_plan(len(names), weights, threshold, per)
     manifests = [probs_mod.read_manifest(f) for f in folders]
     check_same_images(names, [m["images"] for m in manifests])
