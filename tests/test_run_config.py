@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # `train` options whose name differs from the field, and fields only the Python API sets.
 RENAMED = {"unify_hands": "unify_side"}
 API_ONLY = {"mean", "std", "model_kwargs"}
-# Options of the command, not of the training run: after training, the CLI runs `fit_postprocess`.
-CLI_ONLY = {"fit_postprocess"}
+# Options of the command that are no part of a run's config.
+COMMAND_ONLY = {"json_out", "fit_postprocess", "config_file", "print_config", "dry_run"}
 # Options whose help describes a default that depends on something else (no literal value).
 DESCRIBED = {"splits", "amp", "channels_last", "cache_dir"}
 
@@ -31,7 +31,7 @@ def _train_params() -> dict[str, click.Parameter]:
     from boneseg.cli import app
 
     command = typer.main.get_command(app).commands["train"]
-    return {RENAMED.get(p.name, p.name): p for p in command.params if p.name != "json_out"}
+    return {RENAMED.get(p.name, p.name): p for p in command.params if p.name not in COMMAND_ONLY}
 
 
 def _same(text: str, default) -> bool:
@@ -48,9 +48,9 @@ def test_train_options_match_train_config():
     field's default (the options themselves default to "not given", so a resume knows what was given)."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     params = _train_params()
-    assert set(params) - CLI_ONLY == set(fields) - API_ONLY
+    assert set(params) - COMMAND_ONLY == set(fields) - API_ONLY
     for name, p in params.items():
-        if name in CLI_ONLY:
+        if name in COMMAND_ONLY:
             continue
         default = getattr(TrainConfig(), name)
         assert p.default in (None, default), f"--{name}: option default {p.default!r} != {default!r}"

@@ -13,6 +13,11 @@ from boneseg.modelling.losses import LOSSES
 @app.command("train")
 def train_command(
     data: Path = typer.Argument(..., metavar="DATA", help="Dataset root (train/DCM + train/outputs_json)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="Options from a YAML or JSON file (a run's config.json reproduces that run); options given here override it."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the run's effective config (as config.json will hold it) and exit."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check data and options, build the model, print parameters, steps and memory per batch; write nothing."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", metavar="RUN|CKPT", help="Start from a whole trained network (encoder, decoder, heads) of the same architecture: a run folder (its best.pt) or a checkpoint."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Stop after N validations without a better val Dice \\[default: off]."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: unet, unetpp, deeplabv3plus (dlv3p), upernet, segformer, fpn, manet, … (required unless --resume)."),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="smp encoder (resnet34, efficientnet-b4, mit_b2, …) or tu-<timm model> (required unless --resume)."),
     size: Optional[int] = typer.Option(None, "--size", help="Side the images are resized to (multiple of 32; required unless --resume)."),
@@ -68,7 +73,8 @@ def train_command(
     """Train a segmentation model; under `torchrun --nproc-per-node N` the same command uses DDP."""
     from boneseg.cli.output import console, print_json, reporter
     from boneseg.engine.checkpoint import BEST
-    from boneseg.engine.train import train
+    from boneseg.engine.train import dry_run as check_run
+    from boneseg.engine.train import resolve_config, train
     from boneseg.errors import UsageError
 
     options = dict(arch=arch, encoder=encoder, size=size, fold=fold, splits=splits, folds=folds, epochs=epochs,
@@ -80,20 +86,32 @@ def train_command(
                    val_every=val_every, save_every=save_every, unify_side=unify_hands, channels=channels, cache_dir=cache_dir,
                    dist_timeout=dist_timeout, meta=meta, meta_weight=meta_weight, boundary_head=boundary_head,
                    boundary_sharpen=boundary_sharpen, distance_clip=distance_clip, wrist_margin=wrist_margin,
-                   log=log, log_images=log_images)
-    config: dict[str, Any] = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None}
+                   log=log, log_images=log_images, init_from=init_from, patience=patience, data=data, out=out,
+                   wrist=wrist or None, tensorboard=tensorboard or None, skip_bad=skip_bad or None)
+    config: dict[str, Any] = {}
+    if config_file is not None:
+        from boneseg.engine.config_file import read_config
+
+        config = read_config(config_file)
+    # only the options typed here override the file
+    config.update({k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None})
     if unify_hands is not None and unify_hands.lower() == "none":
         config["unify_side"] = None
     if not resume:
         missing = [f"--{k}" for k in ("arch", "encoder", "size") if k not in config]
         if missing:
             raise UsageError(f"missing option {', '.join(missing)} (needed for a new run)")
-    if wrist:
-        config["wrist"] = True
-    if wrist and fit_postprocess:
+    if config.get("wrist") and fit_postprocess:
         raise UsageError("--fit-postprocess applies to whole-image models, not a --wrist model")
-    config.update(data=str(data), out=str(out), resume=resume, force=force, tensorboard=tensorboard,
-                  skip_bad=skip_bad)
+    config.update(resume=resume, force=force)
+    if print_config:
+        print_json(resolve_config(config)[0].to_dict())
+        return
+    if dry_run:
+        with reporter(transient=True) as shown:
+            plan = check_run(config, shown)
+        _print_plan(plan, json_out)
+        return
     with reporter(transient=True) as shown:
         summary = train(config, shown)
         if summary.get("rank", 0) != 0:
@@ -105,10 +123,35 @@ def train_command(
     if json_out:
         print_json(summary)
     best = summary["best_val_dice"]
-    if summary["stopped"]:
+    if summary.get("early_stopped"):
+        console.print(f"early stop at epoch {summary['epochs_done']} (--patience): best val Dice {best:.4f} "
+                      f"(epoch {summary['best_epoch']}) -> {out}/best.pt", markup=False)
+    elif summary["stopped"]:
         console.print(f"stopped after {summary['steps']} steps (--max-steps); last.pt saved in {out}. "
                       f"Continue with: boneseg train {data} --out {out} --resume", markup=False)
     else:
         console.print(f"done: {summary['epochs_done']} epochs, {summary['steps']} steps, best val Dice "
                       f"{best:.4f} (epoch {summary['best_epoch']}) -> {out}/best.pt" if best is not None
                       else f"done: {summary['epochs_done']} epochs -> {out}", markup=False)
+
+
+def _print_plan(plan: dict, as_json: bool) -> None:
+    """The `boneseg.engine.train.dry_run` result: JSON, or a few lines."""
+    from boneseg.cli.output import console, print_json
+
+    if as_json:
+        print_json(plan)
+        return
+    mem = plan["memory"]
+
+    def mib(n: int) -> str:
+        return f"{n / 2 ** 20:,.1f} MiB"
+
+    console.print(
+        f"dry run: nothing written\n"
+        f"model     {plan['config']['arch']}/{plan['config']['encoder']}, {plan['parameters']:,} parameters\n"
+        f"data      {plan['train_images']} train / {plan['val_images']} val images (headers and labels checked)\n"
+        f"steps     {plan['steps_per_epoch']} per epoch, {plan['steps']} to run on {plan['device']}\n"
+        f"memory    ~{mib(mem['total'])} per batch: weights {mib(mem['weights'])}, gradients {mib(mem['gradients'])}, "
+        f"optimizer {mib(mem['optimizer'])}, EMA {mib(mem['ema'])}, activations {mib(mem['activations'])} "
+        f"({mib(mem['activations_per_image'])} per image, measured in float32 on the CPU)", markup=False, soft_wrap=True)

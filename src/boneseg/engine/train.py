@@ -105,6 +105,8 @@ class TrainConfig:
     log: str = "none"
     log_images: int = 4
     skip_bad: bool = False
+    init_from: str | None = None
+    patience: int | None = None
 
     @classmethod
     def from_any(cls, config: "TrainConfig | dict") -> "TrainConfig":
@@ -145,7 +147,8 @@ class TrainConfig:
 FIXED_ON_RESUME = ("arch", "encoder", "size", "crop", "fold", "splits", "folds", "epochs", "batch_size", "lr",
                    "weight_decay", "loss", "aug", "optimizer", "scheduler", "warmup", "accumulate", "clip", "ema",
                    "seed", "unify_side", "channels", "mean", "std", "pseudo", "amp", "amp_dtype", "val_every",
-                   "meta", "meta_weight", "boundary_head", "distance_clip", "wrist", "wrist_margin")
+                   "meta", "meta_weight", "boundary_head", "distance_clip", "wrist", "wrist_margin", "init_from",
+                   "patience")
 # Options of one invocation: never saved with the run, so a resume takes them from its own command
 # (or their defaults), never from an earlier invocation.
 RUNTIME = ("out", "resume", "force", "device", "workers", "max_steps", "save_every", "cache_dir", "dist_timeout",
@@ -189,6 +192,13 @@ def check_config(cfg: TrainConfig) -> None:
             raise UsageError(f"{opt} {v}: must be >= 0")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UsageError(f"--max-steps {cfg.max_steps}: must be at least 1")
+    if cfg.patience is not None and (not isinstance(cfg.patience, int) or cfg.patience < 1):
+        raise UsageError(f"--patience {cfg.patience}: must be a positive integer")
+    if cfg.init_from is not None:
+        if cfg.encoder_weights not in (None, "none", "imagenet"):
+            raise UsageError(f"--encoder-weights {cfg.encoder_weights} and --init-from {cfg.init_from} both set "
+                             "the weights: give one")
+        cfg.encoder_weights = None  # every weight comes from --init-from
     if cfg.workers < 0:
         raise UsageError(f"--workers {cfg.workers}: must be >= 0")
     if cfg.aug not in AUGMENTATIONS:
@@ -244,24 +254,30 @@ def _remove(paths) -> None:
             p.unlink(missing_ok=True)
 
 
-def prepare_run_dir(out: Path, resume: bool, force: bool) -> bool:
-    """Refuse a non-empty RUN unless resuming or forced; `force` clears only boneseg's own files.
-
-    Stale temp files of an interrupted save are removed (and do not make RUN "not empty").
-    Returns whether it made the folder.
-    """
+def check_run_dir(out: Path, resume: bool, force: bool) -> None:
+    """Refuse a RUN that is not a folder, a non-empty one unless resuming or forced, and a resume without
+    ``last.pt``; reads only (stale temp files of an interrupted save do not make RUN "not empty")."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out}: exists and is not a folder")
     if resume:
         if not (out / LAST).is_file():
             raise CheckpointError(f"--resume: {out / LAST} not found (nothing to resume; drop --resume)")
+        return
+    stale = _stale_temps(out)
+    if out.is_dir() and any(p not in stale for p in out.iterdir()) and not force:
+        raise OutputExistsError(f"--out {out}: folder exists and is not empty "
+                                "(use --resume to continue that run or --force to start over)")
+
+
+def prepare_run_dir(out: Path, resume: bool, force: bool) -> bool:
+    """`check_run_dir`, then make RUN; `force` clears only boneseg's own files and stale temp files of an
+    interrupted save are removed. Returns whether it made the folder."""
+    check_run_dir(out, resume, force)
+    if resume:
         _remove(_stale_temps(out))
         return False
     stale = _stale_temps(out)
     if out.is_dir() and any(p not in stale for p in out.iterdir()):
-        if not force:
-            raise OutputExistsError(f"--out {out}: folder exists and is not empty "
-                                    "(use --resume to continue that run or --force to start over)")
         _remove(out / name for name in _RUN_FILES)
     _remove(stale)
     made = not out.exists()
@@ -314,8 +330,25 @@ def merge_resume(cfg_given: dict, saved: dict) -> TrainConfig:
 
 # -- data ------------------------------------------------------------------------------------------
 
-def build_data(cfg: TrainConfig, info: D.DistInfo, reporter: Reporter):
-    """(train items, val items) with the mask cache built once (rank 0 builds, the others wait)."""
+class _ReadCheck:
+    """Stands in for the mask cache in a dry run: each sample's image header is read and its label parsed
+    and checked against the image size (`prepare_cache`'s messages and --skip-bad), nothing is written."""
+
+    def fresh(self, sample, size) -> bool:
+        return False
+
+    def get(self, sample, size) -> None:
+        from boneseg.data.layout import image_shape
+        from boneseg.data.masks import load_label
+
+        shape = image_shape(sample.image)
+        if sample.label is not None:
+            load_label(sample.label, shape)
+
+
+def build_data(cfg: TrainConfig, info: D.DistInfo, reporter: Reporter, check_only: bool = False):
+    """(train items, val items) with the mask cache built once (rank 0 builds, the others wait); with
+    `check_only` (a dry run) the images and labels are only checked (`_ReadCheck`)."""
     from boneseg.data.dataset import Item, prepare_cache
     from boneseg.data.layout import discover
     from boneseg.data.masks import MaskCache, default_cache_dir
@@ -340,8 +373,11 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, reporter: Reporter):
         train_items += [Item(s, pcache) for s in discover(folder, skip_bad=cfg.skip_bad)]
     bad_names = [None]
     if info.is_main:
-        bad = prepare_cache(train_items + val_items, cfg.size, cfg.workers, reporter,
-                            skip_bad=cfg.skip_bad)
+        items = train_items + val_items
+        if check_only:
+            items = [Item(it.sample, _ReadCheck()) for it in items]
+        bad = prepare_cache(items, cfg.size, cfg.workers, reporter, "checking images and labels" if check_only
+                            else "caching masks", skip_bad=cfg.skip_bad)
         bad_names = [sorted({str(it.sample.image) for it, _ in bad})]
         if bad:
             reporter.message(f"--skip-bad: left out {len(bad)} sample(s):")
@@ -371,9 +407,18 @@ def build_criterion(cfg: TrainConfig):
     return build_loss(cfg.loss, cfg.distance_clip)
 
 
+def make_sampler(n_items: int, cfg: TrainConfig, info: D.DistInfo, train: bool):
+    """The `EpochBatchSampler` of this rank over `n_items` (training: shuffled, incomplete last batch dropped)."""
+    from boneseg.data.dataset import EpochBatchSampler
+
+    return EpochBatchSampler(n_items, cfg.batch_size, cfg.seed, shuffle=train,
+                             drop_last=train and n_items >= cfg.batch_size * info.world_size,
+                             rank=info.rank, world_size=info.world_size)
+
+
 def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
     """A DataLoader over `items` driven by an `EpochBatchSampler` (returns loader, sampler)."""
-    from boneseg.data.dataset import EpochBatchSampler, Loader, SegDataset, collate
+    from boneseg.data.dataset import Loader, SegDataset, collate
     from boneseg.data.transforms import build_augmentation
 
     from boneseg.modelling.heads import meta_table
@@ -382,9 +427,7 @@ def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
     distance = cfg.distance_clip if build_criterion(cfg).needs_distance else None
     meta = meta_table(cfg.data) if cfg.meta != "none" else None
     dataset = SegDataset(items, cfg.size, transform, cfg.unify_side, cfg.channels, distance, meta)
-    sampler = EpochBatchSampler(len(items), cfg.batch_size, cfg.seed, shuffle=train,
-                                drop_last=train and len(items) >= cfg.batch_size * info.world_size,
-                                rank=info.rank, world_size=info.world_size)
+    sampler = make_sampler(len(items), cfg, info, train)
     loader = Loader(dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
                         pin_memory=info.device.type == "cuda", persistent_workers=cfg.workers > 0,
                         worker_init_fn=_worker_init if cfg.workers > 0 else None,
@@ -483,13 +526,69 @@ def restore(st: State, saved: dict) -> None:
     _set_rng_state(saved["rng"])
 
 
-def build_state(cfg: TrainConfig, info: D.DistInfo, steps_per_epoch: int) -> State:
-    """Model (on device, channels_last / SyncBN / DDP as fit), optimiser, schedule, scaler and EMA."""
+def load_init(cfg: TrainConfig) -> dict:
+    """The checkpoint ``--init-from`` names (a run folder's ``best.pt``, else its ``last.pt``, or a file),
+    loaded ``weights_only``; records the file in ``cfg.init_from``.
+
+    Raises:
+        CheckpointError: nothing loadable there, or a network of another architecture, encoder, classes
+            or input channels than `cfg` builds.
+    """
+    from boneseg.engine.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(cfg.init_from)
+    state = load_checkpoint(path)
+    theirs = state["config"]
+    ours = cfg.to_dict()
+
+    def network(c: dict) -> tuple:
+        classes = c.get("classes") or CLASSES
+        return c["arch"], c["encoder"], len(classes), int(c.get("in_channels") or 1)
+
+    if network(theirs) != network(ours):
+        def name(n: tuple) -> str:
+            return f"{n[0]}/{n[1]} with {n[2]} classes and {n[3]} input channel(s)"
+
+        raise CheckpointError(f"--init-from {path}: a {name(network(theirs))}, not the {name(network(ours))} "
+                              "this run builds (give the same --arch, --encoder and --channels, or start from "
+                              f"--config {path.parent / CONFIG})")
+    cfg.init_from = str(path)
+    return state
+
+
+def init_weights(model: torch.nn.Module, init: dict, path: str) -> str:
+    """Load a whole network (encoder, decoder, heads) from the `load_init` checkpoint `init` into `model`,
+    every tensor or none; returns what loaded, in words.
+
+    Raises:
+        CheckpointError: a tensor missing, left over or of another shape (naming the first).
+    """
+    theirs, ours = init["model"], model.state_dict()
+    problems = ([f"{k!r} is missing" for k in ours if k not in theirs]
+                + [f"{k!r} is not in this model" for k in theirs if k not in ours]
+                + [f"{k!r} is {tuple(theirs[k].shape)}, not {tuple(v.shape)}" for k, v in ours.items()
+                   if k in theirs and theirs[k].shape != v.shape])
+    if problems:
+        raise CheckpointError(f"--init-from {path}: its weights do not fit this model: {problems[0]}"
+                              f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}")
+    model.load_state_dict(theirs)
+    dice = (init.get("metrics") or {}).get("val_dice")
+    return (f"initialised from {path}: all {len(ours)} tensors ({sum(p.numel() for p in model.parameters()):,} "
+            f"parameters: encoder, decoder and heads) of epoch {init.get('epoch')}"
+            + (f", val Dice {dice:.4f}" if isinstance(dice, float) else ""))
+
+
+def build_state(cfg: TrainConfig, info: D.DistInfo, steps_per_epoch: int, init: dict | None = None,
+                reporter: Reporter = SILENT) -> State:
+    """Model (on device, channels_last / SyncBN / DDP as fit; weights from the `load_init` checkpoint
+    `init` when given), optimiser, schedule, scaler and EMA."""
     from boneseg.engine.ema import ModelEMA
     from boneseg.engine.optim import LRSchedule, build_optimizer
     from boneseg.modelling.models import build_model
 
     model = build_model(cfg.to_dict())
+    if init is not None:
+        reporter.message(init_weights(model, init, cfg.init_from))
     cuda = info.device.type == "cuda"
     if info.enabled and cuda:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -769,12 +868,18 @@ def train(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
         return _train(config, reporter, stop)
 
 
-def _train(config: TrainConfig | dict, reporter: Reporter, stop: StopFlag) -> dict:
+def resolve_config(config: TrainConfig | dict) -> tuple[TrainConfig, dict | None]:
+    """The checked config a `train` call runs with (on resume: merged with the run's saved one), and the
+    ``last.pt`` it resumes from (None for a new run); reads, writes nothing.
+
+    Raises:
+        UsageError, CheckpointError: bad options, nothing to resume, a resume that changes the run.
+    """
     given = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config)
     cfg = TrainConfig.from_any(given)
-    out = Path(cfg.out) if cfg.out else None
-    if out is None:
+    if not cfg.out:
         raise UsageError("--out RUN is required")
+    out = Path(cfg.out)
     saved = None
     if cfg.resume:
         if not (out / LAST).is_file():
@@ -785,10 +890,17 @@ def _train(config: TrainConfig | dict, reporter: Reporter, stop: StopFlag) -> di
         cfg = merge_resume({k: v for k, v in given.items() if k not in ("resume", "force")}
                            if not isinstance(config, TrainConfig) else given, saved["config"])
     check_config(cfg)
+    return cfg, saved
+
+
+def _train(config: TrainConfig | dict, reporter: Reporter, stop: StopFlag) -> dict:
+    cfg, saved = resolve_config(config)
+    out = Path(cfg.out)
+    init = load_init(cfg) if cfg.init_from and saved is None else None  # a resume never re-initialises
     info = D.setup(cfg.device, cfg.dist_timeout)
     try:
         with run_folder(out, cfg, info):
-            return _run(cfg, info, saved, out, reporter if info.is_main else SILENT, stop)
+            return _run(cfg, info, saved, out, reporter if info.is_main else SILENT, stop, init)
     except RuntimeError as exc:
         failure = D.as_rank_failure(exc, info)
         if failure is None:
@@ -798,8 +910,17 @@ def _train(config: TrainConfig | dict, reporter: Reporter, stop: StopFlag) -> di
         D.cleanup(info)
 
 
+def _patience_spent(st: State) -> bool:
+    """``--patience N``: N validations since the best one (counted from the history a checkpoint keeps,
+    so a resumed run stops where an uninterrupted one does)."""
+    if st.cfg.patience is None:
+        return False
+    since = sum(1 for line in st.history if line["val_dice"] is not None and line["epoch"] > st.best_epoch)
+    return since >= st.cfg.patience
+
+
 def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, reporter: Reporter,
-         stop: StopFlag) -> dict:
+         stop: StopFlag, init: dict | None = None) -> dict:
     t0 = time.time()
     _seed_everything(cfg.seed)
     if info.device.type == "cuda":
@@ -811,7 +932,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, repo
     if n_batches == 0:
         raise UsageError(f"--batch-size {cfg.batch_size}: larger than the {len(train_items)} training images per rank")
     steps_per_epoch = -(-n_batches // cfg.accumulate)
-    st = build_state(cfg, info, steps_per_epoch)
+    st = build_state(cfg, info, steps_per_epoch, init, reporter)
     st.criterion = build_criterion(cfg).to(info.device)
     if saved is not None:
         restore(st, saved)
@@ -829,7 +950,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, repo
         st.tracker_ids[cfg.log] = tracker.run_id
     stopped = False
     with contextlib.closing(tracker) if tracker is not None else contextlib.nullcontext():
-        while st.epoch < cfg.epochs:
+        while st.epoch < cfg.epochs and not _patience_spent(st):
             e_start = time.time()
             train_sampler.set_epoch(st.epoch, st.batch)
             stopped = train_epoch(st, train_loader, train_sampler, info, stop, reporter, pace)
@@ -853,8 +974,9 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, repo
                 st.best, st.best_epoch = line["val_dice"], st.epoch
             st.schedule.observe(line["val_dice"])
             st.history.append(line)
+            done = st.epoch == cfg.epochs or _patience_spent(st)
             if info.is_main:
-                write_outputs(st, out, best=is_best, last=st.epoch % cfg.save_every == 0 or st.epoch == cfg.epochs)
+                write_outputs(st, out, best=is_best, last=st.epoch % cfg.save_every == 0 or done)
                 if tracker is not None:
                     tracker.log_epoch(line)
                     if shots:
@@ -865,14 +987,18 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, repo
                                  f"lr {line['lr']:.2e}  {line['seconds']:.1f}s")
             D.barrier(info)
             if stop.signal is not None or (cfg.max_steps is not None and st.step >= cfg.max_steps):
-                stopped = st.epoch < cfg.epochs
+                stopped = not done
                 break
         if stopped and info.is_main:
             write_outputs(st, out, best=False)
+        if st.epoch < cfg.epochs and _patience_spent(st):
+            reporter.message(f"early stop (--patience {cfg.patience}): no better val Dice in {cfg.patience} "
+                             f"validation(s) since epoch {st.best_epoch}")
         D.barrier(info)
     summary = {"run": str(out), "epochs_done": st.epoch, "steps": st.step,
                "best_val_dice": st.best if st.best > -math.inf else None, "best_epoch": st.best_epoch or None,
                "last": st.history[-1] if st.history else None, "stopped": stopped,
+               "early_stopped": st.epoch < cfg.epochs and _patience_spent(st),
                "train_images": len(train_items), "val_images": len(val_items), "rank": info.rank,
                "world_size": info.world_size,
                "seconds": round(time.time() - t0, 3)}
@@ -880,3 +1006,68 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, repo
         raise TrainingInterrupted(f"interrupted at epoch {st.epoch + 1}, step {st.step}; {out / LAST} saved. "
                                   f"Continue with: boneseg train {cfg.data} --out {out} --resume")
     return summary
+
+
+# -- dry run ----------------------------------------------------------------------------------------
+
+def estimate_memory(model: torch.nn.Module, cfg: TrainConfig) -> dict:
+    """Bytes a training step holds: weights, gradients, optimiser state (AdamW 2, SGD 1 per weight), the EMA
+    copy, and activations, measured as the tensors autograd keeps for the backward pass in one float32
+    forward/backward of two blank images at the training side on the CPU (per image, times the batch size;
+    mixed precision roughly halves them). Allocator overhead and workspaces are not included."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    own = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    side = cfg.crop or cfg.size
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(torch.zeros(2, in_channels(cfg), side, side))
+    outputs = out.values() if isinstance(out, dict) else [out]
+    sum(o.float().sum() for o in outputs if isinstance(o, torch.Tensor)).backward()
+    per_image = sum(kept.values()) // 2
+    mem = {"weights": weights, "gradients": weights, "optimizer": weights * (2 if cfg.optimizer == "adamw" else 1),
+           "ema": weights if cfg.ema > 0 else 0, "activations": per_image * cfg.batch_size,
+           "activations_per_image": per_image}
+    mem["total"] = sum(v for k, v in mem.items() if k != "activations_per_image")
+    return mem
+
+
+def dry_run(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
+    """What `train` would do, checked without writing anything (no run folder, no mask cache, no download).
+
+    Checks the options, the run folder, the data (pairing, folds, every image header and label; not the
+    pixels), builds the model (with the ``--init-from`` weights) on the CPU and runs it once.
+
+    Returns:
+        ``{"config", "parameters", "train_images", "val_images", "steps_per_epoch", "steps", "memory"}``:
+        ``steps`` is what this invocation would run (to the schedule's end or ``--max-steps``), ``memory``
+        the `estimate_memory` bytes.
+    """
+    from boneseg.modelling.models import build_model
+
+    cfg, saved = resolve_config(config)
+    check_run_dir(Path(cfg.out), cfg.resume, cfg.force)
+    init = load_init(cfg) if cfg.init_from and saved is None else None
+    info = D.DistInfo(device=D.resolve_device(cfg.device))
+    train_items, val_items = build_data(cfg, info, reporter, check_only=True)
+    n_batches = make_sampler(len(train_items), cfg, info, train=True).batches_per_epoch()
+    if n_batches == 0:
+        raise UsageError(f"--batch-size {cfg.batch_size}: larger than the {len(train_items)} training images")
+    steps_per_epoch = -(-n_batches // cfg.accumulate)
+    weights = None if cfg.encoder_weights == "imagenet" else cfg.encoder_weights  # same shapes, no download
+    model = build_model(dict(cfg.to_dict(), encoder_weights=weights))
+    if init is not None:
+        reporter.message(init_weights(model, init, cfg.init_from))
+    done = int(saved["step"]) if saved is not None else 0
+    last = min(cfg.epochs * steps_per_epoch, cfg.max_steps if cfg.max_steps is not None else math.inf)
+    return {"config": cfg.to_dict(), "device": str(info.device),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_images": len(train_items), "val_images": len(val_items), "steps_per_epoch": steps_per_epoch,
+            "steps": max(0, int(last) - done), "memory": estimate_memory(model, cfg)}
