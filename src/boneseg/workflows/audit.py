@@ -93,7 +93,7 @@ class Predictions:
 
     def __init__(self, path: str | os.PathLike, threshold: float | str | os.PathLike = 0.5):
         self.path = Path(path)
-        self.cuts = probs_mod.cutoffs(probs_mod.read_thresholds(threshold))
+        self.thresholds = probs_mod.read_thresholds(threshold)
         if self.path.is_dir():
             self.sub = None
             self.names = list(probs_mod.read_manifest(self.path)["images"])
@@ -111,7 +111,7 @@ class Predictions:
             raise DataError(f"{probs_mod.prob_path(self.path, name)}: probabilities are {q.shape[2]}x{q.shape[1]}, "
                             f"the image is {shape[1]}x{shape[0]}")
         q = _resize(q, work, cv2.INTER_AREA)
-        return probs_mod.binarize(q, self.cuts), q.astype(np.float32) / probs_mod.SCALE
+        return probs_mod.binarize(q, self.thresholds), q.astype(np.float32) / probs_mod.SCALE
 
 
 def _resize(stack: np.ndarray, work: tuple[int, int], interpolation: int) -> np.ndarray:
