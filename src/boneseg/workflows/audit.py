@@ -206,8 +206,9 @@ def measure_image(gt: np.ndarray, pred: np.ndarray, prob: np.ndarray, polygons: 
     if any(e is None for e in ends):
         ends = [centres["finger-7"], centres["finger-19"]]
     order = np.zeros(NUM_CLASSES)
-    if all(e is not None for e in ends):
-        wrong = out_of_row({c: v for c, v in centres.items() if v is not None}, ends[1] - ends[0],
+    first, last = ends
+    if first is not None and last is not None:
+        wrong = out_of_row({c: v for c, v in centres.items() if v is not None}, last - first,
                            {c: float(dice[CLASS_INDEX[c]]) for c in centres})
         order[[CLASS_INDEX[c] for c in wrong]] = 1.0
     return {"dice": dice, "conf": conf, "support": support, "label_area": ga, "pred_area": pa,
@@ -299,6 +300,8 @@ def audit(data: str | os.PathLike, pred: str | os.PathLike, *, threshold: float 
 
 def _load(sample: Sample, predictions: Predictions):
     """(label masks, predicted masks, probabilities, polygons, scale) of one image at the working size."""
+    if sample.label is None:
+        raise DataError(f"{sample.image}: no label file")
     shape = png_shape(sample.image) or read_image(sample.image).shape[:2]
     label = load_label(sample.label, shape, strict=False)
     work, f = work_shape(shape)

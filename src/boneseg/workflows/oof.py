@@ -89,7 +89,7 @@ def oof(runs: Sequence[str | os.PathLike], output: str | os.PathLike | None, *, 
     samples = discover(data)
     check_unique_names(samples)
     parts = assign_folds(opened, samples)
-    if not is_stdout(output):
+    if output is not None and not is_stdout(output):
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
     work = Path(tempfile.mkdtemp(prefix="boneseg-oof-"))
