@@ -15,7 +15,7 @@ import typer
 from boneseg.cli.app import app, state
 from boneseg.cli import (  # noqa: F401  (each module registers its commands on `app`)
     synth_cmd, eda_cmd, split_cmd, train_cmd, predict_cmd, tta_cmd, pseudo_cmd, ensemble_cmd,
-    analyze_cmd, check_cmd, demo_cmd, models_cmd, select_cmd,
+    analyze_cmd, check_cmd, demo_cmd, models_cmd, select_cmd, oof_cmd, audit_cmd,
 )
 from boneseg.errors import BonesegError, BonesegWarning, quote, suggest
 
@@ -25,7 +25,7 @@ __all__ = ["app", "main"]
 _click = importlib.import_module(typer.BadParameter.__module__)
 
 # Folders an interrupted command may leave partly filled (each finished file in them is complete).
-_PARTIAL_FOLDERS = {"analyze": "out", "eda": "out", "synth": "out", "demo": "out"}
+_PARTIAL_FOLDERS = {"analyze": "out", "eda": "out", "synth": "out", "demo": "out", "audit": "out"}
 _OUTPUTS = ("out", "output", "save_probs", "thresholds_out", "per_class_out")
 
 

@@ -16,6 +16,9 @@ def eda_command(
                              help="Folder for eda.json and the PNG plots (none written without it)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report (eda.json) on stdout."),
     samples: int = typer.Option(4, "--samples", min=0, help="Images drawn with their labels in samples.png."),
+    exclude: Path = typer.Option(None, "--exclude", metavar="FILE", show_default=False,
+                                 help="Leave out the train images listed in FILE (audit's suspects.csv, or one "
+                                      "name per line)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
 ) -> None:
     """Counts, image sizes and intensities, class areas, overlapping class pairs, metadata and label problems
@@ -23,7 +26,7 @@ def eda_command(
     from boneseg.workflows.eda import run_eda, write_eda
 
     with reporter(transient=True, disable=not console.is_terminal) as shown:
-        report = run_eda(data, show=samples, reporter=shown)
+        report = run_eda(data, show=samples, reporter=shown, exclude=exclude)
         written = write_eda(report, out, force=force) if out is not None else []
     doc = report.to_json()
     _print_tables(doc)

@@ -17,14 +17,18 @@ def synth_command(
     size: int = typer.Option(2048, "--size", help="Image side in pixels (>= 128; the real data is 2048)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same options give byte-identical files."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty OUT (replaces its train/, test/, meta)."),
+    label_errors: float = typer.Option(0.0, "--label-errors", metavar="FRACTION",
+                                       help="Give this fraction of the train images one known label error each "
+                                            "(shift, scale, swap, delete, blob in turn); the list goes to "
+                                            "OUT/label_errors.csv."),
 ) -> None:
     """Write procedural hand radiographs with 29-bone polygon labels in the competition layout."""
     from boneseg.data.synth import check_options, synthesize
 
-    check_options(out, patients, test_patients, size, force)
+    check_options(out, patients, test_patients, size, force, label_errors)
     with reporter() as shown:
         summary = synthesize(out, patients=patients, test_patients=test_patients, size=size, seed=seed,
-                             force=force, reporter=shown)
+                             force=force, reporter=shown, label_errors=label_errors)
     console.print(table(f"Synthetic dataset in {summary.out}", ["split", "patients", "images"], [
         ["train", len(summary.train_ids), summary.train_images],
         ["test", len(summary.test_ids), summary.test_images],

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from boneseg.classes import CLASSES, DIGITS
-from boneseg.errors import DataError, OutputExistsError, UsageError
+from boneseg.errors import DataError, OutputExistsError, UsageError, suggest
 from boneseg.io import atomic_open
 from boneseg.progress import SILENT, Reporter
 
@@ -515,10 +515,60 @@ def label_json(polygons: dict[str, np.ndarray], filename: str, size: int, rng: n
     annotations = [
         {"id": str(uuid.UUID(bytes=rng.bytes(16), version=4)), "type": "poly_seg", "attributes": {},
          "points": polygons[name].tolist(), "label": name}
-        for name in CLASSES
+        for name in CLASSES if name in polygons
     ]
     return {"annotations": annotations, "attributes": {}, "file_id": str(uuid.UUID(bytes=rng.bytes(16), version=4)),
             "filename": filename, "metadata": {"height": size, "width": size}}
+
+
+LABEL_ERRORS = ("shift", "scale", "swap", "delete", "blob")
+"""Kinds of label error `synthesize` can inject (``synth --label-errors``)."""
+ERRORS_FILE = "label_errors.csv"
+"""The truth list of injected errors, ``image_name,class,kind``, one row per wrong (image, class)."""
+
+
+def _extent(poly: np.ndarray) -> float:
+    """A polygon's linear size: the square root of its bounding-box area (at least 1)."""
+    w, h = poly.max(0) - poly.min(0)
+    return max(float(np.sqrt(max(w, 1) * max(h, 1))), 1.0)
+
+
+def _inside(poly: np.ndarray, size: int) -> np.ndarray:
+    return np.clip(np.rint(poly), 0, size - 1).astype(np.int32)
+
+
+def inject_error(polygons: dict[str, np.ndarray], kind: str, rng: np.random.Generator,
+                 size: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """One label error of `kind` (see `LABEL_ERRORS`) in a copy of `polygons`; returns it and the classes
+    made wrong. shift: a bone moved by 40-70% of its size; scale: shrunk to 0.6 or grown to 1.5 about its
+    centre; swap: two neighbouring bones exchange labels; delete: a class removed; blob: a stray lobe
+    joined to the bone by a zero-width bridge."""
+    out = dict(polygons)
+    name = str(rng.choice(CLASSES))
+    poly = out[name].astype(np.float64)
+    centre, ext = poly.mean(0), _extent(poly)
+    angle = rng.uniform(0, 2 * np.pi)
+    direction = np.array([np.cos(angle), np.sin(angle)])
+    if kind == "shift":
+        out[name] = _inside(poly + rng.uniform(0.4, 0.7) * ext * direction, size)
+    elif kind == "scale":
+        out[name] = _inside(centre + (poly - centre) * rng.choice([0.6, 1.5]), size)
+    elif kind == "swap":
+        apart = [c for c in CLASSES if np.hypot(*(out[c].mean(0) - centre)) > 0.5 * ext]  # not an overlapping one
+        other = min(apart, key=lambda c: float(np.hypot(*(out[c].mean(0) - centre))))
+        out[name], out[other] = out[other], out[name]
+        return out, [name, other]
+    elif kind == "delete":
+        del out[name]
+    elif kind == "blob":
+        i = int(rng.integers(len(poly)))
+        far = np.clip(poly[i] + 1.2 * ext * direction, 0, size - 1)
+        th = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+        lobe = far + 0.3 * ext * np.stack([np.cos(th), np.sin(th)], 1)
+        out[name] = _inside(np.vstack([poly[:i + 1], far, lobe, far, poly[i:]]), size)
+    else:
+        raise UsageError(f"unknown label error {kind!r}{suggest(kind, LABEL_ERRORS)}")
+    return out, [name]
 
 
 def meta_xlsx(patients: list[Patient]) -> bytes:
@@ -547,8 +597,11 @@ def meta_xlsx(patients: list[Patient]) -> bytes:
     return out.getvalue()
 
 
-def check_options(out: str | Path, patients: int, test_patients: int, size: int, force: bool) -> None:
+def check_options(out: str | Path, patients: int, test_patients: int, size: int, force: bool,
+                  label_errors: float = 0.0) -> None:
     """Raise `UsageError` for impossible values and `OutputExistsError` for a non-empty `out` without `force`."""
+    if not 0.0 <= label_errors <= 1.0:
+        raise UsageError(f"--label-errors must be a fraction within [0, 1], got {label_errors}")
     if size < 128:
         raise UsageError(f"--size must be at least 128, got {size}")
     if patients < 1:
@@ -569,6 +622,7 @@ def _prepare_out(out: Path, force: bool) -> None:
             if (out / sub).is_dir():
                 shutil.rmtree(out / sub)
         (out / "meta_data.xlsx").unlink(missing_ok=True)
+        (out / ERRORS_FILE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -578,7 +632,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size: int = 2048, seed: int = 0,
-               force: bool = False, reporter: Reporter = SILENT) -> SynthSummary:
+               force: bool = False, reporter: Reporter = SILENT, label_errors: float = 0.0) -> SynthSummary:
     """Write a synthetic dataset in the competition layout.
 
     Args:
@@ -589,14 +643,21 @@ def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size:
         seed: the same arguments give byte-identical files.
         force: overwrite a non-empty `out` (its ``train/``, ``test/`` and ``meta_data.xlsx`` are replaced).
         reporter: its progress (`boneseg.progress`), one step per image.
+        label_errors: fraction of the train images given one label error each (`inject_error`, kinds in
+            turn); the images and the other labels stay those of the clean set of the same seed, and
+            ``OUT/label_errors.csv`` lists the wrong (image, class) pairs.
 
     Raises:
         UsageError: impossible option values. OutputExistsError: `out` not empty without `force`.
     """
     out = Path(out)
-    check_options(out, patients, test_patients, size, force)
+    check_options(out, patients, test_patients, size, force, label_errors)
     _prepare_out(out, force)
     train_ids, test_ids = split_ids(patients, test_patients)
+    n_wrong = int(round(label_errors * 2 * len(train_ids)))
+    wrong = np.random.default_rng([seed, 0, 4]).choice(2 * len(train_ids), n_wrong, replace=False)
+    kinds = {int(i): LABEL_ERRORS[j % len(LABEL_ERRORS)] for j, i in enumerate(sorted(wrong))}
+    truth: list[tuple[str, str, str]] = []
     people = [sample_patient(np.random.default_rng([seed, pid, 0]), pid)
               for pid in range(1, patients + test_patients + 1)]
     stamp_rng = np.random.default_rng([seed, 0, 1])
@@ -614,10 +675,18 @@ def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size:
             _, png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
             _write_bytes(out / split / "DCM" / ident / f"{stem}.png", png.tobytes())
             if split == "train":
+                index = 2 * train_ids.index(person.id) + k
+                if index in kinds:
+                    polygons, names = inject_error(polygons, kinds[index],
+                                                   np.random.default_rng([seed, person.id, 5 + k]), size)
+                    truth += [(f"{stem}.png", c, kinds[index]) for c in names]
                 doc = label_json(polygons, f"{stem}.png", size, rng)
                 _write_bytes(out / split / "outputs_json" / ident / f"{stem}.json",
                              json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode())
             task.advance()
     task.close()
     _write_bytes(out / "meta_data.xlsx", meta_xlsx(people))
+    if label_errors:
+        _write_bytes(out / ERRORS_FILE, "".join(f"{a},{b},{c}\n" for a, b, c in
+                                                 [("image_name", "class", "kind"), *truth]).encode())
     return SynthSummary(out, tuple(train_ids), tuple(test_ids), 2 * len(train_ids), 2 * len(test_ids), size, seed)

@@ -76,6 +76,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None
     pseudo: list[str] = field(default_factory=list)
+    exclude: str | None = None
     resume: bool = False
     force: bool = False
     aug: str = "default"
@@ -146,9 +147,9 @@ class TrainConfig:
 # Options that define the trajectory of a run: a resume must not change them.
 FIXED_ON_RESUME = ("arch", "encoder", "size", "crop", "fold", "splits", "folds", "epochs", "batch_size", "lr",
                    "weight_decay", "loss", "aug", "optimizer", "scheduler", "warmup", "accumulate", "clip", "ema",
-                   "seed", "unify_side", "channels", "mean", "std", "pseudo", "amp", "amp_dtype", "val_every",
-                   "meta", "meta_weight", "boundary_head", "distance_clip", "wrist", "wrist_margin", "init_from",
-                   "patience")
+                   "seed", "unify_side", "channels", "mean", "std", "pseudo", "exclude", "amp", "amp_dtype",
+                   "val_every", "meta", "meta_weight", "boundary_head", "distance_clip", "wrist", "wrist_margin",
+                   "init_from", "patience")
 # Options of one invocation: never saved with the run, so a resume takes them from its own command
 # (or their defaults), never from an earlier invocation.
 RUNTIME = ("out", "resume", "force", "device", "workers", "max_steps", "save_every", "cache_dir", "dist_timeout",
@@ -350,12 +351,16 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, reporter: Reporter, check_onl
     """(train items, val items) with the mask cache built once (rank 0 builds, the others wait); with
     `check_only` (a dry run) the images and labels are only checked (`_ReadCheck`)."""
     from boneseg.data.dataset import Item, prepare_cache
+    from boneseg.data.exclude import exclude
     from boneseg.data.layout import discover
     from boneseg.data.masks import MaskCache, default_cache_dir
     from boneseg.data.split import run_fold
 
     samples = discover(cfg.data, skip_bad=cfg.skip_bad)
     train_s, val_s = run_fold(samples, cfg.splits, cfg.folds, cfg.seed, cfg.fold)
+    if cfg.exclude:  # out of training only: the validation fold stays comparable between runs
+        kept = {s.name for s in exclude(samples, cfg.exclude)}
+        train_s = [s for s in train_s if s.name in kept]
     if not val_s:
         source = f"--splits {cfg.splits}" if cfg.splits else f"--folds {cfg.folds}"
         raise DataError(f"{source}: fold {cfg.fold} has no images (nothing to validate on; "

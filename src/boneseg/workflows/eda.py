@@ -212,7 +212,7 @@ def _class_of(text: str) -> str | None:
 
 
 def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, show: int = 4,
-            reporter: Reporter = SILENT) -> EdaReport:
+            reporter: Reporter = SILENT, exclude: str | os.PathLike | None = None) -> EdaReport:
     """Measure a dataset in the competition layout.
 
     Args:
@@ -220,6 +220,7 @@ def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
         cache_dir: mask cache folder (default: `boneseg.data.masks.default_cache_dir`).
         show: how many images `write_eda` overlays in ``samples.png``.
         reporter: its progress (`boneseg.progress`).
+        exclude: a list of train images to leave out (`boneseg.data.exclude`, e.g. audit's suspects.csv).
 
     Raises:
         DataError: no train images, images without labels, an unreadable metadata file. Problems inside
@@ -232,10 +233,11 @@ def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
         read_image,
         read_meta,
     )
+    from boneseg.data.exclude import exclude as leave_out
     from boneseg.data.masks import MaskCache, default_cache_dir, load_label, rasterize
 
     root = Path(root)
-    samples = discover(root, "train", skip_bad=False)
+    samples = leave_out(discover(root, "train", skip_bad=False), exclude)
     cache = MaskCache(cache_dir or default_cache_dir(root))
     report = EdaReport(root)
     report.histogram["train"] = np.zeros(256, np.int64)

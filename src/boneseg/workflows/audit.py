@@ -1,0 +1,378 @@
+"""`boneseg audit`: rank (image, class) labels by how likely they are wrong, from out-of-fold predictions.
+
+Every pair gets an *evidence* value in [0, 1], "the fraction of this label that looks wrong", of the kind
+that explains it best:
+
+* ``disagreement``: ``(1 - Dice(label, prediction)) * confidence`` (mean probability over the predicted
+  mask; 1 for a CSV), and separately the symmetric mean boundary distance (px at the image's size);
+* ``swap``: a disagreement where the label matches another class's prediction better (Dice >= 0.5) than
+  its own class's;
+* ``missing``: no label where the model predicts the bone: predicted area / the class's median label area
+  (at most 1), times the confidence;
+* ``spurious``: a label where the model sees nothing (mean probability inside the label below 0.1):
+  1 - that probability, times the label's area / the class median (at most 1);
+* ``geometry``, from the label alone: the area beyond its largest component (two distant pieces), the
+  area a self-intersecting outline gets wrong (filled area vs. its signed area), a polygon under a tenth
+  of the class's median area, or a finger bone on the wrong side of its neighbours in its row (1).
+
+Scores are robust z-scores per class: ``(evidence - median) / spread`` with the median and spread
+(1.4826 * MAD, at least `MIN_SPREAD`) of the disagreement evidence of that class over all audited images
+(the boundary distance against its own per-class median and spread). A score therefore reads the same for
+every kind and class: how many of the class's usual spreads beyond its usual disagreement. Pairs scoring at
+least ``min_score`` are suspects, listed most suspect first with the kind of their highest score.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from boneseg import probs as probs_mod
+from boneseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
+from boneseg.data.layout import Sample, discover, png_shape, read_image
+from boneseg.data.masks import load_label, rasterize
+from boneseg.errors import BonesegWarning, DataError, UsageError
+from boneseg.io import check_output, write_json
+from boneseg.plots import overlay_compare, save_png
+from boneseg.progress import SILENT, Reporter, track
+from boneseg.submission import format_row, read_submission
+from boneseg.workflows.eda import TINY_FRACTION, self_intersections
+
+KINDS = ("disagreement", "swap", "missing", "spurious", "geometry")
+SUSPECTS_FILE, AUDIT_FILE, CROPS_DIR = "suspects.csv", "audit.json", "crops"
+WORK_SIDE = 512
+"""Masks are compared at most this many pixels a side (distances are reported at the image's own size)."""
+MIN_SPREAD = 0.02
+"""Smallest per-class spread of the evidence (Dice units), so that a class the model never misses still
+needs a real disagreement to score high."""
+NOTHING = 0.1
+"""A label whose mean predicted probability is below this is ``spurious`` (the model sees no bone there)."""
+FINGER_ROWS = (("finger-1", "finger-4", "finger-8", "finger-12", "finger-16"),
+               ("finger-5", "finger-9", "finger-13", "finger-17"),
+               ("finger-2", "finger-6", "finger-10", "finger-14", "finger-18"),
+               ("finger-3", "finger-7", "finger-11", "finger-15", "finger-19"))
+"""Finger bones side by side, thumb to little finger: distal, middle, proximal phalanges, metacarpals."""
+
+
+@dataclass
+class AuditResult:
+    """Per-pair measurements (images x 29) and the ranked suspects."""
+
+    images: list[str]
+    evidence: dict[str, np.ndarray]
+    distance: np.ndarray
+    center: np.ndarray
+    spread: np.ndarray
+    dist_center: np.ndarray
+    dist_spread: np.ndarray
+    suspects: list[dict] = field(default_factory=list)
+    min_score: float = 3.5
+
+    def to_json(self) -> dict:
+        counts = {k: sum(s["kind"] == k for s in self.suspects) for k in KINDS}
+        return {"images": len(self.images), "pairs": len(self.images) * NUM_CLASSES, "min_score": self.min_score,
+                "suspects": len(self.suspects), "by_kind": counts,
+                "classes": {c: {"evidence_median": _num(self.center[i]), "evidence_spread": _num(self.spread[i]),
+                                "distance_median": _num(self.dist_center[i]),
+                                "distance_spread": _num(self.dist_spread[i])} for i, c in enumerate(CLASSES)},
+                "ranked": self.suspects}
+
+
+def _num(v: float) -> float | None:
+    return round(float(v), 5) if math.isfinite(float(v)) else None
+
+
+class Predictions:
+    """A submission CSV or a probability folder, read per image at the audit's working size."""
+
+    def __init__(self, path: str | os.PathLike, threshold: float | str | os.PathLike = 0.5):
+        self.path = Path(path)
+        self.thresholds = probs_mod.read_thresholds(threshold)
+        if self.path.is_dir():
+            self.sub = None
+            self.names = list(probs_mod.read_manifest(self.path)["images"])
+        else:
+            self.sub = read_submission(self.path)
+            self.names = list(self.sub.images)
+
+    def get(self, name: str, shape: tuple[int, int], work: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(masks (29, h, w) bool, probabilities (29, h, w) float32) of image `name` at the size `work`."""
+        if self.sub is not None:
+            masks = _resize(self.sub.masks(name, shape).view(np.uint8), work, cv2.INTER_NEAREST).view(np.bool_)
+            return masks, masks.astype(np.float32)
+        q = probs_mod.load(self.path, name)
+        if q.shape[1:] != tuple(shape):
+            raise DataError(f"{probs_mod.prob_path(self.path, name)}: probabilities are {q.shape[2]}x{q.shape[1]}, "
+                            f"the image is {shape[1]}x{shape[0]}")
+        q = _resize(q, work, cv2.INTER_AREA)
+        return probs_mod.binarize(q, self.thresholds), q.astype(np.float32) / probs_mod.SCALE
+
+
+def _resize(stack: np.ndarray, work: tuple[int, int], interpolation: int) -> np.ndarray:
+    if stack.shape[1:] == tuple(work):
+        return stack
+    return np.stack([cv2.resize(m, (work[1], work[0]), interpolation=interpolation) for m in stack])
+
+
+def work_shape(shape: tuple[int, int]) -> tuple[tuple[int, int], float]:
+    """The working size for an image of `shape` and its scale."""
+    f = min(1.0, WORK_SIDE / max(shape))
+    return (max(1, round(shape[0] * f)), max(1, round(shape[1] * f))), f
+
+
+def _edge(mask: np.ndarray) -> np.ndarray:
+    m = mask.view(np.uint8)
+    return mask & ~cv2.erode(m, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0).view(np.bool_)
+
+
+def boundary_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Symmetric mean distance between the outlines of two non-empty masks (pixels); nan if one is empty."""
+    both = a | b
+    rows, cols = np.flatnonzero(both.any(1)), np.flatnonzero(both.any(0))
+    if not a.any() or not b.any():
+        return math.nan
+    box = np.s_[max(rows[0] - 1, 0):rows[-1] + 2, max(cols[0] - 1, 0):cols[-1] + 2]
+    ea, eb = _edge(a[box]), _edge(b[box])
+    da = cv2.distanceTransform((~ea).view(np.uint8), cv2.DIST_L2, 3)
+    db = cv2.distanceTransform((~eb).view(np.uint8), cv2.DIST_L2, 3)
+    return 0.5 * (float(db[ea].mean()) + float(da[eb].mean()))
+
+
+def stray_fraction(mask: np.ndarray) -> float:
+    """The share of a mask's area outside its largest connected piece (specks under 2% of it ignored)."""
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    if n <= 2:
+        return 0.0
+    areas = np.sort(stats[1:, cv2.CC_STAT_AREA])[::-1]
+    rest = areas[1:][areas[1:] >= 0.02 * areas.sum()]
+    return float(rest.sum() / areas.sum())
+
+
+def twist_fraction(points: np.ndarray, filled: float) -> float:
+    """For a self-intersecting outline, how much its filled area (`filled`, px) and its signed area differ,
+    relative to the filled area; 0 for a simple polygon."""
+    if filled <= 0 or not self_intersections(points):
+        return 0.0
+    signed = abs(float(cv2.contourArea(points.astype(np.float32).reshape(-1, 1, 2))))
+    return float(min(1.0, abs(filled - signed) / filled))
+
+
+def out_of_row(centres: dict[str, np.ndarray], axis: np.ndarray, trust: dict[str, float]) -> set[str]:
+    """Finger bones out of place in their row along `axis` (thumb -> little finger): those outside the
+    longest in-order run of the row, ties kept for the bones with the higher `trust`."""
+    wrong: set[str] = set()
+    for row in FINGER_ROWS:
+        names = [c for c in row if c in centres]
+        pos = [float(centres[c] @ axis) for c in names]
+        best: list[tuple[float, list[str]]] = []  # per bone: (value, the best in-order run ending there)
+        for j, name in enumerate(names):
+            prev = max((best[i] for i in range(j) if pos[i] < pos[j]), default=(0.0, []), key=lambda b: b[0])
+            best.append((prev[0] + 1 + 0.01 * trust.get(name, 0.0), prev[1] + [name]))
+        keep = max(best, default=(0.0, []), key=lambda b: b[0])[1]
+        wrong.update(set(names) - set(keep))
+    return wrong
+
+
+def _centre(mask: np.ndarray) -> np.ndarray | None:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()]) if len(xs) else None
+
+
+def measure_image(gt: np.ndarray, pred: np.ndarray, prob: np.ndarray, polygons: dict[str, np.ndarray],
+                  scale: float) -> dict[str, np.ndarray]:
+    """Per-class raw measurements of one image at the working size (see the module notes)."""
+    g = gt.reshape(NUM_CLASSES, -1).astype(np.float32)
+    p = pred.reshape(NUM_CLASSES, -1).astype(np.float32)
+    ga, pa = g.sum(1), p.sum(1)
+    cross = 2 * (g @ p.T) / np.maximum(ga[:, None] + pa[None, :], 1)  # Dice of label c with prediction k
+    dice = np.where((ga == 0) & (pa == 0), 1.0, np.diag(cross))
+    others = cross - np.eye(NUM_CLASSES) * 2
+    pf = prob.reshape(NUM_CLASSES, -1)
+    conf = np.array([pf[c][pred[c].ravel()].mean() if pa[c] else 0.0 for c in range(NUM_CLASSES)])
+    support = np.array([pf[c][gt[c].ravel()].mean() if ga[c] else 0.0 for c in range(NUM_CLASSES)])
+    dist = np.array([boundary_distance(gt[c], pred[c]) / scale for c in range(NUM_CLASSES)])
+    stray = np.array([stray_fraction(gt[c]) if ga[c] else 0.0 for c in range(NUM_CLASSES)])
+    twist = np.zeros(NUM_CLASSES)
+    for name, pts in polygons.items():
+        twist[CLASS_INDEX[name]] = twist_fraction(pts, ga[CLASS_INDEX[name]] / scale ** 2)
+    centres = {c: _centre(gt[CLASS_INDEX[c]]) for row in FINGER_ROWS for c in row}
+    ends = [_centre(pred[CLASS_INDEX[c]]) for c in ("finger-7", "finger-19")]
+    if any(e is None for e in ends):
+        ends = [centres["finger-7"], centres["finger-19"]]
+    order = np.zeros(NUM_CLASSES)
+    first, last = ends
+    if first is not None and last is not None:
+        wrong = out_of_row({c: v for c, v in centres.items() if v is not None}, last - first,
+                           {c: float(dice[CLASS_INDEX[c]]) for c in centres})
+        order[[CLASS_INDEX[c] for c in wrong]] = 1.0
+    return {"dice": dice, "conf": conf, "support": support, "label_area": ga, "pred_area": pa,
+            "swap_dice": others.max(1), "swap_with": others.argmax(1).astype(float), "distance": dist,
+            "stray": stray, "twist": twist, "order": order}
+
+
+def _robust(values: np.ndarray, floor: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column median and spread (1.4826 MAD, at least `floor`) of (images, classes) `values`, ignoring nan."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns: a class never both labelled and predicted
+        center = np.nanmedian(values, axis=0)
+        spread = 1.4826 * np.nanmedian(np.abs(values - center), axis=0)
+    return np.nan_to_num(center, nan=0.0), np.maximum(np.nan_to_num(spread, nan=0.0), floor)
+
+
+def score(m: dict[str, np.ndarray], scales: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, tuple]:
+    """(evidence per kind, z-scores per kind (kinds, images, classes), the robust statistics) from stacked
+    measurements (images, classes)."""
+    labelled, predicted = m["label_area"] > 0, m["pred_area"] > 0
+    both = labelled & predicted
+    med_area = np.array([np.median(a[a > 0]) if (a > 0).any() else 1.0 for a in m["label_area"].T])
+    dis = np.where(both, (1 - m["dice"]) * m["conf"], np.nan)
+    swapped = both & (m["swap_dice"] >= 0.5) & (m["swap_dice"] > m["dice"])
+    spurious = labelled & ~swapped & (m["support"] < NOTHING)
+    tiny = np.where(labelled & (m["label_area"] < TINY_FRACTION * med_area), 1 - m["label_area"] / med_area, 0.0)
+    evidence = {
+        "disagreement": np.where(both & ~swapped & ~spurious, dis, 0.0),
+        "swap": np.where(swapped, np.maximum(dis, m["order"]), 0.0),
+        "missing": np.where(~labelled & predicted, np.minimum(1, m["pred_area"] / med_area) * m["conf"], 0.0),
+        "spurious": np.where(spurious, (1 - m["support"]) * np.minimum(1, m["label_area"] / med_area), 0.0),
+        "geometry": np.maximum.reduce([m["stray"], m["twist"], tiny, m["order"] * ~swapped]),
+    }
+    center, spread = _robust(dis, MIN_SPREAD)
+    dist = np.where(both, m["distance"], np.nan)
+    dcenter, dspread = _robust(dist, 1.0 / float(scales.min()))  # at least one working pixel
+    z = np.stack([(evidence[k] - center) / spread * (evidence[k] > 0) for k in KINDS])
+    zdist = np.nan_to_num((dist - dcenter) / dspread, nan=0.0)
+    z[0] = np.where(evidence["disagreement"] > 0, np.maximum(z[0], zdist), 0.0)
+    z[1] = np.where(evidence["swap"] > 0, np.maximum(z[1], zdist), 0.0)
+    return evidence, z, (center, spread, dcenter, dspread)
+
+
+def audit(data: str | os.PathLike, pred: str | os.PathLike, *, threshold: float | str | os.PathLike = 0.5,
+          min_score: float = 3.5, reporter: Reporter = SILENT) -> AuditResult:
+    """Rank the train labels of `data` by how likely they are wrong, given predictions `pred` (a CSV or a
+    probability folder, ideally out-of-fold: `boneseg.workflows.oof`). See the module notes.
+
+    Raises:
+        UsageError: a non-finite `min_score`. DataError: unreadable labels or predictions, no train image
+        among the predictions.
+    """
+    if not math.isfinite(min_score):
+        raise UsageError(f"--min-score {min_score}: must be a finite number")
+    predictions = Predictions(pred, threshold)
+    have = set(predictions.names)
+    samples = discover(data)
+    audited = [s for s in samples if s.image_name in have]
+    if not audited:
+        raise DataError(f"{pred}: predicts none of the {len(samples)} train images of {data}")
+    if len(audited) < len(samples):
+        warnings.warn(f"{pred}: {len(samples) - len(audited)} of the {len(samples)} train images have no prediction "
+                      f"and are not audited", BonesegWarning, stacklevel=2)
+    rows, scales = [], []
+    for s in track(audited, reporter, "audit", "img"):
+        gt, pred_masks, prob, polygons, f = _load(s, predictions)
+        rows.append(measure_image(gt, pred_masks, prob, polygons, f))
+        scales.append(f)
+    m = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    evidence, z, (center, spread, dcenter, dspread) = score(m, np.array(scales))
+    best = z.max(0)
+    kind = z.argmax(0)
+    order = np.argsort(-best, axis=None, kind="stable")
+    suspects = []
+    for flat in order:
+        i, c = divmod(int(flat), NUM_CLASSES)
+        if best[i, c] < min_score:
+            break
+        k = KINDS[kind[i, c]]
+        entry = {"image_name": audited[i].image_name, "class": CLASSES[c], "kind": k, "score": round(float(best[i, c]), 3),
+                 "evidence": round(float(evidence[k][i, c]), 4), "dice": round(float(m["dice"][i, c]), 4),
+                 "distance": _num(m["distance"][i, c])}
+        if k == "swap":
+            entry["with"] = CLASSES[int(m["swap_with"][i, c])]
+        suspects.append(entry)
+    return AuditResult([s.image_name for s in audited], evidence, m["distance"], center, spread, dcenter, dspread,
+                       suspects, min_score)
+
+
+def _load(sample: Sample, predictions: Predictions):
+    """(label masks, predicted masks, probabilities, polygons, scale) of one image at the working size."""
+    if sample.label is None:
+        raise DataError(f"{sample.image}: no label file")
+    shape = png_shape(sample.image) or read_image(sample.image).shape[:2]
+    label = load_label(sample.label, shape, strict=False)
+    work, f = work_shape(shape)
+    gt = rasterize(label.polygons, work, (f, f))
+    pred, prob = predictions.get(sample.image_name, shape, work)
+    return gt, pred, prob, label.polygons, f
+
+
+def write_audit(result: AuditResult, data: str | os.PathLike, pred: str | os.PathLike, out: str | os.PathLike,
+                crops: int = 12, threshold: float | str | os.PathLike = 0.5, force: bool = False,
+                reporter: Reporter = SILENT) -> list[Path]:
+    """Write ``suspects.csv`` (``image_name,class,kind,score``, most suspect first), ``audit.json`` and
+    ``crops/`` (the top `crops` suspects: prediction red, label green, both yellow) into `out`."""
+    out = Path(out)
+    if crops < 0:
+        raise UsageError(f"--crops must be 0 or more, got {crops}")
+    paths = [out / SUSPECTS_FILE, out / AUDIT_FILE]
+    for p in paths:
+        check_output(p, force)
+    out.mkdir(parents=True, exist_ok=True)
+    from boneseg.io import atomic_open
+
+    with atomic_open(paths[0], "w", force=force) as fh:
+        fh.write(format_row("image_name", "class", "kind", "score"))
+        for s in result.suspects:
+            fh.write(format_row(s["image_name"], s["class"], s["kind"], f"{s['score']:.3f}"))
+    write_json(paths[1], {"data": str(data), "pred": str(pred), **result.to_json()}, force=force)
+    top = result.suspects[:crops]
+    if top:
+        predictions = Predictions(pred, threshold)
+        by_name = {s.image_name: s for s in discover(data)}
+        for rank, s in enumerate(track(top, reporter, "crops", "img"), 1):
+            paths.append(_crop(by_name[s["image_name"]], predictions, s, out / CROPS_DIR / f"{rank:03d}-"
+                               f"{Path(s['image_name']).stem}-{s['class']}.png", force))
+    return paths
+
+
+def _crop(sample: Sample, predictions: Predictions, suspect: dict, path: Path, force: bool) -> Path:
+    """The region of one suspect pair: prediction (red) and label (green) over the image, at least 192 px."""
+    gt, pred, _, _, _ = _load(sample, predictions)
+    c = CLASS_INDEX[suspect["class"]]
+    region = gt[c] | pred[c]
+    if "with" in suspect:
+        region = region | pred[CLASS_INDEX[suspect["with"]]]
+    image = read_image(sample.image)
+    image = cv2.resize(image, (gt.shape[2], gt.shape[1]), interpolation=cv2.INTER_AREA)
+    ys, xs = np.nonzero(region)
+    if len(xs) == 0:
+        ys, xs = np.array([0, gt.shape[1] - 1]), np.array([0, gt.shape[2] - 1])
+    margin = max(8, int(0.5 * max(np.ptp(xs), np.ptp(ys))))
+    y0, y1 = max(ys.min() - margin, 0), min(ys.max() + margin + 1, gt.shape[1])
+    x0, x1 = max(xs.min() - margin, 0), min(xs.max() + margin + 1, gt.shape[2])
+    rgb = overlay_compare(image[y0:y1, x0:x1], pred[c, y0:y1, x0:x1], gt[c, y0:y1, x0:x1])
+    zoom = max(1, math.ceil(192 / max(rgb.shape[:2])))
+    rgb = cv2.resize(rgb, (rgb.shape[1] * zoom, rgb.shape[0] * zoom), interpolation=cv2.INTER_NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_png(rgb, path, force=force)
+
+
+def read_suspects(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """The (image_name, class) pairs of a ``suspects.csv`` (or any CSV with those columns), in its order."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [(r["image_name"], r["class"]) for r in csv.DictReader(fh)]
+    except (OSError, KeyError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a list of (image_name, class) rows ({exc})") from None
+
+
+def recall(suspects: Sequence[tuple[str, str]], truth: Sequence[tuple[str, str]], top: int) -> float:
+    """The share of `truth` pairs among the first `top` `suspects`."""
+    ranked = set(suspects[:top])
+    return sum(t in ranked for t in truth) / max(len(truth), 1)

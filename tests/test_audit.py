@@ -1,0 +1,193 @@
+"""Out-of-fold predictions (`boneseg oof`), the label audit (`boneseg audit`), `synth --label-errors` and
+`--exclude FILE` for eda and train."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from boneseg.cli import main
+from boneseg.data.layout import discover, png_shape
+from boneseg.data.masks import load_label, rasterize
+from boneseg.submission import SubmissionWriter, read_submission
+
+from util import tiny_config, write_dataset
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
+    return lines[0]
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# -- the audit, measured on injected errors ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    """The same phantom twice at 256 px: clean, and with one injected label error in 40% of the images."""
+    from boneseg.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("audit")
+    synthesize(root / "clean", patients=6, test_patients=0, size=256, seed=3)
+    synthesize(root / "noisy", patients=6, test_patients=0, size=256, seed=3, label_errors=0.4)
+    return root
+
+
+def noisy_truth_csv(clean: Path, out: Path) -> Path:
+    """Stand-in "predictions": the clean phantom's true masks, each image moved by up to 2 px and each class
+    grown or shrunk by a pixel at random (mild noise, so that the test needs no trained model)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    kernel = np.ones((3, 3), np.uint8)
+    with SubmissionWriter(out) as w:
+        for s in discover(clean):
+            shape = png_shape(s.image)
+            masks = rasterize(load_label(s.label, shape).polygons, shape).view(np.uint8)
+            masks = np.roll(masks, tuple(rng.integers(-2, 3, 2)), axis=(1, 2))
+            masks = np.stack([cv2.dilate(m, kernel) if rng.random() < 0.3 else cv2.erode(m, kernel)
+                              if rng.random() < 0.4 else m for m in masks])
+            w.write_masks(s.image_name, masks.view(np.bool_))
+    return out
+
+
+def test_synth_label_errors_keep_the_images_and_list_the_truth(phantoms):
+    truth = rows(phantoms / "noisy" / "label_errors.csv")
+    assert {r["kind"] for r in truth} == {"shift", "scale", "swap", "delete", "blob"}
+    for sub in ("train/DCM",):
+        for a, b in zip(sorted((phantoms / "clean" / sub).rglob("*.png")), sorted((phantoms / "noisy" / sub).rglob("*.png"))):
+            assert a.read_bytes() == b.read_bytes()
+    deleted = next(r for r in truth if r["kind"] == "delete")
+    label = next(s.label for s in discover(phantoms / "noisy") if s.image_name == deleted["image_name"])
+    assert deleted["class"] not in load_label(label).polygons
+
+
+def test_audit_ranks_the_injected_errors_first(phantoms, tmp_path, capsys):
+    pred = noisy_truth_csv(phantoms / "clean", tmp_path / "pred.csv")
+    out = tmp_path / "audit"
+    code, _, err = cli(capsys, "audit", phantoms / "noisy", "--pred", pred, "--out", out, "--min-score", "-100",
+                       "--crops", "3")
+    assert code == 0, err
+    truth = {(r["image_name"], r["class"]) for r in rows(phantoms / "noisy" / "label_errors.csv")}
+    ranked = [(r["image_name"], r["class"]) for r in rows(out / "suspects.csv")]
+    n = len(truth)
+    assert n >= 5
+    assert sum(t in set(ranked[:2 * n]) for t in truth) >= 0.8 * n
+    assert sum(p not in truth for p in ranked[:n]) <= 2
+    scores = [float(r["score"]) for r in rows(out / "suspects.csv")]
+    assert scores == sorted(scores, reverse=True)
+    kinds = {(r["image_name"], r["class"]): r["kind"] for r in rows(out / "suspects.csv")}
+    injected = {(r["image_name"], r["class"]): r["kind"] for r in rows(phantoms / "noisy" / "label_errors.csv")}
+    assert all(kinds[p] == "missing" for p, k in injected.items() if k == "delete")
+    assert all(kinds[p] == "swap" for p, k in injected.items() if k == "swap")
+    doc = json.loads((out / "audit.json").read_text())
+    assert doc["images"] == 12 and doc["ranked"][0]["score"] == scores[0]
+    assert len(list((out / "crops").glob("*.png"))) == 3
+    # the list leaves the suspect images out of eda
+    top = tmp_path / "top.csv"
+    top.write_text("image_name,class\n" + "".join(f"{a},{b}\n" for a, b in ranked[:n]))
+    code, stdout, err = cli(capsys, "eda", phantoms / "noisy", "--exclude", top, "--json", "--samples", "0")
+    assert code == 0, err
+    assert json.loads(stdout)["counts"]["images"] == 12 - len({a for a, _ in ranked[:n]})
+    # an existing output is kept without --force
+    code, _, err = cli(capsys, "audit", phantoms / "noisy", "--pred", pred, "--out", out)
+    assert code == 1 and "--force" in error_line(err)
+
+
+def test_audit_reads_probabilities_and_refuses_foreign_predictions(phantoms, tmp_path, capsys):
+    from boneseg import probs
+
+    samples = discover(phantoms / "clean")[:2]
+    folder = tmp_path / "probs"
+    for s in samples:
+        shape = png_shape(s.image)
+        probs.save(folder, s.image_name, probs.quantize(rasterize(load_label(s.label, shape).polygons, shape) * 0.9))
+    probs.write_manifest(folder, [s.image_name for s in samples], ["truth"])
+    code, _, err = cli(capsys, "audit", phantoms / "noisy", "--pred", folder, "--out", tmp_path / "a", "--crops", "0")
+    assert code == 0, err
+    assert "10 of the 12 train images have no prediction" in err
+    other = tmp_path / "other.csv"
+    with SubmissionWriter(other) as w:
+        w.write_masks("elsewhere.png", np.zeros((29, 8, 8), bool))
+    code, _, err = cli(capsys, "audit", phantoms / "noisy", "--pred", other, "--out", tmp_path / "b")
+    assert code == 1 and "predicts none of the 12 train images" in error_line(err)
+    code, _, err = cli(capsys, "synth", tmp_path / "s", "--label-errors", "1.5")
+    assert code == 2 and "--label-errors" in error_line(err)
+
+
+# -- out-of-fold predictions ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fold_runs(tmp_path_factory):
+    """Two tiny runs, one per fold of a 2-fold split of 2 patients (4 images)."""
+    from boneseg.engine.train import train
+
+    root = tmp_path_factory.mktemp("oof")
+    data = write_dataset(root / "data", patients=2, size=64, test_patients=0)
+    runs = []
+    for k in range(2):
+        train(tiny_config(data, root / f"run{k}", fold=k, folds=2, max_steps=1))
+        runs.append(root / f"run{k}")
+    return data, runs
+
+
+def test_oof_covers_every_train_image_once(fold_runs, tmp_path, capsys):
+    data, runs = fold_runs
+    out, probs_dir = tmp_path / "oof.csv", tmp_path / "oof_probs"
+    code, _, err = cli(capsys, "oof", *runs, "-o", out, "--save-probs", probs_dir, "--device", "cpu")
+    assert code == 0, err
+    names = [s.image_name for s in discover(data)]
+    sub = read_submission(out)
+    assert sub.images == names
+    manifest = json.loads((probs_dir / "probs.json").read_text())
+    assert manifest["images"] == names and sorted(set(manifest["folds"].values())) == [0, 1]
+    assert sorted(p.name for p in probs_dir.glob("*.npz")) == sorted(Path(n).stem + ".npz" for n in names)
+    # what analyze and audit read
+    code, _, err = cli(capsys, "analyze", out, "--gt", data)
+    assert code == 0, err
+    code, _, err = cli(capsys, "audit", data, "--pred", probs_dir, "--out", tmp_path / "audit", "--crops", "1")
+    assert code == 0, err
+
+
+def test_oof_refuses_a_missing_fold_or_a_fold_twice(fold_runs, tmp_path, capsys):
+    _, runs = fold_runs
+    code, _, err = cli(capsys, "oof", runs[0], "-o", tmp_path / "a.csv", "--device", "cpu")
+    assert code == 1 and "a fold is missing" in error_line(err)
+    code, _, err = cli(capsys, "oof", runs[0], runs[0], "-o", tmp_path / "b.csv", "--device", "cpu")
+    assert code == 1 and "both validate" in error_line(err)
+    assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
+
+
+def test_train_exclude_names_an_unknown_image(fold_runs, tmp_path, capsys):
+    data, _ = fold_runs
+    listed = tmp_path / "leave-out.txt"
+    listed.write_text("# suspects\nimage-that-is-not-there.png\n")
+    code, _, err = cli(capsys, "train", data, "--arch", "unet", "--encoder", "resnet18", "--size", "64",
+                       "--encoder-weights", "none", "--device", "cpu", "--workers", "0", "--max-steps", "1",
+                       "--exclude", listed, "--out", tmp_path / "run")
+    assert code == 1 and "image-that-is-not-there.png" in error_line(err)
+    listed.write_text(f"{discover(data)[0].name}\n")
+    from boneseg.engine.train import train
+
+    summary = train(tiny_config(data, tmp_path / "run2", exclude=str(listed), max_steps=1))
+    assert json.loads((tmp_path / "run2" / "config.json").read_text())["exclude"] == str(listed)
+    assert summary["steps"] == 1
