@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,7 @@ from boneseg.data.layout import discover
 from boneseg.data.masks import MaskCache, default_cache_dir
 from boneseg.submission import SubmissionWriter
 
-from util import write_dataset
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]
+from util import browse, write_dataset
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -120,52 +115,61 @@ def test_report_bad_audit(data, tmp_path, capsys, suspects, message):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (CI installs Debian's chromium package)")
+OVERLAY_PIXELS = ("(() => { const c = document.getElementById('viewer-canvas'); "
+                  "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; "
+                  "let s = 0; for (let k = 3; k < d.length; k += 4) s += d[k] > 0; return s; })()")
+
+
+def renders(page, n: int) -> None:
+    page.wait_for_function(f"document.getElementById('viewer-canvas').dataset.renders >= {n}")
+
+
 def test_report_in_headless_chromium(data, tmp_path, capsys):
     """The page opens from file://, draws every gallery item, toggling a class changes the overlay, no
     console errors and no request outside the report folder."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the [test] extra")
     out = tmp_path / "rep"
     code, _, err = cli(capsys, "report", data["a"], data["b"], "--gt", data["root"], "--audit", data["audit"],
                        "-o", out)
     assert code == 0, err
-    errors, requests = [], []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 800})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto((out / "index.html").as_uri() + "#gallery")
-        page.wait_for_selector("body[data-ready=true]", state="attached")
+    with browse(out / "index.html") as (page, errors, requests):
+        page.click('a[data-tab="gallery"]')
         items = page.locator("#gallery-items .item")
         assert items.count() == len(data["samples"])
         # sorted by the worst class of the first model: image 0 (class 3 missed, Dice 0) comes first
         assert items.first.get_attribute("data-index") == "0"
-        page.wait_for_function("[...document.querySelectorAll('#gallery-items img')].every(i => i.complete && i.naturalWidth)")
-
+        page.wait_for_function("[...document.querySelectorAll('#gallery-items img')]"
+                               ".every(i => i.complete && i.naturalWidth)")
         items.first.click()
-        page.wait_for_function("document.getElementById('viewer-canvas').dataset.renders >= 1")
-        overlay = "(() => { const c = document.getElementById('viewer-canvas'); " \
-                  "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; " \
-                  "let s = 0; for (let k = 3; k < d.length; k += 4) s += d[k] > 0; return s; })()"
-        before = page.evaluate(overlay)
+        renders(page, 1)
+        before = page.evaluate(OVERLAY_PIXELS)
         assert before > 0
         page.locator('#class-list input[data-class="4"]').uncheck()
-        page.wait_for_function("document.getElementById('viewer-canvas').dataset.renders >= 2")
-        after = page.evaluate(overlay)
-        assert 0 < after < before
+        renders(page, 2)
+        assert 0 < page.evaluate(OVERLAY_PIXELS) < before
         page.click("#classes-none")
-        assert page.evaluate(overlay) == 0
+        assert page.evaluate(OVERLAY_PIXELS) == 0
         page.select_option("#viewer-mode", "vs1")
         page.click("#classes-all")
-        assert page.evaluate(overlay) > 0
+        assert page.evaluate(OVERLAY_PIXELS) > 0
         page.click("#zoom-full")
         assert page.locator("#zoom-level").inner_text() == "100 %"
-        page.wait_for_function("document.getElementById('viewer-image').complete")
+        page.wait_for_function("document.getElementById('viewer-image').naturalWidth == 64")
         page.click("#viewer-close")
-        page.goto((out / "index.html").as_uri() + "#suspects")
+        page.click('a[data-tab="suspects"]')
         assert page.locator("#suspects-body tbody tr").count() == 1
-        browser.close()
+        page.click('a[data-tab="disagreement"]')
+        assert page.locator("#disagreement-body table").count() == 3
     assert errors == []
     assert requests and all(u.startswith(out.as_uri()) for u in requests), requests
+
+
+def test_analyze_out_links_the_report(data, tmp_path, capsys):
+    out = tmp_path / "analysis"
+    code, _, err = cli(capsys, "analyze", data["a"], "--gt", data["root"], "--out", out, "--report")
+    assert code == 0, err
+    assert (out / "analysis.json").is_file() and str(out / "report" / "index.html") in err.replace("\n", "")
+    assert page_data(out / "report" / "index.html")["models"] == ["a.csv"]
+    code, _, err = cli(capsys, "analyze", data["a"], "--gt", data["root"], "--report")
+    assert code == 2 and "--report writes into --out DIR" in error_line(err)
+    code, _, err = cli(capsys, "analyze", data["a"], "--gt", data["root"], "--out", out, "--report")
+    assert code == 1 and "already exists (use --force" in error_line(err)

@@ -26,9 +26,11 @@ from boneseg.errors import BonesegWarning, DataError, OutputExistsError, suggest
 from boneseg.progress import SILENT, Reporter, track
 from boneseg.workflows.analysis import Analysis, analyze
 
-__all__ = ["AGREEMENT_COLOURS", "SUSPECTS_FILE", "THUMB_SIDE", "build_report", "read_suspects", "write_report"]
+__all__ = ["AGREEMENT_COLOURS", "REPORT_DIR", "check_out", "SUSPECTS_FILE", "THUMB_SIDE", "build_report", "read_suspects", "write_report"]
 
 ASSETS = Path(__file__).with_name("report_assets")
+REPORT_DIR = "report"
+"""The report folder inside ``analyze --out`` and ``demo --out``."""
 SUSPECTS_FILE = "suspects.csv"
 SUSPECT_COLUMNS = ("image_name", "class", "kind", "score")
 THUMB_SIDE = 256
@@ -86,7 +88,7 @@ def build_report(preds: Sequence[str | os.PathLike], out: str | os.PathLike, gt:
         OutputExistsError: `out` exists and `force` is false (checked before any work).
         UsageError, DataError: see `analyze`, `read_suspects`; images missing or of another size.
     """
-    _check_out(Path(out), force)
+    check_out(Path(out), force)
     suspects = read_suspects(audit) if audit is not None else None
     result = analyze(preds, gt, fold=fold, splits=splits, size=size, cache_dir=cache_dir, reporter=reporter)
     return write_report(result, out, suspects=suspects, images=images, force=force, cache_dir=cache_dir,
@@ -102,7 +104,7 @@ def write_report(result: Analysis, out: str | os.PathLike, *, suspects: list[dic
         OutputExistsError: `out` exists and `force` is false.
         DataError: an image is missing or its size differs from the one the CSVs were read at.
     """
-    out = _check_out(Path(out), force)
+    out = check_out(Path(out), force)
     import jinja2
 
     sources = _image_sources(result, images)
@@ -136,7 +138,8 @@ def write_report(result: Analysis, out: str | os.PathLike, *, suspects: list[dic
 
 # -- output folder --------------------------------------------------------------------------------
 
-def _check_out(out: Path, force: bool) -> Path:
+def check_out(out: Path, force: bool) -> Path:
+    """Refuse an existing report folder unless `force` (a file in its place always)."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a folder")
     if out.exists() and not force:
@@ -154,7 +157,7 @@ def _replace(tmp: Path, out: Path, force: bool) -> None:
     """Rename the finished folder `tmp` onto `out`; an old `out` (with `force`) is removed only afterwards."""
     old = None
     if out.exists():
-        _check_out(out, force)
+        check_out(out, force)
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         out.rename(old)
@@ -189,12 +192,13 @@ def _image_sources(result: Analysis, images: str | os.PathLike | None) -> list[P
 
 
 def _truth_loader(result: Analysis, cache_dir: str | os.PathLike | None):
-    if result.inputs.samples is None:
+    samples, data = result.inputs.samples, result.inputs.data
+    if samples is None or data is None:
         return None
     from boneseg.data.masks import MaskCache, default_cache_dir
 
-    cache = MaskCache(cache_dir or default_cache_dir(result.inputs.data))
-    return lambda i: cache.get(result.inputs.samples[i]).masks
+    cache = MaskCache(cache_dir or default_cache_dir(data))
+    return lambda i: cache.get(samples[i]).masks
 
 
 def _write_image(result: Analysis, i: int, source: Path | None, truth, folder: Path) -> None:
@@ -257,8 +261,9 @@ def _page_data(result: Analysis, suspects: list[dict] | None) -> dict:
         "dice": None if result.dice is None else _round(result.dice),
         "similarity": None, "suspects": None,
     }
-    if result.similarity is not None:
-        mean, per_class = result.similarity_matrices()
+    matrices = result.similarity_matrices()
+    if result.similarity is not None and matrices is not None:
+        mean, per_class = matrices
         m = result.models
         pairs = [result.similarity[a, b] for a in range(m) for b in range(a + 1, m)]
         data["similarity"] = {"mean": _round(mean), "per_class": _round(per_class),

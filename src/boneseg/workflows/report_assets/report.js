@@ -261,7 +261,7 @@
   }
 
   const viewer = {
-    i: 0, model: 0, mode: "pred", zoom: 1, enabled: new Array(C).fill(true), renders: 0, runs: {},
+    i: 0, model: 0, mode: D.labels ? "gt" : "pred", zoom: 1, enabled: new Array(C).fill(true), renders: 0, runs: {},
     init() {
       const model = $("viewer-model");
       D.models.forEach((m, k) => model.append(el("option", { value: k, text: m })));
