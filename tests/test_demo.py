@@ -13,6 +13,8 @@ from boneseg.workflows.demo import OVERLAY, STEPS, run_demo, settings_for
 from boneseg.errors import OutputExistsError, UsageError
 from boneseg.submission import read_submission, validate_submission
 
+from util import browse
+
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
@@ -30,12 +32,25 @@ def test_cli_prints_steps_and_per_class_table(demo_dir):
     assert "Validation Dice per class" in output
     assert all(c in output for c in ("finger-1", "Pisiform", "Ulna"))
     assert "mean validation Dice" in output
+    assert "report/index.html (open it in a browser)" in output
+
+
+def test_report_opens_in_chromium(demo_dir):
+    """The demo's report works in headless Chromium: its validation images in the gallery, no errors."""
+    out, _ = demo_dir
+    summary = json.loads((out / "summary.json").read_text())
+    with browse(out / summary["files"]["report"]) as (page, errors, requests):
+        page.click('a[data-tab="gallery"]')
+        assert page.locator("#gallery-items .item").count() == summary["images"]["val"]
+        page.locator("#gallery-items .item").first.click()
+        page.wait_for_function("document.getElementById('viewer-canvas').dataset.renders >= 1")
+    assert errors == [] and all(u.startswith((out / "report").as_uri()) for u in requests), (errors, requests)
 
 
 def test_outputs_and_summary_schema(demo_dir):
     out, _ = demo_dir
     for name in ("data/train/DCM", "data/test/DCM", "data/meta_data.xlsx", "splits.json", "run/best.pt",
-                 "run/metrics.jsonl", "val.csv", "submission.csv", "analysis/analysis.json", OVERLAY,
+                 "run/metrics.jsonl", "val.csv", "submission.csv", "analysis/analysis.json", "report/index.html", OVERLAY,
                  "summary.json"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())

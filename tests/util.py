@@ -1,7 +1,9 @@
 """Small hand-made datasets in the competition layout, for tests that must not depend on synth."""
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -54,3 +56,33 @@ def tiny_config(data: Path, out: Path, **extra) -> dict:
                cache_dir=str(Path(out).parent / "cache"), model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
     cfg.update(extra)
     return cfg
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+"""Debian's Chromium (CI installs it); browser tests skip without it."""
+
+
+@contextlib.contextmanager
+def browse(index: Path):
+    """Open `index` from file:// in headless Chromium via playwright: yields (page, console errors, request URLs)."""
+    import pytest
+
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH (CI installs Debian's chromium package)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the [test] extra")
+    errors: list[str] = []
+    requests: list[str] = []
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(index.as_uri())
+            page.wait_for_selector("body[data-ready=true]", state="attached")
+            yield page, errors, requests
+        finally:
+            browser.close()

@@ -17,7 +17,7 @@ from boneseg.classes import PALETTE
 from boneseg.io import atomic_path
 from boneseg.maskops import bbox
 
-__all__ = ["overlay", "overlay_compare", "save_png", "new_figure", "image_grid", "heatmap", "PRED_COLOUR",
+__all__ = ["overlay", "overlay_compare", "overlay_errors", "save_png", "new_figure", "image_grid", "heatmap", "PRED_COLOUR",
            "GT_COLOUR"]
 
 PRED_COLOUR = (255, 60, 60)
@@ -89,6 +89,15 @@ def overlay_compare(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, alpha: 
     gt = np.asarray(gt.any(axis=0)) if gt.ndim == 3 else gt
     both = pred & gt
     return _blend(image, [(pred & ~both, PRED_COLOUR), (gt & ~both, GT_COLOUR), (both, (255, 230, 60))], alpha)
+
+
+def overlay_errors(image: np.ndarray, pred: np.ndarray, ref: np.ndarray, colours: Sequence[tuple[int, int, int]],
+                   alpha: float = 0.5) -> np.ndarray:
+    """Per-class agreement of (C, H, W) `pred` with `ref` on an image, coloured ``colours`` = (both, only
+    pred, only ref): a pixel one class gets right and another wrong shows the mix."""
+    pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
+    return _blend(image, [((pred & ref).any(axis=0), colours[0]), ((pred & ~ref).any(axis=0), colours[1]),
+                          ((ref & ~pred).any(axis=0), colours[2])], alpha)
 
 
 def new_figure(width: float = 8.0, height: float = 6.0, dpi: int = 100):

@@ -26,16 +26,25 @@ def analyze_command(
     worst: int = typer.Option(10, "--worst", min=0, help="How many worst images / cases to list and draw."),
     tolerance: float = typer.Option(0.02, "--tolerance", min=0.0,
                                     help="Ensemble suggestion: consider models within this Dice of the best."),
+    report: bool = typer.Option(False, "--report", help="Also write the HTML report (`boneseg report`) into OUT/report/."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
 ) -> None:
     """Per-class and per-image Dice against the labels (--gt), model-vs-model Dice for several CSVs, area
     statistics, the worst cases and an ensemble suggestion. Tables on stderr; --json on stdout."""
+    from boneseg.errors import UsageError
     from boneseg.workflows.analysis import analyze, write_plots
+    from boneseg.workflows.report import REPORT_DIR, check_out, write_report
 
+    if report and out is None:
+        raise UsageError("--report writes into --out DIR: give --out")
+    if report:
+        check_out(out / REPORT_DIR, force)
     with reporter(transient=True, disable=not console.is_terminal) as shown:
         result = analyze(preds, gt, fold=fold, splits=splits, size=size, worst=worst, tolerance=tolerance,
                          reporter=shown)
         written = write_plots(result, out, force=force) if out is not None else []
+        if report:
+            written.append(write_report(result, out / REPORT_DIR, force=force, reporter=shown))
     for note in result.inputs.notes:
         console.print(f"note: {note}", markup=False)
     _print_tables(result)

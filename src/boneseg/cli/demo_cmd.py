@@ -32,8 +32,9 @@ def demo_command(
     console.print(f"mean validation Dice [bold]{summary['mean_dice']:.4f}[/bold] "
                   f"(engine at the training size: {summary['train_val_dice']:.4f}); "
                   f"{format_seconds(summary['seconds'])}", markup=True)
-    console.print(f"wrote {out}/: data/, splits.json, run/, val.csv, submission.csv, analysis/, overlay.png, "
-                  "summary.json", markup=False)
+    console.print(f"wrote {out}/: data/, splits.json, run/, val.csv, submission.csv, analysis/, report/, "
+                  "overlay.png, summary.json", markup=False)
+    console.print(f"report: {out / summary['files']['report']} (open it in a browser)", markup=False)
     if json_out:
         print_json(summary)
 

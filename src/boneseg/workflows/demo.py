@@ -1,7 +1,7 @@
 """`boneseg demo`: the whole pipeline on a synthetic set, sized for a laptop-class CPU.
 
 synth -> split -> train -> TTA choice on the validation fold -> predict (validation fold and test set)
--> analyze -> overlay, all through the library functions the commands use, with every output under one
+-> analyze -> report -> overlay, all through the library functions the commands use, with every output under one
 folder and a ``summary.json`` holding the validation Dice. The settings (`SETTINGS`, `QUICK`) and the
 reasons for them are in ``docs/demo.md``.
 """
@@ -56,7 +56,7 @@ QUICK: dict = {
 }
 """`--quick`: every step end to end in seconds (it checks the plumbing, not the Dice)."""
 
-STEPS = ("synth", "split", "train", "tta", "predict", "analyze", "overlay")
+STEPS = ("synth", "split", "train", "tta", "predict", "analyze", "report", "overlay")
 OVERLAY = "overlay.png"
 
 
@@ -144,7 +144,7 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
 
     Args:
         out: output folder (``data/``, ``splits.json``, ``run/``, ``val.csv``, ``submission.csv``,
-            ``analysis/``, ``overlay.png``, ``summary.json``).
+            ``analysis/``, ``report/``, ``overlay.png``, ``summary.json``).
         seed: seeds the dataset, the folds, the initialisation and the sample order; the same seed gives
             the same Dice.
         quick: tiny sizes and two epochs (a plumbing check in seconds; the Dice is meaningless).
@@ -202,6 +202,10 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
 
             result = analyze([val_csv], data, fold=cfg["fold"], splits=splits_path, reporter=reporter)
             write_plots(result, out / "analysis")
+        with step("report", "the validation predictions as a page to open in a browser"):
+            from boneseg.workflows.report import REPORT_DIR, write_report
+
+            write_report(result, out / REPORT_DIR, reporter=reporter)
         with step("overlay", "first test image with its predicted masks"):
             _overlay(data, sub_csv, out / OVERLAY)
     per_class = result.per_class_dice(0)
@@ -224,7 +228,8 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "files": {"data": "data", "splits": "splits.json", "run": "run", "val_csv": "val.csv",
-                  "submission": "submission.csv", "analysis": "analysis", "overlay": OVERLAY},
+                  "submission": "submission.csv", "analysis": "analysis", "report": f"{REPORT_DIR}/index.html",
+                  "overlay": OVERLAY},
     }
     write_json(out / "summary.json", summary)
     return summary

@@ -1,0 +1,273 @@
+"""`boneseg report`: one self-contained HTML page that shows what the predictions do.
+
+The page is static: ``index.html`` (Jinja2 template with the scores inlined as JSON), ``assets/`` (plain
+CSS and JS from ``report_assets/``), ``thumbs/`` (gallery JPEGs with the first model's prediction drawn
+on), ``full/`` (full-resolution JPEGs) and ``masks/`` (one script per image with the RLEs of every model
+and of the labels). Full images and masks load only when an image is opened, as ``<img>`` and
+``<script>`` elements: no fetch, no server, nothing from the network, so the folder opens from the file
+system and can be zipped and shared. The scores come from `boneseg.workflows.analysis.analyze`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from boneseg.classes import CLASSES, PALETTE
+from boneseg.errors import BonesegWarning, DataError, OutputExistsError, suggest
+from boneseg.progress import SILENT, Reporter, track
+from boneseg.workflows.analysis import Analysis, analyze
+
+__all__ = ["AGREEMENT_COLOURS", "REPORT_DIR", "check_out", "SUSPECTS_FILE", "THUMB_SIDE", "build_report", "read_suspects", "write_report"]
+
+ASSETS = Path(__file__).with_name("report_assets")
+REPORT_DIR = "report"
+"""The report folder inside ``analyze --out`` and ``demo --out``."""
+SUSPECTS_FILE = "suspects.csv"
+SUSPECT_COLUMNS = ("image_name", "class", "kind", "score")
+THUMB_SIDE = 256
+"""Longest side of a gallery thumbnail in pixels."""
+AGREEMENT_COLOURS = ((60, 200, 60), (255, 50, 50), (40, 110, 255))
+"""(both, only the prediction, only the reference): true positive, false positive, false negative."""
+
+
+def read_suspects(audit: str | os.PathLike) -> list[dict]:
+    """The rows of ``audit/suspects.csv`` (written by ``boneseg audit``), most suspect first.
+
+    Raises:
+        DataError: no such file, a missing column, an unknown class or a score that is not a finite
+            number (naming the file and line).
+    """
+    path = Path(audit) / SUSPECTS_FILE
+    if not path.is_file():
+        raise DataError(f"--audit {audit}: no {SUSPECTS_FILE} in it (written by `boneseg audit`)")
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in SUSPECT_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: header lacks {', '.join(missing)} (expected {','.join(SUSPECT_COLUMNS)})")
+        rows = []
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"
+            if row["class"] not in CLASSES:
+                raise DataError(f"{where}: unknown class {row['class']!r}{suggest(row['class'] or '', CLASSES)}")
+            try:
+                score = float(row["score"])
+            except (TypeError, ValueError):
+                score = math.nan
+            if not math.isfinite(score):
+                raise DataError(f"{where}: score {row['score']!r} is not a finite number")
+            rows.append({"image": row["image_name"], "class": CLASSES.index(row["class"]),
+                         "kind": row["kind"] or "", "score": score})
+    return rows
+
+
+def build_report(preds: Sequence[str | os.PathLike], out: str | os.PathLike, gt: str | os.PathLike | None = None, *,
+                 fold: int | None = None, splits: str | os.PathLike | None = None,
+                 audit: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+                 size: int = 2048, force: bool = False, cache_dir: str | os.PathLike | None = None,
+                 reporter: Reporter = SILENT) -> Path:
+    """Score prediction CSVs (see `analyze`) and write the report folder `out`; returns ``out/index.html``.
+
+    Args:
+        preds: submission CSVs (the first one's prediction is drawn on the gallery thumbnails).
+        gt, fold, splits, size: as for `analyze` (with `gt` the images are its train images).
+        audit: a ``boneseg audit`` output folder: its suspects are listed and linked.
+        images: without `gt`, where the CSV's images are (a dataset root or a folder of PNGs); without
+            either, the masks are drawn on a blank `size`² canvas.
+
+    Raises:
+        OutputExistsError: `out` exists and `force` is false (checked before any work).
+        UsageError, DataError: see `analyze`, `read_suspects`; images missing or of another size.
+    """
+    check_out(Path(out), force)
+    suspects = read_suspects(audit) if audit is not None else None
+    result = analyze(preds, gt, fold=fold, splits=splits, size=size, cache_dir=cache_dir, reporter=reporter)
+    return write_report(result, out, suspects=suspects, images=images, force=force, cache_dir=cache_dir,
+                        reporter=reporter)
+
+
+def write_report(result: Analysis, out: str | os.PathLike, *, suspects: list[dict] | None = None,
+                 images: str | os.PathLike | None = None, force: bool = False,
+                 cache_dir: str | os.PathLike | None = None, reporter: Reporter = SILENT) -> Path:
+    """Write the report of an `Analysis` into the folder `out` (built beside it, then renamed into place).
+
+    Raises:
+        OutputExistsError: `out` exists and `force` is false.
+        DataError: an image is missing or its size differs from the one the CSVs were read at.
+    """
+    out = check_out(Path(out), force)
+    import jinja2
+
+    sources = _image_sources(result, images)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for sub in ("assets", "thumbs", "full", "masks"):
+            (tmp / sub).mkdir()
+        for name in ("report.css", "report.js"):
+            shutil.copyfile(ASSETS / name, tmp / "assets" / name)
+        truth = _truth_loader(result, cache_dir)
+        for i in track(range(len(result.inputs.images)), reporter, "report images", "img"):
+            _write_image(result, i, sources[i] if sources else None, truth, tmp)
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(ASSETS), autoescape=True)
+        page = _page_data(result, suspects)
+        if page["suspects"] and page["suspects"]["outside"]:
+            warnings.warn(f"{page['suspects']['outside']} audit suspect(s) name images outside the report",
+                          BonesegWarning, stacklevel=2)
+        data = json.dumps(page, separators=(",", ":"), allow_nan=False)
+        html = env.get_template("index.html.j2").render(
+            title=", ".join(Path(n).name for n in result.inputs.names), images=len(result.inputs.images),
+            data=data.replace("</", "<\\/"))
+        (tmp / "index.html").write_text(html, encoding="utf-8")
+        os.chmod(tmp, 0o777 & ~_umask())
+        _replace(tmp, out, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "index.html"
+
+
+# -- output folder --------------------------------------------------------------------------------
+
+def check_out(out: Path, force: bool) -> Path:
+    """Refuse an existing report folder unless `force` (a file in its place always)."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder")
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists (use --force to overwrite)")
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _replace(tmp: Path, out: Path, force: bool) -> None:
+    """Rename the finished folder `tmp` onto `out`; an old `out` (with `force`) is removed only afterwards."""
+    old = None
+    if out.exists():
+        check_out(out, force)
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- images ---------------------------------------------------------------------------------------
+
+def _image_sources(result: Analysis, images: str | os.PathLike | None) -> list[Path] | None:
+    """The image file of each evaluated image, or None (blank canvases)."""
+    inputs = result.inputs
+    if inputs.samples is not None:
+        return [s.image for s in inputs.samples]
+    if images is None:
+        return None
+    from boneseg.data.layout import find_images
+
+    found: dict[str, Path] = {}
+    for s in find_images(images):
+        if s.image_name in found:
+            raise DataError(f"--images {images}: image name {s.image_name} occurs twice ({found[s.image_name]}, "
+                            f"{s.image}); CSV rows cannot be matched")
+        found[s.image_name] = s.image
+    missing = [n for n in inputs.images if n not in found]
+    if missing:
+        more = f", … ({len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise DataError(f"--images {images}: lacks {len(missing)} image(s) of {inputs.paths[0]}: "
+                        f"{', '.join(missing[:5])}{more}")
+    return [found[n] for n in inputs.images]
+
+
+def _truth_loader(result: Analysis, cache_dir: str | os.PathLike | None):
+    samples, data = result.inputs.samples, result.inputs.data
+    if samples is None or data is None:
+        return None
+    from boneseg.data.masks import MaskCache, default_cache_dir
+
+    cache = MaskCache(cache_dir or default_cache_dir(data))
+    return lambda i: cache.get(samples[i]).masks
+
+
+def _write_image(result: Analysis, i: int, source: Path | None, truth, folder: Path) -> None:
+    """``thumbs/i.jpg``, ``full/i.jpg`` and ``masks/i.js`` of image `i`."""
+    import cv2
+
+    from boneseg import rle
+    from boneseg.data.layout import read_image
+    from boneseg.plots import overlay, overlay_errors
+
+    inputs, name, shape = result.inputs, result.inputs.images[i], result.inputs.shapes[i]
+    image = read_image(source) if source is not None else np.zeros(shape, np.uint8)
+    if image.shape != tuple(shape):
+        raise DataError(f"{source}: image is {image.shape[1]}x{image.shape[0]}, the CSVs were read at "
+                        f"{shape[1]}x{shape[0]} (--size)")
+    pred = inputs.subs[0].masks(name, shape)
+    gt = truth(i) if truth is not None else None
+    drawn = overlay_errors(image, pred, gt, AGREEMENT_COLOURS) if gt is not None else overlay(image, pred)
+    scale = THUMB_SIDE / max(shape)
+    if scale < 1:
+        drawn = cv2.resize(drawn, (max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale))),
+                           interpolation=cv2.INTER_AREA)
+    stem = f"{i:04d}"
+    _write_jpeg(folder / "thumbs" / f"{stem}.jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR), 80)
+    _write_jpeg(folder / "full" / f"{stem}.jpg", image, 90)
+    masks = {"pred": [s.image_rles(name) for s in inputs.subs],
+             "gt": [rle.encode(m) for m in gt] if gt is not None else None}
+    (folder / "masks" / f"{stem}.js").write_text(
+        f"BonesegReport.masks({i},{json.dumps(masks, separators=(',', ':'))});\n", encoding="utf-8")
+
+
+def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise DataError(f"cannot encode {path} as JPEG")
+    path.write_bytes(buf.tobytes())
+
+
+# -- page data ------------------------------------------------------------------------------------
+
+def _round(values: np.ndarray, digits: int = 4) -> list:
+    return np.round(np.asarray(values, np.float64), digits).tolist()
+
+
+def _page_data(result: Analysis, suspects: list[dict] | None) -> dict:
+    """Everything the page draws, as JSON-ready lists (scores rounded to 4 digits)."""
+    inputs = result.inputs
+    index = {n: i for i, n in enumerate(inputs.images)}
+    listed = [dict(s, image=index[s["image"]]) for s in suspects or [] if s["image"] in index]
+    data = {
+        "classes": list(CLASSES), "palette": [list(c) for c in PALETTE],
+        "agreement": [list(c) for c in AGREEMENT_COLOURS],
+        "models": [Path(n).name for n in inputs.names], "paths": list(inputs.names),
+        "images": list(inputs.images), "shapes": [list(s) for s in inputs.shapes],
+        "labels": result.dice is not None, "notes": list(inputs.notes),
+        "pred_area": result.pred_area.tolist(),
+        "gt_area": None if result.gt_area is None else result.gt_area.tolist(),
+        "dice": None if result.dice is None else _round(result.dice),
+        "similarity": None, "suspects": None,
+    }
+    matrices = result.similarity_matrices()
+    if result.similarity is not None and matrices is not None:
+        mean, per_class = matrices
+        m = result.models
+        pairs = [result.similarity[a, b] for a in range(m) for b in range(a + 1, m)]
+        data["similarity"] = {"mean": _round(mean), "per_class": _round(per_class),
+                              "per_image": _round(np.mean(pairs, axis=0))}  # (N, 29) mean pairwise Dice
+    if suspects is not None:
+        data["suspects"] = {"rows": listed, "outside": len(suspects) - len(listed)}
+    return data

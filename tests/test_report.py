@@ -1,0 +1,175 @@
+"""`boneseg report`: the folder it writes, its errors, and the page working in headless Chromium."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from boneseg import CLASSES
+from boneseg.cli import main
+from boneseg.data.layout import discover
+from boneseg.data.masks import MaskCache, default_cache_dir
+from boneseg.submission import SubmissionWriter
+
+from util import browse, write_dataset
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """4 labelled 64² images, a prediction with per-class errors, a second model, and an audit folder."""
+    root = write_dataset(tmp_path_factory.mktemp("report") / "data", patients=2, size=64)
+    samples = discover(root, "train")
+    cache = MaskCache(default_cache_dir(root))
+    truth = np.stack([cache.get(s).masks for s in samples])
+    model_a, model_b = truth.copy(), truth.copy()
+    model_a[0, 3] = False                  # image 0: class 3 missed entirely
+    model_a[1, 5] = np.roll(truth[1, 5], 6, axis=1)
+    model_b[:, 7] = np.roll(truth[:, 7], 3, axis=0)
+    for name, masks in (("a.csv", model_a), ("b.csv", model_b)):
+        with SubmissionWriter(root.parent / name) as w:
+            for s, m in zip(samples, masks):
+                w.write_masks(s.image_name, m)
+    audit = root.parent / "audit"
+    audit.mkdir()
+    (audit / "suspects.csv").write_text("image_name,class,kind,score\n"
+                                        f"{samples[2].image_name},{CLASSES[9]},missing,0.9\n"
+                                        "elsewhere.png,finger-1,shifted,0.5\n")
+    return {"root": root, "a": root.parent / "a.csv", "b": root.parent / "b.csv", "audit": audit,
+            "samples": samples}
+
+
+def page_data(index: Path) -> dict:
+    html = index.read_text()
+    start = html.index('type="application/json">') + len('type="application/json">')
+    return json.loads(html[start:html.index("</script>", start)])
+
+
+def test_report_folder(data, tmp_path, capsys):
+    out = tmp_path / "rep"
+    code, _, err = cli(capsys, "report", data["a"], data["b"], "--gt", data["root"], "--audit", data["audit"],
+                       "-o", out)
+    assert code == 0, err
+    assert f"wrote {out / 'index.html'}" in err
+    assert "Warning: 1 audit suspect(s) name images outside the report" in err
+    n = len(data["samples"])
+    for sub, ext in (("thumbs", "jpg"), ("full", "jpg"), ("masks", "js")):
+        assert sorted(p.name for p in (out / sub).iterdir()) == [f"{i:04d}.{ext}" for i in range(n)]
+    page = page_data(out / "index.html")
+    assert page["models"] == ["a.csv", "b.csv"] and page["labels"]
+    assert page["dice"][0][0][3] == 0.0 and page["dice"][0][0][4] == 1.0 and page["dice"][1][0][3] == 1.0
+    assert page["suspects"]["rows"] == [{"image": 2, "class": 9, "kind": "missing", "score": 0.9}]
+    assert not any(".tmp" in p.name or ".old" in p.name for p in tmp_path.iterdir())
+    assert "http" not in (out / "index.html").read_text().replace("http://www.w3.org/2000/svg", "")
+
+    code, _, err = cli(capsys, "report", data["a"], "--gt", data["root"], "-o", out)
+    assert code == 1 and "already exists (use --force" in error_line(err)
+    code, _, err = cli(capsys, "report", data["a"], "--gt", data["root"], "-o", out, "--force")
+    assert code == 0, err
+    assert page_data(out / "index.html")["models"] == ["a.csv"]
+
+
+def test_report_without_labels_uses_images(data, tmp_path, capsys):
+    out = tmp_path / "rep"
+    code, _, err = cli(capsys, "report", data["a"], "--images", data["root"] / "train" / "DCM", "--size", 64,
+                       "-o", out)
+    assert code == 0, err
+    page = page_data(out / "index.html")
+    assert not page["labels"] and page["dice"] is None and len(page["images"]) == len(data["samples"])
+    code, _, err = cli(capsys, "report", data["a"], "--images", data["root"] / "train" / "DCM", "-o", tmp_path / "x")
+    assert code == 1 and "the CSVs were read at 2048x2048 (--size)" in error_line(err)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("suspects, message", [
+    (None, "no suspects.csv in it"),
+    ("image_name,class,score\n", "header lacks kind"),
+    ("image_name,class,kind,score\nx.png,finger-30,a,1\n", "line 2: unknown class 'finger-30'"),
+    ("image_name,class,kind,score\nx.png,finger-3,a,nan\n", "line 2: score 'nan' is not a finite number"),
+])
+def test_report_bad_audit(data, tmp_path, capsys, suspects, message):
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    if suspects is not None:
+        (audit / "suspects.csv").write_text(suspects)
+    code, _, err = cli(capsys, "report", data["a"], "--gt", data["root"], "--audit", audit, "-o", tmp_path / "r")
+    assert code == 1 and message in error_line(err)
+    assert not (tmp_path / "r").exists()
+
+
+OVERLAY_PIXELS = ("(() => { const c = document.getElementById('viewer-canvas'); "
+                  "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; "
+                  "let s = 0; for (let k = 3; k < d.length; k += 4) s += d[k] > 0; return s; })()")
+
+
+def renders(page, n: int) -> None:
+    page.wait_for_function(f"document.getElementById('viewer-canvas').dataset.renders >= {n}")
+
+
+def test_report_in_headless_chromium(data, tmp_path, capsys):
+    """The page opens from file://, draws every gallery item, toggling a class changes the overlay, no
+    console errors and no request outside the report folder."""
+    out = tmp_path / "rep"
+    code, _, err = cli(capsys, "report", data["a"], data["b"], "--gt", data["root"], "--audit", data["audit"],
+                       "-o", out)
+    assert code == 0, err
+    with browse(out / "index.html") as (page, errors, requests):
+        page.click('a[data-tab="gallery"]')
+        items = page.locator("#gallery-items .item")
+        assert items.count() == len(data["samples"])
+        # sorted by the worst class of the first model: image 0 (class 3 missed, Dice 0) comes first
+        assert items.first.get_attribute("data-index") == "0"
+        page.wait_for_function("[...document.querySelectorAll('#gallery-items img')]"
+                               ".every(i => i.complete && i.naturalWidth)")
+        items.first.click()
+        renders(page, 1)
+        before = page.evaluate(OVERLAY_PIXELS)
+        assert before > 0
+        page.locator('#class-list input[data-class="4"]').uncheck()
+        renders(page, 2)
+        assert 0 < page.evaluate(OVERLAY_PIXELS) < before
+        page.click("#classes-none")
+        assert page.evaluate(OVERLAY_PIXELS) == 0
+        page.select_option("#viewer-mode", "vs1")
+        page.click("#classes-all")
+        assert page.evaluate(OVERLAY_PIXELS) > 0
+        page.click("#zoom-full")
+        assert page.locator("#zoom-level").inner_text() == "100 %"
+        page.wait_for_function("document.getElementById('viewer-image').naturalWidth == 64")
+        page.click("#viewer-close")
+        page.click('a[data-tab="suspects"]')
+        assert page.locator("#suspects-body tbody tr").count() == 1
+        page.click('a[data-tab="disagreement"]')
+        assert page.locator("#disagreement-body table").count() == 3
+    assert errors == []
+    assert requests and all(u.startswith(out.as_uri()) for u in requests), requests
+
+
+def test_analyze_out_links_the_report(data, tmp_path, capsys):
+    out = tmp_path / "analysis"
+    code, _, err = cli(capsys, "analyze", data["a"], "--gt", data["root"], "--out", out, "--report")
+    assert code == 0, err
+    assert (out / "analysis.json").is_file() and str(out / "report" / "index.html") in err.replace("\n", "")
+    assert page_data(out / "report" / "index.html")["models"] == ["a.csv"]
+    code, _, err = cli(capsys, "analyze", data["a"], "--gt", data["root"], "--report")
+    assert code == 2 and "--report writes into --out DIR" in error_line(err)
+    code, _, err = cli(capsys, "analyze", data["a"], "--gt", data["root"], "--out", out, "--report")
+    assert code == 1 and "already exists (use --force" in error_line(err)
