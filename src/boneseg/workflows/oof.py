@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boneseg import probs as probs_mod
-from boneseg.data.layout import Sample, discover
+from boneseg.data.layout import Sample, by_image_name, discover
 from boneseg.engine.run import Run
 from boneseg.errors import DataError, UsageError
-from boneseg.inference.run import check_probs_dir, check_unique_names, predict
+from boneseg.inference.run import check_probs_dir, predict
 from boneseg.io import atomic_open, check_output, is_stdout
 from boneseg.progress import SILENT, Reporter
 from boneseg.submission import HEADER, csv_rows, format_row
@@ -87,7 +87,7 @@ def oof(runs: Sequence[str | os.PathLike], output: str | os.PathLike | None, *, 
     opened = [Run.open(r) for r in runs]
     data = data if data is not None else opened[0].config.data
     samples = discover(data)
-    check_unique_names(samples)
+    by_image_name(samples)
     parts = assign_folds(opened, samples)
     if output is not None and not is_stdout(output):
         check_output(output, force)
