@@ -37,6 +37,7 @@ from boneseg.inference.exported import (
 from boneseg.inference.predictor import check_weights
 from boneseg.inference.run import find_rules
 from boneseg.io import atomic_path, check_output, write_json
+from boneseg.postprocess import rules_list
 from boneseg.probs import publish, read_thresholds, staging_dir
 from boneseg.progress import SILENT, Reporter
 
@@ -107,7 +108,7 @@ def check_agree(runs: Sequence[Run], fmt: str) -> None:
                                  f"{getattr(first.config, key)!r} (runs in one graph share one input)")
 
 
-def _plain(model: torch.nn.Module) -> torch.nn.Module:
+def _plain(model: torch.nn.Module) -> Any:
     """The smp model inside a heads wrapper (whose eval output, without sharpening, is the smp model's)."""
     return getattr(model, "base", model)
 
@@ -208,7 +209,9 @@ def export(runs: Sequence[str | os.PathLike | Run], fmt: str, output: str | os.P
     for run in opened:
         check_exportable(run, fmt)
     check_agree(opened, fmt)
-    rules, _ = find_rules(opened, postprocess_rules)
+    rules, rules_path = find_rules(opened, postprocess_rules)
+    if rules is not None:
+        rules_list(rules, where=str(rules_path))  # checked now, not when predict reads the export
     cfg = opened[0].config
     doc = {"format": FORMAT, "version": 1, "backend": fmt, "boneseg": __version__,
            "input": {"name": INPUT_NAME, "layout": "NCHW float32", "normalisation": "(image / 255 - mean) / std"},
