@@ -16,6 +16,7 @@ from boneseg.cli.app import app, state
 from boneseg.cli import (  # noqa: F401  (each module registers its commands on `app`)
     synth_cmd, eda_cmd, split_cmd, train_cmd, predict_cmd, tta_cmd, pseudo_cmd, ensemble_cmd,
     analyze_cmd, check_cmd, demo_cmd, models_cmd, select_cmd, oof_cmd, audit_cmd, report_cmd,
+    export_cmd,
 )
 from boneseg.errors import BonesegError, BonesegWarning, quote, suggest
 

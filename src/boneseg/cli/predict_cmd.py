@@ -13,7 +13,8 @@ WRIST_MODEL = typer.Option(None, "--wrist-model", metavar="CKPT|RUN", help="Wris
                            "replaces the carpal predictions inside the wrist box.")
 META = typer.Option(None, "--meta", metavar="FILE.xlsx", help="Metadata file for --meta film models (default: meta_data.xlsx "
                     "found from the images).")
-MODELS = typer.Option(..., "--model", "-m", metavar="CKPT|RUN", help="Checkpoint file or run folder (its best.pt); repeat to ensemble.")
+MODELS = typer.Option(..., "--model", "-m", metavar="CKPT|RUN", help="Checkpoint file, run folder (its best.pt) or an export "
+                      "(boneseg export: FILE.onnx, TorchScript file, hf folder); repeat to ensemble.")
 WEIGHTS = typer.Option(None, "--weights", help="Ensemble weights, comma-separated, one per -m (default equal).")
 SIZE = typer.Option(None, "--size", help="Resize-mode side (default: each model's training size); with "
                                          "--sliding, the square resolution the window slides over.")
@@ -38,8 +39,8 @@ def predict_command(
     window: int = WINDOW,
     overlap: float = OVERLAP,
     size: int = SIZE,
-    threshold: str = typer.Option("0.5", "--threshold", "-t", metavar="T|FILE.json", help="Threshold, or a JSON file {class: t} "
-                                                                   "(e.g. from boneseg tta --thresholds-out)."),
+    threshold: str = typer.Option(None, "--threshold", "-t", metavar="T|FILE.json", help="Threshold, or a JSON file {class: t} "
+                                  "(e.g. from boneseg tta --thresholds-out) \\[default: an exported model's own, else 0.5]."),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep each class's largest component only."),
     min_area: int = typer.Option(0, "--min-area", help="Remove components smaller than this many pixels."),
     postprocess: str = typer.Option("auto", "--postprocess", help="Per-class post-processing rules: auto (the "

@@ -31,6 +31,7 @@ class Run:
         self.path, self.checkpoint = Path(path), checkpoint
         self.saved: dict = dict(state["config"])
         self.config = TrainConfig.from_saved(self.saved)
+        self.metrics: dict = dict(state.get("metrics") or {})  # the validation metrics of the saved epoch
         self._state: dict[str, Any] | None = state
 
     @classmethod

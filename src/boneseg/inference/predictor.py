@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,18 +30,22 @@ from boneseg.engine.distributed import resolve_device
 from boneseg.engine.run import Run
 from boneseg.engine.train import TrainConfig
 from boneseg.errors import UsageError
+from boneseg.inference.exported import Exported, open_model
 from boneseg.inference.sliding import alloc, check_window, sliding_window
 from boneseg.inference.tta import Policy, hflip, snap, unflip
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode with its training config, ensemble weight and the `Run` it came from."""
+    """A model in eval mode with its training config, ensemble weight and the `Run` (or `Exported`) it came
+    from. `model` maps a normalised batch to logits, or to probabilities when `probabilities` (an exported
+    graph with its sigmoid inside): the one difference between backends the predictor sees."""
 
-    model: torch.nn.Module
+    model: Any
     config: TrainConfig
     source: str = ""
     weight: float = 1.0
-    run: Run | None = None
+    run: Run | Exported | None = None
+    probabilities: bool = False
 
     @property
     def unify(self) -> str | None:
@@ -65,9 +70,10 @@ def check_weights(weights: Sequence[float] | None, n_models: int) -> list[float]
     return weights
 
 
-def load_models(checkpoints: Sequence[str | os.PathLike | Run], device: torch.device,
+def load_models(checkpoints: Sequence[str | os.PathLike | Run | Exported], device: torch.device,
                 weights: Sequence[float] | None = None) -> list[LoadedModel]:
-    """Load each checkpoint (file, run folder or opened `Run`) with its own config.
+    """Load each checkpoint (file, run folder, opened `Run`) or export (`boneseg.inference.exported`) with its
+    own config.
 
     Raises:
         UsageError: no checkpoint, or a weight count that differs from the checkpoint count / a negative weight.
@@ -76,8 +82,9 @@ def load_models(checkpoints: Sequence[str | os.PathLike | Run], device: torch.de
     weights = check_weights(weights, len(checkpoints))
     out = []
     for ckpt, w in zip(checkpoints, weights):
-        run = Run.open(ckpt)
-        out.append(LoadedModel(run.model(device), run.config, str(run.path), float(w), run))
+        run = open_model(ckpt)
+        probabilities = isinstance(run, Exported) and run.probabilities
+        out.append(LoadedModel(run.model(device), run.config, str(run.path), float(w), run, probabilities))
     return out
 
 
@@ -175,7 +182,8 @@ class Predictor:
         self.channels_last = self.device.type == "cuda"
         if self.channels_last:
             for lm in self.models:
-                lm.model.to(memory_format=torch.channels_last)
+                if isinstance(lm.model, torch.nn.Module):
+                    lm.model.to(memory_format=torch.channels_last)
         self.unified = [i for i, lm in enumerate(self.models) if lm.unify]
 
     @staticmethod
@@ -192,7 +200,7 @@ class Predictor:
             raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: Sequence[str | os.PathLike | Run], weights: Sequence[float] | None = None,
+    def from_checkpoints(cls, checkpoints: Sequence[str | os.PathLike | Run | Exported], weights: Sequence[float] | None = None,
                          device: str | torch.device = "auto", **kwargs) -> "Predictor":
         dev = resolve_device(device)
         return cls(load_models(checkpoints, dev, weights), dev, **kwargs)
@@ -227,6 +235,11 @@ class Predictor:
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             return lm.model(x).to(self.dtype)
 
+    @staticmethod
+    def _sigmoid(lm: LoadedModel, y: torch.Tensor) -> torch.Tensor:
+        """Probabilities from a model's output (which already is for an exported graph)."""
+        return y if lm.probabilities else y.sigmoid_()
+
     def view_size(self, m: int, item: Item, sliding: bool, scale: float) -> tuple[int, int]:
         """The input size of a view: the model's square (snapped) or the sliding base, times `scale`."""
         if sliding:
@@ -242,7 +255,7 @@ class Predictor:
             out = []
             for f in flips:
                 x = self._input(lm, item, hw)[0]
-                p = sliding_window(lambda b: self._forward(lm, b).sigmoid_(), hflip(x) if f else x,
+                p = sliding_window(lambda b: self._sigmoid(lm, self._forward(lm, b)), hflip(x) if f else x,
                                    self.window_of(lm), self.overlap, self.batch_size, self.dtype)
                 p = unflip(p) if f else p
                 if p.shape[-2:] != (h, w):
@@ -256,7 +269,7 @@ class Predictor:
             y = unflip(y) if f else y
             if y.shape[-2:] != (h, w):
                 y = F.interpolate(y, (h, w), mode="bilinear", align_corners=False)
-            out.append(y[0].sigmoid_())
+            out.append(self._sigmoid(lm, y[0]))
         return out
 
     def views(self, m: int, item: Item, sliding: bool, scale: float, flips: Sequence[bool],

@@ -29,6 +29,7 @@ from boneseg.data.layout import Sample, by_image_name, find_images, read_image
 from boneseg.engine.distributed import cleanup, setup
 from boneseg.engine.run import Run
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
+from boneseg.inference.exported import Exported, open_model
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
 from boneseg.inference.predictor import InputPlan, Item, Predictor, check_weights
 from boneseg.inference.stages import ImageStages
@@ -229,7 +230,7 @@ class _Rows:
 def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Sequence[str | os.PathLike],
             output: str | os.PathLike | None = "-", *, tta: str | Policy = "none",
             scales: Sequence[float] | str = DEFAULT_SCALES, sliding: bool = False,
-            threshold: float | str | os.PathLike | dict = 0.5, keep_largest: bool = False, min_area: int = 0,
+            threshold: float | str | os.PathLike | dict | None = None, keep_largest: bool = False, min_area: int = 0,
             save_probs: str | os.PathLike | None = None, workers: int = 2, force: bool = False,
             reporter: Reporter = SILENT, weights: Sequence[float] | None = None, device: str = "auto",
             size: int | None = None, window: int | None = None, overlap: float = 0.5, batch_size: int = 4,
@@ -240,11 +241,13 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
 
     Args:
         source: a dataset root (its ``test/DCM``), a folder of PNGs (recursive), one PNG, or samples.
-        models: checkpoints/run folders (each rebuilt from its own config) or a ready `Predictor`.
+        models: checkpoints/run folders (each rebuilt from its own config), exports (`boneseg export`), or a
+            ready `Predictor`.
         output: CSV path, or ``-``/None for standard output.
         tta: ``none``, ``hflip``, ``scale``, ``hflip+scale`` (or a `Policy`); views are merged by the mean
             of their probabilities. scales: the scales of ``scale``. sliding: sliding-window mode.
-        threshold: a number, a {class: t} mapping, or a JSON file of per-class thresholds.
+        threshold: a number, a {class: t} mapping, or a JSON file of per-class thresholds; None: those of a
+            single exported model, else 0.5.
         keep_largest / min_area: post-processing per class (off by default).
         save_probs: folder for uint8 probabilities (`boneseg.probs`), for soft voting and pseudo-labels.
         workers: data-loader processes. force: overwrite existing outputs.
@@ -276,7 +279,10 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     if not samples:
         raise DataError("no images to predict")
     by_image_name(samples)
-    runs = [] if isinstance(models, Predictor) else [Run.open(m) for m in models]
+    runs = [] if isinstance(models, Predictor) else [open_model(m) for m in models]
+    if threshold is None and len(runs) == 1 and isinstance(runs[0], Exported) and runs[0].thresholds is not None:
+        thresholds = probs_mod.read_thresholds(runs[0].thresholds)
+        cuts = probs_mod.cutoffs(thresholds)
     if run_rules:
         rules_doc, rules_path = find_rules(runs, postprocess_rules)
         if rules_doc is not None:
@@ -361,8 +367,9 @@ def _predict_shard(shard: Sequence[Sample], predictor: Predictor, policy: Policy
     return time.perf_counter() - start
 
 
-def find_rules(runs: Sequence[Run], setting: str | os.PathLike | None = "auto") -> tuple[dict | None, str | None]:
-    """The post-processing rules `predict` applies: ``auto`` = those of a single run (`Run.postprocess_rules`;
+def find_rules(runs: Sequence[Run | Exported], setting: str | os.PathLike | None = "auto") -> tuple[dict | None, str | None]:
+    """The post-processing rules `predict` applies: ``auto`` = those of a single run or export
+    (`Run.postprocess_rules`, `Exported.postprocess_rules`;
     ensembles get none: the rules were validated for one model), ``none`` = none, else a file. Returns
     (document, its path)."""
     if setting is None or str(setting).lower() == "none":

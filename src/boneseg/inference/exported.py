@@ -1,0 +1,163 @@
+"""Exported models (`boneseg export`): the runtime side, so that `predict -m FILE` runs them through the same
+sliding window, TTA, threshold and writer code as a checkpoint.
+
+An export is a model file plus a JSON sidecar holding everything predict needs (classes, input channels and
+normalisation, size and window, hand-side unification, per-class thresholds, post-processing rules):
+
+==============  ===============================  ====================  ==================================
+format          model                            sidecar               output of the model
+==============  ===============================  ====================  ==================================
+``onnx``        ``FILE`` (onnxruntime)           ``FILE.json`` beside  probabilities (sigmoid inside)
+``torchscript`` ``FILE`` (``torch.jit.load``)    ``FILE.json`` beside  probabilities (sigmoid inside)
+``hf``          ``DIR`` (smp ``from_pretrained``) ``DIR/boneseg.json``  logits (a plain smp model)
+==============  ===============================  ====================  ==================================
+
+Every model takes the normalised image batch ``(N, C, H, W)`` float32 with any ``H``, ``W`` (multiples of 32).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from boneseg.classes import CLASSES
+from boneseg.engine.run import Run
+from boneseg.engine.train import TrainConfig
+from boneseg.errors import CheckpointError, UsageError
+from boneseg.io import read_json
+
+FORMAT = "boneseg-export"
+FORMATS = ("onnx", "torchscript", "hf")
+HF_SIDECAR = "boneseg.json"
+INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
+CONFIG_KEYS = ("size", "crop", "channels", "mean", "std", "unify_side")
+"""The training-config fields an export carries (what normalisation, sizes and hand side need)."""
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where the sidecar of the export at `path` lives: ``DIR/boneseg.json`` for a folder, else ``FILE.json``."""
+    path = Path(path)
+    return path / HF_SIDECAR if path.is_dir() else path.with_name(path.name + ".json")
+
+
+def is_exported(path: str | os.PathLike | Run) -> bool:
+    """True for an export (a path with a sidecar, or an ``.onnx`` file), False for checkpoints and run folders."""
+    if isinstance(path, (Run, Exported)):
+        return isinstance(path, Exported)
+    path = Path(path)
+    return path.suffix.lower() == ".onnx" or sidecar_path(path).is_file()
+
+
+def onnxruntime():
+    """The onnxruntime module (the optional ``onnx`` extra).
+
+    Raises:
+        UsageError: it is not installed.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UsageError("ONNX models need onnxruntime: pip install 'boneseg[onnx]'") from None
+    return ort
+
+
+class OnnxModel:
+    """An onnxruntime session called like a torch model: a batch tensor in, a probability tensor out (same device)."""
+
+    wants_meta = False
+
+    def __init__(self, path: Path, device: torch.device):
+        ort = onnxruntime()
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for broken files
+            raise CheckpointError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        inputs = {INPUT_NAME: np.ascontiguousarray(x.detach().float().cpu().numpy())}
+        return torch.from_numpy(self.session.run(None, inputs)[0]).to(x.device)
+
+
+class Exported:
+    """An export opened once: its sidecar, config and model (the counterpart of `Run` for `predict`)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.rules_path = sidecar_path(self.path)
+        if not self.path.exists():
+            raise CheckpointError(f"{self.path}: exported model not found")
+        if not self.rules_path.is_file():
+            raise CheckpointError(f"{self.path}: no sidecar {self.rules_path.name} beside it (made by boneseg export)")
+        doc = read_json(self.rules_path)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("backend") not in FORMATS:
+            raise CheckpointError(f"{self.rules_path}: not a boneseg export sidecar")
+        if doc.get("classes") != list(CLASSES):
+            raise CheckpointError(f"{self.rules_path}: 'classes' differ from the 29 competition classes")
+        self.sidecar: dict[str, Any] = doc
+        self.backend: str = doc["backend"]
+        try:
+            self.config = TrainConfig.from_any({k: doc[k] for k in CONFIG_KEYS})
+        except (KeyError, UsageError) as exc:
+            raise CheckpointError(f"{self.rules_path}: bad or missing input settings ({exc})") from None
+        self.probabilities = self.backend != "hf"  # hf holds the smp model itself (logits)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | Exported) -> Exported:
+        return path if isinstance(path, Exported) else cls(path)
+
+    @property
+    def postprocess_rules(self) -> dict | None:
+        """The post-processing rules document the export carries, None when there is none."""
+        return self.sidecar.get("postprocess")
+
+    @property
+    def thresholds(self) -> dict[str, float] | None:
+        """The per-class thresholds the export carries."""
+        return self.sidecar.get("thresholds")
+
+    def model(self, device: str | torch.device = "cpu") -> Any:
+        """The callable model on `device`: batch ``(N, C, H, W)`` -> probabilities (logits for ``hf``)."""
+        return load_backend(self.path, self.backend, device)
+
+
+def load_backend(path: Path, backend: str, device: str | torch.device = "cpu") -> Any:
+    """The model file or folder at `path` as a callable on `device` (see the module notes).
+
+    Raises:
+        CheckpointError: a file the backend cannot load. UsageError: onnxruntime missing for ``onnx``.
+    """
+    device = torch.device(device)
+    if backend == "onnx":
+        return OnnxModel(path, device)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+            if backend == "torchscript":
+                return torch.jit.load(str(path), map_location=device).eval()
+        import segmentation_models_pytorch as smp
+
+        with contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints a note: stdout may be the CSV
+            return smp.from_pretrained(str(path)).to(device).eval()
+    except Exception as exc:  # noqa: BLE001 - TorchScript, huggingface_hub and safetensors raise many types
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable {backend} model ({msg})") from None
+
+
+def open_model(path: str | os.PathLike | Run | Exported) -> Run | Exported:
+    """A checkpoint/run folder as a `Run`, an export as an `Exported`.
+
+    Raises:
+        CheckpointError: nothing loadable there.
+    """
+    if isinstance(path, (Run, Exported)):
+        return path
+    return Exported(path) if is_exported(path) else Run.open(path)

@@ -1,0 +1,253 @@
+"""`boneseg export`: trained runs -> a deployable model with a sidecar of everything `predict` needs.
+
+``onnx`` and ``torchscript`` hold the runs' networks in one graph that outputs their (weighted) mean sigmoid
+probabilities, with dynamic batch and spatial axes; ``hf`` is a folder that segmentation_models_pytorch's
+``from_pretrained`` loads (safetensors weights, smp's ``config.json``, a model card). The sidecar format and
+the runtime are in `boneseg.inference.exported`. Each export is checked before it is published: the exported
+model's probabilities on a random input must match torch's within `TOLERANCE`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from boneseg import __version__
+from boneseg.classes import CLASSES
+from boneseg.data.transforms import in_channels
+from boneseg.engine.run import Run
+from boneseg.errors import CheckpointError, UsageError
+from boneseg.inference.exported import (
+    CONFIG_KEYS,
+    FORMAT,
+    FORMATS,
+    HF_SIDECAR,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    load_backend,
+    sidecar_path,
+)
+from boneseg.inference.predictor import check_weights
+from boneseg.inference.run import find_rules
+from boneseg.io import atomic_path, check_output, write_json
+from boneseg.postprocess import rules_list
+from boneseg.probs import publish, read_thresholds, staging_dir
+from boneseg.progress import SILENT, Reporter
+
+TOLERANCE = 1e-4
+"""Largest difference allowed between the exported model's probabilities and torch's."""
+
+
+@dataclass
+class ExportSummary:
+    """What an `export` call wrote."""
+
+    output: str
+    sidecar: str
+    format: str
+    models: int
+    max_abs_diff: float  # exported vs torch probabilities on a random input
+
+
+class Probabilities(torch.nn.Module):
+    """Several networks as one: the weighted mean of their sigmoid probabilities (weights sum to 1)."""
+
+    def __init__(self, models: Sequence[torch.nn.Module], weights: Sequence[float]):
+        super().__init__()
+        self.nets = torch.nn.ModuleList(models)
+        total = sum(weights)
+        self.weights = [float(w) / total for w in weights]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.sigmoid(self.nets[0](x).float()) * self.weights[0]
+        for net, w in zip(self.nets[1:], self.weights[1:]):
+            out = out + torch.sigmoid(net(x).float()) * w
+        return out
+
+
+def check_exportable(run: Run, fmt: str) -> None:
+    """Refuse what an image-in, masks-out export cannot hold.
+
+    Raises:
+        UsageError: a FiLM model (it needs patient metadata), a wrist second-stage model, other classes, or
+            (``hf``) a boundary-sharpened model (smp's ``from_pretrained`` rebuilds a plain smp model only).
+    """
+    cfg = run.config
+    if "film" in (cfg.meta or ""):
+        raise UsageError(f"{run.path}: a FiLM model (--meta {cfg.meta}) needs patient metadata as a second input; "
+                         "export takes image-only models (predict it from its checkpoint with --meta)")
+    if cfg.wrist or run.classes != tuple(CLASSES):
+        raise UsageError(f"{run.path}: a wrist second-stage model (its own crops and classes) cannot be exported; "
+                         "export the first stage and give this checkpoint to predict --wrist-model")
+    if fmt == "hf" and cfg.boundary_head > 0 and cfg.boundary_sharpen > 0:
+        raise UsageError(f"{run.path}: a boundary-sharpened model (--boundary-sharpen) is not a plain smp model; "
+                         "export it with --format onnx or torchscript")
+
+
+def check_agree(runs: Sequence[Run], fmt: str) -> None:
+    """Runs in one graph share one input: the same channels, normalisation, sizes and hand side.
+
+    Raises:
+        UsageError: several runs for ``hf``, or runs that differ in one of those settings (naming it).
+    """
+    if fmt == "hf" and len(runs) > 1:
+        raise UsageError("--format hf holds one smp model: export one run (or use --format onnx|torchscript "
+                         "for an ensemble in one graph)")
+    first = runs[0]
+    for run in runs[1:]:
+        for key in CONFIG_KEYS:
+            if getattr(run.config, key) != getattr(first.config, key):
+                raise UsageError(f"{run.path}: {key} {getattr(run.config, key)!r} differs from {first.path}'s "
+                                 f"{getattr(first.config, key)!r} (runs in one graph share one input)")
+
+
+def _plain(model: torch.nn.Module) -> Any:
+    """The smp model inside a heads wrapper (whose eval output, without sharpening, is the smp model's)."""
+    return getattr(model, "base", model)
+
+
+def _inputs(config, n: int = 1) -> list[torch.Tensor]:
+    """Random normalised inputs at the training window, and one wider (to check the dynamic axes)."""
+    side = config.crop or config.size
+    gen = torch.Generator().manual_seed(0)
+    c = in_channels(config)
+    return [torch.randn(n, c, side, side, generator=gen), torch.randn(n, c, side, side + 32, generator=gen)]
+
+
+def _max_diff(reference: torch.nn.Module, exported, inputs: Sequence[torch.Tensor]) -> float:
+    """The largest difference between `exported` and `reference` outputs over `inputs` (sizes `reference`
+    itself refuses are skipped)."""
+    worst = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            try:
+                want = reference(x)
+            except Exception:  # noqa: BLE001 - a fixed-size encoder refuses other sizes; nothing to compare
+                continue
+            worst = max(worst, float((exported(x) - want).abs().max()))
+    return worst
+
+
+def _write_graph(graph: torch.nn.Module, fmt: str, path: Path, sample: torch.Tensor) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter
+        try:
+            if fmt == "onnx":
+                axes = {0: "batch", 2: "height", 3: "width"}
+                torch.onnx.export(graph, (sample,), str(path), dynamo=False, input_names=[INPUT_NAME],
+                                  output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                                  opset_version=17)
+            else:
+                torch.jit.save(torch.jit.trace(graph, sample, check_trace=False), str(path))
+        except Exception as exc:  # noqa: BLE001 - the exporters raise many types
+            msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"--format {fmt}: this model cannot be exported ({msg})") from None
+
+
+def model_card(run: Run, sidecar: dict) -> str:
+    """The README of an ``hf`` folder: classes, data, validation Dice per class, settings, how to load."""
+    cfg, metrics = run.config, run.metrics
+    per_class = metrics.get("val_dice_per_class") or {}
+    dice = "\n".join(f"| {c} | {per_class[c]:.4f} |" for c in CLASSES if c in per_class) or "| (not recorded) | |"
+    settings = {k: getattr(cfg, k) for k in ("arch", "encoder", "size", "crop", "channels", "mean", "std",
+                                             "unify_side", "loss", "aug", "epochs", "fold", "splits")}
+    mean = f"{metrics['val_dice']:.4f}" if isinstance(metrics.get("val_dice"), (int, float)) else "not recorded"
+    return "\n".join([
+        "---", "library_name: segmentation-models-pytorch", "tags: [segmentation, medical, x-ray, boneseg]", "---",
+        "", f"# Hand-bone segmentation: {cfg.arch} / {cfg.encoder}", "",
+        f"Exported by boneseg {__version__} from `{run.path}` (epoch {metrics.get('epoch', '?')}).", "",
+        "## Classes", "", f"{len(CLASSES)} sigmoid channels, in this order (each its own mask; masks overlap):",
+        "", ", ".join(CLASSES), "",
+        "## Data", "", f"Trained on `{cfg.data}` (hand X-rays, PNG + polygon JSON), fold {cfg.fold} of "
+        f"`{cfg.splits or 'the default split'}` held out for validation.", "",
+        "## Validation Dice", "", f"Mean: {mean}", "", "| class | Dice |", "|---|---|", dice, "",
+        "## Settings", "", "```json", json.dumps(settings, indent=2), "```", "",
+        "Input: `(N, C, H, W)` float32, `x = (image / 255 - mean) / std` per channel (H, W multiples of 32); "
+        "output: logits (apply a sigmoid). Thresholds and post-processing rules are in `boneseg.json`.", "",
+        "## How to load", "", "```python", "import segmentation_models_pytorch as smp",
+        "model = smp.from_pretrained(\"THIS_FOLDER\").eval()", "```", "",
+        "or predict with boneseg: `boneseg predict IMAGES -m THIS_FOLDER -o submission.csv`.", ""])
+
+
+def export(runs: Sequence[str | os.PathLike | Run], fmt: str, output: str | os.PathLike, *,
+           threshold: float | str | os.PathLike | dict | None = None, postprocess_rules: str | os.PathLike | None = "auto",
+           weights: Sequence[float] | None = None, force: bool = False, reporter: Reporter = SILENT) -> ExportSummary:
+    """Export `runs` (checkpoints or run folders) as `fmt` (``onnx``, ``torchscript`` or ``hf``) to `output`.
+
+    Args:
+        threshold: per-class thresholds to carry (a number, ``{class: t}`` or a JSON file; default 0.5).
+        postprocess_rules: ``auto`` (a single run's ``postprocess.json``), ``none`` or a rules file.
+        weights: ensemble weights, one per run (default equal).
+
+    Raises:
+        UsageError: a bad option, or a model that cannot be exported (FiLM, wrist, runs that disagree).
+        OutputExistsError: an existing output or sidecar without `force`. CheckpointError: an unloadable run
+        or an export that does not reproduce torch's probabilities.
+    """
+    fmt = str(fmt).lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    weights = check_weights(weights, len(runs))
+    thresholds = read_thresholds(threshold)
+    if fmt == "onnx":
+        from boneseg.inference.exported import onnxruntime
+
+        onnxruntime()
+    out = Path(output)
+    sidecar = out / HF_SIDECAR if fmt == "hf" else sidecar_path(out)
+    check_output(out, force)
+    if fmt != "hf":
+        check_output(sidecar, force)
+    opened = [Run.open(r) for r in runs]
+    for run in opened:
+        check_exportable(run, fmt)
+    check_agree(opened, fmt)
+    rules, rules_path = find_rules(opened, postprocess_rules)
+    if rules is not None:
+        rules_list(rules, where=str(rules_path))  # checked now, not when predict reads the export
+    cfg = opened[0].config
+    doc = {"format": FORMAT, "version": 1, "backend": fmt, "boneseg": __version__,
+           "input": {"name": INPUT_NAME, "layout": "NCHW float32", "normalisation": "(image / 255 - mean) / std"},
+           "output": {"name": OUTPUT_NAME, "kind": "logits" if fmt == "hf" else "probabilities"},
+           "classes": list(CLASSES), "in_channels": in_channels(cfg), **{k: getattr(cfg, k) for k in CONFIG_KEYS},
+           "thresholds": {c: float(t) for c, t in zip(CLASSES, thresholds)}, "postprocess": rules,
+           "models": [{"source": str(r.path), "arch": r.config.arch, "encoder": r.config.encoder, "weight": w,
+                       "val_dice": r.metrics.get("val_dice")} for r, w in zip(opened, weights)]}
+    with reporter.task(f"export {fmt}", 1) as task:
+        nets = [r.model("cpu") for r in opened]
+        if fmt == "hf":
+            net = _plain(nets[0])
+            folder = staging_dir(out)
+            try:
+                net.save_pretrained(str(folder))
+                (folder / "README.md").write_text(model_card(opened[0], doc), encoding="utf-8")
+                loaded = load_backend(folder, fmt)
+                diff = _max_diff(Probabilities([net], [1.0]), lambda x: torch.sigmoid(loaded(x)), _inputs(cfg))
+                _check_diff(diff, out)
+                write_json(folder / HF_SIDECAR, dict(doc, max_abs_diff=diff), force=True)
+                publish(folder, out, force)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)  # gone once published
+        else:
+            graph = Probabilities(nets, weights).eval()
+            inputs = _inputs(cfg)
+            with atomic_path(out, force) as tmp:
+                _write_graph(graph, fmt, tmp, inputs[0])
+                diff = _max_diff(graph, load_backend(tmp, fmt), inputs)
+                _check_diff(diff, out)
+            write_json(sidecar, dict(doc, max_abs_diff=diff), force=force)
+        task.advance()
+    return ExportSummary(str(out), str(sidecar), fmt, len(opened), diff)
+
+
+def _check_diff(diff: float, out: Path) -> None:
+    if not diff <= TOLERANCE:  # also nan
+        raise CheckpointError(f"{out}: the exported model's probabilities differ from torch's by {diff:.2g} "
+                              f"(> {TOLERANCE:g}); nothing written")

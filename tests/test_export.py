@@ -1,0 +1,170 @@
+"""`boneseg export` (ONNX, TorchScript, Hugging Face folder) and `predict -m` on exports: same probabilities,
+same CSV as the torch checkpoint, the sidecar's thresholds and rules applied, refusals in one line."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from boneseg import CLASSES
+from boneseg.cli import main
+from boneseg.engine.checkpoint import save_checkpoint
+from boneseg.engine.train import TrainConfig, train
+from boneseg.inference import Policy, Predictor, load_models
+from boneseg.inference.run import ImageDataset
+from boneseg.data.layout import find_images
+from boneseg.modelling.models import build_model
+
+from util import tiny_config, write_dataset
+
+FORMATS = ["onnx", "torchscript", "hf"]
+OUT = {"onnx": "model.onnx", "torchscript": "model.ts", "hf": "model-hf"}
+
+
+def needs(fmt: str) -> None:
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(data, two tiny trained runs that differ by seed)."""
+    root = tmp_path_factory.mktemp("export")
+    data = write_dataset(root / "data")
+    runs = [root / f"run{s}" for s in (0, 1)]
+    for s, run in enumerate(runs):
+        train(TrainConfig.from_any(tiny_config(data, run, epochs=2, seed=s)))
+    return data, runs
+
+
+def probs_of(models, data) -> torch.Tensor:
+    """Probabilities of every test image, stacked, through the predictor (sliding and flip TTA)."""
+    predictor = Predictor(load_models(models, torch.device("cpu")), "cpu", window=32)
+    ds = ImageDataset(find_images(data), predictor.plan([Policy.parse("hflip", sliding=True)]))
+    return torch.stack([predictor.predict(ds[i], Policy.parse("hflip", sliding=True)) for i in range(len(ds))])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_reproduces_torch(fmt, trained, tmp_path, capsys):
+    """The export's probabilities within 1e-4 of torch's; `predict -m EXPORT` writes the torch CSV byte for byte."""
+    needs(fmt)
+    data, runs = trained
+    out = tmp_path / OUT[fmt]
+    code, stdout, err = cli(capsys, "export", runs[0], "--format", fmt, "-o", out)
+    assert code == 0, err
+    assert (probs_of([out], data) - probs_of([runs[0]], data)).abs().max() < 1e-4
+    for m, csv in ((runs[0], "torch.csv"), (out, "export.csv")):
+        assert cli(capsys, "predict", data, "-m", m, "-o", tmp_path / csv, "--workers", "0", "--device", "cpu")[0] == 0
+    code, stdout, _ = cli(capsys, "predict", data, "-m", out, "--workers", "0", "--device", "cpu")  # stdout: CSV only
+    assert stdout == (tmp_path / "torch.csv").read_text()
+    assert (tmp_path / "export.csv").read_bytes() == (tmp_path / "torch.csv").read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_several_runs_are_one_graph_of_averaged_probabilities(fmt, trained, tmp_path, capsys):
+    needs(fmt)
+    data, runs = trained
+    out = tmp_path / OUT[fmt]
+    assert cli(capsys, "export", *runs, "--format", fmt, "-o", out, "--weights", "1,3")[0] == 0
+    assert len(json.loads(out.with_name(out.name + ".json").read_text())["models"]) == 2
+    reference = [runs[0], runs[1]]
+    want = Predictor(load_models(reference, torch.device("cpu"), [1, 3]), "cpu")
+    got = Predictor(load_models([out], torch.device("cpu")), "cpu")
+    ds = ImageDataset(find_images(data), want.plan([Policy.parse("none")]))
+    for i in range(len(ds)):
+        assert (got.predict(ds[i], Policy.parse("none")) - want.predict(ds[i], Policy.parse("none"))).abs().max() < 1e-4
+
+
+def test_hf_folder_loads_offline_with_smp(trained, tmp_path, capsys, monkeypatch):
+    import segmentation_models_pytorch as smp
+
+    data, runs = trained
+    out = tmp_path / "hf"
+    assert cli(capsys, "export", runs[0], "--format", "hf", "-o", out)[0] == 0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = smp.from_pretrained(str(out)).eval()
+    reference = load_models([runs[0]], torch.device("cpu"))[0].model
+    x = torch.randn(1, 1, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+    card = (out / "README.md").read_text()
+    assert all(c in card for c in ("Pisiform", "Validation Dice", "from_pretrained", "finger-19 |"))
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "boneseg.json", "README.md"}
+
+
+def test_the_sidecar_carries_thresholds_and_rules(trained, tmp_path, capsys):
+    """predict -m EXPORT applies the thresholds and post-processing given at export time, as predict on the run would."""
+    data, runs = trained
+    thresholds = tmp_path / "t.json"
+    thresholds.write_text(json.dumps({c: 0.3 + 0.01 * i for i, c in enumerate(CLASSES)}))
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"classes": {c: {"keep_largest": True, "min_area": 3} for c in CLASSES}}))
+    out = tmp_path / "m.ts"
+    assert cli(capsys, "export", runs[0], "-f", "torchscript", "-o", out, "-t", thresholds, "--postprocess", rules)[0] == 0
+    opts = ("--workers", "0", "--device", "cpu")
+    assert cli(capsys, "predict", data, "-m", runs[0], "-o", tmp_path / "a.csv", "-t", thresholds,
+               "--postprocess", rules, *opts)[0] == 0
+    assert cli(capsys, "predict", data, "-m", out, "-o", tmp_path / "b.csv", *opts)[0] == 0
+    assert cli(capsys, "predict", data, "-m", runs[0], "-o", tmp_path / "c.csv", *opts)[0] == 0
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text() != (tmp_path / "c.csv").read_text()
+
+
+def _checkpoint(path: Path, **extra) -> Path:
+    config = {"arch": "unet", "encoder": "resnet18", "size": 64, "in_channels": 1, "channels": "gray",
+              "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}, **extra}
+    save_checkpoint(path, {"config": config, "model": build_model(config).state_dict(), "epoch": 0, "step": 0,
+                           "metrics": {}})
+    return path
+
+
+@pytest.mark.parametrize("case, exit_code, words", [
+    ("film", 2, "FiLM model"),
+    ("wrist", 2, "wrist second-stage"),
+    ("format", 2, "--format 'tflite'"),
+    ("hf-two", 2, "holds one smp model"),
+    ("disagree", 2, "size 96 differs"),
+    ("exists", 1, "already exists"),
+    ("no-sidecar", 1, "no sidecar"),
+])
+def test_refusals_are_one_line(case, exit_code, words, trained, tmp_path, capsys):
+    data, runs = trained
+    fmt, out, args = "torchscript", tmp_path / "m.ts", [runs[0]]
+    if case == "film":
+        args = [_checkpoint(tmp_path / "film.pt", meta="film")]
+    elif case == "wrist":
+        args = [_checkpoint(tmp_path / "wrist.pt", wrist=True, classes=list(CLASSES[19:27]))]
+    elif case == "format":
+        fmt = "tflite"
+    elif case == "hf-two":
+        fmt, args = "hf", runs
+    elif case == "disagree":
+        args = [runs[0], _checkpoint(tmp_path / "big.pt", size=96)]
+    elif case == "exists":
+        out.write_text("keep")
+    if case == "no-sidecar":
+        (tmp_path / "m.onnx").write_bytes(b"not onnx")
+        code, _, err = cli(capsys, "predict", data, "-m", tmp_path / "m.onnx", "-o", tmp_path / "p.csv")
+    else:
+        code, _, err = cli(capsys, "export", *args, "--format", fmt, "-o", out)
+    assert code == exit_code, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in err, err
+    if case == "exists":
+        assert out.read_text() == "keep" and not out.with_name("m.ts.json").exists()
+    elif case != "no-sidecar":
+        assert not out.exists() and not out.with_name(out.name + ".json").exists()
+    shutil.rmtree(tmp_path, ignore_errors=True)
