@@ -108,17 +108,18 @@ def test_predict_opens_each_checkpoint_once(tmp_path, monkeypatch):
     """`predict -m RUN` loads and resolves the run once (post-processing rules included)."""
     from util import write_dataset
 
-    from boneseg.engine import checkpoint
     from boneseg.inference.run import predict
 
     data = write_dataset(tmp_path / "data", patients=1, size=64, test_patients=1)
     run = tmp_path / "run"
     _checkpoint(run / "best.pt", size=64)
     (run / "postprocess.json").write_text('{"classes": {}}', encoding="utf-8")
+    from boneseg.engine import run as run_mod
+
     loads, resolved = [], []
-    real_load, real_is_dir = torch.load, checkpoint.Path.is_dir
+    real_load, real_resolve = torch.load, run_mod.resolve_checkpoint
     monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(Path(f)) or real_load(f, *a, **k))
-    monkeypatch.setattr(checkpoint.Path, "is_dir", lambda p: resolved.append(p) or real_is_dir(p))
+    monkeypatch.setattr(run_mod, "resolve_checkpoint", lambda p: resolved.append(Path(p)) or real_resolve(p))
     with pytest.warns(Warning, match="post-processing rules"):
         predict(data, [run], tmp_path / "sub.csv", device="cpu", workers=0)
     assert resolved.count(run) == 1 and loads.count(run / "best.pt") == 1
