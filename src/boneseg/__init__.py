@@ -1,4 +1,6 @@
 """boneseg: hand-bone X-ray segmentation, from raw radiographs to a competition submission."""
+import os
+
 from boneseg.classes import CLASSES, NUM_CLASSES
 
 __version__ = "0.1.0"
@@ -15,5 +17,15 @@ def _fork_safe_opencv() -> None:
     cv2.setNumThreads(0)
 
 
+def _passive_openmp() -> None:
+    """Let idle OpenMP threads sleep instead of spinning (unless ``OMP_WAIT_POLICY`` is set): on a CPU shared
+    with other work a spinning thread holds a core another thread of the same step waits for (a 2-thread
+    training step ran 2x slower than with sleeping threads at load 7 on 2 cores; docs/demo.md). Takes effect
+    only when boneseg is imported before torch loads OpenMP, as the ``boneseg`` command does; the numbers
+    computed do not change."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+_passive_openmp()
 _fork_safe_opencv()
 __all__ = ["CLASSES", "NUM_CLASSES", "__version__"]
