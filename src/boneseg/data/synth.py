@@ -547,8 +547,15 @@ def meta_xlsx(patients: list[Patient]) -> bytes:
     return out.getvalue()
 
 
-def check_options(out: str | Path, patients: int, test_patients: int, size: int, force: bool) -> None:
+def check_seed(seed: int) -> None:
+    """Raise `UsageError` for a negative seed (numpy's generators take none)."""
+    if seed < 0:
+        raise UsageError(f"--seed must be 0 or more, got {seed}")
+
+
+def check_options(out: str | Path, patients: int, test_patients: int, size: int, force: bool, seed: int = 0) -> None:
     """Raise `UsageError` for impossible values and `OutputExistsError` for a non-empty `out` without `force`."""
+    check_seed(seed)
     if size < 128:
         raise UsageError(f"--size must be at least 128, got {size}")
     if patients < 1:
@@ -594,7 +601,7 @@ def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size:
         UsageError: impossible option values. OutputExistsError: `out` not empty without `force`.
     """
     out = Path(out)
-    check_options(out, patients, test_patients, size, force)
+    check_options(out, patients, test_patients, size, force, seed)
     _prepare_out(out, force)
     train_ids, test_ids = split_ids(patients, test_patients)
     people = [sample_patient(np.random.default_rng([seed, pid, 0]), pid)

@@ -64,13 +64,15 @@ def settings_for(quick: bool = False, overrides: Mapping | None = None) -> dict:
     """The demo settings (`QUICK` or `SETTINGS`) with `overrides` applied.
 
     Raises:
-        UsageError: an override names no setting.
+        UsageError: an override names no setting, or ``threads`` is not a positive integer.
     """
     base = dict(QUICK if quick else SETTINGS)
     for key, value in (overrides or {}).items():
         if key not in base:
             raise UsageError(f"unknown demo setting {key!r}{suggest(key, base)}")
         base[key] = value
+    if base["threads"] is not None and (not isinstance(base["threads"], int) or base["threads"] < 1):
+        raise UsageError(f"--threads must be at least 1, got {base['threads']}")
     return base
 
 
@@ -157,9 +159,12 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
 
     Raises:
         OutputExistsError: `out` is not empty and `force` is false.
-        UsageError: an unknown override.
+        UsageError: an unknown override, a negative `seed` or fewer than one thread (before `out` is looked at).
     """
+    from boneseg.data.synth import check_seed
+
     cfg = settings_for(quick, overrides)
+    check_seed(seed)
     out = check_out(out, force)
     data, splits_path, run_dir = out / "data", out / "splits.json", out / "run"
     val_csv, sub_csv = out / "val.csv", out / "submission.csv"

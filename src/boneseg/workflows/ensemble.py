@@ -29,6 +29,7 @@ from boneseg import probs as probs_mod
 from boneseg import rle as rle_mod
 from boneseg.classes import CLASSES, NUM_CLASSES, class_index
 from boneseg.errors import BonesegWarning, DataError, UsageError, quote
+from boneseg.inference.run import check_workers
 from boneseg.io import read_json, write_json
 from boneseg.submission import Submission, SubmissionWriter, read_submission
 from boneseg.progress import SILENT, Reporter
@@ -362,6 +363,7 @@ def hard_vote(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None
         DataError: unreadable inputs, inputs with different images, malformed RLE (naming file, image
             and class). UsageError: impossible options.
     """
+    check_workers(workers)
     names = [str(p) for p in inputs]
     per = read_per_class(per_class, names) if per_class is not None else None
     plan = hard_plan(len(names), min_votes, weights, per)
@@ -432,6 +434,7 @@ def soft_vote(folders: Sequence[str | os.PathLike], out: str | os.PathLike | Non
         DataError: a folder that is not a probability folder, folders with different images or shapes
             (naming the folders and the image). UsageError: impossible options.
     """
+    check_workers(workers)
     names = [str(p) for p in folders]
     per = read_per_class(per_class, names) if per_class is not None else None
     plan = soft_plan(len(names), weights, threshold, per)
