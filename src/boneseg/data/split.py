@@ -87,7 +87,7 @@ def make_splits(samples: Sequence[Sample], folds: int = 5, seed: int = 0,
         raise UsageError(f"--folds {folds}: only {len(patients)} patient(s) to split; use --folds {len(patients)} or fewer")
     label = stratify if stratify is not None else "none"
     if isinstance(stratify, str) or stratify is None:
-        fn = STRATIFY[label]
+        fn = STRATIFY[str(label)]
     elif isinstance(stratify, Mapping):
         fn, label = (lambda s, m=stratify: str(m.get(s.name, "unknown"))), "custom"
     else:
