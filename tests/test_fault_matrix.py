@@ -198,6 +198,20 @@ def corrupt_csv(tmp, base):
     return ["pseudo", bad, base / "data", "-o", tmp / "pseudo"], 1, "bad.csv"
 
 
+def scored_ensemble(existing_out: bool):
+    """ensemble --scores --per-class-out refused (an existing -o, or --min-votes 3 of 2 inputs): no plan file."""
+    def fault(tmp, base):
+        scores = tmp / "scores.json"
+        scores.write_text(json.dumps({"per_class_dice": {"Radius": 0.9}}))
+        other = Path(shutil.copy(base / "sub.csv", tmp / "other.csv"))
+        args = ["ensemble", base / "sub.csv", other, "--vote", "hard", "--scores", scores, "--scores",
+                scores, "--per-class-out", tmp / "plan.json", "-o"]
+        if existing_out:
+            return [*args, existing(tmp, "o.csv")], 1, "o.csv"
+        return [*args, tmp / "o.csv", "--min-votes", "3"], 2, "--min-votes"
+    return fault
+
+
 # one row per command and fault kind: missing input, corrupt input, a bad option value next to an existing
 # output (the option is reported, exit 2), an existing output without --force (exit 1)
 COMMAND_FAULTS = {
@@ -239,6 +253,8 @@ COMMAND_FAULTS = {
                                                          "--workers", "-1"], 2, "--workers"),
     "ensemble-bad-workers-existing-out": lambda tmp, base: (["ensemble", base / "probs", base / "probs", "--workers",
                                                              "-1", "-o", existing(tmp, "o.csv")], 2, "--workers"),
+    "ensemble-scores-existing-out": scored_ensemble(existing_out=True),
+    "ensemble-scores-bad-min-votes": scored_ensemble(existing_out=False),
     "models-bad-option": lambda tmp, base: (["models", "--bogus"], 2, "--bogus"),
 }
 
