@@ -228,7 +228,7 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
         "settings": cfg,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+                    "openmp": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}},
         "files": {"data": "data", "splits": "splits.json", "run": "run", "val_csv": "val.csv",
                   "submission": "submission.csv", "analysis": "analysis", "overlay": OVERLAY},
     }
