@@ -255,6 +255,8 @@ COMMAND_FAULTS = {
                                                              "-1", "-o", existing(tmp, "o.csv")], 2, "--workers"),
     "ensemble-scores-existing-out": scored_ensemble(existing_out=True),
     "ensemble-scores-bad-min-votes": scored_ensemble(existing_out=False),
+    "train-bad-fold-missing-input": lambda tmp, base: (["train", tmp / "nowhere", *TRAIN, "--fold", "-1", "--out",
+                                                        full_folder(tmp)], 2, "--fold"),
     "models-bad-option": lambda tmp, base: (["models", "--bogus"], 2, "--bogus"),
 }
 
