@@ -171,6 +171,95 @@ def missing_input(tmp, base):
     return ["predict", tmp / "nowhere", "-m", base / "model.pt", "-o", tmp / "o.csv"], 1, "nowhere"
 
 
+def full_folder(tmp: Path) -> Path:
+    """A non-empty folder (an existing output)."""
+    (tmp / "full").mkdir()
+    (tmp / "full" / "keep.txt").write_text("keep")
+    return tmp / "full"
+
+
+def existing(tmp: Path, name: str) -> Path:
+    (tmp / name).write_text("{}")
+    return tmp / name
+
+
+def corrupt_label(command: str):
+    def fault(tmp, base):
+        data, label = relabel(tmp, base, lambda doc: json.dumps(doc)[:-20])
+        args = {"split": ["split", data, "--folds", "2", "--stratify", "side", "-o", tmp / "s.json"],
+                "eda": ["eda", data, "--out", tmp / "eda"]}[command]
+        return args, 1, label.name
+    return fault
+
+
+def corrupt_csv(tmp, base):
+    bad = tmp / "bad.csv"
+    bad.write_bytes(b"\x00\x01garbage\n\xff")
+    return ["pseudo", bad, base / "data", "-o", tmp / "pseudo"], 1, "bad.csv"
+
+
+def scored_ensemble(existing_out: bool):
+    """ensemble --scores --per-class-out refused (an existing -o, or --min-votes 3 of 2 inputs): no plan file."""
+    def fault(tmp, base):
+        scores = tmp / "scores.json"
+        scores.write_text(json.dumps({"per_class_dice": {"Radius": 0.9}}))
+        other = Path(shutil.copy(base / "sub.csv", tmp / "other.csv"))
+        args = ["ensemble", base / "sub.csv", other, "--vote", "hard", "--scores", scores, "--scores",
+                scores, "--per-class-out", tmp / "plan.json", "-o"]
+        if existing_out:
+            return [*args, existing(tmp, "o.csv")], 1, "o.csv"
+        return [*args, tmp / "o.csv", "--min-votes", "3"], 2, "--min-votes"
+    return fault
+
+
+# one row per command and fault kind: missing input, corrupt input, a bad option value next to an existing
+# output (the option is reported, exit 2), an existing output without --force (exit 1)
+COMMAND_FAULTS = {
+    "synth-bad-size-existing-out": lambda tmp, base: (["synth", full_folder(tmp), "--size", "64"], 2, "--size"),
+    "synth-bad-seed-existing-out": lambda tmp, base: (["synth", full_folder(tmp), "--seed", "-1"], 2, "--seed"),
+    "synth-bad-seed": lambda tmp, base: (["synth", tmp / "new", "--seed", "-1", "--size", "128"], 2, "--seed"),
+    "synth-existing-out": lambda tmp, base: (["synth", full_folder(tmp), "--size", "128"], 1, "full"),
+    "split-missing-input": lambda tmp, base: (["split", tmp / "nowhere", "--folds", "2"], 1, "nowhere"),
+    "split-bad-folds-missing-input": lambda tmp, base: (["split", tmp / "nowhere", "--folds", "1"], 2, "--folds"),
+    "split-corrupt-label": corrupt_label("split"),
+    "split-bad-stratify-existing-out": lambda tmp, base: (["split", base / "data", "--stratify", "bogus", "-o",
+                                                           existing(tmp, "s.json")], 2, "--stratify"),
+    "split-existing-out": lambda tmp, base: (["split", base / "data", "--folds", "2", "-o",
+                                              existing(tmp, "s.json")], 1, "s.json"),
+    "eda-missing-input": lambda tmp, base: (["eda", tmp / "nowhere"], 1, "nowhere"),
+    "eda-bad-samples-existing-out": lambda tmp, base: (["eda", base / "data", "--samples", "-1", "--out",
+                                                        full_folder(tmp)], 2, "--samples"),
+    "eda-existing-out": lambda tmp, base: (["eda", base / "data", "--out", existing(tmp, "eda.json").parent],
+                                           1, "eda.json"),
+    "pseudo-missing-input": lambda tmp, base: (["pseudo", tmp / "no.csv", base / "data", "-o", tmp / "p"], 1, "no.csv"),
+    "pseudo-corrupt-csv": corrupt_csv,
+    "pseudo-bad-confidence-existing-out": lambda tmp, base: (["pseudo", base / "probs", base / "data", "-o",
+                                                              full_folder(tmp), "--min-confidence", "2"],
+                                                             2, "--min-confidence"),
+    "pseudo-bad-workers-existing-out": lambda tmp, base: (["pseudo", tmp / "no.csv", base / "data", "-o",
+                                                           full_folder(tmp), "--workers", "-1"], 2, "--workers"),
+    "pseudo-existing-out": lambda tmp, base: (["pseudo", base / "sub.csv", base / "data", "-o", full_folder(tmp)],
+                                              1, "full"),
+    "check-missing-input": lambda tmp, base: (["check", tmp / "no.csv"], 1, "no.csv"),
+    "check-bad-size-missing-input": lambda tmp, base: (["check", tmp / "no.csv", "--size", "abc"], 2, "--size"),
+    "demo-bad-threads-existing-out": lambda tmp, base: (["demo", "--out", full_folder(tmp), "--threads", "0"],
+                                                        2, "--threads"),
+    "demo-bad-seed-existing-out": lambda tmp, base: (["demo", "--out", full_folder(tmp), "--seed", "-1"], 2, "--seed"),
+    "demo-existing-out": lambda tmp, base: (["demo", "--quick", "--out", full_folder(tmp)], 1, "full"),
+    "tta-bad-search-existing-out": lambda tmp, base: (["tta", base / "data", "-m", base / "model.pt", "--search",
+                                                       "0.9,0.1", "--thresholds-out", existing(tmp, "t.json")],
+                                                      2, "--search"),
+    "tta-bad-workers-missing-input": lambda tmp, base: (["tta", tmp / "nowhere", "-m", base / "model.pt",
+                                                         "--workers", "-1"], 2, "--workers"),
+    "ensemble-bad-workers-existing-out": lambda tmp, base: (["ensemble", base / "probs", base / "probs", "--workers",
+                                                             "-1", "-o", existing(tmp, "o.csv")], 2, "--workers"),
+    "ensemble-scores-existing-out": scored_ensemble(existing_out=True),
+    "ensemble-scores-bad-min-votes": scored_ensemble(existing_out=False),
+    "train-bad-fold-missing-input": lambda tmp, base: (["train", tmp / "nowhere", *TRAIN, "--fold", "-1", "--out",
+                                                        full_folder(tmp)], 2, "--fold"),
+    "models-bad-option": lambda tmp, base: (["models", "--bogus"], 2, "--bogus"),
+}
+
 FAULTS = {
     "missing-input": missing_input,
     "corrupt-png-predict-worker": corrupt_png("test", "predict"),
@@ -198,12 +287,14 @@ FAULTS = {
     "lr-nan": lambda tmp, base: (["train", base / "data", *TRAIN, "--lr", "nan", "--out", tmp / "run"], 2, "--lr"),
     "overlap-out-of-range": lambda tmp, base: (["predict", tmp / "nowhere", "-m", base / "model.pt", "--sliding",
                                                 "--overlap", "1.5"], 2, "--overlap"),
+    **COMMAND_FAULTS,
 }
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_fault_is_one_line_naming_the_culprit(fault, base, tmp_path):
     args, expected, culprit = FAULTS[fault](tmp_path, base)
+    before = set(tmp_path.rglob("*"))
     code, err = cli(*args)
     lines = [line for line in err.splitlines() if line.startswith("Error:")]
     assert "Traceback" not in err, err
@@ -212,6 +303,8 @@ def test_fault_is_one_line_naming_the_culprit(fault, base, tmp_path):
     assert culprit in lines[0], lines[0]
     assert code == expected, err
     assert not (tmp_path / "run").exists() or fault != "lr-nan"  # a bad option writes nothing
+    if fault in COMMAND_FAULTS:  # nothing written, nothing removed
+        assert set(tmp_path.rglob("*")) == before, sorted(set(tmp_path.rglob("*")) ^ before)
 
 
 def test_full_disk_during_checkpoint_save(tmp_path, monkeypatch):
@@ -225,3 +318,17 @@ def test_full_disk_during_checkpoint_save(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"cannot write .*last\.pt: No space left on device"):
         save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.zeros(100_000)}})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reporting_commands_name_a_corrupt_input(base, tmp_path):
+    """eda and check report corrupt inputs as findings (their output), naming the file: eda exits 0 with
+    the unreadable image among the problems, check exits 1 with the unreadable CSV as its problem."""
+    data = copy_data(base, tmp_path)
+    png = first(data / "train" / "DCM", "*.png")
+    png.write_bytes(png.read_bytes()[:100])
+    code, err = cli("eda", data)
+    assert code == 0 and f"{png.name}: unreadable or corrupt image" in err and "Error:" not in err, err
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"\x00\x01garbage\n\xff")
+    code, err = cli("check", bad)
+    assert code == 1 and "bad.csv: not a readable CSV" in err and "Error:" not in err, err

@@ -26,11 +26,11 @@ def check_command(
     from boneseg.data.layout import find_images, image_shape
     from boneseg.submission import validate_submission
 
+    shape = parse_size(size)
     if str(submission) != "-" and not submission.exists():
         raise DataError(f"{submission}: file not found")
     if submission.is_dir():
         raise DataError(f"{submission}: is a folder, not a submission CSV")
-    shape = parse_size(size)
     sizes = {s.image_name: image_shape(s.image) for s in find_images(images)} if images is not None else None
     problems = validate_submission(submission, shape, sizes)
     if json_out:

@@ -27,7 +27,7 @@ def demo_command(
 
     with reporter(transient=True) as shown:
         summary = run_demo(out, seed=seed, quick=quick, force=force, reporter=shown,
-                           overrides={"threads": threads} if threads else None)
+                           overrides={"threads": threads} if threads is not None else None)
     console.print(summary_table(summary))
     console.print(f"mean validation Dice [bold]{summary['mean_dice']:.4f}[/bold] "
                   f"(engine at the training size: {summary['train_val_dice']:.4f}); "

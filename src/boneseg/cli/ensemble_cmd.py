@@ -50,6 +50,8 @@ def ensemble_command(
     from boneseg.workflows import ensemble
     from boneseg.cli.options import parse_size
     from boneseg.errors import UsageError
+    from boneseg.inference.run import check_workers
+    from boneseg.io import check_output, is_stdout
 
     output = output_alias or output
     dirs = [p.is_dir() for p in inputs]
@@ -67,6 +69,16 @@ def ensemble_command(
         raise UsageError("give either --per-class or --scores, not both")
     if per_class_out is not None and not scores:
         raise UsageError("--per-class-out needs --scores")
+    # every option value before any input is read or an output checked
+    w = parse_floats(weights, "--weights")
+    shape = parse_size(size)
+    check_workers(workers)
+    if vote is Vote.hard:
+        ensemble.hard_plan(len(inputs), min_votes, w)
+    else:
+        ensemble.soft_plan(len(inputs), w, threshold)
+    if not is_stdout(output):
+        check_output(output, force)
     names = [str(p) for p in inputs]
     plan: Path | dict | None = per_class
     if scores:
@@ -74,11 +86,10 @@ def ensemble_command(
         if per_class_out is not None:
             ensemble.write_per_class(per_class_out, plan, force=force)
             console.print(f"per-class choice written to {per_class_out}", markup=False)
-    w = parse_floats(weights, "--weights")
     with reporter(transient=True) as shown:
         if vote is Vote.hard:
             summary = ensemble.hard_vote(inputs, output, min_votes=min_votes, weights=w, per_class=plan,
-                                         shape=parse_size(size), workers=workers, force=force, reporter=shown)
+                                         shape=shape, workers=workers, force=force, reporter=shown)
         else:
             summary = ensemble.soft_vote(inputs, output, weights=w, threshold=threshold,
                                          per_class=plan, workers=workers, force=force, reporter=shown)

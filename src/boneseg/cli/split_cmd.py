@@ -22,9 +22,10 @@ def split_command(
 
     from boneseg.cli.output import console, table
     from boneseg.data.layout import discover
-    from boneseg.data.split import make_splits
+    from boneseg.data.split import check_split_options, make_splits
     from boneseg.io import check_output, is_stdout, write_json
 
+    check_split_options(folds, stratify)
     if not is_stdout(out):
         check_output(out, force)
     samples = discover(data)

@@ -25,7 +25,7 @@ def synth_command(
     """Write procedural hand radiographs with 29-bone polygon labels in the competition layout."""
     from boneseg.data.synth import check_options, synthesize
 
-    check_options(out, patients, test_patients, size, force, label_errors)
+    check_options(out, patients, test_patients, size, force, seed, label_errors)
     with reporter() as shown:
         summary = synthesize(out, patients=patients, test_patients=test_patients, size=size, seed=seed,
                              force=force, reporter=shown, label_errors=label_errors)

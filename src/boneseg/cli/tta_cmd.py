@@ -45,10 +45,6 @@ def tta_command(
     from boneseg.cli.output import console, escape, print_json, reporter, table
     from boneseg.errors import UsageError
     from boneseg.workflows.validation import evaluate_policies
-    from boneseg.io import check_output, write_json
-
-    if thresholds_out is not None:
-        check_output(thresholds_out, force)
     rng = parse_floats(search, "--search")
     if rng is None or len(rng) != 2:
         raise UsageError(f"--search must be low,high, got {search!r}")
@@ -57,9 +53,8 @@ def tta_command(
             data, models, policies=[p for p in (policies or "").split(",") if p.strip()] or None, fold=fold,
             splits=splits, scales=scales, sliding=sliding, search=(rng[0], rng[1]), workers=workers, reporter=shown,
             weights=parse_floats(weights, "--weights"), device=device, size=size, window=window, overlap=overlap,
-            batch_size=batch_size, amp=amp, wrist_model=wrist_model, meta=meta)
-    if thresholds_out is not None:
-        write_json(thresholds_out, report.thresholds, force=force)
+            batch_size=batch_size, amp=amp, wrist_model=wrist_model, meta=meta, thresholds_out=thresholds_out,
+            force=force)
     if as_json:
         print_json(report.to_json())
         return

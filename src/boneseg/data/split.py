@@ -51,6 +51,14 @@ STRATIFY: dict[str, Callable[[Sample], str] | None] = {"none": None, "side": sam
 """Stratification keys for `make_splits`."""
 
 
+def check_split_options(folds: int, stratify: object = None) -> None:
+    """Raise `UsageError` for fewer than 2 folds or an unknown `stratify` name (before any data is read)."""
+    if folds < 2:
+        raise UsageError(f"--folds {folds}: need at least 2 folds")
+    if (isinstance(stratify, str) or stratify is None) and (stratify or "none") not in STRATIFY:
+        raise UsageError(f"--stratify {stratify!r}: unknown key{suggest(str(stratify), STRATIFY)}")
+
+
 def make_splits(samples: Sequence[Sample], folds: int = 5, seed: int = 0,
                 stratify: str | Callable[[Sample], str] | Mapping[str, str] | None = None) -> dict:
     """Assign every image to one of `folds` patient-grouped folds.
@@ -70,19 +78,16 @@ def make_splits(samples: Sequence[Sample], folds: int = 5, seed: int = 0,
     """
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
+    check_split_options(folds, stratify)
     samples = sorted(samples, key=lambda s: s.name)
     if not samples:
         raise UsageError("no images to split")
     patients = sorted({s.patient for s in samples})
-    if folds < 2:
-        raise UsageError(f"--folds {folds}: need at least 2 folds")
     if folds > len(patients):
         raise UsageError(f"--folds {folds}: only {len(patients)} patient(s) to split; use --folds {len(patients)} or fewer")
     label = stratify if stratify is not None else "none"
     if isinstance(stratify, str) or stratify is None:
-        if label not in STRATIFY:
-            raise UsageError(f"--stratify {label!r}: unknown key{suggest(str(label), STRATIFY)}")
-        fn = STRATIFY[label]
+        fn = STRATIFY[str(label)]
     elif isinstance(stratify, Mapping):
         fn, label = (lambda s, m=stratify: str(m.get(s.name, "unknown"))), "custom"
     else:

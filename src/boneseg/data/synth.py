@@ -597,9 +597,16 @@ def meta_xlsx(patients: list[Patient]) -> bytes:
     return out.getvalue()
 
 
-def check_options(out: str | Path, patients: int, test_patients: int, size: int, force: bool,
+def check_seed(seed: int) -> None:
+    """Raise `UsageError` for a negative seed (numpy's generators take none)."""
+    if seed < 0:
+        raise UsageError(f"--seed must be 0 or more, got {seed}")
+
+
+def check_options(out: str | Path, patients: int, test_patients: int, size: int, force: bool, seed: int = 0,
                   label_errors: float = 0.0) -> None:
     """Raise `UsageError` for impossible values and `OutputExistsError` for a non-empty `out` without `force`."""
+    check_seed(seed)
     if not 0.0 <= label_errors <= 1.0:
         raise UsageError(f"--label-errors must be a fraction within [0, 1], got {label_errors}")
     if size < 128:
@@ -651,7 +658,7 @@ def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size:
         UsageError: impossible option values. OutputExistsError: `out` not empty without `force`.
     """
     out = Path(out)
-    check_options(out, patients, test_patients, size, force, label_errors)
+    check_options(out, patients, test_patients, size, force, seed, label_errors)
     _prepare_out(out, force)
     train_ids, test_ids = split_ids(patients, test_patients)
     n_wrong = int(round(label_errors * 2 * len(train_ids)))

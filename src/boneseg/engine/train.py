@@ -162,6 +162,7 @@ CHANGEABLE_ON_RESUME = ("data", "boundary_sharpen")
 
 def check_config(cfg: TrainConfig) -> None:
     """Reject impossible option values with one clear line each (no training started)."""
+    from boneseg.data.split import check_split_options
     from boneseg.modelling.losses import parse_loss
     from boneseg.modelling.models import resolve_arch, resolve_encoder
 
@@ -202,6 +203,9 @@ def check_config(cfg: TrainConfig) -> None:
         cfg.encoder_weights = None  # every weight comes from --init-from
     if cfg.workers < 0:
         raise UsageError(f"--workers {cfg.workers}: must be >= 0")
+    if cfg.fold < 0:
+        raise UsageError(f"--fold {cfg.fold}: must be >= 0")
+    check_split_options(cfg.folds)
     if cfg.aug not in AUGMENTATIONS:
         raise UsageError(f"--aug {cfg.aug!r}: unknown preset{suggest(cfg.aug, AUGMENTATIONS)}")
     if cfg.unify_side in ("none", "None", ""):

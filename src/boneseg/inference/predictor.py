@@ -319,6 +319,13 @@ class Predictor:
                 cache.views.update(zip(sorted(cache.side_keys, key=lambda k: k[-1]), (plain, mirrored)))
         return cache.side
 
+    def applied(self, policy: Policy) -> Policy:
+        """`policy` as these models run it: without the flip when every model is hand-side unified (their
+        mirror view is the other hand, see `flips`)."""
+        if policy.hflip and len(self.unified) == len(self.models):
+            return Policy(policy.sliding, False, policy.scales)
+        return policy
+
     def flips(self, m: int, item: Item, policy: Policy, cache: ViewCache) -> tuple[bool, ...]:
         unify = self.models[m].unify
         if unify:

@@ -62,9 +62,9 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.plan.item(i, s.image_name, read_image(s.image), s.suffix_side)
 
 
-def check_workers(workers: int) -> None:
-    """Raise `UsageError` for a negative number of data-loader workers."""
-    if workers < 0:
+def check_workers(workers: int | None) -> None:
+    """Raise `UsageError` for a negative number of workers (data-loader or process-pool; None: the default)."""
+    if workers is not None and workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
 
 
@@ -299,8 +299,12 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     predictor = models if isinstance(models, Predictor) else Predictor.from_checkpoints(
         runs, weights, info.device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
     if policy.hflip and predictor.unified:
-        warnings.warn("--tta hflip is dropped for models trained with hand-side unification (their mirror "
-                      "view is the other hand): they run without the flip", BonesegWarning, stacklevel=2)
+        used = predictor.applied(policy)
+        whom = (f"models trained with hand-side unification (their mirror view is the other hand): running {used.name}"
+                if used != policy else f"the {len(predictor.unified)} of {len(predictor.models)} models trained with "
+                "hand-side unification (their mirror view is the other hand); the others use it")
+        warnings.warn(f"--tta {policy.tta}: the flip is dropped for {whom}", BonesegWarning, stacklevel=2)
+        policy = used
     stages = ImageStages(predictor, meta or (source if isinstance(source, (str, os.PathLike)) else None),
                          wrist_model)
     shard = samples[rank::world]

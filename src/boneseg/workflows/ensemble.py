@@ -29,6 +29,7 @@ from boneseg import probs as probs_mod
 from boneseg import rle as rle_mod
 from boneseg.classes import CLASSES, NUM_CLASSES, class_index
 from boneseg.errors import BonesegWarning, DataError, UsageError, quote
+from boneseg.inference.run import check_workers
 from boneseg.io import read_json, write_json
 from boneseg.submission import Submission, SubmissionWriter, read_submission
 from boneseg.progress import SILENT, Reporter
@@ -388,6 +389,7 @@ def hard_vote(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None
         DataError: unreadable inputs, inputs with different images, malformed RLE (naming file, image
             and class). UsageError: impossible options.
     """
+    check_workers(workers)
     names = [str(p) for p in inputs]
     per = read_per_class(per_class, names, "hard") if per_class is not None else None
     plan = hard_plan(len(names), min_votes, weights, per)
@@ -460,6 +462,7 @@ def soft_vote(folders: Sequence[str | os.PathLike], out: str | os.PathLike | Non
             (naming the folders and the image). UsageError: impossible options, a `threshold` beside a
             plan that carries its own.
     """
+    check_workers(workers)
     names = [str(p) for p in folders]
     per = read_per_class(per_class, names, "soft") if per_class is not None else None
     carried = plan_thresholds(per_class) if per_class is not None else None

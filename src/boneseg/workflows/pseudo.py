@@ -36,6 +36,7 @@ from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, by_image_name, find_images, read_image
 from boneseg.data.masks import rasterize
+from boneseg.inference.run import check_workers
 from boneseg.progress import SILENT, Reporter
 from boneseg.workflows.parallel import STATE, parallel_map
 from boneseg.errors import DataError, OutputExistsError, UsageError
@@ -281,6 +282,7 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
             predictions for images that DATA lacks, malformed RLE (naming file, image and class). UsageError: impossible options. OutputExistsError: `out` exists.
     """
     out = Path(out)
+    check_workers(workers)
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise UsageError(f"--min-confidence must be within [0, 1], got {min_confidence}")
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:

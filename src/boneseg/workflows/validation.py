@@ -22,8 +22,8 @@ from boneseg.data.layout import Sample, discover
 from boneseg.engine.train import TrainConfig
 from boneseg.errors import UsageError
 from boneseg.inference.encode import quantize
-from boneseg.inference.predictor import Predictor, ViewCache
-from boneseg.inference.run import ImageDataset, make_loader
+from boneseg.inference.predictor import Predictor, ViewCache, check_weights
+from boneseg.inference.run import ImageDataset, check_workers, make_loader
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy, default_policies
 from boneseg.metrics import dice_from_counts
@@ -47,6 +47,12 @@ def dice_curves(q: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
     return dice_from_counts(inter, pred, np.broadcast_to(g, inter.shape))
 
 
+def check_search(low: float, high: float) -> None:
+    """Raise `UsageError` unless ``0 <= low <= high <= 1`` (the threshold search range, ``--search``)."""
+    if not 0.0 <= low <= high <= 1.0:
+        raise UsageError(f"--search {low},{high}: the threshold search range must satisfy 0 <= low <= high <= 1")
+
+
 def search_thresholds(curves: np.ndarray, low: float = 0.3, high: float = 0.7,
                       default: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Per-class best threshold from mean-Dice curves (29, 256): (thresholds (29,), their mean Dice (29,)).
@@ -54,8 +60,7 @@ def search_thresholds(curves: np.ndarray, low: float = 0.3, high: float = 0.7,
     Only cuts whose threshold lies in [low, high] are searched; ties go to the cut nearest `default`.
     Each threshold is written as ``(k + 0.5) / 255`` (4 decimals) so `boneseg.probs.cutoffs` gives back k.
     """
-    if not 0.0 <= low <= high <= 1.0:
-        raise UsageError(f"threshold search range must satisfy 0 <= low <= high <= 1, got {low}..{high}")
+    check_search(low, high)
     k_lo, k_hi = int(probs_mod.cutoffs(low)[0]), int(probs_mod.cutoffs(high)[0])
     k_def = int(probs_mod.cutoffs(default)[0])
     ks = np.arange(k_lo, k_hi + 1)
@@ -118,7 +123,8 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
                       device: str = "auto", size: int | None = None, window: int | None = None,
                       overlap: float = 0.5, batch_size: int = 4, amp: bool = True,
                       samples: Sequence[Sample] | None = None, wrist_model: str | os.PathLike | None = None,
-                      meta: str | os.PathLike | None = None) -> TTAReport:
+                      meta: str | os.PathLike | None = None, thresholds_out: str | os.PathLike | None = None,
+                      force: bool = False) -> TTAReport:
     """Predict the validation images under each policy and score them with the competition Dice.
 
     Args:
@@ -130,21 +136,38 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
         search: (low, high) range of the per-class threshold search on the best policy; None skips it.
         wrist_model, meta: as in `boneseg.inference.predict` (`meta` defaults to the dataset's
             ``meta_data.xlsx``), so the scores and thresholds are those of the same predict command.
+        thresholds_out: write the tuned per-class thresholds there as JSON (for ``predict --threshold``;
+            needs `search`); an existing file only with `force`.
         Others: see `boneseg.inference.predict`.
+
+    Raises:
+        UsageError: bad options, reported before any checkpoint or image is read or an output checked.
+        OutputExistsError: `thresholds_out` exists and `force` is false (before any image is read).
     """
-    predictor = models if isinstance(models, Predictor) else Predictor.from_checkpoints(
-        models, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
+    from boneseg.io import check_output, write_json
+
+    # every option first: a bad value is reported before any input is read or output checked
+    Predictor.check_options(size, window, overlap, batch_size)
+    check_workers(workers)
+    if not isinstance(models, Predictor):
+        check_weights(weights, len(models))
+    if search is not None:
+        check_search(*search)
+    elif thresholds_out is not None:
+        raise UsageError("--thresholds-out needs a threshold search range (--search)")
     if policies:
         pols = [p if isinstance(p, Policy) else Policy.parse(p, scales, sliding) for p in policies]
     else:
         pols = default_policies(scales, sliding)
+    if thresholds_out is not None:
+        check_output(thresholds_out, force)
+    predictor = models if isinstance(models, Predictor) else Predictor.from_checkpoints(
+        models, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
     notes: list[str] = []
-    if predictor.unified and len(predictor.unified) == len(predictor.models):
-        dropped = [p.name for p in pols if p.hflip]
-        pols = list(dict.fromkeys(Policy(p.sliding, False, p.scales) for p in pols))
-        if dropped:
-            notes.append(f"hand-side unified model(s): flip TTA does not apply; dropped {', '.join(dropped)}")
-    pols = list(dict.fromkeys(pols))
+    dropped = [p.name for p in pols if predictor.applied(p) != p]
+    if dropped:
+        notes.append(f"hand-side unified model(s): flip TTA does not apply; dropped {', '.join(dropped)}")
+    pols = list(dict.fromkeys(predictor.applied(p) for p in pols))
     fold_used = fold
     if samples is None:
         samples, fold_used, extra = validation_samples(data, splits, fold, predictor.models[0].config)
@@ -185,6 +208,8 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
         thresholds, tuned = search_thresholds(sums[best] / n, *search)
         report.thresholds = dict(zip(CLASSES, map(float, thresholds)))
         report.tuned_mean_dice = float(tuned.mean())
+        if thresholds_out is not None:
+            write_json(thresholds_out, report.thresholds, force=force)
     return report
 
 
