@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# The shared helpers (tests/util.py) import as `util` from every test folder.
+sys.path.insert(0, str(Path(__file__).parent))
 
 # One intra-op thread everywhere (also for subprocesses): on a small shared machine OpenMP spin-waiting
 # makes two threads far slower than one for the tiny models the tests use.

@@ -4,12 +4,16 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import types
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from boneseg import CLASSES
+from boneseg.data.masks import build_sample
+from boneseg.metrics import dice, per_class
+from boneseg.submission import read_submission
 
 
 def square_polygons(size: int, flip: bool = False) -> dict[str, list[list[int]]]:
@@ -86,3 +90,40 @@ def browse(index: Path):
             yield page, errors, requests
         finally:
             browser.close()
+
+
+def csv_dice(csv, samples) -> dict[str, float]:
+    """Competition Dice per class of a submission CSV against the samples' labels."""
+    sub = read_submission(csv)
+    scores = []
+    for s in samples:
+        truth = build_sample(s).masks
+        scores.append(dice(sub.masks(s.image_name, truth.shape[1:]), truth))
+    return per_class(np.stack(scores))
+
+
+class FakeRun:
+    def __init__(self):
+        self.logged, self.finished = [], False
+
+    def log(self, values, step=None):
+        self.logged.append((step, values))
+
+    def finish(self):
+        self.finished = True
+
+
+def fake_wandb(key):
+    mod = types.ModuleType("wandb")
+    mod.api = types.SimpleNamespace(api_key=key)
+    mod.runs = []
+
+    def init(**kw):
+        run = FakeRun()
+        run.kwargs, run.id = kw, kw.get("id") or f"run-{len(mod.runs)}"
+        mod.runs.append(run)
+        return run
+
+    mod.init = init
+    mod.Image = lambda array: ("image", np.asarray(array).shape)
+    return mod

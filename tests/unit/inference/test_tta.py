@@ -11,16 +11,15 @@ from typer.testing import CliRunner
 from boneseg import CLASSES, probs
 from boneseg.cli import app
 from boneseg.data.layout import discover
-from boneseg.data.masks import build_sample
 from boneseg.data.split import fold_samples, make_splits
 from boneseg.errors import OutputExistsError, UsageError
 from boneseg.inference import Policy, Predictor, predict
 from boneseg.workflows.validation import dice_curves, evaluate_policies, search_thresholds
 from boneseg.io import write_json
-from boneseg.metrics import dice, mean_dice, per_class
-from boneseg.submission import read_submission
+from boneseg.metrics import dice, mean_dice
 
 from test_predict import make_checkpoint
+from util import csv_dice
 
 runner = CliRunner()
 
@@ -32,16 +31,6 @@ def setup(synth_data, tmp_path_factory):
     splits = tmp / "splits.json"
     write_json(splits, make_splits(discover(synth_data), folds=2, seed=0))
     return synth_data, ckpt, splits, tmp
-
-
-def csv_dice(csv, samples) -> dict[str, float]:
-    """Competition Dice per class of a submission CSV against the samples' labels."""
-    sub = read_submission(csv)
-    scores = []
-    for s in samples:
-        truth = build_sample(s).masks
-        scores.append(dice(sub.masks(s.image_name, truth.shape[1:]), truth))
-    return per_class(np.stack(scores))
 
 
 def test_tta_json_scores_equal_the_dice_of_predicts_csv(setup, tmp_path):

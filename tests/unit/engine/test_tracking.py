@@ -3,7 +3,6 @@ installed and logged in, and never with a key of boneseg's making."""
 from __future__ import annotations
 
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -12,39 +11,12 @@ import pytest
 from boneseg.errors import UsageError
 from boneseg.engine.tracking import check_logger, make_tracker, overlays
 
-from util import tiny_config
+from util import fake_wandb, tiny_config
 
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:
     return tiny_config(data, out, **{"aug": "none", **extra})
-
-
-class FakeRun:
-    def __init__(self):
-        self.logged, self.finished = [], False
-
-    def log(self, values, step=None):
-        self.logged.append((step, values))
-
-    def finish(self):
-        self.finished = True
-
-
-def fake_wandb(key):
-    mod = types.ModuleType("wandb")
-    mod.api = types.SimpleNamespace(api_key=key)
-    mod.runs = []
-
-    def init(**kw):
-        run = FakeRun()
-        run.kwargs, run.id = kw, kw.get("id") or f"run-{len(mod.runs)}"
-        mod.runs.append(run)
-        return run
-
-    mod.init = init
-    mod.Image = lambda array: ("image", np.asarray(array).shape)
-    return mod
 
 
 def test_logger_names():

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_tracking import fake_wandb
-from util import tiny_config, write_dataset
+from util import fake_wandb, tiny_config, write_dataset
 
 from boneseg.cli import main
 from boneseg.engine.train import RUNTIME, NonFiniteLoss, train

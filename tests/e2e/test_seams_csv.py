@@ -16,7 +16,7 @@ from boneseg import CLASSES, rle
 from boneseg.cli import main
 from boneseg.submission import SubmissionWriter, read_submission
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -119,7 +119,7 @@ def test_check_bounds_each_image_by_its_own_size(tmp_path, capsys):
 @pytest.mark.parametrize("source", ["-", "/dev/stdin"])
 def test_check_reads_a_pipe(source, tmp_path):
     text = write_csv(tmp_path / "sub.csv", {"img.png": ["1 3"] + [""] * 28}).read_text()
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
     for body, expected in ((text, 0), (text.replace("1 3", "3 1 1 1"), 1)):
         res = subprocess.run([sys.executable, "-m", "boneseg", "check", source], input=body, text=True,
                              capture_output=True, env=env, timeout=120, check=False)

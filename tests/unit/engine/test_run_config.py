@@ -17,7 +17,7 @@ from boneseg.engine.run import Run
 from boneseg.engine.train import RUNTIME, TrainConfig
 from boneseg.modelling.models import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 # `train` options whose name differs from the field, and fields only the Python API sets.
 RENAMED = {"unify_hands": "unify_side"}
 API_ONLY = {"mean", "std", "model_kwargs"}

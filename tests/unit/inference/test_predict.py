@@ -184,7 +184,7 @@ def test_nothing_overwritten_without_force(one_image, ckpt, tmp_path):
 
 
 def test_bad_options_are_one_line_errors(one_image, ckpt, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[3] / "src"))
     proc = subprocess.run([sys.executable, "-m", "boneseg", "predict", str(one_image), "-m", str(ckpt),
                            "--tta", "hflp"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2
@@ -316,7 +316,7 @@ def test_two_rank_sharding_equals_single_process(synth_data, ckpt, tmp_path):
     single = tmp_path / "single.csv"
     predict(images, [ckpt], single, save_probs=tmp_path / "p1", workers=0)
     sharded = tmp_path / "sharded.csv"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[3] / "src"), OMP_NUM_THREADS="1")
     # each rank gets its own temp folder, as ranks on different nodes would: the parts travel through
     # the process group, not through a shared file system
     for r in (0, 1):

@@ -117,7 +117,7 @@ def test_meta_and_boundary_train_save_and_predict(synth_data, tmp_path):
     # tta feeds the same metadata: its scores are the Dice of predict's CSV, with and without it
     from boneseg.data.layout import discover
     from boneseg.workflows.validation import evaluate_policies
-    from test_tta import csv_dice
+    from util import csv_dice
 
     val = discover(synth_data, "train")[:3]
     scores = []

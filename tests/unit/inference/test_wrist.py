@@ -114,7 +114,7 @@ def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
     # tta runs the same second stage: its scores are the Dice of predict's CSV
     from boneseg.data.layout import discover
     from boneseg.workflows.validation import evaluate_policies
-    from test_tta import csv_dice
+    from util import csv_dice
 
     val = discover(synth_data, "train")[:3]
     out = tmp_path / "val.csv"
