@@ -10,6 +10,7 @@ The notebook way (pandas rows, decode each mask into a 2048² array, compare) is
 
     python benchmarks/bench_analyze.py [--images 288] [--baseline-images 12]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_masks, print_table, real_mask_files  # noqa: E402
 
 from boneseg import CLASSES, rle  # noqa: E402
-from boneseg.workflows.analysis import analyze  # noqa: E402
 from boneseg.submission import SubmissionWriter  # noqa: E402
+from boneseg.workflows.analysis import analyze  # noqa: E402
 
 
 def notebook_decode(rle_text, height, width):
@@ -122,10 +123,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     t_nb_full = t_nb * args.images / b
     work = f"{len(csvs)} models x {args.images} images x {len(CLASSES)} classes at {w}x{h}, {len(pairs)} model pairs"
     rows = [
-        {"method": "notebook: pandas + decode + compare", "images_timed": b, "seconds": t_nb,
-         f"seconds_{args.images}_images": t_nb_full, "speedup": 1.0},
-        {"method": "boneseg analyze (run-length space)", "images_timed": args.images, "seconds": t_runs,
-         f"seconds_{args.images}_images": t_runs, "speedup": t_nb_full / t_runs},
+        {
+            "method": "notebook: pandas + decode + compare",
+            "images_timed": b,
+            "seconds": t_nb,
+            f"seconds_{args.images}_images": t_nb_full,
+            "speedup": 1.0,
+        },
+        {
+            "method": "boneseg analyze (run-length space)",
+            "images_timed": args.images,
+            "seconds": t_runs,
+            f"seconds_{args.images}_images": t_runs,
+            "speedup": t_nb_full / t_runs,
+        },
     ]
     print_table(f"Pairwise Dice, {work}; {source}; max |difference| {diff:.1e}", rows)
     if b < args.images:

@@ -5,6 +5,7 @@ Workload: 5 submissions x 288 images x 29 classes at 2048², built from the real
 pixels; the 10 images repeat under new names up to 288) or, without ``../shared``, from phantom masks.
 The notebook way is timed on a subset of images and extrapolated linearly (it takes minutes in full).
 """
+
 from __future__ import annotations
 
 import sys
@@ -13,11 +14,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import REAL_MASKS, cpu_info, notebook_decode, notebook_encode, print_table, real_mask_files
 
 from boneseg import rle
 from boneseg.classes import CLASSES
 from boneseg.workflows.ensemble import hard_vote
-from common import REAL_MASKS, cpu_info, notebook_decode, notebook_encode, print_table, real_mask_files
 
 N_INPUTS, N_IMAGES, SUBSET = 5, 288, 12
 
@@ -65,8 +66,13 @@ def build_inputs(folder: Path) -> tuple[list[Path], str, int]:
         models, stems = ["m0", "m1", "m2"], [str(i) for i in range(len(base))]
         load = lambda m, s: _shift(base[int(s)], int(m[1]), -int(m[1]))  # noqa: E731
         source = f"synthetic phantom masks ({len(base)} images, 3 shifted copies)"
-    variants = [(models[0], 0, 0), (models[1], 0, 0), (models[2 % len(models)], 0, 0),
-                (models[0], 3, 2), (models[1 % len(models)], -2, 3)]
+    variants = [
+        (models[0], 0, 0),
+        (models[1], 0, 0),
+        (models[2 % len(models)], 0, 0),
+        (models[0], 3, 2),
+        (models[1 % len(models)], -2, 3),
+    ]
     texts = {}  # (input, stem) -> 29 RLE texts
     side = 2048
     for s in stems:
@@ -94,8 +100,11 @@ def main() -> list[dict]:
         tmp = Path(tmp)
         t = time.perf_counter()
         paths, source, side = build_inputs(tmp)
-        print(f"built {N_INPUTS} inputs ({sum(p.stat().st_size for p in paths) / 1e6:.0f} MB) in "
-              f"{time.perf_counter() - t:.1f}s from {source}; {cpu_info()}", file=sys.stderr)
+        print(
+            f"built {N_INPUTS} inputs ({sum(p.stat().st_size for p in paths) / 1e6:.0f} MB) in "
+            f"{time.perf_counter() - t:.1f}s from {source}; {cpu_info()}",
+            file=sys.stderr,
+        )
 
         t = time.perf_counter()
         hard_vote(paths, tmp / "ours2.csv", shape=(side, side), workers=2)
@@ -110,15 +119,19 @@ def main() -> list[dict]:
         t_nb = t_nb_subset * N_IMAGES / SUBSET
 
         import pandas as pd
+
         ours = pd.read_csv(tmp / "ours2.csv", keep_default_na=False)
-        same = (ours["rle"].iloc[:len(ref)].tolist() == ref["rle"].fillna("").tolist())
+        same = ours["rle"].iloc[: len(ref)].tolist() == ref["rle"].fillna("").tolist()
         assert same, "boneseg's vote differs from the notebook vote"
         assert (tmp / "ours1.csv").read_bytes() == (tmp / "ours2.csv").read_bytes()
 
     work = f"{N_INPUTS} CSVs x {N_IMAGES} images x {len(CLASSES)} classes at {side}², strict majority"
     rows = [
-        {"method": f"notebook (decode, sum, threshold, encode; {SUBSET} images timed, x{N_IMAGES / SUBSET:.0f})",
-         "seconds": t_nb, "speedup": 1.0},
+        {
+            "method": f"notebook (decode, sum, threshold, encode; {SUBSET} images timed, x{N_IMAGES / SUBSET:.0f})",
+            "seconds": t_nb,
+            "speedup": 1.0,
+        },
         {"method": "boneseg ensemble --vote hard, 1 process", "seconds": t_ours1, "speedup": t_nb / t_ours1},
         {"method": "boneseg ensemble --vote hard, 2 processes", "seconds": t_ours2, "speedup": t_nb / t_ours2},
     ]

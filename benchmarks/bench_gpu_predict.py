@@ -6,6 +6,7 @@ Random weights (no download), synthetic 2048² radiographs. Exits cleanly withou
 
     python benchmarks/bench_gpu_predict.py [--images 24] [--workers 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CASES = [("resize 1024", dict(size=1024), "none"), ("resize 1024 + hflip", dict(size=1024), "hflip"),
-         ("sliding 1024/0.5", dict(sliding=True, window=1024, overlap=0.5), "none"),
-         ("sliding 1024/0.5 + hflip", dict(sliding=True, window=1024, overlap=0.5), "hflip")]
+CASES = [
+    ("resize 1024", {"size": 1024}, "none"),
+    ("resize 1024 + hflip", {"size": 1024}, "hflip"),
+    ("sliding 1024/0.5", {"sliding": True, "window": 1024, "overlap": 0.5}, "none"),
+    ("sliding 1024/0.5 + hflip", {"sliding": True, "window": 1024, "overlap": 0.5}, "hflip"),
+]
 
 
 def main(images: int = 24, workers: int = 4, batch_size: int = 4) -> list[dict]:
@@ -43,19 +47,26 @@ def main(images: int = 24, workers: int = 4, batch_size: int = 4) -> list[dict]:
         for i in range(images):
             (folder / "images").mkdir(exist_ok=True)
             cv2.imwrite(str(folder / "images" / f"image{1661000000000 + i}.png"), base[i % len(base)])
-        config = {"arch": "unetplusplus", "encoder": "efficientnet-b4", "size": 1024, "in_channels": 1,
-                  "channels": "gray"}
+        config = {
+            "arch": "unetplusplus",
+            "encoder": "efficientnet-b4",
+            "size": 1024,
+            "in_channels": 1,
+            "channels": "gray",
+        }
         model = build_model(config)
         with torch.no_grad():
             model.segmentation_head[0].bias.fill_(-2.0)
-        save_checkpoint(folder / "model.pt", {"config": config, "model": model.state_dict(), "epoch": 0,
-                                              "step": 0, "metrics": {}})
+        save_checkpoint(
+            folder / "model.pt", {"config": config, "model": model.state_dict(), "epoch": 0, "step": 0, "metrics": {}}
+        )
         warm = folder / "warm"
         warm.mkdir()
         cv2.imwrite(str(warm / "w.png"), base[0])
         for name, kwargs, tta in CASES:
-            common = dict(device="cuda", amp=True, workers=workers, batch_size=batch_size, force=True,
-                          tta=tta, **kwargs)
+            common = dict(
+                device="cuda", amp=True, workers=workers, batch_size=batch_size, force=True, tta=tta, **kwargs
+            )
             predict(warm, [folder / "model.pt"], folder / "w.csv", **common)  # cudnn autotune, allocator
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -63,9 +74,16 @@ def main(images: int = 24, workers: int = 4, batch_size: int = 4) -> list[dict]:
             predict(folder / "images", [folder / "model.pt"], folder / "sub.csv", **common)
             torch.cuda.synchronize()
             seconds = time.perf_counter() - t
-            rows.append({"case": name, "images": images, "seconds": seconds, "img/s": images / seconds,
-                         "peak GPU GB": torch.cuda.max_memory_allocated() / 2 ** 30,
-                         "device": torch.cuda.get_device_name()})
+            rows.append(
+                {
+                    "case": name,
+                    "images": images,
+                    "seconds": seconds,
+                    "img/s": images / seconds,
+                    "peak GPU GB": torch.cuda.max_memory_allocated() / 2**30,
+                    "device": torch.cuda.get_device_name(),
+                }
+            )
             print(rows[-1], flush=True)
     sys.path.insert(0, str(HERE))
     from common import print_table

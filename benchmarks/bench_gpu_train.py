@@ -6,6 +6,7 @@ not the disk's. Random weights (no download). Exits cleanly without a CUDA devic
 
     python benchmarks/bench_gpu_train.py [--size 1024] [--batch-size 4] [--steps 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,7 @@ def measure(size: int, batch: int, amp: bool, channels_last: bool, steps: int) -
         _step(*state, amp, channels_last)
     torch.cuda.synchronize()
     dt = time.perf_counter() - t
-    peak = torch.cuda.max_memory_allocated() / 2 ** 30
+    peak = torch.cuda.max_memory_allocated() / 2**30
     del state
     return {"steps_per_s": steps / dt, "images_per_s": steps * batch / dt, "peak_gib": peak}
 
@@ -108,14 +109,30 @@ def main(size: int = 1024, batch_size: int = 4, steps: int = 20, search: bool = 
     for label, amp, cl in (("fp32", False, False), ("AMP bf16 + channels_last", True, True)):
         r = measure(size, batch_size, amp, cl, steps)
         base = base or r["steps_per_s"]
-        rows.append({"case": f"{ARCH}/{ENCODER} {size}px b{batch_size} {label}", "device": name,
-                     "steps_per_s": r["steps_per_s"], "images_per_s": r["images_per_s"], "peak_gib": r["peak_gib"],
-                     "speedup": r["steps_per_s"] / base, "largest_batch": None})
+        rows.append(
+            {
+                "case": f"{ARCH}/{ENCODER} {size}px b{batch_size} {label}",
+                "device": name,
+                "steps_per_s": r["steps_per_s"],
+                "images_per_s": r["images_per_s"],
+                "peak_gib": r["peak_gib"],
+                "speedup": r["steps_per_s"] / base,
+                "largest_batch": None,
+            }
+        )
     if search:
         for s in (1024, 2048):
-            rows.append({"case": f"largest batch at {s}px (AMP + channels_last)", "device": name,
-                         "steps_per_s": None, "images_per_s": None, "peak_gib": None, "speedup": None,
-                         "largest_batch": largest_batch(s)})
+            rows.append(
+                {
+                    "case": f"largest batch at {s}px (AMP + channels_last)",
+                    "device": name,
+                    "steps_per_s": None,
+                    "images_per_s": None,
+                    "peak_gib": None,
+                    "speedup": None,
+                    "largest_batch": largest_batch(s),
+                }
+            )
     print_table("GPU training step", rows)
     return rows
 

@@ -8,6 +8,7 @@ counted). Both run in one process, which is what one data-loader worker does.
 
     python benchmarks/bench_loader.py [--images 6] [--size 1024]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def notebook_item(image_path, label_path, size: int):
         cv2.fillPoly(class_label, [np.array(ann["points"])], 1)
         label[..., CLASSES.index(ann["label"])] = class_label
     image = cv2.resize(image, (size, size))
-    label = np.stack([cv2.resize(label[..., c], (size, size), interpolation=cv2.INTER_NEAREST)
-                      for c in range(len(CLASSES))], -1)
+    label = np.stack(
+        [cv2.resize(label[..., c], (size, size), interpolation=cv2.INTER_NEAREST) for c in range(len(CLASSES))], -1
+    )
     return torch.from_numpy(image.transpose(2, 0, 1)).float(), torch.from_numpy(label.transpose(2, 0, 1)).float()
 
 
@@ -81,19 +83,34 @@ def main(images: int = 6, size: int = 1024) -> list[dict]:
                 item = ds[(i, item_seed(0, 0, i))]
                 normalize(item["image"][None], config)
                 item["mask"].float()  # the float conversion the loss needs (on the GPU in real training)
+
             return one
 
         nb = _rate(lambda i: notebook_item(samples[i].image, samples[i].label, size), n)
         plain = _rate(ours(None), n)
         aug = _rate(ours(build_augmentation("default")), n)
-    rows = [{"loader (1 worker, 1024 from 2048²)": "notebook: imread + float64 + json + 29 fillPoly + resize",
-             "samples_per_s": nb, "speedup": 1.0},
-            {"loader (1 worker, 1024 from 2048²)": "boneseg SegDataset, --aug none", "samples_per_s": plain,
-             "speedup": plain / nb},
-            {"loader (1 worker, 1024 from 2048²)": "boneseg SegDataset, --aug default", "samples_per_s": aug,
-             "speedup": aug / nb},
-            {"loader (1 worker, 1024 from 2048²)": "one-time cache build (per sample)", "samples_per_s": 1 / build_s,
-             "speedup": None}]
+    rows = [
+        {
+            "loader (1 worker, 1024 from 2048²)": "notebook: imread + float64 + json + 29 fillPoly + resize",
+            "samples_per_s": nb,
+            "speedup": 1.0,
+        },
+        {
+            "loader (1 worker, 1024 from 2048²)": "boneseg SegDataset, --aug none",
+            "samples_per_s": plain,
+            "speedup": plain / nb,
+        },
+        {
+            "loader (1 worker, 1024 from 2048²)": "boneseg SegDataset, --aug default",
+            "samples_per_s": aug,
+            "speedup": aug / nb,
+        },
+        {
+            "loader (1 worker, 1024 from 2048²)": "one-time cache build (per sample)",
+            "samples_per_s": 1 / build_s,
+            "speedup": None,
+        },
+    ]
     print_table(f"Data loader throughput at --size {size} ({n} synthetic 2048² samples)", rows)
     return rows
 

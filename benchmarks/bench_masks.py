@@ -1,4 +1,5 @@
 """Loading a 2048² training sample (image + 29 masks): the mask cache vs the notebook way."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from common import best_of, print_table
 
 from boneseg.classes import CLASSES
 from boneseg.data.layout import discover
 from boneseg.data.masks import MaskCache
 from boneseg.data.synth import synthesize
-from common import best_of, print_table
 
 
 def notebook_load(image_path, label_path):
@@ -41,10 +42,18 @@ def main() -> list[dict]:
         t_nb = best_of(lambda: [notebook_load(s.image, s.label) for s in samples]) / len(samples)
         t_cache = best_of(lambda: [cache.get(s) for s in samples]) / len(samples)
         size_kb = np.mean([p.stat().st_size for p in (Path(tmp) / "cache").glob("*.npz")]) / 1024
-    rows = [{"load 2048² image + 29 masks": "notebook (imread + json + 29 fillPoly)", "ms_per_sample": 1e3 * t_nb,
-             "speedup": 1.0},
-            {"load 2048² image + 29 masks": f"boneseg MaskCache ({size_kb:.0f} KB/entry)", "ms_per_sample": 1e3 * t_cache,
-             "speedup": t_nb / t_cache}]
+    rows = [
+        {
+            "load 2048² image + 29 masks": "notebook (imread + json + 29 fillPoly)",
+            "ms_per_sample": 1e3 * t_nb,
+            "speedup": 1.0,
+        },
+        {
+            "load 2048² image + 29 masks": f"boneseg MaskCache ({size_kb:.0f} KB/entry)",
+            "ms_per_sample": 1e3 * t_cache,
+            "speedup": t_nb / t_cache,
+        },
+    ]
     print_table("Mask loading, synthetic 2048² samples", rows)
     return rows
 

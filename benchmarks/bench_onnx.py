@@ -11,6 +11,7 @@ exported with `boneseg export --format onnx`. Measured:
 
     python benchmarks/bench_onnx.py            # ~2 minutes on 2 cores
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import race
 
 STEPS, PATIENTS, TEST_PATIENTS = 40, 6, 3
@@ -28,11 +28,11 @@ STEPS, PATIENTS, TEST_PATIENTS = 40, 6, 3
 
 def main() -> None:
     from boneseg.cli import main as cli
+    from boneseg.data.layout import find_images
     from boneseg.data.synth import synthesize
     from boneseg.engine.train import TrainConfig, train
     from boneseg.inference import Policy, Predictor, load_models
     from boneseg.inference.run import ImageDataset
-    from boneseg.data.layout import find_images
     from boneseg.metrics import dice
     from boneseg.submission import read_submission
     from boneseg.workflows.demo import SETTINGS
@@ -42,9 +42,17 @@ def main() -> None:
     data = tmp / "data"
     synthesize(data, patients=PATIENTS, test_patients=TEST_PATIENTS, size=SETTINGS["size"], seed=0)
     keys = ("arch", "encoder", "model_kwargs", "batch_size", "lr", "loss", "aug")
-    cfg = {k: SETTINGS[k] for k in keys} | {"data": str(data), "out": str(tmp / "run"), "size": SETTINGS["train_size"],
-                                             "unify_side": SETTINGS["unify_hands"], "encoder_weights": "none",
-                                             "epochs": 60, "max_steps": STEPS, "device": "cpu", "workers": 0}
+    cfg = {k: SETTINGS[k] for k in keys} | {
+        "data": str(data),
+        "out": str(tmp / "run"),
+        "size": SETTINGS["train_size"],
+        "unify_side": SETTINGS["unify_hands"],
+        "encoder_weights": "none",
+        "epochs": 60,
+        "max_steps": STEPS,
+        "device": "cpu",
+        "workers": 0,
+    }
     train(TrainConfig.from_any(cfg))
     run = tmp / "run" / "last.pt"
 
@@ -54,13 +62,16 @@ def main() -> None:
         except SystemExit as exc:
             if exc.code:
                 raise
+
     call("export", run, "--format", "onnx", "-o", tmp / "model.onnx")
 
     cpu = torch.device("cpu")
     torch_p, onnx_p = (Predictor(load_models([m], cpu), cpu) for m in (run, tmp / "model.onnx"))
     policy = Policy.parse("none")
     ds = ImageDataset(find_images(data), torch_p.plan([policy]))
-    full = max(float((onnx_p.predict(ds[i], policy) - torch_p.predict(ds[i], policy)).abs().max()) for i in range(len(ds)))
+    full = max(
+        float((onnx_p.predict(ds[i], policy) - torch_p.predict(ds[i], policy)).abs().max()) for i in range(len(ds))
+    )
     graph = Probabilities([torch_p.models[0].model], [1.0]).eval()
     x = torch.randn(2, 1, 160, 160)
     with torch.no_grad():
@@ -74,19 +85,32 @@ def main() -> None:
     a, b = (read_submission(csvs[k]) for k in ("torch", "onnx"))
     identical = csvs["torch"].read_bytes() == csvs["onnx"].read_bytes()
     shape = (SETTINGS["size"], SETTINGS["size"])
-    per_class = np.mean([dice(a.masks(s.image_name, shape), b.masks(s.image_name, shape)) for s in find_images(data)], 0)
+    per_class = np.mean(
+        [dice(a.masks(s.image_name, shape), b.masks(s.image_name, shape)) for s in find_images(data)], 0
+    )
 
     ort = onnx_p.models[0].model
     times = {}
     for side in (160, 512):
         x = torch.randn(1, 1, side, side)
         with torch.no_grad():
-            t = race({"torch": lambda: graph(x), "onnxruntime": lambda: ort(x)}, repeat=5)
+            t = race({"torch": lambda x=x: graph(x), "onnxruntime": lambda x=x: ort(x)}, repeat=5)
         times[f"{side}"] = {k: round(v * 1000, 1) for k, v in t.items()}
-    print(json.dumps({"steps": STEPS, "threads": torch.get_num_threads(), "max_abs_diff_probabilities": full,
-                      "max_abs_diff_graph_160": raw, "csv_byte_identical": identical,
-                      "csv_dice_per_class_min": float(per_class.min()), "csv_dice_mean": float(per_class.mean()),
-                      "forward_ms_batch1": times}, indent=2))
+    print(
+        json.dumps(
+            {
+                "steps": STEPS,
+                "threads": torch.get_num_threads(),
+                "max_abs_diff_probabilities": full,
+                "max_abs_diff_graph_160": raw,
+                "csv_byte_identical": identical,
+                "csv_dice_per_class_min": float(per_class.min()),
+                "csv_dice_mean": float(per_class.mean()),
+                "forward_ms_batch1": times,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

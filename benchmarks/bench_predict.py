@@ -12,6 +12,7 @@ at 2048² for realistic probabilities (real masks from ../shared, Gaussian-blurr
 
     python benchmarks/bench_predict.py            # ~1-2 minutes on 2 cores
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import notebook_encode
 
 HERE = Path(__file__).resolve().parent
@@ -51,8 +51,9 @@ def _setup(folder: Path, n: int) -> Path:
     model = build_model(config)
     with torch.no_grad():
         model.segmentation_head[0].bias.fill_(-2.0)
-    save_checkpoint(folder / "model.pt", {"config": config, "model": model.state_dict(), "epoch": 0, "step": 0,
-                                          "metrics": {}})
+    save_checkpoint(
+        folder / "model.pt", {"config": config, "model": model.state_dict(), "epoch": 0, "step": 0, "metrics": {}}
+    )
     return images
 
 
@@ -112,17 +113,18 @@ def _child(method: str, n: int, folder: str) -> None:
 
 
 def _run(method: str, n: int, folder: Path) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", method, str(n), str(folder)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", method, str(n), str(folder)], capture_output=True, text=True, check=True
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def save_probs_size() -> dict:
     """Size and time of one 2048² image's --save-probs file for realistic (blurred real) probabilities."""
     import cv2
+    from common import load_masks
 
     from boneseg import probs
-    from common import load_masks
 
     masks, source = load_masks(1)
     p = np.stack([cv2.GaussianBlur(m.astype(np.float32), (0, 0), 3) for m in masks[0]])
@@ -131,13 +133,18 @@ def save_probs_size() -> dict:
         t = time.perf_counter()
         path = probs.save(d, "x.png", q)
         seconds = time.perf_counter() - t
-        mb = path.stat().st_size / 2 ** 20
+        mb = path.stat().st_size / 2**20
         t = time.perf_counter()
         probs.load(d, "x.png")
         load_s = time.perf_counter() - t
-    return {"method": f"--save-probs file, 2048² ({source.split(' (')[0]})", "images": 1,
-            "seconds": seconds, "img/s": 1 / seconds, "peak MB": float("nan"),
-            "note": f"{mb:.2f} MB per image (raw 116 MB), load {load_s:.2f} s"}
+    return {
+        "method": f"--save-probs file, 2048² ({source.split(' (')[0]})",
+        "images": 1,
+        "seconds": seconds,
+        "img/s": 1 / seconds,
+        "peak MB": float("nan"),
+        "note": f"{mb:.2f} MB per image (raw 116 MB), load {load_s:.2f} s",
+    }
 
 
 def main() -> list[dict]:
@@ -154,12 +161,20 @@ def main() -> list[dict]:
             res = {m: _run(m, n, folder) for m in ("notebook", "boneseg")}
             same = (folder / "notebook.csv").read_text().replace("\r", "") == (folder / "boneseg.csv").read_text()
             for m, r in res.items():
-                rows.append({"method": m, "images": n, "seconds": r["seconds"], "img/s": n / r["seconds"],
-                             "peak MB": r["peak_mb"],
-                             "note": "" if m == "notebook" else
-                             f"{res['notebook']['seconds'] / r['seconds']:.2f}x faster, "
-                             f"{res['notebook']['peak_mb'] / r['peak_mb']:.2f}x less memory"
-                             + ("" if same else " (CSV differs: float vs quantised probabilities)")})
+                rows.append(
+                    {
+                        "method": m,
+                        "images": n,
+                        "seconds": r["seconds"],
+                        "img/s": n / r["seconds"],
+                        "peak MB": r["peak_mb"],
+                        "note": ""
+                        if m == "notebook"
+                        else f"{res['notebook']['seconds'] / r['seconds']:.2f}x faster, "
+                        f"{res['notebook']['peak_mb'] / r['peak_mb']:.2f}x less memory"
+                        + ("" if same else " (CSV differs: float vs quantised probabilities)"),
+                    }
+                )
             for extra in folder.glob("*.png"):
                 extra.rename(folder / "images" / extra.name)
     rows.append(save_probs_size())

@@ -1,7 +1,8 @@
 """Time `boneseg synth`: 8 images at 2048² (render only, and the whole dataset writer with PNG/JSON/xlsx).
 
-    python benchmarks/bench_synth.py [--size 2048] [--images 8]
+python benchmarks/bench_synth.py [--size 2048] [--images 8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ["render_hand (image + polygons)", n, render_s, render_s / n],
         ["synthesize (+ PNG, JSON, xlsx)", summary.train_images, write_s, write_s / summary.train_images],
     ]
-    console.print(table(f"boneseg synth at {args.size}² ({mb:.1f} MiB written)",
-                        ["stage", "images", "total s", "s / image"], rows))
+    console.print(
+        table(
+            f"boneseg synth at {args.size}² ({mb:.1f} MiB written)", ["stage", "images", "total s", "s / image"], rows
+        )
+    )
     return [{"stage": r[0], "images": r[1], "seconds": r[2], "s/image": r[3]} for r in rows]
 
 

@@ -1,4 +1,5 @@
 """Shared helpers for the benchmark scripts: timing, real or synthetic masks, a table printer."""
+
 from __future__ import annotations
 
 import glob
@@ -42,7 +43,9 @@ def load_masks(limit: int | None = None) -> tuple[list[np.ndarray], str]:
     """Real bone masks when available, else synthetic ones rendered by boneseg's phantom."""
     files = real_mask_files()[:limit]
     if files:
-        return [np.load(f)["mask"].astype(bool) for f in files], f"real masks ({len(files)} images, {REAL_MASKS.parent.name})"
+        return [
+            np.load(f)["mask"].astype(bool) for f in files
+        ], f"real masks ({len(files)} images, {REAL_MASKS.parent.name})"
     from boneseg.data.masks import rasterize
     from boneseg.data.synth import render_hand
 
@@ -55,6 +58,7 @@ def load_masks(limit: int | None = None) -> tuple[list[np.ndarray], str]:
 
 
 # The straightforward notebook RLE functions every benchmark compares against (never used by boneseg).
+
 
 def notebook_encode(mask):
     """The competition notebooks' encoder."""

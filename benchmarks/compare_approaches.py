@@ -9,6 +9,7 @@ learning rate for every option (96 px, 25 epochs). Each run is predicted at full
 The figures compare options relative to the baseline on synthetic data; they say nothing about the
 real competition scores.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-BUDGET = dict(arch="unet", encoder="resnet18", size=96, epochs=25, batch_size=2, lr=3e-3, seed=0)
+BUDGET = {"arch": "unet", "encoder": "resnet18", "size": 96, "epochs": 25, "batch_size": 2, "lr": 3e-3, "seed": 0}
 MODEL_KWARGS = None  # smp defaults
 
 # name -> (train options, predict options, description)
@@ -56,10 +57,36 @@ def main(work: str | os.PathLike = "/tmp/boneseg-approaches") -> list[dict]:
     splits = work / "splits.json"
     if not splits.exists():
         sh(["split", str(data), "--folds", "4", "--seed", "0", "-o", str(splits)])
-    base = ["--arch", BUDGET["arch"], "--encoder", BUDGET["encoder"], "--size", str(BUDGET["size"]),
-            "--epochs", str(BUDGET["epochs"]), "--batch-size", str(BUDGET["batch_size"]), "--lr", str(BUDGET["lr"]),
-            "--seed", str(BUDGET["seed"]), "--encoder-weights", "none", "--device", "cpu", "--workers", "0",
-            "--splits", str(splits), "--fold", "0", "--aug", "none", "--cache-dir", str(work / "cache")]
+    base = [
+        "--arch",
+        BUDGET["arch"],
+        "--encoder",
+        BUDGET["encoder"],
+        "--size",
+        str(BUDGET["size"]),
+        "--epochs",
+        str(BUDGET["epochs"]),
+        "--batch-size",
+        str(BUDGET["batch_size"]),
+        "--lr",
+        str(BUDGET["lr"]),
+        "--seed",
+        str(BUDGET["seed"]),
+        "--encoder-weights",
+        "none",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--splits",
+        str(splits),
+        "--fold",
+        "0",
+        "--aug",
+        "none",
+        "--cache-dir",
+        str(work / "cache"),
+    ]
 
     def run(name, opts):
         out = work / "runs" / name.replace(" ", "_").replace("+", "p")
@@ -90,12 +117,18 @@ def main(work: str | os.PathLike = "/tmp/boneseg-approaches") -> list[dict]:
             src = run("boundary head", ["--boundary-head", "0.5"])
             state = load_checkpoint(src / "best.pt")
             sharpened = dict(state, config=dict(state["config"], boundary_sharpen=0.5))
-            r = derived(src, "boundary_sharpen", lambda d: save_checkpoint(d / "best.pt", sharpened))
+            r = derived(src, "boundary_sharpen", lambda d, state=sharpened: save_checkpoint(d / "best.pt", state))
             models, seconds = [str(r)], float((src / "seconds.txt").read_text())
         elif name == "postprocess rule":
             src = run("baseline", [])
-            r = derived(src, "postprocess_rule", lambda d: (shutil.copy(src / "best.pt", d / "best.pt"),
-                                                           fit_postprocess(d, data, device="cpu")))
+            r = derived(
+                src,
+                "postprocess_rule",
+                lambda d, src=src: (
+                    shutil.copy(src / "best.pt", d / "best.pt"),
+                    fit_postprocess(d, data, device="cpu"),
+                ),
+            )
             models, seconds = [str(r)], float((src / "seconds.txt").read_text())
         else:
             r = run(name, train_opts)
@@ -103,13 +136,34 @@ def main(work: str | os.PathLike = "/tmp/boneseg-approaches") -> list[dict]:
         csv = work / "csv" / (name.replace(" ", "_").replace("+", "p") + ".csv")
         csv.parent.mkdir(parents=True, exist_ok=True)
         pp = [] if name == "postprocess rule" else ["--postprocess", "none"]
-        sh(["predict", str(data / "train" / "DCM"), *sum((["-m", m] for m in models), []), *pred_opts, *pp,
-            "--device", "cpu", "--workers", "0", "-o", str(csv), "--force"])
+        sh(
+            [
+                "predict",
+                str(data / "train" / "DCM"),
+                *sum((["-m", m] for m in models), []),
+                *pred_opts,
+                *pp,
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+                "-o",
+                str(csv),
+                "--force",
+            ]
+        )
         rep = json.loads(sh(["analyze", str(csv), "--gt", str(data), "--fold", "0", "--splits", str(splits), "--json"]))
         pc = rep["per_class_dice"]
-        rows.append({"approach": name, "what": desc, "mean_dice": rep["mean_dice"],
-                     "carpals": sum(pc[c] for c in CARPALS) / len(CARPALS), "Pisiform": pc["Pisiform"],
-                     "train_s": round(seconds, 1)})
+        rows.append(
+            {
+                "approach": name,
+                "what": desc,
+                "mean_dice": rep["mean_dice"],
+                "carpals": sum(pc[c] for c in CARPALS) / len(CARPALS),
+                "Pisiform": pc["Pisiform"],
+                "train_s": round(seconds, 1),
+            }
+        )
     ref = rows[0]["mean_dice"]
     for r in rows:
         r["delta"] = r["mean_dice"] - ref
@@ -121,5 +175,7 @@ if __name__ == "__main__":
     print("| approach | what | mean Dice | Δ vs baseline | carpals | Pisiform | train s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['approach']} | {r['what']} | {r['mean_dice']:.4f} | {r['delta']:+.4f} | {r['carpals']:.4f} | "
-              f"{r['Pisiform']:.4f} | {r['train_s']} |")
+        print(
+            f"| {r['approach']} | {r['what']} | {r['mean_dice']:.4f} | {r['delta']:+.4f} | {r['carpals']:.4f} | "
+            f"{r['Pisiform']:.4f} | {r['train_s']} |"
+        )

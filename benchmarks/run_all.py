@@ -1,7 +1,8 @@
 """Run every CPU benchmark in one go and write docs/benchmarks.md (GPU results are kept as they are).
 
-    python benchmarks/run_all.py            # a few minutes on a 2-core machine
+python benchmarks/run_all.py            # a few minutes on a 2-core machine
 """
+
 from __future__ import annotations
 
 import datetime
@@ -41,8 +42,10 @@ def _markdown(rows: list[dict]) -> str:
 def main() -> None:
     sys.path.insert(0, str(HERE))
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, " \
-              f"Python {platform.python_version()}, torch {torch.__version__}"
+    machine = (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
     sections = []
     for name, title in CPU_BENCHMARKS:
         if not (HERE / f"{name}.py").exists():
@@ -57,13 +60,21 @@ def main() -> None:
         note = f"\n{module.NOTE}\n" if getattr(module, "NOTE", None) else ""
         sections.append(f"### {title}\n\n`python benchmarks/{name}.py`\n\n{body}\n{note}")
     previous = DOC.read_text() if DOC.exists() else ""
-    gpu = previous.split(GPU_MARK, 1)[1] if GPU_MARK in previous else "\n## GPU\n\nNot measured yet: run " \
+    gpu = (
+        previous.split(GPU_MARK, 1)[1]
+        if GPU_MARK in previous
+        else "\n## GPU\n\nNot measured yet: run "
         "`python benchmarks/bench_gpu_train.py` and `python benchmarks/bench_gpu_predict.py` on a CUDA machine.\n"
+    )
     today = datetime.date.today().isoformat()
-    text = (f"# Benchmarks\n\nEach script compares boneseg with the straightforward notebook way, written inside the "
-            f"benchmark, in one run; speedups are ratios from that run. Regenerate with "
-            f"`python benchmarks/run_all.py`.\n\n## CPU\n\nLast run {today} on {machine}.\n\n"
-            + "\n".join(sections) + f"\n{GPU_MARK}" + gpu)
+    text = (
+        f"# Benchmarks\n\nEach script compares boneseg with the straightforward notebook way, written inside the "
+        f"benchmark, in one run; speedups are ratios from that run. Regenerate with "
+        f"`python benchmarks/run_all.py`.\n\n## CPU\n\nLast run {today} on {machine}.\n\n"
+        + "\n".join(sections)
+        + f"\n{GPU_MARK}"
+        + gpu
+    )
     DOC.write_text(re.sub(r"\n{3,}", "\n\n", text))
     print(f"wrote {DOC}")
 

@@ -1,4 +1,5 @@
 """Small hand-made datasets in the competition layout, for tests that must not depend on synth."""
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,10 @@ def square_polygons(size: int, flip: bool = False) -> dict[str, list[list[int]]]
 
 def write_label(path: Path, polygons: dict, filename: str = "x.png") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    anns = [{"id": f"a{i}", "type": "poly_seg", "attributes": {}, "points": pts, "label": name}
-            for i, (name, pts) in enumerate(polygons.items())]
+    anns = [
+        {"id": f"a{i}", "type": "poly_seg", "attributes": {}, "points": pts, "label": name}
+        for i, (name, pts) in enumerate(polygons.items())
+    ]
     path.write_text(json.dumps({"annotations": anns, "filename": filename, "metadata": {}}))
 
 
@@ -48,16 +51,32 @@ def write_dataset(root: Path, patients: int = 2, size: int = 64, test_patients: 
             img_path.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(img_path), img)
             if split == "train":
-                write_label(root / split / "outputs_json" / f"ID{p:03d}" / f"{stem}.json",
-                            square_polygons(size, flip), f"{stem}.png")
+                write_label(
+                    root / split / "outputs_json" / f"ID{p:03d}" / f"{stem}.json",
+                    square_polygons(size, flip),
+                    f"{stem}.png",
+                )
     return root
 
 
 def tiny_config(data: Path, out: Path, **extra) -> dict:
     """A training config for a tiny real model (64 px, slim decoder, CPU, workers 0); `extra` overrides."""
-    cfg = dict(data=str(data), out=str(out), arch="unet", encoder="resnet18", size=64, epochs=1, batch_size=2,
-               encoder_weights="none", device="cpu", workers=0, seed=0, lr=3e-3,
-               cache_dir=str(Path(out).parent / "cache"), model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
+    cfg = {
+        "data": str(data),
+        "out": str(out),
+        "arch": "unet",
+        "encoder": "resnet18",
+        "size": 64,
+        "epochs": 1,
+        "batch_size": 2,
+        "encoder_weights": "none",
+        "device": "cpu",
+        "workers": 0,
+        "seed": 0,
+        "lr": 3e-3,
+        "cache_dir": str(Path(out).parent / "cache"),
+        "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+    }
     cfg.update(extra)
     return cfg
 
@@ -76,8 +95,15 @@ def browse(index: Path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the [test] extra")
     errors: list[str] = []
     requests: list[str] = []
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
         try:

@@ -1,4 +1,5 @@
 """boneseg: hand-bone X-ray segmentation, from raw radiographs to a competition submission."""
+
 import os
 
 from boneseg.classes import CLASSES, NUM_CLASSES

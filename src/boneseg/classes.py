@@ -1,13 +1,21 @@
 """The 29 hand-bone classes, their groups and an overlay palette."""
+
 from __future__ import annotations
 
 import colorsys
 
 CLASSES: tuple[str, ...] = (
     *(f"finger-{i}" for i in range(1, 20)),
-    "Trapezium", "Trapezoid", "Capitate", "Hamate",
-    "Scaphoid", "Lunate", "Triquetrum", "Pisiform",
-    "Radius", "Ulna",
+    "Trapezium",
+    "Trapezoid",
+    "Capitate",
+    "Hamate",
+    "Scaphoid",
+    "Lunate",
+    "Triquetrum",
+    "Pisiform",
+    "Radius",
+    "Ulna",
 )
 NUM_CLASSES = len(CLASSES)
 CLASS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CLASSES)}

@@ -1,4 +1,5 @@
 """The project's exceptions: library code raises these, the CLI turns them into one-line errors."""
+
 from __future__ import annotations
 
 import difflib

@@ -1,4 +1,5 @@
 """Output files: the ``--force`` rule and atomic writes (temp file in the same folder + rename)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -65,8 +66,7 @@ def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike | None, mode: str = "w", force: bool = False,
-                **kwargs: Any) -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike | None, mode: str = "w", force: bool = False, **kwargs: Any) -> Iterator[IO]:
     """Open `path` for writing atomically; ``-``/None yields standard output."""
     if is_stdout(path):
         stream = sys.stdout.buffer if "b" in mode else sys.stdout

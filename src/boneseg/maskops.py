@@ -1,4 +1,5 @@
 """Pure operations on 2-D masks shared by every layer: the bounding box of the foreground."""
+
 from __future__ import annotations
 
 import numpy as np

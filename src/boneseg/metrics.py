@@ -1,4 +1,5 @@
 """The competition Dice: per (image, class) ``2|P∩G| / (|P|+|G|)``, 1.0 when both are empty."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence

@@ -3,6 +3,7 @@
 Matplotlib is used through its object API with the Agg canvas only (no pyplot, no global backend
 switch), so plotting works headless and in worker processes; figures are released after saving.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,17 @@ from boneseg.classes import PALETTE
 from boneseg.io import atomic_path
 from boneseg.maskops import bbox
 
-__all__ = ["overlay", "overlay_compare", "overlay_errors", "save_png", "new_figure", "image_grid", "heatmap", "PRED_COLOUR",
-           "GT_COLOUR"]
+__all__ = [
+    "overlay",
+    "overlay_compare",
+    "overlay_errors",
+    "save_png",
+    "new_figure",
+    "image_grid",
+    "heatmap",
+    "PRED_COLOUR",
+    "GT_COLOUR",
+]
 
 PRED_COLOUR = (255, 60, 60)
 """Prediction colour in `overlay_compare` (red); overlap with the truth mixes to yellow."""
@@ -91,13 +101,21 @@ def overlay_compare(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, alpha: 
     return _blend(image, [(pred & ~both, PRED_COLOUR), (gt & ~both, GT_COLOUR), (both, (255, 230, 60))], alpha)
 
 
-def overlay_errors(image: np.ndarray, pred: np.ndarray, ref: np.ndarray, colours: Sequence[tuple[int, int, int]],
-                   alpha: float = 0.5) -> np.ndarray:
+def overlay_errors(
+    image: np.ndarray, pred: np.ndarray, ref: np.ndarray, colours: Sequence[tuple[int, int, int]], alpha: float = 0.5
+) -> np.ndarray:
     """Per-class agreement of (C, H, W) `pred` with `ref` on an image, coloured ``colours`` = (both, only
     pred, only ref): a pixel one class gets right and another wrong shows the mix."""
     pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
-    return _blend(image, [((pred & ref).any(axis=0), colours[0]), ((pred & ~ref).any(axis=0), colours[1]),
-                          ((ref & ~pred).any(axis=0), colours[2])], alpha)
+    return _blend(
+        image,
+        [
+            ((pred & ref).any(axis=0), colours[0]),
+            ((pred & ~ref).any(axis=0), colours[1]),
+            ((ref & ~pred).any(axis=0), colours[2]),
+        ],
+        alpha,
+    )
 
 
 def new_figure(width: float = 8.0, height: float = 6.0, dpi: int = 100):
@@ -134,8 +152,13 @@ def save_png(obj, path: str | os.PathLike, force: bool = False, dpi: int | None 
     return path
 
 
-def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] = (), columns: int = 4,
-               tile: float = 3.5, suptitle: str | None = None):
+def image_grid(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str] = (),
+    columns: int = 4,
+    tile: float = 3.5,
+    suptitle: str | None = None,
+):
     """A figure showing RGB/grayscale images in a grid with optional titles."""
     n = max(len(images), 1)
     columns = max(1, min(columns, n))
@@ -155,9 +178,18 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] = (), columns
     return fig
 
 
-def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str, colour_label: str = "",
-            col_labels: Sequence[str] | None = None, log: bool = False, annotate: bool = False,
-            cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None):
+def heatmap(
+    matrix: np.ndarray,
+    labels: Sequence[str],
+    title: str,
+    colour_label: str = "",
+    col_labels: Sequence[str] | None = None,
+    log: bool = False,
+    annotate: bool = False,
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+):
     """A labelled heat map of a 2-D matrix (log colour scale for counts spanning decades)."""
     from matplotlib.colors import LogNorm
 

@@ -6,6 +6,7 @@ Both work on the bounding box of each class's foreground (cost follows the bone,
 The per-class rules (``RUN/postprocess.json``) are chosen on a run's validation fold by
 `boneseg.workflows.validation.fit_postprocess`; ``boneseg predict -m RUN`` applies them.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,7 @@ def clean_mask(mask: np.ndarray, keep_largest: bool = False, min_area: int = 0) 
     found = bbox(mask)
     if found is None or (not keep_largest and min_area <= 1):
         return mask
-    box = np.s_[found[0]:found[1], found[2]:found[3]]
+    box = np.s_[found[0] : found[1], found[2] : found[3]]
     crop = np.ascontiguousarray(mask[box], dtype=np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8)
     if n <= 2 and (n < 2 or stats[1, cv2.CC_STAT_AREA] >= min_area):
@@ -62,8 +63,9 @@ def postprocess_per_class(masks: np.ndarray, rules: Sequence[tuple[bool, int]]) 
     return np.stack([clean_mask(m, bool(k), int(a)) for m, (k, a) in zip(masks, rules)])
 
 
-def rules_list(doc: dict, keep_largest: bool = False, min_area: int = 0,
-               where: str = "post-processing rules") -> list[tuple[bool, int]]:
+def rules_list(
+    doc: dict, keep_largest: bool = False, min_area: int = 0, where: str = "post-processing rules"
+) -> list[tuple[bool, int]]:
     """Per-class (keep_largest, min_area) in class order from a ``postprocess.json`` document, combined with
     global options (keep_largest OR, the larger min_area).
 
@@ -85,12 +87,17 @@ def rules_list(doc: dict, keep_largest: bool = False, min_area: int = 0,
     for name in CLASSES:
         r = classes.get(name) or {}
         if not isinstance(r, dict):
-            raise DataError(f"{where}: class {name!r}: expected {{\"keep_largest\": …, \"min_area\": …}}")
+            raise DataError(f'{where}: class {name!r}: expected {{"keep_largest": …, "min_area": …}}')
         keep, area = r.get("keep_largest") or False, r.get("min_area") or 0
         if not isinstance(keep, bool):
             raise DataError(f"{where}: class {name!r}: keep_largest {keep!r} must be true or false")
-        if isinstance(area, bool) or not isinstance(area, (int, float)) or not math.isfinite(area) \
-                or area < 0 or area != int(area):
+        if (
+            isinstance(area, bool)
+            or not isinstance(area, (int, float))
+            or not math.isfinite(area)
+            or area < 0
+            or area != int(area)
+        ):
             raise DataError(f"{where}: class {name!r}: min_area {area!r} must be a whole number >= 0")
         out.append((keep or keep_largest, max(int(area), min_area)))
     return out

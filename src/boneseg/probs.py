@@ -5,6 +5,7 @@
 CSV and soft voting both binarise the same stored values with `binarize`, so they agree exactly.
 A folder is written all or nothing: into a `staging_dir` beside it, moved into place by `publish`.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,8 +74,7 @@ def thresholds_array(threshold: float | Sequence[float] | np.ndarray | Mapping[s
     return np.array([_checked(t, f"class {name!r}: ") for name, t in zip(CLASSES, values)])
 
 
-def read_thresholds(value: float | str | os.PathLike | Sequence[float] | Mapping[str, float] | None
-                    ) -> np.ndarray:
+def read_thresholds(value: float | str | os.PathLike | Sequence[float] | Mapping[str, float] | None) -> np.ndarray:
     """Per-class thresholds (29,) from a number, number text, a sequence, a ``{class: t}`` mapping, or a
     JSON file holding such a mapping (optionally under a ``"thresholds"`` key, as ``boneseg tta
     --thresholds-out`` writes); None means 0.5. The one reader of ``--threshold T|FILE.json``.
@@ -99,7 +99,7 @@ def read_thresholds(value: float | str | os.PathLike | Sequence[float] | Mapping
         if isinstance(doc, dict) and isinstance(doc.get("thresholds"), dict):
             doc = doc["thresholds"]
         if not isinstance(doc, dict):
-            raise DataError(f"{path}: expected a JSON object {{class: threshold}}")
+            raise DataError(f"{path}: expected a JSON object {{class: threshold}}") from None
         try:
             return thresholds_array(doc)
         except BonesegError as exc:
@@ -184,12 +184,22 @@ def publish(staging: str | os.PathLike, folder: str | os.PathLike, force: bool =
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_manifest(folder: str | os.PathLike, images: Sequence[str], models: Sequence[str],
-                   extra: dict | None = None) -> None:
+def write_manifest(
+    folder: str | os.PathLike, images: Sequence[str], models: Sequence[str], extra: dict | None = None
+) -> None:
     """The folder's manifest: image names (submission order), classes and the producing models."""
-    write_json(Path(folder) / MANIFEST, {"format": FORMAT, "version": 1, "classes": list(CLASSES),
-                                         "images": list(images), "models": list(models), **(extra or {})},
-               force=True)
+    write_json(
+        Path(folder) / MANIFEST,
+        {
+            "format": FORMAT,
+            "version": 1,
+            "classes": list(CLASSES),
+            "images": list(images),
+            "models": list(models),
+            **(extra or {}),
+        },
+        force=True,
+    )
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:

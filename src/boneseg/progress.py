@@ -5,6 +5,7 @@ Long-running functions take ``reporter: Reporter = SILENT``; they open one task 
 with ``reporter.message(text)``. The CLI passes its rich reporter (bars with rate and ETA); `PLAIN`
 prints the messages to stderr without bars.
 """
+
 from __future__ import annotations
 
 import sys

@@ -3,6 +3,7 @@
 A mask is flattened row-major (C order) at the original image size; the RLE is a space-separated list
 of ``start length`` pairs with 1-based starts; an empty mask is the empty string.
 """
+
 from __future__ import annotations
 
 import math
@@ -119,8 +120,9 @@ def parse(rle: str | float | None, size: int | None = None) -> tuple[np.ndarray,
     ends = starts + lengths
     if starts.size > 1 and (starts[1:] < ends[:-1]).any():
         i = int(np.flatnonzero(starts[1:] < ends[:-1])[0])
-        raise DataError(f"malformed RLE: run {i + 2} (start {starts[i + 1] + 1}) is out of order or overlaps "
-                        "the previous run")
+        raise DataError(
+            f"malformed RLE: run {i + 2} (start {starts[i + 1] + 1}) is out of order or overlaps the previous run"
+        )
     if size is not None and ends[-1] > size:
         raise DataError(f"malformed RLE: run ends at pixel {int(ends[-1])}, past the image's {size} pixels")
     return starts, ends
@@ -155,7 +157,7 @@ def _paint(buf: memoryview, starts: np.ndarray, ends: np.ndarray) -> None:
         return
     ones = _ones_of(int((ends - starts).max()))
     for lo, hi in zip(starts.tolist(), ends.tolist()):
-        buf[lo:hi] = ones[:hi - lo]
+        buf[lo:hi] = ones[: hi - lo]
 
 
 def _prefault(mapping: mmap.mmap, lo: int, hi: int) -> None:
@@ -200,8 +202,9 @@ def decode_into(out: np.ndarray, rle: str | float | None, clear: bool = True) ->
     return out
 
 
-def decode_stack(rles: Sequence[str | float | None], shape: Sequence[int],
-                 labels: Sequence[str] | None = None) -> np.ndarray:
+def decode_stack(
+    rles: Sequence[str | float | None], shape: Sequence[int], labels: Sequence[str] | None = None
+) -> np.ndarray:
     """Decode several RLEs (e.g. an image's 29 classes) into one ``(len(rles), H, W)`` bool array.
 
     Every RLE is validated before memory is taken; `labels` (one per RLE) name the culprit in errors.
@@ -225,7 +228,7 @@ def decode_stack(rles: Sequence[str | float | None], shape: Sequence[int],
         if starts.size:
             if mapping is not None:
                 _prefault(mapping, i * plane + int(starts[0]), i * plane + int(ends[-1]))
-            _paint(buf[i * plane:(i + 1) * plane], starts, ends)
+            _paint(buf[i * plane : (i + 1) * plane], starts, ends)
     return out
 
 

@@ -4,6 +4,7 @@ Every CSV boneseg writes goes through `format_row` and every CSV it reads throug
 quoted per RFC 4180 only when they hold a comma, quote or line break (so ordinary files carry no quotes),
 any image name round-trips, and a field may have any length (a noisy 2048² mask's RLE runs to megabytes).
 """
+
 from __future__ import annotations
 
 import csv
@@ -51,7 +52,7 @@ class SubmissionWriter:
         self._fh: IO[str] | None = None
         self.images = 0
 
-    def __enter__(self) -> "SubmissionWriter":
+    def __enter__(self) -> SubmissionWriter:
         self._fh = self._ctx.__enter__()
         self._fh.write(format_row(*HEADER))
         return self
@@ -105,7 +106,8 @@ def csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
     path = Path(path)
     try:
         source = sys.stdin.fileno() if str(path) == "-" else path
-        fh = open(source, newline="", encoding="utf-8", closefd=source is path)
+        # opened here so a missing file is reported apart from a bad CSV; the `with fh:` below closes it
+        fh = open(source, newline="", encoding="utf-8", closefd=source is path)  # noqa: SIM115
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as exc:
@@ -145,6 +147,7 @@ def read_submission(path: str | os.PathLike) -> Submission:
         image, cls, text = row
         if cls not in CLASS_INDEX:
             from boneseg.errors import suggest
+
             raise DataError(f"{path}: row {line}: unknown class {quote(cls)}{suggest(cls, CLASSES, 3)}")
         key = (image, cls)
         if key in sub.rles:
@@ -156,14 +159,19 @@ def read_submission(path: str | os.PathLike) -> Submission:
     for image in sub.images:
         missing = [c for c in CLASSES if (image, c) not in sub.rles]
         if missing:
-            raise DataError(f"{path}: image {quote(image)} lacks {len(missing)} class row(s): {', '.join(missing[:5])}"
-                            + (", …" if len(missing) > 5 else ""))
+            raise DataError(
+                f"{path}: image {quote(image)} lacks {len(missing)} class row(s): {', '.join(missing[:5])}"
+                + (", …" if len(missing) > 5 else "")
+            )
     return sub
 
 
-def validate_submission(path: str | os.PathLike, shape: Sequence[int] = (2048, 2048),
-                        images: Iterable[str] | Mapping[str, Sequence[int]] | None = None,
-                        limit: int = 1000) -> list[str]:
+def validate_submission(
+    path: str | os.PathLike,
+    shape: Sequence[int] = (2048, 2048),
+    images: Iterable[str] | Mapping[str, Sequence[int]] | None = None,
+    limit: int = 1000,
+) -> list[str]:
     """Every problem found in a submission (empty list: valid), each naming its row.
 
     Checks the header, field counts, class names, duplicates, that each image has all 29 classes, that

@@ -1,5 +1,6 @@
 """End-to-end tests: the real command line, torchrun and the demo. All are marked `slow` (still part of the
 default run; `pytest -m "not slow"` runs the unit tests alone)."""
+
 from __future__ import annotations
 
 from pathlib import Path

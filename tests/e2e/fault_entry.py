@@ -1,5 +1,6 @@
 """`python tests/fault_entry.py ARGS…` = `boneseg ARGS…`, except that rank 1 fails on its 6th sample read
 (fault injection for the distributed-failure test; production code has no such hook)."""
+
 import os
 import sys
 

@@ -8,7 +8,7 @@ from boneseg import __version__
 from boneseg.cli import app
 from boneseg.submission import SubmissionWriter
 
-COMMANDS = "synth eda split train predict tta pseudo ensemble analyze check demo".split()
+COMMANDS = ["synth", "eda", "split", "train", "predict", "tta", "pseudo", "ensemble", "analyze", "check", "demo"]
 
 
 def run(*args):

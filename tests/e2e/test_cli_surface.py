@@ -1,4 +1,5 @@
 """The command line reads as one tool: usage errors, interruptions and silent choices are one line each."""
+
 from __future__ import annotations
 
 import json
@@ -7,14 +8,33 @@ import re
 import pytest
 import torch
 import typer
+from util import write_dataset
 
 from boneseg import CLASSES
 from boneseg.cli import app, main
 
-from util import write_dataset
-
-TINY = ["--arch", "unet", "--encoder", "resnet18", "--size", "64", "--epochs", "1", "--batch-size", "2",
-        "--encoder-weights", "none", "--workers", "0", "--device", "cpu", "--aug", "none", "--folds", "2"]
+TINY = [
+    "--arch",
+    "unet",
+    "--encoder",
+    "resnet18",
+    "--size",
+    "64",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "2",
+    "--encoder-weights",
+    "none",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--aug",
+    "none",
+    "--folds",
+    "2",
+]
 COMMANDS = typer.main.get_command(app).commands
 
 
@@ -61,27 +81,38 @@ def test_usage_error_matrix(name, capsys):
     assert code == 0 and "Usage" in out and "<bool>" not in out
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["predict", "x", "-m", "y", "--thresh", "0.3"], "did you mean '--threshold'"),
-    (["prdict"], "did you mean 'predict'"),
-    (["analyze", "a.csv", "--size", "big"], "'--size'"),
-    (["ensemble", "a.csv", "--vote", "medium"], "'--vote'"),
-    (["predict", "x"], "'--model'"),
-    (["check", "a.csv", "b.csv"], "unexpected extra argument"),
-    (["train", "d", "--size"], "--size"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["predict", "x", "-m", "y", "--thresh", "0.3"], "did you mean '--threshold'"),
+        (["prdict"], "did you mean 'predict'"),
+        (["analyze", "a.csv", "--size", "big"], "'--size'"),
+        (["ensemble", "a.csv", "--vote", "medium"], "'--vote'"),
+        (["predict", "x"], "'--model'"),
+        (["check", "a.csv", "b.csv"], "unexpected extra argument"),
+        (["train", "d", "--size"], "--size"),
+    ],
+)
 def test_usage_errors_are_one_line(args, fragment, capsys):
     code, _, err = cli(capsys, *args)
     assert code == 2 and fragment in one_error(err)
 
 
 # -- item 2: interruptions -----------------------------------------------------------------------------
-@pytest.mark.parametrize("command, target, args, kept", [
-    ("predict", "boneseg.inference.predict", ["imgs", "-m", "run", "-o", "sub.csv"], "(sub.csv unchanged)"),
-    ("tta", "boneseg.workflows.validation.evaluate_policies", ["data", "-m", "run"], "no output was written"),
-    ("ensemble", "boneseg.workflows.ensemble.hard_vote", ["a.csv", "b.csv", "--out", "e.csv"], "(e.csv unchanged)"),
-    ("analyze", "boneseg.workflows.analysis.analyze", ["a.csv", "--out", "plots"], "files finished in plots are kept"),
-])
+@pytest.mark.parametrize(
+    "command, target, args, kept",
+    [
+        ("predict", "boneseg.inference.predict", ["imgs", "-m", "run", "-o", "sub.csv"], "(sub.csv unchanged)"),
+        ("tta", "boneseg.workflows.validation.evaluate_policies", ["data", "-m", "run"], "no output was written"),
+        ("ensemble", "boneseg.workflows.ensemble.hard_vote", ["a.csv", "b.csv", "--out", "e.csv"], "(e.csv unchanged)"),
+        (
+            "analyze",
+            "boneseg.workflows.analysis.analyze",
+            ["a.csv", "--out", "plots"],
+            "files finished in plots are kept",
+        ),
+    ],
+)
 def test_interrupt_says_what_was_kept(command, target, args, kept, tmp_path, monkeypatch, capsys):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -182,19 +213,57 @@ def test_partial_encoder_weights_and_fp16_on_cpu_warn(tiny_data, tmp_path, capsy
     state = smp.encoders.get_encoder("resnet18", weights=None).state_dict()
     partial = tmp_path / "partial.pt"
     torch.save({k: v for i, (k, v) in enumerate(state.items()) if i % 10}, partial)
-    args = [*TINY[:TINY.index("--encoder-weights")], *TINY[TINY.index("--workers"):]]
-    code, _, err = cli(capsys, "train", data, *args, "--encoder-weights", partial, "--amp", "--amp-dtype", "fp16",
-                       "--max-steps", "1", "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache")
+    args = [*TINY[: TINY.index("--encoder-weights")], *TINY[TINY.index("--workers") :]]
+    code, _, err = cli(
+        capsys,
+        "train",
+        data,
+        *args,
+        "--encoder-weights",
+        partial,
+        "--amp",
+        "--amp-dtype",
+        "fp16",
+        "--max-steps",
+        "1",
+        "--out",
+        tmp_path / "run",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     assert code == 0, err
     warned = [line for line in err.splitlines() if line.startswith("Warning: ")]
     assert any(re.search(r"partial.pt: \d+ of the encoder's \d+ tensors loaded", w) for w in warned), err
     assert any("fp16 on a CPU" in w for w in warned), err
     rn50 = tmp_path / "rn50.pt"
     torch.save(smp.encoders.get_encoder("resnet50", weights=None).state_dict(), rn50)
-    code, _, err = cli(capsys, "train", data, *args, "--encoder-weights", rn50, "--max-steps", "1",
-                       "--out", tmp_path / "run50", "--cache-dir", tmp_path / "cache")
+    code, _, err = cli(
+        capsys,
+        "train",
+        data,
+        *args,
+        "--encoder-weights",
+        rn50,
+        "--max-steps",
+        "1",
+        "--out",
+        tmp_path / "run50",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     assert code == 1 and "rn50.pt: weights of another encoder than ResNetEncoder" in one_error(err)
     (tmp_path / "run" / "postprocess.json").write_text(json.dumps({"classes": {"Ulna": {"keep_largest": True}}}))
-    code, _, err = cli(capsys, "predict", data, "-m", tmp_path / "run" / "last.pt", "-o", tmp_path / "sub.csv",
-                       "--workers", "0", "--device", "cpu")
+    code, _, err = cli(
+        capsys,
+        "predict",
+        data,
+        "-m",
+        tmp_path / "run" / "last.pt",
+        "-o",
+        tmp_path / "sub.csv",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert code == 0 and "Warning: applying the run's post-processing rules" in err, err

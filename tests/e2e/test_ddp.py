@@ -1,4 +1,5 @@
 """Two CPU ranks with gloo under torch.distributed.run: the same `boneseg train` command trains with DDP."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,42 @@ import torch
 
 def test_two_rank_gloo_training(synth_data, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "boneseg", "train", str(synth_data), "--arch", "unet", "--encoder", "resnet18", "--size", "64",
-           "--epochs", "2", "--batch-size", "2", "--encoder-weights", "none", "--device", "cpu", "--workers", "0",
-           "--aug", "light", "--cache-dir", str(tmp_path / "cache"), "--dist-timeout", "2", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "boneseg",
+        "train",
+        str(synth_data),
+        "--arch",
+        "unet",
+        "--encoder",
+        "resnet18",
+        "--size",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--encoder-weights",
+        "none",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--aug",
+        "light",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--dist-timeout",
+        "2",
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,4 +1,5 @@
 """`boneseg demo --quick` end to end: every step runs, the files and the summary are there, same seed same result."""
+
 from __future__ import annotations
 
 import json
@@ -6,14 +7,13 @@ import json
 import cv2
 import pytest
 from typer.testing import CliRunner
+from util import browse
 
 from boneseg.classes import CLASSES
 from boneseg.cli.app import app
-from boneseg.workflows.demo import OVERLAY, STEPS, run_demo, settings_for
 from boneseg.errors import OutputExistsError, UsageError
 from boneseg.submission import read_submission, validate_submission
-
-from util import browse
+from boneseg.workflows.demo import OVERLAY, STEPS, run_demo, settings_for
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +49,20 @@ def test_report_opens_in_chromium(demo_dir):
 
 def test_outputs_and_summary_schema(demo_dir):
     out, _ = demo_dir
-    for name in ("data/train/DCM", "data/test/DCM", "data/meta_data.xlsx", "splits.json", "run/best.pt",
-                 "run/metrics.jsonl", "val.csv", "submission.csv", "analysis/analysis.json", "report/index.html", OVERLAY,
-                 "summary.json"):
+    for name in (
+        "data/train/DCM",
+        "data/test/DCM",
+        "data/meta_data.xlsx",
+        "splits.json",
+        "run/best.pt",
+        "run/metrics.jsonl",
+        "val.csv",
+        "submission.csv",
+        "analysis/analysis.json",
+        "report/index.html",
+        OVERLAY,
+        "summary.json",
+    ):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["mean_dice"] <= 1.0

@@ -1,5 +1,6 @@
 """Fault injection over the commands: every foreseeable fault is one `Error:` line naming its culprit, with
 the documented exit code (1 data, 2 usage), never an internal exception name or a worker's traceback."""
+
 from __future__ import annotations
 
 import json
@@ -11,14 +12,32 @@ from pathlib import Path
 
 import pytest
 import torch
+from util import tiny_config, write_dataset
 
 from boneseg.cli import main
 from boneseg.errors import DataError
-from util import tiny_config, write_dataset
 
 LEAK = re.compile(r"Error: [A-Z]\w+(Error|Exception)\b:")
-TRAIN = ["--arch", "unet", "--encoder", "resnet18", "--size", "64", "--epochs", "1", "--batch-size", "2",
-         "--encoder-weights", "none", "--device", "cpu", "--aug", "none", "--folds", "2"]
+TRAIN = [
+    "--arch",
+    "unet",
+    "--encoder",
+    "resnet18",
+    "--size",
+    "64",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "2",
+    "--encoder-weights",
+    "none",
+    "--device",
+    "cpu",
+    "--aug",
+    "none",
+    "--folds",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +49,24 @@ def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faults")
     write_dataset(root / "data", patients=2, size=64)
     cfg = tiny_config(root / "data", root / "run")
-    save_checkpoint(root / "model.pt", {"config": cfg, "model": build_model(cfg).state_dict(), "epoch": 0,
-                                        "step": 0, "metrics": {}})
-    assert cli("predict", root / "data", "-m", root / "model.pt", "-o", root / "sub.csv", "--workers", "0",
-               "--save-probs", root / "probs")[0] == 0
+    save_checkpoint(
+        root / "model.pt", {"config": cfg, "model": build_model(cfg).state_dict(), "epoch": 0, "step": 0, "metrics": {}}
+    )
+    assert (
+        cli(
+            "predict",
+            root / "data",
+            "-m",
+            root / "model.pt",
+            "-o",
+            root / "sub.csv",
+            "--workers",
+            "0",
+            "--save-probs",
+            root / "probs",
+        )[0]
+        == 0
+    )
     return root
 
 
@@ -73,6 +106,7 @@ def label_fault(edit):
     def fault(tmp, base):
         data, label = relabel(tmp, base, edit)
         return ["train", data, *TRAIN, "--workers", "0", "--out", tmp / "run", "--cache-dir", tmp / "c"], 1, label.name
+
     return fault
 
 
@@ -80,6 +114,7 @@ def ann0(**change):
     def edit(doc):
         doc["annotations"][0].update(change)
         return doc
+
     return edit
 
 
@@ -88,9 +123,12 @@ def corrupt_png(split: str, command: str):
         data = copy_data(base, tmp)
         png = first(data / split / "DCM", "*.png")
         png.write_bytes(png.read_bytes()[:100])
-        args = {"predict": ["predict", data, "-m", base / "model.pt", "-o", tmp / "o.csv", "--workers", "2"],
-                "tta": ["tta", data, "-m", base / "model.pt"]}[command]
+        args = {
+            "predict": ["predict", data, "-m", base / "model.pt", "-o", tmp / "o.csv", "--workers", "2"],
+            "tta": ["tta", data, "-m", base / "model.pt"],
+        }[command]
         return args, 1, png.name
+
     return fault
 
 
@@ -99,6 +137,7 @@ def checkpoint_fault(make):
         ckpt = tmp / "bad.pt"
         make(ckpt, base)
         return ["predict", base / "data", "-m", ckpt, "-o", tmp / "o.csv", "--workers", "0"], 1, "bad.pt"
+
     return fault
 
 
@@ -107,6 +146,7 @@ def without(key):
         state = torch.load(base / "model.pt", weights_only=True)
         del state["config"][key]
         torch.save(state, ckpt)
+
     return make
 
 
@@ -127,6 +167,7 @@ def broken_csv(text: str):
         bad = tmp / "bad.csv"
         bad.write_text(text)
         return ["ensemble", base / "sub.csv", bad, "--vote", "hard", "-o", tmp / "o.csv"], 1, "bad.csv"
+
     return fault
 
 
@@ -142,10 +183,12 @@ def deep_json(where: str):
     def fault(tmp, base):
         deep = tmp / "deep.json"
         deep.write_text("[" * 100_000 + "]" * 100_000)
-        args = {"threshold": ["predict", base / "data", "-m", base / "model.pt", "-o", tmp / "o.csv",
-                              "--threshold", deep],
-                "splits": ["train", base / "data", *TRAIN, "--splits", deep, "--fold", "0", "--out", tmp / "r"]}
+        args = {
+            "threshold": ["predict", base / "data", "-m", base / "model.pt", "-o", tmp / "o.csv", "--threshold", deep],
+            "splits": ["train", base / "data", *TRAIN, "--splits", deep, "--fold", "0", "--out", tmp / "r"],
+        }
         return args[where], 1, "deep.json"
+
     return fault
 
 
@@ -163,8 +206,11 @@ def existing_output(tmp, base):
 
 def bad_option_first(tmp, base):
     (tmp / "o.csv").write_text("keep")
-    return ["predict", base / "data", "-m", base / "model.pt", "-o", tmp / "o.csv", "--sliding",
-            "--window", "48"], 2, "--window"
+    return (
+        ["predict", base / "data", "-m", base / "model.pt", "-o", tmp / "o.csv", "--sliding", "--window", "48"],
+        2,
+        "--window",
+    )
 
 
 def missing_input(tmp, base):
@@ -186,9 +232,12 @@ def existing(tmp: Path, name: str) -> Path:
 def corrupt_label(command: str):
     def fault(tmp, base):
         data, label = relabel(tmp, base, lambda doc: json.dumps(doc)[:-20])
-        args = {"split": ["split", data, "--folds", "2", "--stratify", "side", "-o", tmp / "s.json"],
-                "eda": ["eda", data, "--out", tmp / "eda"]}[command]
+        args = {
+            "split": ["split", data, "--folds", "2", "--stratify", "side", "-o", tmp / "s.json"],
+            "eda": ["eda", data, "--out", tmp / "eda"],
+        }[command]
         return args, 1, label.name
+
     return fault
 
 
@@ -200,15 +249,29 @@ def corrupt_csv(tmp, base):
 
 def scored_ensemble(existing_out: bool):
     """ensemble --scores --per-class-out refused (an existing -o, or --min-votes 3 of 2 inputs): no plan file."""
+
     def fault(tmp, base):
         scores = tmp / "scores.json"
         scores.write_text(json.dumps({"per_class_dice": {"Radius": 0.9}}))
         other = Path(shutil.copy(base / "sub.csv", tmp / "other.csv"))
-        args = ["ensemble", base / "sub.csv", other, "--vote", "hard", "--scores", scores, "--scores",
-                scores, "--per-class-out", tmp / "plan.json", "-o"]
+        args = [
+            "ensemble",
+            base / "sub.csv",
+            other,
+            "--vote",
+            "hard",
+            "--scores",
+            scores,
+            "--scores",
+            scores,
+            "--per-class-out",
+            tmp / "plan.json",
+            "-o",
+        ]
         if existing_out:
             return [*args, existing(tmp, "o.csv")], 1, "o.csv"
         return [*args, tmp / "o.csv", "--min-votes", "3"], 2, "--min-votes"
+
     return fault
 
 
@@ -222,41 +285,84 @@ COMMAND_FAULTS = {
     "split-missing-input": lambda tmp, base: (["split", tmp / "nowhere", "--folds", "2"], 1, "nowhere"),
     "split-bad-folds-missing-input": lambda tmp, base: (["split", tmp / "nowhere", "--folds", "1"], 2, "--folds"),
     "split-corrupt-label": corrupt_label("split"),
-    "split-bad-stratify-existing-out": lambda tmp, base: (["split", base / "data", "--stratify", "bogus", "-o",
-                                                           existing(tmp, "s.json")], 2, "--stratify"),
-    "split-existing-out": lambda tmp, base: (["split", base / "data", "--folds", "2", "-o",
-                                              existing(tmp, "s.json")], 1, "s.json"),
+    "split-bad-stratify-existing-out": lambda tmp, base: (
+        ["split", base / "data", "--stratify", "bogus", "-o", existing(tmp, "s.json")],
+        2,
+        "--stratify",
+    ),
+    "split-existing-out": lambda tmp, base: (
+        ["split", base / "data", "--folds", "2", "-o", existing(tmp, "s.json")],
+        1,
+        "s.json",
+    ),
     "eda-missing-input": lambda tmp, base: (["eda", tmp / "nowhere"], 1, "nowhere"),
-    "eda-bad-samples-existing-out": lambda tmp, base: (["eda", base / "data", "--samples", "-1", "--out",
-                                                        full_folder(tmp)], 2, "--samples"),
-    "eda-existing-out": lambda tmp, base: (["eda", base / "data", "--out", existing(tmp, "eda.json").parent],
-                                           1, "eda.json"),
+    "eda-bad-samples-existing-out": lambda tmp, base: (
+        ["eda", base / "data", "--samples", "-1", "--out", full_folder(tmp)],
+        2,
+        "--samples",
+    ),
+    "eda-existing-out": lambda tmp, base: (
+        ["eda", base / "data", "--out", existing(tmp, "eda.json").parent],
+        1,
+        "eda.json",
+    ),
     "pseudo-missing-input": lambda tmp, base: (["pseudo", tmp / "no.csv", base / "data", "-o", tmp / "p"], 1, "no.csv"),
     "pseudo-corrupt-csv": corrupt_csv,
-    "pseudo-bad-confidence-existing-out": lambda tmp, base: (["pseudo", base / "probs", base / "data", "-o",
-                                                              full_folder(tmp), "--min-confidence", "2"],
-                                                             2, "--min-confidence"),
-    "pseudo-bad-workers-existing-out": lambda tmp, base: (["pseudo", tmp / "no.csv", base / "data", "-o",
-                                                           full_folder(tmp), "--workers", "-1"], 2, "--workers"),
-    "pseudo-existing-out": lambda tmp, base: (["pseudo", base / "sub.csv", base / "data", "-o", full_folder(tmp)],
-                                              1, "full"),
+    "pseudo-bad-confidence-existing-out": lambda tmp, base: (
+        ["pseudo", base / "probs", base / "data", "-o", full_folder(tmp), "--min-confidence", "2"],
+        2,
+        "--min-confidence",
+    ),
+    "pseudo-bad-workers-existing-out": lambda tmp, base: (
+        ["pseudo", tmp / "no.csv", base / "data", "-o", full_folder(tmp), "--workers", "-1"],
+        2,
+        "--workers",
+    ),
+    "pseudo-existing-out": lambda tmp, base: (
+        ["pseudo", base / "sub.csv", base / "data", "-o", full_folder(tmp)],
+        1,
+        "full",
+    ),
     "check-missing-input": lambda tmp, base: (["check", tmp / "no.csv"], 1, "no.csv"),
     "check-bad-size-missing-input": lambda tmp, base: (["check", tmp / "no.csv", "--size", "abc"], 2, "--size"),
-    "demo-bad-threads-existing-out": lambda tmp, base: (["demo", "--out", full_folder(tmp), "--threads", "0"],
-                                                        2, "--threads"),
+    "demo-bad-threads-existing-out": lambda tmp, base: (
+        ["demo", "--out", full_folder(tmp), "--threads", "0"],
+        2,
+        "--threads",
+    ),
     "demo-bad-seed-existing-out": lambda tmp, base: (["demo", "--out", full_folder(tmp), "--seed", "-1"], 2, "--seed"),
     "demo-existing-out": lambda tmp, base: (["demo", "--quick", "--out", full_folder(tmp)], 1, "full"),
-    "tta-bad-search-existing-out": lambda tmp, base: (["tta", base / "data", "-m", base / "model.pt", "--search",
-                                                       "0.9,0.1", "--thresholds-out", existing(tmp, "t.json")],
-                                                      2, "--search"),
-    "tta-bad-workers-missing-input": lambda tmp, base: (["tta", tmp / "nowhere", "-m", base / "model.pt",
-                                                         "--workers", "-1"], 2, "--workers"),
-    "ensemble-bad-workers-existing-out": lambda tmp, base: (["ensemble", base / "probs", base / "probs", "--workers",
-                                                             "-1", "-o", existing(tmp, "o.csv")], 2, "--workers"),
+    "tta-bad-search-existing-out": lambda tmp, base: (
+        [
+            "tta",
+            base / "data",
+            "-m",
+            base / "model.pt",
+            "--search",
+            "0.9,0.1",
+            "--thresholds-out",
+            existing(tmp, "t.json"),
+        ],
+        2,
+        "--search",
+    ),
+    "tta-bad-workers-missing-input": lambda tmp, base: (
+        ["tta", tmp / "nowhere", "-m", base / "model.pt", "--workers", "-1"],
+        2,
+        "--workers",
+    ),
+    "ensemble-bad-workers-existing-out": lambda tmp, base: (
+        ["ensemble", base / "probs", base / "probs", "--workers", "-1", "-o", existing(tmp, "o.csv")],
+        2,
+        "--workers",
+    ),
     "ensemble-scores-existing-out": scored_ensemble(existing_out=True),
     "ensemble-scores-bad-min-votes": scored_ensemble(existing_out=False),
-    "train-bad-fold-missing-input": lambda tmp, base: (["train", tmp / "nowhere", *TRAIN, "--fold", "-1", "--out",
-                                                        full_folder(tmp)], 2, "--fold"),
+    "train-bad-fold-missing-input": lambda tmp, base: (
+        ["train", tmp / "nowhere", *TRAIN, "--fold", "-1", "--out", full_folder(tmp)],
+        2,
+        "--fold",
+    ),
     "models-bad-option": lambda tmp, base: (["models", "--bogus"], 2, "--bogus"),
 }
 
@@ -285,8 +391,11 @@ FAULTS = {
     "existing-output": existing_output,
     "bad-option-before-existing-output": bad_option_first,
     "lr-nan": lambda tmp, base: (["train", base / "data", *TRAIN, "--lr", "nan", "--out", tmp / "run"], 2, "--lr"),
-    "overlap-out-of-range": lambda tmp, base: (["predict", tmp / "nowhere", "-m", base / "model.pt", "--sliding",
-                                                "--overlap", "1.5"], 2, "--overlap"),
+    "overlap-out-of-range": lambda tmp, base: (
+        ["predict", tmp / "nowhere", "-m", base / "model.pt", "--sliding", "--overlap", "1.5"],
+        2,
+        "--overlap",
+    ),
     **COMMAND_FAULTS,
 }
 
@@ -313,8 +422,9 @@ def test_full_disk_during_checkpoint_save(tmp_path, monkeypatch):
     from boneseg.engine.checkpoint import save_checkpoint
 
     real_open = open
-    monkeypatch.setattr(boneseg.io, "open", lambda path, mode="r", **kw: real_open("/dev/full", mode, **kw),
-                        raising=False)
+    monkeypatch.setattr(
+        boneseg.io, "open", lambda path, mode="r", **kw: real_open("/dev/full", mode, **kw), raising=False
+    )
     with pytest.raises(DataError, match=r"cannot write .*last\.pt: No space left on device"):
         save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.zeros(100_000)}})
     assert list(tmp_path.iterdir()) == []

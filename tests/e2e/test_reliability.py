@@ -1,4 +1,5 @@
 """Reliability and security across commands: bad input, interruptions, untrusted files (one line, no traceback)."""
+
 from __future__ import annotations
 
 import errno
@@ -13,14 +14,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from util import square_polygons, write_dataset, write_label
 
 from boneseg.cli import main
 from boneseg.errors import CheckpointError, DataError
 
-from util import square_polygons, write_dataset, write_label
-
-TINY = ["--arch", "unet", "--encoder", "resnet18", "--size", "64", "--epochs", "1", "--batch-size", "2",
-        "--encoder-weights", "none", "--workers", "0", "--device", "cpu", "--aug", "none", "--folds", "2"]
+TINY = [
+    "--arch",
+    "unet",
+    "--encoder",
+    "resnet18",
+    "--size",
+    "64",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "2",
+    "--encoder-weights",
+    "none",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--aug",
+    "none",
+    "--folds",
+    "2",
+]
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -40,7 +60,6 @@ def error_line(err: str) -> str:
     lines = [l for l in err.splitlines() if l.startswith("Error: ")]
     assert len(lines) == 1, err
     return lines[0]
-
 
 
 @pytest.fixture()
@@ -103,9 +122,19 @@ def _break(kind: str, data: Path) -> tuple[Path, str]:
     raise ValueError(kind)
 
 
-BAD_DATA = ["missing folder", "no train/DCM", "image without label", "label without image", "truncated PNG",
-            "malformed JSON", "unknown label", "polygon with 2 points", "points outside the image",
-            "duplicate class polygon", "wrong image size"]
+BAD_DATA = [
+    "missing folder",
+    "no train/DCM",
+    "image without label",
+    "label without image",
+    "truncated PNG",
+    "malformed JSON",
+    "unknown label",
+    "polygon with 2 points",
+    "points outside the image",
+    "duplicate class polygon",
+    "wrong image size",
+]
 
 
 @pytest.mark.parametrize("kind", BAD_DATA)
@@ -125,8 +154,20 @@ def test_skip_bad_leaves_out_and_lists(data, tmp_path, capsys):
     broken.write_text("{")
     orphan = data / "train" / "outputs_json" / "ID009" / "lonely.json"
     write_label(orphan, square_polygons(64))
-    code, out, err = cli(capsys, "train", data, *TINY, "--max-steps", "1", "--skip-bad", "--json",
-                         "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache")
+    code, out, err = cli(
+        capsys,
+        "train",
+        data,
+        *TINY,
+        "--max-steps",
+        "1",
+        "--skip-bad",
+        "--json",
+        "--out",
+        tmp_path / "run",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     assert code == 0, err
     assert "left out 2 sample(s)" in err and corrupt.name in err and broken.name in err
     assert (tmp_path / "run" / "last.pt").is_file()
@@ -141,6 +182,7 @@ def test_meta_with_odd_columns_is_one_line(data, capsys):
 
 
 # -- untrusted checkpoints -------------------------------------------------------------------------
+
 
 class _Evil:
     def __init__(self, marker):
@@ -168,14 +210,18 @@ def test_malicious_checkpoint_runs_nothing(data, tmp_path, capsys):
 
 # -- bad options -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--arch", "unetp"], "did you mean 'unetpp'"),
-    (["--encoder", "resnet19"], "did you mean 'resnet18'"),
-    (["--loss", "bce+dicee"], "dice"),
-    (["--size", "100"], "multiple of 32"),
-    (["--fold", "7"], "fold"),
-    (["--aug", "strnog"], "did you mean 'strong'"),
-])
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--arch", "unetp"], "did you mean 'unetpp'"),
+        (["--encoder", "resnet19"], "did you mean 'resnet18'"),
+        (["--loss", "bce+dicee"], "dice"),
+        (["--size", "100"], "multiple of 32"),
+        (["--fold", "7"], "fold"),
+        (["--aug", "strnog"], "did you mean 'strong'"),
+    ],
+)
 def test_bad_training_options(args, fragment, data, tmp_path, capsys):
     base = dict(zip(TINY[::2], TINY[1::2]))
     base.update(dict(zip(args[::2], args[1::2])))
@@ -198,6 +244,7 @@ def test_unknown_tta_policy(data, tmp_path, capsys):
 
 # -- nothing lost ----------------------------------------------------------------------------------
 
+
 def test_full_disk_is_reported_and_leaves_nothing(tmp_path, monkeypatch):
     from boneseg import io
     from boneseg.submission import SubmissionWriter
@@ -206,9 +253,11 @@ def test_full_disk_is_reported_and_leaves_nothing(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(io.os, "fsync", no_space)
-    with pytest.raises(DataError, match="cannot write .*sub.csv: No space left on device"):
-        with SubmissionWriter(tmp_path / "sub.csv") as w:
-            w.write_rles("a.png", [""] * 29)
+    with (
+        pytest.raises(DataError, match="cannot write .*sub.csv: No space left on device"),
+        SubmissionWriter(tmp_path / "sub.csv") as w,
+    ):
+        w.write_rles("a.png", [""] * 29)
     with pytest.raises(DataError, match="No space left"):
         io.write_json(tmp_path / "x.json", {"a": 1})
     assert list(tmp_path.iterdir()) == []
@@ -221,9 +270,24 @@ def checkpoint(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("rel")
     data = write_dataset(root / "data", patients=2, size=64, test_patients=1)
-    train(dict(data=str(data), out=str(root / "run"), arch="unet", encoder="resnet18", size=64, epochs=1,
-               batch_size=2, encoder_weights="none", workers=0, device="cpu", aug="none", max_steps=1, folds=2,
-               cache_dir=str(root / "cache")))
+    train(
+        {
+            "data": str(data),
+            "out": str(root / "run"),
+            "arch": "unet",
+            "encoder": "resnet18",
+            "size": 64,
+            "epochs": 1,
+            "batch_size": 2,
+            "encoder_weights": "none",
+            "workers": 0,
+            "device": "cpu",
+            "aug": "none",
+            "max_steps": 1,
+            "folds": 2,
+            "cache_dir": str(root / "cache"),
+        }
+    )
     return data, root / "run"
 
 
@@ -248,9 +312,29 @@ def test_interrupted_predict_leaves_no_partial_csv(checkpoint, tmp_path, sig):
         cv2.imwrite(str(p), np.full((512, 512), i, np.uint8))
     out = tmp_path / "sub.csv"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "boneseg", "predict", str(images), "-m", str(run), "-o", str(out),
-                             "--workers", "0", "--device", "cpu", "--tta", "hflip"],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "boneseg",
+            "predict",
+            str(images),
+            "-m",
+            str(run),
+            "-o",
+            str(out),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--tta",
+            "hflip",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert _wait_for(lambda: any(tmp_path.glob(".sub.csv.*.tmp")) or proc.poll() is not None)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -261,8 +345,22 @@ def test_interrupted_predict_leaves_no_partial_csv(checkpoint, tmp_path, sig):
 def test_real_signal_to_real_training_then_resume(checkpoint, tmp_path):
     data, _ = checkpoint
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "boneseg", "train", str(data), *TINY[:-4], "--epochs", "8", "--folds", "2",
-            "--out", str(run), "--cache-dir", str(tmp_path / "cache")]
+    args = [
+        sys.executable,
+        "-m",
+        "boneseg",
+        "train",
+        str(data),
+        *TINY[:-4],
+        "--epochs",
+        "8",
+        "--folds",
+        "2",
+        "--out",
+        str(run),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     assert _wait_for(lambda: (run / "metrics.jsonl").exists() or proc.poll() is not None)
@@ -282,23 +380,43 @@ def test_real_signal_to_real_training_then_resume(checkpoint, tmp_path):
 
 # -- distributed faults ----------------------------------------------------------------------------
 
+
 def test_failed_rank_stops_the_others_and_the_run_resumes(tmp_path):
     data = write_dataset(tmp_path / "data", patients=4, size=64, test_patients=0)
     run = tmp_path / "run"
-    train_args = ["train", str(data), *TINY[:-2], "--folds", "2", "--epochs", "3", "--batch-size", "1",
-                  "--out", str(run), "--dist-timeout", "1"]
+    train_args = [
+        "train",
+        str(data),
+        *TINY[:-2],
+        "--folds",
+        "2",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "1",
+        "--out",
+        str(run),
+        "--dist-timeout",
+        "1",
+    ]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t0 = time.time()
-    res = subprocess.run(launcher + [str(Path(__file__).parent / "fault_entry.py")] + train_args,
-                         capture_output=True, text=True, env=env, timeout=240)
+    res = subprocess.run(
+        launcher + [str(Path(__file__).parent / "fault_entry.py")] + train_args,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert res.returncode != 0 and time.time() - t0 < 200
     errors = [l for l in (res.stdout + res.stderr).splitlines() if l.startswith("Error: ")]
     assert "Error: [rank 1] injected fault on rank 1" in errors, errors
     assert any(l.startswith("Error: [rank 0] another rank failed or stopped responding") for l in errors), errors
     assert (run / "last.pt").is_file()  # epoch 1 finished before the fault
-    res = subprocess.run(launcher + ["-m", "boneseg"] + train_args + ["--resume"], capture_output=True, text=True,
-                         env=env, timeout=240)
+    res = subprocess.run(
+        launcher + ["-m", "boneseg"] + train_args + ["--resume"], capture_output=True, text=True, env=env, timeout=240
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [1, 2, 3]

@@ -1,4 +1,5 @@
 """The CSV seams between commands: any RLE length, any image name, per-image bounds, pipes, docs."""
+
 from __future__ import annotations
 
 import json
@@ -61,25 +62,31 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.modelling.models import build_model
 
-    config = {"arch": "unet", "encoder": "resnet18", "size": 64, "in_channels": 1, "channels": "gray",
-              "unify_side": None}
+    config = {
+        "arch": "unet",
+        "encoder": "resnet18",
+        "size": 64,
+        "in_channels": 1,
+        "channels": "gray",
+        "unify_side": None,
+    }
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, {"config": config, "model": build_model(config).state_dict(), "epoch": 0, "step": 0,
-                           "metrics": {}})
+    save_checkpoint(
+        path, {"config": config, "model": build_model(config).state_dict(), "epoch": 0, "step": 0, "metrics": {}}
+    )
     return path
 
 
 def test_image_names_with_csv_special_characters_round_trip(tiny_checkpoint, tmp_path, capsys):
-    names = ["a,b \"c\".png", "line\nbreak.png", "plain.png"]
+    names = ['a,b "c".png', "line\nbreak.png", "plain.png"]
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
     for name in names:
         assert cv2.imwrite(str(images / name), (rng.random((64, 64)) * 255).astype(np.uint8))
     sub = tmp_path / "sub.csv"
-    code, _, err = cli(capsys, "predict", images, "-m", tiny_checkpoint, "-o", sub, "--device", "cpu",
-                       "--workers", "0")
+    code, _, err = cli(capsys, "predict", images, "-m", tiny_checkpoint, "-o", sub, "--device", "cpu", "--workers", "0")
     assert code == 0, err
     assert "\nplain.png,finger-1," in sub.read_text()  # ordinary names stay unquoted
     predicted = read_submission(sub)
@@ -88,8 +95,7 @@ def test_image_names_with_csv_special_characters_round_trip(tiny_checkpoint, tmp
     code, _, err = cli(capsys, "check", sub, "--images", images)
     assert code == 0, err
     vote = tmp_path / "vote.csv"
-    code, _, err = cli(capsys, "ensemble", sub, sub, "--vote", "hard", "--workers", "1", "--size", "64",
-                       "-o", vote)
+    code, _, err = cli(capsys, "ensemble", sub, sub, "--vote", "hard", "--workers", "1", "--size", "64", "-o", vote)
     assert code == 0, err
     voted = read_submission(vote)
     assert voted.rles == predicted.rles
@@ -110,8 +116,9 @@ def test_check_bounds_each_image_by_its_own_size(tmp_path, capsys):
     problems = json.loads(out)["problems"]
     assert len(problems) == 1 and "small.png" in problems[0] and "past the image" in problems[0], problems
 
-    inside = write_csv(tmp_path / "inside.csv", {"small.png": [f"{64 * 64} 1"] + [""] * 28,
-                                                 "tall.png": [last] + [""] * 28})
+    inside = write_csv(
+        tmp_path / "inside.csv", {"small.png": [f"{64 * 64} 1"] + [""] * 28, "tall.png": [last] + [""] * 28}
+    )
     code, out, err = cli(capsys, "check", inside, "--images", images, "--size", "16")
     assert code == 0, out + err  # --size is the fallback only without an image folder
 
@@ -121,8 +128,15 @@ def test_check_reads_a_pipe(source, tmp_path):
     text = write_csv(tmp_path / "sub.csv", {"img.png": ["1 3"] + [""] * 28}).read_text()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
     for body, expected in ((text, 0), (text.replace("1 3", "3 1 1 1"), 1)):
-        res = subprocess.run([sys.executable, "-m", "boneseg", "check", source], input=body, text=True,
-                             capture_output=True, env=env, timeout=120, check=False)
+        res = subprocess.run(
+            [sys.executable, "-m", "boneseg", "check", source],
+            input=body,
+            text=True,
+            capture_output=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
         assert res.returncode == expected, res.stdout + res.stderr
         assert "Traceback" not in res.stderr
 
@@ -131,8 +145,10 @@ def test_weighted_hard_vote_does_what_the_docs_say(tmp_path, capsys):
     doc = (DOCS / "ensemble.md").read_text()
     assert "--weights 2,1,1 -o vote.csv           # a and at least one of b, c (a has a veto)" in doc
     # pixel 1: a alone; 2: b and c; 3: a and b; 4: a and c
-    inputs = [write_csv(tmp_path / f"{k}.csv", {"img.png": [r] + [""] * 28})
-              for k, r in (("a", "1 1 3 2"), ("b", "2 2"), ("c", "2 1 4 1"))]
+    inputs = [
+        write_csv(tmp_path / f"{k}.csv", {"img.png": [r] + [""] * 28})
+        for k, r in (("a", "1 1 3 2"), ("b", "2 2"), ("c", "2 1 4 1"))
+    ]
     code, out, err = cli(capsys, "ensemble", *inputs, "--weights", "2,1,1", "--size", "1x4", "--workers", "1")
     assert code == 0, err
     assert out.splitlines()[1] == f"img.png,{CLASSES[0]},3 2"
@@ -148,8 +164,10 @@ def test_sharded_predict_merge_keeps_quoted_rows_whole(tmp_path):
 
     names = ["line\nbreak.png", "b.png", "c,d.png"]  # rank 0 holds images 0 and 2, rank 1 image 1
     rles = {n: [f"{i + 1} 1"] + [""] * 28 for i, n in enumerate(names)}
-    parts = [write_csv(tmp_path / "part-0.csv", {n: rles[n] for n in names[0::2]}),
-             write_csv(tmp_path / "part-1.csv", {n: rles[n] for n in names[1::2]})]
+    parts = [
+        write_csv(tmp_path / "part-0.csv", {n: rles[n] for n in names[0::2]}),
+        write_csv(tmp_path / "part-1.csv", {n: rles[n] for n in names[1::2]}),
+    ]
     merge_parts(parts, len(names), tmp_path / "merged.csv", force=False)
     expected = write_csv(tmp_path / "expected.csv", rles)
     assert (tmp_path / "merged.csv").read_bytes() == expected.read_bytes()

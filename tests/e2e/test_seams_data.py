@@ -1,5 +1,6 @@
 """The seams between data files and the tools: labels for another image size, 16-bit images, stale or
 corrupt cache entries, corrupt images linked by `pseudo` (issue 14)."""
+
 from __future__ import annotations
 
 import json
@@ -41,13 +42,14 @@ def _declare_size(label, width, height):
 
 # -- 1. images that do not match their labels -------------------------------------------------------
 
+
 def test_eda_reports_labels_for_another_size(data, capsys):
     sized, edge, small = _labels(data)[:3]
-    _declare_size(sized, 128, 128)                       # metadata says 128², the PNG is 64²
+    _declare_size(sized, 128, 128)  # metadata says 128², the PNG is 64²
     polys = square_polygons(64)
-    polys["Ulna"] = [[50, 50], [64, 50], [60, 60]]       # x == width is already outside
+    polys["Ulna"] = [[50, 50], [64, 50], [60, 60]]  # x == width is already outside
     write_label(edge, polys)
-    image = _images(data)[2]                             # a 128² image with labels drawn at 64²
+    image = _images(data)[2]  # a 128² image with labels drawn at 64²
     cv2.imwrite(str(image), np.full((128, 128), 90, np.uint8))
     assert small.stem == image.stem
     problems = _eda_problems(capsys, data)
@@ -74,19 +76,20 @@ def test_train_refuses_labels_for_another_size_and_skip_bad_leaves_them_out(data
 
 def test_16_bit_images_keep_their_full_range(data, capsys):
     image = _images(data)[0]
-    ramp = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (64, 1))   # 12-bit X-ray stored in 16 bits
+    ramp = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (64, 1))  # 12-bit X-ray stored in 16 bits
     cv2.imwrite(str(image), ramp)
     cv2.imwrite(str(_images(data)[1]), cv2.cvtColor(np.full((64, 64), 200, np.uint8), cv2.COLOR_GRAY2BGR))
     code, out, err = cli(capsys, "eda", data, "--json")
     assert code == 0, err
     records = {r["name"]: r for r in json.loads(out)["images"]}
     wide = records[image.relative_to(data / "train" / "DCM").as_posix()]
-    assert 120 < wide["mean"] < 135 and wide["std"] > 60          # 0..255, not 0..15
+    assert 120 < wide["mean"] < 135 and wide["std"] > 60  # 0..255, not 0..15
     rgb = records[_images(data)[1].relative_to(data / "train" / "DCM").as_posix()]
     assert rgb["mean"] == pytest.approx(200)
 
 
 # -- 2. a stale cache entry hides nothing; a corrupt one is rebuilt ---------------------------------
+
 
 def test_label_broken_after_caching_is_found_before_training(data, tmp_path, capsys):
     args = ["train", data, *TINY, "--cache-dir", tmp_path / "cache", "--max-steps", "1"]
@@ -106,14 +109,15 @@ def test_corrupt_cache_entries_are_rebuilt(data, tmp_path, capsys):
     assert cli(capsys, *args, "--out", tmp_path / "run1")[0] == 0
     entries = sorted((tmp_path / "cache").rglob("*.npz"))
     assert entries
-    entries[0].write_bytes(entries[0].read_bytes()[:100])   # truncated
-    entries[1].write_bytes(b"")                              # empty
+    entries[0].write_bytes(entries[0].read_bytes()[:100])  # truncated
+    entries[1].write_bytes(b"")  # empty
     code, _, err = cli(capsys, *args, "--out", tmp_path / "run2")
     assert code == 0, err
     assert "Error" not in err and (tmp_path / "run2" / "last.pt").is_file()
 
 
 # -- 3. pseudo links only images that decode -----------------------------------------------------------
+
 
 def test_pseudo_refuses_a_corrupt_test_image(data, tmp_path, capsys):
     tests = _images(data, "test")
@@ -124,7 +128,7 @@ def test_pseudo_refuses_a_corrupt_test_image(data, tmp_path, capsys):
     rows = ["image_name,class,rle"] + [f"{t.name},{c},{encode(m)}" for t in tests for c, m in zip(CLASSES, masks)]
     sub.write_text("\n".join(rows) + "\n")
     corrupt = tests[1]
-    corrupt.write_bytes(corrupt.read_bytes()[:80])         # header intact, pixel data cut
+    corrupt.write_bytes(corrupt.read_bytes()[:80])  # header intact, pixel data cut
     code, _, err = cli(capsys, "pseudo", sub, data, "-o", tmp_path / "pseudo", "--workers", "1")
     line = error_line(err)
     assert code == 1 and corrupt.name in line and "corrupt" in line, line

@@ -1,5 +1,6 @@
 """The seams: non-finite numbers are refused wherever a number is read (options, text lists, files, the
 Python API), and an interrupted ``predict --save-probs`` leaves nothing that blocks its rerun."""
+
 from __future__ import annotations
 
 import json
@@ -43,6 +44,7 @@ def images(tmp_path) -> Path:
 
 # -- options ---------------------------------------------------------------------------------------
 
+
 def _float_options():
     """(command, option, the command's required parameters) for every float parameter of every command."""
     group = typer.main.get_command(app)
@@ -70,17 +72,26 @@ def test_every_float_option_refuses_non_finite(i, value, capsys, tmp_path):
     assert (code, line) == (2, f"Error: {option} {value}: must be a finite number")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["predict", "{images}", "-m", "x.pt", "--overlap", "-inf"], "--overlap -inf: must be a finite number"),
-    (["predict", "{images}", "-m", "x.pt", "--threshold", "nan"], "--threshold nan: must be a finite number"),
-    (["predict", "{images}", "-m", "x.pt", "--threshold", "-inf"], "--threshold -inf: must be a finite number"),
-    (["predict", "{images}", "-m", "x.pt", "--weights", "1,nan"], "--weights nan: must be a finite number"),
-    (["predict", "{images}", "-m", "x.pt", "--tta", "scale", "--scales", "1,inf"], "--scales must be positive finite"),
-    (["tta", "{images}", "-m", "x.pt", "--search", "0.3,nan"], "--search nan: must be a finite number"),
-    (["ensemble", "a.csv", "b.csv", "--weights", "inf,1"], "--weights inf: must be a finite number"),
-    (["ensemble", "{dir}", "{dir}", "--threshold", "nan"], "--threshold nan: must be a finite number"),
-    (["pseudo", "{dir}", "{images}", "-o", "{out}", "--threshold", "nan"], "--threshold nan: must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "{images}", "-m", "x.pt", "--overlap", "-inf"], "--overlap -inf: must be a finite number"),
+        (["predict", "{images}", "-m", "x.pt", "--threshold", "nan"], "--threshold nan: must be a finite number"),
+        (["predict", "{images}", "-m", "x.pt", "--threshold", "-inf"], "--threshold -inf: must be a finite number"),
+        (["predict", "{images}", "-m", "x.pt", "--weights", "1,nan"], "--weights nan: must be a finite number"),
+        (
+            ["predict", "{images}", "-m", "x.pt", "--tta", "scale", "--scales", "1,inf"],
+            "--scales must be positive finite",
+        ),
+        (["tta", "{images}", "-m", "x.pt", "--search", "0.3,nan"], "--search nan: must be a finite number"),
+        (["ensemble", "a.csv", "b.csv", "--weights", "inf,1"], "--weights inf: must be a finite number"),
+        (["ensemble", "{dir}", "{dir}", "--threshold", "nan"], "--threshold nan: must be a finite number"),
+        (
+            ["pseudo", "{dir}", "{images}", "-o", "{out}", "--threshold", "nan"],
+            "--threshold nan: must be a finite number",
+        ),
+    ],
+)
 def test_numbers_given_as_text_refuse_non_finite(args, message, images, tmp_path, capsys):
     (tmp_path / "p").mkdir()
     fill = {"images": images, "dir": tmp_path / "p", "out": tmp_path / "out"}
@@ -90,15 +101,26 @@ def test_numbers_given_as_text_refuse_non_finite(args, message, images, tmp_path
 
 # -- files -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, shown", [('{"Radius": NaN}', "nan"), ('{"thresholds": {"Radius": 1e999}}', "inf"),
-                                         ('{"Radius": -Infinity}', "-inf"), ('{"Radius": 1.5}', "1.5")])
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ('{"Radius": NaN}', "nan"),
+        ('{"thresholds": {"Radius": 1e999}}', "inf"),
+        ('{"Radius": -Infinity}', "-inf"),
+        ('{"Radius": 1.5}', "1.5"),
+    ],
+)
 @pytest.mark.parametrize("command", ["predict", "ensemble", "pseudo"])
 def test_threshold_files_refuse_bad_numbers(command, text, shown, images, tmp_path, capsys):
     thr = tmp_path / "thr.json"
     thr.write_text(text)
     (tmp_path / "p").mkdir()
-    args = {"predict": ["predict", images, "-m", "x.pt"], "ensemble": ["ensemble", tmp_path / "p", "--vote", "soft"],
-            "pseudo": ["pseudo", tmp_path / "p", images, "-o", tmp_path / "out"]}[command]
+    args = {
+        "predict": ["predict", images, "-m", "x.pt"],
+        "ensemble": ["ensemble", tmp_path / "p", "--vote", "soft"],
+        "pseudo": ["pseudo", tmp_path / "p", images, "-o", tmp_path / "out"],
+    }[command]
     code, line = cli(capsys, *args, "--threshold", thr)
     assert code == 1 and f"{thr}: class 'Radius': threshold {shown}: must be " in line, line
 
@@ -122,14 +144,21 @@ def test_score_files_refuse_non_finite(value, tmp_path, capsys):
 
 # -- Python API ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), [0.5] * 28 + [float("nan")],
-                                       {"Radius": float("nan")}, np.full(29, np.nan), 1.5])
+
+@pytest.mark.parametrize(
+    "threshold",
+    [float("nan"), float("inf"), [0.5] * 28 + [float("nan")], {"Radius": float("nan")}, np.full(29, np.nan), 1.5],
+)
 def test_library_refuses_bad_thresholds(threshold):
     from boneseg.workflows.ensemble import soft_plan
 
     q = np.zeros((29, 4, 4), np.uint8)
-    for call in (lambda: probs.cutoffs(threshold), lambda: probs.binarize(q, threshold),
-                 lambda: probs.read_thresholds(threshold), lambda: soft_plan(2, threshold=threshold)):
+    for call in (
+        lambda: probs.cutoffs(threshold),
+        lambda: probs.binarize(q, threshold),
+        lambda: probs.read_thresholds(threshold),
+        lambda: soft_plan(2, threshold=threshold),
+    ):
         with pytest.raises(UsageError, match="threshold"):
             call()
 
@@ -145,15 +174,24 @@ def test_library_refuses_non_finite_weights_and_scales(images, tmp_path):
 
 # -- interrupted predict --save-probs --------------------------------------------------------------
 
+
 def _checkpoint(path: Path) -> Path:
     from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.modelling.models import build_model
 
-    config = {"arch": "unet", "encoder": "resnet18", "size": 64, "in_channels": 1, "channels": "gray",
-              "unify_side": None, "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}}
+    config = {
+        "arch": "unet",
+        "encoder": "resnet18",
+        "size": 64,
+        "in_channels": 1,
+        "channels": "gray",
+        "unify_side": None,
+        "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+    }
     torch.manual_seed(0)
-    save_checkpoint(path, {"config": config, "model": build_model(config).state_dict(), "epoch": 0, "step": 0,
-                           "metrics": {}})
+    save_checkpoint(
+        path, {"config": config, "model": build_model(config).state_dict(), "epoch": 0, "step": 0, "metrics": {}}
+    )
     return path
 
 
@@ -161,8 +199,20 @@ def test_interrupted_save_probs_leaves_nothing_and_reruns(tmp_path, monkeypatch,
     data = write_dataset(tmp_path / "data", patients=0, size=64, test_patients=2)  # 4 test images
     ckpt = _checkpoint(tmp_path / "model.pt")
     pdir = tmp_path / "probs"
-    command = ["predict", data, "-m", ckpt, "-o", tmp_path / "sub.csv", "--save-probs", pdir,
-               "--workers", "0", "--device", "cpu"]
+    command = [
+        "predict",
+        data,
+        "-m",
+        ckpt,
+        "-o",
+        tmp_path / "sub.csv",
+        "--save-probs",
+        pdir,
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     save = probs.save
 
     def interrupted_after_one(folder, name, q):

@@ -1,5 +1,6 @@
 """The seams of a training run: what a run is (vs. one invocation), resume, non-finite values, empty folds,
 config values reaching their objects, nothing half-written, and the W&B run a resume continues."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,26 @@ from util import fake_wandb, tiny_config, write_dataset
 from boneseg.cli import main
 from boneseg.engine.train import RUNTIME, NonFiniteLoss, train
 
-OPTS = ["--arch", "unet", "--encoder", "resnet18", "--size", "64", "--batch-size", "2", "--encoder-weights",
-        "none", "--aug", "light", "--folds", "2", "--seed", "1", "--lr", "3e-3"]
+OPTS = [
+    "--arch",
+    "unet",
+    "--encoder",
+    "resnet18",
+    "--size",
+    "64",
+    "--batch-size",
+    "2",
+    "--encoder-weights",
+    "none",
+    "--aug",
+    "light",
+    "--folds",
+    "2",
+    "--seed",
+    "1",
+    "--lr",
+    "3e-3",
+]
 RUNTIME_OPTS = ["--workers", "0", "--device", "cpu"]
 
 
@@ -51,12 +70,18 @@ def _assert_same_run(a: Path, b: Path) -> None:
         assert (sa["epoch"], sa["step"]) == (sb["epoch"], sb["step"])
         for k in sa["model"]:
             assert torch.equal(sa["model"][k], sb["model"][k]), f"{name}: {k} differs"
-    metrics = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
-                for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (a, b)]
+    metrics = [
+        [
+            {k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()
+        ]
+        for run in (a, b)
+    ]
     assert metrics[0] == metrics[1] and len(metrics[0]) == 3
 
 
 # -- 1. options of one invocation never become part of the run ------------------------------------------
+
 
 def test_resume_short_and_long_form_finish_the_schedule(data, tmp_path, capsys):
     ref = tmp_path / "ref"
@@ -66,8 +91,7 @@ def test_resume_short_and_long_form_finish_the_schedule(data, tmp_path, capsys):
     assert config["epochs"] == 3 and config["data"] == str(data)
 
     for form, run in (("short", tmp_path / "short"), ("long", tmp_path / "long")):
-        code, _ = cli(capsys, "train", data, *OPTS, *RUNTIME_OPTS, "--epochs", "3", "--max-steps", "1",
-                      "--out", run)
+        code, _ = cli(capsys, "train", data, *OPTS, *RUNTIME_OPTS, "--epochs", "3", "--max-steps", "1", "--out", run)
         assert code == 0 and _state(run / "last.pt")["step"] == 1  # mid-first-epoch
         if form == "short":  # an old checkpoint that still holds runtime options: they are ignored
             state = _state(run / "last.pt")
@@ -85,8 +109,22 @@ def test_resume_short_and_long_form_finish_the_schedule(data, tmp_path, capsys):
 
 # -- 2. non-finite values ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("option", ["--lr", "--weight-decay", "--warmup", "--clip", "--ema", "--meta-weight",
-                                    "--boundary-head", "--boundary-sharpen", "--wrist-margin", "--dist-timeout"])
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "--lr",
+        "--weight-decay",
+        "--warmup",
+        "--clip",
+        "--ema",
+        "--meta-weight",
+        "--boundary-head",
+        "--boundary-sharpen",
+        "--wrist-margin",
+        "--dist-timeout",
+    ],
+)
 @pytest.mark.parametrize("value", ["inf", "nan"])
 def test_non_finite_float_options_are_refused(data, tmp_path, capsys, option, value):
     run = tmp_path / "run"
@@ -141,28 +179,35 @@ def test_non_finite_loss_before_any_checkpoint_leaves_nothing(data, tmp_path, mo
 
 # -- 3. an empty validation fold -------------------------------------------------------------------------
 
+
 def test_empty_validation_fold_is_refused_before_writing(data, tmp_path, capsys):
     from boneseg.data.layout import discover
 
     splits = tmp_path / "splits.json"
     samples = discover(data)
-    splits.write_text(json.dumps({"folds": 3, "group_by": "patient", "assignments": {
-        s.name: int(s.patient[-1]) % 2 for s in samples}}))  # fold 2 gets nothing
+    splits.write_text(
+        json.dumps(
+            {"folds": 3, "group_by": "patient", "assignments": {s.name: int(s.patient[-1]) % 2 for s in samples}}
+        )
+    )  # fold 2 gets nothing
     run = tmp_path / "run"
-    code, err = cli(capsys, "train", data, *OPTS, *RUNTIME_OPTS, "--epochs", "1", "--splits", splits,
-                    "--fold", "2", "--out", run)
-    assert code == 1 and error_line(err) == (f"Error: --splits {splits}: fold 2 has no images (nothing to "
-                                             "validate on; choose another --fold or run boneseg split again)")
+    code, err = cli(
+        capsys, "train", data, *OPTS, *RUNTIME_OPTS, "--epochs", "1", "--splits", splits, "--fold", "2", "--out", run
+    )
+    assert code == 1 and error_line(err) == (
+        f"Error: --splits {splits}: fold 2 has no images (nothing to "
+        "validate on; choose another --fold or run boneseg split again)"
+    )
     assert not run.exists()
 
 
 # -- 4. every config value reaches the object it configures ---------------------------------------------
 
+
 def test_config_values_reach_losses_and_heads(data, tmp_path, monkeypatch):
-    from boneseg.modelling import losses
-    from boneseg.modelling import heads
     from boneseg.data.masks import decode_distance
     from boneseg.engine.checkpoint import load_model
+    from boneseg.modelling import heads, losses
 
     seen = {}
     real_forward, real_aux = losses.DistanceBCE.forward, heads.aux_loss
@@ -178,14 +223,28 @@ def test_config_values_reach_losses_and_heads(data, tmp_path, monkeypatch):
     monkeypatch.setattr(losses.DistanceBCE, "forward", forward)
     monkeypatch.setattr(heads, "aux_loss", aux_loss)
     run = tmp_path / "run"
-    train(tiny_config(data, run, folds=2, aug="none", loss="bce+dtbce", distance_clip=5, meta="aux", meta_weight=0.37,
-                      boundary_head=0.55, boundary_sharpen=0.25, max_steps=1))
+    train(
+        tiny_config(
+            data,
+            run,
+            folds=2,
+            aug="none",
+            loss="bce+dtbce",
+            distance_clip=5,
+            meta="aux",
+            meta_weight=0.37,
+            boundary_head=0.55,
+            boundary_sharpen=0.25,
+            max_steps=1,
+        )
+    )
     assert seen == {"clip": 5, "max_dist": 5, "meta_weight": 0.37, "boundary_head": 0.55}
     model, config = load_model(run)
     assert (model.sharpen, model.meta_mode, config["distance_clip"]) == (0.25, "aux", 5)
 
 
 # -- 5. nothing half-written ---------------------------------------------------------------------------
+
 
 def test_stale_temp_files_are_cleaned_and_do_not_block_a_new_run(data, tmp_path, capsys):
     run = tmp_path / "run"
@@ -218,6 +277,7 @@ def test_a_run_failing_at_start_leaves_the_folder_as_it_found_it(data, tmp_path,
 
 
 # -- 6. W&B: a resume continues the run's own W&B run --------------------------------------------------
+
 
 def test_wandb_resume_continues_the_same_run(data, tmp_path, monkeypatch):
     mod = fake_wandb("k" * 40)

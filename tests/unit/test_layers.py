@@ -1,5 +1,6 @@
 """The package's layers (docs/architecture.md): every import, top-level or inside a function, goes to the
 same layer or a lower one, the library never imports the CLI, and no modules import each other in a cycle."""
+
 from __future__ import annotations
 
 import ast
@@ -40,11 +41,15 @@ def imports(module: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names)
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
-              and node.args and isinstance(node.args[0], ast.Constant)):
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             found.add(node.args[0].value)
     return {m for m in found if m == "boneseg" or m.startswith("boneseg.")} - {module}
 
@@ -57,8 +62,12 @@ def graph(root: Path = SRC) -> dict[str, set[str]]:
 
 def upward(g: dict[str, set[str]]) -> list[str]:
     """Every import from a lower layer to a higher one, as ``a -> b`` lines."""
-    return sorted(f"{a} ({LAYERS[layer(a)]}) -> {b} ({LAYERS[layer(b)]})"
-                  for a, targets in g.items() for b in targets if layer(b) > layer(a))
+    return sorted(
+        f"{a} ({LAYERS[layer(a)]}) -> {b} ({LAYERS[layer(b)]})"
+        for a, targets in g.items()
+        for b in targets
+        if layer(b) > layer(a)
+    )
 
 
 def cycle(g: dict[str, set[str]]) -> list[str]:
@@ -69,7 +78,7 @@ def cycle(g: dict[str, set[str]]) -> list[str]:
         state[path[-1]] = 1
         for n in sorted(g.get(path[-1], ())):
             if state.get(n) == 1:
-                return path[path.index(n):] + [n]
+                return path[path.index(n) :] + [n]
             if n not in state and (found := visit(path + [n])):
                 return found
         state[path[-1]] = 2
@@ -83,8 +92,13 @@ def cycle(g: dict[str, set[str]]) -> list[str]:
 
 def test_the_library_never_imports_the_cli():
     g = graph()
-    offenders = sorted(f"{a} -> {b}" for a, targets in g.items() if layer(a) < LAYERS.index("cli")
-                       for b in targets if layer(b) == LAYERS.index("cli"))
+    offenders = sorted(
+        f"{a} -> {b}"
+        for a, targets in g.items()
+        if layer(a) < LAYERS.index("cli")
+        for b in targets
+        if layer(b) == LAYERS.index("cli")
+    )
     assert not offenders, offenders
 
 

@@ -20,8 +20,12 @@ def test_batched_numpy_and_torch_agree():
     p = rng.random((2, 29, 16, 16)) > 0.6
     g = rng.random((2, 29, 16, 16)) > 0.6
     p[0, 3] = g[0, 3] = False
-    ref = np.array([[2 * (pp & gg).sum() / (pp.sum() + gg.sum()) if pp.sum() + gg.sum() else 1.0
-                     for pp, gg in zip(pi, gi)] for pi, gi in zip(p, g)])
+    ref = np.array(
+        [
+            [2 * (pp & gg).sum() / (pp.sum() + gg.sum()) if pp.sum() + gg.sum() else 1.0 for pp, gg in zip(pi, gi)]
+            for pi, gi in zip(p, g)
+        ]
+    )
     got = metrics.dice(p, g)
     assert got.shape == (2, 29) and np.allclose(got, ref) and got[0, 3] == 1.0
     tgot = metrics.dice(torch.from_numpy(p), torch.from_numpy(g))

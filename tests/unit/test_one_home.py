@@ -1,4 +1,5 @@
 """One home per rule: every caller uses the same function, and the shared rule behaves the same for all."""
+
 from __future__ import annotations
 
 import cv2
@@ -22,6 +23,7 @@ def cli(capsys, *args) -> tuple[int, str]:
 
 # -- unique image names ---------------------------------------------------------------------------
 
+
 def test_unique_names_have_one_home():
     from boneseg.data import layout
     from boneseg.inference import run
@@ -29,8 +31,10 @@ def test_unique_names_have_one_home():
 
     assert run.by_image_name is pseudo.by_image_name is layout.by_image_name
     assert not hasattr(run, "check_unique_names")
-    assert "by_image_name" in analysis.load_inputs.__code__.co_names or \
-        "by_image_name" in analysis.load_inputs.__code__.co_varnames
+    assert (
+        "by_image_name" in analysis.load_inputs.__code__.co_names
+        or "by_image_name" in analysis.load_inputs.__code__.co_varnames
+    )
 
 
 def test_duplicate_base_names_name_both_images(tmp_path, capsys):
@@ -48,6 +52,7 @@ def test_duplicate_base_names_name_both_images(tmp_path, capsys):
 
 
 # -- hand side ------------------------------------------------------------------------------------
+
 
 def test_hand_side_has_one_home():
     from boneseg.data import layout
@@ -76,6 +81,7 @@ def test_training_target_and_prediction_read_the_side_alike():
 
 # -- mask bounding boxes --------------------------------------------------------------------------
 
+
 def test_mask_bbox_has_one_home():
     from boneseg import maskops, plots, postprocess, rle
     from boneseg.data import masks, wrist
@@ -93,7 +99,7 @@ def test_bbox_and_its_users_agree(layout):
     from boneseg.maskops import bbox
 
     m = np.zeros((200, 90), bool)
-    m[70, 5] = m[150, 40:60] = True      # rows 70..150 (below the first 64-row block), cols 5..59
+    m[70, 5] = m[150, 40:60] = True  # rows 70..150 (below the first 64-row block), cols 5..59
     m = {"contiguous": m, "strided": np.asfortranarray(m), "uint8": m.astype(np.uint8) * 255}[layout]
     assert bbox(m) == (70, 151, 5, 60)
     assert bbox(np.zeros((4, 4), bool)) is None
@@ -107,6 +113,7 @@ def test_bbox_and_its_users_agree(layout):
 
 
 # -- device and process group ---------------------------------------------------------------------
+
 
 def test_device_and_process_group_have_one_home():
     from boneseg.engine import distributed, train

@@ -2,7 +2,8 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from boneseg import rle
 from boneseg.errors import DataError
@@ -103,12 +104,23 @@ def test_any_whitespace_and_leading_zeros(text):
     assert rle.decode(text, (2, 3)).reshape(-1).tolist() == [True, True, False, False, True, False]
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ("1 2 x 3", "'x' is not"), ("1.5 2", "not a non-negative"), ("-1 2", "not a non-negative"),
-    ("1 0", "lengths must be >= 1"), ("0 2", "starts must be >= 1"), ("5 2 1 2", "out of order"),
-    ("1 3 2 2", "overlaps"), ("1 2 3", "odd number"), ("10 8", "past the image"),
-    ("99999999999999999999 1", "not a non-negative"), ("1 \u0662", "not a non-negative"), ("1 +2", "'[+]2'"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("1 2 x 3", "'x' is not"),
+        ("1.5 2", "not a non-negative"),
+        ("-1 2", "not a non-negative"),
+        ("1 0", "lengths must be >= 1"),
+        ("0 2", "starts must be >= 1"),
+        ("5 2 1 2", "out of order"),
+        ("1 3 2 2", "overlaps"),
+        ("1 2 3", "odd number"),
+        ("10 8", "past the image"),
+        ("99999999999999999999 1", "not a non-negative"),
+        ("1 \u0662", "not a non-negative"),
+        ("1 +2", "'[+]2'"),
+    ],
+)
 def test_malformed(text, fragment):
     with pytest.raises(DataError, match=fragment):
         rle.decode(text, (4, 4))

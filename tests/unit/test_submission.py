@@ -50,22 +50,24 @@ def test_no_overwrite_without_force_and_atomic(tmp_path):
     before = path.read_text()
     with pytest.raises(OutputExistsError):
         _write(path, ["b.png"])
-    with pytest.raises(RuntimeError):
-        with SubmissionWriter(path, force=True) as w:
-            w.write_rles("c.png", [""] * 29)
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), SubmissionWriter(path, force=True) as w:
+        w.write_rles("c.png", [""] * 29)
+        raise RuntimeError("interrupted")
     assert path.read_text() == before and not list(tmp_path.glob(".*tmp"))
     _write(path, ["b.png"], force=True)
     assert "b.png" in path.read_text()
 
 
-@pytest.mark.parametrize("mutate,fragment", [
-    (lambda l: ["image_name,cls,rle"] + l[1:], "wrong header"),
-    (lambda l: l[:1] + l[2:], "lacks 1 class"),
-    (lambda l: l + [l[1]], "duplicate row"),
-    (lambda l: l[:1] + ["a.png,finger-30,"] + l[2:], "unknown class 'finger-30'"),
-    (lambda l: l[:1] + ["a.png,finger-1"] + l[2:], "expected 3 fields"),
-])
+@pytest.mark.parametrize(
+    "mutate,fragment",
+    [
+        (lambda l: ["image_name,cls,rle"] + l[1:], "wrong header"),
+        (lambda l: l[:1] + l[2:], "lacks 1 class"),
+        (lambda l: l + [l[1]], "duplicate row"),
+        (lambda l: l[:1] + ["a.png,finger-30,"] + l[2:], "unknown class 'finger-30'"),
+        (lambda l: l[:1] + ["a.png,finger-1"] + l[2:], "expected 3 fields"),
+    ],
+)
 def test_read_errors(tmp_path, mutate, fragment):
     path = tmp_path / "sub.csv"
     _write(path, ["a.png"])
@@ -78,16 +80,24 @@ def test_validate_lists_every_problem(tmp_path):
     path = tmp_path / "sub.csv"
     _write(path, ["a.png", "b.png"])
     lines = path.read_text().splitlines()
-    lines[2] = "a.png,finger-2,5 3 1 1"          # unsorted
-    lines[3] = "a.png,finger-3,60 10"            # past the 8x8 image
-    lines[4] = "a.png,Nope,"                     # unknown class
-    lines.append(lines[40])                      # duplicate
+    lines[2] = "a.png,finger-2,5 3 1 1"  # unsorted
+    lines[3] = "a.png,finger-3,60 10"  # past the 8x8 image
+    lines[4] = "a.png,Nope,"  # unknown class
+    lines.append(lines[40])  # duplicate
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(lines) + "\n")
     problems = validate_submission(bad, (8, 8), ["a.png", "c.png"])
     text = "\n".join(problems)
-    for fragment in ("row 3:", "out of order", "row 4:", "past the image", "unknown class 'Nope'",
-                     "duplicate of row", "missing class(es) finger-4", "c.png: in the image folder",
-                     "b.png: in the submission but not"):
+    for fragment in (
+        "row 3:",
+        "out of order",
+        "row 4:",
+        "past the image",
+        "unknown class 'Nope'",
+        "duplicate of row",
+        "missing class(es) finger-4",
+        "c.png: in the image folder",
+        "b.png: in the submission but not",
+    ):
         assert fragment in text, fragment
     assert rle.encode(np.zeros((2, 2))) == ""

@@ -1,4 +1,6 @@
-"""Static checks run as tests: mypy over the package, with the [tool.mypy] config of pyproject.toml."""
+"""Static checks run as tests, with the [tool.mypy] and [tool.ruff] config of pyproject.toml: mypy over the
+package, ruff's lint rules and its formatting over the package, the tests and the benchmarks."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -6,10 +8,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+CODE = ["src", "tests", "benchmarks"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, check=False, text=True)
 
 
 def test_mypy_passes():
     pytest.importorskip("mypy")
-    result = subprocess.run([sys.executable, "-m", "mypy", "src/boneseg"], cwd=ROOT, capture_output=True, check=False,
-                            text=True)
+    result = _run("mypy", "src/boneseg")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_lint_and_format_pass():
+    pytest.importorskip("ruff")
+    lint = _run("ruff", "check", *CODE)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = _run("ruff", "format", "--check", *CODE)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr

@@ -1,4 +1,5 @@
 """The ``boneseg`` command line: a thin Typer layer over the library."""
+
 from __future__ import annotations
 
 import importlib
@@ -12,12 +13,26 @@ import warnings
 
 import typer
 
-from boneseg.cli.app import app, state
 from boneseg.cli import (  # noqa: F401  (each module registers its commands on `app`)
-    synth_cmd, eda_cmd, split_cmd, train_cmd, predict_cmd, tta_cmd, pseudo_cmd, ensemble_cmd,
-    analyze_cmd, check_cmd, demo_cmd, models_cmd, select_cmd, oof_cmd, audit_cmd, report_cmd,
+    analyze_cmd,
+    audit_cmd,
+    check_cmd,
+    demo_cmd,
+    eda_cmd,
+    ensemble_cmd,
     export_cmd,
+    models_cmd,
+    oof_cmd,
+    predict_cmd,
+    pseudo_cmd,
+    report_cmd,
+    select_cmd,
+    split_cmd,
+    synth_cmd,
+    train_cmd,
+    tta_cmd,
 )
+from boneseg.cli.app import app, state
 from boneseg.errors import BonesegError, BonesegWarning, quote, suggest
 
 __all__ = ["app", "main"]
@@ -71,8 +86,13 @@ def _usage_message(exc: typing.Any) -> str:
     ctx = getattr(exc, "ctx", None)
     where = f"{ctx.command_path}: " if ctx is not None else " ".join(["boneseg", state["command"] or ""]).strip() + ": "
     if isinstance(exc, _click.NoSuchOption) and ctx is not None:
-        names = [o for p in ctx.command.params if not getattr(p, "hidden", False)
-                 for o in (*p.opts, *p.secondary_opts) if o.startswith("--")] + ["--help"]
+        names = [
+            o
+            for p in ctx.command.params
+            if not getattr(p, "hidden", False)
+            for o in (*p.opts, *p.secondary_opts)
+            if o.startswith("--")
+        ] + ["--help"]
         return f"{where}no such option {quote(exc.option_name)}{suggest(exc.option_name, names, 5)}"
     text = " ".join(exc.format_message().split()).rstrip(".")
     return where + (text[:1].lower() + text[1:])
@@ -84,11 +104,10 @@ def _interrupted(command, argv: list[str]) -> str:
     if name is None:
         return "interrupted"
     if name == "train":  # a second Ctrl-C: the step in flight is lost, the previous last.pt is not
-        return ("train interrupted; the previous last.pt (if any) is kept: continue with the same command "
-                "plus --resume")
+        return "train interrupted; the previous last.pt (if any) is kept: continue with the same command plus --resume"
     params = {}
     try:
-        rest = argv[argv.index(name) + 1:]
+        rest = argv[argv.index(name) + 1 :]
         params = command.commands[name].make_context(name, rest, resilient_parsing=True).params
     except (_click.ClickException, ValueError):
         pass
@@ -110,6 +129,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def _terminate_like_ctrl_c() -> None:
     """SIGTERM (e.g. from a job scheduler or torchrun) unwinds like Ctrl-C, so partial outputs are removed."""
+
     def handler(signum, frame):
         raise KeyboardInterrupt
 

@@ -1,4 +1,5 @@
 """`boneseg analyze`: score predictions against the labels and compare models."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,21 +13,34 @@ from boneseg.cli.output import console, escape, print_json, reporter, table
 
 @app.command("analyze")
 def analyze_command(
-    preds: list[Path] = typer.Argument(..., metavar="PRED.csv", show_default=False,
-                                       help="Submission CSVs to score and/or compare."),
-    gt: Path = typer.Option(None, "--gt", metavar="DATA", show_default=False,
-                            help="Dataset root: score against its train labels (images matched by name)."),
-    fold: int = typer.Option(None, "--fold", show_default=False,
-                             help="With --splits: score only this fold's validation images."),
-    splits: Path = typer.Option(None, "--splits", metavar="SPLITS.json", show_default=False, help="Splits file from `boneseg split`."),
+    preds: list[Path] = typer.Argument(
+        ..., metavar="PRED.csv", show_default=False, help="Submission CSVs to score and/or compare."
+    ),
+    gt: Path = typer.Option(
+        None,
+        "--gt",
+        metavar="DATA",
+        show_default=False,
+        help="Dataset root: score against its train labels (images matched by name).",
+    ),
+    fold: int = typer.Option(
+        None, "--fold", show_default=False, help="With --splits: score only this fold's validation images."
+    ),
+    splits: Path = typer.Option(
+        None, "--splits", metavar="SPLITS.json", show_default=False, help="Splits file from `boneseg split`."
+    ),
     size: int = typer.Option(2048, "--size", help="Image side of the CSVs without --gt."),
-    out: Path = typer.Option(None, "--out", "-o", metavar="DIR", show_default=False,
-                             help="Folder for analysis.json and the PNG plots."),
+    out: Path = typer.Option(
+        None, "--out", "-o", metavar="DIR", show_default=False, help="Folder for analysis.json and the PNG plots."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     worst: int = typer.Option(10, "--worst", min=0, help="How many worst images / cases to list and draw."),
-    tolerance: float = typer.Option(0.02, "--tolerance", min=0.0,
-                                    help="Ensemble suggestion: consider models within this Dice of the best."),
-    report: bool = typer.Option(False, "--report", help="Also write the HTML report (`boneseg report`) into OUT/report/."),
+    tolerance: float = typer.Option(
+        0.02, "--tolerance", min=0.0, help="Ensemble suggestion: consider models within this Dice of the best."
+    ),
+    report: bool = typer.Option(
+        False, "--report", help="Also write the HTML report (`boneseg report`) into OUT/report/."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
 ) -> None:
     """Per-class and per-image Dice against the labels (--gt), model-vs-model Dice for several CSVs, area
@@ -40,8 +54,9 @@ def analyze_command(
     if report:
         check_out(out / REPORT_DIR, force)
     with reporter(transient=True, disable=not console.is_terminal) as shown:
-        result = analyze(preds, gt, fold=fold, splits=splits, size=size, worst=worst, tolerance=tolerance,
-                         reporter=shown)
+        result = analyze(
+            preds, gt, fold=fold, splits=splits, size=size, worst=worst, tolerance=tolerance, reporter=shown
+        )
         written = write_plots(result, out, force=force) if out is not None else []
         if report:
             written.append(write_report(result, out / REPORT_DIR, force=force, reporter=shown))
@@ -74,31 +89,50 @@ def _print_tables(result) -> None:
         else:
             rows = [[CLASSES[c], *dice[:, c]] for c in order]
             columns = ["class", *names]
-        rows.append(["[bold]mean[/bold]", *(float(dice[m].mean()) for m in range(result.models)),
-                     *([""] * (len(columns) - 1 - result.models))])
+        rows.append(
+            [
+                "[bold]mean[/bold]",
+                *(float(dice[m].mean()) for m in range(result.models)),
+                *([""] * (len(columns) - 1 - result.models)),
+            ]
+        )
         console.print(table(f"Dice per class, worst first ({n_img} images)", columns, rows))
         worst = result.worst_images(0)
         if worst:
-            console.print(table(f"Worst images ({names[0]})", ["image", "Dice", "worst class", "its Dice"],
-                                [[w["image"], w["dice"], w["worst_class"], w["worst_class_dice"]] for w in worst]))
+            console.print(
+                table(
+                    f"Worst images ({names[0]})",
+                    ["image", "Dice", "worst class", "its Dice"],
+                    [[w["image"], w["dice"], w["worst_class"], w["worst_class_dice"]] for w in worst],
+                )
+            )
         for m, name in enumerate(names):
             console.print(f"mean Dice {escape(name)}: [bold]{result.mean_dice(m):.4f}[/bold]")
     else:
         area = result.pred_area.mean(axis=1)
         empty = (result.pred_area == 0).sum(axis=1)
-        rows = [[c, *(f"{area[m, i]:.0f} ({empty[m, i]})" for m in range(result.models))]
-                for i, c in enumerate(CLASSES)]
+        rows = [
+            [c, *(f"{area[m, i]:.0f} ({empty[m, i]})" for m in range(result.models))] for i, c in enumerate(CLASSES)
+        ]
         console.print(table(f"Mean predicted area in px (empty masks) over {n_img} images", ["class", *names], rows))
     sims = result.similarity_matrices()
     if sims is not None:
         mean, per_class = sims
-        console.print(table("Model-vs-model Dice (mean over classes)", ["", *names],
-                            [[n, *map(float, row)] for n, row in zip(names, mean)]))
+        console.print(
+            table(
+                "Model-vs-model Dice (mean over classes)",
+                ["", *names],
+                [[n, *map(float, row)] for n, row in zip(names, mean)],
+            )
+        )
         off = ~np.eye(result.models, dtype=bool)
         agreement = np.array([pc[off].mean() for pc in per_class])
         rows = [[CLASSES[c], float(agreement[c])] for c in np.argsort(agreement, kind="stable")[:5]]
         console.print(table("Classes the models disagree on most", ["class", "mean pairwise Dice"], rows))
         suggestion = [Path(n).name if n in result.inputs.names else n for n in result.suggested_ensemble()]
-        rule = ("most accurate, then least similar within the tolerance" if result.dice is not None
-                else "least similar pair")
+        rule = (
+            "most accurate, then least similar within the tolerance"
+            if result.dice is not None
+            else "least similar pair"
+        )
         console.print(f"suggested ensemble ({rule}): [bold]{escape(' + '.join(suggestion))}[/bold]")

@@ -1,4 +1,5 @@
 """The Typer application every command module registers on."""
+
 from __future__ import annotations
 
 import math
@@ -88,8 +89,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (also BONESEG_DEBUG=1)."),
 ) -> None:
     """boneseg: hand-bone X-ray segmentation toolkit."""

@@ -1,4 +1,5 @@
 """`boneseg audit`: suspect labels, ranked, from (out-of-fold) predictions."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,12 +12,23 @@ from boneseg.cli.app import app
 @app.command("audit")
 def audit_command(
     data: Path = typer.Argument(..., metavar="DATA", help="Dataset root whose train labels are audited."),
-    pred: Path = typer.Option(..., "--pred", "-p", metavar="OOF.csv|PROBDIR", show_default=False,
-                              help="Predictions of the train images: a CSV or a --save-probs folder, ideally from boneseg oof."),
-    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", show_default=False,
-                             help="Folder for suspects.csv, audit.json and crops/."),
-    min_score: float = typer.Option(3.5, "--min-score", help="List pairs scoring at least this (robust z-score per class)."),
-    threshold: str = typer.Option("0.5", "--threshold", "-t", metavar="T|FILE.json", help="Threshold of a probability folder."),
+    pred: Path = typer.Option(
+        ...,
+        "--pred",
+        "-p",
+        metavar="OOF.csv|PROBDIR",
+        show_default=False,
+        help="Predictions of the train images: a CSV or a --save-probs folder, ideally from boneseg oof.",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", metavar="DIR", show_default=False, help="Folder for suspects.csv, audit.json and crops/."
+    ),
+    min_score: float = typer.Option(
+        3.5, "--min-score", help="List pairs scoring at least this (robust z-score per class)."
+    ),
+    threshold: str = typer.Option(
+        "0.5", "--threshold", "-t", metavar="T|FILE.json", help="Threshold of a probability folder."
+    ),
     crops: int = typer.Option(12, "--crops", help="Draw this many top suspects (label green, prediction red)."),
     top: int = typer.Option(15, "--top", min=0, help="Suspects listed on the terminal."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
@@ -35,8 +47,14 @@ def audit_command(
         result = audit(data, pred, threshold=threshold, min_score=min_score, reporter=shown)
         write_audit(result, data, pred, out, crops=crops, threshold=threshold, force=force, reporter=shown)
     n = len(result.suspects)
-    console.print(table(f"{n} suspect label(s) in {len(result.images)} images (score >= {min_score:g}), most suspect first",
-                        ["image", "class", "kind", "score"],
-                        [[s["image_name"], s["class"], s["kind"], f"{s['score']:.1f}"] for s in result.suspects[:top]]))
-    console.print(f"wrote {out / 'suspects.csv'}, {out / 'audit.json'}" + (f" and {min(crops, n)} crops" if crops and n else ""),
-                  markup=False)
+    console.print(
+        table(
+            f"{n} suspect label(s) in {len(result.images)} images (score >= {min_score:g}), most suspect first",
+            ["image", "class", "kind", "score"],
+            [[s["image_name"], s["class"], s["kind"], f"{s['score']:.1f}"] for s in result.suspects[:top]],
+        )
+    )
+    console.print(
+        f"wrote {out / 'suspects.csv'}, {out / 'audit.json'}" + (f" and {min(crops, n)} crops" if crops and n else ""),
+        markup=False,
+    )

@@ -1,4 +1,5 @@
 """`boneseg check`: validate a submission CSV."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,13 +14,22 @@ from boneseg.errors import DataError
 
 @app.command("check")
 def check_command(
-    submission: Path = typer.Argument(..., metavar="PRED.csv", help="Submission CSV to validate (`-`: standard input).",
-                                      show_default=False),
-    images: Path = typer.Option(None, "--images", metavar="DIR|DATA", help="Image folder (or dataset root: its test/DCM) the "
-                                "submission must cover exactly.", show_default=False),
-    size: str = typer.Option("2048", "--size", help="Image size the RLE must fit, N or HxW (with --images: "
-                             "each image's own size instead)."),
-    json_out: bool = typer.Option(False, "--json", help="Print {file, valid, problems} as JSON on stdout (exit code as without --json)."),
+    submission: Path = typer.Argument(
+        ..., metavar="PRED.csv", help="Submission CSV to validate (`-`: standard input).", show_default=False
+    ),
+    images: Path = typer.Option(
+        None,
+        "--images",
+        metavar="DIR|DATA",
+        help="Image folder (or dataset root: its test/DCM) the submission must cover exactly.",
+        show_default=False,
+    ),
+    size: str = typer.Option(
+        "2048", "--size", help="Image size the RLE must fit, N or HxW (with --images: each image's own size instead)."
+    ),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print {file, valid, problems} as JSON on stdout (exit code as without --json)."
+    ),
 ) -> None:
     """Validate a submission: header, 29 known classes per image once each, well-formed RLE inside the
     image, and (with --images) exactly that folder's images. Exit 0 when valid, 1 listing every problem."""

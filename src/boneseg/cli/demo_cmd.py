@@ -1,4 +1,5 @@
 """`boneseg demo`: the whole pipeline on a synthetic set on this machine."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -11,12 +12,25 @@ from boneseg.cli.app import app
 
 @app.command("demo")
 def demo_command(
-    out: Path = typer.Option(Path("boneseg-demo"), "--out", "-o", metavar="DIR",
-                             help="Folder for everything the demo writes (must be empty or absent unless --force)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the dataset, folds, initialisation and order: same seed, same Dice."),
-    quick: bool = typer.Option(False, "--quick", help="Tiny sizes and two epochs: checks every step in seconds (Dice meaningless)."),
-    threads: int = typer.Option(None, "--threads", show_default=False,
-                                help="Torch threads \\[default: one per CPU; use 1 on a machine busy with other work]."),
+    out: Path = typer.Option(
+        Path("boneseg-demo"),
+        "--out",
+        "-o",
+        metavar="DIR",
+        help="Folder for everything the demo writes (must be empty or absent unless --force).",
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the dataset, folds, initialisation and order: same seed, same Dice."
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="Tiny sizes and two epochs: checks every step in seconds (Dice meaningless)."
+    ),
+    threads: int = typer.Option(
+        None,
+        "--threads",
+        show_default=False,
+        help="Torch threads \\[default: one per CPU; use 1 on a machine busy with other work].",
+    ),
     force: bool = typer.Option(False, "--force", help="Empty a non-empty --out first."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json on stdout too."),
 ) -> None:
@@ -26,14 +40,26 @@ def demo_command(
     from boneseg.workflows.demo import format_seconds, run_demo
 
     with reporter(transient=True) as shown:
-        summary = run_demo(out, seed=seed, quick=quick, force=force, reporter=shown,
-                           overrides={"threads": threads} if threads is not None else None)
+        summary = run_demo(
+            out,
+            seed=seed,
+            quick=quick,
+            force=force,
+            reporter=shown,
+            overrides={"threads": threads} if threads is not None else None,
+        )
     console.print(summary_table(summary))
-    console.print(f"mean validation Dice [bold]{summary['mean_dice']:.4f}[/bold] "
-                  f"(engine at the training size: {summary['train_val_dice']:.4f}); "
-                  f"{format_seconds(summary['seconds'])}", markup=True)
-    console.print(f"wrote {out}/: data/, splits.json, run/, val.csv, submission.csv, analysis/, report/, "
-                  "overlay.png, summary.json", markup=False)
+    console.print(
+        f"mean validation Dice [bold]{summary['mean_dice']:.4f}[/bold] "
+        f"(engine at the training size: {summary['train_val_dice']:.4f}); "
+        f"{format_seconds(summary['seconds'])}",
+        markup=True,
+    )
+    console.print(
+        f"wrote {out}/: data/, splits.json, run/, val.csv, submission.csv, analysis/, report/, "
+        "overlay.png, summary.json",
+        markup=False,
+    )
     console.print(f"report: {out / summary['files']['report']} (open it in a browser)", markup=False)
     if json_out:
         print_json(summary)
@@ -49,8 +75,15 @@ def summary_table(summary: Mapping):
     per_class = summary["per_class_dice"]
     engine = summary.get("train_val_dice_per_class") or {}
     rows = [[c, per_class[c], engine.get(c, "-")] for c in sorted(CLASSES, key=lambda c: per_class[c])]
-    rows.append([Text("mean", style="bold"), summary["mean_dice"],
-                 summary["train_val_dice"] if summary.get("train_val_dice") is not None else "-"])
-    return table(f"Validation Dice per class, worst first ({summary['images']['val']} images, "
-                 f"TTA {summary['tta']['best']})", ["class", "Dice (predict + analyze)", "Dice (engine, best epoch)"],
-                 rows)
+    rows.append(
+        [
+            Text("mean", style="bold"),
+            summary["mean_dice"],
+            summary["train_val_dice"] if summary.get("train_val_dice") is not None else "-",
+        ]
+    )
+    return table(
+        f"Validation Dice per class, worst first ({summary['images']['val']} images, TTA {summary['tta']['best']})",
+        ["class", "Dice (predict + analyze)", "Dice (engine, best epoch)"],
+        rows,
+    )

@@ -1,4 +1,5 @@
 """`boneseg ensemble`: hard voting over submission CSVs, soft voting over probability folders."""
+
 from __future__ import annotations
 
 from enum import Enum
@@ -18,40 +19,78 @@ class Vote(str, Enum):
 
 @app.command("ensemble")
 def ensemble_command(
-    inputs: list[Path] = typer.Argument(..., metavar="PRED.csv|PROBDIR", help="Submission CSVs (hard vote) or `predict --save-probs` "
-                                        "folders (soft vote).", show_default=False),
-    vote: Vote = typer.Option(None, "--vote", help="hard: pixel-wise vote over CSVs; soft: weighted mean of "
-                              "probabilities. Default: soft for folders, hard for files.", show_default=False),
-    min_votes: int = typer.Option(None, "--min-votes", help="Hard vote: keep pixels with at least K votes "
-                                  "(default: strict majority n//2+1).", show_default=False),
-    weights: list[str] = typer.Option(None, "--weights", help="One weight per input, comma-separated or "
-                                      "repeated. Hard: keep pixels with more than half of the total weight; "
-                                      "soft: weighted mean.", show_default=False),
-    threshold: str = typer.Option(None, "--threshold", help="Soft vote: probability threshold, global or "
-                                  "a JSON file {class: threshold} (default 0.5, or the thresholds of a "
-                                  "`boneseg select` plan).", show_default=False),
-    per_class: Path = typer.Option(None, "--per-class", metavar="FILE.json", help="JSON {class: input index, input name or "
-                                   "list of weights}: who votes on each class; or a `boneseg select` plan.",
-                                   show_default=False),
-    scores: list[Path] = typer.Option(None, "--scores", metavar="FILE.json", help="Validation scores per input (`analyze --json` "
-                                      "or `tta --json`), repeated in input order: each class goes to its "
-                                      "best input.", show_default=False),
-    per_class_out: Path = typer.Option(None, "--per-class-out", metavar="FILE.json", help="Also save the per-class choice "
-                                       "made from --scores as JSON.", show_default=False),
+    inputs: list[Path] = typer.Argument(
+        ...,
+        metavar="PRED.csv|PROBDIR",
+        help="Submission CSVs (hard vote) or `predict --save-probs` folders (soft vote).",
+        show_default=False,
+    ),
+    vote: Vote = typer.Option(
+        None,
+        "--vote",
+        help="hard: pixel-wise vote over CSVs; soft: weighted mean of "
+        "probabilities. Default: soft for folders, hard for files.",
+        show_default=False,
+    ),
+    min_votes: int = typer.Option(
+        None,
+        "--min-votes",
+        help="Hard vote: keep pixels with at least K votes (default: strict majority n//2+1).",
+        show_default=False,
+    ),
+    weights: list[str] = typer.Option(
+        None,
+        "--weights",
+        help="One weight per input, comma-separated or "
+        "repeated. Hard: keep pixels with more than half of the total weight; "
+        "soft: weighted mean.",
+        show_default=False,
+    ),
+    threshold: str = typer.Option(
+        None,
+        "--threshold",
+        help="Soft vote: probability threshold, global or "
+        "a JSON file {class: threshold} (default 0.5, or the thresholds of a "
+        "`boneseg select` plan).",
+        show_default=False,
+    ),
+    per_class: Path = typer.Option(
+        None,
+        "--per-class",
+        metavar="FILE.json",
+        help="JSON {class: input index, input name or "
+        "list of weights}: who votes on each class; or a `boneseg select` plan.",
+        show_default=False,
+    ),
+    scores: list[Path] = typer.Option(
+        None,
+        "--scores",
+        metavar="FILE.json",
+        help="Validation scores per input (`analyze --json` "
+        "or `tta --json`), repeated in input order: each class goes to its "
+        "best input.",
+        show_default=False,
+    ),
+    per_class_out: Path = typer.Option(
+        None,
+        "--per-class-out",
+        metavar="FILE.json",
+        help="Also save the per-class choice made from --scores as JSON.",
+        show_default=False,
+    ),
     size: str = typer.Option("2048", "--size", help="Hard vote: image size the RLE must fit: N or HxW."),
-    workers: int = typer.Option(None, "--workers", help="Worker processes (default: all cores).",
-                                show_default=False),
+    workers: int = typer.Option(None, "--workers", help="Worker processes (default: all cores).", show_default=False),
     output: str = typer.Option("-", "-o", "--out", metavar="PRED.csv", help="Output CSV (`-`: stdout)."),
     output_alias: str = typer.Option(None, "--output", hidden=True),  # the old name of -o/--out
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
 ) -> None:
     """Ensemble predictions: [bold]hard[/bold] votes over submission CSVs (rows matched by image and class,
     any order, never decoding a mask) or [bold]soft[/bold] weighted means of probability folders."""
-    from boneseg.workflows import ensemble
     from boneseg.cli.options import parse_size
     from boneseg.errors import UsageError
     from boneseg.inference.run import check_workers
     from boneseg.io import check_output, is_stdout
+    from boneseg.workflows import ensemble
 
     output = output_alias or output
     dirs = [p.is_dir() for p in inputs]
@@ -88,10 +127,30 @@ def ensemble_command(
             console.print(f"per-class choice written to {per_class_out}", markup=False)
     with reporter(transient=True) as shown:
         if vote is Vote.hard:
-            summary = ensemble.hard_vote(inputs, output, min_votes=min_votes, weights=w, per_class=plan,
-                                         shape=shape, workers=workers, force=force, reporter=shown)
+            summary = ensemble.hard_vote(
+                inputs,
+                output,
+                min_votes=min_votes,
+                weights=w,
+                per_class=plan,
+                shape=shape,
+                workers=workers,
+                force=force,
+                reporter=shown,
+            )
         else:
-            summary = ensemble.soft_vote(inputs, output, weights=w, threshold=threshold,
-                                         per_class=plan, workers=workers, force=force, reporter=shown)
-    console.print(f"{summary.vote} vote over {len(names)} inputs: {summary.images} images -> "
-                  f"{'stdout' if output == '-' else output}", markup=False)
+            summary = ensemble.soft_vote(
+                inputs,
+                output,
+                weights=w,
+                threshold=threshold,
+                per_class=plan,
+                workers=workers,
+                force=force,
+                reporter=shown,
+            )
+    console.print(
+        f"{summary.vote} vote over {len(names)} inputs: {summary.images} images -> "
+        f"{'stdout' if output == '-' else output}",
+        markup=False,
+    )

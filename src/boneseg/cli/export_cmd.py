@@ -1,4 +1,5 @@
 """`boneseg export`: runs -> an ONNX / TorchScript model or a Hugging Face-style smp folder, with its sidecar."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,27 +13,57 @@ from boneseg.cli.predict_cmd import WEIGHTS
 
 @app.command("export")
 def export_command(
-    runs: list[Path] = typer.Argument(..., metavar="RUN...", help="Run folders (their best.pt) or checkpoints; several: "
-                                                                  "their averaged probabilities in one graph."),
-    fmt: str = typer.Option(..., "--format", "-f", help="onnx, torchscript or hf (a folder smp.from_pretrained loads)."),
-    out: Path = typer.Option(..., "--out", "-o", metavar="FILE|DIR", help="The model file (onnx, torchscript; the "
-                             "sidecar is FILE.json) or folder (hf)."),
-    threshold: str = typer.Option(None, "--threshold", "-t", metavar="T|FILE.json", help="Per-class thresholds the "
-                                  "export carries (e.g. from boneseg tta --thresholds-out) \\[default: 0.5]."),
-    postprocess: str = typer.Option("auto", "--postprocess", help="Post-processing rules it carries: auto (a single "
-                                    "run's postprocess.json), none, or a rules file."),
+    runs: list[Path] = typer.Argument(
+        ...,
+        metavar="RUN...",
+        help="Run folders (their best.pt) or checkpoints; several: their averaged probabilities in one graph.",
+    ),
+    fmt: str = typer.Option(
+        ..., "--format", "-f", help="onnx, torchscript or hf (a folder smp.from_pretrained loads)."
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        metavar="FILE|DIR",
+        help="The model file (onnx, torchscript; the sidecar is FILE.json) or folder (hf).",
+    ),
+    threshold: str = typer.Option(
+        None,
+        "--threshold",
+        "-t",
+        metavar="T|FILE.json",
+        help="Per-class thresholds the export carries (e.g. from boneseg tta --thresholds-out) \\[default: 0.5].",
+    ),
+    postprocess: str = typer.Option(
+        "auto",
+        "--postprocess",
+        help="Post-processing rules it carries: auto (a single run's postprocess.json), none, or a rules file.",
+    ),
     weights: str = WEIGHTS,
     force: bool = typer.Option(False, "--force", help="Overwrite an existing model and sidecar."),
 ) -> None:
     """Export trained runs for deployment: `predict -m OUT` runs the export with the same results.
 
-    The sidecar holds what predict needs without the training code: classes, channels and normalisation, size and window, hand-side unification, thresholds and post-processing rules. FiLM and wrist models cannot be exported.
+    The sidecar holds what predict needs without the training code: classes, channels and normalisation, size and
+    window, hand-side unification, thresholds and post-processing rules. FiLM and wrist models cannot be exported.
     """
     from boneseg.cli.output import console, reporter
     from boneseg.workflows.export import export
 
     with reporter() as shown:
-        summary = export(runs, fmt, out, threshold=threshold, postprocess_rules=postprocess,
-                         weights=parse_floats(weights, "--weights"), force=force, reporter=shown)
-    console.print(f"{summary.models} model(s) -> {summary.output} ({summary.format}; sidecar {summary.sidecar}; "
-                  f"max |p - torch| {summary.max_abs_diff:.1e})", markup=False)
+        summary = export(
+            runs,
+            fmt,
+            out,
+            threshold=threshold,
+            postprocess_rules=postprocess,
+            weights=parse_floats(weights, "--weights"),
+            force=force,
+            reporter=shown,
+        )
+    console.print(
+        f"{summary.models} model(s) -> {summary.output} ({summary.format}; sidecar {summary.sidecar}; "
+        f"max |p - torch| {summary.max_abs_diff:.1e})",
+        markup=False,
+    )

@@ -1,4 +1,5 @@
 """`boneseg models`: the names every model option accepts, from the registries that check them."""
+
 from __future__ import annotations
 
 import typer
@@ -33,9 +34,13 @@ def catalog(timm_pattern: str | None = None) -> dict:
 
 @app.command("models")
 def models_command(
-    timm_pattern: str = typer.Option(None, "--timm", metavar="PATTERN", show_default=False,
-                                     help="Also list the timm models matching PATTERN (e.g. 'convnext*', "
-                                          "'*' for all) as tu-<name> encoders."),
+    timm_pattern: str = typer.Option(
+        None,
+        "--timm",
+        metavar="PATTERN",
+        show_default=False,
+        help="Also list the timm models matching PATTERN (e.g. 'convnext*', '*' for all) as tu-<name> encoders.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the lists as JSON on stdout."),
 ) -> None:
     """Architectures with their aliases, encoders (smp and timm `tu-`), losses, augmentation presets and
@@ -46,14 +51,26 @@ def models_command(
     if json_out:
         print_json(doc)
         return
-    console.print(table("Architectures (--arch)", ["name", "aliases"],
-                        [[a, ", ".join(al)] for a, al in doc["architectures"].items()]))
+    console.print(
+        table(
+            "Architectures (--arch)",
+            ["name", "aliases"],
+            [[a, ", ".join(al)] for a, al in doc["architectures"].items()],
+        )
+    )
     timm_names = doc["encoders"]["timm"]
-    rows = [["smp", ", ".join(doc["encoders"]["smp"])],
-            ["timm", timm_names if isinstance(timm_names, str) else ", ".join(timm_names) or "(none match)"],
-            ["--encoder-weights", ", ".join(doc["encoder_weights"])],
-            ["--loss", ", ".join(doc["losses"]) + " (combine: 0.3*bce+0.7*dice)"],
-            ["--aug", ", ".join(doc["augmentations"])],
-            ["--tta / --policies", ", ".join(doc["tta_policies"]) + " (tta --policies: optional "
-             + " or ".join(f"{m}:" for m in doc["tta_modes"]) + " prefix)"]]
+    rows = [
+        ["smp", ", ".join(doc["encoders"]["smp"])],
+        ["timm", timm_names if isinstance(timm_names, str) else ", ".join(timm_names) or "(none match)"],
+        ["--encoder-weights", ", ".join(doc["encoder_weights"])],
+        ["--loss", ", ".join(doc["losses"]) + " (combine: 0.3*bce+0.7*dice)"],
+        ["--aug", ", ".join(doc["augmentations"])],
+        [
+            "--tta / --policies",
+            ", ".join(doc["tta_policies"])
+            + " (tta --policies: optional "
+            + " or ".join(f"{m}:" for m in doc["tta_modes"])
+            + " prefix)",
+        ],
+    ]
     console.print(table("Encoders (--encoder) and other names", ["option", "valid names"], rows))

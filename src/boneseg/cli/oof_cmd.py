@@ -1,4 +1,5 @@
 """`boneseg oof`: out-of-fold predictions from one run per fold."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,15 +12,33 @@ from boneseg.cli.predict_cmd import BATCH, DEVICE
 
 @app.command("oof")
 def oof_command(
-    runs: list[Path] = typer.Argument(..., metavar="RUN_f0 RUN_f1 …", show_default=False,
-                                      help="One run folder (or checkpoint) per fold, from boneseg train --fold k."),
-    out: str = typer.Option(..., "--out", "-o", metavar="OOF.csv", help="Submission CSV over every train image ('-': standard output)."),
-    data: Path = typer.Option(None, "--data", metavar="DATA", show_default=False,
-                              help="Dataset root (default: the one the first run was trained on)."),
-    save_probs: Path = typer.Option(None, "--save-probs", metavar="PROBDIR", show_default=False,
-                                    help="Also write uint8 probabilities here (for ensemble --vote soft and audit)."),
+    runs: list[Path] = typer.Argument(
+        ...,
+        metavar="RUN_f0 RUN_f1 …",
+        show_default=False,
+        help="One run folder (or checkpoint) per fold, from boneseg train --fold k.",
+    ),
+    out: str = typer.Option(
+        ..., "--out", "-o", metavar="OOF.csv", help="Submission CSV over every train image ('-': standard output)."
+    ),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        metavar="DATA",
+        show_default=False,
+        help="Dataset root (default: the one the first run was trained on).",
+    ),
+    save_probs: Path = typer.Option(
+        None,
+        "--save-probs",
+        metavar="PROBDIR",
+        show_default=False,
+        help="Also write uint8 probabilities here (for ensemble --vote soft and audit).",
+    ),
     tta: str = typer.Option("none", "--tta", help="none, hflip, scale or hflip+scale."),
-    threshold: str = typer.Option("0.5", "--threshold", "-t", metavar="T|FILE.json", help="Threshold, or a JSON file {class: t}."),
+    threshold: str = typer.Option(
+        "0.5", "--threshold", "-t", metavar="T|FILE.json", help="Threshold, or a JSON file {class: t}."
+    ),
     device: str = DEVICE,
     batch_size: int = BATCH,
     workers: int = typer.Option(0, "--workers", "-j", help="Background image-loading processes (0: none)."),
@@ -32,9 +51,25 @@ def oof_command(
     from boneseg.workflows.oof import oof
 
     with reporter() as shown:
-        summary = oof(runs, out, data=data, save_probs=save_probs, tta=tta, threshold=threshold, device=device,
-                      batch_size=batch_size, workers=workers, force=force, reporter=shown)
-    console.print(table(f"Out-of-fold predictions: {summary.images} images -> {summary.output}",
-                        ["fold", "run", "images"], [[f["fold"], f["run"], f["images"]] for f in summary.folds]))
+        summary = oof(
+            runs,
+            out,
+            data=data,
+            save_probs=save_probs,
+            tta=tta,
+            threshold=threshold,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            force=force,
+            reporter=shown,
+        )
+    console.print(
+        table(
+            f"Out-of-fold predictions: {summary.images} images -> {summary.output}",
+            ["fold", "run", "images"],
+            [[f["fold"], f["run"], f["images"]] for f in summary.folds],
+        )
+    )
     if summary.probs_dir:
         console.print(f"probabilities in {summary.probs_dir}", markup=False)

@@ -1,4 +1,5 @@
 """Option-value parsers shared by several commands (each error names the option)."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """Shared terminal output: consoles, progress bars and tables. User-supplied text (paths, image names)
 is printed with `escape` or as `plain` text, never as rich markup."""
+
 from __future__ import annotations
 
 import sys
@@ -8,12 +9,21 @@ from contextlib import contextmanager
 
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
-from boneseg.progress import Reporter, Task as _Task
+from boneseg.progress import Reporter
+from boneseg.progress import Task as _Task
 
 __all__ = ["console", "err_console", "escape", "out_console", "plain", "print_json", "progress", "reporter", "table"]
 

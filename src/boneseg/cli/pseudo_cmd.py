@@ -1,4 +1,5 @@
 """`boneseg pseudo`: test predictions -> a pseudo-labelled training set."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,27 +12,52 @@ from boneseg.cli.output import console, print_json, reporter
 
 @app.command("pseudo")
 def pseudo_command(
-    source: Path = typer.Argument(..., metavar="PRED.csv|PROBDIR", help="Submission CSV or `predict --save-probs` folder with the test "
-                                  "predictions.", show_default=False),
-    data: Path = typer.Argument(..., metavar="DATA", help="Dataset root (its test/DCM) or folder of the predicted PNGs.",
-                                show_default=False),
-    out: Path = typer.Option(..., "-o", "--out", metavar="PSEUDO", help="Pseudo-label dataset folder to write (train layout).",
-                             show_default=False),
-    min_confidence: float = typer.Option(None, "--min-confidence", help="Probability folders: leave out "
-                                         "images where a class's mean probability inside its mask is below "
-                                         "C.", show_default=False),
-    threshold: str = typer.Option("0.5", "--threshold", help="Probability folders: threshold, global or a "
-                                  "JSON file {class: threshold}."),
-    agree_with: list[Path] = typer.Option(None, "--agree-with", metavar="PRED.csv|PROBDIR", help="Other predictions of the same images "
-                                          "(CSV or probability folder; repeat): each image records how well "
-                                          "its masks agree with them (mean Dice).", show_default=False),
-    min_agreement: float = typer.Option(None, "--min-agreement", help="Leave out images where a class's "
-                                        "agreement with --agree-with is below A.", show_default=False),
+    source: Path = typer.Argument(
+        ...,
+        metavar="PRED.csv|PROBDIR",
+        help="Submission CSV or `predict --save-probs` folder with the test predictions.",
+        show_default=False,
+    ),
+    data: Path = typer.Argument(
+        ..., metavar="DATA", help="Dataset root (its test/DCM) or folder of the predicted PNGs.", show_default=False
+    ),
+    out: Path = typer.Option(
+        ...,
+        "-o",
+        "--out",
+        metavar="PSEUDO",
+        help="Pseudo-label dataset folder to write (train layout).",
+        show_default=False,
+    ),
+    min_confidence: float = typer.Option(
+        None,
+        "--min-confidence",
+        help="Probability folders: leave out images where a class's mean probability inside its mask is below C.",
+        show_default=False,
+    ),
+    threshold: str = typer.Option(
+        "0.5", "--threshold", help="Probability folders: threshold, global or a JSON file {class: threshold}."
+    ),
+    agree_with: list[Path] = typer.Option(
+        None,
+        "--agree-with",
+        metavar="PRED.csv|PROBDIR",
+        help="Other predictions of the same images "
+        "(CSV or probability folder; repeat): each image records how well "
+        "its masks agree with them (mean Dice).",
+        show_default=False,
+    ),
+    min_agreement: float = typer.Option(
+        None,
+        "--min-agreement",
+        help="Leave out images where a class's agreement with --agree-with is below A.",
+        show_default=False,
+    ),
     copy: bool = typer.Option(False, "--copy", help="Copy the images instead of hard-linking them."),
-    workers: int = typer.Option(None, "--workers", help="Worker processes (default: all cores).",
-                                show_default=False),
-    json_out: bool = typer.Option(False, "--json", help="Print the manifest's summary and left-out list as "
-                                  "JSON on stdout."),
+    workers: int = typer.Option(None, "--workers", help="Worker processes (default: all cores).", show_default=False),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the manifest's summary and left-out list as JSON on stdout."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing pseudo-label folder."),
 ) -> None:
     """Write the test images with pseudo-labels in the train layout (PNG + one polygon per class), usable
@@ -41,15 +67,28 @@ def pseudo_command(
     from boneseg.workflows.pseudo import make_pseudo
 
     with reporter(transient=True) as shown:
-        summary = make_pseudo(source, data, out, min_confidence=min_confidence, threshold=threshold, copy=copy,
-                              agree_with=agree_with or (), min_agreement=min_agreement, workers=workers,
-                              force=force, reporter=shown)
+        summary = make_pseudo(
+            source,
+            data,
+            out,
+            min_confidence=min_confidence,
+            threshold=threshold,
+            copy=copy,
+            agree_with=agree_with or (),
+            min_agreement=min_agreement,
+            workers=workers,
+            force=force,
+            reporter=shown,
+        )
     s = summary.manifest["summary"]
     if json_out:
         print_json({**s, "out": str(out), "left_out": summary.left_out})
         return
-    refill = f", polygon refill Dice mean {s['refill_dice_mean']:.4f} (min {s['refill_dice_min']:.4f})" \
-        if s["written"] else ""
+    refill = (
+        f", polygon refill Dice mean {s['refill_dice_mean']:.4f} (min {s['refill_dice_min']:.4f})"
+        if s["written"]
+        else ""
+    )
     console.print(f"wrote {s['written']} pseudo-labelled image(s) to {out}{refill}", markup=False)
     for item in summary.left_out[:10]:
         console.print(f"  left out {item['image']}: {item['reason']}", markup=False)

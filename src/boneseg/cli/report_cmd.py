@@ -1,4 +1,5 @@
 """`boneseg report`: a self-contained HTML page of predictions (gallery, overlays, per-class Dice)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,20 +11,42 @@ from boneseg.cli.app import app
 
 @app.command("report")
 def report_command(
-    preds: list[Path] = typer.Argument(..., metavar="PRED.csv", show_default=False,
-                                       help="Submission CSVs (the first one is drawn on the gallery thumbnails)."),
-    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", show_default=False,
-                             help="Report folder: DIR/index.html and its assets."),
-    gt: Path = typer.Option(None, "--gt", metavar="DATA", show_default=False,
-                            help="Dataset root: score against its train labels and show their errors."),
-    fold: int = typer.Option(None, "--fold", show_default=False,
-                             help="With --splits: only this fold's validation images."),
-    splits: Path = typer.Option(None, "--splits", metavar="SPLITS.json", show_default=False,
-                                help="Splits file from `boneseg split`."),
-    audit: Path = typer.Option(None, "--audit", metavar="DIR", show_default=False,
-                               help="An `audit` output folder: list its suspects.csv and link them."),
-    images: Path = typer.Option(None, "--images", metavar="DATA_OR_DIR", show_default=False,
-                                help="Without --gt: where the CSV's images are (dataset root or folder of PNGs)."),
+    preds: list[Path] = typer.Argument(
+        ...,
+        metavar="PRED.csv",
+        show_default=False,
+        help="Submission CSVs (the first one is drawn on the gallery thumbnails).",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", metavar="DIR", show_default=False, help="Report folder: DIR/index.html and its assets."
+    ),
+    gt: Path = typer.Option(
+        None,
+        "--gt",
+        metavar="DATA",
+        show_default=False,
+        help="Dataset root: score against its train labels and show their errors.",
+    ),
+    fold: int = typer.Option(
+        None, "--fold", show_default=False, help="With --splits: only this fold's validation images."
+    ),
+    splits: Path = typer.Option(
+        None, "--splits", metavar="SPLITS.json", show_default=False, help="Splits file from `boneseg split`."
+    ),
+    audit: Path = typer.Option(
+        None,
+        "--audit",
+        metavar="DIR",
+        show_default=False,
+        help="An `audit` output folder: list its suspects.csv and link them.",
+    ),
+    images: Path = typer.Option(
+        None,
+        "--images",
+        metavar="DATA_OR_DIR",
+        show_default=False,
+        help="Without --gt: where the CSV's images are (dataset root or folder of PNGs).",
+    ),
     size: int = typer.Option(2048, "--size", help="Image side of the CSVs without --gt."),
     force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
 ) -> None:
@@ -34,6 +57,7 @@ def report_command(
     from boneseg.workflows.report import build_report
 
     with reporter(transient=True, disable=not console.is_terminal) as shown:
-        index = build_report(preds, out, gt, fold=fold, splits=splits, audit=audit, images=images, size=size,
-                             force=force, reporter=shown)
+        index = build_report(
+            preds, out, gt, fold=fold, splits=splits, audit=audit, images=images, size=size, force=force, reporter=shown
+        )
     console.print(f"wrote {index}", markup=False)

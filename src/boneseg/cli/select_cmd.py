@@ -1,4 +1,5 @@
 """`boneseg select`: choose an ensemble by greedy forward selection on out-of-fold predictions."""
+
 from __future__ import annotations
 
 from enum import Enum
@@ -17,27 +18,52 @@ class Vote(str, Enum):
 
 @app.command("select")
 def select_command(
-    inputs: list[Path] = typer.Argument(..., metavar="OOF.csv|PROBDIR", show_default=False,
-                                        help="One out-of-fold prediction per model, over the train images: "
-                                        "submission CSVs (hard vote) or `predict --save-probs` folders (soft vote)."),
-    gt: Path = typer.Option(..., "--gt", metavar="DATA", show_default=False,
-                            help="Dataset root: its train labels are the truth."),
-    splits: Path = typer.Option(..., "--splits", metavar="SPLITS.json", show_default=False,
-                                help="Splits file (`boneseg split`): the folds of the fold-wise spread."),
-    out: Path = typer.Option(..., "-o", "--out", metavar="PLAN.json", show_default=False,
-                             help="The plan: `boneseg ensemble TEST… --per-class PLAN.json` applies it."),
-    vote: Vote = typer.Option(None, "--vote", show_default=False,
-                              help="hard or soft; default: soft for folders, hard for CSVs."),
-    overall: bool = typer.Option(False, "--overall", help="One ensemble for all classes (maximise the mean "
-                                 "Dice) instead of one per class."),
+    inputs: list[Path] = typer.Argument(
+        ...,
+        metavar="OOF.csv|PROBDIR",
+        show_default=False,
+        help="One out-of-fold prediction per model, over the train images: "
+        "submission CSVs (hard vote) or `predict --save-probs` folders (soft vote).",
+    ),
+    gt: Path = typer.Option(
+        ..., "--gt", metavar="DATA", show_default=False, help="Dataset root: its train labels are the truth."
+    ),
+    splits: Path = typer.Option(
+        ...,
+        "--splits",
+        metavar="SPLITS.json",
+        show_default=False,
+        help="Splits file (`boneseg split`): the folds of the fold-wise spread.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "-o",
+        "--out",
+        metavar="PLAN.json",
+        show_default=False,
+        help="The plan: `boneseg ensemble TEST… --per-class PLAN.json` applies it.",
+    ),
+    vote: Vote = typer.Option(
+        None, "--vote", show_default=False, help="hard or soft; default: soft for folders, hard for CSVs."
+    ),
+    overall: bool = typer.Option(
+        False, "--overall", help="One ensemble for all classes (maximise the mean Dice) instead of one per class."
+    ),
     steps: int = typer.Option(10, "--steps", help="Greedy steps (the largest ensemble size)."),
-    threshold: str = typer.Option(None, "--threshold", show_default=False,
-                                  help="Soft vote: threshold during selection, a number or a JSON file "
-                                  "{class: threshold} (default 0.5)."),
-    tune_thresholds: bool = typer.Option(False, "--tune-thresholds", help="Soft vote: then pick each class's "
-                                         "threshold (0.05 … 0.95) for the selected ensemble."),
-    workers: int = typer.Option(None, "--workers", show_default=False,
-                                help="Processes reading probability folders (default: all cores)."),
+    threshold: str = typer.Option(
+        None,
+        "--threshold",
+        show_default=False,
+        help="Soft vote: threshold during selection, a number or a JSON file {class: threshold} (default 0.5).",
+    ),
+    tune_thresholds: bool = typer.Option(
+        False,
+        "--tune-thresholds",
+        help="Soft vote: then pick each class's threshold (0.05 … 0.95) for the selected ensemble.",
+    ),
+    workers: int = typer.Option(
+        None, "--workers", show_default=False, help="Processes reading probability folders (default: all cores)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing plan."),
 ) -> None:
     """Greedy forward selection with replacement (Caruana et al. 2004) of the hard or soft vote that
@@ -46,35 +72,69 @@ def select_command(
     from boneseg.workflows.select import select
 
     with reporter(transient=True) as shown:
-        result = select(inputs, gt, splits, vote=vote.value if vote else None, steps=steps, per_class=not overall,
-                        threshold=threshold, tune_thresholds=tune_thresholds, workers=workers, out=out,
-                        force=force, reporter=shown)
+        result = select(
+            inputs,
+            gt,
+            splits,
+            vote=vote.value if vote else None,
+            steps=steps,
+            per_class=not overall,
+            threshold=threshold,
+            tune_thresholds=tune_thresholds,
+            workers=workers,
+            out=out,
+            force=force,
+            reporter=shown,
+        )
     plan = result.plan()
     short = _short(result.inputs)
 
     def verdict(row: dict) -> str:
         return "" if "gain" not in row else "noise" if row["noise"] else "gain" if row["gain"] > 0 else "loss"
 
-    rows = [[row["step"], ", ".join(f"{short[n]}×{k}" if not overall else short[n] for n, k in row["added"].items()),
-             row["mean"], row["sd"], row.get("gain", ""), row.get("gain_sd", ""), verdict(row)]
-            for row in plan["steps"]]
-    console.print(table(f"{result.vote} vote, {'overall' if overall else 'per class'}: OOF Dice per step "
-                        f"({result.images} images, folds {', '.join(map(str, result.fold_ids))})",
-                        ["step", "added" + ("" if overall else " (× classes)"), "Dice", "sd over folds",
-                         "gain", "sd of gain", ""], rows))
+    rows = [
+        [
+            row["step"],
+            ", ".join(f"{short[n]}×{k}" if not overall else short[n] for n, k in row["added"].items()),
+            row["mean"],
+            row["sd"],
+            row.get("gain", ""),
+            row.get("gain_sd", ""),
+            verdict(row),
+        ]
+        for row in plan["steps"]
+    ]
+    console.print(
+        table(
+            f"{result.vote} vote, {'overall' if overall else 'per class'}: OOF Dice per step "
+            f"({result.images} images, folds {', '.join(map(str, result.fold_ids))})",
+            ["step", "added" + ("" if overall else " (× classes)"), "Dice", "sd over folds", "gain", "sd of gain", ""],
+            rows,
+        )
+    )
     cls_rows = []
     for name, c in plan["classes"].items():
         ens = " + ".join(f"{k}×{short[i]}" if k > 1 else short[i] for i, k in zip(result.inputs, c["weights"]) if k)
         single = c["best_single"]
-        cls_rows.append([name, ens, c["mean"], c["sd"], short[single["input"]], single["gain"], verdict(single)]
-                        + ([c["threshold"]] if "threshold" in c else []))
-    console.print(table("The plan per class", ["class", "ensemble", "Dice", "sd over folds", "best single",
-                                                "gain over it", ""] + (["threshold"] if result.thresholds is not None else []),
-                        cls_rows))
+        cls_rows.append(
+            [name, ens, c["mean"], c["sd"], short[single["input"]], single["gain"], verdict(single)]
+            + ([c["threshold"]] if "threshold" in c else [])
+        )
+    console.print(
+        table(
+            "The plan per class",
+            ["class", "ensemble", "Dice", "sd over folds", "best single", "gain over it", ""]
+            + (["threshold"] if result.thresholds is not None else []),
+            cls_rows,
+        )
+    )
     best = plan["best_single"]
-    console.print(f"plan: OOF Dice {plan['score']['mean']:.4f} ± {plan['score']['sd']:.4f} over folds; best single "
-                  f"model {short[best['input']]} {best['mean']:.4f}: gain {best['gain']:+.4f} ± {best['gain_sd']:.4f} "
-                  f"({verdict(best)}) -> {out}", markup=False)
+    console.print(
+        f"plan: OOF Dice {plan['score']['mean']:.4f} ± {plan['score']['sd']:.4f} over folds; best single "
+        f"model {short[best['input']]} {best['mean']:.4f}: gain {best['gain']:+.4f} ± {best['gain_sd']:.4f} "
+        f"({verdict(best)}) -> {out}",
+        markup=False,
+    )
 
 
 def _short(names: list[str]) -> dict[str, str]:

@@ -1,4 +1,5 @@
 """`boneseg split`: patient-grouped cross-validation folds."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,9 @@ def split_command(
     data: Path = typer.Argument(..., metavar="DATA", help="Dataset root (with train/DCM and train/outputs_json)."),
     folds: int = typer.Option(5, "--folds", "-k", help="Number of folds."),
     seed: int = typer.Option(0, "--seed", help="Shuffling seed (same seed, same folds)."),
-    stratify: str = typer.Option("none", "--stratify", help="Balance folds by: none, side (hand side) or tilt (wrist tilt)."),
+    stratify: str = typer.Option(
+        "none", "--stratify", help="Balance folds by: none, side (hand side) or tilt (wrist tilt)."
+    ),
     out: str = typer.Option("-", "--out", "-o", help="Output JSON file ('-' for stdout)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
@@ -34,5 +37,10 @@ def split_command(
     if not is_stdout(out):
         images = Counter(splits["assignments"].values())
         patients = {k: len({n.split("/")[0] for n, f in splits["assignments"].items() if f == k}) for k in images}
-        console.print(table(f"{folds} folds -> {out}", ["fold", "patients", "images"],
-                            [(k, patients[k], images[k]) for k in sorted(images)]))
+        console.print(
+            table(
+                f"{folds} folds -> {out}",
+                ["fold", "patients", "images"],
+                [(k, patients[k], images[k]) for k in sorted(images)],
+            )
+        )

@@ -1,8 +1,9 @@
 """`boneseg train`: one model on one fold, on CPU, one GPU or many (under torchrun)."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -13,62 +14,213 @@ from boneseg.modelling.losses import LOSSES
 @app.command("train")
 def train_command(
     data: Path = typer.Argument(..., metavar="DATA", help="Dataset root (train/DCM + train/outputs_json)."),
-    config_file: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="Options from a YAML or JSON file (a run's config.json reproduces that run); options given here override it."),
-    print_config: bool = typer.Option(False, "--print-config", help="Print the run's effective config (as config.json will hold it) and exit."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Check data and options, build the model, print parameters, steps and memory per batch; write nothing."),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", metavar="RUN|CKPT", help="Start from a whole trained network (encoder, decoder, heads) of the same architecture: a run folder (its best.pt) or a checkpoint."),
-    patience: Optional[int] = typer.Option(None, "--patience", help="Stop after N validations without a better val Dice \\[default: off]."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: unet, unetpp, deeplabv3plus (dlv3p), upernet, segformer, fpn, manet, … (required unless --resume)."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="smp encoder (resnet34, efficientnet-b4, mit_b2, …) or tu-<timm model> (required unless --resume)."),
-    size: Optional[int] = typer.Option(None, "--size", help="Side the images are resized to (multiple of 32; required unless --resume)."),
-    out: Path = typer.Option(..., "--out", "-o", metavar="RUN", help="Run folder (config.json, metrics.jsonl, last.pt, best.pt)."),
-    fold: Optional[int] = typer.Option(None, "--fold", help="Validation fold \\[default: 0]."),
-    splits: Optional[Path] = typer.Option(None, "--splits", metavar="SPLITS.json", help="Splits JSON from `boneseg split` \\[default: 5 folds made on the fly with --seed]."),
-    folds: Optional[int] = typer.Option(None, "--folds", help="Folds made on the fly when no --splits is given (capped at the number of patients) \\[default: 5]."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (sets the schedule) \\[default: 30]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step per process \\[default: 4]."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate \\[default: 1e-3]."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay \\[default: 1e-4]."),
-    loss: Optional[str] = typer.Option(None, "--loss", help=f"Loss terms: {', '.join(LOSSES)}; e.g. bce+dice or 0.3*bce+0.7*dice \\[default: bce+dice]."),
-    encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights", help="imagenet, none, or a local state-dict file \\[default: imagenet]."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda \\[default: auto]."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision \\[default: on with CUDA]."),
-    amp_dtype: Optional[str] = typer.Option(None, "--amp-dtype", help="bf16 or fp16 (with a gradient scaler) \\[default: bf16]."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="channels_last memory format \\[default: on with CUDA]."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Data-loader worker processes \\[default: 2]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for folds, initialisation, order and augmentation \\[default: 0]."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps in all (schedule unchanged); continue later with --resume."),
-    pseudo: Optional[list[Path]] = typer.Option(None, "--pseudo", metavar="PSEUDO", help="Pseudo-labelled folder in the train layout (repeatable)."),
-    exclude: Optional[Path] = typer.Option(None, "--exclude", metavar="FILE", help="Leave the images listed in FILE out of training (audit's suspects.csv, or one name per line); the validation fold keeps them."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt to the end of its schedule."),
-    force: bool = typer.Option(False, "--force", help="Start over in a non-empty --out (removes its checkpoints and logs)."),
-    aug: Optional[str] = typer.Option(None, "--aug", help="Augmentation preset: none, light, default, strong \\[default: default]."),
-    crop: Optional[int] = typer.Option(None, "--crop", help="Train on random crops of this side from the --size image (validation on whole images)."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw or sgd \\[default: adamw]."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="cosine, poly, plateau or constant \\[default: cosine]."),
-    warmup: Optional[float] = typer.Option(None, "--warmup", help="Linear warm-up length in epochs (fractions allowed) \\[default: 0]."),
-    accumulate: Optional[int] = typer.Option(None, "--accumulate", help="Gradient accumulation: batches per optimizer step \\[default: 1]."),
-    clip: Optional[float] = typer.Option(None, "--clip", help="Clip the gradient norm to this value."),
-    ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.999 (validated and saved as the model) \\[default: off]."),
-    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N epochs (and always after the last) \\[default: 1]."),
-    save_every: Optional[int] = typer.Option(None, "--save-every", help="Write last.pt every N epochs (and always after the last, or when stopped) \\[default: 1]."),
-    unify_hands: Optional[str] = typer.Option(None, "--unify-hands", help="Mirror every hand to one side: R, L or none \\[default: none]."),
-    channels: Optional[str] = typer.Option(None, "--channels", help="Model input channels: gray, rgb or clahe3, optionally +sobel and/or +laplacian (e.g. gray+sobel) \\[default: gray]."),
-    meta: Optional[str] = typer.Option(None, "--meta", help="Patient metadata (meta_data.xlsx): none, aux (auxiliary prediction heads), film (decoder conditioning) or aux+film \\[default: none]."),
-    meta_weight: Optional[float] = typer.Option(None, "--meta-weight", help="Loss weight of the metadata heads \\[default: 0.1]."),
-    boundary_head: Optional[float] = typer.Option(None, "--boundary-head", help="Loss weight of an auxiliary boundary head (0: none) \\[default: 0]."),
-    boundary_sharpen: Optional[float] = typer.Option(None, "--boundary-sharpen", help="At inference, multiply mask probabilities by 1 - a * p_edge from the boundary head \\[default: 0]."),
-    distance_clip: Optional[int] = typer.Option(None, "--distance-clip", help="Clip (px at --size) of the cached signed distance maps used by the dtbce loss \\[default: 16]."),
-    wrist: bool = typer.Option(False, "--wrist", help="Train a wrist second-stage model: crops around the 8 carpal bones, loss and val Dice on the carpals."),
-    wrist_margin: Optional[float] = typer.Option(None, "--wrist-margin", help="Wrist box margin, a fraction of the carpal extent per side \\[default: 0.15]."),
-    log: Optional[str] = typer.Option(None, "--log", help="Run tracking: tensorboard, wandb (installed and logged in) or none \\[default: none]."),
-    log_images: Optional[int] = typer.Option(None, "--log-images", help="Prediction-vs-label overlays logged per validation \\[default: 4]."),
-    fit_postprocess: bool = typer.Option(False, "--fit-postprocess", help="After training, choose per-class keep-largest / island removal on the validation fold (RUN/postprocess.json, used by predict)."),
+    config_file: Path | None = typer.Option(
+        None,
+        "--config",
+        metavar="FILE",
+        help=(
+            "Options from a YAML or JSON file (a run's config.json reproduces that run); options given here "
+            "override it."
+        ),
+    ),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the run's effective config (as config.json will hold it) and exit."
+    ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Check data and options, build the model, print parameters, steps and memory per batch; write nothing.",
+    ),
+    init_from: Path | None = typer.Option(
+        None,
+        "--init-from",
+        metavar="RUN|CKPT",
+        help=(
+            "Start from a whole trained network (encoder, decoder, heads) of the same architecture: a run folder "
+            "(its best.pt) or a checkpoint."
+        ),
+    ),
+    patience: int | None = typer.Option(
+        None, "--patience", help="Stop after N validations without a better val Dice \\[default: off]."
+    ),
+    arch: str | None = typer.Option(
+        None,
+        "--arch",
+        help=(
+            "Architecture: unet, unetpp, deeplabv3plus (dlv3p), upernet, segformer, fpn, manet, … (required unless "
+            "--resume)."
+        ),
+    ),
+    encoder: str | None = typer.Option(
+        None,
+        "--encoder",
+        help="smp encoder (resnet34, efficientnet-b4, mit_b2, …) or tu-<timm model> (required unless --resume).",
+    ),
+    size: int | None = typer.Option(
+        None, "--size", help="Side the images are resized to (multiple of 32; required unless --resume)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", metavar="RUN", help="Run folder (config.json, metrics.jsonl, last.pt, best.pt)."
+    ),
+    fold: int | None = typer.Option(None, "--fold", help="Validation fold \\[default: 0]."),
+    splits: Path | None = typer.Option(
+        None,
+        "--splits",
+        metavar="SPLITS.json",
+        help="Splits JSON from `boneseg split` \\[default: 5 folds made on the fly with --seed].",
+    ),
+    folds: int | None = typer.Option(
+        None,
+        "--folds",
+        help="Folds made on the fly when no --splits is given (capped at the number of patients) \\[default: 5].",
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs (sets the schedule) \\[default: 30]."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", "-b", help="Images per step per process \\[default: 4]."
+    ),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate \\[default: 1e-3]."),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay \\[default: 1e-4]."),
+    loss: str | None = typer.Option(
+        None,
+        "--loss",
+        help=f"Loss terms: {', '.join(LOSSES)}; e.g. bce+dice or 0.3*bce+0.7*dice \\[default: bce+dice].",
+    ),
+    encoder_weights: str | None = typer.Option(
+        None, "--encoder-weights", help="imagenet, none, or a local state-dict file \\[default: imagenet]."
+    ),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda \\[default: auto]."),
+    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision \\[default: on with CUDA]."),
+    amp_dtype: str | None = typer.Option(
+        None, "--amp-dtype", help="bf16 or fp16 (with a gradient scaler) \\[default: bf16]."
+    ),
+    channels_last: bool | None = typer.Option(
+        None, "--channels-last/--no-channels-last", help="channels_last memory format \\[default: on with CUDA]."
+    ),
+    workers: int | None = typer.Option(None, "--workers", "-j", help="Data-loader worker processes \\[default: 2]."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed for folds, initialisation, order and augmentation \\[default: 0]."
+    ),
+    max_steps: int | None = typer.Option(
+        None,
+        "--max-steps",
+        help="Stop after N optimizer steps in all (schedule unchanged); continue later with --resume.",
+    ),
+    pseudo: list[Path] | None = typer.Option(
+        None, "--pseudo", metavar="PSEUDO", help="Pseudo-labelled folder in the train layout (repeatable)."
+    ),
+    exclude: Path | None = typer.Option(
+        None,
+        "--exclude",
+        metavar="FILE",
+        help=(
+            "Leave the images listed in FILE out of training (audit's suspects.csv, or one name per line); the "
+            "validation fold keeps them."
+        ),
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last.pt to the end of its schedule."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Start over in a non-empty --out (removes its checkpoints and logs)."
+    ),
+    aug: str | None = typer.Option(
+        None, "--aug", help="Augmentation preset: none, light, default, strong \\[default: default]."
+    ),
+    crop: int | None = typer.Option(
+        None, "--crop", help="Train on random crops of this side from the --size image (validation on whole images)."
+    ),
+    optimizer: str | None = typer.Option(None, "--optimizer", help="adamw or sgd \\[default: adamw]."),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", help="cosine, poly, plateau or constant \\[default: cosine]."
+    ),
+    warmup: float | None = typer.Option(
+        None, "--warmup", help="Linear warm-up length in epochs (fractions allowed) \\[default: 0]."
+    ),
+    accumulate: int | None = typer.Option(
+        None, "--accumulate", help="Gradient accumulation: batches per optimizer step \\[default: 1]."
+    ),
+    clip: float | None = typer.Option(None, "--clip", help="Clip the gradient norm to this value."),
+    ema: float | None = typer.Option(
+        None, "--ema", help="EMA decay of the weights, e.g. 0.999 (validated and saved as the model) \\[default: off]."
+    ),
+    val_every: int | None = typer.Option(
+        None, "--val-every", help="Validate every N epochs (and always after the last) \\[default: 1]."
+    ),
+    save_every: int | None = typer.Option(
+        None,
+        "--save-every",
+        help="Write last.pt every N epochs (and always after the last, or when stopped) \\[default: 1].",
+    ),
+    unify_hands: str | None = typer.Option(
+        None, "--unify-hands", help="Mirror every hand to one side: R, L or none \\[default: none]."
+    ),
+    channels: str | None = typer.Option(
+        None,
+        "--channels",
+        help=(
+            "Model input channels: gray, rgb or clahe3, optionally +sobel and/or +laplacian (e.g. gray+sobel) "
+            "\\[default: gray]."
+        ),
+    ),
+    meta: str | None = typer.Option(
+        None,
+        "--meta",
+        help=(
+            "Patient metadata (meta_data.xlsx): none, aux (auxiliary prediction heads), film (decoder conditioning) "
+            "or aux+film \\[default: none]."
+        ),
+    ),
+    meta_weight: float | None = typer.Option(
+        None, "--meta-weight", help="Loss weight of the metadata heads \\[default: 0.1]."
+    ),
+    boundary_head: float | None = typer.Option(
+        None, "--boundary-head", help="Loss weight of an auxiliary boundary head (0: none) \\[default: 0]."
+    ),
+    boundary_sharpen: float | None = typer.Option(
+        None,
+        "--boundary-sharpen",
+        help="At inference, multiply mask probabilities by 1 - a * p_edge from the boundary head \\[default: 0].",
+    ),
+    distance_clip: int | None = typer.Option(
+        None,
+        "--distance-clip",
+        help="Clip (px at --size) of the cached signed distance maps used by the dtbce loss \\[default: 16].",
+    ),
+    wrist: bool = typer.Option(
+        False,
+        "--wrist",
+        help="Train a wrist second-stage model: crops around the 8 carpal bones, loss and val Dice on the carpals.",
+    ),
+    wrist_margin: float | None = typer.Option(
+        None, "--wrist-margin", help="Wrist box margin, a fraction of the carpal extent per side \\[default: 0.15]."
+    ),
+    log: str | None = typer.Option(
+        None, "--log", help="Run tracking: tensorboard, wandb (installed and logged in) or none \\[default: none]."
+    ),
+    log_images: int | None = typer.Option(
+        None, "--log-images", help="Prediction-vs-label overlays logged per validation \\[default: 4]."
+    ),
+    fit_postprocess: bool = typer.Option(
+        False,
+        "--fit-postprocess",
+        help=(
+            "After training, choose per-class keep-largest / island removal on the validation fold "
+            "(RUN/postprocess.json, used by predict)."
+        ),
+    ),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", metavar="DIR", help="Mask-cache folder \\[default: DATA/.boneseg-cache]."),
-    dist_timeout: Optional[float] = typer.Option(None, "--dist-timeout", help="Minutes a DDP collective may wait for another rank \\[default: 30]."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out (and list) unreadable images, broken labels "
-                                  "and unpaired files instead of stopping before training."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", metavar="DIR", help="Mask-cache folder \\[default: DATA/.boneseg-cache]."
+    ),
+    dist_timeout: float | None = typer.Option(
+        None, "--dist-timeout", help="Minutes a DDP collective may wait for another rank \\[default: 30]."
+    ),
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="Leave out (and list) unreadable images, broken labels "
+        "and unpaired files instead of stopping before training.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
 ) -> None:
     """Train a segmentation model; under `torchrun --nproc-per-node N` the same command uses DDP."""
@@ -78,17 +230,58 @@ def train_command(
     from boneseg.engine.train import resolve_config, train
     from boneseg.errors import UsageError
 
-    options = dict(arch=arch, encoder=encoder, size=size, fold=fold, splits=splits, folds=folds, epochs=epochs,
-                   batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss,
-                   encoder_weights=encoder_weights, device=device, amp=amp, amp_dtype=amp_dtype,
-                   channels_last=channels_last, workers=workers, seed=seed, max_steps=max_steps,
-                   pseudo=[str(p) for p in pseudo] if pseudo else None, exclude=exclude, aug=aug, crop=crop, optimizer=optimizer,
-                   scheduler=scheduler, warmup=warmup, accumulate=accumulate, clip=clip, ema=ema,
-                   val_every=val_every, save_every=save_every, unify_side=unify_hands, channels=channels, cache_dir=cache_dir,
-                   dist_timeout=dist_timeout, meta=meta, meta_weight=meta_weight, boundary_head=boundary_head,
-                   boundary_sharpen=boundary_sharpen, distance_clip=distance_clip, wrist_margin=wrist_margin,
-                   log=log, log_images=log_images, init_from=init_from, patience=patience, data=data, out=out,
-                   wrist=wrist or None, tensorboard=tensorboard or None, skip_bad=skip_bad or None)
+    options = {
+        "arch": arch,
+        "encoder": encoder,
+        "size": size,
+        "fold": fold,
+        "splits": splits,
+        "folds": folds,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "loss": loss,
+        "encoder_weights": encoder_weights,
+        "device": device,
+        "amp": amp,
+        "amp_dtype": amp_dtype,
+        "channels_last": channels_last,
+        "workers": workers,
+        "seed": seed,
+        "max_steps": max_steps,
+        "pseudo": [str(p) for p in pseudo] if pseudo else None,
+        "exclude": exclude,
+        "aug": aug,
+        "crop": crop,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "warmup": warmup,
+        "accumulate": accumulate,
+        "clip": clip,
+        "ema": ema,
+        "val_every": val_every,
+        "save_every": save_every,
+        "unify_side": unify_hands,
+        "channels": channels,
+        "cache_dir": cache_dir,
+        "dist_timeout": dist_timeout,
+        "meta": meta,
+        "meta_weight": meta_weight,
+        "boundary_head": boundary_head,
+        "boundary_sharpen": boundary_sharpen,
+        "distance_clip": distance_clip,
+        "wrist_margin": wrist_margin,
+        "log": log,
+        "log_images": log_images,
+        "init_from": init_from,
+        "patience": patience,
+        "data": data,
+        "out": out,
+        "wrist": wrist or None,
+        "tensorboard": tensorboard or None,
+        "skip_bad": skip_bad or None,
+    }
     config: dict[str, Any] = {}
     if config_file is not None:
         from boneseg.engine.config_file import read_config
@@ -125,15 +318,25 @@ def train_command(
         print_json(summary)
     best = summary["best_val_dice"]
     if summary.get("early_stopped"):
-        console.print(f"early stop at epoch {summary['epochs_done']} (--patience): best val Dice {best:.4f} "
-                      f"(epoch {summary['best_epoch']}) -> {out}/best.pt", markup=False)
+        console.print(
+            f"early stop at epoch {summary['epochs_done']} (--patience): best val Dice {best:.4f} "
+            f"(epoch {summary['best_epoch']}) -> {out}/best.pt",
+            markup=False,
+        )
     elif summary["stopped"]:
-        console.print(f"stopped after {summary['steps']} steps (--max-steps); last.pt saved in {out}. "
-                      f"Continue with: boneseg train {data} --out {out} --resume", markup=False)
+        console.print(
+            f"stopped after {summary['steps']} steps (--max-steps); last.pt saved in {out}. "
+            f"Continue with: boneseg train {data} --out {out} --resume",
+            markup=False,
+        )
     else:
-        console.print(f"done: {summary['epochs_done']} epochs, {summary['steps']} steps, best val Dice "
-                      f"{best:.4f} (epoch {summary['best_epoch']}) -> {out}/best.pt" if best is not None
-                      else f"done: {summary['epochs_done']} epochs -> {out}", markup=False)
+        console.print(
+            f"done: {summary['epochs_done']} epochs, {summary['steps']} steps, best val Dice "
+            f"{best:.4f} (epoch {summary['best_epoch']}) -> {out}/best.pt"
+            if best is not None
+            else f"done: {summary['epochs_done']} epochs -> {out}",
+            markup=False,
+        )
 
 
 def _print_plan(plan: dict, as_json: bool) -> None:
@@ -146,7 +349,7 @@ def _print_plan(plan: dict, as_json: bool) -> None:
     mem = plan["memory"]
 
     def mib(n: int) -> str:
-        return f"{n / 2 ** 20:,.1f} MiB"
+        return f"{n / 2**20:,.1f} MiB"
 
     console.print(
         f"dry run: nothing written\n"
@@ -155,4 +358,7 @@ def _print_plan(plan: dict, as_json: bool) -> None:
         f"steps     {plan['steps_per_epoch']} per epoch, {plan['steps']} to run on {plan['device']}\n"
         f"memory    ~{mib(mem['total'])} per batch: weights {mib(mem['weights'])}, gradients {mib(mem['gradients'])}, "
         f"optimizer {mib(mem['optimizer'])}, EMA {mib(mem['ema'])}, activations {mib(mem['activations'])} "
-        f"({mib(mem['activations_per_image'])} per image, measured in float32 on the CPU)", markup=False, soft_wrap=True)
+        f"({mib(mem['activations_per_image'])} per image, measured in float32 on the CPU)",
+        markup=False,
+        soft_wrap=True,
+    )

@@ -1,4 +1,5 @@
 """`boneseg tta`: score test-time augmentation policies on validation images, tune thresholds."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,20 @@ import typer
 
 from boneseg.cli.app import app
 from boneseg.cli.options import parse_floats
-from boneseg.cli.predict_cmd import (AMP, BATCH, DEVICE, META, MODELS, OVERLAP, SCALES, SIZE, WEIGHTS, WINDOW,
-                                     WORKERS, WRIST_MODEL)
+from boneseg.cli.predict_cmd import (
+    AMP,
+    BATCH,
+    DEVICE,
+    META,
+    MODELS,
+    OVERLAP,
+    SCALES,
+    SIZE,
+    WEIGHTS,
+    WINDOW,
+    WORKERS,
+    WRIST_MODEL,
+)
 
 
 @app.command("tta")
@@ -16,18 +29,27 @@ def tta_command(
     data: Path = typer.Argument(..., metavar="DATA", help="Dataset root with labelled train images."),
     models: list[Path] = MODELS,
     fold: int = typer.Option(None, "--fold", help="Validation fold (default: the checkpoint's)."),
-    splits: Path = typer.Option(None, "--splits", metavar="SPLITS.json", help="Splits JSON from boneseg split (default: the checkpoint's)."),
-    policies: str = typer.Option(None, "--policies", help="Comma-separated, e.g. none,hflip,scale,hflip+scale,"
-                                                          "sliding:none (default: all four, plus sliding ones "
-                                                          "with --sliding)."),
+    splits: Path = typer.Option(
+        None, "--splits", metavar="SPLITS.json", help="Splits JSON from boneseg split (default: the checkpoint's)."
+    ),
+    policies: str = typer.Option(
+        None,
+        "--policies",
+        help="Comma-separated, e.g. none,hflip,scale,hflip+scale,"
+        "sliding:none (default: all four, plus sliding ones "
+        "with --sliding).",
+    ),
     sliding: bool = typer.Option(False, "--sliding", help="Also score the sliding-window versions."),
     scales: str = SCALES,
     window: int = WINDOW,
     overlap: float = OVERLAP,
     size: int = SIZE,
-    thresholds_out: Path = typer.Option(None, "--thresholds-out", metavar="FILE.json", help="Write the per-class thresholds that "
-                                                                       "maximise validation Dice (for predict "
-                                                                       "--threshold)."),
+    thresholds_out: Path = typer.Option(
+        None,
+        "--thresholds-out",
+        metavar="FILE.json",
+        help="Write the per-class thresholds that maximise validation Dice (for predict --threshold).",
+    ),
     search: str = typer.Option("0.3,0.7", "--search", help="Threshold search range low,high."),
     wrist_model: Path = WRIST_MODEL,
     meta: Path = META,
@@ -45,29 +67,55 @@ def tta_command(
     from boneseg.cli.output import console, escape, print_json, reporter, table
     from boneseg.errors import UsageError
     from boneseg.workflows.validation import evaluate_policies
+
     rng = parse_floats(search, "--search")
     if rng is None or len(rng) != 2:
         raise UsageError(f"--search must be low,high, got {search!r}")
     with reporter() as shown:
         report = evaluate_policies(
-            data, models, policies=[p for p in (policies or "").split(",") if p.strip()] or None, fold=fold,
-            splits=splits, scales=scales, sliding=sliding, search=(rng[0], rng[1]), workers=workers, reporter=shown,
-            weights=parse_floats(weights, "--weights"), device=device, size=size, window=window, overlap=overlap,
-            batch_size=batch_size, amp=amp, wrist_model=wrist_model, meta=meta, thresholds_out=thresholds_out,
-            force=force)
+            data,
+            models,
+            policies=[p for p in (policies or "").split(",") if p.strip()] or None,
+            fold=fold,
+            splits=splits,
+            scales=scales,
+            sliding=sliding,
+            search=(rng[0], rng[1]),
+            workers=workers,
+            reporter=shown,
+            weights=parse_floats(weights, "--weights"),
+            device=device,
+            size=size,
+            window=window,
+            overlap=overlap,
+            batch_size=batch_size,
+            amp=amp,
+            wrist_model=wrist_model,
+            meta=meta,
+            thresholds_out=thresholds_out,
+            force=force,
+        )
     if as_json:
         print_json(report.to_json())
         return
-    rows = [(name, r["mean_dice"], *r["group_dice"].values(), r["views"], f"{r['seconds_per_image']:.3f}")
-            for name, r in report.policies.items()]
+    rows = [
+        (name, r["mean_dice"], *r["group_dice"].values(), r["views"], f"{r['seconds_per_image']:.3f}")
+        for name, r in report.policies.items()
+    ]
     first = next(iter(report.policies.values()))
     where = f"fold {report.fold}" if report.fold is not None else "train images"
-    console.print(table(f"TTA policies on {report.images} image(s) ({where}), Dice at 0.5",
-                        ["policy", "mean Dice", *first["group_dice"], "views", "s/img"], rows))
+    console.print(
+        table(
+            f"TTA policies on {report.images} image(s) ({where}), Dice at 0.5",
+            ["policy", "mean Dice", *first["group_dice"], "views", "s/img"],
+            rows,
+        )
+    )
     for note in report.notes:
         console.print(f"[yellow]note: {escape(note)}[/]")
     console.print(f"best: [bold]{report.best}[/] (mean Dice {report.policies[report.best]['mean_dice']:.4f})")
     if report.thresholds is not None:
-        console.print(f"per-class thresholds on {report.best}: mean Dice {report.tuned_mean_dice:.4f} "
-                      "(tuned on these images: optimistic)"
-                      + (f" -> {escape(str(thresholds_out))}" if thresholds_out else ""))
+        console.print(
+            f"per-class thresholds on {report.best}: mean Dice {report.tuned_mean_dice:.4f} "
+            "(tuned on these images: optimistic)" + (f" -> {escape(str(thresholds_out))}" if thresholds_out else "")
+        )

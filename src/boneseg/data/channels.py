@@ -16,6 +16,7 @@ data-loader workers) and by inference (through `boneseg.data.transforms.normaliz
 channels from the gray image when it is handed a 1-channel batch). CLAHE and the edge filters run on
 uint8 images on the CPU with OpenCV, so training and prediction see bit-identical channels.
 """
+
 from __future__ import annotations
 
 import cv2

@@ -5,6 +5,7 @@ Randomness is a pure function of (seed, epoch, sample index): the sampler orders
 anywhere and resumed therefore sees exactly the batches an uninterrupted run would, with any number of
 data-loader workers.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,7 +51,7 @@ def worker_message(exc: BaseException) -> str | None:
     for name in (f"{kind.__module__}.{kind.__qualname__}", kind.__qualname__):
         at = text.rfind(f"\n{name}: ")
         if at >= 0:
-            return text[at + len(name) + 3:].rstrip("\n")
+            return text[at + len(name) + 3 :].rstrip("\n")
     return None
 
 
@@ -85,8 +86,16 @@ class SegDataset(Dataset):
             NaN unknown, from the augmented masks); None for none. Patients without a row get zeros.
     """
 
-    def __init__(self, items: Sequence[Item], size: int | None, transform=None, unify_side: str | None = None,
-                 channels: str = "gray", distance: int | None = None, meta: dict | None = None):
+    def __init__(
+        self,
+        items: Sequence[Item],
+        size: int | None,
+        transform=None,
+        unify_side: str | None = None,
+        channels: str = "gray",
+        distance: int | None = None,
+        meta: dict | None = None,
+    ):
         from boneseg.data.channels import is_derived
 
         self.items, self.size, self.transform, self.unify_side = list(items), size, transform, unify_side
@@ -101,18 +110,22 @@ class SegDataset(Dataset):
         item = self.items[index]
         cached = item.cache.get(item.sample, self.size)
         image, masks = cached.image, cached.masks
-        dist = item.cache.distance(item.sample, self.size, self.distance) if (
-            self.distance and masks is not None) else None
+        dist = (
+            item.cache.distance(item.sample, self.size, self.distance)
+            if (self.distance and masks is not None)
+            else None
+        )
         if self.unify_side and cached.side in ("L", "R") and cached.side != self.unify_side:
             image, masks = image[:, ::-1], (masks[:, :, ::-1] if masks is not None else None)
             dist = dist[:, :, ::-1] if dist is not None else None
         if dist is not None:  # warped with the masks (nearest), split off again after
             masks = np.concatenate([np.asarray(masks).view(np.uint8), dist])
-        image, masks = augment(self.transform, np.ascontiguousarray(image),
-                               None if masks is None else np.ascontiguousarray(masks), seed)
+        image, masks = augment(
+            self.transform, np.ascontiguousarray(image), None if masks is None else np.ascontiguousarray(masks), seed
+        )
         if dist is not None:
             assert masks is not None  # dist comes only with masks
-            masks, dist = masks[:len(masks) // 2], masks[len(masks) // 2:]
+            masks, dist = masks[: len(masks) // 2], masks[len(masks) // 2 :]
         image = np.ascontiguousarray(image)
         if self.channels:
             from boneseg.data.channels import make_channels
@@ -149,8 +162,16 @@ class EpochBatchSampler(Sampler):
         rank, world_size: this process's share.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
         self.epoch, self.start = 0, 0
@@ -168,7 +189,7 @@ class EpochBatchSampler(Sampler):
         if self.world_size > 1:
             if self.shuffle and self.n % self.world_size:
                 order += order[: self.world_size - self.n % self.world_size]
-            order = order[self.rank::self.world_size]
+            order = order[self.rank :: self.world_size]
         return order
 
     def batches_per_epoch(self) -> int:
@@ -182,12 +203,18 @@ class EpochBatchSampler(Sampler):
     def __iter__(self):
         order = self._indices()
         for b in range(self.start, self.batches_per_epoch()):
-            chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
+            chunk = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield [(i, item_seed(self.seed, self.epoch, i)) for i in chunk]
 
 
-def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, reporter: Reporter = SILENT,
-                  description: str = "caching masks", skip_bad: bool = False) -> list[tuple[Item, str]]:
+def prepare_cache(
+    items: Sequence[Item],
+    size: int | None,
+    workers: int = 0,
+    reporter: Reporter = SILENT,
+    description: str = "caching masks",
+    skip_bad: bool = False,
+) -> list[tuple[Item, str]]:
     """Build every missing or stale cache entry once (threads; OpenCV and zlib release the GIL).
 
     Every item is checked before training starts. A bad one (unreadable image, broken label) raises a
@@ -211,16 +238,18 @@ def prepare_cache(items: Sequence[Item], size: int | None, workers: int = 0, rep
                 bad.append((it, problem))
             task.advance()
     if bad and not skip_bad:
-        more = f" (and {len(bad) - 1} more bad sample(s); --skip-bad leaves them out)" if len(bad) > 1 else \
-            " (--skip-bad leaves it out)"
+        more = (
+            f" (and {len(bad) - 1} more bad sample(s); --skip-bad leaves them out)"
+            if len(bad) > 1
+            else " (--skip-bad leaves it out)"
+        )
         raise DataError(bad[0][1] + more)
     return bad
 
 
 def collate(batch: list[dict]) -> dict:
     """Stack a list of dataset items (images and masks stay uint8)."""
-    out = {"image": torch.stack([b["image"] for b in batch]),
-           "index": torch.tensor([b["index"] for b in batch])}
+    out = {"image": torch.stack([b["image"] for b in batch]), "index": torch.tensor([b["index"] for b in batch])}
     for key in ("mask", "dist", "meta", "side"):
         if all(key in b for b in batch):
             out[key] = torch.stack([b[key] for b in batch])

@@ -4,6 +4,7 @@ A list is a CSV with an ``image_name`` column (``boneseg audit``'s ``suspects.cs
 submission) or a text file with one image per line (``#`` starts a comment); an image is named by its base
 name (``image1661130828152.png``) or its path under ``train/DCM`` (``ID001/image1661130828152.png``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,11 @@ def read_list(path: str | os.PathLike) -> set[str]:
         raise DataError(f"--exclude {path}: cannot read ({exc})") from None
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if lines and "image_name" in [f.strip() for f in next(csv.reader([lines[0]]))]:
-        return {row["image_name"].strip() for row in csv.DictReader(io.StringIO("\n".join(lines)))
-                if (row.get("image_name") or "").strip()}
+        return {
+            row["image_name"].strip()
+            for row in csv.DictReader(io.StringIO("\n".join(lines)))
+            if (row.get("image_name") or "").strip()
+        }
     return set(lines)
 
 
@@ -44,6 +48,5 @@ def exclude(samples: Sequence[Sample], path: str | os.PathLike | None) -> list[S
     known = {s.image_name for s in samples} | {s.name for s in samples}
     unknown = sorted(names - known)
     if unknown:
-        raise DataError(f"--exclude {path}: {len(unknown)} listed image(s) not in the dataset, "
-                        f"e.g. {unknown[0]!r}")
+        raise DataError(f"--exclude {path}: {len(unknown)} listed image(s) not in the dataset, e.g. {unknown[0]!r}")
     return [s for s in samples if s.image_name not in names and s.name not in names]

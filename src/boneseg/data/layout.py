@@ -7,6 +7,7 @@
     DATA/test/DCM/ID040/image1661319116107.png
     DATA/meta_data.xlsx
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,11 @@ class Sample:
 
 
 def _relative_images(folder: Path) -> list[str]:
-    return sorted(_utf8_name(p.relative_to(folder), folder) for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(
+        _utf8_name(p.relative_to(folder), folder)
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
 
 
 def _utf8_name(name: Path, folder: Path | None = None) -> str:
@@ -65,13 +69,15 @@ def _utf8_name(name: Path, folder: Path | None = None) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:
         shown = (folder / text if folder else Path(text)).as_posix().encode("utf-8", "backslashreplace").decode()
-        raise DataError(f"{shown}: file name is not valid UTF-8 (submissions and labels are UTF-8): rename it") \
-            from None
+        raise DataError(
+            f"{shown}: file name is not valid UTF-8 (submissions and labels are UTF-8): rename it"
+        ) from None
     return text
 
 
-def discover(root: str | os.PathLike, split: str = "train", labels: bool | None = None,
-             skip_bad: bool = False) -> list[Sample]:
+def discover(
+    root: str | os.PathLike, split: str = "train", labels: bool | None = None, skip_bad: bool = False
+) -> list[Sample]:
     """Samples of ``root/<split>`` in sorted relative-path order.
 
     With labels (default for ``train``), every image needs ``outputs_json/<same stem>.json`` and every
@@ -92,8 +98,9 @@ def discover(root: str | os.PathLike, split: str = "train", labels: bool | None 
     labels_dir = root / split / LABEL_DIR
     if not labels_dir.is_dir():
         raise DataError(f"{root}: no {split}/{LABEL_DIR} folder with the labels")
-    label_names = {p.relative_to(labels_dir).with_suffix("").as_posix()
-                   for p in labels_dir.rglob("*.json") if p.is_file()}
+    label_names = {
+        p.relative_to(labels_dir).with_suffix("").as_posix() for p in labels_dir.rglob("*.json") if p.is_file()
+    }
     image_stems = {str(Path(n).with_suffix("").as_posix()) for n in names}
     no_label = [n for n in names if str(Path(n).with_suffix("").as_posix()) not in label_names]
     no_image = sorted(label_names - image_stems)
@@ -105,8 +112,7 @@ def discover(root: str | os.PathLike, split: str = "train", labels: bool | None 
             parts.append(f"{len(no_image)} label(s) without an image, e.g. {split}/{LABEL_DIR}/{no_image[0]}.json")
         raise DataError(f"{root}: " + "; ".join(parts) + " (use --skip-bad to leave them out)")
     skip = set(no_label)
-    return [Sample(n, images_dir / n, labels_dir / Path(n).with_suffix(".json"))
-            for n in names if n not in skip]
+    return [Sample(n, images_dir / n, labels_dir / Path(n).with_suffix(".json")) for n in names if n not in skip]
 
 
 def find_images(path: str | os.PathLike) -> list[Sample]:
@@ -135,8 +141,10 @@ def by_image_name(samples: Sequence[Sample], where: str | os.PathLike | None = N
     out: dict[str, Sample] = {}
     for s in samples:
         if s.image_name in out:
-            raise DataError(f"{str(where) + ': ' if where is not None else ''}two images named {s.image_name} "
-                            f"({out[s.image_name].name}, {s.name}); submission rows are keyed by base name")
+            raise DataError(
+                f"{str(where) + ': ' if where is not None else ''}two images named {s.image_name} "
+                f"({out[s.image_name].name}, {s.name}); submission rows are keyed by base name"
+            )
         out[s.image_name] = s
     return out
 
@@ -159,8 +167,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: unreadable or corrupt image")
     if image.ndim == 3:
         channels = image.shape[2]
-        image = image[:, :, 0] if channels == 1 else cv2.cvtColor(
-            image, cv2.COLOR_BGRA2GRAY if channels == 4 else cv2.COLOR_BGR2GRAY)
+        image = (
+            image[:, :, 0]
+            if channels == 1
+            else cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if channels == 4 else cv2.COLOR_BGR2GRAY)
+        )
     if image.dtype == np.uint16:
         lo, hi = int(image.min()), int(image.max())
         scaled = (image.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1))
@@ -253,17 +264,23 @@ def read_meta(root: str | os.PathLike, path: str | os.PathLike | None = None):
     out = pd.DataFrame({"patient": [f"ID{int(i):03d}" for i in ids[keep]]})
     for name in ("age", "weight", "height"):
         col = raw.loc[keep, found[name]] if name in found else None
-        out[name] = (pd.to_numeric(col.astype(str).str.extract(r"(-?\d+(?:\.\d+)?)")[0], errors="coerce").values
-                     if col is not None else np.nan)
+        out[name] = (
+            pd.to_numeric(col.astype(str).str.extract(r"(-?\d+(?:\.\d+)?)")[0], errors="coerce").values
+            if col is not None
+            else np.nan
+        )
     if "sex" in found:
         sex = raw.loc[keep, found["sex"]].astype(str).str.replace(r"_x[0-9a-fA-F]{4}_", "", regex=True).str.strip()
-        out["sex"] = sex.map(lambda s: "M" if s[:1] in ("남", "M", "m") else "F" if s[:1] in ("여", "F", "f") else None).values
+        out["sex"] = sex.map(
+            lambda s: "M" if s[:1] in ("남", "M", "m") else "F" if s[:1] in ("여", "F", "f") else None
+        ).values
     else:
         out["sex"] = None
     return out.drop_duplicates("patient").set_index("patient")
 
 
 # -- hand side ------------------------------------------------------------------------------------
+
 
 def _side(thumb: float | None, little: float | None) -> str | None:
     """The hand-side rule on the thumb's and the little finger's x centres (None: unknown)."""
@@ -275,6 +292,7 @@ def _side(thumb: float | None, little: float | None) -> str | None:
 def side_from_polygons(polygons: dict[str, np.ndarray]) -> str | None:
     """``"R"`` when the thumb (finger-1..3) lies left of the little finger (finger-16..19) in the image,
     ``"L"`` when right of it, None when the labels do not tell."""
+
     def mean_x(names):
         xs = [polygons[n][:, 0].mean() for n in names if n in polygons and len(polygons[n])]
         return float(np.mean(xs)) if xs else None

@@ -5,6 +5,7 @@ box and bit-packed (a few hundred KB per 2048² sample instead of re-reading a P
 filling 29 polygons every epoch). Entries are rebuilt when the image or label file changes and are
 written atomically, so data-loader workers and DDP ranks can share one cache folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -111,13 +112,24 @@ def load_label(path: str | os.PathLike, shape: tuple[int, int] | None = None, st
 
 def _json_type(value: object) -> str:
     """How a JSON value's type reads in a message (``a list``, ``null``, …)."""
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-             float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
-_SIZE_KEYS = (("metadata", "height", "width"), (None, "imageHeight", "imageWidth"), (None, "height", "width"),
-              ("image", "height", "width"))
+_SIZE_KEYS = (
+    ("metadata", "height", "width"),
+    (None, "imageHeight", "imageWidth"),
+    (None, "height", "width"),
+    ("image", "height", "width"),
+)
 """Where label files state their image's size: ``metadata`` (competition, synth, pseudo), LabelMe's
 ``imageHeight``/``imageWidth``, top-level or ``image`` ``height``/``width``."""
 
@@ -134,8 +146,9 @@ def _declared_size(doc: dict) -> tuple[int, int] | None:
     return None
 
 
-def rasterize(polygons: dict[str, np.ndarray], shape: tuple[int, int],
-              scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+def rasterize(
+    polygons: dict[str, np.ndarray], shape: tuple[int, int], scale: tuple[float, float] = (1.0, 1.0)
+) -> np.ndarray:
     """Fill each class polygon into its own channel: (29, H, W) bool, overlaps kept.
 
     `scale` = (sx, sy) maps label coordinates to `shape` (e.g. 2048 -> 512 labels at 0.25), with
@@ -152,6 +165,7 @@ def rasterize(polygons: dict[str, np.ndarray], shape: tuple[int, int],
 
 
 # -- cache ----------------------------------------------------------------------------------------
+
 
 def default_cache_dir(root: str | os.PathLike) -> Path:
     """``DATA/.boneseg-cache`` when DATA is writable, else ``~/.cache/boneseg/<hash of DATA>``."""
@@ -199,7 +213,7 @@ def unpack_masks(boxes: np.ndarray, bits: np.ndarray, shape: tuple[int, int]) ->
         if n == 0:
             continue
         nbytes = (n + 7) // 8
-        crop = np.unpackbits(bits[offset:offset + nbytes], count=n).reshape(y1 - y0, x1 - x0)
+        crop = np.unpackbits(bits[offset : offset + nbytes], count=n).reshape(y1 - y0, x1 - x0)
         out[c, y0:y1, x0:x1] = crop.view(np.bool_)
         offset += nbytes
     return out
@@ -209,9 +223,9 @@ def unpack_masks(boxes: np.ndarray, bits: np.ndarray, shape: tuple[int, int]) ->
 class CachedSample:
     """What the cache holds for one sample at one size."""
 
-    image: np.ndarray          # (H, W) uint8
-    masks: np.ndarray | None   # (29, H, W) bool, None for unlabelled samples
-    side: str                  # "L", "R" or "unknown"
+    image: np.ndarray  # (H, W) uint8
+    masks: np.ndarray | None  # (29, H, W) bool, None for unlabelled samples
+    side: str  # "L", "R" or "unknown"
     original_shape: tuple[int, int]
 
 
@@ -228,17 +242,33 @@ class MaskCache:
     def get(self, sample: Sample, size: int | None = None) -> CachedSample:
         """The sample resized to `size`² (None: original size), from the cache or built and stored."""
         entry, fp = self._entry(sample, size), _fingerprint(sample, size)
-        cached = _load_entry(entry, fp, lambda z: CachedSample(
-            z["image"], unpack_masks(z["boxes"], z["bits"], z["image"].shape) if z["labelled"] else None,
-            str(z["side"]), tuple(z["original_shape"].tolist())))
+        cached = _load_entry(
+            entry,
+            fp,
+            lambda z: CachedSample(
+                z["image"],
+                unpack_masks(z["boxes"], z["bits"], z["image"].shape) if z["labelled"] else None,
+                str(z["side"]),
+                tuple(z["original_shape"].tolist()),
+            ),
+        )
         if cached is not None:
             return cached
         item = self._build(sample, size)
-        boxes, bits = pack_masks(item.masks) if item.masks is not None else (np.zeros((0, 4), np.int32),
-                                                                             np.zeros(0, np.uint8))
-        self._store(entry, fp, np.savez, image=item.image, boxes=boxes, bits=bits,
-                    labelled=np.array(item.masks is not None), side=np.array(item.side),
-                    original_shape=np.array(item.original_shape))
+        boxes, bits = (
+            pack_masks(item.masks) if item.masks is not None else (np.zeros((0, 4), np.int32), np.zeros(0, np.uint8))
+        )
+        self._store(
+            entry,
+            fp,
+            np.savez,
+            image=item.image,
+            boxes=boxes,
+            bits=bits,
+            labelled=np.array(item.masks is not None),
+            side=np.array(item.side),
+            original_shape=np.array(item.original_shape),
+        )
         return item
 
     def _build(self, sample: Sample, size: int | None) -> CachedSample:
@@ -255,7 +285,7 @@ class MaskCache:
         """The signed, clipped distance maps of the sample's masks at `size` (see `distance_maps`),
         computed once and stored next to the mask entry."""
         entry = self._entry(sample, size)
-        entry = entry.with_name(entry.name[:-len(".npz")] + f".dist{clip}.npz")
+        entry = entry.with_name(entry.name[: -len(".npz")] + f".dist{clip}.npz")
         fp = _fingerprint(sample, size) + f"|{type(self).__name__}"
         dist = _load_entry(entry, fp, lambda z: z["dist"])
         if dist is not None:

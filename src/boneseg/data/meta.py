@@ -1,5 +1,6 @@
 """Patient metadata as model input (`meta_vector`) and the hand-side target: data for the optional heads of
 `boneseg.modelling.heads`."""
+
 from __future__ import annotations
 
 import math

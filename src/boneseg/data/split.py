@@ -7,6 +7,7 @@ The JSON form::
     {"folds": 5, "group_by": "patient", "seed": 0, "stratify": null,
      "assignments": {"ID001/image1661130828152_R.png": 3, ...}}     # keys relative to train/DCM
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,12 @@ def check_split_options(folds: int, stratify: object = None) -> None:
         raise UsageError(f"--stratify {stratify!r}: unknown key{suggest(str(stratify), STRATIFY)}")
 
 
-def make_splits(samples: Sequence[Sample], folds: int = 5, seed: int = 0,
-                stratify: str | Callable[[Sample], str] | Mapping[str, str] | None = None) -> dict:
+def make_splits(
+    samples: Sequence[Sample],
+    folds: int = 5,
+    seed: int = 0,
+    stratify: str | Callable[[Sample], str] | Mapping[str, str] | None = None,
+) -> dict:
     """Assign every image to one of `folds` patient-grouped folds.
 
     Args:
@@ -84,7 +89,9 @@ def make_splits(samples: Sequence[Sample], folds: int = 5, seed: int = 0,
         raise UsageError("no images to split")
     patients = sorted({s.patient for s in samples})
     if folds > len(patients):
-        raise UsageError(f"--folds {folds}: only {len(patients)} patient(s) to split; use --folds {len(patients)} or fewer")
+        raise UsageError(
+            f"--folds {folds}: only {len(patients)} patient(s) to split; use --folds {len(patients)} or fewer"
+        )
     label = stratify if stratify is not None else "none"
     if isinstance(stratify, str) or stratify is None:
         fn = STRATIFY[str(label)]
@@ -108,9 +115,13 @@ def make_splits(samples: Sequence[Sample], folds: int = 5, seed: int = 0,
     fold_of = np.empty(len(samples), int)
     for k, (_, val) in enumerate(parts):
         fold_of[val] = k
-    return {"folds": folds, "group_by": "patient", "seed": seed,
-            "stratify": None if label == "none" else label,
-            "assignments": {s.name: int(f) for s, f in zip(samples, fold_of)}}
+    return {
+        "folds": folds,
+        "group_by": "patient",
+        "seed": seed,
+        "stratify": None if label == "none" else label,
+        "assignments": {s.name: int(f) for s, f in zip(samples, fold_of)},
+    }
 
 
 def validate_splits(splits: object, source: str = "splits") -> dict:
@@ -147,12 +158,15 @@ def load_splits(path: str | os.PathLike, samples: Sequence[Sample] | None = None
         names = {s.name for s in samples}
         unknown = sorted(set(splits["assignments"]) - names)
         if unknown:
-            raise DataError(f"{path}: splits file from another dataset ({len(unknown)} image(s) not in it, "
-                            f"e.g. {unknown[0]})")
+            raise DataError(
+                f"{path}: splits file from another dataset ({len(unknown)} image(s) not in it, e.g. {unknown[0]})"
+            )
         missing = sorted(names - set(splits["assignments"]))
         if missing:
-            raise DataError(f"{path}: {len(missing)} image(s) of the dataset have no fold, e.g. {missing[0]} "
-                            "(splits file from another version of the dataset? run boneseg split again)")
+            raise DataError(
+                f"{path}: {len(missing)} image(s) of the dataset have no fold, e.g. {missing[0]} "
+                "(splits file from another version of the dataset? run boneseg split again)"
+            )
     return splits
 
 
@@ -175,8 +189,9 @@ def fold_samples(samples: Sequence[Sample], splits: Mapping, fold: int) -> tuple
     return train, val
 
 
-def run_fold(samples: Sequence[Sample], splits: str | os.PathLike | None, folds: int, seed: int,
-             fold: int) -> tuple[list[Sample], list[Sample]]:
+def run_fold(
+    samples: Sequence[Sample], splits: str | os.PathLike | None, folds: int, seed: int, fold: int
+) -> tuple[list[Sample], list[Sample]]:
     """(train, val) samples of a training run's `fold`: from its splits file, else from `folds`
     patient-grouped folds (at most one per patient) made with `seed`, as ``boneseg train`` makes them."""
     if splits:

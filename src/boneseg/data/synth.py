@@ -18,6 +18,7 @@ passed through a film response, with heel-effect shading, blur, quantum noise an
 distractors (a finger ring, a ruler, corner text). Every length is in reference pixels and scaled by
 ``size / 2048``, so any ``size`` gives the same picture at another resolution.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -54,11 +55,25 @@ DIGIT_JOINTS: dict[str, tuple[tuple[float, float], ...]] = {
 """Joint positions of each digit, proximal (metacarpal base) to distal (tip)."""
 
 BONE_WIDTH: dict[str, float] = {
-    "finger-1": 65.0, "finger-2": 87.0, "finger-3": 91.0,
-    "finger-4": 53.0, "finger-5": 73.0, "finger-6": 83.0, "finger-7": 75.0,
-    "finger-8": 57.0, "finger-9": 77.0, "finger-10": 83.0, "finger-11": 72.0,
-    "finger-12": 54.0, "finger-13": 72.0, "finger-14": 75.0, "finger-15": 60.0,
-    "finger-16": 44.0, "finger-17": 63.0, "finger-18": 66.0, "finger-19": 67.0,
+    "finger-1": 65.0,
+    "finger-2": 87.0,
+    "finger-3": 91.0,
+    "finger-4": 53.0,
+    "finger-5": 73.0,
+    "finger-6": 83.0,
+    "finger-7": 75.0,
+    "finger-8": 57.0,
+    "finger-9": 77.0,
+    "finger-10": 83.0,
+    "finger-11": 72.0,
+    "finger-12": 54.0,
+    "finger-13": 72.0,
+    "finger-14": 75.0,
+    "finger-15": 60.0,
+    "finger-16": 44.0,
+    "finger-17": 63.0,
+    "finger-18": 66.0,
+    "finger-19": 67.0,
 }
 """Mean width of each long bone of the digits (area / length), reference pixels."""
 
@@ -177,8 +192,7 @@ def _normalised_profile(kind: str) -> tuple[np.ndarray, np.ndarray]:
 _PROFILE_CACHE = {kind: _normalised_profile(kind) for kind in PROFILES}
 
 
-def long_bone(p0: np.ndarray, p1: np.ndarray, width: float, kind: str, bow: float = 0.0,
-              n: int = 36) -> np.ndarray:
+def long_bone(p0: np.ndarray, p1: np.ndarray, width: float, kind: str, bow: float = 0.0, n: int = 36) -> np.ndarray:
     """Outline (2n, 2) of a long bone from base `p0` to head `p1` with mean width `width`."""
     axis = p1 - p0
     length = float(np.hypot(*axis))
@@ -249,7 +263,9 @@ def _digit(name: str, pose: Pose, rng: np.random.Generator) -> tuple[dict[str, n
     vec = np.diff(joints, axis=0)
     length = np.hypot(vec[:, 0], vec[:, 1]) * rng.normal(1.0, 0.025, len(vec))
     angle = np.arctan2(vec[:, 0], -vec[:, 1]) + np.radians(rng.normal(0.0, 1.5, len(vec)))
-    angle[0] += np.radians(rng.normal(0.0, 1.0) + (0.5 * SPREAD_DIRECTION[name] * pose.spread if name == "thumb" else 0))
+    angle[0] += np.radians(
+        rng.normal(0.0, 1.0) + (0.5 * SPREAD_DIRECTION[name] * pose.spread if name == "thumb" else 0)
+    )
     angle[1:] += np.radians(SPREAD_DIRECTION[name] * pose.spread)
     flex = np.radians(np.cumsum(rng.uniform(0.0, 45.0, len(vec) - 1) * pose.flexion))
     length[1:] *= np.cos(np.minimum(flex, np.radians(70)))
@@ -283,9 +299,19 @@ def build_hand(pose: Pose, rng: np.random.Generator) -> HandModel:
     for name in FOREARM:
         bones[name] = forearm_bone(name, rng)
     thumb = digits["thumb"]
-    palm = np.vstack([thumb[0] + 0.45 * (thumb[1] - thumb[0]), digits["index"][1] + (-20, 10), digits["middle"][1],
-                      digits["ring"][1], digits["little"][1] + (25, 10), digits["little"][0] + (70, 40),
-                      (1245, 1650), (785, 1650), (770, 1500)])
+    palm = np.vstack(
+        [
+            thumb[0] + 0.45 * (thumb[1] - thumb[0]),
+            digits["index"][1] + (-20, 10),
+            digits["middle"][1],
+            digits["ring"][1],
+            digits["little"][1] + (25, 10),
+            digits["little"][0] + (70, 40),
+            (1245, 1650),
+            (785, 1650),
+            (770, 1500),
+        ]
+    )
     forearm = np.array([[790, 1480], [1240, 1480], [1330, 2048 + 900], [710, 2048 + 900]], float)
     ordered = {c: bones[c] for c in CLASSES}
     return HandModel(ordered, digits, widths, palm, forearm)
@@ -372,8 +398,13 @@ def _soft_tissue(hand: HandModel, size: int) -> np.ndarray:
     mask = np.zeros((small, small), np.uint8)
     shift = 4
     scale = f * (1 << shift)
-    cv2.fillPoly(mask, [np.rint(cv2.convexHull(hand.palm.astype(np.float32))[:, 0] * scale).astype(np.int32)],
-                 255, cv2.LINE_AA, shift)
+    cv2.fillPoly(
+        mask,
+        [np.rint(cv2.convexHull(hand.palm.astype(np.float32))[:, 0] * scale).astype(np.int32)],
+        255,
+        cv2.LINE_AA,
+        shift,
+    )
     cv2.fillPoly(mask, [np.rint(hand.forearm * scale).astype(np.int32)], 255, cv2.LINE_AA, shift)
     for name, chain in hand.digits.items():
         w = hand.digit_width[name] * f * (1.25 if name == "thumb" else 1.0)
@@ -387,8 +418,9 @@ def _soft_tissue(hand: HandModel, size: int) -> np.ndarray:
     return cv2.resize(thick, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
-def _bone_layer(polygons: dict[str, np.ndarray], size: int, k: float, texture: np.ndarray,
-                density: float) -> np.ndarray:
+def _bone_layer(
+    polygons: dict[str, np.ndarray], size: int, k: float, texture: np.ndarray, density: float
+) -> np.ndarray:
     """Projected bone density: each bone a tube with a dense cortex and a lighter medulla, summed."""
     out = np.zeros((size, size), np.float32)
     for name, poly in polygons.items():
@@ -400,9 +432,9 @@ def _bone_layer(polygons: dict[str, np.ndarray], size: int, k: float, texture: n
         radius = max(float(d.max()) * 0.85, 1.0)
         inner = radius * (0.7 if name not in ("Radius", "Ulna") else 0.76)
         x = np.maximum(radius - d, 0.0)
-        outer_path = np.sqrt(np.maximum(radius ** 2 - x ** 2, 0.0))
-        inner_path = np.sqrt(np.maximum(inner ** 2 - x ** 2, 0.0))
-        dens = (1.0 * (outer_path - inner_path) + 0.3 * inner_path) / radius ** 0.6 / (REF / size) ** 0.4
+        outer_path = np.sqrt(np.maximum(radius**2 - x**2, 0.0))
+        inner_path = np.sqrt(np.maximum(inner**2 - x**2, 0.0))
+        dens = (1.0 * (outer_path - inner_path) + 0.3 * inner_path) / radius**0.6 / (REF / size) ** 0.4
         dens *= (d > 0) * (1.0 + 0.07 * texture[y0:y1, x0:x1])
         out[y0:y1, x0:x1] += dens.astype(np.float32)
     return out * (k * density)
@@ -438,8 +470,9 @@ def _distractors(rng: np.random.Generator, hand: HandModel, size: int) -> np.nda
     return layer
 
 
-def render(hand: HandModel, polygons: dict[str, np.ndarray], pose: Pose, size: int,
-           rng: np.random.Generator) -> np.ndarray:
+def render(
+    hand: HandModel, polygons: dict[str, np.ndarray], pose: Pose, size: int, rng: np.random.Generator
+) -> np.ndarray:
     """The 8-bit radiograph of a placed hand whose integer bone outlines are `polygons`."""
     s = size / REF
     texture = _smooth_noise(rng, size, 2.5 * s, step=2)
@@ -457,9 +490,13 @@ def render(hand: HandModel, polygons: dict[str, np.ndarray], pose: Pose, size: i
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
-def render_hand(rng: np.random.Generator, size: int = 2048, side: str | None = None,
-                patient: Patient | None = None, pose: Pose | None = None
-                ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+def render_hand(
+    rng: np.random.Generator,
+    size: int = 2048,
+    side: str | None = None,
+    patient: Patient | None = None,
+    pose: Pose | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """One synthetic radiograph.
 
     Args:
@@ -513,12 +550,23 @@ def split_ids(patients: int, test_patients: int) -> tuple[list[int], list[int]]:
 def label_json(polygons: dict[str, np.ndarray], filename: str, size: int, rng: np.random.Generator) -> dict:
     """The competition's label document for one image."""
     annotations = [
-        {"id": str(uuid.UUID(bytes=rng.bytes(16), version=4)), "type": "poly_seg", "attributes": {},
-         "points": polygons[name].tolist(), "label": name}
-        for name in CLASSES if name in polygons
+        {
+            "id": str(uuid.UUID(bytes=rng.bytes(16), version=4)),
+            "type": "poly_seg",
+            "attributes": {},
+            "points": polygons[name].tolist(),
+            "label": name,
+        }
+        for name in CLASSES
+        if name in polygons
     ]
-    return {"annotations": annotations, "attributes": {}, "file_id": str(uuid.UUID(bytes=rng.bytes(16), version=4)),
-            "filename": filename, "metadata": {"height": size, "width": size}}
+    return {
+        "annotations": annotations,
+        "attributes": {},
+        "file_id": str(uuid.UUID(bytes=rng.bytes(16), version=4)),
+        "filename": filename,
+        "metadata": {"height": size, "width": size},
+    }
 
 
 LABEL_ERRORS = ("shift", "scale", "swap", "delete", "blob")
@@ -537,8 +585,9 @@ def _inside(poly: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(poly), 0, size - 1).astype(np.int32)
 
 
-def inject_error(polygons: dict[str, np.ndarray], kind: str, rng: np.random.Generator,
-                 size: int) -> tuple[dict[str, np.ndarray], list[str]]:
+def inject_error(
+    polygons: dict[str, np.ndarray], kind: str, rng: np.random.Generator, size: int
+) -> tuple[dict[str, np.ndarray], list[str]]:
     """One label error of `kind` (see `LABEL_ERRORS`) in a copy of `polygons`; returns it and the classes
     made wrong. shift: a bone moved by 40-70% of its size; scale: shrunk to 0.6 or grown to 1.5 about its
     centre; swap: two neighbouring bones exchange labels; delete: a class removed; blob: a stray lobe
@@ -565,7 +614,7 @@ def inject_error(polygons: dict[str, np.ndarray], kind: str, rng: np.random.Gene
         far = np.clip(poly[i] + 1.2 * ext * direction, 0, size - 1)
         th = np.linspace(0, 2 * np.pi, 16, endpoint=False)
         lobe = far + 0.3 * ext * np.stack([np.cos(th), np.sin(th)], 1)
-        out[name] = _inside(np.vstack([poly[:i + 1], far, lobe, far, poly[i:]]), size)
+        out[name] = _inside(np.vstack([poly[: i + 1], far, lobe, far, poly[i:]]), size)
     else:
         raise UsageError(f"unknown label error {kind!r}{suggest(kind, LABEL_ERRORS)}")
     return out, [name]
@@ -592,8 +641,9 @@ def meta_xlsx(patients: list[Patient]) -> bytes:
             data = src.read(info)
             if info.filename == "docProps/core.xml":
                 data = re.sub(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp, data)
-            dst.writestr(zipfile.ZipInfo(info.filename, _FIXED_TIME.timetuple()[:6]), data,
-                         compress_type=zipfile.ZIP_DEFLATED)
+            dst.writestr(
+                zipfile.ZipInfo(info.filename, _FIXED_TIME.timetuple()[:6]), data, compress_type=zipfile.ZIP_DEFLATED
+            )
     return out.getvalue()
 
 
@@ -603,8 +653,9 @@ def check_seed(seed: int) -> None:
         raise UsageError(f"--seed must be 0 or more, got {seed}")
 
 
-def check_options(out: str | Path, patients: int, test_patients: int, size: int, force: bool, seed: int = 0,
-                  label_errors: float = 0.0) -> None:
+def check_options(
+    out: str | Path, patients: int, test_patients: int, size: int, force: bool, seed: int = 0, label_errors: float = 0.0
+) -> None:
     """Raise `UsageError` for impossible values and `OutputExistsError` for a non-empty `out` without `force`."""
     check_seed(seed)
     if not 0.0 <= label_errors <= 1.0:
@@ -638,8 +689,16 @@ def _write_bytes(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size: int = 2048, seed: int = 0,
-               force: bool = False, reporter: Reporter = SILENT, label_errors: float = 0.0) -> SynthSummary:
+def synthesize(
+    out: str | Path,
+    patients: int = 8,
+    test_patients: int = 2,
+    size: int = 2048,
+    seed: int = 0,
+    force: bool = False,
+    reporter: Reporter = SILENT,
+    label_errors: float = 0.0,
+) -> SynthSummary:
     """Write a synthetic dataset in the competition layout.
 
     Args:
@@ -665,8 +724,9 @@ def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size:
     wrong = np.random.default_rng([seed, 0, 4]).choice(2 * len(train_ids), n_wrong, replace=False)
     kinds = {int(i): LABEL_ERRORS[j % len(LABEL_ERRORS)] for j, i in enumerate(sorted(wrong))}
     truth: list[tuple[str, str, str]] = []
-    people = [sample_patient(np.random.default_rng([seed, pid, 0]), pid)
-              for pid in range(1, patients + test_patients + 1)]
+    people = [
+        sample_patient(np.random.default_rng([seed, pid, 0]), pid) for pid in range(1, patients + test_patients + 1)
+    ]
     stamp_rng = np.random.default_rng([seed, 0, 1])
     stamp = _FIRST_STAMP + int(stamp_rng.integers(0, 3_600_000))
     task = reporter.task("synth", 2 * len(people), "img")
@@ -684,16 +744,21 @@ def synthesize(out: str | Path, patients: int = 8, test_patients: int = 2, size:
             if split == "train":
                 index = 2 * train_ids.index(person.id) + k
                 if index in kinds:
-                    polygons, names = inject_error(polygons, kinds[index],
-                                                   np.random.default_rng([seed, person.id, 5 + k]), size)
+                    polygons, names = inject_error(
+                        polygons, kinds[index], np.random.default_rng([seed, person.id, 5 + k]), size
+                    )
                     truth += [(f"{stem}.png", c, kinds[index]) for c in names]
                 doc = label_json(polygons, f"{stem}.png", size, rng)
-                _write_bytes(out / split / "outputs_json" / ident / f"{stem}.json",
-                             json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode())
+                _write_bytes(
+                    out / split / "outputs_json" / ident / f"{stem}.json",
+                    json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode(),
+                )
             task.advance()
     task.close()
     _write_bytes(out / "meta_data.xlsx", meta_xlsx(people))
     if label_errors:
-        _write_bytes(out / ERRORS_FILE, "".join(f"{a},{b},{c}\n" for a, b, c in
-                                                 [("image_name", "class", "kind"), *truth]).encode())
+        _write_bytes(
+            out / ERRORS_FILE,
+            "".join(f"{a},{b},{c}\n" for a, b, c in [("image_name", "class", "kind"), *truth]).encode(),
+        )
     return SynthSummary(out, tuple(train_ids), tuple(test_ids), 2 * len(train_ids), 2 * len(test_ids), size, seed)

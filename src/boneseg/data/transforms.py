@@ -5,6 +5,7 @@ tensors, on any device) and `to_input` (one numpy image). They read the typed ``
 ``std`` of a run's config (`boneseg.engine.train.TrainConfig`, or a `boneseg.engine.run.Run`), so
 inference never repeats training flags nor their defaults.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -83,35 +84,46 @@ def to_input(image: np.ndarray, config: InputConfig) -> torch.Tensor:
 
 # -- augmentation ----------------------------------------------------------------------------------
 
+
 def _presets(flip: bool) -> dict[str, Callable[[], list]]:
     import albumentations as A
     import cv2
 
-    border = dict(border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0)
+    border = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0}
     hflip = [A.HorizontalFlip(p=0.5)] if flip else []
 
     def light():
-        return [*hflip,
-                A.Affine(translate_percent=(-0.03, 0.03), scale=(0.95, 1.05), rotate=(-10, 10), p=0.5, **border),
-                A.RandomBrightnessContrast(0.1, 0.1, p=0.5)]
+        return [
+            *hflip,
+            A.Affine(translate_percent=(-0.03, 0.03), scale=(0.95, 1.05), rotate=(-10, 10), p=0.5, **border),
+            A.RandomBrightnessContrast(0.1, 0.1, p=0.5),
+        ]
 
     def default():
-        return [*hflip,
-                A.Affine(translate_percent=(-0.06, 0.06), scale=(0.9, 1.1), rotate=(-30, 30), p=0.7, **border),
-                A.CLAHE(clip_limit=2.0, p=0.2),
-                A.RandomBrightnessContrast(0.2, 0.2, p=0.5),
-                A.RandomGamma((80, 120), p=0.3)]
+        return [
+            *hflip,
+            A.Affine(translate_percent=(-0.06, 0.06), scale=(0.9, 1.1), rotate=(-30, 30), p=0.7, **border),
+            A.CLAHE(clip_limit=2.0, p=0.2),
+            A.RandomBrightnessContrast(0.2, 0.2, p=0.5),
+            A.RandomGamma((80, 120), p=0.3),
+        ]
 
     def strong():
-        return [*hflip,
-                A.Affine(translate_percent=(-0.1, 0.1), scale=(0.8, 1.2), rotate=(-30, 30), shear=(-5, 5), p=0.8,
-                         **border),
-                A.OneOf([A.ElasticTransform(alpha=40, sigma=8, **border),
-                         A.GridDistortion(num_steps=5, distort_limit=0.2, **border)], p=0.3),
-                A.CLAHE(clip_limit=3.0, p=0.3),
-                A.RandomBrightnessContrast(0.25, 0.25, p=0.6),
-                A.RandomGamma((70, 130), p=0.4),
-                A.GaussNoise(std_range=(0.01, 0.05), p=0.3)]
+        return [
+            *hflip,
+            A.Affine(translate_percent=(-0.1, 0.1), scale=(0.8, 1.2), rotate=(-30, 30), shear=(-5, 5), p=0.8, **border),
+            A.OneOf(
+                [
+                    A.ElasticTransform(alpha=40, sigma=8, **border),
+                    A.GridDistortion(num_steps=5, distort_limit=0.2, **border),
+                ],
+                p=0.3,
+            ),
+            A.CLAHE(clip_limit=3.0, p=0.3),
+            A.RandomBrightnessContrast(0.25, 0.25, p=0.6),
+            A.RandomGamma((70, 130), p=0.4),
+            A.GaussNoise(std_range=(0.01, 0.05), p=0.3),
+        ]
 
     return {"none": list, "light": light, "default": default, "strong": strong}
 
@@ -146,7 +158,7 @@ def augment(transform, image: np.ndarray, masks: np.ndarray | None, seed: int) -
     """
     if transform is None:
         return image, masks
-    transform.set_random_seed(int(seed) % (2 ** 32))
+    transform.set_random_seed(int(seed) % (2**32))
     if masks is None:
         return transform(image=image)["image"], None
     out = transform(image=image, masks=masks.view(np.uint8))

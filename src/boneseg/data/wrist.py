@@ -11,6 +11,7 @@ its carpal predictions give the wrist box (same rule as training); the wrist mod
 from the full-resolution image, and its carpal probabilities replace the first stage's (zero outside
 the box). Images where the first stage finds no carpal bone keep the first-stage prediction.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ CARPAL_IDX: list[int] = [CLASS_INDEX[c] for c in CARPALS]
 DEFAULT_MARGIN = 0.15
 
 
-def square_box(y0: float, y1: float, x0: float, x1: float, shape: tuple[int, int],
-               margin: float = DEFAULT_MARGIN) -> tuple[int, int, int, int]:
+def square_box(
+    y0: float, y1: float, x0: float, x1: float, shape: tuple[int, int], margin: float = DEFAULT_MARGIN
+) -> tuple[int, int, int, int]:
     """A square box around ``[y0, y1) x [x0, x1)`` grown by `margin` of its longer side on each side,
     shifted (then clipped) to lie inside an image of `shape`. Returns int (y0, y1, x0, x1)."""
     h, w = shape
@@ -48,8 +50,9 @@ def box_from_masks(masks, margin: float = DEFAULT_MARGIN) -> tuple[int, int, int
     return square_box(*box, tuple(masks.shape[-2:]), margin) if box is not None else None
 
 
-def box_from_polygons(polygons: dict[str, np.ndarray], shape: tuple[int, int],
-                      margin: float = DEFAULT_MARGIN) -> tuple[int, int, int, int] | None:
+def box_from_polygons(
+    polygons: dict[str, np.ndarray], shape: tuple[int, int], margin: float = DEFAULT_MARGIN
+) -> tuple[int, int, int, int] | None:
     """The wrist box from label polygons (their extent), None without carpal polygons."""
     pts = [polygons[c] for c in CARPALS if c in polygons and len(polygons[c])]
     if not pts:

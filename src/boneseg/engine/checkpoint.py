@@ -6,6 +6,7 @@ in_channels, mean, std, unify_side, classes, loss, aug, …), ``model`` (state d
 ``rng`` and the position inside the epoch. Everything is tensors or plain Python types, so
 ``torch.load(weights_only=True)`` reads it.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,19 +67,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign or broken files
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # a Python object, not data
         if found:
-            raise CheckpointError(f"{path}: refused: it holds Python objects that could run code when loaded "
-                                  f"({quote(found.group(1))}); only checkpoints of plain tensors and values are "
-                                  "accepted: re-save it as a state dict from the code that made it") from None
-        raise CheckpointError(f"{path}: not a loadable boneseg checkpoint (a corrupt or foreign file; only "
-                              "checkpoints of plain tensors and values are accepted)") from None
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or not isinstance(
-            state.get("model"), dict):
+            raise CheckpointError(
+                f"{path}: refused: it holds Python objects that could run code when loaded "
+                f"({quote(found.group(1))}); only checkpoints of plain tensors and values are "
+                "accepted: re-save it as a state dict from the code that made it"
+            ) from None
+        raise CheckpointError(
+            f"{path}: not a loadable boneseg checkpoint (a corrupt or foreign file; only "
+            "checkpoints of plain tensors and values are accepted)"
+        ) from None
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("config"), dict)
+        or not isinstance(state.get("model"), dict)
+    ):
         raise CheckpointError(f"{path}: not a boneseg checkpoint (no 'config' and 'model' entries)")
     config = state["config"]
     for key in REQUIRED:
         if not isinstance(config.get(key), str) or not config[key]:
-            raise CheckpointError(f"{path}: config {'lacks' if key not in config else 'has a bad'} {key!r} "
-                                  "(not a complete boneseg checkpoint)")
+            raise CheckpointError(
+                f"{path}: config {'lacks' if key not in config else 'has a bad'} {key!r} "
+                "(not a complete boneseg checkpoint)"
+            )
     for key in ("size", "crop"):
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
@@ -95,8 +105,9 @@ def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu") 
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint weights do not fit {config.get('arch')}/{config.get('encoder')}: "
-                              f"{str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint weights do not fit {config.get('arch')}/{config.get('encoder')}: {str(exc).splitlines()[0]}"
+        ) from None
     return model.to(device).eval()
 
 

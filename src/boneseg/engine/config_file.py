@@ -1,4 +1,5 @@
 """Training options from a file (``train --config FILE``): YAML or JSON, a run's own ``config.json`` included."""
+
 from __future__ import annotations
 
 import contextlib

@@ -5,6 +5,7 @@ Under ``torchrun --nproc-per-node N [--nnodes M …] -m boneseg train …`` the 
 collective timeout, so a dead rank makes the others fail instead of hanging forever. Without them,
 everything here is a no-op on a single process.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
-    created: bool = False               # `setup` created the process group (`cleanup` destroys it)
+    created: bool = False  # `setup` created the process group (`cleanup` destroys it)
 
     @property
     def enabled(self) -> bool:
@@ -70,8 +71,7 @@ def setup(device: str | torch.device = "auto", timeout_minutes: float = 30.0) ->
     if created:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
-                                timeout=timedelta(minutes=timeout_minutes))
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(minutes=timeout_minutes))
     if world > 1:
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank, world, local, dev, created)
@@ -122,8 +122,16 @@ class RankFailure(BonesegError):
     """A collective failed because another rank crashed, was killed or stopped responding."""
 
 
-_PEER_SIGNS = ("connection closed by peer", "connection reset", "timed out", "timeout", "broken pipe",
-               "nccl", "gloo", "socket")
+_PEER_SIGNS = (
+    "connection closed by peer",
+    "connection reset",
+    "timed out",
+    "timeout",
+    "broken pipe",
+    "nccl",
+    "gloo",
+    "socket",
+)
 
 
 def as_rank_failure(exc: BaseException, info: DistInfo) -> RankFailure | None:
@@ -136,5 +144,7 @@ def as_rank_failure(exc: BaseException, info: DistInfo) -> RankFailure | None:
         return None
     detail = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     detail = detail.split("] ", 1)[-1][:160]
-    return RankFailure(f"another rank failed or stopped responding ({detail}); see its error "
-                       "above, fix the cause and restart the same command with --resume")
+    return RankFailure(
+        f"another rank failed or stopped responding ({detail}); see its error "
+        "above, fix the cause and restart the same command with --resume"
+    )

@@ -1,4 +1,5 @@
 """Exponential moving average of model weights (evaluated and saved as the model when enabled)."""
+
 from __future__ import annotations
 
 import copy

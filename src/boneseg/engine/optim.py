@@ -1,4 +1,5 @@
 """Optimisers by name and one learning-rate schedule object (warm-up, then cosine, poly or plateau)."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,9 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "poly", "plateau", "constant")
 
 
-def build_optimizer(name: str, params, lr: float, weight_decay: float = 1e-4, momentum: float = 0.9
-                    ) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, params, lr: float, weight_decay: float = 1e-4, momentum: float = 0.9
+) -> torch.optim.Optimizer:
     """``adamw`` or ``sgd`` (Nesterov momentum) over `params`.
 
     Raises:
@@ -35,8 +37,17 @@ class LRSchedule:
     Its state is plain numbers, so checkpoints restore it exactly.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup: int = 0,
-                 min_lr_ratio: float = 0.01, power: float = 0.9, factor: float = 0.5, patience: int = 2):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        name: str,
+        total_steps: int,
+        warmup: int = 0,
+        min_lr_ratio: float = 0.01,
+        power: float = 0.9,
+        factor: float = 0.5,
+        patience: int = 2,
+    ):
         name = str(name).lower()
         if name not in SCHEDULERS:
             raise UsageError(f"--scheduler {name!r}: unknown schedule{suggest(name, SCHEDULERS)}")
@@ -86,8 +97,13 @@ class LRSchedule:
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
-        return {"step_count": self.step_count, "scale": self.scale, "best": self.best, "bad": self.bad,
-                "base_lrs": list(self.base_lrs)}
+        return {
+            "step_count": self.step_count,
+            "scale": self.scale,
+            "best": self.best,
+            "bad": self.bad,
+            "base_lrs": list(self.base_lrs),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count, self.scale = int(state["step_count"]), float(state["scale"])

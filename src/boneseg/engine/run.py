@@ -3,6 +3,7 @@
 copy of a default: the run's `TrainConfig`, classes, input channels and statistics, training size, its
 validation fold and the post-processing rules fitted on it (``postprocess.json`` beside the checkpoint).
 """
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ for, must be installed, and must already be logged in (``wandb login`` stores th
 netrc / environment, where wandb finds it): boneseg never reads, writes or stores a key, and the run
 config sent to W&B is the plain training config (which holds none).
 """
+
 from __future__ import annotations
 
 import os
@@ -85,8 +86,10 @@ def _wandb():
     except Exception:  # noqa: BLE001 - wandb raises its own types when no settings exist
         key = None
     if not key:
-        raise UsageError("--log wandb: not logged in to Weights & Biases (run `wandb login` first; "
-                         "boneseg never takes a key on the command line or in a config file)")
+        raise UsageError(
+            "--log wandb: not logged in to Weights & Biases (run `wandb login` first; "
+            "boneseg never takes a key on the command line or in a config file)"
+        )
     return wandb
 
 
@@ -94,8 +97,14 @@ class WandbTracker(Tracker):
     def __init__(self, out: Path, config: Mapping, run_id: str | None = None):
         wandb = _wandb()
         self.wandb = wandb
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "boneseg"), name=Path(out).name,
-                              dir=str(out), config=dict(config), id=run_id, resume="allow")
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "boneseg"),
+            name=Path(out).name,
+            dir=str(out),
+            config=dict(config),
+            id=run_id,
+            resume="allow",
+        )
         self.run_id = self.run.id
 
     def scalars(self, values, step):
@@ -108,8 +117,9 @@ class WandbTracker(Tracker):
         self.run.finish()
 
 
-def make_tracker(name: str | None, out: str | os.PathLike, config: Mapping, run_id: str | None = None
-                 ) -> Tracker | None:
+def make_tracker(
+    name: str | None, out: str | os.PathLike, config: Mapping, run_id: str | None = None
+) -> Tracker | None:
     """The tracker for ``--log`` (None for ``none``); `run_id`: the tracker run to continue (W&B).
 
     Raises:

@@ -7,6 +7,7 @@ at the training size). Every epoch it writes ``metrics.jsonl``, ``best.pt`` on a
 ``last.pt`` (every ``--save-every`` epochs, and always at the end). A run stopped anywhere (``--max-steps``,
 Ctrl-C, SIGTERM) writes a ``last.pt`` from which ``--resume`` finishes bit for bit like an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,13 +27,21 @@ import numpy as np
 import torch
 
 from boneseg.classes import CLASSES
-from boneseg.modelling import heads
-from boneseg.data.wrist import DEFAULT_MARGIN
 from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, in_channels, normalize
+from boneseg.data.wrist import DEFAULT_MARGIN
 from boneseg.engine import distributed as D
 from boneseg.engine.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
-from boneseg.errors import BonesegError, BonesegWarning, CheckpointError, DataError, OutputExistsError, UsageError, suggest
+from boneseg.errors import (
+    BonesegError,
+    BonesegWarning,
+    CheckpointError,
+    DataError,
+    OutputExistsError,
+    UsageError,
+    suggest,
+)
 from boneseg.io import atomic_open, write_json
+from boneseg.modelling import heads
 from boneseg.progress import SILENT, Reporter, Task
 
 CONFIG, METRICS = "config.json", "metrics.jsonl"
@@ -110,7 +119,7 @@ class TrainConfig:
     patience: int | None = None
 
     @classmethod
-    def from_any(cls, config: "TrainConfig | dict") -> "TrainConfig":
+    def from_any(cls, config: TrainConfig | dict) -> TrainConfig:
         """A config from a dataclass or a dict; unknown keys raise `UsageError` with suggestions."""
         if isinstance(config, cls):
             return dataclasses.replace(config)
@@ -145,20 +154,69 @@ class TrainConfig:
 
 
 # Options that define the trajectory of a run: a resume must not change them.
-FIXED_ON_RESUME = ("arch", "encoder", "size", "crop", "fold", "splits", "folds", "epochs", "batch_size", "lr",
-                   "weight_decay", "loss", "aug", "optimizer", "scheduler", "warmup", "accumulate", "clip", "ema",
-                   "seed", "unify_side", "channels", "mean", "std", "pseudo", "exclude", "amp", "amp_dtype",
-                   "val_every", "meta", "meta_weight", "boundary_head", "distance_clip", "wrist", "wrist_margin",
-                   "init_from", "patience")
+FIXED_ON_RESUME = (
+    "arch",
+    "encoder",
+    "size",
+    "crop",
+    "fold",
+    "splits",
+    "folds",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "loss",
+    "aug",
+    "optimizer",
+    "scheduler",
+    "warmup",
+    "accumulate",
+    "clip",
+    "ema",
+    "seed",
+    "unify_side",
+    "channels",
+    "mean",
+    "std",
+    "pseudo",
+    "exclude",
+    "amp",
+    "amp_dtype",
+    "val_every",
+    "meta",
+    "meta_weight",
+    "boundary_head",
+    "distance_clip",
+    "wrist",
+    "wrist_margin",
+    "init_from",
+    "patience",
+)
 # Options of one invocation: never saved with the run, so a resume takes them from its own command
 # (or their defaults), never from an earlier invocation.
-RUNTIME = ("out", "resume", "force", "device", "workers", "max_steps", "save_every", "cache_dir", "dist_timeout",
-           "skip_bad", "channels_last", "tensorboard", "log", "log_images")
+RUNTIME = (
+    "out",
+    "resume",
+    "force",
+    "device",
+    "workers",
+    "max_steps",
+    "save_every",
+    "cache_dir",
+    "dist_timeout",
+    "skip_bad",
+    "channels_last",
+    "tensorboard",
+    "log",
+    "log_images",
+)
 # Saved with the run, but a resume may change them: where the data lives, the inference-time sharpening.
 CHANGEABLE_ON_RESUME = ("data", "boundary_sharpen")
 
 
 # -- validation of options -----------------------------------------------------------------------
+
 
 def check_config(cfg: TrainConfig) -> None:
     """Reject impossible option values with one clear line each (no training started)."""
@@ -177,8 +235,14 @@ def check_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, f.name)
         if f.type.startswith("float") and v is not None and not math.isfinite(v):
             raise UsageError(f"--{f.name.replace('_', '-')} {v}: must be a finite number")
-    positive = {"--size": cfg.size, "--epochs": cfg.epochs, "--batch-size": cfg.batch_size,
-                "--accumulate": cfg.accumulate, "--val-every": cfg.val_every, "--save-every": cfg.save_every}
+    positive = {
+        "--size": cfg.size,
+        "--epochs": cfg.epochs,
+        "--batch-size": cfg.batch_size,
+        "--accumulate": cfg.accumulate,
+        "--val-every": cfg.val_every,
+        "--save-every": cfg.save_every,
+    }
     for opt, v in positive.items():
         if not isinstance(v, int) or v < 1:
             raise UsageError(f"{opt} {v}: must be a positive integer")
@@ -198,8 +262,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--patience {cfg.patience}: must be a positive integer")
     if cfg.init_from is not None:
         if cfg.encoder_weights not in (None, "none", "imagenet"):
-            raise UsageError(f"--encoder-weights {cfg.encoder_weights} and --init-from {cfg.init_from} both set "
-                             "the weights: give one")
+            raise UsageError(
+                f"--encoder-weights {cfg.encoder_weights} and --init-from {cfg.init_from} both set "
+                "the weights: give one"
+            )
         cfg.encoder_weights = None  # every weight comes from --init-from
     if cfg.workers < 0:
         raise UsageError(f"--workers {cfg.workers}: must be >= 0")
@@ -220,8 +286,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--ema {cfg.ema}: decay must be in [0, 1) (0 disables it)")
     if cfg.clip is not None and cfg.clip <= 0:
         raise UsageError(f"--clip {cfg.clip}: must be positive")
-    from boneseg.modelling.heads import check_meta_mode
     from boneseg.engine.tracking import check_logger
+    from boneseg.modelling.heads import check_meta_mode
 
     cfg.meta = check_meta_mode(cfg.meta)
     if cfg.tensorboard and cfg.log in (None, "none"):
@@ -270,8 +336,9 @@ def check_run_dir(out: Path, resume: bool, force: bool) -> None:
         return
     stale = _stale_temps(out)
     if out.is_dir() and any(p not in stale for p in out.iterdir()) and not force:
-        raise OutputExistsError(f"--out {out}: folder exists and is not empty "
-                                "(use --resume to continue that run or --force to start over)")
+        raise OutputExistsError(
+            f"--out {out}: folder exists and is not empty (use --resume to continue that run or --force to start over)"
+        )
 
 
 def prepare_run_dir(out: Path, resume: bool, force: bool) -> bool:
@@ -321,10 +388,15 @@ def merge_resume(cfg_given: dict, saved: dict) -> TrainConfig:
                 norm = resolve_arch if key == "arch" else resolve_encoder
                 if norm(cfg_given[key]) == saved[key]:
                     continue
-            if key == "unify_side" and str(cfg_given[key] or "none").upper()[:1] == str(saved[key] or "none").upper()[:1]:
+            if (
+                key == "unify_side"
+                and str(cfg_given[key] or "none").upper()[:1] == str(saved[key] or "none").upper()[:1]
+            ):
                 continue
-            raise UsageError(f"--resume: the run was started with {key}={saved[key]!r}, not {cfg_given[key]!r} "
-                             "(resume with the same options, or start a new run)")
+            raise UsageError(
+                f"--resume: the run was started with {key}={saved[key]!r}, not {cfg_given[key]!r} "
+                "(resume with the same options, or start a new run)"
+            )
     merged = {k: v for k, v in saved.items() if k not in ("in_channels", "classes", *RUNTIME)}
     for key in (*RUNTIME, *CHANGEABLE_ON_RESUME):
         if key in cfg_given and cfg_given[key] is not None:
@@ -334,6 +406,7 @@ def merge_resume(cfg_given: dict, saved: dict) -> TrainConfig:
 
 
 # -- data ------------------------------------------------------------------------------------------
+
 
 class _ReadCheck:
     """Stands in for the mask cache in a dry run: each sample's image header is read and its label parsed
@@ -367,8 +440,10 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, reporter: Reporter, check_onl
         train_s = [s for s in train_s if s.name in kept]
     if not val_s:
         source = f"--splits {cfg.splits}" if cfg.splits else f"--folds {cfg.folds}"
-        raise DataError(f"{source}: fold {cfg.fold} has no images (nothing to validate on; "
-                        "choose another --fold or run boneseg split again)")
+        raise DataError(
+            f"{source}: fold {cfg.fold} has no images (nothing to validate on; "
+            "choose another --fold or run boneseg split again)"
+        )
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data)
     cache = MaskCache(cache_root)
     if cfg.wrist:
@@ -378,15 +453,23 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, reporter: Reporter, check_onl
     train_items = [Item(s, cache) for s in train_s]
     val_items = [Item(s, cache) for s in val_s]
     for i, folder in enumerate(cfg.pseudo):
-        pcache = MaskCache(Path(cfg.cache_dir) / f"pseudo-{i}") if cfg.cache_dir else MaskCache(default_cache_dir(folder))
+        pcache = (
+            MaskCache(Path(cfg.cache_dir) / f"pseudo-{i}") if cfg.cache_dir else MaskCache(default_cache_dir(folder))
+        )
         train_items += [Item(s, pcache) for s in discover(folder, skip_bad=cfg.skip_bad)]
     bad_names = [None]
     if info.is_main:
         items = train_items + val_items
         if check_only:
             items = [Item(it.sample, _ReadCheck()) for it in items]
-        bad = prepare_cache(items, cfg.size, cfg.workers, reporter, "checking images and labels" if check_only
-                            else "caching masks", skip_bad=cfg.skip_bad)
+        bad = prepare_cache(
+            items,
+            cfg.size,
+            cfg.workers,
+            reporter,
+            "checking images and labels" if check_only else "caching masks",
+            skip_bad=cfg.skip_bad,
+        )
         bad_names = [sorted({str(it.sample.image) for it, _ in bad})]
         if bad:
             reporter.message(f"--skip-bad: left out {len(bad)} sample(s):")
@@ -420,16 +503,21 @@ def make_sampler(n_items: int, cfg: TrainConfig, info: D.DistInfo, train: bool):
     """The `EpochBatchSampler` of this rank over `n_items` (training: shuffled, incomplete last batch dropped)."""
     from boneseg.data.dataset import EpochBatchSampler
 
-    return EpochBatchSampler(n_items, cfg.batch_size, cfg.seed, shuffle=train,
-                             drop_last=train and n_items >= cfg.batch_size * info.world_size,
-                             rank=info.rank, world_size=info.world_size)
+    return EpochBatchSampler(
+        n_items,
+        cfg.batch_size,
+        cfg.seed,
+        shuffle=train,
+        drop_last=train and n_items >= cfg.batch_size * info.world_size,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
 
 
 def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
     """A DataLoader over `items` driven by an `EpochBatchSampler` (returns loader, sampler)."""
     from boneseg.data.dataset import Loader, SegDataset, collate
     from boneseg.data.transforms import build_augmentation
-
     from boneseg.modelling.heads import meta_table
 
     transform = build_augmentation(cfg.aug, cfg.crop, flip=cfg.unify_side is None) if train else None
@@ -437,29 +525,36 @@ def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
     meta = meta_table(cfg.data) if cfg.meta != "none" else None
     dataset = SegDataset(items, cfg.size, transform, cfg.unify_side, cfg.channels, distance, meta)
     sampler = make_sampler(len(items), cfg, info, train)
-    loader = Loader(dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
-                        pin_memory=info.device.type == "cuda", persistent_workers=cfg.workers > 0,
-                        worker_init_fn=_worker_init if cfg.workers > 0 else None,
-                        generator=torch.Generator())  # never touches the global RNG (resume exactness)
+    loader = Loader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg.workers,
+        collate_fn=collate,
+        pin_memory=info.device.type == "cuda",
+        persistent_workers=cfg.workers > 0,
+        worker_init_fn=_worker_init if cfg.workers > 0 else None,
+        generator=torch.Generator(),
+    )  # never touches the global RNG (resume exactness)
     return loader, sampler
 
 
 # -- model and optimisation state -------------------------------------------------------------------
+
 
 @dataclass
 class State:
     """What the loop mutates; `checkpoint` turns it into a ``weights_only``-loadable dict."""
 
     cfg: TrainConfig
-    model: torch.nn.Module              # the bare module (not the DDP wrapper)
-    net: torch.nn.Module                # what forward/backward runs (DDP wrapper or the module)
+    model: torch.nn.Module  # the bare module (not the DDP wrapper)
+    net: torch.nn.Module  # what forward/backward runs (DDP wrapper or the module)
     optimizer: torch.optim.Optimizer
     schedule: Any
     scaler: torch.amp.GradScaler
     ema: Any = None
-    epoch: int = 0                      # completed epochs
-    batch: int = 0                      # batches done in the current epoch
-    step: int = 0                       # optimizer steps in all
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0  # optimizer steps in all
     loss_sum: torch.Tensor | None = None
     loss_count: int = 0
     nonfinite_at: torch.Tensor | None = None  # first optimizer step with a non-finite loss (inf: none)
@@ -476,11 +571,17 @@ class State:
 
 def _rng_state() -> dict:
     np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(int, np_state[2:4]),
-                      float(np_state[4])],
-            "python": _py_state_to_plain(random.getstate())}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            *map(int, np_state[2:4]),
+            float(np_state[4]),
+        ],
+        "python": _py_state_to_plain(random.getstate()),
+    }
 
 
 def _py_state_to_plain(state):
@@ -502,18 +603,32 @@ def checkpoint(st: State, full: bool) -> dict:
     """The checkpoint dict: ``config``, ``model`` (EMA weights when EMA is on), ``epoch``, ``step``,
     ``metrics``; with `full`, everything resuming needs."""
     last = st.history[-1] if st.history else {}
-    state = {"config": st.cfg.to_dict(), "model": st.eval_model().state_dict(), "epoch": st.epoch,
-             "step": st.step, "metrics": {k: v for k, v in last.items()}, "format": 1}
+    state = {
+        "config": st.cfg.to_dict(),
+        "model": st.eval_model().state_dict(),
+        "epoch": st.epoch,
+        "step": st.step,
+        "metrics": dict(last.items()),
+        "format": 1,
+    }
     if full:
-        state.update({
-            "train_model": st.model.state_dict() if st.ema is not None else None, "optimizer": st.optimizer.state_dict(),
-            "scheduler": st.schedule.state_dict(), "scaler": st.scaler.state_dict(),
-            "ema": st.ema.state_dict() if st.ema is not None else None, "rng": _rng_state(),
-            "batch": st.batch,
-            "loss_sum": st.loss_sum.detach().cpu() if st.loss_sum is not None else None,
-            "loss_count": st.loss_count, "best": st.best, "best_epoch": st.best_epoch, "history": st.history,
-            "tracker_ids": st.tracker_ids,
-        })
+        state.update(
+            {
+                "train_model": st.model.state_dict() if st.ema is not None else None,
+                "optimizer": st.optimizer.state_dict(),
+                "scheduler": st.schedule.state_dict(),
+                "scaler": st.scaler.state_dict(),
+                "ema": st.ema.state_dict() if st.ema is not None else None,
+                "rng": _rng_state(),
+                "batch": st.batch,
+                "loss_sum": st.loss_sum.detach().cpu() if st.loss_sum is not None else None,
+                "loss_count": st.loss_count,
+                "best": st.best,
+                "best_epoch": st.best_epoch,
+                "history": st.history,
+                "tracker_ids": st.tracker_ids,
+            }
+        )
     return state
 
 
@@ -555,12 +670,15 @@ def load_init(cfg: TrainConfig) -> dict:
         return c["arch"], c["encoder"], len(classes), int(c.get("in_channels") or 1)
 
     if network(theirs) != network(ours):
+
         def name(n: tuple) -> str:
             return f"{n[0]}/{n[1]} with {n[2]} classes and {n[3]} input channel(s)"
 
-        raise CheckpointError(f"--init-from {path}: a {name(network(theirs))}, not the {name(network(ours))} "
-                              "this run builds (give the same --arch, --encoder and --channels, or start from "
-                              f"--config {path.parent / CONFIG})")
+        raise CheckpointError(
+            f"--init-from {path}: a {name(network(theirs))}, not the {name(network(ours))} "
+            "this run builds (give the same --arch, --encoder and --channels, or start from "
+            f"--config {path.parent / CONFIG})"
+        )
     cfg.init_from = str(path)
     return state
 
@@ -573,22 +691,32 @@ def init_weights(model: torch.nn.Module, init: dict, path: str) -> str:
         CheckpointError: a tensor missing, left over or of another shape (naming the first).
     """
     theirs, ours = init["model"], model.state_dict()
-    problems = ([f"{k!r} is missing" for k in ours if k not in theirs]
-                + [f"{k!r} is not in this model" for k in theirs if k not in ours]
-                + [f"{k!r} is {tuple(theirs[k].shape)}, not {tuple(v.shape)}" for k, v in ours.items()
-                   if k in theirs and theirs[k].shape != v.shape])
+    problems = (
+        [f"{k!r} is missing" for k in ours if k not in theirs]
+        + [f"{k!r} is not in this model" for k in theirs if k not in ours]
+        + [
+            f"{k!r} is {tuple(theirs[k].shape)}, not {tuple(v.shape)}"
+            for k, v in ours.items()
+            if k in theirs and theirs[k].shape != v.shape
+        ]
+    )
     if problems:
-        raise CheckpointError(f"--init-from {path}: its weights do not fit this model: {problems[0]}"
-                              f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}")
+        raise CheckpointError(
+            f"--init-from {path}: its weights do not fit this model: {problems[0]}"
+            f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}"
+        )
     model.load_state_dict(theirs)
     dice = (init.get("metrics") or {}).get("val_dice")
-    return (f"initialised from {path}: all {len(ours)} tensors ({sum(p.numel() for p in model.parameters()):,} "
-            f"parameters: encoder, decoder and heads) of epoch {init.get('epoch')}"
-            + (f", val Dice {dice:.4f}" if isinstance(dice, float) else ""))
+    return (
+        f"initialised from {path}: all {len(ours)} tensors ({sum(p.numel() for p in model.parameters()):,} "
+        f"parameters: encoder, decoder and heads) of epoch {init.get('epoch')}"
+        + (f", val Dice {dice:.4f}" if isinstance(dice, float) else "")
+    )
 
 
-def build_state(cfg: TrainConfig, info: D.DistInfo, steps_per_epoch: int, init: dict | None = None,
-                reporter: Reporter = SILENT) -> State:
+def build_state(
+    cfg: TrainConfig, info: D.DistInfo, steps_per_epoch: int, init: dict | None = None, reporter: Reporter = SILENT
+) -> State:
     """Model (on device, channels_last / SyncBN / DDP as fit; weights from the `load_init` checkpoint
     `init` when given), optimiser, schedule, scaler and EMA."""
     from boneseg.engine.ema import ModelEMA
@@ -612,8 +740,11 @@ def build_state(cfg: TrainConfig, info: D.DistInfo, steps_per_epoch: int, init: 
     schedule = LRSchedule(optimizer, cfg.scheduler, total, warmup=round(cfg.warmup * steps_per_epoch))
     scaler = torch.amp.GradScaler(info.device.type, enabled=_amp(cfg, info) and cfg.amp_dtype == "fp16")
     if scaler.is_enabled() and info.device.type == "cpu":
-        warnings.warn("--amp-dtype fp16 on a CPU runs about 30x slower than fp32 (use --no-amp or bf16)",
-                      BonesegWarning, stacklevel=2)
+        warnings.warn(
+            "--amp-dtype fp16 on a CPU runs about 30x slower than fp32 (use --no-amp or bf16)",
+            BonesegWarning,
+            stacklevel=2,
+        )
     ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
     return State(cfg, model, net, optimizer, schedule, scaler, ema, device=info.device)
 
@@ -636,6 +767,7 @@ def _autocast(cfg: TrainConfig, info: D.DistInfo):
 
 
 # -- stop requests ----------------------------------------------------------------------------------
+
 
 class StopFlag:
     """Set by SIGINT/SIGTERM while installed; the loop checks it after each optimizer step."""
@@ -663,6 +795,7 @@ class StopFlag:
 
 # -- the loop ---------------------------------------------------------------------------------------
 
+
 def _seg_loss(criterion, logits, target, batch, cfg: TrainConfig, device) -> torch.Tensor:
     """The segmentation loss (on the carpal channels only for a wrist model; with distance maps when the
     loss needs them)."""
@@ -675,8 +808,9 @@ def _seg_loss(criterion, logits, target, batch, cfg: TrainConfig, device) -> tor
     return criterion(logits, target, dist) if dist is not None else criterion(logits, target)
 
 
-def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, reporter: Reporter = SILENT,
-                pace: Pace | None = None) -> bool:
+def train_epoch(
+    st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, reporter: Reporter = SILENT, pace: Pace | None = None
+) -> bool:
     """Run the rest of epoch ``st.epoch`` from batch ``st.batch``; True when it stopped early."""
     cfg, device = st.cfg, info.device
     n_batches = sampler.batches_per_epoch()
@@ -685,13 +819,15 @@ def train_epoch(st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, re
         st.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     if st.nonfinite_at is None:
         st.nonfinite_at = torch.full((), math.inf, dtype=torch.float64, device=device)
-    with reporter.task(f"epoch {st.epoch + 1}/{cfg.epochs}", n_batches * cfg.batch_size, "img",
-                       st.batch * cfg.batch_size) as task:
+    with reporter.task(
+        f"epoch {st.epoch + 1}/{cfg.epochs}", n_batches * cfg.batch_size, "img", st.batch * cfg.batch_size
+    ) as task:
         return _epoch_steps(st, loader, n_batches, info, stop, task if reporter is not SILENT else None, pace)
 
 
-def _epoch_steps(st: State, loader, n_batches: int, info: D.DistInfo, stop: StopFlag, task: Task | None,
-                 pace: Pace | None) -> bool:
+def _epoch_steps(
+    st: State, loader, n_batches: int, info: D.DistInfo, stop: StopFlag, task: Task | None, pace: Pace | None
+) -> bool:
     """The batches of `train_epoch`; `task` (None: no loss read back each step) shows the progress."""
     cfg, device = st.cfg, info.device
     acc, criterion, channels_last = cfg.accumulate, st.criterion, _channels_last(cfg, info)
@@ -732,8 +868,9 @@ def _epoch_steps(st: State, loader, n_batches: int, info: D.DistInfo, stop: Stop
             if pace is not None:
                 pace.step(st.step)
         if task is not None:
-            task.update(st.batch * cfg.batch_size,
-                        info=f"loss {loss.item():.4f}  lr {st.optimizer.param_groups[0]['lr']:.2e}")
+            task.update(
+                st.batch * cfg.batch_size, info=f"loss {loss.item():.4f}  lr {st.optimizer.param_groups[0]['lr']:.2e}"
+            )
         if sync:
             wants = stop.signal is not None or (cfg.max_steps is not None and st.step >= cfg.max_steps)
             if D.any_rank(wants, info):
@@ -754,13 +891,16 @@ def check_finite(st: State, info: D.DistInfo, out: Path) -> None:
     at = D.all_reduce_min(at, info).item()
     if math.isfinite(at):
         kept = f"{out / LAST} keeps the last good state" if (out / LAST).is_file() else f"no {LAST} was written"
-        raise NonFiniteLoss(f"training diverged: the loss or the weights became non-finite (NaN/inf) at step "
-                            f"{int(at)} (epoch {st.epoch + 1}); stopped, {kept} (try a lower --lr or --clip)")
+        raise NonFiniteLoss(
+            f"training diverged: the loss or the weights became non-finite (NaN/inf) at step "
+            f"{int(at)} (epoch {st.epoch + 1}); stopped, {kept} (try a lower --lr or --clip)"
+        )
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, cfg: TrainConfig, info: D.DistInfo, criterion=None,
-             images: list | None = None) -> dict:
+def evaluate(
+    model: torch.nn.Module, loader, cfg: TrainConfig, info: D.DistInfo, criterion=None, images: list | None = None
+) -> dict:
     """Competition Dice per class over the validation images, on the device (reduced over ranks).
 
     Predictions are ``sigmoid(logits) > 0.5`` at the training size. Returns ``{"val_dice", "val_dice_per_class",
@@ -788,8 +928,9 @@ def evaluate(model: torch.nn.Module, loader, cfg: TrainConfig, info: D.DistInfo,
             stats[1] += _seg_loss(criterion, logits, target, batch, cfg, device).double() * n
         if images is not None and len(images) < cfg.log_images:
             for i in range(min(n, cfg.log_images - len(images))):
-                images.append((batch["image"][i, 0].numpy(), (logits[i] > 0).cpu().numpy(),
-                               batch["mask"][i].numpy().astype(bool)))
+                images.append(
+                    (batch["image"][i, 0].numpy(), (logits[i] > 0).cpu().numpy(), batch["mask"][i].numpy().astype(bool))
+                )
     D.all_reduce_sum(sums, info)
     D.all_reduce_sum(stats, info)
     per_class = (sums / stats[0].clamp_min(1)).tolist()
@@ -799,9 +940,11 @@ def evaluate(model: torch.nn.Module, loader, cfg: TrainConfig, info: D.DistInfo,
         from boneseg.data.wrist import CARPAL_IDX
 
         headline = [per_class[i] for i in CARPAL_IDX]
-    return {"val_dice": float(np.mean(headline)) if count else None,
-            "val_dice_per_class": dict(zip(CLASSES, per_class)) if count else None,
-            "val_loss": stats[1].item() / count if count else None}
+    return {
+        "val_dice": float(np.mean(headline)) if count else None,
+        "val_dice_per_class": dict(zip(CLASSES, per_class)) if count else None,
+        "val_loss": stats[1].item() / count if count else None,
+    }
 
 
 def write_outputs(st: State, out: Path, best: bool, last: bool = True) -> None:
@@ -842,18 +985,23 @@ class Pace:
         elif self.t0 is not None and step == self.start + PACE_STEPS:
             per_step = (self.clock() - self.t0) / PACE_STEPS
             left = per_step * (self.last - step)
-            self.reporter.message(f"{per_step:.3g} s per step; about {_duration(left)} left "
-                                  f"({self.last - step:.0f} steps, validation not included)")
+            self.reporter.message(
+                f"{per_step:.3g} s per step; about {_duration(left)} left "
+                f"({self.last - step:.0f} steps, validation not included)"
+            )
             if self.cpu and left > CPU_WARN_SECONDS:
-                warnings.warn(f"training on the CPU will take about {_duration(left)} more "
-                              f"({per_step:.3g} s per step); a GPU (--device cuda) is far faster",
-                              BonesegWarning, stacklevel=2)
+                warnings.warn(
+                    f"training on the CPU will take about {_duration(left)} more "
+                    f"({per_step:.3g} s per step); a GPU (--device cuda) is far faster",
+                    BonesegWarning,
+                    stacklevel=2,
+                )
             self.t0 = None
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
@@ -896,8 +1044,12 @@ def resolve_config(config: TrainConfig | dict) -> tuple[TrainConfig, dict | None
         saved = load_checkpoint(out / LAST)
         if "optimizer" not in saved:
             raise CheckpointError(f"{out / LAST}: holds no training state to resume from")
-        cfg = merge_resume({k: v for k, v in given.items() if k not in ("resume", "force")}
-                           if not isinstance(config, TrainConfig) else given, saved["config"])
+        cfg = merge_resume(
+            {k: v for k, v in given.items() if k not in ("resume", "force")}
+            if not isinstance(config, TrainConfig)
+            else given,
+            saved["config"],
+        )
     check_config(cfg)
     return cfg, saved
 
@@ -928,8 +1080,15 @@ def _patience_spent(st: State) -> bool:
     return since >= st.cfg.patience
 
 
-def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, reporter: Reporter,
-         stop: StopFlag, init: dict | None = None) -> dict:
+def _run(
+    cfg: TrainConfig,
+    info: D.DistInfo,
+    saved: dict | None,
+    out: Path,
+    reporter: Reporter,
+    stop: StopFlag,
+    init: dict | None = None,
+) -> dict:
     t0 = time.time()
     _seed_everything(cfg.seed)
     if info.device.type == "cuda":
@@ -946,8 +1105,10 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, repo
     if saved is not None:
         restore(st, saved)
     ranks = f" x {info.world_size} ranks" if info.world_size > 1 else ""
-    reporter.message(f"device {info.device}{ranks}  {sum(p.numel() for p in st.model.parameters()):,} parameters  "
-                     f"{steps_per_epoch} steps per epoch ({len(train_items)} train / {len(val_items)} val images)")
+    reporter.message(
+        f"device {info.device}{ranks}  {sum(p.numel() for p in st.model.parameters()):,} parameters  "
+        f"{steps_per_epoch} steps per epoch ({len(train_items)} train / {len(val_items)} val images)"
+    )
     last_step = min(cfg.epochs * steps_per_epoch, cfg.max_steps if cfg.max_steps is not None else math.inf)
     pace = Pace(st.step, last_step, reporter, info.device.type == "cpu") if info.is_main else None
     if info.is_main:
@@ -966,13 +1127,20 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, repo
             check_finite(st, info, out)
             if stopped:
                 break
-            train_loss = D.all_reduce_sum(torch.stack([st.loss_sum, torch.tensor(float(st.loss_count),
-                                          dtype=torch.float64, device=info.device)]), info)
+            train_loss = D.all_reduce_sum(
+                torch.stack([st.loss_sum, torch.tensor(float(st.loss_count), dtype=torch.float64, device=info.device)]),
+                info,
+            )
             st.epoch, st.batch = st.epoch + 1, 0
-            line = {"epoch": st.epoch, "step": st.step,
-                    "train_loss": (train_loss[0] / train_loss[1].clamp_min(1)).item(),
-                    "val_dice": None, "val_dice_per_class": None, "val_loss": None,
-                    "lr": st.optimizer.param_groups[0]["lr"]}
+            line = {
+                "epoch": st.epoch,
+                "step": st.step,
+                "train_loss": (train_loss[0] / train_loss[1].clamp_min(1)).item(),
+                "val_dice": None,
+                "val_dice_per_class": None,
+                "val_loss": None,
+                "lr": st.optimizer.param_groups[0]["lr"],
+            }
             st.loss_sum, st.loss_count = None, 0
             shots = [] if tracker is not None and cfg.log_images > 0 else None
             if st.epoch % cfg.val_every == 0 or st.epoch == cfg.epochs:
@@ -991,9 +1159,11 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, repo
                     if shots:
                         tracker.images("val/prediction_vs_label", overlays(shots), st.epoch)
                 vd = f"{line['val_dice']:.4f}" if line["val_dice"] is not None else "-"
-                reporter.message(f"epoch {st.epoch}/{cfg.epochs}  step {st.step}  train_loss {line['train_loss']:.4f}  "
-                                 f"val_dice {vd}  best {st.best:.4f} (epoch {st.best_epoch})  "
-                                 f"lr {line['lr']:.2e}  {line['seconds']:.1f}s")
+                reporter.message(
+                    f"epoch {st.epoch}/{cfg.epochs}  step {st.step}  train_loss {line['train_loss']:.4f}  "
+                    f"val_dice {vd}  best {st.best:.4f} (epoch {st.best_epoch})  "
+                    f"lr {line['lr']:.2e}  {line['seconds']:.1f}s"
+                )
             D.barrier(info)
             if stop.signal is not None or (cfg.max_steps is not None and st.step >= cfg.max_steps):
                 stopped = not done
@@ -1001,23 +1171,36 @@ def _run(cfg: TrainConfig, info: D.DistInfo, saved: dict | None, out: Path, repo
         if stopped and info.is_main:
             write_outputs(st, out, best=False)
         if st.epoch < cfg.epochs and _patience_spent(st):
-            reporter.message(f"early stop (--patience {cfg.patience}): no better val Dice in {cfg.patience} "
-                             f"validation(s) since epoch {st.best_epoch}")
+            reporter.message(
+                f"early stop (--patience {cfg.patience}): no better val Dice in {cfg.patience} "
+                f"validation(s) since epoch {st.best_epoch}"
+            )
         D.barrier(info)
-    summary = {"run": str(out), "epochs_done": st.epoch, "steps": st.step,
-               "best_val_dice": st.best if st.best > -math.inf else None, "best_epoch": st.best_epoch or None,
-               "last": st.history[-1] if st.history else None, "stopped": stopped,
-               "early_stopped": st.epoch < cfg.epochs and _patience_spent(st),
-               "train_images": len(train_items), "val_images": len(val_items), "rank": info.rank,
-               "world_size": info.world_size,
-               "seconds": round(time.time() - t0, 3)}
+    summary = {
+        "run": str(out),
+        "epochs_done": st.epoch,
+        "steps": st.step,
+        "best_val_dice": st.best if st.best > -math.inf else None,
+        "best_epoch": st.best_epoch or None,
+        "last": st.history[-1] if st.history else None,
+        "stopped": stopped,
+        "early_stopped": st.epoch < cfg.epochs and _patience_spent(st),
+        "train_images": len(train_items),
+        "val_images": len(val_items),
+        "rank": info.rank,
+        "world_size": info.world_size,
+        "seconds": round(time.time() - t0, 3),
+    }
     if stopped and stop.signal is not None:
-        raise TrainingInterrupted(f"interrupted at epoch {st.epoch + 1}, step {st.step}; {out / LAST} saved. "
-                                  f"Continue with: boneseg train {cfg.data} --out {out} --resume")
+        raise TrainingInterrupted(
+            f"interrupted at epoch {st.epoch + 1}, step {st.step}; {out / LAST} saved. "
+            f"Continue with: boneseg train {cfg.data} --out {out} --resume"
+        )
     return summary
 
 
 # -- dry run ----------------------------------------------------------------------------------------
+
 
 def estimate_memory(model: torch.nn.Module, cfg: TrainConfig) -> dict:
     """Bytes a training step holds: weights, gradients, optimiser state (AdamW 2, SGD 1 per weight), the EMA
@@ -1041,9 +1224,14 @@ def estimate_memory(model: torch.nn.Module, cfg: TrainConfig) -> dict:
     outputs = out.values() if isinstance(out, dict) else [out]
     sum(o.float().sum() for o in outputs if isinstance(o, torch.Tensor)).backward()
     per_image = sum(kept.values()) // 2
-    mem = {"weights": weights, "gradients": weights, "optimizer": weights * (2 if cfg.optimizer == "adamw" else 1),
-           "ema": weights if cfg.ema > 0 else 0, "activations": per_image * cfg.batch_size,
-           "activations_per_image": per_image}
+    mem = {
+        "weights": weights,
+        "gradients": weights,
+        "optimizer": weights * (2 if cfg.optimizer == "adamw" else 1),
+        "ema": weights if cfg.ema > 0 else 0,
+        "activations": per_image * cfg.batch_size,
+        "activations_per_image": per_image,
+    }
     mem["total"] = sum(v for k, v in mem.items() if k != "activations_per_image")
     return mem
 
@@ -1076,7 +1264,13 @@ def dry_run(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
         reporter.message(init_weights(model, init, cfg.init_from))
     done = int(saved["step"]) if saved is not None else 0
     last = min(cfg.epochs * steps_per_epoch, cfg.max_steps if cfg.max_steps is not None else math.inf)
-    return {"config": cfg.to_dict(), "device": str(info.device),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "train_images": len(train_items), "val_images": len(val_items), "steps_per_epoch": steps_per_epoch,
-            "steps": max(0, int(last) - done), "memory": estimate_memory(model, cfg)}
+    return {
+        "config": cfg.to_dict(),
+        "device": str(info.device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_images": len(train_items),
+        "val_images": len(val_items),
+        "steps_per_epoch": steps_per_epoch,
+        "steps": max(0, int(last) - done),
+        "memory": estimate_memory(model, cfg),
+    }

@@ -2,19 +2,37 @@
 
 Modules: `sliding` (Gaussian-blended sliding window), `tta` (policies, flips, scales), `predictor`
 (models, hand side, views), `stages` (per image: FiLM metadata, wrist second stage), `encode` (quantise,
-threshold and RLE on the device), `run` (`predict`: the streaming, sharded CSV writer), `wrist` (the wrist second stage). Scoring
+threshold and RLE on the device), `run` (`predict`: the streaming, sharded CSV writer), `wrist` (the wrist second
+stage). Scoring
 TTA policies and searching thresholds on a validation fold is a workflow: `boneseg.workflows.validation`.
 """
+
 from boneseg.inference.encode import masks_to_rles
 from boneseg.inference.predictor import InputPlan, Item, LoadedModel, Predictor, ViewCache, load_models
 from boneseg.inference.run import PredictSummary, predict
-from boneseg.inference.stages import ImageStages
 from boneseg.inference.sliding import gaussian_weights, sliding_window, tile_starts
+from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, TTA_NAMES, Policy, default_policies, parse_scales
 from boneseg.probs import read_thresholds
 
 __all__ = [
-    "DEFAULT_SCALES", "TTA_NAMES", "ImageStages", "InputPlan", "Item", "LoadedModel", "Policy", "PredictSummary", "Predictor",
-    "ViewCache", "default_policies", "gaussian_weights",
-    "load_models", "masks_to_rles", "parse_scales", "predict", "read_thresholds", "sliding_window", "tile_starts",
+    "DEFAULT_SCALES",
+    "TTA_NAMES",
+    "ImageStages",
+    "InputPlan",
+    "Item",
+    "LoadedModel",
+    "Policy",
+    "PredictSummary",
+    "Predictor",
+    "ViewCache",
+    "default_policies",
+    "gaussian_weights",
+    "load_models",
+    "masks_to_rles",
+    "parse_scales",
+    "predict",
+    "read_thresholds",
+    "sliding_window",
+    "tile_starts",
 ]

@@ -3,6 +3,7 @@
 Predict always quantises (``round(p * 255)``, `boneseg.probs`) and then thresholds the quantised values
 with `boneseg.probs.cutoffs`, so its CSV and a soft vote of its ``--save-probs`` files agree bit for bit.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,7 +48,7 @@ def run_bounds(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def format_rles(pos: np.ndarray, offsets: np.ndarray) -> list[str]:
     """RLE text of each plane from `run_bounds` output."""
-    return [runs_to_rle(pos[a:b:2], pos[a + 1:b:2]) for a, b in zip(offsets[:-1], offsets[1:])]
+    return [runs_to_rle(pos[a:b:2], pos[a + 1 : b : 2]) for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 def masks_to_rles(masks: torch.Tensor) -> list[str]:

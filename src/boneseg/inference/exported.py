@@ -14,6 +14,7 @@ format          model                            sidecar               output of
 
 Every model takes the normalised image batch ``(N, C, H, W)`` float32 with any ``H``, ``W`` (multiples of 32).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -11,6 +11,7 @@ little finger (finger-16..19) are arranged as in training wins (thumb left of th
 "R"); when both or neither are, the more confident view wins (mean probability of its foreground
 pixels). Horizontal-flip TTA is ignored for unified models (their mirror view is the other hand side).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,6 +34,7 @@ from boneseg.errors import UsageError
 from boneseg.inference.exported import Exported, open_model
 from boneseg.inference.sliding import alloc, check_window, sliding_window
 from boneseg.inference.tta import Policy, hflip, snap, unflip
+
 
 @dataclass
 class LoadedModel:
@@ -70,8 +72,11 @@ def check_weights(weights: Sequence[float] | None, n_models: int) -> list[float]
     return weights
 
 
-def load_models(checkpoints: Sequence[str | os.PathLike | Run | Exported], device: torch.device,
-                weights: Sequence[float] | None = None) -> list[LoadedModel]:
+def load_models(
+    checkpoints: Sequence[str | os.PathLike | Run | Exported],
+    device: torch.device,
+    weights: Sequence[float] | None = None,
+) -> list[LoadedModel]:
     """Load each checkpoint (file, run folder, opened `Run`) or export (`boneseg.inference.exported`) with its
     own config.
 
@@ -99,7 +104,7 @@ class Item:
     inputs: dict[tuple[int, int], torch.Tensor]
     masks: torch.Tensor | None = None  # (29, H, W) bool ground truth (tta only)
 
-    def pin_memory(self) -> "Item":
+    def pin_memory(self) -> Item:
         """Page-locked inputs, for asynchronous copies to the GPU (called by the DataLoader)."""
         self.inputs = {k: v.pin_memory() for k, v in self.inputs.items()}
         return self
@@ -109,11 +114,11 @@ class Item:
 class InputPlan:
     """The resized copies of an image a set of policies needs (computed in data-loader workers)."""
 
-    squares: frozenset[int] = frozenset()          # resize mode: square sides
-    side_squares: frozenset[int] = frozenset()     # side pass (images without a side suffix)
+    squares: frozenset[int] = frozenset()  # resize mode: square sides
+    side_squares: frozenset[int] = frozenset()  # side pass (images without a side suffix)
     sliding_scales: frozenset[float] = frozenset()
-    sliding_base: int | None = None                # None: the image's own size
-    original: bool = False                         # also the image at its own size (wrist second stage)
+    sliding_base: int | None = None  # None: the image's own size
+    original: bool = False  # also the image at its own size (wrist second stage)
 
     def sizes(self, shape: tuple[int, int], side: str | None) -> set[tuple[int, int]]:
         out = {(s, s) for s in self.squares}
@@ -126,8 +131,10 @@ class InputPlan:
         return out
 
     def item(self, index: int, name: str, image: np.ndarray, side: str | None) -> Item:
-        inputs = {hw: torch.from_numpy(np.ascontiguousarray(resize_image(image, hw)))
-                  for hw in sorted(self.sizes(image.shape, side))}
+        inputs = {
+            hw: torch.from_numpy(np.ascontiguousarray(resize_image(image, hw)))
+            for hw in sorted(self.sizes(image.shape, side))
+        }
         return Item(index, name, tuple(image.shape), side, inputs)
 
 
@@ -140,9 +147,9 @@ class ViewCache:
         self.views: dict[tuple, torch.Tensor] = {}
         self.side: str | None = None
         self.seconds: dict[tuple, float] = {}  # compute time of each view (device-synchronised)
-        self.side_seconds = 0.0                # time of the hand-side pass
-        self.side_keys: set[tuple] = set()     # its views (reused by the main pass when they match)
-        self.used: set[tuple] = set()          # views handed out (reset by the caller)
+        self.side_seconds = 0.0  # time of the hand-side pass
+        self.side_keys: set[tuple] = set()  # its views (reused by the main pass when they match)
+        self.used: set[tuple] = set()  # views handed out (reset by the caller)
 
     def take(self, key):
         return self.views.get(key) if self.keep else self.views.pop(key, None)
@@ -165,8 +172,16 @@ class Predictor:
         amp: fp16 autocast on CUDA.
     """
 
-    def __init__(self, models: Sequence[LoadedModel], device: torch.device | str = "cpu", size: int | None = None,
-                 window: int | None = None, overlap: float = 0.5, batch_size: int = 4, amp: bool = True):
+    def __init__(
+        self,
+        models: Sequence[LoadedModel],
+        device: torch.device | str = "cpu",
+        size: int | None = None,
+        window: int | None = None,
+        overlap: float = 0.5,
+        batch_size: int = 4,
+        amp: bool = True,
+    ):
         if not models:
             raise UsageError("give at least one model with -m CKPT")
         self.models = list(models)
@@ -187,8 +202,9 @@ class Predictor:
         self.unified = [i for i, lm in enumerate(self.models) if lm.unify]
 
     @staticmethod
-    def check_options(size: int | None = None, window: int | None = None, overlap: float = 0.5,
-                      batch_size: int = 4) -> None:
+    def check_options(
+        size: int | None = None, window: int | None = None, overlap: float = 0.5, batch_size: int = 4
+    ) -> None:
         """Raise `UsageError` for impossible sizes, window, overlap or batch size (before any model is loaded)."""
         if size is not None and (size <= 0 or size % 32):
             raise UsageError(f"--size must be a positive multiple of 32, got {size}")
@@ -200,8 +216,13 @@ class Predictor:
             raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: Sequence[str | os.PathLike | Run | Exported], weights: Sequence[float] | None = None,
-                         device: str | torch.device = "auto", **kwargs) -> "Predictor":
+    def from_checkpoints(
+        cls,
+        checkpoints: Sequence[str | os.PathLike | Run | Exported],
+        weights: Sequence[float] | None = None,
+        device: str | torch.device = "auto",
+        **kwargs,
+    ) -> Predictor:
         dev = resolve_device(device)
         return cls(load_models(checkpoints, dev, weights), dev, **kwargs)
 
@@ -248,15 +269,22 @@ class Predictor:
         s = snap(self.size_of(self.models[m]) * scale)
         return s, s
 
-    def _compute(self, m: int, item: Item, sliding: bool, hw: tuple[int, int],
-                 flips: Sequence[bool]) -> list[torch.Tensor]:
+    def _compute(
+        self, m: int, item: Item, sliding: bool, hw: tuple[int, int], flips: Sequence[bool]
+    ) -> list[torch.Tensor]:
         lm, (h, w) = self.models[m], item.shape
         if sliding:
             out = []
             for f in flips:
                 x = self._input(lm, item, hw)[0]
-                p = sliding_window(lambda b: self._sigmoid(lm, self._forward(lm, b)), hflip(x) if f else x,
-                                   self.window_of(lm), self.overlap, self.batch_size, self.dtype)
+                p = sliding_window(
+                    lambda b: self._sigmoid(lm, self._forward(lm, b)),
+                    hflip(x) if f else x,
+                    self.window_of(lm),
+                    self.overlap,
+                    self.batch_size,
+                    self.dtype,
+                )
                 p = unflip(p) if f else p
                 if p.shape[-2:] != (h, w):
                     p = F.interpolate(p[None], (h, w), mode="bilinear", align_corners=False)[0]
@@ -272,8 +300,9 @@ class Predictor:
             out.append(self._sigmoid(lm, y[0]))
         return out
 
-    def views(self, m: int, item: Item, sliding: bool, scale: float, flips: Sequence[bool],
-              cache: ViewCache | None = None) -> list[torch.Tensor]:
+    def views(
+        self, m: int, item: Item, sliding: bool, scale: float, flips: Sequence[bool], cache: ViewCache | None = None
+    ) -> list[torch.Tensor]:
         """Image-frame probabilities (29, H, W) of model `m` for each flip at one scale."""
         cache = cache or ViewCache()
         hw = self.view_size(m, item, sliding, scale)

@@ -7,6 +7,7 @@ whatever the number of images. Under ``torchrun`` each rank predicts ``images[ra
 part file and rank 0 merges the parts in image order. The CSV and the probability folder appear whole
 or not at all.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,8 @@ from boneseg.data.layout import Sample, by_image_name, find_images, read_image
 from boneseg.engine.distributed import cleanup, setup
 from boneseg.engine.run import Run
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
-from boneseg.inference.exported import Exported, open_model
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
+from boneseg.inference.exported import Exported, open_model
 from boneseg.inference.predictor import InputPlan, Item, Predictor, check_weights
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
@@ -43,8 +44,13 @@ from boneseg.submission import HEADER, SubmissionWriter, csv_rows, format_row
 class ImageDataset(torch.utils.data.Dataset):
     """Samples -> `Item` (image resized to what the policies need; ground truth with `labels`)."""
 
-    def __init__(self, samples: Sequence[Sample], plan: InputPlan, labels: bool = False,
-                 cache_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        plan: InputPlan,
+        labels: bool = False,
+        cache_dir: str | os.PathLike | None = None,
+    ):
         self.samples, self.plan, self.labels, self.cache_dir = list(samples), plan, labels, cache_dir
 
     def __len__(self) -> int:
@@ -71,8 +77,15 @@ def check_workers(workers: int | None) -> None:
 def make_loader(dataset: ImageDataset, workers: int, device: torch.device) -> Loader:
     """One item at a time, read `workers`-wide ahead in background processes (0: in this process)."""
     check_workers(workers)
-    return Loader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                  prefetch_factor=2 if workers else None, persistent_workers=False, pin_memory=device.type == "cuda")
+    return Loader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
 
 
 def check_probs_dir(folder: str | os.PathLike, force: bool) -> Path:
@@ -102,6 +115,7 @@ def fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
 
 
 # -- distributed ----------------------------------------------------------------------------------
+
 
 def gather_parts(part: Path, rank: int, world: int) -> list[Path] | None:
     """On rank 0, every rank's part CSV (rank r's copied beside rank 0's own), sent through the process
@@ -158,6 +172,7 @@ def merge_parts(parts: Sequence[Path], n_images: int, output: str | os.PathLike 
 
 # -- predict --------------------------------------------------------------------------------------
 
+
 @dataclass
 class PredictSummary:
     """What a `predict` call did (on this rank, plus the totals)."""
@@ -213,30 +228,53 @@ class _Rows:
     def postprocessed(self) -> bool:
         return self.keep_largest or self.min_area > 1 or self.rules is not None
 
-    def task(self, writer: SubmissionWriter, name: str, bounds: tuple | None, masks: np.ndarray | None,
-             q: np.ndarray | None) -> Callable[[], None]:
+    def task(
+        self, writer: SubmissionWriter, name: str, bounds: tuple | None, masks: np.ndarray | None, q: np.ndarray | None
+    ) -> Callable[[], None]:
         """The writer thread's job for one image: save `q`, post-process `masks` (or format `bounds`), write."""
+
         def task() -> None:
             if self.probs_dir is not None:
                 probs_mod.save(self.probs_dir, name, q)
             if masks is not None:
-                writer.write_masks(name, postprocess_per_class(masks, self.rules) if self.rules
-                                   else postprocess(masks, self.keep_largest, self.min_area))
+                writer.write_masks(
+                    name,
+                    postprocess_per_class(masks, self.rules)
+                    if self.rules
+                    else postprocess(masks, self.keep_largest, self.min_area),
+                )
             else:
                 writer.write_rles(name, format_rles(*bounds))
+
         return task
 
 
-def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Sequence[str | os.PathLike],
-            output: str | os.PathLike | None = "-", *, tta: str | Policy = "none",
-            scales: Sequence[float] | str = DEFAULT_SCALES, sliding: bool = False,
-            threshold: float | str | os.PathLike | dict | None = None, keep_largest: bool = False, min_area: int = 0,
-            save_probs: str | os.PathLike | None = None, workers: int = 2, force: bool = False,
-            reporter: Reporter = SILENT, weights: Sequence[float] | None = None, device: str = "auto",
-            size: int | None = None, window: int | None = None, overlap: float = 0.5, batch_size: int = 4,
-            amp: bool = True, wrist_model: str | os.PathLike | None = None,
-            postprocess_rules: str | os.PathLike | None = "auto",
-            meta: str | os.PathLike | None = None) -> PredictSummary:
+def predict(
+    source: str | os.PathLike | Sequence[Sample],
+    models: Predictor | Sequence[str | os.PathLike],
+    output: str | os.PathLike | None = "-",
+    *,
+    tta: str | Policy = "none",
+    scales: Sequence[float] | str = DEFAULT_SCALES,
+    sliding: bool = False,
+    threshold: float | str | os.PathLike | dict | None = None,
+    keep_largest: bool = False,
+    min_area: int = 0,
+    save_probs: str | os.PathLike | None = None,
+    workers: int = 2,
+    force: bool = False,
+    reporter: Reporter = SILENT,
+    weights: Sequence[float] | None = None,
+    device: str = "auto",
+    size: int | None = None,
+    window: int | None = None,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    amp: bool = True,
+    wrist_model: str | os.PathLike | None = None,
+    postprocess_rules: str | os.PathLike | None = "auto",
+    meta: str | os.PathLike | None = None,
+) -> PredictSummary:
     """Predict images into a submission CSV, streaming one image at a time.
 
     Args:
@@ -286,8 +324,11 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     if run_rules:
         rules_doc, rules_path = find_rules(runs, postprocess_rules)
         if rules_doc is not None:
-            warnings.warn(f"applying the run's post-processing rules {rules_path} (--postprocess none to skip)",
-                          BonesegWarning, stacklevel=2)
+            warnings.warn(
+                f"applying the run's post-processing rules {rules_path} (--postprocess none to skip)",
+                BonesegWarning,
+                stacklevel=2,
+            )
             rules = rules_list(rules_doc, keep_largest, min_area, rules_path)
     if not is_stdout(output):
         check_output(output, force)
@@ -296,17 +337,24 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     info = setup(models.device if isinstance(models, Predictor) else device)
     rank, world = info.rank, info.world_size
     fixed_mmap_threshold()
-    predictor = models if isinstance(models, Predictor) else Predictor.from_checkpoints(
-        runs, weights, info.device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
+    predictor = (
+        models
+        if isinstance(models, Predictor)
+        else Predictor.from_checkpoints(
+            runs, weights, info.device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp
+        )
+    )
     if policy.hflip and predictor.unified:
         used = predictor.applied(policy)
-        whom = (f"models trained with hand-side unification (their mirror view is the other hand): running {used.name}"
-                if used != policy else f"the {len(predictor.unified)} of {len(predictor.models)} models trained with "
-                "hand-side unification (their mirror view is the other hand); the others use it")
+        whom = (
+            f"models trained with hand-side unification (their mirror view is the other hand): running {used.name}"
+            if used != policy
+            else f"the {len(predictor.unified)} of {len(predictor.models)} models trained with "
+            "hand-side unification (their mirror view is the other hand); the others use it"
+        )
         warnings.warn(f"--tta {policy.tta}: the flip is dropped for {whom}", BonesegWarning, stacklevel=2)
         policy = used
-    stages = ImageStages(predictor, meta or (source if isinstance(source, (str, os.PathLike)) else None),
-                         wrist_model)
+    stages = ImageStages(predictor, meta or (source if isinstance(source, (str, os.PathLike)) else None), wrist_model)
     shard = samples[rank::world]
     parts_dir = Path(tempfile.mkdtemp(prefix="boneseg-predict-")) if world > 1 else None  # on each rank's node
     target = parts_dir / "part-0.csv" if parts_dir is not None else output
@@ -314,16 +362,34 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
     rows = _Rows(cuts, keep_largest, min_area, rules, staging)
     label = "predict" + (f" [rank 0 of {world}]" if world > 1 else "")
     try:
-        seconds = _predict_shard(shard, predictor, policy, stages, rows, target, force or world > 1, workers,
-                                 reporter if rank == 0 else SILENT, label)
+        seconds = _predict_shard(
+            shard,
+            predictor,
+            policy,
+            stages,
+            rows,
+            target,
+            force or world > 1,
+            workers,
+            reporter if rank == 0 else SILENT,
+            label,
+        )
         if world > 1:
             parts = gather_parts(target, rank, world)  # returns once every rank has written its share
             if rank == 0:
                 merge_parts(parts, len(samples), output, force)
         if staging is not None and rank == 0:
-            probs_mod.write_manifest(staging, [s.image_name for s in samples], [lm.source for lm in predictor.models],
-                                     {"policy": policy.name, "scales": list(policy.scales),
-                                      "weights": predictor.weights, "threshold": [float(t) for t in thresholds]})
+            probs_mod.write_manifest(
+                staging,
+                [s.image_name for s in samples],
+                [lm.source for lm in predictor.models],
+                {
+                    "policy": policy.name,
+                    "scales": list(policy.scales),
+                    "weights": predictor.weights,
+                    "threshold": [float(t) for t in thresholds],
+                },
+            )
             probs_mod.publish(staging, probs_dir, force)
         if world > 1:
             _barrier()
@@ -335,13 +401,30 @@ def predict(source: str | os.PathLike | Sequence[Sample], models: Predictor | Se
         if parts_dir is not None:
             shutil.rmtree(parts_dir, ignore_errors=True)
     cleanup(info)
-    return PredictSummary(len(shard), seconds, "-" if is_stdout(output) else str(output),
-                          str(probs_dir) if probs_dir else None, rank, world, policy.name, len(samples))
+    return PredictSummary(
+        len(shard),
+        seconds,
+        "-" if is_stdout(output) else str(output),
+        str(probs_dir) if probs_dir else None,
+        rank,
+        world,
+        policy.name,
+        len(samples),
+    )
 
 
-def _predict_shard(shard: Sequence[Sample], predictor: Predictor, policy: Policy, stages: ImageStages, rows: _Rows,
-                   target: str | os.PathLike | None, force: bool, workers: int, reporter: Reporter,
-                   label: str) -> float:
+def _predict_shard(
+    shard: Sequence[Sample],
+    predictor: Predictor,
+    policy: Policy,
+    stages: ImageStages,
+    rows: _Rows,
+    target: str | os.PathLike | None,
+    force: bool,
+    workers: int,
+    reporter: Reporter,
+    label: str,
+) -> float:
     """Predict `shard` into the CSV `target`, streaming (a `reporter` task titled `label`);
     returns the seconds it took."""
     plan = stages.plan(predictor.plan([policy]))
@@ -358,7 +441,9 @@ def _predict_shard(shard: Sequence[Sample], predictor: Predictor, policy: Policy
                 masks = binarize(q, rows.cuts)
                 q_np = q.cpu().numpy() if rows.probs_dir is not None else None
                 del q
-                if rows.postprocessed or masks.device.type == "cpu":  # CPU: the writer thread's bounding-box RLE is faster
+                if (
+                    rows.postprocessed or masks.device.type == "cpu"
+                ):  # CPU: the writer thread's bounding-box RLE is faster
                     m_np, bounds = masks.cpu().numpy(), None
                 else:
                     m_np, bounds = None, run_bounds(masks)
@@ -371,7 +456,9 @@ def _predict_shard(shard: Sequence[Sample], predictor: Predictor, policy: Policy
     return time.perf_counter() - start
 
 
-def find_rules(runs: Sequence[Run | Exported], setting: str | os.PathLike | None = "auto") -> tuple[dict | None, str | None]:
+def find_rules(
+    runs: Sequence[Run | Exported], setting: str | os.PathLike | None = "auto"
+) -> tuple[dict | None, str | None]:
     """The post-processing rules `predict` applies: ``auto`` = those of a single run or export
     (`Run.postprocess_rules`, `Exported.postprocess_rules`;
     ensembles get none: the rules were validated for one model), ``none`` = none, else a file. Returns

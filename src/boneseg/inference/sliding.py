@@ -6,6 +6,7 @@ ends at the border), run through the model in batches, and blended with a Gaussi
 The blended sum lives on the model's device (fp16 on CUDA) and moves to the CPU when the device runs
 out of memory.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ def tile_starts(length: int, window: int, overlap: float) -> list[int]:
 def _gaussian(window: int) -> torch.Tensor:
     sigma = window / 8.0
     ax = torch.arange(window, dtype=torch.float64) - (window - 1) / 2.0
-    g = torch.exp(-(ax ** 2) / (2 * sigma ** 2))
+    g = torch.exp(-(ax**2) / (2 * sigma**2))
     g2 = torch.outer(g, g)
     return (g2 / g2.max()).clamp_min(MIN_WEIGHT).float()
 
@@ -64,9 +65,14 @@ def alloc(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> t
         return torch.zeros(shape, dtype=torch.float32)
 
 
-def sliding_window(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, window: int,
-                   overlap: float = 0.5, batch_size: int = 4,
-                   acc_dtype: torch.dtype | None = None) -> torch.Tensor:
+def sliding_window(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    window: int,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    acc_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Blend `forward` over the tiles of one image.
 
     Args:
@@ -94,8 +100,8 @@ def sliding_window(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
     acc = wsum = None
     i, bs = 0, max(1, int(batch_size))
     while i < len(boxes):
-        chunk = boxes[i:i + bs]
-        batch = torch.stack([x[:, y:y + window, xx:xx + window] for y, xx in chunk])
+        chunk = boxes[i : i + bs]
+        batch = torch.stack([x[:, y : y + window, xx : xx + window] for y, xx in chunk])
         try:
             out = forward(batch)
         except torch.OutOfMemoryError:
@@ -110,8 +116,8 @@ def sliding_window(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
             gw = g.to(acc.device)
         out = out.to(acc.device)
         for (y, xx), tile in zip(chunk, out):
-            acc[:, y:y + window, xx:xx + window] += (tile * gw).to(acc.dtype)
-            wsum[y:y + window, xx:xx + window] += gw
+            acc[:, y : y + window, xx : xx + window] += (tile * gw).to(acc.dtype)
+            wsum[y : y + window, xx : xx + window] += gw
         i += len(chunk)
     assert acc is not None and wsum is not None  # more than one tile: the loop ran
     return acc[:, :h, :w].div_(wsum[:h, :w])

@@ -1,5 +1,6 @@
 """The per-image steps around the models that `predict` and `tta` share, so both score the same thing:
 the FiLM metadata of the image's patient (``--meta film`` models) and the wrist second stage."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +19,9 @@ class ImageStages:
     """Set up once per run, used as a context (leaving it clears the FiLM metadata it set); call `before`
     an image's prediction and `after` it."""
 
-    def __init__(self, predictor: Predictor, meta: str | os.PathLike | None = None,
-                 wrist_model: str | os.PathLike | None = None):
+    def __init__(
+        self, predictor: Predictor, meta: str | os.PathLike | None = None, wrist_model: str | os.PathLike | None = None
+    ):
         """`meta`: a metadata file or a folder it is found from (`boneseg.modelling.heads.meta_table`), used only when
         a model has FiLM. `wrist_model`: a wrist checkpoint (`boneseg.data.wrist`) whose carpal predictions, on
         the crop around the first stage's carpals, replace the first stage's."""
@@ -28,15 +30,19 @@ class ImageStages:
         self.film: list[Any] = [lm.model for lm in predictor.models if getattr(lm.model, "wants_meta", False)]
         self.table = heads.meta_table(meta) if self.film and meta is not None else {}
         if self.film and not self.table:
-            warnings.warn("a FiLM (--meta film) model runs without patient metadata (no meta_data.xlsx found; "
-                          "give --meta FILE): every image gets the no-metadata vector", BonesegWarning, stacklevel=2)
+            warnings.warn(
+                "a FiLM (--meta film) model runs without patient metadata (no meta_data.xlsx found; "
+                "give --meta FILE): every image gets the no-metadata vector",
+                BonesegWarning,
+                stacklevel=2,
+            )
         self.wrist = None
         if wrist_model is not None:
             from boneseg.inference.wrist import WristStage
 
             self.wrist = WristStage(load_models([wrist_model], predictor.device)[0], predictor.device)
 
-    def __enter__(self) -> "ImageStages":
+    def __enter__(self) -> ImageStages:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -4,6 +4,7 @@ A policy is a mode (resize or sliding window) and a set of views; the views' pro
 merged by their mean. Names: ``none``, ``hflip``, ``scale``, ``hflip+scale``, optionally prefixed by
 ``sliding:`` or ``resize:`` (e.g. ``sliding:hflip``). ``scale`` uses the configured scales.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,9 @@ class Policy:
     def tta(self) -> str:
         """The TTA part of the name (``none``, ``hflip``, ``scale``, ``hflip+scale``)."""
         multi = self.scales != (1.0,)
-        return {(False, False): "none", (True, False): "hflip", (False, True): "scale",
-                (True, True): "hflip+scale"}[(self.hflip, multi)]
+        return {(False, False): "none", (True, False): "hflip", (False, True): "scale", (True, True): "hflip+scale"}[
+            (self.hflip, multi)
+        ]
 
     @property
     def name(self) -> str:
@@ -74,7 +76,7 @@ class Policy:
         return [(s, f) for s in self.scales for f in ((False, True) if self.hflip else (False,))]
 
     @classmethod
-    def parse(cls, text: str, scales: str | Sequence[float] = DEFAULT_SCALES, sliding: bool = False) -> "Policy":
+    def parse(cls, text: str, scales: str | Sequence[float] = DEFAULT_SCALES, sliding: bool = False) -> Policy:
         """A policy from its name; the mode prefix overrides `sliding`.
 
         Raises:

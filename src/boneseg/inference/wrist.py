@@ -1,5 +1,6 @@
 """The wrist second stage at inference: a wrist model refines the carpal channels of a first-stage prediction
 (the training side, crops and `WristCache`, is `boneseg.data.wrist`)."""
+
 from __future__ import annotations
 
 import numpy as np

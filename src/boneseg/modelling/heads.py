@@ -19,6 +19,7 @@ In training mode the wrapper returns a dict (``masks``, ``meta``, ``boundary``);
 the (sharpened) mask logits only, so prediction code treats it like any smp model. FiLM models take
 ``meta`` as a forward argument, or use `default_meta` (set per image by `boneseg predict`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from boneseg.data.meta import (META_DIM, META_FIELDS, META_STATS, find_meta_file, meta_table,  # noqa: F401
-                               meta_vector, side_target)
+from boneseg.data.meta import META_DIM, META_FIELDS, META_STATS, find_meta_file, meta_table, meta_vector, side_target  # noqa: F401
 from boneseg.errors import UsageError, suggest
 
 META_MODES = ("none", "aux", "film", "aux+film")
@@ -54,6 +54,7 @@ def uses_heads(config: Mapping) -> bool:
 
 # -- the wrapper ------------------------------------------------------------------------------------
 
+
 def _first_conv(module: nn.Module) -> nn.Conv2d:
     return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
 
@@ -69,8 +70,11 @@ class AuxModel(nn.Module):
         self.default_meta: torch.Tensor | None = None
         dec_ch = _first_conv(base.segmentation_head).in_channels
         enc_ch = base.encoder.out_channels[-1]
-        self.meta_head = nn.Sequential(nn.Linear(enc_ch, 128), nn.ReLU(inplace=True),
-                                       nn.Linear(128, len(AUX_OUTPUTS))) if "aux" in self.meta_mode else None
+        self.meta_head = (
+            nn.Sequential(nn.Linear(enc_ch, 128), nn.ReLU(inplace=True), nn.Linear(128, len(AUX_OUTPUTS)))
+            if "aux" in self.meta_mode
+            else None
+        )
         self.film: nn.Module | None
         if "film" in self.meta_mode:
             first, last = nn.Linear(META_DIM, 64), nn.Linear(64, 2 * dec_ch)
@@ -129,8 +133,12 @@ def wrap(model: nn.Module, config: Mapping) -> nn.Module:
     """`model` wrapped in an `AuxModel` when the config turns on ``meta`` or ``boundary_head``."""
     if not uses_heads(config):
         return model
-    return AuxModel(model, config.get("meta") or "none", float(config.get("boundary_head") or 0) > 0,
-                    float(config.get("boundary_sharpen") or 0))
+    return AuxModel(
+        model,
+        config.get("meta") or "none",
+        float(config.get("boundary_head") or 0) > 0,
+        float(config.get("boundary_sharpen") or 0),
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -139,6 +147,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 # -- training ---------------------------------------------------------------------------------------
+
 
 def model_kwargs(model: nn.Module, batch: Mapping, device: torch.device) -> dict:
     """The extra forward arguments a model takes from a batch (``meta`` for FiLM models)."""
@@ -190,6 +199,5 @@ def aux_loss(out: Mapping, batch: Mapping, target: torch.Tensor, config) -> torc
             total = total + float(config.meta_weight) * torch.stack(terms).mean()
     if "boundary" in out:
         band = outer_band(target.float())
-        total = total + float(config.boundary_head) * F.binary_cross_entropy_with_logits(
-            out["boundary"].float(), band)
+        total = total + float(config.boundary_head) * F.binary_cross_entropy_with_logits(out["boundary"].float(), band)
     return total

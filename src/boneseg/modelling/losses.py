@@ -22,6 +22,7 @@ Terms are computed in float32 whatever the autocast dtype. Terms that need the d
 take them as ``dist`` (uint8 codes, as the training dataset delivers them from the cache when the loss
 asks); without ``dist`` they compute them from the target on the CPU.
 """
+
 from __future__ import annotations
 
 import re
@@ -174,8 +175,7 @@ class CombinedLoss(nn.Module):
         super().__init__()
         self.weights = [w for w, _ in terms]
         self.names = [n for _, n in terms]
-        self.terms = nn.ModuleList(DistanceBCE(clip=distance_clip) if n == "dtbce" else LOSSES[n]()
-                                   for n in self.names)
+        self.terms = nn.ModuleList(DistanceBCE(clip=distance_clip) if n == "dtbce" else LOSSES[n]() for n in self.names)
 
     @property
     def needs_distance(self) -> bool:

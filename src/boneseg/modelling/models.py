@@ -9,6 +9,7 @@ Names are case-insensitive; short aliases (``unetpp``, ``dlv3p``, ``uper``…) r
 names, and any ``tu-<timm model>`` encoder is accepted. Unknown names raise `UsageError` listing the
 valid ones, closest first.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,21 +17,28 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
+import segmentation_models_pytorch as smp  # noqa: E402  (after torch)
 import torch
 
 from boneseg.classes import NUM_CLASSES
 from boneseg.errors import BonesegWarning, CheckpointError, UsageError, suggest
 
-import segmentation_models_pytorch as smp  # noqa: E402  (after torch)
-
 ARCHITECTURES: dict[str, type[torch.nn.Module]] = dict(smp.MODEL_ARCHITECTURES_MAPPING)
 """Canonical (smp) architecture name -> model class."""
 
 ALIASES: dict[str, str] = {
-    "unetpp": "unetplusplus", "unet++": "unetplusplus", "nestedunet": "unetplusplus",
-    "deeplabv3+": "deeplabv3plus", "dlv3p": "deeplabv3plus", "dlv3+": "deeplabv3plus",
-    "dlv3": "deeplabv3", "deeplab": "deeplabv3plus",
-    "uper": "upernet", "mit": "segformer", "psp": "pspnet", "link": "linknet",
+    "unetpp": "unetplusplus",
+    "unet++": "unetplusplus",
+    "nestedunet": "unetplusplus",
+    "deeplabv3+": "deeplabv3plus",
+    "dlv3p": "deeplabv3plus",
+    "dlv3+": "deeplabv3plus",
+    "dlv3": "deeplabv3",
+    "deeplab": "deeplabv3plus",
+    "uper": "upernet",
+    "mit": "segformer",
+    "psp": "pspnet",
+    "link": "linknet",
 }
 """Short name -> canonical architecture name."""
 
@@ -77,8 +85,7 @@ def resolve_encoder(name: str) -> str:
             return "tu-" + model
         choices = ["tu-" + m for m in timm.list_models()]
         raise UsageError(f"--encoder {name!r}: timm has no model {model!r}{suggest(name, choices)}")
-    raise UsageError(f"--encoder {name!r}: unknown encoder (or use tu-<timm model>)"
-                     f"{suggest(name, smp_names)}")
+    raise UsageError(f"--encoder {name!r}: unknown encoder (or use tu-<timm model>){suggest(name, smp_names)}")
 
 
 def _weights_arg(encoder: str, weights: str | None):
@@ -118,18 +125,30 @@ def build_model(config: Mapping) -> torch.nn.Module:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*encoder_weights.*")
-            model = smp.create_model(arch, encoder_name=encoder, encoder_weights=_weights_arg(encoder, weights),
-                                     in_channels=in_channels, classes=n_classes, **kwargs)
+            model = smp.create_model(
+                arch,
+                encoder_name=encoder,
+                encoder_weights=_weights_arg(encoder, weights),
+                in_channels=in_channels,
+                classes=n_classes,
+                **kwargs,
+            )
     except Exception as exc:  # noqa: BLE001 - smp/timm/huggingface_hub raise many types
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         origin = type(exc).__module__ or ""
         if isinstance(exc, OSError) or origin.startswith(("huggingface_hub", "requests", "urllib3")):
-            raise UsageError(f"--encoder-weights {weights}: cannot fetch pretrained weights for {encoder} ({msg}); "
-                             "offline, fill the Hugging Face cache first (HF_HUB_OFFLINE=1 then reads it) "
-                             "or pass a local file") from None
+            raise UsageError(
+                f"--encoder-weights {weights}: cannot fetch pretrained weights for {encoder} ({msg}); "
+                "offline, fill the Hugging Face cache first (HF_HUB_OFFLINE=1 then reads it) "
+                "or pass a local file"
+            ) from None
         raise UsageError(f"cannot build --arch {arch} with --encoder {encoder}: {msg}") from None
-    if weights is not None and _weights_arg(encoder, weights) is None and str(weights).lower() not in ENCODER_WEIGHTS \
-            and str(weights).lower() not in ("", "null", "random"):
+    if (
+        weights is not None
+        and _weights_arg(encoder, weights) is None
+        and str(weights).lower() not in ENCODER_WEIGHTS
+        and str(weights).lower() not in ("", "null", "random")
+    ):
         load_encoder_weights(model, weights)
     from boneseg.modelling.heads import wrap
 
@@ -151,15 +170,16 @@ def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> Non
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign pickles
-        raise CheckpointError(f"{path}: not a plain state dict ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise CheckpointError(
+            f"{path}: not a plain state dict ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path}: not a state dict")
     if any(k.startswith("encoder.") for k in sd):
-        sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+        sd = {k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
     own = model.get_submodule("encoder").state_dict()
     loaded = {}
     for k, v in sd.items():
@@ -172,11 +192,17 @@ def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> Non
     other = [k for k, v in sd.items() if k in own and isinstance(v, torch.Tensor) and k not in loaded]
     if other or not loaded:
         example = f" ({other[0]}: {tuple(sd[other[0]].shape)}, expected {tuple(own[other[0]].shape)})" if other else ""
-        raise CheckpointError(f"{path}: weights of another encoder than {type(model.encoder).__name__}: "
-                              f"{len(other)} tensor(s) of other shapes{example}, {len(loaded)} matching")
+        raise CheckpointError(
+            f"{path}: weights of another encoder than {type(model.encoder).__name__}: "
+            f"{len(other)} tensor(s) of other shapes{example}, {len(loaded)} matching"
+        )
     wanted = [k for k in own if not k.endswith("num_batches_tracked")]  # a counter, absent from many files
     matched = sum(k in loaded for k in wanted)
     if matched < len(wanted):
-        warnings.warn(f"--encoder-weights {path}: {matched} of the encoder's {len(wanted)} tensors loaded; "
-                      "the others keep their random initialisation", BonesegWarning, stacklevel=2)
+        warnings.warn(
+            f"--encoder-weights {path}: {matched} of the encoder's {len(wanted)} tensors loaded; "
+            "the others keep their random initialisation",
+            BonesegWarning,
+            stacklevel=2,
+        )
     model.get_submodule("encoder").load_state_dict(loaded, strict=False)

@@ -7,6 +7,7 @@ of covered pixels below ``x`` in one input (a ``searchsorted`` over its run star
 of run lengths), a run ``[s, e)`` of the other input overlaps it by ``F(e) - F(s)``. A 2048² image is
 never decoded; the cost follows the number of runs (about one per bone row).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,22 +18,38 @@ from pathlib import Path
 import numpy as np
 
 from boneseg import rle as rle_mod
-from boneseg.classes import CLASSES, NUM_CLASSES, FINGERS, CARPALS
+from boneseg.classes import CARPALS, CLASSES, FINGERS, NUM_CLASSES
 from boneseg.errors import DataError, UsageError
 from boneseg.metrics import dice_from_counts
 from boneseg.progress import SILENT, Reporter, track
 from boneseg.submission import Submission, read_submission
 
-__all__ = ["RunTable", "runs_table", "intersections", "run_dice", "Inputs", "load_inputs", "Analysis", "analyze",
-           "suggest_ensemble", "write_plots", "PLOT_FILES"]
+__all__ = [
+    "RunTable",
+    "runs_table",
+    "intersections",
+    "run_dice",
+    "Inputs",
+    "load_inputs",
+    "Analysis",
+    "analyze",
+    "suggest_ensemble",
+    "write_plots",
+    "PLOT_FILES",
+]
 
 
-PLOT_FILES = {"per_class": "per_class.png", "dice_vs_area": "dice_vs_area.png", "worst": "worst_cases.png",
-              "similarity": "similarity.png"}
+PLOT_FILES = {
+    "per_class": "per_class.png",
+    "dice_vs_area": "dice_vs_area.png",
+    "worst": "worst_cases.png",
+    "similarity": "similarity.png",
+}
 JSON_FILE = "analysis.json"
 
 
 # -- run tables -----------------------------------------------------------------------------------
+
 
 @dataclass
 class RunTable:
@@ -42,9 +59,9 @@ class RunTable:
     """
 
     starts: np.ndarray  # (R,) int64, global
-    ends: np.ndarray    # (R,) int64, exclusive
-    owner: np.ndarray   # (R,) int64 key of each run
-    areas: np.ndarray   # (n_keys,) int64 pixel count of each mask
+    ends: np.ndarray  # (R,) int64, exclusive
+    owner: np.ndarray  # (R,) int64 key of each run
+    areas: np.ndarray  # (n_keys,) int64 pixel count of each mask
     block: int
 
     @property
@@ -93,16 +110,17 @@ def run_dice(a: RunTable, b: RunTable) -> np.ndarray:
 
 # -- inputs ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class Inputs:
     """Predictions matched to a common, ordered image list (and to ground truth when given)."""
 
     paths: list[Path]
-    names: list[str]                    # unique display names (file paths as given)
+    names: list[str]  # unique display names (file paths as given)
     subs: list[Submission]
-    images: list[str]                   # evaluated image base names, in order
-    shapes: list[tuple[int, int]]       # (H, W) of each image
-    samples: list | None = None         # matching `Sample`s with labels (with ground truth)
+    images: list[str]  # evaluated image base names, in order
+    shapes: list[tuple[int, int]]  # (H, W) of each image
+    samples: list | None = None  # matching `Sample`s with labels (with ground truth)
     data: Path | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -134,9 +152,15 @@ def _fold_images(samples: list, fold: int, splits: Path) -> list:
     return fold_samples(samples, load_splits(splits, samples), fold)[1]
 
 
-def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None = None,
-                fold: int | None = None, splits: str | os.PathLike | None = None, size: int = 2048,
-                cache_dir: str | os.PathLike | None = None, reporter: Reporter = SILENT) -> Inputs:
+def load_inputs(
+    preds: Sequence[str | os.PathLike],
+    gt: str | os.PathLike | None = None,
+    fold: int | None = None,
+    splits: str | os.PathLike | None = None,
+    size: int = 2048,
+    cache_dir: str | os.PathLike | None = None,
+    reporter: Reporter = SILENT,
+) -> Inputs:
     """Read prediction CSVs and fix the images to evaluate.
 
     Without `gt`, every CSV must hold the same images (all assumed `size`²). With `gt` (a dataset root),
@@ -185,8 +209,10 @@ def load_inputs(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None
         first = set(subs[0].images)
         unknown = sorted(first - by_name.keys())
         if unknown:
-            raise DataError(f"{paths[0]}: {len(unknown)} image(s) not among the labelled train images of {data}: "
-                            f"{_listing(unknown)} (use --fold/--splits to score one fold's validation images)")
+            raise DataError(
+                f"{paths[0]}: {len(unknown)} image(s) not among the labelled train images of {data}: "
+                f"{_listing(unknown)} (use --fold/--splits to score one fold's validation images)"
+            )
         for p, s in zip(paths[1:], subs[1:]):
             _same_images(paths[0], first, p, set(s.images))
         samples = sorted((by_name[n] for n in first), key=lambda s: s.name)
@@ -207,8 +233,9 @@ def _image_shape(sample, cache) -> tuple[int, int]:
 def _same_images(ref: Path, ref_images: set[str], path: Path, images: set[str]) -> None:
     if images != ref_images:
         missing, extra = sorted(ref_images - images), sorted(images - ref_images)
-        parts = ([f"lacks {len(missing)} of its image(s): {_listing(missing)}"] if missing else []) + \
-                ([f"has {len(extra)} image(s) {ref.name} lacks: {_listing(extra)}"] if extra else [])
+        parts = ([f"lacks {len(missing)} of its image(s): {_listing(missing)}"] if missing else []) + (
+            [f"has {len(extra)} image(s) {ref.name} lacks: {_listing(extra)}"] if extra else []
+        )
         raise DataError(f"{path}: images differ from {ref}: " + "; ".join(parts))
 
 
@@ -224,8 +251,7 @@ def prediction_runs(inputs: Inputs, index: int) -> RunTable:
     return runs_table(runs, inputs.block)
 
 
-def truth_runs(inputs: Inputs, cache_dir: str | os.PathLike | None = None,
-               reporter: Reporter = SILENT) -> RunTable:
+def truth_runs(inputs: Inputs, cache_dir: str | os.PathLike | None = None, reporter: Reporter = SILENT) -> RunTable:
     """The `RunTable` of the label masks of the evaluated images (through the mask cache)."""
     from boneseg.data.masks import MaskCache, default_cache_dir
 
@@ -235,22 +261,24 @@ def truth_runs(inputs: Inputs, cache_dir: str | os.PathLike | None = None,
     for sample, shape in track(list(zip(inputs.samples, inputs.shapes)), reporter, "ground truth", "img"):
         masks = cache.get(sample).masks
         if masks.shape[1:] != tuple(shape):
-            raise DataError(f"{sample.image}: image is {masks.shape[2]}x{masks.shape[1]}, header said "
-                            f"{shape[1]}x{shape[0]}")
+            raise DataError(
+                f"{sample.image}: image is {masks.shape[2]}x{masks.shape[1]}, header said {shape[1]}x{shape[0]}"
+            )
         runs.extend(rle_mod.runs_from_mask(m) for m in masks)
     return runs_table(runs, inputs.block)
 
 
 # -- analysis -------------------------------------------------------------------------------------
 
+
 @dataclass
 class Analysis:
     """Scores of one or more predictions: arrays indexed [model, image, class]."""
 
     inputs: Inputs
-    pred_area: np.ndarray                 # (M, N, 29) predicted pixels
-    gt_area: np.ndarray | None = None     # (N, 29) true pixels
-    dice: np.ndarray | None = None        # (M, N, 29) against the truth
+    pred_area: np.ndarray  # (M, N, 29) predicted pixels
+    gt_area: np.ndarray | None = None  # (N, 29) true pixels
+    dice: np.ndarray | None = None  # (M, N, 29) against the truth
     similarity: np.ndarray | None = None  # (M, M, N, 29) model-vs-model Dice
     worst: int = 10
     tolerance: float = 0.02
@@ -285,9 +313,15 @@ class Analysis:
             return []
         per_image = self.dice[m].mean(axis=1)
         order = np.argsort(per_image, kind="stable")[: self.worst]
-        return [{"image": self.inputs.images[i], "dice": float(per_image[i]),
-                 "worst_class": CLASSES[int(self.dice[m, i].argmin())],
-                 "worst_class_dice": float(self.dice[m, i].min())} for i in order]
+        return [
+            {
+                "image": self.inputs.images[i],
+                "dice": float(per_image[i]),
+                "worst_class": CLASSES[int(self.dice[m, i].argmin())],
+                "worst_class_dice": float(self.dice[m, i].min()),
+            }
+            for i in order
+        ]
 
     def worst_cases(self, m: int = 0) -> list[tuple[int, int, float]]:
         """The `worst` (image index, class index, Dice) pairs, lowest Dice first."""
@@ -323,19 +357,24 @@ class Analysis:
 
     def model_report(self, m: int) -> dict:
         ratio = self.area_ratio(m)
-        out = {"mean_dice": self.mean_dice(m),
-               "per_class_dice": _by_class(self.per_class_dice(m)),
-               "area_ratio": _by_class(ratio),
-               "mean_area": _by_class(self.pred_area[m].mean(axis=0)),
-               "empty_masks": _by_class((self.pred_area[m] == 0).sum(axis=0), int)}
+        out = {
+            "mean_dice": self.mean_dice(m),
+            "per_class_dice": _by_class(self.per_class_dice(m)),
+            "area_ratio": _by_class(ratio),
+            "mean_area": _by_class(self.pred_area[m].mean(axis=0)),
+            "empty_masks": _by_class((self.pred_area[m] == 0).sum(axis=0), int),
+        }
         return out
 
     def to_json(self) -> dict:
         """The stable report: see docs/analyze.md. Top-level scores are those of the first input."""
         first = self.model_report(0)
         sims = self.similarity_matrices()
-        per_image = {} if self.dice is None else {
-            name: float(v) for name, v in zip(self.inputs.images, self.dice[0].mean(axis=1))}
+        per_image = (
+            {}
+            if self.dice is None
+            else {name: float(v) for name, v in zip(self.inputs.images, self.dice[0].mean(axis=1))}
+        )
         return {
             "inputs": [str(p) for p in self.inputs.paths],
             "images": len(self.inputs.images),
@@ -347,10 +386,13 @@ class Analysis:
             "gt_mean_area": None if self.gt_area is None else _by_class(self.gt_area.mean(axis=0)),
             "dice_vs_area": self.dice_vs_area(0),
             "models": {name: self.model_report(m) for m, name in enumerate(self.inputs.names)},
-            "similarity": None if sims is None else {
+            "similarity": None
+            if sims is None
+            else {
                 "models": list(self.inputs.names),
                 "mean": _rounded(sims[0]),
-                "per_class": {c: _rounded(sims[1][i]) for i, c in enumerate(CLASSES)}},
+                "per_class": {c: _rounded(sims[1][i]) for i, c in enumerate(CLASSES)},
+            },
             "suggested_ensemble": self.suggested_ensemble(),
             "notes": list(self.inputs.notes),
         }
@@ -370,8 +412,9 @@ def _rounded(matrix: np.ndarray) -> list[list[float]]:
     return [[float(v) for v in row] for row in matrix]
 
 
-def suggest_ensemble(similarity: np.ndarray, scores: Sequence[float] | None = None, tolerance: float = 0.02,
-                     max_models: int = 3) -> list[int]:
+def suggest_ensemble(
+    similarity: np.ndarray, scores: Sequence[float] | None = None, tolerance: float = 0.02, max_models: int = 3
+) -> list[int]:
     """Indices of models to ensemble.
 
     With `scores` (mean Dice against the truth): start from the best model and greedily add, among the
@@ -401,9 +444,18 @@ def suggest_ensemble(similarity: np.ndarray, scores: Sequence[float] | None = No
     return chosen
 
 
-def analyze(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None = None, *, fold: int | None = None,
-            splits: str | os.PathLike | None = None, size: int = 2048, worst: int = 10, tolerance: float = 0.02,
-            cache_dir: str | os.PathLike | None = None, reporter: Reporter = SILENT) -> Analysis:
+def analyze(
+    preds: Sequence[str | os.PathLike],
+    gt: str | os.PathLike | None = None,
+    *,
+    fold: int | None = None,
+    splits: str | os.PathLike | None = None,
+    size: int = 2048,
+    worst: int = 10,
+    tolerance: float = 0.02,
+    cache_dir: str | os.PathLike | None = None,
+    reporter: Reporter = SILENT,
+) -> Analysis:
     """Score prediction CSVs against the train labels (`gt`) and/or against each other.
 
     Args:
@@ -437,6 +489,7 @@ def analyze(preds: Sequence[str | os.PathLike], gt: str | os.PathLike | None = N
 
 
 # -- plots ----------------------------------------------------------------------------------------
+
 
 def _group_colour(c: int) -> str:
     name = CLASSES[c]
@@ -483,8 +536,10 @@ def _dice_vs_area_figure(result: Analysis):
     ax.set_xscale("log")
     ax.set_xlabel("true bone area (pixels)")
     ax.set_ylabel("Dice")
-    ax.set_title(f"Dice vs bone area ({Path(result.inputs.names[0]).name}; blue fingers, orange carpals, "
-                 "green forearm)", fontsize=9)
+    ax.set_title(
+        f"Dice vs bone area ({Path(result.inputs.names[0]).name}; blue fingers, orange carpals, green forearm)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -516,12 +571,18 @@ def _worst_figure(result: Analysis, cache, max_side: int = 384):
         tile = overlay_compare(item.image[y0:y1, x0:x1], pred[y0:y1, x0:x1], gt[y0:y1, x0:x1])
         scale = max_side / max(tile.shape[:2])
         if scale < 1:
-            tile = cv2.resize(tile, (max(1, round(tile.shape[1] * scale)), max(1, round(tile.shape[0] * scale))),
-                              interpolation=cv2.INTER_AREA)
+            tile = cv2.resize(
+                tile,
+                (max(1, round(tile.shape[1] * scale)), max(1, round(tile.shape[0] * scale))),
+                interpolation=cv2.INTER_AREA,
+            )
         tiles.append(tile)
         titles.append(f"{inputs.images[i]}\n{CLASSES[c]}  Dice {score:.3f}")
-    return image_grid(tiles, titles, columns=4,
-                      suptitle="worst cases: prediction red, truth green, both yellow") if tiles else None
+    return (
+        image_grid(tiles, titles, columns=4, suptitle="worst cases: prediction red, truth green, both yellow")
+        if tiles
+        else None
+    )
 
 
 def _similarity_figure(result: Analysis):
@@ -529,12 +590,21 @@ def _similarity_figure(result: Analysis):
 
     mean, _ = result.similarity_matrices()
     labels = [Path(n).name for n in result.inputs.names]
-    return heatmap(mean, labels, "model-vs-model Dice (mean over classes)", "Dice", annotate=True,
-                   cmap="magma", vmin=min(float(mean.min()), 0.99), vmax=1.0)
+    return heatmap(
+        mean,
+        labels,
+        "model-vs-model Dice (mean over classes)",
+        "Dice",
+        annotate=True,
+        cmap="magma",
+        vmin=min(float(mean.min()), 0.99),
+        vmax=1.0,
+    )
 
 
-def write_plots(result: Analysis, out_dir: str | os.PathLike, force: bool = False,
-                cache_dir: str | os.PathLike | None = None) -> list[Path]:
+def write_plots(
+    result: Analysis, out_dir: str | os.PathLike, force: bool = False, cache_dir: str | os.PathLike | None = None
+) -> list[Path]:
     """Write ``analysis.json`` and the PNG plots that apply into `out_dir`; returns the files written.
 
     Raises:

@@ -21,6 +21,7 @@ Scores are robust z-scores per class: ``(evidence - median) / spread`` with the 
 every kind and class: how many of the class's usual spreads beyond its usual disagreement. Pairs scoring at
 least ``min_score`` are suspects, listed most suspect first with the kind of their highest score.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,10 +54,12 @@ MIN_SPREAD = 0.02
 needs a real disagreement to score high."""
 NOTHING = 0.1
 """A label whose mean predicted probability is below this is ``spurious`` (the model sees no bone there)."""
-FINGER_ROWS = (("finger-1", "finger-4", "finger-8", "finger-12", "finger-16"),
-               ("finger-5", "finger-9", "finger-13", "finger-17"),
-               ("finger-2", "finger-6", "finger-10", "finger-14", "finger-18"),
-               ("finger-3", "finger-7", "finger-11", "finger-15", "finger-19"))
+FINGER_ROWS = (
+    ("finger-1", "finger-4", "finger-8", "finger-12", "finger-16"),
+    ("finger-5", "finger-9", "finger-13", "finger-17"),
+    ("finger-2", "finger-6", "finger-10", "finger-14", "finger-18"),
+    ("finger-3", "finger-7", "finger-11", "finger-15", "finger-19"),
+)
 """Finger bones side by side, thumb to little finger: distal, middle, proximal phalanges, metacarpals."""
 
 
@@ -76,12 +79,23 @@ class AuditResult:
 
     def to_json(self) -> dict:
         counts = {k: sum(s["kind"] == k for s in self.suspects) for k in KINDS}
-        return {"images": len(self.images), "pairs": len(self.images) * NUM_CLASSES, "min_score": self.min_score,
-                "suspects": len(self.suspects), "by_kind": counts,
-                "classes": {c: {"evidence_median": _num(self.center[i]), "evidence_spread": _num(self.spread[i]),
-                                "distance_median": _num(self.dist_center[i]),
-                                "distance_spread": _num(self.dist_spread[i])} for i, c in enumerate(CLASSES)},
-                "ranked": self.suspects}
+        return {
+            "images": len(self.images),
+            "pairs": len(self.images) * NUM_CLASSES,
+            "min_score": self.min_score,
+            "suspects": len(self.suspects),
+            "by_kind": counts,
+            "classes": {
+                c: {
+                    "evidence_median": _num(self.center[i]),
+                    "evidence_spread": _num(self.spread[i]),
+                    "distance_median": _num(self.dist_center[i]),
+                    "distance_spread": _num(self.dist_spread[i]),
+                }
+                for i, c in enumerate(CLASSES)
+            },
+            "ranked": self.suspects,
+        }
 
 
 def _num(v: float) -> float | None:
@@ -108,8 +122,10 @@ class Predictions:
             return masks, masks.astype(np.float32)
         q = probs_mod.load(self.path, name)
         if q.shape[1:] != tuple(shape):
-            raise DataError(f"{probs_mod.prob_path(self.path, name)}: probabilities are {q.shape[2]}x{q.shape[1]}, "
-                            f"the image is {shape[1]}x{shape[0]}")
+            raise DataError(
+                f"{probs_mod.prob_path(self.path, name)}: probabilities are {q.shape[2]}x{q.shape[1]}, "
+                f"the image is {shape[1]}x{shape[0]}"
+            )
         q = _resize(q, work, cv2.INTER_AREA)
         return probs_mod.binarize(q, self.thresholds), q.astype(np.float32) / probs_mod.SCALE
 
@@ -137,7 +153,7 @@ def boundary_distance(a: np.ndarray, b: np.ndarray) -> float:
     rows, cols = np.flatnonzero(both.any(1)), np.flatnonzero(both.any(0))
     if not a.any() or not b.any():
         return math.nan
-    box = np.s_[max(rows[0] - 1, 0):rows[-1] + 2, max(cols[0] - 1, 0):cols[-1] + 2]
+    box = np.s_[max(rows[0] - 1, 0) : rows[-1] + 2, max(cols[0] - 1, 0) : cols[-1] + 2]
     ea, eb = _edge(a[box]), _edge(b[box])
     da = cv2.distanceTransform((~ea).view(np.uint8), cv2.DIST_L2, 3)
     db = cv2.distanceTransform((~eb).view(np.uint8), cv2.DIST_L2, 3)
@@ -184,8 +200,9 @@ def _centre(mask: np.ndarray) -> np.ndarray | None:
     return np.array([xs.mean(), ys.mean()]) if len(xs) else None
 
 
-def measure_image(gt: np.ndarray, pred: np.ndarray, prob: np.ndarray, polygons: dict[str, np.ndarray],
-                  scale: float) -> dict[str, np.ndarray]:
+def measure_image(
+    gt: np.ndarray, pred: np.ndarray, prob: np.ndarray, polygons: dict[str, np.ndarray], scale: float
+) -> dict[str, np.ndarray]:
     """Per-class raw measurements of one image at the working size (see the module notes)."""
     g = gt.reshape(NUM_CLASSES, -1).astype(np.float32)
     p = pred.reshape(NUM_CLASSES, -1).astype(np.float32)
@@ -200,7 +217,7 @@ def measure_image(gt: np.ndarray, pred: np.ndarray, prob: np.ndarray, polygons: 
     stray = np.array([stray_fraction(gt[c]) if ga[c] else 0.0 for c in range(NUM_CLASSES)])
     twist = np.zeros(NUM_CLASSES)
     for name, pts in polygons.items():
-        twist[CLASS_INDEX[name]] = twist_fraction(pts, ga[CLASS_INDEX[name]] / scale ** 2)
+        twist[CLASS_INDEX[name]] = twist_fraction(pts, ga[CLASS_INDEX[name]] / scale**2)
     centres = {c: _centre(gt[CLASS_INDEX[c]]) for row in FINGER_ROWS for c in row}
     ends = [_centre(pred[CLASS_INDEX[c]]) for c in ("finger-7", "finger-19")]
     if any(e is None for e in ends):
@@ -208,12 +225,25 @@ def measure_image(gt: np.ndarray, pred: np.ndarray, prob: np.ndarray, polygons: 
     order = np.zeros(NUM_CLASSES)
     first, last = ends
     if first is not None and last is not None:
-        wrong = out_of_row({c: v for c, v in centres.items() if v is not None}, last - first,
-                           {c: float(dice[CLASS_INDEX[c]]) for c in centres})
+        wrong = out_of_row(
+            {c: v for c, v in centres.items() if v is not None},
+            last - first,
+            {c: float(dice[CLASS_INDEX[c]]) for c in centres},
+        )
         order[[CLASS_INDEX[c] for c in wrong]] = 1.0
-    return {"dice": dice, "conf": conf, "support": support, "label_area": ga, "pred_area": pa,
-            "swap_dice": others.max(1), "swap_with": others.argmax(1).astype(float), "distance": dist,
-            "stray": stray, "twist": twist, "order": order}
+    return {
+        "dice": dice,
+        "conf": conf,
+        "support": support,
+        "label_area": ga,
+        "pred_area": pa,
+        "swap_dice": others.max(1),
+        "swap_with": others.argmax(1).astype(float),
+        "distance": dist,
+        "stray": stray,
+        "twist": twist,
+        "order": order,
+    }
 
 
 def _robust(values: np.ndarray, floor: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -252,8 +282,14 @@ def score(m: dict[str, np.ndarray], scales: np.ndarray) -> tuple[dict[str, np.nd
     return evidence, z, (center, spread, dcenter, dspread)
 
 
-def audit(data: str | os.PathLike, pred: str | os.PathLike, *, threshold: float | str | os.PathLike = 0.5,
-          min_score: float = 3.5, reporter: Reporter = SILENT) -> AuditResult:
+def audit(
+    data: str | os.PathLike,
+    pred: str | os.PathLike,
+    *,
+    threshold: float | str | os.PathLike = 0.5,
+    min_score: float = 3.5,
+    reporter: Reporter = SILENT,
+) -> AuditResult:
     """Rank the train labels of `data` by how likely they are wrong, given predictions `pred` (a CSV or a
     probability folder, ideally out-of-fold: `boneseg.workflows.oof`). See the module notes.
 
@@ -270,8 +306,12 @@ def audit(data: str | os.PathLike, pred: str | os.PathLike, *, threshold: float 
     if not audited:
         raise DataError(f"{pred}: predicts none of the {len(samples)} train images of {data}")
     if len(audited) < len(samples):
-        warnings.warn(f"{pred}: {len(samples) - len(audited)} of the {len(samples)} train images have no prediction "
-                      f"and are not audited", BonesegWarning, stacklevel=2)
+        warnings.warn(
+            f"{pred}: {len(samples) - len(audited)} of the {len(samples)} train images have no prediction "
+            f"and are not audited",
+            BonesegWarning,
+            stacklevel=2,
+        )
     rows, scales = [], []
     for s in track(audited, reporter, "audit", "img"):
         gt, pred_masks, prob, polygons, f = _load(s, predictions)
@@ -288,14 +328,21 @@ def audit(data: str | os.PathLike, pred: str | os.PathLike, *, threshold: float 
         if best[i, c] < min_score:
             break
         k = KINDS[kind[i, c]]
-        entry = {"image_name": audited[i].image_name, "class": CLASSES[c], "kind": k, "score": round(float(best[i, c]), 3),
-                 "evidence": round(float(evidence[k][i, c]), 4), "dice": round(float(m["dice"][i, c]), 4),
-                 "distance": _num(m["distance"][i, c])}
+        entry = {
+            "image_name": audited[i].image_name,
+            "class": CLASSES[c],
+            "kind": k,
+            "score": round(float(best[i, c]), 3),
+            "evidence": round(float(evidence[k][i, c]), 4),
+            "dice": round(float(m["dice"][i, c]), 4),
+            "distance": _num(m["distance"][i, c]),
+        }
         if k == "swap":
             entry["with"] = CLASSES[int(m["swap_with"][i, c])]
         suspects.append(entry)
-    return AuditResult([s.image_name for s in audited], evidence, m["distance"], center, spread, dcenter, dspread,
-                       suspects, min_score)
+    return AuditResult(
+        [s.image_name for s in audited], evidence, m["distance"], center, spread, dcenter, dspread, suspects, min_score
+    )
 
 
 def _load(sample: Sample, predictions: Predictions):
@@ -310,9 +357,16 @@ def _load(sample: Sample, predictions: Predictions):
     return gt, pred, prob, label.polygons, f
 
 
-def write_audit(result: AuditResult, data: str | os.PathLike, pred: str | os.PathLike, out: str | os.PathLike,
-                crops: int = 12, threshold: float | str | os.PathLike = 0.5, force: bool = False,
-                reporter: Reporter = SILENT) -> list[Path]:
+def write_audit(
+    result: AuditResult,
+    data: str | os.PathLike,
+    pred: str | os.PathLike,
+    out: str | os.PathLike,
+    crops: int = 12,
+    threshold: float | str | os.PathLike = 0.5,
+    force: bool = False,
+    reporter: Reporter = SILENT,
+) -> list[Path]:
     """Write ``suspects.csv`` (``image_name,class,kind,score``, most suspect first), ``audit.json`` and
     ``crops/`` (the top `crops` suspects: prediction red, label green, both yellow) into `out`."""
     out = Path(out)
@@ -334,8 +388,15 @@ def write_audit(result: AuditResult, data: str | os.PathLike, pred: str | os.Pat
         predictions = Predictions(pred, threshold)
         by_name = {s.image_name: s for s in discover(data)}
         for rank, s in enumerate(track(top, reporter, "crops", "img"), 1):
-            paths.append(_crop(by_name[s["image_name"]], predictions, s, out / CROPS_DIR / f"{rank:03d}-"
-                               f"{Path(s['image_name']).stem}-{s['class']}.png", force))
+            paths.append(
+                _crop(
+                    by_name[s["image_name"]],
+                    predictions,
+                    s,
+                    out / CROPS_DIR / f"{rank:03d}-{Path(s['image_name']).stem}-{s['class']}.png",
+                    force,
+                )
+            )
     return paths
 
 

@@ -5,6 +5,7 @@ synth -> split -> train -> TTA choice on the validation fold -> predict (validat
 folder and a ``summary.json`` holding the validation Dice. The settings (`SETTINGS`, `QUICK`) and the
 reasons for them are in ``docs/demo.md``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,17 +22,17 @@ from boneseg.io import write_json
 from boneseg.progress import SILENT, Reporter
 
 SETTINGS: dict = {
-    "patients": 48,            # train patients (2 images each): more distinct hands instead of augmentation
-    "test_patients": 2,        # test patients for the submission CSV
-    "size": 256,               # side of the synthetic images (the Dice is measured at this size)
-    "train_size": 160,         # side the model sees; predictions are resized back to `size`
-    "folds": 8,                # 6 validation patients (12 images), 84 training images
+    "patients": 48,  # train patients (2 images each): more distinct hands instead of augmentation
+    "test_patients": 2,  # test patients for the submission CSV
+    "size": 256,  # side of the synthetic images (the Dice is measured at this size)
+    "train_size": 160,  # side the model sees; predictions are resized back to `size`
+    "folds": 8,  # 6 validation patients (12 images), 84 training images
     "fold": 0,
     "arch": "unet",
     "encoder": "resnet18",
     "model_kwargs": {"decoder_channels": [128, 64, 32, 16, 16]},
-    "encoder_weights": None,   # offline, no downloads
-    "epochs": 60,              # 21 steps per epoch: 1260 optimizer steps
+    "encoder_weights": None,  # offline, no downloads
+    "epochs": 60,  # 21 steps per epoch: 1260 optimizer steps
     "batch_size": 4,
     "lr": 3e-3,
     "weight_decay": 1e-4,
@@ -40,18 +41,25 @@ SETTINGS: dict = {
     "loss": "bce+dice",
     "aug": "none",
     "unify_hands": "R",
-    "val_every": 10,           # the best epoch of the every-5 runs (40) is validated too: same Dice, half the checks
-    "save_every": 30,          # last.pt (with optimizer state, ~140 MB) every 30 epochs instead of every epoch
+    "val_every": 10,  # the best epoch of the every-5 runs (40) is validated too: same Dice, half the checks
+    "save_every": 30,  # last.pt (with optimizer state, ~140 MB) every 30 epochs instead of every epoch
     "tta": ["none", "scale"],  # candidate policies scored on the validation fold; the best predicts
     "tta_scales": [1.0, 1.25],  # the views of ``scale``
-    "threads": None,           # torch threads (None: `default_threads()`)
+    "threads": None,  # torch threads (None: `default_threads()`)
 }
 """The full demo (about ten minutes on two CPU cores); see ``docs/demo.md`` for the tuning runs."""
 
 QUICK: dict = {
     **SETTINGS,
-    "patients": 4, "test_patients": 1, "size": 128, "train_size": None, "folds": 4,
-    "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}, "epochs": 2, "batch_size": 4, "warmup": 0,
+    "patients": 4,
+    "test_patients": 1,
+    "size": 128,
+    "train_size": None,
+    "folds": 4,
+    "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+    "epochs": 2,
+    "batch_size": 4,
+    "warmup": 0,
     "val_every": 1,
 }
 """`--quick`: every step end to end in seconds (it checks the plumbing, not the Dice)."""
@@ -140,8 +148,14 @@ class _Steps:
         self.reporter.message(f"{name} done in {self.seconds[name]:.1f}s")
 
 
-def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: bool = False,
-             reporter: Reporter = SILENT, overrides: Mapping | None = None) -> dict:
+def run_demo(
+    out: str | os.PathLike,
+    seed: int = 0,
+    quick: bool = False,
+    force: bool = False,
+    reporter: Reporter = SILENT,
+    overrides: Mapping | None = None,
+) -> dict:
     """Run the whole pipeline on a synthetic dataset under `out`; returns the summary (also ``summary.json``).
 
     Args:
@@ -174,8 +188,14 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
         with step("synth", f"{cfg['patients']} + {cfg['test_patients']} patients at {cfg['size']}²"):
             from boneseg.data.synth import synthesize
 
-            synthesize(data, patients=cfg["patients"], test_patients=cfg["test_patients"], size=cfg["size"],
-                       seed=seed, reporter=reporter)
+            synthesize(
+                data,
+                patients=cfg["patients"],
+                test_patients=cfg["test_patients"],
+                size=cfg["size"],
+                seed=seed,
+                reporter=reporter,
+            )
         with step("split", f"{cfg['folds']} patient-grouped folds, validating on fold {cfg['fold']}"):
             from boneseg.data.layout import discover
             from boneseg.data.split import fold_samples, make_splits
@@ -184,8 +204,11 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
             splits = make_splits(samples, folds=cfg["folds"], seed=seed, stratify="side")
             write_json(splits_path, splits)
             _, val_samples = fold_samples(samples, splits, cfg["fold"])
-        with step("train", f"{cfg['arch']}/{cfg['encoder']} at {cfg['train_size'] or cfg['size']}², {cfg['epochs']} epochs, "
-                           f"{threads} thread(s)"):
+        with step(
+            "train",
+            f"{cfg['arch']}/{cfg['encoder']} at {cfg['train_size'] or cfg['size']}², {cfg['epochs']} epochs, "
+            f"{threads} thread(s)",
+        ):
             from boneseg.engine.train import train
 
             trained = train(_train_config(cfg, data, splits_path, run_dir, seed), reporter)
@@ -194,8 +217,16 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
             from boneseg.workflows.validation import evaluate_policies
 
             predictor = Predictor.from_checkpoints([run_dir], device="cpu")
-            report = evaluate_policies(data, predictor, policies=cfg["tta"], samples=val_samples, workers=0,
-                                       scales=cfg["tta_scales"], search=None, reporter=reporter)
+            report = evaluate_policies(
+                data,
+                predictor,
+                policies=cfg["tta"],
+                samples=val_samples,
+                workers=0,
+                scales=cfg["tta_scales"],
+                search=None,
+                reporter=reporter,
+            )
         with step("predict", f"validation fold and test set with TTA {report.best}"):
             from boneseg.inference import predict
 
@@ -230,23 +261,56 @@ def run_demo(out: str | os.PathLike, seed: int = 0, quick: bool = False, force: 
         "seed": seed,
         "quick": quick,
         "settings": cfg,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-                    "openmp": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}},
-        "files": {"data": "data", "splits": "splits.json", "run": "run", "val_csv": "val.csv",
-                  "submission": "submission.csv", "analysis": "analysis", "report": f"{REPORT_DIR}/index.html",
-                  "overlay": OVERLAY},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "openmp": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ},
+        },
+        "files": {
+            "data": "data",
+            "splits": "splits.json",
+            "run": "run",
+            "val_csv": "val.csv",
+            "submission": "submission.csv",
+            "analysis": "analysis",
+            "report": f"{REPORT_DIR}/index.html",
+            "overlay": OVERLAY,
+        },
     }
     write_json(out / "summary.json", summary)
     return summary
 
 
 def _train_config(cfg: dict, data: Path, splits: Path, run_dir: Path, seed: int) -> dict:
-    keys = ("arch", "encoder", "fold", "epochs", "batch_size", "lr", "weight_decay", "warmup",
-            "scheduler", "loss", "aug", "val_every", "save_every", "model_kwargs", "encoder_weights")
-    return {**{k: cfg[k] for k in keys}, "data": str(data), "out": str(run_dir), "splits": str(splits),
-            "size": cfg["train_size"] or cfg["size"],
-            "unify_side": cfg["unify_hands"], "seed": seed, "device": "cpu", "workers": 0}
+    keys = (
+        "arch",
+        "encoder",
+        "fold",
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "warmup",
+        "scheduler",
+        "loss",
+        "aug",
+        "val_every",
+        "save_every",
+        "model_kwargs",
+        "encoder_weights",
+    )
+    return {
+        **{k: cfg[k] for k in keys},
+        "data": str(data),
+        "out": str(run_dir),
+        "splits": str(splits),
+        "size": cfg["train_size"] or cfg["size"],
+        "unify_side": cfg["unify_hands"],
+        "seed": seed,
+        "device": "cpu",
+        "workers": 0,
+    }
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -272,5 +336,15 @@ def format_seconds(seconds: Mapping) -> str:
     return " · ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
 
 
-__all__ = ["OVERLAY", "QUICK", "SETTINGS", "STEPS", "check_out", "default_threads", "format_seconds", "run_demo", "settings_for",
-           "torch_threads"]
+__all__ = [
+    "OVERLAY",
+    "QUICK",
+    "SETTINGS",
+    "STEPS",
+    "check_out",
+    "default_threads",
+    "format_seconds",
+    "run_demo",
+    "settings_for",
+    "torch_threads",
+]

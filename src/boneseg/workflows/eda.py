@@ -5,6 +5,7 @@ masks). Per image the work follows the bones, not the 2048² frame: areas and th
 are counted inside polygon bounding boxes (pairs whose boxes do not meet are skipped), and polygon
 self-intersection is a vectorised segment-crossing test.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,16 +18,31 @@ from boneseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from boneseg.errors import BonesegError, DataError
 from boneseg.progress import SILENT, Reporter, track
 
-__all__ = ["EdaReport", "run_eda", "write_eda", "self_intersections", "polygon_boxes", "overlap_matrix",
-           "EDA_FILES", "TINY_FRACTION"]
+__all__ = [
+    "EdaReport",
+    "run_eda",
+    "write_eda",
+    "self_intersections",
+    "polygon_boxes",
+    "overlap_matrix",
+    "EDA_FILES",
+    "TINY_FRACTION",
+]
 
-EDA_FILES = {"json": "eda.json", "areas": "class_areas.png", "overlaps": "overlap_heatmap.png",
-             "samples": "samples.png", "metadata": "metadata.png", "intensity": "intensity.png"}
+EDA_FILES = {
+    "json": "eda.json",
+    "areas": "class_areas.png",
+    "overlaps": "overlap_heatmap.png",
+    "samples": "samples.png",
+    "metadata": "metadata.png",
+    "intensity": "intensity.png",
+}
 TINY_FRACTION = 0.1
 """A label whose filled area is below this fraction of its class's median area is reported as tiny."""
 
 
 # -- geometry -------------------------------------------------------------------------------------
+
 
 def self_intersections(points: np.ndarray, chunk: int = 1 << 20) -> int:
     """Number of pairs of polygon edges that cross each other properly (0 for a simple polygon).
@@ -48,7 +64,7 @@ def self_intersections(points: np.ndarray, chunk: int = 1 << 20) -> int:
 
     found, rows = 0, max(1, chunk // n)
     for i0 in range(0, n, rows):
-        ai, di = a[i0:i0 + rows, None], d[i0:i0 + rows, None]
+        ai, di = a[i0 : i0 + rows, None], d[i0 : i0 + rows, None]
         s1, s2 = cross(di, a[None] - ai), cross(di, a[None] + d[None] - ai)
         s3, s4 = cross(d[None], ai - a[None]), cross(d[None], ai + di - a[None])
         crossing = (s1 * s2 < 0) & (s3 * s4 < 0)
@@ -71,37 +87,39 @@ def polygon_boxes(polygons: dict[str, np.ndarray], shape: tuple[int, int], margi
 
 def overlap_matrix(masks: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Areas (29,) and pairwise intersections (29, 29) of masks, counted inside their boxes only."""
-    areas = np.array([np.count_nonzero(m[y0:y1, x0:x1]) for m, (y0, y1, x0, x1) in zip(masks, boxes.tolist())],
-                     np.int64)
+    areas = np.array(
+        [np.count_nonzero(m[y0:y1, x0:x1]) for m, (y0, y1, x0, x1) in zip(masks, boxes.tolist())], np.int64
+    )
     inter = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     y0, y1, x0, x1 = boxes.T
     top, bottom = np.maximum(y0[:, None], y0[None]), np.minimum(y1[:, None], y1[None])
     left, right = np.maximum(x0[:, None], x0[None]), np.minimum(x1[:, None], x1[None])
     meet = (top < bottom) & (left < right) & (areas[:, None] > 0) & (areas[None] > 0)
     for i, j in zip(*np.nonzero(np.triu(meet, 1))):
-        t, b, l, r = top[i, j], bottom[i, j], left[i, j], right[i, j]
-        inter[i, j] = inter[j, i] = np.count_nonzero(masks[i, t:b, l:r] & masks[j, t:b, l:r])
+        t, b, lo, hi = top[i, j], bottom[i, j], left[i, j], right[i, j]
+        inter[i, j] = inter[j, i] = np.count_nonzero(masks[i, t:b, lo:hi] & masks[j, t:b, lo:hi])
     return areas, inter
 
 
 # -- the report -----------------------------------------------------------------------------------
+
 
 @dataclass
 class EdaReport:
     """What `run_eda` measured; `to_json()` gives the stable JSON form (docs/eda.md)."""
 
     root: Path
-    images: list[dict] = field(default_factory=list)        # one record per labelled train image
+    images: list[dict] = field(default_factory=list)  # one record per labelled train image
     test_images: list[dict] = field(default_factory=list)
-    areas: np.ndarray | None = None                          # (N, 29) filled pixels
+    areas: np.ndarray | None = None  # (N, 29) filled pixels
     overlap_sum: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64))
     overlap_images: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64))
     overlap_max: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64))
     histogram: dict[str, np.ndarray] = field(default_factory=dict)  # split -> 256-bin intensity counts
     problems: list[dict] = field(default_factory=list)
-    meta: object = None                                      # pandas DataFrame or None
-    sample_names: list[str] = field(default_factory=list)   # images shown in samples.png
-    present: np.ndarray | None = None                        # (N, 29) class polygon present
+    meta: object = None  # pandas DataFrame or None
+    sample_names: list[str] = field(default_factory=list)  # images shown in samples.png
+    present: np.ndarray | None = None  # (N, 29) class polygon present
 
     def class_areas(self) -> dict:
         out = {}
@@ -110,17 +128,31 @@ class EdaReport:
             stats = {"count": int(a.size), "missing": int(len(self.images) - a.size)}
             if a.size:
                 q = np.percentile(a, [5, 50, 95])
-                stats.update(mean=float(a.mean()), std=float(a.std()), min=int(a.min()), p5=float(q[0]),
-                             median=float(q[1]), p95=float(q[2]), max=int(a.max()))
+                stats.update(
+                    mean=float(a.mean()),
+                    std=float(a.std()),
+                    min=int(a.min()),
+                    p5=float(q[0]),
+                    median=float(q[1]),
+                    p95=float(q[2]),
+                    max=int(a.max()),
+                )
             out[name] = stats
         return out
 
     def overlap_pairs(self) -> list[dict]:
         n = max(len(self.images), 1)
-        rows = [{"a": CLASSES[i], "b": CLASSES[j], "images": int(self.overlap_images[i, j]),
-                 "mean_px": float(self.overlap_sum[i, j] / self.overlap_images[i, j]),
-                 "mean_px_all": float(self.overlap_sum[i, j] / n), "max_px": int(self.overlap_max[i, j])}
-                for i, j in zip(*np.nonzero(np.triu(self.overlap_images, 1)))]
+        rows = [
+            {
+                "a": CLASSES[i],
+                "b": CLASSES[j],
+                "images": int(self.overlap_images[i, j]),
+                "mean_px": float(self.overlap_sum[i, j] / self.overlap_images[i, j]),
+                "mean_px_all": float(self.overlap_sum[i, j] / n),
+                "max_px": int(self.overlap_max[i, j]),
+            }
+            for i, j in zip(*np.nonzero(np.triu(self.overlap_images, 1)))
+        ]
         return sorted(rows, key=lambda r: -r["mean_px_all"])
 
     def to_json(self) -> dict:
@@ -132,17 +164,23 @@ class EdaReport:
             problem_counts[p["kind"]] = problem_counts.get(p["kind"], 0) + 1
         return {
             "data": str(self.root),
-            "counts": {"patients": len({r["patient"] for r in self.images}), "images": len(self.images),
-                       "test_patients": len({r["patient"] for r in self.test_images}),
-                       "test_images": len(self.test_images), "sides": sides},
+            "counts": {
+                "patients": len({r["patient"] for r in self.images}),
+                "images": len(self.images),
+                "test_patients": len({r["patient"] for r in self.test_images}),
+                "test_images": len(self.test_images),
+                "sides": sides,
+            },
             "image_sizes": {"train": _size_counts(self.images), "test": _size_counts(self.test_images)},
-            "intensity": {split: _histogram_stats(h, [r for r in (self.images if split == "train" else
-                                                                   self.test_images)])
-                          for split, h in self.histogram.items()},
+            "intensity": {
+                split: _histogram_stats(h, list(self.images if split == "train" else self.test_images))
+                for split, h in self.histogram.items()
+            },
             "class_areas": self.class_areas(),
             "overlaps": self.overlap_pairs(),
-            "metadata": _meta_summary(self.meta, {r["patient"] for r in self.images},
-                                      {r["patient"] for r in self.test_images}),
+            "metadata": _meta_summary(
+                self.meta, {r["patient"] for r in self.images}, {r["patient"] for r in self.test_images}
+            ),
             "problems": {"counts": problem_counts, "items": self.problems},
             "images": self.images,
             "test_images": self.test_images,
@@ -164,21 +202,32 @@ def _histogram_stats(hist: np.ndarray, records: list[dict]) -> dict:
     cdf = np.cumsum(hist) / total
     pct = {f"p{q}": int(np.searchsorted(cdf, q / 100)) for q in (1, 5, 50, 95, 99)}
     means = np.array([r["mean"] for r in records])
-    return {**_mean_std(hist), **pct, "image_mean": {"min": float(means.min()), "mean": float(means.mean()),
-                                                            "max": float(means.max())},
-            "histogram": hist.astype(int).tolist()}
+    return {
+        **_mean_std(hist),
+        **pct,
+        "image_mean": {"min": float(means.min()), "mean": float(means.mean()), "max": float(means.max())},
+        "histogram": hist.astype(int).tolist(),
+    }
 
 
 def _meta_summary(meta, train_patients: set[str], test_patients: set[str]) -> dict | None:
     if meta is None:
         return None
-    out = {"patients": int(len(meta)),
-           "train_patients_with_meta": len(train_patients & set(meta.index)),
-           "test_patients_with_meta": len(test_patients & set(meta.index))}
+    out = {
+        "patients": int(len(meta)),
+        "train_patients_with_meta": len(train_patients & set(meta.index)),
+        "test_patients_with_meta": len(test_patients & set(meta.index)),
+    }
     for col in ("age", "height", "weight"):
         v = meta[col].dropna().astype(float)
-        out[col] = {"count": int(v.size), **({"mean": float(v.mean()), "std": float(v.std(ddof=0)),
-                                              "min": float(v.min()), "max": float(v.max())} if v.size else {})}
+        out[col] = {
+            "count": int(v.size),
+            **(
+                {"mean": float(v.mean()), "std": float(v.std(ddof=0)), "min": float(v.min()), "max": float(v.max())}
+                if v.size
+                else {}
+            ),
+        }
     sex = meta["sex"].fillna("unknown").value_counts()
     out["sex"] = {str(k): int(v) for k, v in sex.items()}
     return out
@@ -211,8 +260,14 @@ def _class_of(text: str) -> str | None:
     return None
 
 
-def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, show: int = 4,
-            reporter: Reporter = SILENT, exclude: str | os.PathLike | None = None) -> EdaReport:
+def run_eda(
+    root: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    show: int = 4,
+    reporter: Reporter = SILENT,
+    exclude: str | os.PathLike | None = None,
+) -> EdaReport:
     """Measure a dataset in the competition layout.
 
     Args:
@@ -226,6 +281,7 @@ def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
         DataError: no train images, images without labels, an unreadable metadata file. Problems inside
             label files (bad polygons, missing classes, points outside the image) are reported, not raised.
     """
+    from boneseg.data.exclude import exclude as leave_out
     from boneseg.data.layout import (
         discover,
         hand_side,
@@ -233,7 +289,6 @@ def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
         read_image,
         read_meta,
     )
-    from boneseg.data.exclude import exclude as leave_out
     from boneseg.data.masks import MaskCache, default_cache_dir, load_label, rasterize
 
     root = Path(root)
@@ -261,18 +316,31 @@ def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
         for text in label.problems:
             if _problem_kind(text) == "missing_class" and _class_of(text) in broken:
                 continue  # already reported as the reason the polygon was dropped
-            report.problems.append({"image": sample.name, "class": _class_of(text), "kind": _problem_kind(text),
-                                    "detail": text})
+            report.problems.append(
+                {"image": sample.name, "class": _class_of(text), "kind": _problem_kind(text), "detail": text}
+            )
         if _top_left_only(label.polygons, image.shape):
-            report.problems.append({"image": sample.name, "class": None, "kind": "wrong_scale",
-                                    "detail": f"every polygon lies in the top-left quarter of the "
-                                              f"{image.shape[1]}x{image.shape[0]} image (labels for a smaller "
-                                              f"image?)"})
+            report.problems.append(
+                {
+                    "image": sample.name,
+                    "class": None,
+                    "kind": "wrong_scale",
+                    "detail": f"every polygon lies in the top-left quarter of the "
+                    f"{image.shape[1]}x{image.shape[0]} image (labels for a smaller "
+                    f"image?)",
+                }
+            )
         for name, pts in label.polygons.items():
             crossings = self_intersections(pts)
             if crossings:
-                report.problems.append({"image": sample.name, "class": name, "kind": "self_intersection",
-                                        "detail": f"class {name!r}: {crossings} pair(s) of polygon edges cross"})
+                report.problems.append(
+                    {
+                        "image": sample.name,
+                        "class": name,
+                        "kind": "self_intersection",
+                        "detail": f"class {name!r}: {crossings} pair(s) of polygon edges cross",
+                    }
+                )
         a, inter = overlap_matrix(masks, polygon_boxes(label.polygons, image.shape))
         report.overlap_sum += inter
         report.overlap_images += inter > 0
@@ -281,10 +349,18 @@ def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
         report.histogram["train"] += hist
         areas.append(a)
         present.append([c in label.polygons for c in CLASSES])
-        report.images.append({"name": sample.name, "patient": sample.patient,
-                              "side": hand_side(sample, label.polygons), "height": int(image.shape[0]),
-                              "width": int(image.shape[1]), **_mean_std(hist), "areas": a.tolist(),
-                              "label_ok": not fatal})
+        report.images.append(
+            {
+                "name": sample.name,
+                "patient": sample.patient,
+                "side": hand_side(sample, label.polygons),
+                "height": int(image.shape[0]),
+                "width": int(image.shape[1]),
+                **_mean_std(hist),
+                "areas": a.tolist(),
+                "label_ok": not fatal,
+            }
+        )
     report.areas = np.array(areas, np.int64).reshape(-1, NUM_CLASSES)
     report.present = np.array(present, bool).reshape(-1, NUM_CLASSES)
     _flag_tiny(report)
@@ -298,13 +374,21 @@ def run_eda(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
             try:
                 image = read_image(sample.image)
             except BonesegError as exc:
-                report.problems.append({"image": f"test/{sample.name}", "class": None, "kind": "unreadable",
-                                        "detail": str(exc)})
+                report.problems.append(
+                    {"image": f"test/{sample.name}", "class": None, "kind": "unreadable", "detail": str(exc)}
+                )
                 continue
             hist = np.bincount(image.ravel(), minlength=256)
             report.histogram["test"] += hist
-            report.test_images.append({"name": sample.name, "patient": sample.patient, "height": int(image.shape[0]),
-                                       "width": int(image.shape[1]), **_mean_std(hist)})
+            report.test_images.append(
+                {
+                    "name": sample.name,
+                    "patient": sample.patient,
+                    "height": int(image.shape[0]),
+                    "width": int(image.shape[1]),
+                    **_mean_std(hist),
+                }
+            )
     report.meta = read_meta(root)
     report.sample_names = _pick_samples(report.images, show)
     return report
@@ -325,9 +409,15 @@ def _flag_tiny(report: EdaReport) -> None:
             continue
         limit = TINY_FRACTION * float(np.median(a))
         for i in np.flatnonzero(report.present[:, c] & (report.areas[:, c] < limit)):
-            report.problems.append({"image": report.images[i]["name"], "class": name, "kind": "tiny",
-                                    "detail": f"class {name!r}: {int(report.areas[i, c])} px, under "
-                                              f"{TINY_FRACTION:.0%} of the class median ({np.median(a):.0f} px)"})
+            report.problems.append(
+                {
+                    "image": report.images[i]["name"],
+                    "class": name,
+                    "kind": "tiny",
+                    "detail": f"class {name!r}: {int(report.areas[i, c])} px, under "
+                    f"{TINY_FRACTION:.0%} of the class median ({np.median(a):.0f} px)",
+                }
+            )
 
 
 def _pick_samples(images: list[dict], show: int) -> list[str]:
@@ -343,6 +433,7 @@ def _pick_samples(images: list[dict], show: int) -> list[str]:
 
 # -- plots ----------------------------------------------------------------------------------------
 
+
 def _areas_figure(report: EdaReport):
     from boneseg.plots import new_figure
 
@@ -351,8 +442,9 @@ def _areas_figure(report: EdaReport):
     data = [report.areas[report.present[:, c], c] for c in range(NUM_CLASSES)]
     import inspect
 
-    horizontal = ({"orientation": "horizontal"} if "orientation" in inspect.signature(ax.boxplot).parameters
-                  else {"vert": False})  # matplotlib >= 3.10 / older
+    horizontal = (
+        {"orientation": "horizontal"} if "orientation" in inspect.signature(ax.boxplot).parameters else {"vert": False}
+    )  # matplotlib >= 3.10 / older
     ax.boxplot(data, positions=range(1, NUM_CLASSES + 1), flierprops={"markersize": 2}, **horizontal)
     ax.set_yticks(range(1, NUM_CLASSES + 1), CLASSES)
     ax.invert_yaxis()
@@ -421,8 +513,9 @@ def _intensity_figure(report: EdaReport):
     return fig
 
 
-def write_eda(report: EdaReport, out_dir: str | os.PathLike, force: bool = False,
-              cache_dir: str | os.PathLike | None = None) -> list[Path]:
+def write_eda(
+    report: EdaReport, out_dir: str | os.PathLike, force: bool = False, cache_dir: str | os.PathLike | None = None
+) -> list[Path]:
     """Write ``eda.json`` and the plots into `out_dir`; returns the files written.
 
     ``metadata.png`` only when ``meta_data.xlsx`` exists. Raises `OutputExistsError` (before writing
@@ -434,10 +527,12 @@ def write_eda(report: EdaReport, out_dir: str | os.PathLike, force: bool = False
 
     out = Path(out_dir)
     cache = MaskCache(cache_dir or default_cache_dir(report.root))
-    makers = {EDA_FILES["areas"]: lambda: _areas_figure(report),
-              EDA_FILES["overlaps"]: lambda: _overlaps_figure(report),
-              EDA_FILES["samples"]: lambda: _samples_figure(report, cache),
-              EDA_FILES["intensity"]: lambda: _intensity_figure(report)}
+    makers = {
+        EDA_FILES["areas"]: lambda: _areas_figure(report),
+        EDA_FILES["overlaps"]: lambda: _overlaps_figure(report),
+        EDA_FILES["samples"]: lambda: _samples_figure(report, cache),
+        EDA_FILES["intensity"]: lambda: _intensity_figure(report),
+    }
     if report.meta is not None:
         makers[EDA_FILES["metadata"]] = lambda: _metadata_figure(report)
     for name in [EDA_FILES["json"], *makers]:

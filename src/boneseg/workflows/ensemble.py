@@ -14,6 +14,7 @@ its path/name: that input alone decides the class) or to a list of weights, one 
 vote). `per_class_from_scores` builds such a file from validation scores (``analyze --json``,
 ``tta --json``) by picking the best input per class.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,13 +32,24 @@ from boneseg.classes import CLASSES, NUM_CLASSES, class_index
 from boneseg.errors import BonesegWarning, DataError, UsageError, quote
 from boneseg.inference.run import check_workers
 from boneseg.io import read_json, write_json
-from boneseg.submission import Submission, SubmissionWriter, read_submission
 from boneseg.progress import SILENT, Reporter
+from boneseg.submission import Submission, SubmissionWriter, read_submission
 from boneseg.workflows.parallel import STATE, parallel_map
 
 __all__ = [
-    "VotePlan", "EnsembleSummary", "vote_runs", "hard_plan", "soft_plan", "read_per_class", "plan_thresholds",
-    "per_class_from_scores", "write_per_class", "hard_vote", "soft_vote", "vote_image_rles", "soft_vote_image",
+    "VotePlan",
+    "EnsembleSummary",
+    "vote_runs",
+    "hard_plan",
+    "soft_plan",
+    "read_per_class",
+    "plan_thresholds",
+    "per_class_from_scores",
+    "write_per_class",
+    "hard_vote",
+    "soft_vote",
+    "vote_image_rles",
+    "soft_vote_image",
     "check_same_images",
 ]
 
@@ -46,8 +58,10 @@ _TOL = 1e-9
 
 # -- run-length voting ----------------------------------------------------------------------------
 
-def vote_runs(runs: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float], cut: float
-              ) -> tuple[np.ndarray, np.ndarray]:
+
+def vote_runs(
+    runs: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float], cut: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Spans covered by inputs whose summed weight exceeds `cut`.
 
     Args:
@@ -125,6 +139,7 @@ def _resolve_input(value: Any, inputs: Sequence[str], where: str) -> int:
         if len(hits) == 1:
             return hits[0]
         from boneseg.errors import suggest
+
         what = "is ambiguous" if hits else "is not one of the inputs"
         raise DataError(f"{where}: {quote(value)} {what}{suggest(value, [Path(p).name for p in inputs])}")
     raise DataError(f"{where}: expected an input index, name or list of weights, got {type(value).__name__}")
@@ -152,8 +167,9 @@ def plan_thresholds(spec: str | os.PathLike | Mapping[str, Any]) -> np.ndarray |
         raise DataError(f"{where}: {exc}") from None
 
 
-def read_per_class(spec: str | os.PathLike | Mapping[str, Any], inputs: Sequence[str], vote: str | None = None
-                   ) -> dict[int, np.ndarray]:
+def read_per_class(
+    spec: str | os.PathLike | Mapping[str, Any], inputs: Sequence[str], vote: str | None = None
+) -> dict[int, np.ndarray]:
     """Per-class weights from a per-class plan (a JSON file or a mapping).
 
     Each class maps to one input (0-based index, path or file name: that input alone decides) or to a
@@ -167,8 +183,10 @@ def read_per_class(spec: str | os.PathLike | Mapping[str, Any], inputs: Sequence
     where, doc = _plan_document(spec)
     if isinstance(doc, Mapping) and isinstance(doc.get("per_class"), Mapping):
         if vote is not None and doc.get("vote", vote) != vote:
-            raise DataError(f"{where}: a plan for a {doc['vote']} vote, used in a {vote} vote "
-                            f"({'CSVs' if doc['vote'] == 'hard' else 'probability folders'} were selected)")
+            raise DataError(
+                f"{where}: a plan for a {doc['vote']} vote, used in a {vote} vote "
+                f"({'CSVs' if doc['vote'] == 'hard' else 'probability folders'} were selected)"
+            )
         doc = doc["per_class"]
     if not isinstance(doc, Mapping):
         raise DataError(f"{where}: expected a JSON object mapping classes to an input or weights")
@@ -183,8 +201,9 @@ def read_per_class(spec: str | os.PathLike | Mapping[str, Any], inputs: Sequence
             try:
                 out[c] = _as_weights(value, n, f"{where}: class {name!r}")
             except (UsageError, TypeError, ValueError) as exc:
-                raise DataError(str(exc) if isinstance(exc, UsageError) else
-                                f"{where}: class {name!r}: weights must be numbers") from None
+                raise DataError(
+                    str(exc) if isinstance(exc, UsageError) else f"{where}: class {name!r}: weights must be numbers"
+                ) from None
         else:
             w = np.zeros(n)
             w[_resolve_input(value, inputs, f"{where}: class {name!r}")] = 1.0
@@ -192,8 +211,12 @@ def read_per_class(spec: str | os.PathLike | Mapping[str, Any], inputs: Sequence
     return out
 
 
-def hard_plan(n: int, min_votes: int | None = None, weights: Sequence[float] | None = None,
-              per_class: Mapping[int, np.ndarray] | None = None) -> VotePlan:
+def hard_plan(
+    n: int,
+    min_votes: int | None = None,
+    weights: Sequence[float] | None = None,
+    per_class: Mapping[int, np.ndarray] | None = None,
+) -> VotePlan:
     """The plan of a hard vote over `n` inputs.
 
     Default: strict majority (``n // 2 + 1`` votes); `min_votes` k: at least k of n; `weights`: more
@@ -219,9 +242,12 @@ def hard_plan(n: int, min_votes: int | None = None, weights: Sequence[float] | N
     return VotePlan(W, cuts)
 
 
-def soft_plan(n: int, weights: Sequence[float] | None = None,
-              threshold: float | str | os.PathLike | Sequence[float] | Mapping[str, float] | None = 0.5,
-              per_class: Mapping[int, np.ndarray] | None = None) -> VotePlan:
+def soft_plan(
+    n: int,
+    weights: Sequence[float] | None = None,
+    threshold: float | str | os.PathLike | Sequence[float] | Mapping[str, float] | None = 0.5,
+    per_class: Mapping[int, np.ndarray] | None = None,
+) -> VotePlan:
     """The plan of a soft vote: per-class weights for the mean and per-class probability thresholds
     (`threshold` as `boneseg.probs.read_thresholds` takes it)."""
     if n < 1:
@@ -233,6 +259,7 @@ def soft_plan(n: int, weights: Sequence[float] | None = None,
 
 
 # -- per-class choice from validation scores -------------------------------------------------------
+
 
 def _per_class_scores(doc: Any, where: str) -> dict[str, float]:
     """``per_class_dice`` of an ``analyze --json`` document, or of the best policy of ``tta --json``."""
@@ -261,8 +288,9 @@ def _per_class_scores(doc: Any, where: str) -> dict[str, float]:
     raise DataError(f"{where}: no 'per_class_dice' scores (expected `boneseg analyze --json` or `tta --json` output)")
 
 
-def per_class_from_scores(scores: Sequence[str | os.PathLike | Mapping[str, Any]],
-                          inputs: Sequence[str] | None = None) -> dict[str, int | str]:
+def per_class_from_scores(
+    scores: Sequence[str | os.PathLike | Mapping[str, Any]], inputs: Sequence[str] | None = None
+) -> dict[str, int | str]:
     """The per-class plan that gives each class to the input with the best validation Dice.
 
     Args:
@@ -307,6 +335,7 @@ def write_per_class(path: str | os.PathLike, plan: Mapping[str, Any], force: boo
 
 # -- hard vote over submissions -------------------------------------------------------------------
 
+
 @dataclass
 class EnsembleSummary:
     """What an ensemble run did."""
@@ -318,9 +347,14 @@ class EnsembleSummary:
     plan: VotePlan
 
     def as_dict(self) -> dict[str, Any]:
-        return {"output": self.output, "vote": self.vote, "inputs": self.inputs, "images": self.images,
-                "weights": {c: self.plan.weights[i].tolist() for i, c in enumerate(CLASSES)},
-                "cuts": {c: float(self.plan.cuts[i]) for i, c in enumerate(CLASSES)}}
+        return {
+            "output": self.output,
+            "vote": self.vote,
+            "inputs": self.inputs,
+            "images": self.images,
+            "weights": {c: self.plan.weights[i].tolist() for i, c in enumerate(CLASSES)},
+            "cuts": {c: float(self.plan.cuts[i]) for i, c in enumerate(CLASSES)},
+        }
 
 
 def check_same_images(names: Sequence[str], image_lists: Sequence[Sequence[str]], what: str = "image") -> None:
@@ -332,15 +366,20 @@ def check_same_images(names: Sequence[str], image_lists: Sequence[Sequence[str]]
             continue
         missing = [i for i in image_lists[0] if i not in these]
         if missing:
-            raise DataError(f"{name}: lacks {what} {quote(missing[0])} (in {names[0]})"
-                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+            raise DataError(
+                f"{name}: lacks {what} {quote(missing[0])} (in {names[0]})"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            )
         extra = [i for i in images if i not in first]
-        raise DataError(f"{name}: has {what} {quote(extra[0])} that {names[0]} lacks"
-                        + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
+        raise DataError(
+            f"{name}: has {what} {quote(extra[0])} that {names[0]} lacks"
+            + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
+        )
 
 
-def vote_image_rles(rles: Sequence[Sequence[str]], plan: VotePlan, size: int,
-                    names: Sequence[str] | None = None, image: str = "") -> list[str]:
+def vote_image_rles(
+    rles: Sequence[Sequence[str]], plan: VotePlan, size: int, names: Sequence[str] | None = None, image: str = ""
+) -> list[str]:
     """Hard-vote one image: `rles[i]` are input i's 29 RLE texts in class order; returns 29 RLE texts.
 
     Raises:
@@ -361,15 +400,23 @@ def vote_image_rles(rles: Sequence[Sequence[str]], plan: VotePlan, size: int,
 
 def _hard_worker(image: str) -> list[str]:
     subs: list[Submission] = STATE["subs"]
-    return vote_image_rles([s.image_rles(image) for s in subs], STATE["plan"], STATE["size"],
-                           [str(s.path) for s in subs], image)
+    return vote_image_rles(
+        [s.image_rles(image) for s in subs], STATE["plan"], STATE["size"], [str(s.path) for s in subs], image
+    )
 
 
-def hard_vote(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None, *,
-              min_votes: int | None = None, weights: Sequence[float] | None = None,
-              per_class: str | os.PathLike | Mapping[str, Any] | None = None,
-              shape: tuple[int, int] = (2048, 2048), workers: int | None = None, force: bool = False,
-              reporter: Reporter = SILENT) -> EnsembleSummary:
+def hard_vote(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None,
+    *,
+    min_votes: int | None = None,
+    weights: Sequence[float] | None = None,
+    per_class: str | os.PathLike | Mapping[str, Any] | None = None,
+    shape: tuple[int, int] = (2048, 2048),
+    workers: int | None = None,
+    force: bool = False,
+    reporter: Reporter = SILENT,
+) -> EnsembleSummary:
     """Pixel-wise vote over submission CSVs, written as a submission CSV (``-``/None: stdout).
 
     Rows are matched by (image_name, class), so any row order works; the output lists images sorted by
@@ -402,12 +449,17 @@ def hard_vote(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None
         for image, rles in zip(images, parallel_map(_hard_worker, images, state, workers, task)):
             writer.write_rles(image, rles)
     if len(names) == 2 and min_votes is None and weights is None:
-        warnings.warn("a hard vote over 2 inputs keeps only the pixels both predict (the intersection); "
-                      "--min-votes 1 gives the union", BonesegWarning, stacklevel=2)
+        warnings.warn(
+            "a hard vote over 2 inputs keeps only the pixels both predict (the intersection); "
+            "--min-votes 1 gives the union",
+            BonesegWarning,
+            stacklevel=2,
+        )
     return EnsembleSummary(str(out or "-"), "hard", names, len(images), plan)
 
 
 # -- soft vote over probability folders -----------------------------------------------------------
+
 
 def soft_vote_image(qs: Sequence[np.ndarray], plan: VotePlan) -> np.ndarray:
     """(29, H, W) masks from the weighted mean of uint8 probabilities (re-quantised with ``rint``)."""
@@ -437,8 +489,9 @@ def _soft_worker(image: str) -> list[str]:
         if shape is None:
             shape, first = q.shape, folder
         elif q.shape != shape:
-            raise DataError(f"image {image!r}: probabilities of shape {q.shape[1:]} in {folder} but "
-                            f"{shape[1:]} in {first}")
+            raise DataError(
+                f"image {image!r}: probabilities of shape {q.shape[1:]} in {folder} but {shape[1:]} in {first}"
+            )
         qs.append(q)
     assert shape is not None  # weights are never all zero
     blank = np.zeros(shape, np.uint8)
@@ -446,12 +499,17 @@ def _soft_worker(image: str) -> list[str]:
     return [rle_mod.encode(m) for m in masks]
 
 
-def soft_vote(folders: Sequence[str | os.PathLike], out: str | os.PathLike | None, *,
-              weights: Sequence[float] | None = None,
-              threshold: float | str | os.PathLike | Sequence[float] | Mapping[str, float] | None = None,
-              per_class: str | os.PathLike | Mapping[str, Any] | None = None,
-              workers: int | None = None, force: bool = False,
-              reporter: Reporter = SILENT) -> EnsembleSummary:
+def soft_vote(
+    folders: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None,
+    *,
+    weights: Sequence[float] | None = None,
+    threshold: float | str | os.PathLike | Sequence[float] | Mapping[str, float] | None = None,
+    per_class: str | os.PathLike | Mapping[str, Any] | None = None,
+    workers: int | None = None,
+    force: bool = False,
+    reporter: Reporter = SILENT,
+) -> EnsembleSummary:
     """Weighted mean of ``predict --save-probs`` folders, binarised per class, as a submission CSV.
 
     One folder with weight 1 reproduces ``predict``'s CSV exactly (same stored values, same rule).
@@ -479,4 +537,3 @@ def soft_vote(folders: Sequence[str | os.PathLike], out: str | os.PathLike | Non
         for image, rles in zip(images, parallel_map(_soft_worker, images, state, workers, task)):
             writer.write_rles(Path(image).name, rles)
     return EnsembleSummary(str(out or "-"), "soft", names, len(images), plan)
-

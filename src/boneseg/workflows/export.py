@@ -6,6 +6,7 @@ probabilities, with dynamic batch and spatial axes; ``hf`` is a folder that segm
 the runtime are in `boneseg.inference.exported`. Each export is checked before it is published: the exported
 model's probabilities on a random input must match torch's within `TOLERANCE`.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,14 +82,20 @@ def check_exportable(run: Run, fmt: str) -> None:
     """
     cfg = run.config
     if "film" in (cfg.meta or ""):
-        raise UsageError(f"{run.path}: a FiLM model (--meta {cfg.meta}) needs patient metadata as a second input; "
-                         "export takes image-only models (predict it from its checkpoint with --meta)")
+        raise UsageError(
+            f"{run.path}: a FiLM model (--meta {cfg.meta}) needs patient metadata as a second input; "
+            "export takes image-only models (predict it from its checkpoint with --meta)"
+        )
     if cfg.wrist or run.classes != tuple(CLASSES):
-        raise UsageError(f"{run.path}: a wrist second-stage model (its own crops and classes) cannot be exported; "
-                         "export the first stage and give this checkpoint to predict --wrist-model")
+        raise UsageError(
+            f"{run.path}: a wrist second-stage model (its own crops and classes) cannot be exported; "
+            "export the first stage and give this checkpoint to predict --wrist-model"
+        )
     if fmt == "hf" and cfg.boundary_head > 0 and cfg.boundary_sharpen > 0:
-        raise UsageError(f"{run.path}: a boundary-sharpened model (--boundary-sharpen) is not a plain smp model; "
-                         "export it with --format onnx or torchscript")
+        raise UsageError(
+            f"{run.path}: a boundary-sharpened model (--boundary-sharpen) is not a plain smp model; "
+            "export it with --format onnx or torchscript"
+        )
 
 
 def check_agree(runs: Sequence[Run], fmt: str) -> None:
@@ -98,14 +105,18 @@ def check_agree(runs: Sequence[Run], fmt: str) -> None:
         UsageError: several runs for ``hf``, or runs that differ in one of those settings (naming it).
     """
     if fmt == "hf" and len(runs) > 1:
-        raise UsageError("--format hf holds one smp model: export one run (or use --format onnx|torchscript "
-                         "for an ensemble in one graph)")
+        raise UsageError(
+            "--format hf holds one smp model: export one run (or use --format onnx|torchscript "
+            "for an ensemble in one graph)"
+        )
     first = runs[0]
     for run in runs[1:]:
         for key in CONFIG_KEYS:
             if getattr(run.config, key) != getattr(first.config, key):
-                raise UsageError(f"{run.path}: {key} {getattr(run.config, key)!r} differs from {first.path}'s "
-                                 f"{getattr(first.config, key)!r} (runs in one graph share one input)")
+                raise UsageError(
+                    f"{run.path}: {key} {getattr(run.config, key)!r} differs from {first.path}'s "
+                    f"{getattr(first.config, key)!r} (runs in one graph share one input)"
+                )
 
 
 def _plain(model: torch.nn.Module) -> Any:
@@ -141,9 +152,16 @@ def _write_graph(graph: torch.nn.Module, fmt: str, path: Path, sample: torch.Ten
         try:
             if fmt == "onnx":
                 axes = {0: "batch", 2: "height", 3: "width"}
-                torch.onnx.export(graph, (sample,), str(path), dynamo=False, input_names=[INPUT_NAME],
-                                  output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
-                                  opset_version=17)
+                torch.onnx.export(
+                    graph,
+                    (sample,),
+                    str(path),
+                    dynamo=False,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                    opset_version=17,
+                )
             else:
                 torch.jit.save(torch.jit.trace(graph, sample, check_trace=False), str(path))
         except Exception as exc:  # noqa: BLE001 - the exporters raise many types
@@ -156,29 +174,88 @@ def model_card(run: Run, sidecar: dict) -> str:
     cfg, metrics = run.config, run.metrics
     per_class = metrics.get("val_dice_per_class") or {}
     dice = "\n".join(f"| {c} | {per_class[c]:.4f} |" for c in CLASSES if c in per_class) or "| (not recorded) | |"
-    settings = {k: getattr(cfg, k) for k in ("arch", "encoder", "size", "crop", "channels", "mean", "std",
-                                             "unify_side", "loss", "aug", "epochs", "fold", "splits")}
+    settings = {
+        k: getattr(cfg, k)
+        for k in (
+            "arch",
+            "encoder",
+            "size",
+            "crop",
+            "channels",
+            "mean",
+            "std",
+            "unify_side",
+            "loss",
+            "aug",
+            "epochs",
+            "fold",
+            "splits",
+        )
+    }
     mean = f"{metrics['val_dice']:.4f}" if isinstance(metrics.get("val_dice"), (int, float)) else "not recorded"
-    return "\n".join([
-        "---", "library_name: segmentation-models-pytorch", "tags: [segmentation, medical, x-ray, boneseg]", "---",
-        "", f"# Hand-bone segmentation: {cfg.arch} / {cfg.encoder}", "",
-        f"Exported by boneseg {__version__} from `{run.path}` (epoch {metrics.get('epoch', '?')}).", "",
-        "## Classes", "", f"{len(CLASSES)} sigmoid channels, in this order (each its own mask; masks overlap):",
-        "", ", ".join(CLASSES), "",
-        "## Data", "", f"Trained on `{cfg.data}` (hand X-rays, PNG + polygon JSON), fold {cfg.fold} of "
-        f"`{cfg.splits or 'the default split'}` held out for validation.", "",
-        "## Validation Dice", "", f"Mean: {mean}", "", "| class | Dice |", "|---|---|", dice, "",
-        "## Settings", "", "```json", json.dumps(settings, indent=2), "```", "",
-        "Input: `(N, C, H, W)` float32, `x = (image / 255 - mean) / std` per channel (H, W multiples of 32); "
-        "output: logits (apply a sigmoid). Thresholds and post-processing rules are in `boneseg.json`.", "",
-        "## How to load", "", "```python", "import segmentation_models_pytorch as smp",
-        "model = smp.from_pretrained(\"THIS_FOLDER\").eval()", "```", "",
-        "or predict with boneseg: `boneseg predict IMAGES -m THIS_FOLDER -o submission.csv`.", ""])
+    return "\n".join(
+        [
+            "---",
+            "library_name: segmentation-models-pytorch",
+            "tags: [segmentation, medical, x-ray, boneseg]",
+            "---",
+            "",
+            f"# Hand-bone segmentation: {cfg.arch} / {cfg.encoder}",
+            "",
+            f"Exported by boneseg {__version__} from `{run.path}` (epoch {metrics.get('epoch', '?')}).",
+            "",
+            "## Classes",
+            "",
+            f"{len(CLASSES)} sigmoid channels, in this order (each its own mask; masks overlap):",
+            "",
+            ", ".join(CLASSES),
+            "",
+            "## Data",
+            "",
+            f"Trained on `{cfg.data}` (hand X-rays, PNG + polygon JSON), fold {cfg.fold} of "
+            f"`{cfg.splits or 'the default split'}` held out for validation.",
+            "",
+            "## Validation Dice",
+            "",
+            f"Mean: {mean}",
+            "",
+            "| class | Dice |",
+            "|---|---|",
+            dice,
+            "",
+            "## Settings",
+            "",
+            "```json",
+            json.dumps(settings, indent=2),
+            "```",
+            "",
+            "Input: `(N, C, H, W)` float32, `x = (image / 255 - mean) / std` per channel (H, W multiples of 32); "
+            "output: logits (apply a sigmoid). Thresholds and post-processing rules are in `boneseg.json`.",
+            "",
+            "## How to load",
+            "",
+            "```python",
+            "import segmentation_models_pytorch as smp",
+            'model = smp.from_pretrained("THIS_FOLDER").eval()',
+            "```",
+            "",
+            "or predict with boneseg: `boneseg predict IMAGES -m THIS_FOLDER -o submission.csv`.",
+            "",
+        ]
+    )
 
 
-def export(runs: Sequence[str | os.PathLike | Run], fmt: str, output: str | os.PathLike, *,
-           threshold: float | str | os.PathLike | dict | None = None, postprocess_rules: str | os.PathLike | None = "auto",
-           weights: Sequence[float] | None = None, force: bool = False, reporter: Reporter = SILENT) -> ExportSummary:
+def export(
+    runs: Sequence[str | os.PathLike | Run],
+    fmt: str,
+    output: str | os.PathLike,
+    *,
+    threshold: float | str | os.PathLike | dict | None = None,
+    postprocess_rules: str | os.PathLike | None = "auto",
+    weights: Sequence[float] | None = None,
+    force: bool = False,
+    reporter: Reporter = SILENT,
+) -> ExportSummary:
     """Export `runs` (checkpoints or run folders) as `fmt` (``onnx``, ``torchscript`` or ``hf``) to `output`.
 
     Args:
@@ -213,13 +290,29 @@ def export(runs: Sequence[str | os.PathLike | Run], fmt: str, output: str | os.P
     if rules is not None:
         rules_list(rules, where=str(rules_path))  # checked now, not when predict reads the export
     cfg = opened[0].config
-    doc = {"format": FORMAT, "version": 1, "backend": fmt, "boneseg": __version__,
-           "input": {"name": INPUT_NAME, "layout": "NCHW float32", "normalisation": "(image / 255 - mean) / std"},
-           "output": {"name": OUTPUT_NAME, "kind": "logits" if fmt == "hf" else "probabilities"},
-           "classes": list(CLASSES), "in_channels": in_channels(cfg), **{k: getattr(cfg, k) for k in CONFIG_KEYS},
-           "thresholds": {c: float(t) for c, t in zip(CLASSES, thresholds)}, "postprocess": rules,
-           "models": [{"source": str(r.path), "arch": r.config.arch, "encoder": r.config.encoder, "weight": w,
-                       "val_dice": r.metrics.get("val_dice")} for r, w in zip(opened, weights)]}
+    doc = {
+        "format": FORMAT,
+        "version": 1,
+        "backend": fmt,
+        "boneseg": __version__,
+        "input": {"name": INPUT_NAME, "layout": "NCHW float32", "normalisation": "(image / 255 - mean) / std"},
+        "output": {"name": OUTPUT_NAME, "kind": "logits" if fmt == "hf" else "probabilities"},
+        "classes": list(CLASSES),
+        "in_channels": in_channels(cfg),
+        **{k: getattr(cfg, k) for k in CONFIG_KEYS},
+        "thresholds": {c: float(t) for c, t in zip(CLASSES, thresholds)},
+        "postprocess": rules,
+        "models": [
+            {
+                "source": str(r.path),
+                "arch": r.config.arch,
+                "encoder": r.config.encoder,
+                "weight": w,
+                "val_dice": r.metrics.get("val_dice"),
+            }
+            for r, w in zip(opened, weights)
+        ],
+    }
     with reporter.task(f"export {fmt}", 1) as task:
         nets = [r.model("cpu") for r in opened]
         if fmt == "hf":
@@ -249,5 +342,7 @@ def export(runs: Sequence[str | os.PathLike | Run], fmt: str, output: str | os.P
 
 def _check_diff(diff: float, out: Path) -> None:
     if not diff <= TOLERANCE:  # also nan
-        raise CheckpointError(f"{out}: the exported model's probabilities differ from torch's by {diff:.2g} "
-                              f"(> {TOLERANCE:g}); nothing written")
+        raise CheckpointError(
+            f"{out}: the exported model's probabilities differ from torch's by {diff:.2g} "
+            f"(> {TOLERANCE:g}); nothing written"
+        )

@@ -6,6 +6,7 @@ image order, as `predict` writes) and, optionally, one probability folder in `pr
 layout: what `analyze --gt`, `ensemble` and `audit` read. The runs' own post-processing rules are not
 applied (they were fitted on the very images predicted here).
 """
+
 from __future__ import annotations
 
 import os
@@ -47,26 +48,42 @@ def assign_folds(runs: Sequence[Run], samples: Sequence[Sample]) -> list[list[Sa
     for run in runs:
         part = run.validation(samples)
         if not part:
-            raise DataError(f"{run.path}: its fold {run.fold} holds none of the {len(samples)} train images "
-                            "(a run of another dataset?)")
+            raise DataError(
+                f"{run.path}: its fold {run.fold} holds none of the {len(samples)} train images "
+                "(a run of another dataset?)"
+            )
         for s in part:
             if s.name in owner:
-                raise DataError(f"{owner[s.name].path} and {run.path} both validate {s.name} "
-                                f"(folds {owner[s.name].fold} and {run.fold}: the same fold twice, or other splits)")
+                raise DataError(
+                    f"{owner[s.name].path} and {run.path} both validate {s.name} "
+                    f"(folds {owner[s.name].fold} and {run.fold}: the same fold twice, or other splits)"
+                )
             owner[s.name] = run
         parts.append(part)
     missing = [s.name for s in samples if s.name not in owner]
     if missing:
         given = ", ".join(str(f) for f in sorted({r.fold for r in runs}))
-        raise DataError(f"no run validates {len(missing)} of the {len(samples)} train images (e.g. {missing[0]}): "
-                        f"a fold is missing (runs given for fold {given} of {runs[0].config.folds})")
+        raise DataError(
+            f"no run validates {len(missing)} of the {len(samples)} train images (e.g. {missing[0]}): "
+            f"a fold is missing (runs given for fold {given} of {runs[0].config.folds})"
+        )
     return parts
 
 
-def oof(runs: Sequence[str | os.PathLike], output: str | os.PathLike | None, *, data: str | os.PathLike | None = None,
-        save_probs: str | os.PathLike | None = None, tta: str = "none", threshold: float | str | os.PathLike = 0.5,
-        device: str = "auto", batch_size: int = 4, workers: int = 0, force: bool = False,
-        reporter: Reporter = SILENT) -> OofSummary:
+def oof(
+    runs: Sequence[str | os.PathLike],
+    output: str | os.PathLike | None,
+    *,
+    data: str | os.PathLike | None = None,
+    save_probs: str | os.PathLike | None = None,
+    tta: str = "none",
+    threshold: float | str | os.PathLike = 0.5,
+    device: str = "auto",
+    batch_size: int = 4,
+    workers: int = 0,
+    force: bool = False,
+    reporter: Reporter = SILENT,
+) -> OofSummary:
     """Out-of-fold predictions of the fold runs `runs` over every train image of `data`.
 
     Args:
@@ -99,9 +116,19 @@ def oof(runs: Sequence[str | os.PathLike], output: str | os.PathLike | None, *, 
         for i, (run, part) in enumerate(zip(opened, parts)):
             reporter.message(f"fold {run.fold}: {run.path} predicts its {len(part)} validation images")
             fold_probs = staging / f".fold-{i}" if staging is not None else None
-            predict(part, [str(run.checkpoint)], work / f"fold-{i}.csv", tta=tta, threshold=threshold,
-                    save_probs=fold_probs, workers=workers, device=device, batch_size=batch_size,
-                    postprocess_rules="none", reporter=reporter)
+            predict(
+                part,
+                [str(run.checkpoint)],
+                work / f"fold-{i}.csv",
+                tta=tta,
+                threshold=threshold,
+                save_probs=fold_probs,
+                workers=workers,
+                device=device,
+                batch_size=batch_size,
+                postprocess_rules="none",
+                reporter=reporter,
+            )
             for _, row in csv_rows(work / f"fold-{i}.csv"):
                 rows.setdefault(row[0], []).append(row)
             if fold_probs is not None and staging is not None:
@@ -115,9 +142,16 @@ def oof(runs: Sequence[str | os.PathLike], output: str | os.PathLike | None, *, 
                     out.write(format_row(*row))
         if staging is not None and probs_dir is not None:
             fold_of = {s.image_name: r.fold for r, part in zip(opened, parts) for s in part}
-            probs_mod.write_manifest(staging, [s.image_name for s in samples], [str(r.checkpoint) for r in opened],
-                                     {"policy": tta, "threshold": [float(t) for t in probs_mod.read_thresholds(threshold)],
-                                      "folds": fold_of})
+            probs_mod.write_manifest(
+                staging,
+                [s.image_name for s in samples],
+                [str(r.checkpoint) for r in opened],
+                {
+                    "policy": tta,
+                    "threshold": [float(t) for t in probs_mod.read_thresholds(threshold)],
+                    "folds": fold_of,
+                },
+            )
             probs_mod.publish(staging, probs_dir, force)
     except BaseException:
         if staging is not None:
@@ -125,6 +159,9 @@ def oof(runs: Sequence[str | os.PathLike], output: str | os.PathLike | None, *, 
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return OofSummary(len(samples), "-" if is_stdout(output) else str(output),
-                      [{"run": str(r.path), "fold": r.fold, "images": len(p)} for r, p in zip(opened, parts)],
-                      str(probs_dir) if probs_dir is not None else None)
+    return OofSummary(
+        len(samples),
+        "-" if is_stdout(output) else str(output),
+        [{"run": str(r.path), "fold": r.fold, "images": len(p)} for r, p in zip(opened, parts)],
+        str(probs_dir) if probs_dir is not None else None,
+    )

@@ -1,4 +1,5 @@
 """Process-parallel map over images with read-only shared state (fork where available)."""
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -21,14 +22,18 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-
 def _init_worker(state: dict[str, Any]) -> None:
     STATE.clear()
     STATE.update(state)
 
 
-def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], state: dict[str, Any],
-                 workers: int | None = None, task: Task | None = None) -> Iterator[Any]:
+def parallel_map(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    state: dict[str, Any],
+    workers: int | None = None,
+    task: Task | None = None,
+) -> Iterator[Any]:
     """``fn(item)`` for each item, in order, in `workers` processes that share `state` (read-only).
 
     `state` reaches the workers through ``fork`` where available (no copy until written), else by
@@ -49,8 +54,9 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], state: dict[str
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else None)
     chunk = max(1, min(8, total // (workers * 8)))
-    with cf.ProcessPoolExecutor(min(workers, total), mp_context=ctx, initializer=_init_worker,
-                                initargs=(state,)) as pool:
+    with cf.ProcessPoolExecutor(
+        min(workers, total), mp_context=ctx, initializer=_init_worker, initargs=(state,)
+    ) as pool:
         try:
             for result in pool.map(fn, items, chunksize=chunk):
                 yield result

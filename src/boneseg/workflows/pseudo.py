@@ -16,6 +16,7 @@ predictions of the same images (`agree_with`: other models, folds or TTA runs) a
 when every class's mask agrees with theirs (mean Dice against each) -- pseudo-labels only where
 independent models concur.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -36,17 +37,16 @@ from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, by_image_name, find_images, read_image
 from boneseg.data.masks import rasterize
-from boneseg.inference.run import check_workers
-from boneseg.progress import SILENT, Reporter
-from boneseg.workflows.parallel import STATE, parallel_map
 from boneseg.errors import DataError, OutputExistsError, UsageError
+from boneseg.inference.run import check_workers
 from boneseg.io import write_json
 from boneseg.maskops import bbox
 from boneseg.metrics import dice
+from boneseg.progress import SILENT, Reporter
 from boneseg.submission import read_submission
+from boneseg.workflows.parallel import STATE, parallel_map
 
-__all__ = ["MANIFEST", "PseudoSummary", "trace_polygon", "label_document", "open_source",
-           "make_pseudo"]
+__all__ = ["MANIFEST", "PseudoSummary", "trace_polygon", "label_document", "open_source", "make_pseudo"]
 
 MANIFEST = "pseudo_manifest.json"
 FORMAT = "boneseg-pseudo"
@@ -54,6 +54,7 @@ _ID_NAMESPACE = uuid.UUID("6f1c2a4e-0b8e-4a55-9a57-3c1de2f0b7a1")
 
 
 # -- masks -> polygons ----------------------------------------------------------------------------
+
 
 def trace_polygon(mask: np.ndarray) -> np.ndarray | None:
     """The outer contour of the largest component of a 2-D mask as (N, 2) int32 ``[x, y]`` points.
@@ -67,8 +68,7 @@ def trace_polygon(mask: np.ndarray) -> np.ndarray | None:
     r0, r1, c0, c1 = box
     crop = np.zeros((r1 - r0 + 2, c1 - c0 + 2), np.uint8)
     crop[1:-1, 1:-1] = mask[r0:r1, c0:c1]
-    contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
-                                   offset=(int(c0) - 1, int(r0) - 1))
+    contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(int(c0) - 1, int(r0) - 1))
     best = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))
     points = best.reshape(-1, 2).astype(np.int32)
     return points if len(points) >= 3 else None
@@ -77,15 +77,25 @@ def trace_polygon(mask: np.ndarray) -> np.ndarray | None:
 def label_document(polygons: Mapping[str, np.ndarray], image_name: str, shape: tuple[int, int]) -> dict:
     """A label JSON in the competition schema (one ``poly_seg`` annotation per class, stable ids)."""
     annotations = [
-        {"id": str(uuid.uuid5(_ID_NAMESPACE, f"{image_name}/{name}")), "type": "poly_seg", "attributes": {},
-         "points": np.asarray(polygons[name]).tolist(), "label": name}
-        for name in CLASSES if name in polygons
+        {
+            "id": str(uuid.uuid5(_ID_NAMESPACE, f"{image_name}/{name}")),
+            "type": "poly_seg",
+            "attributes": {},
+            "points": np.asarray(polygons[name]).tolist(),
+            "label": name,
+        }
+        for name in CLASSES
+        if name in polygons
     ]
-    return {"annotations": annotations, "filename": image_name,
-            "metadata": {"height": int(shape[0]), "width": int(shape[1]), "source": "boneseg pseudo"}}
+    return {
+        "annotations": annotations,
+        "filename": image_name,
+        "metadata": {"height": int(shape[0]), "width": int(shape[1]), "source": "boneseg pseudo"},
+    }
 
 
 # -- sources --------------------------------------------------------------------------------------
+
 
 @dataclass
 class _CsvSource:
@@ -119,8 +129,10 @@ class _ProbsSource:
     def masks(self, image: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
         q = probs_mod.load(self.path, image)
         if q.shape[1:] != tuple(shape):
-            raise DataError(f"{probs_mod.prob_path(self.path, image)}: probabilities are {q.shape[2]}x"
-                            f"{q.shape[1]} but the image is {shape[1]}x{shape[0]}")
+            raise DataError(
+                f"{probs_mod.prob_path(self.path, image)}: probabilities are {q.shape[2]}x"
+                f"{q.shape[1]} but the image is {shape[1]}x{shape[0]}"
+            )
         masks = probs_mod.binarize(q, self.cuts)
         conf = np.zeros(NUM_CLASSES)
         for c in range(NUM_CLASSES):
@@ -136,6 +148,7 @@ def open_source(path: str | os.PathLike, threshold: Any = 0.5):
 
 
 # -- one image ------------------------------------------------------------------------------------
+
 
 def _left_out(name: str, reason: str, classes: Sequence[str] = ()) -> dict:
     out: dict[str, Any] = {"image": name, "reason": reason}
@@ -175,7 +188,8 @@ def _below(name: str, what: str, values: np.ndarray, minimum: float) -> dict:
 def _pseudo_worker(task: tuple[str, str]) -> dict:
     name, image_path = task
     source, others, stage, min_conf, min_agree, copy = (
-        STATE[k] for k in ("source", "others", "stage", "min_confidence", "min_agreement", "copy"))
+        STATE[k] for k in ("source", "others", "stage", "min_confidence", "min_agreement", "copy")
+    )
     image_name = Path(name).name
     shape = read_image(image_path).shape  # decoded: a corrupt image is refused, never linked into the set
     masks, conf = source.masks(image_name, shape)
@@ -201,9 +215,15 @@ def _pseudo_worker(task: tuple[str, str]) -> dict:
     label.write_text(json.dumps(label_document(polygons, image_name, shape), separators=(",", ":")))
     how = _place_image(Path(image_path), stage / "train" / IMAGE_DIR / name, copy)
     worst = int(np.argmin(scores))
-    record = {"image": name, "source_image": str(Path(image_path).resolve()), "image_file": how,
-              "refill_dice_mean": round(float(scores.mean()), 5), "refill_dice_min": round(float(scores[worst]), 5),
-              "refill_dice_min_class": CLASSES[worst], "confidence": None}
+    record = {
+        "image": name,
+        "source_image": str(Path(image_path).resolve()),
+        "image_file": how,
+        "refill_dice_mean": round(float(scores.mean()), 5),
+        "refill_dice_min": round(float(scores[worst]), 5),
+        "refill_dice_min_class": CLASSES[worst],
+        "confidence": None,
+    }
     if conf is not None:
         weakest = int(np.argmin(conf))
         record.update(confidence=round(float(conf[weakest]), 5), weakest_class=CLASSES[weakest])
@@ -213,8 +233,8 @@ def _pseudo_worker(task: tuple[str, str]) -> dict:
     return {"written": record}
 
 
-
 # -- the command ----------------------------------------------------------------------------------
+
 
 @dataclass
 class PseudoSummary:
@@ -235,8 +255,9 @@ def _prepare_out(out: Path, force: bool) -> Path:
             if not force:
                 raise OutputExistsError(f"{out} already exists and is not empty (use --force to overwrite)")
             if not (out / MANIFEST).is_file():
-                raise DataError(f"{out} is not a pseudo-label folder (no {MANIFEST}); not overwriting it "
-                                "even with --force")
+                raise DataError(
+                    f"{out} is not a pseudo-label folder (no {MANIFEST}); not overwriting it even with --force"
+                )
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     stage.chmod(0o755)
@@ -254,11 +275,20 @@ def _publish(stage: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
-                min_confidence: float | None = None, threshold: Any = 0.5, copy: bool = False,
-                agree_with: Sequence[str | os.PathLike] = (), min_agreement: float | None = None,
-                workers: int | None = None, force: bool = False,
-                reporter: Reporter = SILENT) -> PseudoSummary:
+def make_pseudo(
+    source: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    min_confidence: float | None = None,
+    threshold: Any = 0.5,
+    copy: bool = False,
+    agree_with: Sequence[str | os.PathLike] = (),
+    min_agreement: float | None = None,
+    workers: int | None = None,
+    force: bool = False,
+    reporter: Reporter = SILENT,
+) -> PseudoSummary:
     """Write pseudo-labelled test images in the train layout.
 
     Args:
@@ -279,7 +309,8 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
 
     Raises:
         DataError: unreadable sources, an unreadable image (each is decoded before it is linked),
-            predictions for images that DATA lacks, malformed RLE (naming file, image and class). UsageError: impossible options. OutputExistsError: `out` exists.
+            predictions for images that DATA lacks, malformed RLE (naming file, image and class). UsageError:
+            impossible options. OutputExistsError: `out` exists.
     """
     out = Path(out)
     check_workers(workers)
@@ -295,21 +326,30 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
     if (thresholds != 0.5).any() and all(s.kind == "csv" for s in (src, *others)):
         raise UsageError("--threshold applies to probability folders only (a CSV is already binary)")
     if min_confidence is not None and src.kind != "probs":
-        raise UsageError("--min-confidence needs a probability folder (`predict --save-probs`); a CSV "
-                         "carries no confidence")
+        raise UsageError(
+            "--min-confidence needs a probability folder (`predict --save-probs`); a CSV carries no confidence"
+        )
     samples = find_images(data)
     by_name = by_image_name(samples, data)
     unknown = [i for i in src.images if i not in by_name]
     if unknown:
-        raise DataError(f"{source}: predicts image {unknown[0]!r} that {data} lacks"
-                        + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+        raise DataError(
+            f"{source}: predicts image {unknown[0]!r} that {data} lacks"
+            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+        )
     predicted = set(src.images)
     left_out = [_left_out(s.name, "no prediction in the source") for s in samples if s.image_name not in predicted]
     tasks = [(s.name, str(s.image)) for s in samples if s.image_name in predicted]
     stage = _prepare_out(out, force)
     try:
-        state = {"source": src, "others": others, "stage": stage, "min_confidence": min_confidence,
-                 "min_agreement": min_agreement, "copy": copy}
+        state = {
+            "source": src,
+            "others": others,
+            "stage": stage,
+            "min_confidence": min_confidence,
+            "min_agreement": min_agreement,
+            "copy": copy,
+        }
         written = []
         with reporter.task("pseudo-labels", len(tasks), "img") as task:
             results = list(parallel_map(_pseudo_worker, tasks, state, workers, task))
@@ -321,16 +361,24 @@ def make_pseudo(source: str | os.PathLike, data: str | os.PathLike, out: str | o
         left_out.sort(key=lambda r: r["image"])
         means = [r["refill_dice_mean"] for r in written]
         manifest = {
-            "format": FORMAT, "version": 1,
+            "format": FORMAT,
+            "version": 1,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": str(Path(source).resolve()), "source_kind": src.kind, "data": str(Path(data).resolve()),
+            "source": str(Path(source).resolve()),
+            "source_kind": src.kind,
+            "data": str(Path(data).resolve()),
             "threshold": thresholds.tolist() if src.kind == "probs" else None,
             "min_confidence": min_confidence,
-            "agree_with": [str(Path(p).resolve()) for p in agree_with], "min_agreement": min_agreement,
-            "summary": {"written": len(written), "left_out": len(left_out),
-                        "refill_dice_mean": round(float(np.mean(means)), 5) if means else None,
-                        "refill_dice_min": min((r["refill_dice_min"] for r in written), default=None)},
-            "images": written, "left_out": left_out,
+            "agree_with": [str(Path(p).resolve()) for p in agree_with],
+            "min_agreement": min_agreement,
+            "summary": {
+                "written": len(written),
+                "left_out": len(left_out),
+                "refill_dice_mean": round(float(np.mean(means)), 5) if means else None,
+                "refill_dice_min": min((r["refill_dice_min"] for r in written), default=None),
+            },
+            "images": written,
+            "left_out": left_out,
         }
         write_json(stage / MANIFEST, manifest, force=True)
         _publish(stage, out)

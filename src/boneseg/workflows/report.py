@@ -7,6 +7,7 @@ and of the labels). Full images and masks load only when an image is opened, as 
 ``<script>`` elements: no fetch, no server, nothing from the network, so the folder opens from the file
 system and can be zipped and shared. The scores come from `boneseg.workflows.analysis.analyze`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,7 +27,16 @@ from boneseg.errors import BonesegWarning, DataError, OutputExistsError, suggest
 from boneseg.progress import SILENT, Reporter, track
 from boneseg.workflows.analysis import Analysis, analyze
 
-__all__ = ["AGREEMENT_COLOURS", "REPORT_DIR", "check_out", "SUSPECTS_FILE", "THUMB_SIDE", "build_report", "read_suspects", "write_report"]
+__all__ = [
+    "AGREEMENT_COLOURS",
+    "REPORT_DIR",
+    "check_out",
+    "SUSPECTS_FILE",
+    "THUMB_SIDE",
+    "build_report",
+    "read_suspects",
+    "write_report",
+]
 
 ASSETS = Path(__file__).with_name("report_assets")
 REPORT_DIR = "report"
@@ -65,16 +75,31 @@ def read_suspects(audit: str | os.PathLike) -> list[dict]:
                 score = math.nan
             if not math.isfinite(score):
                 raise DataError(f"{where}: score {row['score']!r} is not a finite number")
-            rows.append({"image": row["image_name"], "class": CLASSES.index(row["class"]),
-                         "kind": row["kind"] or "", "score": score})
+            rows.append(
+                {
+                    "image": row["image_name"],
+                    "class": CLASSES.index(row["class"]),
+                    "kind": row["kind"] or "",
+                    "score": score,
+                }
+            )
     return rows
 
 
-def build_report(preds: Sequence[str | os.PathLike], out: str | os.PathLike, gt: str | os.PathLike | None = None, *,
-                 fold: int | None = None, splits: str | os.PathLike | None = None,
-                 audit: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
-                 size: int = 2048, force: bool = False, cache_dir: str | os.PathLike | None = None,
-                 reporter: Reporter = SILENT) -> Path:
+def build_report(
+    preds: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    gt: str | os.PathLike | None = None,
+    *,
+    fold: int | None = None,
+    splits: str | os.PathLike | None = None,
+    audit: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    size: int = 2048,
+    force: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    reporter: Reporter = SILENT,
+) -> Path:
     """Score prediction CSVs (see `analyze`) and write the report folder `out`; returns ``out/index.html``.
 
     Args:
@@ -91,13 +116,21 @@ def build_report(preds: Sequence[str | os.PathLike], out: str | os.PathLike, gt:
     check_out(Path(out), force)
     suspects = read_suspects(audit) if audit is not None else None
     result = analyze(preds, gt, fold=fold, splits=splits, size=size, cache_dir=cache_dir, reporter=reporter)
-    return write_report(result, out, suspects=suspects, images=images, force=force, cache_dir=cache_dir,
-                        reporter=reporter)
+    return write_report(
+        result, out, suspects=suspects, images=images, force=force, cache_dir=cache_dir, reporter=reporter
+    )
 
 
-def write_report(result: Analysis, out: str | os.PathLike, *, suspects: list[dict] | None = None,
-                 images: str | os.PathLike | None = None, force: bool = False,
-                 cache_dir: str | os.PathLike | None = None, reporter: Reporter = SILENT) -> Path:
+def write_report(
+    result: Analysis,
+    out: str | os.PathLike,
+    *,
+    suspects: list[dict] | None = None,
+    images: str | os.PathLike | None = None,
+    force: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    reporter: Reporter = SILENT,
+) -> Path:
     """Write the report of an `Analysis` into the folder `out` (built beside it, then renamed into place).
 
     Raises:
@@ -121,12 +154,17 @@ def write_report(result: Analysis, out: str | os.PathLike, *, suspects: list[dic
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(ASSETS), autoescape=True)
         page = _page_data(result, suspects)
         if page["suspects"] and page["suspects"]["outside"]:
-            warnings.warn(f"{page['suspects']['outside']} audit suspect(s) name images outside the report",
-                          BonesegWarning, stacklevel=2)
+            warnings.warn(
+                f"{page['suspects']['outside']} audit suspect(s) name images outside the report",
+                BonesegWarning,
+                stacklevel=2,
+            )
         data = json.dumps(page, separators=(",", ":"), allow_nan=False)
         html = env.get_template("index.html.j2").render(
-            title=", ".join(Path(n).name for n in result.inputs.names), images=len(result.inputs.images),
-            data=data.replace("</", "<\\/"))
+            title=", ".join(Path(n).name for n in result.inputs.names),
+            images=len(result.inputs.images),
+            data=data.replace("</", "<\\/"),
+        )
         (tmp / "index.html").write_text(html, encoding="utf-8")
         os.chmod(tmp, 0o777 & ~_umask())
         _replace(tmp, out, force)
@@ -137,6 +175,7 @@ def write_report(result: Analysis, out: str | os.PathLike, *, suspects: list[dic
 
 
 # -- output folder --------------------------------------------------------------------------------
+
 
 def check_out(out: Path, force: bool) -> Path:
     """Refuse an existing report folder unless `force` (a file in its place always)."""
@@ -168,6 +207,7 @@ def _replace(tmp: Path, out: Path, force: bool) -> None:
 
 # -- images ---------------------------------------------------------------------------------------
 
+
 def _image_sources(result: Analysis, images: str | os.PathLike | None) -> list[Path] | None:
     """The image file of each evaluated image, or None (blank canvases)."""
     inputs = result.inputs
@@ -180,14 +220,17 @@ def _image_sources(result: Analysis, images: str | os.PathLike | None) -> list[P
     found: dict[str, Path] = {}
     for s in find_images(images):
         if s.image_name in found:
-            raise DataError(f"--images {images}: image name {s.image_name} occurs twice ({found[s.image_name]}, "
-                            f"{s.image}); CSV rows cannot be matched")
+            raise DataError(
+                f"--images {images}: image name {s.image_name} occurs twice ({found[s.image_name]}, "
+                f"{s.image}); CSV rows cannot be matched"
+            )
         found[s.image_name] = s.image
     missing = [n for n in inputs.images if n not in found]
     if missing:
         more = f", … ({len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise DataError(f"--images {images}: lacks {len(missing)} image(s) of {inputs.paths[0]}: "
-                        f"{', '.join(missing[:5])}{more}")
+        raise DataError(
+            f"--images {images}: lacks {len(missing)} image(s) of {inputs.paths[0]}: {', '.join(missing[:5])}{more}"
+        )
     return [found[n] for n in inputs.images]
 
 
@@ -212,22 +255,28 @@ def _write_image(result: Analysis, i: int, source: Path | None, truth, folder: P
     inputs, name, shape = result.inputs, result.inputs.images[i], result.inputs.shapes[i]
     image = read_image(source) if source is not None else np.zeros(shape, np.uint8)
     if image.shape != tuple(shape):
-        raise DataError(f"{source}: image is {image.shape[1]}x{image.shape[0]}, the CSVs were read at "
-                        f"{shape[1]}x{shape[0]} (--size)")
+        raise DataError(
+            f"{source}: image is {image.shape[1]}x{image.shape[0]}, the CSVs were read at "
+            f"{shape[1]}x{shape[0]} (--size)"
+        )
     pred = inputs.subs[0].masks(name, shape)
     gt = truth(i) if truth is not None else None
     drawn = overlay_errors(image, pred, gt, AGREEMENT_COLOURS) if gt is not None else overlay(image, pred)
     scale = THUMB_SIDE / max(shape)
     if scale < 1:
-        drawn = cv2.resize(drawn, (max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale))),
-                           interpolation=cv2.INTER_AREA)
+        drawn = cv2.resize(
+            drawn, (max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale))), interpolation=cv2.INTER_AREA
+        )
     stem = f"{i:04d}"
     _write_jpeg(folder / "thumbs" / f"{stem}.jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR), 80)
     _write_jpeg(folder / "full" / f"{stem}.jpg", image, 90)
-    masks = {"pred": [s.image_rles(name) for s in inputs.subs],
-             "gt": [rle.encode(m) for m in gt] if gt is not None else None}
+    masks = {
+        "pred": [s.image_rles(name) for s in inputs.subs],
+        "gt": [rle.encode(m) for m in gt] if gt is not None else None,
+    }
     (folder / "masks" / f"{stem}.js").write_text(
-        f"BonesegReport.masks({i},{json.dumps(masks, separators=(',', ':'))});\n", encoding="utf-8")
+        f"BonesegReport.masks({i},{json.dumps(masks, separators=(',', ':'))});\n", encoding="utf-8"
+    )
 
 
 def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
@@ -241,6 +290,7 @@ def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
 
 # -- page data ------------------------------------------------------------------------------------
 
+
 def _round(values: np.ndarray, digits: int = 4) -> list:
     return np.round(np.asarray(values, np.float64), digits).tolist()
 
@@ -251,23 +301,31 @@ def _page_data(result: Analysis, suspects: list[dict] | None) -> dict:
     index = {n: i for i, n in enumerate(inputs.images)}
     listed = [dict(s, image=index[s["image"]]) for s in suspects or [] if s["image"] in index]
     data = {
-        "classes": list(CLASSES), "palette": [list(c) for c in PALETTE],
+        "classes": list(CLASSES),
+        "palette": [list(c) for c in PALETTE],
         "agreement": [list(c) for c in AGREEMENT_COLOURS],
-        "models": [Path(n).name for n in inputs.names], "paths": list(inputs.names),
-        "images": list(inputs.images), "shapes": [list(s) for s in inputs.shapes],
-        "labels": result.dice is not None, "notes": list(inputs.notes),
+        "models": [Path(n).name for n in inputs.names],
+        "paths": list(inputs.names),
+        "images": list(inputs.images),
+        "shapes": [list(s) for s in inputs.shapes],
+        "labels": result.dice is not None,
+        "notes": list(inputs.notes),
         "pred_area": result.pred_area.tolist(),
         "gt_area": None if result.gt_area is None else result.gt_area.tolist(),
         "dice": None if result.dice is None else _round(result.dice),
-        "similarity": None, "suspects": None,
+        "similarity": None,
+        "suspects": None,
     }
     matrices = result.similarity_matrices()
     if result.similarity is not None and matrices is not None:
         mean, per_class = matrices
         m = result.models
         pairs = [result.similarity[a, b] for a in range(m) for b in range(a + 1, m)]
-        data["similarity"] = {"mean": _round(mean), "per_class": _round(per_class),
-                              "per_image": _round(np.mean(pairs, axis=0))}  # (N, 29) mean pairwise Dice
+        data["similarity"] = {
+            "mean": _round(mean),
+            "per_class": _round(per_class),
+            "per_image": _round(np.mean(pairs, axis=0)),
+        }  # (N, 29) mean pairwise Dice
     if suspects is not None:
         data["suspects"] = {"rows": listed, "outside": len(suspects) - len(listed)}
     return data

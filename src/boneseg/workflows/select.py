@@ -20,6 +20,7 @@ Scores. Dice per (image, class), a class's score the mean over the OOF images, t
 over classes. Each fold's score is the same mean over its images (folds from a splits file); a step's
 gain (or loss) is noise when it is no larger than the spread (standard deviation) of its fold-wise gains.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,18 @@ from boneseg.metrics import dice_from_counts
 from boneseg.progress import SILENT, Reporter, track
 from boneseg.workflows.parallel import STATE, parallel_map
 
-__all__ = ["Atoms", "hard_atoms", "soft_atoms", "Step", "Selection", "greedy_select", "select",
-           "THRESHOLD_GRID", "MAX_MODELS", "PLAN_FORMAT"]
+__all__ = [
+    "Atoms",
+    "hard_atoms",
+    "soft_atoms",
+    "Step",
+    "Selection",
+    "greedy_select",
+    "select",
+    "THRESHOLD_GRID",
+    "MAX_MODELS",
+    "PLAN_FORMAT",
+]
 
 MAX_MODELS = 30
 """Most inputs a selection takes (a hard atom's code has one bit per model)."""
@@ -50,14 +61,15 @@ PLAN_FORMAT = "boneseg-ensemble-plan"
 
 # -- atoms ----------------------------------------------------------------------------------------
 
+
 @dataclass
 class Atoms:
     """Pixels of the OOF masks grouped by what the models say about them (see the module docstring)."""
 
-    key: np.ndarray      # (A,) int64 image * 29 + class
-    values: np.ndarray   # (A, M) per model: 0/1 (hard) or uint8 probability (soft)
-    truth: np.ndarray    # (A,) bool: the atom lies inside the label mask
-    count: np.ndarray    # (A,) int64 pixels
+    key: np.ndarray  # (A,) int64 image * 29 + class
+    values: np.ndarray  # (A, M) per model: 0/1 (hard) or uint8 probability (soft)
+    truth: np.ndarray  # (A,) bool: the atom lies inside the label mask
+    count: np.ndarray  # (A,) int64 pixels
     gt_area: np.ndarray  # (N * 29,) int64 label pixels per mask
 
     @property
@@ -75,8 +87,9 @@ def hard_atoms(tables: Sequence, truth) -> Atoms:
     m = len(tables)
     layers = [*tables, truth]
     pos = np.concatenate([a for t in layers for a in (t.starts, t.ends)])
-    steps = np.concatenate([np.full(len(t.starts), sign << i, np.int64)
-                            for i, t in enumerate(layers) for sign in (1, -1)])
+    steps = np.concatenate(
+        [np.full(len(t.starts), sign << i, np.int64) for i, t in enumerate(layers) for sign in (1, -1)]
+    )
     order = np.argsort(pos, kind="stable")
     pos, code = pos[order], np.cumsum(steps[order])
     last = np.append(pos[1:] != pos[:-1], True)[: pos.size]  # the code after the last event at a position
@@ -98,8 +111,10 @@ def _soft_image(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     qs = [probs_mod.load(f, e) for f, e in zip(folders, entries)]
     for f, e, q in zip(folders, entries, qs):
         if q.shape != masks.shape:
-            raise DataError(f"{probs_mod.prob_path(f, e)}: probabilities of shape {q.shape[1:]} but the "
-                            f"labelled image {sample.image} is {masks.shape[1:]}")
+            raise DataError(
+                f"{probs_mod.prob_path(f, e)}: probabilities of shape {q.shape[1:]} but the "
+                f"labelled image {sample.image} is {masks.shape[1:]}"
+            )
     parts = []
     for c in range(NUM_CLASSES):
         q = np.stack([x[c].ravel() for x in qs], axis=1)
@@ -111,8 +126,14 @@ def _soft_image(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return key, values, truth, count.astype(np.int64), masks.sum(axis=(1, 2)).astype(np.int64)
 
 
-def soft_atoms(folders: Sequence[str], entries: Sequence[Sequence[str]], samples: Sequence, cache,
-               workers: int | None = None, reporter: Reporter = SILENT) -> Atoms:
+def soft_atoms(
+    folders: Sequence[str],
+    entries: Sequence[Sequence[str]],
+    samples: Sequence,
+    cache,
+    workers: int | None = None,
+    reporter: Reporter = SILENT,
+) -> Atoms:
     """Atoms of soft votes: `entries[n][i]` is image n's name in folder i, `samples[n]` its labelled sample."""
     state = {"folders": list(folders), "entries": entries, "samples": samples, "cache": cache}
     with reporter.task("atoms", len(samples), "img") as task:
@@ -123,13 +144,14 @@ def soft_atoms(folders: Sequence[str], entries: Sequence[Sequence[str]], samples
 
 # -- greedy selection -----------------------------------------------------------------------------
 
+
 @dataclass
 class Step:
     """The ensembles after one greedy step: per class, the counts and the scores."""
 
     weights: np.ndarray  # (29, M) counts
-    score: np.ndarray    # (29,) OOF Dice per class
-    folds: np.ndarray    # (F, 29) Dice per fold and class
+    score: np.ndarray  # (29,) OOF Dice per class
+    folds: np.ndarray  # (F, 29) Dice per fold and class
 
 
 class _Scorer:
@@ -168,13 +190,19 @@ class Greedy:
     """What `greedy_select` found: the steps, each model's own scores, and the scorer."""
 
     steps: list[Step]
-    singles: np.ndarray       # (M, 29) OOF Dice of each model alone
+    singles: np.ndarray  # (M, 29) OOF Dice of each model alone
     single_folds: np.ndarray  # (M, F, 29)
     scorer: _Scorer
 
 
-def greedy_select(atoms: Atoms, fold_of: np.ndarray, vote: str = "hard", steps: int = 10,
-                  per_class: bool = True, cuts: np.ndarray | None = None) -> Greedy:
+def greedy_select(
+    atoms: Atoms,
+    fold_of: np.ndarray,
+    vote: str = "hard",
+    steps: int = 10,
+    per_class: bool = True,
+    cuts: np.ndarray | None = None,
+) -> Greedy:
     """Greedy forward selection with replacement (Caruana et al. 2004), per class or overall.
 
     Step 1 is the best *sorted initialisation*: the k best models by their own score, for the k (1..M) that
@@ -195,15 +223,15 @@ def greedy_select(atoms: Atoms, fold_of: np.ndarray, vote: str = "hard", steps: 
 
     alone = [scorer(_kept(vote, atoms.values[:, j].astype(np.int64), np.ones(1, np.int64), cut)) for j in range(m)]
     singles, single_folds = np.stack([a[0] for a in alone]), np.stack([a[1] for a in alone])
-    ranking = np.argsort(-(singles if per_class else np.tile(singles.mean(axis=1, keepdims=True), NUM_CLASSES)),
-                         axis=0, kind="stable")  # (M, 29): models by their own score, per class
+    ranking = np.argsort(
+        -(singles if per_class else np.tile(singles.mean(axis=1, keepdims=True), NUM_CLASSES)), axis=0, kind="stable"
+    )  # (M, 29): models by their own score, per class
     tops = []
     for k in range(1, m + 1):
         w = np.zeros((NUM_CLASSES, m), np.int64)
         w[classes[:, None], ranking[:k].T] = 1
         tops.append(w)
-    tried = [scorer(_kept(vote, (atoms.values * w[scorer.cls]).sum(axis=1), k + 1, cut))
-             for k, w in enumerate(tops)]
+    tried = [scorer(_kept(vote, (atoms.values * w[scorer.cls]).sum(axis=1), k + 1, cut)) for k, w in enumerate(tops)]
     pick, score, folds = best(tried)
     weights = np.stack([tops[k][c] for c, k in enumerate(pick)])
     total = (atoms.values * weights[scorer.cls]).sum(axis=1)
@@ -218,6 +246,7 @@ def greedy_select(atoms: Atoms, fold_of: np.ndarray, vote: str = "hard", steps: 
 
 
 # -- the selection and its plan -------------------------------------------------------------------
+
 
 def _versus(new: tuple[np.ndarray, np.ndarray], old: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
     """Gain of `new` over `old` (score, per-fold scores), the spread of its fold-wise gains, and whether it is
@@ -240,12 +269,12 @@ class Selection:
     images: int
     fold_ids: list[int]
     steps: list[Step]
-    chosen: np.ndarray              # (29,) index of the step kept for each class
-    weights: np.ndarray             # (29, M) counts of the kept ensembles
-    score: np.ndarray               # (29,) OOF Dice of the plan
-    folds: np.ndarray               # (F, 29)
-    singles: np.ndarray             # (M, 29) OOF Dice of each model alone
-    single_folds: np.ndarray        # (M, F, 29)
+    chosen: np.ndarray  # (29,) index of the step kept for each class
+    weights: np.ndarray  # (29, M) counts of the kept ensembles
+    score: np.ndarray  # (29,) OOF Dice of the plan
+    folds: np.ndarray  # (F, 29)
+    singles: np.ndarray  # (M, 29) OOF Dice of each model alone
+    single_folds: np.ndarray  # (M, F, 29)
     thresholds: np.ndarray | None = None  # (29,) soft voting's thresholds
     untuned: tuple[np.ndarray, np.ndarray] | None = None  # (score, folds) before threshold tuning
     notes: list[str] = field(default_factory=list)
@@ -290,22 +319,38 @@ class Selection:
             trail, previous = [], None
             for step, added in zip(self.steps, self._added()):
                 now = (step.score[c], step.folds[:, c])
-                trail.append({"added": [n for n, v in zip(self.inputs, added[c]) for _ in range(v)], **_summary(*now),
-                              **(_versus(now, previous) if previous is not None else {})})
+                trail.append(
+                    {
+                        "added": [n for n, v in zip(self.inputs, added[c]) for _ in range(v)],
+                        **_summary(*now),
+                        **(_versus(now, previous) if previous is not None else {}),
+                    }
+                )
                 previous = now
             b = int(self.singles[:, c].argmax())
-            classes[name] = {"weights": self.weights[c].tolist(), "step": int(self.chosen[c]) + 1,
-                             **_summary(self.score[c], self.folds[:, c]),
-                             "best_single": {"input": self.inputs[b], **_summary(self.singles[b, c], self.single_folds[b, :, c]),
-                                             **_versus((self.score[c], self.folds[:, c]),
-                                                       (self.singles[b, c], self.single_folds[b, :, c]))},
-                             "steps": trail}
+            classes[name] = {
+                "weights": self.weights[c].tolist(),
+                "step": int(self.chosen[c]) + 1,
+                **_summary(self.score[c], self.folds[:, c]),
+                "best_single": {
+                    "input": self.inputs[b],
+                    **_summary(self.singles[b, c], self.single_folds[b, :, c]),
+                    **_versus((self.score[c], self.folds[:, c]), (self.singles[b, c], self.single_folds[b, :, c])),
+                },
+                "steps": trail,
+            }
             if self.thresholds is not None:
                 classes[name]["threshold"] = float(self.thresholds[c])
         doc: dict[str, Any] = {
-            "format": PLAN_FORMAT, "version": 1, "vote": self.vote, "select": "class" if self.per_class else "overall",
-            "inputs": list(self.inputs), "images": self.images, "folds": self.fold_ids,
-            "per_class": {name: self.weights[c].tolist() for c, name in enumerate(CLASSES)}}
+            "format": PLAN_FORMAT,
+            "version": 1,
+            "vote": self.vote,
+            "select": "class" if self.per_class else "overall",
+            "inputs": list(self.inputs),
+            "images": self.images,
+            "folds": self.fold_ids,
+            "per_class": {name: self.weights[c].tolist() for c, name in enumerate(CLASSES)},
+        }
         if self.thresholds is not None:
             doc["thresholds"] = {name: float(t) for name, t in zip(CLASSES, self.thresholds)}
         doc["score"] = {**_summary(*total), "per_fold": {str(f): float(v) for f, v in zip(self.fold_ids, total[1])}}
@@ -326,15 +371,18 @@ def _vote_of(inputs: Sequence[Path], vote: str | None) -> str:
     dirs = [p.is_dir() for p in inputs]
     if vote is None:
         if any(dirs) and not all(dirs):
-            raise UsageError("inputs mix folders and files: give --vote soft (probability folders) or "
-                             "--vote hard (CSVs)")
+            raise UsageError(
+                "inputs mix folders and files: give --vote soft (probability folders) or --vote hard (CSVs)"
+            )
         return "soft" if all(dirs) else "hard"
     if vote not in ("hard", "soft"):
         raise UsageError(f"--vote must be hard or soft, got {vote!r}")
     for p, d in zip(inputs, dirs):
         if d != (vote == "soft"):
-            raise UsageError(f"--vote {vote} takes {'probability folders' if vote == 'soft' else 'submission CSVs'}; "
-                             f"{p} is {'a folder' if d else 'not a folder'}")
+            raise UsageError(
+                f"--vote {vote} takes {'probability folders' if vote == 'soft' else 'submission CSVs'}; "
+                f"{p} is {'a folder' if d else 'not a folder'}"
+            )
     return vote
 
 
@@ -348,9 +396,11 @@ def _train_samples(data: Path, images: Sequence[str], where: str) -> list:
             by_name.setdefault(s.image_name, s)
     unknown = [i for i in images if i not in by_name]
     if unknown:
-        raise DataError(f"{where}: image {quote(unknown[0])} is not a labelled train image of {data}"
-                        + (f" ({len(unknown) - 1} more)" if len(unknown) > 1 else "")
-                        + " (OOF predictions are predictions of the train images)")
+        raise DataError(
+            f"{where}: image {quote(unknown[0])} is not a labelled train image of {data}"
+            + (f" ({len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            + " (OOF predictions are predictions of the train images)"
+        )
     return [by_name[i] for i in images]
 
 
@@ -366,11 +416,22 @@ def _soft_inputs(folders: Sequence[Path], data: Path) -> tuple[list[str], list[l
     return images, [[e[i] for e in entries] for i in images], samples
 
 
-def select(inputs: Sequence[str | os.PathLike], data: str | os.PathLike, splits: str | os.PathLike, *,
-           vote: str | None = None, steps: int = 10, per_class: bool = True,
-           threshold: float | str | os.PathLike | None = None, tune_thresholds: bool = False,
-           workers: int | None = None, cache_dir: str | os.PathLike | None = None,
-           out: str | os.PathLike | None = None, force: bool = False, reporter: Reporter = SILENT) -> Selection:
+def select(
+    inputs: Sequence[str | os.PathLike],
+    data: str | os.PathLike,
+    splits: str | os.PathLike,
+    *,
+    vote: str | None = None,
+    steps: int = 10,
+    per_class: bool = True,
+    threshold: float | str | os.PathLike | None = None,
+    tune_thresholds: bool = False,
+    workers: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    force: bool = False,
+    reporter: Reporter = SILENT,
+) -> Selection:
     """Select an ensemble of models by greedy forward selection on their OOF predictions.
 
     Args:
@@ -392,9 +453,9 @@ def select(inputs: Sequence[str | os.PathLike], data: str | os.PathLike, splits:
             labelled train images, a splits file from another dataset or with fewer than 2 folds among
             the images.
     """
+    from boneseg.data.layout import discover
     from boneseg.data.masks import MaskCache, default_cache_dir
     from boneseg.data.split import load_splits
-    from boneseg.data.layout import discover
 
     paths = [Path(p) for p in inputs]
     if not paths:
@@ -424,8 +485,10 @@ def select(inputs: Sequence[str | os.PathLike], data: str | os.PathLike, splits:
     assignment = load_splits(splits, discover(data, "train"))["assignments"]
     fold_of = np.array([assignment[s.name] for s in samples])
     if len(np.unique(fold_of)) < 2:
-        raise DataError(f"{splits}: the {len(samples)} OOF image(s) all lie in fold {fold_of[0]}; the fold-wise "
-                        "spread needs images of at least 2 folds")
+        raise DataError(
+            f"{splits}: the {len(samples)} OOF image(s) all lie in fold {fold_of[0]}; the fold-wise "
+            "spread needs images of at least 2 folds"
+        )
     found = greedy_select(atoms, fold_of, vote, steps, per_class, cuts)
     history, scorer = found.steps, found.scorer
     scores = np.stack([h.score for h in history])  # (steps, 29)
@@ -434,8 +497,20 @@ def select(inputs: Sequence[str | os.PathLike], data: str | os.PathLike, splits:
     weights = np.stack([history[k].weights[c] for c, k in enumerate(chosen)])
     score = scores[chosen, classes]
     folds = np.stack([history[k].folds[:, c] for c, k in enumerate(chosen)], axis=1)
-    result = Selection(vote, [str(p) for p in paths], per_class, len(samples), scorer.fold_ids, history, chosen,
-                       weights, score, folds, found.singles, found.single_folds)
+    result = Selection(
+        vote,
+        [str(p) for p in paths],
+        per_class,
+        len(samples),
+        scorer.fold_ids,
+        history,
+        chosen,
+        weights,
+        score,
+        folds,
+        found.singles,
+        found.single_folds,
+    )
     if vote == "soft":
         base = probs_mod.read_thresholds(threshold)
         result.thresholds = base

@@ -7,6 +7,7 @@ ground truth are histogrammed (256 bins each); that gives the exact competition 
 the highest mean Dice at the 0.5 threshold; the per-class thresholds maximise each class's mean Dice
 over the cuts inside a search range.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,11 +39,19 @@ def dice_curves(q: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
     Args:
         q: (29, H, W) uint8 quantised probabilities. gt: (29, H, W) bool ground truth (same device).
     """
-    hist = torch.stack([torch.bincount(q[c].reshape(-1).long() + LEVELS * gt[c].reshape(-1).long(),
-                                       minlength=2 * LEVELS) for c in range(q.shape[0])]).cpu().numpy()
+    hist = (
+        torch.stack(
+            [
+                torch.bincount(q[c].reshape(-1).long() + LEVELS * gt[c].reshape(-1).long(), minlength=2 * LEVELS)
+                for c in range(q.shape[0])
+            ]
+        )
+        .cpu()
+        .numpy()
+    )
     out_h, in_h = hist[:, :LEVELS].astype(np.int64), hist[:, LEVELS:].astype(np.int64)
     g = in_h.sum(1, keepdims=True)
-    inter = g - np.cumsum(in_h, 1)                       # |P∩G| with P = q > k
+    inter = g - np.cumsum(in_h, 1)  # |P∩G| with P = q > k
     pred = (g + out_h.sum(1, keepdims=True)) - np.cumsum(in_h + out_h, 1)
     return dice_from_counts(inter, pred, np.broadcast_to(g, inter.shape))
 
@@ -53,8 +62,9 @@ def check_search(low: float, high: float) -> None:
         raise UsageError(f"--search {low},{high}: the threshold search range must satisfy 0 <= low <= high <= 1")
 
 
-def search_thresholds(curves: np.ndarray, low: float = 0.3, high: float = 0.7,
-                      default: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def search_thresholds(
+    curves: np.ndarray, low: float = 0.3, high: float = 0.7, default: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-class best threshold from mean-Dice curves (29, 256): (thresholds (29,), their mean Dice (29,)).
 
     Only cuts whose threshold lies in [low, high] are searched; ties go to the cut nearest `default`.
@@ -66,7 +76,7 @@ def search_thresholds(curves: np.ndarray, low: float = 0.3, high: float = 0.7,
     ks = np.arange(k_lo, k_hi + 1)
     window = curves[:, ks]
     best = window.max(1, keepdims=True)
-    tie_break = np.where(np.isclose(window, best, rtol=0, atol=1e-12), -np.abs(ks - k_def)[None], -10 ** 9)
+    tie_break = np.where(np.isclose(window, best, rtol=0, atol=1e-12), -np.abs(ks - k_def)[None], -(10**9))
     chosen = ks[tie_break.argmax(1)]
     thresholds = np.round((chosen + 0.5) / probs_mod.SCALE, 4)
     assert (probs_mod.cutoffs(thresholds) == chosen).all()
@@ -88,15 +98,15 @@ class TTAReport:
     def to_json(self) -> dict:
         doc = {"best": self.best, "images": self.images, "fold": self.fold, "policies": self.policies}
         if self.thresholds is not None:
-            doc.update(thresholds=self.thresholds, tuned_mean_dice=self.tuned_mean_dice,
-                       tuned_policy=self.best)
+            doc.update(thresholds=self.thresholds, tuned_mean_dice=self.tuned_mean_dice, tuned_policy=self.best)
         if self.notes:
             doc["notes"] = self.notes
         return doc
 
 
-def validation_samples(data: str | os.PathLike, splits: str | os.PathLike | None, fold: int | None,
-                       config: TrainConfig) -> tuple[list[Sample], int | None, list[str]]:
+def validation_samples(
+    data: str | os.PathLike, splits: str | os.PathLike | None, fold: int | None, config: TrainConfig
+) -> tuple[list[Sample], int | None, list[str]]:
     """The images to score: fold `fold` of `splits` (defaults: the checkpoint's own fold and splits
     file), else every train image (with a note that the scores are then optimistic)."""
     from boneseg.data.split import fold_samples, load_splits
@@ -115,16 +125,31 @@ def validation_samples(data: str | os.PathLike, splits: str | os.PathLike | None
     return samples, None, ["no --fold/--splits: scored on every train image (optimistic if the model saw them)"]
 
 
-def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str | os.PathLike], *,
-                      policies: Sequence[str | Policy] | None = None, fold: int | None = None,
-                      splits: str | os.PathLike | None = None, scales: Sequence[float] | str = DEFAULT_SCALES,
-                      sliding: bool = False, search: tuple[float, float] | None = (0.3, 0.7),
-                      workers: int = 2, reporter: Reporter = SILENT, weights: Sequence[float] | None = None,
-                      device: str = "auto", size: int | None = None, window: int | None = None,
-                      overlap: float = 0.5, batch_size: int = 4, amp: bool = True,
-                      samples: Sequence[Sample] | None = None, wrist_model: str | os.PathLike | None = None,
-                      meta: str | os.PathLike | None = None, thresholds_out: str | os.PathLike | None = None,
-                      force: bool = False) -> TTAReport:
+def evaluate_policies(
+    data: str | os.PathLike,
+    models: Predictor | Sequence[str | os.PathLike],
+    *,
+    policies: Sequence[str | Policy] | None = None,
+    fold: int | None = None,
+    splits: str | os.PathLike | None = None,
+    scales: Sequence[float] | str = DEFAULT_SCALES,
+    sliding: bool = False,
+    search: tuple[float, float] | None = (0.3, 0.7),
+    workers: int = 2,
+    reporter: Reporter = SILENT,
+    weights: Sequence[float] | None = None,
+    device: str = "auto",
+    size: int | None = None,
+    window: int | None = None,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    amp: bool = True,
+    samples: Sequence[Sample] | None = None,
+    wrist_model: str | os.PathLike | None = None,
+    meta: str | os.PathLike | None = None,
+    thresholds_out: str | os.PathLike | None = None,
+    force: bool = False,
+) -> TTAReport:
     """Predict the validation images under each policy and score them with the competition Dice.
 
     Args:
@@ -161,8 +186,13 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
         pols = default_policies(scales, sliding)
     if thresholds_out is not None:
         check_output(thresholds_out, force)
-    predictor = models if isinstance(models, Predictor) else Predictor.from_checkpoints(
-        models, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp)
+    predictor = (
+        models
+        if isinstance(models, Predictor)
+        else Predictor.from_checkpoints(
+            models, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp
+        )
+    )
     notes: list[str] = []
     dropped = [p.name for p in pols if predictor.applied(p) != p]
     if dropped:
@@ -175,10 +205,13 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
     from boneseg.data.masks import default_cache_dir
 
     stages = ImageStages(predictor, meta or data, wrist_model)
-    loader = make_loader(ImageDataset(samples, stages.plan(predictor.plan(pols)), labels=True,
-                                      cache_dir=default_cache_dir(data)), workers, predictor.device)
+    loader = make_loader(
+        ImageDataset(samples, stages.plan(predictor.plan(pols)), labels=True, cache_dir=default_cache_dir(data)),
+        workers,
+        predictor.device,
+    )
     sums = {p: np.zeros((NUM_CLASSES, LEVELS)) for p in pols}
-    seconds = {p: 0.0 for p in pols}
+    seconds = dict.fromkeys(pols, 0.0)
     n = 0
     with stages, reporter.task("tta", len(samples), "img") as task:
         for item in loader:
@@ -200,7 +233,8 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
             "mean_dice": float(per_class.mean()),
             "per_class_dice": dict(zip(CLASSES, map(float, per_class))),
             "group_dice": {g: float(np.mean([per_class[CLASSES.index(c)] for c in cs])) for g, cs in GROUPS.items()},
-            "views": len(p.views()), "seconds_per_image": seconds[p] / n,
+            "views": len(p.views()),
+            "seconds_per_image": seconds[p] / n,
         }
     best = max(pols, key=lambda p: (report.policies[p.name]["mean_dice"], -len(p.views())))
     report.best = best.name
@@ -214,6 +248,7 @@ def evaluate_policies(data: str | os.PathLike, models: Predictor | Sequence[str 
 
 
 # -- post-processing fitted on the validation fold (nnU-Net's rule: keep a step only where it helps) --
+
 
 def _options(areas: np.ndarray) -> list[tuple[bool, int]]:
     """Candidate (keep_largest, min_area) per class: keep-largest, and islands below 10/25/50% of the
@@ -251,9 +286,17 @@ def choose_rules(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray], min_gain:
     return out
 
 
-def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshold: float = 0.5,
-                    device: str = "auto", workers: int = 0, reporter: Reporter = SILENT, force: bool = True,
-                    cache_dir: str | os.PathLike | None = None) -> dict:
+def fit_postprocess(
+    run: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    threshold: float = 0.5,
+    device: str = "auto",
+    workers: int = 0,
+    reporter: Reporter = SILENT,
+    force: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict:
     """Choose per-class post-processing on a run's validation fold and write ``RUN/postprocess.json``.
 
     The run's ``best.pt`` predicts its own validation images (the fold and split it was trained with), at
@@ -283,9 +326,11 @@ def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshol
     if not val:
         raise UsageError(f"{opened.path}: no validation images to fit post-processing on")
     policy = Policy.parse("none")
-    loader = make_loader(ImageDataset(val, predictor.plan([policy]), labels=True,
-                                      cache_dir=cache_dir or default_cache_dir(data)),
-                         workers, predictor.device)
+    loader = make_loader(
+        ImageDataset(val, predictor.plan([policy]), labels=True, cache_dir=cache_dir or default_cache_dir(data)),
+        workers,
+        predictor.device,
+    )
     cuts = probs_mod.cutoffs(threshold)
     preds, gts = [], []
     with torch.no_grad(), reporter.task("fit post-processing", len(val), "img") as task:
@@ -294,11 +339,15 @@ def fit_postprocess(run: str | os.PathLike, data: str | os.PathLike, *, threshol
             gts.append(item.masks.numpy())
             task.advance()
     classes = choose_rules(preds, gts)
-    doc = {"rule": "per class, the keep-largest / remove-small-islands option that raises validation Dice",
-           "checkpoint": str(opened.checkpoint), "fold": opened.fold, "images": len(val),
-           "threshold": threshold,
-           "mean_dice_before": float(np.mean([v["dice_before"] for v in classes.values()])),
-           "mean_dice_after": float(np.mean([v["dice_after"] for v in classes.values()])),
-           "classes": classes}
+    doc = {
+        "rule": "per class, the keep-largest / remove-small-islands option that raises validation Dice",
+        "checkpoint": str(opened.checkpoint),
+        "fold": opened.fold,
+        "images": len(val),
+        "threshold": threshold,
+        "mean_dice_before": float(np.mean([v["dice_before"] for v in classes.values()])),
+        "mean_dice_after": float(np.mean([v["dice_after"] for v in classes.values()])),
+        "classes": classes,
+    }
     write_json(opened.rules_path, doc, force=force)
     return doc

@@ -1,4 +1,5 @@
 """Input-channel modes: one `make_channels` for training and prediction, saved in the checkpoint."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,14 +9,12 @@ import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
+from util import tiny_config
 
 from boneseg.data.channels import make_channels, n_channels, parse_mode
 from boneseg.data.transforms import normalize, to_input
 from boneseg.engine.train import TrainConfig
 from boneseg.errors import UsageError
-
-from util import tiny_config
-
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:
@@ -94,7 +93,7 @@ def test_train_saves_the_mode_and_predict_reapplies_it(synth_data, tmp_path):
     swapped = tmp_path / "swapped.pt"
     save_checkpoint(swapped, dict(state, config=dict(state["config"], channels="clahe3+sobel")))
     a, b, c = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
-    kw = dict(workers=0, device="cpu")
+    kw = {"workers": 0, "device": "cpu"}
     predict(synth_data, [run], a, **kw)
     predict(synth_data, [run / "last.pt"], c, **kw)
     predict(synth_data, [swapped], b, **kw)
@@ -105,7 +104,22 @@ def test_train_saves_the_mode_and_predict_reapplies_it(synth_data, tmp_path):
 def test_cli_rejects_an_unknown_mode(synth_data, tmp_path):
     from boneseg.cli import app
 
-    res = CliRunner().invoke(app, ["train", str(synth_data), "--arch", "unet", "--encoder", "resnet18", "--size", "64",
-                                   "--channels", "clahe", "--out", str(tmp_path / "r")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(synth_data),
+            "--arch",
+            "unet",
+            "--encoder",
+            "resnet18",
+            "--size",
+            "64",
+            "--channels",
+            "clahe",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert isinstance(res.exception, UsageError)
     assert "--channels 'clahe'" in str(res.exception) and "clahe3" in str(res.exception)

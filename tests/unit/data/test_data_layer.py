@@ -5,12 +5,11 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from util import square_polygons, write_dataset, write_label
 
 from boneseg import CLASSES
 from boneseg.data import layout, masks
 from boneseg.errors import DataError
-
-from util import square_polygons, write_dataset, write_label
 
 
 @pytest.fixture()
@@ -66,8 +65,16 @@ def test_read_image_errors(tmp_path):
 
 
 def test_read_meta_korean_and_junk(tmp_path):
-    df = pd.DataFrame({"ID": [1, 2, 3], "나이": [30, "41_x0008_", None], "성별": ["남", "여_x0008_", "남"],
-                       "체중(몸무게)": [70.5, 55, 80], "키(신장)": [175, 160.2, 181], "Unnamed: 5": [None] * 3})
+    df = pd.DataFrame(
+        {
+            "ID": [1, 2, 3],
+            "나이": [30, "41_x0008_", None],
+            "성별": ["남", "여_x0008_", "남"],
+            "체중(몸무게)": [70.5, 55, 80],
+            "키(신장)": [175, 160.2, 181],
+            "Unnamed: 5": [None] * 3,
+        }
+    )
     df.to_excel(tmp_path / "meta_data.xlsx", index=False)
     meta = layout.read_meta(tmp_path)
     assert list(meta.index) == ["ID001", "ID002", "ID003"]
@@ -80,8 +87,10 @@ def test_read_meta_korean_and_junk(tmp_path):
 
 
 def test_rasterize_keeps_overlaps():
-    polys = {"Trapezium": np.array([[2, 2], [10, 2], [10, 10], [2, 10]]),
-             "Trapezoid": np.array([[6, 6], [14, 6], [14, 14], [6, 14]])}
+    polys = {
+        "Trapezium": np.array([[2, 2], [10, 2], [10, 10], [2, 10]]),
+        "Trapezoid": np.array([[6, 6], [14, 6], [14, 14], [6, 14]]),
+    }
     m = masks.rasterize(polys, (16, 16))
     assert m.shape == (29, 16, 16) and m.dtype == bool
     a, b = m[CLASSES.index("Trapezium")], m[CLASSES.index("Trapezoid")]
@@ -90,15 +99,21 @@ def test_rasterize_keeps_overlaps():
     assert abs(int(half[CLASSES.index("Trapezium")].sum()) - 81 / 4) <= 6
 
 
-@pytest.mark.parametrize("doc,fragment", [
-    ("{not json", "malformed JSON"),
-    (json.dumps({"x": 1}), "no 'annotations'"),
-    (json.dumps({"annotations": [{"label": "finger-99", "points": [[0, 0], [1, 0], [1, 1]]}]}), "unknown class 'finger-99'"),
-    (json.dumps({"annotations": [{"label": "Ulna", "points": [[0, 0], [1, 1]]}]}), "at least 3"),
-    (json.dumps({"annotations": [{"label": "Ulna", "points": [[0, 0], [1, 0], [1, 1]]}] * 2}), "duplicate polygon"),
-    (json.dumps({"annotations": [{"label": "Ulna", "points": [[0, 0], [99, 0], [1, 1]]}]}), "outside the 16x16"),
-    (json.dumps({"annotations": [{"label": "Ulna", "points": "abc"}]}), "points"),
-])
+@pytest.mark.parametrize(
+    "doc,fragment",
+    [
+        ("{not json", "malformed JSON"),
+        (json.dumps({"x": 1}), "no 'annotations'"),
+        (
+            json.dumps({"annotations": [{"label": "finger-99", "points": [[0, 0], [1, 0], [1, 1]]}]}),
+            "unknown class 'finger-99'",
+        ),
+        (json.dumps({"annotations": [{"label": "Ulna", "points": [[0, 0], [1, 1]]}]}), "at least 3"),
+        (json.dumps({"annotations": [{"label": "Ulna", "points": [[0, 0], [1, 0], [1, 1]]}] * 2}), "duplicate polygon"),
+        (json.dumps({"annotations": [{"label": "Ulna", "points": [[0, 0], [99, 0], [1, 1]]}]}), "outside the 16x16"),
+        (json.dumps({"annotations": [{"label": "Ulna", "points": "abc"}]}), "points"),
+    ],
+)
 def test_label_errors(tmp_path, doc, fragment):
     p = tmp_path / "l.json"
     p.write_text(doc)

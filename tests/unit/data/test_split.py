@@ -1,4 +1,5 @@
 """Patient-grouped folds: grouping, determinism, stratification, validation, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,11 @@ from boneseg.errors import DataError, UsageError
 
 def fake_samples(patients: int) -> list[Sample]:
     """Two images per patient, one per hand (names as in the competition)."""
-    return [Sample(f"ID{p:03d}/image{1661130000000 + 10 * p + h}{'_L' if h else '_R'}.png", Path("x.png"))
-            for p in range(1, patients + 1) for h in (0, 1)]
+    return [
+        Sample(f"ID{p:03d}/image{1661130000000 + 10 * p + h}{'_L' if h else '_R'}.png", Path("x.png"))
+        for p in range(1, patients + 1)
+        for h in (0, 1)
+    ]
 
 
 def test_patients_stay_together_and_folds_balance():

@@ -1,4 +1,5 @@
 """`boneseg synth`: layout, label schema, determinism, anatomy statistics and the data layer."""
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,35 @@ from boneseg.errors import OutputExistsError, UsageError
 
 # Mean class areas (pixels at 2048²) of real segmentations, from the project's anatomy reference.
 REF_AREA = {
-    "finger-1": 8274, "finger-2": 16932, "finger-3": 27624, "finger-4": 5325, "finger-5": 10290,
-    "finger-6": 22352, "finger-7": 36736, "finger-8": 6161, "finger-9": 13026, "finger-10": 25003,
-    "finger-11": 33223, "finger-12": 6029, "finger-13": 11556, "finger-14": 21065, "finger-15": 24958,
-    "finger-16": 4237, "finger-17": 6723, "finger-18": 14789, "finger-19": 25168, "Trapezium": 10238,
-    "Trapezoid": 6315, "Capitate": 16472, "Hamate": 11615, "Scaphoid": 11875, "Lunate": 8664,
-    "Triquetrum": 7622, "Pisiform": 4863, "Radius": 82318, "Ulna": 44751,
+    "finger-1": 8274,
+    "finger-2": 16932,
+    "finger-3": 27624,
+    "finger-4": 5325,
+    "finger-5": 10290,
+    "finger-6": 22352,
+    "finger-7": 36736,
+    "finger-8": 6161,
+    "finger-9": 13026,
+    "finger-10": 25003,
+    "finger-11": 33223,
+    "finger-12": 6029,
+    "finger-13": 11556,
+    "finger-14": 21065,
+    "finger-15": 24958,
+    "finger-16": 4237,
+    "finger-17": 6723,
+    "finger-18": 14789,
+    "finger-19": 25168,
+    "Trapezium": 10238,
+    "Trapezoid": 6315,
+    "Capitate": 16472,
+    "Hamate": 11615,
+    "Scaphoid": 11875,
+    "Lunate": 8664,
+    "Triquetrum": 7622,
+    "Pisiform": 4863,
+    "Radius": 82318,
+    "Ulna": 44751,
 }
 # The largest overlaps of real labels (all present in every real image).
 REF_OVERLAPS = [("Triquetrum", "Pisiform"), ("Trapezium", "Trapezoid"), ("Lunate", "Radius")]
@@ -51,8 +75,9 @@ def test_layout_and_schema(synth_data):
     labels = sorted((root / "train" / "outputs_json").glob("ID*/*.json"))
     assert len(train) == 8 and len(test) == 2 and len(labels) == 8
     assert not (root / "test" / "outputs_json").exists()
-    assert [p.with_suffix("").relative_to(root / "train" / "DCM") for p in train] == \
-        [p.with_suffix("").relative_to(root / "train" / "outputs_json") for p in labels]
+    assert [p.with_suffix("").relative_to(root / "train" / "DCM") for p in train] == [
+        p.with_suffix("").relative_to(root / "train" / "outputs_json") for p in labels
+    ]
     for path in train + test:
         assert path.parent.name[:2] == "ID" and len(path.parent.name) == 5
         stem = path.stem.removesuffix("_R").removesuffix("_L")
@@ -131,7 +156,7 @@ def test_cli(tmp_path, capsys):
 
 def test_polygons_inside_and_overlaps(hands):
     sides = set()
-    for image, polygons, meta in hands:
+    for _image, polygons, meta in hands:
         assert list(polygons) == list(CLASSES)
         for poly in polygons.values():
             assert poly.dtype == np.int32 and len(poly) >= 3 and poly.min() >= 0 and poly.max() <= 511

@@ -1,5 +1,6 @@
 """A typed run: `TrainConfig` is the one source of a run's defaults (the `train` options agree with it),
 `Run` resolves a run once and every reader takes its typed fields."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,24 +62,28 @@ def test_train_options_match_train_config():
 
 def test_runtime_options_are_documented_as_such():
     doc = (ROOT / "docs" / "train.md").read_text(encoding="utf-8")
-    runtime = doc[doc.index("The options of one invocation"):]
-    runtime = runtime[:runtime.index("never saved")]
+    runtime = doc[doc.index("The options of one invocation") :]
+    runtime = runtime[: runtime.index("never saved")]
     for name in set(RUNTIME) - {"out", "resume", "force"}:
         assert f"`--{name.replace('_', '-')}`" in runtime, name
 
 
 def _checkpoint(path: Path, **config) -> Path:
-    cfg = {"arch": "unet", "encoder": "resnet18", "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
-           "in_channels": 1, "classes": list(CLASSES), **config}
-    save_checkpoint(path, {"config": cfg, "model": build_model(cfg).state_dict(), "epoch": 1, "step": 1,
-                           "metrics": {}})
+    cfg = {
+        "arch": "unet",
+        "encoder": "resnet18",
+        "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+        "in_channels": 1,
+        "classes": list(CLASSES),
+        **config,
+    }
+    save_checkpoint(path, {"config": cfg, "model": build_model(cfg).state_dict(), "epoch": 1, "step": 1, "metrics": {}})
     return path
 
 
 def test_run_open_types_an_old_checkpoint(tmp_path):
     """Keys of other versions are ignored and missing ones take `TrainConfig`'s defaults: no reader has its own."""
-    ckpt = _checkpoint(tmp_path / "run" / "best.pt", wrist=True, unify_hands="R", fold=None, future_key=1,
-                       workers=7)
+    ckpt = _checkpoint(tmp_path / "run" / "best.pt", wrist=True, unify_hands="R", fold=None, future_key=1, workers=7)
     run = Run.open(tmp_path / "run")
     defaults = TrainConfig()
     assert isinstance(run.config, TrainConfig) and run.checkpoint == ckpt

@@ -1,5 +1,6 @@
 """--log tensorboard|wandb|none: scalars and prediction-vs-label overlays each validation; W&B only when
 installed and logged in, and never with a key of boneseg's making."""
+
 from __future__ import annotations
 
 import sys
@@ -7,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from boneseg.errors import UsageError
-from boneseg.engine.tracking import check_logger, make_tracker, overlays
-
 from util import fake_wandb, tiny_config
 
+from boneseg.engine.tracking import check_logger, make_tracker, overlays
+from boneseg.errors import UsageError
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:

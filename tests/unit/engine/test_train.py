@@ -1,4 +1,5 @@
 """The training engine on CPU with tiny real smp models: outputs, bit-exact resume, stops, pseudo data."""
+
 from __future__ import annotations
 
 import json
@@ -17,19 +18,31 @@ from boneseg.engine.train import TrainingInterrupted, train
 from boneseg.errors import CheckpointError, OutputExistsError, UsageError
 
 
-
 def tiny(data: Path, out: Path, **extra) -> dict:
     """A 64-px U-Net/ResNet-18 run: 6 train images (3 batches of 2), 2 val images, per epoch."""
-    cfg = dict(data=str(data), out=str(out), arch="unet", encoder="resnet18", size=64, epochs=2, batch_size=2,
-               encoder_weights="none", device="cpu", workers=0, seed=0, lr=3e-3, cache_dir=str(out.parent / "cache"),
-               model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
+    cfg = {
+        "data": str(data),
+        "out": str(out),
+        "arch": "unet",
+        "encoder": "resnet18",
+        "size": 64,
+        "epochs": 2,
+        "batch_size": 2,
+        "encoder_weights": "none",
+        "device": "cpu",
+        "workers": 0,
+        "seed": 0,
+        "lr": 3e-3,
+        "cache_dir": str(out.parent / "cache"),
+        "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+    }
     cfg.update(extra)
     return cfg
 
 
 # Exercises per-item augmentation seeds, EMA, warm-up, accumulation with a short last group (3 batches
 # -> 2 optimizer steps per epoch), clipping and the cosine schedule.
-RESUME_OPTS = dict(aug="strong", ema=0.9, accumulate=2, warmup=0.5, clip=1.0)
+RESUME_OPTS = {"aug": "strong", "ema": 0.9, "accumulate": 2, "warmup": 0.5, "clip": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +139,11 @@ def test_save_every_writes_last_less_often(synth_data, tmp_path, monkeypatch):
 
     written = []
     real = engine.save_checkpoint
-    monkeypatch.setattr(engine, "save_checkpoint", lambda path, state: (written.append((Path(path).name,
-                                                                                         state["epoch"])),
-                                                                        real(path, state)))
+    monkeypatch.setattr(
+        engine,
+        "save_checkpoint",
+        lambda path, state: (written.append((Path(path).name, state["epoch"])), real(path, state)),
+    )
     out = tmp_path / "run"
     summary = train(tiny(synth_data, out, epochs=3, save_every=2))
     assert summary["epochs_done"] == 3
@@ -168,8 +183,7 @@ def test_pseudo_data_is_mixed_in(synth_data, tmp_path):
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
     out = tmp_path / "run"
-    summary = train(tiny(synth_data, out, pseudo=[str(pseudo)], epochs=1, max_steps=1, aug="none",
-                         splits=None, fold=1))
+    summary = train(tiny(synth_data, out, pseudo=[str(pseudo)], epochs=1, max_steps=1, aug="none", splits=None, fold=1))
     assert summary["train_images"] == 6 + 2 and summary["val_images"] == 2
     assert (out.parent / "cache" / "pseudo-0").is_dir()
     assert json.loads((out / "config.json").read_text())["pseudo"] == [str(pseudo)]
@@ -177,8 +191,20 @@ def test_pseudo_data_is_mixed_in(synth_data, tmp_path):
 
 def test_crop_mode_and_unified_hands(synth_data, tmp_path):
     out = tmp_path / "run"
-    summary = train(tiny(synth_data, out, size=128, crop=64, unify_side="R", epochs=1, max_steps=2,
-                         loss="0.5*bce+0.5*dice+boundary", scheduler="poly", optimizer="sgd"))
+    summary = train(
+        tiny(
+            synth_data,
+            out,
+            size=128,
+            crop=64,
+            unify_side="R",
+            epochs=1,
+            max_steps=2,
+            loss="0.5*bce+0.5*dice+boundary",
+            scheduler="poly",
+            optimizer="sgd",
+        )
+    )
     assert summary["steps"] == 2
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["crop"] == 64 and cfg["unify_side"] == "R"
@@ -191,21 +217,61 @@ def test_cli_train_and_errors(synth_data, tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "run"
-    args = ["train", str(synth_data), "--arch", "unet", "--encoder", "resnet18", "--size", "64", "--epochs", "1",
-            "--batch-size", "2", "--encoder-weights", "none", "--workers", "0", "--device", "cpu",
-            "--max-steps", "1", "--aug", "none", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--json"]
+    args = [
+        "train",
+        str(synth_data),
+        "--arch",
+        "unet",
+        "--encoder",
+        "resnet18",
+        "--size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--encoder-weights",
+        "none",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--max-steps",
+        "1",
+        "--aug",
+        "none",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+        "--json",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (out / "last.pt").is_file()
     result = runner.invoke(app, args)
     assert result.exit_code != 0 and isinstance(result.exception, OutputExistsError)
-    bad = runner.invoke(app, ["train", str(synth_data), "--arch", "unet", "--encoder", "resnet81", "--size", "64",
-                              "--out", str(tmp_path / "bad")])
+    bad = runner.invoke(
+        app,
+        [
+            "train",
+            str(synth_data),
+            "--arch",
+            "unet",
+            "--encoder",
+            "resnet81",
+            "--size",
+            "64",
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+    )
     assert isinstance(bad.exception, UsageError) and "did you mean 'resnet18'" in str(bad.exception)
 
 
-def test_cli_train_reports_its_pace_warns_on_long_cpu_runs_and_fits_postprocess(synth_data, tmp_path, capsys,
-                                                                                   monkeypatch):
+def test_cli_train_reports_its_pace_warns_on_long_cpu_runs_and_fits_postprocess(
+    synth_data, tmp_path, capsys, monkeypatch
+):
     from boneseg.cli import main
     from boneseg.engine import train as train_mod
 
@@ -213,9 +279,35 @@ def test_cli_train_reports_its_pace_warns_on_long_cpu_runs_and_fits_postprocess(
     monkeypatch.setattr(train_mod, "CPU_WARN_SECONDS", 0)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as done:
-        main(["train", str(synth_data), "--arch", "unet", "--encoder", "resnet18", "--size", "64", "--epochs", "1",
-              "--batch-size", "1", "--encoder-weights", "none", "--workers", "0", "--device", "cpu", "--aug", "none",
-              "--cache-dir", str(tmp_path / "cache"), "--fit-postprocess", "--out", str(out)])
+        main(
+            [
+                "train",
+                str(synth_data),
+                "--arch",
+                "unet",
+                "--encoder",
+                "resnet18",
+                "--size",
+                "64",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "1",
+                "--encoder-weights",
+                "none",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--aug",
+                "none",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--fit-postprocess",
+                "--out",
+                str(out),
+            ]
+        )
     assert done.value.code == 0
     err = capsys.readouterr().err
     assert "device cpu" in err and " parameters " in err and "6 steps per epoch (6 train / 2 val images)" in err

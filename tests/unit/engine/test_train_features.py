@@ -1,4 +1,5 @@
 """`train --init-from`, `--config`/`--print-config`, `--dry-run` and `--patience` (issue 17, training half)."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,30 @@ from pathlib import Path
 
 import pytest
 import torch
+from util import write_dataset
 
 from boneseg.cli import main
 
-from util import write_dataset
-
-TINY = ["--arch", "unet", "--encoder", "resnet18", "--size", "64", "--batch-size", "2", "--encoder-weights", "none",
-        "--workers", "0", "--device", "cpu", "--aug", "none", "--folds", "2"]
+TINY = [
+    "--arch",
+    "unet",
+    "--encoder",
+    "resnet18",
+    "--size",
+    "64",
+    "--batch-size",
+    "2",
+    "--encoder-weights",
+    "none",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--aug",
+    "none",
+    "--folds",
+    "2",
+]
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -58,14 +76,27 @@ def run_a(data, tmp_path_factory):
     """A finished one-epoch run to start from or reproduce."""
     out = tmp_path_factory.mktemp("runs") / "a"
     with pytest.raises(SystemExit) as done:
-        main([str(a) for a in ["train", data, *TINY, "--epochs", "1", "--cache-dir", out.parent / "cache", "--out", out]])
+        main(
+            [str(a) for a in ["train", data, *TINY, "--epochs", "1", "--cache-dir", out.parent / "cache", "--out", out]]
+        )
     assert done.value.code == 0
     return out
 
 
 def test_config_file_reproduces_the_run_bit_for_bit(capsys, data, run_a, tmp_path):
-    code, _, err = cli(capsys, "train", data, "--config", run_a / "config.json", "--workers", "0", "--device", "cpu",
-                       "--out", tmp_path / "b")
+    code, _, err = cli(
+        capsys,
+        "train",
+        data,
+        "--config",
+        run_a / "config.json",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "b",
+    )
     assert code == 0, err
     assert same(weights(run_a / "last.pt"), weights(tmp_path / "b" / "last.pt"))
     assert json.loads((tmp_path / "b" / "config.json").read_text()) == json.loads((run_a / "config.json").read_text())
@@ -74,24 +105,45 @@ def test_config_file_reproduces_the_run_bit_for_bit(capsys, data, run_a, tmp_pat
 def test_config_file_under_command_line_options(capsys, data, tmp_path):
     """YAML keys (dashes, `1e-3` as YAML reads it, runtime keys) are defaults; only typed options override them,
     runtime ones are never part of the run."""
-    (tmp_path / "c.yaml").write_text("arch: unet++\nencoder: resnet18\nsize: 64\nepochs: 5\nlr: 1e-3\n"
-                                     "batch-size: 3\nunify-hands: R\nworkers: 0\ndevice: cpu\npatience: 4\n")
-    code, out, err = cli(capsys, "train", data, "--config", tmp_path / "c.yaml", "--epochs", "2", "--print-config",
-                         "--out", tmp_path / "r")
+    (tmp_path / "c.yaml").write_text(
+        "arch: unet++\nencoder: resnet18\nsize: 64\nepochs: 5\nlr: 1e-3\n"
+        "batch-size: 3\nunify-hands: R\nworkers: 0\ndevice: cpu\npatience: 4\n"
+    )
+    code, out, err = cli(
+        capsys,
+        "train",
+        data,
+        "--config",
+        tmp_path / "c.yaml",
+        "--epochs",
+        "2",
+        "--print-config",
+        "--out",
+        tmp_path / "r",
+    )
     assert code == 0, err
     cfg = json.loads(out)
-    assert (cfg["arch"], cfg["epochs"], cfg["lr"], cfg["batch_size"], cfg["unify_side"], cfg["patience"]) == \
-        ("unetplusplus", 2, 1e-3, 3, "R", 4)
+    assert (cfg["arch"], cfg["epochs"], cfg["lr"], cfg["batch_size"], cfg["unify_side"], cfg["patience"]) == (
+        "unetplusplus",
+        2,
+        1e-3,
+        3,
+        "R",
+        4,
+    )
     assert "workers" not in cfg and "device" not in cfg and not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("text, code, culprit", [
-    ("epoch: 3\n", 2, "did you mean 'epochs'"),
-    ("epochs: ten\n", 2, "epochs is 'ten'"),
-    ("force: true\n", 2, "'force'"),
-    ("epochs: [1\n", 1, "malformed YAML"),
-    ("- 1\n", 1, "not a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, code, culprit",
+    [
+        ("epoch: 3\n", 2, "did you mean 'epochs'"),
+        ("epochs: ten\n", 2, "epochs is 'ten'"),
+        ("force: true\n", 2, "'force'"),
+        ("epochs: [1\n", 1, "malformed YAML"),
+        ("- 1\n", 1, "not a mapping"),
+    ],
+)
 def test_config_file_errors_name_the_file(capsys, data, tmp_path, text, code, culprit):
     (tmp_path / "c.yml").write_text(text)
     got, _, err = cli(capsys, "train", data, *TINY, "--config", tmp_path / "c.yml", "--out", tmp_path / "r")
@@ -101,8 +153,22 @@ def test_config_file_errors_name_the_file(capsys, data, tmp_path, text, code, cu
 
 def test_dry_run_writes_nothing(capsys, data, run_a, tmp_path):
     before = listing(data, tmp_path)
-    code, out, err = cli(capsys, "train", data, *TINY, "--epochs", "3", "--cache-dir", tmp_path / "cache",
-                         "--init-from", run_a, "--dry-run", "--json", "--out", tmp_path / "new")
+    code, out, err = cli(
+        capsys,
+        "train",
+        data,
+        *TINY,
+        "--epochs",
+        "3",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--init-from",
+        run_a,
+        "--dry-run",
+        "--json",
+        "--out",
+        tmp_path / "new",
+    )
     assert code == 0, err
     plan = json.loads(out)
     assert plan["parameters"] > 1e6 and plan["steps_per_epoch"] == 1 and plan["steps"] == 3
@@ -134,8 +200,9 @@ def test_init_from_loads_the_whole_network_and_resume_keeps_it(capsys, data, run
     assert same(weights(tmp_path / "cut" / "last.pt"), weights(tmp_path / "full" / "last.pt"))
 
 
-@pytest.mark.parametrize("change, culprit", [(["--encoder", "resnet34"], "resnet18"),
-                                             (["--channels", "rgb"], "1 input channel")])
+@pytest.mark.parametrize(
+    "change, culprit", [(["--encoder", "resnet34"], "resnet18"), (["--channels", "rgb"], "1 input channel")]
+)
 def test_init_from_another_network_is_refused(capsys, data, run_a, tmp_path, change, culprit):
     code, _, err = cli(capsys, "train", data, *TINY, *change, "--init-from", run_a, "--out", tmp_path / "r")
     line = error_line(err)
@@ -149,7 +216,7 @@ def test_patience_stops_a_resumed_run_at_the_same_epoch(capsys, data, tmp_path):
     args = ["train", data, *TINY, "--epochs", "12", "--lr", "3e-3", "--patience", "2"]
     code, out, err = cli(capsys, *args, "--json", "--out", tmp_path / "full")
     assert code == 0, err
-    summary = json.loads(out[:out.rindex("}") + 1])
+    summary = json.loads(out[: out.rindex("}") + 1])
     assert summary["early_stopped"] and summary["epochs_done"] == 3 and summary["best_epoch"] == 1
     assert cli(capsys, *args, "--max-steps", "2", "--out", tmp_path / "cut")[0] == 0
     code, out, err = cli(capsys, "train", data, "--out", tmp_path / "cut", "--resume", "--workers", "0")

@@ -1,5 +1,6 @@
 """`boneseg export` (ONNX, TorchScript, Hugging Face folder) and `predict -m` on exports: same probabilities,
 same CSV as the torch checkpoint, the sidecar's thresholds and rules applied, refusals in one line."""
+
 from __future__ import annotations
 
 import json
@@ -8,17 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from util import tiny_config, write_dataset
 
 from boneseg import CLASSES
 from boneseg.cli import main
+from boneseg.data.layout import find_images
 from boneseg.engine.checkpoint import save_checkpoint
 from boneseg.engine.train import TrainConfig, train
 from boneseg.inference import Policy, Predictor, load_models
 from boneseg.inference.run import ImageDataset
-from boneseg.data.layout import find_images
 from boneseg.modelling.models import build_model
-
-from util import tiny_config, write_dataset
 
 FORMATS = ["onnx", "torchscript", "hf"]
 OUT = {"onnx": "model.onnx", "torchscript": "model.ts", "hf": "model-hf"}
@@ -107,39 +107,68 @@ def test_hf_folder_loads_offline_with_smp(trained, tmp_path, capsys, monkeypatch
 
 
 def test_the_sidecar_carries_thresholds_and_rules(trained, tmp_path, capsys):
-    """predict -m EXPORT applies the thresholds and post-processing given at export time, as predict on the run would."""
+    """predict -m EXPORT applies the thresholds and post-processing given at export time, as predict on the run
+    would."""
     data, runs = trained
     thresholds = tmp_path / "t.json"
     thresholds.write_text(json.dumps({c: 0.3 + 0.01 * i for i, c in enumerate(CLASSES)}))
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps({"classes": {c: {"keep_largest": True, "min_area": 3} for c in CLASSES}}))
     out = tmp_path / "m.ts"
-    assert cli(capsys, "export", runs[0], "-f", "torchscript", "-o", out, "-t", thresholds, "--postprocess", rules)[0] == 0
+    assert (
+        cli(capsys, "export", runs[0], "-f", "torchscript", "-o", out, "-t", thresholds, "--postprocess", rules)[0] == 0
+    )
     opts = ("--workers", "0", "--device", "cpu")
-    assert cli(capsys, "predict", data, "-m", runs[0], "-o", tmp_path / "a.csv", "-t", thresholds,
-               "--postprocess", rules, *opts)[0] == 0
+    assert (
+        cli(
+            capsys,
+            "predict",
+            data,
+            "-m",
+            runs[0],
+            "-o",
+            tmp_path / "a.csv",
+            "-t",
+            thresholds,
+            "--postprocess",
+            rules,
+            *opts,
+        )[0]
+        == 0
+    )
     assert cli(capsys, "predict", data, "-m", out, "-o", tmp_path / "b.csv", *opts)[0] == 0
     assert cli(capsys, "predict", data, "-m", runs[0], "-o", tmp_path / "c.csv", *opts)[0] == 0
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text() != (tmp_path / "c.csv").read_text()
 
 
 def _checkpoint(path: Path, **extra) -> Path:
-    config = {"arch": "unet", "encoder": "resnet18", "size": 64, "in_channels": 1, "channels": "gray",
-              "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}, **extra}
-    save_checkpoint(path, {"config": config, "model": build_model(config).state_dict(), "epoch": 0, "step": 0,
-                           "metrics": {}})
+    config = {
+        "arch": "unet",
+        "encoder": "resnet18",
+        "size": 64,
+        "in_channels": 1,
+        "channels": "gray",
+        "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+        **extra,
+    }
+    save_checkpoint(
+        path, {"config": config, "model": build_model(config).state_dict(), "epoch": 0, "step": 0, "metrics": {}}
+    )
     return path
 
 
-@pytest.mark.parametrize("case, exit_code, words", [
-    ("film", 2, "FiLM model"),
-    ("wrist", 2, "wrist second-stage"),
-    ("format", 2, "--format 'tflite'"),
-    ("hf-two", 2, "holds one smp model"),
-    ("disagree", 2, "size 96 differs"),
-    ("exists", 1, "already exists"),
-    ("no-sidecar", 1, "no sidecar"),
-])
+@pytest.mark.parametrize(
+    "case, exit_code, words",
+    [
+        ("film", 2, "FiLM model"),
+        ("wrist", 2, "wrist second-stage"),
+        ("format", 2, "--format 'tflite'"),
+        ("hf-two", 2, "holds one smp model"),
+        ("disagree", 2, "size 96 differs"),
+        ("exists", 1, "already exists"),
+        ("no-sidecar", 1, "no sidecar"),
+    ],
+)
 def test_refusals_are_one_line(case, exit_code, words, trained, tmp_path, capsys):
     data, runs = trained
     fmt, out, args = "torchscript", tmp_path / "m.ts", [runs[0]]

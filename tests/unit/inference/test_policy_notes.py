@@ -1,5 +1,6 @@
 """predict's notes and summary for models that cannot run the TTA or inputs asked: a side-unified model
 drops the flip (and the summary names the policy that ran), a FiLM model without metadata says so."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from util import tiny_config, write_dataset
 
 from boneseg.cli import main
 from boneseg.probs import read_manifest
-from util import tiny_config, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,10 @@ def models(tmp_path_factory) -> Path:
     write_dataset(root / "data", patients=1, size=64)
     for name, extra in {"unified": {"unify_side": "R"}, "film": {"meta": "film"}}.items():
         cfg = tiny_config(root / "data", root / name, **extra)
-        save_checkpoint(root / f"{name}.pt", {"config": cfg, "model": build_model(cfg).state_dict(), "epoch": 1,
-                                              "step": 1, "metrics": {}})
+        save_checkpoint(
+            root / f"{name}.pt",
+            {"config": cfg, "model": build_model(cfg).state_dict(), "epoch": 1, "step": 1, "metrics": {}},
+        )
     return root
 
 
@@ -43,8 +46,17 @@ def predict(*args) -> tuple[int, str]:
 
 @pytest.mark.parametrize("tta, used", [("hflip", "resize:none"), ("hflip+scale", "resize:scale")])
 def test_unified_model_drops_the_flip_and_says_which_policy_ran(models, tmp_path, tta, used):
-    code, err = predict(models / "data", "-m", models / "unified.pt", "--tta", tta, "-o", tmp_path / "o.csv",
-                        "--save-probs", tmp_path / "probs")
+    code, err = predict(
+        models / "data",
+        "-m",
+        models / "unified.pt",
+        "--tta",
+        tta,
+        "-o",
+        tmp_path / "o.csv",
+        "--save-probs",
+        tmp_path / "probs",
+    )
     assert code == 0, err
     assert f"Warning: --tta {tta}: the flip is dropped for models trained with hand-side unification" in err
     assert f"running {used}" in err

@@ -1,4 +1,5 @@
 """`boneseg predict`: CSV contract, every mode/TTA, ensembles, saved probabilities, thresholds, sharding."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,17 @@ from boneseg.cli import app
 from boneseg.data.layout import find_images
 from boneseg.engine.train import TrainConfig
 from boneseg.errors import DataError, OutputExistsError, UsageError
-from boneseg.inference import (LoadedModel, Policy, Predictor, ViewCache, gaussian_weights,
-                               masks_to_rles, predict, sliding_window, tile_starts)
+from boneseg.inference import (
+    LoadedModel,
+    Policy,
+    Predictor,
+    ViewCache,
+    gaussian_weights,
+    masks_to_rles,
+    predict,
+    sliding_window,
+    tile_starts,
+)
 from boneseg.postprocess import postprocess
 from boneseg.submission import SubmissionWriter, read_submission, validate_submission
 
@@ -30,8 +40,15 @@ def make_checkpoint(path: Path, seed: int = 0, **extra) -> Path:
     from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.modelling.models import build_model
 
-    config = {"arch": "unet", "encoder": "resnet18", "size": 64, "in_channels": 1, "channels": "gray",
-              "unify_side": None, **extra}
+    config = {
+        "arch": "unet",
+        "encoder": "resnet18",
+        "size": 64,
+        "in_channels": 1,
+        "channels": "gray",
+        "unify_side": None,
+        **extra,
+    }
     torch.manual_seed(seed)
     model = build_model(config)
     save_checkpoint(path, {"config": config, "model": model.state_dict(), "epoch": 0, "step": 0, "metrics": {}})
@@ -61,6 +78,7 @@ def run(*args: str):
 
 
 # -- the CSV ---------------------------------------------------------------------------------------
+
 
 def test_csv_format_order_names_and_original_size(synth_data, ckpt, tmp_path):
     out = tmp_path / "sub.csv"
@@ -117,6 +135,7 @@ def test_ensemble_weights_matter_and_are_checked(one_image, ckpt, tmp_path):
 
 
 # -- saved probabilities and thresholds -------------------------------------------------------------
+
 
 def _csv_from_probs(folder: Path, out: Path, threshold) -> None:
     manifest = probs.read_manifest(folder)
@@ -185,8 +204,12 @@ def test_nothing_overwritten_without_force(one_image, ckpt, tmp_path):
 
 def test_bad_options_are_one_line_errors(one_image, ckpt, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[3] / "src"))
-    proc = subprocess.run([sys.executable, "-m", "boneseg", "predict", str(one_image), "-m", str(ckpt),
-                           "--tta", "hflp"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "boneseg", "predict", str(one_image), "-m", str(ckpt), "--tta", "hflp"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "'hflip'" in proc.stderr
     with pytest.raises(UsageError, match="--window"):
@@ -194,6 +217,7 @@ def test_bad_options_are_one_line_errors(one_image, ckpt, tmp_path):
 
 
 # -- modes agree -----------------------------------------------------------------------------------
+
 
 def test_sliding_with_one_tile_equals_resize(one_image, ckpt, tmp_path):
     a, b = tmp_path / "resize.csv", tmp_path / "sliding.csv"
@@ -204,7 +228,10 @@ def test_sliding_with_one_tile_equals_resize(one_image, ckpt, tmp_path):
 
 def test_sliding_window_blends_to_the_forward_output():
     x = torch.rand(1, 200, 150)
-    forward = lambda b: torch.sigmoid(b.repeat(1, 3, 1, 1) * 4 - 2)  # a pointwise "model"
+
+    def forward(b):  # a pointwise "model"
+        return torch.sigmoid(b.repeat(1, 3, 1, 1) * 4 - 2)
+
     want = forward(x[None])[0]
     got = sliding_window(forward, x, window=64, overlap=0.5, batch_size=5)
     assert got.shape == (3, 200, 150)
@@ -218,6 +245,7 @@ def test_sliding_window_blends_to_the_forward_output():
 
 # -- hand side -------------------------------------------------------------------------------------
 
+
 class _HandModel(torch.nn.Module):
     """A "right-hand" model: the thumb on bright pixels of the left half of its input, the little finger
     on the mirror image of the bright pixels."""
@@ -226,7 +254,7 @@ class _HandModel(torch.nn.Module):
         logits = torch.full((x.shape[0], 29, *x.shape[-2:]), -8.0)
         bright = x[:, 0] > 0
         logits[:, 15] = torch.where(bright.flip(-1), 8.0, -8.0)
-        bright[..., x.shape[-1] // 2:] = False
+        bright[..., x.shape[-1] // 2 :] = False
         logits[:, 0] = torch.where(bright, 8.0, -8.0)
         return logits
 
@@ -269,6 +297,7 @@ def test_unified_model_mirrors_left_hands(suffix):
 
 # -- encoding and post-processing ------------------------------------------------------------------
 
+
 def test_device_rle_equals_reference():
     rng = np.random.default_rng(0)
     masks = rng.random((5, 7, 9)) > 0.5
@@ -308,6 +337,7 @@ def test_postprocess_in_predict(one_image, ckpt, tmp_path):
 
 # -- torchrun --------------------------------------------------------------------------------------
 
+
 def test_two_rank_sharding_equals_single_process(synth_data, ckpt, tmp_path):
     images = tmp_path / "images"  # three images: uneven shards
     for s in find_images(synth_data) + [find_images(synth_data / "train" / "DCM")[0]]:
@@ -321,11 +351,28 @@ def test_two_rank_sharding_equals_single_process(synth_data, ckpt, tmp_path):
     # the process group, not through a shared file system
     for r in (0, 1):
         (tmp_path / f"tmp{r}").mkdir()
-    command = (f'TMPDIR="{tmp_path}/tmp$LOCAL_RANK" exec "{sys.executable}" -m boneseg predict "{images}" '
-               f'-m "{ckpt}" -o "{sharded}" --device cpu --workers 0 --save-probs "{tmp_path / "p2"}"')
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "--no-python", "sh", "-c", command],
-                          capture_output=True, text=True, env=env, timeout=300)
+    command = (
+        f'TMPDIR="{tmp_path}/tmp$LOCAL_RANK" exec "{sys.executable}" -m boneseg predict "{images}" '
+        f'-m "{ckpt}" -o "{sharded}" --device cpu --workers 0 --save-probs "{tmp_path / "p2"}"'
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--no-python",
+            "sh",
+            "-c",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sharded.read_bytes() == single.read_bytes()
     assert probs.read_manifest(tmp_path / "p2")["images"] == probs.read_manifest(tmp_path / "p1")["images"]

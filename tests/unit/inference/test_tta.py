@@ -1,4 +1,5 @@
 """`boneseg tta`: policy scores equal the competition Dice of predict's CSV; tuned thresholds."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_predict import make_checkpoint
 from typer.testing import CliRunner
+from util import csv_dice
 
 from boneseg import CLASSES, probs
 from boneseg.cli import app
@@ -14,12 +17,9 @@ from boneseg.data.layout import discover
 from boneseg.data.split import fold_samples, make_splits
 from boneseg.errors import OutputExistsError, UsageError
 from boneseg.inference import Policy, Predictor, predict
-from boneseg.workflows.validation import dice_curves, evaluate_policies, search_thresholds
 from boneseg.io import write_json
 from boneseg.metrics import dice, mean_dice
-
-from test_predict import make_checkpoint
-from util import csv_dice
+from boneseg.workflows.validation import dice_curves, evaluate_policies, search_thresholds
 
 runner = CliRunner()
 
@@ -36,9 +36,28 @@ def setup(synth_data, tmp_path_factory):
 def test_tta_json_scores_equal_the_dice_of_predicts_csv(setup, tmp_path):
     data, ckpt, splits, _ = setup
     thr = tmp_path / "thr.json"
-    result = runner.invoke(app, ["tta", str(data), "-m", str(ckpt), "--fold", "0", "--splits", str(splits),
-                                 "--policies", "none,hflip,sliding:none", "--window", "128", "--json",
-                                 "--workers", "1", "--thresholds-out", str(thr)])
+    result = runner.invoke(
+        app,
+        [
+            "tta",
+            str(data),
+            "-m",
+            str(ckpt),
+            "--fold",
+            "0",
+            "--splits",
+            str(splits),
+            "--policies",
+            "none,hflip,sliding:none",
+            "--window",
+            "128",
+            "--json",
+            "--workers",
+            "1",
+            "--thresholds-out",
+            str(thr),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert set(report["policies"]) == {"resize:none", "resize:hflip", "sliding:none"}
@@ -71,19 +90,57 @@ def test_tta_table_and_force(setup, tmp_path):
     data, ckpt, splits, _ = setup
     thr = tmp_path / "thr.json"
     thr.write_text("{}")
-    result = runner.invoke(app, ["tta", str(data), "-m", str(ckpt), "--fold", "1", "--splits", str(splits),
-                                 "--policies", "none", "--thresholds-out", str(thr), "--workers", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "tta",
+            str(data),
+            "-m",
+            str(ckpt),
+            "--fold",
+            "1",
+            "--splits",
+            str(splits),
+            "--policies",
+            "none",
+            "--thresholds-out",
+            str(thr),
+            "--workers",
+            "0",
+        ],
+    )
     assert isinstance(result.exception, OutputExistsError) and thr.read_text() == "{}"
-    result = runner.invoke(app, ["tta", str(data), "-m", str(ckpt), "--fold", "1", "--splits", str(splits),
-                                 "--policies", "none,scale", "--scales", "0.5,1", "--workers", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "tta",
+            str(data),
+            "-m",
+            str(ckpt),
+            "--fold",
+            "1",
+            "--splits",
+            str(splits),
+            "--policies",
+            "none,scale",
+            "--scales",
+            "0.5,1",
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "best:" in result.output and "resize:scale" in result.output
 
 
 def test_policy_names():
     assert Policy.parse("none") == Policy()
-    assert Policy.parse("sliding:hflip+scale", [1, 0.5]).views() == [(0.5, False), (0.5, True), (1.0, False),
-                                                                     (1.0, True)]
+    assert Policy.parse("sliding:hflip+scale", [1, 0.5]).views() == [
+        (0.5, False),
+        (0.5, True),
+        (1.0, False),
+        (1.0, True),
+    ]
     assert Policy.parse("flip").name == "resize:hflip"
     with pytest.raises(UsageError, match="did you mean 'hflip'"):
         Policy.parse("hflp")
@@ -103,9 +160,9 @@ def test_dice_curves_match_direct_dice():
 
 def test_search_thresholds_round_trip():
     curves = np.zeros((29, 256))
-    curves[:, 100] = 1.0           # best cut 100 (t ~ 0.394) for every class...
-    curves[5, :] = 0.5             # ...but a flat curve for class 5: ties go to the default (cut 127)
-    curves[6, 250] = 2.0           # outside the range: ignored
+    curves[:, 100] = 1.0  # best cut 100 (t ~ 0.394) for every class...
+    curves[5, :] = 0.5  # ...but a flat curve for class 5: ties go to the default (cut 127)
+    curves[6, 250] = 2.0  # outside the range: ignored
     curves[6, 90] = 1.5
     t, score = search_thresholds(curves, 0.3, 0.7)
     cuts = probs.cutoffs(t)
@@ -118,8 +175,7 @@ def test_search_thresholds_round_trip():
 def test_evaluate_defaults_to_all_train_images_with_a_note(setup):
     data, ckpt, _, _ = setup
     samples = discover(data)[:2]
-    report = evaluate_policies(data, [ckpt], policies=["none"], samples=samples, search=None, workers=0,
-                               device="cpu")
+    report = evaluate_policies(data, [ckpt], policies=["none"], samples=samples, search=None, workers=0, device="cpu")
     assert report.images == 2 and report.thresholds is None and report.best == "resize:none"
 
 

@@ -1,4 +1,5 @@
 """The wrist second stage: crop boxes, the crop cache, training on carpals, and predict's paste-back."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from util import tiny_config
 
 from boneseg.classes import CARPALS, CLASSES, NUM_CLASSES
 from boneseg.data.wrist import CARPAL_IDX, WristCache, box_from_masks, box_from_polygons, square_box
-
-from util import tiny_config
-
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:
@@ -96,7 +95,7 @@ def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
     sd["segmentation_head.0.bias"] = bias
     forced = tmp_path / "first.pt"
     save_checkpoint(forced, dict(st, model=sd))
-    kw = dict(workers=0, device="cpu")
+    kw = {"workers": 0, "device": "cpu"}
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
     predict(synth_data, [forced], one, **kw)
     predict(synth_data, [forced], two, wrist_model=wrist, **kw)
@@ -112,17 +111,27 @@ def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
     assert changed  # the wrist model's carpal predictions replaced the all-foreground first stage
 
     # tta runs the same second stage: its scores are the Dice of predict's CSV
+    from util import csv_dice
+
     from boneseg.data.layout import discover
     from boneseg.workflows.validation import evaluate_policies
-    from util import csv_dice
 
     val = discover(synth_data, "train")[:3]
     out = tmp_path / "val.csv"
     predict(val, [forced], out, wrist_model=wrist, tta="hflip", **kw)
-    report = evaluate_policies(synth_data, [forced], policies=["none", "hflip"], samples=val, search=None,
-                               workers=0, device="cpu", wrist_model=wrist)
+    report = evaluate_policies(
+        synth_data,
+        [forced],
+        policies=["none", "hflip"],
+        samples=val,
+        search=None,
+        workers=0,
+        device="cpu",
+        wrist_model=wrist,
+    )
     got, want = report.policies["resize:hflip"]["per_class_dice"], csv_dice(out, val)
     np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-12)
-    plain = evaluate_policies(synth_data, [forced], policies=["hflip"], samples=val, search=None, workers=0,
-                              device="cpu")
+    plain = evaluate_policies(
+        synth_data, [forced], policies=["hflip"], samples=val, search=None, workers=0, device="cpu"
+    )
     assert plain.policies["resize:hflip"]["per_class_dice"] != got

@@ -1,4 +1,5 @@
 """Metadata heads / FiLM, the boundary head and distance maps: trained a step, saved, reapplied by predict."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,25 +7,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from boneseg.classes import NUM_CLASSES
-from boneseg.modelling.heads import AuxModel, META_DIM, aux_loss, meta_table, meta_vector, outer_band, side_target
-from boneseg.engine.train import TrainConfig
-from boneseg.modelling.models import build_model
-
 from util import tiny_config
 
+from boneseg.classes import NUM_CLASSES
+from boneseg.engine.train import TrainConfig
+from boneseg.modelling.heads import META_DIM, AuxModel, aux_loss, meta_table, meta_vector, outer_band, side_target
+from boneseg.modelling.models import build_model
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:
     return tiny_config(data, out, **{"max_steps": 1, **extra})
 
 
-SMALL = {"arch": "unet", "encoder": "resnet18", "encoder_weights": "none", "in_channels": 1,
-         "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}}
+SMALL = {
+    "arch": "unet",
+    "encoder": "resnet18",
+    "encoder_weights": "none",
+    "in_channels": 1,
+    "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+}
 
 
 # -- metadata ---------------------------------------------------------------------------------------
+
 
 def test_meta_vector_standardises_and_flags_missing_fields():
     v = meta_vector({"age": 55, "sex": "F", "height": float("nan"), "weight": None})
@@ -44,8 +49,8 @@ def test_meta_table_reads_the_dataset_file(synth_data, tmp_path):
 
 def test_side_target_from_masks():
     masks = np.zeros((NUM_CLASSES, 8, 8), bool)
-    masks[0, :, 1] = True    # thumb left
-    masks[15, :, 6] = True   # little finger right
+    masks[0, :, 1] = True  # thumb left
+    masks[15, :, 6] = True  # little finger right
     assert side_target(masks) == 1.0
     assert side_target(masks[:, :, ::-1]) == 0.0
     assert np.isnan(side_target(np.zeros_like(masks)))
@@ -108,24 +113,33 @@ def test_meta_and_boundary_train_save_and_predict(synth_data, tmp_path):
     save_checkpoint(strong, dict(state, model=sd))
     empty = tmp_path / "meta.csv"
     empty.write_text("ID,age\n999,50\n")  # a metadata file without these patients
-    kw = dict(workers=0, device="cpu", postprocess_rules="none")
+    kw = {"workers": 0, "device": "cpu", "postprocess_rules": "none"}
     with_meta, without = tmp_path / "a.csv", tmp_path / "b.csv"
     predict(synth_data, [strong], with_meta, **kw)
     predict(synth_data, [strong], without, meta=empty, **kw)
     assert with_meta.read_text() != without.read_text()
 
     # tta feeds the same metadata: its scores are the Dice of predict's CSV, with and without it
+    from util import csv_dice
+
     from boneseg.data.layout import discover
     from boneseg.workflows.validation import evaluate_policies
-    from util import csv_dice
 
     val = discover(synth_data, "train")[:3]
     scores = []
     for name, meta in (("with", synth_data), ("without", empty)):
         out = tmp_path / f"val-{name}.csv"
         predict(val, [strong], out, meta=meta, **kw)
-        report = evaluate_policies(synth_data, [strong], policies=["none"], samples=val, search=None, workers=0,
-                                   device="cpu", meta=None if name == "with" else meta)
+        report = evaluate_policies(
+            synth_data,
+            [strong],
+            policies=["none"],
+            samples=val,
+            search=None,
+            workers=0,
+            device="cpu",
+            meta=None if name == "with" else meta,
+        )
         got, want = report.policies["resize:none"]["per_class_dice"], csv_dice(out, val)
         np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-12)
         scores.append(list(got.values()))
@@ -141,6 +155,7 @@ def test_meta_and_boundary_train_save_and_predict(synth_data, tmp_path):
 
 
 # -- distance maps and the dtbce loss ----------------------------------------------------------------
+
 
 def test_distance_maps_are_signed_and_clipped():
     from boneseg.data.masks import DIST_ZERO, decode_distance, distance_maps
@@ -186,8 +201,8 @@ def test_dtbce_weighs_far_mistakes_more():
     loss = build_loss("dtbce")
     assert loss.needs_distance
     near, far = target.clone() * 20 - 10, target.clone() * 20 - 10
-    near[..., 9, 20] = 10       # a wrong pixel next to the edge
-    far[..., 39, 39] = 10       # a wrong pixel far from the bone
+    near[..., 9, 20] = 10  # a wrong pixel next to the edge
+    far[..., 39, 39] = 10  # a wrong pixel far from the bone
     assert loss(far, target, dist) > loss(near, target, dist)
     assert torch.equal(loss(near, target), loss(near, target, dist))  # computed from the target when not given
 

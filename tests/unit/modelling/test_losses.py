@@ -1,4 +1,5 @@
 """Loss terms on known inputs; every term is multilabel (overlapping classes stay independent)."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,11 +10,10 @@ from boneseg.errors import UsageError
 from boneseg.modelling.losses import LOSSES, build_loss, parse_loss
 
 
-
 def _overlapping_target():
     target = torch.zeros(2, 29, 16, 16)
     target[:, 0, 2:10, 2:10] = 1
-    target[:, 1, 6:14, 6:14] = 1   # overlaps class 0 on 6:10 x 6:10
+    target[:, 1, 6:14, 6:14] = 1  # overlaps class 0 on 6:10 x 6:10
     target[:, 28, :, 8:] = 1
     return target
 
@@ -68,8 +68,8 @@ def test_boundary_weights_errors_on_edges_more():
     target = _overlapping_target()
     logits = (target * 2 - 1) * 3.0
     edge_err, inner_err = logits.clone(), logits.clone()
-    edge_err[:, 0, 2, 2:10] *= -1     # flip the top edge row of class 0
-    inner_err[:, 0, 5, 2:10] *= -1    # flip an interior row of the same length
+    edge_err[:, 0, 2, 2:10] *= -1  # flip the top edge row of class 0
+    inner_err[:, 0, 5, 2:10] *= -1  # flip an interior row of the same length
     boundary = build_loss("boundary")
     assert boundary(edge_err, target) > boundary(inner_err, target)
     assert torch.isclose(build_loss("bce")(edge_err, target), build_loss("bce")(inner_err, target))

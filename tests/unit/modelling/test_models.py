@@ -1,4 +1,5 @@
 """Model factory, input normalisation and checkpoints, with tiny real smp models."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,9 +12,8 @@ from boneseg.engine.train import TrainConfig
 from boneseg.errors import CheckpointError, UsageError
 from boneseg.modelling.models import ALIASES, ARCHITECTURES, build_model, resolve_arch, resolve_encoder
 
-ENCODER = {"dpt": "tu-vit_tiny_patch16_224"}   # DPT needs a ViT encoder
-SIZE = {"pan": 128}                            # PAN's pyramid pooling needs >= 128 px
-
+ENCODER = {"dpt": "tu-vit_tiny_patch16_224"}  # DPT needs a ViT encoder
+SIZE = {"pan": 128}  # PAN's pyramid pooling needs >= 128 px
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -81,8 +81,10 @@ def test_checkpoint_roundtrip_and_refusals(tmp_path):
     config = {"arch": "unet", "encoder": "resnet18", "in_channels": 1, "mean": [0.5], "std": [0.25]}
     model = build_model(config)
     run = tmp_path / "run"
-    save_checkpoint(run / "best.pt", {"config": config, "model": model.state_dict(), "epoch": 1, "step": 3,
-                                      "metrics": {"val_dice": 0.5}})
+    save_checkpoint(
+        run / "best.pt",
+        {"config": config, "model": model.state_dict(), "epoch": 1, "step": 3, "metrics": {"val_dice": 0.5}},
+    )
     assert not [p for p in run.iterdir() if p.name != "best.pt"]
     loaded, cfg = load_model(run)
     assert cfg == config and not loaded.training

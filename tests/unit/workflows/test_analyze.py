@@ -1,4 +1,5 @@
 """`boneseg analyze`: run-length Dice against direct mask computation, similarity, JSON, plots, errors."""
+
 from __future__ import annotations
 
 import json
@@ -8,16 +9,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from util import square_polygons, write_dataset, write_label
 
 from boneseg import CLASSES, metrics, rle
-from boneseg.workflows.analysis import analyze, intersections, run_dice, runs_table, suggest_ensemble
 from boneseg.cli import main
 from boneseg.data.layout import discover
 from boneseg.data.masks import MaskCache, default_cache_dir
 from boneseg.errors import DataError, UsageError
 from boneseg.submission import SubmissionWriter
-
-from util import square_polygons, write_dataset, write_label
+from boneseg.workflows.analysis import analyze, intersections, run_dice, runs_table, suggest_ensemble
 
 
 def cli(capsys, *args):
@@ -65,6 +65,7 @@ def write_csv(path, names, masks):
 
 # -- the run-length sweep -------------------------------------------------------------------------
 
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 5), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
 def test_intersections_equal_mask_counts(seed, keys, pa, pb):
@@ -90,6 +91,7 @@ def test_empty_masks_follow_the_competition_rule():
 
 
 # -- against the labels ---------------------------------------------------------------------------
+
 
 def test_dice_equals_direct_computation(synth_data, tmp_path):
     samples, gt = truth_masks(synth_data)
@@ -145,8 +147,18 @@ def test_cli_json_schema_plots_and_force(synth_data, tmp_path, capsys):
     code, stdout, stderr = cli(capsys, "analyze", a, b, "--gt", synth_data, "--out", out, "--json", "--worst", "4")
     assert code == 0, stderr
     doc = json.loads(stdout)  # stdout holds the JSON only
-    assert set(doc) >= {"inputs", "images", "mean_dice", "per_class_dice", "per_image_dice", "worst_images",
-                        "area_ratio", "models", "similarity", "suggested_ensemble"}
+    assert set(doc) >= {
+        "inputs",
+        "images",
+        "mean_dice",
+        "per_class_dice",
+        "per_image_dice",
+        "worst_images",
+        "area_ratio",
+        "models",
+        "similarity",
+        "suggested_ensemble",
+    }
     assert doc["inputs"] == [str(a), str(b)] and doc["images"] == len(names)
     assert doc["mean_dice"] == doc["models"][str(a)]["mean_dice"] != doc["models"][str(b)]["mean_dice"]
     mean = np.array(doc["similarity"]["mean"])
@@ -180,6 +192,7 @@ def test_similarity_of_a_csv_with_itself_is_one(synth_data, tmp_path, capsys):
 
 
 # -- fold selection and errors --------------------------------------------------------------------
+
 
 def test_fold_restricts_to_validation_images(synth_data, tmp_path):
     from boneseg.data.split import make_splits
@@ -221,10 +234,7 @@ def test_errors_name_the_fault(synth_data, tmp_path, capsys):
 
 
 def test_suggest_ensemble_rule():
-    sim = np.array([[1.0, 0.97, 0.90, 0.93],
-                    [0.97, 1.0, 0.92, 0.95],
-                    [0.90, 0.92, 1.0, 0.94],
-                    [0.93, 0.95, 0.94, 1.0]])
+    sim = np.array([[1.0, 0.97, 0.90, 0.93], [0.97, 1.0, 0.92, 0.95], [0.90, 0.92, 1.0, 0.94], [0.93, 0.95, 0.94, 1.0]])
     # the best (1), then the least similar model within tolerance (2, not the weaker 0 or the similar 3)
     assert suggest_ensemble(sim, [0.90, 0.93, 0.925, 0.93], tolerance=0.01, max_models=2) == [1, 2]
     assert suggest_ensemble(sim, [0.90, 0.93, 0.80, 0.93], tolerance=0.01) == [1, 3]

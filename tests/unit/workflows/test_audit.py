@@ -1,5 +1,6 @@
 """Out-of-fold predictions (`boneseg oof`), the label audit (`boneseg audit`), `synth --label-errors` and
 `--exclude FILE` for eda and train."""
+
 from __future__ import annotations
 
 import csv
@@ -8,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from util import tiny_config, write_dataset
 
 from boneseg.cli import main
 from boneseg.data.layout import discover, png_shape
 from boneseg.data.masks import load_label, rasterize
 from boneseg.submission import SubmissionWriter, read_submission
-
-from util import tiny_config, write_dataset
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -41,6 +41,7 @@ def rows(path: Path) -> list[dict]:
 
 # -- the audit, measured on injected errors ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
     """The same phantom twice at 256 px: clean, and with one injected label error in 40% of the images."""
@@ -64,8 +65,12 @@ def noisy_truth_csv(clean: Path, out: Path) -> Path:
             shape = png_shape(s.image)
             masks = rasterize(load_label(s.label, shape).polygons, shape).view(np.uint8)
             masks = np.roll(masks, tuple(rng.integers(-2, 3, 2)), axis=(1, 2))
-            masks = np.stack([cv2.dilate(m, kernel) if rng.random() < 0.3 else cv2.erode(m, kernel)
-                              if rng.random() < 0.4 else m for m in masks])
+            masks = np.stack(
+                [
+                    cv2.dilate(m, kernel) if rng.random() < 0.3 else cv2.erode(m, kernel) if rng.random() < 0.4 else m
+                    for m in masks
+                ]
+            )
             w.write_masks(s.image_name, masks.view(np.bool_))
     return out
 
@@ -74,7 +79,9 @@ def test_synth_label_errors_keep_the_images_and_list_the_truth(phantoms):
     truth = rows(phantoms / "noisy" / "label_errors.csv")
     assert {r["kind"] for r in truth} == {"shift", "scale", "swap", "delete", "blob"}
     for sub in ("train/DCM",):
-        for a, b in zip(sorted((phantoms / "clean" / sub).rglob("*.png")), sorted((phantoms / "noisy" / sub).rglob("*.png"))):
+        for a, b in zip(
+            sorted((phantoms / "clean" / sub).rglob("*.png")), sorted((phantoms / "noisy" / sub).rglob("*.png"))
+        ):
             assert a.read_bytes() == b.read_bytes()
     deleted = next(r for r in truth if r["kind"] == "delete")
     label = next(s.label for s in discover(phantoms / "noisy") if s.image_name == deleted["image_name"])
@@ -84,14 +91,15 @@ def test_synth_label_errors_keep_the_images_and_list_the_truth(phantoms):
 def test_audit_ranks_the_injected_errors_first(phantoms, tmp_path, capsys):
     pred = noisy_truth_csv(phantoms / "clean", tmp_path / "pred.csv")
     out = tmp_path / "audit"
-    code, _, err = cli(capsys, "audit", phantoms / "noisy", "--pred", pred, "--out", out, "--min-score", "-100",
-                       "--crops", "3")
+    code, _, err = cli(
+        capsys, "audit", phantoms / "noisy", "--pred", pred, "--out", out, "--min-score", "-100", "--crops", "3"
+    )
     assert code == 0, err
     truth = {(r["image_name"], r["class"]) for r in rows(phantoms / "noisy" / "label_errors.csv")}
     ranked = [(r["image_name"], r["class"]) for r in rows(out / "suspects.csv")]
     n = len(truth)
     assert n >= 5
-    assert sum(t in set(ranked[:2 * n]) for t in truth) >= 0.8 * n
+    assert sum(t in set(ranked[: 2 * n]) for t in truth) >= 0.8 * n
     assert sum(p not in truth for p in ranked[:n]) <= 2
     scores = [float(r["score"]) for r in rows(out / "suspects.csv")]
     assert scores == sorted(scores, reverse=True)
@@ -135,6 +143,7 @@ def test_audit_reads_probabilities_and_refuses_foreign_predictions(phantoms, tmp
 
 
 # -- out-of-fold predictions ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def fold_runs(tmp_path_factory):
@@ -181,9 +190,29 @@ def test_train_exclude_names_an_unknown_image(fold_runs, tmp_path, capsys):
     data, _ = fold_runs
     listed = tmp_path / "leave-out.txt"
     listed.write_text("# suspects\nimage-that-is-not-there.png\n")
-    code, _, err = cli(capsys, "train", data, "--arch", "unet", "--encoder", "resnet18", "--size", "64",
-                       "--encoder-weights", "none", "--device", "cpu", "--workers", "0", "--max-steps", "1",
-                       "--exclude", listed, "--out", tmp_path / "run")
+    code, _, err = cli(
+        capsys,
+        "train",
+        data,
+        "--arch",
+        "unet",
+        "--encoder",
+        "resnet18",
+        "--size",
+        "64",
+        "--encoder-weights",
+        "none",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--max-steps",
+        "1",
+        "--exclude",
+        listed,
+        "--out",
+        tmp_path / "run",
+    )
     assert code == 1 and "image-that-is-not-there.png" in error_line(err)
     listed.write_text(f"{discover(data)[0].name}\n")
     from boneseg.engine.train import train

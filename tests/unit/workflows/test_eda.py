@@ -1,4 +1,5 @@
 """`boneseg eda` and the shared plotting helpers."""
+
 from __future__ import annotations
 
 import json
@@ -6,18 +7,16 @@ import json
 import cv2
 import numpy as np
 import pytest
+from util import square_polygons, write_dataset, write_label
 
 from boneseg import CLASSES
 from boneseg.classes import PALETTE
 from boneseg.cli import main
-from boneseg.data.layout import discover
+from boneseg.data.layout import discover, png_shape
 from boneseg.data.masks import MaskCache, default_cache_dir
-from boneseg.data.layout import png_shape
-from boneseg.workflows.eda import overlap_matrix, run_eda, self_intersections, write_eda
 from boneseg.errors import OutputExistsError
 from boneseg.plots import GT_COLOUR, PRED_COLOUR, overlay, overlay_compare, save_png
-
-from util import square_polygons, write_dataset, write_label
+from boneseg.workflows.eda import overlap_matrix, run_eda, self_intersections, write_eda
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -28,6 +27,7 @@ def is_png(path):
 
 
 # -- geometry -------------------------------------------------------------------------------------
+
 
 def test_self_intersections():
     square = np.array([[0, 0], [10, 0], [10, 10], [0, 10]])
@@ -60,6 +60,7 @@ def test_overlap_matrix_equals_brute_force():
 
 
 # -- the report -----------------------------------------------------------------------------------
+
 
 def test_report_numbers_match_the_masks(synth_data):
     report = run_eda(synth_data)
@@ -114,8 +115,8 @@ def test_label_problems_are_reported(tmp_path):
     samples = discover(data, "train")
     polys = square_polygons(64)
     polys["finger-4"] = [[0, 0], [20, 20], [20, 0], [0, 20]]  # bow-tie
-    polys["finger-7"] = [[30, 30], [31, 30], [31, 31]]         # tiny
-    polys["Ulna"] = [[50, 50], [70, 50], [70, 60]]             # outside the 64x64 image
+    polys["finger-7"] = [[30, 30], [31, 30], [31, 31]]  # tiny
+    polys["Ulna"] = [[50, 50], [70, 50], [70, 60]]  # outside the 64x64 image
     del polys["Radius"]
     write_label(samples[1].label, polys)
     (data / "test" / "DCM").mkdir(parents=True)  # an empty test folder
@@ -123,8 +124,12 @@ def test_label_problems_are_reported(tmp_path):
     doc = report.to_json()
     found = {(p["image"], p["class"], p["kind"]) for p in doc["problems"]["items"]}
     name = samples[1].name
-    assert found == {(name, "finger-4", "self_intersection"), (name, "finger-7", "tiny"),
-                     (name, "Ulna", "out_of_image"), (name, "Radius", "missing_class")}
+    assert found == {
+        (name, "finger-4", "self_intersection"),
+        (name, "finger-7", "tiny"),
+        (name, "Ulna", "out_of_image"),
+        (name, "Radius", "missing_class"),
+    }
     assert doc["problems"]["counts"] == {"self_intersection": 1, "tiny": 1, "out_of_image": 1, "missing_class": 1}
     assert doc["class_areas"]["Radius"]["missing"] == 1 and doc["class_areas"]["Ulna"]["count"] == len(samples) - 1
     assert doc["metadata"] is None and doc["counts"]["test_images"] == 0
@@ -143,6 +148,7 @@ def test_png_shape(tmp_path):
 
 
 # -- plotting helpers -----------------------------------------------------------------------------
+
 
 def test_overlay_colours_each_class():
     image = np.full((8, 8), 100, np.uint8)

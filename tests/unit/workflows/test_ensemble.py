@@ -1,4 +1,5 @@
 """`boneseg ensemble`: run-length hard voting, soft voting over probability folders, per-class plans."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ from typer.testing import CliRunner
 from boneseg import probs, rle
 from boneseg.classes import CLASSES
 from boneseg.cli import app
-from boneseg.workflows.ensemble import (hard_vote, per_class_from_scores, read_per_class, soft_vote, vote_runs)
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.submission import SubmissionWriter, read_submission
+from boneseg.workflows.ensemble import hard_vote, per_class_from_scores, read_per_class, soft_vote, vote_runs
 
 H, W = 24, 40
 IMAGES = [f"image16613190000{i:02d}.png" for i in range(3)]
@@ -29,7 +30,7 @@ def blob_masks(rng: np.random.Generator, n_images: int = len(IMAGES)) -> np.ndar
             if rng.random() < 0.1:
                 continue  # some empty masks
             y0, x0 = rng.integers(0, H - 2), rng.integers(0, W - 2)
-            out[i, c, y0:y0 + rng.integers(2, H), x0:x0 + rng.integers(2, W)] = True
+            out[i, c, y0 : y0 + rng.integers(2, H), x0 : x0 + rng.integers(2, W)] = True
             out[i, c] ^= rng.random((H, W)) < 0.08
     out[0, 0, :, :] = True  # a full mask: one run across every row
     return out
@@ -122,10 +123,15 @@ def test_weighted_vote_and_per_class_plan(inputs, tmp_path):
 
 
 def test_per_class_from_scores(tmp_path):
-    a = {"mean_dice": 0.9, "per_class_dice": {c: 0.9 for c in CLASSES}}
-    b = {"per_class_dice": {**{c: 0.8 for c in CLASSES}, "Pisiform": 0.95}}
-    tta = {"best": "hflip", "policies": {"none": {"per_class_dice": {c: 0.99 for c in CLASSES}},
-                                         "hflip": {"per_class_dice": {c: 0.7 for c in CLASSES} | {"Ulna": 0.97}}}}
+    a = {"mean_dice": 0.9, "per_class_dice": dict.fromkeys(CLASSES, 0.9)}
+    b = {"per_class_dice": {**dict.fromkeys(CLASSES, 0.8), "Pisiform": 0.95}}
+    tta = {
+        "best": "hflip",
+        "policies": {
+            "none": {"per_class_dice": dict.fromkeys(CLASSES, 0.99)},
+            "hflip": {"per_class_dice": dict.fromkeys(CLASSES, 0.7) | {"Ulna": 0.97}},
+        },
+    }
     (tmp_path / "a.json").write_text(json.dumps(a))
     plan = per_class_from_scores([tmp_path / "a.json", b, tta], ["a.csv", "b.csv", "c.csv"])
     assert plan["Pisiform"] == "b.csv" and plan["Ulna"] == "c.csv" and plan["Radius"] == "a.csv"
@@ -149,7 +155,7 @@ def test_mismatched_and_malformed_inputs_name_the_culprit(inputs, tmp_path):
     text = paths[2].read_text().splitlines()
     row = next(i for i, line in enumerate(text) if line.startswith(f"{IMAGES[1]},Lunate,"))
     bad = tmp_path / "bad.csv"
-    bad.write_text("\n".join(text[:row] + [f"{IMAGES[1]},Lunate,5 3 1 2"] + text[row + 1:]) + "\n")
+    bad.write_text("\n".join(text[:row] + [f"{IMAGES[1]},Lunate,5 3 1 2"] + text[row + 1 :]) + "\n")
     with pytest.raises(DataError, match=rf"bad.csv: image '{IMAGES[1]}', class 'Lunate': malformed RLE: run 2"):
         hard_vote([paths[0], paths[1], bad], tmp_path / "o.csv", shape=(H, W), workers=2)
     with pytest.raises(DataError, match=r"class 'finger-1': malformed RLE: run ends at pixel \d+, past the image"):
@@ -168,6 +174,7 @@ def test_mismatched_and_malformed_inputs_name_the_culprit(inputs, tmp_path):
 
 
 # -- soft vote ------------------------------------------------------------------------------------
+
 
 def write_probs(folder, qs, images=IMAGES):
     for name, q in zip(images, qs):
@@ -215,7 +222,7 @@ def test_soft_vote_rejects_mismatched_folders(prob_folders, tmp_path):
     fewer = write_probs(tmp_path / "fewer", qs[1][:2], IMAGES[:2])
     with pytest.raises(DataError, match=rf"fewer: lacks image '{IMAGES[2]}' \(in .*p0\)"):
         soft_vote([folders[0], fewer], tmp_path / "o.csv")
-    small = write_probs(tmp_path / "small", qs[1][:, :, :H // 2])
+    small = write_probs(tmp_path / "small", qs[1][:, :, : H // 2])
     with pytest.raises(DataError, match=rf"image '{IMAGES[0]}': probabilities of shape \({H // 2}, {W}\) in .*small"):
         soft_vote([folders[0], small], tmp_path / "o.csv", workers=1)
     with pytest.raises(DataError, match="probability folder not found"):
@@ -226,20 +233,49 @@ def test_soft_vote_rejects_mismatched_folders(prob_folders, tmp_path):
 
 # -- command line ---------------------------------------------------------------------------------
 
+
 def test_cli_hard_soft_and_scores(inputs, prob_folders, tmp_path):
     paths, masks = inputs
     runner = CliRunner()
-    res = runner.invoke(app, ["ensemble", *map(str, paths[:3]), "--vote", "hard", "--min-votes", "2",
-                              "--size", f"{H}x{W}", "--workers", "1"])
+    res = runner.invoke(
+        app,
+        [
+            "ensemble",
+            *map(str, paths[:3]),
+            "--vote",
+            "hard",
+            "--min-votes",
+            "2",
+            "--size",
+            f"{H}x{W}",
+            "--workers",
+            "1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("image_name,class,rle\n") and res.stdout.count("\n") == 1 + 29 * len(IMAGES)
 
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(json.dumps({"per_class_dice": {c: 0.9 for c in CLASSES}}))
-    b.write_text(json.dumps({"per_class_dice": {c: 0.5 for c in CLASSES} | {"Hamate": 0.99}}))
-    res = runner.invoke(app, ["ensemble", str(paths[0]), str(paths[1]), "--scores", str(a), "--scores", str(b),
-                              "--per-class-out", str(tmp_path / "plan.json"), "--size", f"{H}x{W}",
-                              "-o", str(tmp_path / "best.csv")])
+    a.write_text(json.dumps({"per_class_dice": dict.fromkeys(CLASSES, 0.9)}))
+    b.write_text(json.dumps({"per_class_dice": dict.fromkeys(CLASSES, 0.5) | {"Hamate": 0.99}}))
+    res = runner.invoke(
+        app,
+        [
+            "ensemble",
+            str(paths[0]),
+            str(paths[1]),
+            "--scores",
+            str(a),
+            "--scores",
+            str(b),
+            "--per-class-out",
+            str(tmp_path / "plan.json"),
+            "--size",
+            f"{H}x{W}",
+            "-o",
+            str(tmp_path / "best.csv"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["Hamate"] == str(paths[1]) and plan["Capitate"] == str(paths[0])
@@ -247,8 +283,21 @@ def test_cli_hard_soft_and_scores(inputs, prob_folders, tmp_path):
     np.testing.assert_array_equal(got[:, CLASSES.index("Hamate")], masks[1][:, CLASSES.index("Hamate")])
 
     folders, _ = prob_folders
-    res = runner.invoke(app, ["ensemble", *map(str, folders), "--weights", "1,1", "--weights", "2",
-                              "--threshold", "0.4", "-o", str(tmp_path / "soft.csv")])
+    res = runner.invoke(
+        app,
+        [
+            "ensemble",
+            *map(str, folders),
+            "--weights",
+            "1,1",
+            "--weights",
+            "2",
+            "--threshold",
+            "0.4",
+            "-o",
+            str(tmp_path / "soft.csv"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert read_submission(tmp_path / "soft.csv").images == IMAGES
 
@@ -257,11 +306,17 @@ def test_cli_errors_are_one_line(inputs, tmp_path):
     paths, _ = inputs
     bad = tmp_path / "bad.csv"
     bad.write_text(paths[0].read_text().replace(",Radius,", ",Radios,", 1))
-    res = subprocess.run([sys.executable, "-m", "boneseg", "ensemble", str(paths[0]), str(bad), "--size",
-                          f"{H}x{W}"], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "boneseg", "ensemble", str(paths[0]), str(bad), "--size", f"{H}x{W}"],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    line, = res.stderr.strip().splitlines()
+    (line,) = res.stderr.strip().splitlines()
     assert line.startswith(f"Error: {bad}: row ") and "unknown class 'Radios'" in line
-    res = subprocess.run([sys.executable, "-m", "boneseg", "ensemble", str(paths[0]), "--vote", "soft",
-                          "--min-votes", "1"], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "boneseg", "ensemble", str(paths[0]), "--vote", "soft", "--min-votes", "1"],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2 and res.stderr.strip() == "Error: --min-votes applies to --vote hard only"

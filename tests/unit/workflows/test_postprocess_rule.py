@@ -1,4 +1,5 @@
 """Per-class post-processing chosen on validation (nnU-Net's rule), saved for predict."""
+
 from __future__ import annotations
 
 import json
@@ -6,14 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from util import tiny_config
 
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.errors import DataError
 from boneseg.postprocess import RULES_FILE, postprocess_per_class, rules_list
 from boneseg.workflows.validation import choose_rules
-
-from util import tiny_config
-
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:
@@ -24,17 +23,21 @@ def test_rules_only_where_they_raise_dice():
     gt = np.zeros((NUM_CLASSES, 32, 32), bool)
     gt[:, 8:20, 8:20] = True
     pred = gt.copy()
-    pred[0, 28:30, 28:30] = True          # class 0: a spurious island -> a rule helps
+    pred[0, 28:30, 28:30] = True  # class 0: a spurious island -> a rule helps
     pred[1, 8:20, 8:20] = False
-    pred[1, 9:12, 9:12] = True            # class 1: a small true-ish fragment -> removing it would hurt
+    pred[1, 9:12, 9:12] = True  # class 1: a small true-ish fragment -> removing it would hurt
     pred[1, 14:19, 14:19] = True
     rules = choose_rules([pred, pred], [gt, gt])
     assert rules[CLASSES[0]]["dice_after"] > rules[CLASSES[0]]["dice_before"]
     assert rules[CLASSES[0]]["keep_largest"] or rules[CLASSES[0]]["min_area"] > 4
-    assert rules[CLASSES[1]] == {"keep_largest": False, "min_area": 0, "dice_before": rules[CLASSES[1]]["dice_before"],
-                                 "dice_after": rules[CLASSES[1]]["dice_before"]}
+    assert rules[CLASSES[1]] == {
+        "keep_largest": False,
+        "min_area": 0,
+        "dice_before": rules[CLASSES[1]]["dice_before"],
+        "dice_after": rules[CLASSES[1]]["dice_before"],
+    }
     assert all(r["dice_after"] >= r["dice_before"] for r in rules.values())
-    for c in range(2, NUM_CLASSES):        # perfect classes: nothing to gain, nothing applied
+    for c in range(2, NUM_CLASSES):  # perfect classes: nothing to gain, nothing applied
         assert not rules[CLASSES[c]]["keep_largest"] and rules[CLASSES[c]]["min_area"] == 0
     applied = postprocess_per_class(pred, rules_list({"classes": rules}))
     assert np.array_equal(applied[0], gt[0]) and np.array_equal(applied[1], pred[1])
@@ -62,7 +65,7 @@ def test_fit_after_training_and_predict_picks_it_up(synth_data, tmp_path):
 
     # Predict applies RUN/postprocess.json by itself: an all-keep-largest file equals --keep-largest.
     (run / RULES_FILE).write_text(json.dumps({"classes": {c: {"keep_largest": True, "min_area": 0} for c in CLASSES}}))
-    kw = dict(workers=0, device="cpu")
+    kw = {"workers": 0, "device": "cpu"}
     auto, flag, none, explicit = (tmp_path / f"{n}.csv" for n in ("auto", "flag", "none", "explicit"))
     predict(synth_data, [run], auto, **kw)
     predict(synth_data, [run], flag, keep_largest=True, postprocess_rules="none", **kw)

@@ -1,5 +1,6 @@
 """`boneseg pseudo`: predictions -> polygon labels in the train layout, confidence filtering, and the
 `pseudo` -> `train --pseudo` pair."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ from boneseg.data.masks import build_sample, load_label, rasterize
 from boneseg.data.synth import render_hand
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.metrics import dice
-from boneseg.workflows.pseudo import MANIFEST, make_pseudo, trace_polygon
 from boneseg.submission import SubmissionWriter
+from boneseg.workflows.pseudo import MANIFEST, make_pseudo, trace_polygon
 
 SIZE = 256
 
@@ -53,7 +54,7 @@ def write_sub(path, names, masks):
 def test_trace_polygon_keeps_the_largest_component():
     mask = np.zeros((20, 30), bool)
     mask[0:12, 20:30] = True  # touches the top and right borders
-    mask[15:17, 2:4] = True   # a smaller fragment, dropped
+    mask[15:17, 2:4] = True  # a smaller fragment, dropped
     pts = trace_polygon(mask)
     assert pts.dtype == np.int32 and pts.shape[1] == 2
     refill = rasterize({"Radius": pts}, mask.shape)[CLASSES.index("Radius")]
@@ -155,8 +156,23 @@ def test_agreement_filter_with_other_predictions(test_set, tmp_path):
     assert both.left_out == [{"image": names[3], "reason": "not predicted by probs"}]
     with pytest.raises(UsageError, match="--agree-with"):
         make_pseudo(sub, root, tmp_path / "r", min_agreement=0.5)
-    res = CliRunner().invoke(app, ["pseudo", str(sub), str(root), "-o", str(tmp_path / "cli"), "--agree-with",
-                                   str(second), "--min-agreement", "0.9", "--workers", "1", "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "pseudo",
+            str(sub),
+            str(root),
+            "-o",
+            str(tmp_path / "cli"),
+            "--agree-with",
+            str(second),
+            "--min-agreement",
+            "0.9",
+            "--workers",
+            "1",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["written"] == 3
 
@@ -169,17 +185,22 @@ def test_errors_and_overwrite_rules(test_set, tmp_path):
     stranger = write_sub(tmp_path / "stranger.csv", names[:1] + ["ID099/image1.png"], masks[:2])
     with pytest.raises(DataError, match=r"stranger.csv: predicts image 'image1.png' that .* lacks"):
         make_pseudo(stranger, root, tmp_path / "o")
-    text = sub.read_text().replace(f"{os.path.basename(names[2])},Capitate,", f"{os.path.basename(names[2])},Capitate,9 x ")
+    text = sub.read_text().replace(
+        f"{os.path.basename(names[2])},Capitate,", f"{os.path.basename(names[2])},Capitate,9 x "
+    )
     (tmp_path / "bad.csv").write_text(text)
-    with pytest.raises(DataError, match=rf"bad.csv: image '{os.path.basename(names[2])}', class 'Capitate': malformed RLE"):
+    with pytest.raises(
+        DataError, match=rf"bad.csv: image '{os.path.basename(names[2])}', class 'Capitate': malformed RLE"
+    ):
         make_pseudo(tmp_path / "bad.csv", root, tmp_path / "o", workers=1)
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))  # staging cleaned up
 
     make_pseudo(sub, root, tmp_path / "o", workers=1)
     with pytest.raises(OutputExistsError):
         make_pseudo(sub, root, tmp_path / "o", workers=1)
-    again = make_pseudo(write_sub(tmp_path / "two.csv", names[:2], masks[:2]), root, tmp_path / "o", workers=1,
-                        force=True)
+    again = make_pseudo(
+        write_sub(tmp_path / "two.csv", names[:2], masks[:2]), root, tmp_path / "o", workers=1, force=True
+    )
     assert len(again.written) == 2 and len(discover(tmp_path / "o")) == 2
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
@@ -190,8 +211,9 @@ def test_errors_and_overwrite_rules(test_set, tmp_path):
 def test_cli_json(test_set, tmp_path):
     root, names, masks = test_set
     sub = write_sub(tmp_path / "sub.csv", names, masks)
-    res = CliRunner().invoke(app, ["pseudo", str(sub), str(root), "-o", str(tmp_path / "ps"), "--copy",
-                                   "--workers", "1", "--json"])
+    res = CliRunner().invoke(
+        app, ["pseudo", str(sub), str(root), "-o", str(tmp_path / "ps"), "--copy", "--workers", "1", "--json"]
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["written"] == 4 and doc["left_out"] == [] and doc["refill_dice_min"] >= 0.97
@@ -206,16 +228,51 @@ def test_pseudo_then_train_mixes_them_in(synth_data, tmp_path):
         for s, t in zip(test_s, train_s):
             w.write_masks(s.image_name, build_sample(t).masks)
     runner = CliRunner()
-    res = runner.invoke(app, ["pseudo", str(tmp_path / "sub.csv"), str(synth_data), "-o", str(tmp_path / "pseudo"),
-                              "--workers", "1", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "pseudo",
+            str(tmp_path / "sub.csv"),
+            str(synth_data),
+            "-o",
+            str(tmp_path / "pseudo"),
+            "--workers",
+            "1",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["written"] == len(test_s)
-    res = runner.invoke(app, ["train", str(synth_data), "--pseudo", str(tmp_path / "pseudo"), "--arch", "unet",
-                              "--encoder", "resnet18", "--encoder-weights", "none", "--size", "64", "--epochs", "1",
-                              "--batch-size", "2", "--device", "cpu", "--workers", "0", "-o", str(tmp_path / "run"),
-                              "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(synth_data),
+            "--pseudo",
+            str(tmp_path / "pseudo"),
+            "--arch",
+            "unet",
+            "--encoder",
+            "resnet18",
+            "--encoder-weights",
+            "none",
+            "--size",
+            "64",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "-o",
+            str(tmp_path / "run"),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    summary = json.loads(res.stdout[res.stdout.index("{") :])
     assert summary["epochs_done"] == 1
     assert summary["train_images"] == len(train_s) - summary["val_images"] + len(test_s)  # pseudo images mixed in
     assert json.loads((tmp_path / "run" / "config.json").read_text())["pseudo"] == [str(tmp_path / "pseudo")]

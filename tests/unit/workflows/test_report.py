@@ -1,4 +1,5 @@
 """`boneseg report`: the folder it writes, its errors, and the page working in headless Chromium."""
+
 from __future__ import annotations
 
 import json
@@ -6,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from util import browse, write_dataset
 
 from boneseg import CLASSES
 from boneseg.cli import main
 from boneseg.data.layout import discover
 from boneseg.data.masks import MaskCache, default_cache_dir
 from boneseg.submission import SubmissionWriter
-
-from util import browse, write_dataset
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -41,7 +41,7 @@ def data(tmp_path_factory):
     cache = MaskCache(default_cache_dir(root))
     truth = np.stack([cache.get(s).masks for s in samples])
     model_a, model_b = truth.copy(), truth.copy()
-    model_a[0, 3] = False                  # image 0: class 3 missed entirely
+    model_a[0, 3] = False  # image 0: class 3 missed entirely
     model_a[1, 5] = np.roll(truth[1, 5], 6, axis=1)
     model_b[:, 7] = np.roll(truth[:, 7], 3, axis=0)
     for name, masks in (("a.csv", model_a), ("b.csv", model_b)):
@@ -50,23 +50,25 @@ def data(tmp_path_factory):
                 w.write_masks(s.image_name, m)
     audit = root.parent / "audit"
     audit.mkdir()
-    (audit / "suspects.csv").write_text("image_name,class,kind,score\n"
-                                        f"{samples[2].image_name},{CLASSES[9]},missing,0.9\n"
-                                        "elsewhere.png,finger-1,shifted,0.5\n")
-    return {"root": root, "a": root.parent / "a.csv", "b": root.parent / "b.csv", "audit": audit,
-            "samples": samples}
+    (audit / "suspects.csv").write_text(
+        "image_name,class,kind,score\n"
+        f"{samples[2].image_name},{CLASSES[9]},missing,0.9\n"
+        "elsewhere.png,finger-1,shifted,0.5\n"
+    )
+    return {"root": root, "a": root.parent / "a.csv", "b": root.parent / "b.csv", "audit": audit, "samples": samples}
 
 
 def page_data(index: Path) -> dict:
     html = index.read_text()
     start = html.index('type="application/json">') + len('type="application/json">')
-    return json.loads(html[start:html.index("</script>", start)])
+    return json.loads(html[start : html.index("</script>", start)])
 
 
 def test_report_folder(data, tmp_path, capsys):
     out = tmp_path / "rep"
-    code, _, err = cli(capsys, "report", data["a"], data["b"], "--gt", data["root"], "--audit", data["audit"],
-                       "-o", out)
+    code, _, err = cli(
+        capsys, "report", data["a"], data["b"], "--gt", data["root"], "--audit", data["audit"], "-o", out
+    )
     assert code == 0, err
     assert f"wrote {out / 'index.html'}" in err
     assert "Warning: 1 audit suspect(s) name images outside the report" in err
@@ -89,8 +91,7 @@ def test_report_folder(data, tmp_path, capsys):
 
 def test_report_without_labels_uses_images(data, tmp_path, capsys):
     out = tmp_path / "rep"
-    code, _, err = cli(capsys, "report", data["a"], "--images", data["root"] / "train" / "DCM", "--size", 64,
-                       "-o", out)
+    code, _, err = cli(capsys, "report", data["a"], "--images", data["root"] / "train" / "DCM", "--size", 64, "-o", out)
     assert code == 0, err
     page = page_data(out / "index.html")
     assert not page["labels"] and page["dice"] is None and len(page["images"]) == len(data["samples"])
@@ -99,12 +100,15 @@ def test_report_without_labels_uses_images(data, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("suspects, message", [
-    (None, "no suspects.csv in it"),
-    ("image_name,class,score\n", "header lacks kind"),
-    ("image_name,class,kind,score\nx.png,finger-30,a,1\n", "line 2: unknown class 'finger-30'"),
-    ("image_name,class,kind,score\nx.png,finger-3,a,nan\n", "line 2: score 'nan' is not a finite number"),
-])
+@pytest.mark.parametrize(
+    "suspects, message",
+    [
+        (None, "no suspects.csv in it"),
+        ("image_name,class,score\n", "header lacks kind"),
+        ("image_name,class,kind,score\nx.png,finger-30,a,1\n", "line 2: unknown class 'finger-30'"),
+        ("image_name,class,kind,score\nx.png,finger-3,a,nan\n", "line 2: score 'nan' is not a finite number"),
+    ],
+)
 def test_report_bad_audit(data, tmp_path, capsys, suspects, message):
     audit = tmp_path / "audit"
     audit.mkdir()
@@ -115,9 +119,11 @@ def test_report_bad_audit(data, tmp_path, capsys, suspects, message):
     assert not (tmp_path / "r").exists()
 
 
-OVERLAY_PIXELS = ("(() => { const c = document.getElementById('viewer-canvas'); "
-                  "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; "
-                  "let s = 0; for (let k = 3; k < d.length; k += 4) s += d[k] > 0; return s; })()")
+OVERLAY_PIXELS = (
+    "(() => { const c = document.getElementById('viewer-canvas'); "
+    "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; "
+    "let s = 0; for (let k = 3; k < d.length; k += 4) s += d[k] > 0; return s; })()"
+)
 
 
 def renders(page, n: int) -> None:
@@ -128,8 +134,9 @@ def test_report_in_headless_chromium(data, tmp_path, capsys):
     """The page opens from file://, draws every gallery item, toggling a class changes the overlay, no
     console errors and no request outside the report folder."""
     out = tmp_path / "rep"
-    code, _, err = cli(capsys, "report", data["a"], data["b"], "--gt", data["root"], "--audit", data["audit"],
-                       "-o", out)
+    code, _, err = cli(
+        capsys, "report", data["a"], data["b"], "--gt", data["root"], "--audit", data["audit"], "-o", out
+    )
     assert code == 0, err
     with browse(out / "index.html") as (page, errors, requests):
         page.click('a[data-tab="gallery"]')
@@ -137,8 +144,9 @@ def test_report_in_headless_chromium(data, tmp_path, capsys):
         assert items.count() == len(data["samples"])
         # sorted by the worst class of the first model: image 0 (class 3 missed, Dice 0) comes first
         assert items.first.get_attribute("data-index") == "0"
-        page.wait_for_function("[...document.querySelectorAll('#gallery-items img')]"
-                               ".every(i => i.complete && i.naturalWidth)")
+        page.wait_for_function(
+            "[...document.querySelectorAll('#gallery-items img')].every(i => i.complete && i.naturalWidth)"
+        )
         items.first.click()
         renders(page, 1)
         before = page.evaluate(OVERLAY_PIXELS)

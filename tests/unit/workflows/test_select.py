@@ -1,5 +1,6 @@
 """`boneseg select`: greedy ensemble selection on OOF predictions built from the phantom's true masks with
 controlled per-class degradation, where the right answer is known; `ensemble` applies the plan."""
+
 from __future__ import annotations
 
 import json
@@ -53,11 +54,11 @@ def oof(synth_data, tmp_path_factory):
             probs.save(folder / name, image, np.stack([value(c, m) for c, m in enumerate(masks)]).astype(np.uint8))
         probs.write_manifest(folder / name, sorted(truth), [name])
 
-    csv("fingers", lambda c, m: m if FINGER[c] else erode(m))   # right on fingers only
-    csv("carpals", lambda c, m: erode(m) if FINGER[c] else m)   # right on the others only
-    csv("copy", lambda c, m: m if FINGER[c] else erode(m))      # a duplicate of "fingers"
-    csv("weak", lambda c, m: np.roll(m, 9, axis=1))             # wrong everywhere
-    for k in range(3):                                          # each misses a different third of the rows
+    csv("fingers", lambda c, m: m if FINGER[c] else erode(m))  # right on fingers only
+    csv("carpals", lambda c, m: erode(m) if FINGER[c] else m)  # right on the others only
+    csv("copy", lambda c, m: m if FINGER[c] else erode(m))  # a duplicate of "fingers"
+    csv("weak", lambda c, m: np.roll(m, 9, axis=1))  # wrong everywhere
+    for k in range(3):  # each misses a different third of the rows
         rows = (np.arange(256) % 3 == k)[:, None]
         csv(f"third{k}", lambda c, m, rows=rows: m & ~rows)
     # soft: "faint" is right everywhere but only 100/255 sure on the non-finger classes (off at 0.5)
@@ -75,12 +76,22 @@ def plan_dice(capsys, folder, inputs, plan, data) -> float:
     return json.loads(stdout)["mean_dice"]
 
 
-def test_per_class_hard_selection_finds_the_known_answer_and_ensemble_scores_what_it_promised(oof, synth_data,
-                                                                                              capsys):
+def test_per_class_hard_selection_finds_the_known_answer_and_ensemble_scores_what_it_promised(oof, synth_data, capsys):
     names = ["fingers", "carpals", "copy", "weak"]
     inputs = [oof / f"{n}.csv" for n in names]
-    code, _, err = cli(capsys, "select", *inputs, "--gt", synth_data, "--splits", oof / "splits.json",
-                       "--steps", 4, "-o", oof / "plan.json")
+    code, _, err = cli(
+        capsys,
+        "select",
+        *inputs,
+        "--gt",
+        synth_data,
+        "--splits",
+        oof / "splits.json",
+        "--steps",
+        4,
+        "-o",
+        oof / "plan.json",
+    )
     assert code == 0, err
     plan = json.loads((oof / "plan.json").read_text())
     assert plan["vote"] == "hard" and plan["folds"] == [0, 1]
@@ -90,8 +101,9 @@ def test_per_class_hard_selection_finds_the_known_answer_and_ensemble_scores_wha
     assert plan["best_single"]["input"] == str(inputs[0]) and plan["best_single"]["noise"] is False
     assert all(step["noise"] for step in plan["steps"][1:])  # nothing left to gain after step 1
     assert "noise" in err and "plan: OOF Dice 1.0000" in err
-    assert plan_dice(capsys, oof, inputs, oof / "plan.json", synth_data) == pytest.approx(plan["score"]["mean"],
-                                                                                          abs=1e-12)
+    assert plan_dice(capsys, oof, inputs, oof / "plan.json", synth_data) == pytest.approx(
+        plan["score"]["mean"], abs=1e-12
+    )
 
 
 def test_hard_majority_of_three_beats_each_model_and_overall_mode_shares_one_ensemble(oof, synth_data, capsys):
@@ -111,8 +123,22 @@ def test_hard_majority_of_three_beats_each_model_and_overall_mode_shares_one_ens
 
 def test_soft_selection_tunes_thresholds_and_ensemble_applies_them(oof, synth_data, capsys):
     inputs = [oof / "faint", oof / "pweak"]
-    code, _, err = cli(capsys, "select", *inputs, "--gt", synth_data, "--splits", oof / "splits.json",
-                       "--tune-thresholds", "--steps", 2, "--workers", 1, "-o", oof / "soft.json")
+    code, _, err = cli(
+        capsys,
+        "select",
+        *inputs,
+        "--gt",
+        synth_data,
+        "--splits",
+        oof / "splits.json",
+        "--tune-thresholds",
+        "--steps",
+        2,
+        "--workers",
+        1,
+        "-o",
+        oof / "soft.json",
+    )
     assert code == 0, err
     plan = json.loads((oof / "soft.json").read_text())
     assert plan["vote"] == "soft" and plan["score"]["mean"] == 1.0
@@ -133,10 +159,16 @@ def test_plans_are_applied_only_as_made_and_bad_inputs_are_one_line(oof, synth_d
     base = ["--gt", synth_data, "--splits", oof / "splits.json"]
     cases = [
         (["ensemble", *folders, "--per-class", oof / "hard.json", "-o", oof / "x.csv"], 1, "a plan for a hard vote"),
-        (["ensemble", *folders, "--per-class", oof / "soft1.json", "--threshold", "0.4", "-o", oof / "x.csv"], 2,
-         "carries its own thresholds"),
-        (["ensemble", *csvs, oof / "weak.csv", "--per-class", oof / "hard.json", "-o", oof / "x.csv"], 1,
-         "expected 3 weights"),
+        (
+            ["ensemble", *folders, "--per-class", oof / "soft1.json", "--threshold", "0.4", "-o", oof / "x.csv"],
+            2,
+            "carries its own thresholds",
+        ),
+        (
+            ["ensemble", *csvs, oof / "weak.csv", "--per-class", oof / "hard.json", "-o", oof / "x.csv"],
+            1,
+            "expected 3 weights",
+        ),
         (["select", *csvs, *base, "--tune-thresholds", "-o", oof / "y.json"], 2, "--vote soft only"),
         (["select", csvs[0], folders[0], *base, "-o", oof / "y.json"], 2, "mix folders and files"),
         (["select", *csvs, *base, "--steps", 0, "-o", oof / "y.json"], 2, "--steps"),
@@ -152,12 +184,22 @@ def test_plans_are_applied_only_as_made_and_bad_inputs_are_one_line(oof, synth_d
 def test_oof_images_must_be_labelled_train_images_of_two_folds(oof, synth_data, tmp_path, capsys):
     foreign = tmp_path / "foreign.csv"
     foreign.write_text((oof / "fingers.csv").read_text().replace("\nimage", "\nother"))
-    code, _, err = cli(capsys, "select", foreign, "--gt", synth_data, "--splits", oof / "splits.json",
-                       "-o", tmp_path / "p.json")
+    code, _, err = cli(
+        capsys, "select", foreign, "--gt", synth_data, "--splits", oof / "splits.json", "-o", tmp_path / "p.json"
+    )
     assert code == 1 and "not among the labelled train images" in err
     one_fold = json.loads((oof / "splits.json").read_text())
-    one_fold["assignments"] = {k: 0 for k in one_fold["assignments"]}
+    one_fold["assignments"] = dict.fromkeys(one_fold["assignments"], 0)
     (tmp_path / "one.json").write_text(json.dumps(one_fold))
-    code, _, err = cli(capsys, "select", oof / "fingers.csv", "--gt", synth_data, "--splits", tmp_path / "one.json",
-                       "-o", tmp_path / "p.json")
+    code, _, err = cli(
+        capsys,
+        "select",
+        oof / "fingers.csv",
+        "--gt",
+        synth_data,
+        "--splits",
+        tmp_path / "one.json",
+        "-o",
+        tmp_path / "p.json",
+    )
     assert code == 1 and "at least 2 folds" in err and not (tmp_path / "p.json").exists()
