@@ -117,6 +117,7 @@ def test_interrupt_says_what_was_kept(command, target, args, kept, tmp_path, mon
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
+    _import_every_module()  # none may first import (and keep) the patched function below
     monkeypatch.chdir(tmp_path)
     write_csv(tmp_path / "a.csv")
     write_csv(tmp_path / "b.csv")
@@ -124,6 +125,16 @@ def test_interrupt_says_what_was_kept(command, target, args, kept, tmp_path, mon
     code, _, err = cli(capsys, command, *args)
     line = one_error(err)
     assert code == 130 and line.startswith(f"Error: {command} interrupted") and kept in line and "rerun" in line
+
+
+def _import_every_module() -> None:
+    import importlib
+    import pkgutil
+
+    import boneseg
+
+    for info in pkgutil.walk_packages(boneseg.__path__, "boneseg."):
+        importlib.import_module(info.name)
 
 
 # -- item 3: one tool ----------------------------------------------------------------------------------
