@@ -15,11 +15,11 @@ class Compiled(torch.nn.Module):
     `BonesegWarning` says why and every later call runs `module` uncompiled. Parameters, modes and devices are
     `module`'s own (``.module``, as under DDP); checkpoints are taken from `module`, never from this wrapper."""
 
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, module: torch.nn.Module, **options):
         super().__init__()
         self.module = module
         try:
-            compiled = torch.compile(module)
+            compiled = torch.compile(module, **options)
         except Exception as e:  # noqa: BLE001 - any failure of the compiler means: run uncompiled
             compiled = None
             _fall_back(e)
@@ -46,11 +46,11 @@ def _fall_back(error: Exception) -> None:
     )
 
 
-def compile_model(model):
-    """`model` wrapped in `Compiled` when it is a torch module; anything else (an exported graph) as it is,
-    with a `BonesegWarning`."""
+def compile_model(model, **options):
+    """`model` wrapped in `Compiled` (`options` go to ``torch.compile``, e.g. ``backend``) when it is a torch
+    module; anything else (an exported graph) as it is, with a `BonesegWarning`."""
     if isinstance(model, torch.nn.Module):
-        return Compiled(model)
+        return Compiled(model, **options)
     warnings.warn(
         f"--compile: {type(model).__name__} is not a torch model; running it as it is", BonesegWarning, stacklevel=2
     )
