@@ -63,8 +63,7 @@ def main() -> None:
     gpu = (
         previous.split(GPU_MARK, 1)[1]
         if GPU_MARK in previous
-        else "\n## GPU\n\nNot measured yet: run "
-        "`python benchmarks/bench_gpu_train.py` and `python benchmarks/bench_gpu_predict.py` on a CUDA machine.\n"
+        else "\n## GPU\n\nNot measured yet: run `python benchmarks/gpu_suite.py --out docs/benchmarks.md` on a GPU.\n"
     )
     today = datetime.date.today().isoformat()
     text = (

@@ -95,6 +95,9 @@ def predict_command(
     device: str = DEVICE,
     batch_size: int = BATCH,
     amp: bool = AMP,
+    compile: bool = typer.Option(
+        False, "--compile", help="torch.compile each model (falls back, with a warning, where it fails)."
+    ),
     workers: int = WORKERS,
     force: bool = typer.Option(False, "--force", help="Overwrite an existing CSV / non-empty --save-probs folder."),
 ) -> None:
@@ -128,6 +131,7 @@ def predict_command(
             overlap=overlap,
             batch_size=batch_size,
             amp=amp,
+            compile=compile,
             wrist_model=wrist_model,
             postprocess_rules=postprocess,
             meta=meta,

@@ -96,6 +96,11 @@ def train_command(
     channels_last: bool | None = typer.Option(
         None, "--channels-last/--no-channels-last", help="channels_last memory format \\[default: on with CUDA]."
     ),
+    compile: bool = typer.Option(
+        False,
+        "--compile",
+        help="torch.compile the model for the training steps (falls back, with a warning, where it fails).",
+    ),
     workers: int | None = typer.Option(None, "--workers", "-j", help="Data-loader worker processes \\[default: 2]."),
     seed: int | None = typer.Option(
         None, "--seed", help="Seed for folds, initialisation, order and augmentation \\[default: 0]."
@@ -281,6 +286,7 @@ def train_command(
         "wrist": wrist or None,
         "tensorboard": tensorboard or None,
         "skip_bad": skip_bad or None,
+        "compile": compile or None,
     }
     config: dict[str, Any] = {}
     if config_file is not None:

@@ -81,6 +81,7 @@ class TrainConfig:
     amp: bool | None = None
     amp_dtype: str = "bf16"
     channels_last: bool | None = None
+    compile: bool = False
     workers: int = 2
     seed: int = 0
     max_steps: int | None = None
@@ -207,6 +208,7 @@ RUNTIME = (
     "dist_timeout",
     "skip_bad",
     "channels_last",
+    "compile",
     "tensorboard",
     "log",
     "log_images",
@@ -717,10 +719,11 @@ def init_weights(model: torch.nn.Module, init: dict, path: str) -> str:
 def build_state(
     cfg: TrainConfig, info: D.DistInfo, steps_per_epoch: int, init: dict | None = None, reporter: Reporter = SILENT
 ) -> State:
-    """Model (on device, channels_last / SyncBN / DDP as fit; weights from the `load_init` checkpoint
-    `init` when given), optimiser, schedule, scaler and EMA."""
+    """Model (on device, channels_last / SyncBN / DDP as fit, `--compile`d for the training steps; weights
+    from the `load_init` checkpoint `init` when given), optimiser, schedule, scaler and EMA."""
     from boneseg.engine.ema import ModelEMA
     from boneseg.engine.optim import LRSchedule, build_optimizer
+    from boneseg.modelling.compile import compile_model
     from boneseg.modelling.models import build_model
 
     model = build_model(cfg.to_dict())
@@ -732,9 +735,9 @@ def build_state(
     model = model.to(info.device)
     if _channels_last(cfg, info):
         model = model.to(memory_format=torch.channels_last)
-    net = model
+    net = compile_model(model) if cfg.compile else model
     if info.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[info.device] if cuda else None)
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[info.device] if cuda else None)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
     total = cfg.epochs * steps_per_epoch
     schedule = LRSchedule(optimizer, cfg.scheduler, total, warmup=round(cfg.warmup * steps_per_epoch))
@@ -843,7 +846,7 @@ def _epoch_steps(
         no_sync = st.net.no_sync() if (info.enabled and not sync) else contextlib.nullcontext()
         with no_sync:
             with _autocast(cfg, info):
-                out = st.net(x, **heads.model_kwargs(st.net, batch, device))
+                out = st.net(x, **heads.model_kwargs(st.model, batch, device))
             logits = out["masks"] if isinstance(out, dict) else out
             loss = _seg_loss(criterion, logits, target, batch, cfg, device)
             if isinstance(out, dict):

@@ -170,6 +170,7 @@ class Predictor:
         window: sliding tile side (default: each model's training ``crop``, else its ``size``).
         overlap: sliding overlap fraction. batch_size: tiles (sliding) per forward.
         amp: fp16 autocast on CUDA.
+        compile: run each torch model through ``torch.compile`` (`boneseg.modelling.compile`).
     """
 
     def __init__(
@@ -181,6 +182,7 @@ class Predictor:
         overlap: float = 0.5,
         batch_size: int = 4,
         amp: bool = True,
+        compile: bool = False,
     ):
         if not models:
             raise UsageError("give at least one model with -m CKPT")
@@ -199,6 +201,11 @@ class Predictor:
             for lm in self.models:
                 if isinstance(lm.model, torch.nn.Module):
                     lm.model.to(memory_format=torch.channels_last)
+        if compile:
+            from boneseg.modelling.compile import compile_model
+
+            for lm in self.models:
+                lm.model = compile_model(lm.model)
         self.unified = [i for i, lm in enumerate(self.models) if lm.unify]
 
     @staticmethod

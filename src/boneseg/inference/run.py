@@ -271,6 +271,7 @@ def predict(
     overlap: float = 0.5,
     batch_size: int = 4,
     amp: bool = True,
+    compile: bool = False,
     wrist_model: str | os.PathLike | None = None,
     postprocess_rules: str | os.PathLike | None = "auto",
     meta: str | os.PathLike | None = None,
@@ -290,7 +291,7 @@ def predict(
         save_probs: folder for uint8 probabilities (`boneseg.probs`), for soft voting and pseudo-labels.
         workers: data-loader processes. force: overwrite existing outputs.
         reporter: where the progress goes (`boneseg.progress`; rank 0 only).
-        weights, device, size, window, overlap, batch_size, amp: see `Predictor`.
+        weights, device, size, window, overlap, batch_size, amp, compile: see `Predictor`.
         wrist_model: a wrist second-stage checkpoint (`boneseg.data.wrist`): its carpal predictions, on the crop
             around the first stage's carpals, replace the first stage's.
         postprocess_rules: ``auto`` (the ``postprocess.json`` of a single model's run folder, see
@@ -341,7 +342,15 @@ def predict(
         models
         if isinstance(models, Predictor)
         else Predictor.from_checkpoints(
-            runs, weights, info.device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp
+            runs,
+            weights,
+            info.device,
+            size=size,
+            window=window,
+            overlap=overlap,
+            batch_size=batch_size,
+            amp=amp,
+            compile=compile,
         )
     )
     if policy.hflip and predictor.unified:

@@ -27,7 +27,8 @@ class ImageStages:
         the crop around the first stage's carpals, replace the first stage's."""
         from boneseg.modelling import heads
 
-        self.film: list[Any] = [lm.model for lm in predictor.models if getattr(lm.model, "wants_meta", False)]
+        models = [heads.unwrap(lm.model) for lm in predictor.models]  # under --compile too
+        self.film: list[Any] = [m for m in models if getattr(m, "wants_meta", False)]
         self.table = heads.meta_table(meta) if self.film and meta is not None else {}
         if self.film and not self.table:
             warnings.warn(
