@@ -15,7 +15,7 @@ def split_command(
     folds: int = typer.Option(5, "--folds", "-k", help="Number of folds."),
     seed: int = typer.Option(0, "--seed", help="Shuffling seed (same seed, same folds)."),
     stratify: str = typer.Option(
-        "none", "--stratify", help="Balance folds by: none, side (hand side) or tilt (wrist tilt)."
+        None, "--stratify", help="Balance folds by: none, side (hand side) or tilt (wrist tilt) \\[default: none]."
     ),
     out: str = typer.Option("-", "--out", "-o", help="Output JSON file ('-' for stdout)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
@@ -32,7 +32,7 @@ def split_command(
     if not is_stdout(out):
         check_output(out, force)
     samples = discover(data)
-    splits = make_splits(samples, folds=folds, seed=seed, stratify=None if stratify == "none" else stratify)
+    splits = make_splits(samples, folds=folds, seed=seed, stratify=stratify)
     write_json(out, splits, force=force)
     if not is_stdout(out):
         images = Counter(splits["assignments"].values())
