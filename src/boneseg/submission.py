@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -97,7 +97,7 @@ class Submission:
         return rle_mod.decode_stack(self.image_rles(image), shape, labels)
 
 
-def csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
+def csv_rows(path: str | os.PathLike) -> Generator[tuple[int, list[str]], None, None]:
     """(first line number, fields) of each data row of a submission CSV (``-``: standard input); checks the
     header.
 

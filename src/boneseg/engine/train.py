@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -122,7 +122,7 @@ class TrainConfig:
     @classmethod
     def from_any(cls, config: TrainConfig | dict) -> TrainConfig:
         """A config from a dataclass or a dict; unknown keys raise `UsageError` with suggestions."""
-        if isinstance(config, cls):
+        if isinstance(config, TrainConfig):
             return dataclasses.replace(config)
         names = {f.name for f in dataclasses.fields(cls)}
         derived = {"in_channels", "classes", "unify_hands"}
@@ -459,11 +459,12 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, reporter: Reporter, check_onl
             MaskCache(Path(cfg.cache_dir) / f"pseudo-{i}") if cfg.cache_dir else MaskCache(default_cache_dir(folder))
         )
         train_items += [Item(s, pcache) for s in discover(folder, skip_bad=cfg.skip_bad)]
-    bad_names = [None]
+    bad_names: list[list[str] | None] = [None]
     if info.is_main:
         items = train_items + val_items
         if check_only:
-            items = [Item(it.sample, _ReadCheck()) for it in items]
+            check = cast(MaskCache, _ReadCheck())  # duck-typed: prepare_cache calls only fresh and get
+            items = [Item(it.sample, check) for it in items]
         bad = prepare_cache(
             items,
             cfg.size,
@@ -572,7 +573,8 @@ class State:
 
 
 def _rng_state() -> dict:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # the legacy MT19937 state (numpy's stub also allows a dict)
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -662,6 +664,7 @@ def load_init(cfg: TrainConfig) -> dict:
     """
     from boneseg.engine.checkpoint import resolve_checkpoint
 
+    assert cfg.init_from is not None  # callers load only when --init-from is given
     path = resolve_checkpoint(cfg.init_from)
     state = load_checkpoint(path)
     theirs = state["config"]
@@ -728,6 +731,7 @@ def build_state(
 
     model = build_model(cfg.to_dict())
     if init is not None:
+        assert cfg.init_from is not None  # `init` is what load_init read from it
         reporter.message(init_weights(model, init, cfg.init_from))
     cuda = info.device.type == "cuda"
     if info.enabled and cuda:
@@ -775,7 +779,7 @@ def _autocast(cfg: TrainConfig, info: D.DistInfo):
 class StopFlag:
     """Set by SIGINT/SIGTERM while installed; the loop checks it after each optimizer step."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signal: int | None = None
         self._old: dict = {}
 
@@ -833,6 +837,7 @@ def _epoch_steps(
 ) -> bool:
     """The batches of `train_epoch`; `task` (None: no loss read back each step) shows the progress."""
     cfg, device = st.cfg, info.device
+    assert st.loss_sum is not None and st.nonfinite_at is not None  # set by train_epoch
     acc, criterion, channels_last = cfg.accumulate, st.criterion, _channels_last(cfg, info)
     for batch in loader:
         b = st.batch
@@ -843,7 +848,12 @@ def _epoch_steps(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         target = batch["mask"].to(device, non_blocking=True)
-        no_sync = st.net.no_sync() if (info.enabled and not sync) else contextlib.nullcontext()
+        # when distributed, net is the DDP wrapper
+        no_sync = (
+            cast(torch.nn.parallel.DistributedDataParallel, st.net).no_sync()
+            if (info.enabled and not sync)
+            else contextlib.nullcontext()
+        )
         with no_sync:
             with _autocast(cfg, info):
                 out = st.net(x, **heads.model_kwargs(st.model, batch, device))
@@ -889,9 +899,10 @@ def check_finite(st: State, info: D.DistInfo, out: Path) -> None:
         NonFiniteLoss: naming the first such step; called before anything is saved, so the run folder
             keeps the last good state.
     """
+    assert st.nonfinite_at is not None  # set by train_epoch
     weights_ok = torch.stack([p.isfinite().all() for p in st.model.parameters()]).all()
-    at = torch.where(weights_ok, st.nonfinite_at, st.nonfinite_at.clamp_max(st.step)).clone()
-    at = D.all_reduce_min(at, info).item()
+    first = torch.where(weights_ok, st.nonfinite_at, st.nonfinite_at.clamp_max(st.step)).clone()
+    at = D.all_reduce_min(first, info).item()
     if math.isfinite(at):
         kept = f"{out / LAST} keeps the last good state" if (out / LAST).is_file() else f"no {LAST} was written"
         raise NonFiniteLoss(
@@ -1130,6 +1141,7 @@ def _run(
             check_finite(st, info, out)
             if stopped:
                 break
+            assert st.loss_sum is not None  # set by train_epoch
             train_loss = D.all_reduce_sum(
                 torch.stack([st.loss_sum, torch.tensor(float(st.loss_count), dtype=torch.float64, device=info.device)]),
                 info,
@@ -1145,7 +1157,7 @@ def _run(
                 "lr": st.optimizer.param_groups[0]["lr"],
             }
             st.loss_sum, st.loss_count = None, 0
-            shots = [] if tracker is not None and cfg.log_images > 0 else None
+            shots: list | None = [] if tracker is not None and cfg.log_images > 0 else None
             if st.epoch % cfg.val_every == 0 or st.epoch == cfg.epochs:
                 line.update(evaluate(st.eval_model(), val_loader, cfg, info, st.criterion, shots))
             line["seconds"] = round(time.time() - e_start, 3)
@@ -1225,7 +1237,7 @@ def estimate_memory(model: torch.nn.Module, cfg: TrainConfig) -> dict:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(torch.zeros(2, in_channels(cfg), side, side))
     outputs = out.values() if isinstance(out, dict) else [out]
-    sum(o.float().sum() for o in outputs if isinstance(o, torch.Tensor)).backward()
+    torch.stack([o.float().sum() for o in outputs if isinstance(o, torch.Tensor)]).sum().backward()
     per_image = sum(kept.values()) // 2
     mem = {
         "weights": weights,
@@ -1264,6 +1276,7 @@ def dry_run(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
     weights = None if cfg.encoder_weights == "imagenet" else cfg.encoder_weights  # same shapes, no download
     model = build_model(dict(cfg.to_dict(), encoder_weights=weights))
     if init is not None:
+        assert cfg.init_from is not None  # `init` is what load_init read from it
         reporter.message(init_weights(model, init, cfg.init_from))
     done = int(saved["step"]) if saved is not None else 0
     last = min(cfg.epochs * steps_per_epoch, cfg.max_steps if cfg.max_steps is not None else math.inf)

@@ -16,7 +16,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,9 +124,10 @@ def gather_parts(part: Path, rank: int, world: int) -> list[Path] | None:
     import torch.distributed as dist
 
     group = dist.new_group(backend="gloo")
-    received = [None] * world if rank == 0 else None
+    assert isinstance(group, dist.ProcessGroup)  # every rank is a member
+    received: list[bytes] | None = [b""] * world if rank == 0 else None
     dist.gather_object(part.read_bytes() if rank else b"", received, dst=0, group=group)
-    if rank:
+    if received is None:  # not rank 0
         return None
     parts = [part]
     for r in range(1, world):
@@ -143,6 +144,7 @@ def shared_staging(folder: Path, rank: int, world: int) -> Path:
         import torch.distributed as dist
 
         dist.broadcast_object_list(path, src=0)
+    assert path[0] is not None  # rank 0's, now on every rank
     return path[0]
 
 
@@ -196,7 +198,9 @@ class _Writer:
     `depth` images wait, so memory stays bounded."""
 
     def __init__(self, depth: int = 2):
-        self.pool, self.pending, self.depth = ThreadPoolExecutor(1, thread_name_prefix="boneseg-writer"), [], depth
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="boneseg-writer")
+        self.pending: list[Future[None]] = []
+        self.depth = depth
 
     def submit(self, fn: Callable[[], None]) -> None:
         while len(self.pending) >= self.depth:
@@ -235,6 +239,7 @@ class _Rows:
 
         def task() -> None:
             if self.probs_dir is not None:
+                assert q is not None  # read back whenever probabilities are saved
                 probs_mod.save(self.probs_dir, name, q)
             if masks is not None:
                 writer.write_masks(
@@ -244,6 +249,7 @@ class _Rows:
                     else postprocess(masks, self.keep_largest, self.min_area),
                 )
             else:
+                assert bounds is not None  # given when masks are not
                 writer.write_rles(name, format_rles(*bounds))
 
         return task
@@ -312,8 +318,8 @@ def predict(
     cuts = probs_mod.cutoffs(thresholds)
     postprocess(np.zeros((0, 1, 1), np.bool_), keep_largest, min_area)  # validates the options
     run_rules = str(postprocess_rules).lower() == "auto"
-    rules_doc, rules_path = (None, None) if run_rules else find_rules([], postprocess_rules)  # a file is an option
-    rules = rules_list(rules_doc, keep_largest, min_area, rules_path) if rules_doc is not None else None
+    found = (None, None) if run_rules else find_rules([], postprocess_rules)  # a file is an option
+    rules = rules_list(found[0], keep_largest, min_area, found[1]) if found[0] is not None else None
     samples = list(source) if not isinstance(source, (str, os.PathLike)) else find_images(source)
     if not samples:
         raise DataError("no images to predict")
@@ -323,15 +329,15 @@ def predict(
         thresholds = probs_mod.read_thresholds(runs[0].thresholds)
         cuts = probs_mod.cutoffs(thresholds)
     if run_rules:
-        rules_doc, rules_path = find_rules(runs, postprocess_rules)
-        if rules_doc is not None:
+        found = find_rules(runs, postprocess_rules)
+        if found[0] is not None:
             warnings.warn(
-                f"applying the run's post-processing rules {rules_path} (--postprocess none to skip)",
+                f"applying the run's post-processing rules {found[1]} (--postprocess none to skip)",
                 BonesegWarning,
                 stacklevel=2,
             )
-            rules = rules_list(rules_doc, keep_largest, min_area, rules_path)
-    if not is_stdout(output):
+            rules = rules_list(found[0], keep_largest, min_area, found[1])
+    if output is not None and not is_stdout(output):
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
 
@@ -384,8 +390,9 @@ def predict(
             label,
         )
         if world > 1:
+            assert isinstance(target, Path)  # this rank's part in parts_dir
             parts = gather_parts(target, rank, world)  # returns once every rank has written its share
-            if rank == 0:
+            if parts is not None:  # rank 0
                 merge_parts(parts, len(samples), output, force)
         if staging is not None and rank == 0:
             probs_mod.write_manifest(
@@ -399,6 +406,7 @@ def predict(
                     "threshold": [float(t) for t in thresholds],
                 },
             )
+            assert probs_dir is not None  # staging is made only for it
             probs_mod.publish(staging, probs_dir, force)
         if world > 1:
             _barrier()
@@ -467,7 +475,7 @@ def _predict_shard(
 
 def find_rules(
     runs: Sequence[Run | Exported], setting: str | os.PathLike | None = "auto"
-) -> tuple[dict | None, str | None]:
+) -> tuple[dict, str] | tuple[None, None]:
     """The post-processing rules `predict` applies: ``auto`` = those of a single run or export
     (`Run.postprocess_rules`, `Exported.postprocess_rules`;
     ensembles get none: the rules were validated for one model), ``none`` = none, else a file. Returns

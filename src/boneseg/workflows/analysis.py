@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -23,6 +24,11 @@ from boneseg.errors import DataError, UsageError
 from boneseg.metrics import dice_from_counts
 from boneseg.progress import SILENT, Reporter, track
 from boneseg.submission import Submission, read_submission
+
+if TYPE_CHECKING:
+    from boneseg.data.masks import CachedSample
+
+T = TypeVar("T")
 
 __all__ = [
     "RunTable",
@@ -196,6 +202,7 @@ def load_inputs(
     train = discover(data, "train")
     by_name = by_image_name(train, data)
     if fold is not None:
+        assert splits is not None  # checked to come with fold
         samples = _fold_images(train, fold, Path(splits))
         wanted = {s.image_name for s in samples}
         for p, s in zip(paths, subs):
@@ -257,9 +264,10 @@ def truth_runs(inputs: Inputs, cache_dir: str | os.PathLike | None = None, repor
 
     assert inputs.samples is not None and inputs.data is not None  # truth comes with labelled samples
     cache = MaskCache(cache_dir or default_cache_dir(inputs.data))
-    runs = []
+    runs: list[tuple[np.ndarray, np.ndarray]] = []
     for sample, shape in track(list(zip(inputs.samples, inputs.shapes)), reporter, "ground truth", "img"):
         masks = cache.get(sample).masks
+        assert masks is not None  # the labelled train images
         if masks.shape[1:] != tuple(shape):
             raise DataError(
                 f"{sample.image}: image is {masks.shape[2]}x{masks.shape[1]}, header said {shape[1]}x{shape[0]}"
@@ -291,7 +299,8 @@ class Analysis:
         return None if self.dice is None else self.dice[m].mean(axis=0)
 
     def mean_dice(self, m: int = 0) -> float | None:
-        return None if self.dice is None else float(self.per_class_dice(m).mean())
+        per_class = self.per_class_dice(m)
+        return None if per_class is None else float(per_class.mean())
 
     def area_ratio(self, m: int = 0) -> np.ndarray | None:
         """Predicted / true pixels per class (summed over images); NaN where the truth is empty."""
@@ -335,6 +344,7 @@ class Analysis:
         """Mean Dice in quantile bins of the true bone area (non-empty truths only)."""
         if self.dice is None:
             return None
+        assert self.gt_area is not None  # set with dice
         area, score = self.gt_area.ravel(), self.dice[m].ravel()
         keep = area > 0
         if not keep.any():
@@ -351,8 +361,8 @@ class Analysis:
     def suggested_ensemble(self) -> list[str]:
         if self.models < 2:
             return []
-        mean_sim, _ = self.similarity_matrices()
-        scores = [self.mean_dice(m) for m in range(self.models)] if self.dice is not None else None
+        mean_sim, _ = _present(self.similarity_matrices())
+        scores = [_present(self.mean_dice(m)) for m in range(self.models)] if self.dice is not None else None
         return [self.inputs.names[i] for i in suggest_ensemble(mean_sim, scores, self.tolerance)]
 
     def model_report(self, m: int) -> dict:
@@ -431,15 +441,15 @@ def suggest_ensemble(
         np.fill_diagonal(off, np.inf)
         i, j = np.unravel_index(np.argmin(off), off.shape)
         return sorted((int(i), int(j)))
-    scores = np.asarray(scores, np.float64)
-    best = int(np.argmax(scores))
-    candidates = [i for i in range(n) if i != best and scores[i] >= scores[best] - tolerance]
+    score = np.asarray(scores, np.float64)
+    best = int(np.argmax(score))
+    candidates = [i for i in range(n) if i != best and score[i] >= score[best] - tolerance]
     chosen = [best]
     while candidates and len(chosen) < max_models:
         candidates = [c for c in candidates if similarity[c, chosen].max() < 1.0]  # a copy adds nothing
         if not candidates:
             break
-        gain = [scores[c] + 1 - similarity[c, chosen].mean() for c in candidates]
+        gain = [score[c] + 1 - similarity[c, chosen].mean() for c in candidates]
         chosen.append(candidates.pop(int(np.argmax(gain))))
     return chosen
 
@@ -491,6 +501,12 @@ def analyze(
 # -- plots ----------------------------------------------------------------------------------------
 
 
+def _present(value: T | None) -> T:
+    """`value`, known to be set where it is used (plots with truth or several models are drawn only then)."""
+    assert value is not None
+    return value
+
+
 def _group_colour(c: int) -> str:
     name = CLASSES[c]
     return "tab:blue" if name in FINGERS else "tab:orange" if name in CARPALS else "tab:green"
@@ -500,7 +516,8 @@ def _per_class_figure(result: Analysis):
     from boneseg.plots import new_figure
 
     models = result.models
-    order = np.argsort(np.mean([result.per_class_dice(m) for m in range(models)], axis=0), kind="stable")
+    dice = [_present(result.per_class_dice(m)) for m in range(models)]
+    order = np.argsort(np.mean(dice, axis=0), kind="stable")
     names = [CLASSES[i] for i in order]
     fig = new_figure(12, 0.26 * NUM_CLASSES + 2)
     ax_d, ax_r = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
@@ -508,9 +525,9 @@ def _per_class_figure(result: Analysis):
     y = np.arange(NUM_CLASSES)
     for m in range(models):
         label = Path(result.inputs.names[m]).name
-        ax_d.barh(y + m * height, result.per_class_dice(m)[order], height, label=label)
-        ax_r.barh(y + m * height, np.nan_to_num(result.area_ratio(m)[order], nan=0.0), height, label=label)
-    lo = float(min(result.per_class_dice(m).min() for m in range(models)))
+        ax_d.barh(y + m * height, dice[m][order], height, label=label)
+        ax_r.barh(y + m * height, np.nan_to_num(_present(result.area_ratio(m))[order], nan=0.0), height, label=label)
+    lo = float(min(d.min() for d in dice))
     ax_d.set_xlim(max(0.0, lo - 0.05), 1.0)
     ax_d.set_title("Dice per class (worst at the top)")
     ax_r.axvline(1.0, color="k", lw=0.8)
@@ -529,7 +546,7 @@ def _dice_vs_area_figure(result: Analysis):
 
     fig = new_figure(8, 5)
     ax = fig.add_subplot(1, 1, 1)
-    area, score = result.gt_area, result.dice[0]
+    area, score = _present(result.gt_area), _present(result.dice)[0]
     colours = np.array([_group_colour(c) for c in range(NUM_CLASSES)])[None].repeat(len(area), axis=0)
     keep = area > 0
     ax.scatter(area[keep], score[keep], s=6, c=colours[keep], alpha=0.6)
@@ -560,13 +577,14 @@ def _worst_figure(result: Analysis, cache, max_side: int = 384):
     from boneseg.plots import image_grid, overlay_compare
 
     inputs, tiles, titles = result.inputs, [], []
-    loaded: dict[int, object] = {}
+    samples = _present(inputs.samples)
+    loaded: dict[int, CachedSample] = {}
     for i, c, score in result.worst_cases(0):
-        item = loaded.get(i) or cache.get(inputs.samples[i])
+        item = loaded.get(i) or cache.get(samples[i])
         loaded = {i: item}
         shape = item.image.shape
         pred = rle_mod.decode(inputs.subs[0].rles[(inputs.images[i], CLASSES[c])], shape)
-        gt = item.masks[c]
+        gt = _present(item.masks)[c]
         y0, y1, x0, x1 = _crop_box(pred, gt, shape, margin=max(8, shape[0] // 32))
         tile = overlay_compare(item.image[y0:y1, x0:x1], pred[y0:y1, x0:x1], gt[y0:y1, x0:x1])
         scale = max_side / max(tile.shape[:2])
@@ -588,7 +606,7 @@ def _worst_figure(result: Analysis, cache, max_side: int = 384):
 def _similarity_figure(result: Analysis):
     from boneseg.plots import heatmap
 
-    mean, _ = result.similarity_matrices()
+    mean, _ = _present(result.similarity_matrices())
     labels = [Path(n).name for n in result.inputs.names]
     return heatmap(
         mean,
@@ -618,7 +636,7 @@ def write_plots(
     if result.dice is not None:
         from boneseg.data.masks import MaskCache, default_cache_dir
 
-        cache = MaskCache(cache_dir or default_cache_dir(result.inputs.data))
+        cache = MaskCache(cache_dir or default_cache_dir(_present(result.inputs.data)))
         makers[PLOT_FILES["per_class"]] = lambda: _per_class_figure(result)
         makers[PLOT_FILES["dice_vs_area"]] = lambda: _dice_vs_area_figure(result)
         makers[PLOT_FILES["worst"]] = lambda: _worst_figure(result, cache)

@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from boneseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from boneseg.errors import BonesegError, DataError
 from boneseg.progress import SILENT, Reporter, track
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "EdaReport",
@@ -111,21 +115,23 @@ class EdaReport:
     root: Path
     images: list[dict] = field(default_factory=list)  # one record per labelled train image
     test_images: list[dict] = field(default_factory=list)
-    areas: np.ndarray | None = None  # (N, 29) filled pixels
+    areas: np.ndarray = field(default_factory=lambda: np.zeros((0, NUM_CLASSES), np.int64))  # (N, 29) filled pixels
     overlap_sum: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64))
     overlap_images: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64))
     overlap_max: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64))
     histogram: dict[str, np.ndarray] = field(default_factory=dict)  # split -> 256-bin intensity counts
     problems: list[dict] = field(default_factory=list)
-    meta: object = None  # pandas DataFrame or None
+    meta: pd.DataFrame | None = None
     sample_names: list[str] = field(default_factory=list)  # images shown in samples.png
-    present: np.ndarray | None = None  # (N, 29) class polygon present
+    present: np.ndarray = field(
+        default_factory=lambda: np.zeros((0, NUM_CLASSES), bool)
+    )  # (N, 29) class polygon present
 
     def class_areas(self) -> dict:
         out = {}
         for c, name in enumerate(CLASSES):
-            a = self.areas[self.present[:, c], c] if self.areas is not None and len(self.areas) else np.zeros(0)
-            stats = {"count": int(a.size), "missing": int(len(self.images) - a.size)}
+            a = self.areas[self.present[:, c], c]
+            stats: dict[str, float] = {"count": int(a.size), "missing": int(len(self.images) - a.size)}
             if a.size:
                 q = np.percentile(a, [5, 50, 95])
                 stats.update(
@@ -213,7 +219,7 @@ def _histogram_stats(hist: np.ndarray, records: list[dict]) -> dict:
 def _meta_summary(meta, train_patients: set[str], test_patients: set[str]) -> dict | None:
     if meta is None:
         return None
-    out = {
+    out: dict[str, object] = {
         "patients": int(len(meta)),
         "train_patients_with_meta": len(train_patients & set(meta.index)),
         "test_patients_with_meta": len(test_patients & set(meta.index)),
@@ -298,6 +304,7 @@ def run_eda(
     report.histogram["train"] = np.zeros(256, np.int64)
     areas, present = [], []
     for sample in track(samples, reporter, "train images", "img"):
+        assert sample.label is not None  # discover: every train image has one
         shape = png_shape(sample.image)
         label = load_label(sample.label, shape, strict=False) if shape else None
         fatal = label is None or any(_problem_kind(p) != "missing_class" for p in label.problems)
@@ -307,7 +314,9 @@ def run_eda(
                 label = load_label(sample.label, image.shape, strict=False)
                 masks = rasterize(label.polygons, image.shape)
             else:
+                assert label is not None  # else fatal
                 item = cache.get(sample)
+                assert item.masks is not None  # a labelled sample
                 image, masks = item.image, item.masks
         except BonesegError as exc:
             report.problems.append({"image": sample.name, "class": None, "kind": "unreadable", "detail": str(exc)})
@@ -481,6 +490,7 @@ def _metadata_figure(report: EdaReport):
     from boneseg.plots import new_figure
 
     meta = report.meta
+    assert meta is not None  # drawn only with metadata
     fig = new_figure(12, 3.2)
     for k, (col, unit) in enumerate((("age", "years"), ("height", "cm"), ("weight", "kg"))):
         ax = fig.add_subplot(1, 4, k + 1)
