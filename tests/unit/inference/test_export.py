@@ -69,8 +69,10 @@ def test_export_reproduces_torch(fmt, trained, tmp_path, capsys):
     assert (probs_of([out], data) - probs_of([runs[0]], data)).abs().max() < 1e-4
     for m, csv in ((runs[0], "torch.csv"), (out, "export.csv")):
         assert cli(capsys, "predict", data, "-m", m, "-o", tmp_path / csv, "--workers", "0", "--device", "cpu")[0] == 0
-    code, stdout, _ = cli(capsys, "predict", data, "-m", out, "--workers", "0", "--device", "cpu")  # stdout: CSV only
+    code, stdout, err = cli(capsys, "predict", data, "-m", out, "--workers", "0", "--device", "cpu")  # stdout: CSV only
     assert stdout == (tmp_path / "torch.csv").read_text()
+    probabilities_out = fmt != "hf"  # graphs end in the sigmoid; in resize mode predict says what that means
+    assert ("upsampled after the sigmoid" in err) == probabilities_out, err
     assert (tmp_path / "export.csv").read_bytes() == (tmp_path / "torch.csv").read_bytes()
 
 
