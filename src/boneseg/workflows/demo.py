@@ -45,7 +45,10 @@ SETTINGS: dict = {
     "save_every": 30,  # last.pt (with optimizer state, ~140 MB) every 30 epochs instead of every epoch
     "tta": ["none", "scale"],  # candidate policies scored on the validation fold; the best predicts
     "tta_scales": [1.0, 1.25],  # the views of ``scale``
-    "threads": None,  # torch threads (None: `default_threads()`)
+    # one torch thread: the same Dice on every machine (a thread count sums in its own order), and a
+    # steady ~7 s epoch whether or not other work shares the CPU (two threads: 4.3 s quiet, 9-12 s beside
+    # one busy process); None: `default_threads()`
+    "threads": 1,
 }
 """The full demo (about ten minutes on two CPU cores); see ``docs/demo.md`` for the tuning runs."""
 
