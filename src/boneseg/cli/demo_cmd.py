@@ -29,7 +29,10 @@ def demo_command(
         None,
         "--threads",
         show_default=False,
-        help="Torch threads \\[default: 1: the same Dice everywhere, steady under load; more is faster on a quiet machine].",
+        help=(
+            "Torch threads \\[default: 1: the same Dice everywhere, steady under load; "
+            "more is faster on a quiet machine]."
+        ),
     ),
     force: bool = typer.Option(False, "--force", help="Empty a non-empty --out first."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json on stdout too."),
