@@ -30,7 +30,7 @@ def test_help_keeps_the_documented_defaults():
     """Help texts pass through rich markup, where an unescaped ``[default: 1]`` would vanish."""
     import re
 
-    for command, wanted in (("train", "[default: 1]"), ("demo", "[default: one per CPU")):
+    for command, wanted in (("train", "[default: 1]"), ("demo", "[default: 1: the same Dice")):
         res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "250"})
         assert wanted in res.output, command
         assert not re.search(r"\w \.\s", res.output), command  # the gap a swallowed default leaves
