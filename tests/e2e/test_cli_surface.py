@@ -8,45 +8,12 @@ import re
 import pytest
 import torch
 import typer
-from util import write_dataset
+from util import TINY, cli, write_dataset
 
 from boneseg import CLASSES
-from boneseg.cli import app, main
+from boneseg.cli import app
 
-TINY = [
-    "--arch",
-    "unet",
-    "--encoder",
-    "resnet18",
-    "--size",
-    "64",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "2",
-    "--encoder-weights",
-    "none",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--aug",
-    "none",
-    "--folds",
-    "2",
-]
 COMMANDS = typer.main.get_command(app).commands
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error(err: str) -> str:

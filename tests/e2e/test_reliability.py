@@ -14,52 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from util import square_polygons, write_dataset, write_label
+from util import TINY, cli, error_line, square_polygons, write_dataset, write_label
 
-from boneseg.cli import main
 from boneseg.errors import CheckpointError, DataError
-
-TINY = [
-    "--arch",
-    "unet",
-    "--encoder",
-    "resnet18",
-    "--size",
-    "64",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "2",
-    "--encoder-weights",
-    "none",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--aug",
-    "none",
-    "--folds",
-    "2",
-]
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_line(err: str) -> str:
-    """The single `Error:` line (and proof that there is no traceback)."""
-    assert "Traceback" not in err, err
-    lines = [l for l in err.splitlines() if l.startswith("Error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture()

@@ -12,23 +12,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from util import cli
 
 from boneseg import CLASSES, rle
-from boneseg.cli import main
 from boneseg.submission import SubmissionWriter, read_submission
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write_csv(path: Path, rows: dict[str, list[str]]) -> Path:

@@ -8,8 +8,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from test_reliability import TINY, cli, error_line
-from util import square_polygons, write_dataset, write_label
+from util import TINY, cli, error_line, square_polygons, write_dataset, write_label
 
 from boneseg import CLASSES
 from boneseg.data.masks import rasterize

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from util import write_dataset
+from util import cli, write_dataset
 
 from boneseg.cli import main
 
@@ -32,17 +32,6 @@ TINY = [
     "--folds",
     "2",
 ]
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def error_line(err: str) -> str:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from util import tiny_config, write_dataset
+from util import cli, tiny_config, write_dataset
 
 from boneseg import CLASSES
-from boneseg.cli import main
 from boneseg.data.layout import find_images
 from boneseg.engine.checkpoint import save_checkpoint
 from boneseg.engine.train import TrainConfig, train
@@ -27,17 +26,6 @@ OUT = {"onnx": "model.onnx", "torchscript": "model.ts", "hf": "model-hf"}
 def needs(fmt: str) -> None:
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -9,23 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from util import tiny_config, write_dataset
+from util import cli, tiny_config, write_dataset
 
-from boneseg.cli import main
 from boneseg.data.layout import discover, png_shape
 from boneseg.data.masks import load_label, rasterize
 from boneseg.submission import SubmissionWriter, read_submission
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def error_line(err: str) -> str:
