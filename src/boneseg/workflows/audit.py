@@ -24,10 +24,10 @@ least ``min_score`` are suspects, listed most suspect first with the kind of the
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from boneseg import probs as probs_mod
 from boneseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from boneseg.data.layout import Sample, discover, png_shape, read_image
 from boneseg.data.masks import load_label, rasterize
-from boneseg.errors import BonesegWarning, DataError, UsageError
+from boneseg.errors import BonesegWarning, DataError, UsageError, suggest
 from boneseg.io import check_output, write_json
 from boneseg.plots import overlay_compare, save_png
 from boneseg.progress import SILENT, Reporter, track
@@ -47,6 +47,7 @@ from boneseg.workflows.eda import TINY_FRACTION, self_intersections
 
 KINDS = ("disagreement", "swap", "missing", "spurious", "geometry")
 SUSPECTS_FILE, AUDIT_FILE, CROPS_DIR = "suspects.csv", "audit.json", "crops"
+SUSPECT_COLUMNS = ("image_name", "class", "kind", "score")
 WORK_SIDE = 512
 """Masks are compared at most this many pixels a side (distances are reported at the image's own size)."""
 MIN_SPREAD = 0.02
@@ -381,7 +382,7 @@ def write_audit(
     from boneseg.io import atomic_open
 
     with atomic_open(paths[0], "w", force=force) as fh:
-        fh.write(format_row("image_name", "class", "kind", "score"))
+        fh.write(format_row(*SUSPECT_COLUMNS))
         for s in result.suspects:
             fh.write(format_row(s["image_name"], s["class"], s["kind"], f"{s['score']:.3f}"))
     write_json(paths[1], {"data": str(data), "pred": str(pred), **result.to_json()}, force=force)
@@ -424,18 +425,38 @@ def _crop(sample: Sample, predictions: Predictions, suspect: dict, path: Path, f
     return save_png(rgb, path, force=force)
 
 
-def read_suspects(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """The (image_name, class) pairs of a ``suspects.csv`` (or any CSV with those columns), in its order."""
-    import csv
+def read_suspects(audit: str | os.PathLike) -> list[dict]:
+    """The rows of ``audit/suspects.csv`` (written by ``boneseg audit``), most suspect first.
 
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            return [(r["image_name"], r["class"]) for r in csv.DictReader(fh)]
-    except (OSError, KeyError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a list of (image_name, class) rows ({exc})") from None
-
-
-def recall(suspects: Sequence[tuple[str, str]], truth: Sequence[tuple[str, str]], top: int) -> float:
-    """The share of `truth` pairs among the first `top` `suspects`."""
-    ranked = set(suspects[:top])
-    return sum(t in ranked for t in truth) / max(len(truth), 1)
+    Raises:
+        DataError: no such file, a missing column, an unknown class or a score that is not a finite
+            number (naming the file and line).
+    """
+    path = Path(audit) / SUSPECTS_FILE
+    if not path.is_file():
+        raise DataError(f"--audit {audit}: no {SUSPECTS_FILE} in it (written by `boneseg audit`)")
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in SUSPECT_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: header lacks {', '.join(missing)} (expected {','.join(SUSPECT_COLUMNS)})")
+        rows = []
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"
+            if row["class"] not in CLASSES:
+                raise DataError(f"{where}: unknown class {row['class']!r}{suggest(row['class'] or '', CLASSES)}")
+            try:
+                score = float(row["score"])
+            except (TypeError, ValueError):
+                score = math.nan
+            if not math.isfinite(score):
+                raise DataError(f"{where}: score {row['score']!r} is not a finite number")
+            rows.append(
+                {
+                    "image": row["image_name"],
+                    "class": CLASSES.index(row["class"]),
+                    "kind": row["kind"] or "",
+                    "score": score,
+                }
+            )
+    return rows

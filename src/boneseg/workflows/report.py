@@ -10,9 +10,7 @@ system and can be zipped and shared. The scores come from `boneseg.workflows.ana
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -23,67 +21,27 @@ from pathlib import Path
 import numpy as np
 
 from boneseg.classes import CLASSES, PALETTE
-from boneseg.errors import BonesegWarning, DataError, OutputExistsError, suggest
+from boneseg.errors import BonesegWarning, DataError, OutputExistsError
 from boneseg.progress import SILENT, Reporter, track
 from boneseg.workflows.analysis import Analysis, analyze
+from boneseg.workflows.audit import read_suspects
 
 __all__ = [
     "AGREEMENT_COLOURS",
     "REPORT_DIR",
     "check_out",
-    "SUSPECTS_FILE",
     "THUMB_SIDE",
     "build_report",
-    "read_suspects",
     "write_report",
 ]
 
 ASSETS = Path(__file__).with_name("report_assets")
 REPORT_DIR = "report"
 """The report folder inside ``analyze --out`` and ``demo --out``."""
-SUSPECTS_FILE = "suspects.csv"
-SUSPECT_COLUMNS = ("image_name", "class", "kind", "score")
 THUMB_SIDE = 256
 """Longest side of a gallery thumbnail in pixels."""
 AGREEMENT_COLOURS = ((60, 200, 60), (255, 50, 50), (40, 110, 255))
 """(both, only the prediction, only the reference): true positive, false positive, false negative."""
-
-
-def read_suspects(audit: str | os.PathLike) -> list[dict]:
-    """The rows of ``audit/suspects.csv`` (written by ``boneseg audit``), most suspect first.
-
-    Raises:
-        DataError: no such file, a missing column, an unknown class or a score that is not a finite
-            number (naming the file and line).
-    """
-    path = Path(audit) / SUSPECTS_FILE
-    if not path.is_file():
-        raise DataError(f"--audit {audit}: no {SUSPECTS_FILE} in it (written by `boneseg audit`)")
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in SUSPECT_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: header lacks {', '.join(missing)} (expected {','.join(SUSPECT_COLUMNS)})")
-        rows = []
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            if row["class"] not in CLASSES:
-                raise DataError(f"{where}: unknown class {row['class']!r}{suggest(row['class'] or '', CLASSES)}")
-            try:
-                score = float(row["score"])
-            except (TypeError, ValueError):
-                score = math.nan
-            if not math.isfinite(score):
-                raise DataError(f"{where}: score {row['score']!r} is not a finite number")
-            rows.append(
-                {
-                    "image": row["image_name"],
-                    "class": CLASSES.index(row["class"]),
-                    "kind": row["kind"] or "",
-                    "score": score,
-                }
-            )
-    return rows
 
 
 def build_report(
