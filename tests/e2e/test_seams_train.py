@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from util import fake_wandb, tiny_config, write_dataset
+from util import error_line, fake_wandb, tiny_config, write_dataset
 
 from boneseg.cli import main
 from boneseg.engine.train import RUNTIME, NonFiniteLoss, train
@@ -45,13 +45,6 @@ def cli(capsys, *args) -> tuple[int, str]:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     return code, capsys.readouterr().err
-
-
-def error_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from util import cli, write_dataset
+from util import cli, error_line, write_dataset
 
 from boneseg.cli import main
 
@@ -32,13 +32,6 @@ TINY = [
     "--folds",
     "2",
 ]
-
-
-def error_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def weights(path: Path, params_only: bool = False) -> dict[str, torch.Tensor]:

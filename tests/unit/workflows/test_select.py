@@ -8,10 +8,10 @@ import json
 import cv2
 import numpy as np
 import pytest
+from util import cli
 
 from boneseg import probs
 from boneseg.classes import CLASSES, FINGERS
-from boneseg.cli import main
 from boneseg.data.layout import discover
 from boneseg.data.masks import MaskCache, default_cache_dir
 from boneseg.data.split import make_splits
@@ -19,16 +19,6 @@ from boneseg.submission import SubmissionWriter
 from boneseg.workflows.select import select
 
 FINGER = np.array([c in FINGERS for c in CLASSES])
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def erode(m: np.ndarray) -> np.ndarray:
