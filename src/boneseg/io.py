@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -106,3 +108,31 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DataError(f"{path}: is a folder, not a JSON file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def staging_folder(folder: str | os.PathLike) -> Path:
+    """A new empty hidden folder beside `folder`, to write an output folder into before `publish_folder`."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.partial")
+    path.mkdir()
+    return path
+
+
+def publish_folder(staging: str | os.PathLike, folder: str | os.PathLike, force: bool = False) -> None:
+    """Move the completely written `staging` folder onto `folder`. A non-empty `folder` is replaced only
+    with `force`, and is never left half-replaced (`OutputExistsError` without `force`)."""
+    staging, folder = Path(staging), Path(folder)
+    if folder.is_dir() and any(folder.iterdir()) and not force:
+        raise OutputExistsError(f"{folder} is not empty (use --force to overwrite)")
+    old = staging.with_name(staging.name + ".old") if folder.exists() else None
+    if old is not None:
+        os.replace(folder, old)
+    try:
+        os.replace(staging, folder)
+    except OSError:
+        if old is not None:
+            os.replace(old, folder)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -3,7 +3,8 @@
 ``DIR/<image stem>.npz`` holds ``probs`` (29, H, W) uint8 at the original image size, value
 ``round(p * 255)``; ``DIR/probs.json`` lists the images and the models that produced them. Predict's
 CSV and soft voting both binarise the same stored values with `binarize`, so they agree exactly.
-A folder is written all or nothing: into a `staging_dir` beside it, moved into place by `publish`.
+A folder is written all or nothing: into `boneseg.io.staging_folder` beside it, moved into place by
+`boneseg.io.publish_folder`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import secrets
-import shutil
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from boneseg.classes import CLASSES, NUM_CLASSES, class_index
-from boneseg.errors import BonesegError, DataError, OutputExistsError, UsageError
+from boneseg.errors import BonesegError, DataError, UsageError
 from boneseg.io import atomic_open, read_json, write_json
 
 MANIFEST = "probs.json"
@@ -154,34 +153,6 @@ def load(folder: str | os.PathLike, image_name: str) -> np.ndarray:
     if q.dtype != np.uint8 or q.ndim != 3 or q.shape[0] != NUM_CLASSES:
         raise DataError(f"{path}: expected uint8 ({NUM_CLASSES}, H, W) probabilities, got {q.dtype} {q.shape}")
     return q
-
-
-def staging_dir(folder: str | os.PathLike) -> Path:
-    """A new empty hidden folder beside `folder`, to write a probability folder into before `publish`."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    path = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.partial")
-    path.mkdir()
-    return path
-
-
-def publish(staging: str | os.PathLike, folder: str | os.PathLike, force: bool = False) -> None:
-    """Move the completely written `staging` folder onto `folder`. A non-empty `folder` is replaced only
-    with `force`, and is never left half-replaced (`OutputExistsError` without `force`)."""
-    staging, folder = Path(staging), Path(folder)
-    if folder.is_dir() and any(folder.iterdir()) and not force:
-        raise OutputExistsError(f"{folder} is not empty (use --force to overwrite)")
-    old = staging.with_name(staging.name + ".old") if folder.exists() else None
-    if old is not None:
-        os.replace(folder, old)
-    try:
-        os.replace(staging, folder)
-    except OSError:
-        if old is not None:
-            os.replace(old, folder)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_manifest(

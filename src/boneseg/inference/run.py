@@ -35,7 +35,7 @@ from boneseg.inference.exported import Exported, open_model
 from boneseg.inference.predictor import InputPlan, Item, Predictor, check_weights
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
-from boneseg.io import atomic_open, check_output, is_stdout, read_json
+from boneseg.io import atomic_open, check_output, is_stdout, publish_folder, read_json, staging_folder
 from boneseg.postprocess import postprocess, postprocess_per_class, rules_list
 from boneseg.progress import SILENT, Reporter
 from boneseg.submission import HEADER, SubmissionWriter, csv_rows, format_row
@@ -138,8 +138,8 @@ def gather_parts(part: Path, rank: int, world: int) -> list[Path] | None:
 
 def shared_staging(folder: Path, rank: int, world: int) -> Path:
     """The folder every rank writes the probabilities into: made beside `folder` by rank 0, which tells
-    the other ranks its name (`boneseg.probs.publish` moves it into place at the end)."""
-    path = [probs_mod.staging_dir(folder) if rank == 0 else None]
+    the other ranks its name (`boneseg.io.publish_folder` moves it into place at the end)."""
+    path = [staging_folder(folder) if rank == 0 else None]
     if world > 1:
         import torch.distributed as dist
 
@@ -415,7 +415,7 @@ def predict(
                 },
             )
             assert probs_dir is not None  # staging is made only for it
-            probs_mod.publish(staging, probs_dir, force)
+            publish_folder(staging, probs_dir, force)
         if world > 1:
             _barrier()
     except BaseException:  # Ctrl-C included: no partial probability folder is left behind

@@ -37,9 +37,9 @@ from boneseg.inference.exported import (
 )
 from boneseg.inference.predictor import check_weights
 from boneseg.inference.run import find_rules
-from boneseg.io import atomic_path, check_output, write_json
+from boneseg.io import atomic_path, check_output, publish_folder, staging_folder, write_json
 from boneseg.postprocess import rules_list
-from boneseg.probs import publish, read_thresholds, staging_dir
+from boneseg.probs import read_thresholds
 from boneseg.progress import SILENT, Reporter
 
 TOLERANCE = 1e-4
@@ -317,7 +317,7 @@ def export(
         nets = [r.model("cpu") for r in opened]
         if fmt == "hf":
             net = _plain(nets[0])
-            folder = staging_dir(out)
+            folder = staging_folder(out)
             try:
                 net.save_pretrained(str(folder))
                 (folder / "README.md").write_text(model_card(opened[0], doc), encoding="utf-8")
@@ -325,7 +325,7 @@ def export(
                 diff = _max_diff(Probabilities([net], [1.0]), lambda x: torch.sigmoid(loaded(x)), _inputs(cfg))
                 _check_diff(diff, out)
                 write_json(folder / HF_SIDECAR, dict(doc, max_abs_diff=diff), force=True)
-                publish(folder, out, force)
+                publish_folder(folder, out, force)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)  # gone once published
         else:

@@ -21,7 +21,7 @@ from boneseg.data.layout import Sample, by_image_name, discover
 from boneseg.engine.run import Run
 from boneseg.errors import DataError, UsageError
 from boneseg.inference.run import check_probs_dir, predict
-from boneseg.io import atomic_open, check_output, is_stdout
+from boneseg.io import atomic_open, check_output, is_stdout, publish_folder, staging_folder
 from boneseg.progress import SILENT, Reporter
 from boneseg.submission import HEADER, csv_rows, format_row
 
@@ -110,7 +110,7 @@ def oof(
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
     work = Path(tempfile.mkdtemp(prefix="boneseg-oof-"))
-    staging = probs_mod.staging_dir(probs_dir) if probs_dir is not None else None
+    staging = staging_folder(probs_dir) if probs_dir is not None else None
     rows: dict[str, list[list[str]]] = {}
     try:
         for i, (run, part) in enumerate(zip(opened, parts)):
@@ -152,7 +152,7 @@ def oof(
                     "folds": fold_of,
                 },
             )
-            probs_mod.publish(staging, probs_dir, force)
+            publish_folder(staging, probs_dir, force)
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 
 from boneseg.classes import CLASSES, PALETTE
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError
+from boneseg.io import publish_folder, staging_folder
 from boneseg.progress import SILENT, Reporter, track
 from boneseg.workflows.analysis import Analysis, analyze
 from boneseg.workflows.audit import read_suspects
@@ -89,7 +89,8 @@ def write_report(
     cache_dir: str | os.PathLike | None = None,
     reporter: Reporter = SILENT,
 ) -> Path:
-    """Write the report of an `Analysis` into the folder `out` (built beside it, then renamed into place).
+    """Write the report of an `Analysis` into the folder `out` (built beside it, then moved into place by
+    `boneseg.io.publish_folder`).
 
     Raises:
         OutputExistsError: `out` exists and `force` is false.
@@ -99,8 +100,7 @@ def write_report(
     import jinja2
 
     sources = _image_sources(result, images)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = staging_folder(out)
     try:
         for sub in ("assets", "thumbs", "full", "masks"):
             (tmp / sub).mkdir()
@@ -124,11 +124,9 @@ def write_report(
             data=data.replace("</", "<\\/"),
         )
         (tmp / "index.html").write_text(html, encoding="utf-8")
-        os.chmod(tmp, 0o777 & ~_umask())
-        _replace(tmp, out, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish_folder(tmp, out, force)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone once published
     return out / "index.html"
 
 
@@ -142,25 +140,6 @@ def check_out(out: Path, force: bool) -> Path:
     if out.exists() and not force:
         raise OutputExistsError(f"{out} already exists (use --force to overwrite)")
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _replace(tmp: Path, out: Path, force: bool) -> None:
-    """Rename the finished folder `tmp` onto `out`; an old `out` (with `force`) is removed only afterwards."""
-    old = None
-    if out.exists():
-        check_out(out, force)
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # -- images ---------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_report_folder(data, tmp_path, capsys):
     assert page["models"] == ["a.csv", "b.csv"] and page["labels"]
     assert page["dice"][0][0][3] == 0.0 and page["dice"][0][0][4] == 1.0 and page["dice"][1][0][3] == 1.0
     assert page["suspects"]["rows"] == [{"image": 2, "class": 9, "kind": "missing", "score": 0.9}]
-    assert not any(".tmp" in p.name or ".old" in p.name for p in tmp_path.iterdir())
+    assert not any(marker in p.name for p in tmp_path.iterdir() for marker in (".tmp", ".old", ".partial"))
     assert "http" not in (out / "index.html").read_text().replace("http://www.w3.org/2000/svg", "")
 
     code, _, err = cli(capsys, "report", data["a"], "--gt", data["root"], "-o", out)
