@@ -75,7 +75,7 @@ def main() -> None:
     graph = Probabilities([torch_p.models[0].model], [1.0]).eval()
     x = torch.randn(2, 1, 160, 160)
     with torch.no_grad():
-        raw = float((onnx_p.models[0].model(x) - graph(x)).abs().max())
+        raw = float((onnx_p.models[0].model(x, (160, 160)) - graph(x, torch.tensor([160, 160]))).abs().max())
 
     csvs = {}
     for name, model in (("torch", run), ("onnx", tmp / "model.onnx")):
@@ -92,9 +92,12 @@ def main() -> None:
     ort = onnx_p.models[0].model
     times = {}
     for side in (160, 512):
-        x = torch.randn(1, 1, side, side)
+        x, hw = torch.randn(1, 1, side, side), (side, side)
         with torch.no_grad():
-            t = race({"torch": lambda x=x: graph(x), "onnxruntime": lambda x=x: ort(x)}, repeat=5)
+            t = race(
+                {"torch": lambda x=x, hw=hw: graph(x, torch.tensor(hw)), "onnxruntime": lambda x=x, hw=hw: ort(x, hw)},
+                repeat=5,
+            )
         times[f"{side}"] = {k: round(v * 1000, 1) for k, v in t.items()}
     print(
         json.dumps(

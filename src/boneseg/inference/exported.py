@@ -13,6 +13,8 @@ format          model                            sidecar               output of
 ==============  ===============================  ====================  ==================================
 
 Every model takes the normalised image batch ``(N, C, H, W)`` float32 with any ``H``, ``W`` (multiples of 32).
+The ``onnx`` and ``torchscript`` graphs take a second input, ``output_size`` (int64 ``[height, width]``): each
+network's logits are resized to it before the sigmoid, so resize mode matches a checkpoint's prediction.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from boneseg.io import read_json
 FORMAT = "boneseg-export"
 FORMATS = ("onnx", "torchscript", "hf")
 HF_SIDECAR = "boneseg.json"
-INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
+INPUT_NAME, SIZE_NAME, OUTPUT_NAME = "image", "output_size", "probabilities"
+VERSION = 2
+"""Sidecar version: 2 added the graphs' ``output_size`` input."""
 CONFIG_KEYS = ("size", "crop", "channels", "mean", "std", "unify_side")
 """The training-config fields an export carries (what normalisation, sizes and hand side need)."""
 
@@ -69,7 +73,8 @@ def onnxruntime():
 
 
 class OnnxModel:
-    """An onnxruntime session called like a torch model: a batch tensor in, a probability tensor out (same device)."""
+    """An onnxruntime session called like the torch graph: ``model(batch, (height, width))`` -> probabilities at
+    that size (a tensor on the batch's device)."""
 
     wants_meta = False
 
@@ -83,9 +88,22 @@ class OnnxModel:
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for broken files
             raise CheckpointError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        inputs = {INPUT_NAME: np.ascontiguousarray(x.detach().float().cpu().numpy())}
+    def __call__(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        inputs = {
+            INPUT_NAME: np.ascontiguousarray(x.detach().float().cpu().numpy()),
+            SIZE_NAME: np.asarray(size, dtype=np.int64),
+        }
         return torch.from_numpy(self.session.run(None, inputs)[0]).to(x.device)
+
+
+class ScriptModel:
+    """A TorchScript graph called as ``model(batch, (height, width))`` -> probabilities at that size."""
+
+    def __init__(self, module: torch.jit.ScriptModule):
+        self.module = module
+
+    def __call__(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self.module(x, torch.tensor(list(size), dtype=torch.int64))
 
 
 class Exported:
@@ -101,6 +119,11 @@ class Exported:
         doc = read_json(self.rules_path)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("backend") not in FORMATS:
             raise CheckpointError(f"{self.rules_path}: not a boneseg export sidecar")
+        if doc.get("version") != VERSION:
+            raise CheckpointError(
+                f"{self.rules_path}: sidecar version {doc.get('version')!r}, this boneseg reads version {VERSION} "
+                "(export the run again)"
+            )
         if doc.get("classes") != list(CLASSES):
             raise CheckpointError(f"{self.rules_path}: 'classes' differ from the 29 competition classes")
         self.sidecar: dict[str, Any] = doc
@@ -126,7 +149,8 @@ class Exported:
         return self.sidecar.get("thresholds")
 
     def model(self, device: str | torch.device = "cpu") -> Any:
-        """The callable model on `device`: batch ``(N, C, H, W)`` -> probabilities (logits for ``hf``)."""
+        """The callable model on `device`: ``model(batch, (height, width))`` -> probabilities at that size, or for
+        ``hf`` the smp model (batch -> logits at the batch's size)."""
         return load_backend(self.path, self.backend, device)
 
 
@@ -143,7 +167,7 @@ def load_backend(path: Path, backend: str, device: str | torch.device = "cpu") -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
             if backend == "torchscript":
-                return torch.jit.load(str(path), map_location=device).eval()
+                return ScriptModel(torch.jit.load(str(path), map_location=device).eval())
         import segmentation_models_pytorch as smp
 
         with contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints a note: stdout may be the CSV

@@ -39,8 +39,9 @@ from boneseg.inference.tta import Policy, hflip, snap, unflip
 @dataclass
 class LoadedModel:
     """A model in eval mode with its training config, ensemble weight and the `Run` (or `Exported`) it came
-    from. `model` maps a normalised batch to logits, or to probabilities when `probabilities` (an exported
-    graph with its sigmoid inside): the one difference between backends the predictor sees."""
+    from. `model` maps a normalised batch to logits, or when `probabilities` (an exported graph, which resizes
+    and applies the sigmoid inside) ``(batch, (height, width))`` to probabilities at that size: the one
+    difference between backends the predictor sees."""
 
     model: Any
     config: TrainConfig
@@ -263,10 +264,19 @@ class Predictor:
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             return lm.model(x).to(self.dtype)
 
-    @staticmethod
-    def _sigmoid(lm: LoadedModel, y: torch.Tensor) -> torch.Tensor:
-        """Probabilities from a model's output (which already is for an exported graph)."""
-        return y if lm.probabilities else y.sigmoid_()
+    def _probabilities(self, lm: LoadedModel, x: torch.Tensor, hw: tuple[int, int], flip: bool = False) -> torch.Tensor:
+        """Probabilities at `hw` of the batch `x` (seen mirrored when `flip`, the result mirrored back): the
+        logits resized bilinearly to `hw`, then the sigmoid (an exported graph does both inside, given `hw`)."""
+        x = hflip(x) if flip else x
+        if lm.probabilities:
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                p = lm.model(x, hw).to(self.dtype)
+            return unflip(p) if flip else p
+        y = self._forward(lm, x)
+        y = unflip(y) if flip else y
+        if y.shape[-2:] != hw:
+            y = F.interpolate(y, hw, mode="bilinear", align_corners=False)
+        return y.sigmoid_()
 
     def view_size(self, m: int, item: Item, sliding: bool, scale: float) -> tuple[int, int]:
         """The input size of a view: the model's square (snapped) or the sliding base, times `scale`."""
@@ -285,7 +295,7 @@ class Predictor:
             for f in flips:
                 x = self._input(lm, item, hw)[0]
                 p = sliding_window(
-                    lambda b: self._sigmoid(lm, self._forward(lm, b)),
+                    lambda b: self._probabilities(lm, b, tuple(b.shape[-2:])),
                     hflip(x) if f else x,
                     self.window_of(lm),
                     self.overlap,
@@ -299,13 +309,8 @@ class Predictor:
             return out
         x = self._input(lm, item, hw)
         out = []
-        for f in flips:  # one forward per view: results do not depend on which views are asked together
-            y = self._forward(lm, hflip(x) if f else x)
-            y = unflip(y) if f else y
-            if y.shape[-2:] != (h, w):
-                y = F.interpolate(y, (h, w), mode="bilinear", align_corners=False)
-            out.append(self._sigmoid(lm, y[0]))
-        return out
+        # one forward per view: results do not depend on which views are asked together
+        return [self._probabilities(lm, x, (h, w), f)[0] for f in flips]
 
     def views(
         self, m: int, item: Item, sliding: bool, scale: float, flips: Sequence[bool], cache: ViewCache | None = None

@@ -359,14 +359,6 @@ def predict(
             compile=compile,
         )
     )
-    if not policy.sliding and any(lm.probabilities for lm in predictor.models):
-        warnings.warn(
-            "an exported model outputs probabilities: in resize mode they are upsampled after the sigmoid, "
-            "where a checkpoint upsamples logits, so edges can differ from the checkpoint's CSV (the demo's "
-            "model: Dice 0.978 between them); --sliding reproduces the checkpoint's CSV (docs/deploy.md)",
-            BonesegWarning,
-            stacklevel=2,
-        )
     if policy.hflip and predictor.unified:
         used = predictor.applied(policy)
         whom = (

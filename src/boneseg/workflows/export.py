@@ -1,7 +1,8 @@
 """`boneseg export`: trained runs -> a deployable model with a sidecar of everything `predict` needs.
 
 ``onnx`` and ``torchscript`` hold the runs' networks in one graph that outputs their (weighted) mean sigmoid
-probabilities, with dynamic batch and spatial axes; ``hf`` is a folder that segmentation_models_pytorch's
+probabilities at a requested output size (each run's logits resized before its sigmoid, as `predict` does), with
+dynamic batch and spatial axes; ``hf`` is a folder that segmentation_models_pytorch's
 ``from_pretrained`` loads (safetensors weights, smp's ``config.json``, a model card). The sidecar format and
 the runtime are in `boneseg.inference.exported`. Each export is checked before it is published: the exported
 model's probabilities on a random input must match torch's within `TOLERANCE`.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from boneseg import __version__
 from boneseg.classes import CLASSES
@@ -32,6 +34,8 @@ from boneseg.inference.exported import (
     HF_SIDECAR,
     INPUT_NAME,
     OUTPUT_NAME,
+    SIZE_NAME,
+    VERSION,
     load_backend,
     sidecar_path,
 )
@@ -44,6 +48,12 @@ from boneseg.progress import SILENT, Reporter
 
 TOLERANCE = 1e-4
 """Largest difference allowed between the exported model's probabilities and torch's."""
+SIZE_DOC = {
+    "name": SIZE_NAME,
+    "layout": "int64 [height, width]",
+    "meaning": "size of the probabilities: each network's logits are resized bilinearly (half-pixel centres) "
+    "to it before the sigmoid; give the input's own size for no resize",
+}
 
 
 @dataclass
@@ -58,7 +68,9 @@ class ExportSummary:
 
 
 class Probabilities(torch.nn.Module):
-    """Several networks as one: the weighted mean of their sigmoid probabilities (weights sum to 1)."""
+    """Several networks as one: the weighted mean (weights sum to 1) of their sigmoid probabilities at
+    ``output_size`` (int64 ``[height, width]``): each network's logits are resized bilinearly (half-pixel
+    centres) before its sigmoid, exactly as `predict` treats a checkpoint in resize mode."""
 
     def __init__(self, models: Sequence[torch.nn.Module], weights: Sequence[float]):
         super().__init__()
@@ -66,10 +78,13 @@ class Probabilities(torch.nn.Module):
         total = sum(weights)
         self.weights = [float(w) / total for w in weights]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.sigmoid(self.nets[0](x).float()) * self.weights[0]
-        for net, w in zip(self.nets[1:], self.weights[1:]):
-            out = out + torch.sigmoid(net(x).float()) * w
+    def forward(self, image: torch.Tensor, output_size: torch.Tensor) -> torch.Tensor:
+        size = (output_size[0], output_size[1])
+        out = None
+        for net, w in zip(self.nets, self.weights):
+            logits = F.interpolate(net(image).float(), size=size, mode="bilinear", align_corners=False)
+            p = torch.sigmoid(logits) * w
+            out = p if out is None else out + p
         return out
 
 
@@ -124,29 +139,37 @@ def _plain(model: torch.nn.Module) -> Any:
     return getattr(model, "base", model)
 
 
-def _inputs(config, n: int = 1) -> list[torch.Tensor]:
-    """Random normalised inputs at the training window, and one wider (to check the dynamic axes)."""
+def _cases(config, n: int = 1) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """Random normalised inputs with output sizes: the training window at its own size, the same upsampled
+    to a non-square size (resize mode), and one wider input (to check the dynamic axes)."""
     side = config.crop or config.size
     gen = torch.Generator().manual_seed(0)
     c = in_channels(config)
-    return [torch.randn(n, c, side, side, generator=gen), torch.randn(n, c, side, side + 32, generator=gen)]
+    x = torch.randn(n, c, side, side, generator=gen)
+    wide = torch.randn(n, c, side, side + 32, generator=gen)
+    return [(x, (side, side)), (x, (2 * side + 7, 3 * side)), (wide, (side, side + 32))]
 
 
-def _max_diff(reference: torch.nn.Module, exported, inputs: Sequence[torch.Tensor]) -> float:
-    """The largest difference between `exported` and `reference` outputs over `inputs` (sizes `reference`
-    itself refuses are skipped)."""
+def _max_diff(reference, exported, cases: Sequence[tuple[torch.Tensor, tuple[int, int]]]) -> float:
+    """The largest difference between `exported` and `reference` probabilities (both called as
+    ``f(image, (height, width))``) over `cases` (inputs `reference` itself refuses are skipped)."""
     worst = 0.0
     with torch.no_grad():
-        for x in inputs:
+        for x, size in cases:
             try:
-                want = reference(x)
+                want = reference(x, size)
             except Exception:  # noqa: BLE001 - a fixed-size encoder refuses other sizes; nothing to compare
                 continue
-            worst = max(worst, float((exported(x) - want).abs().max()))
+            worst = max(worst, float((exported(x, size) - want).abs().max()))
     return worst
 
 
+def _size_tensor(size: Sequence[int]) -> torch.Tensor:
+    return torch.tensor(list(size), dtype=torch.int64)
+
+
 def _write_graph(graph: torch.nn.Module, fmt: str, path: Path, sample: torch.Tensor) -> None:
+    args = (sample, _size_tensor((sample.shape[-2] * 2, sample.shape[-1] * 2)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter
         try:
@@ -154,16 +177,16 @@ def _write_graph(graph: torch.nn.Module, fmt: str, path: Path, sample: torch.Ten
                 axes = {0: "batch", 2: "height", 3: "width"}
                 torch.onnx.export(
                     graph,
-                    (sample,),
+                    args,
                     str(path),
                     dynamo=False,
-                    input_names=[INPUT_NAME],
+                    input_names=[INPUT_NAME, SIZE_NAME],
                     output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                    dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}},
                     opset_version=17,
                 )
             else:
-                torch.jit.save(torch.jit.trace(graph, sample, check_trace=False), str(path))
+                torch.jit.save(torch.jit.trace(graph, args, check_trace=False), str(path))
         except Exception as exc:  # noqa: BLE001 - the exporters raise many types
             msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"--format {fmt}: this model cannot be exported ({msg})") from None
@@ -292,10 +315,11 @@ def export(
     cfg = opened[0].config
     doc = {
         "format": FORMAT,
-        "version": 1,
+        "version": VERSION,
         "backend": fmt,
         "boneseg": __version__,
         "input": {"name": INPUT_NAME, "layout": "NCHW float32", "normalisation": "(image / 255 - mean) / std"},
+        **({} if fmt == "hf" else {"output_size": SIZE_DOC}),
         "output": {"name": OUTPUT_NAME, "kind": "logits" if fmt == "hf" else "probabilities"},
         "classes": list(CLASSES),
         "in_channels": in_channels(cfg),
@@ -322,7 +346,12 @@ def export(
                 net.save_pretrained(str(folder))
                 (folder / "README.md").write_text(model_card(opened[0], doc), encoding="utf-8")
                 loaded = load_backend(folder, fmt)
-                diff = _max_diff(Probabilities([net], [1.0]), lambda x: torch.sigmoid(loaded(x)), _inputs(cfg))
+                graph = Probabilities([net], [1.0]).eval()
+                diff = _max_diff(
+                    lambda x, size: graph(x, _size_tensor(size)),
+                    lambda x, size: torch.sigmoid(F.interpolate(loaded(x), size, mode="bilinear", align_corners=False)),
+                    _cases(cfg),
+                )
                 _check_diff(diff, out)
                 write_json(folder / HF_SIDECAR, dict(doc, max_abs_diff=diff), force=True)
                 publish_folder(folder, out, force)
@@ -330,10 +359,10 @@ def export(
                 shutil.rmtree(folder, ignore_errors=True)  # gone once published
         else:
             graph = Probabilities(nets, weights).eval()
-            inputs = _inputs(cfg)
+            cases = _cases(cfg)
             with atomic_path(out, force) as tmp:
-                _write_graph(graph, fmt, tmp, inputs[0])
-                diff = _max_diff(graph, load_backend(tmp, fmt), inputs)
+                _write_graph(graph, fmt, tmp, cases[0][0])
+                diff = _max_diff(lambda x, size: graph(x, _size_tensor(size)), load_backend(tmp, fmt), cases)
                 _check_diff(diff, out)
             write_json(sidecar, dict(doc, max_abs_diff=diff), force=force)
         task.advance()
