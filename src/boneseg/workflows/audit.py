@@ -4,7 +4,8 @@ Every pair gets an *evidence* value in [0, 1], "the fraction of this label that 
 that explains it best:
 
 * ``disagreement``: ``(1 - Dice(label, prediction)) * confidence`` (mean probability over the predicted
-  mask; 1 for a CSV), and separately the symmetric mean boundary distance (px at the image's size);
+  mask; 1 for a CSV), and separately the symmetric mean boundary distance (px at the image's size) and the
+  area ratio ``log(label area / predicted area) * confidence`` (a scaled polygon whose Dice is still high);
 * ``swap``: a disagreement where the label matches another class's prediction better (Dice >= 0.5) than
   its own class's;
 * ``missing``: no label where the model predicts the bone: predicted area / the class's median label area
@@ -16,10 +17,11 @@ that explains it best:
   of the class's median area, or a finger bone on the wrong side of its neighbours in its row (1).
 
 Scores are robust z-scores per class: ``(evidence - median) / spread`` with the median and spread
-(1.4826 * MAD, at least `MIN_SPREAD`) of the disagreement evidence of that class over all audited images
-(the boundary distance against its own per-class median and spread). A score therefore reads the same for
-every kind and class: how many of the class's usual spreads beyond its usual disagreement. Pairs scoring at
-least ``min_score`` are suspects, listed most suspect first with the kind of their highest score.
+(1.4826 * MAD, at least `MIN_SPREAD`) of the disagreement evidence of that class over all audited images.
+The boundary distance and the area ratio (both ways: ``|z|``) are scored against their own per-class median
+and spread, and so is ``geometry``, which does not depend on the model. A score therefore reads the same for
+every kind and class: how many of the class's usual spreads beyond its usual value. Pairs scoring at least
+``min_score`` are suspects, listed most suspect first with the kind of their highest score.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ WORK_SIDE = 512
 MIN_SPREAD = 0.02
 """Smallest per-class spread of the evidence (Dice units), so that a class the model never misses still
 needs a real disagreement to score high."""
+MIN_RATIO_SPREAD = 0.05
+"""Smallest per-class spread of the log area ratio (about 5% of the area)."""
 NOTHING = 0.1
 """A label whose mean predicted probability is below this is ``spurious`` (the model sees no bone there)."""
 FINGER_ROWS = (
@@ -75,6 +79,8 @@ class AuditResult:
     spread: np.ndarray
     dist_center: np.ndarray
     dist_spread: np.ndarray
+    ratio_center: np.ndarray
+    ratio_spread: np.ndarray
     suspects: list[dict] = field(default_factory=list)
     min_score: float = 3.5
 
@@ -92,6 +98,8 @@ class AuditResult:
                     "evidence_spread": _num(self.spread[i]),
                     "distance_median": _num(self.dist_center[i]),
                     "distance_spread": _num(self.dist_spread[i]),
+                    "log_area_ratio_median": _num(self.ratio_center[i]),
+                    "log_area_ratio_spread": _num(self.ratio_spread[i]),
                 }
                 for i, c in enumerate(CLASSES)
             },
@@ -278,11 +286,15 @@ def score(m: dict[str, np.ndarray], scales: np.ndarray) -> tuple[dict[str, np.nd
     center, spread = _robust(dis, MIN_SPREAD)
     dist = np.where(both, m["distance"], np.nan)
     dcenter, dspread = _robust(dist, 1.0 / float(scales.min()))  # at least one working pixel
+    ratio = np.where(both, np.log(np.maximum(m["label_area"], 1) / np.maximum(m["pred_area"], 1)) * m["conf"], np.nan)
+    rcenter, rspread = _robust(ratio, MIN_RATIO_SPREAD)
+    gcenter, gspread = _robust(evidence["geometry"], MIN_SPREAD)
     z = np.stack([(evidence[k] - center) / spread * (evidence[k] > 0) for k in KINDS])
-    zdist = np.nan_to_num((dist - dcenter) / dspread, nan=0.0)
-    z[0] = np.where(evidence["disagreement"] > 0, np.maximum(z[0], zdist), 0.0)
-    z[1] = np.where(evidence["swap"] > 0, np.maximum(z[1], zdist), 0.0)
-    return evidence, z, (center, spread, dcenter, dspread)
+    z[4] = (evidence["geometry"] - gcenter) / gspread * (evidence["geometry"] > 0)
+    shape = np.nan_to_num(np.maximum((dist - dcenter) / dspread, np.abs(ratio - rcenter) / rspread), nan=0.0)
+    z[0] = np.where(evidence["disagreement"] > 0, np.maximum(z[0], shape), 0.0)
+    z[1] = np.where(evidence["swap"] > 0, np.maximum(z[1], shape), 0.0)
+    return evidence, z, (center, spread, dcenter, dspread, rcenter, rspread)
 
 
 def audit(
@@ -321,7 +333,7 @@ def audit(
         rows.append(measure_image(gt, pred_masks, prob, polygons, f))
         scales.append(f)
     m = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    evidence, z, (center, spread, dcenter, dspread) = score(m, np.array(scales))
+    evidence, z, (center, spread, dcenter, dspread, rcenter, rspread) = score(m, np.array(scales))
     best = z.max(0)
     kind = z.argmax(0)
     order = np.argsort(-best, axis=None, kind="stable")
@@ -343,8 +355,9 @@ def audit(
         if k == "swap":
             entry["with"] = CLASSES[int(m["swap_with"][i, c])]
         suspects.append(entry)
+    names = [s.image_name for s in audited]
     return AuditResult(
-        [s.image_name for s in audited], evidence, m["distance"], center, spread, dcenter, dspread, suspects, min_score
+        names, evidence, m["distance"], center, spread, dcenter, dspread, rcenter, rspread, suspects, min_score
     )
 
 
