@@ -290,10 +290,11 @@ def score(m: dict[str, np.ndarray], scales: np.ndarray) -> tuple[dict[str, np.nd
     rcenter, rspread = _robust(ratio, MIN_RATIO_SPREAD)
     gcenter, gspread = _robust(evidence["geometry"], MIN_SPREAD)
     z = np.stack([(evidence[k] - center) / spread * (evidence[k] > 0) for k in KINDS])
-    z[4] = (evidence["geometry"] - gcenter) / gspread * (evidence["geometry"] > 0)
+    z[KINDS.index("geometry")] = (evidence["geometry"] - gcenter) / gspread * (evidence["geometry"] > 0)
     shape = np.nan_to_num(np.maximum((dist - dcenter) / dspread, np.abs(ratio - rcenter) / rspread), nan=0.0)
-    z[0] = np.where(evidence["disagreement"] > 0, np.maximum(z[0], shape), 0.0)
-    z[1] = np.where(evidence["swap"] > 0, np.maximum(z[1], shape), 0.0)
+    for k in ("disagreement", "swap"):
+        i = KINDS.index(k)
+        z[i] = np.where(evidence[k] > 0, np.maximum(z[i], shape), 0.0)
     return evidence, z, (center, spread, dcenter, dspread, rcenter, rspread)
 
 
