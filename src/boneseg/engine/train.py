@@ -1174,9 +1174,10 @@ def _run(
                     if shots:
                         tracker.images("val/prediction_vs_label", overlays(shots), st.epoch)
                 vd = f"{line['val_dice']:.4f}" if line["val_dice"] is not None else "-"
+                best = f"{st.best:.4f} (epoch {st.best_epoch})" if st.best > -math.inf else "-"
                 reporter.message(
                     f"epoch {st.epoch}/{cfg.epochs}  step {st.step}  train_loss {line['train_loss']:.4f}  "
-                    f"val_dice {vd}  best {st.best:.4f} (epoch {st.best_epoch})  "
+                    f"val_dice {vd}  best {best}  "
                     f"lr {line['lr']:.2e}  {line['seconds']:.1f}s"
                 )
             D.barrier(info)

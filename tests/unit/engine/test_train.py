@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from util import TINY, cli, write_dataset
 
 from boneseg.classes import CLASSES
 from boneseg.engine.checkpoint import load_checkpoint, load_model
@@ -315,3 +316,12 @@ def test_cli_train_reports_its_pace_warns_on_long_cpu_runs_and_fits_postprocess(
     assert "epoch 1/1  step 6" in err
     assert json.loads((out / "postprocess.json").read_text())["images"] == 2
     assert "fit_postprocess" not in json.loads((out / "config.json").read_text())
+
+
+def test_epoch_lines_before_the_first_validation_show_no_best(tmp_path, capsys):
+    """An epoch without validation (`--val-every 2`) prints `best -`, not a made-up -inf from epoch 0."""
+    data = write_dataset(tmp_path / "data")
+    code, _, err = cli(capsys, "train", data, *TINY, "--epochs", "2", "--val-every", "2", "--out", tmp_path / "r")
+    assert code == 0, err
+    first = next(ln for ln in err.splitlines() if ln.startswith("epoch 1/2"))
+    assert "val_dice -  best -  lr" in first and "inf" not in err, first
