@@ -295,7 +295,7 @@ class Predictor:
             for f in flips:
                 x = self._input(lm, item, hw)[0]
                 p = sliding_window(
-                    lambda b: self._probabilities(lm, b, tuple(b.shape[-2:])),
+                    lambda b: self._probabilities(lm, b, (b.shape[-2], b.shape[-1])),
                     hflip(x) if f else x,
                     self.window_of(lm),
                     self.overlap,

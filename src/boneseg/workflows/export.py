@@ -79,12 +79,11 @@ class Probabilities(torch.nn.Module):
         self.weights = [float(w) / total for w in weights]
 
     def forward(self, image: torch.Tensor, output_size: torch.Tensor) -> torch.Tensor:
-        size = (output_size[0], output_size[1])
-        out = None
+        size: Any = (output_size[0], output_size[1])  # tensors: the traced graph keeps the size an input
+        out = torch.zeros(())
         for net, w in zip(self.nets, self.weights):
             logits = F.interpolate(net(image).float(), size=size, mode="bilinear", align_corners=False)
-            p = torch.sigmoid(logits) * w
-            out = p if out is None else out + p
+            out = out + torch.sigmoid(logits) * w
         return out
 
 
