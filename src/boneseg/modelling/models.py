@@ -12,6 +12,7 @@ valid ones, closest first.
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Mapping
@@ -42,6 +43,10 @@ ALIASES: dict[str, str] = {
 }
 """Short name -> canonical architecture name."""
 
+SET_BY_BONESEG = ("encoder_name", "encoder_weights", "in_channels", "classes", "activation", "aux_params")
+"""smp constructor arguments boneseg sets itself (logits out, heads in `boneseg.modelling.heads`): never
+`model_kwargs`."""
+
 ENCODER_WEIGHTS = ("imagenet", "none")
 """Named `encoder_weights` values; anything else is a path to a local state dict."""
 
@@ -57,6 +62,23 @@ def resolve_arch(name: str) -> str:
     if key in ARCHITECTURES:
         return key
     raise UsageError(f"--arch {name!r}: unknown architecture{suggest(str(name), [*ARCHITECTURES, *ALIASES])}")
+
+
+def check_model_kwargs(arch: str, encoder: str, kwargs: Mapping) -> None:
+    """Refuse `model_kwargs` the model would not use: smp passes names its architecture does not take on to
+    the encoder, where its own encoders ignore them silently (``decoder_channels`` means nothing to FPN).
+    With a ``tu-`` encoder the other names go to timm, which refuses unknown ones itself.
+
+    Raises:
+        UsageError: a name boneseg sets itself, or one neither the architecture nor the encoder takes.
+    """
+    skip = ("self", "kwargs", *SET_BY_BONESEG)
+    own = [p for p in inspect.signature(ARCHITECTURES[arch].__init__).parameters if p not in skip]
+    for key in kwargs:
+        if key in SET_BY_BONESEG:
+            raise UsageError(f"model_kwargs {key!r}: set by boneseg itself, not a model setting")
+        if key not in own and not encoder.startswith("tu-"):
+            raise UsageError(f"model_kwargs {key!r}: not a setting of --arch {arch}{suggest(key, own)}")
 
 
 def smp_encoders() -> list[str]:
@@ -117,6 +139,7 @@ def build_model(config: Mapping) -> torch.nn.Module:
     in_channels = int(config.get("in_channels", 1))
     weights = config.get("encoder_weights")
     kwargs = dict(config.get("model_kwargs") or {})
+    check_model_kwargs(arch, encoder, kwargs)
     if arch == "dpt" and encoder.startswith("tu-"):
         kwargs.setdefault("dynamic_img_size", True)
     if encoder.startswith("tu-swin") and config.get("size"):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from util import cli, write_dataset
 
 from boneseg.data.transforms import normalize, to_input
 from boneseg.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -45,6 +48,29 @@ def test_unknown_names_suggest_closest():
         resolve_encoder("tu-convnxt_tiny")
     assert resolve_encoder("tu-convnext_tiny.fb_in22k") == "tu-convnext_tiny.fb_in22k"
     assert resolve_encoder("ResNet18") == "resnet18"
+
+
+def test_model_kwargs_the_model_would_ignore_are_refused(tmp_path, capsys):
+    """smp hands names its architecture does not take to the encoder, whose smp encoders drop them silently: a
+    U-Net's decoder_channels on FPN built the default FPN while config.json said otherwise."""
+    base = {"encoder": "resnet18", "encoder_weights": "none"}
+    with pytest.raises(UsageError, match=r"'decoder_channels': not a setting of --arch fpn; did you mean 'decoder_"):
+        build_model({**base, "arch": "fpn", "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}})
+    with pytest.raises(UsageError, match=r"'activation': set by boneseg itself"):
+        build_model({**base, "arch": "unet", "model_kwargs": {"activation": "sigmoid"}})
+    fpn = build_model({**base, "arch": "fpn", "model_kwargs": {"decoder_pyramid_channels": 64}})
+    assert fpn.decoder.p5.out_channels == 64
+    with pytest.raises(UsageError, match="unexpected keyword argument 'decoder_channels'"):  # timm refuses it
+        build_model({**base, "arch": "fpn", "encoder": "tu-resnet10t", "model_kwargs": {"decoder_channels": [8]}})
+
+    data = write_dataset(tmp_path / "data")
+    config = tmp_path / "c.json"
+    unet = {"arch": "unet", "encoder": "resnet18", "size": 64, "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}}
+    config.write_text(json.dumps(unet))
+    args = ("--config", config, "--arch", "fpn", "--dry-run", "--encoder-weights", "none", "-o", tmp_path / "run")
+    code, _, err = cli(capsys, "train", data, *args)
+    assert code == 2 and err.count("Error:") == 1 and "not a setting of --arch fpn" in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_timm_encoder_and_rgb_channels():
