@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from rich.text import Text
 
 from boneseg.cli.app import app
 from boneseg.cli.output import console, escape, print_json, reporter, table
@@ -91,7 +92,7 @@ def _print_tables(result) -> None:
             columns = ["class", *names]
         rows.append(
             [
-                "[bold]mean[/bold]",
+                Text("mean", style="bold"),
                 *(float(dice[m].mean()) for m in range(result.models)),
                 *([""] * (len(columns) - 1 - result.models)),
             ]

@@ -89,8 +89,9 @@ def plain(value: object) -> Text:
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
-    """A rich table from plain rows (floats shown with 4 decimals); pass `rich.text.Text` for styled cells."""
-    t = Table(title=plain(title), title_justify="left")
+    """A rich table from plain rows (floats shown with 4 decimals); pass `rich.text.Text` for styled cells.
+    The title stays on one line however narrow the table."""
+    t = Table(title=Text(title, no_wrap=True, overflow="ignore"), title_justify="left")
     for c in columns:
         t.add_column(plain(c), justify="right" if c not in columns[:1] else "left")
     for row in rows:

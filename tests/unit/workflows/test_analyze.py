@@ -167,6 +167,7 @@ def test_cli_json_schema_plots_and_force(synth_data, tmp_path, capsys):
     assert len(doc["worst_images"]) == 4
     assert doc["suggested_ensemble"][0] == max(doc["models"], key=lambda k: doc["models"][k]["mean_dice"])
     assert "Dice per class" in stderr and "suggested ensemble" in stderr
+    assert "[bold]" not in stderr and "[/" not in stderr  # styled, not printed as markup
     assert json.loads((out / "analysis.json").read_text()) == doc
     for name in ("per_class.png", "dice_vs_area.png", "worst_cases.png", "similarity.png"):
         data = (out / name).read_bytes()
@@ -241,3 +242,17 @@ def test_suggest_ensemble_rule():
     assert suggest_ensemble(sim, [0.90, 0.93, 0.80, 0.80], tolerance=0.01) == [1]
     assert suggest_ensemble(sim) == [0, 2]  # no scores: least similar pair
     assert suggest_ensemble(np.ones((2, 2)), [0.9, 0.9]) == [0]  # a copy adds nothing
+
+
+def test_table_titles_stay_on_one_line():
+    """A title longer than its table is not wrapped to the table's width (every command's tables)."""
+    import io
+
+    from rich.console import Console
+
+    from boneseg.cli.output import table
+
+    title = "Out-of-fold predictions: 96 images -> oof_a.csv"
+    buffer = io.StringIO()
+    Console(file=buffer, width=100).print(table(title, ["fold", "run"], [[2, "runs/a_f2"]]))
+    assert buffer.getvalue().splitlines()[0].strip() == title
