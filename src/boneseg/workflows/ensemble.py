@@ -154,17 +154,49 @@ def plan_thresholds(spec: str | os.PathLike | Mapping[str, Any]) -> np.ndarray |
     """The (29,) thresholds a soft-vote plan carries (``boneseg select`` writes them), else None.
 
     Raises:
-        DataError: thresholds that are not a ``{class: t}`` object of finite numbers within [0, 1].
+        DataError: thresholds that are not a ``{class: t}`` object of finite numbers within [0, 1], or
+            a select plan's lacking a class.
     """
     where, doc = _plan_document(spec)
     if not isinstance(doc, Mapping) or "thresholds" not in doc:
         return None
     if not isinstance(doc["thresholds"], Mapping):
         raise DataError(f"{where}: 'thresholds' must be an object {{class: threshold}}")
+    if _is_select_plan(doc):
+        _every_class(doc["thresholds"], f"{where}: 'thresholds'")
     try:
         return probs_mod.thresholds_array(doc["thresholds"])
     except (UsageError, DataError) as exc:
         raise DataError(f"{where}: {exc}") from None
+
+
+def _is_select_plan(doc: Mapping[str, Any]) -> bool:
+    """A plan written by ``boneseg select``: weights for every class, by position of its ``inputs``."""
+    return isinstance(doc.get("per_class"), Mapping) and isinstance(doc.get("inputs"), list)
+
+
+def _every_class(mapping: Mapping[str, Any], where: str) -> None:
+    missing = [c for c in CLASSES if c not in mapping]
+    if missing:
+        raise DataError(
+            f"{where} lacks {len(missing)} class(es), e.g. {missing[0]} (a select plan holds all {NUM_CLASSES})"
+        )
+
+
+def _check_select_plan(doc: Mapping[str, Any], inputs: Sequence[str], where: str) -> None:
+    """A select plan's weights are positional: the same number of inputs, none given at another input's
+    place (matched by file name, the only thing OOF and test predictions may share), every class."""
+    made = [Path(str(p)).name for p in doc["inputs"]]
+    if len(made) != len(inputs):
+        raise DataError(f"{where}: a plan for {len(made)} inputs ({', '.join(made)}), given {len(inputs)}")
+    for i, p in enumerate(inputs):
+        name = Path(p).name
+        if name in made and made[i] != name:
+            raise DataError(
+                f"{where}: {quote(p)} is input {i + 1} here but input {made.index(name) + 1} of the plan "
+                f"(give the inputs in the plan's order: {', '.join(made)})"
+            )
+    _every_class(doc["per_class"], f"{where}: 'per_class'")
 
 
 def read_per_class(
@@ -174,19 +206,24 @@ def read_per_class(
 
     Each class maps to one input (0-based index, path or file name: that input alone decides) or to a
     list of weights, one per input. Classes not listed are absent from the result. The mapping may sit
-    under a ``per_class`` key beside a ``vote`` (as ``boneseg select`` writes it), which must then be `vote`.
+    under a ``per_class`` key beside a ``vote`` (as ``boneseg select`` writes it), which must then be `vote`;
+    a select plan (with its ``inputs``) must also match the inputs given (`_check_select_plan`).
 
     Raises:
-        DataError: naming the file and class, for unknown classes, inputs or bad weights, or a plan made
-            for the other vote.
+        DataError: naming the file and class, for unknown classes, inputs or bad weights, a plan made
+            for the other vote, or a select plan made for other inputs or lacking a class.
     """
     where, doc = _plan_document(spec)
     if isinstance(doc, Mapping) and isinstance(doc.get("per_class"), Mapping):
+        if doc.get("vote", vote) not in ("hard", "soft", None):
+            raise DataError(f"{where}: 'vote' must be hard or soft, got {quote(doc['vote'])}")
         if vote is not None and doc.get("vote", vote) != vote:
             raise DataError(
                 f"{where}: a plan for a {doc['vote']} vote, used in a {vote} vote "
                 f"({'CSVs' if doc['vote'] == 'hard' else 'probability folders'} were selected)"
             )
+        if _is_select_plan(doc):
+            _check_select_plan(doc, inputs, where)
         doc = doc["per_class"]
     if not isinstance(doc, Mapping):
         raise DataError(f"{where}: expected a JSON object mapping classes to an input or weights")

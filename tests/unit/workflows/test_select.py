@@ -147,7 +147,23 @@ def test_plans_are_applied_only_as_made_and_bad_inputs_are_one_line(oof, synth_d
     select(csvs, synth_data, oof / "splits.json", steps=1, out=oof / "hard.json")
     select(folders, synth_data, oof / "splits.json", steps=1, workers=1, out=oof / "soft1.json")
     base = ["--gt", synth_data, "--splits", oof / "splits.json"]
+    hard, soft = json.loads((oof / "hard.json").read_text()), json.loads((oof / "soft1.json").read_text())
+    edited = {
+        "lost": {**hard, "per_class": {c: w for c, w in hard["per_class"].items() if c != "Ulna"}},
+        "lost_t": {**soft, "thresholds": {c: t for c, t in soft["thresholds"].items() if c != "Ulna"}},
+        "kind": {**hard, "vote": "majority"},
+    }
+    for name, doc in edited.items():
+        (oof / f"{name}.json").write_text(json.dumps(doc))
     cases = [
+        (["ensemble", *csvs[::-1], "--per-class", oof / "hard.json", "-o", oof / "x.csv"], 1, "the plan's order"),
+        (["ensemble", *csvs, "--per-class", oof / "lost.json", "-o", oof / "x.csv"], 1, "'per_class' lacks 1 class"),
+        (
+            ["ensemble", *folders, "--per-class", oof / "lost_t.json", "-o", oof / "x.csv"],
+            1,
+            "lacks 1 class(es), e.g. Ulna",
+        ),
+        (["ensemble", *csvs, "--per-class", oof / "kind.json", "-o", oof / "x.csv"], 1, "'vote' must be hard or soft"),
         (["ensemble", *folders, "--per-class", oof / "hard.json", "-o", oof / "x.csv"], 1, "a plan for a hard vote"),
         (
             ["ensemble", *folders, "--per-class", oof / "soft1.json", "--threshold", "0.4", "-o", oof / "x.csv"],
@@ -157,7 +173,7 @@ def test_plans_are_applied_only_as_made_and_bad_inputs_are_one_line(oof, synth_d
         (
             ["ensemble", *csvs, oof / "weak.csv", "--per-class", oof / "hard.json", "-o", oof / "x.csv"],
             1,
-            "expected 3 weights",
+            "a plan for 2 inputs (fingers.csv, carpals.csv), given 3",
         ),
         (["select", *csvs, *base, "--tune-thresholds", "-o", oof / "y.json"], 2, "--vote soft only"),
         (["select", csvs[0], folders[0], *base, "-o", oof / "y.json"], 2, "mix folders and files"),
