@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +39,10 @@ import numpy as np
 
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
-from boneseg.data.layout import Sample, discover, png_shape, read_image
+from boneseg.data.layout import Sample, by_image_name, discover, png_shape, read_image
 from boneseg.data.masks import load_label, rasterize
-from boneseg.errors import BonesegWarning, DataError, UsageError, suggest
-from boneseg.io import check_output, write_json
+from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError, suggest
+from boneseg.io import atomic_open, check_output, publish_folder, staging_folder, write_json
 from boneseg.plots import overlay_compare, save_png
 from boneseg.progress import SILENT, Reporter, track
 from boneseg.submission import format_row, read_submission
@@ -57,6 +58,9 @@ MIN_SPREAD = 0.02
 needs a real disagreement to score high."""
 MIN_RATIO_SPREAD = 0.05
 """Smallest per-class spread of the log area ratio (about 5% of the area)."""
+MIN_IMAGES = 3
+"""Fewest images whose robust statistics can single a label out: the median and MAD of two values put
+both at 0.67 spreads from the centre, whatever they are."""
 NOTHING = 0.1
 """A label whose mean predicted probability is below this is ``spurious`` (the model sees no bone there)."""
 FINGER_ROWS = (
@@ -318,16 +322,27 @@ def audit(
     predictions = Predictions(pred, threshold)
     have = set(predictions.names)
     samples = discover(data)
+    by_name = by_image_name(samples, data)
     audited = [s for s in samples if s.image_name in have]
     if not audited:
         raise DataError(f"{pred}: predicts none of the {len(samples)} train images of {data}")
+    notes = []
     if len(audited) < len(samples):
-        warnings.warn(
-            f"{pred}: {len(samples) - len(audited)} of the {len(samples)} train images have no prediction "
-            f"and are not audited",
-            BonesegWarning,
-            stacklevel=2,
+        notes.append(
+            f"{len(samples) - len(audited)} of the {len(samples)} train images have no prediction and are not audited"
         )
+    foreign = [n for n in predictions.names if n not in by_name]
+    if foreign:
+        notes.append(
+            f"{len(foreign)} predicted image(s) are no train image of {data} (e.g. {foreign[0]}) and are ignored"
+        )
+    if len(audited) < MIN_IMAGES:
+        notes.append(
+            f"only {len(audited)} image(s) audited: a class's usual value and spread need at least {MIN_IMAGES}, "
+            "so disagreement, swap and geometry suspects cannot stand out (missing and spurious labels still can)"
+        )
+    for note in notes:
+        warnings.warn(f"{pred}: {note}", BonesegWarning, stacklevel=2)
     rows, scales = [], []
     for s in track(audited, reporter, "audit", "img"):
         gt, pred_masks, prob, polygons, f = _load(s, predictions)
@@ -392,32 +407,32 @@ def write_audit(
     paths = [out / SUSPECTS_FILE, out / AUDIT_FILE]
     for p in paths:
         check_output(p, force)
+    crops_dir = out / CROPS_DIR
+    if crops_dir.is_dir() and any(crops_dir.iterdir()) and not force:
+        raise OutputExistsError(f"{crops_dir} is not empty (use --force to overwrite)")
     out.mkdir(parents=True, exist_ok=True)
-    from boneseg.io import atomic_open
-
-    with atomic_open(paths[0], "w", force=force) as fh:
-        fh.write(format_row(*SUSPECT_COLUMNS))
-        for s in result.suspects:
-            fh.write(format_row(s["image_name"], s["class"], s["kind"], f"{s['score']:.3f}"))
-    write_json(paths[1], {"data": str(data), "pred": str(pred), **result.to_json()}, force=force)
-    top = result.suspects[:crops]
-    if top:
-        predictions = Predictions(pred, threshold)
-        by_name = {s.image_name: s for s in discover(data)}
-        for rank, s in enumerate(track(top, reporter, "crops", "img"), 1):
-            paths.append(
-                _crop(
-                    by_name[s["image_name"]],
-                    predictions,
-                    s,
-                    out / CROPS_DIR / f"{rank:03d}-{Path(s['image_name']).stem}-{s['class']}.png",
-                    force,
-                )
-            )
+    staging = staging_folder(crops_dir)  # published whole, so no crop of an earlier audit stays beside them
+    try:
+        top = result.suspects[:crops]
+        if top:
+            predictions = Predictions(pred, threshold)
+            by_name = {s.image_name: s for s in discover(data)}
+            for rank, s in enumerate(track(top, reporter, "crops", "img"), 1):
+                name = f"{rank:03d}-{Path(s['image_name']).stem}-{s['class']}.png"
+                _crop(by_name[s["image_name"]], predictions, s, staging / name)
+                paths.append(crops_dir / name)
+        with atomic_open(paths[0], "w", force=force) as fh:
+            fh.write(format_row(*SUSPECT_COLUMNS))
+            for s in result.suspects:
+                fh.write(format_row(s["image_name"], s["class"], s["kind"], f"{s['score']:.3f}"))
+        write_json(paths[1], {"data": str(data), "pred": str(pred), **result.to_json()}, force=force)
+        publish_folder(staging, crops_dir, force=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return paths
 
 
-def _crop(sample: Sample, predictions: Predictions, suspect: dict, path: Path, force: bool) -> Path:
+def _crop(sample: Sample, predictions: Predictions, suspect: dict, path: Path) -> Path:
     """The region of one suspect pair: prediction (red) and label (green) over the image, at least 192 px."""
     gt, pred, _, _, _ = _load(sample, predictions)
     c = CLASS_INDEX[suspect["class"]]
@@ -435,8 +450,7 @@ def _crop(sample: Sample, predictions: Predictions, suspect: dict, path: Path, f
     rgb = overlay_compare(image[y0:y1, x0:x1], pred[c, y0:y1, x0:x1], gt[c, y0:y1, x0:x1])
     zoom = max(1, math.ceil(192 / max(rgb.shape[:2])))
     rgb = cv2.resize(rgb, (rgb.shape[1] * zoom, rgb.shape[0] * zoom), interpolation=cv2.INTER_NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return save_png(rgb, path, force=force)
+    return save_png(rgb, path)
 
 
 def read_suspects(audit: str | os.PathLike) -> list[dict]:

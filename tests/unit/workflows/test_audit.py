@@ -250,3 +250,45 @@ def test_train_exclude_names_an_unknown_image(fold_runs, tmp_path, capsys):
     summary = train(tiny_config(data, tmp_path / "run2", exclude=str(listed), max_steps=1))
     assert json.loads((tmp_path / "run2" / "config.json").read_text())["exclude"] == str(listed)
     assert summary["steps"] == 1
+
+
+def truth_csv(data: Path, out: Path, images: int | None = None) -> Path:
+    """The labels of `data` (its first `images` images) as a submission: perfect predictions."""
+    with SubmissionWriter(out) as w:
+        for s in discover(data)[:images]:
+            shape = png_shape(s.image)
+            w.write_masks(s.image_name, rasterize(load_label(s.label, shape).polygons, shape))
+    return out
+
+
+def test_audit_crops_are_replaced_whole_and_checked_first(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", patients=2, size=64, test_patients=0)
+    pred, out = truth_csv(data, tmp_path / "pred.csv"), tmp_path / "audit"
+    args = ["audit", data, "--pred", pred, "--out", out, "--min-score", "-100"]
+    assert cli(capsys, *args, "--crops", "3")[0] == 0
+    assert len(list((out / "crops").glob("*.png"))) == 3
+    (out / "suspects.csv").unlink()
+    (out / "audit.json").unlink()
+    code, _, err = cli(capsys, *args, "--crops", "1")
+    assert code == 1 and "crops is not empty" in error_line(err) and not (out / "suspects.csv").exists()
+    assert cli(capsys, *args, "--crops", "1", "--force")[0] == 0
+    assert len(list((out / "crops").glob("*.png"))) == 1  # none of the earlier audit's crops left beside it
+
+
+def test_audit_of_too_few_images_says_so_and_shared_names_are_refused(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", patients=2, size=64, test_patients=0)
+    code, _, err = cli(
+        capsys, "audit", data, "--pred", truth_csv(data, tmp_path / "two.csv", 2), "--out", tmp_path / "a"
+    )
+    assert code == 0 and "2 of the 4 train images have no prediction" in err
+    assert "only 2 image(s) audited" in err.replace("\n", " ")
+    code, _, err = cli(capsys, "audit", data, "--pred", truth_csv(data, tmp_path / "all.csv"), "--out", tmp_path / "b")
+    assert code == 0 and "audited" not in err
+    first = discover(data)[0]
+    twin = data / "train" / "DCM" / "ID009" / first.image_name
+    twin.parent.mkdir(parents=True)
+    shutil.copy(first.image, twin)
+    (data / "train" / "outputs_json" / "ID009").mkdir()
+    shutil.copy(first.label, data / "train" / "outputs_json" / "ID009" / first.label.name)
+    code, _, err = cli(capsys, "audit", data, "--pred", tmp_path / "all.csv", "--out", tmp_path / "c")
+    assert code == 1 and f"two images named {first.image_name}" in error_line(err)
