@@ -388,12 +388,9 @@ def _vote_of(inputs: Sequence[Path], vote: str | None) -> str:
 
 def _train_samples(data: Path, images: Sequence[str], where: str) -> list:
     """The labelled train samples of `images` (base names), in that order."""
-    from boneseg.data.layout import discover
+    from boneseg.data.layout import by_image_name, discover
 
-    by_name: dict[str, Any] = {}
-    for s in discover(data, "train"):
-        if s.label is not None:
-            by_name.setdefault(s.image_name, s)
+    by_name = by_image_name([s for s in discover(data, "train") if s.label is not None], data)
     unknown = [i for i in images if i not in by_name]
     if unknown:
         raise DataError(

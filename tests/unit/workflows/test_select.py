@@ -209,3 +209,23 @@ def test_oof_images_must_be_labelled_train_images_of_two_folds(oof, synth_data, 
         tmp_path / "p.json",
     )
     assert code == 1 and "at least 2 folds" in err and not (tmp_path / "p.json").exists()
+
+
+def test_soft_oof_of_a_dataset_with_two_images_of_one_name_is_refused(tmp_path):
+    import shutil
+
+    from util import write_dataset
+
+    from boneseg.errors import DataError
+
+    data = write_dataset(tmp_path / "data", patients=2, size=64, test_patients=0)
+    samples = discover(data, "train")
+    for s in samples:
+        probs.save(tmp_path / "p", s.image_name, np.zeros((29, 64, 64), np.uint8))
+    probs.write_manifest(tmp_path / "p", [s.image_name for s in samples], ["m"])
+    first = samples[0]
+    for sub, src in (("DCM", first.image), ("outputs_json", first.label)):
+        (data / "train" / sub / "ID009").mkdir()
+        shutil.copy(src, data / "train" / sub / "ID009" / src.name)
+    with pytest.raises(DataError, match=f"two images named {first.image_name}"):
+        select([tmp_path / "p"], data, tmp_path / "splits.json", workers=1)
