@@ -70,6 +70,11 @@ def assign_folds(runs: Sequence[Run], samples: Sequence[Sample]) -> list[list[Sa
     return parts
 
 
+def _same_folder(a: str, b: str) -> bool:
+    """The same path, or two paths of one existing folder."""
+    return a == b or (Path(a).is_dir() and Path(b).is_dir() and os.path.samefile(a, b))
+
+
 def oof(
     runs: Sequence[str | os.PathLike],
     output: str | os.PathLike | None,
@@ -96,12 +101,18 @@ def oof(
         force: overwrite existing outputs. reporter: progress, one task per fold.
 
     Raises:
-        UsageError: no runs. DataError: the folds do not cover the images once (`assign_folds`), unreadable
-        data. OutputExistsError: an existing output without `force`. CheckpointError: a broken run.
+        UsageError: no runs. DataError: runs trained on different datasets, the folds do not cover the
+        images once (`assign_folds`), unreadable data. OutputExistsError: an existing output without `force`. CheckpointError: a broken run.
     """
     if not runs:
         raise UsageError("give one run per fold")
     opened = [Run.open(r) for r in runs]
+    for run in opened[1:]:
+        if not _same_folder(run.config.data, opened[0].config.data):
+            raise DataError(
+                f"{opened[0].path} and {run.path} were trained on different datasets "
+                f"({opened[0].config.data} and {run.config.data}): the runs of one cross-validation share one"
+            )
     data = data if data is not None else opened[0].config.data
     samples = discover(data)
     by_image_name(samples)

@@ -216,6 +216,17 @@ def test_oof_refuses_a_missing_fold_or_a_fold_twice(fold_runs, tmp_path, capsys)
     assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
 
 
+def test_oof_refuses_runs_of_different_datasets(fold_runs, tmp_path, capsys):
+    from boneseg.engine.train import train
+
+    data, runs = fold_runs
+    shutil.copytree(data, tmp_path / "copy")  # the same image names: the folds alone cannot tell
+    train(tiny_config(tmp_path / "copy", tmp_path / "other1", fold=1, folds=2, max_steps=1))
+    code, _, err = cli(capsys, "oof", runs[0], tmp_path / "other1", "-o", tmp_path / "a.csv", "--device", "cpu")
+    assert code == 1 and "trained on different datasets" in error_line(err)
+    assert not (tmp_path / "a.csv").exists()
+
+
 def test_train_exclude_names_an_unknown_image(fold_runs, tmp_path, capsys):
     data, _ = fold_runs
     listed = tmp_path / "leave-out.txt"
