@@ -666,6 +666,11 @@ def check_options(
         raise UsageError(f"--patients must be at least 1, got {patients}")
     if test_patients < 0:
         raise UsageError(f"--test-patients must be 0 or more, got {test_patients}")
+    if label_errors and not round(label_errors * 2 * patients):
+        raise UsageError(
+            f"--label-errors {label_errors}: no error among {2 * patients} train images "
+            f"(one needs at least {1 / (2 * patients):.4g})"
+        )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder")

@@ -170,6 +170,9 @@ def test_audit_reads_probabilities_and_refuses_foreign_predictions(phantoms, tmp
     assert code == 1 and "predicts none of the 12 train images" in error_line(err)
     code, _, err = cli(capsys, "synth", tmp_path / "s", "--label-errors", "1.5")
     assert code == 2 and "--label-errors" in error_line(err)
+    code, _, err = cli(capsys, "synth", tmp_path / "s", "--patients", "4", "--label-errors", "0.05")
+    assert code == 2 and "no error among 8 train images (one needs at least 0.125)" in error_line(err)
+    assert not (tmp_path / "s").exists()
 
 
 # -- out-of-fold predictions ---------------------------------------------------------------------------
