@@ -102,7 +102,8 @@ def oof(
 
     Raises:
         UsageError: no runs. DataError: runs trained on different datasets, the folds do not cover the
-        images once (`assign_folds`), unreadable data. OutputExistsError: an existing output without `force`. CheckpointError: a broken run.
+        images once (`assign_folds`), unreadable data. OutputExistsError: an existing output without
+        `force`. CheckpointError: a broken run.
     """
     if not runs:
         raise UsageError("give one run per fold")
