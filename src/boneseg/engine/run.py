@@ -21,6 +21,7 @@ from boneseg.engine.checkpoint import (
     resolve_checkpoint,
 )
 from boneseg.engine.train import TrainConfig
+from boneseg.errors import DataError
 from boneseg.io import read_json
 from boneseg.postprocess import RULES_FILE
 
@@ -33,6 +34,8 @@ class Run:
         self.saved: dict = dict(state["config"])
         self.config = TrainConfig.from_saved(self.saved)
         self.metrics: dict = dict(state.get("metrics") or {})  # the validation metrics of the saved epoch
+        val = state.get("val_images")  # recorded by training (absent in checkpoints of older versions)
+        self.val_images: list[str] | None = [str(n) for n in val] if val is not None else None
         self._state: dict[str, Any] | None = state
 
     @classmethod
@@ -79,10 +82,25 @@ class Run:
         return self.config.splits
 
     def validation(self, samples: Sequence) -> list:
-        """This run's validation samples among `samples` (its fold of its splits, as training made them)."""
-        from boneseg.data.split import run_fold
+        """This run's validation samples among `samples`: the images its checkpoint records it validated on
+        (a checkpoint without the record: its fold of its splits, made again as training made it).
 
-        return run_fold(samples, self.splits, self.config.folds, self.config.seed, self.fold)[1]
+        Raises:
+            DataError: a recorded validation image that `samples` lacks (the dataset changed since training).
+        """
+        if self.val_images is None:
+            from boneseg.data.split import run_fold
+
+            return run_fold(samples, self.splits, self.config.folds, self.config.seed, self.fold)[1]
+        names = {s.name for s in samples}
+        missing = [n for n in self.val_images if n not in names]
+        if missing:
+            raise DataError(
+                f"{self.path}: {len(missing)} of its {len(self.val_images)} validation images are not in the "
+                f"dataset, e.g. {missing[0]} (the dataset changed since training)"
+            )
+        wanted = set(self.val_images)
+        return [s for s in samples if s.name in wanted]
 
     @cached_property
     def postprocess_rules(self) -> dict | None:

@@ -565,6 +565,7 @@ class State:
     best_epoch: int = 0
     history: list = field(default_factory=list)
     tracker_ids: dict = field(default_factory=dict)  # --log name -> its run id (a resume continues that run)
+    val_images: list[str] = field(default_factory=list)  # the validation fold's image names, as trained
     criterion: Any = None
     device: torch.device = torch.device("cpu")
 
@@ -613,6 +614,7 @@ def checkpoint(st: State, full: bool) -> dict:
         "epoch": st.epoch,
         "step": st.step,
         "metrics": dict(last.items()),
+        "val_images": st.val_images,
         "format": 1,
     }
     if full:
@@ -651,6 +653,13 @@ def restore(st: State, saved: dict) -> None:
     st.loss_count = int(saved["loss_count"])
     st.best, st.best_epoch, st.history = float(saved["best"]), int(saved["best_epoch"]), list(saved["history"])
     st.tracker_ids = dict(saved.get("tracker_ids") or {})
+    before = saved.get("val_images")
+    if before is not None and list(before) != st.val_images:
+        changed = sorted(set(before) ^ set(st.val_images))
+        raise DataError(
+            f"the validation fold changed since the run started ({len(changed)} image(s) in or out, e.g. "
+            f"{changed[0]}): the dataset or splits file differ; restore them, or start a new run"
+        )
     _set_rng_state(saved["rng"])
 
 
@@ -1116,6 +1125,7 @@ def _run(
     steps_per_epoch = -(-n_batches // cfg.accumulate)
     st = build_state(cfg, info, steps_per_epoch, init, reporter)
     st.criterion = build_criterion(cfg).to(info.device)
+    st.val_images = sorted(it.sample.name for it in val_items)
     if saved is not None:
         restore(st, saved)
     ranks = f" x {info.world_size} ranks" if info.world_size > 1 else ""

@@ -62,10 +62,14 @@ def assign_folds(runs: Sequence[Run], samples: Sequence[Sample]) -> list[list[Sa
         parts.append(part)
     missing = [s.name for s in samples if s.name not in owner]
     if missing:
-        given = ", ".join(str(f) for f in sorted({r.fold for r in runs}))
+        folds = sorted({r.fold for r in runs})
+        reason = (
+            "images added to the dataset since training? (every fold is given)"
+            if folds == list(range(runs[0].config.folds))
+            else f"a fold is missing (runs given for fold {', '.join(map(str, folds))} of {runs[0].config.folds})"
+        )
         raise DataError(
-            f"no run validates {len(missing)} of the {len(samples)} train images (e.g. {missing[0]}): "
-            f"a fold is missing (runs given for fold {given} of {runs[0].config.folds})"
+            f"no run validates {len(missing)} of the {len(samples)} train images (e.g. {missing[0]}): {reason}"
         )
     return parts
 

@@ -14,6 +14,7 @@ from util import cli, tiny_config, write_dataset
 
 from boneseg.data.layout import discover, png_shape
 from boneseg.data.masks import load_label, rasterize
+from boneseg.errors import DataError
 from boneseg.submission import SubmissionWriter, read_submission
 
 
@@ -306,3 +307,27 @@ def test_audit_of_too_few_images_says_so_and_shared_names_are_refused(tmp_path, 
     shutil.copy(first.label, data / "train" / "outputs_json" / "ID009" / first.label.name)
     code, _, err = cli(capsys, "audit", data, "--pred", tmp_path / "all.csv", "--out", tmp_path / "c")
     assert code == 1 and f"two images named {first.image_name}" in error_line(err)
+
+
+def test_oof_and_resume_keep_the_validation_images_training_used(tmp_path, capsys):
+    """A patient added after training changes the folds made again from the dataset (here it joins fold 0;
+    in general the folds reshuffle, and oof would predict images a run trained on). Runs record their
+    validation images: oof predicts those and names what no run validated; a resume refuses a changed fold."""
+    from boneseg.engine.run import Run
+    from boneseg.engine.train import train
+
+    data = write_dataset(tmp_path / "data", patients=2, size=64, test_patients=0)
+    runs = [tmp_path / f"run{k}" for k in range(2)]
+    for k, run in enumerate(runs):
+        train(tiny_config(data, run, fold=k, folds=2, epochs=2, max_steps=1))
+    before = [Run.open(r).val_images for r in runs]
+    assert sorted(before[0] + before[1]) == sorted(s.name for s in discover(data))
+    write_dataset(data, patients=3, size=64, test_patients=0)  # the same two patients, and a third
+    added = sorted({s.name for s in discover(data)} - set(before[0] + before[1]))
+    assert [[s.name for s in Run.open(r).validation(discover(data))] for r in runs] == before
+    code, _, err = cli(capsys, "oof", *runs, "-o", tmp_path / "oof.csv", "--device", "cpu")
+    assert code == 1 and "images added to the dataset since training" in error_line(err), err
+    assert added[0] in error_line(err) or added[1] in error_line(err)
+    with pytest.raises(DataError, match="validation fold changed since the run started"):
+        for k, run in enumerate(runs):  # the new patient joins one of the two folds
+            train(tiny_config(data, run, fold=k, folds=2, epochs=2, resume=True))
