@@ -20,6 +20,7 @@ network's logits are resized to it before the sigmoid, so resize mode matches a 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import warnings
@@ -30,17 +31,21 @@ import numpy as np
 import torch
 
 from boneseg.classes import CLASSES
+from boneseg.data.transforms import in_channels
+from boneseg.engine.config_file import typed_option
 from boneseg.engine.run import Run
-from boneseg.engine.train import TrainConfig
-from boneseg.errors import CheckpointError, UsageError
+from boneseg.engine.train import TrainConfig, check_input
+from boneseg.errors import BonesegError, CheckpointError, UsageError
 from boneseg.io import read_json
+from boneseg.probs import thresholds_array
 
 FORMAT = "boneseg-export"
 FORMATS = ("onnx", "torchscript", "hf")
 HF_SIDECAR = "boneseg.json"
+HF_FILES = ("config.json", "model.safetensors")
 INPUT_NAME, SIZE_NAME, OUTPUT_NAME = "image", "output_size", "probabilities"
-VERSION = 2
-"""Sidecar version: 2 added the graphs' ``output_size`` input."""
+VERSION = 3
+"""Sidecar version: 2 added the graphs' ``output_size`` input, 3 the model file's ``model_sha256``."""
 CONFIG_KEYS = ("size", "crop", "channels", "mean", "std", "unify_side")
 """The training-config fields an export carries (what normalisation, sizes and hand side need)."""
 
@@ -49,6 +54,20 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     """Where the sidecar of the export at `path` lives: ``DIR/boneseg.json`` for a folder, else ``FILE.json``."""
     path = Path(path)
     return path / HF_SIDECAR if path.is_dir() else path.with_name(path.name + ".json")
+
+
+def model_file(path: str | os.PathLike, backend: str) -> Path:
+    """The file holding an export's weights: the model file itself, ``DIR/model.safetensors`` for ``hf``."""
+    return Path(path) / "model.safetensors" if backend == "hf" else Path(path)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file (what binds a sidecar to its model file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def is_exported(path: str | os.PathLike | Run) -> bool:
@@ -128,11 +147,48 @@ class Exported:
             raise CheckpointError(f"{self.rules_path}: 'classes' differ from the 29 competition classes")
         self.sidecar: dict[str, Any] = doc
         self.backend: str = doc["backend"]
+        missing = [k for k in CONFIG_KEYS if k not in doc]
+        if missing:
+            raise CheckpointError(f"{self.rules_path}: missing input setting(s) {', '.join(missing)}")
         try:
-            self.config = TrainConfig.from_any({k: doc[k] for k in CONFIG_KEYS})
-        except (KeyError, UsageError) as exc:
-            raise CheckpointError(f"{self.rules_path}: bad or missing input settings ({exc})") from None
+            settings = {k: typed_option(self.rules_path, k, doc[k]) for k in CONFIG_KEYS}
+        except UsageError as exc:
+            raise CheckpointError(str(exc)) from None
+        try:
+            self.config = TrainConfig.from_any(settings)
+            check_input(self.config)
+        except UsageError as exc:
+            raise CheckpointError(f"{self.rules_path}: bad input setting ({exc})") from None
+        if doc.get("in_channels") != in_channels(self.config):
+            raise CheckpointError(
+                f"{self.rules_path}: in_channels {doc.get('in_channels')!r} does not match channels "
+                f"{self.config.channels!r} ({in_channels(self.config)} input channel(s))"
+            )
+        if not isinstance(doc.get("thresholds"), (dict, type(None))):
+            raise CheckpointError(f"{self.rules_path}: 'thresholds' must be a {{class: threshold}} mapping")
+        try:
+            thresholds_array(doc.get("thresholds") or {})
+        except BonesegError as exc:
+            raise CheckpointError(f"{self.rules_path}: {exc}") from None
+        self._check_model_file()
         self.probabilities = self.backend != "hf"  # hf holds the smp model itself (logits)
+
+    def _check_model_file(self) -> None:
+        """The model file must be the one the sidecar was written for (a sidecar copied beside another export
+        would apply its settings, thresholds and rules to the wrong network)."""
+        weights = model_file(self.path, self.backend)
+        if self.backend != "hf" and self.path.is_dir():
+            raise CheckpointError(f"{self.path}: a folder, but its sidecar describes a {self.backend} model file")
+        missing = [name for name in HF_FILES if self.backend == "hf" and not (self.path / name).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{self.path}: {' and '.join(missing)} missing (an hf export folder holds {' and '.join(HF_FILES)})"
+            )
+        if self.sidecar.get("model_sha256") != sha256(weights):
+            raise CheckpointError(
+                f"{self.rules_path}: written for another model file than {weights} (model_sha256 does not match: "
+                "export the run again, or put the sidecar beside its own model)"
+            )
 
     @classmethod
     def open(cls, path: str | os.PathLike | Exported) -> Exported:

@@ -37,6 +37,8 @@ from boneseg.inference.exported import (
     SIZE_NAME,
     VERSION,
     load_backend,
+    model_file,
+    sha256,
     sidecar_path,
 )
 from boneseg.inference.predictor import check_weights
@@ -352,6 +354,7 @@ def export(
                     _cases(cfg),
                 )
                 _check_diff(diff, out)
+                doc["model_sha256"] = sha256(model_file(folder, fmt))
                 write_json(folder / HF_SIDECAR, dict(doc, max_abs_diff=diff), force=True)
                 publish_folder(folder, out, force)
             finally:
@@ -363,6 +366,7 @@ def export(
                 _write_graph(graph, fmt, tmp, cases[0][0])
                 diff = _max_diff(lambda x, size: graph(x, _size_tensor(size)), load_backend(tmp, fmt), cases)
                 _check_diff(diff, out)
+                doc["model_sha256"] = sha256(tmp)
             write_json(sidecar, dict(doc, max_abs_diff=diff), force=force)
         task.advance()
     return ExportSummary(str(out), str(sidecar), fmt, len(opened), diff)
