@@ -91,13 +91,40 @@ def onnxruntime():
     return ort
 
 
-class OnnxModel:
-    """An onnxruntime session called like the torch graph: ``model(batch, (height, width))`` -> probabilities at
-    that size (a tensor on the batch's device)."""
+class Graph:
+    """An exported graph called as ``model(batch, (height, width))`` -> ``(N, 29, height, width)`` probabilities
+    (a tensor on the batch's device); a graph that fails or answers another shape is a `CheckpointError` naming
+    the file (e.g. a sidecar whose ``channels`` the network does not take)."""
+
+    path: Path
+
+    def run(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        try:
+            p = self.run(x, size)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - TorchScript and onnxruntime raise many types
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+            start = max((i for i, ln in enumerate(lines) if "Error" in ln), default=0)  # past TorchScript's trace
+            raise CheckpointError(
+                f"{self.path}: the model failed on a {tuple(x.shape)} input ({' '.join(lines[start:])[:300]})"
+            ) from None
+        want = (x.shape[0], len(CLASSES), *size)
+        if tuple(p.shape) != want:
+            raise CheckpointError(f"{self.path}: the model answered {tuple(p.shape)}, not {want}")
+        return p
+
+
+class OnnxModel(Graph):
+    """An onnxruntime session (see `Graph`)."""
 
     wants_meta = False
 
     def __init__(self, path: Path, device: torch.device):
+        self.path = path
         ort = onnxruntime()
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -107,7 +134,7 @@ class OnnxModel:
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for broken files
             raise CheckpointError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
 
-    def __call__(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def run(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         inputs = {
             INPUT_NAME: np.ascontiguousarray(x.detach().float().cpu().numpy()),
             SIZE_NAME: np.asarray(size, dtype=np.int64),
@@ -115,13 +142,13 @@ class OnnxModel:
         return torch.from_numpy(self.session.run(None, inputs)[0]).to(x.device)
 
 
-class ScriptModel:
-    """A TorchScript graph called as ``model(batch, (height, width))`` -> probabilities at that size."""
+class ScriptModel(Graph):
+    """A TorchScript graph (see `Graph`)."""
 
-    def __init__(self, module: torch.jit.ScriptModule):
-        self.module = module
+    def __init__(self, path: Path, module: torch.jit.ScriptModule):
+        self.path, self.module = path, module
 
-    def __call__(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def run(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return self.module(x, torch.tensor(list(size), dtype=torch.int64))
 
 
@@ -184,6 +211,14 @@ class Exported:
             raise CheckpointError(
                 f"{self.path}: {' and '.join(missing)} missing (an hf export folder holds {' and '.join(HF_FILES)})"
             )
+        if self.backend == "hf":
+            smp_config = read_json(self.path / "config.json")
+            for key, want in (("in_channels", in_channels(self.config)), ("classes", len(CLASSES))):
+                if not isinstance(smp_config, dict) or smp_config.get(key) != want:
+                    got = smp_config.get(key) if isinstance(smp_config, dict) else None
+                    raise CheckpointError(
+                        f"{self.path / 'config.json'}: {key} {got!r}, but {self.rules_path.name} says {want}"
+                    )
         if self.sidecar.get("model_sha256") != sha256(weights):
             raise CheckpointError(
                 f"{self.rules_path}: written for another model file than {weights} (model_sha256 does not match: "
@@ -223,7 +258,7 @@ def load_backend(path: Path, backend: str, device: str | torch.device = "cpu") -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
             if backend == "torchscript":
-                return ScriptModel(torch.jit.load(str(path), map_location=device).eval())
+                return ScriptModel(path, torch.jit.load(str(path), map_location=device).eval())
         import segmentation_models_pytorch as smp
 
         with contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints a note: stdout may be the CSV

@@ -246,3 +246,20 @@ def test_a_sidecar_beside_another_model_is_refused(fmt, trained, tmp_path, capsy
         (b / "config.json").unlink()
         code, _, err = cli(capsys, "predict", data, "-m", b, "-o", tmp_path / "p.csv", "--workers", "0")
         assert code == 1 and "config.json missing" in err and "huggingface.co" not in err, err
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_network_that_does_not_take_the_sidecars_input_is_one_line(fmt, trained, tmp_path, capsys):
+    """A sidecar edited to other channels (in_channels along) meets a network that takes one: one line naming
+    the export, for every format (the graphs fail when called, the hf folder's config.json disagrees)."""
+    needs(fmt)
+    data, runs = trained
+    out = tmp_path / OUT[fmt]
+    assert cli(capsys, "export", runs[0], "-f", fmt, "-o", out)[0] == 0
+    sidecar = out / "boneseg.json" if fmt == "hf" else out.with_name(out.name + ".json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "channels": "rgb", "in_channels": 3}))
+    code, _, err = cli(capsys, "predict", data, "-m", out, "-o", tmp_path / "p.csv", "--workers", "0")
+    lines = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert code == 1 and len(lines) == 1 and str(out) in lines[0] and "Traceback" not in err, err
+    assert ("in_channels 1" if fmt == "hf" else "failed on a (1, 3, 64, 64) input") in lines[0], err
+    assert not (tmp_path / "p.csv").exists()
