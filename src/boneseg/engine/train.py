@@ -724,7 +724,8 @@ def init_weights(model: torch.nn.Module, init: dict, path: str) -> str:
     if problems:
         raise CheckpointError(
             f"--init-from {path}: its weights do not fit this model: {problems[0]}"
-            f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}"
+            f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; give the options that shape the "
+            f"network (heads, model_kwargs) as in its run, e.g. --config {Path(path).parent / CONFIG}"
         )
     model.load_state_dict(theirs)
     dice = (init.get("metrics") or {}).get("val_dice")

@@ -203,7 +203,12 @@ def test_init_from_loads_the_whole_network_and_resume_keeps_it(capsys, data, run
 
 
 @pytest.mark.parametrize(
-    "change, culprit", [(["--encoder", "resnet34"], "resnet18"), (["--channels", "rgb"], "1 input channel")]
+    "change, culprit",
+    [
+        (["--encoder", "resnet34"], "resnet18"),
+        (["--channels", "rgb"], "1 input channel"),
+        (["--boundary-head", "0.5"], "as in its run, e.g. --config"),
+    ],
 )
 def test_init_from_another_network_is_refused(capsys, data, run_a, tmp_path, change, culprit):
     code, _, err = cli(capsys, "train", data, *TINY, *change, "--init-from", run_a, "--out", tmp_path / "r")
