@@ -43,7 +43,7 @@ from boneseg.inference.exported import (
 )
 from boneseg.inference.predictor import check_weights
 from boneseg.inference.run import find_rules
-from boneseg.io import atomic_path, check_output, publish_folder, staging_folder, write_json
+from boneseg.io import atomic_path, check_output, is_stdout, publish_folder, staging_folder, write_json
 from boneseg.postprocess import rules_list
 from boneseg.probs import read_thresholds
 from boneseg.progress import SILENT, Reporter
@@ -295,6 +295,8 @@ def export(
     fmt = str(fmt).lower()
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if is_stdout(output):
+        raise UsageError("--out -: an export is a model file (or folder) and its sidecar, not a stream; give a path")
     weights = check_weights(weights, len(runs))
     thresholds = read_thresholds(threshold)
     if fmt == "onnx":

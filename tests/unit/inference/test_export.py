@@ -158,11 +158,12 @@ def _checkpoint(path: Path, **extra) -> Path:
         ("hf-two", 2, "holds one smp model"),
         ("disagree", 2, "size 96 differs"),
         ("exists", 1, "already exists"),
+        ("stdout", 2, "--out -: an export is a model file"),
         ("no-sidecar", 1, "no sidecar"),
         ("old-sidecar", 1, "sidecar version 1, this boneseg reads version 3"),
     ],
 )
-def test_refusals_are_one_line(case, exit_code, words, trained, tmp_path, capsys):
+def test_refusals_are_one_line(case, exit_code, words, trained, tmp_path, capsys, monkeypatch):
     data, runs = trained
     fmt, out, args = "torchscript", tmp_path / "m.ts", [runs[0]]
     if case == "film":
@@ -177,6 +178,9 @@ def test_refusals_are_one_line(case, exit_code, words, trained, tmp_path, capsys
         args = [runs[0], _checkpoint(tmp_path / "big.pt", size=96)]
     elif case == "exists":
         out.write_text("keep")
+    elif case == "stdout":  # not a file named "-"
+        monkeypatch.chdir(tmp_path)
+        out = Path("-")
     if case == "no-sidecar":
         (tmp_path / "m.onnx").write_bytes(b"not onnx")
         code, _, err = cli(capsys, "predict", data, "-m", tmp_path / "m.onnx", "-o", tmp_path / "p.csv")
