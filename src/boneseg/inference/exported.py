@@ -19,6 +19,7 @@ network's logits are resized to it before the sigmoid, so resize mode matches a 
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import hashlib
 import io
@@ -91,15 +92,16 @@ def onnxruntime():
     return ort
 
 
-class Graph:
+class Graph(abc.ABC):
     """An exported graph called as ``model(batch, (height, width))`` -> ``(N, 29, height, width)`` probabilities
     (a tensor on the batch's device); a graph that fails or answers another shape is a `CheckpointError` naming
     the file (e.g. a sidecar whose ``channels`` the network does not take)."""
 
     path: Path
 
+    @abc.abstractmethod
     def run(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        raise NotImplementedError
+        """The backend's call, unchecked."""
 
     def __call__(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         try:
