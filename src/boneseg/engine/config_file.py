@@ -33,7 +33,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     doc = read_json(path) if path.suffix.lower() == ".json" else _read_yaml(path)
     if not isinstance(doc, dict):
         raise DataError(f"{path}: not a mapping of training options (e.g. `epochs: 30`)")
-    fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    fields = _annotations()
     out: dict[str, Any] = {}
     for raw, value in doc.items():
         key = {"unify_hands": "unify_side"}.get(str(raw).replace("-", "_"), str(raw).replace("-", "_"))
@@ -45,6 +45,19 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
             raise UsageError(f"{path}: unknown training option {quote(raw)}{suggest(key, fields)}")
         out[key] = _typed(path, raw, value, fields[key])
     return out
+
+
+def typed_option(where: str | os.PathLike, key: str, value: Any) -> Any:
+    """`value` as the type of the `TrainConfig` field `key` (dashes allowed) wants it.
+
+    Raises:
+        UsageError: a value of the wrong type, naming `where` and `key`.
+    """
+    return _typed(Path(where), key, value, _annotations()[str(key).replace("-", "_")])
+
+
+def _annotations() -> dict[str, str]:
+    return {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
 
 
 def _read_yaml(path: Path) -> Any:

@@ -220,6 +220,33 @@ CHANGEABLE_ON_RESUME = ("data", "boundary_sharpen")
 # -- validation of options -----------------------------------------------------------------------
 
 
+def check_input(cfg: TrainConfig) -> None:
+    """Reject impossible input settings (what an image needs before the model sees it: size, crop, channels,
+    mean and std, hand side), normalising the hand side to ``"L"``, ``"R"`` or None."""
+    if not isinstance(cfg.size, int) or cfg.size < 1:
+        raise UsageError(f"--size {cfg.size}: must be a positive integer")
+    if cfg.size % 32:
+        raise UsageError(f"--size {cfg.size}: must be a multiple of 32 (encoders downsample 32x)")
+    if cfg.crop is not None and (cfg.crop < 32 or cfg.crop % 32 or cfg.crop > cfg.size):
+        raise UsageError(f"--crop {cfg.crop}: must be a multiple of 32 and at most --size {cfg.size}")
+    n = in_channels(cfg)
+    for name, values in (("mean", cfg.mean), ("std", cfg.std)):
+        numbers = values if isinstance(values, (list, tuple)) else [values]
+        if len(numbers) not in (1, n) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers
+        ):
+            count = "1 finite number" if n == 1 else f"1 or {n} finite numbers (one per input channel)"
+            raise UsageError(f"{name} {values}: expected {count}")
+        if name == "std" and not all(v > 0 for v in numbers):
+            raise UsageError(f"std {values}: must be positive (the input is divided by it)")
+    if cfg.unify_side in ("none", "None", ""):
+        cfg.unify_side = None
+    if cfg.unify_side is not None:
+        cfg.unify_side = str(cfg.unify_side).upper()[:1]
+        if cfg.unify_side not in ("L", "R"):
+            raise UsageError("--unify-hands: expected R, L or none")
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Reject impossible option values with one clear line each (no training started)."""
     from boneseg.data.split import check_split_options
@@ -232,13 +259,12 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError("--out RUN is required")
     cfg.arch, cfg.encoder = resolve_arch(cfg.arch), resolve_encoder(cfg.encoder)
     parse_loss(cfg.loss)
-    in_channels(cfg)
+    check_input(cfg)
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if f.type.startswith("float") and v is not None and not math.isfinite(v):
             raise UsageError(f"--{f.name.replace('_', '-')} {v}: must be a finite number")
     positive = {
-        "--size": cfg.size,
         "--epochs": cfg.epochs,
         "--batch-size": cfg.batch_size,
         "--accumulate": cfg.accumulate,
@@ -248,10 +274,6 @@ def check_config(cfg: TrainConfig) -> None:
     for opt, v in positive.items():
         if not isinstance(v, int) or v < 1:
             raise UsageError(f"{opt} {v}: must be a positive integer")
-    if cfg.size % 32:
-        raise UsageError(f"--size {cfg.size}: must be a multiple of 32 (encoders downsample 32x)")
-    if cfg.crop is not None and (cfg.crop < 32 or cfg.crop % 32 or cfg.crop > cfg.size):
-        raise UsageError(f"--crop {cfg.crop}: must be a multiple of 32 and at most --size {cfg.size}")
     for opt, v in {"--lr": cfg.lr, "--dist-timeout": cfg.dist_timeout}.items():
         if v <= 0:
             raise UsageError(f"{opt} {v}: must be positive")
@@ -276,12 +298,6 @@ def check_config(cfg: TrainConfig) -> None:
     check_split_options(cfg.folds)
     if cfg.aug not in AUGMENTATIONS:
         raise UsageError(f"--aug {cfg.aug!r}: unknown preset{suggest(cfg.aug, AUGMENTATIONS)}")
-    if cfg.unify_side in ("none", "None", ""):
-        cfg.unify_side = None
-    if cfg.unify_side is not None:
-        cfg.unify_side = str(cfg.unify_side).upper()[:1]
-        if cfg.unify_side not in ("L", "R"):
-            raise UsageError("--unify-hands: expected R, L or none")
     if cfg.amp_dtype not in ("bf16", "fp16"):
         raise UsageError(f"--amp-dtype {cfg.amp_dtype!r}: expected bf16 or fp16")
     if not 0.0 <= cfg.ema < 1.0:
@@ -717,7 +733,8 @@ def init_weights(model: torch.nn.Module, init: dict, path: str) -> str:
     if problems:
         raise CheckpointError(
             f"--init-from {path}: its weights do not fit this model: {problems[0]}"
-            f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}"
+            f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; give the options that shape the "
+            f"network (heads, model_kwargs) as in its run, e.g. --config {Path(path).parent / CONFIG}"
         )
     model.load_state_dict(theirs)
     dice = (init.get("metrics") or {}).get("val_dice")

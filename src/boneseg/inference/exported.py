@@ -19,7 +19,9 @@ network's logits are resized to it before the sigmoid, so resize mode matches a 
 
 from __future__ import annotations
 
+import abc
 import contextlib
+import hashlib
 import io
 import os
 import warnings
@@ -30,17 +32,21 @@ import numpy as np
 import torch
 
 from boneseg.classes import CLASSES
+from boneseg.data.transforms import in_channels
+from boneseg.engine.config_file import typed_option
 from boneseg.engine.run import Run
-from boneseg.engine.train import TrainConfig
-from boneseg.errors import CheckpointError, UsageError
+from boneseg.engine.train import TrainConfig, check_input
+from boneseg.errors import BonesegError, CheckpointError, UsageError
 from boneseg.io import read_json
+from boneseg.probs import thresholds_array
 
 FORMAT = "boneseg-export"
 FORMATS = ("onnx", "torchscript", "hf")
 HF_SIDECAR = "boneseg.json"
+HF_FILES = ("config.json", "model.safetensors")
 INPUT_NAME, SIZE_NAME, OUTPUT_NAME = "image", "output_size", "probabilities"
-VERSION = 2
-"""Sidecar version: 2 added the graphs' ``output_size`` input."""
+VERSION = 3
+"""Sidecar version: 2 added the graphs' ``output_size`` input, 3 the model file's ``model_sha256``."""
 CONFIG_KEYS = ("size", "crop", "channels", "mean", "std", "unify_side")
 """The training-config fields an export carries (what normalisation, sizes and hand side need)."""
 
@@ -49,6 +55,20 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     """Where the sidecar of the export at `path` lives: ``DIR/boneseg.json`` for a folder, else ``FILE.json``."""
     path = Path(path)
     return path / HF_SIDECAR if path.is_dir() else path.with_name(path.name + ".json")
+
+
+def model_file(path: str | os.PathLike, backend: str) -> Path:
+    """The file holding an export's weights: the model file itself, ``DIR/model.safetensors`` for ``hf``."""
+    return Path(path) / "model.safetensors" if backend == "hf" else Path(path)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file (what binds a sidecar to its model file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def is_exported(path: str | os.PathLike | Run) -> bool:
@@ -72,13 +92,41 @@ def onnxruntime():
     return ort
 
 
-class OnnxModel:
-    """An onnxruntime session called like the torch graph: ``model(batch, (height, width))`` -> probabilities at
-    that size (a tensor on the batch's device)."""
+class Graph(abc.ABC):
+    """An exported graph called as ``model(batch, (height, width))`` -> ``(N, 29, height, width)`` probabilities
+    (a tensor on the batch's device); a graph that fails or answers another shape is a `CheckpointError` naming
+    the file (e.g. a sidecar whose ``channels`` the network does not take)."""
+
+    path: Path
+
+    @abc.abstractmethod
+    def run(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The backend's call, unchecked."""
+
+    def __call__(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        try:
+            p = self.run(x, size)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - TorchScript and onnxruntime raise many types
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+            start = max((i for i, ln in enumerate(lines) if "Error" in ln), default=0)  # past TorchScript's trace
+            raise CheckpointError(
+                f"{self.path}: the model failed on a {tuple(x.shape)} input ({' '.join(lines[start:])[:300]})"
+            ) from None
+        want = (x.shape[0], len(CLASSES), *size)
+        if tuple(p.shape) != want:
+            raise CheckpointError(f"{self.path}: the model answered {tuple(p.shape)}, not {want}")
+        return p
+
+
+class OnnxModel(Graph):
+    """An onnxruntime session (see `Graph`)."""
 
     wants_meta = False
 
     def __init__(self, path: Path, device: torch.device):
+        self.path = path
         ort = onnxruntime()
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -88,7 +136,7 @@ class OnnxModel:
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for broken files
             raise CheckpointError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
 
-    def __call__(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def run(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         inputs = {
             INPUT_NAME: np.ascontiguousarray(x.detach().float().cpu().numpy()),
             SIZE_NAME: np.asarray(size, dtype=np.int64),
@@ -96,13 +144,13 @@ class OnnxModel:
         return torch.from_numpy(self.session.run(None, inputs)[0]).to(x.device)
 
 
-class ScriptModel:
-    """A TorchScript graph called as ``model(batch, (height, width))`` -> probabilities at that size."""
+class ScriptModel(Graph):
+    """A TorchScript graph (see `Graph`)."""
 
-    def __init__(self, module: torch.jit.ScriptModule):
-        self.module = module
+    def __init__(self, path: Path, module: torch.jit.ScriptModule):
+        self.path, self.module = path, module
 
-    def __call__(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def run(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return self.module(x, torch.tensor(list(size), dtype=torch.int64))
 
 
@@ -128,11 +176,56 @@ class Exported:
             raise CheckpointError(f"{self.rules_path}: 'classes' differ from the 29 competition classes")
         self.sidecar: dict[str, Any] = doc
         self.backend: str = doc["backend"]
+        missing = [k for k in CONFIG_KEYS if k not in doc]
+        if missing:
+            raise CheckpointError(f"{self.rules_path}: missing input setting(s) {', '.join(missing)}")
         try:
-            self.config = TrainConfig.from_any({k: doc[k] for k in CONFIG_KEYS})
-        except (KeyError, UsageError) as exc:
-            raise CheckpointError(f"{self.rules_path}: bad or missing input settings ({exc})") from None
+            settings = {k: typed_option(self.rules_path, k, doc[k]) for k in CONFIG_KEYS}
+        except UsageError as exc:
+            raise CheckpointError(str(exc)) from None
+        try:
+            self.config = TrainConfig.from_any(settings)
+            check_input(self.config)
+        except UsageError as exc:
+            raise CheckpointError(f"{self.rules_path}: bad input setting ({exc})") from None
+        if doc.get("in_channels") != in_channels(self.config):
+            raise CheckpointError(
+                f"{self.rules_path}: in_channels {doc.get('in_channels')!r} does not match channels "
+                f"{self.config.channels!r} ({in_channels(self.config)} input channel(s))"
+            )
+        if not isinstance(doc.get("thresholds"), (dict, type(None))):
+            raise CheckpointError(f"{self.rules_path}: 'thresholds' must be a {{class: threshold}} mapping")
+        try:
+            thresholds_array(doc.get("thresholds") or {})
+        except BonesegError as exc:
+            raise CheckpointError(f"{self.rules_path}: {exc}") from None
+        self._check_model_file()
         self.probabilities = self.backend != "hf"  # hf holds the smp model itself (logits)
+
+    def _check_model_file(self) -> None:
+        """The model file must be the one the sidecar was written for (a sidecar copied beside another export
+        would apply its settings, thresholds and rules to the wrong network)."""
+        weights = model_file(self.path, self.backend)
+        if self.backend != "hf" and self.path.is_dir():
+            raise CheckpointError(f"{self.path}: a folder, but its sidecar describes a {self.backend} model file")
+        missing = [name for name in HF_FILES if self.backend == "hf" and not (self.path / name).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{self.path}: {' and '.join(missing)} missing (an hf export folder holds {' and '.join(HF_FILES)})"
+            )
+        if self.backend == "hf":
+            smp_config = read_json(self.path / "config.json")
+            for key, want in (("in_channels", in_channels(self.config)), ("classes", len(CLASSES))):
+                if not isinstance(smp_config, dict) or smp_config.get(key) != want:
+                    got = smp_config.get(key) if isinstance(smp_config, dict) else None
+                    raise CheckpointError(
+                        f"{self.path / 'config.json'}: {key} {got!r}, but {self.rules_path.name} says {want}"
+                    )
+        if self.sidecar.get("model_sha256") != sha256(weights):
+            raise CheckpointError(
+                f"{self.rules_path}: written for another model file than {weights} (model_sha256 does not match: "
+                "export the run again, or put the sidecar beside its own model)"
+            )
 
     @classmethod
     def open(cls, path: str | os.PathLike | Exported) -> Exported:
@@ -167,7 +260,7 @@ def load_backend(path: Path, backend: str, device: str | torch.device = "cpu") -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
             if backend == "torchscript":
-                return ScriptModel(torch.jit.load(str(path), map_location=device).eval())
+                return ScriptModel(path, torch.jit.load(str(path), map_location=device).eval())
         import segmentation_models_pytorch as smp
 
         with contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints a note: stdout may be the CSV

@@ -37,11 +37,13 @@ from boneseg.inference.exported import (
     SIZE_NAME,
     VERSION,
     load_backend,
+    model_file,
+    sha256,
     sidecar_path,
 )
 from boneseg.inference.predictor import check_weights
 from boneseg.inference.run import find_rules
-from boneseg.io import atomic_path, check_output, publish_folder, staging_folder, write_json
+from boneseg.io import atomic_path, check_output, is_stdout, publish_folder, staging_folder, write_json
 from boneseg.postprocess import rules_list
 from boneseg.probs import read_thresholds
 from boneseg.progress import SILENT, Reporter
@@ -293,6 +295,8 @@ def export(
     fmt = str(fmt).lower()
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if is_stdout(output):
+        raise UsageError("--out -: an export is a model file (or folder) and its sidecar, not a stream; give a path")
     weights = check_weights(weights, len(runs))
     thresholds = read_thresholds(threshold)
     if fmt == "onnx":
@@ -352,6 +356,7 @@ def export(
                     _cases(cfg),
                 )
                 _check_diff(diff, out)
+                doc["model_sha256"] = sha256(model_file(folder, fmt))
                 write_json(folder / HF_SIDECAR, dict(doc, max_abs_diff=diff), force=True)
                 publish_folder(folder, out, force)
             finally:
@@ -363,6 +368,7 @@ def export(
                 _write_graph(graph, fmt, tmp, cases[0][0])
                 diff = _max_diff(lambda x, size: graph(x, _size_tensor(size)), load_backend(tmp, fmt), cases)
                 _check_diff(diff, out)
+                doc["model_sha256"] = sha256(tmp)
             write_json(sidecar, dict(doc, max_abs_diff=diff), force=force)
         task.advance()
     return ExportSummary(str(out), str(sidecar), fmt, len(opened), diff)

@@ -133,6 +133,26 @@ def test_config_file_errors_name_the_file(capsys, data, tmp_path, text, code, cu
     assert got == code and str(tmp_path / "c.yml") in line and culprit in line, line
 
 
+@pytest.mark.parametrize(
+    "text, culprit",
+    [
+        ("mean: [0.4, 0.4]\n", "mean [0.4, 0.4]: expected 1 finite number"),
+        ("channels: clahe3\nmean: [0.4, 0.4]\n", "expected 1 or 3 finite numbers"),
+        ("std: [0.0]\n", "std [0.0]: must be positive"),
+        ("std: [.nan]\n", "std [nan]: expected 1 finite number"),
+    ],
+)
+def test_impossible_normalisation_is_refused_before_anything_runs(capsys, data, tmp_path, text, culprit):
+    """A config file's mean/std that cannot normalise the input (wrong count, zero or non-finite std: a wrong
+    shape or inf/nan inputs) is refused by --dry-run as by a real run."""
+    (tmp_path / "c.yml").write_text(text)
+    code, _, err = cli(
+        capsys, "train", data, *TINY, "--config", tmp_path / "c.yml", "--dry-run", "--out", tmp_path / "r"
+    )
+    assert code == 2 and culprit in error_line(err), err
+    assert not (tmp_path / "r").exists()
+
+
 def test_dry_run_writes_nothing(capsys, data, run_a, tmp_path):
     before = listing(data, tmp_path)
     code, out, err = cli(
@@ -183,7 +203,12 @@ def test_init_from_loads_the_whole_network_and_resume_keeps_it(capsys, data, run
 
 
 @pytest.mark.parametrize(
-    "change, culprit", [(["--encoder", "resnet34"], "resnet18"), (["--channels", "rgb"], "1 input channel")]
+    "change, culprit",
+    [
+        (["--encoder", "resnet34"], "resnet18"),
+        (["--channels", "rgb"], "1 input channel"),
+        (["--boundary-head", "0.5"], "as in its run, e.g. --config"),
+    ],
 )
 def test_init_from_another_network_is_refused(capsys, data, run_a, tmp_path, change, culprit):
     code, _, err = cli(capsys, "train", data, *TINY, *change, "--init-from", run_a, "--out", tmp_path / "r")

@@ -158,11 +158,12 @@ def _checkpoint(path: Path, **extra) -> Path:
         ("hf-two", 2, "holds one smp model"),
         ("disagree", 2, "size 96 differs"),
         ("exists", 1, "already exists"),
+        ("stdout", 2, "--out -: an export is a model file"),
         ("no-sidecar", 1, "no sidecar"),
-        ("old-sidecar", 1, "sidecar version 1, this boneseg reads version 2"),
+        ("old-sidecar", 1, "sidecar version 1, this boneseg reads version 3"),
     ],
 )
-def test_refusals_are_one_line(case, exit_code, words, trained, tmp_path, capsys):
+def test_refusals_are_one_line(case, exit_code, words, trained, tmp_path, capsys, monkeypatch):
     data, runs = trained
     fmt, out, args = "torchscript", tmp_path / "m.ts", [runs[0]]
     if case == "film":
@@ -177,6 +178,9 @@ def test_refusals_are_one_line(case, exit_code, words, trained, tmp_path, capsys
         args = [runs[0], _checkpoint(tmp_path / "big.pt", size=96)]
     elif case == "exists":
         out.write_text("keep")
+    elif case == "stdout":  # not a file named "-"
+        monkeypatch.chdir(tmp_path)
+        out = Path("-")
     if case == "no-sidecar":
         (tmp_path / "m.onnx").write_bytes(b"not onnx")
         code, _, err = cli(capsys, "predict", data, "-m", tmp_path / "m.onnx", "-o", tmp_path / "p.csv")
@@ -195,3 +199,71 @@ def test_refusals_are_one_line(case, exit_code, words, trained, tmp_path, capsys
     elif case not in ("no-sidecar", "old-sidecar"):
         assert not out.exists() and not out.with_name(out.name + ".json").exists()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "edit, culprit",
+    [
+        ({"thresholds": {"finger-1": 1.5}}, "class 'finger-1': threshold 1.5: must be within [0, 1]"),
+        ({"thresholds": "0.4.json"}, "'thresholds' must be a {class: threshold} mapping"),
+        ({"in_channels": 3}, "in_channels 3 does not match channels 'gray'"),
+        ({"channels": "rgb"}, "in_channels 1 does not match channels 'rgb'"),
+        ({"mean": [0.4, 0.4]}, "mean [0.4, 0.4]: expected 1 finite number"),
+        ({"std": [0.0]}, "std [0.0]: must be positive"),
+        ({"size": "64"}, "size is '64', expected whole number"),
+        ({"crop": 48}, "--crop 48: must be a multiple of 32"),
+        ({"unify_side": "X"}, "expected R, L or none"),
+        ({"size": None}, "size is 'None', expected whole number"),
+        ({"model_sha256": "0" * 64}, "written for another model file"),
+    ],
+)
+def test_a_sidecar_edited_by_hand_is_refused_naming_it(edit, culprit, trained, tmp_path, capsys):
+    """Every setting predict takes from the sidecar is checked as a training option is, and the sidecar must be
+    the one written for its model file: one line naming the sidecar, never a traceback or a silent 0.5/no-op."""
+    data, runs = trained
+    out = tmp_path / "m.ts"
+    assert cli(capsys, "export", runs[0], "-f", "torchscript", "-o", out)[0] == 0
+    sidecar = out.with_name("m.ts.json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), **edit}))
+    code, _, err = cli(capsys, "predict", data, "-m", out, "-o", tmp_path / "p.csv", "--workers", "0")
+    lines = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert code == 1 and len(lines) == 1 and str(sidecar) in lines[0] and culprit in lines[0], err
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "hf"])
+def test_a_sidecar_beside_another_model_is_refused(fmt, trained, tmp_path, capsys):
+    """A sidecar copied beside another export's model (or an hf folder missing a file) is refused before
+    anything runs: its settings, thresholds and rules belong to another network."""
+    needs(fmt)
+    data, runs = trained
+    a, b = tmp_path / OUT[fmt], tmp_path / ("b-" + OUT[fmt])
+    for run, out in ((runs[0], a), (runs[1], b)):
+        assert cli(capsys, "export", run, "-f", fmt, "-o", out)[0] == 0
+    if fmt == "hf":
+        shutil.copy(a / "model.safetensors", b / "model.safetensors")
+    else:
+        shutil.copy(a, b)
+    code, _, err = cli(capsys, "predict", data, "-m", b, "-o", tmp_path / "p.csv", "--workers", "0")
+    assert code == 1 and "written for another model file" in err and "Traceback" not in err, err
+    if fmt == "hf":
+        (b / "config.json").unlink()
+        code, _, err = cli(capsys, "predict", data, "-m", b, "-o", tmp_path / "p.csv", "--workers", "0")
+        assert code == 1 and "config.json missing" in err and "huggingface.co" not in err, err
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_network_that_does_not_take_the_sidecars_input_is_one_line(fmt, trained, tmp_path, capsys):
+    """A sidecar edited to other channels (in_channels along) meets a network that takes one: one line naming
+    the export, for every format (the graphs fail when called, the hf folder's config.json disagrees)."""
+    needs(fmt)
+    data, runs = trained
+    out = tmp_path / OUT[fmt]
+    assert cli(capsys, "export", runs[0], "-f", fmt, "-o", out)[0] == 0
+    sidecar = out / "boneseg.json" if fmt == "hf" else out.with_name(out.name + ".json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "channels": "rgb", "in_channels": 3}))
+    code, _, err = cli(capsys, "predict", data, "-m", out, "-o", tmp_path / "p.csv", "--workers", "0")
+    lines = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert code == 1 and len(lines) == 1 and str(out) in lines[0] and "Traceback" not in err, err
+    assert ("in_channels 1" if fmt == "hf" else "failed on a (1, 3, 64, 64) input") in lines[0], err
+    assert not (tmp_path / "p.csv").exists()
