@@ -93,10 +93,11 @@ def write_json(path: str | os.PathLike | None, obj: Any, force: bool = False) ->
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; a missing, unreadable, malformed or too deeply nested one is a `DataError`."""
+    """Read a JSON file (UTF-8, with or without a byte-order mark); a missing, unreadable, malformed or too
+    deeply nested one is a `DataError`."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             return json.load(fh)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None

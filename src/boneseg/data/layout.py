@@ -42,9 +42,11 @@ class Sample:
 
     @property
     def patient(self) -> str:
-        """The patient folder (``ID001``), or the parent folder name for other layouts."""
-        parent = Path(self.name).parent.name
-        return parent or Path(self.name).stem
+        """The patient: the deepest folder of `name` named like ``ID001``, else its top folder (both hands
+        in ``ID001/left/…`` and ``ID001/right/…`` stay one patient), else the file stem."""
+        folders = Path(self.name).parts[:-1]
+        named = [f for f in folders if _PATIENT.fullmatch(f)]
+        return named[-1] if named else folders[0] if folders else Path(self.name).stem
 
     @property
     def suffix_side(self) -> str | None:
@@ -53,12 +55,22 @@ class Sample:
         return stem[-1].upper() if len(stem) > 2 and stem[-2] == "_" and stem[-1] in "LRlr" else None
 
 
+def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    """Files under `folder` whose suffix, in any case, is one of `suffixes`, relative to it. Symlinked
+    folders are followed (each real folder once), so a dataset assembled from links is read whole."""
+    found, seen = [], set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        found += [Path(top, f) for f in files if os.path.splitext(f)[1].lower() in suffixes]
+    return [p.relative_to(folder) for p in found if p.is_file()]
+
+
 def _relative_images(folder: Path) -> list[str]:
-    return sorted(
-        _utf8_name(p.relative_to(folder), folder)
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
+    return sorted(_utf8_name(p, folder) for p in _files(folder, IMAGE_SUFFIXES))
 
 
 def _utf8_name(name: Path, folder: Path | None = None) -> str:
@@ -98,9 +110,8 @@ def discover(
     labels_dir = root / split / LABEL_DIR
     if not labels_dir.is_dir():
         raise DataError(f"{root}: no {split}/{LABEL_DIR} folder with the labels")
-    label_names = {
-        p.relative_to(labels_dir).with_suffix("").as_posix() for p in labels_dir.rglob("*.json") if p.is_file()
-    }
+    label_files = {p.with_suffix("").as_posix(): p for p in _files(labels_dir, (".json",))}
+    label_names = set(label_files)
     image_stems = {str(Path(n).with_suffix("").as_posix()) for n in names}
     no_label = [n for n in names if str(Path(n).with_suffix("").as_posix()) not in label_names]
     no_image = sorted(label_names - image_stems)
@@ -112,7 +123,11 @@ def discover(
             parts.append(f"{len(no_image)} label(s) without an image, e.g. {split}/{LABEL_DIR}/{no_image[0]}.json")
         raise DataError(f"{root}: " + "; ".join(parts) + " (use --skip-bad to leave them out)")
     skip = set(no_label)
-    return [Sample(n, images_dir / n, labels_dir / Path(n).with_suffix(".json")) for n in names if n not in skip]
+    return [
+        Sample(n, images_dir / n, labels_dir / label_files[Path(n).with_suffix("").as_posix()])
+        for n in names
+        if n not in skip
+    ]
 
 
 def find_images(path: str | os.PathLike) -> list[Sample]:

@@ -31,6 +31,9 @@ DIST_CLIP = 16
 DIST_ZERO = 128
 """The uint8 code of distance 0 (the boundary) in quantised distance maps."""
 _SHIFT = 4  # sub-pixel bits for cv2.fillPoly when polygons are scaled
+MAX_COORD = 1 << 20
+"""Label coordinates and stated image sizes must be below this (no radiograph is a million pixels wide;
+larger values would overflow the integer polygon fill)."""
 
 
 @dataclass
@@ -95,6 +98,9 @@ def load_label(path: str | os.PathLike, shape: tuple[int, int] | None = None, st
         if pts.ndim != 2 or pts.shape[1] != 2 or not np.isfinite(pts).all():
             fatal.append(f"class {name!r}: points must be a list of [x, y] pairs")
             continue
+        if (np.abs(pts) >= MAX_COORD).any():
+            fatal.append(f"class {name!r}: points beyond {MAX_COORD} pixels")
+            continue
         if len(pts) < 3:
             fatal.append(f"class {name!r}: polygon has {len(pts)} point(s), needs at least 3")
             continue
@@ -141,7 +147,7 @@ def _declared_size(doc: dict) -> tuple[int, int] | None:
         if not isinstance(where, dict):
             continue
         h, w = where.get(hk, 0), where.get(wk, 0)
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < MAX_COORD for v in (h, w)):
             return int(h), int(w)
     return None
 

@@ -39,6 +39,39 @@ def test_discover_mismatch(data):
         layout.discover(data)
 
 
+def test_discover_follows_folder_links_and_any_suffix_case(data, tmp_path):
+    moved = tmp_path / "elsewhere" / "ID002"
+    (data / "train" / "DCM" / "ID002").rename(moved.parent.mkdir() or moved)
+    (data / "train" / "DCM" / "ID002").symlink_to(moved, target_is_directory=True)
+    (data / "train" / "DCM" / "ID001" / "loop").symlink_to(data / "train" / "DCM", target_is_directory=True)
+    label = data / "train" / "outputs_json" / "ID001" / "image1661000000010.json"
+    label.rename(label.with_suffix(".JSON"))
+    image = data / "train" / "DCM" / "ID001" / "image1661000000011.png"
+    image.rename(image.with_suffix(".PNG"))
+    train = layout.discover(data)
+    assert [s.name for s in train] == [
+        "ID001/image1661000000010.png",
+        "ID001/image1661000000011.PNG",
+        "ID002/image1661000000020.png",
+        "ID002/image1661000000021.png",
+    ]
+    assert train[0].label == label.with_suffix(".JSON") and all(s.label.is_file() for s in train)
+
+
+@pytest.mark.parametrize(
+    "name,patient",
+    [
+        ("ID001/image1.png", "ID001"),
+        ("ID001/left/image1.png", "ID001"),
+        ("site2/ID007/image1.png", "ID007"),
+        ("patientA/right/image1.png", "patientA"),
+        ("image1.png", "image1"),
+    ],
+)
+def test_patient_of_nested_layouts(name, patient):
+    assert layout.Sample(name, layout.Path(name)).patient == patient
+
+
 def test_missing_folders(tmp_path):
     with pytest.raises(DataError, match="dataset folder not found"):
         layout.discover(tmp_path / "nope")
@@ -112,6 +145,7 @@ def test_rasterize_keeps_overlaps():
         (json.dumps({"annotations": [{"label": "Ulna", "points": [[0, 0], [1, 0], [1, 1]]}] * 2}), "duplicate polygon"),
         (json.dumps({"annotations": [{"label": "Ulna", "points": [[0, 0], [99, 0], [1, 1]]}]}), "outside the 16x16"),
         (json.dumps({"annotations": [{"label": "Ulna", "points": "abc"}]}), "points"),
+        (json.dumps({"annotations": [{"label": "Ulna", "points": [[0, 0], [1e12, 0], [1, 1]]}]}), "beyond"),
     ],
 )
 def test_label_errors(tmp_path, doc, fragment):
@@ -120,6 +154,22 @@ def test_label_errors(tmp_path, doc, fragment):
     with pytest.raises(DataError, match=fragment) as err:
         masks.load_label(p, (16, 16))
     assert str(p) in str(err.value)
+
+
+def test_label_coordinates_beyond_any_image_are_refused_without_a_shape(tmp_path):
+    p = tmp_path / "l.json"
+    write_label(p, {"Ulna": [[0, 0], [3e9, 0], [1, 1]]})  # would wrap around in int32
+    with pytest.raises(DataError, match="beyond"):
+        masks.load_label(p)
+    p.write_text(json.dumps({"annotations": [], "metadata": {"height": 1e400, "width": 16}}))  # inf: no size
+    assert masks.load_label(p, (16, 16)).polygons == {}
+
+
+def test_label_with_a_byte_order_mark_is_read(tmp_path):
+    p = tmp_path / "l.json"
+    write_label(p, {"Ulna": [[0, 0], [5, 0], [5, 5]]})
+    p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    assert list(masks.load_label(p).polygons) == ["Ulna"]
 
 
 def test_label_missing_class_is_a_problem_not_error(tmp_path):
