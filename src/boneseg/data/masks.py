@@ -25,7 +25,7 @@ from boneseg.errors import DataError, quote, suggest
 from boneseg.io import atomic_open, read_json
 from boneseg.maskops import bbox
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 DIST_CLIP = 16
 """Default clip (pixels at the cached size) of the signed distance maps."""
 DIST_ZERO = 128
@@ -192,7 +192,7 @@ def _fingerprint(sample: Sample, size: int | None) -> str:
             st = p.stat()
         except FileNotFoundError:
             raise DataError(f"{p}: file not found") from None
-        parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        parts.append(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}")  # ctime: also copies that keep mtime
     return "|".join(parts)
 
 

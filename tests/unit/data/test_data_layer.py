@@ -202,6 +202,20 @@ def test_cache_hit_and_invalidation(data, tmp_path):
     assert changed.masks[CLASSES.index("Ulna")].all()
 
 
+def test_cache_sees_a_label_replaced_with_the_same_size_and_time(data, tmp_path):
+    sample = layout.discover(data)[0]
+    cache = masks.MaskCache(tmp_path / "cache")
+    assert not cache.get(sample).masks[CLASSES.index("Ulna")].all()
+    st = sample.label.stat()
+    polys = square_polygons(64)
+    polys["Ulna"] = [[0, 0], [63, 0], [63, 63], [0, 63]]
+    text = json.dumps({"annotations": [{"label": n, "points": p} for n, p in polys.items()]})
+    sample.label.write_text(text.ljust(st.st_size) if len(text) <= st.st_size else text)
+    os.utime(sample.label, ns=(st.st_atime_ns, st.st_mtime_ns))  # as `cp -p`/`rsync -a`/an archive restore
+    assert sample.label.stat().st_size == st.st_size
+    assert cache.get(sample).masks[CLASSES.index("Ulna")].all()
+
+
 def test_pack_unpack_round_trip():
     rng = np.random.default_rng(3)
     m = np.zeros((29, 40, 50), bool)
