@@ -112,7 +112,7 @@ def _print_tables(doc: dict) -> None:
             )
         )
     else:
-        console.print("no meta_data.xlsx")
+        console.print("no metadata (meta_data.xlsx/.xls/.csv)")
     problems = doc["problems"]
     if problems["items"]:
         console.print(table("Label problems", ["kind", "count"], sorted(problems["counts"].items())))

@@ -251,20 +251,29 @@ def _clean_header(text: object) -> str:
     return re.sub(r"_x[0-9a-fA-F]{4}_|[\s\x00-\x1f]", "", str(text)).lower()
 
 
+META_FILES = ("meta_data.xlsx", "meta_data.xls", "meta_data.csv")
+"""The metadata file of a dataset root, first found first."""
+
+
+def meta_file(root: str | os.PathLike) -> Path | None:
+    """The metadata file in `root` (`META_FILES`), None when there is none."""
+    return next((Path(root) / n for n in META_FILES if (Path(root) / n).is_file()), None)
+
+
 def read_meta(root: str | os.PathLike, path: str | os.PathLike | None = None):
-    """``meta_data.xlsx`` as a DataFrame indexed by patient (``ID001``) with columns age, sex ("M"/"F"),
-    weight, height (floats, NaN when missing). Korean or English headers; junk characters tolerated.
-    Returns None when the file does not exist.
+    """The metadata (`meta_file` of `root`, or `path`) as a DataFrame indexed by patient (``ID001``) with
+    columns age, sex ("M"/"F"), weight, height (floats, NaN when missing). Korean or English headers;
+    junk characters tolerated. Returns None when there is no such file.
     """
     import pandas as pd
 
-    path = Path(path) if path else Path(root) / "meta_data.xlsx"
-    if not path.exists():
+    file = Path(path) if path else meta_file(root)
+    if file is None or not file.exists():
         return None
     try:
-        raw = pd.read_excel(path) if path.suffix.lower() in (".xlsx", ".xls") else pd.read_csv(path)
+        raw = pd.read_excel(file) if file.suffix.lower() in (".xlsx", ".xls") else pd.read_csv(file)
     except Exception as exc:  # openpyxl/pandas raise many types for broken files
-        raise DataError(f"{path}: cannot read metadata ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{file}: cannot read metadata ({type(exc).__name__}: {exc})") from None
     found: dict[str, str] = {}
     for col in raw.columns:
         key = _clean_header(col)
@@ -272,7 +281,7 @@ def read_meta(root: str | os.PathLike, path: str | os.PathLike | None = None):
             if name not in found and any(key.startswith(a) for a in aliases):
                 found[name] = col
     if "id" not in found:
-        raise DataError(f"{path}: no ID column (columns: {', '.join(map(str, raw.columns))})")
+        raise DataError(f"{file}: no ID column (columns: {', '.join(map(str, raw.columns))})")
     out = pd.DataFrame(index=pd.Index([], name="patient"))
     ids = pd.to_numeric(raw[found["id"]].astype(str).str.extract(r"(\d+)")[0], errors="coerce")
     keep = ids.notna()

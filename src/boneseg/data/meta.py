@@ -42,14 +42,14 @@ def meta_vector(row: Mapping | None) -> np.ndarray:
 
 
 def find_meta_file(path: str | os.PathLike) -> Path | None:
-    """``meta_data.xlsx`` in `path` or up to three folders above it (DATA/test/DCM/ID040 -> DATA)."""
+    """The metadata file (`boneseg.data.layout.meta_file`) in `path` or up to three folders above it
+    (DATA/test/DCM/ID040 -> DATA), or `path` itself when it is one."""
+    from boneseg.data.layout import meta_file
+
     p = Path(path).resolve()
     if p.is_file() and p.suffix.lower() in (".xlsx", ".xls", ".csv"):
         return p
-    for folder in [p, *p.parents][:4]:
-        if (folder / "meta_data.xlsx").is_file():
-            return folder / "meta_data.xlsx"
-    return None
+    return next((f for f in map(meta_file, [p, *p.parents][:4]) if f is not None), None)
 
 
 def meta_table(path: str | os.PathLike | None) -> dict[str, np.ndarray]:

@@ -647,6 +647,10 @@ def meta_xlsx(patients: list[Patient]) -> bytes:
     return out.getvalue()
 
 
+MAX_SIZE = 8192
+"""The largest ``--size`` (4x the real data's side): beyond it one image's float layers would need tens of GB."""
+
+
 def check_seed(seed: int) -> None:
     """Raise `UsageError` for a negative seed (numpy's generators take none)."""
     if seed < 0:
@@ -660,8 +664,8 @@ def check_options(
     check_seed(seed)
     if not 0.0 <= label_errors <= 1.0:
         raise UsageError(f"--label-errors must be a fraction within [0, 1], got {label_errors}")
-    if size < 128:
-        raise UsageError(f"--size must be at least 128, got {size}")
+    if not 128 <= size <= MAX_SIZE:
+        raise UsageError(f"--size must be within 128..{MAX_SIZE}, got {size}")
     if patients < 1:
         raise UsageError(f"--patients must be at least 1, got {patients}")
     if test_patients < 0:

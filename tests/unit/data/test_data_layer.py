@@ -97,6 +97,15 @@ def test_read_image_errors(tmp_path):
         layout.read_image(tmp_path / "missing.png")
 
 
+def test_metadata_as_csv_is_found_like_the_xlsx(tmp_path):
+    from boneseg.data.meta import find_meta_file, meta_table
+
+    (tmp_path / "meta_data.csv").write_text("ID,나이,성별,체중(몸무게),키(신장)\n1,30,남,70,175\n", encoding="utf-8")
+    assert layout.read_meta(tmp_path).loc["ID001", "age"] == 30
+    assert find_meta_file(tmp_path / "test" / "DCM") == tmp_path / "meta_data.csv"
+    assert meta_table(tmp_path)["ID001"][4:].all()  # every field present
+
+
 def test_read_meta_korean_and_junk(tmp_path):
     df = pd.DataFrame(
         {

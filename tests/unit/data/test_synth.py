@@ -133,6 +133,9 @@ def test_options_and_force(tmp_path):
         synthesize(tmp_path / "x", size=64)
     with pytest.raises(UsageError):
         synthesize(tmp_path / "x", patients=0)
+    with pytest.raises(UsageError, match="128..8192"):
+        synthesize(tmp_path / "x", size=10**6)  # refused before anything is allocated
+    assert not (tmp_path / "x").exists()
     out = tmp_path / "d"
     synthesize(out, patients=2, test_patients=0, size=128)
     with pytest.raises(OutputExistsError):
