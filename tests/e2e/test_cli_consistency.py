@@ -70,3 +70,9 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 1 and err == "", err
+
+
+def test_help_paragraphs_wrap_to_the_terminal():
+    """A docstring's line ends are not kept: `boneseg --help` lists each command's help wrapped to the width."""
+    broken = [n for n, c in sorted(COMMANDS.items()) if any("\n" in p for p in (c.help or "").split("\n\n"))]
+    assert broken == []
