@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -60,8 +61,10 @@ def main(argv: list[str] | None = None) -> None:
             warnings.showwarning = _show_warning
             with command.make_context("boneseg", argv) as ctx:
                 command.invoke(ctx)
+            sys.stdout.flush()
         sys.exit(0)
     except typer.Exit as exc:
+        sys.stdout.flush()
         sys.exit(exc.exit_code)
     except getattr(_click, "NoArgsIsHelpError", ()) as exc:  # bare `boneseg`: the help, not an error
         print(exc.ctx.get_help())
@@ -74,6 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         _fail(_interrupted(command, argv), 130)
     except MemoryError:
         _fail("out of memory", 1)
+    except BrokenPipeError:
+        if not _stdout_closed():
+            _fail("Broken pipe", 1)
+        _quiet_exit_on_closed_stdout()
     except OSError as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         _fail(f"{where}{exc.strerror or exc}", 1)
@@ -135,6 +142,22 @@ def _terminate_like_ctrl_c() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+
+
+def _stdout_closed() -> bool:
+    """Whether the reader of stdout has gone (e.g. ``boneseg … | head``), as opposed to another pipe."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _quiet_exit_on_closed_stdout() -> None:
+    """Exit silently with 1 when stdout's reader has gone (as rich and Python itself do)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush finds no pipe
+    sys.exit(1)
 
 
 def _fail(message: str, code: int) -> None:

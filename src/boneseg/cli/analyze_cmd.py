@@ -54,7 +54,7 @@ def analyze_command(
         raise UsageError("--report writes into --out DIR: give --out")
     if report:
         check_out(out / REPORT_DIR, force)
-    with reporter(transient=True, disable=not console.is_terminal) as shown:
+    with reporter(transient=True) as shown:
         result = analyze(
             preds, gt, fold=fold, splits=splits, size=size, worst=worst, tolerance=tolerance, reporter=shown
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import typing
@@ -61,10 +62,19 @@ class _Group(_FlagsAsFlags, TyperGroup):
 
 
 class _App(typer.Typer):
-    """Every command registered here is a `FiniteCommand` (unless it names another class)."""
+    """Every command registered here is a `FiniteCommand` (unless it names another class); its help is its
+    docstring with each paragraph on one line, so help and the command list wrap it to the terminal, not
+    at the source's line ends."""
 
     def command(self, *args, cls=None, **kwargs):
-        return super().command(*args, cls=cls or FiniteCommand, **kwargs)
+        register = super().command
+
+        def decorator(f):
+            text = kwargs.pop("help", None) or inspect.getdoc(f) or ""
+            help_text = "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
+            return register(*args, cls=cls or FiniteCommand, help=help_text, **kwargs)(f)
+
+        return decorator
 
 
 app = _App(

@@ -49,6 +49,8 @@ def ensemble_command(
     threshold: str = typer.Option(
         None,
         "--threshold",
+        "-t",
+        metavar="T|FILE.json",
         help="Soft vote: probability threshold, global or "
         "a JSON file {class: threshold} (default 0.5, or the thresholds of a "
         "`boneseg select` plan).",
@@ -79,7 +81,9 @@ def ensemble_command(
         show_default=False,
     ),
     size: str = typer.Option("2048", "--size", help="Hard vote: image size the RLE must fit: N or HxW."),
-    workers: int = typer.Option(None, "--workers", help="Worker processes (default: all cores).", show_default=False),
+    workers: int = typer.Option(
+        None, "--workers", "-j", help="Worker processes (default: all cores).", show_default=False
+    ),
     output: str = typer.Option("-", "-o", "--out", metavar="PRED.csv", help="Output CSV (`-`: stdout)."),
     output_alias: str = typer.Option(None, "--output", hidden=True),  # the old name of -o/--out
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),

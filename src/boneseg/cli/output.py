@@ -69,7 +69,8 @@ class _RateColumn(ProgressColumn):
 
 
 def progress(transient: bool = False, disable: bool | None = None) -> Progress:
-    """A rich progress bar with count, rate and ETA (on stderr)."""
+    """A rich progress bar with count, rate and ETA (on stderr). Off with `disable`; a `transient` one also
+    when stderr is not a terminal (there it would leave only an empty line)."""
     return Progress(
         TextColumn("{task.description}", style="bold", markup=False),  # e.g. "predict [rank 0 of 4]"
         BarColumn(),
@@ -79,7 +80,7 @@ def progress(transient: bool = False, disable: bool | None = None) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
-        disable=bool(disable),
+        disable=bool(disable) or (transient and not console.is_terminal),
     )
 
 

@@ -36,7 +36,11 @@ def pseudo_command(
         show_default=False,
     ),
     threshold: str = typer.Option(
-        "0.5", "--threshold", help="Probability folders: threshold, global or a JSON file {class: threshold}."
+        "0.5",
+        "--threshold",
+        "-t",
+        metavar="T|FILE.json",
+        help="Probability folders: threshold, global or a JSON file {class: threshold}.",
     ),
     agree_with: list[Path] = typer.Option(
         None,
@@ -54,7 +58,9 @@ def pseudo_command(
         show_default=False,
     ),
     copy: bool = typer.Option(False, "--copy", help="Copy the images instead of hard-linking them."),
-    workers: int = typer.Option(None, "--workers", help="Worker processes (default: all cores).", show_default=False),
+    workers: int = typer.Option(
+        None, "--workers", "-j", help="Worker processes (default: all cores).", show_default=False
+    ),
     json_out: bool = typer.Option(
         False, "--json", help="Print the manifest's summary and left-out list as JSON on stdout."
     ),

@@ -56,7 +56,7 @@ def report_command(
     from boneseg.cli.output import console, reporter
     from boneseg.workflows.report import build_report
 
-    with reporter(transient=True, disable=not console.is_terminal) as shown:
+    with reporter(transient=True) as shown:
         index = build_report(
             preds, out, gt, fold=fold, splits=splits, audit=audit, images=images, size=size, force=force, reporter=shown
         )

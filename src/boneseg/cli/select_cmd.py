@@ -53,6 +53,8 @@ def select_command(
     threshold: str = typer.Option(
         None,
         "--threshold",
+        "-t",
+        metavar="T|FILE.json",
         show_default=False,
         help="Soft vote: threshold during selection, a number or a JSON file {class: threshold} (default 0.5).",
     ),
@@ -62,7 +64,7 @@ def select_command(
         help="Soft vote: then pick each class's threshold (0.05 … 0.95) for the selected ensemble.",
     ),
     workers: int = typer.Option(
-        None, "--workers", show_default=False, help="Processes reading probability folders (default: all cores)."
+        None, "--workers", "-j", show_default=False, help="Processes reading probability folders (default: all cores)."
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing plan."),
 ) -> None:

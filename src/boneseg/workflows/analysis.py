@@ -20,7 +20,7 @@ import numpy as np
 
 from boneseg import rle as rle_mod
 from boneseg.classes import CARPALS, CLASSES, FINGERS, NUM_CLASSES
-from boneseg.errors import DataError, UsageError
+from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.metrics import dice_from_counts
 from boneseg.progress import SILENT, Reporter, track
 from boneseg.submission import Submission, read_submission
@@ -626,12 +626,15 @@ def write_plots(
     """Write ``analysis.json`` and the PNG plots that apply into `out_dir`; returns the files written.
 
     Raises:
-        OutputExistsError: a file exists and `force` is false (checked before anything is written).
+        OutputExistsError: a file exists and `force` is false, or `out_dir` is a file (checked before anything
+            is written).
     """
     from boneseg.io import check_output, write_json
     from boneseg.plots import save_png
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out}: exists and is not a folder")
     makers: dict[str, Callable] = {}
     if result.dice is not None:
         from boneseg.data.masks import MaskCache, default_cache_dir

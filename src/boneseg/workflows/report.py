@@ -121,7 +121,7 @@ def write_report(
         html = env.get_template("index.html.j2").render(
             title=", ".join(Path(n).name for n in result.inputs.names),
             images=len(result.inputs.images),
-            data=data.replace("</", "<\\/"),
+            data=data.replace("<", "\\u003c"),  # no "</script>" or "<!--" can end or derail the data block
         )
         (tmp / "index.html").write_text(html, encoding="utf-8")
         publish_folder(tmp, out, force)

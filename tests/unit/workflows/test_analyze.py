@@ -232,6 +232,12 @@ def test_errors_name_the_fault(synth_data, tmp_path, capsys):
     assert len(stderr.strip().splitlines()) == 1
     code, _, stderr = cli(capsys, "analyze", full, "--fold", "0")
     assert code == 2 and "--fold" in stderr
+    afile = tmp_path / "afile"
+    afile.write_text("kept")
+    for out in (["--out", afile], ["--out", afile, "--force"]):
+        code, _, stderr = cli(capsys, "analyze", full, "--size", 256, *out)
+        assert code == 1 and stderr == f"Error: --out {afile}: exists and is not a folder\n"
+    assert afile.read_text() == "kept"
 
 
 def test_suggest_ensemble_rule():

@@ -82,6 +82,33 @@ def test_report_without_labels_uses_images(data, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+NASTY_NAMES = ["<!--<script>x.png", 'a"</script><b onmouseover=alert(1)>.png', "ünï 'q' &amp;.png"]
+
+
+def test_report_page_shows_any_name_as_text(tmp_path, capsys):
+    """Image and CSV names holding HTML, script ends and comment openers reach the page as plain text: the
+    inlined data keeps no '<' (a "<!--<script>" in it would swallow the page's own script), and the page
+    opened in a browser lists every name exactly, without errors."""
+    sub = tmp_path / "m<1>&.csv"
+    with SubmissionWriter(sub) as w:
+        for k, name in enumerate(NASTY_NAMES):
+            masks = np.zeros((len(CLASSES), 64, 64), bool)
+            masks[:, k : k + 9, 5:20] = True
+            w.write_masks(name, masks)
+    out = tmp_path / "rep"
+    code, _, err = cli(capsys, "report", sub, "--size", 64, "-o", out)
+    assert code == 0, err
+    html = (out / "index.html").read_text()
+    block = html[html.index('type="application/json">') : html.index("</script>")]
+    assert "<" not in block.removeprefix('type="application/json">')
+    assert page_data(out / "index.html")["images"] == sorted(NASTY_NAMES)
+    assert "<title>boneseg report: m&lt;1&gt;&amp;.csv</title>" in html
+    with browse(out / "index.html") as (page, errors, _):
+        page.click('a[data-tab="gallery"]')
+        assert sorted(page.locator("#gallery-items .caption strong").all_inner_texts()) == sorted(NASTY_NAMES)
+    assert errors == []
+
+
 @pytest.mark.parametrize(
     "suspects, message",
     [
