@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
+from util import cli, error_line
 
 from boneseg import CLASSES, probs, rle
 from boneseg.cli import app
@@ -31,7 +32,6 @@ from boneseg.inference import (
 )
 from boneseg.postprocess import postprocess
 from boneseg.submission import SubmissionWriter, read_submission, validate_submission
-from util import cli, error_line
 
 runner = CliRunner()
 
