@@ -190,17 +190,19 @@ def validate_submission(
     Checks the header, field counts, class names, duplicates, that each image has all 29 classes, that
     each RLE is integral, sorted, non-overlapping and inside its image, and (given `images`, base names)
     that exactly those images are present. An image's size is its own where `images` maps base names to
-    (height, width), else `shape`.
+    (height, width), else `shape`. At most `limit` problems are listed, then one line saying more exist.
     """
     path = Path(path)
     size = int(shape[0]) * int(shape[1])
     sizes = {n: int(h) * int(w) for n, (h, w) in images.items()} if isinstance(images, Mapping) else {}
     problems: list[str] = []
+    stopped = False
     seen: dict[tuple[str, str], int] = {}
     per_image: dict[str, set[str]] = {}
     try:
         for line, row in csv_rows(path):
             if len(problems) >= limit:
+                stopped = True
                 break
             if len(row) != 3:
                 if row:
@@ -235,4 +237,6 @@ def validate_submission(
             problems.append(f"image {name}: in the submission but not in the image folder")
     if not per_image and not problems:
         problems.append("no rows")
-    return problems[:limit]
+    if stopped or len(problems) > limit:
+        return problems[:limit] + [f"more problems not listed (the first {limit} are)"]
+    return problems

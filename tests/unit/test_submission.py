@@ -96,6 +96,18 @@ def test_header_and_names_a_scorer_refuses_are_problems_for_check_too(tmp_path):
     )
 
 
+def test_validate_says_when_problems_go_unlisted(tmp_path):
+    path = tmp_path / "sub.csv"
+    path.write_text("image_name,class,rle\n" + "a.png,finger-1,\n" * 4)
+    assert validate_submission(path, (8, 8), limit=2) == [
+        "row 3: duplicate of row 2 ('a.png', 'finger-1')",
+        "row 4: duplicate of row 2 ('a.png', 'finger-1')",
+        "more problems not listed (the first 2 are)",
+    ]
+    every = validate_submission(path, (8, 8), limit=4)  # three duplicates, one image lacking 28 classes
+    assert len(every) == 4 and every[-1].startswith("image a.png: missing class(es) finger-2")
+
+
 def test_validate_lists_every_problem(tmp_path):
     path = tmp_path / "sub.csv"
     _write(path, ["a.png", "b.png"])
