@@ -128,6 +128,20 @@ def prob_path(folder: str | os.PathLike, image_name: str) -> Path:
     return Path(folder) / f"{Path(image_name).stem}.npz"
 
 
+def check_names(images: Sequence[str]) -> None:
+    """Refuse images whose probabilities would share one file (``a.png`` and ``a.PNG``: one ``a.npz``).
+
+    Raises:
+        DataError: naming both images and the file.
+    """
+    seen: dict[str, str] = {}
+    for name in images:
+        file = prob_path("", name).name
+        if file in seen:
+            raise DataError(f"--save-probs: images {seen[file]} and {name} would share the probability file {file}")
+        seen[file] = name
+
+
 def save(folder: str | os.PathLike, image_name: str, q: np.ndarray) -> Path:
     """Write one image's quantised probabilities atomically; returns the file."""
     if q.dtype != np.uint8 or q.ndim != 3 or q.shape[0] != NUM_CLASSES:
@@ -141,17 +155,21 @@ def save(folder: str | os.PathLike, image_name: str, q: np.ndarray) -> Path:
 
 
 def load(folder: str | os.PathLike, image_name: str) -> np.ndarray:
-    """One image's (29, H, W) uint8 probabilities; a missing or broken file is a `DataError`."""
+    """One image's (29, H, W) uint8 probabilities; a missing or broken file, or one saved for another
+    image, is a `DataError`."""
     path = prob_path(folder, image_name)
     try:
         with np.load(path, allow_pickle=False) as z:
             q = z["probs"]
+            saved_for = str(z["image_name"]) if "image_name" in z.files else None
     except FileNotFoundError:
         raise DataError(f"{path}: probability file not found (image {image_name})") from None
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: unreadable or truncated probability file ({exc})") from None
     if q.dtype != np.uint8 or q.ndim != 3 or q.shape[0] != NUM_CLASSES:
         raise DataError(f"{path}: expected uint8 ({NUM_CLASSES}, H, W) probabilities, got {q.dtype} {q.shape}")
+    if saved_for is not None and Path(saved_for).name != Path(image_name).name:
+        raise DataError(f"{path}: holds the probabilities of {saved_for}, not of {image_name}")
     return q
 
 

@@ -97,6 +97,15 @@ class Submission:
         return rle_mod.decode_stack(self.image_rles(image), shape, labels)
 
 
+def name_problem(image: str) -> str | None:
+    """Why `image` cannot be an ``image_name`` (a file's base name), or None."""
+    if not image:
+        return "empty image_name"
+    if "/" in image:
+        return f"image_name {quote(image)} is a path, not a file's base name"
+    return None
+
+
 def csv_rows(path: str | os.PathLike) -> Generator[tuple[int, list[str]], None, None]:
     """(first line number, fields) of each data row of a submission CSV (``-``: standard input); checks the
     header.
@@ -118,7 +127,8 @@ def csv_rows(path: str | os.PathLike) -> Generator[tuple[int, list[str]], None, 
             header = next(reader, None)
             if header is None:
                 raise DataError(f"{path}: empty file (expected header {','.join(HEADER)})")
-            header = [h.strip().lstrip("\ufeff") for h in header]
+            if header:  # a byte-order mark is tolerated; blanks around a name are not (a scorer's columns differ)
+                header[0] = header[0].removeprefix("\ufeff")
             if tuple(header) != HEADER:
                 raise DataError(f"{path}: wrong header {quote(','.join(header))} (expected {','.join(HEADER)})")
             start = reader.line_num + 1
@@ -145,6 +155,9 @@ def read_submission(path: str | os.PathLike) -> Submission:
                 continue
             raise DataError(f"{path}: row {line}: expected 3 fields, got {len(row)}")
         image, cls, text = row
+        problem = name_problem(image)
+        if problem:
+            raise DataError(f"{path}: row {line}: {problem}")
         if cls not in CLASS_INDEX:
             from boneseg.errors import suggest
 
@@ -177,25 +190,28 @@ def validate_submission(
     Checks the header, field counts, class names, duplicates, that each image has all 29 classes, that
     each RLE is integral, sorted, non-overlapping and inside its image, and (given `images`, base names)
     that exactly those images are present. An image's size is its own where `images` maps base names to
-    (height, width), else `shape`.
+    (height, width), else `shape`. At most `limit` problems are listed, then one line saying more exist.
     """
     path = Path(path)
     size = int(shape[0]) * int(shape[1])
     sizes = {n: int(h) * int(w) for n, (h, w) in images.items()} if isinstance(images, Mapping) else {}
     problems: list[str] = []
+    stopped = False
     seen: dict[tuple[str, str], int] = {}
     per_image: dict[str, set[str]] = {}
     try:
         for line, row in csv_rows(path):
             if len(problems) >= limit:
+                stopped = True
                 break
             if len(row) != 3:
                 if row:
                     problems.append(f"row {line}: expected 3 fields, got {len(row)}")
                 continue
             image, cls, text = row
-            if not image:
-                problems.append(f"row {line}: empty image_name")
+            problem = name_problem(image)
+            if problem:
+                problems.append(f"row {line}: {problem}")
             if cls not in CLASS_INDEX:
                 problems.append(f"row {line}: unknown class {quote(cls)}")
             elif (image, cls) in seen:
@@ -221,4 +237,6 @@ def validate_submission(
             problems.append(f"image {name}: in the submission but not in the image folder")
     if not per_image and not problems:
         problems.append("no rows")
-    return problems[:limit]
+    if stopped or len(problems) > limit:
+        return problems[:limit] + [f"more problems not listed (the first {limit} are)"]
+    return problems

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from util import cli
+from util import cli, error_line
 
 from boneseg import CLASSES, rle
 from boneseg.submission import SubmissionWriter, read_submission
@@ -110,6 +110,20 @@ def test_check_bounds_each_image_by_its_own_size(tmp_path, capsys):
     )
     code, out, err = cli(capsys, "check", inside, "--images", images, "--size", "16")
     assert code == 0, out + err  # --size is the fallback only without an image folder
+
+
+def test_check_refuses_an_image_folder_with_one_base_name_twice(tmp_path, capsys):
+    """Rows are keyed by base name: two patients' a.png cannot both be covered (predict refuses them too)."""
+    images = tmp_path / "images"
+    for patient, size in (("ID001", 64), ("ID002", 32)):
+        (images / patient).mkdir(parents=True)
+        cv2.imwrite(str(images / patient / "a.png"), np.zeros((size, size), np.uint8))
+    sub = write_csv(tmp_path / "sub.csv", {"a.png": [f"{64 * 64} 1"] + [""] * 28})
+    code, _, err = cli(capsys, "check", sub, "--images", images)
+    assert code == 1
+    assert error_line(err) == (
+        f"Error: {images}: two images named a.png (ID001/a.png, ID002/a.png); submission rows are keyed by base name"
+    )
 
 
 @pytest.mark.parametrize("source", ["-", "/dev/stdin"])

@@ -66,6 +66,9 @@ def test_no_overwrite_without_force_and_atomic(tmp_path):
         (lambda l: l + [l[1]], "duplicate row"),
         (lambda l: l[:1] + ["a.png,finger-30,"] + l[2:], "unknown class 'finger-30'"),
         (lambda l: l[:1] + ["a.png,finger-1"] + l[2:], "expected 3 fields"),
+        (lambda l: ["image_name, class, rle"] + l[1:], "wrong header 'image_name, class, rle'"),
+        (lambda l: [l[0]] + [",".join(["", *r.split(",")[1:]]) for r in l[1:]], "row 2: empty image_name"),
+        (lambda l: [l[0]] + ["ID001/" + r for r in l[1:]], "row 2: image_name 'ID001/a.png' is a path"),
     ],
 )
 def test_read_errors(tmp_path, mutate, fragment):
@@ -74,6 +77,35 @@ def test_read_errors(tmp_path, mutate, fragment):
     (tmp_path / "bad.csv").write_text("\n".join(mutate(path.read_text().splitlines())) + "\n")
     with pytest.raises(DataError, match=fragment):
         read_submission(tmp_path / "bad.csv")
+
+
+def test_header_and_names_a_scorer_refuses_are_problems_for_check_too(tmp_path):
+    path = tmp_path / "sub.csv"
+    _write(path, ["a.png"])
+    lines = path.read_text().splitlines()
+    assert validate_submission(path, (8, 8)) == []
+    (tmp_path / "bom.csv").write_text("\ufeff" + "\r\n".join(lines) + "\r\n")
+    assert validate_submission(tmp_path / "bom.csv", (8, 8)) == []
+    (tmp_path / "blanks.csv").write_text("\n".join(["image_name,class ,rle", *lines[1:]]) + "\n")
+    assert validate_submission(tmp_path / "blanks.csv", (8, 8)) == [
+        "wrong header 'image_name,class ,rle' (expected image_name,class,rle)"
+    ]
+    (tmp_path / "path.csv").write_text("\n".join([lines[0], "ID001/" + lines[1], *lines[2:]]) + "\n")
+    assert validate_submission(tmp_path / "path.csv", (8, 8))[0] == (
+        "row 2: image_name 'ID001/a.png' is a path, not a file's base name"
+    )
+
+
+def test_validate_says_when_problems_go_unlisted(tmp_path):
+    path = tmp_path / "sub.csv"
+    path.write_text("image_name,class,rle\n" + "a.png,finger-1,\n" * 4)
+    assert validate_submission(path, (8, 8), limit=2) == [
+        "row 3: duplicate of row 2 ('a.png', 'finger-1')",
+        "row 4: duplicate of row 2 ('a.png', 'finger-1')",
+        "more problems not listed (the first 2 are)",
+    ]
+    every = validate_submission(path, (8, 8), limit=4)  # three duplicates, one image lacking 28 classes
+    assert len(every) == 4 and every[-1].startswith("image a.png: missing class(es) finger-2")
 
 
 def test_validate_lists_every_problem(tmp_path):

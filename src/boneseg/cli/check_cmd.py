@@ -33,7 +33,7 @@ def check_command(
 ) -> None:
     """Validate a submission: header, 29 known classes per image once each, well-formed RLE inside the
     image, and (with --images) exactly that folder's images. Exit 0 when valid, 1 listing every problem."""
-    from boneseg.data.layout import find_images, image_shape
+    from boneseg.data.layout import by_image_name, find_images, image_shape
     from boneseg.submission import validate_submission
 
     shape = parse_size(size)
@@ -41,7 +41,8 @@ def check_command(
         raise DataError(f"{submission}: file not found")
     if submission.is_dir():
         raise DataError(f"{submission}: is a folder, not a submission CSV")
-    sizes = {s.image_name: image_shape(s.image) for s in find_images(images)} if images is not None else None
+    found = by_image_name(find_images(images), images) if images is not None else None
+    sizes = {name: image_shape(s.image) for name, s in found.items()} if found is not None else None
     problems = validate_submission(submission, shape, sizes)
     if json_out:
         print_json({"file": str(submission), "valid": not problems, "problems": problems})

@@ -340,6 +340,8 @@ def predict(
     if output is not None and not is_stdout(output):
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
+    if probs_dir is not None:
+        probs_mod.check_names([s.image_name for s in samples])
 
     info = setup(models.device if isinstance(models, Predictor) else device)
     rank, world = info.rank, info.world_size

@@ -68,7 +68,8 @@ def search_thresholds(
     """Per-class best threshold from mean-Dice curves (29, 256): (thresholds (29,), their mean Dice (29,)).
 
     Only cuts whose threshold lies in [low, high] are searched; ties go to the cut nearest `default`.
-    Each threshold is written as ``(k + 0.5) / 255`` (4 decimals) so `boneseg.probs.cutoffs` gives back k.
+    Each threshold is written as ``(k + 0.5) / 255`` (4 decimals; 1.0 for the top cut, an empty mask) so
+    `boneseg.probs.cutoffs` gives back k.
     """
     check_search(low, high)
     k_lo, k_hi = int(probs_mod.cutoffs(low)[0]), int(probs_mod.cutoffs(high)[0])
@@ -78,7 +79,7 @@ def search_thresholds(
     best = window.max(1, keepdims=True)
     tie_break = np.where(np.isclose(window, best, rtol=0, atol=1e-12), -np.abs(ks - k_def)[None], -(10**9))
     chosen = ks[tie_break.argmax(1)]
-    thresholds = np.round((chosen + 0.5) / probs_mod.SCALE, 4)
+    thresholds = np.minimum(np.round((chosen + 0.5) / probs_mod.SCALE, 4), 1.0)
     assert (probs_mod.cutoffs(thresholds) == chosen).all()
     return thresholds, curves[np.arange(len(chosen)), chosen]
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
+from util import cli, error_line
 
 from boneseg import CLASSES, probs, rle
 from boneseg.cli import app
@@ -200,6 +201,20 @@ def test_nothing_overwritten_without_force(one_image, ckpt, tmp_path):
     assert isinstance(result.exception, OutputExistsError)
     run("predict", one_image, "-m", ckpt, "-o", out, "--workers", "0", "--force")
     assert out.read_text().startswith("image_name,class,rle")
+
+
+def test_save_probs_refuses_images_sharing_a_probability_file(one_image, ckpt, tmp_path, capsys):
+    """a.png and a.PNG are two images but one a.npz: the second would silently replace the first's."""
+    folder = tmp_path / "imgs"
+    (folder / "ID001").mkdir(parents=True)
+    src = next(one_image.iterdir())
+    shutil.copy(src, folder / "ID001" / "a.png")
+    shutil.copy(src, folder / "a.PNG")
+    args = ["predict", folder, "-m", ckpt, "-o", tmp_path / "s.csv", "--workers", "0", "--save-probs", tmp_path / "p"]
+    code, _, err = cli(capsys, *args)
+    assert code == 1
+    assert error_line(err) == "Error: --save-probs: images a.png and a.PNG would share the probability file a.npz"
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "p").exists()
 
 
 def test_bad_options_are_one_line_errors(one_image, ckpt, tmp_path):

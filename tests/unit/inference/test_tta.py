@@ -170,6 +170,10 @@ def test_search_thresholds_round_trip():
     assert score[0] == 1.0 and score[5] == 0.5 and score[6] == 1.5
     with pytest.raises(UsageError):
         search_thresholds(curves, 0.8, 0.2)
+    curves[7, 255] = 3.0  # a class best left empty (e.g. absent from every validation image): the top cut
+    t, score = search_thresholds(curves, 0.3, 1.0)
+    assert t[7] == 1.0 and probs.cutoffs(t)[7] == 255 and score[7] == 3.0
+    assert probs.read_thresholds(dict(zip(CLASSES, t.tolist())))[7] == 1.0  # a valid threshold file
 
 
 def test_evaluate_defaults_to_all_train_images_with_a_note(setup):

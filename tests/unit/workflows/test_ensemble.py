@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,6 +229,10 @@ def test_soft_vote_rejects_mismatched_folders(prob_folders, tmp_path):
         soft_vote([folders[0], small], tmp_path / "o.csv", workers=1)
     with pytest.raises(DataError, match="probability folder not found"):
         soft_vote([folders[0], tmp_path / "nope"], tmp_path / "o.csv")
+    swapped = write_probs(tmp_path / "swapped", qs[1])
+    shutil.copy(swapped / f"{Path(IMAGES[1]).stem}.npz", swapped / f"{Path(IMAGES[0]).stem}.npz")
+    with pytest.raises(DataError, match=rf"holds the probabilities of {IMAGES[1]}, not of {IMAGES[0]}"):
+        soft_vote([folders[0], swapped], tmp_path / "o.csv", workers=1)
     with pytest.raises(UsageError, match="expected 2 weights"):
         soft_vote(folders[:2], tmp_path / "o.csv", weights=[1.0])
 
