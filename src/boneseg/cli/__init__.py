@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
         _quiet_exit_on_closed_stdout()
     except OSError as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        if isinstance(exc, FileExistsError) and where:  # mkdir of an output folder where a file is
+            _fail(f"{where}exists and is not a folder", 1)
+        if isinstance(exc, NotADirectoryError) and where:
+            _fail(f"{where}a part of this path is a file, not a folder", 1)
         _fail(f"{where}{exc.strerror or exc}", 1)
     except Exception as exc:  # an unexpected failure still gets one line unless --debug
         _fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
