@@ -76,11 +76,12 @@ def encode(mask: np.ndarray) -> str:
 
 
 def _is_empty(rle: object) -> bool:
+    """None, NaN, or a blank or ``nan`` text (how pandas writes and reads a missing value): an empty mask."""
     if rle is None:
         return True
     if isinstance(rle, float) and math.isnan(rle):
         return True
-    return isinstance(rle, str) and not rle.strip()
+    return isinstance(rle, str) and rle.strip().lower() in ("", "nan")
 
 
 def _values(rle: str) -> np.ndarray:

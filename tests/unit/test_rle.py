@@ -43,7 +43,7 @@ def test_empty_full_and_corners():
 def test_non_bool_and_nan_empty():
     m = np.array([[0, 3], [255, 0]], np.uint8)
     assert rle.encode(m) == "2 2"
-    for empty in ("", None, float("nan"), "   "):
+    for empty in ("", None, float("nan"), "   ", "nan", "NaN", " NAN "):  # pandas' missing value, as text too
         assert not rle.decode(empty, (3, 3)).any()
 
 

@@ -42,6 +42,11 @@ def test_row_order_independent_and_nan_empty(tmp_path):
     assert not got[CLASSES.index(cls)].any()
     other = CLASSES.index("Ulna") if cls != "Ulna" else 0
     assert np.array_equal(got[other], masks["a.png"][other])
+    for nan in ("NaN", "nan"):  # the contract: an empty or NaN field is an empty mask, for every reader
+        shuffled[3] = shuffled[3].rsplit(",", 1)[0] + "," + nan
+        (tmp_path / "s3.csv").write_text("\n".join(shuffled) + "\n")
+        assert not read_submission(tmp_path / "s3.csv").masks("a.png", (8, 8))[CLASSES.index(cls)].any()
+        assert validate_submission(tmp_path / "s3.csv", (8, 8)) == []
 
 
 def test_no_overwrite_without_force_and_atomic(tmp_path):

@@ -456,8 +456,8 @@ def hard_vote(
 ) -> EnsembleSummary:
     """Pixel-wise vote over submission CSVs, written as a submission CSV (``-``/None: stdout).
 
-    Rows are matched by (image_name, class), so any row order works; the output lists images sorted by
-    name (the same output whatever the inputs' row order).
+    Rows are matched by (image_name, class), so any row order works; the output lists images in the first
+    input's order (`predict` writes the contract's sorted relative-path order).
 
     Args:
         inputs: submission CSVs.
@@ -479,7 +479,7 @@ def hard_vote(
     plan = hard_plan(len(names), min_votes, weights, per)
     subs = [read_submission(p) for p in inputs]
     check_same_images(names, [s.images for s in subs])
-    images = sorted(subs[0].images)  # a fixed order whatever the inputs' row order
+    images = list(subs[0].images)  # the first input's order: only a predict CSV knows the relative paths
     size = int(shape[0]) * int(shape[1])
     state = {"subs": subs, "plan": plan, "size": size}
     with SubmissionWriter(out, force=force) as writer, reporter.task("hard vote", len(images), "img") as task:

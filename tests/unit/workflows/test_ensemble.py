@@ -94,7 +94,11 @@ def test_row_order_does_not_matter_and_processes_agree(inputs, tmp_path):
     hard_vote(paths, tmp_path / "a.csv", shape=(H, W), workers=1)
     shuffled = [write_csv(tmp_path / f"s{k}.csv", read_masks(p), shuffle=k) for k, p in enumerate(paths)]
     hard_vote(shuffled, tmp_path / "b.csv", shape=(H, W), workers=2)
-    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    a, b = read_submission(tmp_path / "a.csv"), read_submission(tmp_path / "b.csv")
+    assert a.rles == b.rles  # the same masks, whatever the rows' order
+    # images in the first input's order: predict's relative-path order, which base names alone cannot rebuild
+    assert b.images == read_submission(shuffled[0]).images and a.images == IMAGES
+    assert len({tuple(read_submission(p).images) for p in shuffled}) > 1  # the shuffles did reorder images
 
 
 def test_weighted_vote_and_per_class_plan(inputs, tmp_path):
