@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -442,6 +443,39 @@ class _ReadCheck:
             load_label(sample.label, shape)
 
 
+def check_meta(cfg: TrainConfig, samples: Sequence) -> None:
+    """A metadata model (``--meta aux|film``) needs the patients' metadata: refuse a dataset without a
+    metadata file or whose file names none of its patients; warn about patients it lacks (they train with
+    the no-metadata vector).
+
+    Raises:
+        DataError: no metadata file, or no patient of the dataset in it.
+    """
+    from boneseg.data.meta import find_meta_file, meta_table
+
+    found = find_meta_file(cfg.data)
+    if found is None:
+        raise DataError(
+            f"--meta {cfg.meta}: no patient metadata (meta_data.xlsx/.xls/.csv) in {cfg.data}; "
+            "train with --meta none, or add the file"
+        )
+    table = meta_table(found)
+    patients = sorted({s.patient for s in samples})
+    lacking = [p for p in patients if p not in table]
+    if len(lacking) == len(patients):
+        raise DataError(
+            f"{found}: names none of the dataset's {len(patients)} patients (e.g. {patients[0]!r}; the file "
+            f"has {', '.join(map(repr, list(table)[:3])) or 'no rows'}): --meta {cfg.meta} would train without metadata"
+        )
+    if lacking:
+        warnings.warn(
+            f"{found}: no row for {len(lacking)} of {len(patients)} patients (e.g. {lacking[0]}): "
+            "they train with the no-metadata vector",
+            BonesegWarning,
+            stacklevel=2,
+        )
+
+
 def build_data(cfg: TrainConfig, info: D.DistInfo, reporter: Reporter, check_only: bool = False):
     """(train items, val items) with the mask cache built once (rank 0 builds, the others wait); with
     `check_only` (a dry run) the images and labels are only checked (`_ReadCheck`)."""
@@ -452,6 +486,8 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, reporter: Reporter, check_onl
     from boneseg.data.split import run_fold
 
     samples = discover(cfg.data, skip_bad=cfg.skip_bad)
+    if cfg.meta != "none":
+        check_meta(cfg, samples)
     train_s, val_s = run_fold(samples, cfg.splits, cfg.folds, cfg.seed, cfg.fold)
     if cfg.exclude:  # out of training only: the validation fold stays comparable between runs
         kept = {s.name for s in exclude(samples, cfg.exclude)}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from util import TINY, cli, write_dataset
+from util import TINY, cli, error_line, write_dataset
 
 from boneseg.classes import CLASSES
 from boneseg.engine.checkpoint import load_checkpoint, load_model
@@ -325,3 +325,18 @@ def test_epoch_lines_before_the_first_validation_show_no_best(tmp_path, capsys):
     assert code == 0, err
     first = next(ln for ln in err.splitlines() if ln.startswith("epoch 1/2"))
     assert "val_dice -  best -  lr" in first and "inf" not in err, first
+
+
+def test_a_metadata_model_needs_the_patients_metadata(tmp_path, capsys):
+    """--meta film/aux trained silently on the no-metadata vector without a metadata file, or with one whose
+    IDs name none of the patients; now that is an error, and patients without a row are a warning."""
+    data = write_dataset(tmp_path / "data", patients=2)
+    args = ("train", data, *TINY, "--meta", "film", "--max-steps", "1")
+    code, _, err = cli(capsys, *args, "--out", tmp_path / "a")
+    assert code == 1 and "--meta film: no patient metadata" in error_line(err) and not (tmp_path / "a").exists()
+    (data / "meta_data.csv").write_text("ID,age,sex,height,weight\nID100,50,M,170,70\n")
+    code, _, err = cli(capsys, *args, "--out", tmp_path / "b")
+    assert code == 1 and "names none of the dataset's 2 patients" in error_line(err), err
+    (data / "meta_data.csv").write_text("ID,age,sex,height,weight\nID001,50,M,170,70\n")
+    code, _, err = cli(capsys, *args, "--out", tmp_path / "c")
+    assert code == 0 and "Warning:" in err and "no row for 1 of 2 patients (e.g. ID002)" in err, err
