@@ -215,6 +215,8 @@ def test_config_values_reach_losses_and_heads(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(losses.DistanceBCE, "forward", forward)
     monkeypatch.setattr(heads, "aux_loss", aux_loss)
+    rows = "".join(f"ID{p:03d},{40 + p},{'MF'[p % 2]},170,70\n" for p in range(1, 5))
+    (data / "meta_data.csv").write_text("ID,age,sex,height,weight\n" + rows)  # --meta aux needs metadata
     run = tmp_path / "run"
     train(
         tiny_config(

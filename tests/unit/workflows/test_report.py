@@ -82,11 +82,11 @@ def test_report_without_labels_uses_images(data, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-NASTY_NAMES = ["<!--<script>x.png", 'a"</script><b onmouseover=alert(1)>.png', "ünï 'q' &amp;.png"]
+NASTY_NAMES = ["<!--<script>x.png", 'a"<script><b onmouseover=alert(1)>.png', "ünï 'q' &amp;.png"]  # no '/': base names
 
 
 def test_report_page_shows_any_name_as_text(tmp_path, capsys):
-    """Image and CSV names holding HTML, script ends and comment openers reach the page as plain text: the
+    """Image and CSV names holding HTML, script tags and comment openers reach the page as plain text: the
     inlined data keeps no '<' (a "<!--<script>" in it would swallow the page's own script), and the page
     opened in a browser lists every name exactly, without errors."""
     sub = tmp_path / "m<1>&.csv"
