@@ -76,3 +76,14 @@ def test_help_paragraphs_wrap_to_the_terminal():
     """A docstring's line ends are not kept: `boneseg --help` lists each command's help wrapped to the width."""
     broken = [n for n, c in sorted(COMMANDS.items()) if any("\n" in p for p in (c.help or "").split("\n\n"))]
     assert broken == []
+
+
+def test_help_lists_every_command_in_the_readmes_order():
+    """`boneseg --help` lists the commands in workflow order, the README's table lists them all in that order."""
+    import re
+
+    group = typer.main.get_command(app)
+    listed = group.list_commands(typer.Context(group))
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = re.findall(r"^\| `(\w+)` \|", readme, flags=re.M)
+    assert listed == table and sorted(listed) == sorted(COMMANDS)

@@ -51,8 +51,19 @@ def _non_finite(text) -> bool:
         return False
 
 
+WORKFLOW = (
+    "synth", "eda", "split", "train", "predict", "export", "tta", "ensemble", "select", "pseudo", "oof", "audit",
+    "analyze", "report", "check", "demo", "models",
+)  # fmt: skip
+"""The order `boneseg --help` lists the commands in: the workflow's, as the README's table."""
+
+
 class _Group(_FlagsAsFlags, TyperGroup):
-    """The command group; an unknown command is refused with the closest names."""
+    """The command group: commands listed in `WORKFLOW` order; an unknown one is refused with the closest names."""
+
+    def list_commands(self, ctx) -> list[str]:
+        rank = {name: i for i, name in enumerate(WORKFLOW)}
+        return sorted(super().list_commands(ctx), key=lambda name: (rank.get(name, len(rank)), name))
 
     def resolve_command(self, ctx, args: list[str]):
         name = args[0] if args else ""
