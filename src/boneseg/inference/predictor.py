@@ -187,6 +187,12 @@ class Predictor:
     ):
         if not models:
             raise UsageError("give at least one model with -m CKPT")
+        for lm in models:
+            if lm.config.wrist:
+                raise UsageError(
+                    f"{lm.source}: a wrist second-stage model (train --wrist) predicts wrist crops, not whole "
+                    "images; give it as --wrist-model, with a whole-image model as -m"
+                )
         self.models = list(models)
         total = sum(m.weight for m in self.models)
         self.weights = [m.weight / total for m in self.models]

@@ -135,3 +135,48 @@ def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
         synth_data, [forced], policies=["hflip"], samples=val, search=None, workers=0, device="cpu"
     )
     assert plain.policies["resize:hflip"]["per_class_dice"] != got
+
+
+def save_untrained(path: Path, cfg: dict) -> Path:
+    """A tiny real checkpoint straight from `build_model` (no training)."""
+    from boneseg.engine.checkpoint import save_checkpoint
+    from boneseg.modelling.models import build_model
+
+    save_checkpoint(path, {"config": cfg, "model": build_model(cfg).state_dict(), "epoch": 1, "step": 1, "metrics": {}})
+    return path
+
+
+@pytest.mark.parametrize("command", ["predict", "tta"])
+def test_a_model_in_the_wrong_stage_is_refused_in_one_line(synth_data, tmp_path, capsys, command):
+    """A wrist model as the first stage (it would segment the whole image as a wrist crop) or a whole-image
+    model as the wrist stage (it would segment the crop as a whole hand) is refused, not run."""
+    from util import cli, error_line
+
+    whole = save_untrained(tmp_path / "whole.pt", tiny(synth_data, tmp_path / "w"))
+    wrist = save_untrained(tmp_path / "wrist.pt", tiny(synth_data, tmp_path / "c", wrist=True))
+    out = ["-o", tmp_path / "o.csv"] if command == "predict" else ["--search", "0.5,0.5"]
+    common = [command, synth_data, *out, "--device", "cpu", "--workers", "0"]
+    code, _, err = cli(capsys, *common, "-m", wrist)
+    assert code != 0 and "wrist.pt: a wrist second-stage model" in error_line(err) and "--wrist-model" in err
+    code, _, err = cli(capsys, *common, "-m", whole, "--wrist-model", whole)
+    assert code != 0 and f"--wrist-model {whole}: not a wrist second-stage model" in error_line(err)
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_film_wrist_model_gets_the_patients_metadata(synth_data, tmp_path):
+    """The wrist model is run like the first stage: a FiLM wrist model sees each patient's metadata."""
+    from boneseg.data.layout import discover
+    from boneseg.inference.predictor import Predictor
+    from boneseg.inference.stages import ImageStages
+
+    whole = save_untrained(tmp_path / "whole.pt", tiny(synth_data, tmp_path / "w"))
+    wrist = save_untrained(tmp_path / "wrist.pt", tiny(synth_data, tmp_path / "c", wrist=True, meta="film"))
+    sample = discover(synth_data)[0]
+    with ImageStages(Predictor.from_checkpoints([whole], device="cpu"), synth_data, wrist) as stages:
+        assert stages.wrist is not None
+        stages.before(sample)
+        model = stages.wrist.lm.model
+        assert model.default_meta is not None and torch.equal(
+            model.default_meta[0], torch.from_numpy(stages.table[sample.patient])
+        )
+    assert model.default_meta is None
