@@ -301,7 +301,8 @@ def fit_postprocess(
     """Choose per-class post-processing on a run's validation fold and write ``RUN/postprocess.json``.
 
     The run's ``best.pt`` predicts its own validation images (the fold and split it was trained with), at
-    full resolution, without TTA, thresholded at `threshold`; `choose_rules` keeps a rule for a class
+    full resolution, without TTA, thresholded at `threshold`, FiLM models with their patients' metadata
+    (DATA's metadata file) as ``predict`` gives it; `choose_rules` keeps a rule for a class
     only where it raises that class's validation Dice. ``boneseg predict -m RUN`` then applies it.
     `cache_dir`: the mask cache (default ``DATA/.boneseg-cache``). `reporter`: its progress (`boneseg.progress`).
 
@@ -334,8 +335,13 @@ def fit_postprocess(
     )
     cuts = probs_mod.cutoffs(threshold)
     preds, gts = [], []
-    with torch.no_grad(), reporter.task("fit post-processing", len(val), "img") as task:
+    with (
+        torch.no_grad(),
+        ImageStages(predictor, data) as stages,
+        reporter.task("fit post-processing", len(val), "img") as task,
+    ):
         for item in loader:
+            stages.before(val[item.index])
             preds.append(binarize(quantize(predictor.predict(item, policy)), cuts).cpu().numpy())
             gts.append(item.masks.numpy())
             task.advance()
