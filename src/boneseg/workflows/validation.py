@@ -157,7 +157,8 @@ def evaluate_policies(
         data: dataset root with labelled ``train`` images.
         models: checkpoints/run folders or a ready `Predictor` (several: averaged as in predict).
         policies: names (``none``, ``hflip``, ``scale``, ``hflip+scale``, optionally ``sliding:``-prefixed)
-            or `Policy` objects; default every TTA name in resize mode, plus sliding mode with `sliding`.
+            or `Policy` objects; default every TTA name. A name without a mode is scored in resize mode,
+            and also in sliding mode with `sliding`.
         fold, splits: the validation fold (default: the checkpoint's). samples: score these instead.
         search: (low, high) range of the per-class threshold search on the best policy; None skips it.
         wrist_model, meta: as in `boneseg.inference.predict` (`meta` defaults to the dataset's
@@ -182,7 +183,10 @@ def evaluate_policies(
     elif thresholds_out is not None:
         raise UsageError("--thresholds-out needs a threshold search range (--search)")
     if policies:
-        pols = [p if isinstance(p, Policy) else Policy.parse(p, scales, sliding) for p in policies]
+        modes = (False, True) if sliding else (False,)
+        pols = list(
+            dict.fromkeys(p if isinstance(p, Policy) else Policy.parse(p, scales, s) for p in policies for s in modes)
+        )
     else:
         pols = default_policies(scales, sliding)
     if thresholds_out is not None:

@@ -189,3 +189,12 @@ def test_tta_empty_search_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["tta", str(tmp_path), "-m", str(tmp_path / "m.pt"), "--search", ""])
     assert exc.value.code == 2 and "--search must be low,high" in capsys.readouterr().err
+
+
+def test_sliding_adds_the_sliding_version_of_each_named_policy(setup):
+    """``--sliding`` also scores the sliding-window versions, of ``--policies`` names as of the default ones."""
+    data, ckpt, _, _ = setup
+    kw = {"samples": discover(data)[:1], "search": None, "workers": 0, "device": "cpu", "window": 64}
+    report = evaluate_policies(data, [ckpt], policies=["none", "sliding:none", "resize:hflip"], sliding=True, **kw)
+    assert list(report.policies) == ["resize:none", "sliding:none", "resize:hflip"]
+    assert list(evaluate_policies(data, [ckpt], policies=["none"], **kw).policies) == ["resize:none"]
