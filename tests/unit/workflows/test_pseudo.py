@@ -177,6 +177,17 @@ def test_agreement_filter_with_other_predictions(test_set, tmp_path):
     assert json.loads(res.stdout)["written"] == 3
 
 
+def test_every_image_left_out_is_an_empty_train_layout(test_set, tmp_path):
+    """Nothing confident enough: the folder still has the train layout, so the reader of ``train --pseudo``
+    and ``eda`` says that it holds no images (not that it is not a dataset)."""
+    root, names, masks = test_set
+    folder = write_probs(tmp_path / "probs", names, masks, np.full((len(names), len(CLASSES)), 0.9))
+    summary = make_pseudo(folder, root, tmp_path / "p", min_confidence=0.95, workers=1)
+    assert not summary.written and len(summary.left_out) == len(names)
+    with pytest.raises(DataError, match=r"p/train/DCM: no PNG images found"):
+        discover(tmp_path / "p")
+
+
 def test_errors_and_overwrite_rules(test_set, tmp_path):
     root, names, masks = test_set
     sub = write_sub(tmp_path / "sub.csv", names, masks)
