@@ -20,10 +20,9 @@ import torch
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, GROUPS, NUM_CLASSES
 from boneseg.data.layout import Sample, discover
-from boneseg.engine.train import TrainConfig
 from boneseg.errors import UsageError
 from boneseg.inference.encode import quantize
-from boneseg.inference.predictor import Predictor, ViewCache, check_weights
+from boneseg.inference.predictor import LoadedModel, Predictor, ViewCache, check_weights
 from boneseg.inference.run import ImageDataset, check_workers, make_loader
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy, default_policies
@@ -106,24 +105,36 @@ class TTAReport:
 
 
 def validation_samples(
-    data: str | os.PathLike, splits: str | os.PathLike | None, fold: int | None, config: TrainConfig
+    data: str | os.PathLike, splits: str | os.PathLike | None, fold: int | None, model: LoadedModel
 ) -> tuple[list[Sample], int | None, list[str]]:
-    """The images to score: fold `fold` of `splits` (defaults: the checkpoint's own fold and splits
-    file), else every train image (with a note that the scores are then optimistic)."""
+    """The images to score: fold `fold` of `splits`, by default the images `model`'s run validated on
+    (`boneseg.engine.run.Run.validation`: recorded by training, else its fold made again as training made
+    it); for a model without a run (an export), every train image, with a note that the scores are then
+    optimistic."""
     from boneseg.data.split import fold_samples, load_splits
+    from boneseg.engine.run import Run
 
     samples = discover(data, "train")
     if (splits is None) != (fold is None):
         raise UsageError("give --fold and --splits together")
-    if splits is None and config.splits and os.path.exists(config.splits):
-        splits, fold = config.splits, config.fold
     if splits is not None:
         assert fold is not None  # given together with splits
         _, val = fold_samples(samples, load_splits(splits, samples), int(fold))
         if not val:
             raise UsageError(f"--fold {fold}: no validation images in {splits}")
         return val, int(fold), []
-    return samples, None, ["no --fold/--splits: scored on every train image (optimistic if the model saw them)"]
+    if isinstance(model.run, Run):
+        val = model.run.validation(samples)
+        if val:
+            return val, model.run.fold, []
+    return (
+        samples,
+        None,
+        [
+            f"no --fold/--splits and no validation fold recorded in {model.source}: scored on "
+            "every train image (optimistic if the model saw them)"
+        ],
+    )
 
 
 def evaluate_policies(
@@ -205,7 +216,7 @@ def evaluate_policies(
     pols = list(dict.fromkeys(predictor.applied(p) for p in pols))
     fold_used = fold
     if samples is None:
-        samples, fold_used, extra = validation_samples(data, splits, fold, predictor.models[0].config)
+        samples, fold_used, extra = validation_samples(data, splits, fold, predictor.models[0])
         notes += extra
     from boneseg.data.masks import default_cache_dir
 

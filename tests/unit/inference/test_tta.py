@@ -198,3 +198,16 @@ def test_sliding_adds_the_sliding_version_of_each_named_policy(setup):
     report = evaluate_policies(data, [ckpt], policies=["none", "sliding:none", "resize:hflip"], sliding=True, **kw)
     assert list(report.policies) == ["resize:none", "sliding:none", "resize:hflip"]
     assert list(evaluate_policies(data, [ckpt], policies=["none"], **kw).policies) == ["resize:none"]
+
+
+def test_default_images_are_the_runs_own_validation_fold(setup, tmp_path):
+    """Without --fold/--splits, a run trained on an on-the-fly split (no splits file) is scored on the images
+    it validated on, not on its training images too."""
+    from boneseg.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    data, ckpt, _, _ = setup
+    samples = discover(data)
+    run = tmp_path / "run.pt"
+    save_checkpoint(run, {**load_checkpoint(ckpt), "val_images": [s.name for s in samples[2:4]]})
+    report = evaluate_policies(data, [run], policies=["none"], search=None, workers=0, device="cpu")
+    assert report.images == 2 and report.fold == 0 and not report.notes
