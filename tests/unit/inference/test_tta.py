@@ -146,6 +146,9 @@ def test_policy_names():
         Policy.parse("hflp")
     with pytest.raises(UsageError, match="sliding"):
         Policy.parse("slidng:none")
+    for bad in ("0", "1,-0.5", "nan", ","):  # the refusal quotes --scales as given
+        with pytest.raises(UsageError, match=f"got '{bad}'"):
+            Policy.parse("scale", bad)
 
 
 def test_dice_curves_match_direct_dice():
