@@ -77,4 +77,4 @@ class ImageStages:
         a cached view that other policies reuse, so it is copied before being changed."""
         if self.wrist is None:
             return probs
-        return self.wrist.refine(probs.clone() if shared else probs, item.inputs[item.shape])
+        return self.wrist.refine(probs.clone() if shared else probs, item.inputs[item.shape], item.side)

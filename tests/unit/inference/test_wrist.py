@@ -180,3 +180,20 @@ def test_a_film_wrist_model_gets_the_patients_metadata(synth_data, tmp_path):
             model.default_meta[0], torch.from_numpy(stages.table[sample.patient])
         )
     assert model.default_meta is None
+
+
+def test_a_unified_wrist_model_mirrors_by_the_file_names_side(synth_data, tmp_path):
+    """A left hand (``_L`` file name) is mirrored for a wrist model unified to R even when the first stage's
+    masks do not show the side (no thumb or little finger): the same crop as the mirrored right hand."""
+    from boneseg.inference.predictor import Item, Predictor
+    from boneseg.inference.stages import ImageStages
+
+    whole = save_untrained(tmp_path / "whole.pt", tiny(synth_data, tmp_path / "w"))
+    wrist = save_untrained(tmp_path / "wrist.pt", tiny(synth_data, tmp_path / "c", wrist=True, unify_side="R"))
+    probs = torch.full((NUM_CLASSES, 128, 128), 0.1)
+    probs[CARPAL_IDX, 60:80, 40:60] = 0.9  # carpals only: the masks show no side
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8))
+    with ImageStages(Predictor.from_checkpoints([whole], device="cpu"), None, wrist) as stages:
+        left = stages.after(probs.clone(), Item(0, "a_L.png", (128, 128), "L", {(128, 128): image}))
+        right = stages.after(probs.flip(-1), Item(0, "a_R.png", (128, 128), "R", {(128, 128): image.flip(-1)}))
+    assert torch.equal(left, right.flip(-1))
