@@ -161,6 +161,14 @@ def test_a_model_in_the_wrong_stage_is_refused_in_one_line(synth_data, tmp_path,
     code, _, err = cli(capsys, *common, "-m", whole, "--wrist-model", whole)
     assert code != 0 and f"--wrist-model {whole}: not a wrist second-stage model" in error_line(err)
     assert not (tmp_path / "o.csv").exists()
+    for wrist_only in (False, True):  # other classes than the 29: refused in either stage
+        c8 = save_untrained(
+            tmp_path / "c8.pt", tiny(synth_data, tmp_path / "c", wrist=wrist_only, classes=list(CARPALS))
+        )
+        code, _, err = cli(capsys, *common, *(["-m", whole, "--wrist-model", c8] if wrist_only else ["-m", c8]))
+        assert code != 0 and "c8.pt: its 8 classes (Trapezium, Trapezoid, Capitate, …) are not the 29" in error_line(
+            err
+        )
 
 
 def test_a_film_wrist_model_gets_the_patients_metadata(synth_data, tmp_path):
