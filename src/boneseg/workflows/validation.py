@@ -20,7 +20,7 @@ import torch
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, GROUPS, NUM_CLASSES
 from boneseg.data.layout import Sample, discover
-from boneseg.errors import UsageError
+from boneseg.errors import DataError, UsageError
 from boneseg.inference.encode import quantize
 from boneseg.inference.predictor import LoadedModel, Predictor, ViewCache, check_weights
 from boneseg.inference.run import ImageDataset, check_workers, make_loader
@@ -105,36 +105,47 @@ class TTAReport:
 
 
 def validation_samples(
-    data: str | os.PathLike, splits: str | os.PathLike | None, fold: int | None, model: LoadedModel
+    data: str | os.PathLike, splits: str | os.PathLike | None, fold: int | None, models: Sequence[LoadedModel]
 ) -> tuple[list[Sample], int | None, list[str]]:
-    """The images to score: fold `fold` of `splits`, by default the images `model`'s run validated on
-    (`boneseg.engine.run.Run.validation`: recorded by training, else its fold made again as training made
-    it); for a model without a run (an export), every train image, with a note that the scores are then
-    optimistic."""
+    """The images to score and notes: fold `fold` of `splits`, by default the images the first model's run
+    validated on (`boneseg.engine.run.Run.validation`: recorded by training, else its fold made again as
+    training made it); for a model without a run (an export), every train image. A note names each model
+    that trained on some of the images (its scores there are optimistic)."""
     from boneseg.data.split import fold_samples, load_splits
     from boneseg.engine.run import Run
 
     samples = discover(data, "train")
     if (splits is None) != (fold is None):
         raise UsageError("give --fold and --splits together")
+    runs = [lm.run if isinstance(lm.run, Run) else None for lm in models]
+    val: list[Sample] = []
     if splits is not None:
         assert fold is not None  # given together with splits
         _, val = fold_samples(samples, load_splits(splits, samples), int(fold))
         if not val:
             raise UsageError(f"--fold {fold}: no validation images in {splits}")
-        return val, int(fold), []
-    if isinstance(model.run, Run):
-        val = model.run.validation(samples)
-        if val:
-            return val, model.run.fold, []
-    return (
-        samples,
-        None,
-        [
-            f"no --fold/--splits and no validation fold recorded in {model.source}: scored on "
-            "every train image (optimistic if the model saw them)"
-        ],
-    )
+    elif runs[0] is not None:
+        val, fold = runs[0].validation(samples), runs[0].fold
+    if not val:
+        return (
+            samples,
+            None,
+            [
+                f"no --fold/--splits and no validation fold recorded in {models[0].source}: scored on "
+                "every train image (optimistic if the model saw them)"
+            ],
+        )
+    notes = []
+    for lm, run in zip(models, runs):
+        try:
+            own = {s.name for s in run.validation(samples)} if run is not None else None
+        except DataError as exc:
+            notes.append(f"cannot tell which of these images {lm.source} trained on: {exc}")
+            continue
+        seen = sum(s.name not in own for s in val) if own is not None else 0
+        if seen:
+            notes.append(f"{lm.source} trained on {seen} of these {len(val)} images: its scores are optimistic")
+    return val, int(fold) if fold is not None else None, notes
 
 
 def evaluate_policies(
@@ -216,7 +227,7 @@ def evaluate_policies(
     pols = list(dict.fromkeys(predictor.applied(p) for p in pols))
     fold_used = fold
     if samples is None:
-        samples, fold_used, extra = validation_samples(data, splits, fold, predictor.models[0])
+        samples, fold_used, extra = validation_samples(data, splits, fold, predictor.models)
         notes += extra
     from boneseg.data.masks import default_cache_dir
 

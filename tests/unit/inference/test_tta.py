@@ -214,3 +214,7 @@ def test_default_images_are_the_runs_own_validation_fold(setup, tmp_path):
     save_checkpoint(run, {**load_checkpoint(ckpt), "val_images": [s.name for s in samples[2:4]]})
     report = evaluate_policies(data, [run], policies=["none"], search=None, workers=0, device="cpu")
     assert report.images == 2 and report.fold == 0 and not report.notes
+    other = tmp_path / "other.pt"  # another fold's model trained on those images: said, not hidden
+    save_checkpoint(other, {**load_checkpoint(ckpt), "val_images": [s.name for s in samples[3:5]]})
+    report = evaluate_policies(data, [run, other], policies=["none"], search=None, workers=0, device="cpu")
+    assert report.images == 2 and report.notes == [f"{other} trained on 1 of these 2 images: its scores are optimistic"]
