@@ -313,6 +313,12 @@ def choose_rules(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray], min_gain:
     return out
 
 
+def check_fit_model(wrist: bool) -> None:
+    """Raise `UsageError` for a wrist second-stage model: post-processing is fitted on whole-image models."""
+    if wrist:
+        raise UsageError("--fit-postprocess applies to whole-image models, not a --wrist model")
+
+
 def fit_postprocess(
     run: str | os.PathLike,
     data: str | os.PathLike,
@@ -349,6 +355,7 @@ def fit_postprocess(
     from boneseg.io import write_json
 
     opened = Run.open(run)
+    check_fit_model(opened.config.wrist)
     predictor = Predictor.from_checkpoints([opened], device=device)
     val = opened.validation(discover(data))
     if not val:
