@@ -122,6 +122,11 @@ def corrupt_png(split: str, command: str):
     def fault(tmp, base):
         data = copy_data(base, tmp)
         png = first(data / split / "DCM", "*.png")
+        if command == "tta":  # tta scores the checkpoint's own validation images
+            from boneseg.data.layout import discover
+            from boneseg.engine.run import Run
+
+            png = Run.open(base / "model.pt").validation(discover(data))[0].image
         png.write_bytes(png.read_bytes()[:100])
         args = {
             "predict": ["predict", data, "-m", base / "model.pt", "-o", tmp / "o.csv", "--workers", "2"],

@@ -301,8 +301,10 @@ def train_command(
         missing = [f"--{k}" for k in ("arch", "encoder", "size") if k not in config]
         if missing:
             raise UsageError(f"missing option {', '.join(missing)} (needed for a new run)")
-    if config.get("wrist") and fit_postprocess:
-        raise UsageError("--fit-postprocess applies to whole-image models, not a --wrist model")
+    if fit_postprocess:
+        from boneseg.workflows.validation import check_fit_model
+
+        check_fit_model(bool(config.get("wrist")))
     config.update(resume=resume, force=force)
     if print_config:
         print_json(resolve_config(config)[0].to_dict())

@@ -498,18 +498,17 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, reporter: Reporter, check_onl
             f"{source}: fold {cfg.fold} has no images (nothing to validate on; "
             "choose another --fold or run boneseg split again)"
         )
-    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data)
-    cache = MaskCache(cache_root)
-    if cfg.wrist:
+
+    def cache_at(root: Path) -> MaskCache:  # a wrist model reads every sample, pseudo ones too, as wrist crops
         from boneseg.data.wrist import WristCache
 
-        cache = WristCache(cache_root, cfg.wrist_margin)
+        return WristCache(root, cfg.wrist_margin) if cfg.wrist else MaskCache(root)
+
+    cache = cache_at(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data))
     train_items = [Item(s, cache) for s in train_s]
     val_items = [Item(s, cache) for s in val_s]
     for i, folder in enumerate(cfg.pseudo):
-        pcache = (
-            MaskCache(Path(cfg.cache_dir) / f"pseudo-{i}") if cfg.cache_dir else MaskCache(default_cache_dir(folder))
-        )
+        pcache = cache_at(Path(cfg.cache_dir) / f"pseudo-{i}" if cfg.cache_dir else default_cache_dir(folder))
         train_items += [Item(s, pcache) for s in discover(folder, skip_bad=cfg.skip_bad)]
     bad_names: list[list[str] | None] = [None]
     if info.is_main:

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boneseg.classes import NUM_CLASSES
+from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.data.layout import resize_image, side_from_masks
 from boneseg.engine.distributed import resolve_device
 from boneseg.engine.run import Run
 from boneseg.engine.train import TrainConfig
-from boneseg.errors import UsageError
+from boneseg.errors import CheckpointError, UsageError
 from boneseg.inference.exported import Exported, open_model
 from boneseg.inference.sliding import alloc, check_window, sliding_window
 from boneseg.inference.tta import Policy, hflip, snap, unflip
@@ -83,12 +83,17 @@ def load_models(
 
     Raises:
         UsageError: no checkpoint, or a weight count that differs from the checkpoint count / a negative weight.
-        CheckpointError: a checkpoint that cannot be loaded.
+        CheckpointError: a checkpoint that cannot be loaded, or whose classes are not the 29 bones.
     """
     weights = check_weights(weights, len(checkpoints))
     out = []
     for ckpt, w in zip(checkpoints, weights):
         run = open_model(ckpt)
+        if isinstance(run, Run) and run.classes != tuple(CLASSES):
+            raise CheckpointError(
+                f"{run.path}: its {len(run.classes)} classes ({', '.join(run.classes[:3])}, …) are not "
+                f"the {NUM_CLASSES} competition classes in their order"
+            )
         probabilities = isinstance(run, Exported) and run.probabilities
         out.append(LoadedModel(run.model(device), run.config, str(run.path), float(w), run, probabilities))
     return out
@@ -187,6 +192,12 @@ class Predictor:
     ):
         if not models:
             raise UsageError("give at least one model with -m CKPT")
+        for lm in models:
+            if lm.config.wrist:
+                raise UsageError(
+                    f"{lm.source}: a wrist second-stage model (train --wrist) predicts wrist crops, not whole "
+                    "images; give it as --wrist-model, with a whole-image model as -m"
+                )
         self.models = list(models)
         total = sum(m.weight for m in self.models)
         self.weights = [m.weight / total for m in self.models]

@@ -23,11 +23,28 @@ class ImageStages:
         self, predictor: Predictor, meta: str | os.PathLike | None = None, wrist_model: str | os.PathLike | None = None
     ):
         """`meta`: a metadata file or a folder it is found from (`boneseg.modelling.heads.meta_table`), used only when
-        a model has FiLM. `wrist_model`: a wrist checkpoint (`boneseg.data.wrist`) whose carpal predictions, on
-        the crop around the first stage's carpals, replace the first stage's."""
+        a model (the wrist model included) has FiLM. `wrist_model`: a wrist checkpoint (`boneseg.data.wrist`) whose
+        carpal predictions, on the crop around the first stage's carpals, replace the first stage's.
+
+        Raises:
+            UsageError: a `wrist_model` that is not a wrist second-stage model (``train --wrist``).
+        """
+        from boneseg.errors import UsageError
         from boneseg.modelling import heads
 
-        models = [heads.unwrap(lm.model) for lm in predictor.models]  # under --compile too
+        self.wrist = None
+        loaded = list(predictor.models)
+        if wrist_model is not None:
+            from boneseg.inference.wrist import WristStage
+
+            lm = load_models([wrist_model], predictor.device)[0]
+            if not lm.config.wrist:
+                raise UsageError(
+                    f"--wrist-model {wrist_model}: not a wrist second-stage model (train one with train --wrist)"
+                )
+            self.wrist = WristStage(lm, predictor.device)
+            loaded.append(lm)
+        models = [heads.unwrap(lm.model) for lm in loaded]  # under --compile too
         self.film: list[Any] = [m for m in models if getattr(m, "wants_meta", False)]
         self.table = heads.meta_table(meta) if self.film and meta is not None else {}
         if self.film and not self.table:
@@ -37,11 +54,6 @@ class ImageStages:
                 BonesegWarning,
                 stacklevel=2,
             )
-        self.wrist = None
-        if wrist_model is not None:
-            from boneseg.inference.wrist import WristStage
-
-            self.wrist = WristStage(load_models([wrist_model], predictor.device)[0], predictor.device)
 
     def __enter__(self) -> ImageStages:
         return self
@@ -65,4 +77,4 @@ class ImageStages:
         a cached view that other policies reuse, so it is copied before being changed."""
         if self.wrist is None:
             return probs
-        return self.wrist.refine(probs.clone() if shared else probs, item.inputs[item.shape])
+        return self.wrist.refine(probs.clone() if shared else probs, item.inputs[item.shape], item.side)

@@ -35,14 +35,15 @@ def unflip(x: torch.Tensor) -> torch.Tensor:
 
 def parse_scales(scales: str | Sequence[float]) -> tuple[float, ...]:
     """``"0.75,1,1.25"`` or a sequence -> sorted unique positive floats."""
+    given = scales
     if isinstance(scales, str):
         try:
             scales = [float(s) for s in scales.replace(" ", "").split(",") if s]
         except ValueError:
-            raise UsageError(f"--scales must be comma-separated numbers, got {scales!r}") from None
+            raise UsageError(f"--scales must be comma-separated numbers, got {given!r}") from None
     out = tuple(sorted({float(s) for s in scales}))
     if not out or not all(0 < s < math.inf for s in out):  # also refuses nan
-        raise UsageError(f"--scales must be positive finite numbers, got {scales!r}")
+        raise UsageError(f"--scales must be positive finite numbers, got {given!r}")
     return out
 
 

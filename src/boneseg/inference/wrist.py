@@ -19,8 +19,10 @@ class WristStage:
         self.margin, self.size = lm.config.wrist_margin, lm.config.size
 
     @torch.no_grad()
-    def refine(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Replace the carpal channels of `probs` (29, H, W), in place, using the full-size uint8 `image`."""
+    def refine(self, probs: torch.Tensor, image: torch.Tensor, side: str | None = None) -> torch.Tensor:
+        """Replace the carpal channels of `probs` (29, H, W), in place, using the full-size uint8 `image`.
+        `side`: the image's hand side when known (its file name's suffix, as the first stage uses), else the
+        side the first stage's masks show."""
         from boneseg.data.layout import resize_image
         from boneseg.data.transforms import normalize
 
@@ -31,7 +33,7 @@ class WristStage:
         crop = np.asarray(image.cpu().numpy() if isinstance(image, torch.Tensor) else image)[y0:y1, x0:x1]
         flip = False
         if self.lm.unify:
-            seen = side_from_masks(probs)
+            seen = side if side in ("L", "R") else side_from_masks(probs)
             flip = seen is not None and seen != self.lm.unify
         crop = np.ascontiguousarray(crop[:, ::-1] if flip else crop)
         x = torch.from_numpy(resize_image(crop, (self.size, self.size)))[None]  # as the WristCache resized

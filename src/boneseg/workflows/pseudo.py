@@ -342,6 +342,8 @@ def make_pseudo(
     tasks = [(s.name, str(s.image)) for s in samples if s.image_name in predicted]
     stage = _prepare_out(out, force)
     try:
+        for sub in (IMAGE_DIR, LABEL_DIR):  # the train layout even when every image is left out
+            (stage / "train" / sub).mkdir(parents=True)
         state = {
             "source": src,
             "others": others,

@@ -20,10 +20,9 @@ import torch
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, GROUPS, NUM_CLASSES
 from boneseg.data.layout import Sample, discover
-from boneseg.engine.train import TrainConfig
-from boneseg.errors import UsageError
+from boneseg.errors import DataError, UsageError
 from boneseg.inference.encode import quantize
-from boneseg.inference.predictor import Predictor, ViewCache, check_weights
+from boneseg.inference.predictor import LoadedModel, Predictor, ViewCache, check_weights
 from boneseg.inference.run import ImageDataset, check_workers, make_loader
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy, default_policies
@@ -106,24 +105,47 @@ class TTAReport:
 
 
 def validation_samples(
-    data: str | os.PathLike, splits: str | os.PathLike | None, fold: int | None, config: TrainConfig
+    data: str | os.PathLike, splits: str | os.PathLike | None, fold: int | None, models: Sequence[LoadedModel]
 ) -> tuple[list[Sample], int | None, list[str]]:
-    """The images to score: fold `fold` of `splits` (defaults: the checkpoint's own fold and splits
-    file), else every train image (with a note that the scores are then optimistic)."""
+    """The images to score and notes: fold `fold` of `splits`, by default the images the first model's run
+    validated on (`boneseg.engine.run.Run.validation`: recorded by training, else its fold made again as
+    training made it); for a model without a run (an export), every train image. A note names each model
+    that trained on some of the images (its scores there are optimistic)."""
     from boneseg.data.split import fold_samples, load_splits
+    from boneseg.engine.run import Run
 
     samples = discover(data, "train")
     if (splits is None) != (fold is None):
         raise UsageError("give --fold and --splits together")
-    if splits is None and config.splits and os.path.exists(config.splits):
-        splits, fold = config.splits, config.fold
+    runs = [lm.run if isinstance(lm.run, Run) else None for lm in models]
+    val: list[Sample] = []
     if splits is not None:
         assert fold is not None  # given together with splits
         _, val = fold_samples(samples, load_splits(splits, samples), int(fold))
         if not val:
             raise UsageError(f"--fold {fold}: no validation images in {splits}")
-        return val, int(fold), []
-    return samples, None, ["no --fold/--splits: scored on every train image (optimistic if the model saw them)"]
+    elif runs[0] is not None:
+        val, fold = runs[0].validation(samples), runs[0].fold
+    if not val:
+        return (
+            samples,
+            None,
+            [
+                f"no --fold/--splits and no validation fold recorded in {models[0].source}: scored on "
+                "every train image (optimistic if the model saw them)"
+            ],
+        )
+    notes = []
+    for lm, run in zip(models, runs):
+        try:
+            own = {s.name for s in run.validation(samples)} if run is not None else None
+        except DataError as exc:
+            notes.append(f"cannot tell which of these images {lm.source} trained on: {exc}")
+            continue
+        seen = sum(s.name not in own for s in val) if own is not None else 0
+        if seen:
+            notes.append(f"{lm.source} trained on {seen} of these {len(val)} images: its scores are optimistic")
+    return val, int(fold) if fold is not None else None, notes
 
 
 def evaluate_policies(
@@ -157,7 +179,8 @@ def evaluate_policies(
         data: dataset root with labelled ``train`` images.
         models: checkpoints/run folders or a ready `Predictor` (several: averaged as in predict).
         policies: names (``none``, ``hflip``, ``scale``, ``hflip+scale``, optionally ``sliding:``-prefixed)
-            or `Policy` objects; default every TTA name in resize mode, plus sliding mode with `sliding`.
+            or `Policy` objects; default every TTA name. A name without a mode is scored in resize mode,
+            and also in sliding mode with `sliding`.
         fold, splits: the validation fold (default: the checkpoint's). samples: score these instead.
         search: (low, high) range of the per-class threshold search on the best policy; None skips it.
         wrist_model, meta: as in `boneseg.inference.predict` (`meta` defaults to the dataset's
@@ -182,7 +205,10 @@ def evaluate_policies(
     elif thresholds_out is not None:
         raise UsageError("--thresholds-out needs a threshold search range (--search)")
     if policies:
-        pols = [p if isinstance(p, Policy) else Policy.parse(p, scales, sliding) for p in policies]
+        modes = (False, True) if sliding else (False,)
+        pols = list(
+            dict.fromkeys(p if isinstance(p, Policy) else Policy.parse(p, scales, s) for p in policies for s in modes)
+        )
     else:
         pols = default_policies(scales, sliding)
     if thresholds_out is not None:
@@ -201,7 +227,7 @@ def evaluate_policies(
     pols = list(dict.fromkeys(predictor.applied(p) for p in pols))
     fold_used = fold
     if samples is None:
-        samples, fold_used, extra = validation_samples(data, splits, fold, predictor.models[0].config)
+        samples, fold_used, extra = validation_samples(data, splits, fold, predictor.models)
         notes += extra
     from boneseg.data.masks import default_cache_dir
 
@@ -287,6 +313,12 @@ def choose_rules(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray], min_gain:
     return out
 
 
+def check_fit_model(wrist: bool) -> None:
+    """Raise `UsageError` for a wrist second-stage model: post-processing is fitted on whole-image models."""
+    if wrist:
+        raise UsageError("--fit-postprocess applies to whole-image models, not a --wrist model")
+
+
 def fit_postprocess(
     run: str | os.PathLike,
     data: str | os.PathLike,
@@ -301,7 +333,8 @@ def fit_postprocess(
     """Choose per-class post-processing on a run's validation fold and write ``RUN/postprocess.json``.
 
     The run's ``best.pt`` predicts its own validation images (the fold and split it was trained with), at
-    full resolution, without TTA, thresholded at `threshold`; `choose_rules` keeps a rule for a class
+    full resolution, without TTA, thresholded at `threshold`, FiLM models with their patients' metadata
+    (DATA's metadata file) as ``predict`` gives it; `choose_rules` keeps a rule for a class
     only where it raises that class's validation Dice. ``boneseg predict -m RUN`` then applies it.
     `cache_dir`: the mask cache (default ``DATA/.boneseg-cache``). `reporter`: its progress (`boneseg.progress`).
 
@@ -322,6 +355,7 @@ def fit_postprocess(
     from boneseg.io import write_json
 
     opened = Run.open(run)
+    check_fit_model(opened.config.wrist)
     predictor = Predictor.from_checkpoints([opened], device=device)
     val = opened.validation(discover(data))
     if not val:
@@ -334,8 +368,13 @@ def fit_postprocess(
     )
     cuts = probs_mod.cutoffs(threshold)
     preds, gts = [], []
-    with torch.no_grad(), reporter.task("fit post-processing", len(val), "img") as task:
+    with (
+        torch.no_grad(),
+        ImageStages(predictor, data) as stages,
+        reporter.task("fit post-processing", len(val), "img") as task,
+    ):
         for item in loader:
+            stages.before(val[item.index])
             preds.append(binarize(quantize(predictor.predict(item, policy)), cuts).cpu().numpy())
             gts.append(item.masks.numpy())
             task.advance()

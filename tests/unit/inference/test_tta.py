@@ -146,6 +146,9 @@ def test_policy_names():
         Policy.parse("hflp")
     with pytest.raises(UsageError, match="sliding"):
         Policy.parse("slidng:none")
+    for bad in ("0", "1,-0.5", "nan", ","):  # the refusal quotes --scales as given
+        with pytest.raises(UsageError, match=f"got '{bad}'"):
+            Policy.parse("scale", bad)
 
 
 def test_dice_curves_match_direct_dice():
@@ -189,3 +192,29 @@ def test_tta_empty_search_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["tta", str(tmp_path), "-m", str(tmp_path / "m.pt"), "--search", ""])
     assert exc.value.code == 2 and "--search must be low,high" in capsys.readouterr().err
+
+
+def test_sliding_adds_the_sliding_version_of_each_named_policy(setup):
+    """``--sliding`` also scores the sliding-window versions, of ``--policies`` names as of the default ones."""
+    data, ckpt, _, _ = setup
+    kw = {"samples": discover(data)[:1], "search": None, "workers": 0, "device": "cpu", "window": 64}
+    report = evaluate_policies(data, [ckpt], policies=["none", "sliding:none", "resize:hflip"], sliding=True, **kw)
+    assert list(report.policies) == ["resize:none", "sliding:none", "resize:hflip"]
+    assert list(evaluate_policies(data, [ckpt], policies=["none"], **kw).policies) == ["resize:none"]
+
+
+def test_default_images_are_the_runs_own_validation_fold(setup, tmp_path):
+    """Without --fold/--splits, a run trained on an on-the-fly split (no splits file) is scored on the images
+    it validated on, not on its training images too."""
+    from boneseg.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    data, ckpt, _, _ = setup
+    samples = discover(data)
+    run = tmp_path / "run.pt"
+    save_checkpoint(run, {**load_checkpoint(ckpt), "val_images": [s.name for s in samples[2:4]]})
+    report = evaluate_policies(data, [run], policies=["none"], search=None, workers=0, device="cpu")
+    assert report.images == 2 and report.fold == 0 and not report.notes
+    other = tmp_path / "other.pt"  # another fold's model trained on those images: said, not hidden
+    save_checkpoint(other, {**load_checkpoint(ckpt), "val_images": [s.name for s in samples[3:5]]})
+    report = evaluate_policies(data, [run, other], policies=["none"], search=None, workers=0, device="cpu")
+    assert report.images == 2 and report.notes == [f"{other} trained on 1 of these 2 images: its scores are optimistic"]

@@ -135,3 +135,73 @@ def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
         synth_data, [forced], policies=["hflip"], samples=val, search=None, workers=0, device="cpu"
     )
     assert plain.policies["resize:hflip"]["per_class_dice"] != got
+
+
+def save_untrained(path: Path, cfg: dict) -> Path:
+    """A tiny real checkpoint straight from `build_model` (no training)."""
+    from boneseg.engine.checkpoint import save_checkpoint
+    from boneseg.modelling.models import build_model
+
+    save_checkpoint(path, {"config": cfg, "model": build_model(cfg).state_dict(), "epoch": 1, "step": 1, "metrics": {}})
+    return path
+
+
+@pytest.mark.parametrize("command", ["predict", "tta"])
+def test_a_model_in_the_wrong_stage_is_refused_in_one_line(synth_data, tmp_path, capsys, command):
+    """A wrist model as the first stage (it would segment the whole image as a wrist crop) or a whole-image
+    model as the wrist stage (it would segment the crop as a whole hand) is refused, not run."""
+    from util import cli, error_line
+
+    whole = save_untrained(tmp_path / "whole.pt", tiny(synth_data, tmp_path / "w"))
+    wrist = save_untrained(tmp_path / "wrist.pt", tiny(synth_data, tmp_path / "c", wrist=True))
+    out = ["-o", tmp_path / "o.csv"] if command == "predict" else ["--search", "0.5,0.5"]
+    common = [command, synth_data, *out, "--device", "cpu", "--workers", "0"]
+    code, _, err = cli(capsys, *common, "-m", wrist)
+    assert code != 0 and "wrist.pt: a wrist second-stage model" in error_line(err) and "--wrist-model" in err
+    code, _, err = cli(capsys, *common, "-m", whole, "--wrist-model", whole)
+    assert code != 0 and f"--wrist-model {whole}: not a wrist second-stage model" in error_line(err)
+    assert not (tmp_path / "o.csv").exists()
+    for wrist_only in (False, True):  # other classes than the 29: refused in either stage
+        c8 = save_untrained(
+            tmp_path / "c8.pt", tiny(synth_data, tmp_path / "c", wrist=wrist_only, classes=list(CARPALS))
+        )
+        code, _, err = cli(capsys, *common, *(["-m", whole, "--wrist-model", c8] if wrist_only else ["-m", c8]))
+        assert code != 0 and "c8.pt: its 8 classes (Trapezium, Trapezoid, Capitate, …) are not the 29" in error_line(
+            err
+        )
+
+
+def test_a_film_wrist_model_gets_the_patients_metadata(synth_data, tmp_path):
+    """The wrist model is run like the first stage: a FiLM wrist model sees each patient's metadata."""
+    from boneseg.data.layout import discover
+    from boneseg.inference.predictor import Predictor
+    from boneseg.inference.stages import ImageStages
+
+    whole = save_untrained(tmp_path / "whole.pt", tiny(synth_data, tmp_path / "w"))
+    wrist = save_untrained(tmp_path / "wrist.pt", tiny(synth_data, tmp_path / "c", wrist=True, meta="film"))
+    sample = discover(synth_data)[0]
+    with ImageStages(Predictor.from_checkpoints([whole], device="cpu"), synth_data, wrist) as stages:
+        assert stages.wrist is not None
+        stages.before(sample)
+        model = stages.wrist.lm.model
+        assert model.default_meta is not None and torch.equal(
+            model.default_meta[0], torch.from_numpy(stages.table[sample.patient])
+        )
+    assert model.default_meta is None
+
+
+def test_a_unified_wrist_model_mirrors_by_the_file_names_side(synth_data, tmp_path):
+    """A left hand (``_L`` file name) is mirrored for a wrist model unified to R even when the first stage's
+    masks do not show the side (no thumb or little finger): the same crop as the mirrored right hand."""
+    from boneseg.inference.predictor import Item, Predictor
+    from boneseg.inference.stages import ImageStages
+
+    whole = save_untrained(tmp_path / "whole.pt", tiny(synth_data, tmp_path / "w"))
+    wrist = save_untrained(tmp_path / "wrist.pt", tiny(synth_data, tmp_path / "c", wrist=True, unify_side="R"))
+    probs = torch.full((NUM_CLASSES, 128, 128), 0.1)
+    probs[CARPAL_IDX, 60:80, 40:60] = 0.9  # carpals only: the masks show no side
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8))
+    with ImageStages(Predictor.from_checkpoints([whole], device="cpu"), None, wrist) as stages:
+        left = stages.after(probs.clone(), Item(0, "a_L.png", (128, 128), "L", {(128, 128): image}))
+        right = stages.after(probs.flip(-1), Item(0, "a_R.png", (128, 128), "R", {(128, 128): image.flip(-1)}))
+    assert torch.equal(left, right.flip(-1))

@@ -77,3 +77,64 @@ def test_fit_after_training_and_predict_picks_it_up(synth_data, tmp_path):
     ens = tmp_path / "ens.csv"
     predict(synth_data, [run, run], ens, **kw)
     assert ens.read_text() == none.read_text()
+
+
+def test_fitted_scores_are_those_of_predict_with_and_without_the_rules(synth_data, tmp_path):
+    """The rules are fitted on what predict gives (a FiLM model with its patients' metadata): predict's CSV
+    of the validation fold scores each class's ``dice_before`` without the rules, ``dice_after`` with them."""
+    import torch
+    from util import csv_dice
+
+    from boneseg.data.layout import discover
+    from boneseg.engine.checkpoint import load_checkpoint, save_checkpoint
+    from boneseg.engine.run import Run
+    from boneseg.engine.train import train
+    from boneseg.inference import predict
+    from boneseg.workflows.validation import fit_postprocess
+
+    run = tmp_path / "run"
+    cfg = tiny(synth_data, run, meta="film")
+    train(cfg)
+    state = load_checkpoint(run / "best.pt")  # metadata that matters: FiLM starts as the identity
+    gen = torch.Generator().manual_seed(0)
+    model = {k: torch.randn(v.shape, generator=gen) if k.startswith("film.") else v for k, v in state["model"].items()}
+    save_checkpoint(run / "best.pt", dict(state, model=model))
+    doc = fit_postprocess(run, synth_data, device="cpu", cache_dir=cfg["cache_dir"])
+    val = Run.open(run).validation(discover(synth_data))
+    kw = {"workers": 0, "device": "cpu", "meta": synth_data}
+    for rules, key in (("auto", "dice_after"), ("none", "dice_before")):
+        out = tmp_path / f"{rules}.csv"
+        predict(val, [run], out, postprocess_rules=rules, **kw)
+        got = csv_dice(out, val)
+        np.testing.assert_allclose([got[c] for c in CLASSES], [doc["classes"][c][key] for c in CLASSES], atol=1e-12)
+
+
+def test_a_wrist_run_is_refused_by_name(synth_data, tmp_path, capsys):
+    """A wrist model is refused with the reason: by train before training, and by the library (a resumed
+    wrist run, whose command line does not say --wrist)."""
+    from util import cli, error_line
+
+    from boneseg.engine.checkpoint import save_checkpoint
+    from boneseg.errors import UsageError
+    from boneseg.modelling.models import build_model
+    from boneseg.workflows.validation import fit_postprocess
+
+    cfg = tiny(synth_data, tmp_path / "wrist", wrist=True)
+    state = {"config": cfg, "model": build_model(cfg).state_dict(), "epoch": 1, "step": 1, "metrics": {}}
+    save_checkpoint(tmp_path / "wrist.pt", state)
+    with pytest.raises(UsageError, match="--fit-postprocess applies to whole-image models, not a --wrist model"):
+        fit_postprocess(tmp_path / "wrist.pt", synth_data, device="cpu")
+    options = [
+        "--wrist",
+        "--fit-postprocess",
+        "--arch",
+        "unet",
+        "--encoder",
+        "resnet18",
+        "--size",
+        "64",
+        "--device",
+        "cpu",
+    ]
+    code, _, err = cli(capsys, "train", synth_data, *options, "-o", tmp_path / "run")
+    assert code != 0 and "not a --wrist model" in error_line(err) and not (tmp_path / "run").exists()

@@ -177,6 +177,17 @@ def test_agreement_filter_with_other_predictions(test_set, tmp_path):
     assert json.loads(res.stdout)["written"] == 3
 
 
+def test_every_image_left_out_is_an_empty_train_layout(test_set, tmp_path):
+    """Nothing confident enough: the folder still has the train layout, so the reader of ``train --pseudo``
+    and ``eda`` says that it holds no images (not that it is not a dataset)."""
+    root, names, masks = test_set
+    folder = write_probs(tmp_path / "probs", names, masks, np.full((len(names), len(CLASSES)), 0.9))
+    summary = make_pseudo(folder, root, tmp_path / "p", min_confidence=0.95, workers=1)
+    assert not summary.written and len(summary.left_out) == len(names)
+    with pytest.raises(DataError, match=r"p/train/DCM: no PNG images found"):
+        discover(tmp_path / "p")
+
+
 def test_errors_and_overwrite_rules(test_set, tmp_path):
     root, names, masks = test_set
     sub = write_sub(tmp_path / "sub.csv", names, masks)
@@ -276,3 +287,22 @@ def test_pseudo_then_train_mixes_them_in(synth_data, tmp_path):
     assert summary["epochs_done"] == 1
     assert summary["train_images"] == len(train_s) - summary["val_images"] + len(test_s)  # pseudo images mixed in
     assert json.loads((tmp_path / "run" / "config.json").read_text())["pseudo"] == [str(tmp_path / "pseudo")]
+
+
+def test_a_wrist_model_reads_pseudo_labels_as_wrist_crops(synth_data, tmp_path):
+    """``train --wrist --pseudo``: the pseudo images are cut to their wrist box like the training images."""
+    from util import tiny_config
+
+    from boneseg.engine.train import train
+
+    train_s, test_s = discover(synth_data), discover(synth_data, "test", labels=False)
+    with SubmissionWriter(tmp_path / "sub.csv") as w:  # stand-in predictions: labels of train images
+        for s, t in zip(test_s, train_s):
+            w.write_masks(s.image_name, build_sample(t).masks)
+    make_pseudo(tmp_path / "sub.csv", synth_data, tmp_path / "pseudo", workers=1)
+    cache = tmp_path / "cache"
+    cfg = tiny_config(synth_data, tmp_path / "run", cache_dir=str(cache), wrist=True, max_steps=1)
+    train({**cfg, "pseudo": [str(tmp_path / "pseudo")]})
+    stems = sorted(s.name.replace("/", "__")[:-4] + "@64.npz" for s in discover(tmp_path / "pseudo"))
+    assert sorted(p.name for p in (cache / "pseudo-0" / "wrist-m0.15").glob("*.npz")) == stems
+    assert not list((cache / "pseudo-0").glob("*.npz"))  # never served as whole images
