@@ -392,6 +392,34 @@ def run_folder(out: Path, cfg: TrainConfig, info: D.DistInfo):
         raise
 
 
+def _same_setting(key: str, given: Any, saved: Any) -> bool:
+    """Whether option `key` given to a resume is the run's saved setting, in any spelling: an alias
+    (``unet++``), a loss written otherwise (``bce + 1*dice``), a path written otherwise (``./s.json``), a run
+    folder given to ``--init-from`` (the run saved the checkpoint file it took from there)."""
+    import os
+
+    from boneseg.modelling.losses import parse_loss
+    from boneseg.modelling.models import resolve_arch, resolve_encoder
+
+    if given == saved:
+        return True
+    if key == "unify_side":
+        return str(given or "none").upper()[:1] == str(saved or "none").upper()[:1]
+    if given is None or saved is None:
+        return False
+    same_form: dict[str, Any] = {
+        "arch": resolve_arch,
+        "encoder": resolve_encoder,
+        "loss": parse_loss,
+        "splits": os.path.abspath,
+        "exclude": os.path.abspath,
+        "pseudo": lambda v: [os.path.abspath(p) for p in v],
+    }
+    if key == "init_from":
+        return os.path.abspath(saved) in {os.path.abspath(p) for p in (given, Path(given, BEST), Path(given, LAST))}
+    return key in same_form and same_form[key](given) == same_form[key](saved)
+
+
 def merge_resume(cfg_given: dict, saved: dict) -> TrainConfig:
     """The config of a resumed run: the saved one (less any runtime option an old checkpoint holds), with
     the runtime options and `CHANGEABLE_ON_RESUME` ones the new command gives.
@@ -400,18 +428,7 @@ def merge_resume(cfg_given: dict, saved: dict) -> TrainConfig:
         UsageError: the new command changes an option that defines the run (e.g. ``--epochs``).
     """
     for key in FIXED_ON_RESUME:
-        if key in cfg_given and key in saved and cfg_given[key] != saved[key]:
-            if key in ("arch", "encoder"):
-                from boneseg.modelling.models import resolve_arch, resolve_encoder
-
-                norm = resolve_arch if key == "arch" else resolve_encoder
-                if norm(cfg_given[key]) == saved[key]:
-                    continue
-            if (
-                key == "unify_side"
-                and str(cfg_given[key] or "none").upper()[:1] == str(saved[key] or "none").upper()[:1]
-            ):
-                continue
+        if key in cfg_given and key in saved and not _same_setting(key, cfg_given[key], saved[key]):
             raise UsageError(
                 f"--resume: the run was started with {key}={saved[key]!r}, not {cfg_given[key]!r} "
                 "(resume with the same options, or start a new run)"
