@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -635,6 +636,7 @@ class State:
     history: list = field(default_factory=list)
     tracker_ids: dict = field(default_factory=dict)  # --log name -> its run id (a resume continues that run)
     val_images: list[str] = field(default_factory=list)  # the validation fold's image names, as trained
+    train_images: list[str] = field(default_factory=list)  # the training images' names, in sampler order
     criterion: Any = None
     device: torch.device = torch.device("cpu")
 
@@ -702,13 +704,38 @@ def checkpoint(st: State, full: bool) -> dict:
                 "best_epoch": st.best_epoch,
                 "history": st.history,
                 "tracker_ids": st.tracker_ids,
+                "train_images": st.train_images,
             }
         )
     return state
 
 
+def _check_images(what: str, before: list[str] | None, now: list[str], sources: str) -> None:
+    """Raise `DataError` when the image names `now` are not the run's recorded `before` (None: not recorded)."""
+    if before is None or list(before) == now:
+        return
+    old, new = Counter(before), Counter(now)
+    changed = sorted((old - new) + (new - old))
+    how = f"{len(changed)} image(s) in or out, e.g. {changed[0]}" if changed else "the same images in another order"
+    raise DataError(
+        f"the {what} changed since the run started ({how}): {sources} differ; restore them, or start a new run"
+    )
+
+
 def restore(st: State, saved: dict) -> None:
-    """Load a ``last.pt`` dict into `st` (model, optimiser, schedule, scaler, EMA, RNG, position)."""
+    """Load a ``last.pt`` dict into `st` (model, optimiser, schedule, scaler, EMA, RNG, position).
+
+    Raises:
+        DataError: the validation fold or the training images (in their order) are not those the run
+            trained with (checkpoints of older versions record only the former, or neither).
+    """
+    _check_images("validation fold", saved.get("val_images"), st.val_images, "the dataset or splits file")
+    _check_images(
+        "training images",
+        saved.get("train_images"),
+        st.train_images,
+        "the dataset, the splits file, a --pseudo folder, the --exclude list or --skip-bad",
+    )
     st.model.load_state_dict(saved["train_model"] if saved.get("train_model") is not None else saved["model"])
     st.optimizer.load_state_dict(saved["optimizer"])
     st.schedule.load_state_dict(saved["scheduler"])
@@ -722,13 +749,6 @@ def restore(st: State, saved: dict) -> None:
     st.loss_count = int(saved["loss_count"])
     st.best, st.best_epoch, st.history = float(saved["best"]), int(saved["best_epoch"]), list(saved["history"])
     st.tracker_ids = dict(saved.get("tracker_ids") or {})
-    before = saved.get("val_images")
-    if before is not None and list(before) != st.val_images:
-        changed = sorted(set(before) ^ set(st.val_images))
-        raise DataError(
-            f"the validation fold changed since the run started ({len(changed)} image(s) in or out, e.g. "
-            f"{changed[0]}): the dataset or splits file differ; restore them, or start a new run"
-        )
     _set_rng_state(saved["rng"])
 
 
@@ -1196,6 +1216,7 @@ def _run(
     st = build_state(cfg, info, steps_per_epoch, init, reporter)
     st.criterion = build_criterion(cfg).to(info.device)
     st.val_images = sorted(it.sample.name for it in val_items)
+    st.train_images = [it.sample.name for it in train_items]
     if saved is not None:
         restore(st, saved)
     ranks = f" x {info.world_size} ranks" if info.world_size > 1 else ""

@@ -16,7 +16,7 @@ from util import TINY, cli, error_line, write_dataset
 from boneseg.classes import CLASSES
 from boneseg.engine.checkpoint import load_checkpoint, load_model
 from boneseg.engine.train import TrainingInterrupted, train
-from boneseg.errors import CheckpointError, OutputExistsError, UsageError
+from boneseg.errors import CheckpointError, DataError, OutputExistsError, UsageError
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:
@@ -117,6 +117,21 @@ def test_resume_is_bit_exact(full_run, synth_data, tmp_path):
     assert _metrics(ref) == _metrics(out)
     best_ref, best_new = torch.load(ref / "best.pt", weights_only=True), torch.load(out / "best.pt", weights_only=True)
     assert all(torch.equal(best_ref["model"][k], best_new["model"][k]) for k in best_ref["model"])
+
+
+def test_resume_refuses_changed_training_images(synth_data, tmp_path):
+    """The --exclude list (same path, other content) leaves another image out: the resumed run would train
+    on other images with another schedule length; refused, naming an image, and nothing of the run changes."""
+    listed = tmp_path / "exclude.txt"
+    listed.write_text("# nothing yet\n")
+    out = tmp_path / "run"
+    train(tiny(synth_data, out, max_steps=1, exclude=str(listed)))
+    before = (out / "last.pt").read_bytes()
+    name = load_checkpoint(out / "last.pt")["train_images"][0]
+    listed.write_text(name + "\n")
+    with pytest.raises(DataError, match=f"training images changed since the run started .*{name}.*--exclude"):
+        train({"data": str(synth_data), "out": str(out), "resume": True, "workers": 0})
+    assert (out / "last.pt").read_bytes() == before
 
 
 def test_sigterm_saves_last_and_resumes_exactly(full_run, synth_data, tmp_path):
