@@ -32,7 +32,7 @@ from boneseg.classes import CLASSES
 from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, in_channels, normalize
 from boneseg.data.wrist import DEFAULT_MARGIN
 from boneseg.engine import distributed as D
-from boneseg.engine.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from boneseg.engine.checkpoint import BEST, FORMAT, LAST, load_checkpoint, save_checkpoint
 from boneseg.errors import (
     BonesegError,
     BonesegWarning,
@@ -686,7 +686,7 @@ def checkpoint(st: State, full: bool) -> dict:
         "step": st.step,
         "metrics": dict(last.items()),
         "val_images": st.val_images,
-        "format": 1,
+        "format": FORMAT,
     }
     if full:
         state.update(
