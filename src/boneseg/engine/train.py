@@ -252,6 +252,7 @@ def check_input(cfg: TrainConfig) -> None:
 def check_config(cfg: TrainConfig) -> None:
     """Reject impossible option values with one clear line each (no training started)."""
     from boneseg.data.split import check_split_options
+    from boneseg.engine.optim import check_optimizer, check_scheduler
     from boneseg.modelling.losses import parse_loss
     from boneseg.modelling.models import resolve_arch, resolve_encoder
 
@@ -298,6 +299,12 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.fold < 0:
         raise UsageError(f"--fold {cfg.fold}: must be >= 0")
     check_split_options(cfg.folds)
+    cfg.optimizer, cfg.scheduler = check_optimizer(cfg.optimizer), check_scheduler(cfg.scheduler)
+    if cfg.warmup and cfg.warmup >= cfg.epochs:
+        raise UsageError(
+            f"--warmup {cfg.warmup:g}: must be shorter than --epochs {cfg.epochs} (warm-up is in epochs; "
+            "the schedule starts after it)"
+        )
     if cfg.aug not in AUGMENTATIONS:
         raise UsageError(f"--aug {cfg.aug!r}: unknown preset{suggest(cfg.aug, AUGMENTATIONS)}")
     if cfg.amp_dtype not in ("bf16", "fp16"):
@@ -412,6 +419,8 @@ def _same_setting(key: str, given: Any, saved: Any) -> bool:
         "arch": resolve_arch,
         "encoder": resolve_encoder,
         "loss": parse_loss,
+        "optimizer": str.lower,
+        "scheduler": str.lower,
         "splits": os.path.abspath,
         "exclude": os.path.abspath,
         "pseudo": lambda v: [os.path.abspath(p) for p in v],
