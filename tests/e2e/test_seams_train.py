@@ -144,6 +144,18 @@ def test_schedule_options_are_checked_before_anything(data, tmp_path, capsys, op
         assert not run.exists() and not (data / ".boneseg-cache").exists()
 
 
+def test_a_batch_larger_than_the_training_images_is_said(data, tmp_path, capsys):
+    """4 training images and --batch-size 8: each step takes the 4 (not refused, not silent)."""
+    code, err = cli(
+        capsys, "train", data, *OPTS, *RUNTIME_OPTS, "--batch-size", "8", "--dry-run", "--out", tmp_path / "r"
+    )
+    assert code == 0 and "Warning: --batch-size 8: only 4 training image(s) per epoch, so each step takes 4" in err
+    code, err = cli(
+        capsys, "train", data, *OPTS, *RUNTIME_OPTS, "--batch-size", "4", "--dry-run", "--out", tmp_path / "r"
+    )
+    assert code == 0 and "Warning" not in err
+
+
 def _nan_loss_from(monkeypatch, step: int) -> None:
     """Make the training loss NaN from the `step`-th training forward on (validation is untouched)."""
     import boneseg.engine.train as engine

@@ -596,6 +596,20 @@ def make_sampler(n_items: int, cfg: TrainConfig, info: D.DistInfo, train: bool):
     )
 
 
+def epoch_steps(n_items: int, sampler, cfg: TrainConfig, info: D.DistInfo) -> int:
+    """Optimizer steps per epoch of the training `sampler` over `n_items` images; warns when a rank gets
+    fewer images than ``--batch-size`` (its one batch per epoch is that much smaller than asked)."""
+    per_rank = -(-n_items // info.world_size)
+    if per_rank < cfg.batch_size and info.is_main:
+        warnings.warn(
+            f"--batch-size {cfg.batch_size}: only {per_rank} training image(s) per "
+            f"{'rank' if info.enabled else 'epoch'}, so each step takes {per_rank} (the batch is smaller than asked)",
+            BonesegWarning,
+            stacklevel=2,
+        )
+    return -(-sampler.batches_per_epoch() // cfg.accumulate)
+
+
 def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
     """A DataLoader over `items` driven by an `EpochBatchSampler` (returns loader, sampler)."""
     from boneseg.data.dataset import Loader, SegDataset, collate
@@ -1218,10 +1232,7 @@ def _run(
     train_items, val_items = build_data(cfg, info, reporter)
     train_loader, train_sampler = make_loader(train_items, cfg, info, train=True)
     val_loader, _ = make_loader(val_items, cfg, info, train=False)
-    n_batches = train_sampler.batches_per_epoch()
-    if n_batches == 0:
-        raise UsageError(f"--batch-size {cfg.batch_size}: larger than the {len(train_items)} training images per rank")
-    steps_per_epoch = -(-n_batches // cfg.accumulate)
+    steps_per_epoch = epoch_steps(len(train_items), train_sampler, cfg, info)
     st = build_state(cfg, info, steps_per_epoch, init, reporter)
     st.criterion = build_criterion(cfg).to(info.device)
     st.val_images = sorted(it.sample.name for it in val_items)
@@ -1380,10 +1391,7 @@ def dry_run(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
     init = load_init(cfg) if cfg.init_from and saved is None else None
     info = D.DistInfo(device=D.resolve_device(cfg.device))
     train_items, val_items = build_data(cfg, info, reporter, check_only=True)
-    n_batches = make_sampler(len(train_items), cfg, info, train=True).batches_per_epoch()
-    if n_batches == 0:
-        raise UsageError(f"--batch-size {cfg.batch_size}: larger than the {len(train_items)} training images")
-    steps_per_epoch = -(-n_batches // cfg.accumulate)
+    steps_per_epoch = epoch_steps(len(train_items), make_sampler(len(train_items), cfg, info, train=True), cfg, info)
     weights = None if cfg.encoder_weights == "imagenet" else cfg.encoder_weights  # same shapes, no download
     model = build_model(dict(cfg.to_dict(), encoder_weights=weights))
     if init is not None:
