@@ -245,6 +245,8 @@ def test_config_values_reach_losses_and_heads(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(losses.DistanceBCE, "forward", forward)
     monkeypatch.setattr(heads, "aux_loss", aux_loss)
+    rows = [f"ID{p:03d},{40 + p},{'MF'[p % 2]},{160 + p},{60 + p}" for p in range(1, 5)]
+    (data / "meta_data.csv").write_text("\n".join(["ID,age,sex,height,weight", *rows]) + "\n")  # --meta needs it
     run = tmp_path / "run"
     train(
         tiny_config(
