@@ -662,6 +662,7 @@ class State:
     train_images: list[str] = field(default_factory=list)  # the training images' names, in sampler order
     criterion: Any = None
     device: torch.device = torch.device("cpu")
+    world_size: int = 1  # processes training together: each step's images and the schedule depend on it
 
     def eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -728,6 +729,7 @@ def checkpoint(st: State, full: bool) -> dict:
                 "history": st.history,
                 "tracker_ids": st.tracker_ids,
                 "train_images": st.train_images,
+                "world_size": st.world_size,
             }
         )
     return state
@@ -751,7 +753,15 @@ def restore(st: State, saved: dict) -> None:
     Raises:
         DataError: the validation fold or the training images (in their order) are not those the run
             trained with (checkpoints of older versions record only the former, or neither).
+        UsageError: another number of processes than the run trained with.
     """
+    ranks = saved.get("world_size")
+    if ranks is not None and ranks != st.world_size:
+        raise UsageError(
+            f"--resume: the run trained with {ranks} process(es), this resume has {st.world_size}: each step's "
+            f"images and the schedule's length depend on it; resume with {ranks} (torchrun --nproc-per-node, "
+            "times the nodes), or start a new run"
+        )
     _check_images("validation fold", saved.get("val_images"), st.val_images, "the dataset or splits file")
     _check_images(
         "training images",
@@ -875,7 +885,7 @@ def build_state(
             stacklevel=2,
         )
     ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
-    return State(cfg, model, net, optimizer, schedule, scaler, ema, device=info.device)
+    return State(cfg, model, net, optimizer, schedule, scaler, ema, device=info.device, world_size=info.world_size)
 
 
 def _amp(cfg: TrainConfig, info: D.DistInfo) -> bool:
@@ -1280,6 +1290,7 @@ def _run(
             st.loss_sum, st.loss_count = None, 0
             shots: list | None = [] if tracker is not None and cfg.log_images > 0 else None
             if st.epoch % cfg.val_every == 0 or st.epoch == cfg.epochs:
+                D.broadcast_buffers(st.eval_model(), info)  # every rank scores the model rank 0 saves
                 line.update(evaluate(st.eval_model(), val_loader, cfg, info, st.criterion, shots))
             line["seconds"] = round(time.time() - e_start, 3)
             is_best = line["val_dice"] is not None and line["val_dice"] > st.best
