@@ -403,7 +403,8 @@ def run_folder(out: Path, cfg: TrainConfig, info: D.DistInfo):
 def _same_setting(key: str, given: Any, saved: Any) -> bool:
     """Whether option `key` given to a resume is the run's saved setting, in any spelling: an alias
     (``unet++``), a loss written otherwise (``bce + 1*dice``), a path written otherwise (``./s.json``), a run
-    folder given to ``--init-from`` (the run saved the checkpoint file it took from there)."""
+    folder given to ``--init-from`` (the run saved the checkpoint file it took from there), a name in
+    other case (``AdamW``), one number for a list of one (``mean: 0.449``)."""
     import os
 
     from boneseg.modelling.losses import parse_loss
@@ -421,6 +422,8 @@ def _same_setting(key: str, given: Any, saved: Any) -> bool:
         "loss": parse_loss,
         "optimizer": str.lower,
         "scheduler": str.lower,
+        "mean": lambda v: [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])],
+        "std": lambda v: [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])],
         "splits": os.path.abspath,
         "exclude": os.path.abspath,
         "pseudo": lambda v: [os.path.abspath(p) for p in v],
