@@ -1097,11 +1097,15 @@ def evaluate(
 
 
 def write_outputs(st: State, out: Path, best: bool, last: bool = True) -> None:
-    """``last.pt`` (when `last`), ``best.pt`` (when `best`), then ``metrics.jsonl`` rewritten from the history."""
-    if last:
-        save_checkpoint(out / LAST, checkpoint(st, full=True))
+    """``best.pt`` (when `best`), ``last.pt`` (when `last`), then ``metrics.jsonl`` rewritten from the history.
+
+    In that order: a run killed in between never resumes from a ``last.pt`` whose best epoch ``best.pt``
+    does not hold (it would keep an older model as the best).
+    """
     if best:
         save_checkpoint(out / BEST, checkpoint(st, full=False))
+    if last:
+        save_checkpoint(out / LAST, checkpoint(st, full=True))
     with atomic_open(out / METRICS, "w", force=True) as fh:
         for line in st.history:
             fh.write(json.dumps(line) + "\n")

@@ -134,6 +134,29 @@ def test_resume_refuses_changed_training_images(synth_data, tmp_path):
     assert (out / "last.pt").read_bytes() == before
 
 
+def test_a_kill_between_the_two_saves_never_leaves_last_naming_a_best_it_lacks(synth_data, tmp_path, monkeypatch):
+    """Epoch 1 (always a best) writes both checkpoints; killed after the first: a last.pt whose best epoch
+    best.pt does not hold would resume comparing against a best whose model is not kept."""
+    import boneseg.engine.train as engine
+
+    class Killed(Exception):
+        pass
+
+    real, saved = engine.save_checkpoint, []
+
+    def save(path, state):
+        if saved:
+            raise Killed
+        saved.append(Path(path).name)
+        return real(path, state)
+
+    monkeypatch.setattr(engine, "save_checkpoint", save)
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        train(tiny(synth_data, out, epochs=1))
+    assert saved == ["best.pt"] and load_checkpoint(out / "best.pt")["epoch"] == 1 and not (out / "last.pt").exists()
+
+
 def test_sigterm_saves_last_and_resumes_exactly(full_run, synth_data, tmp_path):
     ref, _ = full_run
     out = tmp_path / "run"
