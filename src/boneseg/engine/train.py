@@ -1270,9 +1270,10 @@ def _run(
     tracker = make_tracker(cfg.log, out, cfg.to_dict(), st.tracker_ids.get(cfg.log)) if info.is_main else None
     if tracker is not None and tracker.run_id:
         st.tracker_ids[cfg.log] = tracker.run_id
-    stopped = False
+    # a resume given a --max-steps the run already reached trains no further step
+    stopped = cfg.max_steps is not None and st.step >= cfg.max_steps and st.epoch < cfg.epochs
     with contextlib.closing(tracker) if tracker is not None else contextlib.nullcontext():
-        while st.epoch < cfg.epochs and not _patience_spent(st):
+        while st.epoch < cfg.epochs and not _patience_spent(st) and not stopped:
             e_start = time.time()
             train_sampler.set_epoch(st.epoch, st.batch)
             stopped = train_epoch(st, train_loader, train_sampler, info, stop, reporter, pace)

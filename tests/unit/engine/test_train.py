@@ -108,6 +108,8 @@ def test_resume_is_bit_exact(full_run, synth_data, tmp_path):
     first = train(tiny(synth_data, out, max_steps=1, **RESUME_OPTS))
     assert first["stopped"] and first["steps"] == 1 and first["epochs_done"] == 0
     assert load_checkpoint(out / "last.pt")["batch"] == 2  # stopped mid-epoch, after one 2-batch group
+    again = train(tiny(synth_data, out, resume=True, max_steps=1, **RESUME_OPTS))  # reached: no step more
+    assert again["stopped"] and again["steps"] == 1 and load_checkpoint(out / "last.pt")["step"] == 1
     second = train(tiny(synth_data, out, resume=True, max_steps=3, **RESUME_OPTS))
     assert second["stopped"] and second["steps"] == 3 and second["epochs_done"] == 1
     # a resume may give only what it changes: the saved config supplies the rest
