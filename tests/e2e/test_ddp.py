@@ -1,4 +1,5 @@
-"""Two CPU ranks with gloo under torch.distributed.run: the same `boneseg train` command trains with DDP."""
+"""Two CPU ranks with gloo under torch.distributed.run: the same `boneseg train` command trains with DDP, the
+val Dice it records is the saved model's; a resume by one process is refused."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
+
+from boneseg.engine.checkpoint import load_model
+from boneseg.engine.distributed import DistInfo
+from boneseg.engine.train import TrainConfig, build_data, evaluate, make_loader, train
+from boneseg.errors import UsageError
+from boneseg.progress import SILENT
 
 
 def test_two_rank_gloo_training(synth_data, tmp_path):
@@ -60,3 +68,15 @@ def test_two_rank_gloo_training(synth_data, tmp_path):
     assert last["step"] == 2 and last["epoch"] == 2
     assert not any(k.startswith("module.") for k in last["model"])  # the bare module's weights
     assert (out / "best.pt").is_file() and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    # the val Dice recorded is that of the saved model: every rank scored rank 0's BatchNorm statistics
+    best = torch.load(out / "best.pt", weights_only=True)
+    cfg = TrainConfig.from_saved(dict(best["config"], cache_dir=str(tmp_path / "cache"), device="cpu", workers=0))
+    info = DistInfo()
+    loader, _ = make_loader(build_data(cfg, info, SILENT)[1], cfg, info, train=False)
+    rescored = evaluate(load_model(out / "best.pt")[0], loader, cfg, info)["val_dice"]
+    assert rescored == pytest.approx(best["metrics"]["val_dice"], rel=1e-9, abs=1e-12)
+    # a resume by another number of processes would take other images per step and another schedule length
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(UsageError, match=r"trained with 2 process\(es\), this resume has 1"):
+        train({"data": str(synth_data), "out": str(out), "resume": True, "workers": 0, "device": "cpu"})
+    assert (out / "last.pt").read_bytes() == before

@@ -126,6 +126,36 @@ def test_non_finite_float_options_are_refused(data, tmp_path, capsys, option, va
     assert not run.exists()
 
 
+@pytest.mark.parametrize(
+    "option, culprit",
+    [
+        (["--scheduler", "onecycle"], "--scheduler 'onecycle': unknown schedule; did you mean 'cosine'?"),
+        (["--optimizer", "adam"], "--optimizer 'adam': unknown optimizer; did you mean 'adamw'?"),
+        (["--warmup", "2"], "--warmup 2: must be shorter than --epochs 2"),
+    ],
+)
+def test_schedule_options_are_checked_before_anything(data, tmp_path, capsys, option, culprit):
+    """Checked with the other options: a dry run said these were fine (and a run found out after caching
+    the masks); a warm-up as long as the run never reached --lr nor started its schedule."""
+    for dry in (["--dry-run"], []):
+        run = tmp_path / "run"
+        code, err = cli(capsys, "train", data, *OPTS, *RUNTIME_OPTS, "--epochs", "2", *option, *dry, "--out", run)
+        assert code == 2 and error_line(err).startswith(f"Error: {culprit}"), err
+        assert not run.exists() and not (data / ".boneseg-cache").exists()
+
+
+def test_a_batch_larger_than_the_training_images_is_said(data, tmp_path, capsys):
+    """4 training images and --batch-size 8: each step takes the 4 (not refused, not silent)."""
+    code, err = cli(
+        capsys, "train", data, *OPTS, *RUNTIME_OPTS, "--batch-size", "8", "--dry-run", "--out", tmp_path / "r"
+    )
+    assert code == 0 and "Warning: --batch-size 8: only 4 training image(s) per epoch, so each step takes 4" in err
+    code, err = cli(
+        capsys, "train", data, *OPTS, *RUNTIME_OPTS, "--batch-size", "4", "--dry-run", "--out", tmp_path / "r"
+    )
+    assert code == 0 and "Warning" not in err
+
+
 def _nan_loss_from(monkeypatch, step: int) -> None:
     """Make the training loss NaN from the `step`-th training forward on (validation is untouched)."""
     import boneseg.engine.train as engine

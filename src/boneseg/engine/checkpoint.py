@@ -1,9 +1,10 @@
 """Checkpoints: atomic saves, safe (``weights_only``) loads, and model + config from a run.
 
 A checkpoint is a dict holding at least ``config`` (plain JSON-able: arch, encoder, size, crop, channels,
-in_channels, mean, std, unify_side, classes, loss, aug, …), ``model`` (state dict), ``epoch``, ``step`` and
-``metrics``. ``last.pt`` adds what resuming needs: ``optimizer``, ``scheduler``, ``scaler``, ``ema``,
-``rng`` and the position inside the epoch. Everything is tensors or plain Python types, so
+in_channels, mean, std, unify_side, classes, loss, aug, …), ``model`` (state dict), ``epoch``, ``step``,
+``metrics`` and ``format`` (`FORMAT`; absent in files of the first versions). ``last.pt`` adds what
+resuming needs: ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``rng``, the position inside the epoch
+and the training images. Everything is tensors or plain Python types, so
 ``torch.load(weights_only=True)`` reads it.
 """
 
@@ -20,6 +21,8 @@ from boneseg.errors import CheckpointError, quote
 from boneseg.io import atomic_open
 
 BEST, LAST = "best.pt", "last.pt"
+FORMAT = 1
+"""The checkpoint layout this version writes (``format``); a file of a later one is refused, not misread."""
 REQUIRED = ("arch", "encoder")
 """Config keys every checkpoint must hold (strings): what builds its model."""
 
@@ -59,7 +62,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     Raises:
         CheckpointError: missing file, a file that is not a plain-tensor checkpoint (e.g. a pickled
             model, which is never unpickled), one without ``config``/``model``, or a config without
-            `REQUIRED` keys or with a bad ``size``/``crop`` (naming the file and the key).
+            `REQUIRED` keys or with a bad ``size``/``crop`` (naming the file and the key), or one of a
+            later `FORMAT` than this version reads.
     """
     path = resolve_checkpoint(path)
     try:
@@ -82,6 +86,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         or not isinstance(state.get("model"), dict)
     ):
         raise CheckpointError(f"{path}: not a boneseg checkpoint (no 'config' and 'model' entries)")
+    made = state.get("format", FORMAT)
+    if isinstance(made, bool) or not isinstance(made, int) or made > FORMAT:
+        raise CheckpointError(
+            f"{path}: checkpoint format {made!r}, from a later boneseg (this version reads format "
+            f"{FORMAT} and earlier): upgrade boneseg to use it"
+        )
     config = state["config"]
     for key in REQUIRED:
         if not isinstance(config.get(key), str) or not config[key]:

@@ -95,6 +95,14 @@ def broadcast_object(objects: list, info: DistInfo) -> list:
     return objects
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Rank 0's buffers (BatchNorm running statistics …) in `module` on every rank, in place: without
+    SyncBatchNorm each rank's last forward updates them from its own images."""
+    if info.enabled:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum `tensor` over ranks in place (no-op on one process); returns it."""
     if info.enabled:

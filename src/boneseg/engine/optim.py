@@ -12,6 +12,30 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "poly", "plateau", "constant")
 
 
+def check_optimizer(name: str) -> str:
+    """`name` in lower case, one of `OPTIMIZERS`.
+
+    Raises:
+        UsageError: unknown name (closest names suggested).
+    """
+    name = str(name).lower()
+    if name not in OPTIMIZERS:
+        raise UsageError(f"--optimizer {name!r}: unknown optimizer{suggest(name, OPTIMIZERS)}")
+    return name
+
+
+def check_scheduler(name: str) -> str:
+    """`name` in lower case, one of `SCHEDULERS`.
+
+    Raises:
+        UsageError: unknown name (closest names suggested).
+    """
+    name = str(name).lower()
+    if name not in SCHEDULERS:
+        raise UsageError(f"--scheduler {name!r}: unknown schedule{suggest(name, SCHEDULERS)}")
+    return name
+
+
 def build_optimizer(
     name: str, params, lr: float, weight_decay: float = 1e-4, momentum: float = 0.9
 ) -> torch.optim.Optimizer:
@@ -20,12 +44,9 @@ def build_optimizer(
     Raises:
         UsageError: unknown name.
     """
-    name = str(name).lower()
-    if name == "adamw":
+    if check_optimizer(name) == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
-    raise UsageError(f"--optimizer {name!r}: unknown optimizer{suggest(name, OPTIMIZERS)}")
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
 
 
 class LRSchedule:
@@ -48,10 +69,7 @@ class LRSchedule:
         factor: float = 0.5,
         patience: int = 2,
     ):
-        name = str(name).lower()
-        if name not in SCHEDULERS:
-            raise UsageError(f"--scheduler {name!r}: unknown schedule{suggest(name, SCHEDULERS)}")
-        self.optimizer, self.name = optimizer, name
+        self.optimizer, self.name = optimizer, check_scheduler(name)
         self.total, self.warmup = max(1, total_steps), max(0, warmup)
         self.min_lr_ratio, self.power, self.factor, self.patience = min_lr_ratio, power, factor, patience
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]

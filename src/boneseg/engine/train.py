@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from boneseg.classes import CLASSES
 from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, in_channels, normalize
 from boneseg.data.wrist import DEFAULT_MARGIN
 from boneseg.engine import distributed as D
-from boneseg.engine.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from boneseg.engine.checkpoint import BEST, FORMAT, LAST, load_checkpoint, save_checkpoint
 from boneseg.errors import (
     BonesegError,
     BonesegWarning,
@@ -251,6 +252,7 @@ def check_input(cfg: TrainConfig) -> None:
 def check_config(cfg: TrainConfig) -> None:
     """Reject impossible option values with one clear line each (no training started)."""
     from boneseg.data.split import check_split_options
+    from boneseg.engine.optim import check_optimizer, check_scheduler
     from boneseg.modelling.losses import parse_loss
     from boneseg.modelling.models import resolve_arch, resolve_encoder
 
@@ -297,6 +299,12 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.fold < 0:
         raise UsageError(f"--fold {cfg.fold}: must be >= 0")
     check_split_options(cfg.folds)
+    cfg.optimizer, cfg.scheduler = check_optimizer(cfg.optimizer), check_scheduler(cfg.scheduler)
+    if cfg.warmup and cfg.warmup >= cfg.epochs:
+        raise UsageError(
+            f"--warmup {cfg.warmup:g}: must be shorter than --epochs {cfg.epochs} (warm-up is in epochs; "
+            "the schedule starts after it)"
+        )
     if cfg.aug not in AUGMENTATIONS:
         raise UsageError(f"--aug {cfg.aug!r}: unknown preset{suggest(cfg.aug, AUGMENTATIONS)}")
     if cfg.amp_dtype not in ("bf16", "fp16"):
@@ -392,6 +400,39 @@ def run_folder(out: Path, cfg: TrainConfig, info: D.DistInfo):
         raise
 
 
+def _same_setting(key: str, given: Any, saved: Any) -> bool:
+    """Whether option `key` given to a resume is the run's saved setting, in any spelling: an alias
+    (``unet++``), a loss written otherwise (``bce + 1*dice``), a path written otherwise (``./s.json``), a run
+    folder given to ``--init-from`` (the run saved the checkpoint file it took from there), a name in
+    other case (``AdamW``), one number for a list of one (``mean: 0.449``)."""
+    import os
+
+    from boneseg.modelling.losses import parse_loss
+    from boneseg.modelling.models import resolve_arch, resolve_encoder
+
+    if given == saved:
+        return True
+    if key == "unify_side":
+        return str(given or "none").upper()[:1] == str(saved or "none").upper()[:1]
+    if given is None or saved is None:
+        return False
+    same_form: dict[str, Any] = {
+        "arch": resolve_arch,
+        "encoder": resolve_encoder,
+        "loss": parse_loss,
+        "optimizer": str.lower,
+        "scheduler": str.lower,
+        "mean": lambda v: [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])],
+        "std": lambda v: [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])],
+        "splits": os.path.abspath,
+        "exclude": os.path.abspath,
+        "pseudo": lambda v: [os.path.abspath(p) for p in v],
+    }
+    if key == "init_from":
+        return os.path.abspath(saved) in {os.path.abspath(p) for p in (given, Path(given, BEST), Path(given, LAST))}
+    return key in same_form and same_form[key](given) == same_form[key](saved)
+
+
 def merge_resume(cfg_given: dict, saved: dict) -> TrainConfig:
     """The config of a resumed run: the saved one (less any runtime option an old checkpoint holds), with
     the runtime options and `CHANGEABLE_ON_RESUME` ones the new command gives.
@@ -400,18 +441,7 @@ def merge_resume(cfg_given: dict, saved: dict) -> TrainConfig:
         UsageError: the new command changes an option that defines the run (e.g. ``--epochs``).
     """
     for key in FIXED_ON_RESUME:
-        if key in cfg_given and key in saved and cfg_given[key] != saved[key]:
-            if key in ("arch", "encoder"):
-                from boneseg.modelling.models import resolve_arch, resolve_encoder
-
-                norm = resolve_arch if key == "arch" else resolve_encoder
-                if norm(cfg_given[key]) == saved[key]:
-                    continue
-            if (
-                key == "unify_side"
-                and str(cfg_given[key] or "none").upper()[:1] == str(saved[key] or "none").upper()[:1]
-            ):
-                continue
+        if key in cfg_given and key in saved and not _same_setting(key, cfg_given[key], saved[key]):
             raise UsageError(
                 f"--resume: the run was started with {key}={saved[key]!r}, not {cfg_given[key]!r} "
                 "(resume with the same options, or start a new run)"
@@ -568,6 +598,20 @@ def make_sampler(n_items: int, cfg: TrainConfig, info: D.DistInfo, train: bool):
     )
 
 
+def epoch_steps(n_items: int, sampler, cfg: TrainConfig, info: D.DistInfo) -> int:
+    """Optimizer steps per epoch of the training `sampler` over `n_items` images; warns when a rank gets
+    fewer images than ``--batch-size`` (its one batch per epoch is that much smaller than asked)."""
+    per_rank = -(-n_items // info.world_size)
+    if per_rank < cfg.batch_size and info.is_main:
+        warnings.warn(
+            f"--batch-size {cfg.batch_size}: only {per_rank} training image(s) per "
+            f"{'rank' if info.enabled else 'epoch'}, so each step takes {per_rank} (the batch is smaller than asked)",
+            BonesegWarning,
+            stacklevel=2,
+        )
+    return -(-sampler.batches_per_epoch() // cfg.accumulate)
+
+
 def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
     """A DataLoader over `items` driven by an `EpochBatchSampler` (returns loader, sampler)."""
     from boneseg.data.dataset import Loader, SegDataset, collate
@@ -617,8 +661,10 @@ class State:
     history: list = field(default_factory=list)
     tracker_ids: dict = field(default_factory=dict)  # --log name -> its run id (a resume continues that run)
     val_images: list[str] = field(default_factory=list)  # the validation fold's image names, as trained
+    train_images: list[str] = field(default_factory=list)  # the training images' names, in sampler order
     criterion: Any = None
     device: torch.device = torch.device("cpu")
+    world_size: int = 1  # processes training together: each step's images and the schedule depend on it
 
     def eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -666,7 +712,7 @@ def checkpoint(st: State, full: bool) -> dict:
         "step": st.step,
         "metrics": dict(last.items()),
         "val_images": st.val_images,
-        "format": 1,
+        "format": FORMAT,
     }
     if full:
         state.update(
@@ -684,13 +730,47 @@ def checkpoint(st: State, full: bool) -> dict:
                 "best_epoch": st.best_epoch,
                 "history": st.history,
                 "tracker_ids": st.tracker_ids,
+                "train_images": st.train_images,
+                "world_size": st.world_size,
             }
         )
     return state
 
 
+def _check_images(what: str, before: list[str] | None, now: list[str], sources: str) -> None:
+    """Raise `DataError` when the image names `now` are not the run's recorded `before` (None: not recorded)."""
+    if before is None or list(before) == now:
+        return
+    old, new = Counter(before), Counter(now)
+    changed = sorted((old - new) + (new - old))
+    how = f"{len(changed)} image(s) in or out, e.g. {changed[0]}" if changed else "the same images in another order"
+    raise DataError(
+        f"the {what} changed since the run started ({how}): {sources} differ; restore them, or start a new run"
+    )
+
+
 def restore(st: State, saved: dict) -> None:
-    """Load a ``last.pt`` dict into `st` (model, optimiser, schedule, scaler, EMA, RNG, position)."""
+    """Load a ``last.pt`` dict into `st` (model, optimiser, schedule, scaler, EMA, RNG, position).
+
+    Raises:
+        DataError: the validation fold or the training images (in their order) are not those the run
+            trained with (checkpoints of older versions record only the former, or neither).
+        UsageError: another number of processes than the run trained with.
+    """
+    ranks = saved.get("world_size")
+    if ranks is not None and ranks != st.world_size:
+        raise UsageError(
+            f"--resume: the run trained with {ranks} process(es), this resume has {st.world_size}: each step's "
+            f"images and the schedule's length depend on it; resume with {ranks} (torchrun --nproc-per-node, "
+            "times the nodes), or start a new run"
+        )
+    _check_images("validation fold", saved.get("val_images"), st.val_images, "the dataset or splits file")
+    _check_images(
+        "training images",
+        saved.get("train_images"),
+        st.train_images,
+        "the dataset, the splits file, a --pseudo folder, the --exclude list or --skip-bad",
+    )
     st.model.load_state_dict(saved["train_model"] if saved.get("train_model") is not None else saved["model"])
     st.optimizer.load_state_dict(saved["optimizer"])
     st.schedule.load_state_dict(saved["scheduler"])
@@ -704,13 +784,6 @@ def restore(st: State, saved: dict) -> None:
     st.loss_count = int(saved["loss_count"])
     st.best, st.best_epoch, st.history = float(saved["best"]), int(saved["best_epoch"]), list(saved["history"])
     st.tracker_ids = dict(saved.get("tracker_ids") or {})
-    before = saved.get("val_images")
-    if before is not None and list(before) != st.val_images:
-        changed = sorted(set(before) ^ set(st.val_images))
-        raise DataError(
-            f"the validation fold changed since the run started ({len(changed)} image(s) in or out, e.g. "
-            f"{changed[0]}): the dataset or splits file differ; restore them, or start a new run"
-        )
     _set_rng_state(saved["rng"])
 
 
@@ -814,7 +887,7 @@ def build_state(
             stacklevel=2,
         )
     ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
-    return State(cfg, model, net, optimizer, schedule, scaler, ema, device=info.device)
+    return State(cfg, model, net, optimizer, schedule, scaler, ema, device=info.device, world_size=info.world_size)
 
 
 def _amp(cfg: TrainConfig, info: D.DistInfo) -> bool:
@@ -1023,11 +1096,15 @@ def evaluate(
 
 
 def write_outputs(st: State, out: Path, best: bool, last: bool = True) -> None:
-    """``last.pt`` (when `last`), ``best.pt`` (when `best`), then ``metrics.jsonl`` rewritten from the history."""
-    if last:
-        save_checkpoint(out / LAST, checkpoint(st, full=True))
+    """``best.pt`` (when `best`), ``last.pt`` (when `last`), then ``metrics.jsonl`` rewritten from the history.
+
+    In that order: a run killed in between never resumes from a ``last.pt`` whose best epoch ``best.pt``
+    does not hold (it would keep an older model as the best).
+    """
     if best:
         save_checkpoint(out / BEST, checkpoint(st, full=False))
+    if last:
+        save_checkpoint(out / LAST, checkpoint(st, full=True))
     with atomic_open(out / METRICS, "w", force=True) as fh:
         for line in st.history:
             fh.write(json.dumps(line) + "\n")
@@ -1171,13 +1248,11 @@ def _run(
     train_items, val_items = build_data(cfg, info, reporter)
     train_loader, train_sampler = make_loader(train_items, cfg, info, train=True)
     val_loader, _ = make_loader(val_items, cfg, info, train=False)
-    n_batches = train_sampler.batches_per_epoch()
-    if n_batches == 0:
-        raise UsageError(f"--batch-size {cfg.batch_size}: larger than the {len(train_items)} training images per rank")
-    steps_per_epoch = -(-n_batches // cfg.accumulate)
+    steps_per_epoch = epoch_steps(len(train_items), train_sampler, cfg, info)
     st = build_state(cfg, info, steps_per_epoch, init, reporter)
     st.criterion = build_criterion(cfg).to(info.device)
     st.val_images = sorted(it.sample.name for it in val_items)
+    st.train_images = [it.sample.name for it in train_items]
     if saved is not None:
         restore(st, saved)
     ranks = f" x {info.world_size} ranks" if info.world_size > 1 else ""
@@ -1194,9 +1269,10 @@ def _run(
     tracker = make_tracker(cfg.log, out, cfg.to_dict(), st.tracker_ids.get(cfg.log)) if info.is_main else None
     if tracker is not None and tracker.run_id:
         st.tracker_ids[cfg.log] = tracker.run_id
-    stopped = False
+    # a resume given a --max-steps the run already reached trains no further step
+    stopped = cfg.max_steps is not None and st.step >= cfg.max_steps and st.epoch < cfg.epochs
     with contextlib.closing(tracker) if tracker is not None else contextlib.nullcontext():
-        while st.epoch < cfg.epochs and not _patience_spent(st):
+        while st.epoch < cfg.epochs and not _patience_spent(st) and not stopped:
             e_start = time.time()
             train_sampler.set_epoch(st.epoch, st.batch)
             stopped = train_epoch(st, train_loader, train_sampler, info, stop, reporter, pace)
@@ -1221,6 +1297,7 @@ def _run(
             st.loss_sum, st.loss_count = None, 0
             shots: list | None = [] if tracker is not None and cfg.log_images > 0 else None
             if st.epoch % cfg.val_every == 0 or st.epoch == cfg.epochs:
+                D.broadcast_buffers(st.eval_model(), info)  # every rank scores the model rank 0 saves
                 line.update(evaluate(st.eval_model(), val_loader, cfg, info, st.criterion, shots))
             line["seconds"] = round(time.time() - e_start, 3)
             is_best = line["val_dice"] is not None and line["val_dice"] > st.best
@@ -1332,10 +1409,7 @@ def dry_run(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
     init = load_init(cfg) if cfg.init_from and saved is None else None
     info = D.DistInfo(device=D.resolve_device(cfg.device))
     train_items, val_items = build_data(cfg, info, reporter, check_only=True)
-    n_batches = make_sampler(len(train_items), cfg, info, train=True).batches_per_epoch()
-    if n_batches == 0:
-        raise UsageError(f"--batch-size {cfg.batch_size}: larger than the {len(train_items)} training images")
-    steps_per_epoch = -(-n_batches // cfg.accumulate)
+    steps_per_epoch = epoch_steps(len(train_items), make_sampler(len(train_items), cfg, info, train=True), cfg, info)
     weights = None if cfg.encoder_weights == "imagenet" else cfg.encoder_weights  # same shapes, no download
     model = build_model(dict(cfg.to_dict(), encoder_weights=weights))
     if init is not None:

@@ -25,6 +25,7 @@ asks); without ``dist`` they compute them from the target on the CPU.
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -147,14 +148,15 @@ LOSSES = {
 }
 """Loss term name -> factory."""
 
-_TERM = re.compile(r"^\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*\s*)?([A-Za-z_-]+)\s*$")
+_TERM = re.compile(r"^\s*(?:((?:\d+(?:\.\d*)?|\.\d+)(?:e-?\d+)?)\s*\*\s*)?([A-Za-z_-]+)\s*$", re.IGNORECASE)
 
 
 def parse_loss(spec: str) -> list[tuple[float, str]]:
-    """``"0.3*bce+0.7*dice"`` -> ``[(0.3, "bce"), (0.7, "dice")]`` (weight 1 when omitted).
+    """``"0.3*bce+0.7*dice"`` -> ``[(0.3, "bce"), (0.7, "dice")]`` (weight 1 when omitted, ``1e-2`` allowed).
 
     Raises:
-        UsageError: malformed spec or unknown term (closest names suggested).
+        UsageError: malformed spec, unknown term (closest names suggested), or a weight that is not a
+            positive finite number (a 0 weight would train on nothing of that term).
     """
     terms = []
     for part in str(spec).split("+"):
@@ -164,6 +166,11 @@ def parse_loss(spec: str) -> list[tuple[float, str]]:
         weight, name = float(m.group(1)) if m.group(1) else 1.0, m.group(2).lower()
         if name not in LOSSES:
             raise UsageError(f"--loss {spec!r}: unknown loss {name!r}{suggest(name, LOSSES)}")
+        if not 0 < weight < math.inf:
+            raise UsageError(
+                f"--loss {spec!r}: term {part.strip()!r} weighs {weight:g}: a weight must be a positive "
+                "finite number (leave out a term you do not want)"
+            )
         terms.append((weight, name))
     return terms
 

@@ -15,7 +15,8 @@ import typer
 from boneseg.classes import CLASSES
 from boneseg.engine.checkpoint import save_checkpoint
 from boneseg.engine.run import Run
-from boneseg.engine.train import RUNTIME, TrainConfig
+from boneseg.engine.train import RUNTIME, TrainConfig, merge_resume
+from boneseg.errors import UsageError
 from boneseg.modelling.models import build_model
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -145,3 +146,13 @@ def test_one_resize_rule_for_training_and_prediction(tmp_path):
     trained = build_sample(Sample("a.png", tmp_path / "a.png"), 64).image
     predicted = InputPlan(frozenset({64})).item(0, "a.png", image, "R").inputs[(64, 64)].numpy()
     assert np.array_equal(trained, predicted)
+
+
+def test_a_resume_compares_settings_not_their_spelling():
+    """What a config file or a command may write otherwise than the run saved it is the same setting."""
+    saved = TrainConfig(data="d", out="o", optimizer="adamw", scheduler="cosine", mean=[0.449]).to_dict()
+    given = {"optimizer": "AdamW", "scheduler": "Cosine", "mean": 0.449, "std": 0.226, "arch": "Unet"}
+    assert merge_resume(given, saved).optimizer == "adamw"
+    for key, value in (("mean", 0.5), ("optimizer", "sgd"), ("std", [0.226, 0.226])):
+        with pytest.raises(UsageError, match=f"the run was started with {key}="):
+            merge_resume({key: value}, saved)

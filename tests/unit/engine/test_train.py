@@ -16,7 +16,7 @@ from util import TINY, cli, error_line, write_dataset
 from boneseg.classes import CLASSES
 from boneseg.engine.checkpoint import load_checkpoint, load_model
 from boneseg.engine.train import TrainingInterrupted, train
-from boneseg.errors import CheckpointError, OutputExistsError, UsageError
+from boneseg.errors import CheckpointError, DataError, OutputExistsError, UsageError
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:
@@ -108,6 +108,8 @@ def test_resume_is_bit_exact(full_run, synth_data, tmp_path):
     first = train(tiny(synth_data, out, max_steps=1, **RESUME_OPTS))
     assert first["stopped"] and first["steps"] == 1 and first["epochs_done"] == 0
     assert load_checkpoint(out / "last.pt")["batch"] == 2  # stopped mid-epoch, after one 2-batch group
+    again = train(tiny(synth_data, out, resume=True, max_steps=1, **RESUME_OPTS))  # reached: no step more
+    assert again["stopped"] and again["steps"] == 1 and load_checkpoint(out / "last.pt")["step"] == 1
     second = train(tiny(synth_data, out, resume=True, max_steps=3, **RESUME_OPTS))
     assert second["stopped"] and second["steps"] == 3 and second["epochs_done"] == 1
     # a resume may give only what it changes: the saved config supplies the rest
@@ -117,6 +119,44 @@ def test_resume_is_bit_exact(full_run, synth_data, tmp_path):
     assert _metrics(ref) == _metrics(out)
     best_ref, best_new = torch.load(ref / "best.pt", weights_only=True), torch.load(out / "best.pt", weights_only=True)
     assert all(torch.equal(best_ref["model"][k], best_new["model"][k]) for k in best_ref["model"])
+
+
+def test_resume_refuses_changed_training_images(synth_data, tmp_path):
+    """The --exclude list (same path, other content) leaves another image out: the resumed run would train
+    on other images with another schedule length; refused, naming an image, and nothing of the run changes."""
+    listed = tmp_path / "exclude.txt"
+    listed.write_text("# nothing yet\n")
+    out = tmp_path / "run"
+    train(tiny(synth_data, out, max_steps=1, exclude=str(listed)))
+    before = (out / "last.pt").read_bytes()
+    name = load_checkpoint(out / "last.pt")["train_images"][0]
+    listed.write_text(name + "\n")
+    with pytest.raises(DataError, match=f"training images changed since the run started .*{name}.*--exclude"):
+        train({"data": str(synth_data), "out": str(out), "resume": True, "workers": 0})
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_a_kill_between_the_two_saves_never_leaves_last_naming_a_best_it_lacks(synth_data, tmp_path, monkeypatch):
+    """Epoch 1 (always a best) writes both checkpoints; killed after the first: a last.pt whose best epoch
+    best.pt does not hold would resume comparing against a best whose model is not kept."""
+    import boneseg.engine.train as engine
+
+    class Killed(Exception):
+        pass
+
+    real, saved = engine.save_checkpoint, []
+
+    def save(path, state):
+        if saved:
+            raise Killed
+        saved.append(Path(path).name)
+        return real(path, state)
+
+    monkeypatch.setattr(engine, "save_checkpoint", save)
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        train(tiny(synth_data, out, epochs=1))
+    assert saved == ["best.pt"] and load_checkpoint(out / "best.pt")["epoch"] == 1 and not (out / "last.pt").exists()
 
 
 def test_sigterm_saves_last_and_resumes_exactly(full_run, synth_data, tmp_path):

@@ -202,6 +202,22 @@ def test_init_from_loads_the_whole_network_and_resume_keeps_it(capsys, data, run
     assert same(weights(tmp_path / "cut" / "last.pt"), weights(tmp_path / "full" / "last.pt"))
 
 
+def test_a_resume_takes_the_same_options_in_other_spellings(capsys, data, run_a, tmp_path, monkeypatch):
+    """A script re-runs its command with --resume: the --init-from folder (the run saved the best.pt it took),
+    an alias, a loss or a path written otherwise are the run's own options; a real change is still refused."""
+    monkeypatch.chdir(run_a.parent)
+    base = ["train", data, *TINY, "--epochs", "2", "--out", tmp_path / "r"]
+    args = [*base, "--loss", "0.5*bce+dice", "--init-from", "a"]
+    assert cli(capsys, *args, "--max-steps", "1")[0] == 0
+    respelled = [*base, "--arch", "Unet", "--loss", " 0.5 * bce + 1*dice", "--init-from", "./a/best.pt"]
+    for given in (args, respelled, [*base, "--loss", "5e-1*bce+dice", "--init-from", run_a.parent / "a/"]):
+        code, _, err = cli(capsys, *given, "--resume", "--print-config")
+        assert code == 0, error_line(err)
+    for change in (["--loss", "bce+dice"], ["--init-from", "a/last.pt"]):
+        code, _, err = cli(capsys, *base, *change, "--resume", "--print-config")
+        assert code != 0 and "the run was started with" in error_line(err)
+
+
 @pytest.mark.parametrize(
     "change, culprit",
     [

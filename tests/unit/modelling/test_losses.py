@@ -80,3 +80,14 @@ def test_unknown_terms_suggest():
         parse_loss("bce+dcie")
     with pytest.raises(UsageError, match="cannot read term"):
         parse_loss("0.3**bce")
+
+
+def test_weights_in_scientific_notation_are_read():
+    assert parse_loss("1e-2*bce+2E-1 * dice") == [(0.01, "bce"), (0.2, "dice")]
+
+
+@pytest.mark.parametrize("spec", ["0*bce+0*dice", "bce+0.0*dice", "1e999*bce"])
+def test_a_weight_that_is_zero_or_not_finite_is_refused(spec):
+    """A 0 weight trained on nothing of that term (all zero: a loss of 0 and no learning at all)."""
+    with pytest.raises(UsageError, match="weight must be a positive finite number"):
+        parse_loss(spec)

@@ -10,7 +10,7 @@ import torch
 from util import cli, write_dataset
 
 from boneseg.data.transforms import normalize, to_input
-from boneseg.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+from boneseg.engine.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
 from boneseg.engine.train import TrainConfig
 from boneseg.errors import CheckpointError, UsageError
 from boneseg.modelling.models import ALIASES, ARCHITECTURES, build_model, resolve_arch, resolve_encoder
@@ -126,3 +126,9 @@ def test_checkpoint_roundtrip_and_refusals(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="without best.pt or last.pt"):
         load_checkpoint(tmp_path)
+    later = {"config": config, "model": model.state_dict(), "format": FORMAT + 1}
+    save_checkpoint(tmp_path / "later.pt", later)  # another layout under the same keys: never misread
+    with pytest.raises(CheckpointError, match=f"checkpoint format {FORMAT + 1}, from a later boneseg"):
+        load_checkpoint(tmp_path / "later.pt")
+    save_checkpoint(tmp_path / "earlier.pt", dict(later, format=FORMAT))
+    assert load_checkpoint(tmp_path / "earlier.pt")["format"] == FORMAT
