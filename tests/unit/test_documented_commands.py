@@ -97,3 +97,10 @@ def test_documented_command_line_parses(source, line):
     except click.UsageError as exc:
         if "extra argument" in exc.format_message() and "…" not in line and "..." not in line:
             pytest.fail(f"{source}: `{line}`: {exc.format_message()}")
+
+
+def test_tour_script_runs_exactly_the_readme_tour():
+    """examples/tour.sh claims to run the README's tour as is: the same commands, line for line."""
+    readme = next(b for b in _blocks(ROOT / "README.md") if b.startswith("boneseg synth data"))
+    script = (ROOT / "examples" / "tour.sh").read_text(encoding="utf-8")
+    assert script[script.index("boneseg synth data") :] == readme

@@ -485,7 +485,7 @@ def hard_vote(
     with SubmissionWriter(out, force=force) as writer, reporter.task("hard vote", len(images), "img") as task:
         for image, rles in zip(images, parallel_map(_hard_worker, images, state, workers, task)):
             writer.write_rles(image, rles)
-    if len(names) == 2 and min_votes is None and weights is None:
+    if len(names) == 2 and min_votes is None and weights is None and len(per or {}) < NUM_CLASSES:
         warnings.warn(
             "a hard vote over 2 inputs keeps only the pixels both predict (the intersection); "
             "--min-votes 1 gives the union",

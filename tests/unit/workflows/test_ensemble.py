@@ -7,6 +7,7 @@ import random
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from boneseg import probs, rle
 from boneseg.classes import CLASSES
 from boneseg.cli import app
-from boneseg.errors import DataError, OutputExistsError, UsageError
+from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
 from boneseg.submission import SubmissionWriter, read_submission
 from boneseg.workflows.ensemble import hard_vote, per_class_from_scores, read_per_class, soft_vote, vote_runs
 
@@ -126,6 +127,17 @@ def test_weighted_vote_and_per_class_plan(inputs, tmp_path):
         read_per_class({"Radius": 9}, names)
     with pytest.raises(DataError, match="expected 4 weights"):
         read_per_class({"Radius": [1, 2]}, names)
+
+
+def test_two_input_intersection_warning_only_where_the_default_rule_applies(inputs, tmp_path):
+    """The 2-input warning names the intersection, which a plan deciding every class never takes."""
+    two = inputs[0][:2]
+    with pytest.warns(BonesegWarning, match="intersection"):
+        hard_vote(two, tmp_path / "a.csv", per_class={"Radius": 1}, shape=(H, W), workers=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hard_vote(two, tmp_path / "b.csv", per_class=dict.fromkeys(CLASSES, 1), shape=(H, W), workers=1)
+    np.testing.assert_array_equal(read_masks(tmp_path / "b.csv"), inputs[1][1])
 
 
 def test_per_class_from_scores(tmp_path):
