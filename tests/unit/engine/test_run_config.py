@@ -101,9 +101,9 @@ def test_every_reader_takes_the_run_defaults(tmp_path):
     from boneseg.inference.predictor import Predictor
     from boneseg.inference.stages import ImageStages
 
-    ckpt = _checkpoint(tmp_path / "old.pt", wrist=True)
+    ckpt, wrist = _checkpoint(tmp_path / "old.pt"), _checkpoint(tmp_path / "wrist.pt", wrist=True)
     predictor = Predictor.from_checkpoints([ckpt], device="cpu")
-    stages = ImageStages(predictor, wrist_model=ckpt)
+    stages = ImageStages(predictor, wrist_model=wrist)
     size = TrainConfig().size
     assert predictor.size_of(predictor.models[0]) == size and stages.wrist.size == size
     assert stages.wrist.margin == TrainConfig().wrist_margin
