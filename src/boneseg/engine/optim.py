@@ -12,28 +12,22 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "poly", "plateau", "constant")
 
 
-def check_optimizer(name: str) -> str:
-    """`name` in lower case, one of `OPTIMIZERS`.
-
-    Raises:
-        UsageError: unknown name (closest names suggested).
-    """
+def _known(option: str, what: str, name: str, names: tuple[str, ...]) -> str:
+    """`name` in lower case when it is one of `names`; else `UsageError` naming `option`, closest names first."""
     name = str(name).lower()
-    if name not in OPTIMIZERS:
-        raise UsageError(f"--optimizer {name!r}: unknown optimizer{suggest(name, OPTIMIZERS)}")
+    if name not in names:
+        raise UsageError(f"{option} {name!r}: unknown {what}{suggest(name, names)}")
     return name
+
+
+def check_optimizer(name: str) -> str:
+    """`name` in lower case, one of `OPTIMIZERS` (`UsageError` otherwise, closest names suggested)."""
+    return _known("--optimizer", "optimizer", name, OPTIMIZERS)
 
 
 def check_scheduler(name: str) -> str:
-    """`name` in lower case, one of `SCHEDULERS`.
-
-    Raises:
-        UsageError: unknown name (closest names suggested).
-    """
-    name = str(name).lower()
-    if name not in SCHEDULERS:
-        raise UsageError(f"--scheduler {name!r}: unknown schedule{suggest(name, SCHEDULERS)}")
-    return name
+    """`name` in lower case, one of `SCHEDULERS` (`UsageError` otherwise, closest names suggested)."""
+    return _known("--scheduler", "schedule", name, SCHEDULERS)
 
 
 def build_optimizer(
