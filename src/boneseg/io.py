@@ -1,4 +1,9 @@
-"""Output files: the ``--force`` rule and atomic writes (temp file in the same folder + rename)."""
+"""Output files: the ``--force`` rule and atomic writes (temp file in the same folder + rename).
+
+An output that is a symbolic link is written through it (the link stays, its target is replaced); one that
+is not a regular file or folder (``/dev/null``, a FIFO, ``/dev/fd/N``) is a stream, written in place with no
+``--force`` needed, like ``-`` for standard output.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -30,16 +36,40 @@ def is_stdout(path: str | os.PathLike | None) -> bool:
     return path is None or str(path) == "-"
 
 
+def _target(path: Path) -> Path:
+    """Where writing `path` lands: a symbolic link's final target, else `path`."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _is_stream(path: Path) -> bool:
+    """True for an existing output that is neither a regular file nor a folder (a device, a FIFO)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def check_output(path: str | os.PathLike, force: bool) -> Path:
-    """Refuse an existing output unless `force`; return it as a Path."""
+    """Refuse an existing output unless `force` (a stream needs none); return it as a Path."""
     path = Path(path)
-    if path.exists() and not force:
+    if path.exists() and not force and not _is_stream(path):
         raise OutputExistsError(f"{path} already exists (use --force to overwrite)")
     return path
 
 
 def _disk_error(path: Path, exc: OSError) -> DataError:
     return DataError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _make_parent(path: Path) -> None:
+    """Create the folders above output `path`; a file in their way is a `DataError` naming it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DataError(f"cannot write {path}: a part of {path.parent} is a file, not a folder") from None
+    except OSError as exc:
+        raise _disk_error(path, exc) from None
 
 
 @contextlib.contextmanager
@@ -49,16 +79,26 @@ def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     On any error the temporary file is removed and `path` is left as it was.
     """
     path = check_output(path, force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if _is_stream(path):
+        try:
+            yield path
+        except OSError as exc:
+            raise _disk_error(path, exc) from exc
+        return
+    dest = _target(path)
+    _make_parent(dest)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as exc:
+        raise _disk_error(path, exc) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp_path
-        if not force and path.exists():
+        if not force and dest.exists():
             raise OutputExistsError(f"{path} appeared while writing (use --force to overwrite)")
-        os.replace(tmp_path, path)
+        os.replace(tmp_path, dest)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
         raise _disk_error(path, exc) from exc
@@ -82,7 +122,8 @@ def atomic_open(path: str | os.PathLike | None, mode: str = "w", force: bool = F
     with atomic_path(path, force) as tmp, open(tmp, mode, **kwargs) as fh:
         yield fh
         fh.flush()
-        os.fsync(fh.fileno())
+        if not _is_stream(tmp):
+            os.fsync(fh.fileno())
 
 
 def write_json(path: str | os.PathLike | None, obj: Any, force: bool = False) -> None:
@@ -113,8 +154,8 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def staging_folder(folder: str | os.PathLike) -> Path:
     """A new empty hidden folder beside `folder`, to write an output folder into before `publish_folder`."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder = _target(Path(folder))
+    _make_parent(folder)
     path = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.partial")
     path.mkdir()
     return path
@@ -122,10 +163,14 @@ def staging_folder(folder: str | os.PathLike) -> Path:
 
 def publish_folder(staging: str | os.PathLike, folder: str | os.PathLike, force: bool = False) -> None:
     """Move the completely written `staging` folder onto `folder`. A non-empty `folder` is replaced only
-    with `force`, and is never left half-replaced (`OutputExistsError` without `force`)."""
-    staging, folder = Path(staging), Path(folder)
-    if folder.is_dir() and any(folder.iterdir()) and not force:
-        raise OutputExistsError(f"{folder} is not empty (use --force to overwrite)")
+    with `force`, and is never left half-replaced (`OutputExistsError` without `force`); so is a file."""
+    staging, shown = Path(staging), Path(folder)
+    folder = _target(shown)
+    if folder.exists() and not force:
+        if not folder.is_dir():
+            raise OutputExistsError(f"{shown} already exists and is not a folder (use --force to overwrite)")
+        if any(folder.iterdir()):
+            raise OutputExistsError(f"{shown} is not empty (use --force to overwrite)")
     old = staging.with_name(staging.name + ".old") if folder.exists() else None
     if old is not None:
         os.replace(folder, old)
@@ -135,5 +180,7 @@ def publish_folder(staging: str | os.PathLike, folder: str | os.PathLike, force:
         if old is not None:
             os.replace(old, folder)
         raise
-    if old is not None:
+    if old is not None and old.is_dir():
         shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink(missing_ok=True)

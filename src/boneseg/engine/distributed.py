@@ -142,9 +142,12 @@ _PEER_SIGNS = (
 )
 
 
-def as_rank_failure(exc: BaseException, info: DistInfo) -> RankFailure | None:
-    """A clear `RankFailure` for a collective that failed under DDP (None for other errors)."""
-    if not info.enabled:
+def as_rank_failure(
+    exc: BaseException, info: DistInfo, then: str = "restart the same command with --resume"
+) -> RankFailure | None:
+    """A clear `RankFailure` for a collective that failed under DDP (None for other errors); the line
+    ends with what to do `then`."""
+    if not info.enabled or isinstance(exc, BonesegError):  # this rank's own error, already clear
         return None
     text = str(exc)
     dist_error = getattr(dist, "DistError", ())
@@ -153,6 +156,5 @@ def as_rank_failure(exc: BaseException, info: DistInfo) -> RankFailure | None:
     detail = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     detail = detail.split("] ", 1)[-1][:160]
     return RankFailure(
-        f"another rank failed or stopped responding ({detail}); see its error "
-        "above, fix the cause and restart the same command with --resume"
+        f"another rank failed or stopped responding ({detail}); see its error above, fix the cause and {then}"
     )

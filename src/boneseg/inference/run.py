@@ -27,7 +27,7 @@ from boneseg import probs as probs_mod
 from boneseg.classes import NUM_CLASSES
 from boneseg.data.dataset import Loader
 from boneseg.data.layout import Sample, by_image_name, find_images, read_image
-from boneseg.engine.distributed import cleanup, setup
+from boneseg.engine.distributed import as_rank_failure, cleanup, setup
 from boneseg.engine.run import Run
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
@@ -117,14 +117,22 @@ def fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
 # -- distributed ----------------------------------------------------------------------------------
 
 
-def gather_parts(part: Path, rank: int, world: int) -> list[Path] | None:
-    """On rank 0, every rank's part CSV (rank r's copied beside rank 0's own), sent through the process
-    group on a gloo side group, so that ranks on different nodes need no shared file system; None on
-    the other ranks."""
+def gloo_group():
+    """A gloo side group of every rank, for `gather_parts`: made while every rank is alive, so that a
+    rank failing later breaks the others' gather (connection closed) instead of leaving them waiting."""
     import torch.distributed as dist
 
     group = dist.new_group(backend="gloo")
     assert isinstance(group, dist.ProcessGroup)  # every rank is a member
+    return group
+
+
+def gather_parts(part: Path, rank: int, world: int, group) -> list[Path] | None:
+    """On rank 0, every rank's part CSV (rank r's copied beside rank 0's own), sent through the process
+    group on the gloo side `group`, so that ranks on different nodes need no shared file system; None on
+    the other ranks."""
+    import torch.distributed as dist
+
     received: list[bytes] | None = [b""] * world if rank == 0 else None
     dist.gather_object(part.read_bytes() if rank else b"", received, dst=0, group=group)
     if received is None:  # not rank 0
@@ -375,6 +383,7 @@ def predict(
     shard = samples[rank::world]
     parts_dir = Path(tempfile.mkdtemp(prefix="boneseg-predict-")) if world > 1 else None  # on each rank's node
     target = parts_dir / "part-0.csv" if parts_dir is not None else output
+    group = gloo_group() if world > 1 else None
     staging = shared_staging(probs_dir, rank, world) if probs_dir is not None else None
     rows = _Rows(cuts, keep_largest, min_area, rules, staging)
     label = "predict" + (f" [rank 0 of {world}]" if world > 1 else "")
@@ -393,7 +402,7 @@ def predict(
         )
         if world > 1:
             assert isinstance(target, Path)  # this rank's part in parts_dir
-            parts = gather_parts(target, rank, world)  # returns once every rank has written its share
+            parts = gather_parts(target, rank, world, group)  # returns once every rank has written its share
             if parts is not None:  # rank 0
                 merge_parts(parts, len(samples), output, force)
         if staging is not None and rank == 0:
@@ -412,9 +421,12 @@ def predict(
             publish_folder(staging, probs_dir, force)
         if world > 1:
             _barrier()
-    except BaseException:  # Ctrl-C included: no partial probability folder is left behind
+    except BaseException as exc:  # Ctrl-C included: no partial probability folder is left behind
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+        failure = as_rank_failure(exc, info, "rerun the same command")
+        if failure is not None:
+            raise failure from exc
         raise
     finally:
         if parts_dir is not None:

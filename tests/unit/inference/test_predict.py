@@ -392,3 +392,22 @@ def test_two_rank_sharding_equals_single_process(synth_data, ckpt, tmp_path):
     assert sharded.read_bytes() == single.read_bytes()
     assert probs.read_manifest(tmp_path / "p2")["images"] == probs.read_manifest(tmp_path / "p1")["images"]
     assert not list((tmp_path / "tmp0").iterdir()) and not list((tmp_path / "tmp1").iterdir())
+
+
+def test_a_failing_rank_stops_sharded_predict_at_once_and_leaves_nothing(synth_data, ckpt, tmp_path):
+    images = tmp_path / "images"  # rank 1's image is corrupt; rank 0 finishes first and waits to gather
+    images.mkdir()
+    for s in find_images(synth_data)[:2]:
+        shutil.copy(s.image, images / Path(s.name).name)
+    bad = sorted(images.iterdir())[1]
+    bad.write_bytes(bad.read_bytes()[:100])
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[3] / "src"), OMP_NUM_THREADS="1")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    args = ["-m", "boneseg", "predict", images, "-m", ckpt, "-o", tmp_path / "sub.csv", "--device", "cpu"]
+    args += ["--workers", "0", "--save-probs", tmp_path / "probs"]
+    proc = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert f"Error: [rank 1] {bad}: unreadable or corrupt image" in proc.stderr
+    assert "Error: [rank 0] another rank failed or stopped responding" in proc.stderr, proc.stderr[-2000:]
+    assert "rerun the same command" in proc.stderr and "SIGKILL" not in proc.stderr  # stopped, not killed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
