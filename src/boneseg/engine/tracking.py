@@ -19,6 +19,8 @@ import numpy as np
 from boneseg.errors import UsageError, suggest
 
 LOGGERS = ("none", "tensorboard", "wandb")
+WANDB_LOCAL = ("offline", "dryrun", "disabled")
+"""``WANDB_MODE`` values under which W&B sends nothing, and so needs no login."""
 
 
 def check_logger(name: str | None) -> str:
@@ -26,6 +28,17 @@ def check_logger(name: str | None) -> str:
     name = str(name or "none").lower()
     if name not in LOGGERS:
         raise UsageError(f"--log {name!r}: unknown tracker{suggest(name, LOGGERS)}")
+    return name
+
+
+def check_tracker(name: str | None) -> str:
+    """`check_logger`, and the tracker usable: its package installed (W&B: logged in, or offline), so a
+    run stops before any caching or training. Raises `UsageError`."""
+    name = check_logger(name)
+    if name == "tensorboard":
+        _summary_writer()
+    elif name == "wandb":
+        _wandb()
     return name
 
 
@@ -54,13 +67,20 @@ class Tracker:
         pass
 
 
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UsageError("--log tensorboard needs the tensorboard package (pip install tensorboard)") from None
+    return SummaryWriter
+
+
 class TensorBoardTracker(Tracker):
-    def __init__(self, out: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UsageError("--log tensorboard needs the tensorboard package (pip install tensorboard)") from None
-        self.writer = SummaryWriter(str(Path(out) / "tensorboard"))
+    """`start`: the epochs already done; events of later epochs (logged before an interruption that the
+    resume repeats) are purged, so each epoch appears once."""
+
+    def __init__(self, out: Path, start: int = 0):
+        self.writer = _summary_writer()(str(Path(out) / "tensorboard"), purge_step=start + 1)
 
     def scalars(self, values, step):
         for k, v in values.items():
@@ -81,6 +101,8 @@ def _wandb():
         import wandb
     except ImportError:
         raise UsageError("--log wandb needs the wandb package (pip install wandb), then `wandb login`") from None
+    if os.environ.get("WANDB_MODE", "").lower() in WANDB_LOCAL:
+        return wandb  # nothing is sent: no login needed
     try:
         key = wandb.api.api_key
     except Exception:  # noqa: BLE001 - wandb raises its own types when no settings exist
@@ -118,16 +140,17 @@ class WandbTracker(Tracker):
 
 
 def make_tracker(
-    name: str | None, out: str | os.PathLike, config: Mapping, run_id: str | None = None
+    name: str | None, out: str | os.PathLike, config: Mapping, run_id: str | None = None, start: int = 0
 ) -> Tracker | None:
-    """The tracker for ``--log`` (None for ``none``); `run_id`: the tracker run to continue (W&B).
+    """The tracker for ``--log`` (None for ``none``); `run_id`: the tracker run to continue (W&B); `start`:
+    the epochs a resumed run already did (TensorBoard drops what it logged after them).
 
     Raises:
         UsageError: unknown name, missing package, or W&B without a login.
     """
-    name = check_logger(name)
+    name = check_tracker(name)
     if name == "tensorboard":
-        return TensorBoardTracker(Path(out))
+        return TensorBoardTracker(Path(out), start)
     if name == "wandb":
         return WandbTracker(Path(out), config, run_id)
     return None

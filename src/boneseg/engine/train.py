@@ -313,13 +313,15 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--ema {cfg.ema}: decay must be in [0, 1) (0 disables it)")
     if cfg.clip is not None and cfg.clip <= 0:
         raise UsageError(f"--clip {cfg.clip}: must be positive")
-    from boneseg.engine.tracking import check_logger
+    from boneseg.engine.tracking import check_logger, check_tracker
     from boneseg.modelling.heads import check_meta_mode
 
     cfg.meta = check_meta_mode(cfg.meta)
-    if cfg.tensorboard and cfg.log in (None, "none"):
+    if cfg.tensorboard:
+        if check_logger(cfg.log) not in ("none", "tensorboard"):
+            raise UsageError(f"--tensorboard (= --log tensorboard) and --log {cfg.log}: give one tracker")
         cfg.log = "tensorboard"
-    cfg.log = check_logger(cfg.log)
+    cfg.log = check_tracker(cfg.log)
     if cfg.meta_weight < 0 or cfg.boundary_head < 0:
         raise UsageError("--meta-weight and --boundary-head must be >= 0")
     if not 0 <= cfg.boundary_sharpen <= 1:
@@ -1266,7 +1268,7 @@ def _run(
         write_json(out / CONFIG, cfg.to_dict(), force=True)
     from boneseg.engine.tracking import make_tracker, overlays
 
-    tracker = make_tracker(cfg.log, out, cfg.to_dict(), st.tracker_ids.get(cfg.log)) if info.is_main else None
+    tracker = make_tracker(cfg.log, out, cfg.to_dict(), st.tracker_ids.get(cfg.log), st.epoch) if info.is_main else None
     if tracker is not None and tracker.run_id:
         st.tracker_ids[cfg.log] = tracker.run_id
     # a resume given a --max-steps the run already reached trains no further step

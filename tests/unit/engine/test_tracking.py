@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from util import fake_wandb, tiny_config
+from util import TINY, cli, error_line, fake_wandb, tiny_config
 
 from boneseg.engine.tracking import check_logger, make_tracker, overlays
 from boneseg.errors import UsageError
@@ -32,6 +32,32 @@ def test_wandb_missing_or_logged_out_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "wandb", fake_wandb(None))
     with pytest.raises(UsageError, match="not logged in"):
         make_tracker("wandb", tmp_path, {})
+
+
+@pytest.mark.parametrize(
+    ("args", "module", "message"),
+    [
+        (["--log", "tensorboard"], "torch.utils.tensorboard", "needs the tensorboard package"),
+        (["--tensorboard"], "torch.utils.tensorboard", "needs the tensorboard package"),
+        (["--log", "wandb"], "wandb", "needs the wandb package"),
+        (["--log", "wandb", "--tensorboard"], None, "give one tracker"),
+    ],
+)
+def test_unusable_tracker_stops_before_the_run_starts(monkeypatch, capsys, synth_data, tmp_path, args, module, message):
+    if module:
+        monkeypatch.setitem(sys.modules, module, None)  # not installed
+    run = tmp_path / "run"
+    rc, _, err = cli(
+        capsys, "train", str(synth_data), "--out", str(run), "--cache-dir", str(tmp_path / "cache"), *TINY, *args
+    )
+    assert rc != 0 and message in error_line(err)
+    assert not run.exists() and not (tmp_path / "cache").exists()  # no run folder, nothing cached
+
+
+def test_wandb_offline_needs_no_login(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb(None))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert make_tracker("wandb", tmp_path, {}).run_id == "run-0"
 
 
 def test_wandb_run_logs_scalars_and_overlays(monkeypatch, synth_data, tmp_path):
@@ -80,3 +106,25 @@ def test_overlays_colour_prediction_and_label():
     assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
     assert rgb[0].any() and rgb[5].any() and not rgb[7].any()
     assert not np.array_equal(rgb[0, 0], rgb[5, 0]) and not np.array_equal(rgb[3, 0], rgb[0, 0])
+
+
+def test_tensorboard_resume_logs_each_epoch_once(synth_data, tmp_path):
+    """A resume from a ``last.pt`` older than the log (a crash between the two) repeats epochs: their
+    earlier events are purged, and the logged values are the checkpoint history's."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from boneseg.engine.checkpoint import load_checkpoint
+    from boneseg.engine.train import train
+
+    run = tmp_path / "run"
+    cfg = tiny(synth_data, run, epochs=2, log="tensorboard", log_images=0)
+    train({**cfg, "max_steps": 1})
+    early = (run / "last.pt").read_bytes()  # epoch 0
+    train({**cfg, "resume": True})
+    (run / "last.pt").write_bytes(early)
+    train({**cfg, "resume": True})
+    acc = EventAccumulator(str(run / "tensorboard")).Reload()
+    history = load_checkpoint(run / "last.pt")["history"]
+    logged = [(e.step, e.value) for e in acc.Scalars("train_loss")]
+    assert logged == [(h["epoch"], pytest.approx(h["train_loss"])) for h in history]
