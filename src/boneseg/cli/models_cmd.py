@@ -8,11 +8,11 @@ from boneseg.cli.app import app
 
 
 def catalog(timm_pattern: str | None = None) -> dict:
-    """Architectures (with aliases), encoders, losses, augmentation presets and TTA policies.
+    """Architectures (with aliases), encoders, losses, augmentation presets and TTA policies (with aliases).
 
     `timm_pattern` (e.g. ``"convnext*"``) adds the matching timm models as ``tu-<name>`` encoders."""
     from boneseg.data.transforms import AUGMENTATIONS
-    from boneseg.inference.tta import MODES, TTA_NAMES
+    from boneseg.inference.tta import MODES, TTA_ALIASES, TTA_NAMES
     from boneseg.modelling.losses import LOSSES
     from boneseg.modelling.models import ALIASES, ARCHITECTURES, ENCODER_WEIGHTS, smp_encoders
 
@@ -23,6 +23,7 @@ def catalog(timm_pattern: str | None = None) -> dict:
         "losses": list(LOSSES),
         "augmentations": list(AUGMENTATIONS),
         "tta_policies": list(TTA_NAMES),
+        "tta_aliases": dict(TTA_ALIASES),
         "tta_modes": list(MODES),
     }
     if timm_pattern is not None:
@@ -61,13 +62,19 @@ def models_command(
     timm_names = doc["encoders"]["timm"]
     rows = [
         ["smp", ", ".join(doc["encoders"]["smp"])],
-        ["timm", timm_names if isinstance(timm_names, str) else ", ".join(timm_names) or "(none match)"],
+        [
+            "timm",
+            timm_names
+            if isinstance(timm_names, str)
+            else ", ".join(timm_names) or f"(none match {timm_pattern!r}: a shell pattern, e.g. 'convnext*')",
+        ],
         ["--encoder-weights", ", ".join(doc["encoder_weights"])],
         ["--loss", ", ".join(doc["losses"]) + " (combine: 0.3*bce+0.7*dice)"],
         ["--aug", ", ".join(doc["augmentations"])],
         [
             "--tta / --policies",
             ", ".join(doc["tta_policies"])
+            + "".join(f", {a} (= {n})" for a, n in doc["tta_aliases"].items())
             + " (tta --policies: optional "
             + " or ".join(f"{m}:" for m in doc["tta_modes"])
             + " prefix)",

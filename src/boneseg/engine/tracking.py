@@ -4,8 +4,8 @@ Each validation logs the epoch's scalars (``train_loss``, ``val_dice``, ``val_lo
 Dice) and a few prediction-vs-label overlays (`boneseg.plots.overlay_compare`: prediction red, label green,
 agreement yellow). TensorBoard writes to ``RUN/tensorboard``. Weights & Biases is imported only when asked
 for, must be installed, and must already be logged in (``wandb login`` stores the key in the user's own
-netrc / environment, where wandb finds it): boneseg never reads, writes or stores a key, and the run
-config sent to W&B is the plain training config (which holds none).
+netrc / environment, where wandb finds it) unless ``WANDB_MODE`` keeps it offline: boneseg never reads,
+writes or stores a key, and the run config sent to W&B is the plain training config (which holds none).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class WandbTracker(Tracker):
         self.wandb = wandb
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "boneseg"),
-            name=Path(out).name,
+            name=Path(out).resolve().name,
             dir=str(out),
             config=dict(config),
             id=run_id,

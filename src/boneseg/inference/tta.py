@@ -18,6 +18,8 @@ from boneseg.errors import UsageError, suggest
 
 TTA_NAMES = ("none", "hflip", "scale", "hflip+scale")
 MODES = ("resize", "sliding")
+TTA_ALIASES = {"flip": "hflip", "scale+hflip": "hflip+scale", "flip+scale": "hflip+scale"}
+"""Other spellings `Policy.parse` takes for a TTA name."""
 DEFAULT_SCALES = (0.75, 1.0, 1.25)
 
 _HFLIP = ttach.HorizontalFlip()
@@ -89,7 +91,7 @@ class Policy:
             if mode not in MODES:
                 raise UsageError(f"unknown mode {mode!r} in policy {text!r}{suggest(mode, MODES)}")
             sliding = mode == "sliding"
-        tta = {"flip": "hflip", "scale+hflip": "hflip+scale", "flip+scale": "hflip+scale"}.get(tta, tta)
+        tta = TTA_ALIASES.get(tta, tta)
         if tta not in TTA_NAMES:
             raise UsageError(f"unknown TTA {tta!r}{suggest(tta, TTA_NAMES)}")
         use_scales = parse_scales(scales) if "scale" in tta else (1.0,)
