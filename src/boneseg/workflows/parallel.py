@@ -5,9 +5,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from boneseg.inference.run import check_workers
 from boneseg.progress import Task
 
 STATE: dict[str, Any] = {}
@@ -27,6 +29,11 @@ def _init_worker(state: dict[str, Any]) -> None:
     STATE.update(state)
 
 
+def _init_pool_worker(state: dict[str, Any]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    _init_worker(state)
+
+
 def parallel_map(
     fn: Callable[[Any], Any],
     items: Sequence[Any],
@@ -39,9 +46,20 @@ def parallel_map(
     `state` reaches the workers through ``fork`` where available (no copy until written), else by
     pickling. With one worker (or one item) everything runs in this process. `fn` reads it via
     ``STATE``. Results are yielded in item order as they complete; `task` advances by one per result.
+    `workers` 0 means 1 (as for a data loader: this process); None: `default_workers`. A failure or Ctrl-C
+    stops the workers at once (items in flight included) before the exception goes on.
+
+    Raises:
+        UsageError: a negative `workers` (checked before the first item).
     """
-    workers = default_workers() if workers is None else max(1, int(workers))
-    total, task = len(items), task or Task()
+    check_workers(workers)
+    return _map(fn, items, state, default_workers() if workers is None else max(1, int(workers)), task or Task())
+
+
+def _map(
+    fn: Callable[[Any], Any], items: Sequence[Any], state: dict[str, Any], workers: int, task: Task
+) -> Iterator[Any]:
+    total = len(items)
     if workers == 1 or total <= 1:
         _init_worker(state)
         try:
@@ -55,12 +73,14 @@ def parallel_map(
     ctx = mp.get_context("fork" if "fork" in methods else None)
     chunk = max(1, min(8, total // (workers * 8)))
     with cf.ProcessPoolExecutor(
-        min(workers, total), mp_context=ctx, initializer=_init_worker, initargs=(state,)
+        min(workers, total), mp_context=ctx, initializer=_init_pool_worker, initargs=(state,)
     ) as pool:
         try:
             for result in pool.map(fn, items, chunksize=chunk):
                 yield result
                 task.advance()
         except BaseException:
+            for proc in list(pool._processes.values()):  # not left to finish the items they hold
+                proc.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
