@@ -22,10 +22,18 @@ def _scaled(x: int) -> int:
 
 
 def _fails_fast_others_slow(x: int) -> int:
+    (Path(STATE["pids"]) / str(os.getpid())).touch()
     if x == 0:
+        time.sleep(0.5)  # the other worker has started its item
         raise DataError("image 0: unreadable")
     time.sleep(30)
     return x
+
+
+def _alive(pids) -> list[int]:
+    """The processes among `pids` still running (a zombie has stopped)."""
+    stats = {p: Path(f"/proc/{p}/stat") for p in pids}
+    return [p for p, s in stats.items() if s.exists() and s.read_text().split()[2] != "Z"]
 
 
 @pytest.mark.parametrize("workers", [0, 1, 3, 50, None])
@@ -39,11 +47,13 @@ def test_negative_workers_refused_before_any_item():
         parallel_map(_scaled, [1], {"k": 1}, -1)  # not iterated: refused at the call
 
 
-def test_a_failing_item_stops_the_others_at_once():
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to see the workers gone")
+def test_a_failing_item_stops_the_others_at_once(tmp_path):
     t = time.monotonic()
     with pytest.raises(DataError, match="image 0: unreadable"):
-        list(parallel_map(_fails_fast_others_slow, list(range(4)), {}, 2))
-    assert time.monotonic() - t < 15  # the items in flight (30 s each) are not waited for
+        list(parallel_map(_fails_fast_others_slow, list(range(4)), {"pids": str(tmp_path)}, 2))
+    time.sleep(0.5)
+    assert time.monotonic() - t < 15 and not _alive(int(f.name) for f in tmp_path.iterdir())  # none left running
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to see the workers gone")
@@ -81,6 +91,4 @@ def test_ctrl_c_stops_the_workers_and_leaves_none(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and time.monotonic() - t < 15 and "Traceback" not in err, err
     time.sleep(0.5)
-    stats = [Path(f"/proc/{p}/stat") for p in pids]
-    alive = [s for s in stats if s.exists() and s.read_text().split()[2] != "Z"]  # a zombie is gone
-    assert not alive
+    assert not _alive(pids)
