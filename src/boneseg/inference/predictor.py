@@ -216,8 +216,9 @@ class Predictor:
         if compile:
             from boneseg.modelling.compile import compile_model
 
+            warned: set[str] = set()  # one warning for the ensemble, not one per model
             for lm in self.models:
-                lm.model = compile_model(lm.model)
+                lm.model = compile_model(lm.model, warned)
         self.unified = [i for i, lm in enumerate(self.models) if lm.unify]
 
     @staticmethod

@@ -138,3 +138,10 @@ def test_predict_compile_keeps_film_metadata(data, tmp_path, monkeypatch):
                     tmp_path / "o.csv", "--compile")  # fmt: skip
     assert code == 0, err
     assert "Warning: a FiLM (--meta film) model runs without patient metadata" in err
+
+
+@pytest.mark.parametrize("mode", ["called", "forward"])
+def test_predict_ensemble_fallback_warns_once(data, tmp_path, monkeypatch, mode):
+    broken_compile(monkeypatch, mode)
+    code, err = predict(data, "plain.pt", tmp_path / "o.csv", "-m", data / "plain.pt", "--compile")
+    assert code == 0 and err.count("--compile: torch.compile failed") == 1, err
