@@ -81,6 +81,6 @@ def _map(
                 task.advance()
         except BaseException:
             for proc in list(pool._processes.values()):  # not left to finish the items they hold
-                proc.terminate()
+                proc.kill()  # not terminate: a SIGTERM handler inherited through fork would keep it running
             pool.shutdown(wait=False, cancel_futures=True)
             raise

@@ -49,9 +49,16 @@ def test_negative_workers_refused_before_any_item():
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to see the workers gone")
 def test_a_failing_item_stops_the_others_at_once(tmp_path):
+    def like_the_cli(signum, frame):  # the CLI's SIGTERM handler, which forked workers inherit
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, like_the_cli)
     t = time.monotonic()
-    with pytest.raises(DataError, match="image 0: unreadable"):
-        list(parallel_map(_fails_fast_others_slow, list(range(4)), {"pids": str(tmp_path)}, 2))
+    try:
+        with pytest.raises(DataError, match="image 0: unreadable"):
+            list(parallel_map(_fails_fast_others_slow, list(range(4)), {"pids": str(tmp_path)}, 2))
+    finally:
+        signal.signal(signal.SIGTERM, old)
     time.sleep(0.5)
     assert time.monotonic() - t < 15 and not _alive(int(f.name) for f in tmp_path.iterdir())  # none left running
 
