@@ -73,7 +73,7 @@ def test_ctrl_c_stops_the_workers_and_leaves_none(tmp_path):
             from boneseg.workflows.parallel import parallel_map
 
             def slow(x):
-                print(os.getpid(), flush=True)
+                os.write(1, f"{os.getpid()}\\n".encode())  # one write: two workers' lines never interleave
                 time.sleep(30)
 
             try:
