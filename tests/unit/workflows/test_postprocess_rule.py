@@ -112,7 +112,7 @@ def test_fitted_scores_are_those_of_predict_with_and_without_the_rules(synth_dat
 def test_a_wrist_run_is_refused_by_name(synth_data, tmp_path, capsys):
     """A wrist model is refused with the reason: by train before training, and by the library (a resumed
     wrist run, whose command line does not say --wrist)."""
-    from util import cli, error_line
+    from util import TINY, cli, error_line
 
     from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.errors import UsageError
@@ -124,17 +124,5 @@ def test_a_wrist_run_is_refused_by_name(synth_data, tmp_path, capsys):
     save_checkpoint(tmp_path / "wrist.pt", state)
     with pytest.raises(UsageError, match="--fit-postprocess applies to whole-image models, not a --wrist model"):
         fit_postprocess(tmp_path / "wrist.pt", synth_data, device="cpu")
-    options = [
-        "--wrist",
-        "--fit-postprocess",
-        "--arch",
-        "unet",
-        "--encoder",
-        "resnet18",
-        "--size",
-        "64",
-        "--device",
-        "cpu",
-    ]
-    code, _, err = cli(capsys, "train", synth_data, *options, "-o", tmp_path / "run")
+    code, _, err = cli(capsys, "train", synth_data, *TINY, "--wrist", "--fit-postprocess", "-o", tmp_path / "run")
     assert code != 0 and "not a --wrist model" in error_line(err) and not (tmp_path / "run").exists()
