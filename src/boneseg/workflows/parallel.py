@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
-import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -29,11 +28,6 @@ def _init_worker(state: dict[str, Any]) -> None:
     STATE.update(state)
 
 
-def _init_pool_worker(state: dict[str, Any]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
-    _init_worker(state)
-
-
 def parallel_map(
     fn: Callable[[Any], Any],
     items: Sequence[Any],
@@ -47,7 +41,7 @@ def parallel_map(
     pickling. With one worker (or one item) everything runs in this process. `fn` reads it via
     ``STATE``. Results are yielded in item order as they complete; `task` advances by one per result.
     `workers` 0 means 1 (as for a data loader: this process); None: `default_workers`. A failure or Ctrl-C
-    stops the workers at once (items in flight included) before the exception goes on.
+    cancels the items not started; items in flight finish first.
 
     Raises:
         UsageError: a negative `workers` (checked before the first item).
@@ -73,14 +67,12 @@ def _map(
     ctx = mp.get_context("fork" if "fork" in methods else None)
     chunk = max(1, min(8, total // (workers * 8)))
     with cf.ProcessPoolExecutor(
-        min(workers, total), mp_context=ctx, initializer=_init_pool_worker, initargs=(state,)
+        min(workers, total), mp_context=ctx, initializer=_init_worker, initargs=(state,)
     ) as pool:
         try:
             for result in pool.map(fn, items, chunksize=chunk):
                 yield result
                 task.advance()
         except BaseException:
-            for proc in list(pool._processes.values()):  # not left to finish the items they hold
-                proc.kill()  # not terminate: a SIGTERM handler inherited through fork would keep it running
             pool.shutdown(wait=False, cancel_futures=True)
             raise
