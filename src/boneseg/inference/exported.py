@@ -25,6 +25,7 @@ import hashlib
 import io
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,11 @@ VERSION = 3
 """Sidecar version: 2 added the graphs' ``output_size`` input, 3 the model file's ``model_sha256``."""
 CONFIG_KEYS = ("size", "crop", "channels", "mean", "std", "unify_side")
 """The training-config fields an export carries (what normalisation, sizes and hand side need)."""
+
+
+def size_input(size: Sequence[int]) -> torch.Tensor:
+    """A graph's ``output_size`` input: ``(height, width)`` as an int64 tensor."""
+    return torch.tensor(list(size), dtype=torch.int64)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -151,7 +157,7 @@ class ScriptModel(Graph):
         self.path, self.module = path, module
 
     def run(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return self.module(x, torch.tensor(list(size), dtype=torch.int64))
+        return self.module(x, size_input(size))
 
 
 class Exported:

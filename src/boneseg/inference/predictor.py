@@ -272,20 +272,15 @@ class Predictor:
         x = normalize(item.inputs[hw].to(self.device, non_blocking=True)[None], lm.config)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _forward(self, lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            return lm.model(x).to(self.dtype)
-
     def _probabilities(self, lm: LoadedModel, x: torch.Tensor, hw: tuple[int, int], flip: bool = False) -> torch.Tensor:
         """Probabilities at `hw` of the batch `x` (seen mirrored when `flip`, the result mirrored back): the
         logits resized bilinearly to `hw`, then the sigmoid (an exported graph does both inside, given `hw`)."""
         x = hflip(x) if flip else x
-        if lm.probabilities:
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                p = lm.model(x, hw).to(self.dtype)
-            return unflip(p) if flip else p
-        y = self._forward(lm, x)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            y = (lm.model(x, hw) if lm.probabilities else lm.model(x)).to(self.dtype)
         y = unflip(y) if flip else y
+        if lm.probabilities:
+            return y
         if y.shape[-2:] != hw:
             y = F.interpolate(y, hw, mode="bilinear", align_corners=False)
         return y.sigmoid_()

@@ -40,6 +40,7 @@ from boneseg.inference.exported import (
     model_file,
     sha256,
     sidecar_path,
+    size_input,
 )
 from boneseg.inference.predictor import check_weights
 from boneseg.inference.run import find_rules
@@ -165,12 +166,8 @@ def _max_diff(reference, exported, cases: Sequence[tuple[torch.Tensor, tuple[int
     return worst
 
 
-def _size_tensor(size: Sequence[int]) -> torch.Tensor:
-    return torch.tensor(list(size), dtype=torch.int64)
-
-
 def _write_graph(graph: torch.nn.Module, fmt: str, path: Path, sample: torch.Tensor) -> None:
-    args = (sample, _size_tensor((sample.shape[-2] * 2, sample.shape[-1] * 2)))
+    args = (sample, size_input((sample.shape[-2] * 2, sample.shape[-1] * 2)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter
         try:
@@ -351,7 +348,7 @@ def export(
                 loaded = load_backend(folder, fmt)
                 graph = Probabilities([net], [1.0]).eval()
                 diff = _max_diff(
-                    lambda x, size: graph(x, _size_tensor(size)),
+                    lambda x, size: graph(x, size_input(size)),
                     lambda x, size: torch.sigmoid(F.interpolate(loaded(x), size, mode="bilinear", align_corners=False)),
                     _cases(cfg),
                 )
@@ -366,7 +363,7 @@ def export(
             cases = _cases(cfg)
             with atomic_path(out, force) as tmp:
                 _write_graph(graph, fmt, tmp, cases[0][0])
-                diff = _max_diff(lambda x, size: graph(x, _size_tensor(size)), load_backend(tmp, fmt), cases)
+                diff = _max_diff(lambda x, size: graph(x, size_input(size)), load_backend(tmp, fmt), cases)
                 _check_diff(diff, out)
                 doc["model_sha256"] = sha256(tmp)
             write_json(sidecar, dict(doc, max_abs_diff=diff), force=force)
