@@ -1,6 +1,8 @@
 """boneseg: hand-bone X-ray segmentation, from raw radiographs to a competition submission."""
 
+import importlib.util
 import os
+import sys
 
 from boneseg.classes import CLASSES, NUM_CLASSES
 
@@ -10,12 +12,32 @@ __version__ = "0.1.0"
 def _fork_safe_opencv() -> None:
     """Run OpenCV single-threaded: its thread pool is not fork-safe, and a data-loader worker forked while
     the pool is alive can deadlock at its first OpenCV call. boneseg parallelises across images instead
-    (cache building, data-loader workers)."""
-    try:
-        import cv2
-    except ImportError:  # pragma: no cover - a hard dependency
-        return
-    cv2.setNumThreads(0)
+    (cache building, data-loader workers). Done when cv2 is first imported (a one-shot import hook), so a
+    command that never reads an image does not pay for loading OpenCV."""
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setNumThreads(0)
+    elif not any(isinstance(f, _SingleThreadedOpenCV) for f in sys.meta_path):
+        sys.meta_path.insert(0, _SingleThreadedOpenCV())
+
+
+class _SingleThreadedOpenCV:
+    """A `sys.meta_path` finder: finds ``cv2`` as the other finders do, then calls ``cv2.setNumThreads(0)`` once it has loaded."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "cv2":
+            return None
+        sys.meta_path.remove(self)  # one shot; cv2's own loader imports its binary as "cv2" again
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            module.setNumThreads(0)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
 
 
 def _short_openmp_spin() -> None:

@@ -57,3 +57,9 @@ def suggest(name: str, choices: Iterable[str], show: int = 8) -> str:
     head = ", ".join(ordered[:show])
     more = f", … ({len(ordered) - show} more)" if len(ordered) > show else ""
     return f"; did you mean {ordered[0]!r}? valid (closest first): {head}{more}"
+
+
+def check_workers(workers: int | None) -> None:
+    """Raise `UsageError` for a negative number of workers (data-loader or process-pool; None: the default)."""
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {workers}")

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from boneseg.classes import CLASSES
 
-try:  # torch is a hard dependency, but keep this module importable on its own
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None  # type: ignore[assignment]  # the checks below test for None
+
+def _is_tensor(value) -> bool:
+    """Whether `value` is a torch tensor, without importing torch (a tensor means torch is loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def dice_from_counts(intersection, pred_sum, gt_sum):
     """Dice from pixel counts (numpy or torch, broadcasting); both empty gives 1.0."""
-    if torch is not None and isinstance(intersection, torch.Tensor):
+    if _is_tensor(intersection):
+        import torch
+
         intersection, total = intersection.double(), (pred_sum + gt_sum).double()
         return torch.where(total > 0, 2 * intersection / total.clamp_min(1), torch.ones_like(total))
     intersection = np.asarray(intersection, np.float64)
@@ -26,7 +30,7 @@ def dice_from_counts(intersection, pred_sum, gt_sum):
 
 def dice_counts(pred, gt):
     """(intersection, |P|, |G|) over the last two axes of boolean-like arrays or tensors."""
-    if torch is not None and isinstance(pred, torch.Tensor):
+    if _is_tensor(pred):
         p, g = pred.bool(), gt.bool()
         return (p & g).sum((-2, -1)), p.sum((-2, -1)), g.sum((-2, -1))
     p, g = np.asarray(pred).astype(bool, copy=False), np.asarray(gt).astype(bool, copy=False)

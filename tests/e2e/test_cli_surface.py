@@ -154,8 +154,11 @@ def test_models_lists_every_registry(capsys):
     assert "tu-resnet18" in doc["encoders"]["timm"]
     assert doc["losses"] == list(LOSSES) and doc["augmentations"] == list(AUGMENTATIONS)
     assert doc["tta_policies"] == list(TTA_NAMES)
-    code, _, err = cli(capsys, "models")
-    assert code == 0 and "dlv3p" in err and "dtbce" in err
+    code, out, _ = cli(capsys, "models")  # into a pipe: one name per line on stdout
+    assert code == 0 and "dlv3p\t--arch\t= deeplabv3plus\n" in out and "dtbce\t--loss\n" in out
+    assert "efficientnet-b4\t--encoder\n" in out and all(1 < len(line.split("\t")) < 4 for line in out.splitlines())
+    code, out, err = cli(capsys, "models", "--timm", "")
+    assert code == 2 and not out and one_error(err).endswith("an empty pattern matches no model: give a shell pattern, e.g. 'convnext*'")
     code, out, _ = cli(capsys, "--help")
     assert code == 0 and "--install-completion" in out
 

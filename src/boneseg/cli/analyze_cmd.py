@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import typer
-from rich.text import Text
 
 from boneseg.cli.app import app
 from boneseg.cli.output import console, escape, print_json, reporter, table
@@ -76,6 +74,9 @@ def _short(names: list[str]) -> list[str]:
 
 
 def _print_tables(result) -> None:
+    import numpy as np
+    from rich.text import Text
+
     from boneseg.classes import CLASSES
 
     names = _short(result.inputs.names)

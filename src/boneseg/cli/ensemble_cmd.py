@@ -92,7 +92,7 @@ def ensemble_command(
     any order, never decoding a mask) or [bold]soft[/bold] weighted means of probability folders."""
     from boneseg.cli.options import parse_size
     from boneseg.errors import UsageError
-    from boneseg.inference.run import check_workers
+    from boneseg.errors import check_workers
     from boneseg.io import check_output, is_stdout
     from boneseg.workflows import ensemble
 

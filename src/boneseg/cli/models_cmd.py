@@ -1,4 +1,4 @@
-"""`boneseg models`: the names every model option accepts, from the registries that check them."""
+"""`boneseg models`: the names every model option accepts (no torch: the names come from `boneseg.names`)."""
 
 from __future__ import annotations
 
@@ -6,30 +6,47 @@ import typer
 
 from boneseg.cli.app import app
 
+TIMM_ANY = "tu-<any timm model>"
+
 
 def catalog(timm_pattern: str | None = None) -> dict:
     """Architectures (with aliases), encoders, losses, augmentation presets and TTA policies (with aliases).
 
-    `timm_pattern` (e.g. ``"convnext*"``) adds the matching timm models as ``tu-<name>`` encoders."""
-    from boneseg.data.transforms import AUGMENTATIONS
-    from boneseg.inference.tta import MODES, TTA_ALIASES, TTA_NAMES
-    from boneseg.modelling.losses import LOSSES
-    from boneseg.modelling.models import ALIASES, ARCHITECTURES, ENCODER_WEIGHTS, smp_encoders
+    `timm_pattern` (e.g. ``"convnext*"``) adds the matching timm models as ``tu-<name>`` encoders (this one
+    imports timm, and with it torch).
 
+    Raises:
+        UsageError: an empty `timm_pattern` (it would match nothing).
+    """
+    from boneseg.errors import UsageError
+    from boneseg.names import (
+        ARCH_ALIASES,
+        AUGMENTATIONS,
+        ENCODER_WEIGHTS,
+        LOSS_NAMES,
+        TTA_ALIASES,
+        TTA_MODES,
+        TTA_NAMES,
+        smp_names,
+    )
+
+    architectures, encoders = smp_names()
     doc: dict = {
-        "architectures": {a: sorted(k for k, v in ALIASES.items() if v == a) for a in ARCHITECTURES},
-        "encoders": {"smp": smp_encoders(), "timm": "tu-<any timm model>"},
+        "architectures": {a: sorted(k for k, v in ARCH_ALIASES.items() if v == a) for a in architectures},
+        "encoders": {"smp": list(encoders), "timm": TIMM_ANY},
         "encoder_weights": [*ENCODER_WEIGHTS, "PATH"],
-        "losses": list(LOSSES),
+        "losses": list(LOSS_NAMES),
         "augmentations": list(AUGMENTATIONS),
         "tta_policies": list(TTA_NAMES),
         "tta_aliases": dict(TTA_ALIASES),
-        "tta_modes": list(MODES),
+        "tta_modes": list(TTA_MODES),
     }
     if timm_pattern is not None:
+        if not timm_pattern.strip():
+            raise UsageError("--timm '': an empty pattern matches no model: give a shell pattern, e.g. 'convnext*'")
         import timm
 
-        doc["encoders"]["timm"] = ["tu-" + m for m in timm.list_models(timm_pattern)]
+        doc["encoders"]["timm"] = ["tu-" + m for m in timm.list_models(timm_pattern.strip())]
     return doc
 
 
@@ -42,17 +59,53 @@ def models_command(
         show_default=False,
         help="Also list the timm models matching PATTERN (e.g. 'convnext*', '*' for all) as tu-<name> encoders.",
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the lists as JSON on stdout."),
+    json_out: bool = typer.Option(False, "--json", help="Print the lists as JSON."),
 ) -> None:
     """Architectures with their aliases, encoders (smp and timm `tu-`), losses, augmentation presets and
-    TTA policies: the names `train --arch/--encoder/--loss/--aug` and `predict --tta` accept."""
-    from boneseg.cli.output import console, print_json, table
+    TTA policies: the names `train --arch/--encoder/--loss/--aug` and `predict --tta` accept. On stdout: tables
+    on a terminal; into a pipe or file one name per line, NAME<TAB>OPTION[<TAB>NOTE] (`boneseg models | grep
+    effici`)."""
+    from boneseg.cli.output import console, out_console, print_json
 
     doc = catalog(timm_pattern)
     if json_out:
         print_json(doc)
-        return
-    console.print(
+    elif out_console.is_terminal:
+        _print_tables(doc, timm_pattern)
+    else:
+        import sys
+
+        sys.stdout.write("".join("\t".join(line) + "\n" for line in _lines(doc)))
+        if doc["encoders"]["timm"] == []:
+            console.print(f"timm: none match {timm_pattern!r}: a shell pattern, e.g. 'convnext*'", markup=False)
+
+
+def _lines(doc: dict) -> list[tuple[str, ...]]:
+    """One (name, option[, note]) per name."""
+    timm_names = doc["encoders"]["timm"]
+    return [
+        *((a, "--arch") for a in doc["architectures"]),
+        *((alias, "--arch", f"= {a}") for a, aliases in doc["architectures"].items() for alias in aliases),
+        *((e, "--encoder") for e in doc["encoders"]["smp"]),
+        *(
+            [("tu-*", "--encoder", "any timm model as tu-<name>: list them with --timm PATTERN")]
+            if isinstance(timm_names, str)
+            else [(e, "--encoder", "timm") for e in timm_names]
+        ),
+        *((w, "--encoder-weights", "a local state-dict file") if w == "PATH" else (w, "--encoder-weights")
+          for w in doc["encoder_weights"]),
+        *((loss, "--loss") for loss in doc["losses"]),
+        *((aug, "--aug") for aug in doc["augmentations"]),
+        *((p, "--tta") for p in doc["tta_policies"]),
+        *((alias, "--tta", f"= {p}") for alias, p in doc["tta_aliases"].items()),
+        *((f"{m}:", "--tta", "mode prefix (tta --policies)") for m in doc["tta_modes"]),
+    ]  # fmt: skip
+
+
+def _print_tables(doc: dict, timm_pattern: str | None) -> None:
+    from boneseg.cli.output import out_console, table
+
+    out_console.print(
         table(
             "Architectures (--arch)",
             ["name", "aliases"],
@@ -80,4 +133,4 @@ def models_command(
             + " prefix)",
         ],
     ]
-    console.print(table("Encoders (--encoder) and other names", ["option", "valid names"], rows))
+    out_console.print(table("Encoders (--encoder) and other names", ["option", "valid names"], rows))

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from boneseg.cli.app import app
-from boneseg.modelling.losses import LOSSES
+from boneseg.names import LOSS_NAMES
 
 
 @app.command("train")
@@ -83,7 +83,7 @@ def train_command(
     loss: str | None = typer.Option(
         None,
         "--loss",
-        help=f"Loss terms: {', '.join(LOSSES)}; e.g. bce+dice or 0.3*bce+0.7*dice \\[default: bce+dice].",
+        help=f"Loss terms: {', '.join(LOSS_NAMES)}; e.g. bce+dice or 0.3*bce+0.7*dice \\[default: bce+dice].",
     ),
     encoder_weights: str | None = typer.Option(
         None, "--encoder-weights", help="imagenet, none, or a local state-dict file \\[default: imagenet]."

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from boneseg.errors import UsageError, suggest
+from boneseg.names import AUGMENTATIONS
 
 DEFAULT_MEAN = (0.449,)
 DEFAULT_STD = (0.226,)
 """ImageNet's mean/std averaged over RGB: a 1-channel model built from ImageNet weights (first convolution
 summed over its input channels) sees inputs on the scale it was trained on."""
 
-AUGMENTATIONS = ("none", "light", "default", "strong")
 
 
 class InputConfig(Protocol):

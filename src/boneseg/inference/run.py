@@ -29,7 +29,7 @@ from boneseg.data.dataset import Loader
 from boneseg.data.layout import Sample, by_image_name, find_images, read_image
 from boneseg.engine.distributed import as_rank_failure, cleanup, setup
 from boneseg.engine.run import Run
-from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
+from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError, check_workers
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
 from boneseg.inference.exported import Exported, open_model
 from boneseg.inference.predictor import InputPlan, Item, Predictor, check_weights
@@ -66,12 +66,6 @@ class ImageDataset(torch.utils.data.Dataset):
             item.masks = torch.from_numpy(cached.masks)
             return item
         return self.plan.item(i, s.image_name, read_image(s.image), s.suffix_side)
-
-
-def check_workers(workers: int | None) -> None:
-    """Raise `UsageError` for a negative number of workers (data-loader or process-pool; None: the default)."""
-    if workers is not None and workers < 0:
-        raise UsageError(f"--workers must be 0 or more, got {workers}")
 
 
 def make_loader(dataset: ImageDataset, workers: int, device: torch.device) -> Loader:

@@ -15,11 +15,9 @@ import torch
 import ttach
 
 from boneseg.errors import UsageError, suggest
+from boneseg.names import TTA_ALIASES, TTA_NAMES
+from boneseg.names import TTA_MODES as MODES
 
-TTA_NAMES = ("none", "hflip", "scale", "hflip+scale")
-MODES = ("resize", "sliding")
-TTA_ALIASES = {"flip": "hflip", "scale+hflip": "hflip+scale", "flip+scale": "hflip+scale"}
-"""Other spellings `Policy.parse` takes for a TTA name."""
 DEFAULT_SCALES = (0.75, 1.0, 1.25)
 
 _HFLIP = ttach.HorizontalFlip()

@@ -146,7 +146,7 @@ LOSSES = {
     "boundary": BoundaryBCE,
     "dtbce": DistanceBCE,
 }
-"""Loss term name -> factory."""
+"""Loss term name -> factory, in the order of `boneseg.names.LOSS_NAMES` (the names the CLI lists)."""
 
 _TERM = re.compile(r"^\s*(?:((?:\d+(?:\.\d*)?|\.\d+)(?:e-?\d+)?)\s*\*\s*)?([A-Za-z_-]+)\s*$", re.IGNORECASE)
 

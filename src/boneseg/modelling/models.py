@@ -23,32 +23,18 @@ import torch
 
 from boneseg.classes import NUM_CLASSES
 from boneseg.errors import BonesegWarning, CheckpointError, UsageError, suggest
+from boneseg.names import ARCH_ALIASES, ENCODER_WEIGHTS
 
 ARCHITECTURES: dict[str, type[torch.nn.Module]] = dict(smp.MODEL_ARCHITECTURES_MAPPING)
 """Canonical (smp) architecture name -> model class."""
 
-ALIASES: dict[str, str] = {
-    "unetpp": "unetplusplus",
-    "unet++": "unetplusplus",
-    "nestedunet": "unetplusplus",
-    "deeplabv3+": "deeplabv3plus",
-    "dlv3p": "deeplabv3plus",
-    "dlv3+": "deeplabv3plus",
-    "dlv3": "deeplabv3",
-    "deeplab": "deeplabv3plus",
-    "uper": "upernet",
-    "mit": "segformer",
-    "psp": "pspnet",
-    "link": "linknet",
-}
-"""Short name -> canonical architecture name."""
+ALIASES: dict[str, str] = ARCH_ALIASES
+"""Short name -> canonical architecture name (`boneseg.names`)."""
 
 SET_BY_BONESEG = ("encoder_name", "encoder_weights", "in_channels", "classes", "activation", "aux_params")
 """smp constructor arguments boneseg sets itself (logits out, heads in `boneseg.modelling.heads`): never
 `model_kwargs`."""
 
-ENCODER_WEIGHTS = ("imagenet", "none")
-"""Named `encoder_weights` values; anything else is a path to a local state dict."""
 
 
 def resolve_arch(name: str) -> str:

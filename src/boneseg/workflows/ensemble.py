@@ -29,8 +29,7 @@ import numpy as np
 from boneseg import probs as probs_mod
 from boneseg import rle as rle_mod
 from boneseg.classes import CLASSES, NUM_CLASSES, class_index
-from boneseg.errors import BonesegWarning, DataError, UsageError, quote
-from boneseg.inference.run import check_workers
+from boneseg.errors import BonesegWarning, DataError, UsageError, check_workers, quote
 from boneseg.io import read_json, write_json
 from boneseg.progress import SILENT, Reporter
 from boneseg.submission import Submission, SubmissionWriter, read_submission

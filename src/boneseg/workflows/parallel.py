@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from boneseg.inference.run import check_workers
+from boneseg.errors import check_workers
 from boneseg.progress import Task
 
 STATE: dict[str, Any] = {}

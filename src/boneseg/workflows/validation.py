@@ -20,10 +20,10 @@ import torch
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, GROUPS, NUM_CLASSES
 from boneseg.data.layout import Sample, discover
-from boneseg.errors import DataError, UsageError
+from boneseg.errors import DataError, UsageError, check_workers
 from boneseg.inference.encode import quantize
 from boneseg.inference.predictor import LoadedModel, Predictor, ViewCache, check_weights
-from boneseg.inference.run import ImageDataset, check_workers, make_loader
+from boneseg.inference.run import ImageDataset, make_loader
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy, default_policies
 from boneseg.metrics import dice_from_counts
