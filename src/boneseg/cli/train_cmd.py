@@ -46,6 +46,7 @@ def train_command(
     arch: str | None = typer.Option(
         None,
         "--arch",
+        metavar="NAME",
         help=(
             "Architecture: unet, unetpp, deeplabv3plus (dlv3p), upernet, segformer, fpn, manet, … (required unless "
             "--resume)."
@@ -54,6 +55,7 @@ def train_command(
     encoder: str | None = typer.Option(
         None,
         "--encoder",
+        metavar="NAME",
         help="smp encoder (resnet34, efficientnet-b4, mit_b2, …) or tu-<timm model> (required unless --resume).",
     ),
     size: int | None = typer.Option(
@@ -83,15 +85,19 @@ def train_command(
     loss: str | None = typer.Option(
         None,
         "--loss",
+        metavar="SPEC",
         help=f"Loss terms: {', '.join(LOSS_NAMES)}; e.g. bce+dice or 0.3*bce+0.7*dice \\[default: bce+dice].",
     ),
     encoder_weights: str | None = typer.Option(
-        None, "--encoder-weights", help="imagenet, none, or a local state-dict file \\[default: imagenet]."
+        None,
+        "--encoder-weights",
+        metavar="NAME|FILE",
+        help="imagenet, none, or a local state-dict file \\[default: imagenet].",
     ),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda \\[default: auto]."),
+    device: str | None = typer.Option(None, "--device", metavar="NAME", help="auto, cpu or cuda \\[default: auto]."),
     amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision \\[default: on with CUDA]."),
     amp_dtype: str | None = typer.Option(
-        None, "--amp-dtype", help="bf16 or fp16 (with a gradient scaler) \\[default: bf16]."
+        None, "--amp-dtype", metavar="NAME", help="bf16 or fp16 (with a gradient scaler) \\[default: bf16]."
     ),
     channels_last: bool | None = typer.Option(
         None, "--channels-last/--no-channels-last", help="channels_last memory format \\[default: on with CUDA]."
@@ -129,14 +135,14 @@ def train_command(
         False, "--force", help="Start over in a non-empty --out (removes its checkpoints and logs)."
     ),
     aug: str | None = typer.Option(
-        None, "--aug", help="Augmentation preset: none, light, default, strong \\[default: default]."
+        None, "--aug", metavar="NAME", help="Augmentation preset: none, light, default, strong \\[default: default]."
     ),
     crop: int | None = typer.Option(
         None, "--crop", help="Train on random crops of this side from the --size image (validation on whole images)."
     ),
-    optimizer: str | None = typer.Option(None, "--optimizer", help="adamw or sgd \\[default: adamw]."),
+    optimizer: str | None = typer.Option(None, "--optimizer", metavar="NAME", help="adamw or sgd \\[default: adamw]."),
     scheduler: str | None = typer.Option(
-        None, "--scheduler", help="cosine, poly, plateau or constant \\[default: cosine]."
+        None, "--scheduler", metavar="NAME", help="cosine, poly, plateau or constant \\[default: cosine]."
     ),
     warmup: float | None = typer.Option(
         None, "--warmup", help="Linear warm-up length in epochs (fractions allowed) \\[default: 0]."
@@ -157,11 +163,12 @@ def train_command(
         help="Write last.pt every N epochs (and always after the last, or when stopped) \\[default: 1].",
     ),
     unify_hands: str | None = typer.Option(
-        None, "--unify-hands", help="Mirror every hand to one side: R, L or none \\[default: none]."
+        None, "--unify-hands", metavar="R|L|none", help="Mirror every hand to one side: R, L or none \\[default: none]."
     ),
     channels: str | None = typer.Option(
         None,
         "--channels",
+        metavar="SPEC",
         help=(
             "Model input channels: gray, rgb or clahe3, optionally +sobel and/or +laplacian (e.g. gray+sobel) "
             "\\[default: gray]."
@@ -170,6 +177,7 @@ def train_command(
     meta: str | None = typer.Option(
         None,
         "--meta",
+        metavar="SPEC",
         help=(
             "Patient metadata (meta_data.xlsx): none, aux (auxiliary prediction heads), film (decoder conditioning) "
             "or aux+film \\[default: none]."
@@ -200,7 +208,10 @@ def train_command(
         None, "--wrist-margin", help="Wrist box margin, a fraction of the carpal extent per side \\[default: 0.15]."
     ),
     log: str | None = typer.Option(
-        None, "--log", help="Run tracking: tensorboard, wandb (installed and logged in) or none \\[default: none]."
+        None,
+        "--log",
+        metavar="NAME",
+        help="Run tracking: tensorboard, wandb (installed and logged in) or none \\[default: none].",
     ),
     log_images: int | None = typer.Option(
         None, "--log-images", help="Prediction-vs-label overlays logged per validation \\[default: 4]."
