@@ -21,7 +21,8 @@ def _fork_safe_opencv() -> None:
 
 
 class _SingleThreadedOpenCV:
-    """A `sys.meta_path` finder: finds ``cv2`` as the other finders do, then calls ``cv2.setNumThreads(0)`` once it has loaded."""
+    """A `sys.meta_path` finder: finds ``cv2`` as the other finders do, then calls ``cv2.setNumThreads(0)``
+    once it has loaded."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "cv2":
@@ -36,7 +37,7 @@ class _SingleThreadedOpenCV:
             load(module)
             module.setNumThreads(0)
 
-        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        spec.loader.exec_module = exec_module
         return spec
 
 

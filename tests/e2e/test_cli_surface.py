@@ -158,7 +158,11 @@ def test_models_lists_every_registry(capsys):
     assert code == 0 and "dlv3p\t--arch\t= deeplabv3plus\n" in out and "dtbce\t--loss\n" in out
     assert "efficientnet-b4\t--encoder\n" in out and all(1 < len(line.split("\t")) < 4 for line in out.splitlines())
     code, out, err = cli(capsys, "models", "--timm", "")
-    assert code == 2 and not out and one_error(err).endswith("an empty pattern matches no model: give a shell pattern, e.g. 'convnext*'")
+    assert (
+        code == 2
+        and not out
+        and one_error(err).endswith("an empty pattern matches no model: give a shell pattern, e.g. 'convnext*'")
+    )
     code, out, _ = cli(capsys, "--help")
     assert code == 0 and "--install-completion" in out
 

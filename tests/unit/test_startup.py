@@ -29,14 +29,14 @@ for argv in json.loads(sys.argv[1]):
             main(argv)
     except SystemExit as exc:
         code = exc.code
-    print(json.dumps([argv, code, [m for m in %r if m in sys.modules]]))
-""" % (HEAVY,)
+    print(json.dumps([argv, code, [m for m in json.loads(sys.argv[2]) if m in sys.modules]]))
+"""
 
 
 def run_probe(argvs: list[list[str]], cwd: Path, **env: str) -> list[tuple[list[str], int, list[str]]]:
     src = str(Path(__file__).resolve().parents[2] / "src")
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(argvs)],
+        [sys.executable, "-c", PROBE, json.dumps(argvs), json.dumps(HEAVY)],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": src, **env},
         capture_output=True,

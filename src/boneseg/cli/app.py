@@ -17,7 +17,6 @@ from typer.core import TyperCommand, TyperGroup
 from boneseg import __version__
 from boneseg.errors import UsageError, suggest
 
-
 PANELS: dict[str, tuple[str, ...]] = {
     "Data": (
         "data", "gt", "fold", "folds", "splits", "pseudo", "exclude", "cache_dir", "skip_bad", "images",
@@ -120,7 +119,7 @@ class _ReadableHelp:
             self._for_help = False
 
     def collect_usage_pieces(self, ctx) -> list[str]:
-        return [re.sub(r"^\{(.*)\}", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
+        return [re.sub(r"^\{(.*)\}", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]  # type: ignore[misc]
 
 
 class FiniteCommand(_ReadableHelp, TyperCommand):

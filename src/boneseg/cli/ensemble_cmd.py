@@ -91,8 +91,7 @@ def ensemble_command(
     """Ensemble predictions: [bold]hard[/bold] votes over submission CSVs (rows matched by image and class,
     any order, never decoding a mask) or [bold]soft[/bold] weighted means of probability folders."""
     from boneseg.cli.options import parse_size
-    from boneseg.errors import UsageError
-    from boneseg.errors import check_workers
+    from boneseg.errors import UsageError, check_workers
     from boneseg.io import check_output, is_stdout
     from boneseg.workflows import ensemble
 

@@ -23,7 +23,6 @@ DEFAULT_STD = (0.226,)
 summed over its input channels) sees inputs on the scale it was trained on."""
 
 
-
 class InputConfig(Protocol):
     """What the input rule reads from a run's config (a `TrainConfig` or a `Run` has these)."""
 

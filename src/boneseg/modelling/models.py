@@ -36,7 +36,6 @@ SET_BY_BONESEG = ("encoder_name", "encoder_weights", "in_channels", "classes", "
 `model_kwargs`."""
 
 
-
 def resolve_arch(name: str) -> str:
     """The canonical smp architecture name for `name` (alias, canonical or class name, any case).
 
