@@ -1212,6 +1212,10 @@ def _train(config: TrainConfig | dict, reporter: Reporter, stop: StopFlag) -> di
     cfg, saved = resolve_config(config)
     out = Path(cfg.out)
     init = load_init(cfg) if cfg.init_from and saved is None else None  # a resume never re-initialises
+    if saved is None and init is None:  # offline without cached weights: one error now, no run folder
+        from boneseg.modelling.models import fetch_pretrained
+
+        fetch_pretrained(cfg.encoder, cfg.encoder_weights)
     info = D.setup(cfg.device, cfg.dist_timeout)
     try:
         with run_folder(out, cfg, info):

@@ -22,7 +22,7 @@ import segmentation_models_pytorch as smp  # noqa: E402  (after torch)
 import torch
 
 from boneseg.classes import NUM_CLASSES
-from boneseg.errors import BonesegWarning, CheckpointError, UsageError, suggest
+from boneseg.errors import BonesegError, BonesegWarning, CheckpointError, DataError, UsageError, suggest
 from boneseg.names import ARCH_ALIASES, ENCODER_WEIGHTS
 
 ARCHITECTURES: dict[str, type[torch.nn.Module]] = dict(smp.MODEL_ARCHITECTURES_MAPPING)
@@ -110,11 +110,12 @@ def build_model(config: Mapping) -> torch.nn.Module:
     Keys: ``arch``, ``encoder`` (required); ``in_channels`` (default 1), ``classes`` (list of names or a
     count, default 29), ``encoder_weights`` (``imagenet``, ``none`` or a path to a local state dict;
     default none), ``model_kwargs`` (extra smp keyword arguments); ``meta``, ``boundary_head`` and
-    ``boundary_sharpen`` wrap the model in a `boneseg.modelling.heads.AuxModel`. Pretrained downloads go through
-    smp/timm and the Hugging Face cache, so ``HF_HUB_OFFLINE=1`` with a filled cache works offline.
+    ``boundary_sharpen`` wrap the model in a `boneseg.modelling.heads.AuxModel`. Pretrained weights come from
+    the Hugging Face (or torch) cache, downloaded through smp/timm only on a cache miss (`_pretrained`).
 
     Raises:
         UsageError: unknown architecture or encoder, or a combination smp refuses.
+        DataError: pretrained weights neither cached nor downloadable (offline).
         CheckpointError: an encoder-weights file that cannot be loaded.
     """
     arch = resolve_arch(config["arch"])
@@ -129,11 +130,12 @@ def build_model(config: Mapping) -> torch.nn.Module:
         kwargs.setdefault("dynamic_img_size", True)
     if encoder.startswith("tu-swin") and config.get("size"):
         kwargs.setdefault("img_size", int(config["size"]))  # timm's Swin is built for one input size
-    try:
+
+    def create() -> torch.nn.Module:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*encoder_weights.*")
-            model = smp.create_model(
+            return smp.create_model(
                 arch,
                 encoder_name=encoder,
                 encoder_weights=_weights_arg(encoder, weights),
@@ -141,16 +143,13 @@ def build_model(config: Mapping) -> torch.nn.Module:
                 classes=n_classes,
                 **kwargs,
             )
-    except Exception as exc:  # noqa: BLE001 - smp/timm/huggingface_hub raise many types
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        origin = type(exc).__module__ or ""
-        if isinstance(exc, OSError) or origin.startswith(("huggingface_hub", "requests", "urllib3")):
-            raise UsageError(
-                f"--encoder-weights {weights}: cannot fetch pretrained weights for {encoder} ({msg}); "
-                "offline, fill the Hugging Face cache first (HF_HUB_OFFLINE=1 then reads it) "
-                "or pass a local file"
-            ) from None
-        raise UsageError(f"cannot build --arch {arch} with --encoder {encoder}: {msg}") from None
+
+    try:
+        model = _pretrained(create, encoder, weights) if _weights_arg(encoder, weights) else create()
+    except BonesegError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - smp/timm raise many types
+        raise UsageError(f"cannot build --arch {arch} with --encoder {encoder}: {_first_line(exc)}") from None
     if (
         weights is not None
         and _weights_arg(encoder, weights) is None
@@ -161,6 +160,97 @@ def build_model(config: Mapping) -> torch.nn.Module:
     from boneseg.modelling.heads import wrap
 
     return wrap(model, config)
+
+
+def fetch_pretrained(encoder: str, weights) -> None:
+    """Have the pretrained weights `build_model` will load at hand (cached, or downloaded now), so an offline
+    machine hears of it before any other work; nothing for ``none`` or a local file. A failure other than
+    fetching is left to `build_model` to report.
+
+    Raises:
+        DataError: the weights are neither cached nor downloadable.
+    """
+    name = resolve_encoder(encoder)
+    arg = _weights_arg(name, weights)
+    if arg is None:
+        return
+
+    def create() -> torch.nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return smp.encoders.get_encoder(name, in_channels=3, depth=5, weights=arg)
+
+    try:
+        _pretrained(create, name, weights)
+    except BonesegError:
+        raise
+    except Exception:  # noqa: BLE001, S110 - not a fetch failure: build_model names it
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _is_fetch_error(exc: BaseException) -> bool:
+    """A failure to find or download pretrained weights (not a wrong model), from the hub, requests or urllib."""
+    origin = type(exc).__module__ or ""
+    return isinstance(exc, OSError) or origin.startswith(("huggingface_hub", "requests", "urllib", "http"))
+
+
+def _pretrained(create, encoder: str, weights) -> torch.nn.Module:
+    """`create()` with pretrained weights: from the local cache first, without the network; on a cache miss,
+    downloaded only when the hub answers, so an offline machine gets one error at once, not minutes of
+    retries. ``HF_HUB_OFFLINE=1`` keeps to the cache.
+
+    Raises:
+        DataError: the weights are neither cached nor downloadable (the message offers ``--encoder-weights
+            none`` or a local file).
+    """
+    import huggingface_hub.constants as hub
+
+    advice = "train from scratch with --encoder-weights none, or pass a weights file: --encoder-weights PATH"
+    asked_offline = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True
+    try:
+        return create()
+    except Exception as exc:  # noqa: BLE001 - smp/timm/huggingface_hub raise many types
+        if not _is_fetch_error(exc):
+            raise
+    finally:
+        hub.HF_HUB_OFFLINE = asked_offline
+    where = f"--encoder-weights {weights}: the pretrained weights of {encoder} are not in the local cache"
+    if asked_offline:
+        raise DataError(f"{where} (HF_HUB_OFFLINE is set): {advice}")
+    host = _unreachable(hub.ENDPOINT)
+    if host:
+        raise DataError(f"{where} and {host} cannot be reached (offline?): {advice}")
+    try:
+        return create()
+    except Exception as exc:  # noqa: BLE001
+        if not _is_fetch_error(exc):
+            raise
+        raise DataError(
+            f"--encoder-weights {weights}: cannot download {encoder}'s weights ({_first_line(exc)}): {advice}"
+        ) from None
+
+
+def _unreachable(endpoint: str, timeout: float = 5.0) -> str | None:
+    """The hub's host name when no connection to it opens within `timeout` seconds (a name that does not
+    resolve fails at once), else None. Behind a proxy (``HTTPS_PROXY``…) the proxy decides: None."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    url = urllib.parse.urlsplit(endpoint)
+    host = url.hostname or endpoint
+    if urllib.request.getproxies().get(url.scheme or "https"):
+        return None
+    try:
+        socket.create_connection((host, url.port or (80 if url.scheme == "http" else 443)), timeout=timeout).close()
+    except OSError:
+        return host
+    return None
 
 
 def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:

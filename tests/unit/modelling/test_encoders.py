@@ -82,3 +82,29 @@ def test_models_timm_pattern_matching_nothing_says_what_a_pattern_is(capsys):
 
     code, _, err = cli(capsys, "models", "--timm", "convnext.*")
     assert code == 0 and "none match 'convnext.*': a shell pattern" in re.sub(r"[\s│]+", " ", err)
+
+
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "unreachable hub"])
+def test_missing_pretrained_weights_offline_is_one_line_at_once(how, tmp_path, monkeypatch, capsys):
+    """Default `--encoder-weights imagenet` with an empty cache and no network: one `Error:` line before any
+    data work (no hub retries), exit 1 (environment, not usage), the way out named, no run folder."""
+    import huggingface_hub.constants as hub
+    from util import cli, error_line, write_dataset
+
+    data = write_dataset(tmp_path / "data", patients=2)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    if how == "HF_HUB_OFFLINE":
+        monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    else:  # the real path: the cache misses, the hub's name does not resolve (.invalid never does)
+        monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hub, "ENDPOINT", "https://hub.boneseg.invalid")
+        for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(proxy, raising=False)
+    args = ["train", data, "--arch", "unet", "--encoder", "resnet18", "--size", "64", "--epochs", "1"]
+    code, _, err = cli(capsys, *args, "--device", "cpu", "--workers", "0", "-o", tmp_path / "run")
+    line = error_line(err)
+    assert code == 1 and err.strip() == line and "Retry" not in err, err
+    assert line.startswith("Error: --encoder-weights imagenet: the pretrained weights of resnet18 are not in")
+    assert "--encoder-weights none" in line and "--encoder-weights PATH" in line
+    assert ("HF_HUB_OFFLINE is set" if how == "HF_HUB_OFFLINE" else "hub.boneseg.invalid cannot be reached") in line
+    assert not (tmp_path / "run").exists()
