@@ -35,6 +35,14 @@ def test_cli_prints_steps_and_per_class_table(demo_dir):
     assert "report/index.html (open it in a browser)" in output
 
 
+def test_tta_step_prints_each_policy_score(demo_dir):
+    out, output = demo_dir
+    tta = json.loads((out / "summary.json").read_text())["tta"]
+    lines = [line.split() for line in output.splitlines() if "mean Dice" in line]
+    assert {words[0]: words[3] for words in lines} == {name: f"{d:.4f}" for name, d in tta["policies"].items()}
+    assert [words[0] for words in lines if "best:" in words] == [tta["best"]]
+
+
 def test_report_opens_in_chromium(demo_dir):
     """The demo's report works in headless Chromium: its validation images in the gallery, no errors."""
     out, _ = demo_dir

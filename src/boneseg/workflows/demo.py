@@ -230,6 +230,11 @@ def run_demo(
                 search=None,
                 reporter=reporter,
             )
+            for name, scores in report.policies.items():
+                best = "  <- best: predicts" if name == report.best else ""
+                reporter.message(
+                    f"   {name:<{max(map(len, report.policies))}}  mean Dice {scores['mean_dice']:.4f}{best}"
+                )
         with step("predict", f"validation fold and test set with TTA {report.best}"):
             from boneseg.inference import predict
 
