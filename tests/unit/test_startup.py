@@ -105,3 +105,79 @@ def test_the_light_names_are_the_registries_names():
     if version("segmentation-models-pytorch") != names.SMP_VERSION:
         pytest.skip(f"names recorded for smp {names.SMP_VERSION}; smp_names() asks smp itself here")
     assert (names.SMP_ARCHITECTURES, names.SMP_ENCODERS) == live == names.smp_names()
+
+
+# -- Ctrl-C before and after the work: simulated by raising KeyboardInterrupt where it would land ----------
+
+INTERRUPT_IMPORT = """
+import sys
+MODULE = sys.argv[1]
+class Interrupt:  # Ctrl-C while MODULE is being imported
+    def find_spec(self, name, path=None, target=None):
+        if name == MODULE:
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["boneseg", *sys.argv[2:]]
+from boneseg.cli import main
+main()
+"""
+
+
+def run_boneseg(code: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "module, args, line",
+    [
+        ("rich.console", ["--version"], "Error: interrupted"),  # the command line itself loading
+        ("boneseg.submission", ["check", "a.csv"], "Error: check interrupted; no output was written; rerun the same command"),
+    ],
+)  # fmt: skip
+def test_ctrl_c_while_loading_is_one_line(module, args, line, tmp_path):
+    done = run_boneseg(INTERRUPT_IMPORT, module, *args, cwd=tmp_path)
+    assert (done.returncode, done.stderr, done.stdout) == (130, line + "\n", ""), done.stderr
+
+
+def test_late_ctrl_c_keeps_the_commands_exit_code(tmp_path, capsys, monkeypatch):
+    """A Ctrl-C after the command finished (here: while stdout is flushed) does not turn it into a failure."""
+    from util import cli
+
+    (tmp_path / "a.csv").write_text("image_name,class,rle\n" + "".join(f"a.png,{c},1 5\n" for c in CLASSES))
+    (tmp_path / "bad.csv").write_text("image_name,class,rle\n")
+
+    flush = sys.stdout.flush
+    pending = []
+
+    def interrupted_flush():  # the first flush after the command ran meets a Ctrl-C
+        if pending:
+            pending.pop()
+            raise KeyboardInterrupt
+        flush()
+
+    monkeypatch.setattr(sys.stdout, "flush", interrupted_flush)
+    for name, expected in (("a.csv", 0), ("bad.csv", 1)):
+        pending.append(True)
+        try:
+            code, _, err = cli(capsys, "check", tmp_path / name)
+        except KeyboardInterrupt:
+            pytest.fail("a Ctrl-C after the command finished escaped main()")
+        assert not pending
+        assert code == expected and "Warning: interrupted after check had finished" in err, err
+        assert "Error:" not in err and "Traceback" not in err
+
+
+def test_ctrl_c_during_the_exit_of_a_finished_command_is_ignored(tmp_path):
+    """The `boneseg` program ignores Ctrl-C once its command has finished (here: one sent from an exit hook)."""
+    (tmp_path / "a.csv").write_text("image_name,class,rle\n" + "".join(f"a.png,{c},1 5\n" for c in CLASSES))
+    code = (
+        "import atexit, os, signal, sys\n"
+        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+        "sys.argv = ['boneseg', 'check', 'a.csv']\n"
+        "from boneseg.cli import main\n"
+        "main()\n"
+    )
+    done = run_boneseg(code, cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (0, "valid: a.csv\n"), done.stderr

@@ -12,29 +12,33 @@ import traceback
 import typing
 import warnings
 
-import typer
+try:  # a Ctrl-C while the command line loads: one line, not a traceback
+    import typer
 
-from boneseg.cli import (  # noqa: F401  (each module registers its commands on `app`)
-    analyze_cmd,
-    audit_cmd,
-    check_cmd,
-    demo_cmd,
-    eda_cmd,
-    ensemble_cmd,
-    export_cmd,
-    models_cmd,
-    oof_cmd,
-    predict_cmd,
-    pseudo_cmd,
-    report_cmd,
-    select_cmd,
-    split_cmd,
-    synth_cmd,
-    train_cmd,
-    tta_cmd,
-)
-from boneseg.cli.app import app, state
-from boneseg.errors import BonesegError, BonesegWarning, quote, suggest
+    from boneseg.cli import (  # noqa: F401  (each module registers its commands on `app`)
+        analyze_cmd,
+        audit_cmd,
+        check_cmd,
+        demo_cmd,
+        eda_cmd,
+        ensemble_cmd,
+        export_cmd,
+        models_cmd,
+        oof_cmd,
+        predict_cmd,
+        pseudo_cmd,
+        report_cmd,
+        select_cmd,
+        split_cmd,
+        synth_cmd,
+        train_cmd,
+        tta_cmd,
+    )
+    from boneseg.cli.app import app, state
+    from boneseg.errors import BonesegError, BonesegWarning, quote, suggest
+except KeyboardInterrupt:
+    print("Error: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 __all__ = ["app", "main"]
 
@@ -47,33 +51,29 @@ _OUTPUTS = ("out", "output", "save_probs", "thresholds_out", "per_class_out")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning every failure into one ``Error: …`` line on stderr."""
+    """Entry point: run the app, turning every failure into one ``Error: …`` line on stderr.
+
+    Without `argv` (the ``boneseg`` program itself), a Ctrl-C or SIGTERM once the command has finished is
+    ignored: its output is complete and the exit code stays the command's."""
+    own_process = argv is None
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     if "--debug" in argv:
         state["debug"] = True
-    state["command"] = None
-    _terminate_like_ctrl_c()
-    command = typer.main.get_command(app)
-    command._main_shell_completion({}, "boneseg")  # exits when the shell asks for completions
+    state.update(command=None, finished=None)
+    command = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", BonesegWarning)
-            warnings.showwarning = _show_warning
-            with command.make_context("boneseg", argv) as ctx:
-                command.invoke(ctx)
-            sys.stdout.flush()
-        sys.exit(0)
-    except typer.Exit as exc:
-        sys.stdout.flush()
-        sys.exit(exc.exit_code)
-    except getattr(_click, "NoArgsIsHelpError", ()) as exc:  # bare `boneseg`: the help, not an error
-        print(exc.ctx.get_help())
-        sys.exit(0)
+        _terminate_like_ctrl_c()
+        command = typer.main.get_command(app)
+        command._main_shell_completion({}, "boneseg")  # exits when the shell asks for completions
+        code = _invoke(command, argv, own_process)
     except _click.ClickException as exc:
         _fail(_usage_message(exc), exc.exit_code)
     except BonesegError as exc:
         _fail(str(exc), exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
+        if state["finished"] is not None:  # after the command returned: its outputs are in place
+            print(f"Warning: interrupted after {state['command'] or 'the command'} had finished", file=sys.stderr)
+            sys.exit(state["finished"])
         _fail(_interrupted(command, argv), 130)
     except MemoryError:
         _fail("out of memory", 1)
@@ -90,6 +90,30 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{where}{exc.strerror or exc}", 1)
     except Exception as exc:  # an unexpected failure still gets one line unless --debug
         _fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+    sys.exit(code)
+
+
+def _invoke(command, argv: list[str], own_process: bool) -> int:
+    """Run the command line; its exit code once it has finished (recorded in ``state["finished"]``)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", BonesegWarning)
+            warnings.showwarning = _show_warning
+            with command.make_context("boneseg", argv) as ctx:
+                command.invoke(ctx)
+        code = 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except getattr(_click, "NoArgsIsHelpError", ()) as exc:  # bare `boneseg`: the help, not an error
+        if exc.format_message():  # rich help is printed as the exception is made; plain text is not
+            print(exc.format_message())
+        code = 0
+    state["finished"] = code
+    if own_process and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):  # through the flush and the interpreter's exit
+            signal.signal(signum, signal.SIG_IGN)
+    sys.stdout.flush()
+    return code
 
 
 def _usage_message(exc: typing.Any) -> str:
@@ -112,7 +136,7 @@ def _usage_message(exc: typing.Any) -> str:
 def _interrupted(command, argv: list[str]) -> str:
     """What an interrupted command leaves behind and how to continue, from its own options."""
     name = state["command"]
-    if name is None:
+    if name is None or command is None:
         return "interrupted"
     if name == "train":  # a second Ctrl-C: the step in flight is lost, the previous last.pt is not
         return "train interrupted; the previous last.pt (if any) is kept: continue with the same command plus --resume"

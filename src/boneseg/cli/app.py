@@ -195,7 +195,11 @@ app = _App(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-state: dict[str, typing.Any] = {"debug": os.environ.get("BONESEG_DEBUG", "") not in ("", "0"), "command": None}
+state: dict[str, typing.Any] = {
+    "debug": os.environ.get("BONESEG_DEBUG", "") not in ("", "0"),
+    "command": None,
+    "finished": None,  # the exit code once the command has finished
+}
 
 
 def _version(value: bool) -> None:
