@@ -133,7 +133,8 @@ def run_boneseg(code: str, *args: str, cwd: Path) -> subprocess.CompletedProcess
     "module, args, line",
     [
         ("rich.console", ["--version"], "Error: interrupted"),  # the command line itself loading
-        ("boneseg.submission", ["check", "a.csv"], "Error: check interrupted; no output was written; rerun the same command"),
+        ("boneseg.submission", ["check", "a.csv"], "Error: check interrupted; no output was written; rerun the same"
+                                                   " command"),
     ],
 )  # fmt: skip
 def test_ctrl_c_while_loading_is_one_line(module, args, line, tmp_path):
