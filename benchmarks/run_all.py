@@ -28,6 +28,7 @@ CPU_BENCHMARKS = [
     ("bench_predict", "Prediction: time and peak memory vs the notebook way"),
     ("bench_ensemble", "Hard voting of 5 submissions (288 images)"),
     ("bench_analyze", "Analysis: Dice and model similarity on RLE"),
+    ("bench_startup", "Start-up of the command line"),
 ]
 
 
