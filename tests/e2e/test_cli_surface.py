@@ -46,6 +46,10 @@ def test_usage_error_matrix(name, capsys):
         assert code == 2 and "missing argument" in line and required[0].metavar in line
     code, out, _ = cli(capsys, name, "--help")
     assert code == 0 and "Usage" in out and "<bool>" not in out
+    # placeholders read like the docs (N, X, PATH, FILE, RUN …), not Python types or {ARGUMENT}
+    assert not re.search(r"<(int|str|float|path|list|bool|text)\b[^>]*>", out), out
+    usage = next(line for line in out.splitlines() if "Usage:" in line)
+    assert "{" not in usage, usage
 
 
 @pytest.mark.parametrize(
@@ -115,6 +119,16 @@ def test_ensemble_out_and_old_output_alias(tmp_path, capsys):
         assert "Warning: a hard vote over 2 inputs keeps only the pixels both predict" in err  # item 7
     _, out, _ = cli(capsys, "ensemble", "--help")
     assert "--output" not in out and "PRED.csv|PROBDIR" in out
+
+
+def test_long_help_is_grouped_into_panels(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    _, out, _ = cli(capsys, "train", "--help")
+    panels = re.findall(r"╭─ (.+?) ─", out)
+    assert panels[:4] == ["Arguments", "Data", "Model", "Loss"] and "Hardware" in panels, panels
+    assert len(out.splitlines()) < 200  # 297 lines in one panel before
+    _, out, _ = cli(capsys, "check", "--help")
+    assert re.findall(r"╭─ (.+?) ─", out) == ["Arguments", "Options"]  # a short command: one panel
 
 
 def test_help_texts_match_behaviour(capsys):
