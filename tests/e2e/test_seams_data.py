@@ -60,6 +60,21 @@ def test_eda_reports_labels_for_another_size(data, capsys):
     assert "128x128" in detail and "64x64" in detail
 
 
+def test_labels_drawn_for_a_smaller_image_are_refused_by_train_and_left_out_by_skip_bad(data, tmp_path, capsys):
+    """The top-left-quarter rule eda reports lives in the label reader: train refuses such a label with the
+    --skip-bad hint, and --skip-bad leaves it out with a warning naming it."""
+    image, label = _images(data)[2], _labels(data)[2]
+    cv2.imwrite(str(image), np.full((128, 128), 90, np.uint8))  # the labels were drawn at 64²
+    args = ["train", data, *TINY, "--cache-dir", tmp_path / "cache", "--max-steps", "1"]
+    code, _, err = cli(capsys, *args, "--out", tmp_path / "run")
+    line = error_line(err)
+    assert code == 1 and label.name in line and "top-left quarter of the 128x128 image" in line, line
+    assert "--skip-bad" in line and not (tmp_path / "run" / "last.pt").exists()
+    code, _, err = cli(capsys, *args, "--skip-bad", "--out", tmp_path / "run2")
+    assert code == 0, err
+    assert "left out 1 sample(s)" in err and label.name in err
+
+
 def test_train_refuses_labels_for_another_size_and_skip_bad_leaves_them_out(data, tmp_path, capsys):
     label = _labels(data)[1]
     _declare_size(label, 128, 128)

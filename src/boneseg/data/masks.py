@@ -54,9 +54,9 @@ def load_label(path: str | os.PathLike, shape: tuple[int, int] | None = None, st
 
     Raises `DataError` (naming the file) for malformed JSON, a missing ``annotations`` list, unknown class
     names, duplicate classes, polygons with fewer than 3 points, non-numeric points, and (given `shape` =
-    (H, W)) points outside the image or a size in the file (``metadata``, see `_SIZE_KEYS`) other than
-    `shape`. Missing classes are not errors: they are listed in ``problems``
-    and give empty masks. With ``strict=False`` the fatal problems are collected in ``problems`` too and the
+    (H, W)) points outside the image, a size in the file (``metadata``, see `_SIZE_KEYS`) other than
+    `shape`, or polygons that all lie in the image's top-left quarter (`drawn_smaller`). Missing classes
+    are not errors: they are listed in ``problems`` and give empty masks. With ``strict=False`` the fatal problems are collected in ``problems`` too and the
     offending polygons dropped.
     """
     path = Path(path)
@@ -110,10 +110,24 @@ def load_label(path: str | os.PathLike, shape: tuple[int, int] | None = None, st
                 fatal.append(f"class {name!r}: points outside the {w}x{h} image")
                 continue
         polygons[name] = np.round(pts).astype(np.int32)
+    if shape is not None and drawn_smaller(polygons, shape):
+        fatal.append(
+            f"every polygon lies in the top-left quarter of the {shape[1]}x{shape[0]} image "
+            "(labels for a smaller image?)"
+        )
     if fatal and strict:
         raise DataError(f"{path}: {fatal[0]}" + (f" (and {len(fatal) - 1} more problem(s))" if len(fatal) > 1 else ""))
     problems = fatal + [f"missing class {c!r}" for c in CLASSES if c not in polygons]
     return Label(path, polygons, problems)
+
+
+def drawn_smaller(polygons: dict[str, np.ndarray], shape: tuple[int, int]) -> bool:
+    """True when three or more polygons all lie within the top-left quarter of an image of `shape` (H, W): a
+    hand fills more of its frame than that, so the labels were likely drawn on a smaller image."""
+    if len(polygons) < 3:
+        return False
+    top = np.concatenate(list(polygons.values())).max(axis=0)
+    return bool(top[0] < shape[1] / 2 and top[1] < shape[0] / 2)
 
 
 def _json_type(value: object) -> str:

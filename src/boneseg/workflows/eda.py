@@ -246,16 +246,9 @@ def _problem_kind(text: str) -> str:
         return "out_of_image"
     if text.startswith("label is for a"):
         return "size_mismatch"
+    if text.startswith("every polygon lies in the top-left quarter"):
+        return "wrong_scale"
     return "invalid_annotation"
-
-
-def _top_left_only(polygons: dict[str, np.ndarray], shape: tuple[int, int]) -> bool:
-    """True when three or more polygons all lie within the top-left quarter of the image (a hand fills
-    more of its frame than that: the labels were likely drawn on a half-size image)."""
-    if len(polygons) < 3:
-        return False
-    top = np.concatenate(list(polygons.values())).max(axis=0)
-    return bool(top[0] < shape[1] / 2 and top[1] < shape[0] / 2)
 
 
 def _class_of(text: str) -> str | None:
@@ -327,17 +320,6 @@ def run_eda(
                 continue  # already reported as the reason the polygon was dropped
             report.problems.append(
                 {"image": sample.name, "class": _class_of(text), "kind": _problem_kind(text), "detail": text}
-            )
-        if _top_left_only(label.polygons, image.shape):
-            report.problems.append(
-                {
-                    "image": sample.name,
-                    "class": None,
-                    "kind": "wrong_scale",
-                    "detail": f"every polygon lies in the top-left quarter of the "
-                    f"{image.shape[1]}x{image.shape[0]} image (labels for a smaller "
-                    f"image?)",
-                }
             )
         for name, pts in label.polygons.items():
             crossings = self_intersections(pts)
