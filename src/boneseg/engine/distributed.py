@@ -110,6 +110,15 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def all_gather(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Every rank's `tensor` stacked in rank order (shape ``(world_size, *tensor.shape)``) on every rank."""
+    if not info.enabled:
+        return tensor.unsqueeze(0).clone()
+    parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.stack(parts)
+
+
 def all_reduce_min(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Minimum of `tensor` over ranks in place (no-op on one process); returns it."""
     if info.enabled:

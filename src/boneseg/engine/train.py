@@ -667,6 +667,8 @@ class State:
     criterion: Any = None
     device: torch.device = torch.device("cpu")
     world_size: int = 1  # processes training together: each step's images and the schedule depend on it
+    rank: int = 0
+    rank_losses: torch.Tensor | None = None  # (world_size, 2) float64: every rank's partial loss sum and count
 
     def eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -728,6 +730,7 @@ def checkpoint(st: State, full: bool) -> dict:
                 "batch": st.batch,
                 "loss_sum": st.loss_sum.detach().cpu() if st.loss_sum is not None else None,
                 "loss_count": st.loss_count,
+                "rank_losses": st.rank_losses.cpu() if st.rank_losses is not None else None,
                 "best": st.best,
                 "best_epoch": st.best_epoch,
                 "history": st.history,
@@ -784,6 +787,10 @@ def restore(st: State, saved: dict) -> None:
     ls = saved.get("loss_sum")
     st.loss_sum = ls.to(st.device) if ls is not None else None
     st.loss_count = int(saved["loss_count"])
+    every = saved.get("rank_losses")  # each rank's own partial sums (older checkpoints: rank 0's only)
+    if every is not None and len(every) == st.world_size:
+        st.loss_sum = every[st.rank, 0].clone().to(st.device)
+        st.loss_count = int(every[st.rank, 1].item())
     st.best, st.best_epoch, st.history = float(saved["best"]), int(saved["best_epoch"]), list(saved["history"])
     st.tracker_ids = dict(saved.get("tracker_ids") or {})
     _set_rng_state(saved["rng"])
@@ -889,7 +896,18 @@ def build_state(
             stacklevel=2,
         )
     ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
-    return State(cfg, model, net, optimizer, schedule, scaler, ema, device=info.device, world_size=info.world_size)
+    return State(
+        cfg,
+        model,
+        net,
+        optimizer,
+        schedule,
+        scaler,
+        ema,
+        device=info.device,
+        world_size=info.world_size,
+        rank=info.rank,
+    )
 
 
 def _amp(cfg: TrainConfig, info: D.DistInfo) -> bool:
@@ -1025,6 +1043,17 @@ def _epoch_steps(
             if D.any_rank(wants, info):
                 return st.batch < n_batches
     return False
+
+
+def _gather_losses(st: State, info: D.DistInfo) -> torch.Tensor | None:
+    """Every rank's partial loss sum and count of the unfinished epoch, for ``last.pt`` (a collective):
+    each rank resumes its own, so the resumed epoch's ``train_loss`` is the uninterrupted run's."""
+    if st.loss_sum is None:
+        return None
+    own = torch.stack(
+        [st.loss_sum.double(), torch.tensor(float(st.loss_count), dtype=torch.float64, device=info.device)]
+    )
+    return D.all_gather(own, info)
 
 
 @torch.no_grad()
@@ -1329,8 +1358,10 @@ def _run(
             if stop.signal is not None or (cfg.max_steps is not None and st.step >= cfg.max_steps):
                 stopped = not done
                 break
-        if stopped and info.is_main:
-            write_outputs(st, out, best=False)
+        if stopped:
+            st.rank_losses = _gather_losses(st, info)
+            if info.is_main:
+                write_outputs(st, out, best=False)
         if st.epoch < cfg.epochs and _patience_spent(st):
             reporter.message(
                 f"early stop (--patience {cfg.patience}): no better val Dice in {cfg.patience} "
