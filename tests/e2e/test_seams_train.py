@@ -268,6 +268,21 @@ def test_config_values_reach_losses_and_heads(data, tmp_path, monkeypatch):
     assert (model.sharpen, model.meta_mode, config["distance_clip"]) == (0.25, "aux", 5)
 
 
+def test_resume_of_a_finished_run_with_a_new_boundary_sharpen_reaches_predict(data, tmp_path):
+    """--boundary-sharpen given to a resume is written into best.pt and last.pt as well as config.json:
+    predict (which reads the checkpoint) uses the new value, not the one the run started with."""
+    from boneseg.engine.checkpoint import load_checkpoint, load_model
+
+    run = tmp_path / "run"
+    opts = {"folds": 2, "aug": "none", "boundary_head": 0.5}
+    train(tiny_config(data, run, boundary_sharpen=0.25, **opts))
+    summary = train({"out": str(run), "resume": True, "boundary_sharpen": 0.0, "workers": 0, "device": "cpu"})
+    assert summary["steps"] == load_checkpoint(run / "last.pt")["step"]  # finished: nothing trained
+    assert load_model(run)[0].sharpen == 0.0
+    assert [load_checkpoint(run / n)["config"]["boundary_sharpen"] for n in ("best.pt", "last.pt")] == [0.0, 0.0]
+    assert json.loads((run / "config.json").read_text())["boundary_sharpen"] == 0.0
+
+
 # -- 5. nothing half-written ---------------------------------------------------------------------------
 
 

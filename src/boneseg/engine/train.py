@@ -217,6 +217,8 @@ RUNTIME = (
 )
 # Saved with the run, but a resume may change them: where the data lives, the inference-time sharpening.
 CHANGEABLE_ON_RESUME = ("data", "boundary_sharpen")
+# Of those, the ones inference reads from a checkpoint: a resume that changes one rewrites the checkpoints too.
+INFERENCE_ON_RESUME = ("boundary_sharpen",)
 
 
 # -- validation of options -----------------------------------------------------------------------
@@ -1258,6 +1260,25 @@ def _train(config: TrainConfig | dict, reporter: Reporter, stop: StopFlag) -> di
         D.cleanup(info)
 
 
+def _write_inference_changes(out: Path, cfg: TrainConfig, saved: dict, reporter: Reporter) -> None:
+    """A resume that changes an inference option (`INFERENCE_ON_RESUME`) writes it into ``best.pt`` and
+    ``last.pt`` too, before ``config.json``: `predict` reads the checkpoint, so a finished run resumed with
+    ``--boundary-sharpen 0`` predicts without sharpening, as its config says."""
+    new = cfg.to_dict()
+    changed = {k: new[k] for k in INFERENCE_ON_RESUME if k in new and saved.get(k) != new[k]}
+    if not changed:
+        return
+    written = []
+    for name in (BEST, LAST):
+        if (out / name).is_file():
+            state = load_checkpoint(out / name)
+            state["config"] = dict(state["config"], **changed)
+            save_checkpoint(out / name, state)
+            written.append(name)
+    settings = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in changed.items())
+    reporter.message(f"--resume: {settings} (written to {', '.join(written)} and {CONFIG})")
+
+
 def _patience_spent(st: State) -> bool:
     """``--patience N``: N validations since the best one (counted from the history a checkpoint keeps,
     so a resumed run stops where an uninterrupted one does)."""
@@ -1298,6 +1319,8 @@ def _run(
     last_step = min(cfg.epochs * steps_per_epoch, cfg.max_steps if cfg.max_steps is not None else math.inf)
     pace = Pace(st.step, last_step, reporter, info.device.type == "cpu") if info.is_main else None
     if info.is_main:
+        if saved is not None:
+            _write_inference_changes(out, cfg, saved["config"], reporter)
         write_json(out / CONFIG, cfg.to_dict(), force=True)
     from boneseg.engine.tracking import make_tracker, overlays
 
