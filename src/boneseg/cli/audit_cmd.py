@@ -49,7 +49,9 @@ def audit_command(
     n = len(result.suspects)
     console.print(
         table(
-            f"{n} suspect label(s) in {len(result.images)} images (score >= {min_score:g}), most suspect first",
+            f"{n} suspect label(s) in {len(result.images)} images (score >= {min_score:g}), most suspect first"
+            + (f"; predictions' mean Dice {result.mean_dice:.3f}" if result.mean_dice is not None else "")
+            + (" (too weak to rank labels)" if result.weak else ""),
             ["image", "class", "kind", "score"],
             [[s["image_name"], s["class"], s["kind"], f"{s['score']:.1f}"] for s in result.suspects[:top]],
         )

@@ -14,14 +14,17 @@ that explains it best:
   1 - that probability, times the label's area / the class median (at most 1);
 * ``geometry``, from the label alone: the area beyond its largest component (two distant pieces), the
   area a self-intersecting outline gets wrong (filled area vs. its signed area), a polygon under a tenth
-  of the class's median area, or a finger bone on the wrong side of its neighbours in its row (1).
+  of the class's median area, or a finger bone on the wrong side of its neighbours in its row along the
+  label's own index-to-little-finger axis (1; of two bones out of order, the one the model agrees with
+  less is named).
 
 Scores are robust z-scores per class: ``(evidence - median) / spread`` with the median and spread
 (1.4826 * MAD, at least `MIN_SPREAD`) of the disagreement evidence of that class over all audited images.
 The boundary distance and the area ratio (both ways: ``|z|``) are scored against their own per-class median
 and spread, and so is ``geometry``, which does not depend on the model. A score therefore reads the same for
 every kind and class: how many of the class's usual spreads beyond its usual value. Pairs scoring at least
-``min_score`` are suspects, listed most suspect first with the kind of their highest score.
+``min_score`` are suspects, listed most suspect first with the kind of their highest score. Predictions
+whose mean Dice against the labels is below `WEAK_DICE` are too weak to rank labels: a warning says so.
 """
 
 from __future__ import annotations
@@ -70,6 +73,13 @@ FINGER_ROWS = (
     ("finger-3", "finger-7", "finger-11", "finger-15", "finger-19"),
 )
 """Finger bones side by side, thumb to little finger: distal, middle, proximal phalanges, metacarpals."""
+INDEX_FINGER = ("finger-4", "finger-5", "finger-6", "finger-7")
+LITTLE_FINGER = ("finger-16", "finger-17", "finger-18", "finger-19")
+"""The rows' axis runs from the centre of the labelled index finger's bones to the little finger's: from the
+label alone, and one swapped bone moves an end by a quarter of its share only."""
+WEAK_DICE = 0.5
+"""Below this mean Dice between the predictions and the labels, the predictions are too weak to rank labels:
+their own errors outnumber the labels'."""
 
 
 @dataclass
@@ -87,6 +97,12 @@ class AuditResult:
     ratio_spread: np.ndarray
     suspects: list[dict] = field(default_factory=list)
     min_score: float = 3.5
+    mean_dice: float | None = None  # of the predictions against the labels, over the labelled pairs
+
+    @property
+    def weak(self) -> bool:
+        """Whether the predictions are too weak to rank the labels (mean Dice below `WEAK_DICE`)."""
+        return self.mean_dice is not None and self.mean_dice < WEAK_DICE
 
     def to_json(self) -> dict:
         counts = {k: sum(s["kind"] == k for s in self.suspects) for k in KINDS}
@@ -94,6 +110,8 @@ class AuditResult:
             "images": len(self.images),
             "pairs": len(self.images) * NUM_CLASSES,
             "min_score": self.min_score,
+            "mean_dice": _num(self.mean_dice) if self.mean_dice is not None else None,
+            "weak_predictions": self.weak,
             "suspects": len(self.suspects),
             "by_kind": counts,
             "classes": {
@@ -215,6 +233,11 @@ def _centre(mask: np.ndarray) -> np.ndarray | None:
     return np.array([xs.mean(), ys.mean()]) if len(xs) else None
 
 
+def _mean_centre(centres: dict[str, np.ndarray | None], names: tuple[str, ...]) -> np.ndarray | None:
+    found = [centres[c] for c in names if centres.get(c) is not None]
+    return np.mean(found, axis=0) if found else None
+
+
 def measure_image(
     gt: np.ndarray, pred: np.ndarray, prob: np.ndarray, polygons: dict[str, np.ndarray], scale: float
 ) -> dict[str, np.ndarray]:
@@ -234,11 +257,8 @@ def measure_image(
     for name, pts in polygons.items():
         twist[CLASS_INDEX[name]] = twist_fraction(pts, ga[CLASS_INDEX[name]] / scale**2)
     centres = {c: _centre(gt[CLASS_INDEX[c]]) for row in FINGER_ROWS for c in row}
-    ends = [_centre(pred[CLASS_INDEX[c]]) for c in ("finger-7", "finger-19")]
-    if any(e is None for e in ends):
-        ends = [centres["finger-7"], centres["finger-19"]]
+    first, last = (_mean_centre(centres, finger) for finger in (INDEX_FINGER, LITTLE_FINGER))
     order = np.zeros(NUM_CLASSES)
-    first, last = ends
     if first is not None and last is not None:
         wrong = out_of_row(
             {c: v for c, v in centres.items() if v is not None},
@@ -349,6 +369,16 @@ def audit(
         rows.append(measure_image(gt, pred_masks, prob, polygons, f))
         scales.append(f)
     m = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    labelled = m["label_area"] > 0
+    mean_dice = float(m["dice"][labelled].mean()) if labelled.any() else None
+    if mean_dice is not None and mean_dice < WEAK_DICE:
+        warnings.warn(
+            f"{pred}: the predictions match the labels poorly (mean Dice {mean_dice:.3f}, below {WEAK_DICE}): too "
+            "weak to rank labels, the suspects are mostly the model's own errors; use a trained model's "
+            "out-of-fold predictions (boneseg oof)",
+            BonesegWarning,
+            stacklevel=2,
+        )
     evidence, z, (center, spread, dcenter, dspread, rcenter, rspread) = score(m, np.array(scales))
     best = z.max(0)
     kind = z.argmax(0)
@@ -373,7 +403,18 @@ def audit(
         suspects.append(entry)
     names = [s.image_name for s in audited]
     return AuditResult(
-        names, evidence, m["distance"], center, spread, dcenter, dspread, rcenter, rspread, suspects, min_score
+        names,
+        evidence,
+        m["distance"],
+        center,
+        spread,
+        dcenter,
+        dspread,
+        rcenter,
+        rspread,
+        suspects,
+        min_score,
+        mean_dice,
     )
 
 

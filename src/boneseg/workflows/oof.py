@@ -63,15 +63,30 @@ def assign_folds(runs: Sequence[Run], samples: Sequence[Sample]) -> list[list[Sa
     missing = [s.name for s in samples if s.name not in owner]
     if missing:
         folds = sorted({r.fold for r in runs})
+        k = fold_count(runs[0], samples)
         reason = (
             "images added to the dataset since training? (every fold is given)"
-            if folds == list(range(runs[0].config.folds))
-            else f"a fold is missing (runs given for fold {', '.join(map(str, folds))} of {runs[0].config.folds})"
+            if folds == list(range(k))
+            else f"a fold is missing (runs given for fold {', '.join(map(str, folds))} of {k})"
         )
         raise DataError(
             f"no run validates {len(missing)} of the {len(samples)} train images (e.g. {missing[0]}): {reason}"
         )
     return parts
+
+
+def fold_count(run: Run, samples: Sequence[Sample]) -> int:
+    """How many folds `run`'s cross-validation has: its splits file's, else the ``--folds`` it trained with
+    (at most one per patient, as training makes them)."""
+    if run.splits:
+        from boneseg.data.split import load_splits
+        from boneseg.errors import BonesegError
+
+        try:
+            return int(load_splits(run.splits)["folds"])
+        except (BonesegError, OSError):  # the file moved since training: its fold count as trained is unknown
+            pass
+    return min(run.config.folds, len({s.patient for s in samples}))
 
 
 def _same_folder(a: str, b: str) -> bool:

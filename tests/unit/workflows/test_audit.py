@@ -117,6 +117,43 @@ def test_audit_ranks_the_injected_errors_first(phantoms, tmp_path, capsys):
     assert code == 1 and "--force" in error_line(err)
 
 
+def _truth_csv(clean: Path, out: Path, change) -> Path:
+    """The clean phantom's true masks as predictions, each image's stack passed through `change(i, masks)`."""
+    with SubmissionWriter(out) as w:
+        for i, s in enumerate(discover(clean)):
+            shape = png_shape(s.image)
+            w.write_masks(s.image_name, change(i, rasterize(load_label(s.label, shape).polygons, shape)))
+    return out
+
+
+def test_geometry_comes_from_the_label_and_weak_predictions_are_said(phantoms, tmp_path, capsys):
+    """A prediction that puts the index and little metacarpals the other way round on one image does not make
+    its clean finger rows `geometry` suspects (the rows' axis is the label's own); predictions far from the
+    labels (mean Dice below 0.5) are said to be too weak to rank, in a warning and in audit.json."""
+    from boneseg import CLASSES
+
+    a, b = CLASSES.index("finger-7"), CLASSES.index("finger-19")
+
+    def swap_ends(i, masks):
+        if i == 0:
+            masks[[a, b]] = masks[[b, a]]
+        return masks
+
+    pred = _truth_csv(phantoms / "clean", tmp_path / "swapped.csv", swap_ends)
+    code, _, err = cli(capsys, "audit", phantoms / "clean", "--pred", pred, "--out", tmp_path / "a", "--crops", "0")
+    assert code == 0, err
+    assert [r for r in rows(tmp_path / "a" / "suspects.csv") if r["kind"] == "geometry"] == []
+    doc = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert doc["mean_dice"] > 0.9 and doc["weak_predictions"] is False and "too weak" not in err
+
+    pred = _truth_csv(phantoms / "clean", tmp_path / "shifted.csv", lambda i, m: np.roll(m, 60, axis=2))
+    code, out, err = cli(capsys, "audit", phantoms / "clean", "--pred", pred, "--out", tmp_path / "b", "--crops", "0")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "b" / "audit.json").read_text())
+    assert doc["mean_dice"] < 0.5 and doc["weak_predictions"] is True
+    assert "too weak to rank labels" in " ".join(err.split()) and "mean Dice" in " ".join(err.split())
+
+
 SMALL_CARPALS = ("Triquetrum", "Lunate", "Pisiform", "Trapezoid", "Scaphoid", "Trapezium")
 
 
@@ -218,6 +255,17 @@ def test_oof_refuses_a_missing_fold_or_a_fold_twice(fold_runs, tmp_path, capsys)
     code, _, err = cli(capsys, "oof", runs[0], runs[0], "-o", tmp_path / "b.csv", "--device", "cpu")
     assert code == 1 and "both validate" in error_line(err)
     assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
+
+
+def test_oof_names_the_fold_count_of_the_runs_splits_file(tmp_path, capsys):
+    """A run trained with a 3-fold splits file (and --folds left at its default) is one of 3 folds, not of 5."""
+    from boneseg.engine.train import train
+
+    data = write_dataset(tmp_path / "data", patients=3, size=64, test_patients=0)
+    assert cli(capsys, "split", data, "--folds", "3", "-o", tmp_path / "splits.json")[0] == 0
+    train(tiny_config(data, tmp_path / "run0", fold=0, splits=str(tmp_path / "splits.json"), max_steps=1))
+    code, _, err = cli(capsys, "oof", tmp_path / "run0", "-o", tmp_path / "a.csv", "--device", "cpu")
+    assert code == 1 and "runs given for fold 0 of 3)" in error_line(err), err
 
 
 def test_oof_refuses_runs_of_different_datasets(fold_runs, tmp_path, capsys):
