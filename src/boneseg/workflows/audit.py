@@ -234,7 +234,7 @@ def _centre(mask: np.ndarray) -> np.ndarray | None:
 
 
 def _mean_centre(centres: dict[str, np.ndarray | None], names: tuple[str, ...]) -> np.ndarray | None:
-    found = [centres[c] for c in names if centres.get(c) is not None]
+    found = [v for v in (centres.get(c) for c in names) if v is not None]
     return np.mean(found, axis=0) if found else None
 
 
