@@ -11,7 +11,9 @@ import pytest
 from util import TINY, cli, error_line, square_polygons, write_dataset, write_label
 
 from boneseg import CLASSES
+from boneseg.data.layout import discover, png_shape
 from boneseg.data.masks import rasterize
+from boneseg.submission import SubmissionWriter
 
 
 @pytest.fixture()
@@ -73,6 +75,13 @@ def test_labels_drawn_for_a_smaller_image_are_refused_by_train_and_left_out_by_s
     code, _, err = cli(capsys, *args, "--skip-bad", "--out", tmp_path / "run2")
     assert code == 0, err
     assert "left out 1 sample(s)" in err and label.name in err
+    pred = tmp_path / "pred.csv"  # audit reads the same labels: it says so
+    with SubmissionWriter(pred) as w:
+        for s in discover(data):
+            w.write_masks(s.image_name, np.zeros((29, *png_shape(s.image)), bool))
+    code, _, err = cli(capsys, "audit", data, "--pred", pred, "--out", tmp_path / "audit", "--crops", "0")
+    assert code == 0 and "1 label(s) have problems that train refuses" in " ".join(err.split()), err
+    assert "top-left quarter" in " ".join(err.split())
 
 
 def test_train_refuses_labels_for_another_size_and_skip_bad_leaves_them_out(data, tmp_path, capsys):

@@ -56,8 +56,8 @@ def load_label(path: str | os.PathLike, shape: tuple[int, int] | None = None, st
     names, duplicate classes, polygons with fewer than 3 points, non-numeric points, and (given `shape` =
     (H, W)) points outside the image, a size in the file (``metadata``, see `_SIZE_KEYS`) other than
     `shape`, or polygons that all lie in the image's top-left quarter (`drawn_smaller`). Missing classes
-    are not errors: they are listed in ``problems`` and give empty masks. With ``strict=False`` the fatal problems are collected in ``problems`` too and the
-    offending polygons dropped.
+    are not errors: they are listed in ``problems`` and give empty masks. With ``strict=False`` the fatal
+    problems are collected in ``problems`` too and the offending polygons dropped.
     """
     path = Path(path)
     doc = read_json(path)

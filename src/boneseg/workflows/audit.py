@@ -363,11 +363,20 @@ def audit(
         )
     for note in notes:
         warnings.warn(f"{pred}: {note}", BonesegWarning, stacklevel=2)
-    rows, scales = [], []
+    rows, scales, broken = [], [], []
     for s in track(audited, reporter, "audit", "img"):
-        gt, pred_masks, prob, polygons, f = _load(s, predictions)
+        gt, pred_masks, prob, polygons, f, problems = _load(s, predictions)
+        if problems:
+            broken.append(f"{s.image_name}: {problems[0]}")
         rows.append(measure_image(gt, pred_masks, prob, polygons, f))
         scales.append(f)
+    if broken:  # what `train` refuses (or leaves out under --skip-bad): audited as far as the label is usable
+        warnings.warn(
+            f"{data}: {len(broken)} label(s) have problems that train refuses, audited as read (e.g. {broken[0]}); "
+            "boneseg eda lists them all",
+            BonesegWarning,
+            stacklevel=2,
+        )
     m = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     labelled = m["label_area"] > 0
     mean_dice = float(m["dice"][labelled].mean()) if labelled.any() else None
@@ -419,7 +428,8 @@ def audit(
 
 
 def _load(sample: Sample, predictions: Predictions):
-    """(label masks, predicted masks, probabilities, polygons, scale) of one image at the working size."""
+    """(label masks, predicted masks, probabilities, polygons, scale, the label's problems other than a
+    missing class) of one image at the working size."""
     if sample.label is None:
         raise DataError(f"{sample.image}: no label file")
     shape = png_shape(sample.image) or read_image(sample.image).shape[:2]
@@ -427,7 +437,8 @@ def _load(sample: Sample, predictions: Predictions):
     work, f = work_shape(shape)
     gt = rasterize(label.polygons, work, (f, f))
     pred, prob = predictions.get(sample.image_name, shape, work)
-    return gt, pred, prob, label.polygons, f
+    problems = [p for p in label.problems if not p.startswith("missing class")]
+    return gt, pred, prob, label.polygons, f, problems
 
 
 def write_audit(
@@ -475,7 +486,7 @@ def write_audit(
 
 def _crop(sample: Sample, predictions: Predictions, suspect: dict, path: Path) -> Path:
     """The region of one suspect pair: prediction (red) and label (green) over the image, at least 192 px."""
-    gt, pred, _, _, _ = _load(sample, predictions)
+    gt, pred, *_ = _load(sample, predictions)
     c = CLASS_INDEX[suspect["class"]]
     region = gt[c] | pred[c]
     if "with" in suspect:
