@@ -1,4 +1,4 @@
-"""The comparison table of docs/approaches.md: every approach of issue 10 on one synthetic split, one budget.
+"""The comparison table of docs/approaches.md: every approach there on one synthetic split, one budget.
 
     OMP_NUM_THREADS=1 python benchmarks/compare_approaches.py [WORKDIR]   # ~25 min on a shared 2-core machine
 

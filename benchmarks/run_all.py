@@ -21,7 +21,7 @@ DOC = HERE.parent / "docs" / "benchmarks.md"
 GPU_MARK = "<!-- gpu-results -->"
 
 CPU_BENCHMARKS = [
-    ("bench_rle", "RLE encode/decode (issue: foundation)"),
+    ("bench_rle", "RLE encode/decode"),
     ("bench_masks", "Loading a training sample: mask cache vs notebook"),
     ("bench_loader", "Training data loader at --size 1024 from 2048² images"),
     ("bench_synth", "Synthetic dataset generation"),
