@@ -104,3 +104,17 @@ def test_tour_script_runs_exactly_the_readme_tour():
     readme = next(b for b in _blocks(ROOT / "README.md") if b.startswith("boneseg synth data"))
     script = (ROOT / "examples" / "tour.sh").read_text(encoding="utf-8")
     assert script[script.index("boneseg synth data") :] == readme
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")  # [text](target)
+NAMED_DOC = re.compile(r"`([\w./-]+\.md)`")  # a doc named in code spans
+
+
+@pytest.mark.parametrize("source", [p for p in SOURCES if p.suffix == ".md"], ids=lambda p: str(p.relative_to(ROOT)))
+def test_docs_link_and_name_only_files_that_exist(source):
+    """A relative link (`[x](data.md)`, `![](img/x.png)`) or a doc named in a code span resolves to a file."""
+    text = source.read_text(encoding="utf-8")
+    targets = [t.split("#")[0] for t in LINK.findall(text) if not re.match(r"\w+:", t) and not t.startswith("#")]
+    broken = [t for t in targets if t and not (source.parent / t).exists()]
+    broken += [n for n in NAMED_DOC.findall(text) if not any((d / n).exists() for d in (source.parent, ROOT))]
+    assert broken == []
