@@ -104,6 +104,7 @@ def test_tour_script_runs_exactly_the_readme_tour():
     readme = next(b for b in _blocks(ROOT / "README.md") if b.startswith("boneseg synth data"))
     script = (ROOT / "examples" / "tour.sh").read_text(encoding="utf-8")
     assert script[script.index("boneseg synth data") :] == readme
+    assert re.search(r"^export OMP_NUM_THREADS=1\b", script, flags=re.M)  # the "one thread" it and the README time
 
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")  # [text](target)
