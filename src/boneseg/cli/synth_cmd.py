@@ -18,7 +18,7 @@ def synth_command(
     patients: int = typer.Option(8, "--patients", help="Train patients (two labelled images each: both hands)."),
     test_patients: int = typer.Option(2, "--test-patients", help="Test patients (two unlabelled images each)."),
     size: int = typer.Option(2048, "--size", help="Image side in pixels (128..8192; the real data is 2048)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: the same options give byte-identical files."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: same options, byte-identical files (on one machine)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty OUT (replaces its train/, test/, meta)."),
     label_errors: float = typer.Option(
         0.0,

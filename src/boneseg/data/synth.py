@@ -715,7 +715,7 @@ def synthesize(
         patients: train patients (two labelled images each, both hands).
         test_patients: test patients (two unlabelled images each), IDs interleaved with train.
         size: image side in pixels (>= 128).
-        seed: the same arguments give byte-identical files.
+        seed: the same arguments give byte-identical files (with the same numpy/OpenCV builds).
         force: overwrite a non-empty `out` (its ``train/``, ``test/`` and ``meta_data.xlsx`` are replaced).
         reporter: its progress (`boneseg.progress`), one step per image.
         label_errors: fraction of the train images given one label error each (`inject_error`, kinds in

@@ -45,12 +45,12 @@ SETTINGS: dict = {
     "save_every": 30,  # last.pt (with optimizer state, ~140 MB) every 30 epochs instead of every epoch
     "tta": ["none", "scale"],  # candidate policies scored on the validation fold; the best predicts
     "tta_scales": [1.0, 1.25],  # the views of ``scale``
-    # one torch thread: the same Dice on every machine (a thread count sums in its own order), and a
-    # steady ~7 s epoch whether or not other work shares the CPU (two threads: 4.3 s quiet, 9-12 s beside
+    # one torch thread: a Dice that does not depend on the core count (each thread count sums in its own
+    # order), and a steady ~7 s epoch whether or not other work shares the CPU (two threads: 4.3 s quiet, 9-12 s beside
     # one busy process); None: `default_threads()`
     "threads": 1,
 }
-"""The full demo (about ten minutes on two CPU cores); see ``docs/demo.md`` for the tuning runs."""
+"""The full demo: 8-9 minutes on a quiet 2-core CPU, 11-12 at load 5-8; ``docs/demo.md`` has the figures."""
 
 QUICK: dict = {
     **SETTINGS,
@@ -165,7 +165,7 @@ def run_demo(
         out: output folder (``data/``, ``splits.json``, ``run/``, ``val.csv``, ``submission.csv``,
             ``analysis/``, ``report/``, ``overlay.png``, ``summary.json``).
         seed: seeds the dataset, the folds, the initialisation and the sample order; the same seed gives
-            the same Dice.
+            the same Dice on one machine (same library builds; another machine agrees to about 1e-3).
         quick: tiny sizes and two epochs (a plumbing check in seconds; the Dice is meaningless).
         force: empty a non-empty `out` first.
         reporter: step headers, progress and epoch lines (`boneseg.progress`).
