@@ -37,9 +37,9 @@ def demo_command(
     force: bool = typer.Option(False, "--force", help="Empty a non-empty --out first."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json on stdout too."),
 ) -> None:
-    """synth -> split -> train -> TTA -> predict -> analyze on a synthetic hand set sized for a CPU: 8-9 minutes
-    on a quiet 2-core machine, 11-12 beside other jobs (load 5-8), up to about 25 on a busy one; 1.4 GB of memory,
-    about 200 MB of disk (--quick: 15 s). Ends with the per-class validation Dice and writes OUT/summary.json."""
+    """synth -> split -> train -> TTA -> predict -> analyze on a synthetic hand set: 8-9 min on a quiet 2-core
+    CPU, up to ~25 on a busy one (docs/demo.md), 1.4 GB, 200 MB of disk (--quick: 15 s); ends with the
+    per-class validation Dice and writes OUT/summary.json."""
     from boneseg.cli.output import console, print_json, reporter
     from boneseg.workflows.demo import format_seconds, run_demo
 

@@ -1265,7 +1265,8 @@ def _write_inference_changes(out: Path, cfg: TrainConfig, saved: dict, reporter:
     ``last.pt`` too, before ``config.json``: `predict` reads the checkpoint, so a finished run resumed with
     ``--boundary-sharpen 0`` predicts without sharpening, as its config says."""
     new = cfg.to_dict()
-    changed = {k: new[k] for k in INFERENCE_ON_RESUME if k in new and saved.get(k) != new[k]}
+    fields = TrainConfig.__dataclass_fields__
+    changed = {k: new[k] for k in INFERENCE_ON_RESUME if saved.get(k, fields[k].default) != new[k]}
     if not changed:
         return
     written = []
