@@ -25,7 +25,9 @@ from boneseg.errors import DataError, quote, suggest
 from boneseg.io import atomic_open, read_json
 from boneseg.maskops import bbox
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
+"""Part of every entry's fingerprint: raised when the rules a label passes change (4: labels drawn for a smaller
+image are refused), so no entry built under older rules skips the new checks."""
 DIST_CLIP = 16
 """Default clip (pixels at the cached size) of the signed distance maps."""
 DIST_ZERO = 128
