@@ -71,7 +71,7 @@ def main() -> list[dict]:
         print(f"check input: {size:.0f} MB from {source}; {cpu_info()}", file=sys.stderr)
         complete = {**env, "COMP_WORDS": "boneseg train --enc", "COMP_CWORD": "2", "_BONESEG_COMPLETE": "complete_bash"}
         cases = [
-            ("import torch (what each command paid before)", ["--import-torch"], env),
+            ("import torch alone (for comparison)", ["--import-torch"], env),
             ("boneseg --version", ["--version"], env),
             ("boneseg --help", ["--help"], env),
             ("boneseg train --help", ["train", "--help"], env),
