@@ -1,7 +1,8 @@
 """A trained run, resolved once: `Run.open` takes a run folder or a checkpoint file, loads it
 (``weights_only``) and exposes what every reader needs as typed fields, so that no reader keeps its own
 copy of a default: the run's `TrainConfig`, classes, input channels and statistics, training size, its
-validation fold and the post-processing rules fitted on it (``postprocess.json`` beside the checkpoint).
+validation fold, the post-processing rules fitted on it (``postprocess.json`` beside the checkpoint) and its
+probability calibration (``calibration.json`` beside the checkpoint, `boneseg.calibration`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from boneseg import calibration as calibration_mod
 from boneseg.classes import CLASSES
 from boneseg.engine.checkpoint import (
     load_checkpoint,
@@ -112,6 +114,16 @@ class Run:
     @property
     def rules_path(self) -> Path:
         return self.checkpoint.parent / RULES_FILE
+
+    @cached_property
+    def calibration(self) -> calibration_mod.Calibration | None:
+        """The ``calibration.json`` beside the checkpoint (`boneseg.calibration`), None when there is none.
+
+        Raises:
+            DataError: a file that is not a valid calibration.
+        """
+        path = self.checkpoint.parent / calibration_mod.FILE
+        return calibration_mod.read(path) if path.is_file() else None
 
     def model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """The model in eval mode on `device`, weights loaded (the run then lets go of its copy of them)."""

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from boneseg import calibration as calibration_mod
 from boneseg.classes import CLASSES
 from boneseg.data.transforms import in_channels
 from boneseg.engine.config_file import typed_option
@@ -46,8 +47,11 @@ FORMATS = ("onnx", "torchscript", "hf")
 HF_SIDECAR = "boneseg.json"
 HF_FILES = ("config.json", "model.safetensors")
 INPUT_NAME, SIZE_NAME, OUTPUT_NAME = "image", "output_size", "probabilities"
-VERSION = 3
-"""Sidecar version: 2 added the graphs' ``output_size`` input, 3 the model file's ``model_sha256``."""
+VERSION = 4
+"""Sidecar version: 2 added the graphs' ``output_size`` input, 3 the model file's ``model_sha256``, 4 the
+optional ``calibration`` (`boneseg.calibration`) predict applies to the model's probabilities."""
+READS = (3, 4)
+"""Sidecar versions this boneseg reads (3 is 4 without a calibration)."""
 CONFIG_KEYS = ("size", "crop", "channels", "mean", "std", "unify_side")
 """The training-config fields an export carries (what normalisation, sizes and hand side need)."""
 
@@ -173,7 +177,7 @@ class Exported:
         doc = read_json(self.rules_path)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("backend") not in FORMATS:
             raise CheckpointError(f"{self.rules_path}: not a boneseg export sidecar")
-        if doc.get("version") != VERSION:
+        if doc.get("version") not in READS:
             raise CheckpointError(
                 f"{self.rules_path}: sidecar version {doc.get('version')!r}, this boneseg reads version {VERSION} "
                 "(export the run again)"
@@ -205,6 +209,12 @@ class Exported:
             thresholds_array(doc.get("thresholds") or {})
         except BonesegError as exc:
             raise CheckpointError(f"{self.rules_path}: {exc}") from None
+        self.calibration: calibration_mod.Calibration | None = None
+        if doc.get("calibration") is not None:
+            try:
+                self.calibration = calibration_mod.from_document(doc["calibration"], f"{self.rules_path}: 'calibration'")
+            except BonesegError as exc:
+                raise CheckpointError(str(exc)) from None
         self._check_model_file()
         self.probabilities = self.backend != "hf"  # hf holds the smp model itself (logits)
 

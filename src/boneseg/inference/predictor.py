@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from boneseg.calibration import Calibration
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.data.layout import resize_image, side_from_masks
 from boneseg.engine.distributed import resolve_device
@@ -49,6 +50,7 @@ class LoadedModel:
     weight: float = 1.0
     run: Run | Exported | None = None
     probabilities: bool = False
+    calibration: Calibration | None = None  # applied to this model's probabilities before the ensemble mean
 
     @property
     def unify(self) -> str | None:
@@ -77,9 +79,11 @@ def load_models(
     checkpoints: Sequence[str | os.PathLike | Run | Exported],
     device: torch.device,
     weights: Sequence[float] | None = None,
+    calibrated: bool = False,
 ) -> list[LoadedModel]:
     """Load each checkpoint (file, run folder, opened `Run`) or export (`boneseg.inference.exported`) with its
-    own config.
+    own config; `calibrated`: each with its own calibration (a run folder's ``calibration.json``, an export's
+    sidecar), if any.
 
     Raises:
         UsageError: no checkpoint, or a weight count that differs from the checkpoint count / a negative weight.
@@ -95,7 +99,8 @@ def load_models(
                 f"the {NUM_CLASSES} competition classes in their order"
             )
         probabilities = isinstance(run, Exported) and run.probabilities
-        out.append(LoadedModel(run.model(device), run.config, str(run.path), float(w), run, probabilities))
+        own = run.calibration if calibrated else None
+        out.append(LoadedModel(run.model(device), run.config, str(run.path), float(w), run, probabilities, own))
     return out
 
 
@@ -177,6 +182,7 @@ class Predictor:
         overlap: sliding overlap fraction. batch_size: tiles (sliding) per forward.
         amp: fp16 autocast on CUDA.
         compile: run each torch model through ``torch.compile`` (`boneseg.modelling.compile`).
+        calibration: applied to the final probabilities (after each model's own, `LoadedModel.calibration`).
     """
 
     def __init__(
@@ -189,6 +195,7 @@ class Predictor:
         batch_size: int = 4,
         amp: bool = True,
         compile: bool = False,
+        calibration: Calibration | None = None,
     ):
         if not models:
             raise UsageError("give at least one model with -m CKPT")
@@ -220,6 +227,15 @@ class Predictor:
             for lm in self.models:
                 lm.model = compile_model(lm.model, warned)
         self.unified = [i for i, lm in enumerate(self.models) if lm.unify]
+        self.calibration = calibration
+
+    @property
+    def calibrations(self) -> dict[str, Any] | None:
+        """What `predict` records about the calibrations applied (None when none is)."""
+        own = [lm.calibration.record() if lm.calibration is not None else None for lm in self.models]
+        if self.calibration is None and not any(own):
+            return None
+        return {"models": own, "final": self.calibration.record() if self.calibration is not None else None}
 
     @staticmethod
     def check_options(
@@ -241,10 +257,12 @@ class Predictor:
         checkpoints: Sequence[str | os.PathLike | Run | Exported],
         weights: Sequence[float] | None = None,
         device: str | torch.device = "auto",
+        calibrated: bool = False,
         **kwargs,
     ) -> Predictor:
+        """Load `checkpoints` (`load_models`; `calibrated`: each with its own calibration) on `device`."""
         dev = resolve_device(device)
-        return cls(load_models(checkpoints, dev, weights), dev, **kwargs)
+        return cls(load_models(checkpoints, dev, weights, calibrated), dev, **kwargs)
 
     # -- sizes ------------------------------------------------------------------------------------
     def size_of(self, lm: LoadedModel) -> int:
@@ -381,31 +399,95 @@ class Predictor:
         return (False, True) if policy.hflip else (False,)
 
     # -- the prediction ---------------------------------------------------------------------------
-    def predict(self, item: Item, policy: Policy, cache: ViewCache | None = None) -> torch.Tensor:
-        """(29, H, W) probabilities: per model the mean over its views, then the weighted mean over models.
+    def predict(
+        self, item: Item, policy: Policy, cache: ViewCache | None = None, spread: Spread | None = None
+    ) -> torch.Tensor:
+        """(29, H, W) probabilities: per model the mean over its views (calibrated with the model's own
+        calibration), then the weighted mean over models (calibrated with `calibration`). `spread`, when given,
+        collects the views' and the models' disagreement (`Spread`).
 
         The result may be a cached view: treat it as read-only."""
         cache = cache or ViewCache()
         total = None
         for m, weight in enumerate(self.weights):
+            lm = self.models[m]
             flips = self.flips(m, item, policy, cache)
             mean = None
             scales = list({self.view_size(m, item, policy.sliding, sc): sc for sc in policy.scales}.values())
-            if len(scales) * len(flips) == 1 and len(self.weights) == 1:  # one view: no copy
-                return self.views(m, item, policy.sliding, scales[0], flips, cache)[0]
+            if len(scales) * len(flips) == 1 and len(self.weights) == 1 and spread is None:  # one view: no copy
+                out = self.views(m, item, policy.sliding, scales[0], flips, cache)[0]
+                return self._calibrated(self._calibrated(out, lm.calibration), self.calibration)
+            views = 0
             for scale in scales:  # scales that snap to the same input size count once
                 for v in self.views(m, item, policy.sliding, scale, flips, cache):
                     if mean is None:
                         mean = alloc((NUM_CLASSES, *item.shape), v.device, v.dtype)
                     mean.add_(v.to(mean.device))
+                    if spread is not None:
+                        spread.add_view(v)
+                    views += 1
             n = len(scales) * len(flips)
             assert mean is not None  # a policy has at least one scale
             if n > 1:
                 mean.div_(n)
+            mean = self._calibrated(mean, lm.calibration)
+            if spread is not None:
+                spread.end_model(mean, weight)
             if len(self.weights) == 1:
-                return mean
+                return self._calibrated(mean, self.calibration)
             if total is None:
                 total = alloc(mean.shape, mean.device, mean.dtype)
             total.add_(mean.to(total.device), alpha=weight)
         assert total is not None  # more than one model
-        return total
+        return self._calibrated(total, self.calibration)
+
+    @staticmethod
+    def _calibrated(p: torch.Tensor, calibration: Calibration | None) -> torch.Tensor:
+        """`p` calibrated (a new tensor of `p`'s dtype), or `p` itself without a calibration."""
+        return p if calibration is None else calibration.apply(p).to(p.dtype)
+
+
+class Spread:
+    """Disagreement of one image's prediction, accumulated by `Predictor.predict`: the standard deviation of
+    the probabilities across each model's TTA views (the models' weighted mean of it) and across the
+    ensemble's models (weighted), each (29, H, W) in [0, 0.5]; None where there was one view or one model."""
+
+    def __init__(self) -> None:
+        self._sum: torch.Tensor | None = None
+        self._sq: torch.Tensor | None = None
+        self._n = 0
+        self._tta: torch.Tensor | None = None
+        self._models: list[tuple[torch.Tensor, float]] = []
+        self.max_views = 0
+
+    def add_view(self, v: torch.Tensor) -> None:
+        v = v.float()
+        if self._sum is None or self._sq is None:
+            self._sum, self._sq = v.clone(), v * v
+        else:
+            self._sum.add_(v)
+            self._sq.addcmul_(v, v)
+        self._n += 1
+
+    def end_model(self, mean: torch.Tensor, weight: float) -> None:
+        if self._n > 1 and self._sum is not None and self._sq is not None:
+            var = (self._sq / self._n - (self._sum / self._n) ** 2).clamp_min_(0)
+            std = var.sqrt_().mul_(weight)
+            self._tta = std if self._tta is None else self._tta.add_(std)
+        self.max_views = max(self.max_views, self._n)
+        self._sum = self._sq = None
+        self._n = 0
+        self._models.append((mean.float(), weight))
+
+    @property
+    def tta(self) -> torch.Tensor | None:
+        return self._tta
+
+    @property
+    def ensemble(self) -> torch.Tensor | None:
+        if len(self._models) < 2:
+            return None
+        mu = sum(w * m for m, w in self._models)
+        var = sum(w * (m - mu) ** 2 for m, w in self._models)
+        assert isinstance(var, torch.Tensor)  # two or more models
+        return var.clamp_min_(0).sqrt_()

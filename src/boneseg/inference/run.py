@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from boneseg import calibration as calibration_mod
 from boneseg import probs as probs_mod
+from boneseg import uncertainty as uncertainty_mod
 from boneseg.classes import NUM_CLASSES
 from boneseg.data.dataset import Loader
 from boneseg.data.layout import Sample, by_image_name, find_images, read_image
@@ -32,7 +34,7 @@ from boneseg.engine.run import Run
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, check_workers
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
 from boneseg.inference.exported import Exported, open_model
-from boneseg.inference.predictor import InputPlan, Item, Predictor, check_weights
+from boneseg.inference.predictor import InputPlan, Item, Predictor, Spread, check_weights
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
 from boneseg.io import atomic_open, check_output, is_stdout, publish_folder, read_json, staging_folder
@@ -82,11 +84,11 @@ def make_loader(dataset: ImageDataset, workers: int, device: torch.device) -> Lo
     )
 
 
-def check_probs_dir(folder: str | os.PathLike, force: bool) -> Path:
-    """Refuse a non-empty ``--save-probs`` folder unless `force`."""
+def check_probs_dir(folder: str | os.PathLike, force: bool, option: str = "--save-probs") -> Path:
+    """Refuse a non-empty output folder (of `option`) unless `force`."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise DataError(f"--save-probs {folder}: exists and is not a folder")
+        raise DataError(f"{option} {folder}: exists and is not a folder")
     if folder.is_dir() and any(folder.iterdir()) and not force:
         raise OutputExistsError(f"{folder} is not empty (use --force to overwrite)")
     return folder
@@ -229,20 +231,34 @@ class _Rows:
     min_area: int = 0
     rules: list | None = None
     probs_dir: Path | None = None
+    uncertainty_dir: Path | None = None
+    table: list | None = None  # (image, region means) of the uncertainty maps, in image order
 
     @property
     def postprocessed(self) -> bool:
         return self.keep_largest or self.min_area > 1 or self.rules is not None
 
     def task(
-        self, writer: SubmissionWriter, name: str, bounds: tuple | None, masks: np.ndarray | None, q: np.ndarray | None
+        self,
+        writer: SubmissionWriter,
+        name: str,
+        bounds: tuple | None,
+        masks: np.ndarray | None,
+        q: np.ndarray | None,
+        maps: dict[str, np.ndarray] | None = None,
+        predicted: np.ndarray | None = None,
     ) -> Callable[[], None]:
-        """The writer thread's job for one image: save `q`, post-process `masks` (or format `bounds`), write."""
+        """The writer thread's job for one image: save `q` (and the uncertainty `maps`, with their region
+        means over the `predicted` masks), post-process `masks` (or format `bounds`), write."""
 
         def task() -> None:
             if self.probs_dir is not None:
                 assert q is not None  # read back whenever probabilities are saved
                 probs_mod.save(self.probs_dir, name, q)
+            if self.uncertainty_dir is not None and self.table is not None:
+                assert maps is not None and predicted is not None  # made whenever uncertainty is saved
+                uncertainty_mod.save(self.uncertainty_dir, name, maps)
+                self.table.append((name, uncertainty_mod.region_means(maps, predicted)))
             if masks is not None:
                 writer.write_masks(
                     name,
@@ -283,6 +299,8 @@ def predict(
     wrist_model: str | os.PathLike | None = None,
     postprocess_rules: str | os.PathLike | None = "auto",
     meta: str | os.PathLike | None = None,
+    calibration: str | os.PathLike | None = "auto",
+    save_uncertainty: str | os.PathLike | None = None,
 ) -> PredictSummary:
     """Predict images into a submission CSV, streaming one image at a time.
 
@@ -305,6 +323,10 @@ def predict(
         postprocess_rules: ``auto`` (the ``postprocess.json`` of a single model's run folder, see
             `boneseg.postprocess.fit_postprocess`), ``none``, or a rules file.
         meta: metadata file for FiLM models (default: ``meta_data.xlsx`` found from `source`).
+        calibration: ``auto`` (each model's own: a run folder's ``calibration.json``, an export's sidecar),
+            ``none``, or a calibration file (`boneseg.calibration`) applied to the final probabilities instead.
+            Its searched thresholds apply when `threshold` is None. The probability manifest records it.
+        save_uncertainty: folder for uncertainty maps and their per-class table (`boneseg.uncertainty`).
 
     Raises:
         UsageError: bad options. DataError: unreadable images or thresholds. OutputExistsError: an
@@ -318,6 +340,8 @@ def predict(
     policy = tta if isinstance(tta, Policy) else Policy.parse(tta, scales, sliding)
     thresholds = probs_mod.read_thresholds(threshold)
     cuts = probs_mod.cutoffs(thresholds)
+    own_calibration = str(calibration).lower() == "auto"
+    final_calibration = calibration_mod.resolve(calibration)
     postprocess(np.zeros((0, 1, 1), np.bool_), keep_largest, min_area)  # validates the options
     run_rules = str(postprocess_rules).lower() == "auto"
     found = (None, None) if run_rules else find_rules([], postprocess_rules)  # a file is an option
@@ -327,9 +351,25 @@ def predict(
         raise DataError("no images to predict")
     by_image_name(samples)
     runs = [] if isinstance(models, Predictor) else [open_model(m) for m in models]
-    if threshold is None and len(runs) == 1 and isinstance(runs[0], Exported) and runs[0].thresholds is not None:
+    searched = (
+        final_calibration.thresholds
+        if final_calibration is not None
+        else runs[0].calibration.thresholds
+        if own_calibration and len(runs) == 1 and runs[0].calibration is not None
+        else None
+    )
+    if threshold is None and searched is not None:
+        thresholds = searched
+        cuts = probs_mod.cutoffs(thresholds)
+    elif threshold is None and len(runs) == 1 and isinstance(runs[0], Exported) and runs[0].thresholds is not None:
         thresholds = probs_mod.read_thresholds(runs[0].thresholds)
         cuts = probs_mod.cutoffs(thresholds)
+    if own_calibration:
+        for run in runs:
+            if run.calibration is not None:
+                warnings.warn(
+                    f"{run.path}: applying its calibration (--calibration none to skip)", BonesegWarning, stacklevel=2
+                )
     if run_rules:
         found = find_rules(runs, postprocess_rules)
         if found[0] is not None:
@@ -342,11 +382,16 @@ def predict(
     if output is not None and not is_stdout(output):
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
-    if probs_dir is not None:
+    unc_dir = check_probs_dir(save_uncertainty, force, "--save-uncertainty") if save_uncertainty is not None else None
+    if probs_dir is not None and unc_dir is not None and probs_dir.resolve() == unc_dir.resolve():
+        raise UsageError("--save-uncertainty: give another folder than --save-probs")
+    if probs_dir is not None or unc_dir is not None:
         probs_mod.check_names([s.image_name for s in samples])
 
     info = setup(models.device if isinstance(models, Predictor) else device)
     rank, world = info.rank, info.world_size
+    if unc_dir is not None and world > 1:
+        raise UsageError("--save-uncertainty runs in one process, not under torchrun")
     fixed_mmap_threshold()
     predictor = (
         models
@@ -361,8 +406,12 @@ def predict(
             batch_size=batch_size,
             amp=amp,
             compile=compile,
+            calibrated=own_calibration,
+            calibration=final_calibration,
         )
     )
+    if isinstance(models, Predictor) and final_calibration is not None:
+        predictor.calibration = final_calibration
     if policy.hflip and predictor.unified:
         used = predictor.applied(policy)
         whom = (
@@ -379,7 +428,8 @@ def predict(
     target = parts_dir / "part-0.csv" if parts_dir is not None else output
     group = gloo_group() if world > 1 else None
     staging = shared_staging(probs_dir, rank, world) if probs_dir is not None else None
-    rows = _Rows(cuts, keep_largest, min_area, rules, staging)
+    unc_staging = staging_folder(unc_dir) if unc_dir is not None else None
+    rows = _Rows(cuts, keep_largest, min_area, rules, staging, unc_staging, [] if unc_staging is not None else None)
     label = "predict" + (f" [rank 0 of {world}]" if world > 1 else "")
     try:
         seconds = _predict_shard(
@@ -409,15 +459,23 @@ def predict(
                     "scales": list(policy.scales),
                     "weights": predictor.weights,
                     "threshold": [float(t) for t in thresholds],
+                    "calibration": predictor.calibrations,
                 },
             )
             assert probs_dir is not None  # staging is made only for it
             publish_folder(staging, probs_dir, force)
+        if unc_staging is not None and unc_dir is not None:
+            assert rows.table is not None  # made with the staging folder
+            uncertainty_mod.write_table(unc_staging, rows.table)
+            maps = ["entropy"] + [m for m in ("tta", "ensemble") if rows.table and _has(rows.table, m)]
+            uncertainty_mod.write_manifest(unc_staging, [s.image_name for s in samples], maps)
+            publish_folder(unc_staging, unc_dir, force)
         if world > 1:
             _barrier()
     except BaseException as exc:  # Ctrl-C included: no partial probability folder is left behind
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        for folder in (staging, unc_staging):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
         failure = as_rank_failure(exc, info, "rerun the same command")
         if failure is not None:
             raise failure from exc
@@ -460,10 +518,13 @@ def _predict_shard(
         with SubmissionWriter(target, force=force) as writer, stages, reporter.task(label, len(shard), "img") as task:
             for item in loader:
                 stages.before(shard[item.index])
-                p = stages.after(predictor.predict(item, policy), item)
+                spread = Spread() if rows.uncertainty_dir is not None else None
+                p = stages.after(predictor.predict(item, policy, spread=spread), item)
+                maps = _maps(p, spread) if spread is not None else None
                 q = quantize(p)
                 del p
                 masks = binarize(q, rows.cuts)
+                predicted = masks.cpu().numpy() if maps is not None else None
                 q_np = q.cpu().numpy() if rows.probs_dir is not None else None
                 del q
                 if (
@@ -473,12 +534,27 @@ def _predict_shard(
                 else:
                     m_np, bounds = None, run_bounds(masks)
                 del masks
-                bg.submit(rows.task(writer, item.name, bounds, m_np, q_np))
+                bg.submit(rows.task(writer, item.name, bounds, m_np, q_np, maps, predicted))
                 task.advance()
             bg.drain()
     finally:
         bg.close()
     return time.perf_counter() - start
+
+
+def _maps(p: torch.Tensor, spread: Spread) -> dict[str, np.ndarray]:
+    """One image's uint8 uncertainty maps (`boneseg.uncertainty`) from its final probabilities and spread."""
+    maps = {"entropy": uncertainty_mod.quantize(uncertainty_mod.entropy(p))}
+    if spread.tta is not None:
+        maps["tta"] = uncertainty_mod.quantize(spread.tta * 2)
+    if spread.ensemble is not None:
+        maps["ensemble"] = uncertainty_mod.quantize(spread.ensemble * 2)
+    return maps
+
+
+def _has(table: list, name: str) -> bool:
+    """Whether the saved maps include `name` (every image has the same maps)."""
+    return table[0][1][name][0] is not None
 
 
 def find_rules(
