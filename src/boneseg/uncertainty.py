@@ -74,7 +74,7 @@ def save(folder: str | os.PathLike, image_name: str, maps: dict[str, np.ndarray]
     folder.mkdir(parents=True, exist_ok=True)
     path = path_of(folder, image_name)
     with atomic_open(path, "wb", force=True) as fh:
-        np.savez_compressed(fh, image_name=np.array(image_name), **maps)
+        np.savez_compressed(fh, image_name=np.array(image_name), **maps)  # type: ignore[arg-type]
     return path
 
 

@@ -71,6 +71,7 @@ SPECS = {
     ),
     "pseudo": Spec(("boneseg.workflows.pseudo:make_pseudo",), command_only=JSON),
     "oof": Spec(("boneseg.workflows.oof:oof",), renamed={"out": "output"}),
+    "calibrate": Spec(("boneseg.workflows.calibrate:calibrate",), command_only=frozenset({"as_json"}), api_only=CACHE),
     "audit": Spec(
         ("boneseg.workflows.audit:audit", "boneseg.workflows.audit:write_audit"),
         command_only=frozenset({"top"}),  # rows printed on the terminal

@@ -18,6 +18,7 @@ try:  # a Ctrl-C while the command line loads: one line, not a traceback
     from boneseg.cli import (  # noqa: F401  (each module registers its commands on `app`)
         analyze_cmd,
         audit_cmd,
+        calibrate_cmd,
         check_cmd,
         demo_cmd,
         eda_cmd,

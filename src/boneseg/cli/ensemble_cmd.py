@@ -80,6 +80,14 @@ def ensemble_command(
         help="Also save the per-class choice made from --scores as JSON.",
         show_default=False,
     ),
+    calibration: list[str] = typer.Option(
+        None,
+        "--calibration",
+        metavar="FILE.json|none",
+        help="Soft vote: one calibration file per input (boneseg calibrate), repeated in input order, 'none' for "
+        "an input left as is: each input is calibrated before the mean.",
+        show_default=False,
+    ),
     size: str = typer.Option("2048", "--size", help="Hard vote: image size the RLE must fit: N or HxW."),
     workers: int = typer.Option(
         None, "--workers", "-j", help="Worker processes (default: all cores).", show_default=False
@@ -107,6 +115,8 @@ def ensemble_command(
         raise UsageError("--min-votes applies to --vote hard only")
     if vote is Vote.hard and threshold is not None:
         raise UsageError("--threshold applies to --vote soft only")
+    if vote is Vote.hard and calibration:
+        raise UsageError("--calibration applies to --vote soft only")
     if per_class is not None and scores:
         raise UsageError("give either --per-class or --scores, not both")
     if per_class_out is not None and not scores:
@@ -119,6 +129,7 @@ def ensemble_command(
         ensemble.hard_plan(len(inputs), min_votes, w)
     else:
         ensemble.soft_plan(len(inputs), w, threshold)
+        ensemble.read_calibrations(calibration, len(inputs))
     if not is_stdout(output):
         check_output(output, force)
     names = [str(p) for p in inputs]
@@ -148,6 +159,7 @@ def ensemble_command(
                 weights=w,
                 threshold=threshold,
                 per_class=plan,
+                calibration=calibration,
                 workers=workers,
                 force=force,
                 reporter=shown,

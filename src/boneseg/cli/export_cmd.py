@@ -40,13 +40,21 @@ def export_command(
         "--postprocess",
         help="Post-processing rules it carries: auto (a single run's postprocess.json), none, or a rules file.",
     ),
+    calibration: str = typer.Option(
+        "auto",
+        "--calibration",
+        metavar="auto|none|FILE.json",
+        help="Calibration it carries, applied by predict -m OUT: auto (a single run's calibration.json), none, "
+        "or a calibration file (boneseg calibrate); its thresholds are carried unless --threshold is given.",
+    ),
     weights: str = WEIGHTS,
     force: bool = typer.Option(False, "--force", help="Overwrite an existing model and sidecar."),
 ) -> None:
     """Export trained runs for deployment: `predict -m OUT` runs the export with the same results.
 
     The sidecar holds what predict needs without the training code: classes, channels and normalisation, size and
-    window, hand-side unification, thresholds and post-processing rules. FiLM and wrist models cannot be exported.
+    window, hand-side unification, thresholds, post-processing rules and calibration. FiLM and wrist models cannot be
+    exported.
     """
     from boneseg.cli.output import console, reporter
     from boneseg.workflows.export import export
@@ -58,6 +66,7 @@ def export_command(
             out,
             threshold=threshold,
             postprocess_rules=postprocess,
+            calibration=calibration,
             weights=parse_floats(weights, "--weights"),
             force=force,
             reporter=shown,

@@ -48,6 +48,14 @@ AMP = typer.Option(
     show_default=False,
     help="fp16 autocast (CUDA only: a CPU always runs fp32) \\[default: on].",
 )
+CALIBRATION = typer.Option(
+    "auto",
+    "--calibration",
+    metavar="auto|none|FILE.json",
+    help="auto: each run folder's calibration.json (or an export's), applied to that model's probabilities; "
+    "none; or a calibration file (boneseg calibrate) applied to the final probabilities. Its searched "
+    "thresholds apply unless --threshold is given.",
+)
 WORKERS = typer.Option(2, "--workers", "-j", help="Background image-loading processes (0: none).")
 
 
@@ -91,6 +99,14 @@ def predict_command(
         metavar="PROBDIR",
         help="Also write uint8 probabilities here (for ensemble --vote soft and pseudo).",
     ),
+    save_uncertainty: Path = typer.Option(
+        None,
+        "--save-uncertainty",
+        metavar="DIR",
+        help="Also write per image and class uint8 maps of entropy, TTA-view and ensemble-member disagreement, "
+        "and uncertainty.csv (one number per image and class).",
+    ),
+    calibration: str = CALIBRATION,
     weights: str = WEIGHTS,
     device: str = DEVICE,
     batch_size: int = BATCH,
@@ -135,6 +151,8 @@ def predict_command(
             wrist_model=wrist_model,
             postprocess_rules=postprocess,
             meta=meta,
+            calibration=calibration,
+            save_uncertainty=save_uncertainty,
         )
     if summary.rank == 0:
         where = "stdout" if summary.output == "-" else summary.output
@@ -142,6 +160,7 @@ def predict_command(
         rate = f"{summary.images_per_s:.2f} img/s" + (" on rank 0" if summary.world > 1 else "")
         console.print(
             f"{summary.total or summary.images} image(s){ranks} -> {where} ({summary.policy}, {rate})"
-            + (f"; probabilities in {summary.probs_dir}" if summary.probs_dir else ""),
+            + (f"; probabilities in {summary.probs_dir}" if summary.probs_dir else "")
+            + (f"; uncertainty in {summary.uncertainty_dir}" if summary.uncertainty_dir else ""),
             markup=False,
         )

@@ -212,7 +212,9 @@ class Exported:
         self.calibration: calibration_mod.Calibration | None = None
         if doc.get("calibration") is not None:
             try:
-                self.calibration = calibration_mod.from_document(doc["calibration"], f"{self.rules_path}: 'calibration'")
+                self.calibration = calibration_mod.from_document(
+                    doc["calibration"], f"{self.rules_path}: 'calibration'"
+                )
             except BonesegError as exc:
                 raise CheckpointError(str(exc)) from None
         self._check_model_file()

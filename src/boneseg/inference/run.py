@@ -191,6 +191,7 @@ class PredictSummary:
     world: int = 1
     policy: str = "resize:none"
     total: int | None = None  # images over all ranks (``images`` is this rank's share)
+    uncertainty_dir: str | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -493,6 +494,7 @@ def predict(
         world,
         policy.name,
         len(samples),
+        str(unc_dir) if unc_dir else None,
     )
 
 

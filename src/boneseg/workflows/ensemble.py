@@ -9,6 +9,10 @@ Rows are matched by (image_name, class), never by row order, and images run in p
 Soft voting averages ``predict --save-probs`` folders (uint8 probabilities) with weights and binarises
 the re-quantised mean exactly as ``predict`` does, so one folder with weight 1 gives predict's CSV.
 
+Soft voting may calibrate each input first (``--calibration``, one `boneseg.calibration` file per input):
+each folder's uint8 values go through its calibration's table before the mean, so models whose
+probabilities are on different scales are averaged on one.
+
 Both take an optional per-class plan: a JSON object mapping a class to one input (its 0-based index or
 its path/name: that input alone decides the class) or to a list of weights, one per input (a weighted
 vote). `per_class_from_scores` builds such a file from validation scores (``analyze --json``,
@@ -26,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from boneseg import calibration as calibration_mod
 from boneseg import probs as probs_mod
 from boneseg import rle as rle_mod
 from boneseg.classes import CLASSES, NUM_CLASSES, class_index
@@ -47,6 +52,7 @@ __all__ = [
     "write_per_class",
     "hard_vote",
     "soft_vote",
+    "read_calibrations",
     "vote_image_rles",
     "soft_vote_image",
     "check_same_images",
@@ -497,6 +503,23 @@ def hard_vote(
 # -- soft vote over probability folders -----------------------------------------------------------
 
 
+def read_calibrations(
+    calibration: Sequence[str | os.PathLike | None] | None, n: int
+) -> list[calibration_mod.Calibration | None]:
+    """One calibration (or None) per input from `calibration` (None: no input calibrated).
+
+    Raises:
+        UsageError: a count other than the number of inputs. DataError: a file that is not a calibration.
+    """
+    if not calibration:
+        return [None] * n
+    if len(calibration) != n:
+        raise UsageError(
+            f"--calibration: {len(calibration)} file(s) for {n} input(s) (give 'none' for an input left as is)"
+        )
+    return [calibration_mod.resolve(c) if c is not None and str(c).lower() != "auto" else None for c in calibration]
+
+
 def soft_vote_image(qs: Sequence[np.ndarray], plan: VotePlan) -> np.ndarray:
     """(29, H, W) masks from the weighted mean of uint8 probabilities (re-quantised with ``rint``)."""
     mean = np.empty(qs[0].shape, np.uint8)
@@ -514,14 +537,16 @@ def soft_vote_image(qs: Sequence[np.ndarray], plan: VotePlan) -> np.ndarray:
 def _soft_worker(image: str) -> list[str]:
     folders: list[str] = STATE["folders"]
     plan: VotePlan = STATE["plan"]
+    calibrations: list[calibration_mod.Calibration | None] = STATE["calibrations"]
     used = np.asarray(plan.weights.any(axis=0))
     qs: list[np.ndarray | None] = []
     shape = None
-    for folder, use in zip(folders, used):
+    for folder, use, cal in zip(folders, used, calibrations):
         if not use:
             qs.append(None)
             continue
         q = probs_mod.load(folder, image)
+        q = cal.apply_quantized(q) if cal is not None else q
         if shape is None:
             shape, first = q.shape, folder
         elif q.shape != shape:
@@ -542,11 +567,15 @@ def soft_vote(
     weights: Sequence[float] | None = None,
     threshold: float | str | os.PathLike | Sequence[float] | Mapping[str, float] | None = None,
     per_class: str | os.PathLike | Mapping[str, Any] | None = None,
+    calibration: Sequence[str | os.PathLike | None] | None = None,
     workers: int | None = None,
     force: bool = False,
     reporter: Reporter = SILENT,
 ) -> EnsembleSummary:
     """Weighted mean of ``predict --save-probs`` folders, binarised per class, as a submission CSV.
+
+    `calibration`: one calibration file per folder (None or ``none``: that folder as it is), applied to
+    each folder's probabilities before the mean (`calibrate_inputs`).
 
     One folder with weight 1 reproduces ``predict``'s CSV exactly (same stored values, same rule).
     `threshold` defaults to 0.5, or to the thresholds the `per_class` plan carries.
@@ -565,10 +594,17 @@ def soft_vote(
             raise UsageError(f"--threshold: the plan {per_class} carries its own thresholds")
         threshold = carried.tolist()
     plan = soft_plan(len(names), weights, threshold, per)
+    calibrations = read_calibrations(calibration, len(names))
     manifests = [probs_mod.read_manifest(f) for f in folders]
     check_same_images(names, [m["images"] for m in manifests])
+    for name, manifest, cal in zip(names, manifests, calibrations):
+        if cal is not None and manifest.get("calibration"):
+            raise DataError(
+                f"{name}: its probabilities were calibrated when predicted (probs.json 'calibration'); "
+                f"give 'none' as its --calibration"
+            )
     images = [str(i) for i in manifests[0]["images"]]
-    state = {"folders": names, "plan": plan}
+    state = {"folders": names, "plan": plan, "calibrations": calibrations}
     with SubmissionWriter(out, force=force) as writer, reporter.task("soft vote", len(images), "img") as task:
         for image, rles in zip(images, parallel_map(_soft_worker, images, state, workers, task)):
             writer.write_rles(Path(image).name, rles)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from boneseg import __version__
+from boneseg import calibration as calibration_mod
 from boneseg.classes import CLASSES
 from boneseg.data.transforms import in_channels
 from boneseg.engine.run import Run
@@ -273,6 +274,7 @@ def export(
     *,
     threshold: float | str | os.PathLike | dict | None = None,
     postprocess_rules: str | os.PathLike | None = "auto",
+    calibration: str | os.PathLike | None = "auto",
     weights: Sequence[float] | None = None,
     force: bool = False,
     reporter: Reporter = SILENT,
@@ -282,6 +284,9 @@ def export(
     Args:
         threshold: per-class thresholds to carry (a number, ``{class: t}`` or a JSON file; default 0.5).
         postprocess_rules: ``auto`` (a single run's ``postprocess.json``), ``none`` or a rules file.
+        calibration: ``auto`` (a single run's ``calibration.json``), ``none`` or a calibration file: the sidecar
+            carries it and ``predict -m EXPORT`` applies it to the model's probabilities; its searched
+            thresholds are carried when `threshold` is None.
         weights: ensemble weights, one per run (default equal).
 
     Raises:
@@ -296,6 +301,7 @@ def export(
         raise UsageError("--out -: an export is a model file (or folder) and its sidecar, not a stream; give a path")
     weights = check_weights(weights, len(runs))
     thresholds = read_thresholds(threshold)
+    calibrated = calibration_mod.resolve(calibration)
     if fmt == "onnx":
         from boneseg.inference.exported import onnxruntime
 
@@ -309,6 +315,10 @@ def export(
     for run in opened:
         check_exportable(run, fmt)
     check_agree(opened, fmt)
+    if str(calibration).lower() == "auto" and len(opened) == 1:
+        calibrated = opened[0].calibration
+    if threshold is None and calibrated is not None and calibrated.thresholds is not None:
+        thresholds = calibrated.thresholds
     rules, rules_path = find_rules(opened, postprocess_rules)
     if rules is not None:
         rules_list(rules, where=str(rules_path))  # checked now, not when predict reads the export
@@ -326,6 +336,7 @@ def export(
         **{k: getattr(cfg, k) for k in CONFIG_KEYS},
         "thresholds": {c: float(t) for c, t in zip(CLASSES, thresholds)},
         "postprocess": rules,
+        "calibration": calibrated.document({"source": calibrated.source}) if calibrated is not None else None,
         "models": [
             {
                 "source": str(r.path),

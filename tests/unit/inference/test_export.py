@@ -160,7 +160,7 @@ def _checkpoint(path: Path, **extra) -> Path:
         ("exists", 1, "already exists"),
         ("stdout", 2, "--out -: an export is a model file"),
         ("no-sidecar", 1, "no sidecar"),
-        ("old-sidecar", 1, "sidecar version 1, this boneseg reads version 3"),
+        ("old-sidecar", 1, "sidecar version 1, this boneseg reads version 4"),
     ],
 )
 def test_refusals_are_one_line(case, exit_code, words, trained, tmp_path, capsys, monkeypatch):

@@ -1,0 +1,163 @@
+"""Calibration applied where probabilities are used (predict, a run folder's own, an export, the soft vote) and
+predict's uncertainty maps."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_predict import make_checkpoint
+from util import cli, error_line, write_dataset
+
+from boneseg import CLASSES, probs, uncertainty
+from boneseg.calibration import Calibration
+from boneseg.inference import predict
+
+OPTS = ("--workers", "0", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calpredict")
+    data = write_dataset(root / "data", patients=1, test_patients=1)
+    runs = []
+    for seed in (0, 1):
+        (root / f"run{seed}").mkdir()
+        make_checkpoint(root / f"run{seed}" / "best.pt", seed=seed)
+        runs.append(root / f"run{seed}")
+    cal = Calibration(np.linspace(0.6, 3.0, 29), np.linspace(-0.5, 0.5, 29), np.full(29, 0.45))
+    cal.write(root / "cal.json")
+    plain = root / "plain"
+    predict(data, [runs[0]], root / "plain.csv", save_probs=plain, device="cpu", workers=0, calibration="none")
+    return data, runs, cal, root, plain
+
+
+def test_predict_applies_a_calibration_file_and_its_thresholds(setup, tmp_path, capsys):
+    data, runs, cal, root, plain = setup
+    code, _, err = cli(
+        capsys, "predict", data, "-m", runs[0], "-o", tmp_path / "c.csv", "--calibration", root / "cal.json",
+        "--save-probs", tmp_path / "p", *OPTS,
+    )  # fmt: skip
+    assert code == 0, err
+    manifest = probs.read_manifest(tmp_path / "p")
+    assert manifest["calibration"]["final"]["source"] == str(root / "cal.json")
+    assert manifest["threshold"] == pytest.approx([0.45] * 29)
+    for name in manifest["images"]:
+        raw, calibrated = probs.load(plain, name), probs.load(tmp_path / "p", name)
+        assert np.abs(cal.apply_quantized(raw).astype(int) - calibrated).max() <= 1  # float vs uint8 rounding
+        assert not np.array_equal(raw, calibrated)
+    # the CSV is the calibrated probabilities cut at the calibration's thresholds
+    code, _, err = cli(capsys, "ensemble", tmp_path / "p", "--vote", "soft", "-t", "0.45", "-o", tmp_path / "e.csv")
+    assert code == 0, err
+    assert (tmp_path / "e.csv").read_text() == (tmp_path / "c.csv").read_text()
+
+
+def test_a_run_folder_holding_a_calibration_applies_it_by_default(setup, tmp_path, capsys):
+    data, runs, cal, root, plain = setup
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes((runs[0] / "best.pt").read_bytes())
+    cal.write(run / "calibration.json")
+    code, _, err = cli(
+        capsys, "predict", data, "-m", run, "-o", tmp_path / "a.csv", "--save-probs", tmp_path / "a", *OPTS
+    )
+    assert code == 0, err
+    assert "applying its calibration" in err
+    manifest = probs.read_manifest(tmp_path / "a")
+    assert manifest["calibration"]["models"][0]["temperature"]["finger-1"] == pytest.approx(0.6)
+    name = manifest["images"][0]
+    assert (
+        np.abs(cal.apply_quantized(probs.load(plain, name)).astype(int) - probs.load(tmp_path / "a", name)).max() <= 1
+    )
+    code, _, err = cli(
+        capsys, "predict", data, "-m", run, "-o", tmp_path / "b.csv", "--calibration", "none",
+        "--save-probs", tmp_path / "b", *OPTS,
+    )  # fmt: skip
+    assert code == 0 and probs.read_manifest(tmp_path / "b")["calibration"] is None
+    assert np.array_equal(probs.load(tmp_path / "b", name), probs.load(plain, name))
+    # a broken calibration file in a run folder is one line naming it
+    (run / "calibration.json").write_text(json.dumps({"format": "boneseg-calibration", "version": 1}))
+    code, _, err = cli(capsys, "predict", data, "-m", run, "-o", tmp_path / "x.csv", *OPTS)
+    assert code == 1 and "calibration.json" in error_line(err)
+
+
+def test_an_export_carries_the_calibration(setup, tmp_path, capsys):
+    data, runs, cal, root, plain = setup
+    out = tmp_path / "m.ts"
+    code, _, err = cli(capsys, "export", runs[0], "-f", "torchscript", "-o", out, "--calibration", root / "cal.json")
+    assert code == 0, err
+    sidecar = json.loads(Path(f"{out}.json").read_text())
+    assert sidecar["calibration"]["temperature"]["Ulna"] == pytest.approx(3.0)
+    assert sidecar["thresholds"]["Ulna"] == pytest.approx(0.45)
+    code, _, err = cli(
+        capsys, "predict", data, "-m", out, "-o", tmp_path / "e.csv", "--save-probs", tmp_path / "e", *OPTS
+    )
+    assert code == 0, err
+    code, _, err = cli(
+        capsys, "predict", data, "-m", runs[0], "-o", tmp_path / "r.csv", "--calibration", root / "cal.json",
+        "--save-probs", tmp_path / "r", *OPTS,
+    )  # fmt: skip
+    assert code == 0, err
+    name = probs.read_manifest(tmp_path / "e")["images"][0]
+    assert np.abs(probs.load(tmp_path / "e", name).astype(int) - probs.load(tmp_path / "r", name)).max() <= 1
+
+
+def test_soft_vote_calibrates_each_input(setup, tmp_path, capsys):
+    data, runs, cal, root, plain = setup
+    other = Calibration(np.full(29, 0.5), np.zeros(29))
+    other.write(tmp_path / "other.json")
+    code, _, err = cli(
+        capsys, "ensemble", plain, plain, "--vote", "soft", "--calibration", root / "cal.json",
+        "--calibration", tmp_path / "other.json", "-o", tmp_path / "v.csv", "-j", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    from boneseg.submission import read_submission
+    from boneseg.workflows.ensemble import soft_plan, soft_vote_image
+
+    sub = read_submission(tmp_path / "v.csv")
+    for name in probs.read_manifest(plain)["images"]:
+        q = probs.load(plain, name)
+        want = soft_vote_image([cal.apply_quantized(q), other.apply_quantized(q)], soft_plan(2))
+        assert np.array_equal(sub.masks(Path(name).name, q.shape[1:]), want)
+    code, _, err = cli(capsys, "ensemble", plain, plain, "--calibration", root / "cal.json", "-o", tmp_path / "w.csv")
+    assert code == 2 and "--calibration" in error_line(err)
+
+
+def test_soft_vote_refuses_to_calibrate_twice(setup, tmp_path, capsys):
+    data, runs, cal, root, plain = setup
+    predict(data, [runs[0]], tmp_path / "c.csv", save_probs=tmp_path / "c", device="cpu", workers=0,
+            calibration=root / "cal.json")  # fmt: skip
+    code, _, err = cli(capsys, "ensemble", tmp_path / "c", "--calibration", root / "cal.json", "-o", tmp_path / "w.csv")
+    assert code == 1 and "calibrated when predicted" in error_line(err)
+
+
+def test_uncertainty_maps_and_table(setup, tmp_path, capsys):
+    data, runs, cal, root, plain = setup
+    code, _, err = cli(
+        capsys, "predict", data, "-m", runs[0], "-m", runs[1], "--tta", "hflip", "-o", tmp_path / "u.csv",
+        "--save-uncertainty", tmp_path / "u", *OPTS,
+    )  # fmt: skip
+    assert code == 0, err
+    manifest = uncertainty.read_manifest(tmp_path / "u")
+    assert manifest["maps"] == ["entropy", "tta", "ensemble"]
+    with open(tmp_path / "u" / "uncertainty.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 29 * len(manifest["images"]) and rows[0]["class"] == CLASSES[0]
+    for name in manifest["images"]:
+        maps = uncertainty.load(tmp_path / "u", name)
+        assert set(maps) == {"entropy", "tta", "ensemble"} and maps["entropy"].shape == (29, 64, 64)
+        assert maps["ensemble"].max() > 0 and maps["tta"].max() > 0
+    # one model, no TTA: entropy alone; the map is the entropy of the saved probabilities
+    predict(data, [runs[0]], tmp_path / "v.csv", save_probs=tmp_path / "vp", save_uncertainty=tmp_path / "v",
+            device="cpu", workers=0, calibration="none")  # fmt: skip
+    assert uncertainty.read_manifest(tmp_path / "v")["maps"] == ["entropy"]
+    name = manifest["images"][0]
+    q = probs.load(tmp_path / "vp", name)
+    expect = uncertainty.quantize(uncertainty.entropy(q / 255.0))
+    assert np.abs(uncertainty.load(tmp_path / "v", name)["entropy"].astype(int) - expect).max() <= 3
+    code, _, err = cli(capsys, "predict", data, "-m", runs[0], "-o", tmp_path / "w.csv", "--save-uncertainty",
+                       tmp_path / "u", *OPTS)  # fmt: skip
+    assert code == 1 and "not empty" in error_line(err)

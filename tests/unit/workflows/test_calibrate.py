@@ -1,0 +1,150 @@
+"""`boneseg calibrate` and the calibration it writes: known temperatures recovered, ECE, the file's strict
+reader, and the rule applied to float and uint8 probabilities alike."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from util import cli, error_line, write_dataset
+
+from boneseg import CLASSES, calibration, probs
+from boneseg.data.layout import discover
+from boneseg.data.masks import build_sample
+from boneseg.errors import DataError
+from boneseg.workflows.calibrate import calibrate, ece, fit_class
+
+
+def _hist(temperature: float, bias: float = 0.0, scale: float = 1e6) -> np.ndarray:
+    """A (2, 256) histogram of saved values whose true positive rate is sigmoid((logit(p) - bias) / T)."""
+    z = calibration.logits(np.arange(256) / 255)
+    n = scale * np.exp(-0.5 * (z / 3) ** 2)  # pixels spread over the values
+    rate = 1 / (1 + np.exp(-(z - bias) / temperature))
+    return np.stack([np.rint(n * (1 - rate)), np.rint(n * rate)])
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0, 3.5])
+def test_a_temperature_applied_on_purpose_is_recovered(temperature):
+    t, b = fit_class(_hist(temperature))
+    assert t == pytest.approx(temperature, rel=1e-3) and b == 0.0
+
+
+def test_platt_recovers_temperature_and_bias():
+    t, b = fit_class(_hist(2.5, bias=1.2), platt=True)
+    assert t == pytest.approx(2.5, rel=1e-3) and b == pytest.approx(1.2, abs=1e-2)
+
+
+def test_a_class_without_positives_keeps_the_identity():
+    h = _hist(2.0)
+    h[1] = 0
+    assert fit_class(h, platt=True) == (1.0, 0.0)
+
+
+def test_ece_of_calibrated_points_is_zero_and_bins_hold_equal_mass():
+    conf = np.linspace(0.01, 0.99, 50)
+    n = np.full(50, 1000.0)
+    err, curve = ece(conf, conf * n, (1 - conf) * n, bins=10)
+    assert err == pytest.approx(0, abs=1e-12)
+    assert [round(c[2], 9) for c in curve] == [0.1] * 10
+    # all-positive pixels at p = 0.2: ECE 0.8
+    assert ece(np.array([0.2]), np.array([5.0]), np.array([0.0]), bins=4)[0] == pytest.approx(0.8)
+
+
+def test_apply_float_and_uint8_agree_and_clip_alike():
+    cal = calibration.Calibration(np.linspace(0.5, 3, 29), np.linspace(-1, 1, 29))
+    q = np.tile(np.arange(256, dtype=np.uint8), (29, 1, 1))
+    from_float = probs.quantize(cal.apply(q / 255.0))
+    assert np.array_equal(from_float, cal.apply_quantized(q))
+    import torch
+
+    assert np.array_equal(probs.quantize(cal.apply(torch.from_numpy(q / 255.0))), from_float)
+    # beyond the outermost bins a probability is calibrated as its saved value
+    extreme = cal.apply(np.full((29, 1, 1), 1e-9))
+    assert np.allclose(extreme, cal.apply(np.full((29, 1, 1), 0.0)))
+
+
+def test_reader_is_strict(tmp_path):
+    good = calibration.Calibration(np.full(29, 2.0), np.zeros(29), np.full(29, 0.4))
+    good.write(tmp_path / "c.json")
+    back = calibration.read(tmp_path / "c.json")
+    assert np.allclose(back.temperature, 2.0) and np.allclose(back.thresholds, 0.4)
+    doc = json.loads((tmp_path / "c.json").read_text())
+    for key, value, message in [
+        ("format", "x", "not a boneseg calibration"),
+        ("version", 9, "version 9"),
+        ("temperature", {**doc["temperature"], "Radius": 0}, "'temperature' of 'Radius'"),
+        ("temperature", {**doc["temperature"], "Radius": float("nan")}, "not a finite number"),
+        ("bias", {k: v for k, v in doc["bias"].items() if k != "Ulna"}, "lacks 1 class"),
+        ("bias", {**doc["bias"], "Radus": 0}, "unknown class 'Radus'"),
+        ("thresholds", {"Radius": 2}, "'thresholds'"),
+    ]:
+        (tmp_path / "bad.json").write_text(json.dumps({**doc, key: value}))
+        with pytest.raises(DataError, match="bad.json") as info:
+            calibration.read(tmp_path / "bad.json")
+        assert message in str(info.value)
+
+
+def _overconfident_oof(tmp_path: Path, t0: float) -> tuple[Path, Path]:
+    """OOF probabilities of a labelled set, two values per class: the predicted group (the label and one
+    in 6 background pixels of its box) and the rest (one in 5 label pixels), each saved as
+    sigmoid(t0 * logit(its true positive rate)): over-confident by t0."""
+    data = write_dataset(tmp_path / "data", patients=2, size=64, test_patients=0)
+    samples = list(discover(data, "train"))
+    folder = tmp_path / "oof"
+    folder.mkdir()
+    masks = {s.image_name: build_sample(s).masks.astype(bool) for s in samples}
+    groups = {}
+    for name, m in masks.items():
+        yy, xx = np.indices(m.shape[1:])
+        extra = ((yy + 2 * xx) % 6 == 0)[None] & ~m
+        miss = ((3 * yy + xx) % 5 == 0)[None] & m
+        groups[name] = ((m & ~miss) | extra, m)
+    inside = sum((g & t).sum(axis=(1, 2)) for g, t in groups.values()) / sum(
+        g.sum(axis=(1, 2)) for g, _ in groups.values()
+    )
+    outside = sum((~g & t).sum(axis=(1, 2)) for g, t in groups.values()) / sum(
+        (~g).sum(axis=(1, 2)) for g, _ in groups.values()
+    )
+
+    def saved(rate):
+        z = np.log(rate) - np.log1p(-rate)
+        return 1 / (1 + np.exp(-t0 * z))
+
+    for name, (g, _) in groups.items():
+        p = np.where(g, saved(inside)[:, None, None], saved(outside)[:, None, None])
+        probs.save(folder, name, probs.quantize(p))
+    probs.write_manifest(
+        folder, [s.image_name for s in samples], ["m"], {"folds": {s.image_name: i % 2 for i, s in enumerate(samples)}}
+    )
+    return data, folder
+
+
+def test_calibrate_finds_an_overconfidence(tmp_path):
+    data, folder = _overconfident_oof(tmp_path, 2.0)
+    rep = calibrate(folder, data, tmp_path / "cal.json", platt=False, workers=0, band=4)
+    assert (rep.calibration.temperature > 1.3).all()  # over-confidence found (the rare misses clip at 0.5/255)
+    s = rep.summary
+    assert s["nll_all_after"] < s["nll_all_before"] / 2 and s["ece_all_after"] < s["ece_all_before"]
+    assert rep.folds == [0, 1] and rep.settings["cross_fitted"]
+    assert (tmp_path / "cal.png").stat().st_size > 10_000
+    back = calibration.read(tmp_path / "cal.json")
+    assert np.allclose(back.temperature, rep.calibration.temperature) and back.thresholds is not None
+
+
+def test_calibrate_command(tmp_path, capsys):
+    data, folder = _overconfident_oof(tmp_path, 3.0)
+    out = tmp_path / "c.json"
+    code, stdout, err = cli(capsys, "calibrate", folder, "--gt", data, "-o", out, "--json", "-j", "0")
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert (
+        set(doc["per_class"]) == set(CLASSES) and doc["summary"]["ece_band_after"] < doc["summary"]["ece_band_before"]
+    )
+    code, _, err = cli(capsys, "calibrate", folder, "--gt", data, "-o", out, "-j", "0")
+    assert code == 1 and "exists" in error_line(err)
+    code, _, err = cli(capsys, "calibrate", folder, "--gt", data, "-o", tmp_path / "d.json", "--bins", "1")
+    assert code == 2 and "--bins" in error_line(err)
+    code, _, err = cli(capsys, "calibrate", folder, "--gt", data, "-o", tmp_path / "d.json", "--fit-on", "bnd")
+    assert code == 2 and "band" in error_line(err)
