@@ -42,6 +42,14 @@ def pseudo_command(
         metavar="T|FILE.json",
         help="Probability folders: threshold, global or a JSON file {class: threshold}.",
     ),
+    calibration: Path = typer.Option(
+        None,
+        "--calibration",
+        metavar="FILE.json",
+        help="Probability folders: a calibration file (boneseg calibrate) applied before the threshold and "
+        "the confidence.",
+        show_default=False,
+    ),
     agree_with: list[Path] = typer.Option(
         None,
         "--agree-with",
@@ -79,6 +87,7 @@ def pseudo_command(
             out,
             min_confidence=min_confidence,
             threshold=threshold,
+            calibration=calibration,
             copy=copy,
             agree_with=agree_with or (),
             min_agreement=min_agreement,

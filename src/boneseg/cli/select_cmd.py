@@ -63,6 +63,14 @@ def select_command(
         "--tune-thresholds",
         help="Soft vote: then pick each class's threshold (0.05 … 0.95) for the selected ensemble.",
     ),
+    calibration: list[str] = typer.Option(
+        None,
+        "--calibration",
+        metavar="FILE.json|none",
+        show_default=False,
+        help="Soft vote: one calibration file per input (boneseg calibrate), repeated in input order, 'none' for "
+        "an input left as is; give ensemble the same files.",
+    ),
     workers: int = typer.Option(
         None, "--workers", "-j", show_default=False, help="Processes reading probability folders (default: all cores)."
     ),
@@ -83,6 +91,7 @@ def select_command(
             per_class=not overall,
             threshold=threshold,
             tune_thresholds=tune_thresholds,
+            calibration=calibration,
             workers=workers,
             out=out,
             force=force,

@@ -11,6 +11,7 @@ from boneseg.cli.options import parse_floats
 from boneseg.cli.predict_cmd import (
     AMP,
     BATCH,
+    CALIBRATION,
     DEVICE,
     META,
     MODELS,
@@ -53,6 +54,7 @@ def tta_command(
     search: str = typer.Option("0.3,0.7", "--search", help="Threshold search range low,high."),
     wrist_model: Path = WRIST_MODEL,
     meta: Path = META,
+    calibration: str = CALIBRATION,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     weights: str = WEIGHTS,
     device: str = DEVICE,
@@ -93,6 +95,7 @@ def tta_command(
             wrist_model=wrist_model,
             meta=meta,
             thresholds_out=thresholds_out,
+            calibration=calibration,
             force=force,
         )
     if as_json:

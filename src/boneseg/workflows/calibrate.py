@@ -42,6 +42,7 @@ from boneseg.calibration import Calibration, logits
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.errors import DataError, UsageError
 from boneseg.io import check_output
+from boneseg.metrics import dice_from_counts
 from boneseg.progress import SILENT, Reporter
 from boneseg.workflows.parallel import STATE, parallel_map
 
@@ -178,7 +179,7 @@ def fit(hist: np.ndarray, platt: bool = False) -> Calibration:
 
 
 def _cut_dice(per_image: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """(images, 29, 255) Dice of every cut ``q' > k`` (k = 0 … 254) on the calibrated uint8 values ``q'`` (the
+    """(images, 29, 256) Dice of every cut ``q' > k`` (k = 0 … 255) on the calibrated uint8 values ``q'`` (the
     quantised `table`), from per-image (images, 29, 2, 256) histograms of the raw values."""
     lut = np.rint(table * probs_mod.SCALE).astype(np.int64)  # (29, 256)
     n_img = per_image.shape[0]
@@ -188,26 +189,20 @@ def _cut_dice(per_image: np.ndarray, table: np.ndarray) -> np.ndarray:
         onehot[np.arange(LEVELS), lut[c]] = 1.0  # raw value -> calibrated value
         mapped[:, c] = per_image[:, c].astype(np.float64) @ onehot
     above = np.cumsum(mapped[..., ::-1], axis=-1)[..., ::-1]  # pixels with value >= v
-    tp, fp = above[:, :, 1, 1:], above[:, :, 0, 1:]  # value > k for k = 0 … 254
+    zero = np.zeros(above.shape[:-1] + (1,))
+    tp = np.concatenate([above[:, :, 1, 1:], zero[:, :, 1]], axis=-1)  # value > k for k = 0 … 255
+    fp = np.concatenate([above[:, :, 0, 1:], zero[:, :, 0]], axis=-1)
     gt = mapped[:, :, 1].sum(axis=-1)[..., None]
-    total = tp + fp + gt
-    return np.where(total > 0, 2 * tp / np.maximum(total, 1), 1.0)
+    return dice_from_counts(tp, tp + fp, np.broadcast_to(gt, tp.shape))
 
 
-def threshold_of(cut: int) -> float:
-    """The threshold whose uint8 cut (`boneseg.probs.cutoffs`) is `cut`, with a margin either side."""
-    return round((cut + 0.5) / probs_mod.SCALE, 6)
+def search_cuts(dice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the threshold with the best mean Dice over images of (images, 29, 256) cut Dice, over the
+    whole range (`boneseg.workflows.validation.search_thresholds`), and its uint8 cut."""
+    from boneseg.workflows.validation import search_thresholds
 
-
-def search_cuts(dice: np.ndarray) -> np.ndarray:
-    """Per class, the cut with the best mean Dice over images (ties: the one nearest 0.5)."""
-    mean = dice.mean(axis=0)  # (29, 255)
-    nearness = -np.abs(np.arange(mean.shape[1]) - 127)
-    best = np.empty(NUM_CLASSES, np.int64)
-    for c in range(NUM_CLASSES):
-        top = np.flatnonzero(mean[c] >= mean[c].max() - 1e-12)
-        best[c] = top[np.argmax(nearness[top])]
-    return best
+    thresholds, _ = search_thresholds(dice.mean(axis=0), 0.0, 1.0)
+    return thresholds, probs_mod.cutoffs(thresholds)
 
 
 # -- the job ---------------------------------------------------------------------------------------
@@ -365,12 +360,11 @@ def calibrate(
         d = _cut_dice(per_image[m], tables[f])
         dice_cal[m] = d[:, :, 127]
         train = ~m if len(fold_ids) > 1 else m
-        cuts = search_cuts(_cut_dice(per_image[train], tables[f]))
+        cuts = search_cuts(_cut_dice(per_image[train], tables[f]))[1]
         dice_tuned[m] = np.take_along_axis(d, cuts[None, :, None], axis=2)[:, :, 0]
     searched = None
     if thresholds:
-        cuts = search_cuts(_cut_dice(per_image, final.table()))
-        searched = np.array([threshold_of(int(k)) for k in cuts])
+        searched = search_cuts(_cut_dice(per_image, final.table()))[0]
     for c, name in enumerate(CLASSES):
         report[name]["dice_before"] = float(dice_before[:, c].mean())
         report[name]["dice_calibrated"] = float(dice_cal[:, c].mean())

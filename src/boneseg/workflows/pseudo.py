@@ -120,11 +120,18 @@ class _ProbsSource:
     path: Path
     threshold: Any = 0.5
     kind: str = "probs"
+    calibration: Any = None  # a `boneseg.calibration.Calibration` applied to the stored values
 
     def __post_init__(self) -> None:
-        self.images = [Path(str(i)).name for i in probs_mod.read_manifest(self.path)["images"]]
+        manifest = probs_mod.read_manifest(self.path)
+        self.images = [Path(str(i)).name for i in manifest["images"]]
         self.image_set = set(self.images)
         self.cuts = probs_mod.read_thresholds(self.threshold)
+        if self.calibration is not None and manifest.get("calibration"):
+            raise DataError(
+                f"{self.path}: its probabilities were calibrated when predicted (probs.json 'calibration'); "
+                "drop --calibration"
+            )
 
     def masks(self, image: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
         q = probs_mod.load(self.path, image)
@@ -133,6 +140,8 @@ class _ProbsSource:
                 f"{probs_mod.prob_path(self.path, image)}: probabilities are {q.shape[2]}x"
                 f"{q.shape[1]} but the image is {shape[1]}x{shape[0]}"
             )
+        if self.calibration is not None:
+            q = self.calibration.apply_quantized(q)
         masks = probs_mod.binarize(q, self.cuts)
         conf = np.zeros(NUM_CLASSES)
         for c in range(NUM_CLASSES):
@@ -141,10 +150,11 @@ class _ProbsSource:
         return masks, conf
 
 
-def open_source(path: str | os.PathLike, threshold: Any = 0.5):
-    """A submission CSV or a probability folder (chosen by what `path` is); `threshold` binarises a folder."""
+def open_source(path: str | os.PathLike, threshold: Any = 0.5, calibration: Any = None):
+    """A submission CSV or a probability folder (chosen by what `path` is); `threshold` binarises a folder,
+    after `calibration` (a `boneseg.calibration.Calibration`), if any."""
     path = Path(path)
-    return _ProbsSource(path, threshold) if path.is_dir() else _CsvSource(path)
+    return _ProbsSource(path, threshold, calibration=calibration) if path.is_dir() else _CsvSource(path)
 
 
 # -- one image ------------------------------------------------------------------------------------
@@ -285,6 +295,7 @@ def make_pseudo(
     copy: bool = False,
     agree_with: Sequence[str | os.PathLike] = (),
     min_agreement: float | None = None,
+    calibration: str | os.PathLike | None = None,
     workers: int | None = None,
     force: bool = False,
     reporter: Reporter = SILENT,
@@ -302,6 +313,8 @@ def make_pseudo(
         agree_with: other predictions of the images (CSVs or probability folders, binarised with
             `threshold`); each image records the weakest class's agreement (mean Dice against them).
         min_agreement: leave out images where a class's agreement is below this (needs `agree_with`).
+        calibration: a calibration file (``boneseg calibrate``) applied to the source's probabilities before
+            they are thresholded and their confidence measured (a probability folder only).
         copy: copy images instead of hard-linking them.
         workers: processes (default: all usable cores).
         force: replace an existing pseudo-label folder.
@@ -321,7 +334,12 @@ def make_pseudo(
     if min_agreement is not None and not agree_with:
         raise UsageError("--min-agreement needs other predictions to agree with (--agree-with)")
     thresholds = probs_mod.read_thresholds(threshold)
-    src = open_source(source, thresholds)
+    from boneseg.calibration import resolve
+
+    calibrated = resolve(calibration)
+    if calibrated is not None and not Path(source).is_dir():
+        raise UsageError("--calibration applies to a probability folder (a CSV is already binary)")
+    src = open_source(source, thresholds, calibrated)
     others = [open_source(p, thresholds) for p in agree_with]
     if (thresholds != 0.5).any() and all(s.kind == "csv" for s in (src, *others)):
         raise UsageError("--threshold applies to probability folders only (a CSV is already binary)")

@@ -108,7 +108,9 @@ def _soft_image(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     """Atoms of one image (key, values, truth, count) and its label areas, from the probability files."""
     folders, entries, sample = STATE["folders"], STATE["entries"][index], STATE["samples"][index]
     masks = STATE["cache"].get(sample).masks
+    calibrations = STATE.get("calibrations") or [None] * len(folders)
     qs = [probs_mod.load(f, e) for f, e in zip(folders, entries)]
+    qs = [cal.apply_quantized(q) if cal is not None else q for q, cal in zip(qs, calibrations)]
     for f, e, q in zip(folders, entries, qs):
         if q.shape != masks.shape:
             raise DataError(
@@ -133,9 +135,17 @@ def soft_atoms(
     cache,
     workers: int | None = None,
     reporter: Reporter = SILENT,
+    calibrations: Sequence | None = None,
 ) -> Atoms:
-    """Atoms of soft votes: `entries[n][i]` is image n's name in folder i, `samples[n]` its labelled sample."""
-    state = {"folders": list(folders), "entries": entries, "samples": samples, "cache": cache}
+    """Atoms of soft votes: `entries[n][i]` is image n's name in folder i, `samples[n]` its labelled sample;
+    `calibrations`: one `boneseg.calibration.Calibration` (or None) per folder, applied to its values."""
+    state = {
+        "folders": list(folders),
+        "entries": entries,
+        "samples": samples,
+        "cache": cache,
+        "calibrations": list(calibrations) if calibrations is not None else None,
+    }
     with reporter.task("atoms", len(samples), "img") as task:
         parts = list(parallel_map(_soft_image, list(range(len(samples))), state, workers, task))
     key, values, truth, count, gt = (np.concatenate(x) for x in zip(*parts))
@@ -423,6 +433,7 @@ def select(
     per_class: bool = True,
     threshold: float | str | os.PathLike | None = None,
     tune_thresholds: bool = False,
+    calibration: Sequence[str | os.PathLike | None] | None = None,
     workers: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
@@ -441,6 +452,9 @@ def select(
         per_class: choose an ensemble per class; else one ensemble for all classes (mean Dice).
         threshold: soft voting's threshold during selection (number or ``{class: t}`` JSON; default 0.5).
         tune_thresholds: soft vote: afterwards, pick each class's threshold from `THRESHOLD_GRID`.
+        calibration: soft vote: one calibration file per input (``none``: that input as it is), applied to
+            its probabilities before the vote (`boneseg.workflows.ensemble.read_calibrations`); the plan's
+            ``ensemble`` must then be given the same ``--calibration`` files.
         workers: processes reading probability files.
         out: where to write the plan (`Selection.plan`), checked before anything is read; existing only
             with `force`.
@@ -465,6 +479,11 @@ def select(
     if vote == "hard" and (threshold is not None or tune_thresholds):
         raise UsageError("--threshold and --tune-thresholds apply to --vote soft only")
     cuts = probs_mod.cutoffs(probs_mod.read_thresholds(threshold)) if vote == "soft" else None
+    if vote == "hard" and calibration:
+        raise UsageError("--calibration applies to --vote soft only")
+    from boneseg.workflows.ensemble import read_calibrations
+
+    calibrations = read_calibrations(calibration, len(paths))
     if out is not None:
         check_output(out, force)
     data = Path(data)
@@ -478,7 +497,7 @@ def select(
         samples = list(loaded.samples or [])
     else:
         _, entries, samples = _soft_inputs(paths, data)
-        atoms = soft_atoms([str(p) for p in paths], entries, samples, cache, workers, reporter)
+        atoms = soft_atoms([str(p) for p in paths], entries, samples, cache, workers, reporter, calibrations)
     assignment = load_splits(splits, discover(data, "train"))["assignments"]
     fold_of = np.array([assignment[s.name] for s in samples])
     if len(np.unique(fold_of)) < 2:

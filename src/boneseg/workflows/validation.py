@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from boneseg import calibration as calibration_mod
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, GROUPS, NUM_CLASSES
 from boneseg.data.layout import Sample, discover
@@ -171,6 +172,7 @@ def evaluate_policies(
     wrist_model: str | os.PathLike | None = None,
     meta: str | os.PathLike | None = None,
     thresholds_out: str | os.PathLike | None = None,
+    calibration: str | os.PathLike | None = "auto",
     force: bool = False,
 ) -> TTAReport:
     """Predict the validation images under each policy and score them with the competition Dice.
@@ -186,7 +188,10 @@ def evaluate_policies(
         wrist_model, meta: as in `boneseg.inference.predict` (`meta` defaults to the dataset's
             ``meta_data.xlsx``), so the scores and thresholds are those of the same predict command.
         thresholds_out: write the tuned per-class thresholds there as JSON (for ``predict --threshold``;
-            needs `search`); an existing file only with `force`.
+            needs `search`); an existing file only with `force`. With a calibration the file is
+            ``{"thresholds": {…}, "calibration": {…}}``: thresholds of the calibrated probabilities.
+        calibration: as in `boneseg.inference.predict` (``auto``: each run folder's own): policies are scored and
+            thresholds searched on the calibrated probabilities.
         Others: see `boneseg.inference.predict`.
 
     Raises:
@@ -213,13 +218,25 @@ def evaluate_policies(
         pols = default_policies(scales, sliding)
     if thresholds_out is not None:
         check_output(thresholds_out, force)
+    final = calibration_mod.resolve(calibration)
     predictor = (
         models
         if isinstance(models, Predictor)
         else Predictor.from_checkpoints(
-            models, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp
+            models,
+            weights,
+            device,
+            calibrated=str(calibration).lower() == "auto",
+            size=size,
+            window=window,
+            overlap=overlap,
+            batch_size=batch_size,
+            amp=amp,
+            calibration=final,
         )
     )
+    if isinstance(models, Predictor) and final is not None:
+        predictor.calibration = final
     notes: list[str] = []
     dropped = [p.name for p in pols if predictor.applied(p) != p]
     if dropped:
@@ -270,7 +287,9 @@ def evaluate_policies(
         report.thresholds = dict(zip(CLASSES, map(float, thresholds)))
         report.tuned_mean_dice = float(tuned.mean())
         if thresholds_out is not None:
-            write_json(thresholds_out, report.thresholds, force=force)
+            applied = predictor.calibrations
+            doc = report.thresholds if applied is None else {"thresholds": report.thresholds, "calibration": applied}
+            write_json(thresholds_out, doc, force=force)
     return report
 
 

@@ -161,3 +161,38 @@ def test_uncertainty_maps_and_table(setup, tmp_path, capsys):
     code, _, err = cli(capsys, "predict", data, "-m", runs[0], "-o", tmp_path / "w.csv", "--save-uncertainty",
                        tmp_path / "u", *OPTS)  # fmt: skip
     assert code == 1 and "not empty" in error_line(err)
+
+
+def test_tta_searches_thresholds_on_calibrated_probabilities(setup, tmp_path):
+    from boneseg.workflows.validation import evaluate_policies
+
+    data, runs, cal, root, plain = setup
+    from boneseg.data.layout import discover
+
+    samples = discover(data, "train")
+    common = {"policies": ["none"], "samples": samples, "workers": 0, "device": "cpu", "search": (0.0, 1.0)}
+    raw = evaluate_policies(data, [runs[0]], calibration="none", thresholds_out=tmp_path / "raw.json", **common)
+    done = evaluate_policies(
+        data, [runs[0]], calibration=root / "cal.json", thresholds_out=tmp_path / "c.json", **common
+    )
+    assert json.loads((tmp_path / "raw.json").read_text()) == raw.thresholds
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["thresholds"] == done.thresholds and doc["calibration"]["final"]["source"] == str(root / "cal.json")
+    # a monotone map per class: the best Dice over every cut is the same up to the uint8 re-quantisation
+    assert done.tuned_mean_dice == pytest.approx(raw.tuned_mean_dice, abs=0.02)
+    assert probs.read_thresholds(tmp_path / "c.json").shape == (29,)
+
+
+def test_pseudo_calibrates_a_probability_folder(setup, tmp_path, capsys):
+    data, runs, cal, root, plain = setup
+    sure = Calibration(np.full(29, 0.05), np.full(29, -3.0))  # everything confidently on
+    sure.write(tmp_path / "sure.json")
+    opts = ("--min-confidence", "0.99", "--json", "-j", "0")
+    code, out, err = cli(
+        capsys, "pseudo", plain, data, "-o", tmp_path / "ps", "--calibration", tmp_path / "sure.json", *opts
+    )
+    assert code == 0, err
+    calibrated = json.loads(out)
+    code, out, err = cli(capsys, "pseudo", plain, data, "-o", tmp_path / "pr", *opts)
+    assert code == 0, err
+    assert len(calibrated["left_out"]) == 0 < len(json.loads(out)["left_out"])

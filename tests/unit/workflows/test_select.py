@@ -15,6 +15,7 @@ from boneseg.classes import CLASSES, FINGERS
 from boneseg.data.layout import discover
 from boneseg.data.masks import MaskCache, default_cache_dir
 from boneseg.data.split import make_splits
+from boneseg.errors import UsageError
 from boneseg.submission import SubmissionWriter
 from boneseg.workflows.select import select
 
@@ -229,3 +230,18 @@ def test_soft_oof_of_a_dataset_with_two_images_of_one_name_is_refused(tmp_path):
         shutil.copy(src, data / "train" / sub / "ID009" / src.name)
     with pytest.raises(DataError, match=f"two images named {first.image_name}"):
         select([tmp_path / "p"], data, tmp_path / "splits.json", workers=1)
+
+
+def test_soft_selection_on_calibrated_inputs(oof, synth_data, tmp_path):
+    """ "faint" is 100/255 sure of its non-finger classes: a calibration with bias -1 lifts them above 0.5, so
+    the selection scores 1.0 untuned; the same files make `ensemble` reproduce it."""
+    from boneseg.calibration import Calibration
+
+    Calibration(np.ones(29), np.full(29, -1.0)).write(tmp_path / "lift.json")
+    inputs = [oof / "faint", oof / "pweak"]
+    lifted = select(
+        inputs, synth_data, oof / "splits.json", steps=1, workers=1, calibration=[tmp_path / "lift.json", "none"]
+    )
+    assert lifted.score.min() == 1.0
+    with pytest.raises(UsageError, match="--calibration"):
+        select(inputs, synth_data, oof / "splits.json", calibration=[tmp_path / "lift.json"])
