@@ -50,6 +50,19 @@ def pseudo_command(
         "the confidence.",
         show_default=False,
     ),
+    uncertainty: Path = typer.Option(
+        None,
+        "--uncertainty",
+        metavar="DIR",
+        help="The predict --save-uncertainty folder of the same predictions (with --max-uncertainty).",
+        show_default=False,
+    ),
+    max_uncertainty: float = typer.Option(
+        None,
+        "--max-uncertainty",
+        help="Leave out images where a class's mean entropy over its region (uncertainty.csv) is above U.",
+        show_default=False,
+    ),
     agree_with: list[Path] = typer.Option(
         None,
         "--agree-with",
@@ -88,6 +101,8 @@ def pseudo_command(
             min_confidence=min_confidence,
             threshold=threshold,
             calibration=calibration,
+            uncertainty=uncertainty,
+            max_uncertainty=max_uncertainty,
             copy=copy,
             agree_with=agree_with or (),
             min_agreement=min_agreement,

@@ -3,8 +3,8 @@
 Each run predicts the validation images of its own saved fold (`Run.validation`); together the runs must
 cover every train image exactly once. The result is one submission CSV over all train images (sorted
 image order, as `predict` writes) and, optionally, one probability folder in `predict --save-probs`'s
-layout: what `analyze --gt`, `ensemble` and `audit` read. The runs' own post-processing rules are not
-applied (they were fitted on the very images predicted here).
+layout: what `analyze --gt`, `ensemble`, `audit` and `calibrate` read. The runs' own post-processing rules
+and calibrations are not applied (they were fitted on the very images predicted here).
 """
 
 from __future__ import annotations
@@ -158,6 +158,7 @@ def oof(
                 device=device,
                 batch_size=batch_size,
                 postprocess_rules="none",
+                calibration="none",
                 reporter=reporter,
             )
             for _, row in csv_rows(work / f"fold-{i}.csv"):

@@ -195,6 +195,44 @@ def _below(name: str, what: str, values: np.ndarray, minimum: float) -> dict:
     return _left_out(name, f"{what} {values.min():.3f} < {minimum:g} ({len(low)} class(es))", low)
 
 
+def _doubtful(folder: str | os.PathLike, limit: float, images: Sequence[str]) -> dict[str, tuple[str, list[str]]]:
+    """Images whose class entropy (``uncertainty.csv``, `boneseg.uncertainty`) is above `limit`: image ->
+    (reason, classes).
+
+    Raises:
+        DataError: no such table, a malformed row, or an image of `images` missing from it.
+    """
+    import csv
+
+    from boneseg.uncertainty import CSV, HEADER
+
+    path = Path(folder) / CSV
+    if not path.is_file():
+        raise DataError(f"--uncertainty {folder}: no {CSV} (made by predict --save-uncertainty)")
+    values: dict[str, dict[str, float]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        if tuple(next(reader, ())) != HEADER:
+            raise DataError(f"{path}: header is not {','.join(HEADER)}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                v = float(row[2])
+            except (IndexError, ValueError):
+                raise DataError(f"{path}: row {line}: expected image_name,class,entropy,…") from None
+            if not 0.0 <= v <= 1.0:
+                raise DataError(f"{path}: row {line}: entropy {row[2]} is not within [0, 1]")
+            values.setdefault(row[0], {})[row[1]] = v
+    out = {}
+    for name in images:
+        if name not in values:
+            raise DataError(f"{path}: no row for image {name!r} (maps of other predictions?)")
+        high = [c for c in CLASSES if values[name].get(c, 0.0) > limit]
+        if high:
+            worst = max(values[name].get(c, 0.0) for c in high)
+            out[name] = (f"uncertainty {worst:.3f} > {limit:g} ({len(high)} class(es))", high)
+    return out
+
+
 def _pseudo_worker(task: tuple[str, str]) -> dict:
     name, image_path = task
     source, others, stage, min_conf, min_agree, copy = (
@@ -296,6 +334,8 @@ def make_pseudo(
     agree_with: Sequence[str | os.PathLike] = (),
     min_agreement: float | None = None,
     calibration: str | os.PathLike | None = None,
+    uncertainty: str | os.PathLike | None = None,
+    max_uncertainty: float | None = None,
     workers: int | None = None,
     force: bool = False,
     reporter: Reporter = SILENT,
@@ -315,6 +355,9 @@ def make_pseudo(
         min_agreement: leave out images where a class's agreement is below this (needs `agree_with`).
         calibration: a calibration file (``boneseg calibrate``) applied to the source's probabilities before
             they are thresholded and their confidence measured (a probability folder only).
+        uncertainty: a ``predict --save-uncertainty`` folder of the same predictions; with `max_uncertainty`,
+            images where a class's mean entropy over its region (``uncertainty.csv``) is above the limit
+            are left out.
         copy: copy images instead of hard-linking them.
         workers: processes (default: all usable cores).
         force: replace an existing pseudo-label folder.
@@ -331,6 +374,10 @@ def make_pseudo(
         raise UsageError(f"--min-confidence must be within [0, 1], got {min_confidence}")
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise UsageError(f"--min-agreement must be within [0, 1], got {min_agreement}")
+    if max_uncertainty is not None and not 0.0 <= max_uncertainty <= 1.0:
+        raise UsageError(f"--max-uncertainty must be within [0, 1], got {max_uncertainty}")
+    if (max_uncertainty is None) != (uncertainty is None):
+        raise UsageError("--max-uncertainty and --uncertainty go together (the limit and the maps of the source)")
     if min_agreement is not None and not agree_with:
         raise UsageError("--min-agreement needs other predictions to agree with (--agree-with)")
     thresholds = probs_mod.read_thresholds(threshold)
@@ -358,6 +405,11 @@ def make_pseudo(
     predicted = set(src.images)
     left_out = [_left_out(s.name, "no prediction in the source") for s in samples if s.image_name not in predicted]
     tasks = [(s.name, str(s.image)) for s in samples if s.image_name in predicted]
+    if uncertainty is not None and max_uncertainty is not None:
+        doubtful = _doubtful(uncertainty, max_uncertainty, [Path(n).name for n, _ in tasks])
+        left_out += [_left_out(n, doubtful[Path(n).name][0], doubtful[Path(n).name][1]) for n, _ in tasks
+                     if Path(n).name in doubtful]  # fmt: skip
+        tasks = [t for t in tasks if Path(t[0]).name not in doubtful]
     stage = _prepare_out(out, force)
     try:
         for sub in (IMAGE_DIR, LABEL_DIR):  # the train layout even when every image is left out
@@ -391,6 +443,8 @@ def make_pseudo(
             "min_confidence": min_confidence,
             "agree_with": [str(Path(p).resolve()) for p in agree_with],
             "min_agreement": min_agreement,
+            "uncertainty": str(Path(uncertainty).resolve()) if uncertainty is not None else None,
+            "max_uncertainty": max_uncertainty,
             "summary": {
                 "written": len(written),
                 "left_out": len(left_out),

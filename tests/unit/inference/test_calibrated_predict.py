@@ -196,3 +196,18 @@ def test_pseudo_calibrates_a_probability_folder(setup, tmp_path, capsys):
     code, out, err = cli(capsys, "pseudo", plain, data, "-o", tmp_path / "pr", *opts)
     assert code == 0, err
     assert len(calibrated["left_out"]) == 0 < len(json.loads(out)["left_out"])
+
+
+def test_pseudo_leaves_out_uncertain_images(setup, tmp_path, capsys):
+    data, runs, cal, root, plain = setup
+    predict(data, [runs[0]], tmp_path / "u.csv", save_uncertainty=tmp_path / "u", device="cpu", workers=0,
+            calibration="none")  # fmt: skip
+    common = ("--uncertainty", tmp_path / "u", "--json", "-j", "0")
+    code, out, err = cli(capsys, "pseudo", plain, data, "-o", tmp_path / "p0", "--max-uncertainty", "0", *common)
+    assert code == 0, err
+    left = json.loads(out)["left_out"]
+    assert left and all(r["reason"].startswith("uncertainty") for r in left)
+    code, out, err = cli(capsys, "pseudo", plain, data, "-o", tmp_path / "p1", "--max-uncertainty", "1", *common)
+    assert code == 0 and not any(r["reason"].startswith("uncertainty") for r in json.loads(out)["left_out"])
+    code, _, err = cli(capsys, "pseudo", plain, data, "-o", tmp_path / "p2", "--max-uncertainty", "0.5")
+    assert code == 2 and "--uncertainty" in error_line(err)
