@@ -25,7 +25,7 @@ from boneseg import probs, uncertainty
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.data.layout import discover
 from boneseg.data.masks import MaskCache, default_cache_dir
-from boneseg.workflows.calibrate import LEVELS, _cut_dice, calibrate, ece, fit, histograms
+from boneseg.workflows.calibrate import LEVELS, _cut_dice, calibrate, ece, fit, histograms, search_cuts
 
 
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -40,12 +40,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("folder", type=Path)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--fit-on", default="all", choices=("all", "band"))
     args = ap.parse_args()
     root = args.folder
     data = root / "data"
     out: dict = {}
     for v in ("a", "b"):
-        rep = calibrate(root / f"oof_{v}", data, root / f"cal_{v}.json", workers=args.workers, force=True, band=16)
+        rep = calibrate(root / f"oof_{v}", data, root / f"cal_{v}.json", workers=args.workers, force=True, band=16, fit_on=args.fit_on)
         out[v] = {"summary": rep.summary, "per_class": rep.classes, "folds": rep.folds}
         s = rep.summary
         print(
@@ -77,7 +78,7 @@ def main() -> None:
     for f in sorted(set(fold_of.tolist())):
         train = fold_of != f
         cal = {
-            key: fit(np.stack([h[0] for h, t in zip(per[key], train) if t]).sum(axis=0), platt=True)
+            key: fit(np.stack([h[0 if args.fit_on == "all" else 1] for h, t in zip(per[key], train) if t]).sum(axis=0), platt=True)
             for key in ("a", "b")
         }
         for i in np.flatnonzero(fold_of == f):
@@ -93,10 +94,23 @@ def main() -> None:
         every = np.stack([h[0] for h in hs])
         band = np.stack([h[1] for h in hs]).sum(axis=0)
         eces = [ece(identity, band[c, 1], band[c, 0])[0] for c in range(NUM_CLASSES)]
-        dice = _cut_dice(every, np.tile(identity, (NUM_CLASSES, 1)))[:, :, 127]
-        fold_dice = [float(dice[fold_of == f].mean()) for f in sorted(set(fold_of.tolist()))]
-        out["vote"][when] = {"ece_band": float(np.mean(eces)), "dice": float(dice.mean()), "dice_folds": fold_dice}
-        print(f"soft vote a+b {when} calibration: ECE band {np.mean(eces):.4f}, Dice {dice.mean():.4f} {fold_dice}")
+        curves = _cut_dice(every, np.tile(identity, (NUM_CLASSES, 1)))
+        dice = curves[:, :, 127]
+        tuned = np.zeros_like(dice)
+        for f in sorted(set(fold_of.tolist())):  # thresholds searched on the other folds
+            cuts = search_cuts(curves[fold_of != f])[1]
+            tuned[fold_of == f] = np.take_along_axis(curves[fold_of == f], cuts[None, :, None], axis=2)[:, :, 0]
+        folds = sorted(set(fold_of.tolist()))
+        fold_dice = [float(dice[fold_of == f].mean()) for f in folds]
+        fold_tuned = [float(tuned[fold_of == f].mean()) for f in folds]
+        out["vote"][when] = {
+            "ece_band": float(np.mean(eces)),
+            "dice": float(dice.mean()),
+            "dice_sd": float(np.std(fold_dice, ddof=1)),
+            "dice_tuned": float(tuned.mean()),
+            "dice_tuned_sd": float(np.std(fold_tuned, ddof=1)),
+        }
+        print(f"soft vote a+b {when} calibration: {out['vote'][when]}")
 
     # uncertainty maps against per-pixel error: each fold's two models on their validation images
     from boneseg.inference import predict
@@ -140,7 +154,7 @@ def main() -> None:
             continue
         out["auroc"][m] = {"all": auroc(c[0, 1], c[0, 0]), "band": auroc(c[1, 1], c[1, 0])}
         print(f"AUROC {m}: all pixels {out['auroc'][m]['all']:.4f}, band {out['auroc'][m]['band']:.4f}")
-    (root / "calibration_bench.json").write_text(json.dumps(out, indent=1))
+    (root / f"calibration_bench_{args.fit_on}.json").write_text(json.dumps(out, indent=1))
     worst = sorted(CLASSES, key=lambda n: -out["a"]["per_class"][n]["ece_band_before"])[:6]
     print("| class | T (a) | ECE band before | after | T (b) | ECE band before | after |")
     print("|---|---|---|---|---|---|---|")
