@@ -46,7 +46,15 @@ def main() -> None:
     data = root / "data"
     out: dict = {}
     for v in ("a", "b"):
-        rep = calibrate(root / f"oof_{v}", data, root / f"cal_{v}.json", workers=args.workers, force=True, band=16, fit_on=args.fit_on)
+        rep = calibrate(
+            root / f"oof_{v}",
+            data,
+            root / f"cal_{v}.json",
+            workers=args.workers,
+            force=True,
+            band=16,
+            fit_on=args.fit_on,
+        )
         out[v] = {"summary": rep.summary, "per_class": rep.classes, "folds": rep.folds}
         s = rep.summary
         print(
@@ -78,7 +86,10 @@ def main() -> None:
     for f in sorted(set(fold_of.tolist())):
         train = fold_of != f
         cal = {
-            key: fit(np.stack([h[0 if args.fit_on == "all" else 1] for h, t in zip(per[key], train) if t]).sum(axis=0), platt=True)
+            key: fit(
+                np.stack([h[0 if args.fit_on == "all" else 1] for h, t in zip(per[key], train) if t]).sum(axis=0),
+                platt=True,
+            )
             for key in ("a", "b")
         }
         for i in np.flatnonzero(fold_of == f):

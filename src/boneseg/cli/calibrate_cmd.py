@@ -24,7 +24,7 @@ def calibrate_command(
         ...,
         "--out",
         "-o",
-        metavar="calibration.json",
+        metavar="FILE.json",
         show_default=False,
         help="The calibration file (predict/ensemble/export --calibration FILE; a run folder's calibration.json).",
     ),

@@ -31,7 +31,7 @@ from boneseg.data.dataset import Loader
 from boneseg.data.layout import Sample, by_image_name, find_images, read_image
 from boneseg.engine.distributed import as_rank_failure, cleanup, setup
 from boneseg.engine.run import Run
-from boneseg.errors import BonesegWarning, DataError, OutputExistsError, check_workers
+from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError, check_workers
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
 from boneseg.inference.exported import Exported, open_model
 from boneseg.inference.predictor import InputPlan, Item, Predictor, Spread, check_weights
