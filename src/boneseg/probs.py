@@ -96,6 +96,11 @@ def read_thresholds(value: float | str | os.PathLike | Sequence[float] | Mapping
             raise UsageError(f"--threshold must be a number or a JSON file, got {text!r} (no such file)") from None
         doc = read_json(path)
         if isinstance(doc, dict) and isinstance(doc.get("thresholds"), dict):
+            beside = [k for k in doc if k in CLASSES]
+            if beside:
+                raise DataError(
+                    f"{path}: class {beside[0]!r} is given beside the 'thresholds' mapping (which one is meant?)"
+                )
             doc = doc["thresholds"]
         if not isinstance(doc, dict):
             raise DataError(f"{path}: expected a JSON object {{class: threshold}}") from None

@@ -17,6 +17,7 @@ from boneseg.cli.predict_cmd import (
     OVERLAP,
     SCALES,
     SIZE,
+    TRUST_MODEL,
     WEIGHTS,
     WINDOW,
     WORKERS,
@@ -53,6 +54,7 @@ def tta_command(
     search: str = typer.Option("0.3,0.7", "--search", help="Threshold search range low,high."),
     wrist_model: Path = WRIST_MODEL,
     meta: Path = META,
+    trust_model: bool = TRUST_MODEL,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     weights: str = WEIGHTS,
     device: str = DEVICE,
@@ -94,6 +96,7 @@ def tta_command(
             meta=meta,
             thresholds_out=thresholds_out,
             force=force,
+            trust_model=trust_model,
         )
     if as_json:
         print_json(report.to_json())

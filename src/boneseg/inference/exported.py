@@ -23,6 +23,7 @@ import abc
 import contextlib
 import hashlib
 import io
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -46,8 +47,14 @@ FORMATS = ("onnx", "torchscript", "hf")
 HF_SIDECAR = "boneseg.json"
 HF_FILES = ("config.json", "model.safetensors")
 INPUT_NAME, SIZE_NAME, OUTPUT_NAME = "image", "output_size", "probabilities"
-VERSION = 3
-"""Sidecar version: 2 added the graphs' ``output_size`` input, 3 the model file's ``model_sha256``."""
+VERSION = 4
+"""Sidecar version: 2 added the graphs' ``output_size`` input, 3 the model file's ``model_sha256``, 4 replaced it
+with ``integrity_sha256`` (model file, hf ``config.json`` and every sidecar setting)."""
+HASH_KEY = "integrity_sha256"
+UNSEALED = (HASH_KEY, "max_abs_diff")
+"""Sidecar fields outside the integrity hash: the hash itself, and the check figure computed with it."""
+RUNS_CODE = ("torchscript",)
+"""Backends whose files run code of their author's choosing when loaded (only with ``trust_model``)."""
 CONFIG_KEYS = ("size", "crop", "channels", "mean", "std", "unify_side")
 """The training-config fields an export carries (what normalisation, sizes and hand side need)."""
 
@@ -74,6 +81,20 @@ def sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def integrity(path: str | os.PathLike, backend: str, sidecar: dict) -> str:
+    """The hex SHA-256 binding an export together: the model file (for ``hf`` also its ``config.json``, which
+    builds the network) and every sidecar setting except `UNSEALED`. Editing any of them changes it."""
+    digest = hashlib.sha256()
+    files = {"model": model_file(path, backend)}
+    if backend == "hf":
+        files["config.json"] = Path(path) / "config.json"
+    for role, file in files.items():
+        digest.update(f"{role}\0{sha256(file)}\0".encode())
+    settings = {k: v for k, v in sidecar.items() if k not in UNSEALED}
+    digest.update(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()
 
 
@@ -163,7 +184,7 @@ class ScriptModel(Graph):
 class Exported:
     """An export opened once: its sidecar, config and model (the counterpart of `Run` for `predict`)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, trust_model: bool = False):
         self.path = Path(path)
         self.rules_path = sidecar_path(self.path)
         if not self.path.exists():
@@ -182,6 +203,12 @@ class Exported:
             raise CheckpointError(f"{self.rules_path}: 'classes' differ from the 29 competition classes")
         self.sidecar: dict[str, Any] = doc
         self.backend: str = doc["backend"]
+        if self.backend in RUNS_CODE and not trust_model:
+            raise CheckpointError(
+                f"{self.path}: a {self.backend} model runs code of its author's choosing when loaded (it can read "
+                "and write any file): load it only from a source you trust, with --trust-model (ONNX and hf "
+                "exports need no trust)"
+            )
         missing = [k for k in CONFIG_KEYS if k not in doc]
         if missing:
             raise CheckpointError(f"{self.rules_path}: missing input setting(s) {', '.join(missing)}")
@@ -227,15 +254,18 @@ class Exported:
                     raise CheckpointError(
                         f"{self.path / 'config.json'}: {key} {got!r}, but {self.rules_path.name} says {want}"
                     )
-        if self.sidecar.get("model_sha256") != sha256(weights):
+        if self.sidecar.get(HASH_KEY) != integrity(self.path, self.backend, self.sidecar):
+            covered = "model.safetensors, config.json" if self.backend == "hf" else self.path.name
             raise CheckpointError(
-                f"{self.rules_path}: written for another model file than {weights} (model_sha256 does not match: "
-                "export the run again, or put the sidecar beside its own model)"
+                f"{self.rules_path}: does not match its model ({HASH_KEY} differs: {covered} or a setting of the "
+                "sidecar changed since export, or the sidecar was written for another model file): export the run "
+                "again, or put the sidecar beside its own model; give predict --threshold/--postprocess to change "
+                "those"
             )
 
     @classmethod
-    def open(cls, path: str | os.PathLike | Exported) -> Exported:
-        return path if isinstance(path, Exported) else cls(path)
+    def open(cls, path: str | os.PathLike | Exported, trust_model: bool = False) -> Exported:
+        return path if isinstance(path, Exported) else cls(path, trust_model)
 
     @property
     def postprocess_rules(self) -> dict | None:
@@ -254,7 +284,8 @@ class Exported:
 
 
 def load_backend(path: Path, backend: str, device: str | torch.device = "cpu") -> Any:
-    """The model file or folder at `path` as a callable on `device` (see the module notes).
+    """The model file or folder at `path` as a callable on `device` (see the module notes). ``torchscript`` runs
+    its author's code: callers check trust first (`Exported`, or a graph `export` itself just wrote).
 
     Raises:
         CheckpointError: a file the backend cannot load. UsageError: onnxruntime missing for ``onnx``.
@@ -262,26 +293,57 @@ def load_backend(path: Path, backend: str, device: str | torch.device = "cpu") -
     device = torch.device(device)
     if backend == "onnx":
         return OnnxModel(path, device)
+    if backend == "hf":
+        return load_hf(path).to(device).eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-            if backend == "torchscript":
-                return ScriptModel(path, torch.jit.load(str(path), map_location=device).eval())
-        import segmentation_models_pytorch as smp
-
-        with contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints a note: stdout may be the CSV
-            return smp.from_pretrained(str(path)).to(device).eval()
-    except Exception as exc:  # noqa: BLE001 - TorchScript, huggingface_hub and safetensors raise many types
+            return ScriptModel(path, torch.jit.load(str(path), map_location=device).eval())
+    except Exception as exc:  # noqa: BLE001 - TorchScript raises many types
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable {backend} model ({msg})") from None
 
 
-def open_model(path: str | os.PathLike | Run | Exported) -> Run | Exported:
-    """A checkpoint/run folder as a `Run`, an export as an `Exported`.
+def load_hf(path: str | os.PathLike) -> torch.nn.Module:
+    """An smp folder (``config.json`` + ``model.safetensors``) as smp's ``from_pretrained`` reads it, but offline
+    by construction: the network is built without pretrained weights (whatever ``encoder_weights`` the config
+    names) and the folder's weights loaded into it, all of them (a missing or extra tensor is refused).
 
     Raises:
-        CheckpointError: nothing loadable there.
+        CheckpointError: a config that does not build an smp model, weights that do not fit it.
+    """
+    import segmentation_models_pytorch as smp
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = read_json(path / "config.json")
+    name = config.get("_model_class") if isinstance(config, dict) else None
+    archs = {cls.__name__: cls for cls in getattr(smp, "MODEL_ARCHITECTURES_MAPPING", {}).values()}
+    if name not in archs:
+        raise CheckpointError(f"{path / 'config.json'}: '_model_class' {name!r} is not an smp architecture")
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    kwargs["encoder_weights"] = None  # never downloaded: the weights are in the folder
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # smp/timm notices about options
+            model = archs[name](**kwargs)
+    except Exception as exc:  # noqa: BLE001 - smp raises many types for bad arguments
+        raise CheckpointError(f"{path / 'config.json'}: does not build an smp model ({str(exc)[:200]})") from None
+    try:
+        state = load_file(str(path / "model.safetensors"))
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # noqa: BLE001 - safetensors and load_state_dict raise many types
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable hf model ({msg})") from None
+    return model
+
+
+def open_model(path: str | os.PathLike | Run | Exported, trust_model: bool = False) -> Run | Exported:
+    """A checkpoint/run folder as a `Run`, an export as an `Exported` (a TorchScript one only with `trust_model`).
+
+    Raises:
+        CheckpointError: nothing loadable there, or a TorchScript export without `trust_model`.
     """
     if isinstance(path, (Run, Exported)):
         return path
-    return Exported(path) if is_exported(path) else Run.open(path)
+    return Exported(path, trust_model) if is_exported(path) else Run.open(path)

@@ -77,9 +77,10 @@ def load_models(
     checkpoints: Sequence[str | os.PathLike | Run | Exported],
     device: torch.device,
     weights: Sequence[float] | None = None,
+    trust_model: bool = False,
 ) -> list[LoadedModel]:
     """Load each checkpoint (file, run folder, opened `Run`) or export (`boneseg.inference.exported`) with its
-    own config.
+    own config; a TorchScript export, which runs its author's code, only with `trust_model`.
 
     Raises:
         UsageError: no checkpoint, or a weight count that differs from the checkpoint count / a negative weight.
@@ -88,7 +89,7 @@ def load_models(
     weights = check_weights(weights, len(checkpoints))
     out = []
     for ckpt, w in zip(checkpoints, weights):
-        run = open_model(ckpt)
+        run = open_model(ckpt, trust_model)
         if isinstance(run, Run) and run.classes != tuple(CLASSES):
             raise CheckpointError(
                 f"{run.path}: its {len(run.classes)} classes ({', '.join(run.classes[:3])}, …) are not "
@@ -241,10 +242,11 @@ class Predictor:
         checkpoints: Sequence[str | os.PathLike | Run | Exported],
         weights: Sequence[float] | None = None,
         device: str | torch.device = "auto",
+        trust_model: bool = False,
         **kwargs,
     ) -> Predictor:
         dev = resolve_device(device)
-        return cls(load_models(checkpoints, dev, weights), dev, **kwargs)
+        return cls(load_models(checkpoints, dev, weights, trust_model), dev, **kwargs)
 
     # -- sizes ------------------------------------------------------------------------------------
     def size_of(self, lm: LoadedModel) -> int:

@@ -283,6 +283,7 @@ def predict(
     wrist_model: str | os.PathLike | None = None,
     postprocess_rules: str | os.PathLike | None = "auto",
     meta: str | os.PathLike | None = None,
+    trust_model: bool = False,
 ) -> PredictSummary:
     """Predict images into a submission CSV, streaming one image at a time.
 
@@ -305,10 +306,12 @@ def predict(
         postprocess_rules: ``auto`` (the ``postprocess.json`` of a single model's run folder, see
             `boneseg.postprocess.fit_postprocess`), ``none``, or a rules file.
         meta: metadata file for FiLM models (default: ``meta_data.xlsx`` found from `source`).
+        trust_model: load TorchScript exports, which run code of their author's choosing (refused otherwise).
 
     Raises:
         UsageError: bad options. DataError: unreadable images or thresholds. OutputExistsError: an
-        existing output without `force`. CheckpointError: a checkpoint that cannot be loaded.
+        existing output without `force`. CheckpointError: a checkpoint that cannot be loaded, or a TorchScript
+        export without `trust_model`.
     """
     # every option first: a bad value is reported before any input is read or output checked
     Predictor.check_options(size, window, overlap, batch_size)
@@ -326,7 +329,7 @@ def predict(
     if not samples:
         raise DataError("no images to predict")
     by_image_name(samples)
-    runs = [] if isinstance(models, Predictor) else [open_model(m) for m in models]
+    runs = [] if isinstance(models, Predictor) else [open_model(m, trust_model) for m in models]
     if threshold is None and len(runs) == 1 and isinstance(runs[0], Exported) and runs[0].thresholds is not None:
         thresholds = probs_mod.read_thresholds(runs[0].thresholds)
         cuts = probs_mod.cutoffs(thresholds)
@@ -373,7 +376,9 @@ def predict(
         )
         warnings.warn(f"--tta {policy.tta}: the flip is dropped for {whom}", BonesegWarning, stacklevel=2)
         policy = used
-    stages = ImageStages(predictor, meta or (source if isinstance(source, (str, os.PathLike)) else None), wrist_model)
+    stages = ImageStages(
+        predictor, meta or (source if isinstance(source, (str, os.PathLike)) else None), wrist_model, trust_model
+    )
     shard = samples[rank::world]
     parts_dir = Path(tempfile.mkdtemp(prefix="boneseg-predict-")) if world > 1 else None  # on each rank's node
     target = parts_dir / "part-0.csv" if parts_dir is not None else output

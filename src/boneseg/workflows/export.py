@@ -31,14 +31,14 @@ from boneseg.inference.exported import (
     CONFIG_KEYS,
     FORMAT,
     FORMATS,
+    HASH_KEY,
     HF_SIDECAR,
     INPUT_NAME,
     OUTPUT_NAME,
     SIZE_NAME,
     VERSION,
+    integrity,
     load_backend,
-    model_file,
-    sha256,
     sidecar_path,
     size_input,
 )
@@ -353,7 +353,7 @@ def export(
                     _cases(cfg),
                 )
                 _check_diff(diff, out)
-                doc["model_sha256"] = sha256(model_file(folder, fmt))
+                doc[HASH_KEY] = integrity(folder, fmt, json.loads(json.dumps(doc)))
                 write_json(folder / HF_SIDECAR, dict(doc, max_abs_diff=diff), force=True)
                 publish_folder(folder, out, force)
             finally:
@@ -365,7 +365,7 @@ def export(
                 _write_graph(graph, fmt, tmp, cases[0][0])
                 diff = _max_diff(lambda x, size: graph(x, size_input(size)), load_backend(tmp, fmt), cases)
                 _check_diff(diff, out)
-                doc["model_sha256"] = sha256(tmp)
+                doc[HASH_KEY] = integrity(tmp, fmt, json.loads(json.dumps(doc)))
             write_json(sidecar, dict(doc, max_abs_diff=diff), force=force)
         task.advance()
     return ExportSummary(str(out), str(sidecar), fmt, len(opened), diff)

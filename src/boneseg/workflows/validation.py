@@ -172,6 +172,7 @@ def evaluate_policies(
     meta: str | os.PathLike | None = None,
     thresholds_out: str | os.PathLike | None = None,
     force: bool = False,
+    trust_model: bool = False,
 ) -> TTAReport:
     """Predict the validation images under each policy and score them with the competition Dice.
 
@@ -187,6 +188,7 @@ def evaluate_policies(
             ``meta_data.xlsx``), so the scores and thresholds are those of the same predict command.
         thresholds_out: write the tuned per-class thresholds there as JSON (for ``predict --threshold``;
             needs `search`); an existing file only with `force`.
+        trust_model: load TorchScript exports, which run code of their author's choosing (refused otherwise).
         Others: see `boneseg.inference.predict`.
 
     Raises:
@@ -217,7 +219,15 @@ def evaluate_policies(
         models
         if isinstance(models, Predictor)
         else Predictor.from_checkpoints(
-            models, weights, device, size=size, window=window, overlap=overlap, batch_size=batch_size, amp=amp
+            models,
+            weights,
+            device,
+            trust_model,
+            size=size,
+            window=window,
+            overlap=overlap,
+            batch_size=batch_size,
+            amp=amp,
         )
     )
     notes: list[str] = []
@@ -231,7 +241,7 @@ def evaluate_policies(
         notes += extra
     from boneseg.data.masks import default_cache_dir
 
-    stages = ImageStages(predictor, meta or data, wrist_model)
+    stages = ImageStages(predictor, meta or data, wrist_model, trust_model)
     loader = make_loader(
         ImageDataset(samples, stages.plan(predictor.plan(pols)), labels=True, cache_dir=default_cache_dir(data)),
         workers,
