@@ -32,7 +32,7 @@ from boneseg.classes import CLASSES
 from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, in_channels, normalize
 from boneseg.data.wrist import DEFAULT_MARGIN
 from boneseg.engine import distributed as D
-from boneseg.engine.checkpoint import BEST, FORMAT, LAST, load_checkpoint, save_checkpoint
+from boneseg.engine.checkpoint import BEST, FORMAT, LAST, load_checkpoint, save_checkpoints
 from boneseg.errors import (
     BonesegError,
     BonesegWarning,
@@ -1098,18 +1098,31 @@ def evaluate(
 
 
 def write_outputs(st: State, out: Path, best: bool, last: bool = True) -> None:
-    """``best.pt`` (when `best`), ``last.pt`` (when `last`), then ``metrics.jsonl`` rewritten from the history.
+    """``best.pt`` (when `best`) and ``last.pt`` (when `last`) as one step, then ``metrics.jsonl`` rewritten from
+    the history.
 
-    In that order: a run killed in between never resumes from a ``last.pt`` whose best epoch ``best.pt``
-    does not hold (it would keep an older model as the best).
+    Both checkpoints are written completely before either replaces its predecessor, ``best.pt`` renamed first: a
+    run killed or out of disk in between never resumes from a ``last.pt`` whose best epoch ``best.pt`` does not
+    hold (it would keep an older model as the best), nor keeps a new ``best.pt`` without a ``last.pt``.
+
+    Raises:
+        DataError: a write failed (a full disk), saying what was kept and how to continue.
     """
-    if best:
-        save_checkpoint(out / BEST, checkpoint(st, full=False))
+    states = {out / BEST: checkpoint(st, full=False)} if best else {}
     if last:
-        save_checkpoint(out / LAST, checkpoint(st, full=True))
-    with atomic_open(out / METRICS, "w", force=True) as fh:
-        for line in st.history:
-            fh.write(json.dumps(line) + "\n")
+        states[out / LAST] = checkpoint(st, full=True)
+    try:
+        if states:
+            save_checkpoints(states)
+        with atomic_open(out / METRICS, "w", force=True) as fh:
+            for line in st.history:
+                fh.write(json.dumps(line) + "\n")
+    except DataError as exc:
+        if (out / LAST).is_file():
+            then = f"{out / LAST} keeps the last saved state: free space, then continue with --resume"
+        else:
+            then = "no checkpoint was kept: free space and run the same command again"
+        raise DataError(f"{exc}; {then}") from None
 
 
 CPU_WARN_SECONDS = 2 * 3600
