@@ -8,6 +8,7 @@ is not a regular file or folder (``/dev/null``, a FIFO, ``/dev/fd/N``) is a stre
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -60,6 +61,21 @@ def check_output(path: str | os.PathLike, force: bool) -> Path:
 
 def _disk_error(path: Path, exc: OSError) -> DataError:
     return DataError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def disk_full(path: str | os.PathLike, exc: BaseException) -> DataError | None:
+    """The one-line `DataError` for a write of `path` that failed because the disk is full, whatever library
+    raised it (an ``OSError`` ENOSPC, or a writer's own error quoting it, e.g. safetensors'); None otherwise."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            break
+        text = str(exc)
+        if "No space left on device" in text or "os error 28" in text or "Errno 28" in text:
+            break
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    else:
+        return None
+    return DataError(f"cannot write {path}: No space left on device")
 
 
 def _make_parent(path: Path) -> None:

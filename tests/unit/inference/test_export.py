@@ -336,3 +336,45 @@ def test_the_hf_loader_never_goes_online(trained, tmp_path, capsys, monkeypatch)
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))
     assert calls == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_full_disk_is_one_line_and_leaves_nothing(fmt, trained, tmp_path, capsys, monkeypatch):
+    """ENOSPC while an export is written (TorchScript's own writer aborted the process, ONNX blamed the model,
+    hf printed SafetensorError): one line naming the output, exit 1, no model, sidecar or temp file left."""
+    import errno
+
+    import boneseg.workflows.export as export_mod
+
+    needs(fmt)
+    data, runs = trained
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if fmt == "onnx":
+        monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: (_ for _ in ()).throw(full))
+    elif fmt == "torchscript":
+
+        class Full:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def write(self, data):
+                raise full
+
+        monkeypatch.setattr(export_mod, "open", lambda path, mode="r": Full(), raising=False)
+    else:
+        import segmentation_models_pytorch as smp
+        from safetensors import SafetensorError
+
+        def save(self, *a, **k):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+        monkeypatch.setattr(smp.Unet, "save_pretrained", save)
+    out = tmp_path / "out" / OUT[fmt]
+    out.parent.mkdir()
+    code, _, err = cli(capsys, "export", runs[0], "-f", fmt, "-o", out)
+    lines = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert code == 1 and lines == [f"Error: cannot write {out}: No space left on device"], err
+    assert list(out.parent.iterdir()) == []
