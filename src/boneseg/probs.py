@@ -100,7 +100,7 @@ def read_thresholds(value: float | str | os.PathLike | Sequence[float] | Mapping
             if beside:
                 raise DataError(
                     f"{path}: class {beside[0]!r} is given beside the 'thresholds' mapping (which one is meant?)"
-                )
+                ) from None
             doc = doc["thresholds"]
         if not isinstance(doc, dict):
             raise DataError(f"{path}: expected a JSON object {{class: threshold}}") from None

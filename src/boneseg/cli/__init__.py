@@ -35,7 +35,7 @@ try:  # a Ctrl-C while the command line loads: one line, not a traceback
         tta_cmd,
     )
     from boneseg.cli.app import app, state
-    from boneseg.errors import BonesegError, BonesegWarning, quote, suggest
+    from boneseg.errors import BonesegError, BonesegWarning, out_of_memory, quote, suggest
 except KeyboardInterrupt:
     print("Error: interrupted", file=sys.stderr)
     sys.exit(130)
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"Warning: interrupted after {state['command'] or 'the command'} had finished", file=sys.stderr)
             sys.exit(state["finished"])
         _fail(_interrupted(command, argv), 130)
-    except MemoryError:
-        _fail("out of memory", 1)
+    except MemoryError as exc:
+        _fail(out_of_memory(exc, state["command"]) or "out of memory", 1)
     except BrokenPipeError:
         if not _stdout_closed():
             _fail("Broken pipe", 1)
@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
             _fail(f"{where}a part of this path is a file, not a folder", 1)
         _fail(f"{where}{exc.strerror or exc}", 1)
     except Exception as exc:  # an unexpected failure still gets one line unless --debug
+        oom = out_of_memory(exc, state["command"])
+        if oom is not None:
+            _fail(oom, 1)
         _fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
     sys.exit(code)
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from boneseg.classes import CLASSES
-from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, in_channels, normalize
+from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, check_side, in_channels, normalize
 from boneseg.data.wrist import DEFAULT_MARGIN
 from boneseg.engine import distributed as D
 from boneseg.engine.checkpoint import BEST, FORMAT, LAST, load_checkpoint, save_checkpoints
@@ -225,11 +225,8 @@ CHANGEABLE_ON_RESUME = ("data", "boundary_sharpen")
 def check_input(cfg: TrainConfig) -> None:
     """Reject impossible input settings (what an image needs before the model sees it: size, crop, channels,
     mean and std, hand side), normalising the hand side to ``"L"``, ``"R"`` or None."""
-    if not isinstance(cfg.size, int) or cfg.size < 1:
-        raise UsageError(f"--size {cfg.size}: must be a positive integer")
-    if cfg.size % 32:
-        raise UsageError(f"--size {cfg.size}: must be a multiple of 32 (encoders downsample 32x)")
-    if cfg.crop is not None and (cfg.crop < 32 or cfg.crop % 32 or cfg.crop > cfg.size):
+    check_side(cfg.size, "--size")
+    if cfg.crop is not None and (check_side(cfg.crop, "--crop") > cfg.size):
         raise UsageError(f"--crop {cfg.crop}: must be a multiple of 32 and at most --size {cfg.size}")
     n = in_channels(cfg)
     for name, values in (("mean", cfg.mean), ("std", cfg.std)):

@@ -20,9 +20,7 @@ network's logits are resized to it before the sigmoid, so resize mode matches a 
 from __future__ import annotations
 
 import abc
-import contextlib
 import hashlib
-import io
 import json
 import os
 import warnings
@@ -38,7 +36,7 @@ from boneseg.data.transforms import in_channels
 from boneseg.engine.config_file import typed_option
 from boneseg.engine.run import Run
 from boneseg.engine.train import TrainConfig, check_input
-from boneseg.errors import BonesegError, CheckpointError, UsageError
+from boneseg.errors import BonesegError, CheckpointError, UsageError, out_of_memory
 from boneseg.io import read_json
 from boneseg.probs import thresholds_array
 
@@ -136,6 +134,8 @@ class Graph(abc.ABC):
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - TorchScript and onnxruntime raise many types
+            if out_of_memory(exc) is not None:
+                raise  # the CLI's out-of-memory line, not the model's fault
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
             start = max((i for i, ln in enumerate(lines) if "Error" in ln), default=0)  # past TorchScript's trace
             raise CheckpointError(
@@ -238,7 +238,6 @@ class Exported:
     def _check_model_file(self) -> None:
         """The model file must be the one the sidecar was written for (a sidecar copied beside another export
         would apply its settings, thresholds and rules to the wrong network)."""
-        weights = model_file(self.path, self.backend)
         if self.backend != "hf" and self.path.is_dir():
             raise CheckpointError(f"{self.path}: a folder, but its sidecar describes a {self.backend} model file")
         missing = [name for name in HF_FILES if self.backend == "hf" and not (self.path / name).is_file()]

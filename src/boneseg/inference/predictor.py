@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.data.layout import resize_image, side_from_masks
+from boneseg.data.transforms import check_side
 from boneseg.engine.distributed import resolve_device
 from boneseg.engine.run import Run
 from boneseg.engine.train import TrainConfig
@@ -227,8 +228,8 @@ class Predictor:
         size: int | None = None, window: int | None = None, overlap: float = 0.5, batch_size: int = 4
     ) -> None:
         """Raise `UsageError` for impossible sizes, window, overlap or batch size (before any model is loaded)."""
-        if size is not None and (size <= 0 or size % 32):
-            raise UsageError(f"--size must be a positive multiple of 32, got {size}")
+        if size is not None:
+            check_side(size, "--size")
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
         if window is not None:

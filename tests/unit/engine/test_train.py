@@ -190,7 +190,7 @@ def _full_disk_after(monkeypatch, saves: int) -> None:
     count = [0]
 
     def fake_open(path, mode="r", **kw):
-        fh = builtins.open(path, mode, **kw)
+        fh = builtins.open(path, mode, **kw)  # noqa: SIM115 - returned open
         if ".last.pt." in str(path) and "w" in mode:
             count[0] += 1
             if count[0] > saves:
@@ -217,7 +217,9 @@ def test_a_full_disk_at_the_first_save_leaves_nothing_and_a_rerun_works(synth_da
 def test_a_full_disk_later_keeps_the_previous_pair_and_resume_works(synth_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     _full_disk_after(monkeypatch, 1)
-    with pytest.raises(DataError, match=r"last\.pt keeps the last saved state: free space, then continue with --resume"):
+    with pytest.raises(
+        DataError, match=r"last\.pt keeps the last saved state: free space, then continue with --resume"
+    ):
         train(tiny(synth_data, out, epochs=2))
     assert load_checkpoint(out / "last.pt")["epoch"] == load_checkpoint(out / "best.pt")["epoch"] == 1
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -60,7 +60,9 @@ def test_export_reproduces_torch(fmt, trained, tmp_path, capsys):
         assert (probs_of([out], data, policy) - probs_of([runs[0]], data, policy)).abs().max() < 1e-4
     trust = ["--trust-model"] if fmt == "torchscript" else []
     for m, csv in ((runs[0], "torch.csv"), (out, "export.csv")):
-        code, _, err = cli(capsys, "predict", data, "-m", m, "-o", tmp_path / csv, "--workers", "0", "--device", "cpu", *trust)
+        code, _, err = cli(
+            capsys, "predict", data, "-m", m, "-o", tmp_path / csv, "--workers", "0", "--device", "cpu", *trust
+        )
         assert code == 0, err
     code, stdout, err = cli(capsys, "predict", data, "-m", out, "--workers", "0", "--device", "cpu", *trust)  # CSV only
     assert stdout == (tmp_path / "torch.csv").read_text()
