@@ -251,7 +251,7 @@ def check_config(cfg: TrainConfig) -> None:
     from boneseg.data.split import check_split_options
     from boneseg.engine.optim import check_optimizer, check_scheduler
     from boneseg.modelling.losses import parse_loss
-    from boneseg.modelling.models import resolve_arch, resolve_encoder
+    from boneseg.modelling.models import check_arch_side, resolve_arch, resolve_encoder
 
     if not cfg.data:
         raise UsageError("no DATA folder given")
@@ -260,6 +260,7 @@ def check_config(cfg: TrainConfig) -> None:
     cfg.arch, cfg.encoder = resolve_arch(cfg.arch), resolve_encoder(cfg.encoder)
     parse_loss(cfg.loss)
     check_input(cfg)
+    check_arch_side(cfg.arch, cfg.crop or cfg.size, "--crop" if cfg.crop else "--size")
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if f.type.startswith("float") and v is not None and not math.isfinite(v):
@@ -295,7 +296,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--workers {cfg.workers}: must be >= 0")
     if cfg.fold < 0:
         raise UsageError(f"--fold {cfg.fold}: must be >= 0")
-    check_split_options(cfg.folds)
+    check_split_options(cfg.folds, seed=cfg.seed)
     cfg.optimizer, cfg.scheduler = check_optimizer(cfg.optimizer), check_scheduler(cfg.scheduler)
     if cfg.warmup and cfg.warmup >= cfg.epochs:
         raise UsageError(

@@ -208,6 +208,11 @@ class Predictor:
         self.size, self.window, self.overlap, self.batch_size = size, window, overlap, batch_size
         for lm in self.models:
             check_window(self.window_of(lm), overlap)
+            if isinstance(lm.run, Run):  # an export's networks were checked when exported
+                from boneseg.modelling.models import check_arch_side
+
+                check_arch_side(lm.config.arch, self.size_of(lm), "--size")
+                check_arch_side(lm.config.arch, self.window_of(lm), "--window")
         self.amp = amp and self.device.type == "cuda"
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.channels_last = self.device.type == "cuda"
