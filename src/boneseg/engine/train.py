@@ -1243,10 +1243,14 @@ def _train(config: TrainConfig | dict, reporter: Reporter, stop: StopFlag) -> di
 def _patience_spent(st: State) -> bool:
     """``--patience N``: N validations since the best one (counted from the history a checkpoint keeps,
     so a resumed run stops where an uninterrupted one does)."""
-    if st.cfg.patience is None:
+    return _spent(st.cfg.patience, st.history, st.best_epoch)
+
+
+def _spent(patience: int | None, history: Sequence[dict], best_epoch: int) -> bool:
+    if patience is None:
         return False
-    since = sum(1 for line in st.history if line["val_dice"] is not None and line["epoch"] > st.best_epoch)
-    return since >= st.cfg.patience
+    since = sum(1 for line in history if line["val_dice"] is not None and line["epoch"] > best_epoch)
+    return since >= patience
 
 
 def _run(
@@ -1434,13 +1438,21 @@ def dry_run(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
         reporter.message(init_weights(model, init, cfg.init_from))
     done = int(saved["step"]) if saved is not None else 0
     last = min(cfg.epochs * steps_per_epoch, cfg.max_steps if cfg.max_steps is not None else math.inf)
+    finished = None
+    if saved is not None and int(saved["epoch"]) >= cfg.epochs:
+        finished = f"the run finished its {cfg.epochs} epochs"
+    elif saved is not None and _spent(cfg.patience, saved.get("history") or [], int(saved.get("best_epoch") or 0)):
+        finished = f"the run stopped early at epoch {saved['epoch']} (--patience {cfg.patience})"
+    elif saved is not None and cfg.max_steps is not None and done >= cfg.max_steps:
+        finished = f"the run reached --max-steps {cfg.max_steps}"
     return {
+        "finished": finished,
         "config": cfg.to_dict(),
         "device": str(info.device),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_images": len(train_items),
         "val_images": len(val_items),
         "steps_per_epoch": steps_per_epoch,
-        "steps": max(0, int(last) - done),
+        "steps": 0 if finished else max(0, int(last) - done),
         "memory": estimate_memory(model, cfg),
     }

@@ -448,3 +448,17 @@ def test_a_metadata_model_needs_the_patients_metadata(tmp_path, capsys):
     (data / "meta_data.csv").write_text("ID,age,sex,height,weight\nID001,50,M,170,70\n")
     code, _, err = cli(capsys, *args, "--out", tmp_path / "c")
     assert code == 0 and "Warning:" in err and "no row for 1 of 2 patients (e.g. ID002)" in err, err
+
+
+def test_dry_run_of_an_early_stopped_run_has_nothing_to_do(synth_data, tmp_path, monkeypatch, capsys):
+    """A run stopped by --patience is finished: --resume --dry-run says so instead of counting the epochs left."""
+    import boneseg.engine.train as engine
+
+    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: {"val_dice": 0.5, "val_dice_per_class": None, "val_loss": 1})
+    out = tmp_path / "run"
+    summary = train(tiny(synth_data, out, epochs=3, patience=1))
+    assert summary["early_stopped"] and summary["epochs_done"] == 2
+    plan = engine.dry_run({"data": str(synth_data), "out": str(out), "resume": True, "workers": 0})
+    assert plan["steps"] == 0 and "stopped early at epoch 2 (--patience 1)" in plan["finished"]
+    code, stdout, err = cli(capsys, "train", synth_data, "--out", out, "--resume", "--dry-run", "--workers", "0")
+    assert code == 0 and "nothing to do, the run stopped early at epoch 2" in err, err
