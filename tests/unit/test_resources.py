@@ -124,3 +124,22 @@ def test_every_json_reader_refuses_duplicate_keys(tmp_path):
         read_json(tmp_path / "a.json")
     (tmp_path / "b.yaml").write_text("base: &b {x: 1}\nthis:\n  <<: *b\n  x: 2\n")
     assert read_yaml(tmp_path / "b.yaml")["this"] == {"x": 2}  # a merge key's override is not a duplicate
+
+
+def test_library_warnings_are_one_line_each(tmp_path, capsys, monkeypatch):
+    """A torch/timm UserWarning printed its source line before the `Error:` line; now stderr holds one
+    ``Warning:`` line per warning and the error."""
+    import warnings
+
+    import boneseg.inference.run as run_mod
+
+    def noisy(*args, **kwargs):
+        warnings.warn("a library notice\n  spread over lines", UserWarning, stacklevel=1)
+        raise DataError("no images to predict")
+
+    monkeypatch.setattr(run_mod, "find_images", noisy)
+    code, _, err = cli(capsys, "predict", tmp_path, "-m", tmp_path / "m.pt", "-o", tmp_path / "s.csv")
+    lines = err.splitlines()
+    assert code == 1 and len(lines) == 2, err
+    assert lines[0].startswith("Warning: a library notice spread over lines (UserWarning from test_resources.py:")
+    assert lines[1] == "Error: no images to predict"

@@ -158,11 +158,17 @@ def _interrupted(command, argv: list[str]) -> str:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Library warnings (`BonesegWarning`) as one ``Warning: …`` line; others the Python way."""
+    """Every warning as one ``Warning: …`` line: boneseg's (`BonesegWarning`) as they are, other libraries'
+    (torch, timm …) with their kind and origin, never a quoted source line; the Python way with ``--debug``."""
     if issubclass(category, BonesegWarning):
         print(f"Warning: {message}", file=sys.stderr)
-    else:
+    elif state["debug"]:
         print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr, end="")
+    else:
+        text = " ".join(str(message).split())
+        text = text if len(text) <= 300 else text[:300] + "…"
+        where = os.path.basename(str(filename))
+        print(f"Warning: {text} ({category.__name__} from {where}:{lineno})", file=sys.stderr)
 
 
 def _terminate_like_ctrl_c() -> None:
