@@ -76,7 +76,7 @@ def out_of_memory(exc: BaseException, command: str | None = None) -> str | None:
     ):
         what = "CPU memory"
     elif type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in text:
-        what = "GPU memory" + (f" ({found.group(1)})" if (found := re.search(r"on device (\d+)", text)) else "")
+        what = "GPU memory" + (f" (GPU {found.group(1)})" if (found := re.search(r"\bGPU (\d+)", text)) else "")
     else:
         return None
     asked = ""

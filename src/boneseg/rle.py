@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import mmap
 import re
-import unicodedata
 import sys
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np

@@ -26,8 +26,11 @@ def test_out_of_memory_is_one_line_naming_what_ran_out():
         "train ran out of CPU memory allocating 128.0 TiB: try a smaller --batch-size, --size/--crop or --window "
         "(or fewer --workers); what was written before is kept"
     )
-    cuda = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity")
-    assert "out of GPU memory allocating 20.00 GiB: try a smaller --batch-size" in out_of_memory(cuda)
+    cuda = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 1 has a total capacity of 79.19 GiB of which 3.50 GiB "
+        "is free. Including non-PyTorch memory, this process has 75.68 GiB memory in use."
+    )
+    assert "out of GPU memory (GPU 1) allocating 20.00 GiB: try a smaller --batch-size" in out_of_memory(cuda)
     assert "out of CPU memory" in out_of_memory(MemoryError())
     assert out_of_memory(RuntimeError("shape mismatch")) is None
 

@@ -454,7 +454,8 @@ def test_dry_run_of_an_early_stopped_run_has_nothing_to_do(synth_data, tmp_path,
     """A run stopped by --patience is finished: --resume --dry-run says so instead of counting the epochs left."""
     import boneseg.engine.train as engine
 
-    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: {"val_dice": 0.5, "val_dice_per_class": None, "val_loss": 1})
+    flat = {"val_dice": 0.5, "val_dice_per_class": None, "val_loss": 1.0}
+    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: flat)
     out = tmp_path / "run"
     summary = train(tiny(synth_data, out, epochs=3, patience=1))
     assert summary["early_stopped"] and summary["epochs_done"] == 2

@@ -218,6 +218,7 @@ def test_refusals_are_one_line(case, exit_code, words, trained, tmp_path, capsys
         ({"crop": 48}, "--crop 48: must be a multiple of 32"),
         ({"unify_side": "X"}, "expected R, L or none"),
         ({"size": None}, "size is 'None', expected whole number"),
+        ({"size": 65536}, "--size 65536: at most 8192"),
         ({"integrity_sha256": "0" * 64}, "does not match its model"),
         ({"thresholds": {"finger-1": 0.9}}, "does not match its model"),
         ({"postprocess": None, "unify_side": "L"}, "does not match its model"),
