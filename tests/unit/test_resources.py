@@ -146,3 +146,27 @@ def test_library_warnings_are_one_line_each(tmp_path, capsys, monkeypatch):
     assert code == 1 and len(lines) == 2, err
     assert lines[0].startswith("Warning: a library notice spread over lines (UserWarning from test_resources.py:")
     assert lines[1] == "Error: no images to predict"
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+@pytest.mark.parametrize("command", ["train", "split", "synth"])
+def test_a_seed_out_of_range_is_one_usage_line(command, seed, tmp_path, capsys):
+    """numpy's `Seed must be between 0 and 2**32 - 1` leaked as `ValueError` from train and split."""
+    args = {
+        "train": ["train", tmp_path / "data", *TINY, "--out", tmp_path / "run"],
+        "split": ["split", tmp_path / "data", "--folds", "2"],
+        "synth": ["synth", tmp_path / "new", "--size", "128"],
+    }[command]
+    code, _, err = cli(capsys, *args, "--seed", seed)
+    assert code == 2 and f"--seed {seed}: must be a whole number from 0 to 4294967295" in error_line(err), err
+
+
+def test_an_architecture_too_big_for_the_size_is_refused_up_front(tmp_path, capsys):
+    """PAN at 64² failed deep in torch (`RuntimeError: … Output size is too small`) after reading the data."""
+    from boneseg.modelling.models import check_arch_side
+
+    args = [a if a != "unet" else "pan" for a in TINY]
+    code, _, err = cli(capsys, "train", tmp_path / "data", *args, "--out", tmp_path / "run")
+    assert code == 2 and "--arch pan needs inputs of at least 128x128: --size 64 is too small" in error_line(err)
+    check_arch_side("pan", 128)
+    check_arch_side("unet", 32)
