@@ -149,6 +149,12 @@ def write_json(path: str | os.PathLike | None, obj: Any, force: bool = False) ->
         fh.write("\n")
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str, line: int | None = None):
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object's pairs as a dict; a key given twice is an error naming it (the last would win silently)."""
     out: dict[str, Any] = {}
@@ -157,12 +163,6 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _DuplicateKey(key)
         out[key] = value
     return out
-
-
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str, line: int | None = None):
-        super().__init__(key)
-        self.key, self.line = key, line
 
 
 def read_json(path: str | os.PathLike) -> Any:
