@@ -170,3 +170,20 @@ def test_an_architecture_too_big_for_the_size_is_refused_up_front(tmp_path, caps
     assert code == 2 and "--arch pan needs inputs of at least 128x128: --size 64 is too small" in error_line(err)
     check_arch_side("pan", 128)
     check_arch_side("unet", 32)
+
+
+def test_a_scaled_view_too_small_for_the_architecture_is_one_line(tmp_path):
+    """A PAN trained at 128² predicted with the 0.75 scale runs at 96²: refused naming the scale."""
+    import torch
+
+    from boneseg.engine.run import Run
+    from boneseg.engine.train import TrainConfig
+    from boneseg.inference import Policy, Predictor
+    from boneseg.inference.predictor import LoadedModel
+
+    config = TrainConfig.from_any({"arch": "pan", "encoder": "resnet18", "size": 128})
+    run = Run.__new__(Run)
+    predictor = Predictor([LoadedModel(torch.nn.Identity(), config, "pan.pt", run=run)], "cpu")
+    predictor.plan([Policy.parse("none")])
+    with pytest.raises(UsageError, match=r"--arch pan needs inputs of at least 128x128: the --scales 0.75 view 96"):
+        predictor.plan([Policy.parse("scale", "0.75,1")])

@@ -262,7 +262,11 @@ class Predictor:
         return self.window or lm.config.crop or self.size_of(lm)
 
     def plan(self, policies: Sequence[Policy]) -> InputPlan:
-        """The resized inputs `policies` need, for the data-loader workers."""
+        """The resized inputs `policies` need, for the data-loader workers.
+
+        Raises:
+            UsageError: a view smaller than a model's architecture runs at (`boneseg.modelling.models.MIN_SIDE`).
+        """
         squares, scales = set(), set()
         for p in policies:
             for lm in self.models:
@@ -270,6 +274,11 @@ class Predictor:
                     scales |= set(p.scales)
                 else:
                     squares |= {snap(self.size_of(lm) * s) for s in p.scales}
+                    if isinstance(lm.run, Run):
+                        from boneseg.modelling.models import check_arch_side
+
+                        for s in p.scales:
+                            check_arch_side(lm.config.arch, snap(self.size_of(lm) * s), f"the --scales {s:g} view")
         side = frozenset({snap(self.size_of(self.models[self.unified[0]]))}) if self.unified else frozenset()
         return InputPlan(frozenset(squares), side, frozenset(scales), self.size)
 
