@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -63,3 +64,31 @@ def check_workers(workers: int | None) -> None:
     """Raise `UsageError` for a negative number of workers (data-loader or process-pool; None: the default)."""
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
+
+
+def out_of_memory(exc: BaseException, command: str | None = None) -> str | None:
+    """One line for running out of CPU or GPU memory (Python's ``MemoryError``, torch's CPU allocator failure,
+    a CUDA out-of-memory error), naming what ran out, how much was asked and what to lower; None for other
+    errors."""
+    text = str(exc)
+    if isinstance(exc, MemoryError) or any(
+        words in text for words in ("DefaultCPUAllocator", "can't allocate memory", "Failed to allocate memory")
+    ):
+        what = "CPU memory"
+    elif type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in text:
+        what = "GPU memory" + (f" (GPU {found.group(1)})" if (found := re.search(r"\bGPU (\d+)", text)) else "")
+    else:
+        return None
+    asked = ""
+    if found := re.search(r"allocate (\d+) bytes", text):
+        size, units = float(found.group(1)), ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"]
+        while size >= 1024 and len(units) > 1:
+            size, units = size / 1024, units[1:]
+        asked = f" allocating {size:.1f} {units[0]}"
+    elif found := re.search(r"[Tt]ried to allocate ([\d.]+ [KMGTP]?i?B)", text):
+        asked = f" allocating {found.group(1)}"
+    who = f"{command} ran" if command else "ran"
+    return (
+        f"{who} out of {what}{asked}: try a smaller --batch-size, --size/--crop or --window "
+        "(or fewer --workers); what was written before is kept"
+    )

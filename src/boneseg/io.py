@@ -8,6 +8,7 @@ is not a regular file or folder (``/dev/null``, a FIFO, ``/dev/fd/N``) is a stre
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -60,6 +61,21 @@ def check_output(path: str | os.PathLike, force: bool) -> Path:
 
 def _disk_error(path: Path, exc: OSError) -> DataError:
     return DataError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def disk_full(path: str | os.PathLike, exc: BaseException) -> DataError | None:
+    """The one-line `DataError` for a write of `path` that failed because the disk is full, whatever library
+    raised it (an ``OSError`` ENOSPC, or a writer's own error quoting it, e.g. safetensors'); None otherwise."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            break
+        text = str(exc)
+        if "No space left on device" in text or "os error 28" in text or "Errno 28" in text:
+            break
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    else:
+        return None
+    return DataError(f"cannot write {path}: No space left on device")
 
 
 def _make_parent(path: Path) -> None:
@@ -133,21 +149,74 @@ def write_json(path: str | os.PathLike | None, obj: Any, force: bool = False) ->
         fh.write("\n")
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str, line: int | None = None):
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; a key given twice is an error naming it (the last would win silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file (UTF-8, with or without a byte-order mark); a missing, unreadable, malformed or too
-    deeply nested one is a `DataError`."""
+    deeply nested one, or one giving a key twice in an object, is a `DataError`."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8-sig") as fh:
-            return json.load(fh)
+            return json.load(fh, object_pairs_hook=_unique_keys)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except _DuplicateKey as exc:
+        raise DataError(f"{path}: key {exc.key!r} is given twice (which one is meant?)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: malformed JSON ({exc})") from None
     except RecursionError:
         raise DataError(f"{path}: malformed JSON (nested too deeply)") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, not a JSON file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Read a YAML file safely (plain data only), with `read_json`'s rules: a missing, unreadable, malformed or
+    too deeply nested file, or a mapping giving a key twice, is a `DataError`."""
+    import yaml
+
+    class Strict(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base``: later keys override on purpose
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
+                if isinstance(key, (str, int, float, bool)):
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    path = Path(path)
+    try:
+        return yaml.load(path.read_text(encoding="utf-8-sig"), Loader=Strict)  # noqa: S506 - a SafeLoader
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a YAML file") from None
+    except _DuplicateKey as exc:
+        raise DataError(f"{path}: line {exc.line}: key {exc.key!r} is given twice (which one is meant?)") from None
+    except RecursionError:
+        raise DataError(f"{path}: malformed YAML (nested too deeply)") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: malformed YAML ({' '.join(str(exc).split())[:200]})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
 

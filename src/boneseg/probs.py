@@ -96,6 +96,11 @@ def read_thresholds(value: float | str | os.PathLike | Sequence[float] | Mapping
             raise UsageError(f"--threshold must be a number or a JSON file, got {text!r} (no such file)") from None
         doc = read_json(path)
         if isinstance(doc, dict) and isinstance(doc.get("thresholds"), dict):
+            beside = [k for k in doc if k in CLASSES]
+            if beside:
+                raise DataError(
+                    f"{path}: class {beside[0]!r} is given beside the 'thresholds' mapping (which one is meant?)"
+                ) from None
             doc = doc["thresholds"]
         if not isinstance(doc, dict):
             raise DataError(f"{path}: expected a JSON object {{class: threshold}}") from None
@@ -155,8 +160,8 @@ def save(folder: str | os.PathLike, image_name: str, q: np.ndarray) -> Path:
 
 
 def load(folder: str | os.PathLike, image_name: str) -> np.ndarray:
-    """One image's (29, H, W) uint8 probabilities; a missing or broken file, or one saved for another
-    image, is a `DataError`."""
+    """One image's (29, H, W) uint8 probabilities; a missing or broken file, one saved for another image or
+    without the image name `save` records, is a `DataError`."""
     path = prob_path(folder, image_name)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -168,7 +173,12 @@ def load(folder: str | os.PathLike, image_name: str) -> np.ndarray:
         raise DataError(f"{path}: unreadable or truncated probability file ({exc})") from None
     if q.dtype != np.uint8 or q.ndim != 3 or q.shape[0] != NUM_CLASSES:
         raise DataError(f"{path}: expected uint8 ({NUM_CLASSES}, H, W) probabilities, got {q.dtype} {q.shape}")
-    if saved_for is not None and Path(saved_for).name != Path(image_name).name:
+    if saved_for is None:
+        raise DataError(
+            f"{path}: no image name inside (boneseg's probability files record theirs): cannot prove it holds "
+            f"the probabilities of {image_name}"
+        )
+    if Path(saved_for).name != Path(image_name).name:
         raise DataError(f"{path}: holds the probabilities of {saved_for}, not of {image_name}")
     return q
 

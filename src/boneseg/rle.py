@@ -10,6 +10,7 @@ import math
 import mmap
 import re
 import sys
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -95,7 +96,13 @@ def _values(rle: str) -> np.ndarray:
         if values.max() < 10**18:  # 19+ digit tokens saturate
             return values
     tokens = rle.split()
-    bad = next((t for t in tokens if not (t.isascii() and t.isdigit()) or len(t) > 18), tokens[0])
+    bad = next((t for t in tokens if not (t.isascii() and t.isdigit()) or len(t) > 18), None)
+    if bad is None:  # every token is digits: a separator other than ASCII white space (a non-breaking space …)
+        at = next(i for i, ch in enumerate(rle) if not (ch.isascii() and (ch.isdigit() or ch.isspace())))
+        name = unicodedata.name(rle[at], "a character")
+        raise DataError(
+            f"malformed RLE: character {at + 1} is {name} (U+{ord(rle[at]):04X}), not a space between numbers"
+        )
     raise DataError(f"malformed RLE: {quote(bad, 20)} is not a non-negative integer")
 
 

@@ -119,6 +119,8 @@ def test_any_whitespace_and_leading_zeros(text):
         ("99999999999999999999 1", "not a non-negative"),
         ("1 \u0662", "not a non-negative"),
         ("1 +2", "'[+]2'"),
+        ("1 2\u00a05 1", r"character 4 is NO-BREAK SPACE \(U\+00A0\), not a space between numbers"),
+        ("1\u20032", r"character 2 is EM SPACE"),
     ],
 )
 def test_malformed(text, fragment):

@@ -36,7 +36,7 @@ try:  # a Ctrl-C while the command line loads: one line, not a traceback
         tta_cmd,
     )
     from boneseg.cli.app import app, state
-    from boneseg.errors import BonesegError, BonesegWarning, quote, suggest
+    from boneseg.errors import BonesegError, BonesegWarning, out_of_memory, quote, suggest
 except KeyboardInterrupt:
     print("Error: interrupted", file=sys.stderr)
     sys.exit(130)
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"Warning: interrupted after {state['command'] or 'the command'} had finished", file=sys.stderr)
             sys.exit(state["finished"])
         _fail(_interrupted(command, argv), 130)
-    except MemoryError:
-        _fail("out of memory", 1)
+    except MemoryError as exc:
+        _fail(out_of_memory(exc, state["command"]) or "out of memory", 1)
     except BrokenPipeError:
         if not _stdout_closed():
             _fail("Broken pipe", 1)
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
             _fail(f"{where}a part of this path is a file, not a folder", 1)
         _fail(f"{where}{exc.strerror or exc}", 1)
     except Exception as exc:  # an unexpected failure still gets one line unless --debug
+        oom = out_of_memory(exc, state["command"])
+        if oom is not None:
+            _fail(oom, 1)
         _fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
     sys.exit(code)
 
@@ -156,11 +159,17 @@ def _interrupted(command, argv: list[str]) -> str:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Library warnings (`BonesegWarning`) as one ``Warning: …`` line; others the Python way."""
+    """Every warning as one ``Warning: …`` line: boneseg's (`BonesegWarning`) as they are, other libraries'
+    (torch, timm …) with their kind and origin, never a quoted source line; the Python way with ``--debug``."""
     if issubclass(category, BonesegWarning):
         print(f"Warning: {message}", file=sys.stderr)
-    else:
+    elif state["debug"]:
         print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr, end="")
+    else:
+        text = " ".join(str(message).split())
+        text = text if len(text) <= 300 else text[:300] + "…"
+        where = os.path.basename(str(filename))
+        print(f"Warning: {text} ({category.__name__} from {where}:{lineno})", file=sys.stderr)
 
 
 def _terminate_like_ctrl_c() -> None:

@@ -144,4 +144,10 @@ def reporter(transient: bool = False, disable: bool | None = None) -> Iterator[R
     """A `RichReporter` for library calls: bars as `progress` draws them (none when `disable`; messages still
     print); with `transient`, each bar disappears when its task closes."""
     with progress(transient=transient, disable=disable) as bar:
-        yield RichReporter(bar, transient)
+        try:
+            yield RichReporter(bar, transient)
+        finally:
+            if not bar.tasks and not bar.disable:  # nothing drawn: no empty line on stderr (before an `Error:`, say)
+                bar.live.transient = True
+                bar.live.stop()
+                bar.disable = True  # rich's Progress.stop would print an empty line on a non-terminal

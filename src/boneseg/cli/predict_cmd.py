@@ -30,6 +30,12 @@ MODELS = typer.Option(
     help="Checkpoint file, run folder (its best.pt) or an export "
     "(boneseg export: FILE.onnx, TorchScript file, hf folder); repeat to ensemble.",
 )
+TRUST_MODEL = typer.Option(
+    False,
+    "--trust-model",
+    help="Load TorchScript exports, which run code of their author's choosing (only from a source you trust; "
+    "ONNX and hf exports need no trust).",
+)
 WEIGHTS = typer.Option(None, "--weights", help="Ensemble weights, comma-separated, one per -m (default equal).")
 SIZE = typer.Option(
     None,
@@ -93,6 +99,7 @@ def predict_command(
     ),
     wrist_model: Path = WRIST_MODEL,
     meta: Path = META,
+    trust_model: bool = TRUST_MODEL,
     save_probs: Path = typer.Option(
         None,
         "--save-probs",
@@ -153,6 +160,7 @@ def predict_command(
             meta=meta,
             calibration=calibration,
             save_uncertainty=save_uncertainty,
+            trust_model=trust_model,
         )
     if summary.rank == 0:
         where = "stdout" if summary.output == "-" else summary.output

@@ -28,7 +28,7 @@ def split_command(
     from boneseg.data.split import check_split_options, make_splits
     from boneseg.io import check_output, is_stdout, write_json
 
-    check_split_options(folds, stratify)
+    check_split_options(folds, stratify, seed)
     if not is_stdout(out):
         check_output(out, force)
     samples = discover(data)

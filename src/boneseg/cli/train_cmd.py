@@ -374,9 +374,14 @@ def _print_plan(plan: dict, as_json: bool) -> None:
         f"dry run: nothing written\n"
         f"model     {plan['config']['arch']}/{plan['config']['encoder']}, {plan['parameters']:,} parameters\n"
         f"data      {plan['train_images']} train / {plan['val_images']} val images (headers and labels checked)\n"
-        f"steps     {plan['steps_per_epoch']} per epoch, {plan['steps']} to run on {plan['device']}\n"
-        f"memory    ~{mib(mem['total'])} per batch: weights {mib(mem['weights'])}, gradients {mib(mem['gradients'])}, "
-        f"optimizer {mib(mem['optimizer'])}, EMA {mib(mem['ema'])}, activations {mib(mem['activations'])} "
+        + (
+            f"steps     none: nothing to do, {plan['finished']}\n"
+            if plan.get("finished")
+            else f"steps     {plan['steps_per_epoch']} per epoch, {plan['steps']} to run on {plan['device']}\n"
+        )
+        + f"memory    ~{mib(mem['total'])} per batch: weights {mib(mem['weights'])}, "
+        f"gradients {mib(mem['gradients'])}, optimizer {mib(mem['optimizer'])}, EMA {mib(mem['ema'])}, "
+        f"activations {mib(mem['activations'])} "
         f"({mib(mem['activations_per_image'])} per image, measured in float32 on the CPU)",
         markup=False,
         soft_wrap=True,

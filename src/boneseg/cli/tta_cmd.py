@@ -18,6 +18,7 @@ from boneseg.cli.predict_cmd import (
     OVERLAP,
     SCALES,
     SIZE,
+    TRUST_MODEL,
     WEIGHTS,
     WINDOW,
     WORKERS,
@@ -55,6 +56,7 @@ def tta_command(
     wrist_model: Path = WRIST_MODEL,
     meta: Path = META,
     calibration: str = CALIBRATION,
+    trust_model: bool = TRUST_MODEL,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     weights: str = WEIGHTS,
     device: str = DEVICE,
@@ -97,6 +99,7 @@ def tta_command(
             thresholds_out=thresholds_out,
             calibration=calibration,
             force=force,
+            trust_model=trust_model,
         )
     if as_json:
         print_json(report.to_json())

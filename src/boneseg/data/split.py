@@ -52,8 +52,25 @@ STRATIFY: dict[str, Callable[[Sample], str] | None] = {"none": None, "side": sam
 """Stratification keys for `make_splits`."""
 
 
-def check_split_options(folds: int, stratify: object = None) -> None:
-    """Raise `UsageError` for fewer than 2 folds or an unknown `stratify` name (before any data is read)."""
+MAX_SEED = 2**32 - 1
+"""The largest seed (numpy's legacy generator, seeded by training, takes 32 bits)."""
+
+
+def check_seed(seed: object) -> int:
+    """`seed` as a seed: a whole number from 0 to `MAX_SEED`, the one rule for every ``--seed``.
+
+    Raises:
+        UsageError: anything else.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed {seed}: must be a whole number from 0 to {MAX_SEED} (2**32 - 1)")
+    return seed
+
+
+def check_split_options(folds: int, stratify: object = None, seed: int = 0) -> None:
+    """Raise `UsageError` for fewer than 2 folds, an unknown `stratify` name or a bad seed (before any data is
+    read)."""
+    check_seed(seed)
     if folds < 2:
         raise UsageError(f"--folds {folds}: need at least 2 folds")
     if (isinstance(stratify, str) or stratify is None) and (stratify or "none") not in STRATIFY:
@@ -79,11 +96,11 @@ def make_splits(
         The splits dict (see the module docstring).
 
     Raises:
-        UsageError: fewer than 2 folds, more folds than patients, or an unknown `stratify` name.
+        UsageError: fewer than 2 folds, more folds than patients, an unknown `stratify` name or a bad seed.
     """
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-    check_split_options(folds, stratify)
+    check_split_options(folds, stratify, seed)
     samples = sorted(samples, key=lambda s: s.name)
     if not samples:
         raise UsageError("no images to split")

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from boneseg.classes import CLASSES, DIGITS
+from boneseg.data.split import check_seed
 from boneseg.errors import DataError, OutputExistsError, UsageError, suggest
 from boneseg.io import atomic_open
 from boneseg.progress import SILENT, Reporter
@@ -649,12 +650,6 @@ def meta_xlsx(patients: list[Patient]) -> bytes:
 
 MAX_SIZE = 8192
 """The largest ``--size`` (4x the real data's side): beyond it one image's float layers would need tens of GB."""
-
-
-def check_seed(seed: int) -> None:
-    """Raise `UsageError` for a negative seed (numpy's generators take none)."""
-    if seed < 0:
-        raise UsageError(f"--seed must be 0 or more, got {seed}")
 
 
 def check_options(

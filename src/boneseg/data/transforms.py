@@ -22,6 +22,30 @@ DEFAULT_STD = (0.226,)
 """ImageNet's mean/std averaged over RGB: a 1-channel model built from ImageNet weights (first convolution
 summed over its input channels) sees inputs on the scale it was trained on."""
 
+MAX_SIDE = 8192
+"""The largest side a model input may have (training ``--size``/``--crop``, predict ``--size``/``--window``, an
+export's sidecar): four times the competition's 2048² images. One 8192² image's 29 probabilities already take
+7.8 GB; a larger side only runs out of memory after a long wait."""
+
+
+def check_side(value: object, option: str, divisor: int = 32) -> int:
+    """`value` as a model-input side: a whole multiple of `divisor` from `divisor` to `MAX_SIDE`, the one rule
+    for every size the user gives.
+
+    Raises:
+        UsageError: anything else, naming `option`.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < divisor or value % divisor:
+        raise UsageError(
+            f"{option} {value}: must be a multiple of {divisor} from {divisor} to {MAX_SIDE} "
+            f"(encoders downsample {divisor}x)"
+        )
+    if value > MAX_SIDE:
+        raise UsageError(
+            f"{option} {value}: at most {MAX_SIDE} (a larger side only runs out of memory; the images are 2048²)"
+        )
+    return value
+
 
 class InputConfig(Protocol):
     """What the input rule reads from a run's config (a `TrainConfig` or a `Run` has these)."""

@@ -10,6 +10,8 @@ and the training images. Everything is tensors or plain Python types, so
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 from pathlib import Path
@@ -33,10 +35,25 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     Raises:
         DataError: the write failed (``cannot write PATH: No space left on device``); nothing is left behind.
     """
-    path = Path(path)
-    with atomic_open(path, "wb", force=True, buffering=0) as fh:  # unbuffered: torch passes a write's OSError on
-        torch.save(state, fh)
-    return path
+    save_checkpoints({Path(path): state})
+    return Path(path)
+
+
+def save_checkpoints(states: dict[Path, dict[str, Any]]) -> None:
+    """Write several checkpoints as one step: each is serialised and written to a temp file beside it, and only
+    when every one is complete are they renamed into place, in the order given. A failed write (a full disk)
+    leaves every previous file as it was and no temp file.
+
+    Raises:
+        DataError: a write failed, naming the file (``cannot write PATH: No space left on device``).
+    """
+    with contextlib.ExitStack() as stack:
+        for path, state in reversed(states.items()):  # the stack renames the last entered first
+            buffer = io.BytesIO()
+            torch.save(state, buffer)  # in memory: torch's own writer loses a short write's error on a full disk
+            fh = stack.enter_context(atomic_open(path, "wb", force=True))
+            fh.write(buffer.getbuffer())
+            del buffer
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

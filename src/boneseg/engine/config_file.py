@@ -10,7 +10,7 @@ from typing import Any
 
 from boneseg.engine.train import TrainConfig
 from boneseg.errors import DataError, UsageError, quote, suggest
-from boneseg.io import read_json
+from boneseg.io import read_json, read_yaml
 
 DERIVED = ("in_channels", "classes")
 """Keys a saved config holds that follow from the others: accepted and dropped."""
@@ -22,6 +22,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """The `TrainConfig` options in `path` (``.json``: JSON, else YAML), keys as field names.
 
     Keys may use dashes (``batch-size``); ``unify_hands`` means ``unify_side``; `DERIVED` keys are dropped.
+    A key given twice, or two spellings of one option (``batch-size`` and ``batch_size``), is an error naming both.
     Values are checked against the field types (YAML's ``1e-3``, a string, is read as a number).
 
     Raises:
@@ -30,13 +31,19 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
             each naming the file.
     """
     path = Path(path)
-    doc = read_json(path) if path.suffix.lower() == ".json" else _read_yaml(path)
+    doc = read_json(path) if path.suffix.lower() == ".json" else read_yaml(path)
     if not isinstance(doc, dict):
         raise DataError(f"{path}: not a mapping of training options (e.g. `epochs: 30`)")
     fields = _annotations()
     out: dict[str, Any] = {}
+    spelled: dict[str, Any] = {}
     for raw, value in doc.items():
         key = {"unify_hands": "unify_side"}.get(str(raw).replace("-", "_"), str(raw).replace("-", "_"))
+        if key in spelled:
+            raise UsageError(
+                f"{path}: {quote(spelled[key])} and {quote(raw)} both set {key} (two spellings of one option: keep one)"
+            )
+        spelled[key] = raw
         if key in DERIVED:
             continue
         if key in ACTIONS:
@@ -58,21 +65,6 @@ def typed_option(where: str | os.PathLike, key: str, value: Any) -> Any:
 
 def _annotations() -> dict[str, str]:
     return {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
-
-
-def _read_yaml(path: Path) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not a config file") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def _typed(path: Path, key: str, value: Any, annotation: str) -> Any:

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from boneseg.classes import CLASSES
-from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, in_channels, normalize
+from boneseg.data.transforms import AUGMENTATIONS, DEFAULT_MEAN, DEFAULT_STD, check_side, in_channels, normalize
 from boneseg.data.wrist import DEFAULT_MARGIN
 from boneseg.engine import distributed as D
-from boneseg.engine.checkpoint import BEST, FORMAT, LAST, load_checkpoint, save_checkpoint
+from boneseg.engine.checkpoint import BEST, FORMAT, LAST, load_checkpoint, save_checkpoints
 from boneseg.errors import (
     BonesegError,
     BonesegWarning,
@@ -227,11 +227,8 @@ INFERENCE_ON_RESUME = ("boundary_sharpen",)
 def check_input(cfg: TrainConfig) -> None:
     """Reject impossible input settings (what an image needs before the model sees it: size, crop, channels,
     mean and std, hand side), normalising the hand side to ``"L"``, ``"R"`` or None."""
-    if not isinstance(cfg.size, int) or cfg.size < 1:
-        raise UsageError(f"--size {cfg.size}: must be a positive integer")
-    if cfg.size % 32:
-        raise UsageError(f"--size {cfg.size}: must be a multiple of 32 (encoders downsample 32x)")
-    if cfg.crop is not None and (cfg.crop < 32 or cfg.crop % 32 or cfg.crop > cfg.size):
+    check_side(cfg.size, "--size")
+    if cfg.crop is not None and (check_side(cfg.crop, "--crop") > cfg.size):
         raise UsageError(f"--crop {cfg.crop}: must be a multiple of 32 and at most --size {cfg.size}")
     n = in_channels(cfg)
     for name, values in (("mean", cfg.mean), ("std", cfg.std)):
@@ -256,7 +253,7 @@ def check_config(cfg: TrainConfig) -> None:
     from boneseg.data.split import check_split_options
     from boneseg.engine.optim import check_optimizer, check_scheduler
     from boneseg.modelling.losses import parse_loss
-    from boneseg.modelling.models import resolve_arch, resolve_encoder
+    from boneseg.modelling.models import check_arch_side, resolve_arch, resolve_encoder
 
     if not cfg.data:
         raise UsageError("no DATA folder given")
@@ -265,6 +262,7 @@ def check_config(cfg: TrainConfig) -> None:
     cfg.arch, cfg.encoder = resolve_arch(cfg.arch), resolve_encoder(cfg.encoder)
     parse_loss(cfg.loss)
     check_input(cfg)
+    check_arch_side(cfg.arch, cfg.crop or cfg.size, "--crop" if cfg.crop else "--size")
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if f.type.startswith("float") and v is not None and not math.isfinite(v):
@@ -300,7 +298,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--workers {cfg.workers}: must be >= 0")
     if cfg.fold < 0:
         raise UsageError(f"--fold {cfg.fold}: must be >= 0")
-    check_split_options(cfg.folds)
+    check_split_options(cfg.folds, seed=cfg.seed)
     cfg.optimizer, cfg.scheduler = check_optimizer(cfg.optimizer), check_scheduler(cfg.scheduler)
     if cfg.warmup and cfg.warmup >= cfg.epochs:
         raise UsageError(
@@ -1129,18 +1127,31 @@ def evaluate(
 
 
 def write_outputs(st: State, out: Path, best: bool, last: bool = True) -> None:
-    """``best.pt`` (when `best`), ``last.pt`` (when `last`), then ``metrics.jsonl`` rewritten from the history.
+    """``best.pt`` (when `best`) and ``last.pt`` (when `last`) as one step, then ``metrics.jsonl`` rewritten from
+    the history.
 
-    In that order: a run killed in between never resumes from a ``last.pt`` whose best epoch ``best.pt``
-    does not hold (it would keep an older model as the best).
+    Both checkpoints are written completely before either replaces its predecessor, ``best.pt`` renamed first: a
+    run killed or out of disk in between never resumes from a ``last.pt`` whose best epoch ``best.pt`` does not
+    hold (it would keep an older model as the best), nor keeps a new ``best.pt`` without a ``last.pt``.
+
+    Raises:
+        DataError: a write failed (a full disk), saying what was kept and how to continue.
     """
-    if best:
-        save_checkpoint(out / BEST, checkpoint(st, full=False))
+    states = {out / BEST: checkpoint(st, full=False)} if best else {}
     if last:
-        save_checkpoint(out / LAST, checkpoint(st, full=True))
-    with atomic_open(out / METRICS, "w", force=True) as fh:
-        for line in st.history:
-            fh.write(json.dumps(line) + "\n")
+        states[out / LAST] = checkpoint(st, full=True)
+    try:
+        if states:
+            save_checkpoints(states)
+        with atomic_open(out / METRICS, "w", force=True) as fh:
+            for line in st.history:
+                fh.write(json.dumps(line) + "\n")
+    except DataError as exc:
+        if (out / LAST).is_file():
+            then = f"{out / LAST} keeps the last saved state: free space, then continue with --resume"
+        else:
+            then = "no checkpoint was kept: free space and run the same command again"
+        raise DataError(f"{exc}; {then}") from None
 
 
 CPU_WARN_SECONDS = 2 * 3600
@@ -1269,13 +1280,14 @@ def _write_inference_changes(out: Path, cfg: TrainConfig, saved: dict, reporter:
     changed = {k: new[k] for k in INFERENCE_ON_RESUME if saved.get(k, fields[k].default) != new[k]}
     if not changed:
         return
-    written = []
+    states = {}
     for name in (BEST, LAST):
         if (out / name).is_file():
             state = load_checkpoint(out / name)
             state["config"] = dict(state["config"], **changed)
-            save_checkpoint(out / name, state)
-            written.append(name)
+            states[out / name] = state
+    save_checkpoints(states)  # both or neither
+    written = [path.name for path in states]
     settings = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in changed.items())
     reporter.message(f"--resume: {settings} (written to {', '.join(written)} and {CONFIG})")
 
@@ -1283,10 +1295,14 @@ def _write_inference_changes(out: Path, cfg: TrainConfig, saved: dict, reporter:
 def _patience_spent(st: State) -> bool:
     """``--patience N``: N validations since the best one (counted from the history a checkpoint keeps,
     so a resumed run stops where an uninterrupted one does)."""
-    if st.cfg.patience is None:
+    return _spent(st.cfg.patience, st.history, st.best_epoch)
+
+
+def _spent(patience: int | None, history: Sequence[dict], best_epoch: int) -> bool:
+    if patience is None:
         return False
-    since = sum(1 for line in st.history if line["val_dice"] is not None and line["epoch"] > st.best_epoch)
-    return since >= st.cfg.patience
+    since = sum(1 for line in history if line["val_dice"] is not None and line["epoch"] > best_epoch)
+    return since >= patience
 
 
 def _run(
@@ -1478,13 +1494,21 @@ def dry_run(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
         reporter.message(init_weights(model, init, cfg.init_from))
     done = int(saved["step"]) if saved is not None else 0
     last = min(cfg.epochs * steps_per_epoch, cfg.max_steps if cfg.max_steps is not None else math.inf)
+    finished = None
+    if saved is not None and int(saved["epoch"]) >= cfg.epochs:
+        finished = f"the run finished its {cfg.epochs} epochs"
+    elif saved is not None and _spent(cfg.patience, saved.get("history") or [], int(saved.get("best_epoch") or 0)):
+        finished = f"the run stopped early at epoch {saved['epoch']} (--patience {cfg.patience})"
+    elif saved is not None and cfg.max_steps is not None and done >= cfg.max_steps:
+        finished = f"the run reached --max-steps {cfg.max_steps}"
     return {
+        "finished": finished,
         "config": cfg.to_dict(),
         "device": str(info.device),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_images": len(train_items),
         "val_images": len(val_items),
         "steps_per_epoch": steps_per_epoch,
-        "steps": max(0, int(last) - done),
+        "steps": 0 if finished else max(0, int(last) - done),
         "memory": estimate_memory(model, cfg),
     }

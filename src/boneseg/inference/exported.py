@@ -20,9 +20,8 @@ network's logits are resized to it before the sigmoid, so resize mode matches a 
 from __future__ import annotations
 
 import abc
-import contextlib
 import hashlib
-import io
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from boneseg.data.transforms import in_channels
 from boneseg.engine.config_file import typed_option
 from boneseg.engine.run import Run
 from boneseg.engine.train import TrainConfig, check_input
-from boneseg.errors import BonesegError, CheckpointError, UsageError
+from boneseg.errors import BonesegError, CheckpointError, UsageError, out_of_memory
 from boneseg.io import read_json
 from boneseg.probs import thresholds_array
 
@@ -48,10 +47,14 @@ HF_SIDECAR = "boneseg.json"
 HF_FILES = ("config.json", "model.safetensors")
 INPUT_NAME, SIZE_NAME, OUTPUT_NAME = "image", "output_size", "probabilities"
 VERSION = 4
-"""Sidecar version: 2 added the graphs' ``output_size`` input, 3 the model file's ``model_sha256``, 4 the
-optional ``calibration`` (`boneseg.calibration`) predict applies to the model's probabilities."""
-READS = (3, 4)
-"""Sidecar versions this boneseg reads (3 is 4 without a calibration)."""
+"""Sidecar version: 2 added the graphs' ``output_size`` input, 3 the model file's ``model_sha256``, 4 replaced it
+with ``integrity_sha256`` (model file, hf ``config.json`` and every sidecar setting) and added the optional
+``calibration`` (`boneseg.calibration`) predict applies to the model's probabilities."""
+HASH_KEY = "integrity_sha256"
+UNSEALED = (HASH_KEY, "max_abs_diff")
+"""Sidecar fields outside the integrity hash: the hash itself, and the check figure computed with it."""
+RUNS_CODE = ("torchscript",)
+"""Backends whose files run code of their author's choosing when loaded (only with ``trust_model``)."""
 CONFIG_KEYS = ("size", "crop", "channels", "mean", "std", "unify_side")
 """The training-config fields an export carries (what normalisation, sizes and hand side need)."""
 
@@ -78,6 +81,20 @@ def sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def integrity(path: str | os.PathLike, backend: str, sidecar: dict) -> str:
+    """The hex SHA-256 binding an export together: the model file (for ``hf`` also its ``config.json``, which
+    builds the network) and every sidecar setting except `UNSEALED`. Editing any of them changes it."""
+    digest = hashlib.sha256()
+    files = {"model": model_file(path, backend)}
+    if backend == "hf":
+        files["config.json"] = Path(path) / "config.json"
+    for role, file in files.items():
+        digest.update(f"{role}\0{sha256(file)}\0".encode())
+    settings = {k: v for k, v in sidecar.items() if k not in UNSEALED}
+    digest.update(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()
 
 
@@ -119,6 +136,8 @@ class Graph(abc.ABC):
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - TorchScript and onnxruntime raise many types
+            if out_of_memory(exc) is not None:
+                raise  # the CLI's out-of-memory line, not the model's fault
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
             start = max((i for i, ln in enumerate(lines) if "Error" in ln), default=0)  # past TorchScript's trace
             raise CheckpointError(
@@ -167,7 +186,7 @@ class ScriptModel(Graph):
 class Exported:
     """An export opened once: its sidecar, config and model (the counterpart of `Run` for `predict`)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, trust_model: bool = False):
         self.path = Path(path)
         self.rules_path = sidecar_path(self.path)
         if not self.path.exists():
@@ -177,7 +196,7 @@ class Exported:
         doc = read_json(self.rules_path)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("backend") not in FORMATS:
             raise CheckpointError(f"{self.rules_path}: not a boneseg export sidecar")
-        if doc.get("version") not in READS:
+        if doc.get("version") != VERSION:
             raise CheckpointError(
                 f"{self.rules_path}: sidecar version {doc.get('version')!r}, this boneseg reads version {VERSION} "
                 "(export the run again)"
@@ -186,6 +205,12 @@ class Exported:
             raise CheckpointError(f"{self.rules_path}: 'classes' differ from the 29 competition classes")
         self.sidecar: dict[str, Any] = doc
         self.backend: str = doc["backend"]
+        if self.backend in RUNS_CODE and not trust_model:
+            raise CheckpointError(
+                f"{self.path}: a {self.backend} model runs code of its author's choosing when loaded (it can read "
+                "and write any file): load it only from a source you trust, with --trust-model (ONNX and hf "
+                "exports need no trust)"
+            )
         missing = [k for k in CONFIG_KEYS if k not in doc]
         if missing:
             raise CheckpointError(f"{self.rules_path}: missing input setting(s) {', '.join(missing)}")
@@ -223,7 +248,6 @@ class Exported:
     def _check_model_file(self) -> None:
         """The model file must be the one the sidecar was written for (a sidecar copied beside another export
         would apply its settings, thresholds and rules to the wrong network)."""
-        weights = model_file(self.path, self.backend)
         if self.backend != "hf" and self.path.is_dir():
             raise CheckpointError(f"{self.path}: a folder, but its sidecar describes a {self.backend} model file")
         missing = [name for name in HF_FILES if self.backend == "hf" and not (self.path / name).is_file()]
@@ -239,15 +263,18 @@ class Exported:
                     raise CheckpointError(
                         f"{self.path / 'config.json'}: {key} {got!r}, but {self.rules_path.name} says {want}"
                     )
-        if self.sidecar.get("model_sha256") != sha256(weights):
+        if self.sidecar.get(HASH_KEY) != integrity(self.path, self.backend, self.sidecar):
+            covered = "model.safetensors, config.json" if self.backend == "hf" else self.path.name
             raise CheckpointError(
-                f"{self.rules_path}: written for another model file than {weights} (model_sha256 does not match: "
-                "export the run again, or put the sidecar beside its own model)"
+                f"{self.rules_path}: does not match its model ({HASH_KEY} differs: {covered} or a setting of the "
+                "sidecar changed since export, or the sidecar was written for another model file): export the run "
+                "again, or put the sidecar beside its own model; give predict --threshold/--postprocess to change "
+                "those"
             )
 
     @classmethod
-    def open(cls, path: str | os.PathLike | Exported) -> Exported:
-        return path if isinstance(path, Exported) else cls(path)
+    def open(cls, path: str | os.PathLike | Exported, trust_model: bool = False) -> Exported:
+        return path if isinstance(path, Exported) else cls(path, trust_model)
 
     @property
     def postprocess_rules(self) -> dict | None:
@@ -266,7 +293,8 @@ class Exported:
 
 
 def load_backend(path: Path, backend: str, device: str | torch.device = "cpu") -> Any:
-    """The model file or folder at `path` as a callable on `device` (see the module notes).
+    """The model file or folder at `path` as a callable on `device` (see the module notes). ``torchscript`` runs
+    its author's code: callers check trust first (`Exported`, or a graph `export` itself just wrote).
 
     Raises:
         CheckpointError: a file the backend cannot load. UsageError: onnxruntime missing for ``onnx``.
@@ -274,26 +302,57 @@ def load_backend(path: Path, backend: str, device: str | torch.device = "cpu") -
     device = torch.device(device)
     if backend == "onnx":
         return OnnxModel(path, device)
+    if backend == "hf":
+        return load_hf(path).to(device).eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-            if backend == "torchscript":
-                return ScriptModel(path, torch.jit.load(str(path), map_location=device).eval())
-        import segmentation_models_pytorch as smp
-
-        with contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints a note: stdout may be the CSV
-            return smp.from_pretrained(str(path)).to(device).eval()
-    except Exception as exc:  # noqa: BLE001 - TorchScript, huggingface_hub and safetensors raise many types
+            return ScriptModel(path, torch.jit.load(str(path), map_location=device).eval())
+    except Exception as exc:  # noqa: BLE001 - TorchScript raises many types
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable {backend} model ({msg})") from None
 
 
-def open_model(path: str | os.PathLike | Run | Exported) -> Run | Exported:
-    """A checkpoint/run folder as a `Run`, an export as an `Exported`.
+def load_hf(path: str | os.PathLike) -> torch.nn.Module:
+    """An smp folder (``config.json`` + ``model.safetensors``) as smp's ``from_pretrained`` reads it, but offline
+    by construction: the network is built without pretrained weights (whatever ``encoder_weights`` the config
+    names) and the folder's weights loaded into it, all of them (a missing or extra tensor is refused).
 
     Raises:
-        CheckpointError: nothing loadable there.
+        CheckpointError: a config that does not build an smp model, weights that do not fit it.
+    """
+    import segmentation_models_pytorch as smp
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = read_json(path / "config.json")
+    name = config.get("_model_class") if isinstance(config, dict) else None
+    archs = {cls.__name__: cls for cls in getattr(smp, "MODEL_ARCHITECTURES_MAPPING", {}).values()}
+    if name not in archs:
+        raise CheckpointError(f"{path / 'config.json'}: '_model_class' {name!r} is not an smp architecture")
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    kwargs["encoder_weights"] = None  # never downloaded: the weights are in the folder
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # smp/timm notices about options
+            model = archs[name](**kwargs)
+    except Exception as exc:  # noqa: BLE001 - smp raises many types for bad arguments
+        raise CheckpointError(f"{path / 'config.json'}: does not build an smp model ({str(exc)[:200]})") from None
+    try:
+        state = load_file(str(path / "model.safetensors"))
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # noqa: BLE001 - safetensors and load_state_dict raise many types
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable hf model ({msg})") from None
+    return model
+
+
+def open_model(path: str | os.PathLike | Run | Exported, trust_model: bool = False) -> Run | Exported:
+    """A checkpoint/run folder as a `Run`, an export as an `Exported` (a TorchScript one only with `trust_model`).
+
+    Raises:
+        CheckpointError: nothing loadable there, or a TorchScript export without `trust_model`.
     """
     if isinstance(path, (Run, Exported)):
         return path
-    return Exported(path) if is_exported(path) else Run.open(path)
+    return Exported(path, trust_model) if is_exported(path) else Run.open(path)

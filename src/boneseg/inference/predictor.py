@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from boneseg.calibration import Calibration
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.data.layout import resize_image, side_from_masks
+from boneseg.data.transforms import check_side
 from boneseg.engine.distributed import resolve_device
 from boneseg.engine.run import Run
 from boneseg.engine.train import TrainConfig
@@ -80,10 +81,11 @@ def load_models(
     device: torch.device,
     weights: Sequence[float] | None = None,
     calibrated: bool = False,
+    trust_model: bool = False,
 ) -> list[LoadedModel]:
     """Load each checkpoint (file, run folder, opened `Run`) or export (`boneseg.inference.exported`) with its
     own config; `calibrated`: each with its own calibration (a run folder's ``calibration.json``, an export's
-    sidecar), if any.
+    sidecar), if any; a TorchScript export, which runs its author's code, only with `trust_model`.
 
     Raises:
         UsageError: no checkpoint, or a weight count that differs from the checkpoint count / a negative weight.
@@ -92,7 +94,7 @@ def load_models(
     weights = check_weights(weights, len(checkpoints))
     out = []
     for ckpt, w in zip(checkpoints, weights):
-        run = open_model(ckpt)
+        run = open_model(ckpt, trust_model)
         if isinstance(run, Run) and run.classes != tuple(CLASSES):
             raise CheckpointError(
                 f"{run.path}: its {len(run.classes)} classes ({', '.join(run.classes[:3])}, …) are not "
@@ -213,6 +215,11 @@ class Predictor:
         self.size, self.window, self.overlap, self.batch_size = size, window, overlap, batch_size
         for lm in self.models:
             check_window(self.window_of(lm), overlap)
+            if isinstance(lm.run, Run):  # an export's networks were checked when exported
+                from boneseg.modelling.models import check_arch_side
+
+                check_arch_side(lm.config.arch, self.size_of(lm), "--size")
+                check_arch_side(lm.config.arch, self.window_of(lm), "--window")
         self.amp = amp and self.device.type == "cuda"
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.channels_last = self.device.type == "cuda"
@@ -242,8 +249,8 @@ class Predictor:
         size: int | None = None, window: int | None = None, overlap: float = 0.5, batch_size: int = 4
     ) -> None:
         """Raise `UsageError` for impossible sizes, window, overlap or batch size (before any model is loaded)."""
-        if size is not None and (size <= 0 or size % 32):
-            raise UsageError(f"--size must be a positive multiple of 32, got {size}")
+        if size is not None:
+            check_side(size, "--size")
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
         if window is not None:
@@ -258,11 +265,12 @@ class Predictor:
         weights: Sequence[float] | None = None,
         device: str | torch.device = "auto",
         calibrated: bool = False,
+        trust_model: bool = False,
         **kwargs,
     ) -> Predictor:
         """Load `checkpoints` (`load_models`; `calibrated`: each with its own calibration) on `device`."""
         dev = resolve_device(device)
-        return cls(load_models(checkpoints, dev, weights, calibrated), dev, **kwargs)
+        return cls(load_models(checkpoints, dev, weights, calibrated, trust_model), dev, **kwargs)
 
     # -- sizes ------------------------------------------------------------------------------------
     def size_of(self, lm: LoadedModel) -> int:
@@ -272,7 +280,11 @@ class Predictor:
         return self.window or lm.config.crop or self.size_of(lm)
 
     def plan(self, policies: Sequence[Policy]) -> InputPlan:
-        """The resized inputs `policies` need, for the data-loader workers."""
+        """The resized inputs `policies` need, for the data-loader workers.
+
+        Raises:
+            UsageError: a view smaller than a model's architecture runs at (`boneseg.modelling.models.MIN_SIDE`).
+        """
         squares, scales = set(), set()
         for p in policies:
             for lm in self.models:
@@ -280,6 +292,11 @@ class Predictor:
                     scales |= set(p.scales)
                 else:
                     squares |= {snap(self.size_of(lm) * s) for s in p.scales}
+                    if isinstance(lm.run, Run):
+                        from boneseg.modelling.models import check_arch_side
+
+                        for s in p.scales:
+                            check_arch_side(lm.config.arch, snap(self.size_of(lm) * s), f"the --scales {s:g} view")
         side = frozenset({snap(self.size_of(self.models[self.unified[0]]))}) if self.unified else frozenset()
         return InputPlan(frozenset(squares), side, frozenset(scales), self.size)
 

@@ -302,6 +302,7 @@ def predict(
     meta: str | os.PathLike | None = None,
     calibration: str | os.PathLike | None = "auto",
     save_uncertainty: str | os.PathLike | None = None,
+    trust_model: bool = False,
 ) -> PredictSummary:
     """Predict images into a submission CSV, streaming one image at a time.
 
@@ -328,10 +329,12 @@ def predict(
             ``none``, or a calibration file (`boneseg.calibration`) applied to the final probabilities instead.
             Its searched thresholds apply when `threshold` is None. The probability manifest records it.
         save_uncertainty: folder for uncertainty maps and their per-class table (`boneseg.uncertainty`).
+        trust_model: load TorchScript exports, which run code of their author's choosing (refused otherwise).
 
     Raises:
         UsageError: bad options. DataError: unreadable images or thresholds. OutputExistsError: an
-        existing output without `force`. CheckpointError: a checkpoint that cannot be loaded.
+        existing output without `force`. CheckpointError: a checkpoint that cannot be loaded, or a TorchScript
+        export without `trust_model`.
     """
     # every option first: a bad value is reported before any input is read or output checked
     Predictor.check_options(size, window, overlap, batch_size)
@@ -351,7 +354,7 @@ def predict(
     if not samples:
         raise DataError("no images to predict")
     by_image_name(samples)
-    runs = [] if isinstance(models, Predictor) else [open_model(m) for m in models]
+    runs = [] if isinstance(models, Predictor) else [open_model(m, trust_model) for m in models]
     searched = (
         final_calibration.thresholds
         if final_calibration is not None
@@ -423,7 +426,9 @@ def predict(
         )
         warnings.warn(f"--tta {policy.tta}: the flip is dropped for {whom}", BonesegWarning, stacklevel=2)
         policy = used
-    stages = ImageStages(predictor, meta or (source if isinstance(source, (str, os.PathLike)) else None), wrist_model)
+    stages = ImageStages(
+        predictor, meta or (source if isinstance(source, (str, os.PathLike)) else None), wrist_model, trust_model
+    )
     shard = samples[rank::world]
     parts_dir = Path(tempfile.mkdtemp(prefix="boneseg-predict-")) if world > 1 else None  # on each rank's node
     target = parts_dir / "part-0.csv" if parts_dir is not None else output

@@ -17,6 +17,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from boneseg.data.transforms import check_side
 from boneseg.errors import BonesegWarning, UsageError
 
 MIN_WEIGHT = 1e-3
@@ -47,8 +48,7 @@ def gaussian_weights(window: int, device: torch.device | str = "cpu") -> torch.T
 
 def check_window(window: int, overlap: float, divisor: int = 32) -> None:
     """Raise `UsageError` for a window that is not a positive multiple of `divisor` or an overlap outside [0, 1)."""
-    if window <= 0 or window % divisor:
-        raise UsageError(f"--window must be a positive multiple of {divisor}, got {window}")
+    check_side(window, "--window", divisor)
     if not 0.0 <= overlap < 1.0:
         raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
 

@@ -20,7 +20,11 @@ class ImageStages:
     an image's prediction and `after` it."""
 
     def __init__(
-        self, predictor: Predictor, meta: str | os.PathLike | None = None, wrist_model: str | os.PathLike | None = None
+        self,
+        predictor: Predictor,
+        meta: str | os.PathLike | None = None,
+        wrist_model: str | os.PathLike | None = None,
+        trust_model: bool = False,
     ):
         """`meta`: a metadata file or a folder it is found from (`boneseg.modelling.heads.meta_table`), used only when
         a model (the wrist model included) has FiLM. `wrist_model`: a wrist checkpoint (`boneseg.data.wrist`) whose
@@ -37,7 +41,7 @@ class ImageStages:
         if wrist_model is not None:
             from boneseg.inference.wrist import WristStage
 
-            lm = load_models([wrist_model], predictor.device)[0]
+            lm = load_models([wrist_model], predictor.device, trust_model=trust_model)[0]
             if not lm.config.wrist:
                 raise UsageError(
                     f"--wrist-model {wrist_model}: not a wrist second-stage model (train one with train --wrist)"

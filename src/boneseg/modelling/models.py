@@ -49,6 +49,22 @@ def resolve_arch(name: str) -> str:
     raise UsageError(f"--arch {name!r}: unknown architecture{suggest(str(name), [*ARCHITECTURES, *ALIASES])}")
 
 
+MIN_SIDE: dict[str, int] = {"pan": 128}
+"""Architectures that fail on smaller inputs (PAN's pyramid pools the 1/32 feature map three more times),
+with the smallest side (measured with ResNet encoders); the others take any multiple of 32."""
+
+
+def check_arch_side(arch: str, side: int, option: str = "--size") -> None:
+    """Refuse an input side `arch` cannot run at (`MIN_SIDE`), before the first forward pass fails deep in torch.
+
+    Raises:
+        UsageError: naming the architecture, the option and the smallest side that works.
+    """
+    least = MIN_SIDE.get(str(arch))
+    if least is not None and side < least:
+        raise UsageError(f"--arch {arch} needs inputs of at least {least}x{least}: {option} {side} is too small")
+
+
 def check_model_kwargs(arch: str, encoder: str, kwargs: Mapping) -> None:
     """Refuse `model_kwargs` the model would not use: smp passes names its architecture does not take on to
     the encoder, where its own encoders ignore them silently (``decoder_channels`` means nothing to FPN).

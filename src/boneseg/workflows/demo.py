@@ -178,7 +178,7 @@ def run_demo(
         OutputExistsError: `out` is not empty and `force` is false.
         UsageError: an unknown override, a negative `seed` or fewer than one thread (before `out` is looked at).
     """
-    from boneseg.data.synth import check_seed
+    from boneseg.data.split import check_seed
 
     cfg = settings_for(quick, overrides)
     check_seed(seed)

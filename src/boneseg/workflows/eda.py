@@ -299,7 +299,11 @@ def run_eda(
     for sample in track(samples, reporter, "train images", "img"):
         assert sample.label is not None  # discover: every train image has one
         shape = png_shape(sample.image)
-        label = load_label(sample.label, shape, strict=False) if shape else None
+        try:
+            label = load_label(sample.label, shape, strict=False) if shape else None
+        except BonesegError as exc:  # malformed JSON: one problem among the others, not the end of the report
+            report.problems.append({"image": sample.name, "class": None, "kind": "unreadable", "detail": str(exc)})
+            continue
         fatal = label is None or any(_problem_kind(p) != "missing_class" for p in label.problems)
         try:
             if fatal:  # the cache refuses broken labels: rasterise what is usable ourselves

@@ -10,6 +10,7 @@ model's probabilities on a random input must match torch's within `TOLERANCE`.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -32,20 +33,20 @@ from boneseg.inference.exported import (
     CONFIG_KEYS,
     FORMAT,
     FORMATS,
+    HASH_KEY,
     HF_SIDECAR,
     INPUT_NAME,
     OUTPUT_NAME,
     SIZE_NAME,
     VERSION,
+    integrity,
     load_backend,
-    model_file,
-    sha256,
     sidecar_path,
     size_input,
 )
 from boneseg.inference.predictor import check_weights
 from boneseg.inference.run import find_rules
-from boneseg.io import atomic_path, check_output, is_stdout, publish_folder, staging_folder, write_json
+from boneseg.io import atomic_path, check_output, disk_full, is_stdout, publish_folder, staging_folder, write_json
 from boneseg.postprocess import rules_list
 from boneseg.probs import read_thresholds
 from boneseg.progress import SILENT, Reporter
@@ -167,7 +168,12 @@ def _max_diff(reference, exported, cases: Sequence[tuple[torch.Tensor, tuple[int
     return worst
 
 
-def _write_graph(graph: torch.nn.Module, fmt: str, path: Path, sample: torch.Tensor) -> None:
+def _write_graph(graph: torch.nn.Module, fmt: str, path: Path, sample: torch.Tensor, shown: Path) -> None:
+    """Write `graph` as `fmt` to `path` (the temp file of output `shown`).
+
+    Raises:
+        DataError: the disk is full. UsageError: the exporter cannot handle this model.
+    """
     args = (sample, size_input((sample.shape[-2] * 2, sample.shape[-1] * 2)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter
@@ -185,8 +191,14 @@ def _write_graph(graph: torch.nn.Module, fmt: str, path: Path, sample: torch.Ten
                     opset_version=17,
                 )
             else:
-                torch.jit.save(torch.jit.trace(graph, args, check_trace=False), str(path))
+                buffer = io.BytesIO()  # torch.jit.save to a file aborts the process when the disk is full
+                torch.jit.save(torch.jit.trace(graph, args, check_trace=False), buffer)
+                with open(path, "wb") as fh:
+                    fh.write(buffer.getbuffer())
         except Exception as exc:  # noqa: BLE001 - the exporters raise many types
+            full = disk_full(shown, exc)
+            if full is not None:
+                raise full from None
             msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"--format {fmt}: this model cannot be exported ({msg})") from None
 
@@ -354,8 +366,14 @@ def export(
             net = _plain(nets[0])
             folder = staging_folder(out)
             try:
-                net.save_pretrained(str(folder))
-                (folder / "README.md").write_text(model_card(opened[0], doc), encoding="utf-8")
+                try:
+                    net.save_pretrained(str(folder))
+                    (folder / "README.md").write_text(model_card(opened[0], doc), encoding="utf-8")
+                except Exception as exc:  # noqa: BLE001 - safetensors raises its own type for a full disk
+                    full = disk_full(out, exc)
+                    if full is None:
+                        raise
+                    raise full from None
                 loaded = load_backend(folder, fmt)
                 graph = Probabilities([net], [1.0]).eval()
                 diff = _max_diff(
@@ -364,7 +382,7 @@ def export(
                     _cases(cfg),
                 )
                 _check_diff(diff, out)
-                doc["model_sha256"] = sha256(model_file(folder, fmt))
+                doc[HASH_KEY] = integrity(folder, fmt, json.loads(json.dumps(doc)))
                 write_json(folder / HF_SIDECAR, dict(doc, max_abs_diff=diff), force=True)
                 publish_folder(folder, out, force)
             finally:
@@ -373,10 +391,10 @@ def export(
             graph = Probabilities(nets, weights).eval()
             cases = _cases(cfg)
             with atomic_path(out, force) as tmp:
-                _write_graph(graph, fmt, tmp, cases[0][0])
+                _write_graph(graph, fmt, tmp, cases[0][0], out)
                 diff = _max_diff(lambda x, size: graph(x, size_input(size)), load_backend(tmp, fmt), cases)
                 _check_diff(diff, out)
-                doc["model_sha256"] = sha256(tmp)
+                doc[HASH_KEY] = integrity(tmp, fmt, json.loads(json.dumps(doc)))
             write_json(sidecar, dict(doc, max_abs_diff=diff), force=force)
         task.advance()
     return ExportSummary(str(out), str(sidecar), fmt, len(opened), diff)

@@ -174,6 +174,7 @@ def evaluate_policies(
     thresholds_out: str | os.PathLike | None = None,
     calibration: str | os.PathLike | None = "auto",
     force: bool = False,
+    trust_model: bool = False,
 ) -> TTAReport:
     """Predict the validation images under each policy and score them with the competition Dice.
 
@@ -192,6 +193,7 @@ def evaluate_policies(
             ``{"thresholds": {…}, "calibration": {…}}``: thresholds of the calibrated probabilities.
         calibration: as in `boneseg.inference.predict` (``auto``: each run folder's own): policies are scored and
             thresholds searched on the calibrated probabilities.
+        trust_model: load TorchScript exports, which run code of their author's choosing (refused otherwise).
         Others: see `boneseg.inference.predict`.
 
     Raises:
@@ -227,6 +229,7 @@ def evaluate_policies(
             weights,
             device,
             calibrated=str(calibration).lower() == "auto",
+            trust_model=trust_model,
             size=size,
             window=window,
             overlap=overlap,
@@ -248,7 +251,7 @@ def evaluate_policies(
         notes += extra
     from boneseg.data.masks import default_cache_dir
 
-    stages = ImageStages(predictor, meta or data, wrist_model)
+    stages = ImageStages(predictor, meta or data, wrist_model, trust_model)
     loader = make_loader(
         ImageDataset(samples, stages.plan(predictor.plan(pols)), labels=True, cache_dir=default_cache_dir(data)),
         workers,

@@ -136,26 +136,94 @@ def test_resume_refuses_changed_training_images(synth_data, tmp_path):
 
 
 def test_a_kill_between_the_two_saves_never_leaves_last_naming_a_best_it_lacks(synth_data, tmp_path, monkeypatch):
-    """Epoch 1 (always a best) writes both checkpoints; killed after the first: a last.pt whose best epoch
-    best.pt does not hold would resume comparing against a best whose model is not kept."""
-    import boneseg.engine.train as engine
+    """Epoch 1 (always a best) writes both checkpoints as one step; killed while serialising the second, neither
+    is written: a last.pt whose best epoch best.pt does not hold would resume comparing against a best whose
+    model is not kept, a best.pt without last.pt could not be resumed."""
+    import boneseg.engine.checkpoint as ckpt
 
     class Killed(Exception):
         pass
 
-    real, saved = engine.save_checkpoint, []
+    real, saved = ckpt.torch.save, []
 
-    def save(path, state):
+    def save(state, f):
         if saved:
             raise Killed
-        saved.append(Path(path).name)
-        return real(path, state)
+        saved.append("full" if "optimizer" in state else "best")
+        return real(state, f)
 
-    monkeypatch.setattr(engine, "save_checkpoint", save)
+    monkeypatch.setattr(ckpt.torch, "save", save)
     out = tmp_path / "run"
     with pytest.raises(Killed):
         train(tiny(synth_data, out, epochs=1))
-    assert saved == ["best.pt"] and load_checkpoint(out / "best.pt")["epoch"] == 1 and not (out / "last.pt").exists()
+    assert saved == ["full"] and not (out / "best.pt").exists() and not (out / "last.pt").exists()
+
+
+class _FullDisk:
+    """A file whose writes fail as on a full disk (ENOSPC)."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def write(self, data):
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+def _full_disk_after(monkeypatch, saves: int) -> None:
+    """Let `saves` writes of last.pt through, then fail every later one with ENOSPC (boneseg.io's open)."""
+    import builtins
+
+    import boneseg.io
+
+    count = [0]
+
+    def fake_open(path, mode="r", **kw):
+        fh = builtins.open(path, mode, **kw)  # noqa: SIM115 - returned open
+        if ".last.pt." in str(path) and "w" in mode:
+            count[0] += 1
+            if count[0] > saves:
+                return _FullDisk(fh)
+        return fh
+
+    monkeypatch.setattr(boneseg.io, "open", fake_open, raising=False)
+
+
+def test_a_full_disk_at_the_first_save_leaves_nothing_and_a_rerun_works(synth_data, tmp_path, monkeypatch):
+    """Disk full writing last.pt of epoch 1: one line naming the file and what to do; no best.pt without a
+    last.pt (which neither --resume nor a rerun could use), no temp file; the same command then works."""
+    out = tmp_path / "run"
+    _full_disk_after(monkeypatch, 0)
+    with pytest.raises(DataError) as caught:
+        train(tiny(synth_data, out, epochs=1))
+    assert "cannot write" in str(caught.value) and "last.pt: No space left on device" in str(caught.value)
+    assert "run the same command again" in str(caught.value)
+    assert not out.exists()
+    monkeypatch.undo()
+    assert train(tiny(synth_data, out, epochs=1))["epochs_done"] == 1
+
+
+def test_a_full_disk_later_keeps_the_previous_pair_and_resume_works(synth_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _full_disk_after(monkeypatch, 1)
+    with pytest.raises(
+        DataError, match=r"last\.pt keeps the last saved state: free space, then continue with --resume"
+    ):
+        train(tiny(synth_data, out, epochs=2))
+    assert load_checkpoint(out / "last.pt")["epoch"] == load_checkpoint(out / "best.pt")["epoch"] == 1
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert train(tiny(synth_data, out, epochs=2, resume=True))["epochs_done"] == 2
 
 
 def test_sigterm_saves_last_and_resumes_exactly(full_run, synth_data, tmp_path, monkeypatch):
@@ -187,11 +255,11 @@ def test_save_every_writes_last_less_often(synth_data, tmp_path, monkeypatch):
     import boneseg.engine.train as engine
 
     written = []
-    real = engine.save_checkpoint
+    real = engine.save_checkpoints
     monkeypatch.setattr(
         engine,
-        "save_checkpoint",
-        lambda path, state: (written.append((Path(path).name, state["epoch"])), real(path, state)),
+        "save_checkpoints",
+        lambda states: (written.extend((Path(p).name, s["epoch"]) for p, s in states.items()), real(states)),
     )
     out = tmp_path / "run"
     summary = train(tiny(synth_data, out, epochs=3, save_every=2))
@@ -388,3 +456,18 @@ def test_a_metadata_model_needs_the_patients_metadata(tmp_path, capsys):
     (data / "meta_data.csv").write_text("ID,age,sex,height,weight\nID001,50,M,170,70\n")
     code, _, err = cli(capsys, *args, "--out", tmp_path / "c")
     assert code == 0 and "Warning:" in err and "no row for 1 of 2 patients (e.g. ID002)" in err, err
+
+
+def test_dry_run_of_an_early_stopped_run_has_nothing_to_do(synth_data, tmp_path, monkeypatch, capsys):
+    """A run stopped by --patience is finished: --resume --dry-run says so instead of counting the epochs left."""
+    import boneseg.engine.train as engine
+
+    flat = {"val_dice": 0.5, "val_dice_per_class": None, "val_loss": 1.0}
+    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: flat)
+    out = tmp_path / "run"
+    summary = train(tiny(synth_data, out, epochs=3, patience=1))
+    assert summary["early_stopped"] and summary["epochs_done"] == 2
+    plan = engine.dry_run({"data": str(synth_data), "out": str(out), "resume": True, "workers": 0})
+    assert plan["steps"] == 0 and "stopped early at epoch 2 (--patience 1)" in plan["finished"]
+    code, stdout, err = cli(capsys, "train", synth_data, "--out", out, "--resume", "--dry-run", "--workers", "0")
+    assert code == 0 and "nothing to do, the run stopped early at epoch 2" in err, err

@@ -93,7 +93,17 @@ def test_an_export_carries_the_calibration(setup, tmp_path, capsys):
     assert sidecar["calibration"]["temperature"]["Ulna"] == pytest.approx(3.0)
     assert sidecar["thresholds"]["Ulna"] == pytest.approx(0.45)
     code, _, err = cli(
-        capsys, "predict", data, "-m", out, "-o", tmp_path / "e.csv", "--save-probs", tmp_path / "e", *OPTS
+        capsys,
+        "predict",
+        data,
+        "-m",
+        out,
+        "-o",
+        tmp_path / "e.csv",
+        "--save-probs",
+        tmp_path / "e",
+        "--trust-model",
+        *OPTS,
     )
     assert code == 0, err
     code, _, err = cli(

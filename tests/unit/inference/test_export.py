@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
 
 def probs_of(models, data, policy: str) -> torch.Tensor:
     """Probabilities of every test image under a TTA `policy`, stacked, through the predictor."""
-    predictor = Predictor(load_models(models, torch.device("cpu")), "cpu", window=32)
+    predictor = Predictor(load_models(models, torch.device("cpu"), trust_model=True), "cpu", window=32)
     tta = Policy.parse(policy)
     ds = ImageDataset(find_images(data), predictor.plan([tta]))
     return torch.stack([predictor.predict(ds[i], tta) for i in range(len(ds))])
@@ -58,9 +58,13 @@ def test_export_reproduces_torch(fmt, trained, tmp_path, capsys):
     assert code == 0, err
     for policy in ("resize:hflip+scale", "sliding:hflip"):
         assert (probs_of([out], data, policy) - probs_of([runs[0]], data, policy)).abs().max() < 1e-4
+    trust = ["--trust-model"] if fmt == "torchscript" else []
     for m, csv in ((runs[0], "torch.csv"), (out, "export.csv")):
-        assert cli(capsys, "predict", data, "-m", m, "-o", tmp_path / csv, "--workers", "0", "--device", "cpu")[0] == 0
-    code, stdout, err = cli(capsys, "predict", data, "-m", out, "--workers", "0", "--device", "cpu")  # stdout: CSV only
+        code, _, err = cli(
+            capsys, "predict", data, "-m", m, "-o", tmp_path / csv, "--workers", "0", "--device", "cpu", *trust
+        )
+        assert code == 0, err
+    code, stdout, err = cli(capsys, "predict", data, "-m", out, "--workers", "0", "--device", "cpu", *trust)  # CSV only
     assert stdout == (tmp_path / "torch.csv").read_text()
     assert "Warning" not in err, err
     assert (tmp_path / "export.csv").read_bytes() == (tmp_path / "torch.csv").read_bytes()
@@ -75,7 +79,7 @@ def test_several_runs_are_one_graph_of_averaged_probabilities(fmt, trained, tmp_
     assert len(json.loads(out.with_name(out.name + ".json").read_text())["models"]) == 2
     reference = [runs[0], runs[1]]
     want = Predictor(load_models(reference, torch.device("cpu"), [1, 3]), "cpu")
-    got = Predictor(load_models([out], torch.device("cpu")), "cpu")
+    got = Predictor(load_models([out], torch.device("cpu"), trust_model=True), "cpu")
     ds = ImageDataset(find_images(data), want.plan([Policy.parse("none")]))
     for i in range(len(ds)):
         assert (got.predict(ds[i], Policy.parse("none")) - want.predict(ds[i], Policy.parse("none"))).abs().max() < 1e-4
@@ -128,7 +132,7 @@ def test_the_sidecar_carries_thresholds_and_rules(trained, tmp_path, capsys):
         )[0]
         == 0
     )
-    assert cli(capsys, "predict", data, "-m", out, "-o", tmp_path / "b.csv", *opts)[0] == 0
+    assert cli(capsys, "predict", data, "-m", out, "-o", tmp_path / "b.csv", "--trust-model", *opts)[0] == 0
     assert cli(capsys, "predict", data, "-m", runs[0], "-o", tmp_path / "c.csv", *opts)[0] == 0
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text() != (tmp_path / "c.csv").read_text()
 
@@ -214,7 +218,10 @@ def test_refusals_are_one_line(case, exit_code, words, trained, tmp_path, capsys
         ({"crop": 48}, "--crop 48: must be a multiple of 32"),
         ({"unify_side": "X"}, "expected R, L or none"),
         ({"size": None}, "size is 'None', expected whole number"),
-        ({"model_sha256": "0" * 64}, "written for another model file"),
+        ({"size": 65536}, "--size 65536: at most 8192"),
+        ({"integrity_sha256": "0" * 64}, "does not match its model"),
+        ({"thresholds": {"finger-1": 0.9}}, "does not match its model"),
+        ({"postprocess": None, "unify_side": "L"}, "does not match its model"),
     ],
 )
 def test_a_sidecar_edited_by_hand_is_refused_naming_it(edit, culprit, trained, tmp_path, capsys):
@@ -225,7 +232,7 @@ def test_a_sidecar_edited_by_hand_is_refused_naming_it(edit, culprit, trained, t
     assert cli(capsys, "export", runs[0], "-f", "torchscript", "-o", out)[0] == 0
     sidecar = out.with_name("m.ts.json")
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), **edit}))
-    code, _, err = cli(capsys, "predict", data, "-m", out, "-o", tmp_path / "p.csv", "--workers", "0")
+    code, _, err = cli(capsys, "predict", data, "-m", out, "-o", tmp_path / "p.csv", "--workers", "0", "--trust-model")
     lines = [ln for ln in err.splitlines() if ln.startswith("Error:")]
     assert code == 1 and len(lines) == 1 and str(sidecar) in lines[0] and culprit in lines[0], err
     assert not (tmp_path / "p.csv").exists()
@@ -245,7 +252,7 @@ def test_a_sidecar_beside_another_model_is_refused(fmt, trained, tmp_path, capsy
     else:
         shutil.copy(a, b)
     code, _, err = cli(capsys, "predict", data, "-m", b, "-o", tmp_path / "p.csv", "--workers", "0")
-    assert code == 1 and "written for another model file" in err and "Traceback" not in err, err
+    assert code == 1 and "does not match its model" in err and "Traceback" not in err, err
     if fmt == "hf":
         (b / "config.json").unlink()
         code, _, err = cli(capsys, "predict", data, "-m", b, "-o", tmp_path / "p.csv", "--workers", "0")
@@ -262,8 +269,115 @@ def test_a_network_that_does_not_take_the_sidecars_input_is_one_line(fmt, traine
     assert cli(capsys, "export", runs[0], "-f", fmt, "-o", out)[0] == 0
     sidecar = out / "boneseg.json" if fmt == "hf" else out.with_name(out.name + ".json")
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "channels": "rgb", "in_channels": 3}))
-    code, _, err = cli(capsys, "predict", data, "-m", out, "-o", tmp_path / "p.csv", "--workers", "0")
+    code, _, err = cli(capsys, "predict", data, "-m", out, "-o", tmp_path / "p.csv", "--workers", "0", "--trust-model")
     lines = [ln for ln in err.splitlines() if ln.startswith("Error:")]
     assert code == 1 and len(lines) == 1 and str(out) in lines[0] and "Traceback" not in err, err
-    assert ("in_channels 1" if fmt == "hf" else "failed on a (1, 3, 64, 64) input") in lines[0], err
+    assert ("in_channels 1" if fmt == "hf" else "does not match its model") in lines[0], err
     assert not (tmp_path / "p.csv").exists()
+
+
+# -- trust: nothing runs code from a model file without --trust-model -----------------------------------------
+
+
+@pytest.mark.parametrize("command", ["predict", "tta", "wrist"])
+def test_a_torchscript_export_is_loaded_only_with_trust_model(command, trained, tmp_path, capsys, monkeypatch):
+    """A TorchScript graph runs its author's code when loaded (``__setstate__``) and run (``forward``): without
+    --trust-model it is refused, naming the flag, before torch.jit.load is called; with it, it runs."""
+    data, runs = trained
+    out = tmp_path / "m.ts"
+    assert cli(capsys, "export", runs[0], "-f", "torchscript", "-o", out)[0] == 0
+    loads = []
+    real = torch.jit.load
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loads.append(a) or real(*a, **k))
+    args = {
+        "predict": ["predict", data, "-m", out, "-o", tmp_path / "p.csv"],
+        "tta": ["tta", data, "-m", out, "--policies", "none", "--fold", "0"],
+        "wrist": ["predict", data, "-m", runs[0], "--wrist-model", out, "-o", tmp_path / "p.csv"],
+    }[command]
+    code, _, err = cli(capsys, *args, "--workers", "0", "--device", "cpu")
+    lines = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert code == 1 and len(lines) == 1 and "--trust-model" in lines[0] and str(out) in lines[0], err
+    assert loads == [] and not (tmp_path / "p.csv").exists()
+    if command == "predict":
+        code, _, err = cli(capsys, *args, "--workers", "0", "--device", "cpu", "--trust-model")
+        assert code == 0 and len(loads) == 1, err
+
+
+def test_the_hash_covers_the_hf_config(trained, tmp_path, capsys):
+    """An hf folder's config.json builds the network: an edited one (a sigmoid on top of the logits, which made
+    every mask full) is refused, not run."""
+    data, runs = trained
+    out = tmp_path / "hf"
+    assert cli(capsys, "export", runs[0], "-f", "hf", "-o", out)[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(dict(config, activation="sigmoid")))
+    code, _, err = cli(capsys, "predict", data, "-m", out, "-o", tmp_path / "p.csv", "--workers", "0")
+    lines = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert code == 1 and len(lines) == 1 and "does not match its model" in lines[0], err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_the_hf_loader_never_goes_online(trained, tmp_path, capsys, monkeypatch):
+    """Whatever encoder_weights an hf config names, the network is built without pretrained weights and the
+    folder's own loaded: no download is attempted (the socket layer would fail it)."""
+    import socket
+
+    from boneseg.inference.exported import load_hf
+
+    data, runs = trained
+    out = tmp_path / "hf"
+    assert cli(capsys, "export", runs[0], "-f", "hf", "-o", out)[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(dict(config, encoder_weights="imagenet")))
+    calls = []
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "no-cache"))
+    monkeypatch.setattr(socket.socket, "connect", lambda *a: calls.append(a) or (_ for _ in ()).throw(OSError("net")))
+    model = load_hf(out).eval()
+    reference = load_models([runs[0]], torch.device("cpu"))[0].model
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+    assert calls == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_full_disk_is_one_line_and_leaves_nothing(fmt, trained, tmp_path, capsys, monkeypatch):
+    """ENOSPC while an export is written (TorchScript's own writer aborted the process, ONNX blamed the model,
+    hf printed SafetensorError): one line naming the output, exit 1, no model, sidecar or temp file left."""
+    import errno
+
+    import boneseg.workflows.export as export_mod
+
+    needs(fmt)
+    data, runs = trained
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if fmt == "onnx":
+        monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: (_ for _ in ()).throw(full))
+    elif fmt == "torchscript":
+
+        class Full:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def write(self, data):
+                raise full
+
+        monkeypatch.setattr(export_mod, "open", lambda path, mode="r": Full(), raising=False)
+    else:
+        import segmentation_models_pytorch as smp
+        from safetensors import SafetensorError
+
+        def save(self, *a, **k):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+        monkeypatch.setattr(smp.Unet, "save_pretrained", save)
+    out = tmp_path / "out" / OUT[fmt]
+    out.parent.mkdir()
+    code, _, err = cli(capsys, "export", runs[0], "-f", fmt, "-o", out)
+    lines = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert code == 1 and lines == [f"Error: cannot write {out}: No space left on device"], err
+    assert list(out.parent.iterdir()) == []

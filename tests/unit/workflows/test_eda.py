@@ -188,3 +188,23 @@ def test_save_png_array_and_figure(tmp_path):
     with pytest.raises(OutputExistsError):
         save_png(rgb, tmp_path / "a.png")
     save_png(rgb, tmp_path / "a.png", force=True)
+
+
+def test_a_malformed_label_is_listed_with_the_other_problems(tmp_path):
+    """One label file that is not JSON (or gives a key twice) is a problem of that image, not the end of eda."""
+    data = write_dataset(tmp_path / "data", patients=2, size=64, test_patients=0)
+    samples = discover(data, "train")
+    samples[0].label.write_text('{"annotations": [')
+    samples[2].label.write_text('{"annotations": [], "annotations": []}')
+    polys = square_polygons(64)
+    del polys["Radius"]
+    write_label(samples[1].label, polys)
+    doc = run_eda(data).to_json()
+    found = {(p["image"], p["kind"]) for p in doc["problems"]["items"]}
+    assert found == {
+        (samples[0].name, "unreadable"),
+        (samples[1].name, "missing_class"),
+        (samples[2].name, "unreadable"),
+    }
+    details = " ".join(p["detail"] for p in doc["problems"]["items"])
+    assert "malformed JSON" in details and "key 'annotations' is given twice" in details

@@ -249,6 +249,10 @@ def test_soft_vote_rejects_mismatched_folders(prob_folders, tmp_path):
     shutil.copy(swapped / f"{Path(IMAGES[1]).stem}.npz", swapped / f"{Path(IMAGES[0]).stem}.npz")
     with pytest.raises(DataError, match=rf"holds the probabilities of {IMAGES[1]}, not of {IMAGES[0]}"):
         soft_vote([folders[0], swapped], tmp_path / "o.csv", workers=1)
+    nameless = write_probs(tmp_path / "nameless", qs[1])
+    np.savez_compressed(nameless / f"{Path(IMAGES[0]).stem}.npz", probs=qs[1][0])  # no image_name inside
+    with pytest.raises(DataError, match=rf"nameless/.*\.npz: no image name inside .* of {IMAGES[0]}"):
+        soft_vote([folders[0], nameless], tmp_path / "o.csv", workers=1)
     with pytest.raises(UsageError, match="expected 2 weights"):
         soft_vote(folders[:2], tmp_path / "o.csv", weights=[1.0])
 
