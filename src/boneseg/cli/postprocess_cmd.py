@@ -35,9 +35,7 @@ def postprocess_command(
         help="Image folder (or dataset root: its test/DCM): each image's size from its PNG header.",
     ),
     size: int = typer.Option(2048, "--size", help="Image side without --images."),
-    json_out: bool = typer.Option(
-        False, "--json", help="Print what changed as JSON on stdout (not with -o -)."
-    ),
+    json_out: bool = typer.Option(False, "--json", help="Print what changed as JSON on stdout (not with -o -)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing OUT.csv."),
 ) -> None:
     """The post-processing predict applies, on a CSV you already have: per class a closing (--close), then

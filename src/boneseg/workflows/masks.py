@@ -223,7 +223,5 @@ def _background(picture: Path | None, shape: tuple[int, int]) -> np.ndarray:
 
     image = read_image(picture)
     if image.shape != shape:
-        raise DataError(
-            f"{picture}: image is {image.shape[1]}x{image.shape[0]}, the masks are {shape[1]}x{shape[0]}"
-        )
+        raise DataError(f"{picture}: image is {image.shape[1]}x{image.shape[0]}, the masks are {shape[1]}x{shape[0]}")
     return image

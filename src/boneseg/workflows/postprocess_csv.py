@@ -157,4 +157,3 @@ def _overlap(a_starts: np.ndarray, a_ends: np.ndarray, b_starts: np.ndarray, b_e
         return 0
     block = int(max(a_ends[-1], b_ends[-1]))
     return int(intersections(runs_table([(a_starts, a_ends)], block), runs_table([(b_starts, b_ends)], block))[0])
-

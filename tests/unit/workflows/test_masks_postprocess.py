@@ -170,7 +170,9 @@ def test_postprocess_equals_predicts_rule(labelled, tmp_path, capsys):
 
 
 def test_postprocess_close_fills_holes_and_streams_to_stdout(labelled, tmp_path, capsys):
-    code, stdout, err = cli(capsys, "postprocess", labelled["csv"], "-o", "-", "--close", 5, "--images", labelled["images"])
+    code, stdout, err = cli(
+        capsys, "postprocess", labelled["csv"], "-o", "-", "--close", 5, "--images", labelled["images"]
+    )
     assert code == 0, err
     out = tmp_path / "c.csv"
     out.write_text(stdout)
