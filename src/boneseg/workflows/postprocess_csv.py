@@ -107,7 +107,9 @@ def postprocess_csv(
         raise UsageError(f"--size must be positive, got {size}")
     doc, where = read_rules(rules) if rules is not None else (None, None)
     per_class = (
-        rules_list(doc, keep_largest, min_area, where) if doc is not None else [(keep_largest, min_area)] * NUM_CLASSES
+        rules_list(doc, keep_largest, min_area, str(where))
+        if doc is not None
+        else [(keep_largest, min_area)] * NUM_CLASSES
     )
     if close <= 1 and not any(k or a > 1 for k, a in per_class):
         raise UsageError("nothing to do: give --rules, --min-area, --keep-largest or --close")
