@@ -152,10 +152,15 @@ def postprocess_csv(
 
 
 def _overlap(a_starts: np.ndarray, a_ends: np.ndarray, b_starts: np.ndarray, b_ends: np.ndarray) -> int:
-    """|A ∩ B| of two masks given as sorted runs."""
-    from boneseg.workflows.analysis import intersections, runs_table
-
+    """|A ∩ B| of two masks given as sorted, non-overlapping runs (the sweep of
+    `boneseg.workflows.analysis.intersections`, for one pair and without its imports)."""
     if not len(a_starts) or not len(b_starts):
         return 0
-    block = int(max(a_ends[-1], b_ends[-1]))
-    return int(intersections(runs_table([(a_starts, a_ends)], block), runs_table([(b_starts, b_ends)], block))[0])
+    covered_before = np.concatenate(([0], np.cumsum(b_ends - b_starts)))
+
+    def covered(x: np.ndarray) -> np.ndarray:
+        k = np.searchsorted(b_starts, x, side="left")
+        past = np.maximum(b_ends[np.maximum(k - 1, 0)] - x, 0)
+        return covered_before[k] - np.where(k > 0, past, 0)
+
+    return int((covered(a_ends) - covered(a_starts)).sum())
