@@ -35,6 +35,7 @@ __all__ = [
     "runs_table",
     "intersections",
     "run_dice",
+    "iou_from_counts",
     "Inputs",
     "load_inputs",
     "Analysis",
@@ -112,6 +113,13 @@ def intersections(a: RunTable, b: RunTable) -> np.ndarray:
 def run_dice(a: RunTable, b: RunTable) -> np.ndarray:
     """Competition Dice of every key (both empty -> 1.0): (n_keys,) float64."""
     return dice_from_counts(intersections(a, b), a.areas, b.areas)
+
+
+def iou_from_counts(intersection, a_area, b_area) -> np.ndarray:
+    """IoU ``|A∩B| / |A∪B|`` from pixel counts (numpy, broadcasting); both empty gives 1.0, as Dice does."""
+    inter = np.asarray(intersection, np.float64)
+    union = np.asarray(a_area, np.float64) + np.asarray(b_area, np.float64) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -288,6 +296,8 @@ class Analysis:
     gt_area: np.ndarray | None = None  # (N, 29) true pixels
     dice: np.ndarray | None = None  # (M, N, 29) against the truth
     similarity: np.ndarray | None = None  # (M, M, N, 29) model-vs-model Dice
+    gt_overlap: np.ndarray | None = None  # (M, N, 29) |P ∩ G| pixels
+    overlap: np.ndarray | None = None  # (M, M, N, 29) model-vs-model |A ∩ B| pixels (diagonal: areas)
     worst: int = 10
     tolerance: float = 0.02
 
@@ -301,6 +311,66 @@ class Analysis:
     def mean_dice(self, m: int = 0) -> float | None:
         per_class = self.per_class_dice(m)
         return None if per_class is None else float(per_class.mean())
+
+    @property
+    def iou(self) -> np.ndarray | None:
+        """(M, N, 29) IoU against the truth (both empty -> 1.0)."""
+        if self.gt_overlap is None or self.gt_area is None:
+            return None
+        return iou_from_counts(self.gt_overlap, self.pred_area, self.gt_area[None])
+
+    def per_class_iou(self, m: int = 0) -> np.ndarray | None:
+        iou = self.iou
+        return None if iou is None else iou[m].mean(axis=0)
+
+    def mean_iou(self, m: int = 0) -> float | None:
+        per_class = self.per_class_iou(m)
+        return None if per_class is None else float(per_class.mean())
+
+    def changes(self, m: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(added, removed) pixels per class (29,), summed over images, going from the first input to input
+        `m`: pixels `m` has and the first lacks, and the reverse."""
+        if self.overlap is None:
+            return None
+        both = self.overlap[0, m].sum(axis=0)
+        return self.pred_area[m].sum(axis=0) - both, self.pred_area[0].sum(axis=0) - both
+
+    def area_spread(self) -> dict[str, np.ndarray] | None:
+        """Per class, across the inputs, the spread of each input's mean predicted area per image: ``mean``,
+        ``std`` (population) and ``cv`` = std / mean (NaN where every input predicts nothing); None with
+        one input."""
+        if self.models < 2:
+            return None
+        areas = self.pred_area.mean(axis=1)  # (M, 29)
+        mean, std = areas.mean(axis=0), areas.std(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cv = np.where(mean > 0, std / mean, np.nan)
+        return {"mean": mean, "std": std, "cv": cv}
+
+    def pairwise_dice(self) -> np.ndarray | None:
+        """(N, 29) mean model-vs-model Dice over all pairs of inputs; None with one input."""
+        if self.similarity is None:
+            return None
+        k = self.models
+        return np.mean([self.similarity[a, b] for a in range(k) for b in range(a + 1, k)], axis=0)
+
+    def disagreement_images(self) -> list[dict]:
+        """The `worst` images the inputs agree on least (lowest mean pairwise Dice over classes), with the
+        class they disagree on most."""
+        pairwise = self.pairwise_dice()
+        if pairwise is None:
+            return []
+        per_image = pairwise.mean(axis=1)
+        order = np.argsort(per_image, kind="stable")[: self.worst]
+        return [
+            {
+                "image": self.inputs.images[i],
+                "mean_pairwise_dice": float(per_image[i]),
+                "worst_class": CLASSES[int(pairwise[i].argmin())],
+                "worst_class_dice": float(pairwise[i].min()),
+            }
+            for i in order
+        ]
 
     def area_ratio(self, m: int = 0) -> np.ndarray | None:
         """Predicted / true pixels per class (summed over images); NaN where the truth is empty."""
@@ -370,16 +440,28 @@ class Analysis:
         out = {
             "mean_dice": self.mean_dice(m),
             "per_class_dice": _by_class(self.per_class_dice(m)),
+            "mean_iou": self.mean_iou(m),
+            "per_class_iou": _by_class(self.per_class_iou(m)),
             "area_ratio": _by_class(ratio),
             "mean_area": _by_class(self.pred_area[m].mean(axis=0)),
             "empty_masks": _by_class((self.pred_area[m] == 0).sum(axis=0), int),
         }
+        change = self.changes(m) if m > 0 else None
+        if change is not None:
+            added, removed = change
+            out["changes"] = {
+                "from": self.inputs.names[0],
+                "added": int(added.sum()),
+                "removed": int(removed.sum()),
+                "per_class": {c: {"added": int(a), "removed": int(r)} for c, a, r in zip(CLASSES, added, removed)},
+            }
         return out
 
     def to_json(self) -> dict:
         """The stable report: see docs/analyze.md. Top-level scores are those of the first input."""
         first = self.model_report(0)
         sims = self.similarity_matrices()
+        spread = self.area_spread()
         per_image = (
             {}
             if self.dice is None
@@ -390,6 +472,8 @@ class Analysis:
             "images": len(self.inputs.images),
             "mean_dice": first["mean_dice"],
             "per_class_dice": first["per_class_dice"],
+            "mean_iou": first["mean_iou"],
+            "per_class_iou": first["per_class_iou"],
             "per_image_dice": per_image,
             "worst_images": self.worst_images(0),
             "area_ratio": first["area_ratio"],
@@ -403,6 +487,13 @@ class Analysis:
                 "mean": _rounded(sims[0]),
                 "per_class": {c: _rounded(sims[1][i]) for i, c in enumerate(CLASSES)},
             },
+            "area_spread": None
+            if spread is None
+            else {
+                c: {"mean": float(spread["mean"][i]), "std": float(spread["std"][i]), "cv": _finite(spread["cv"][i])}
+                for i, c in enumerate(CLASSES)
+            },
+            "disagreement_images": self.disagreement_images(),
             "suggested_ensemble": self.suggested_ensemble(),
             "notes": list(self.inputs.notes),
         }
@@ -487,14 +578,18 @@ def analyze(
     if gt is not None:
         truth = truth_runs(inputs, cache_dir, reporter)
         result.gt_area = truth.areas.reshape(shape)
-        result.dice = np.stack([run_dice(t, truth).reshape(shape) for t in tables])
+        result.gt_overlap = np.stack([intersections(t, truth).reshape(shape) for t in tables])
+        result.dice = dice_from_counts(result.gt_overlap, result.pred_area, result.gt_area[None])
     if len(tables) > 1:
         k = len(tables)
-        sim = np.ones((k, k, *shape))
+        both = np.zeros((k, k, *shape), np.int64)
+        for i in range(k):
+            both[i, i] = result.pred_area[i]
         pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
         for i, j in track(pairs, reporter, "similarity", "pair"):
-            sim[i, j] = sim[j, i] = run_dice(tables[i], tables[j]).reshape(shape)
-        result.similarity = sim
+            both[i, j] = both[j, i] = intersections(tables[i], tables[j]).reshape(shape)
+        result.overlap = both
+        result.similarity = dice_from_counts(both, result.pred_area[:, None], result.pred_area[None, :])
     return result
 
 

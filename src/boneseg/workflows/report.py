@@ -256,12 +256,10 @@ def _page_data(result: Analysis, suspects: list[dict] | None) -> dict:
     matrices = result.similarity_matrices()
     if result.similarity is not None and matrices is not None:
         mean, per_class = matrices
-        m = result.models
-        pairs = [result.similarity[a, b] for a in range(m) for b in range(a + 1, m)]
         data["similarity"] = {
             "mean": _round(mean),
             "per_class": _round(per_class),
-            "per_image": _round(np.mean(pairs, axis=0)),
+            "per_image": _round(result.pairwise_dice()),
         }  # (N, 29) mean pairwise Dice
     if suspects is not None:
         data["suspects"] = {"rows": listed, "outside": len(suspects) - len(listed)}
