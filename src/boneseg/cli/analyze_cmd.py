@@ -144,7 +144,7 @@ def _print_model_differences(result, names: list[str]) -> None:
     from boneseg.classes import CLASSES
 
     changes = [result.changes(m) for m in range(1, result.models)]
-    rows = [
+    rows: list[list] = [
         [CLASSES[c], *(f"+{added[c]:,} / −{removed[c]:,}" for added, removed in changes)]
         for c in range(len(CLASSES))
         if any(added[c] or removed[c] for added, removed in changes)

@@ -256,10 +256,12 @@ def _page_data(result: Analysis, suspects: list[dict] | None) -> dict:
     matrices = result.similarity_matrices()
     if result.similarity is not None and matrices is not None:
         mean, per_class = matrices
+        pairwise = result.pairwise_dice()
+        assert pairwise is not None  # with the similarity
         data["similarity"] = {
             "mean": _round(mean),
             "per_class": _round(per_class),
-            "per_image": _round(result.pairwise_dice()),
+            "per_image": _round(pairwise),
         }  # (N, 29) mean pairwise Dice
     if suspects is not None:
         data["suspects"] = {"rows": listed, "outside": len(suspects) - len(listed)}
