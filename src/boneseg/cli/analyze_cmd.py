@@ -28,7 +28,14 @@ def analyze_command(
     splits: Path = typer.Option(
         None, "--splits", metavar="SPLITS.json", show_default=False, help="Splits file from `boneseg split`."
     ),
-    size: int = typer.Option(2048, "--size", help="Image side of the CSVs without --gt."),
+    size: int = typer.Option(2048, "--size", help="Image side of the CSVs without --gt or --images."),
+    images: Path = typer.Option(
+        None,
+        "--images",
+        metavar="DIR|DATA",
+        show_default=False,
+        help="Without --gt: image folder (or dataset root: its test/DCM) whose PNG headers give each image's size.",
+    ),
     out: Path = typer.Option(
         None, "--out", "-o", metavar="DIR", show_default=False, help="Folder for analysis.json and the PNG plots."
     ),
@@ -54,11 +61,19 @@ def analyze_command(
         check_out(out / REPORT_DIR, force)
     with reporter(transient=True) as shown:
         result = analyze(
-            preds, gt, fold=fold, splits=splits, size=size, worst=worst, tolerance=tolerance, reporter=shown
+            preds,
+            gt,
+            fold=fold,
+            splits=splits,
+            size=size,
+            images=images,
+            worst=worst,
+            tolerance=tolerance,
+            reporter=shown,
         )
         written = write_plots(result, out, force=force) if out is not None else []
         if report:
-            written.append(write_report(result, out / REPORT_DIR, force=force, reporter=shown))
+            written.append(write_report(result, out / REPORT_DIR, images=images, force=force, reporter=shown))
     for note in result.inputs.notes:
         console.print(f"note: {note}", markup=False)
     _print_tables(result)

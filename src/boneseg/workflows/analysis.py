@@ -174,10 +174,13 @@ def load_inputs(
     size: int = 2048,
     cache_dir: str | os.PathLike | None = None,
     reporter: Reporter = SILENT,
+    images: str | os.PathLike | None = None,
 ) -> Inputs:
     """Read prediction CSVs and fix the images to evaluate.
 
-    Without `gt`, every CSV must hold the same images (all assumed `size`²). With `gt` (a dataset root),
+    Without `gt`, every CSV must hold the same images, each of the size its PNG header under `images` gives
+    (an image folder or dataset root, matched by base name as ``check --images`` does), else `size`². With
+    `gt` (a dataset root),
     the CSV images are matched by base name to its labelled train images and take their sizes; with
     `fold` and `splits` only that fold's validation images are evaluated (every CSV must cover them,
     extra images are ignored with a note).
@@ -197,14 +200,22 @@ def load_inputs(
         raise UsageError("--fold/--splits need --gt DATA")
     if size < 1:
         raise UsageError(f"--size must be positive, got {size}")
+    if images is not None and gt is not None:
+        raise UsageError("--images is for CSVs without --gt (with --gt the images are DATA's train images)")
     paths = [Path(p) for p in preds]
     subs = [read_submission(p) for p in track(paths, reporter, "read CSVs", "file")]
     notes: list[str] = []
     if gt is None:
-        images = sorted(subs[0].images)
+        names = sorted(subs[0].images)
         for p, s in zip(paths[1:], subs[1:]):
-            _same_images(paths[0], set(images), p, set(s.images))
-        return Inputs(paths, _unique_names(paths), subs, images, [(size, size)] * len(images), notes=notes)
+            _same_images(paths[0], set(names), p, set(s.images))
+        shapes = [(size, size)] * len(names)
+        if images is not None:
+            from boneseg.data.layout import image_files, image_shape
+
+            files = image_files(images, names)
+            shapes = [image_shape(files[n]) for n in track(names, reporter, "image sizes", "img")]
+        return Inputs(paths, _unique_names(paths), subs, names, shapes, notes=notes)
 
     data = Path(gt)
     train = discover(data, "train")
@@ -552,6 +563,7 @@ def analyze(
     fold: int | None = None,
     splits: str | os.PathLike | None = None,
     size: int = 2048,
+    images: str | os.PathLike | None = None,
     worst: int = 10,
     tolerance: float = 0.02,
     cache_dir: str | os.PathLike | None = None,
@@ -563,14 +575,15 @@ def analyze(
         preds: submission CSVs.
         gt: dataset root whose labelled train images the CSVs are scored against.
         fold, splits: score only this fold's validation images (see `load_inputs`).
-        size: image side assumed without `gt`.
+        size: image side assumed without `gt` (and without `images`).
+        images: without `gt`, an image folder or dataset root whose PNG headers give each image's size.
         worst: how many worst images / cases to report.
         tolerance: Dice tolerance of the ensemble suggestion (see `suggest_ensemble`).
 
     Raises:
         UsageError, DataError: see `load_inputs`; malformed RLE names file, image and class.
     """
-    inputs = load_inputs(preds, gt, fold, splits, size, cache_dir, reporter)
+    inputs = load_inputs(preds, gt, fold, splits, size, cache_dir, reporter, images)
     tables = [prediction_runs(inputs, m) for m in track(range(len(inputs.paths)), reporter, "parse RLE", "file")]
     n = len(inputs.images)
     shape = (n, NUM_CLASSES)

@@ -25,7 +25,7 @@ from boneseg.classes import CLASSES
 from boneseg.errors import DataError, UsageError
 from boneseg.progress import SILENT, Reporter, track
 
-__all__ = ["FORMATS", "MANIFEST", "image_files", "read_mask_file", "write_masks"]
+__all__ = ["FORMATS", "MANIFEST", "read_mask_file", "write_masks"]
 
 FORMATS = ("npz", "tiff")
 """Mask file formats: compressed numpy (default) or a multi-page TIFF."""
@@ -78,6 +78,8 @@ def write_masks(
         raise UsageError("--threshold applies to a probability folder, not to a CSV")
     names, masks_of = _probs_source(source, threshold) if is_probs else _csv_source(source, images, size)
     _check_stems(names)
+    from boneseg.data.layout import image_files
+
     pictures = image_files(images, names) if images is not None else None
     tmp = staging_folder(out)
     import shutil
@@ -141,7 +143,7 @@ def _csv_source(path: Path, images: str | os.PathLike | None, size: int):
         raise DataError(f"{path}: no rows")
     shapes: dict[str, tuple[int, int]] = {}
     if images is not None:
-        from boneseg.data.layout import image_shape
+        from boneseg.data.layout import image_files, image_shape
 
         files = image_files(images, names)
         shapes = {n: image_shape(files[n]) for n in names}
@@ -155,23 +157,6 @@ def _probs_source(folder: Path, threshold):
     thresholds = probs.read_thresholds(threshold)
     names = sorted(manifest["images"])
     return names, lambda name: probs.binarize(probs.load(folder, name), thresholds)
-
-
-def image_files(images: str | os.PathLike, names: list[str]) -> dict[str, Path]:
-    """The image file of each of `names` (base names) under `images` (a folder or dataset root), matched
-    by base name as ``check --images`` matches them.
-
-    Raises:
-        DataError: two images share a base name, or some of `names` are missing (naming them).
-    """
-    from boneseg.data.layout import by_image_name, find_images
-
-    found = by_image_name(find_images(images), images)
-    missing = [n for n in names if n not in found]
-    if missing:
-        more = f", … ({len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise DataError(f"--images {images}: lacks {len(missing)} image(s): {', '.join(missing[:5])}{more}")
-    return {n: found[n].image for n in names}
 
 
 def _check_stems(names: list[str]) -> None:

@@ -120,8 +120,7 @@ def postprocess_csv(
     names = sorted(sub.images)
     shapes: dict[str, tuple[int, int]] = {}
     if images is not None:
-        from boneseg.data.layout import image_shape
-        from boneseg.workflows.masks import image_files
+        from boneseg.data.layout import image_files, image_shape
 
         shapes = {n: image_shape(f) for n, f in image_files(images, names).items()}
     result = PostprocessResult(len(names), where)
