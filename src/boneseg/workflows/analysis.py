@@ -621,13 +621,14 @@ def _group_colour(c: int) -> str:
 
 
 def _per_class_figure(result: Analysis):
+    """Dice per class (axis from 0 to 1, so differences look as large as they are) and the area ratio."""
     from boneseg.plots import new_figure
 
     models = result.models
     dice = [_present(result.per_class_dice(m)) for m in range(models)]
     order = np.argsort(np.mean(dice, axis=0), kind="stable")
     names = [CLASSES[i] for i in order]
-    fig = new_figure(12, 0.26 * NUM_CLASSES + 2)
+    fig = new_figure(15, 0.36 * NUM_CLASSES + 2.2)
     ax_d, ax_r = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     height = 0.8 / models
     y = np.arange(NUM_CLASSES)
@@ -635,16 +636,25 @@ def _per_class_figure(result: Analysis):
         label = Path(result.inputs.names[m]).name
         ax_d.barh(y + m * height, dice[m][order], height, label=label)
         ax_r.barh(y + m * height, np.nan_to_num(_present(result.area_ratio(m))[order], nan=0.0), height, label=label)
-    lo = float(min(d.min() for d in dice))
-    ax_d.set_xlim(max(0.0, lo - 0.05), 1.0)
-    ax_d.set_title("Dice per class (worst at the top)")
+    ax_d.set_xlim(0.0, 1.0)
+    ax_d.set_xticks(np.linspace(0, 1, 11))
+    ax_d.grid(axis="x", alpha=0.3)
+    ax_d.set_xlabel("Dice (axis from 0 to 1)", fontsize=11)
+    mean = float(np.mean(dice[0]))
+    ax_d.axvline(mean, color="k", lw=0.8, ls="--")
+    first = f" ({Path(result.inputs.names[0]).name})" if models > 1 else ""
+    ax_d.text(mean, -0.9, f" mean {mean:.3f}{first}", fontsize=10, va="bottom")
+    ax_d.set_title("Dice per class (worst at the top)", fontsize=13)
     ax_r.axvline(1.0, color="k", lw=0.8)
-    ax_r.set_title("area ratio prediction / truth (>1 over-, <1 under-segmentation)")
+    ax_r.grid(axis="x", alpha=0.3)
+    ax_r.set_xlabel("predicted / true pixels (1 = same area)", fontsize=11)
+    ax_r.set_title("area ratio: > 1 over-, < 1 under-segmentation", fontsize=13)
     for ax in (ax_d, ax_r):
-        ax.set_yticks(y + height * (models - 1) / 2, names, fontsize=7)
+        ax.set_yticks(y + height * (models - 1) / 2, names, fontsize=10)
+        ax.tick_params(axis="x", labelsize=10)
         ax.invert_yaxis()
     if models > 1:
-        ax_d.legend(fontsize=7)
+        ax_d.legend(fontsize=10, loc="lower left")
     fig.tight_layout()
     return fig
 
