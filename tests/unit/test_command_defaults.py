@@ -98,7 +98,9 @@ SPECS = {
     ),
     "models": Spec(("boneseg.cli.models_cmd:catalog",), command_only=JSON),
     "masks": Spec(("boneseg.workflows.masks:write_masks",)),
-    "postprocess": Spec(("boneseg.workflows.postprocess_csv:postprocess_csv",), command_only=JSON),
+    "postprocess": Spec(
+        ("boneseg.workflows.postprocess_csv:postprocess_csv",), renamed={"out": "output"}, command_only=JSON
+    ),
 }
 
 

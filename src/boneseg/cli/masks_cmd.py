@@ -32,6 +32,7 @@ def masks_command(
     threshold: str = typer.Option(
         None,
         "--threshold",
+        "-t",
         metavar="T|FILE.json",
         show_default=False,
         help="Probabilities only: cut-off, or per-class thresholds (tta --thresholds-out) [default: 0.5].",

@@ -12,8 +12,8 @@ from boneseg.cli.app import app
 @app.command("postprocess")
 def postprocess_command(
     source: Path = typer.Argument(..., metavar="IN.csv", show_default=False, help="Submission CSV to clean."),
-    output: str = typer.Option(
-        ..., "--output", "-o", metavar="OUT.csv", show_default=False, help="Cleaned CSV (`-`: standard output)."
+    out: str = typer.Option(
+        ..., "--out", "-o", metavar="OUT.csv", show_default=False, help="Cleaned CSV (`-`: standard output)."
     ),
     rules: Path = typer.Option(
         None,
@@ -46,12 +46,12 @@ def postprocess_command(
     from boneseg.io import is_stdout
     from boneseg.workflows.postprocess_csv import postprocess_csv
 
-    if json_out and is_stdout(output):
+    if json_out and is_stdout(out):
         raise UsageError("--json prints on stdout: give -o OUT.csv")
     with reporter(transient=True) as shown:
         result = postprocess_csv(
             source,
-            output,
+            out,
             rules=rules,
             min_area=min_area,
             keep_largest=keep_largest,
@@ -67,7 +67,7 @@ def postprocess_command(
         f"{doc['pixels_added']} px added" + (f" (rules {result.rules})" if result.rules else ""),
         markup=False,
     )
-    if not is_stdout(output):
-        console.print(f"wrote {output}", markup=False)
+    if not is_stdout(out):
+        console.print(f"wrote {out}", markup=False)
     if json_out:
         print_json(doc)
