@@ -272,3 +272,24 @@ def test_per_class_plot_starts_at_zero(synth_data, tmp_path):
     dice_axis = fig.axes[0]
     assert dice_axis.get_xlim() == (0.0, 1.0)
     assert min(t.get_fontsize() for t in dice_axis.get_yticklabels()) >= 10
+
+
+@pytest.mark.parametrize("value", ["NaN", "-3", "2.5"])
+def test_postprocess_rules_file_refuses_bad_min_area(labelled, tmp_path, capsys, value):
+    rules = tmp_path / "postprocess.json"
+    rules.write_text(f'{{"classes": {{"Radius": {{"keep_largest": false, "min_area": {value}}}}}}}')
+    code, _, err = cli(capsys, "postprocess", labelled["csv"], "-o", tmp_path / "o.csv", "--rules", rules)
+    line = error_line(err)
+    assert code == 1 and f"{rules}: class 'Radius': min_area" in line and "whole number >= 0" in line
+
+
+@pytest.mark.parametrize("value, code", [("nan", 2), ("1.5", 2), ('{"Radius": NaN}', 1)])
+def test_masks_threshold_refuses_bad_numbers(tmp_path, capsys, value, code):
+    folder = tmp_path / "probs"
+    probs.save(folder, "a.png", np.zeros((len(CLASSES), 8, 8), np.uint8))
+    probs.write_manifest(folder, ["a.png"], ["m"])
+    if value.startswith("{"):
+        (tmp_path / "t.json").write_text(value)
+        value = str(tmp_path / "t.json")
+    got, _, err = cli(capsys, "masks", folder, "-o", tmp_path / "o", "-t", value)
+    assert got == code and "threshold" in error_line(err) and not (tmp_path / "o").exists()
