@@ -348,6 +348,7 @@ def format_seconds(seconds: Mapping) -> str:
 
 __all__ = [
     "OVERLAY",
+    "OVERLAY_SIDE",
     "QUICK",
     "SETTINGS",
     "STEPS",
