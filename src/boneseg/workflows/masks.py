@@ -62,6 +62,8 @@ def write_masks(
             probabilities, two images sharing a file stem.
         OutputExistsError: `out` exists and `force` is false (checked before any work).
     """
+    import shutil
+
     from boneseg.io import publish_folder, staging_folder, write_json
     from boneseg.workflows.report import check_out
 
@@ -78,12 +80,8 @@ def write_masks(
         raise UsageError("--threshold applies to a probability folder, not to a CSV")
     names, masks_of = _probs_source(source, threshold) if is_probs else _csv_source(source, images, size)
     _check_stems(names)
-    from boneseg.data.layout import image_files
-
-    pictures = image_files(images, names) if images is not None else None
+    pictures = _pictures(images, names)
     tmp = staging_folder(out)
-    import shutil
-
     try:
         entries = {}
         for name in track(names, reporter, "masks", "img"):
@@ -134,19 +132,22 @@ def read_mask_file(path: str | os.PathLike) -> np.ndarray:
 # -- sources ------------------------------------------------------------------------------------
 
 
+def _pictures(images: str | os.PathLike | None, names: list[str]) -> dict[str, Path] | None:
+    from boneseg.data.layout import image_files
+
+    return image_files(images, names) if images is not None else None
+
+
 def _csv_source(path: Path, images: str | os.PathLike | None, size: int):
+    from boneseg.data.layout import image_shape
     from boneseg.submission import read_submission
 
     sub = read_submission(path)
     names = sorted(sub.images)
     if not names:
         raise DataError(f"{path}: no rows")
-    shapes: dict[str, tuple[int, int]] = {}
-    if images is not None:
-        from boneseg.data.layout import image_files, image_shape
-
-        files = image_files(images, names)
-        shapes = {n: image_shape(files[n]) for n in names}
+    files = _pictures(images, names) or {}
+    shapes = {n: image_shape(f) for n, f in files.items()}
     return names, lambda name: sub.masks(name, shapes.get(name, (size, size)))
 
 
