@@ -156,6 +156,9 @@ def _print_tables(result) -> None:
 
 def _print_model_differences(result, names: list[str]) -> None:
     """Pixels added/removed against the first input, the spread of class areas, the most disputed images."""
+    import numpy as np
+    from rich.text import Text
+
     from boneseg.classes import CLASSES
 
     changes = [result.changes(m) for m in range(1, result.models)]
