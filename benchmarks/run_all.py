@@ -29,6 +29,7 @@ CPU_BENCHMARKS = [
     ("bench_ensemble", "Hard voting of 5 submissions (288 images)"),
     ("bench_analyze", "Analysis: Dice and model similarity on RLE"),
     ("bench_startup", "Start-up of the command line"),
+    ("bench_postprocess", "Post-processing a CSV: keep the largest component of every mask"),
 ]
 
 

@@ -20,6 +20,8 @@ from boneseg.maskops import bbox
 
 __all__ = [
     "overlay",
+    "overlay_legend",
+    "legend_panel",
     "overlay_compare",
     "overlay_errors",
     "save_png",
@@ -87,6 +89,71 @@ def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> np.nda
     if len(masks) > len(PALETTE):
         raise ValueError(f"at most {len(PALETTE)} masks, got {len(masks)}")
     return _blend(image, [(m, PALETTE[i]) for i, m in enumerate(masks)], alpha)
+
+
+def legend_panel(
+    entries: Sequence[tuple[str, tuple[int, int, int], bool]], height: int, title: str = "classes"
+) -> np.ndarray:
+    """A dark (H', W, 3) uint8 legend: one row per ``(name, rgb, present)``, a colour swatch then the name
+    (grey and marked "none" where `present` is false). Rows are sized so that all of them fit in `height`
+    pixels, but never smaller than 18 px, so H' may exceed `height`."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    row = max(18, height // (len(entries) + 2))
+    scale = 0.55 * row / 22
+    thick = max(1, round(row / 28))
+    labels = [name if present else f"{name} (none)" for name, _, present in entries]
+    text_w = max([cv2.getTextSize(t, font, scale, thick)[0][0] for t in [title, *labels]], default=0)
+    width = int(row * 1.6 + text_w + row * 0.6)
+    panel = np.full((max(height, row * (len(entries) + 2)), width, 3), 24, np.uint8)
+    base = int(row * 0.72)
+    cv2.putText(panel, title, (int(row * 0.4), base), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    for k, ((_, rgb, present), label) in enumerate(zip(entries, labels)):
+        y = (k + 1) * row + row // 4
+        side = int(row * 0.7)
+        x0 = int(row * 0.4)
+        if present:
+            cv2.rectangle(panel, (x0, y + (row - side) // 2), (x0 + side, y + (row + side) // 2), rgb, -1)
+        else:
+            cv2.rectangle(panel, (x0, y + (row - side) // 2), (x0 + side, y + (row + side) // 2), rgb, thick)
+        colour = (255, 255, 255) if present else (140, 140, 140)
+        cv2.putText(panel, label, (int(row * 1.6), y + base), font, scale, colour, thick, cv2.LINE_AA)
+    return panel
+
+
+def overlay_legend(
+    image: np.ndarray,
+    masks: np.ndarray,
+    names: Sequence[str] | None = None,
+    alpha: float = 0.45,
+    min_side: int = 0,
+    title: str = "classes",
+) -> np.ndarray:
+    """`overlay` with a legend of the class colours beside it (classes with an empty mask greyed).
+
+    The image keeps its size unless its longer side is below `min_side`: then it is enlarged by a whole
+    factor (masks nearest-neighbour, the image bilinear) so that the picture is at least that big.
+
+    Returns:
+        (H', W + legend width, 3) uint8 RGB; below the image is black where the legend is taller.
+    """
+    from boneseg.classes import CLASSES
+
+    masks = np.asarray(masks)
+    if masks.ndim == 2:
+        masks = masks[None]
+    names = list(CLASSES if names is None else names)[: len(masks)]
+    h, w = masks.shape[1:]
+    factor = -(-min_side // max(h, w)) if min_side > max(h, w) else 1
+    if factor > 1:
+        image = cv2.resize(np.asarray(image), (w * factor, h * factor), interpolation=cv2.INTER_LINEAR)
+        masks = np.asarray(masks, bool).repeat(factor, axis=1).repeat(factor, axis=2)
+    drawn = overlay(image, masks, alpha)
+    present = [bbox(m) is not None for m in masks]
+    panel = legend_panel(list(zip(names, PALETTE, present)), drawn.shape[0], title)
+    out = np.zeros((max(drawn.shape[0], panel.shape[0]), drawn.shape[1] + panel.shape[1], 3), np.uint8)
+    out[: drawn.shape[0], : drawn.shape[1]] = drawn
+    out[: panel.shape[0], drawn.shape[1] :] = panel
+    return out
 
 
 def overlay_compare(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -39,6 +39,52 @@ def clean_mask(mask: np.ndarray, keep_largest: bool = False, min_area: int = 0) 
     return out
 
 
+def close_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Morphological closing of one (H, W) mask with a `size` x `size` ellipse (fills gaps and holes
+    narrower than it; 0 or 1: off). Works on the foreground's box padded by `size`, so the result equals
+    closing the whole image. Returns a new bool array (the input when nothing changes)."""
+    found = bbox(mask)
+    if found is None or size <= 1:
+        return mask
+    h, w = mask.shape
+    y0, y1, x0, x1 = max(0, found[0] - size), min(h, found[1] + size), max(0, found[2] - size), min(w, found[3] + size)
+    crop = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    closed = cv2.morphologyEx(crop, cv2.MORPH_CLOSE, kernel)
+    out = np.array(mask, dtype=np.bool_, copy=True)
+    out[y0:y1, x0:x1] = closed != 0
+    return out
+
+
+def clean_runs(
+    starts: np.ndarray,
+    ends: np.ndarray,
+    shape: Sequence[int],
+    keep_largest: bool = False,
+    min_area: int = 0,
+    close: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`close_mask` then `clean_mask` on one mask given as runs (0-based starts, exclusive ends, row-major
+    in `shape`); returns the runs of the result. Only the rows the mask covers (plus `close` rows each
+    side) are decoded, so the cost follows the bone, not the image; the result is the full-mask one."""
+    from boneseg.rle import runs_from_mask
+
+    if not len(starts) or (not keep_largest and min_area <= 1 and close <= 1):
+        return starts, ends
+    h, w = (int(v) for v in shape)
+    margin = close if close > 1 else 0
+    r0 = max(0, int(starts[0]) // w - margin)
+    r1 = min(h, (int(ends[-1]) - 1) // w + 1 + margin)
+    offset = r0 * w
+    flat = np.zeros((r1 - r0) * w, np.bool_)
+    for lo, hi in zip((starts - offset).tolist(), (ends - offset).tolist()):
+        flat[lo:hi] = True
+    band = flat.reshape(r1 - r0, w)
+    band = clean_mask(close_mask(band, close), keep_largest, min_area)
+    s, e = runs_from_mask(band)
+    return s + offset, e + offset
+
+
 def postprocess(masks: np.ndarray, keep_largest: bool = False, min_area: int = 0) -> np.ndarray:
     """Apply `clean_mask` to each class of a (C, H, W) bool array; returns a new array (or `masks`
     when both options are off).

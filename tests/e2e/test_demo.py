@@ -13,7 +13,7 @@ from boneseg.classes import CLASSES
 from boneseg.cli.app import app
 from boneseg.errors import OutputExistsError, UsageError
 from boneseg.submission import read_submission, validate_submission
-from boneseg.workflows.demo import OVERLAY, STEPS, run_demo, settings_for
+from boneseg.workflows.demo import OVERLAY, OVERLAY_SIDE, STEPS, run_demo, settings_for
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,9 @@ def test_outputs_and_summary_schema(demo_dir):
     splits = json.loads((out / "splits.json").read_text())
     val = sorted(k.split("/")[-1] for k, f in splits["assignments"].items() if f == summary["settings"]["fold"])
     assert sorted(read_submission(out / "val.csv").images) == val == sorted(summary_val_images(out))
-    overlay = cv2.imread(str(out / OVERLAY))
-    assert overlay.shape == (size, size, 3)
+    overlay = cv2.imread(str(out / OVERLAY))  # the test image enlarged to OVERLAY_SIDE, a legend beside it
+    factor = -(-OVERLAY_SIDE // size)
+    assert overlay.shape[0] >= size * factor and overlay.shape[1] > size * factor + 150
 
 
 def summary_val_images(out):

@@ -97,6 +97,10 @@ SPECS = {
         api_only=frozenset({"overrides"}),
     ),
     "models": Spec(("boneseg.cli.models_cmd:catalog",), command_only=JSON),
+    "masks": Spec(("boneseg.workflows.masks:write_masks",)),
+    "postprocess": Spec(
+        ("boneseg.workflows.postprocess_csv:postprocess_csv",), renamed={"out": "output"}, command_only=JSON
+    ),
 }
 
 

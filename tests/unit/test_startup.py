@@ -69,6 +69,9 @@ def test_csv_commands_never_import_torch(tmp_path):
         ["analyze", "a.csv", "b.csv", "--gt", "data", "--size", "64", "-o", "analysis"],
         ["report", "a.csv", "b.csv", "--gt", "data", "-o", "report"],
         ["report", "a.csv", "--size", "64", "-o", "report-no-gt"],
+        ["analyze", "a.csv", "b.csv", "--images", "data/train/DCM", "--json"],
+        ["masks", "a.csv", "--images", "data/train/DCM", "-o", "masks"],
+        ["postprocess", "a.csv", "--keep-largest", "--close", "3", "--size", "64", "-o", "clean.csv"],
         ["models"],
         ["models", "--json"],
     ]
@@ -77,6 +80,7 @@ def test_csv_commands_never_import_torch(tmp_path):
     for argv, code, heavy in results:
         assert code == 0 and heavy == [], (argv, code, heavy)
     assert (tmp_path / "hard.csv").is_file() and (tmp_path / "report" / "index.html").is_file()
+    assert (tmp_path / "masks" / "masks.json").is_file() and (tmp_path / "clean.csv").is_file()
 
 
 def test_opencv_runs_single_threaded_once_loaded():

@@ -28,7 +28,14 @@ def analyze_command(
     splits: Path = typer.Option(
         None, "--splits", metavar="SPLITS.json", show_default=False, help="Splits file from `boneseg split`."
     ),
-    size: int = typer.Option(2048, "--size", help="Image side of the CSVs without --gt."),
+    size: int = typer.Option(2048, "--size", help="Image side of the CSVs without --gt or --images."),
+    images: Path = typer.Option(
+        None,
+        "--images",
+        metavar="DIR|DATA",
+        show_default=False,
+        help="Without --gt: image folder (or dataset root: its test/DCM) whose PNG headers give each image's size.",
+    ),
     out: Path = typer.Option(
         None, "--out", "-o", metavar="DIR", show_default=False, help="Folder for analysis.json and the PNG plots."
     ),
@@ -54,11 +61,19 @@ def analyze_command(
         check_out(out / REPORT_DIR, force)
     with reporter(transient=True) as shown:
         result = analyze(
-            preds, gt, fold=fold, splits=splits, size=size, worst=worst, tolerance=tolerance, reporter=shown
+            preds,
+            gt,
+            fold=fold,
+            splits=splits,
+            size=size,
+            images=images,
+            worst=worst,
+            tolerance=tolerance,
+            reporter=shown,
         )
         written = write_plots(result, out, force=force) if out is not None else []
         if report:
-            written.append(write_report(result, out / REPORT_DIR, force=force, reporter=shown))
+            written.append(write_report(result, out / REPORT_DIR, images=images, force=force, reporter=shown))
     for note in result.inputs.notes:
         console.print(f"note: {note}", markup=False)
     _print_tables(result)
@@ -84,20 +99,16 @@ def _print_tables(result) -> None:
     if result.dice is not None:
         dice = np.stack([result.per_class_dice(m) for m in range(result.models)])
         order = np.argsort(dice.mean(axis=0), kind="stable")
+        iou = np.stack([result.per_class_iou(m) for m in range(result.models)])
         if result.models == 1:
             ratio, gt_area = result.area_ratio(0), result.gt_area.mean(axis=0)
-            rows = [[CLASSES[c], dice[0, c], f"{ratio[c]:.3f}", f"{gt_area[c]:.0f}"] for c in order]
-            columns = ["class", "Dice", "area pred/true", "true px"]
+            rows = [[CLASSES[c], dice[0, c], iou[0, c], f"{ratio[c]:.3f}", f"{gt_area[c]:.0f}"] for c in order]
+            columns = ["class", "Dice", "IoU", "area pred/true", "true px"]
+            rows.append([Text("mean", style="bold"), float(dice[0].mean()), float(iou[0].mean()), "—", "—"])
         else:
             rows = [[CLASSES[c], *dice[:, c]] for c in order]
             columns = ["class", *names]
-        rows.append(
-            [
-                Text("mean", style="bold"),
-                *(float(dice[m].mean()) for m in range(result.models)),
-                *([""] * (len(columns) - 1 - result.models)),
-            ]
-        )
+            rows.append([Text("mean", style="bold"), *(float(dice[m].mean()) for m in range(result.models))])
         console.print(table(f"Dice per class, worst first ({n_img} images)", columns, rows))
         worst = result.worst_images(0)
         if worst:
@@ -109,7 +120,9 @@ def _print_tables(result) -> None:
                 )
             )
         for m, name in enumerate(names):
-            console.print(f"mean Dice {escape(name)}: [bold]{result.mean_dice(m):.4f}[/bold]")
+            console.print(
+                f"mean Dice {escape(name)}: [bold]{result.mean_dice(m):.4f}[/bold] (IoU {result.mean_iou(m):.4f})"
+            )
     else:
         area = result.pred_area.mean(axis=1)
         empty = (result.pred_area == 0).sum(axis=1)
@@ -131,6 +144,7 @@ def _print_tables(result) -> None:
         agreement = np.array([pc[off].mean() for pc in per_class])
         rows = [[CLASSES[c], float(agreement[c])] for c in np.argsort(agreement, kind="stable")[:5]]
         console.print(table("Classes the models disagree on most", ["class", "mean pairwise Dice"], rows))
+        _print_model_differences(result, names)
         suggestion = [Path(n).name if n in result.inputs.names else n for n in result.suggested_ensemble()]
         rule = (
             "most accurate, then least similar within the tolerance"
@@ -138,3 +152,43 @@ def _print_tables(result) -> None:
             else "least similar pair"
         )
         console.print(f"suggested ensemble ({rule}): [bold]{escape(' + '.join(suggestion))}[/bold]")
+
+
+def _print_model_differences(result, names: list[str]) -> None:
+    """Pixels added/removed against the first input, the spread of class areas, the most disputed images."""
+    import numpy as np
+    from rich.text import Text
+
+    from boneseg.classes import CLASSES
+
+    changes = [result.changes(m) for m in range(1, result.models)]
+    rows: list[list] = [
+        [CLASSES[c], *(f"+{added[c]:,} / −{removed[c]:,}" for added, removed in changes)]
+        for c in range(len(CLASSES))
+        if any(added[c] or removed[c] for added, removed in changes)
+    ]  # the classes some model changes
+    rows.append(
+        [Text("total", style="bold"), *(f"+{added.sum():,} / −{removed.sum():,}" for added, removed in changes)]
+    )
+    console.print(table(f"Pixels added / removed going from {names[0]} to each model", ["class", *names[1:]], rows))
+    spread = result.area_spread()
+    order = np.argsort(-np.nan_to_num(spread["cv"], nan=-1.0), kind="stable")[: max(result.worst, 1)]
+    console.print(
+        table(
+            "Class areas across models, most spread first (mean px per image)",
+            ["class", "mean px", "std px", "CV"],
+            [
+                [CLASSES[c], f"{spread['mean'][c]:.0f}", f"{spread['std'][c]:.0f}", f"{spread['cv'][c]:.3f}"]
+                for c in order
+            ],
+        )
+    )
+    images = result.disagreement_images()
+    if images:
+        console.print(
+            table(
+                "Images the models disagree on most",
+                ["image", "mean pairwise Dice", "worst class", "its Dice"],
+                [[d["image"], d["mean_pairwise_dice"], d["worst_class"], d["worst_class_dice"]] for d in images],
+            )
+        )

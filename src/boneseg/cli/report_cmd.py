@@ -45,9 +45,10 @@ def report_command(
         "--images",
         metavar="DATA_OR_DIR",
         show_default=False,
-        help="Without --gt: where the CSV's images are (dataset root or folder of PNGs).",
+        help="Without --gt: where the CSV's images are (dataset root or folder of PNGs); each image's size from "
+        "its PNG header.",
     ),
-    size: int = typer.Option(2048, "--size", help="Image side of the CSVs without --gt."),
+    size: int = typer.Option(2048, "--size", help="Image side of the CSVs without --gt or --images."),
     force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
 ) -> None:
     """A page to open in a browser from the file system: sortable per-class Dice, charts, a gallery sorted by

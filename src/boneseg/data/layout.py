@@ -164,6 +164,21 @@ def by_image_name(samples: Sequence[Sample], where: str | os.PathLike | None = N
     return out
 
 
+def image_files(images: str | os.PathLike, names: Sequence[str]) -> dict[str, Path]:
+    """The image file of each of `names` (base names, as in a CSV) under `images` (a folder of PNGs or a
+    dataset root: its ``test/DCM``), matched by base name as ``check --images`` matches them.
+
+    Raises:
+        DataError: naming ``--images``: no images, two sharing a base name, or some of `names` missing.
+    """
+    found = by_image_name(find_images(images), f"--images {images}")
+    missing = [n for n in names if n not in found]
+    if missing:
+        more = f", … ({len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise DataError(f"--images {images}: lacks {len(missing)} image(s): {', '.join(missing[:5])}{more}")
+    return {n: found[n].image for n in names}
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An 8-bit grayscale image (H, W): the one reader of every image boneseg uses.
 

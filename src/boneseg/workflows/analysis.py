@@ -35,6 +35,7 @@ __all__ = [
     "runs_table",
     "intersections",
     "run_dice",
+    "iou_from_counts",
     "Inputs",
     "load_inputs",
     "Analysis",
@@ -114,6 +115,13 @@ def run_dice(a: RunTable, b: RunTable) -> np.ndarray:
     return dice_from_counts(intersections(a, b), a.areas, b.areas)
 
 
+def iou_from_counts(intersection, a_area, b_area) -> np.ndarray:
+    """IoU ``|A∩B| / |A∪B|`` from pixel counts (numpy, broadcasting); both empty gives 1.0, as Dice does."""
+    inter = np.asarray(intersection, np.float64)
+    union = np.asarray(a_area, np.float64) + np.asarray(b_area, np.float64) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
 # -- inputs ---------------------------------------------------------------------------------------
 
 
@@ -166,10 +174,13 @@ def load_inputs(
     size: int = 2048,
     cache_dir: str | os.PathLike | None = None,
     reporter: Reporter = SILENT,
+    images: str | os.PathLike | None = None,
 ) -> Inputs:
     """Read prediction CSVs and fix the images to evaluate.
 
-    Without `gt`, every CSV must hold the same images (all assumed `size`²). With `gt` (a dataset root),
+    Without `gt`, every CSV must hold the same images, each of the size its PNG header under `images` gives
+    (an image folder or dataset root, matched by base name as ``check --images`` does), else `size`². With
+    `gt` (a dataset root),
     the CSV images are matched by base name to its labelled train images and take their sizes; with
     `fold` and `splits` only that fold's validation images are evaluated (every CSV must cover them,
     extra images are ignored with a note).
@@ -189,14 +200,22 @@ def load_inputs(
         raise UsageError("--fold/--splits need --gt DATA")
     if size < 1:
         raise UsageError(f"--size must be positive, got {size}")
+    if images is not None and gt is not None:
+        raise UsageError("--images is for CSVs without --gt (with --gt the images are DATA's train images)")
     paths = [Path(p) for p in preds]
     subs = [read_submission(p) for p in track(paths, reporter, "read CSVs", "file")]
     notes: list[str] = []
     if gt is None:
-        images = sorted(subs[0].images)
+        names = sorted(subs[0].images)
         for p, s in zip(paths[1:], subs[1:]):
-            _same_images(paths[0], set(images), p, set(s.images))
-        return Inputs(paths, _unique_names(paths), subs, images, [(size, size)] * len(images), notes=notes)
+            _same_images(paths[0], set(names), p, set(s.images))
+        shapes = [(size, size)] * len(names)
+        if images is not None:
+            from boneseg.data.layout import image_files, image_shape
+
+            files = image_files(images, names)
+            shapes = [image_shape(files[n]) for n in track(names, reporter, "image sizes", "img")]
+        return Inputs(paths, _unique_names(paths), subs, names, shapes, notes=notes)
 
     data = Path(gt)
     train = discover(data, "train")
@@ -288,6 +307,8 @@ class Analysis:
     gt_area: np.ndarray | None = None  # (N, 29) true pixels
     dice: np.ndarray | None = None  # (M, N, 29) against the truth
     similarity: np.ndarray | None = None  # (M, M, N, 29) model-vs-model Dice
+    gt_overlap: np.ndarray | None = None  # (M, N, 29) |P ∩ G| pixels
+    overlap: np.ndarray | None = None  # (M, M, N, 29) model-vs-model |A ∩ B| pixels (diagonal: areas)
     worst: int = 10
     tolerance: float = 0.02
 
@@ -301,6 +322,66 @@ class Analysis:
     def mean_dice(self, m: int = 0) -> float | None:
         per_class = self.per_class_dice(m)
         return None if per_class is None else float(per_class.mean())
+
+    @property
+    def iou(self) -> np.ndarray | None:
+        """(M, N, 29) IoU against the truth (both empty -> 1.0)."""
+        if self.gt_overlap is None or self.gt_area is None:
+            return None
+        return iou_from_counts(self.gt_overlap, self.pred_area, self.gt_area[None])
+
+    def per_class_iou(self, m: int = 0) -> np.ndarray | None:
+        iou = self.iou
+        return None if iou is None else iou[m].mean(axis=0)
+
+    def mean_iou(self, m: int = 0) -> float | None:
+        per_class = self.per_class_iou(m)
+        return None if per_class is None else float(per_class.mean())
+
+    def changes(self, m: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(added, removed) pixels per class (29,), summed over images, going from the first input to input
+        `m`: pixels `m` has and the first lacks, and the reverse."""
+        if self.overlap is None:
+            return None
+        both = self.overlap[0, m].sum(axis=0)
+        return self.pred_area[m].sum(axis=0) - both, self.pred_area[0].sum(axis=0) - both
+
+    def area_spread(self) -> dict[str, np.ndarray] | None:
+        """Per class, across the inputs, the spread of each input's mean predicted area per image: ``mean``,
+        ``std`` (population) and ``cv`` = std / mean (NaN where every input predicts nothing); None with
+        one input."""
+        if self.models < 2:
+            return None
+        areas = self.pred_area.mean(axis=1)  # (M, 29)
+        mean, std = areas.mean(axis=0), areas.std(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cv = np.where(mean > 0, std / mean, np.nan)
+        return {"mean": mean, "std": std, "cv": cv}
+
+    def pairwise_dice(self) -> np.ndarray | None:
+        """(N, 29) mean model-vs-model Dice over all pairs of inputs; None with one input."""
+        if self.similarity is None:
+            return None
+        k = self.models
+        return np.mean([self.similarity[a, b] for a in range(k) for b in range(a + 1, k)], axis=0)
+
+    def disagreement_images(self) -> list[dict]:
+        """The `worst` images the inputs agree on least (lowest mean pairwise Dice over classes), with the
+        class they disagree on most."""
+        pairwise = self.pairwise_dice()
+        if pairwise is None:
+            return []
+        per_image = pairwise.mean(axis=1)
+        order = np.argsort(per_image, kind="stable")[: self.worst]
+        return [
+            {
+                "image": self.inputs.images[i],
+                "mean_pairwise_dice": float(per_image[i]),
+                "worst_class": CLASSES[int(pairwise[i].argmin())],
+                "worst_class_dice": float(pairwise[i].min()),
+            }
+            for i in order
+        ]
 
     def area_ratio(self, m: int = 0) -> np.ndarray | None:
         """Predicted / true pixels per class (summed over images); NaN where the truth is empty."""
@@ -370,16 +451,28 @@ class Analysis:
         out = {
             "mean_dice": self.mean_dice(m),
             "per_class_dice": _by_class(self.per_class_dice(m)),
+            "mean_iou": self.mean_iou(m),
+            "per_class_iou": _by_class(self.per_class_iou(m)),
             "area_ratio": _by_class(ratio),
             "mean_area": _by_class(self.pred_area[m].mean(axis=0)),
             "empty_masks": _by_class((self.pred_area[m] == 0).sum(axis=0), int),
         }
+        change = self.changes(m) if m > 0 else None
+        if change is not None:
+            added, removed = change
+            out["changes"] = {
+                "from": self.inputs.names[0],
+                "added": int(added.sum()),
+                "removed": int(removed.sum()),
+                "per_class": {c: {"added": int(a), "removed": int(r)} for c, a, r in zip(CLASSES, added, removed)},
+            }
         return out
 
     def to_json(self) -> dict:
         """The stable report: see docs/analyze.md. Top-level scores are those of the first input."""
         first = self.model_report(0)
         sims = self.similarity_matrices()
+        spread = self.area_spread()
         per_image = (
             {}
             if self.dice is None
@@ -390,6 +483,8 @@ class Analysis:
             "images": len(self.inputs.images),
             "mean_dice": first["mean_dice"],
             "per_class_dice": first["per_class_dice"],
+            "mean_iou": first["mean_iou"],
+            "per_class_iou": first["per_class_iou"],
             "per_image_dice": per_image,
             "worst_images": self.worst_images(0),
             "area_ratio": first["area_ratio"],
@@ -403,6 +498,13 @@ class Analysis:
                 "mean": _rounded(sims[0]),
                 "per_class": {c: _rounded(sims[1][i]) for i, c in enumerate(CLASSES)},
             },
+            "area_spread": None
+            if spread is None
+            else {
+                c: {"mean": float(spread["mean"][i]), "std": float(spread["std"][i]), "cv": _finite(spread["cv"][i])}
+                for i, c in enumerate(CLASSES)
+            },
+            "disagreement_images": self.disagreement_images(),
             "suggested_ensemble": self.suggested_ensemble(),
             "notes": list(self.inputs.notes),
         }
@@ -461,6 +563,7 @@ def analyze(
     fold: int | None = None,
     splits: str | os.PathLike | None = None,
     size: int = 2048,
+    images: str | os.PathLike | None = None,
     worst: int = 10,
     tolerance: float = 0.02,
     cache_dir: str | os.PathLike | None = None,
@@ -472,14 +575,15 @@ def analyze(
         preds: submission CSVs.
         gt: dataset root whose labelled train images the CSVs are scored against.
         fold, splits: score only this fold's validation images (see `load_inputs`).
-        size: image side assumed without `gt`.
+        size: image side assumed without `gt` (and without `images`).
+        images: without `gt`, an image folder or dataset root whose PNG headers give each image's size.
         worst: how many worst images / cases to report.
         tolerance: Dice tolerance of the ensemble suggestion (see `suggest_ensemble`).
 
     Raises:
         UsageError, DataError: see `load_inputs`; malformed RLE names file, image and class.
     """
-    inputs = load_inputs(preds, gt, fold, splits, size, cache_dir, reporter)
+    inputs = load_inputs(preds, gt, fold, splits, size, cache_dir, reporter, images)
     tables = [prediction_runs(inputs, m) for m in track(range(len(inputs.paths)), reporter, "parse RLE", "file")]
     n = len(inputs.images)
     shape = (n, NUM_CLASSES)
@@ -487,14 +591,18 @@ def analyze(
     if gt is not None:
         truth = truth_runs(inputs, cache_dir, reporter)
         result.gt_area = truth.areas.reshape(shape)
-        result.dice = np.stack([run_dice(t, truth).reshape(shape) for t in tables])
+        result.gt_overlap = np.stack([intersections(t, truth).reshape(shape) for t in tables])
+        result.dice = dice_from_counts(result.gt_overlap, result.pred_area, result.gt_area[None])
     if len(tables) > 1:
         k = len(tables)
-        sim = np.ones((k, k, *shape))
+        both = np.zeros((k, k, *shape), np.int64)
+        for i in range(k):
+            both[i, i] = result.pred_area[i]
         pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
         for i, j in track(pairs, reporter, "similarity", "pair"):
-            sim[i, j] = sim[j, i] = run_dice(tables[i], tables[j]).reshape(shape)
-        result.similarity = sim
+            both[i, j] = both[j, i] = intersections(tables[i], tables[j]).reshape(shape)
+        result.overlap = both
+        result.similarity = dice_from_counts(both, result.pred_area[:, None], result.pred_area[None, :])
     return result
 
 
@@ -513,13 +621,14 @@ def _group_colour(c: int) -> str:
 
 
 def _per_class_figure(result: Analysis):
+    """Dice per class (axis from 0 to 1, so differences look as large as they are) and the area ratio."""
     from boneseg.plots import new_figure
 
     models = result.models
     dice = [_present(result.per_class_dice(m)) for m in range(models)]
     order = np.argsort(np.mean(dice, axis=0), kind="stable")
     names = [CLASSES[i] for i in order]
-    fig = new_figure(12, 0.26 * NUM_CLASSES + 2)
+    fig = new_figure(15, 0.36 * NUM_CLASSES + 2.2)
     ax_d, ax_r = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     height = 0.8 / models
     y = np.arange(NUM_CLASSES)
@@ -527,16 +636,25 @@ def _per_class_figure(result: Analysis):
         label = Path(result.inputs.names[m]).name
         ax_d.barh(y + m * height, dice[m][order], height, label=label)
         ax_r.barh(y + m * height, np.nan_to_num(_present(result.area_ratio(m))[order], nan=0.0), height, label=label)
-    lo = float(min(d.min() for d in dice))
-    ax_d.set_xlim(max(0.0, lo - 0.05), 1.0)
-    ax_d.set_title("Dice per class (worst at the top)")
+    ax_d.set_xlim(0.0, 1.0)
+    ax_d.set_xticks(np.linspace(0, 1, 11))
+    ax_d.grid(axis="x", alpha=0.3)
+    ax_d.set_xlabel("Dice (axis from 0 to 1)", fontsize=11)
+    mean = float(np.mean(dice[0]))
+    ax_d.axvline(mean, color="k", lw=0.8, ls="--")
+    first = f" ({Path(result.inputs.names[0]).name})" if models > 1 else ""
+    ax_d.text(mean, -0.9, f" mean {mean:.3f}{first}", fontsize=10, va="bottom")
+    ax_d.set_title("Dice per class (worst at the top)", fontsize=13)
     ax_r.axvline(1.0, color="k", lw=0.8)
-    ax_r.set_title("area ratio prediction / truth (>1 over-, <1 under-segmentation)")
+    ax_r.grid(axis="x", alpha=0.3)
+    ax_r.set_xlabel("predicted / true pixels (1 = same area)", fontsize=11)
+    ax_r.set_title("area ratio: > 1 over-, < 1 under-segmentation", fontsize=13)
     for ax in (ax_d, ax_r):
-        ax.set_yticks(y + height * (models - 1) / 2, names, fontsize=7)
+        ax.set_yticks(y + height * (models - 1) / 2, names, fontsize=10)
+        ax.tick_params(axis="x", labelsize=10)
         ax.invert_yaxis()
     if models > 1:
-        ax_d.legend(fontsize=7)
+        ax_d.legend(fontsize=10, loc="lower left")
     fig.tight_layout()
     return fig
 

@@ -69,6 +69,8 @@ QUICK: dict = {
 
 STEPS = ("synth", "split", "train", "tta", "predict", "analyze", "report", "overlay")
 OVERLAY = "overlay.png"
+OVERLAY_SIDE = 768
+"""The demo's overlay shows the test image enlarged to at least this side, with a legend beside it."""
 
 
 def settings_for(quick: bool = False, overrides: Mapping | None = None) -> dict:
@@ -330,13 +332,13 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 def _overlay(data: Path, sub_csv: Path, path: Path) -> None:
     from boneseg.data.layout import find_images, read_image
-    from boneseg.plots import overlay, save_png
+    from boneseg.plots import overlay_legend, save_png
     from boneseg.submission import read_submission
 
     sample = find_images(data)[0]
     image = read_image(sample.image)
     masks = read_submission(sub_csv).masks(sample.image_name, image.shape)
-    save_png(overlay(image, masks), path)
+    save_png(overlay_legend(image, masks, min_side=OVERLAY_SIDE, title="predicted bones"), path)
 
 
 def format_seconds(seconds: Mapping) -> str:
@@ -346,6 +348,7 @@ def format_seconds(seconds: Mapping) -> str:
 
 __all__ = [
     "OVERLAY",
+    "OVERLAY_SIDE",
     "QUICK",
     "SETTINGS",
     "STEPS",

@@ -64,8 +64,9 @@ def build_report(
         preds: submission CSVs (the first one's prediction is drawn on the gallery thumbnails).
         gt, fold, splits, size: as for `analyze` (with `gt` the images are its train images).
         audit: a ``boneseg audit`` output folder: its suspects are listed and linked.
-        images: without `gt`, where the CSV's images are (a dataset root or a folder of PNGs); without
-            either, the masks are drawn on a blank `size`² canvas.
+        images: without `gt`, where the CSV's images are (a dataset root or a folder of PNGs): each image
+            takes the size its PNG header gives (as ``check --images``); without either, the masks are
+            drawn on black at `size`² and no ``full/`` images are written.
 
     Raises:
         OutputExistsError: `out` exists and `force` is false (checked before any work).
@@ -73,7 +74,9 @@ def build_report(
     """
     check_out(Path(out), force)
     suspects = read_suspects(audit) if audit is not None else None
-    result = analyze(preds, gt, fold=fold, splits=splits, size=size, cache_dir=cache_dir, reporter=reporter)
+    result = analyze(
+        preds, gt, fold=fold, splits=splits, size=size, images=images, cache_dir=cache_dir, reporter=reporter
+    )
     return write_report(
         result, out, suspects=suspects, images=images, force=force, cache_dir=cache_dir, reporter=reporter
     )
@@ -102,7 +105,7 @@ def write_report(
     sources = _image_sources(result, images)
     tmp = staging_folder(out)
     try:
-        for sub in ("assets", "thumbs", "full", "masks"):
+        for sub in ("assets", "thumbs", "masks", *(("full",) if sources else ())):
             (tmp / sub).mkdir()
         for name in ("report.css", "report.js"):
             shutil.copyfile(ASSETS / name, tmp / "assets" / name)
@@ -110,7 +113,7 @@ def write_report(
         for i in track(range(len(result.inputs.images)), reporter, "report images", "img"):
             _write_image(result, i, sources[i] if sources else None, truth, tmp)
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(ASSETS), autoescape=True)
-        page = _page_data(result, suspects)
+        page = _page_data(result, suspects, sources)
         if page["suspects"] and page["suspects"]["outside"]:
             warnings.warn(
                 f"{page['suspects']['outside']} audit suspect(s) name images outside the report",
@@ -146,29 +149,16 @@ def check_out(out: Path, force: bool) -> Path:
 
 
 def _image_sources(result: Analysis, images: str | os.PathLike | None) -> list[Path] | None:
-    """The image file of each evaluated image, or None (blank canvases)."""
+    """The image file of each evaluated image, or None (no images: masks drawn on black)."""
     inputs = result.inputs
     if inputs.samples is not None:
         return [s.image for s in inputs.samples]
     if images is None:
         return None
-    from boneseg.data.layout import find_images
+    from boneseg.data.layout import image_files
 
-    found: dict[str, Path] = {}
-    for s in find_images(images):
-        if s.image_name in found:
-            raise DataError(
-                f"--images {images}: image name {s.image_name} occurs twice ({found[s.image_name]}, "
-                f"{s.image}); CSV rows cannot be matched"
-            )
-        found[s.image_name] = s.image
-    missing = [n for n in inputs.images if n not in found]
-    if missing:
-        more = f", … ({len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise DataError(
-            f"--images {images}: lacks {len(missing)} image(s) of {inputs.paths[0]}: {', '.join(missing[:5])}{more}"
-        )
-    return [found[n] for n in inputs.images]
+    files = image_files(images, inputs.images)
+    return [files[n] for n in inputs.images]
 
 
 def _truth_loader(result: Analysis, cache_dir: str | os.PathLike | None):
@@ -182,7 +172,7 @@ def _truth_loader(result: Analysis, cache_dir: str | os.PathLike | None):
 
 
 def _write_image(result: Analysis, i: int, source: Path | None, truth, folder: Path) -> None:
-    """``thumbs/i.jpg``, ``full/i.jpg`` and ``masks/i.js`` of image `i`."""
+    """``thumbs/i.jpg``, ``full/i.jpg`` (only with an image) and ``masks/i.js`` of image `i`."""
     import cv2
 
     from boneseg import rle
@@ -192,10 +182,7 @@ def _write_image(result: Analysis, i: int, source: Path | None, truth, folder: P
     inputs, name, shape = result.inputs, result.inputs.images[i], result.inputs.shapes[i]
     image = read_image(source) if source is not None else np.zeros(shape, np.uint8)
     if image.shape != tuple(shape):
-        raise DataError(
-            f"{source}: image is {image.shape[1]}x{image.shape[0]}, the CSVs were read at "
-            f"{shape[1]}x{shape[0]} (--size)"
-        )
+        raise DataError(f"{source}: image is {image.shape[1]}x{image.shape[0]}, its header said {shape[1]}x{shape[0]}")
     pred = inputs.subs[0].masks(name, shape)
     gt = truth(i) if truth is not None else None
     drawn = overlay_errors(image, pred, gt, AGREEMENT_COLOURS) if gt is not None else overlay(image, pred)
@@ -206,7 +193,8 @@ def _write_image(result: Analysis, i: int, source: Path | None, truth, folder: P
         )
     stem = f"{i:04d}"
     _write_jpeg(folder / "thumbs" / f"{stem}.jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR), 80)
-    _write_jpeg(folder / "full" / f"{stem}.jpg", image, 90)
+    if source is not None:  # without images the page draws the masks on black itself
+        _write_jpeg(folder / "full" / f"{stem}.jpg", image, 90)
     masks = {
         "pred": [s.image_rles(name) for s in inputs.subs],
         "gt": [rle.encode(m) for m in gt] if gt is not None else None,
@@ -232,7 +220,7 @@ def _round(values: np.ndarray, digits: int = 4) -> list:
     return np.round(np.asarray(values, np.float64), digits).tolist()
 
 
-def _page_data(result: Analysis, suspects: list[dict] | None) -> dict:
+def _page_data(result: Analysis, suspects: list[dict] | None, sources: list[Path] | None) -> dict:
     """Everything the page draws, as JSON-ready lists (scores rounded to 4 digits)."""
     inputs = result.inputs
     index = {n: i for i, n in enumerate(inputs.images)}
@@ -246,6 +234,7 @@ def _page_data(result: Analysis, suspects: list[dict] | None) -> dict:
         "images": list(inputs.images),
         "shapes": [list(s) for s in inputs.shapes],
         "labels": result.dice is not None,
+        "has_images": sources is not None,
         "notes": list(inputs.notes),
         "pred_area": result.pred_area.tolist(),
         "gt_area": None if result.gt_area is None else result.gt_area.tolist(),
@@ -256,12 +245,12 @@ def _page_data(result: Analysis, suspects: list[dict] | None) -> dict:
     matrices = result.similarity_matrices()
     if result.similarity is not None and matrices is not None:
         mean, per_class = matrices
-        m = result.models
-        pairs = [result.similarity[a, b] for a in range(m) for b in range(a + 1, m)]
+        pairwise = result.pairwise_dice()
+        assert pairwise is not None  # with the similarity
         data["similarity"] = {
             "mean": _round(mean),
             "per_class": _round(per_class),
-            "per_image": _round(np.mean(pairs, axis=0)),
+            "per_image": _round(pairwise),
         }  # (N, 29) mean pairwise Dice
     if suspects is not None:
         data["suspects"] = {"rows": listed, "outside": len(suspects) - len(listed)}

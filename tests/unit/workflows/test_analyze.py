@@ -192,6 +192,50 @@ def test_similarity_of_a_csv_with_itself_is_one(synth_data, tmp_path, capsys):
     assert len(doc["models"]) == 2  # the same file twice keeps two entries
 
 
+def test_iou_changes_spread_and_disagreement_equal_direct_computation(synth_data, tmp_path, capsys):
+    """What teams' own scripts print, from the run-length sweep, against numpy on the decoded masks."""
+    samples, gt = truth_masks(synth_data)
+    names = [s.image_name for s in samples]
+    preds = [perturb(gt, 5), perturb(gt, 6), perturb(gt, 7)]
+    preds[2][3, :12] = False  # image 3 loses 12 classes in one model only: the most disputed image
+    csvs = [write_csv(tmp_path / f"{k}.csv", names, p) for k, p in enumerate(preds)]
+    code, stdout, stderr = cli(capsys, "analyze", *csvs, "--gt", synth_data, "--json", "--worst", "3")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    inter, area, truth = metrics.dice_counts(preds[0], gt)
+    union = area + truth - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    assert doc["mean_iou"] == pytest.approx(iou.mean(axis=0).mean(), abs=1e-12)
+    assert doc["per_class_iou"] == pytest.approx(dict(zip(CLASSES, iou.mean(axis=0))), abs=1e-12)
+    assert doc["models"][str(csvs[1])]["mean_iou"] < doc["models"][str(csvs[1])]["mean_dice"]
+    for k in (1, 2):
+        changes = doc["models"][str(csvs[k])]["changes"]
+        added = (preds[k] & ~preds[0]).sum(axis=(0, 2, 3))
+        removed = (preds[0] & ~preds[k]).sum(axis=(0, 2, 3))
+        assert changes["from"] == str(csvs[0])
+        assert changes["added"] == added.sum() and changes["removed"] == removed.sum() > 0
+        assert [changes["per_class"][c] for c in CLASSES] == [
+            {"added": int(a), "removed": int(r)} for a, r in zip(added, removed)
+        ]
+    assert "changes" not in doc["models"][str(csvs[0])]
+    areas = np.stack([p.sum(axis=(2, 3)).mean(axis=0) for p in preds])  # (models, 29) mean px per image
+    for c, name in enumerate(CLASSES):
+        spread = doc["area_spread"][name]
+        assert spread["mean"] == pytest.approx(areas[:, c].mean()) and spread["std"] == pytest.approx(areas[:, c].std())
+        assert spread["cv"] == pytest.approx(areas[:, c].std() / areas[:, c].mean())
+    pairwise = np.mean([metrics.dice(preds[a], preds[b]) for a, b in ((0, 1), (0, 2), (1, 2))], axis=0)
+    order = np.argsort(pairwise.mean(axis=1), kind="stable")[:3]
+    assert [d["image"] for d in doc["disagreement_images"]] == [names[i] for i in order]
+    top = doc["disagreement_images"][0]
+    assert top["image"] == names[3] and top["worst_class"] in CLASSES[:12]
+    assert top["mean_pairwise_dice"] == pytest.approx(pairwise[3].mean(), abs=1e-12)
+    for title in ("IoU", "Pixels added / removed going from", "Class areas across models", "disagree on most"):
+        assert title in stderr
+    code, stdout, _ = cli(capsys, "analyze", csvs[0], "--size", 256, "--json")
+    doc = json.loads(stdout)
+    assert doc["mean_iou"] is None and doc["area_spread"] is None and doc["disagreement_images"] == []
+
+
 # -- fold selection and errors --------------------------------------------------------------------
 
 

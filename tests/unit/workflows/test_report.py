@@ -71,15 +71,32 @@ def test_report_folder(data, tmp_path, capsys):
     assert page_data(out / "index.html")["models"] == ["a.csv"]
 
 
-def test_report_without_labels_uses_images(data, tmp_path, capsys):
+def test_report_without_labels_uses_images_at_their_own_size(data, tmp_path, capsys):
+    """--images gives each image its PNG header's size (as `check --images`): no --size needed."""
     out = tmp_path / "rep"
-    code, _, err = cli(capsys, "report", data["a"], "--images", data["root"] / "train" / "DCM", "--size", 64, "-o", out)
+    code, _, err = cli(capsys, "report", data["a"], "--images", data["root"] / "train" / "DCM", "-o", out)
     assert code == 0, err
     page = page_data(out / "index.html")
     assert not page["labels"] and page["dice"] is None and len(page["images"]) == len(data["samples"])
-    code, _, err = cli(capsys, "report", data["a"], "--images", data["root"] / "train" / "DCM", "-o", tmp_path / "x")
-    assert code == 1 and "the CSVs were read at 2048x2048 (--size)" in error_line(err)
+    assert page["shapes"] == [[64, 64]] * len(data["samples"]) and page["has_images"]
+    assert len(list((out / "full").iterdir())) == len(data["samples"])
+    code, _, err = cli(capsys, "report", data["a"], "--images", data["root"] / "test" / "DCM", "-o", tmp_path / "x")
+    assert code == 1 and "lacks 4 image(s)" in error_line(err)
     assert not (tmp_path / "x").exists()
+
+
+def test_report_without_images_writes_no_black_pictures(data, tmp_path, capsys):
+    out = tmp_path / "rep"
+    code, _, err = cli(capsys, "report", data["a"], "--size", 64, "-o", out)
+    assert code == 0, err
+    assert not (out / "full").exists() and not page_data(out / "index.html")["has_images"]
+    assert len(list((out / "thumbs").iterdir())) == len(data["samples"])
+    with browse(out / "index.html") as (page, errors, requests):
+        page.click('a[data-tab="gallery"]')
+        page.locator("#gallery-items .item").first.click()
+        renders(page, 1)
+        assert page.evaluate(OVERLAY_PIXELS) > 0 and page.locator("#viewer-image").is_hidden()
+    assert errors == [] and not any("/full/" in u for u in requests)
 
 
 NASTY_NAMES = ["<!--<script>x.png", 'a"<script><b onmouseover=alert(1)>.png', "ünï 'q' &amp;.png"]  # no '/': base names
@@ -176,6 +193,25 @@ def test_report_in_headless_chromium(data, tmp_path, capsys):
         assert page.locator("#suspects-body tbody tr").count() == 1
         page.click('a[data-tab="disagreement"]')
         assert page.locator("#disagreement-body table").count() == 3
+        page.click('a[data-tab="summary"]')
+        mean_row = page.locator("#summary-table tfoot tr").first.locator("td").all_inner_texts()
+        assert mean_row[0] == "mean" and all(v != "—" for v in mean_row[1:3])
+        assert mean_row[3:] == ["—", "—"]  # area ratio and true px have no mean row: a dash, not 0
+        page.click('a[data-tab="charts"]')
+        charts = page.locator("#chart-list svg")
+        assert charts.count() == 3
+        for k in range(3):
+            chart = charts.nth(k)
+            assert chart.locator("line.axis").count() == 2 and chart.locator("text.tick-label").count() >= 3
+            assert chart.locator("line.reference").count() == 1  # Dice 1, area ratio 1, agreement 1
+        assert charts.nth(0).locator("text.tick-label").all_text_contents()[0] == "0"
+        assert "1" in charts.nth(1).locator("text.tick-label").all_text_contents()
+        page.click('a[data-tab="gallery"]')
+        legend = page.locator("#gallery-legend").inner_text()
+        assert "false positive + false negative" in legend
+        caption = page.locator("#gallery-items .caption strong").first
+        line = page.evaluate("parseFloat(getComputedStyle(document.querySelector('.caption strong')).lineHeight)")
+        assert caption.bounding_box()["height"] <= line + 1  # a file name on one line, never broken mid-word
     assert errors == []
     assert requests and all(u.startswith(out.as_uri()) for u in requests), requests
 

@@ -8,7 +8,10 @@
   const $ = (id) => document.getElementById(id);
   const stem = (i) => String(i).padStart(4, "0");
   const rgb = (c) => `rgb(${c[0]},${c[1]},${c[2]})`;
-  const fmt = (v, digits = 4) => (v == null || Number.isNaN(v) ? "–" : Number(v).toFixed(digits));
+  // A missing value ("", null, NaN: no truth, or a column that has no mean) shows as a dash, never as 0.
+  const missing = (v) => v == null || v === "" || Number.isNaN(Number(v));
+  const fmt = (v, digits = 4) => (missing(v) ? "—" : Number(v).toFixed(digits));
+  const mix = (...cs) => [0, 1, 2].map((k) => cs.reduce((a, c) => a + c[k], 0) / cs.length);
   const avg = (xs) => xs.reduce((a, b) => a + b, 0) / (xs.length || 1);
   const range = (n) => Array.from({ length: n }, (_, i) => i);
 
@@ -113,9 +116,11 @@
 
   // -- charts -------------------------------------------------------------------------------------
   const SERIES = ["#1a5fb4", "#e66100", "#26a269", "#9141ac", "#c01c28", "#865e3c"];
-  function barChart(title, labels, series, max) {
+  // Horizontal bars with an x axis (ticks, labels, grid lines), a y axis and an optional reference line.
+  function barChart(title, labels, series, max, options = {}) {
     const rowH = 6 + 9 * series.length, left = 90, width = 380, top = 24;
-    const height = top + labels.length * rowH + 24;
+    const plotH = labels.length * rowH;
+    const height = top + plotH + 58;
     const ns = "http://www.w3.org/2000/svg";
     const svg = document.createElementNS(ns, "svg");
     svg.setAttribute("width", left + width + 50);
@@ -127,23 +132,52 @@
       svg.append(node);
       return node;
     };
+    const x = (v) => left + Math.max(0, Math.min(1, v / max)) * width;
     add("text", { x: 0, y: 14, "font-weight": "bold" }, title);
+    const ticks = niceTicks(max);
+    ticks.forEach((t) => {
+      add("line", { x1: x(t), x2: x(t), y1: top, y2: top + plotH, stroke: "#e3e6ea", class: "grid" });
+      add("line", { x1: x(t), x2: x(t), y1: top + plotH, y2: top + plotH + 4, stroke: "#1d232a", class: "tick" });
+      add("text", { x: x(t), y: top + plotH + 16, "text-anchor": "middle", class: "tick-label" }, tickText(t));
+    });
     labels.forEach((label, r) => {
       const y = top + r * rowH;
       add("text", { x: left - 6, y: y + rowH / 2 + 4, "text-anchor": "end" }, label);
       series.forEach((s, k) => {
         const v = s.values[r];
-        const w = Number.isFinite(v) ? Math.max(0, (v / max) * width) : 0;
+        const w = Number.isFinite(v) ? x(v) - left : 0;
         add("rect", { x: left, y: y + 3 + k * 9, width: w, height: 8, fill: SERIES[k % SERIES.length] })
           .append(Object.assign(document.createElementNS(ns, "title"), { textContent: `${s.name}: ${fmt(v)}` }));
       });
     });
-    const legendY = top + labels.length * rowH + 16;
+    add("line", { x1: left, x2: left, y1: top, y2: top + plotH, stroke: "#1d232a", class: "axis" });
+    add("line", { x1: left, x2: left + width, y1: top + plotH, y2: top + plotH, stroke: "#1d232a", class: "axis" });
+    if (options.axis) {
+      add("text", { x: left + width / 2, y: top + plotH + 30, "text-anchor": "middle" }, options.axis);
+    }
+    if (options.reference != null && options.reference <= max) {
+      add("line", { x1: x(options.reference), x2: x(options.reference), y1: top - 4, y2: top + plotH,
+        stroke: "#c01c28", "stroke-width": 1.5, "stroke-dasharray": "4 3", class: "reference" });
+      add("text", { x: x(options.reference) + 4, y: top - 4, fill: "#c01c28" }, options.referenceLabel || "");
+    }
+    const legendY = top + plotH + 48;
     series.forEach((s, k) => {
       add("rect", { x: left + k * 120, y: legendY - 9, width: 10, height: 10, fill: SERIES[k % SERIES.length] });
       add("text", { x: left + k * 120 + 14, y: legendY }, s.name);
     });
     return el("div", { class: "chart" }, svg);
+  }
+  // About five round tick values from 0 to max (steps of 1, 2 or 5 times a power of ten).
+  function niceTicks(max) {
+    const raw = max / 5, power = 10 ** Math.floor(Math.log10(raw || 1));
+    const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw) || power;
+    const out = [];
+    for (let t = 0; t <= max + step * 1e-9; t += step) out.push(Number(t.toPrecision(12)));
+    return out;
+  }
+  function tickText(t) {
+    if (t >= 10000) return `${Number((t / 1000).toPrecision(3))}k`;
+    return Number.isInteger(t) ? String(t) : String(Number(t.toPrecision(3)));
   }
   function charts() {
     const box = $("chart-list");
@@ -151,22 +185,26 @@
       const dice = range(M).map(classDice);
       const order = range(C).sort((a, b) => avg(dice.map((d) => d[a])) - avg(dice.map((d) => d[b])));
       box.append(barChart("Dice per class (worst at the top)", order.map((c) => D.classes[c]),
-        D.models.map((m, k) => ({ name: m, values: order.map((c) => dice[k][c]) })), 1));
+        D.models.map((m, k) => ({ name: m, values: order.map((c) => dice[k][c]) })), 1,
+        { axis: "Dice (0 to 1)", reference: 1 }));
       const ratios = range(M).map((m) => order.map((c) => {
         const gt = range(N).reduce((a, i) => a + D.gt_area[i][c], 0);
         return gt ? range(N).reduce((a, i) => a + D.pred_area[m][i][c], 0) / gt : NaN;
       }));
       const maxRatio = Math.max(1.5, ...ratios.flat().filter(Number.isFinite));
       box.append(barChart("Area prediction / truth (1 = same area)", order.map((c) => D.classes[c]),
-        D.models.map((m, k) => ({ name: m, values: ratios[k] })), maxRatio));
+        D.models.map((m, k) => ({ name: m, values: ratios[k] })), maxRatio,
+        { axis: "predicted / true pixels", reference: 1, referenceLabel: "1 = same area" }));
     } else {
       const area = range(M).map((m) => range(C).map((c) => avg(range(N).map((i) => D.pred_area[m][i][c]))));
       box.append(barChart("Mean predicted area per class (pixels)", D.classes,
-        D.models.map((m, k) => ({ name: m, values: area[k] })), Math.max(1, ...area.flat())));
+        D.models.map((m, k) => ({ name: m, values: area[k] })), Math.max(1, ...area.flat()),
+        { axis: "pixels per image" }));
     }
     if (D.similarity) {
       box.append(barChart("Mean pairwise model-vs-model Dice per class", D.classes,
-        [{ name: "agreement", values: range(C).map((c) => avg(range(N).map((i) => D.similarity.per_image[i][c]))) }], 1));
+        [{ name: "agreement", values: range(C).map((c) => avg(range(N).map((i) => D.similarity.per_image[i][c]))) }], 1,
+        { axis: "Dice (0 to 1)", reference: 1 }));
     }
   }
 
@@ -190,7 +228,8 @@
     const legend = $("gallery-legend");
     if (D.labels) {
       legend.append(`${D.models[0]} vs labels:`, swatch(D.agreement[0], "correct"),
-        swatch(D.agreement[1], "false positive"), swatch(D.agreement[2], "false negative"));
+        swatch(D.agreement[1], "false positive"), swatch(D.agreement[2], "false negative"),
+        swatch(mix(D.agreement[1], D.agreement[2]), "false positive + false negative (two classes)"));
     } else {
       legend.append(`prediction of ${D.models[0]} in class colours`);
     }
@@ -204,7 +243,8 @@
     $("gallery-items").replaceChildren(...galleryOrder.map((i) => el("div", { class: "item", "data-index": i,
       onclick: () => viewer.open(i) },
     el("img", { src: `thumbs/${stem(i)}.jpg`, loading: "lazy", alt: D.images[i] }),
-    el("div", { class: "caption" }, el("strong", { text: D.images[i] }), el("br"), sort.caption(i)))));
+    el("div", { class: "caption" }, el("strong", { text: D.images[i], title: D.images[i] }), el("br"),
+      sort.caption(i)))));
   }
 
   // -- disagreement and suspects ------------------------------------------------------------------
@@ -310,7 +350,8 @@
       const [h, w] = D.shapes[i];
       $("viewer-title").textContent = `${D.images[i]} (${w}×${h})`;
       const image = $("viewer-image");
-      image.src = `full/${stem(i)}.jpg`;
+      image.hidden = !D.has_images;  // without images the masks are drawn on the black stage
+      if (D.has_images) image.src = `full/${stem(i)}.jpg`;
       const canvas = $("viewer-canvas");
       canvas.width = w;
       canvas.height = h;
@@ -374,7 +415,7 @@
         paintAgreement(out.data, w * h, classes.map((c) => [this.source(String(this.model), c), this.source(ref, c)]));
         const [a, b] = [D.models[this.model], ref === "gt" ? "labels" : D.models[Number(ref)]];
         legend.replaceChildren(swatch(D.agreement[0], "both"), swatch(D.agreement[1], `only ${a}`),
-          swatch(D.agreement[2], `only ${b}`));
+          swatch(D.agreement[2], `only ${b}`), swatch(mix(D.agreement[1], D.agreement[2]), "both errors (two classes)"));
       } else {
         legend.replaceChildren();
       }
