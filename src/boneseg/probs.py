@@ -183,6 +183,44 @@ def load(folder: str | os.PathLike, image_name: str) -> np.ndarray:
     return q
 
 
+def stored_shape(folder: str | os.PathLike, image_name: str) -> tuple[int, ...]:
+    """The shape of one image's stored probabilities, read from the file's header (nothing decompressed
+    but the array header).
+
+    Raises:
+        DataError: a missing or unreadable file.
+    """
+    path = prob_path(folder, image_name)
+    try:
+        with zipfile.ZipFile(path) as z, z.open("probs.npy") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, _ = read_header(fh)
+    except FileNotFoundError:
+        raise DataError(f"{path}: probability file not found (image {image_name})") from None
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: unreadable or truncated probability file ({exc})") from None
+    return tuple(int(n) for n in shape)
+
+
+def weighted_mean(qs: Sequence[np.ndarray | None], weights: np.ndarray) -> np.ndarray:
+    """The soft vote's mean of uint8 probabilities (29, H, W): per class ``c`` the mean of ``qs[i][c]``
+    weighted by ``weights[c, i]`` (an input whose weight is 0 for every class may be None), re-quantised
+    with ``rint``. The one rule ``ensemble --vote soft`` and distillation targets share."""
+    shape = next(q.shape for q in qs if q is not None)
+    mean = np.empty(shape, np.uint8)
+    for c in range(NUM_CLASSES):
+        w = weights[c]
+        acc = np.zeros(shape[1:], np.float64)
+        for q, wi in zip(qs, w):
+            if wi:
+                assert q is not None  # only an input unused by every class may be left out
+                acc += wi * q[c]
+        np.rint(acc / w.sum(), out=acc)
+        mean[c] = acc
+    return mean
+
+
 def write_manifest(
     folder: str | os.PathLike, images: Sequence[str], models: Sequence[str], extra: dict | None = None
 ) -> None:

@@ -21,6 +21,7 @@ try:  # a Ctrl-C while the command line loads: one line, not a traceback
         calibrate_cmd,
         check_cmd,
         demo_cmd,
+        distill_cmd,
         eda_cmd,
         ensemble_cmd,
         export_cmd,

@@ -150,7 +150,7 @@ def _non_finite(text) -> bool:
 
 WORKFLOW = (
     "synth", "eda", "split", "train", "predict", "postprocess", "masks", "export", "tta", "ensemble", "select",
-    "pseudo", "oof", "calibrate", "audit", "analyze", "report", "check", "demo", "models",
+    "distill", "pseudo", "oof", "calibrate", "audit", "analyze", "report", "check", "demo", "models",
 )  # fmt: skip
 """The order `boneseg --help` lists the commands in: the workflow's, as the README's table."""
 

@@ -240,100 +240,67 @@ def train_command(
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
 ) -> None:
     """Train a segmentation model; under `torchrun --nproc-per-node N` the same command uses DDP."""
+    run_train(locals())
+
+
+def run_train(params: dict[str, Any], teacher: dict[str, Any] | None = None) -> None:
+    """The body of `train` (and of `distill`, whose options are train's plus `teacher`'s): `params` are the
+    command's parameters by name; with `teacher`, `boneseg.workflows.distill.distill` trains."""
     from boneseg.cli.output import console, print_json, reporter
     from boneseg.engine.checkpoint import BEST
     from boneseg.engine.train import dry_run as check_run
     from boneseg.engine.train import resolve_config, train
     from boneseg.errors import UsageError
 
-    options = {
-        "arch": arch,
-        "encoder": encoder,
-        "size": size,
-        "fold": fold,
-        "splits": splits,
-        "folds": folds,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "loss": loss,
-        "encoder_weights": encoder_weights,
-        "device": device,
-        "amp": amp,
-        "amp_dtype": amp_dtype,
-        "channels_last": channels_last,
-        "workers": workers,
-        "seed": seed,
-        "max_steps": max_steps,
-        "pseudo": [str(p) for p in pseudo] if pseudo else None,
-        "exclude": exclude,
-        "aug": aug,
-        "crop": crop,
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "warmup": warmup,
-        "accumulate": accumulate,
-        "clip": clip,
-        "ema": ema,
-        "val_every": val_every,
-        "save_every": save_every,
-        "unify_side": unify_hands,
-        "channels": channels,
-        "cache_dir": cache_dir,
-        "dist_timeout": dist_timeout,
-        "meta": meta,
-        "meta_weight": meta_weight,
-        "boundary_head": boundary_head,
-        "boundary_sharpen": boundary_sharpen,
-        "distance_clip": distance_clip,
-        "wrist_margin": wrist_margin,
-        "log": log,
-        "log_images": log_images,
-        "init_from": init_from,
-        "patience": patience,
-        "data": data,
-        "out": out,
-        "wrist": wrist or None,
-        "tensorboard": tensorboard or None,
-        "skip_bad": skip_bad or None,
-        "compile": compile or None,
-    }
+    p = params
+    data, out, resume, device, cache_dir = p["data"], p["out"], p["resume"], p["device"], p["cache_dir"]
+    # the options the command passes as they are (None: not given); the others are renamed or made plain
+    as_given = set(p) - _COMMAND_ONLY - {"pseudo", "unify_hands", "wrist", "tensorboard", "skip_bad", "compile"}
+    options = {k: p[k] for k in as_given}
+    options.update(
+        pseudo=[str(x) for x in p["pseudo"]] if p["pseudo"] else None,
+        unify_side=p["unify_hands"],
+        **{flag: p[flag] or None for flag in ("wrist", "tensorboard", "skip_bad", "compile")},
+    )
     config: dict[str, Any] = {}
-    if config_file is not None:
+    if p["config_file"] is not None:
         from boneseg.engine.config_file import read_config
 
-        config = read_config(config_file)
+        config = read_config(p["config_file"])
     # only the options typed here override the file
     config.update({k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None})
-    if unify_hands is not None and unify_hands.lower() == "none":
+    if p["unify_hands"] is not None and p["unify_hands"].lower() == "none":
         config["unify_side"] = None
     if not resume:
         missing = [f"--{k}" for k in ("arch", "encoder", "size") if k not in config]
         if missing:
             raise UsageError(f"missing option {', '.join(missing)} (needed for a new run)")
-    if fit_postprocess:
+    if p["fit_postprocess"]:
         from boneseg.workflows.validation import check_fit_model
 
         check_fit_model(bool(config.get("wrist")))
-    config.update(resume=resume, force=force)
-    if print_config:
+    config.update(resume=resume, force=p["force"])
+    if teacher is not None:
+        from boneseg.workflows.distill import distill_config
+
+        config = distill_config(config, **{k: str_paths(v) for k, v in teacher.items()})
+    if p["print_config"]:
         print_json(resolve_config(config)[0].to_dict())
         return
-    if dry_run:
+    if p["dry_run"]:
         with reporter(transient=True) as shown:
             plan = check_run(config, shown)
-        _print_plan(plan, json_out)
+        _print_plan(plan, p["json_out"])
         return
     with reporter(transient=True) as shown:
         summary = train(config, shown)
         if summary.get("rank", 0) != 0:
             return
-        if fit_postprocess and not summary["stopped"] and (out / BEST).is_file():
+        if p["fit_postprocess"] and not summary["stopped"] and (out / BEST).is_file():
             from boneseg.workflows.validation import fit_postprocess as fit
 
             fit(out, data, device=str(device or "auto"), workers=0, reporter=shown, cache_dir=cache_dir)
-    if json_out:
+    if p["json_out"]:
         print_json(summary)
     best = summary["best_val_dice"]
     if summary.get("early_stopped"):
@@ -345,7 +312,7 @@ def train_command(
     elif summary["stopped"]:
         console.print(
             f"stopped after {summary['steps']} steps (--max-steps); last.pt saved in {out}. "
-            f"Continue with: boneseg train {data} --out {out} --resume",
+            f"Continue with: boneseg {'distill' if teacher is not None else 'train'} {data} --out {out} --resume",
             markup=False,
         )
     else:
@@ -356,6 +323,17 @@ def train_command(
             else f"done: {summary['epochs_done']} epochs -> {out}",
             markup=False,
         )
+
+
+def str_paths(value):
+    """Paths (or a list of them) as strings, other values as they are."""
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+# parameters of the command that are no training option (handled here)
+_COMMAND_ONLY = {"config_file", "print_config", "dry_run", "fit_postprocess", "json_out", "resume", "force"}
 
 
 def _print_plan(plan: dict, as_json: bool) -> None:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from boneseg.data.layout import Sample
 from boneseg.data.masks import MaskCache
+from boneseg.data.teacher import Teacher
 from boneseg.data.transforms import augment
 from boneseg.progress import SILENT, Reporter
 
@@ -62,10 +63,12 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 
 @dataclass(frozen=True)
 class Item:
-    """A sample and the cache that serves it (training data and each pseudo folder have their own)."""
+    """A sample and the cache that serves it (training data and each pseudo folder have their own), and
+    the teacher whose probabilities are its soft target (distillation; None: none)."""
 
     sample: Sample
     cache: MaskCache
+    teacher: Teacher | None = None
 
 
 class SegDataset(Dataset):
@@ -84,6 +87,9 @@ class SegDataset(Dataset):
             masks), None for none.
         meta: {patient: `boneseg.data.meta.meta_vector`} to add ``meta`` (8,) and ``side`` (1 right, 0 left,
             NaN unknown, from the augmented masks); None for none. Patients without a row get zeros.
+        soft: add ``teacher`` (29, H, W) uint8, the item's teacher probabilities (augmented with the masks;
+            an item without a teacher gets its labels x 255), and ``labelled`` (bool); an unlabelled item's
+            ``mask`` is all zeros. Its side, when its name and labels give none, is the teacher's.
     """
 
     def __init__(
@@ -95,12 +101,13 @@ class SegDataset(Dataset):
         channels: str = "gray",
         distance: int | None = None,
         meta: dict | None = None,
+        soft: bool = False,
     ):
         from boneseg.data.channels import is_derived
 
         self.items, self.size, self.transform, self.unify_side = list(items), size, transform, unify_side
         self.channels = channels if is_derived(channels) else None
-        self.distance, self.meta = distance, meta
+        self.distance, self.meta, self.soft = distance, meta, soft
 
     def __len__(self) -> int:
         return len(self.items)
@@ -115,17 +122,37 @@ class SegDataset(Dataset):
             if (self.distance and masks is not None)
             else None
         )
-        if self.unify_side and cached.side in ("L", "R") and cached.side != self.unify_side:
+        side, labelled, soft = cached.side, masks is not None, None
+        if self.soft:
+            if item.teacher is not None:
+                soft = item.cache.soft_target(item.sample, self.size, item.teacher)
+            else:
+                assert masks is not None  # every unlabelled item of a distillation has a teacher
+                soft = np.asarray(masks).view(np.uint8) * np.uint8(255)
+            if masks is None:
+                masks = np.zeros(soft.shape, np.uint8)
+            if side not in ("L", "R"):
+                from boneseg.data.layout import side_from_masks
+
+                side = side_from_masks(soft, 127) or side
+        if self.unify_side and side in ("L", "R") and side != self.unify_side:
             image, masks = image[:, ::-1], (masks[:, :, ::-1] if masks is not None else None)
             dist = dist[:, :, ::-1] if dist is not None else None
-        if dist is not None:  # warped with the masks (nearest), split off again after
-            masks = np.concatenate([np.asarray(masks).view(np.uint8), dist])
-        image, masks = augment(
-            self.transform, np.ascontiguousarray(image), None if masks is None else np.ascontiguousarray(masks), seed
+            soft = soft[:, :, ::-1] if soft is not None else None
+        # distance maps and soft targets are warped with the masks (nearest), split off again after
+        parts = [np.asarray(a).view(np.uint8) for a in (masks, dist, soft) if a is not None]
+        stacked = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else None)
+        image, stacked = augment(
+            self.transform,
+            np.ascontiguousarray(image),
+            None if stacked is None else np.ascontiguousarray(stacked),
+            seed,
         )
-        if dist is not None:
-            assert masks is not None  # dist comes only with masks
-            masks, dist = masks[: len(masks) // 2], masks[len(masks) // 2 :]
+        if stacked is not None:
+            n = len(stacked) // len(parts)
+            masks = stacked[:n]
+            dist = stacked[n : 2 * n] if dist is not None else None
+            soft = stacked[-n:] if soft is not None else None
         image = np.ascontiguousarray(image)
         if self.channels:
             from boneseg.data.channels import make_channels
@@ -137,6 +164,9 @@ class SegDataset(Dataset):
             out["mask"] = torch.from_numpy(np.ascontiguousarray(masks).view(np.uint8))
         if dist is not None:
             out["dist"] = torch.from_numpy(np.ascontiguousarray(dist))
+        if soft is not None:
+            out["teacher"] = torch.from_numpy(np.ascontiguousarray(soft))
+            out["labelled"] = torch.tensor(labelled)
         if self.meta is not None:
             from boneseg.data.meta import META_DIM, side_target
 
@@ -250,7 +280,7 @@ def prepare_cache(
 def collate(batch: list[dict]) -> dict:
     """Stack a list of dataset items (images and masks stay uint8)."""
     out = {"image": torch.stack([b["image"] for b in batch]), "index": torch.tensor([b["index"] for b in batch])}
-    for key in ("mask", "dist", "meta", "side"):
+    for key in ("mask", "dist", "meta", "side", "teacher", "labelled"):
         if all(key in b for b in batch):
             out[key] = torch.stack([b[key] for b in batch])
     return out

@@ -21,6 +21,7 @@ import numpy as np
 
 from boneseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from boneseg.data.layout import Sample, read_image, resize_image, side_from_polygons
+from boneseg.data.teacher import Teacher
 from boneseg.errors import DataError, quote, suggest
 from boneseg.io import atomic_open, read_json
 from boneseg.maskops import bbox
@@ -318,6 +319,23 @@ class MaskCache:
         dist = distance_maps(masks, clip)
         self._store(entry, fp, np.savez_compressed, dist=dist)
         return dist
+
+    def soft_target(self, sample: Sample, size: int | None, teacher: Teacher) -> np.ndarray:
+        """The teacher's (29, H, W) uint8 target of `sample` at `size` (`Teacher.target`): read from the
+        teacher's folders once, then stored next to the mask entry (one entry per teacher, rebuilt when
+        the image or a probability file changes)."""
+        entry = self._entry(sample, size)
+        key = teacher.fingerprint(sample.image_name)
+        entry = entry.with_name(
+            entry.name[: -len(".npz")] + f".teacher-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz"
+        )
+        fp = _fingerprint(sample, size) + "|" + key
+        q = _load_entry(entry, fp, lambda z: z["probs"])
+        if q is not None:
+            return q
+        q = teacher.target(sample.image_name, size)
+        self._store(entry, fp, np.savez_compressed, probs=q)
+        return q
 
     def _store(self, entry: Path, fp: str, save, **arrays: np.ndarray) -> None:
         """Write `arrays` and their fingerprint to `entry` with `save` (``np.savez``/``np.savez_compressed``),

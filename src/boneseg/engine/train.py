@@ -120,6 +120,13 @@ class TrainConfig:
     skip_bad: bool = False
     init_from: str | None = None
     patience: int | None = None
+    # distillation (`boneseg distill`): probability folders of the train images (and of the test images,
+    # as soft pseudo-labels), their per-class weights (29 rows, one weight per folder; None: equal) and the
+    # teacher's share of the target
+    teacher: list[str] = field(default_factory=list)
+    teacher_test: list[str] = field(default_factory=list)
+    teacher_weights: list[list[float]] | None = None
+    teacher_weight: float = 0.5
 
     @classmethod
     def from_any(cls, config: TrainConfig | dict) -> TrainConfig:
@@ -195,6 +202,10 @@ FIXED_ON_RESUME = (
     "wrist_margin",
     "init_from",
     "patience",
+    "teacher",
+    "teacher_test",
+    "teacher_weights",
+    "teacher_weight",
 )
 # Options of one invocation: never saved with the run, so a resume takes them from its own command
 # (or their defaults), never from an earlier invocation.
@@ -332,6 +343,29 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--distance-clip {cfg.distance_clip}: must be in 1..127")
     if not 0 <= cfg.wrist_margin <= 1:
         raise UsageError(f"--wrist-margin {cfg.wrist_margin}: must be in [0, 1]")
+    check_teacher(cfg)
+
+
+def check_teacher(cfg: TrainConfig) -> None:
+    """Distillation settings that cannot work: a weight outside [0, 1], test probabilities without train
+    ones or in another number of folders, a wrist model, a distance loss on unlabelled test images."""
+    if not 0 <= cfg.teacher_weight <= 1:
+        raise UsageError(f"--teacher-weight {cfg.teacher_weight}: must be in [0, 1]")
+    if not cfg.teacher:
+        if cfg.teacher_test:
+            raise UsageError("--teacher-test needs --teacher (the train images' probabilities)")
+        return
+    if cfg.teacher_test and len(cfg.teacher_test) != len(cfg.teacher):
+        raise UsageError(
+            f"--teacher-test: {len(cfg.teacher_test)} folder(s) for a teacher of {len(cfg.teacher)} "
+            "(give one test folder per teacher folder, in the same order)"
+        )
+    if cfg.wrist:
+        raise UsageError("--wrist: a wrist model cannot be distilled (the teacher's probabilities are whole images)")
+    if cfg.teacher_test and build_criterion(cfg).needs_distance:
+        raise UsageError(
+            f"--loss {cfg.loss} with --teacher-test: the test images have no labels to measure distances from"
+        )
 
 
 # -- run folder ------------------------------------------------------------------------------------
@@ -429,6 +463,9 @@ def _same_setting(key: str, given: Any, saved: Any) -> bool:
         "splits": os.path.abspath,
         "exclude": os.path.abspath,
         "pseudo": lambda v: [os.path.abspath(p) for p in v],
+        "teacher": lambda v: [os.path.abspath(p) for p in v],
+        "teacher_test": lambda v: [os.path.abspath(p) for p in v],
+        "teacher_weights": lambda v: [[float(x) for x in row] for row in v],
     }
     if key == "init_from":
         return os.path.abspath(saved) in {os.path.abspath(p) for p in (given, Path(given, BEST), Path(given, LAST))}
@@ -537,8 +574,16 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, reporter: Reporter, check_onl
         return WristCache(root, cfg.wrist_margin) if cfg.wrist else MaskCache(root)
 
     cache = cache_at(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data))
-    train_items = [Item(s, cache) for s in train_s]
+    teacher, teacher_test = teachers(cfg)
+    if teacher is not None and info.is_main:
+        teacher.check(train_s)
+    train_items = [Item(s, cache, teacher) for s in train_s]
     val_items = [Item(s, cache) for s in val_s]
+    if teacher_test is not None:
+        test_s = discover(cfg.data, "test")
+        if info.is_main:
+            teacher_test.check(test_s)
+        train_items += [Item(s, cache, teacher_test) for s in test_s]
     for i, folder in enumerate(cfg.pseudo):
         pcache = cache_at(Path(cfg.cache_dir) / f"pseudo-{i}" if cfg.cache_dir else default_cache_dir(folder))
         train_items += [Item(s, pcache) for s in discover(folder, skip_bad=cfg.skip_bad)]
@@ -570,6 +615,17 @@ def build_data(cfg: TrainConfig, info: D.DistInfo, reporter: Reporter, check_onl
     if not val_items:
         raise DataError(f"--fold {cfg.fold}: no validation images left after --skip-bad")
     return train_items, val_items
+
+
+def teachers(cfg: TrainConfig):
+    """The run's `boneseg.data.teacher.Teacher` of the train images and of the test images (None: none)."""
+    from boneseg.data.teacher import make_teacher
+
+    if not cfg.teacher:
+        return None, None
+    train = make_teacher(cfg.teacher, cfg.teacher_weights, "--teacher")
+    test = make_teacher(cfg.teacher_test, cfg.teacher_weights, "--teacher-test") if cfg.teacher_test else None
+    return train, test
 
 
 def _worker_init(_: int) -> None:
@@ -623,7 +679,8 @@ def make_loader(items, cfg: TrainConfig, info: D.DistInfo, train: bool):
     transform = build_augmentation(cfg.aug, cfg.crop, flip=cfg.unify_side is None) if train else None
     distance = cfg.distance_clip if build_criterion(cfg).needs_distance else None
     meta = meta_table(cfg.data) if cfg.meta != "none" else None
-    dataset = SegDataset(items, cfg.size, transform, cfg.unify_side, cfg.channels, distance, meta)
+    soft = train and bool(cfg.teacher)
+    dataset = SegDataset(items, cfg.size, transform, cfg.unify_side, cfg.channels, distance, meta, soft)
     sampler = make_sampler(len(items), cfg, info, train)
     loader = Loader(
         dataset,
@@ -969,6 +1026,14 @@ def _seg_loss(criterion, logits, target, batch, cfg: TrainConfig, device) -> tor
     return criterion(logits, target, dist) if dist is not None else criterion(logits, target)
 
 
+def soft_target(mask: torch.Tensor, batch: dict, weight: float, device) -> torch.Tensor:
+    """Distillation's target: ``(1 - weight) * label + weight * teacher`` for a labelled image, the
+    teacher's probabilities alone for an unlabelled one (float, in [0, 1])."""
+    teacher = batch["teacher"].to(device, non_blocking=True).float() / 255
+    labelled = batch["labelled"].to(device, non_blocking=True).view(-1, 1, 1, 1)
+    return torch.where(labelled, (1 - weight) * mask.float() + weight * teacher, teacher)
+
+
 def train_epoch(
     st: State, loader, sampler, info: D.DistInfo, stop: StopFlag, reporter: Reporter = SILENT, pace: Pace | None = None
 ) -> bool:
@@ -1002,6 +1067,8 @@ def _epoch_steps(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         target = batch["mask"].to(device, non_blocking=True)
+        if "teacher" in batch:
+            target = soft_target(target, batch, cfg.teacher_weight, device)
         # when distributed, net is the DDP wrapper
         no_sync = (
             cast(torch.nn.parallel.DistributedDataParallel, st.net).no_sync()

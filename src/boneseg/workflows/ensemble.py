@@ -521,17 +521,8 @@ def read_calibrations(
 
 
 def soft_vote_image(qs: Sequence[np.ndarray], plan: VotePlan) -> np.ndarray:
-    """(29, H, W) masks from the weighted mean of uint8 probabilities (re-quantised with ``rint``)."""
-    mean = np.empty(qs[0].shape, np.uint8)
-    for c in range(NUM_CLASSES):
-        w = plan.weights[c]
-        acc = np.zeros(qs[0].shape[1:], np.float64)
-        for q, wi in zip(qs, w):
-            if wi:
-                acc += wi * q[c]
-        np.rint(acc / w.sum(), out=acc)
-        mean[c] = acc
-    return probs_mod.binarize(mean, plan.cuts)
+    """(29, H, W) masks from the weighted mean of uint8 probabilities (`boneseg.probs.weighted_mean`)."""
+    return probs_mod.binarize(probs_mod.weighted_mean(qs, plan.weights), plan.cuts)
 
 
 def _soft_worker(image: str) -> list[str]:

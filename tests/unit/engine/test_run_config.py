@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[3]
 # `train` options whose name differs from the field, and fields only the Python API sets.
 RENAMED = {"unify_hands": "unify_side"}
 API_ONLY = {"mean", "std", "model_kwargs"}
+# Fields `distill` sets (its options: train's plus the teacher's, tests/unit/workflows/test_distill.py).
+DISTILL = {"teacher", "teacher_test", "teacher_weights", "teacher_weight"}
 # Options of the command that are no part of a run's config.
 COMMAND_ONLY = {"json_out", "fit_postprocess", "config_file", "print_config", "dry_run"}
 # Options whose help describes a default that depends on something else (no literal value).
@@ -50,7 +52,7 @@ def test_train_options_match_train_config():
     field's default (the options themselves default to "not given", so a resume knows what was given)."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     params = _train_params()
-    assert set(params) - COMMAND_ONLY == set(fields) - API_ONLY
+    assert set(params) - COMMAND_ONLY == set(fields) - API_ONLY - DISTILL
     for name, p in params.items():
         if name in COMMAND_ONLY:
             continue
