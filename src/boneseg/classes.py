@@ -24,6 +24,8 @@ FINGERS: tuple[str, ...] = CLASSES[:19]
 CARPALS: tuple[str, ...] = CLASSES[19:27]
 FOREARM: tuple[str, ...] = CLASSES[27:]
 GROUPS: dict[str, tuple[str, ...]] = {"fingers": FINGERS, "carpals": CARPALS, "forearm": FOREARM}
+WRIST: tuple[str, ...] = CARPALS + FOREARM
+"""The wrist: the 8 carpals with the distal radius and ulna (the crowded, overlapping region)."""
 
 # Digits (thumb .. little), each listed distal -> proximal (metacarpal last).
 DIGITS: dict[str, tuple[str, ...]] = {
@@ -33,6 +35,10 @@ DIGITS: dict[str, tuple[str, ...]] = {
     "ring": ("finger-12", "finger-13", "finger-14", "finger-15"),
     "little": ("finger-16", "finger-17", "finger-18", "finger-19"),
 }
+
+
+CLASS_GROUPS: dict[str, tuple[str, ...]] = {**GROUPS, "wrist": WRIST, **DIGITS}
+"""Names a class selection may use besides class names (`--loss` terms restricted with ``@group``)."""
 
 
 def _palette(n: int) -> list[tuple[int, int, int]]:

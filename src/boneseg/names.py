@@ -27,7 +27,7 @@ ARCH_ALIASES: dict[str, str] = {
 ENCODER_WEIGHTS = ("imagenet", "none")
 """Named `encoder_weights` values; anything else is a path to a local state dict."""
 
-LOSS_NAMES = ("bce", "dice", "jaccard", "tversky", "focal", "lovasz", "boundary", "dtbce")
+LOSS_NAMES = ("bce", "dice", "jaccard", "tversky", "focal_tversky", "focal", "lovasz", "boundary", "dtbce")
 """Loss terms `--loss` combines (``0.3*bce+0.7*dice``)."""
 
 AUGMENTATIONS = ("none", "light", "default", "strong")

@@ -23,9 +23,9 @@ PANELS: dict[str, tuple[str, ...]] = {
     ),
     "Model": (
         "models", "weights", "arch", "encoder", "encoder_weights", "init_from", "size", "channels", "meta",
-        "wrist", "wrist_margin", "wrist_model", "boundary_sharpen",
+        "wrist", "wrist_margin", "wrist_model", "boundary_sharpen", "norm", "adapter_dim", "unfreeze",
     ),
-    "Loss": ("loss", "meta_weight", "boundary_head", "distance_clip"),
+    "Loss": ("loss", "deep_supervision", "meta_weight", "boundary_head", "distance_clip"),
     "Optimisation": (
         "epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler", "warmup", "accumulate", "clip", "ema",
         "patience", "max_steps", "seed",

@@ -48,15 +48,18 @@ def train_command(
         "--arch",
         metavar="NAME",
         help=(
-            "Architecture: unet, unetpp, deeplabv3plus (dlv3p), upernet, segformer, fpn, manet, … (required unless "
-            "--resume)."
+            "Architecture: unet, unetpp, deeplabv3plus (dlv3p), upernet, segformer, fpn, manet, …, or sam2unet "
+            "(SAM2-UNet) (required unless --resume)."
         ),
     ),
     encoder: str | None = typer.Option(
         None,
         "--encoder",
         metavar="NAME",
-        help="smp encoder (resnet34, efficientnet-b4, mit_b2, …) or tu-<timm model> (required unless --resume).",
+        help=(
+            "smp encoder (resnet34, efficientnet-b4, mit_b2, …) or tu-<timm model>; for sam2unet the SAM2 trunk "
+            "sam2_hiera_tiny|small|base_plus|large (required unless --resume)."
+        ),
     ),
     size: int | None = typer.Option(
         None, "--size", help="Side the images are resized to (multiple of 32; required unless --resume)."
@@ -86,13 +89,42 @@ def train_command(
         None,
         "--loss",
         metavar="SPEC",
-        help=f"Loss terms: {', '.join(LOSS_NAMES)}; e.g. bce+dice or 0.3*bce+0.7*dice \\[default: bce+dice].",
+        help=(
+            f"Loss terms: {', '.join(LOSS_NAMES)}; e.g. bce+dice, 0.3*bce+0.7*dice, "
+            "0.4*bce+0.4*dice+0.2*focal_tversky@wrist (@ restricts a term to classes or groups) \\[default: bce+dice]."
+        ),
     ),
     encoder_weights: str | None = typer.Option(
         None,
         "--encoder-weights",
         metavar="NAME|FILE",
-        help="imagenet, none, or a local state-dict file \\[default: imagenet].",
+        help=(
+            "imagenet (for sam2unet: SAM2's weights from timm's hub), none, or a local state-dict file (for sam2unet "
+            "also SAM2's release checkpoint) \\[default: imagenet]."
+        ),
+    ),
+    norm: str | None = typer.Option(
+        None,
+        "--norm",
+        metavar="NAME",
+        help="Decoder normalisation: batch (as built), group or instance (replace its BatchNorm) \\[default: batch].",
+    ),
+    adapter_dim: int | None = typer.Option(
+        None, "--adapter-dim", help="sam2unet: width of each trunk block's adapter \\[default: 32 for sam2unet]."
+    ),
+    unfreeze: int | None = typer.Option(
+        None,
+        "--unfreeze",
+        help="sam2unet: also train the trunk's last N blocks (0: trunk frozen) \\[default: 0 for sam2unet].",
+    ),
+    deep_supervision: str | None = typer.Option(
+        None,
+        "--deep-supervision",
+        metavar="W8,W16",
+        help=(
+            "Loss weights of the auxiliary outputs (sam2unet: stride 8, stride 16; one value for both; 0: off) "
+            "\\[default: 1,1 for sam2unet]."
+        ),
     ),
     device: str | None = typer.Option(None, "--device", metavar="NAME", help="auto, cpu or cuda \\[default: auto]."),
     amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision \\[default: on with CUDA]."),
@@ -246,6 +278,7 @@ def train_command(
 def run_train(params: dict[str, Any], teacher: dict[str, Any] | None = None) -> None:
     """The body of `train` (and of `distill`, whose options are train's plus `teacher`'s): `params` are the
     command's parameters by name; with `teacher`, `boneseg.workflows.distill.distill` trains."""
+    from boneseg.cli.options import parse_floats
     from boneseg.cli.output import console, print_json, reporter
     from boneseg.engine.checkpoint import BEST
     from boneseg.engine.train import dry_run as check_run
@@ -256,10 +289,12 @@ def run_train(params: dict[str, Any], teacher: dict[str, Any] | None = None) -> 
     data, out, resume, device, cache_dir = p["data"], p["out"], p["resume"], p["device"], p["cache_dir"]
     # the options the command passes as they are (None: not given); the others are renamed or made plain
     as_given = set(p) - _COMMAND_ONLY - {"pseudo", "unify_hands", "wrist", "tensorboard", "skip_bad", "compile"}
+    as_given -= {"deep_supervision"}
     options = {k: p[k] for k in as_given}
     options.update(
         pseudo=[str(x) for x in p["pseudo"]] if p["pseudo"] else None,
         unify_side=p["unify_hands"],
+        deep_supervision=parse_floats(p["deep_supervision"], "--deep-supervision"),
         **{flag: p[flag] or None for flag in ("wrist", "tensorboard", "skip_bad", "compile")},
     )
     config: dict[str, Any] = {}

@@ -127,6 +127,10 @@ class TrainConfig:
     teacher_test: list[str] = field(default_factory=list)
     teacher_weights: list[list[float]] | None = None
     teacher_weight: float = 0.5
+    norm: str = "batch"
+    adapter_dim: int | None = None
+    unfreeze: int | None = None
+    deep_supervision: list[float] | None = None
 
     @classmethod
     def from_any(cls, config: TrainConfig | dict) -> TrainConfig:
@@ -206,6 +210,10 @@ FIXED_ON_RESUME = (
     "teacher_test",
     "teacher_weights",
     "teacher_weight",
+    "norm",
+    "adapter_dim",
+    "unfreeze",
+    "deep_supervision",
 )
 # Options of one invocation: never saved with the run, so a resume takes them from its own command
 # (or their defaults), never from an earlier invocation.
@@ -264,14 +272,17 @@ def check_config(cfg: TrainConfig) -> None:
     from boneseg.data.split import check_split_options
     from boneseg.engine.optim import check_optimizer, check_scheduler
     from boneseg.modelling.losses import parse_loss
-    from boneseg.modelling.models import check_arch_side, resolve_arch, resolve_encoder
+    from boneseg.modelling.models import check_arch_side, check_model_options, resolve_arch, resolve_encoder
 
     if not cfg.data:
         raise UsageError("no DATA folder given")
     if not cfg.out:
         raise UsageError("--out RUN is required")
-    cfg.arch, cfg.encoder = resolve_arch(cfg.arch), resolve_encoder(cfg.encoder)
-    parse_loss(cfg.loss)
+    cfg.arch = resolve_arch(cfg.arch)
+    cfg.encoder = resolve_encoder(cfg.encoder, cfg.arch)
+    terms = parse_loss(cfg.loss)
+    options = check_model_options(cfg.arch, cfg.encoder, cfg.norm, cfg.adapter_dim, cfg.unfreeze, cfg.deep_supervision)
+    cfg.norm, cfg.adapter_dim, cfg.unfreeze, cfg.deep_supervision = options
     check_input(cfg)
     check_arch_side(cfg.arch, cfg.crop or cfg.size, "--crop" if cfg.crop else "--size")
     for f in dataclasses.fields(cfg):
@@ -343,6 +354,15 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--distance-clip {cfg.distance_clip}: must be in 1..127")
     if not 0 <= cfg.wrist_margin <= 1:
         raise UsageError(f"--wrist-margin {cfg.wrist_margin}: must be in [0, 1]")
+    if cfg.wrist:
+        from boneseg.classes import CARPALS
+
+        for term in terms:
+            if term.classes is not None and not set(term.classes) & set(CARPALS):
+                raise UsageError(
+                    f"--loss term {term}: a wrist model (--wrist) predicts the carpals only, and this term "
+                    "sees none of them"
+                )
     check_teacher(cfg)
 
 
@@ -452,9 +472,16 @@ def _same_setting(key: str, given: Any, saved: Any) -> bool:
         return str(given or "none").upper()[:1] == str(saved or "none").upper()[:1]
     if given is None or saved is None:
         return False
+
+    def encoder_form(name: str) -> str:
+        try:
+            return resolve_encoder(name, "sam2unet")
+        except UsageError:
+            return resolve_encoder(name)
+
     same_form: dict[str, Any] = {
         "arch": resolve_arch,
-        "encoder": resolve_encoder,
+        "encoder": encoder_form,
         "loss": parse_loss,
         "optimizer": str.lower,
         "scheduler": str.lower,
@@ -1023,6 +1050,7 @@ def _seg_loss(criterion, logits, target, batch, cfg: TrainConfig, device) -> tor
 
         logits, target = logits[:, CARPAL_IDX], target[:, CARPAL_IDX]
         dist = dist[:, CARPAL_IDX] if dist is not None else None
+        return criterion(logits, target, dist, channels=CARPAL_IDX)
     return criterion(logits, target, dist) if dist is not None else criterion(logits, target)
 
 
@@ -1032,6 +1060,17 @@ def soft_target(mask: torch.Tensor, batch: dict, weight: float, device) -> torch
     teacher = batch["teacher"].to(device, non_blocking=True).float() / 255
     labelled = batch["labelled"].to(device, non_blocking=True).view(-1, 1, 1, 1)
     return torch.where(labelled, (1 - weight) * mask.float() + weight * teacher, teacher)
+
+
+def _deep_loss(criterion, out: dict, target, batch, cfg: TrainConfig, device) -> torch.Tensor | float:
+    """Deep supervision: the same segmentation loss on each auxiliary output (``out["deep"]``, finest
+    first), weighted by ``--deep-supervision``."""
+    deep = out.get("deep") or ()
+    weights = cfg.deep_supervision or ()
+    return sum(
+        (w * _seg_loss(criterion, side, target, batch, cfg, device) for w, side in zip(weights, deep)),
+        start=torch.zeros((), device=device),
+    )
 
 
 def train_epoch(
@@ -1082,6 +1121,7 @@ def _epoch_steps(
             loss = _seg_loss(criterion, logits, target, batch, cfg, device)
             if isinstance(out, dict):
                 loss = loss + heads.aux_loss(out, batch, target, cfg)
+                loss = loss + _deep_loss(criterion, out, target, batch, cfg, device)
             st.scaler.scale(loss / group_size).backward()
         st.loss_sum += loss.detach().double()
         st.loss_count += 1
@@ -1324,7 +1364,7 @@ def _train(config: TrainConfig | dict, reporter: Reporter, stop: StopFlag) -> di
     if saved is None and init is None:  # offline without cached weights: one error now, no run folder
         from boneseg.modelling.models import fetch_pretrained
 
-        fetch_pretrained(cfg.encoder, cfg.encoder_weights)
+        fetch_pretrained(cfg.encoder, cfg.encoder_weights, cfg.arch)
     info = D.setup(cfg.device, cfg.dist_timeout)
     try:
         with run_folder(out, cfg, info):
@@ -1502,11 +1542,13 @@ def _run(
 
 
 def estimate_memory(model: torch.nn.Module, cfg: TrainConfig) -> dict:
-    """Bytes a training step holds: weights, gradients, optimiser state (AdamW 2, SGD 1 per weight), the EMA
-    copy, and activations, measured as the tensors autograd keeps for the backward pass in one float32
-    forward/backward of two blank images at the training side on the CPU (per image, times the batch size;
-    mixed precision roughly halves them). Allocator overhead and workspaces are not included."""
+    """Bytes a training step holds: weights, gradients and optimiser state (AdamW 2, SGD 1) of the weights
+    that train (a frozen trunk has neither), the EMA copy, and activations, measured as the tensors autograd
+    keeps for the backward pass in one float32 forward/backward of two blank images at the training side on
+    the CPU (per image, times the batch size; mixed precision roughly halves them). Allocator overhead and
+    workspaces are not included."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     own = {p.untyped_storage().data_ptr() for p in model.parameters()}
     kept: dict[int, int] = {}
 
@@ -1520,13 +1562,14 @@ def estimate_memory(model: torch.nn.Module, cfg: TrainConfig) -> dict:
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(torch.zeros(2, in_channels(cfg), side, side))
-    outputs = out.values() if isinstance(out, dict) else [out]
+    outputs = list(out.values()) if isinstance(out, dict) else [out]
+    outputs = [t for o in outputs for t in (o if isinstance(o, (list, tuple)) else [o])]
     torch.stack([o.float().sum() for o in outputs if isinstance(o, torch.Tensor)]).sum().backward()
     per_image = sum(kept.values()) // 2
     mem = {
         "weights": weights,
-        "gradients": weights,
-        "optimizer": weights * (2 if cfg.optimizer == "adamw" else 1),
+        "gradients": trained,
+        "optimizer": trained * (2 if cfg.optimizer == "adamw" else 1),
         "ema": weights if cfg.ema > 0 else 0,
         "activations": per_image * cfg.batch_size,
         "activations_per_image": per_image,

@@ -15,7 +15,8 @@
                   multiplies the mask probability by ``1 - a * p_edge``, trimming masks that bleed over
                   their edge.
 
-In training mode the wrapper returns a dict (``masks``, ``meta``, ``boundary``); in eval mode it returns
+In training mode the wrapper returns a dict (``masks``, ``meta``, ``boundary``, and ``deep`` for a model
+with deep supervision); in eval mode it returns
 the (sharpened) mask logits only, so prediction code treats it like any smp model. FiLM models take
 ``meta`` as a forward argument, or use `default_meta` (set per image by `boneseg predict`).
 """
@@ -103,6 +104,9 @@ class AuxModel(nn.Module):
             base.check_input_shape(x)
         features = base.encoder(x)
         dec = base.decoder(features)
+        sides: list = []
+        if isinstance(dec, (tuple, list)):  # SAM2-UNet: the last map and those of deep supervision
+            dec, *sides = dec
         if self.film is not None:
             if meta is None:
                 meta = self.default_meta
@@ -122,6 +126,8 @@ class AuxModel(nn.Module):
                 return torch.logit(p, eps=1e-6).to(logits.dtype)
             return logits
         out = {"masks": logits}
+        if sides and getattr(base, "deep_supervision", False):
+            out["deep"] = base.side_outputs(sides)
         if self.meta_head is not None:
             out["meta"] = self.meta_head(F.adaptive_avg_pool2d(features[-1], 1).flatten(1))
         if self.boundary_head is not None:

@@ -1,4 +1,5 @@
-"""Model factory: segmentation_models_pytorch architectures x encoders -> 29 sigmoid-channel logits.
+"""Model factory: segmentation_models_pytorch architectures x encoders, and boneseg's own ``sam2unet``
+(`boneseg.modelling.sam2unet`) -> 29 sigmoid-channel logits.
 
 ::
 
@@ -7,12 +8,14 @@
 
 Names are case-insensitive; short aliases (``unetpp``, ``dlv3p``, ``uper``…) resolve to smp's canonical
 names, and any ``tu-<timm model>`` encoder is accepted. Unknown names raise `UsageError` listing the
-valid ones, closest first.
+valid ones, closest first. ``norm`` (``--norm group|instance``) replaces the decoder's BatchNorm layers
+(`apply_norm`).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -23,13 +26,14 @@ import torch
 
 from boneseg.classes import NUM_CLASSES
 from boneseg.errors import BonesegError, BonesegWarning, CheckpointError, DataError, UsageError, suggest
+from boneseg.modelling.registry import NORM_REFUSED, NORMS, OWN_ALIASES, OWN_ARCHITECTURES
 from boneseg.names import ARCH_ALIASES, ENCODER_WEIGHTS
 
 ARCHITECTURES: dict[str, type[torch.nn.Module]] = dict(smp.MODEL_ARCHITECTURES_MAPPING)
 """Canonical (smp) architecture name -> model class."""
 
-ALIASES: dict[str, str] = ARCH_ALIASES
-"""Short name -> canonical architecture name (`boneseg.names`)."""
+ALIASES: dict[str, str] = {**ARCH_ALIASES, **OWN_ALIASES}
+"""Short name -> canonical architecture name (`boneseg.names`; boneseg's own: `boneseg.modelling.registry`)."""
 
 SET_BY_BONESEG = ("encoder_name", "encoder_weights", "in_channels", "classes", "activation", "aux_params")
 """smp constructor arguments boneseg sets itself (logits out, heads in `boneseg.modelling.heads`): never
@@ -44,9 +48,11 @@ def resolve_arch(name: str) -> str:
     """
     key = str(name).strip().lower().replace("_", "").replace("-", "")
     key = ALIASES.get(key, ALIASES.get(str(name).strip().lower(), key))
-    if key in ARCHITECTURES:
+    if key in ARCHITECTURES or key in OWN_ARCHITECTURES:
         return key
-    raise UsageError(f"--arch {name!r}: unknown architecture{suggest(str(name), [*ARCHITECTURES, *ALIASES])}")
+    raise UsageError(
+        f"--arch {name!r}: unknown architecture{suggest(str(name), [*ARCHITECTURES, *OWN_ARCHITECTURES, *ALIASES])}"
+    )
 
 
 MIN_SIDE: dict[str, int] = {"pan": 128}
@@ -73,6 +79,13 @@ def check_model_kwargs(arch: str, encoder: str, kwargs: Mapping) -> None:
     Raises:
         UsageError: a name boneseg sets itself, or one neither the architecture nor the encoder takes.
     """
+    if arch in OWN_ARCHITECTURES:
+        if kwargs:
+            raise UsageError(
+                f"model_kwargs {next(iter(kwargs))!r}: --arch {arch} takes none (its settings are --adapter-dim, "
+                "--unfreeze, --deep-supervision, --norm)"
+            )
+        return
     skip = ("self", "kwargs", *SET_BY_BONESEG)
     own = [p for p in inspect.signature(ARCHITECTURES[arch].__init__).parameters if p not in skip]
     for key in kwargs:
@@ -87,12 +100,17 @@ def smp_encoders() -> list[str]:
     return list(smp.encoders.get_encoder_names())
 
 
-def resolve_encoder(name: str) -> str:
-    """`name` checked against smp's encoders and, for ``tu-<model>[.<tag>]``, timm's models.
+def resolve_encoder(name: str, arch: str | None = None) -> str:
+    """`name` checked against smp's encoders and, for ``tu-<model>[.<tag>]``, timm's models; for
+    ``arch`` ``sam2unet``, against the SAM2 trunks (`boneseg.modelling.sam2unet.resolve_trunk`).
 
     Raises:
         UsageError: unknown encoder (closest valid names first).
     """
+    if arch is not None and resolve_arch(arch) == "sam2unet":
+        from boneseg.modelling.sam2unet import resolve_trunk
+
+        return resolve_trunk(name)
     name = str(name).strip()
     smp_names = smp_encoders()
     if name in smp_names:
@@ -120,14 +138,23 @@ def _weights_arg(encoder: str, weights: str | None):
     return None
 
 
+def _is_path(weights) -> bool:
+    """Whether an `encoder_weights` value names a local file (not ``imagenet``/``none``)."""
+    return weights is not None and str(weights).lower() not in (*ENCODER_WEIGHTS, "", "null", "random")
+
+
 def build_model(config: Mapping) -> torch.nn.Module:
-    """An smp model from a config dict.
+    """A model from a config dict: an smp model, or boneseg's ``sam2unet``.
 
     Keys: ``arch``, ``encoder`` (required); ``in_channels`` (default 1), ``classes`` (list of names or a
-    count, default 29), ``encoder_weights`` (``imagenet``, ``none`` or a path to a local state dict;
-    default none), ``model_kwargs`` (extra smp keyword arguments); ``meta``, ``boundary_head`` and
-    ``boundary_sharpen`` wrap the model in a `boneseg.modelling.heads.AuxModel`. Pretrained weights come from
-    the Hugging Face (or torch) cache, downloaded through smp/timm only on a cache miss (`_pretrained`).
+    count, default 29), ``encoder_weights`` (``imagenet``, ``none`` or a path to a local state dict, for
+    ``sam2unet`` also SAM2's release checkpoint; default none), ``model_kwargs`` (extra smp keyword
+    arguments), ``norm`` (`apply_norm`), ``adapter_dim``/``unfreeze``/``deep_supervision`` (``sam2unet``);
+    ``meta``, ``boundary_head`` and ``boundary_sharpen`` wrap the model in a
+    `boneseg.modelling.heads.AuxModel`. Pretrained weights come from the Hugging Face (or
+    torch) cache, downloaded through smp/timm only on a cache miss (`_pretrained`). A ``tu-swin*`` encoder is built for
+    ``size`` (its window clamps and attention masks) and accepts any other multiple of 32 (crops, sliding
+    windows).
 
     Raises:
         UsageError: unknown architecture or encoder, or a combination smp refuses.
@@ -135,7 +162,7 @@ def build_model(config: Mapping) -> torch.nn.Module:
         CheckpointError: an encoder-weights file that cannot be loaded.
     """
     arch = resolve_arch(config["arch"])
-    encoder = resolve_encoder(config["encoder"])
+    encoder = resolve_encoder(config["encoder"], arch)
     classes = config.get("classes", NUM_CLASSES)
     n_classes = classes if isinstance(classes, int) else len(classes)
     in_channels = int(config.get("in_channels", 1))
@@ -145,48 +172,55 @@ def build_model(config: Mapping) -> torch.nn.Module:
     if arch == "dpt" and encoder.startswith("tu-"):
         kwargs.setdefault("dynamic_img_size", True)
     if encoder.startswith("tu-swin") and config.get("size"):
-        kwargs.setdefault("img_size", int(config["size"]))  # timm's Swin is built for one input size
+        kwargs.setdefault("img_size", int(config["size"]))  # windows clamp to the stages' sizes at this size
+        kwargs.setdefault("dynamic_img_size", True)  # crops, whole-image validation and sliding windows
+    pretrained = _weights_arg(encoder, weights)
 
     def create() -> torch.nn.Module:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*encoder_weights.*")
+            if arch == "sam2unet":
+                from boneseg.modelling import sam2unet
+
+                return sam2unet.build(dict(config, encoder=encoder, classes=n_classes), pretrained=bool(pretrained))
             return smp.create_model(
                 arch,
                 encoder_name=encoder,
-                encoder_weights=_weights_arg(encoder, weights),
+                encoder_weights=pretrained,
                 in_channels=in_channels,
                 classes=n_classes,
                 **kwargs,
             )
 
     try:
-        model = _pretrained(create, encoder, weights) if _weights_arg(encoder, weights) else create()
+        model = _pretrained(create, encoder, weights) if pretrained else create()
     except BonesegError:
         raise
     except Exception as exc:  # noqa: BLE001 - smp/timm raise many types
         raise UsageError(f"cannot build --arch {arch} with --encoder {encoder}: {_first_line(exc)}") from None
-    if (
-        weights is not None
-        and _weights_arg(encoder, weights) is None
-        and str(weights).lower() not in ENCODER_WEIGHTS
-        and str(weights).lower() not in ("", "null", "random")
-    ):
-        load_encoder_weights(model, weights)
+    if weights is not None and _is_path(weights):
+        if arch == "sam2unet":
+            from boneseg.modelling.sam2unet import load_trunk_weights
+
+            load_trunk_weights(model, weights)
+        else:
+            load_encoder_weights(model, weights)
+    apply_norm(model, arch, config.get("norm"))
     from boneseg.modelling.heads import wrap
 
     return wrap(model, config)
 
 
-def fetch_pretrained(encoder: str, weights) -> None:
+def fetch_pretrained(encoder: str, weights, arch: str | None = None) -> None:
     """Have the pretrained weights `build_model` will load at hand (cached, or downloaded now), so an offline
     machine hears of it before any other work; nothing for ``none`` or a local file. A failure other than
-    fetching is left to `build_model` to report.
+    fetching is left to `build_model` to report. `arch` ``sam2unet``: `encoder` is a SAM2 trunk (timm's).
 
     Raises:
         DataError: the weights are neither cached nor downloadable.
     """
-    name = resolve_encoder(encoder)
+    name = resolve_encoder(encoder, arch)
     arg = _weights_arg(name, weights)
     if arg is None:
         return
@@ -194,6 +228,10 @@ def fetch_pretrained(encoder: str, weights) -> None:
     def create() -> torch.nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if arch is not None and resolve_arch(arch) == "sam2unet":
+                import timm
+
+                return timm.create_model(name, pretrained=True, num_classes=0)
             return smp.encoders.get_encoder(name, in_channels=3, depth=5, weights=arg)
 
     try:
@@ -267,6 +305,102 @@ def _unreachable(endpoint: str, timeout: float = 5.0) -> str | None:
     except OSError:
         return host
     return None
+
+
+def check_model_options(
+    arch: str,
+    encoder: str,
+    norm: str | None = None,
+    adapter_dim: int | None = None,
+    unfreeze: int | None = None,
+    deep_supervision=None,
+) -> tuple[str, int | None, int | None, list[float] | None]:
+    """The canonical ``(norm, adapter_dim, unfreeze, deep_supervision)`` of a run of `arch`/`encoder`:
+    for ``sam2unet`` the published defaults where None (adapter 32 wide, trunk frozen, auxiliary outputs
+    weighted 1, 1; one weight given applies to both); for other architectures None.
+
+    Raises:
+        UsageError: a value out of range, or a SAM2-UNet setting given to an architecture without it.
+    """
+    norm = check_norm(arch, norm)
+    if deep_supervision is not None and not isinstance(deep_supervision, (list, tuple)):
+        deep_supervision = [deep_supervision]
+    if arch != "sam2unet":
+        for option, value in (
+            ("--adapter-dim", adapter_dim),
+            ("--unfreeze", unfreeze),
+            ("--deep-supervision", deep_supervision),
+        ):
+            if value is not None:
+                what = "auxiliary outputs" if option == "--deep-supervision" else "a frozen trunk with adapters"
+                raise UsageError(f"{option}: --arch {arch} has no {what} (--arch sam2unet has)")
+        return norm, None, None, None
+    from boneseg.modelling.registry import SAM2_ADAPTER_DIM, SAM2_DEEP_SUPERVISION
+    from boneseg.modelling.sam2unet import blocks_of
+
+    adapter_dim = SAM2_ADAPTER_DIM if adapter_dim is None else adapter_dim
+    if isinstance(adapter_dim, bool) or not isinstance(adapter_dim, int) or not 1 <= adapter_dim <= 4096:
+        raise UsageError(f"--adapter-dim {adapter_dim}: must be a whole number in 1..4096")
+    blocks = blocks_of(encoder)
+    unfreeze = 0 if unfreeze is None else unfreeze
+    if isinstance(unfreeze, bool) or not isinstance(unfreeze, int) or not 0 <= unfreeze <= blocks:
+        raise UsageError(f"--unfreeze {unfreeze}: must be a whole number in 0..{blocks} (the blocks of {encoder})")
+    weights = list(SAM2_DEEP_SUPERVISION) if deep_supervision is None else list(deep_supervision)
+    n = len(SAM2_DEEP_SUPERVISION)
+    if len(weights) == 1:
+        weights = weights * n
+    if len(weights) != n or not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights
+    ):
+        raise UsageError(
+            f"--deep-supervision {','.join(map(str, deep_supervision or []))}: expected 1 or {n} finite weights "
+            ">= 0 (the stride-8 and stride-16 outputs; 0 turns deep supervision off)"
+        )
+    return norm, adapter_dim, unfreeze, [float(w) for w in weights]
+
+
+def check_norm(arch: str, norm: str | None) -> str:
+    """The canonical `--norm` for `arch` (``batch`` when None).
+
+    Raises:
+        UsageError: an unknown norm, or one the architecture's decoder cannot take (with the reason).
+    """
+    value = "batch" if norm is None else str(norm).strip().lower()
+    value = {"bn": "batch", "gn": "group", "in": "instance", "batchnorm": "batch", "groupnorm": "group"}.get(
+        value, value
+    )
+    if value not in NORMS:
+        raise UsageError(f"--norm {norm!r}: unknown normalisation{suggest(str(norm), NORMS)}")
+    reason = NORM_REFUSED.get(arch, {}).get(value)
+    if reason:
+        raise UsageError(f"--norm {value} cannot apply to --arch {arch}: {reason}")
+    return value
+
+
+def apply_norm(model: torch.nn.Module, arch: str, norm: str | None) -> None:
+    """Replace every BatchNorm2d of the decoder (``decoder``; for ``sam2unet`` its RFB blocks and
+    up-steps) by GroupNorm (``group``: 32 groups, or the largest count dividing the channels) or an affine
+    InstanceNorm2d (``instance``); ``batch``/None keeps the model as built.
+
+    Raises:
+        UsageError: see `check_norm`.
+    """
+    kind = check_norm(arch, norm)
+    if kind == "batch":
+        return
+
+    def replace(module: torch.nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.BatchNorm2d):
+                c = child.num_features
+                new: torch.nn.Module = torch.nn.GroupNorm(math.gcd(32, c), c)
+                if kind == "instance":
+                    new = torch.nn.InstanceNorm2d(c, affine=True)
+                setattr(module, name, new)
+            else:
+                replace(child)
+
+    replace(model.get_submodule("decoder"))
 
 
 def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:

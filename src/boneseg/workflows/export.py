@@ -97,7 +97,8 @@ def check_exportable(run: Run, fmt: str) -> None:
 
     Raises:
         UsageError: a FiLM model (it needs patient metadata), a wrist second-stage model, other classes, or
-            (``hf``) a boundary-sharpened model (smp's ``from_pretrained`` rebuilds a plain smp model only).
+            (``hf``) a boundary-sharpened model, a SAM2-UNet or a ``--norm group|instance`` one (smp's
+            ``from_pretrained`` rebuilds a plain smp model only).
     """
     cfg = run.config
     if "film" in (cfg.meta or ""):
@@ -109,6 +110,12 @@ def check_exportable(run: Run, fmt: str) -> None:
         raise UsageError(
             f"{run.path}: a wrist second-stage model (its own crops and classes) cannot be exported; "
             "export the first stage and give this checkpoint to predict --wrist-model"
+        )
+    if fmt == "hf" and (cfg.arch == "sam2unet" or (cfg.norm or "batch") != "batch"):
+        what = "a SAM2-UNet" if cfg.arch == "sam2unet" else f"a model with --norm {cfg.norm}"
+        raise UsageError(
+            f"{run.path}: {what} is not a plain smp model (smp's from_pretrained would rebuild another network); "
+            "export it with --format onnx or torchscript"
         )
     if fmt == "hf" and cfg.boundary_head > 0 and cfg.boundary_sharpen > 0:
         raise UsageError(
