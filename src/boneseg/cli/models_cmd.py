@@ -10,7 +10,9 @@ TIMM_ANY = "tu-<any timm model>"
 
 
 def catalog(timm_pattern: str | None = None) -> dict:
-    """Architectures (with aliases), encoders, losses, augmentation presets and TTA policies (with aliases).
+    """Architectures (with aliases; boneseg's own ``sam2unet`` among them), encoders (and SAM2-UNet's trunks),
+    decoder norms, losses (with the class groups a term may be restricted to), augmentation presets and TTA
+    policies (with aliases).
 
     `timm_pattern` (e.g. ``"convnext*"``) adds the matching timm models as ``tu-<name>`` encoders (this one
     imports timm, and with it torch).
@@ -18,7 +20,9 @@ def catalog(timm_pattern: str | None = None) -> dict:
     Raises:
         UsageError: an empty `timm_pattern` (it would match nothing).
     """
+    from boneseg.classes import CLASS_GROUPS
     from boneseg.errors import UsageError
+    from boneseg.modelling.registry import NORMS, OWN_ALIASES, OWN_ARCHITECTURES, SAM2_TRUNKS
     from boneseg.names import (
         ARCH_ALIASES,
         AUGMENTATIONS,
@@ -31,11 +35,16 @@ def catalog(timm_pattern: str | None = None) -> dict:
     )
 
     architectures, encoders = smp_names()
+    aliases = {**ARCH_ALIASES, **OWN_ALIASES}
     doc: dict = {
-        "architectures": {a: sorted(k for k, v in ARCH_ALIASES.items() if v == a) for a in architectures},
-        "encoders": {"smp": list(encoders), "timm": TIMM_ANY},
+        "architectures": {
+            a: sorted(k for k, v in aliases.items() if v == a) for a in [*architectures, *OWN_ARCHITECTURES]
+        },
+        "encoders": {"smp": list(encoders), "timm": TIMM_ANY, "sam2unet": list(SAM2_TRUNKS)},
         "encoder_weights": [*ENCODER_WEIGHTS, "PATH"],
+        "norms": list(NORMS),
         "losses": list(LOSS_NAMES),
+        "loss_groups": {g: list(cs) for g, cs in CLASS_GROUPS.items()},
         "augmentations": list(AUGMENTATIONS),
         "tta_policies": list(TTA_NAMES),
         "tta_aliases": dict(TTA_ALIASES),
@@ -61,10 +70,10 @@ def models_command(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the lists as JSON."),
 ) -> None:
-    """Architectures with their aliases, encoders (smp and timm `tu-`), losses, augmentation presets and
-    TTA policies: the names `train --arch/--encoder/--loss/--aug` and `predict --tta` accept. On stdout: tables
-    on a terminal; into a pipe or file one name per line, NAME<TAB>OPTION[<TAB>NOTE] (`boneseg models | grep
-    effici`)."""
+    """Architectures with their aliases (and boneseg's SAM2-UNet), encoders (smp, timm `tu-`, SAM2 trunks),
+    decoder norms, losses and their class groups, augmentation presets and TTA policies: the names `train
+    --arch/--encoder/--norm/--loss/--aug` and `predict --tta` accept. On stdout: tables on a terminal; into a
+    pipe or file one name per line, NAME<TAB>OPTION[<TAB>NOTE] (`boneseg models | grep effici`)."""
     from boneseg.cli.output import console, out_console, print_json
 
     doc = catalog(timm_pattern)
@@ -82,9 +91,12 @@ def models_command(
 
 def _lines(doc: dict) -> list[tuple[str, ...]]:
     """One (name, option[, note]) per name."""
+    from boneseg.modelling.registry import OWN_ARCHITECTURES
+
     timm_names = doc["encoders"]["timm"]
     return [
-        *((a, "--arch") for a in doc["architectures"]),
+        *((a, "--arch", OWN_ARCHITECTURES[a]) if a in OWN_ARCHITECTURES else (a, "--arch")
+          for a in doc["architectures"]),
         *((alias, "--arch", f"= {a}") for a, aliases in doc["architectures"].items() for alias in aliases),
         *((e, "--encoder") for e in doc["encoders"]["smp"]),
         *(
@@ -92,9 +104,12 @@ def _lines(doc: dict) -> list[tuple[str, ...]]:
             if isinstance(timm_names, str)
             else [(e, "--encoder", "timm") for e in timm_names]
         ),
+        *((t, "--encoder", "SAM2 trunk of --arch sam2unet") for t in doc["encoders"]["sam2unet"]),
         *((w, "--encoder-weights", "a local state-dict file") if w == "PATH" else (w, "--encoder-weights")
           for w in doc["encoder_weights"]),
+        *((norm, "--norm") for norm in doc["norms"]),
         *((loss, "--loss") for loss in doc["losses"]),
+        *((f"@{g}", "--loss", "restricts a term to " + ", ".join(cs)) for g, cs in doc["loss_groups"].items()),
         *((aug, "--aug") for aug in doc["augmentations"]),
         *((p, "--tta") for p in doc["tta_policies"]),
         *((alias, "--tta", f"= {p}") for alias, p in doc["tta_aliases"].items()),
@@ -112,6 +127,10 @@ def _print_tables(doc: dict, timm_pattern: str | None) -> None:
             [[a, ", ".join(al)] for a, al in doc["architectures"].items()],
         )
     )
+    from boneseg.modelling.registry import OWN_ARCHITECTURES
+
+    for name, line in OWN_ARCHITECTURES.items():
+        out_console.print(f"{name}: {line}", markup=False)
     timm_names = doc["encoders"]["timm"]
     rows = [
         ["smp", ", ".join(doc["encoders"]["smp"])],
@@ -121,8 +140,16 @@ def _print_tables(doc: dict, timm_pattern: str | None) -> None:
             if isinstance(timm_names, str)
             else ", ".join(timm_names) or f"(none match {timm_pattern!r}: a shell pattern, e.g. 'convnext*')",
         ],
+        ["sam2unet", ", ".join(doc["encoders"]["sam2unet"])],
         ["--encoder-weights", ", ".join(doc["encoder_weights"])],
-        ["--loss", ", ".join(doc["losses"]) + " (combine: 0.3*bce+0.7*dice)"],
+        ["--norm", ", ".join(doc["norms"])],
+        [
+            "--loss",
+            ", ".join(doc["losses"])
+            + " (combine: 0.3*bce+0.7*dice; restrict a term: dice@wrist, dice@Scaphoid,Lunate; groups: "
+            + ", ".join(doc["loss_groups"])
+            + ")",
+        ],
         ["--aug", ", ".join(doc["augmentations"])],
         [
             "--tta / --policies",

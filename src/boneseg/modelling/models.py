@@ -332,7 +332,7 @@ def check_model_options(
             ("--deep-supervision", deep_supervision),
         ):
             if value is not None:
-                what = "auxiliary outputs" if option == "--deep-supervision" else "a frozen trunk with adapters"
+                what = "auxiliary outputs" if option == "--deep-supervision" else "frozen trunk with adapters"
                 raise UsageError(f"{option}: --arch {arch} has no {what} (--arch sam2unet has)")
         return norm, None, None, None
     from boneseg.modelling.registry import SAM2_ADAPTER_DIM, SAM2_DEEP_SUPERVISION

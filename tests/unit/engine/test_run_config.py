@@ -28,7 +28,7 @@ DISTILL = {"teacher", "teacher_test", "teacher_weights", "teacher_weight"}
 # Options of the command that are no part of a run's config.
 COMMAND_ONLY = {"json_out", "fit_postprocess", "config_file", "print_config", "dry_run"}
 # Options whose help describes a default that depends on something else (no literal value).
-DESCRIBED = {"splits", "amp", "channels_last", "cache_dir"}
+DESCRIBED = {"splits", "amp", "channels_last", "cache_dir", "adapter_dim", "unfreeze", "deep_supervision"}
 
 
 def _train_params() -> dict[str, click.Parameter]:

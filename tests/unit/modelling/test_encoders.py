@@ -35,13 +35,17 @@ def test_family_builds_and_runs(family, arch, encoder, side, extra):
     assert torch.isfinite(y).all()
 
 
-def test_swin_is_built_for_the_training_size():
-    """timm's Swin takes one input size: the factory passes the run's --size, and another size fails."""
+def test_swin_is_built_for_the_training_size_and_takes_other_sides():
+    """The factory builds timm's Swin for the run's --size (off the 224 grid: 160 = 40 patches, not a multiple
+    of the 7-window) and with dynamic sizes, so crops, whole-image validation and sliding windows of other
+    multiples of 32 run too."""
     model = build_model(
-        {"arch": "upernet", "encoder": "tu-swin_tiny_patch4_window7_224", "encoder_weights": "none", "size": 224}
+        {"arch": "upernet", "encoder": "tu-swin_tiny_patch4_window7_224", "encoder_weights": "none", "size": 160}
     ).eval()
-    with torch.no_grad(), pytest.raises(AssertionError):  # timm asserts the input size
-        model(torch.randn(1, 1, 256, 256))
+    assert model.encoder.model.patch_embed.img_size == (160, 160)
+    with torch.no_grad():
+        for side in (160, 96):
+            assert model(torch.randn(1, 1, side, side)).shape == (1, 29, side, side)
 
 
 def test_models_lists_exactly_what_the_options_accept(capsys):
@@ -53,20 +57,27 @@ def test_models_lists_exactly_what_the_options_accept(capsys):
     from boneseg.data.transforms import AUGMENTATIONS
     from boneseg.inference.tta import Policy
     from boneseg.modelling.losses import parse_loss
-    from boneseg.modelling.models import resolve_arch, resolve_encoder
+    from boneseg.modelling.models import check_norm, resolve_arch, resolve_encoder
 
     code, out, _ = cli(capsys, "models", "--json", "--timm", "convnext_a*")
     doc = json.loads(out)
     assert code == 0 and set(doc) == {
-        *("architectures", "encoders", "encoder_weights", "losses", "augmentations"),
+        *("architectures", "encoders", "encoder_weights", "norms", "losses", "loss_groups", "augmentations"),
         *("tta_policies", "tta_aliases", "tta_modes"),
     }
     for arch, aliases in doc["architectures"].items():
         assert {resolve_arch(a) for a in [arch, *aliases]} == {arch}
+    assert "sam2unet" in doc["architectures"]
     for enc in [*doc["encoders"]["smp"], *doc["encoders"]["timm"]]:
         assert resolve_encoder(enc) == enc
     assert doc["encoders"]["timm"] and all(e.startswith("tu-convnext_a") for e in doc["encoders"]["timm"])
-    assert [name for loss in doc["losses"] for _, name in parse_loss(loss)] == doc["losses"]
+    assert [term.name for loss in doc["losses"] for term in parse_loss(loss)] == doc["losses"]
+    for group in doc["loss_groups"]:
+        assert parse_loss(f"dice@{group}")[0].classes == tuple(doc["loss_groups"][group])
+    for trunk in doc["encoders"]["sam2unet"]:
+        assert resolve_encoder(trunk, "sam2unet") == trunk
+    for norm in doc["norms"]:
+        assert check_norm("unet", norm) == norm
     assert doc["augmentations"] == list(AUGMENTATIONS)
     for mode in ["", *(m + ":" for m in doc["tta_modes"])]:
         for tta in doc["tta_policies"]:

@@ -192,9 +192,9 @@ def test_distance_maps_are_cached_and_follow_augmentation(synth_data, tmp_path):
 
 def test_dtbce_weighs_far_mistakes_more():
     from boneseg.data.masks import distance_maps
-    from boneseg.modelling.losses import build_loss, parse_loss
+    from boneseg.modelling.losses import LossTerm, build_loss, parse_loss
 
-    assert parse_loss("bce+dice+0.5*dtbce")[-1] == (0.5, "dtbce")
+    assert parse_loss("bce+dice+0.5*dtbce")[-1] == LossTerm(0.5, "dtbce")
     target = torch.zeros(1, 1, 40, 40)
     target[..., 10:30, 10:30] = 1
     dist = torch.from_numpy(distance_maps(target[0].bool().numpy()))[None]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from boneseg.errors import UsageError
-from boneseg.modelling.losses import LOSSES, build_loss, parse_loss
+from boneseg.modelling.losses import LOSSES, LossTerm, build_loss, parse_loss
 
 
 def _overlapping_target():
@@ -28,8 +28,8 @@ def test_perfect_overlapping_prediction_is_near_zero(name):
 
 
 def test_parse_and_weights():
-    assert parse_loss("0.3*bce+0.7*dice") == [(0.3, "bce"), (0.7, "dice")]
-    assert parse_loss("bce + DICE") == [(1.0, "bce"), (1.0, "dice")]
+    assert parse_loss("0.3*bce+0.7*dice") == [LossTerm(0.3, "bce"), LossTerm(0.7, "dice")]
+    assert parse_loss("bce + DICE") == [LossTerm(1.0, "bce"), LossTerm(1.0, "dice")]
     torch.manual_seed(0)
     logits, target = torch.randn(2, 29, 16, 16), _overlapping_target()
     combo = build_loss("0.3*bce+0.7*dice")(logits, target)
@@ -83,11 +83,72 @@ def test_unknown_terms_suggest():
 
 
 def test_weights_in_scientific_notation_are_read():
-    assert parse_loss("1e-2*bce+2E-1 * dice") == [(0.01, "bce"), (0.2, "dice")]
+    assert parse_loss("1e-2*bce+2E-1 * dice") == [LossTerm(0.01, "bce"), LossTerm(0.2, "dice")]
 
 
 @pytest.mark.parametrize("spec", ["0*bce+0*dice", "bce+0.0*dice", "1e999*bce"])
 def test_a_weight_that_is_zero_or_not_finite_is_refused(spec):
     """A 0 weight trained on nothing of that term (all zero: a loss of 0 and no learning at all)."""
     with pytest.raises(UsageError, match="weight must be a positive finite number"):
+        parse_loss(spec)
+
+
+def test_focal_tversky_is_tversky_to_the_power_gamma():
+    torch.manual_seed(2)
+    logits, target = torch.randn(2, 29, 16, 16), _overlapping_target()
+    p = torch.sigmoid(logits)
+    tp, fp, fn = (p * target).sum((0, 2, 3)), (p * (1 - target)).sum((0, 2, 3)), ((1 - p) * target).sum((0, 2, 3))
+    tversky = 1 - (tp + 1) / (tp + 0.3 * fp + 0.7 * fn + 1)
+    expected = tversky.pow(0.75).mean().item()
+    assert build_loss("focal_tversky")(logits, target).item() == pytest.approx(expected, rel=1e-5)
+    custom = build_loss("focal_tversky(alpha=0.5,beta=0.5,gamma=2)")(logits, target)
+    balanced = 1 - (tp + 1) / (tp + 0.5 * fp + 0.5 * fn + 1)
+    assert custom.item() == pytest.approx(balanced.pow(2).mean().item(), rel=1e-5)
+    assert build_loss("tversky(alpha=0.3)")(logits, target).item() == pytest.approx(tversky.mean().item(), rel=1e-5)
+
+
+def test_a_term_restricted_to_a_class_group_sees_those_channels_only():
+    """The seed team's loss: focal Tversky on the wrist (8 carpals + radius + ulna) only."""
+    from boneseg.classes import CARPALS, CLASSES, WRIST
+
+    torch.manual_seed(3)
+    logits, target = torch.randn(2, 29, 16, 16), _overlapping_target()
+    wrist = [CLASSES.index(c) for c in WRIST]
+    assert len(wrist) == 10 and set(CARPALS) < set(WRIST)
+    team = build_loss("0.4*bce+0.4*dice+0.2*focal_tversky@wrist")(logits, target)
+    parts = (
+        0.4 * build_loss("bce")(logits, target)
+        + 0.4 * build_loss("dice")(logits, target)
+        + 0.2 * build_loss("focal_tversky")(logits[:, wrist], target[:, wrist])
+    )
+    assert torch.allclose(team, parts)
+    fingers_wrong = logits.clone()
+    fingers_wrong[:, :19] = -fingers_wrong[:, :19]
+    assert torch.equal(build_loss("dice@wrist")(fingers_wrong, target), build_loss("dice@wrist")(logits, target))
+    assert parse_loss("dice@carpals,Radius,ulna") == parse_loss("dice@WRIST")  # the same classes, any spelling
+    assert parse_loss("dice@Scaphoid,finger-1")[0].classes == ("finger-1", "Scaphoid")  # class order
+    assert str(parse_loss("0.2*focal_tversky(gamma=0.5)@thumb")[0]) == (
+        "0.2*focal_tversky(gamma=0.5)@finger-1,finger-2,finger-3"
+    )
+    # a wrist model's loss gets the carpal channels only: the restriction picks those among them
+    carpals = [CLASSES.index(c) for c in CARPALS]
+    on_carpals = build_loss("dice@wrist")(logits[:, carpals], target[:, carpals], channels=carpals)
+    assert torch.allclose(on_carpals, build_loss("dice")(logits[:, carpals], target[:, carpals]))
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("dice@wirst", r"@wirst is neither a class nor a group; did you mean 'wrist'"),
+        ("dice@", r"cannot read term"),
+        ("dice@Scaphoid,,Lunate", r"empty class name"),
+        ("bce(gamma=2)", r"bce takes no parameters"),
+        ("focal_tversky(gama=2)", r"'gama=2'.*expected name=value with a name of alpha, beta, gamma; did you mean"),
+        ("focal_tversky(gamma=0)", r"gamma=0 .*must be a finite number > 0"),
+        ("tversky(alpha=nan)", r"alpha=nan .*must be a finite number >= 0"),
+        ("tversky(alpha=0,beta=0)", r"alpha and beta .* are both 0"),
+    ],
+)
+def test_bad_restrictions_and_parameters_are_refused_in_one_line(spec, message):
+    with pytest.raises(UsageError, match=message):
         parse_loss(spec)

@@ -32,9 +32,36 @@ def test_every_architecture_builds_and_steps(arch):
     opt.step()
 
 
+@pytest.mark.parametrize("norm,kind", [("group", torch.nn.GroupNorm), ("instance", torch.nn.InstanceNorm2d)])
+def test_norm_replaces_every_decoder_batchnorm(norm, kind):
+    """--norm group|instance: the decoder's BatchNorm layers are replaced (the encoder's stay); the model trains
+    a step on a batch of one, where BatchNorm statistics would be those of one image."""
+    model = build_model({"arch": "unetpp", "encoder": "resnet18", "encoder_weights": "none", "norm": norm})
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.decoder.modules())
+    assert sum(isinstance(m, kind) for m in model.decoder.modules()) > 10
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.encoder.modules())
+    model(torch.randn(1, 1, 64, 64)).mean().backward()
+    norms = [m for m in model.decoder.modules() if isinstance(m, kind)]
+    assert all(m.weight.grad is not None for m in norms)
+    if kind is torch.nn.GroupNorm:
+        assert {m.num_groups for m in norms} <= {32, 16, 8}  # 32 groups, or as many as the channels divide
+
+
+def test_norm_that_cannot_apply_is_refused_in_one_line():
+    base = {"encoder": "resnet18", "encoder_weights": "none"}
+    with pytest.raises(UsageError, match=r"--norm group cannot apply to --arch fpn: its decoder has no BatchNorm"):
+        build_model({**base, "arch": "fpn", "norm": "group"})
+    with pytest.raises(UsageError, match=r"--norm instance cannot apply to --arch upernet: its pyramid pooling"):
+        build_model({**base, "arch": "upernet", "norm": "instance"})
+    with pytest.raises(UsageError, match=r"--norm 'grup': unknown normalisation; did you mean 'group'"):
+        build_model({**base, "arch": "unet", "norm": "grup"})
+    upernet = build_model({**base, "arch": "upernet", "norm": "gn"})
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in upernet.decoder.modules())
+
+
 def test_aliases_resolve():
     for alias, canonical in ALIASES.items():
-        assert resolve_arch(alias) == canonical and canonical in ARCHITECTURES
+        assert resolve_arch(alias) == canonical and (canonical in ARCHITECTURES or canonical == "sam2unet")
     assert resolve_arch("UNETPP") == resolve_arch("UnetPlusPlus") == resolve_arch("unet++") == "unetplusplus"
     assert resolve_arch("dlv3p") == "deeplabv3plus" and resolve_arch("SegFormer") == "segformer"
 
