@@ -160,10 +160,11 @@ def test_models_lists_every_registry(capsys):
     from boneseg.inference.tta import TTA_NAMES
     from boneseg.modelling.losses import LOSSES
     from boneseg.modelling.models import ARCHITECTURES
+    from boneseg.modelling.registry import OWN_ARCHITECTURES
 
     code, out, _ = cli(capsys, "models", "--json", "--timm", "resnet1*")
     doc = json.loads(out)
-    assert code == 0 and list(doc["architectures"]) == list(ARCHITECTURES)
+    assert code == 0 and list(doc["architectures"]) == [*ARCHITECTURES, *OWN_ARCHITECTURES]
     assert "unetpp" in doc["architectures"]["unetplusplus"] and "resnet18" in doc["encoders"]["smp"]
     assert "tu-resnet18" in doc["encoders"]["timm"]
     assert doc["losses"] == list(LOSSES) and doc["augmentations"] == list(AUGMENTATIONS)
@@ -171,6 +172,7 @@ def test_models_lists_every_registry(capsys):
     code, out, _ = cli(capsys, "models")  # into a pipe: one name per line on stdout
     assert code == 0 and "dlv3p\t--arch\t= deeplabv3plus\n" in out and "dtbce\t--loss\n" in out
     assert "efficientnet-b4\t--encoder\n" in out and all(1 < len(line.split("\t")) < 4 for line in out.splitlines())
+    assert "sam2unet\t--arch\t" in out and "focal_tversky\t--loss\n" in out and "group\t--norm\n" in out
     code, out, err = cli(capsys, "models", "--timm", "")
     assert (
         code == 2

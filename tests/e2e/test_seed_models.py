@@ -66,10 +66,10 @@ def test_sam2unet_end_to_end_on_the_phantom(phantom, tmp_path, capsys):
         assert code == 0, err
         assert len((tmp_path / "sub.csv").read_text().splitlines()) == 1 + 2 * 29
 
-    # export: a TorchScript graph that predict runs; hf (an smp folder) is refused in one line
-    code, _, err = cli(capsys, "export", ref, "--format", "torchscript", "-o", tmp_path / "m.ts")
+    # export: an ONNX graph that predict runs; hf (an smp folder) is refused in one line
+    code, _, err = cli(capsys, "export", ref, "--format", "onnx", "-o", tmp_path / "m.onnx")
     assert code == 0, err
-    code, _, err = cli(capsys, "predict", phantom, "-m", tmp_path / "m.ts", "-o", tmp_path / "ts.csv", *RUNTIME[:2])
+    code, _, err = cli(capsys, "predict", phantom, "-m", tmp_path / "m.onnx", "-o", tmp_path / "x.csv", *RUNTIME[:2])
     assert code == 0, err
     code, _, err = cli(capsys, "export", ref, "--format", "hf", "-o", tmp_path / "hf")
     assert code == 2 and "a SAM2-UNet is not a plain smp model" in error_line(err)

@@ -485,6 +485,7 @@ def _same_setting(key: str, given: Any, saved: Any) -> bool:
         "loss": parse_loss,
         "optimizer": str.lower,
         "scheduler": str.lower,
+        "norm": str.lower,
         "mean": lambda v: [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])],
         "std": lambda v: [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])],
         "splits": os.path.abspath,

@@ -140,3 +140,17 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
     torch.save({"model": {"encoder.conv1.weight": torch.zeros(1)}}, tmp_path / "resnet.pt")
     with pytest.raises(CheckpointError, match=r"no SAM2 trunk tensors in it"):
         build_model({**TINY, "encoder_weights": str(tmp_path / "resnet.pt")})
+
+
+def test_deep_supervision_weights_enter_the_same_loss():
+    """Each auxiliary output is scored by the run's own --loss (here the team's), weighted by --deep-supervision."""
+    from boneseg.engine.train import TrainConfig, _deep_loss, build_criterion
+
+    cfg = TrainConfig(loss="0.4*bce+0.4*dice+0.2*focal_tversky@wrist", deep_supervision=[0.5, 0.25])
+    criterion = build_criterion(cfg)
+    torch.manual_seed(4)
+    target = (torch.rand(2, 29, 16, 16) > 0.7).float()
+    side8, side16 = torch.randn(2, 29, 16, 16), torch.randn(2, 29, 16, 16)
+    got = _deep_loss(criterion, {"masks": side8, "deep": [side8, side16]}, target, {}, cfg, torch.device("cpu"))
+    assert torch.allclose(got, 0.5 * criterion(side8, target) + 0.25 * criterion(side16, target))
+    assert float(_deep_loss(criterion, {"masks": side8}, target, {}, cfg, torch.device("cpu"))) == 0.0
