@@ -159,3 +159,21 @@ def test_checkpoint_roundtrip_and_refusals(tmp_path):
         load_checkpoint(tmp_path / "later.pt")
     save_checkpoint(tmp_path / "earlier.pt", dict(later, format=FORMAT))
     assert load_checkpoint(tmp_path / "earlier.pt")["format"] == FORMAT
+
+
+def test_the_refused_norms_are_those_that_fail(monkeypatch):
+    """Each refusal of registry.NORM_REFUSED stands for a real failure: forced, that decoder cannot train on a
+    batch of one (a pooling branch normalises 1x1 maps), or it has no BatchNorm to replace."""
+    from boneseg.modelling import models
+    from boneseg.modelling.registry import NORM_REFUSED
+
+    monkeypatch.setattr(models, "NORM_REFUSED", {})
+    for arch, refused in NORM_REFUSED.items():
+        for norm in refused:
+            model = build_model({"arch": arch, "encoder": "resnet18", "encoder_weights": "none", "norm": norm})
+            if arch == "fpn":
+                assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.decoder.modules())
+                continue
+            size = SIZE.get(arch, 64)
+            with pytest.raises(ValueError, match="more than 1"):
+                model.train()(torch.randn(1, 1, size, size))
