@@ -32,8 +32,9 @@ from boneseg.names import ARCH_ALIASES, ENCODER_WEIGHTS
 ARCHITECTURES: dict[str, type[torch.nn.Module]] = dict(smp.MODEL_ARCHITECTURES_MAPPING)
 """Canonical (smp) architecture name -> model class."""
 
-ALIASES: dict[str, str] = {**ARCH_ALIASES, **OWN_ALIASES}
-"""Short name -> canonical architecture name (`boneseg.names`; boneseg's own: `boneseg.modelling.registry`)."""
+ALIASES: dict[str, str] = ARCH_ALIASES
+"""Short name -> canonical smp architecture name (`boneseg.names`; boneseg's own architectures' in
+`boneseg.modelling.registry.OWN_ALIASES`)."""
 
 SET_BY_BONESEG = ("encoder_name", "encoder_weights", "in_channels", "classes", "activation", "aux_params")
 """smp constructor arguments boneseg sets itself (logits out, heads in `boneseg.modelling.heads`): never
@@ -41,17 +42,19 @@ SET_BY_BONESEG = ("encoder_name", "encoder_weights", "in_channels", "classes", "
 
 
 def resolve_arch(name: str) -> str:
-    """The canonical smp architecture name for `name` (alias, canonical or class name, any case).
+    """The canonical architecture name for `name` (alias, canonical or class name, any case): smp's, or
+    boneseg's own ``sam2unet``.
 
     Raises:
         UsageError: unknown name (the message lists valid names, closest first).
     """
+    aliases = {**ALIASES, **OWN_ALIASES}
     key = str(name).strip().lower().replace("_", "").replace("-", "")
-    key = ALIASES.get(key, ALIASES.get(str(name).strip().lower(), key))
+    key = aliases.get(key, aliases.get(str(name).strip().lower(), key))
     if key in ARCHITECTURES or key in OWN_ARCHITECTURES:
         return key
     raise UsageError(
-        f"--arch {name!r}: unknown architecture{suggest(str(name), [*ARCHITECTURES, *OWN_ARCHITECTURES, *ALIASES])}"
+        f"--arch {name!r}: unknown architecture{suggest(str(name), [*ARCHITECTURES, *OWN_ARCHITECTURES, *aliases])}"
     )
 
 
