@@ -27,6 +27,10 @@ class OutputExistsError(BonesegError):
     """An output already exists and ``--force`` was not given."""
 
 
+class OutputBusyError(OutputExistsError):
+    """An output another process is writing (one writer per output)."""
+
+
 class CheckpointError(BonesegError):
     """A checkpoint that cannot be loaded safely."""
 

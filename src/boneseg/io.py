@@ -1,4 +1,15 @@
-"""Output files: the ``--force`` rule and atomic writes (temp file in the same folder + rename).
+"""Output files: the ``--force`` rule, one writer per output, and the one way to publish an output.
+
+Every output, file or folder, is built complete beside its target (a hidden ``.NAME.XXXXXXXX.tmp`` file or
+``.NAME.XXXXXXXX.partial`` file or folder), checked, then swapped in (`publishing`, `atomic_path`,
+`publish_folder`); the old output is removed only after the new one is in place. Several outputs that belong
+together (a model and its sidecar, a report's files) are one `Publication`, swapped in as a unit through a
+journal (``.NAME.XXXXXXXX.swap``) that the next writer replays when a writer died in the middle.
+
+An output is held by one writer at a time (`hold`): an ``flock`` on ``.NAME.lock`` beside it, which the
+kernel releases when the writer dies, so no crash leaves it stuck. The holder's pid, host and command are
+in the lock file; a second writer is refused naming them. Whoever takes the lock removes what a dead writer
+of that output left behind (its temp files and staging folders; a half-done swap is rolled back).
 
 An output that is a symbolic link is written through it (the link stays, its target is replaced); one that
 is not a regular file or folder (``/dev/null``, a FIFO, ``/dev/fd/N``) is a stream, written in place with no
@@ -8,19 +19,23 @@ is not a regular file or folder (``/dev/null``, a FIFO, ``/dev/fd/N``) is a stre
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
+import signal
+import socket
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from boneseg.errors import DataError, OutputExistsError
+from boneseg.errors import DataError, OutputBusyError, OutputExistsError, UsageError
 
 
 def _current_umask() -> int:
@@ -30,6 +45,12 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+_ARTIFACT = re.compile(r"^\.(?P<name>.+)\.(?P<token>[0-9a-z_]{8})\.(?P<kind>tmp|partial|old|swap)$")
+"""A writer's hidden work files: temp files, staging files/folders, backups of the old output, journals."""
+
+KILL_AT = "BONESEG_TEST_KILL_AT"
+"""Tests only (honoured under pytest): a writer publishing this path (or a path inside it) kills itself with
+SIGKILL just before the swap (``PATH``) or after its first rename (``PATH@mid``), to test recovery."""
 
 
 def is_stdout(path: str | os.PathLike | None) -> bool:
@@ -59,6 +80,16 @@ def check_output(path: str | os.PathLike, force: bool) -> Path:
     return path
 
 
+def check_apart(path: str | os.PathLike, folder: str | os.PathLike, path_option: str, folder_option: str) -> None:
+    """Refuse (`UsageError`) output `path` inside output folder `folder` (or the same path): the folder is
+    published whole, which would replace or hide it."""
+    p, f = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    if p == f or f in p.parents:
+        raise UsageError(
+            f"{path_option} {path}: inside {folder_option} {folder}, which is written as a whole; put it elsewhere"
+        )
+
+
 def _disk_error(path: Path, exc: OSError) -> DataError:
     return DataError(f"cannot write {path}: {exc.strerror or exc}")
 
@@ -78,14 +109,325 @@ def disk_full(path: str | os.PathLike, exc: BaseException) -> DataError | None:
     return DataError(f"cannot write {path}: No space left on device")
 
 
-def _make_parent(path: Path) -> None:
-    """Create the folders above output `path`; a file in their way is a `DataError` naming it."""
+def _make_parent(path: Path) -> list[Path]:
+    """Create the folders above output `path` (returned, outermost first); a file in their way is a
+    `DataError` naming it."""
+    missing = [p for p in reversed(path.parents) if not p.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise DataError(f"cannot write {path}: a part of {path.parent} is a file, not a folder") from None
     except OSError as exc:
         raise _disk_error(path, exc) from None
+    return missing
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or folder; gone already is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _kill_point(dest: Path, point: str = "") -> None:
+    """`KILL_AT` (tests only): SIGKILL this process when publishing `dest` at the named point."""
+    at = os.environ.get(KILL_AT)
+    if not at or "PYTEST_CURRENT_TEST" not in os.environ:
+        return
+    where, _, named = at.partition("@")
+    if named == point and (dest == Path(where) or Path(where) in dest.parents):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- one writer per output -------------------------------------------------------------------------
+
+_HELD: dict[str, int] = {}
+"""Outputs this process holds (absolute path -> nesting depth); holding one again nests."""
+_WRITER = {"command": " ".join(["boneseg", *sys.argv[1:]])}
+
+
+def set_writer(command: str) -> None:
+    """How this process's locks name it to a second writer (the CLI sets its command line)."""
+    _WRITER["command"] = command
+
+
+def lock_file(path: str | os.PathLike) -> Path:
+    """The lock file of output `path`: ``.NAME.lock`` beside it (beside a symbolic link's target)."""
+    dest = _target(Path(path))
+    return dest.with_name(f".{dest.name}.lock")
+
+
+def _holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "another process (it has not said which yet)"
+
+
+@contextlib.contextmanager
+def hold(*paths: str | os.PathLike | None) -> Iterator[None]:
+    """Hold outputs `paths` for writing (standard output and streams need no holding), removing what a dead
+    writer of them left; nests within one process.
+
+    Raises:
+        OutputBusyError: another process holds one of them (the message names its pid, host and command).
+    """
+    with contextlib.ExitStack() as stack:
+        for p in dict.fromkeys(Path(p) for p in paths if p is not None and not is_stdout(p)):
+            if not _is_stream(p):
+                stack.enter_context(_hold_one(p))
+        yield
+
+
+@contextlib.contextmanager
+def _hold_one(path: Path) -> Iterator[None]:
+    import fcntl
+
+    dest = _target(path)
+    key = os.path.abspath(dest)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    made = _make_parent(dest)
+    lock = lock_file(dest)
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_UMASK)
+        except OSError as exc:
+            raise _disk_error(path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise OutputBusyError(
+                f"{path} is being written by {holder}; one writer per output: wait for it to end or stop it"
+            ) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:  # its last holder removed it after we opened it: take a fresh one
+            same = False
+        if same:
+            break
+        os.close(fd)
+    since = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    info = f"pid {os.getpid()} on {socket.gethostname()} ({_WRITER['command'][:200]}) since {since}"
+    with contextlib.suppress(OSError):  # a full disk: the lock still holds, only its description is lost
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+    _HELD[key] = 1
+    try:
+        recover(dest)
+        yield
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+        for folder in reversed(made):  # folders made only for this output, left empty by a failure
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _busy(dest: Path) -> bool:
+    """Whether another process holds output `dest` now."""
+    import fcntl
+
+    lock = lock_file(dest)
+    if os.path.abspath(dest) in _HELD or not lock.exists():
+        return False
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _artifacts(folder: Path) -> list[tuple[Path, re.Match]]:
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    return [(folder / n, m) for n in names if (m := _ARTIFACT.match(n))]
+
+
+def recover(path: str | os.PathLike) -> list[Path]:
+    """Clean up after dead writers of output `path` (call it holding `path`): replay their half-done swaps
+    (rolled back, or forward when every new part was in place) and remove their temp files and staging
+    folders, beside `path` and, for a folder, inside it (unless another process holds that inner output).
+    Returns what it removed or restored."""
+    dest = _target(Path(path))
+    beside = _artifacts(dest.parent)
+    tokens = {m["token"] for _, m in beside if m["name"] == dest.name}  # a unit's other parts share its token
+    found = [(p, m) for p, m in beside if m["token"] in tokens]
+    if dest.is_dir() and not dest.is_symlink():
+        found += [(p, m) for p, m in _artifacts(dest) if not _busy(dest / m["name"])]
+    done = []
+    for p, m in sorted(found, key=lambda f: f[1]["kind"] != "swap"):  # journals first: they restore backups
+        if m["kind"] == "swap" and p.exists():
+            _replay(p)
+            done.append(p)
+    for p, m in found:
+        if m["kind"] != "swap" and os.path.lexists(p):
+            _remove(p)
+            done.append(p)
+    return done
+
+
+# -- publishing ------------------------------------------------------------------------------------
+
+
+def _refuse_existing(dest: Path, shown: Path, folder: bool, force: bool) -> None:
+    if force or not os.path.lexists(dest) or _is_stream(dest):
+        return
+    if not folder:
+        raise OutputExistsError(f"{shown} already exists (use --force to overwrite)")
+    if not dest.is_dir():
+        raise OutputExistsError(f"{shown} already exists and is not a folder (use --force to overwrite)")
+    if any(dest.iterdir()):
+        raise OutputExistsError(f"{shown} is not empty (use --force to overwrite)")
+
+
+def _replay(journal: Path) -> None:
+    """Finish or undo the swap `journal` records: forward when every staged part is in place (the old ones
+    are removed), else back (each new part removed, each old one restored)."""
+    try:
+        items = [tuple(Path(p) for p in item) for item in json.loads(journal.read_text())["items"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        items = []
+    if all(not os.path.lexists(staged) for staged, _, _ in items):
+        for _, _, backup in items:
+            _remove(backup)
+    else:
+        for staged, dest, backup in reversed(items):
+            if not os.path.lexists(staged) and os.path.lexists(dest):  # the new part is in place: undo
+                _remove(dest)
+            if os.path.lexists(backup):
+                os.replace(backup, dest)
+            _remove(staged)
+    journal.unlink(missing_ok=True)
+
+
+class Publication:
+    """Outputs built beside their targets and swapped in together (see the module notes); use `publishing`."""
+
+    def __init__(self, force: bool = False):
+        self.force = force
+        self.token = secrets.token_hex(4)
+        self.items: list[tuple[Path, Path, Path, bool]] = []  # staged, dest, shown, is a folder
+        self.removed: set[Path] = set()  # targets removed by the swap, with nothing in their place
+
+    def _staged(self, path: str | os.PathLike, folder: bool) -> tuple[Path, Path]:
+        shown = Path(path)
+        dest = _target(shown)
+        _make_parent(dest)
+        if any(d == dest for _, d, _, _ in self.items):
+            raise ValueError(f"{shown} is published twice")
+        return shown, dest
+
+    def file(self, path: str | os.PathLike) -> Path:
+        """Where to write output file `path` (a stream: `path` itself, written in place)."""
+        shown = Path(path)
+        if _is_stream(shown):
+            return shown
+        shown, dest = self._staged(shown, False)
+        staged = dest.with_name(f".{dest.name}.{self.token}.partial")
+        self.items.append((staged, dest, shown, False))
+        return staged
+
+    def folder(self, path: str | os.PathLike) -> Path:
+        """A new empty folder to build output folder `path` in."""
+        shown, dest = self._staged(path, True)
+        staged = dest.with_name(f".{dest.name}.{self.token}.partial")
+        try:
+            staged.mkdir()
+        except OSError as exc:
+            raise _disk_error(shown, exc) from None
+        self.items.append((staged, dest, shown, True))
+        return staged
+
+    def remove(self, path: str | os.PathLike) -> None:
+        """Remove output `path` (if it exists) as part of the swap: an output the new set no longer has."""
+        shown, dest = self._staged(path, False)
+        if os.path.lexists(dest):
+            self.items.append((dest.with_name(f".{dest.name}.{self.token}.partial"), dest, shown, False))
+            self.removed.add(dest)
+
+    def check(self) -> None:
+        """Refuse (`OutputExistsError`) an output that exists, unless `force`; writes nothing."""
+        for _, dest, shown, folder in self.items:
+            _refuse_existing(dest, shown, folder, self.force)
+
+    def commit(self) -> None:
+        """Swap every staged output in; the old ones are removed only once all the new ones are in place."""
+        self.check()
+        for staged, dest, shown, _ in self.items:
+            if dest not in self.removed and not os.path.lexists(staged):
+                raise DataError(f"cannot write {shown}: it was not written")
+        if not self.items:
+            return
+        first = self.items[0][1]
+        _kill_point(first)
+        simple = len(self.items) == 1 and not self.items[0][3] and not os.path.isdir(first) and not self.removed
+        if simple:  # one file over a file (or nothing): one atomic rename
+            os.replace(self.items[0][0], first)
+            return
+        items = [(s, d, d.with_name(f".{d.name}.{self.token}.old")) for s, d, _, _ in self.items]
+        journal = first.with_name(f".{first.name}.{self.token}.swap")
+        with open(journal, "w", encoding="utf-8") as fh:
+            json.dump({"items": [[str(p) for p in item] for item in items]}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            for i, (staged, dest, backup) in enumerate(items):
+                if os.path.lexists(dest):
+                    os.replace(dest, backup)
+                if i == 0:
+                    _kill_point(dest, "mid")
+                if dest not in self.removed:
+                    os.replace(staged, dest)
+        except BaseException:
+            _replay(journal)
+            raise
+        for _, _, backup in items:
+            _remove(backup)
+        journal.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Remove everything staged (the targets are untouched)."""
+        for staged, _, _, _ in self.items:
+            _remove(staged)
+
+
+@contextlib.contextmanager
+def publishing(force: bool = False) -> Iterator[Publication]:
+    """A `Publication`: write each output where ``pub.file(path)``/``pub.folder(path)`` says; when the block
+    ends without an error, all of them are swapped in as one unit; on an error nothing is (the staged files
+    are removed; a write that failed for lack of space is a `DataError` naming the output)."""
+    pub = Publication(force)
+    try:
+        yield pub
+        pub.commit()
+    except OSError as exc:
+        pub.discard()
+        shown = next((s for _, _, s, _ in pub.items), Path(getattr(exc, "filename", None) or "output"))
+        raise _disk_error(shown, exc) from exc
+    except BaseException:
+        pub.discard()
+        raise
 
 
 @contextlib.contextmanager
@@ -114,6 +456,7 @@ def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         yield tmp_path
         if not force and dest.exists():
             raise OutputExistsError(f"{path} appeared while writing (use --force to overwrite)")
+        _kill_point(dest)
         os.replace(tmp_path, dest)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
@@ -226,7 +569,10 @@ def staging_folder(folder: str | os.PathLike) -> Path:
     folder = _target(Path(folder))
     _make_parent(folder)
     path = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.partial")
-    path.mkdir()
+    try:
+        path.mkdir()
+    except OSError as exc:
+        raise _disk_error(folder, exc) from None
     return path
 
 
@@ -234,22 +580,17 @@ def publish_folder(staging: str | os.PathLike, folder: str | os.PathLike, force:
     """Move the completely written `staging` folder onto `folder`. A non-empty `folder` is replaced only
     with `force`, and is never left half-replaced (`OutputExistsError` without `force`); so is a file."""
     staging, shown = Path(staging), Path(folder)
-    folder = _target(shown)
-    if folder.exists() and not force:
-        if not folder.is_dir():
-            raise OutputExistsError(f"{shown} already exists and is not a folder (use --force to overwrite)")
-        if any(folder.iterdir()):
-            raise OutputExistsError(f"{shown} is not empty (use --force to overwrite)")
-    old = staging.with_name(staging.name + ".old") if folder.exists() else None
-    if old is not None:
-        os.replace(folder, old)
-    try:
-        os.replace(staging, folder)
-    except OSError:
-        if old is not None:
-            os.replace(old, folder)
-        raise
-    if old is not None and old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    elif old is not None:
-        old.unlink(missing_ok=True)
+    pub = Publication(force)
+    match = _ARTIFACT.match(staging.name)
+    if match:
+        pub.token = match["token"]
+    pub.items.append((staging, _target(shown), shown, True))
+    pub.commit()
+
+
+def publish_files(pairs: Iterable[tuple[str | os.PathLike, str | os.PathLike]], force: bool = False) -> None:
+    """Swap already written files or folders (staged, target) in as one unit (see `Publication`)."""
+    pub = Publication(force)
+    for staged, target in pairs:
+        pub.items.append((Path(staged), _target(Path(target)), Path(target), Path(staged).is_dir()))
+    pub.commit()

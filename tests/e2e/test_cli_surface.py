@@ -80,7 +80,7 @@ def test_usage_errors_are_one_line(args, fragment, capsys):
             "analyze",
             "boneseg.workflows.analysis.analyze",
             ["a.csv", "--out", "plots"],
-            "files finished in plots are kept",
+            "(plots unchanged)",
         ),
     ],
 )

@@ -38,8 +38,9 @@ try:  # a Ctrl-C while the command line loads: one line, not a traceback
         train_cmd,
         tta_cmd,
     )
-    from boneseg.cli.app import app, state
+    from boneseg.cli.app import OUTPUT_PARAMS, app, state
     from boneseg.errors import BonesegError, BonesegWarning, out_of_memory, quote, suggest
+    from boneseg.io import set_writer
 except KeyboardInterrupt:
     print("Error: interrupted", file=sys.stderr)
     sys.exit(130)
@@ -48,10 +49,6 @@ __all__ = ["app", "main"]
 
 # Click's exceptions, wherever this Typer takes click from (recent Typers vendor it).
 _click = importlib.import_module(typer.BadParameter.__module__)
-
-# Folders an interrupted command may leave partly filled (each finished file in them is complete).
-_PARTIAL_FOLDERS = {"analyze": "out", "eda": "out", "synth": "out", "demo": "out", "audit": "out"}
-_OUTPUTS = ("out", "output", "save_probs", "thresholds_out", "per_class_out")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     if "--debug" in argv:
         state["debug"] = True
     state.update(command=None, finished=None)
+    set_writer(" ".join(["boneseg", *argv]))  # how a lock on an output names this command
     command = None
     try:
         _terminate_like_ctrl_c()
@@ -153,11 +151,8 @@ def _interrupted(command, argv: list[str]) -> str:
         params = command.commands[name].make_context(name, rest, resilient_parsing=True).params
     except (_click.ClickException, ValueError):
         pass
-    outs = [str(params[k]) for k in _OUTPUTS if params.get(k) not in (None, "-") and k != _PARTIAL_FOLDERS.get(name)]
+    outs = [str(params[k]) for k in OUTPUT_PARAMS if params.get(k) not in (None, "-")]
     said = f"{name} interrupted; no output was written" + (f" ({', '.join(outs)} unchanged)" if outs else "")
-    folder = params.get(_PARTIAL_FOLDERS.get(name, ""))
-    if folder is not None:
-        return f"{said}; files finished in {folder} are kept: rerun the same command with --force"
     return f"{said}; rerun the same command"
 
 

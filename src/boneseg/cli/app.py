@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import math
 import os
@@ -169,10 +170,30 @@ class _Group(_ReadableHelp, TyperGroup):
         return super().resolve_command(ctx, args)
 
 
+OUTPUT_PARAMS = ("out", "output", "output_alias", "save_probs", "thresholds_out", "per_class_out")
+"""The parameter names of the commands' outputs: each one given is held (`boneseg.io.hold`) while the command
+runs, so a second writer of it is refused at once."""
+
+
+def _holding(f):
+    """`f` holding every output it is given (on rank 0 only under torchrun: the other ranks write through it)."""
+
+    @functools.wraps(f)
+    def command(*args, **kwargs):
+        from boneseg.io import hold
+
+        rank0 = int(os.environ.get("RANK", "0") or 0) == 0
+        outputs = [kwargs[k] for k in OUTPUT_PARAMS if rank0 and kwargs.get(k) is not None]
+        with hold(*outputs):
+            return f(*args, **kwargs)
+
+    return command
+
+
 class _App(typer.Typer):
-    """Every command registered here is a `FiniteCommand` (unless it names another class); its help is its
-    docstring with each paragraph on one line, so help and the command list wrap it to the terminal, not
-    at the source's line ends."""
+    """Every command registered here is a `FiniteCommand` (unless it names another class) that holds its
+    outputs while it runs (`OUTPUT_PARAMS`); its help is its docstring with each paragraph on one line, so
+    help and the command list wrap it to the terminal, not at the source's line ends."""
 
     def command(self, *args, cls=None, **kwargs):
         register = super().command
@@ -180,7 +201,8 @@ class _App(typer.Typer):
         def decorator(f):
             text = kwargs.pop("help", None) or inspect.getdoc(f) or ""
             help_text = "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
-            return register(*args, cls=cls or FiniteCommand, help=help_text, **kwargs)(f)
+            register(*args, cls=cls or FiniteCommand, help=help_text, **kwargs)(_holding(f))
+            return f
 
         return decorator
 

@@ -25,7 +25,6 @@ import datetime as _dt
 import io
 import json
 import re
-import shutil
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ import numpy as np
 from boneseg.classes import CLASSES, DIGITS
 from boneseg.data.split import check_seed
 from boneseg.errors import DataError, OutputExistsError, UsageError, suggest
-from boneseg.io import atomic_open
+from boneseg.io import Publication, atomic_open, hold, publishing
 from boneseg.progress import SILENT, Reporter
 
 REF = 2048.0
@@ -677,17 +676,6 @@ def check_options(
         raise OutputExistsError(f"{out} already exists and is not empty (use --force to overwrite)")
 
 
-def _prepare_out(out: Path, force: bool) -> None:
-    """Create `out`; a non-empty one (allowed by ``--force``) loses its train/, test/ and meta file."""
-    if out.exists() and any(out.iterdir()):
-        for sub in ("train", "test"):
-            if (out / sub).is_dir():
-                shutil.rmtree(out / sub)
-        (out / "meta_data.xlsx").unlink(missing_ok=True)
-        (out / ERRORS_FILE).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
     with atomic_open(path, "wb", force=True) as fh:
         fh.write(data)
@@ -722,7 +710,35 @@ def synthesize(
     """
     out = Path(out)
     check_options(out, patients, test_patients, size, force, seed, label_errors)
-    _prepare_out(out, force)
+    made = not out.exists()
+    try:
+        with hold(out), publishing(force=True) as pub:  # the old set stays whole until the new one is
+            _synthesize(pub, out, patients, test_patients, size, seed, reporter, label_errors)
+    except BaseException:
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    train_ids, test_ids = split_ids(patients, test_patients)
+    return SynthSummary(out, tuple(train_ids), tuple(test_ids), 2 * len(train_ids), 2 * len(test_ids), size, seed)
+
+
+def _synthesize(
+    pub: Publication,
+    out: Path,
+    patients: int,
+    test_patients: int,
+    size: int,
+    seed: int,
+    reporter: Reporter,
+    label_errors: float,
+) -> None:
+    """`synthesize`'s files, written into `pub`: ``train/``, ``test/``, the meta file and the error list
+    replace the old ones (other files in `out` stay)."""
+    folders = {"train": pub.folder(out / "train")}
+    if test_patients:
+        folders["test"] = pub.folder(out / "test")
+    else:
+        pub.remove(out / "test")
     train_ids, test_ids = split_ids(patients, test_patients)
     n_wrong = int(round(label_errors * 2 * len(train_ids)))
     wrong = np.random.default_rng([seed, 0, 4]).choice(2 * len(train_ids), n_wrong, replace=False)
@@ -744,7 +760,7 @@ def synthesize(
             image, polygons, _ = render_hand(rng, size, side, person)
             ident = f"ID{person.id:03d}"
             _, png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-            _write_bytes(out / split / "DCM" / ident / f"{stem}.png", png.tobytes())
+            _write_bytes(folders[split] / "DCM" / ident / f"{stem}.png", png.tobytes())
             if split == "train":
                 index = 2 * train_ids.index(person.id) + k
                 if index in kinds:
@@ -754,15 +770,16 @@ def synthesize(
                     truth += [(f"{stem}.png", c, kinds[index]) for c in names]
                 doc = label_json(polygons, f"{stem}.png", size, rng)
                 _write_bytes(
-                    out / split / "outputs_json" / ident / f"{stem}.json",
+                    folders[split] / "outputs_json" / ident / f"{stem}.json",
                     json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode(),
                 )
             task.advance()
     task.close()
-    _write_bytes(out / "meta_data.xlsx", meta_xlsx(people))
+    _write_bytes(pub.file(out / "meta_data.xlsx"), meta_xlsx(people))
     if label_errors:
         _write_bytes(
-            out / ERRORS_FILE,
+            pub.file(out / ERRORS_FILE),
             "".join(f"{a},{b},{c}\n" for a, b, c in [("image_name", "class", "kind"), *truth]).encode(),
         )
-    return SynthSummary(out, tuple(train_ids), tuple(test_ids), 2 * len(train_ids), 2 * len(test_ids), size, seed)
+    else:
+        pub.remove(out / ERRORS_FILE)

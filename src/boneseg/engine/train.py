@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -408,6 +408,36 @@ def _remove(paths) -> None:
             p.unlink(missing_ok=True)
 
 
+PREVIOUS = ".previous-run"
+"""Inside RUN: the old run's files while a ``--force`` run has no checkpoint of its own yet."""
+
+
+def _has_checkpoint(out: Path) -> bool:
+    return any((out / name).is_file() for name in (LAST, BEST))
+
+
+def restore_previous(out: Path) -> bool:
+    """Put back the run that a ``--force`` run replaced, if that run died before its first checkpoint (its
+    own files are removed); drop it once the new run has one. Returns whether the old run came back."""
+    previous = out / PREVIOUS
+    if not previous.is_dir():
+        return False
+    if _has_checkpoint(out):
+        _remove([previous])
+        return False
+    _remove([out / name for name in _RUN_FILES] + _stale_temps(out))
+    for p in sorted(previous.iterdir()):
+        p.rename(out / p.name)
+    previous.rmdir()
+    return True
+
+
+def drop_previous(out: Path) -> None:
+    """The new run has its first checkpoint: the run it replaced is removed."""
+    if (out / PREVIOUS).exists() and _has_checkpoint(out):
+        _remove([out / PREVIOUS])
+
+
 def check_run_dir(out: Path, resume: bool, force: bool) -> None:
     """Refuse a RUN that is not a folder, a non-empty one unless resuming or forced, and a resume without
     ``last.pt``; reads only (stale temp files of an interrupted save do not make RUN "not empty")."""
@@ -425,32 +455,37 @@ def check_run_dir(out: Path, resume: bool, force: bool) -> None:
 
 
 def prepare_run_dir(out: Path, resume: bool, force: bool) -> bool:
-    """`check_run_dir`, then make RUN; `force` clears only boneseg's own files and stale temp files of an
-    interrupted save are removed. Returns whether it made the folder."""
+    """`check_run_dir`, then make RUN; with `force` boneseg's own files of the old run are moved aside into
+    ``RUN/.previous-run`` (other files stay), to be removed only once the new run has written its first
+    checkpoint (`drop_previous`); stale temp files of an interrupted save are removed. Returns whether it made
+    the folder. Call it holding RUN (`boneseg.io.hold`), after every check of the run has passed."""
     check_run_dir(out, resume, force)
+    _remove(_stale_temps(out))
     if resume:
-        _remove(_stale_temps(out))
         return False
-    stale = _stale_temps(out)
-    if out.is_dir() and any(p not in stale for p in out.iterdir()):
-        _remove(out / name for name in _RUN_FILES)
-    _remove(stale)
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    own = [out / name for name in _RUN_FILES if (out / name).exists() or (out / name).is_symlink()]
+    if own:
+        (out / PREVIOUS).mkdir()
+        for p in own:
+            p.rename(out / PREVIOUS / p.name)
     return made
 
 
 @contextlib.contextmanager
 def run_folder(out: Path, cfg: TrainConfig, info: D.DistInfo):
     """`prepare_run_dir` (rank 0), then the body; a new run that fails before saving a checkpoint takes
-    back what it wrote (and the folder, if it made it), so the plain retry just works."""
+    back what it wrote (and the folder, if it made it) and puts back the run it replaced, so the plain
+    retry just works and a failed ``--force`` loses nothing."""
     made = prepare_run_dir(out, cfg.resume, cfg.force) if info.is_main else False
     D.barrier(info)
     try:
         yield
     except BaseException:
-        if info.is_main and not cfg.resume and not any((out / name).is_file() for name in (LAST, BEST)):
+        if info.is_main and not cfg.resume and not _has_checkpoint(out):
             _remove([out / name for name in _RUN_FILES] + _stale_temps(out))
+            restore_previous(out)
             if made and not any(out.iterdir()):
                 out.rmdir()
         raise
@@ -1260,6 +1295,7 @@ def write_outputs(st: State, out: Path, best: bool, last: bool = True) -> None:
         else:
             then = "no checkpoint was kept: free space and run the same command again"
         raise DataError(f"{exc}; {then}") from None
+    drop_previous(out)
 
 
 CPU_WARN_SECONDS = 2 * 3600
@@ -1359,24 +1395,35 @@ def resolve_config(config: TrainConfig | dict) -> tuple[TrainConfig, dict | None
 
 
 def _train(config: TrainConfig | dict, reporter: Reporter, stop: StopFlag) -> dict:
-    cfg, saved = resolve_config(config)
-    out = Path(cfg.out)
-    init = load_init(cfg) if cfg.init_from and saved is None else None  # a resume never re-initialises
-    if saved is None and init is None:  # offline without cached weights: one error now, no run folder
-        from boneseg.modelling.models import fetch_pretrained
+    import os
 
-        fetch_pretrained(cfg.encoder, cfg.encoder_weights, cfg.arch)
-    info = D.setup(cfg.device, cfg.dist_timeout)
-    try:
-        with run_folder(out, cfg, info):
-            return _run(cfg, info, saved, out, reporter if info.is_main else SILENT, stop, init)
-    except RuntimeError as exc:
-        failure = D.as_rank_failure(exc, info)
-        if failure is None:
-            raise
-        raise failure from exc
-    finally:
-        D.cleanup(info)
+    from boneseg.io import hold
+
+    given = config.out if isinstance(config, TrainConfig) else config.get("out")
+    main = int(os.environ.get("RANK", "0")) == 0
+    with hold(given) if main and given else contextlib.nullcontext():  # one writer per run folder
+        if main and given and Path(given).is_dir():
+            restore_previous(Path(given))  # a --force run that died before its first checkpoint
+        cfg, saved = resolve_config(config)
+        out = Path(cfg.out)
+        init = load_init(cfg) if cfg.init_from and saved is None else None  # a resume never re-initialises
+        if saved is None and init is None:  # offline without cached weights: one error now, no run folder
+            from boneseg.modelling.models import fetch_pretrained
+
+            fetch_pretrained(cfg.encoder, cfg.encoder_weights, cfg.arch)
+        info = D.setup(cfg.device, cfg.dist_timeout)
+        try:
+            with contextlib.ExitStack() as folder:
+                # the run folder is prepared only once every check has passed (options, data, model)
+                start = lambda: folder.enter_context(run_folder(out, cfg, info))  # noqa: E731
+                return _run(cfg, info, saved, out, reporter if info.is_main else SILENT, stop, init, start)
+        except RuntimeError as exc:
+            failure = D.as_rank_failure(exc, info)
+            if failure is None:
+                raise
+            raise failure from exc
+        finally:
+            D.cleanup(info)
 
 
 def _write_inference_changes(out: Path, cfg: TrainConfig, saved: dict, reporter: Reporter) -> None:
@@ -1421,6 +1468,7 @@ def _run(
     reporter: Reporter,
     stop: StopFlag,
     init: dict | None = None,
+    start: Callable[[], Any] = lambda: None,
 ) -> dict:
     t0 = time.time()
     _seed_everything(cfg.seed)
@@ -1441,6 +1489,7 @@ def _run(
         f"device {info.device}{ranks}  {sum(p.numel() for p in st.model.parameters()):,} parameters  "
         f"{steps_per_epoch} steps per epoch ({len(train_items)} train / {len(val_items)} val images)"
     )
+    start()
     last_step = min(cfg.epochs * steps_per_epoch, cfg.max_steps if cfg.max_steps is not None else math.inf)
     pace = Pace(st.step, last_step, reporter, info.device.type == "cpu") if info.is_main else None
     if info.is_main:

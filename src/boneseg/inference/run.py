@@ -37,7 +37,7 @@ from boneseg.inference.exported import Exported, open_model
 from boneseg.inference.predictor import InputPlan, Item, Predictor, Spread, check_weights
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
-from boneseg.io import atomic_open, check_output, is_stdout, publish_folder, read_json, staging_folder
+from boneseg.io import atomic_open, check_apart, check_output, is_stdout, publish_folder, read_json, staging_folder
 from boneseg.postprocess import postprocess, postprocess_per_class, rules_list
 from boneseg.progress import SILENT, Reporter
 from boneseg.submission import HEADER, SubmissionWriter, csv_rows, format_row
@@ -339,6 +339,9 @@ def predict(
     # every option first: a bad value is reported before any input is read or output checked
     Predictor.check_options(size, window, overlap, batch_size)
     check_workers(workers)
+    if save_probs is not None and not is_stdout(output):
+        assert output is not None  # is_stdout took None
+        check_apart(output, save_probs, "--out", "--save-probs")
     if not isinstance(models, Predictor):
         check_weights(weights, len(models))
     policy = tta if isinstance(tta, Policy) else Policy.parse(tta, scales, sliding)

@@ -747,7 +747,7 @@ def write_plots(
         OutputExistsError: a file exists and `force` is false, or `out_dir` is a file (checked before anything
             is written).
     """
-    from boneseg.io import check_output, write_json
+    from boneseg.io import check_output, hold, publishing, write_json
     from boneseg.plots import save_png
 
     out = Path(out_dir)
@@ -765,11 +765,12 @@ def write_plots(
         makers[PLOT_FILES["similarity"]] = lambda: _similarity_figure(result)
     for name in [JSON_FILE, *makers]:
         check_output(out / name, force)
-    out.mkdir(parents=True, exist_ok=True)
     written = [out / JSON_FILE]
-    write_json(out / JSON_FILE, result.to_json(), force=force)
-    for name, make in makers.items():
-        fig = make()
-        if fig is not None:
-            written.append(save_png(fig, out / name, force=force))
+    with hold(out), publishing(force) as pub:  # the files are one unit: all new, or all as they were
+        write_json(pub.file(out / JSON_FILE), result.to_json(), force=True)
+        for name, make in makers.items():
+            fig = make()
+            if fig is not None:
+                save_png(fig, pub.file(out / name), force=True)
+                written.append(out / name)
     return written

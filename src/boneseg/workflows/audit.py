@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ from boneseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from boneseg.data.layout import Sample, by_image_name, discover, png_shape, read_image
 from boneseg.data.masks import load_label, rasterize
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError, suggest
-from boneseg.io import atomic_open, check_output, publish_folder, staging_folder, write_json
+from boneseg.io import check_output, hold, publishing, write_json
 from boneseg.plots import overlay_compare, save_png
 from boneseg.progress import SILENT, Reporter, track
 from boneseg.submission import format_row, read_submission
@@ -462,9 +461,9 @@ def write_audit(
     crops_dir = out / CROPS_DIR
     if crops_dir.is_dir() and any(crops_dir.iterdir()) and not force:
         raise OutputExistsError(f"{crops_dir} is not empty (use --force to overwrite)")
-    out.mkdir(parents=True, exist_ok=True)
-    staging = staging_folder(crops_dir)  # published whole, so no crop of an earlier audit stays beside them
-    try:
+    # one unit: the suspects, the summary and the crops (published whole, so no crop of an earlier audit stays)
+    with hold(out), publishing(force) as pub:
+        staging = pub.folder(crops_dir)
         top = result.suspects[:crops]
         if top:
             predictions = Predictions(pred, threshold)
@@ -473,14 +472,11 @@ def write_audit(
                 name = f"{rank:03d}-{Path(s['image_name']).stem}-{s['class']}.png"
                 _crop(by_name[s["image_name"]], predictions, s, staging / name)
                 paths.append(crops_dir / name)
-        with atomic_open(paths[0], "w", force=force) as fh:
+        with open(pub.file(paths[0]), "w", encoding="utf-8", newline="") as fh:
             fh.write(format_row(*SUSPECT_COLUMNS))
             for s in result.suspects:
                 fh.write(format_row(s["image_name"], s["class"], s["kind"], f"{s['score']:.3f}"))
-        write_json(paths[1], {"data": str(data), "pred": str(pred), **result.to_json()}, force=force)
-        publish_folder(staging, crops_dir, force=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_json(pub.file(paths[1]), {"data": str(data), "pred": str(pred), **result.to_json()}, force=True)
     return paths
 
 

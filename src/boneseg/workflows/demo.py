@@ -18,7 +18,7 @@ from pathlib import Path
 
 from boneseg.classes import CLASSES
 from boneseg.errors import OutputExistsError, UsageError, suggest
-from boneseg.io import write_json
+from boneseg.io import hold, write_json
 from boneseg.progress import SILENT, Reporter
 
 SETTINGS: dict = {
@@ -89,8 +89,12 @@ def settings_for(quick: bool = False, overrides: Mapping | None = None) -> dict:
     return base
 
 
+PREVIOUS = ".previous-demo"
+"""Inside `out`: what a ``--force`` demo replaces, kept until the new demo has finished (``summary.json``)."""
+
+
 def check_out(out: str | os.PathLike, force: bool) -> Path:
-    """Refuse a non-empty `out` unless `force` (then it is emptied first).
+    """Refuse a non-empty `out` unless `force`; reads only.
 
     Raises:
         OutputExistsError: `out` is a file, or a non-empty folder without `force`.
@@ -98,13 +102,35 @@ def check_out(out: str | os.PathLike, force: bool) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise OutputExistsError(f"--out {out}: folder exists and is not empty (use --force to start over)")
-        for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise OutputExistsError(f"--out {out}: folder exists and is not empty (use --force to start over)")
     return out
+
+
+def _set_aside(out: Path) -> None:
+    """Move what `out` holds into ``out/.previous-demo`` (renames only: no space needed, nothing deleted)."""
+    out.mkdir(parents=True, exist_ok=True)
+    children = sorted(out.iterdir())
+    if children:
+        (out / PREVIOUS).mkdir()
+        for child in children:
+            child.rename(out / PREVIOUS / child.name)
+
+
+def _restore(out: Path, finished: bool) -> None:
+    """A finished demo drops what it replaced; an unfinished one (failed, or killed: the next demo on `out`
+    calls this) is removed and the previous content put back."""
+    previous = out / PREVIOUS
+    if finished:
+        shutil.rmtree(previous, ignore_errors=True)
+        return
+    for child in out.iterdir() if out.is_dir() else []:
+        if child.name != PREVIOUS:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    if previous.is_dir():
+        for child in sorted(previous.iterdir()):
+            child.rename(out / child.name)
+        previous.rmdir()
 
 
 def default_threads() -> int:
@@ -184,7 +210,25 @@ def run_demo(
 
     cfg = settings_for(quick, overrides)
     check_seed(seed)
-    out = check_out(out, force)
+    out = Path(out)
+    with hold(out):
+        if (out / PREVIOUS).is_dir():  # a --force demo killed before it finished: its predecessor comes back
+            _restore(out, finished=False)
+        check_out(out, force)
+        made = not out.exists()
+        _set_aside(out)
+        try:
+            summary = _run_demo(out, cfg, seed, quick, reporter)
+        except BaseException:
+            _restore(out, finished=False)
+            if made and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise
+        _restore(out, finished=True)
+    return summary
+
+
+def _run_demo(out: Path, cfg: dict, seed: int, quick: bool, reporter: Reporter) -> dict:
     data, splits_path, run_dir = out / "data", out / "splits.json", out / "run"
     val_csv, sub_csv = out / "val.csv", out / "submission.csv"
     step = _Steps(reporter)

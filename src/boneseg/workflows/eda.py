@@ -518,7 +518,7 @@ def write_eda(
     anything) when a file exists and `force` is false.
     """
     from boneseg.data.masks import MaskCache, default_cache_dir
-    from boneseg.io import check_output, write_json
+    from boneseg.io import check_output, hold, publishing, write_json
     from boneseg.plots import save_png
 
     out = Path(out_dir)
@@ -533,11 +533,12 @@ def write_eda(
         makers[EDA_FILES["metadata"]] = lambda: _metadata_figure(report)
     for name in [EDA_FILES["json"], *makers]:
         check_output(out / name, force)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / EDA_FILES["json"], report.to_json(), force=force)
     written = [out / EDA_FILES["json"]]
-    for name, make in makers.items():
-        fig = make()
-        if fig is not None:
-            written.append(save_png(fig, out / name, force=force))
+    with hold(out), publishing(force) as pub:  # the files are one unit: all new, or all as they were
+        write_json(pub.file(out / EDA_FILES["json"]), report.to_json(), force=True)
+        for name, make in makers.items():
+            fig = make()
+            if fig is not None:
+                save_png(fig, pub.file(out / name), force=True)
+                written.append(out / name)
     return written

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from boneseg.inference.exported import (
 )
 from boneseg.inference.predictor import check_weights
 from boneseg.inference.run import find_rules
-from boneseg.io import atomic_path, check_output, disk_full, is_stdout, publish_folder, staging_folder, write_json
+from boneseg.io import check_output, disk_full, hold, is_stdout, publishing, write_json
 from boneseg.postprocess import rules_list
 from boneseg.probs import read_thresholds
 from boneseg.progress import SILENT, Reporter
@@ -369,10 +368,11 @@ def export(
     }
     with reporter.task(f"export {fmt}", 1) as task:
         nets = [r.model("cpu") for r in opened]
-        if fmt == "hf":
-            net = _plain(nets[0])
-            folder = staging_folder(out)
-            try:
+        # the model and its sidecar are one unit: both built beside their targets, checked, swapped in together
+        with hold(out, *([] if fmt == "hf" else [sidecar])), publishing(force) as pub:
+            if fmt == "hf":
+                net = _plain(nets[0])
+                folder = pub.folder(out)
                 try:
                     net.save_pretrained(str(folder))
                     (folder / "README.md").write_text(model_card(opened[0], doc), encoding="utf-8")
@@ -391,18 +391,15 @@ def export(
                 _check_diff(diff, out)
                 doc[HASH_KEY] = integrity(folder, fmt, json.loads(json.dumps(doc)))
                 write_json(folder / HF_SIDECAR, dict(doc, max_abs_diff=diff), force=True)
-                publish_folder(folder, out, force)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)  # gone once published
-        else:
-            graph = Probabilities(nets, weights).eval()
-            cases = _cases(cfg)
-            with atomic_path(out, force) as tmp:
+            else:
+                graph = Probabilities(nets, weights).eval()
+                cases = _cases(cfg)
+                tmp = pub.file(out)
                 _write_graph(graph, fmt, tmp, cases[0][0], out)
                 diff = _max_diff(lambda x, size: graph(x, size_input(size)), load_backend(tmp, fmt), cases)
                 _check_diff(diff, out)
                 doc[HASH_KEY] = integrity(tmp, fmt, json.loads(json.dumps(doc)))
-            write_json(sidecar, dict(doc, max_abs_diff=diff), force=force)
+                write_json(pub.file(sidecar), dict(doc, max_abs_diff=diff), force=True)
         task.advance()
     return ExportSummary(str(out), str(sidecar), fmt, len(opened), diff)
 

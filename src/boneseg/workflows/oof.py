@@ -21,7 +21,7 @@ from boneseg.data.layout import Sample, by_image_name, discover
 from boneseg.engine.run import Run
 from boneseg.errors import DataError, UsageError
 from boneseg.inference.run import check_probs_dir, predict
-from boneseg.io import atomic_open, check_output, is_stdout, publish_folder, staging_folder
+from boneseg.io import atomic_open, check_apart, check_output, is_stdout, publish_folder, staging_folder
 from boneseg.progress import SILENT, Reporter
 from boneseg.submission import HEADER, csv_rows, format_row
 
@@ -126,6 +126,9 @@ def oof(
     """
     if not runs:
         raise UsageError("give one run per fold")
+    if save_probs is not None and not is_stdout(output):
+        assert output is not None  # is_stdout took None
+        check_apart(output, save_probs, "--out", "--save-probs")
     opened = [Run.open(r) for r in runs]
     for run in opened[1:]:
         if not _same_folder(run.config.data, opened[0].config.data):

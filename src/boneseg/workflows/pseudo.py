@@ -23,7 +23,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, by_image_name, find_images
 from boneseg.data.masks import rasterize
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.inference.run import check_workers
-from boneseg.io import write_json
+from boneseg.io import publish_folder, staging_folder, write_json
 from boneseg.maskops import bbox
 from boneseg.metrics import dice
 from boneseg.progress import SILENT, Reporter
@@ -306,21 +305,7 @@ def _prepare_out(out: Path, force: bool) -> Path:
                 raise DataError(
                     f"{out} is not a pseudo-label folder (no {MANIFEST}); not overwriting it even with --force"
                 )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    stage.chmod(0o755)
-    return stage
-
-
-def _publish(stage: Path, out: Path) -> None:
-    """Move the finished staging folder onto `out` (the old folder is removed only afterwards)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    os.replace(stage, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return staging_folder(out)
 
 
 def make_pseudo(
@@ -455,7 +440,7 @@ def make_pseudo(
             "left_out": left_out,
         }
         write_json(stage / MANIFEST, manifest, force=True)
-        _publish(stage, out)
+        publish_folder(stage, out, force=True)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
