@@ -195,7 +195,7 @@ def run_demo(
         seed: seeds the dataset, the folds, the initialisation and the sample order; the same seed gives
             the same Dice on one machine (same library builds; another machine agrees to about 1e-3).
         quick: tiny sizes and two epochs (a plumbing check in seconds; the Dice is meaningless).
-        force: empty a non-empty `out` first.
+        force: replace a non-empty `out` (its old content is kept until the new demo has finished).
         reporter: step headers, progress and epoch lines (`boneseg.progress`).
         overrides: replace individual settings (keys of `SETTINGS`), e.g. for tuning.
 
