@@ -95,8 +95,10 @@ INVOCATIONS: dict[str, Invocation | None] = {
     "predict": Invocation(
         {"out": "file", "save_probs": "folder"},
         lambda b, o: ["predict", b / "data", "-m", b / "f0.pt", "-o", o["out"], "--save-probs", o["save_probs"]],
-        lambda b, o: ["predict", b / "data", "-m", b / "f0.pt", "-o", o["out"], "--save-probs", o["save_probs"]]
-        + ["--threshold", b / "missing.json"],
+        lambda b, o: (
+            ["predict", b / "data", "-m", b / "f0.pt", "-o", o["out"], "--save-probs", o["save_probs"]]
+            + ["--threshold", b / "missing.json"]
+        ),
     ),
     "export": Invocation(
         {"out": "file"},
@@ -105,10 +107,14 @@ INVOCATIONS: dict[str, Invocation | None] = {
     ),
     "tta": Invocation(
         {"thresholds_out": "file"},
-        lambda b, o: ["tta", b / "data", "-m", b / "f0.pt", "--policies", "none", "--workers", 0]
-        + ["--thresholds-out", o["thresholds_out"]],
-        lambda b, o: ["tta", b / "data", "-m", b / "f0.pt", "--policies", "none", "--workers", 0]
-        + ["--thresholds-out", o["thresholds_out"], "--fold", 7],
+        lambda b, o: (
+            ["tta", b / "data", "-m", b / "f0.pt", "--policies", "none", "--workers", 0]
+            + ["--thresholds-out", o["thresholds_out"]]
+        ),
+        lambda b, o: (
+            ["tta", b / "data", "-m", b / "f0.pt", "--policies", "none", "--workers", 0]
+            + ["--thresholds-out", o["thresholds_out"], "--fold", 7]
+        ),
     ),
     "ensemble": Invocation(
         {"output": "file"},
@@ -117,10 +123,14 @@ INVOCATIONS: dict[str, Invocation | None] = {
     ),
     "select": Invocation(
         {"out": "file"},
-        lambda b, o: ["select", b / "oof.csv", b / "oof.csv", "--gt", b / "data", "--splits", b / "splits.json"]
-        + ["--workers", 0, "-o", o["out"]],
-        lambda b, o: ["select", b / "oof.csv", b / "sub.csv", "--gt", b / "data", "--splits", b / "splits.json"]
-        + ["--workers", 0, "-o", o["out"]],
+        lambda b, o: (
+            ["select", b / "oof.csv", b / "oof.csv", "--gt", b / "data", "--splits", b / "splits.json"]
+            + ["--workers", 0, "-o", o["out"]]
+        ),
+        lambda b, o: (
+            ["select", b / "oof.csv", b / "sub.csv", "--gt", b / "data", "--splits", b / "splits.json"]
+            + ["--workers", 0, "-o", o["out"]]
+        ),
     ),
     "pseudo": Invocation(
         {"out": "folder"},
@@ -129,10 +139,12 @@ INVOCATIONS: dict[str, Invocation | None] = {
     ),
     "oof": Invocation(
         {"out": "file", "save_probs": "folder"},
-        lambda b, o: ["oof", b / "f0.pt", b / "f1.pt", "-o", o["out"], "--save-probs", o["save_probs"]]
-        + ["--device", "cpu"],
-        lambda b, o: ["oof", b / "f0.pt", b / "f0.pt", "-o", o["out"], "--save-probs", o["save_probs"]]
-        + ["--device", "cpu"],  # a fold twice
+        lambda b, o: (
+            ["oof", b / "f0.pt", b / "f1.pt", "-o", o["out"], "--save-probs", o["save_probs"]] + ["--device", "cpu"]
+        ),
+        lambda b, o: (
+            ["oof", b / "f0.pt", b / "f0.pt", "-o", o["out"], "--save-probs", o["save_probs"]] + ["--device", "cpu"]
+        ),  # a fold twice
     ),
     "audit": Invocation(
         {"out": "folder"},

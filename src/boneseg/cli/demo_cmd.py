@@ -34,7 +34,9 @@ def demo_command(
             "more is faster on a quiet machine]."
         ),
     ),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out (the old content stays until the new demo is done)."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace a non-empty --out (the old content stays until the new demo is done)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json on stdout too."),
 ) -> None:
     """synth -> split -> train -> TTA -> predict -> analyze on a synthetic hand set: 8-9 min on a quiet 2-core

@@ -164,7 +164,7 @@ def train_command(
         False, "--resume", help="Continue the run in --out from its last.pt to the end of its schedule."
     ),
     force: bool = typer.Option(
-        False, "--force", help="Start over in a non-empty --out (its old run is replaced once the new one has a checkpoint)."
+        False, "--force", help="Start over in a non-empty --out (the old run stays until the new one has a checkpoint)."
     ),
     aug: str | None = typer.Option(
         None, "--aug", metavar="NAME", help="Augmentation preset: none, light, default, strong \\[default: default]."
