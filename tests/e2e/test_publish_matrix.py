@@ -117,9 +117,11 @@ INVOCATIONS: dict[str, Invocation | None] = {
         ),
     ),
     "ensemble": Invocation(
-        {"output": "file"},
-        lambda b, o: ["ensemble", b / "sub.csv", b / "sub.csv", "--vote", "hard", "-o", o["output"]],
-        lambda b, o: ["ensemble", b / "sub.csv", b / "oof.csv", "--vote", "hard", "-o", o["output"]],
+        {"output": "file", "per_class_out": "file"},
+        lambda b, o: ["ensemble", b / "sub.csv", b / "sub.csv", "--vote", "hard", "-o", o["output"]]
+        + ["--scores", b / "scores.json", "--scores", b / "scores.json", "--per-class-out", o["per_class_out"]],
+        lambda b, o: ["ensemble", b / "sub.csv", b / "oof.csv", "--vote", "hard", "-o", o["output"]]
+        + ["--scores", b / "scores.json", "--scores", b / "scores.json", "--per-class-out", o["per_class_out"]],
     ),
     "select": Invocation(
         {"out": "file"},
@@ -204,6 +206,7 @@ def base(tmp_path_factory) -> Path:
     bad = Path(shutil.copytree(root / "data", root / "badlabel"))
     label = sorted((bad / "train" / "outputs_json").rglob("*.json"))[0]
     label.write_text(label.read_text()[:-20])
+    (root / "scores.json").write_text(json.dumps({"per_class_dice": {"Radius": 0.9}}))
     assert cli("split", root / "data", "--folds", 2, "-o", root / "splits.json")[0] == 0
     for k in range(2):
         cfg = tiny_config(root / "data", root / f"run{k}", fold=k, folds=2, splits=str(root / "splits.json"))

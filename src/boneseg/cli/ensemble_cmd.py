@@ -132,13 +132,12 @@ def ensemble_command(
         ensemble.read_calibrations(calibration, len(inputs))
     if not is_stdout(output):
         check_output(output, force)
+    if per_class_out is not None:
+        check_output(per_class_out, force)
     names = [str(p) for p in inputs]
     plan: Path | dict | None = per_class
     if scores:
         plan = ensemble.per_class_from_scores(scores, names)
-        if per_class_out is not None:
-            ensemble.write_per_class(per_class_out, plan, force=force)
-            console.print(f"per-class choice written to {per_class_out}", markup=False)
     with reporter(transient=True) as shown:
         if vote is Vote.hard:
             summary = ensemble.hard_vote(
@@ -164,6 +163,9 @@ def ensemble_command(
                 force=force,
                 reporter=shown,
             )
+    if per_class_out is not None and isinstance(plan, dict):  # written once the vote has passed every check
+        ensemble.write_per_class(per_class_out, plan, force=force)
+        console.print(f"per-class choice written to {per_class_out}", markup=False)
     console.print(
         f"{summary.vote} vote over {len(names)} inputs: {summary.images} images -> "
         f"{'stdout' if output == '-' else output}",
