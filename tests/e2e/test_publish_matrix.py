@@ -118,10 +118,14 @@ INVOCATIONS: dict[str, Invocation | None] = {
     ),
     "ensemble": Invocation(
         {"output": "file", "per_class_out": "file"},
-        lambda b, o: ["ensemble", b / "sub.csv", b / "sub.csv", "--vote", "hard", "-o", o["output"]]
-        + ["--scores", b / "scores.json", "--scores", b / "scores.json", "--per-class-out", o["per_class_out"]],
-        lambda b, o: ["ensemble", b / "sub.csv", b / "oof.csv", "--vote", "hard", "-o", o["output"]]
-        + ["--scores", b / "scores.json", "--scores", b / "scores.json", "--per-class-out", o["per_class_out"]],
+        lambda b, o: (
+            ["ensemble", b / "sub.csv", b / "sub.csv", "--vote", "hard", "-o", o["output"]]
+            + ["--scores", b / "scores.json", "--scores", b / "scores.json", "--per-class-out", o["per_class_out"]]
+        ),
+        lambda b, o: (
+            ["ensemble", b / "sub.csv", b / "oof.csv", "--vote", "hard", "-o", o["output"]]
+            + ["--scores", b / "scores.json", "--scores", b / "scores.json", "--per-class-out", o["per_class_out"]]
+        ),
     ),
     "select": Invocation(
         {"out": "file"},

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from boneseg import io
-from boneseg.errors import DataError, OutputExistsError
+from boneseg.errors import DataError, OutputBusyError, OutputExistsError, UsageError
 
 
 def test_symlinked_output_is_written_through_the_link(tmp_path):
@@ -75,3 +75,75 @@ def test_publishing_onto_a_symlinked_folder_keeps_the_link(tmp_path):
     io.publish_folder(staging, link, force=True)
     assert link.is_symlink() and sorted(os.listdir(tmp_path / "real")) == ["a.npz"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probs", "real"]
+
+
+def test_a_second_writer_is_refused_naming_the_first(tmp_path):
+    out = tmp_path / "sub.csv"
+    ready, release = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            io.set_writer("boneseg predict data -o sub.csv")
+            with io.hold(out):
+                os.write(ready[1], b"1")
+                os.read(release[0], 1)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready[0], 1) == b"1"
+        busy = rf"sub.csv is being written by pid {pid} .*boneseg predict"
+        with pytest.raises(OutputBusyError, match=busy), io.hold(out):
+            pass
+    finally:
+        os.write(release[1], b"1")
+        os.waitpid(pid, 0)
+    with io.hold(out), io.hold(out):  # free again once its holder is gone; holding nests in one process
+        assert (tmp_path / ".sub.csv.lock").is_file()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_writer_removes_a_dead_writers_leftovers(tmp_path):
+    out = tmp_path / "probs"
+    out.mkdir()
+    (out / "a.npz").write_bytes(b"1")
+    (tmp_path / ".probs.0a1b2c3d.partial").mkdir()  # a staging folder
+    (tmp_path / ".probs.0a1b2c3d.partial" / "b.npz").write_bytes(b"2")
+    (out / ".a.npz.x_7kq2m9.tmp").write_bytes(b"half")  # a temp file inside
+    (tmp_path / ".other.0a1b2c3e.partial").mkdir()  # another output's: kept
+    with io.hold(out):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.0a1b2c3e.partial", "probs"]
+    assert [p.name for p in out.iterdir()] == ["a.npz"]
+
+
+@pytest.mark.parametrize("point", ["", "mid"])
+def test_a_unit_killed_while_swapping_is_rolled_back_by_the_next_writer(tmp_path, point):
+    model, sidecar = tmp_path / "m.onnx", tmp_path / "m.onnx.json"
+    model.write_bytes(b"old model")
+    sidecar.write_text("old sidecar")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.environ[io.KILL_AT] = f"{model}@{point}" if point else str(model)
+            with io.hold(model, sidecar), io.publishing(force=True) as pub:
+                pub.file(model).write_bytes(b"new model")
+                pub.file(sidecar).write_text("new sidecar")
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    with io.hold(model, sidecar):
+        pass
+    assert (model.read_bytes(), sidecar.read_text()) == (b"old model", "old sidecar")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]
+    with io.publishing(force=True) as pub:  # and a whole swap replaces both
+        pub.file(model).write_bytes(b"new model")
+        pub.file(sidecar).write_text("new sidecar")
+    assert (model.read_bytes(), sidecar.read_text()) == (b"new model", "new sidecar")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]
+
+
+def test_an_output_inside_a_folder_output_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="--out .*sub.csv: inside --save-probs"):
+        io.check_apart(tmp_path / "p" / "sub.csv", tmp_path / "p", "--out", "--save-probs")
+    io.check_apart(tmp_path / "sub.csv", tmp_path / "p", "--out", "--save-probs")
