@@ -145,7 +145,7 @@ def _kill_point(dest: Path, point: str = "") -> None:
 
 _HELD: dict[str, int] = {}
 """Outputs this process holds (absolute path -> nesting depth); holding one again nests."""
-_WRITER = {"command": " ".join(["boneseg", *sys.argv[1:]])}
+_WRITER = {"command": " ".join(sys.argv) or "python"}
 
 
 def set_writer(command: str) -> None:
