@@ -119,7 +119,7 @@ INVOCATIONS: dict[str, Invocation | None] = {
     "ensemble": Invocation(
         {"output": "file", "per_class_out": "file"},
         lambda b, o: (
-            ["ensemble", b / "sub.csv", b / "sub.csv", "--vote", "hard", "-o", o["output"]]
+            ["ensemble", b / "sub.csv", b / "sub2.csv", "--vote", "hard", "-o", o["output"]]
             + ["--scores", b / "scores.json", "--scores", b / "scores.json", "--per-class-out", o["per_class_out"]]
         ),
         lambda b, o: (
@@ -217,6 +217,7 @@ def base(tmp_path_factory) -> Path:
         state = {"config": cfg, "model": build_model(cfg).state_dict(), "epoch": 0, "step": 0, "metrics": {}}
         save_checkpoint(root / f"f{k}.pt", state)
     assert cli("predict", root / "data", "-m", root / "f0.pt", "-o", root / "sub.csv", "--workers", 0)[0] == 0
+    shutil.copy(root / "sub.csv", root / "sub2.csv")
     assert cli("oof", root / "f0.pt", root / "f1.pt", "-o", root / "oof.csv", "--device", "cpu")[0] == 0
     return root
 
