@@ -90,8 +90,15 @@ def check_apart(path: str | os.PathLike, folder: str | os.PathLike, path_option:
         )
 
 
+def shown(path: str | os.PathLike) -> Path:
+    """`path` as its user knows it: a staged part (``.NAME.XXXXXXXX.partial``/``.tmp``) named as its target."""
+    staged = (_ARTIFACT.match(p) for p in Path(path).parts)
+    parts = [m["name"] if m and m["kind"] in ("partial", "tmp") else p for m, p in zip(staged, Path(path).parts)]
+    return Path(*parts) if parts else Path(path)
+
+
 def _disk_error(path: Path, exc: OSError) -> DataError:
-    return DataError(f"cannot write {path}: {exc.strerror or exc}")
+    return DataError(f"cannot write {shown(path)}: {exc.strerror or exc}")
 
 
 def disk_full(path: str | os.PathLike, exc: BaseException) -> DataError | None:
