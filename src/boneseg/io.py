@@ -31,7 +31,7 @@ import socket
 import stat
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -592,12 +592,4 @@ def publish_folder(staging: str | os.PathLike, folder: str | os.PathLike, force:
     if match:
         pub.token = match["token"]
     pub.items.append((staging, _target(shown), shown, True))
-    pub.commit()
-
-
-def publish_files(pairs: Iterable[tuple[str | os.PathLike, str | os.PathLike]], force: bool = False) -> None:
-    """Swap already written files or folders (staged, target) in as one unit (see `Publication`)."""
-    pub = Publication(force)
-    for staged, target in pairs:
-        pub.items.append((Path(staged), _target(Path(target)), Path(target), Path(staged).is_dir()))
     pub.commit()
