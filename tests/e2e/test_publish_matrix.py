@@ -173,6 +173,11 @@ INVOCATIONS: dict[str, Invocation | None] = {
         lambda b, o: ["demo", "--quick", "--out", o["out"], "--seed", -1],
         good="placeholder",
     ),
+    "calibrate": Invocation(
+        {"out": "file"},  # and its --plot beside it, published with it
+        lambda b, o: ["calibrate", b / "oof_probs", "--gt", b / "data", "-o", o["out"], "--workers", 0],
+        lambda b, o: ["calibrate", b / "oof_probs", "--gt", b / "nowhere", "-o", o["out"], "--workers", 0],
+    ),
     "check": None,  # writes nothing
     "models": None,
 }
@@ -218,7 +223,8 @@ def base(tmp_path_factory) -> Path:
         save_checkpoint(root / f"f{k}.pt", state)
     assert cli("predict", root / "data", "-m", root / "f0.pt", "-o", root / "sub.csv", "--workers", 0)[0] == 0
     shutil.copy(root / "sub.csv", root / "sub2.csv")
-    assert cli("oof", root / "f0.pt", root / "f1.pt", "-o", root / "oof.csv", "--device", "cpu")[0] == 0
+    oof = ["oof", root / "f0.pt", root / "f1.pt", "-o", root / "oof.csv", "--save-probs", root / "oof_probs"]
+    assert cli(*oof, "--device", "cpu")[0] == 0
     return root
 
 

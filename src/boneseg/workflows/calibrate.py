@@ -41,7 +41,7 @@ from boneseg import probs as probs_mod
 from boneseg.calibration import Calibration, logits
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.errors import DataError, UsageError
-from boneseg.io import check_output
+from boneseg.io import check_output, hold, publishing
 from boneseg.metrics import dice_from_counts
 from boneseg.progress import SILENT, Reporter
 from boneseg.workflows.parallel import STATE, parallel_map
@@ -405,9 +405,11 @@ def calibrate(
     if plot_path is not None:
         rep.plot = str(plot_path)
     doc = rep.as_dict()
-    result.write(out, {"fit": settings, "report": {k: v for k, v in doc.items() if k not in settings}}, force=force)
-    if plot_path is not None:
-        reliability_plot(rep, plot_path, force)
+    with hold(out, plot_path), publishing(force) as pub:  # the calibration and its picture are one unit
+        extra = {"fit": settings, "report": {k: v for k, v in doc.items() if k not in settings}}
+        result.write(pub.file(out), extra, force=True)
+        if plot_path is not None:
+            reliability_plot(rep, pub.file(plot_path), True)
     return rep
 
 
