@@ -6,8 +6,9 @@ Every output, file or folder, is built complete beside its target (a hidden ``.N
 together (a model and its sidecar, a report's files) are one `Publication`, swapped in as a unit through a
 journal (``.NAME.XXXXXXXX.swap``) that the next writer replays when a writer died in the middle.
 
-An output is held by one writer at a time (`hold`): an ``flock`` on ``.NAME.lock`` beside it, which the
-kernel releases when the writer dies, so no crash leaves it stuck. The holder's pid, host and command are
+An output is held by one writer at a time (`hold`): a POSIX lock (``lockf``) on ``.NAME.lock`` beside it,
+which the kernel releases when the writer dies, so no crash leaves it stuck (and which, unlike ``flock``, the
+writer's forked workers do not inherit: an orphaned worker cannot keep it). The holder's pid, host and command are
 in the lock file; a second writer is refused naming them. Whoever takes the lock removes what a dead writer
 of that output left behind (its temp files and staging folders; a half-done swap is rolled back).
 
@@ -210,8 +211,8 @@ def _hold_one(path: Path) -> Iterator[None]:
         except OSError as exc:
             raise _disk_error(path, exc) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EAGAIN/EACCES: held
             holder = _holder(fd)
             os.close(fd)
             raise OutputBusyError(
@@ -255,9 +256,9 @@ def _busy(dest: Path) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return False
-    except BlockingIOError:
+    except OSError:
         return True
     finally:
         os.close(fd)
