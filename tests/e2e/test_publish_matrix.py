@@ -178,6 +178,27 @@ INVOCATIONS: dict[str, Invocation | None] = {
         lambda b, o: ["calibrate", b / "oof_probs", "--gt", b / "data", "-o", o["out"], "--workers", 0],
         lambda b, o: ["calibrate", b / "oof_probs", "--gt", b / "nowhere", "-o", o["out"], "--workers", 0],
     ),
+    "postprocess": Invocation(
+        {"out": "file"},
+        lambda b, o: ["postprocess", b / "sub.csv", "--out", o["out"], "--min-area", 5, "--images", b / "data"],
+        lambda b, o: ["postprocess", b / "missing.csv", "--out", o["out"], "--min-area", 5, "--images", b / "data"],
+    ),
+    "masks": Invocation(
+        {"out": "folder"},
+        lambda b, o: ["masks", b / "sub.csv", "--out", o["out"], "--images", b / "data"],
+        lambda b, o: ["masks", b / "missing.csv", "--out", o["out"], "--images", b / "data"],
+    ),
+    "distill": Invocation(
+        {"out": "folder"},
+        lambda b, o: (
+            ["distill", b / "data", *TRAIN, "--teacher", b / "oof_probs", "--cache-dir", b / "cache"]
+            + ["--out", o["out"]]
+        ),
+        lambda b, o: (
+            ["distill", b / "data", *TRAIN, "--teacher", b / "missing", "--cache-dir", b / "cache"]
+            + ["--out", o["out"]]
+        ),
+    ),
     "check": None,  # writes nothing
     "models": None,
 }
@@ -304,6 +325,7 @@ def killed_while_publishing(args: list, out: Path, point: str = "") -> bool:
     pid = os.fork()
     if pid == 0:
         try:
+            os.setpgid(0, 0)  # its own group: the workers it forks are ended with it below
             os.environ[KILL_AT] = f"{out}@{point}" if point else str(out)
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 1)
@@ -312,6 +334,8 @@ def killed_while_publishing(args: list, out: Path, point: str = "") -> bool:
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)  # orphaned workers of the killed writer
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
 
