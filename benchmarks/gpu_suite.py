@@ -10,7 +10,10 @@ bf16 + channels_last, and that + `torch.compile` (boneseg's `--compile`, compile
 (b) the real training loader (`boneseg.engine.train.make_loader`, --aug default, 1024 from synthetic 2048²)
 with 1 and N workers against the GPU's step rate, and the GPU's busy share during a real `train` run;
 (c) `boneseg.inference.predict` on 288 synthetic 2048² PNGs to an RLE CSV: resize 1024 and sliding 1024
-windows (Gaussian blend), each with and without hflip TTA. Random weights throughout (no download).
+windows (Gaussian blend), each with and without hflip TTA; (d) every other path that differs on a GPU, run as a
+user runs it (`boneseg …` commands on the device): the exported ONNX and TorchScript graphs against the
+checkpoint (max |Δp|, same CSV), predict with a calibration, a SAM2-UNet run with bf16, a distilled student,
+and a 2-rank NCCL run when the machine has two GPUs. Random weights throughout (no download).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -56,11 +60,13 @@ class Settings:
     workers: int = min(8, os.cpu_count() or 1)
     train_steps: int = 40  # the real training run sampled for GPU utilisation
     compile_backend: str = "inductor"
+    trunk: str = "sam2_hiera_small"  # (d) the SAM2-UNet training run
+    path_images: int = 16  # (d) images predicted through each exported backend
 
 
 TINY = Settings(
     device="cpu", arch="unet", encoder="resnet18", size=64, batch=2, steps=1, image_size=128, images=3,
-    patients=3, workers=1, train_steps=2, compile_backend="eager",
+    patients=3, workers=1, train_steps=2, compile_backend="eager", trunk="sam2_hiera_tiny", path_images=2,
 )  # fmt: skip
 
 
@@ -299,6 +305,84 @@ def predict_throughput(s: Settings, tmp: Path) -> list[dict]:
     return rows
 
 
+# -- (d) the other device paths, as commands ------------------------------------------------------------
+
+
+def _boneseg(*args, launcher: Sequence[str] = ()) -> tuple[bool, float, str]:
+    """Run ``boneseg ARGS`` (optionally under `launcher`, e.g. torchrun): (ok, seconds, last stderr line)."""
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src"), "PYTHONUNBUFFERED": "1"}
+    command = [*(launcher or [sys.executable]), "-m", "boneseg", *map(str, args)]
+    t = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return done.returncode == 0, time.perf_counter() - t, (lines[-1] if lines else "")[:160]
+
+
+def device_paths(s: Settings, data: Path, run: Path, tmp: Path) -> list[dict]:
+    """(d): one row per path: whether it ran, its seconds, and what it measured (or why it failed)."""
+    from boneseg import probs
+    from boneseg.calibration import Calibration
+
+    dev, rows = ["--device", s.device], []
+    images = tmp / "paths"
+    images.mkdir()
+    for png in sorted((data / "train" / "DCM").rglob("*.png"))[: s.path_images]:
+        shutil.copy(png, images / png.name)
+
+    def row(case: str, result: tuple[bool, float, str], note: str = "") -> bool:
+        ok, seconds, last = result
+        rows.append({"case": case, "ok": ok, "seconds": seconds, "note": note if ok else last})
+        print(rows[-1], flush=True)
+        return ok
+
+    predict = ["predict", images, "--size", s.size, "--force", *dev]
+    row("predict, checkpoint", _boneseg(*predict, "-m", run, "-o", tmp / "ckpt.csv", "--save-probs", tmp / "p-ckpt"))
+    for fmt, out, extra in (("onnx", tmp / "m.onnx", []), ("torchscript", tmp / "m.ts", ["--trust-model"])):
+        if not row(f"export {fmt}", _boneseg("export", run, "-f", fmt, "-o", out)):
+            continue
+        ok = _boneseg(*predict, "-m", out, "-o", tmp / f"{fmt}.csv", "--save-probs", tmp / f"p-{fmt}", *extra)
+        note = ""
+        if ok[0]:
+            diff = max(
+                int(np.abs(probs.load(tmp / f"p-{fmt}", p.name).astype(int) - probs.load(tmp / "p-ckpt", p.name)).max())
+                for p in sorted(images.iterdir())
+            )
+            same = (tmp / f"{fmt}.csv").read_bytes() == (tmp / "ckpt.csv").read_bytes()
+            note = f"max abs Δp vs checkpoint {diff}/255, CSV {'identical' if same else 'differs'}"
+            if fmt == "onnx":
+                import onnxruntime
+
+                note += f"; onnxruntime providers {','.join(onnxruntime.get_available_providers())}"
+        row(f"predict, {fmt} export", ok, note)
+    calibration = tmp / "calibration.json"
+    Calibration(np.full(29, 1.5), np.zeros(29)).write(calibration)
+    row(
+        "predict with --calibration",
+        _boneseg(*predict, "-m", run, "-o", tmp / "cal.csv", "--calibration", calibration),
+    )
+    common = ["--size", s.size, "--batch-size", s.batch, "--epochs", 1, "--max-steps", 2, "--folds", 2]
+    common += ["--encoder-weights", "none"]
+    sam2 = ["--arch", "sam2unet", "--encoder", s.trunk, *common, *dev]
+    amp = ["--amp"] if s.device == "cuda" else []
+    row(f"train sam2unet/{s.trunk}", _boneseg("train", data, *sam2, *amp, "--out", tmp / "sam2"))
+    if row(
+        "teacher probabilities (predict train images)",
+        _boneseg("predict", data / "train" / "DCM", "-m", run, "-o", tmp / "t.csv", "--save-probs", tmp / "teacher",
+                 "--size", s.size, "--force", *dev),
+    ):  # fmt: skip
+        student = ["--arch", "unet", "--encoder", "resnet18", *common, *dev, *amp]
+        row("distill a student", _boneseg("distill", data, "--teacher", tmp / "teacher", *student, "--out", tmp / "st"))
+    gpus = torch.cuda.device_count() if s.device == "cuda" else 0
+    if gpus >= 2 or s.device == "cpu":
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        backend = "NCCL" if gpus >= 2 else "gloo (CPU)"
+        plain = ["--arch", "unet", "--encoder", "resnet18", *common, *dev]
+        row(f"train, 2 ranks, {backend}", _boneseg("train", data, *plain, "--out", tmp / "ddp", launcher=torchrun))
+    else:
+        rows.append({"case": "train, 2 ranks, NCCL", "ok": None, "seconds": None, "note": "not measured: one GPU"})
+    return rows
+
+
 # -- the section ------------------------------------------------------------------------------------
 
 ABOUT = f"""`{COMMAND}` measures boneseg on one GPU in under 8 minutes and rewrites this section; \
@@ -371,6 +455,14 @@ def render(s: Settings, results: dict | None) -> str:
             ["case", "seconds", "images/s", "peak GiB"],
             [[r["case"], r["seconds"], r["images_per_s"], r["peak_gib"]] for r in pred],
         ),
+        "### Other device paths, as commands\n\n"
+        + _table(
+            ["path", "ran", "seconds", "measured / why not"],
+            [
+                [r["case"], {True: "yes", False: "**failed**", None: "–"}[r["ok"]], r["seconds"], r["note"]]
+                for r in results.get("paths", [])
+            ],
+        ),
     ]
     hflip = pred[1]["seconds"] * 288 / s.images
     busy, speedup, gpu_rate = feed["busy"], train[2]["speedup"], train[2]["images_per_s"]
@@ -428,6 +520,7 @@ def run(s: Settings) -> dict:
         synthesize(tmp / "data", patients=s.patients, test_patients=0, size=s.image_size, seed=0)
         results["feed"] = loader_vs_gpu(s, tmp / "data", tmp)
         results["predict"] = predict_throughput(s, tmp)
+        results["paths"] = device_paths(s, tmp / "data", tmp / "run", tmp)
     results["seconds"] = time.perf_counter() - t
     return results
 

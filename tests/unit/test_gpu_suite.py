@@ -18,7 +18,7 @@ def test_tiny_suite_writes_the_gpu_section(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--tiny", "--out", str(page)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     text = page.read_text(encoding="utf-8")
@@ -39,6 +39,17 @@ def test_tiny_suite_writes_the_gpu_section(tmp_path):
     assert "samples/s" in gpu and "(not measured: no GPU)" in gpu
     assert gpu.count("**met**") + gpu.count("**not met**") + gpu.count("**not measured**") == 4
     assert "torch.compile failed" not in gpu  # the compiled case compiled (eager backend), no fallback note
+    paths = gpu[gpu.index("### Other device paths") :]
+    for case in (
+        "predict, onnx export",
+        "predict, torchscript export",
+        "predict with --calibration",
+        "train sam2unet/",
+        "distill a student",
+        "train, 2 ranks, gloo (CPU)",
+    ):
+        assert f"| {case}" in paths and "**failed**" not in paths, paths
+    assert "CSV identical" in paths  # the exported graphs give the checkpoint's CSV
 
 
 def test_section_is_appended_to_a_page_without_one(tmp_path):
