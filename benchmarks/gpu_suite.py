@@ -395,8 +395,9 @@ GPU's step rate, and the GPU's busy share during a real `train` run; (c) `predic
 2048² images (PNG decode to RLE CSV): resize to 1024 and sliding 1024 windows with Gaussian blending, with and \
 without hflip TTA, images/s and peak memory; (d) every other path that differs on a GPU, as `boneseg` commands: \
 the exported ONNX and TorchScript graphs against the checkpoint (max |Δp|, same CSV), predict with a \
-calibration, a SAM2-UNet run with bf16, a distilled student, and a 2-rank NCCL run when there are two GPUs. Goals: bf16 + channels_last ≥ 2× the fp32 step; predict of \
-288 × 2048² with hflip at 1024 in under 60 s; the GPU busy ≥ 85% of a training epoch."""
+calibration, a SAM2-UNet run with bf16, a distilled student, and a 2-rank NCCL run when there are two GPUs. \
+Goals: bf16 + channels_last ≥ 2× the fp32 step; predict of 288 × 2048² with hflip at 1024 in under 60 s; \
+the GPU busy ≥ 85% of a training epoch."""
 
 
 def _f(v, digits: int = 3) -> str:
