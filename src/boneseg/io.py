@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from boneseg.errors import DataError, OutputBusyError, OutputExistsError, UsageError
+from boneseg.errors import CheckpointError, DataError, OutputBusyError, OutputExistsError, UsageError, quote
 
 
 def _current_umask() -> int:
@@ -535,6 +535,32 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DataError(f"{path}: is a folder, not a JSON file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def load_tensors(path: str | os.PathLike, what: str, map_location: Any = "cpu") -> Any:
+    """A torch file from elsewhere (a checkpoint, a state dict) read ``weights_only``: plain tensors and values,
+    never code. `what` names what it should be in the error (``"boneseg checkpoint"``, ``"state dict"``).
+
+    Raises:
+        CheckpointError: a file holding Python objects (naming the first; it is never unpickled) or a corrupt
+            or foreign one, as one line (torch's advice to load it with ``weights_only=False`` left out).
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign or broken files
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # a Python object, not data
+        if found:
+            raise CheckpointError(
+                f"{path}: refused: it holds Python objects that could run code when loaded "
+                f"({quote(found.group(1))}); only checkpoints of plain tensors and values are "
+                "accepted: re-save it as a state dict from the code that made it"
+            ) from None
+        raise CheckpointError(
+            f"{path}: not a loadable {what} (a corrupt or foreign file; only checkpoints of plain tensors and "
+            "values are accepted)"
+        ) from None
 
 
 def read_yaml(path: str | os.PathLike) -> Any:

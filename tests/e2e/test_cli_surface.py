@@ -206,6 +206,58 @@ def test_unsafe_checkpoint_refusal_says_why(tiny_data, tmp_path, capsys):
     assert code == 1 and "refused" in line and "could run code" in line and "weights_only=False" not in line
 
 
+@pytest.mark.parametrize("content", ["evil", "corrupt"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        ["train", "--encoder-weights"],
+        ["train", "--arch", "sam2unet", "--encoder", "sam2_hiera_tiny", "--encoder-weights"],
+        ["train", "--init-from"],
+        ["predict", "-m"],
+    ],
+    ids=["encoder-weights", "sam2-release", "init-from", "predict"],
+)
+def test_every_foreign_file_is_refused_alike(where, content, tiny_data, tmp_path, capsys):
+    """Wherever a model file from elsewhere is read, a pickled object or a corrupt file is one line that says
+    why and never relays torch's advice to load it with weights_only=False."""
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    bad = tmp_path / "bad.pt"
+    if content == "evil":
+        torch.save({"model": Evil()}, bad)
+    else:
+        bad.write_bytes(b"not a checkpoint")
+    command, *option = where
+    args = [*TINY, "--out", tmp_path / "run"] if command == "train" else ["-o", tmp_path / "sub.csv"]
+    if "--arch" in option:
+        named = {"--arch", "--encoder"}
+        args = [a for i, a in enumerate(args) if not named & {a, args[i - 1]}]
+    code, _, err = cli(capsys, command, tiny_data, *args, *option, bad)
+    line = one_error(err)
+    assert code == 1 and str(bad) in line and "weights_only" not in line, line
+    assert ("could run code" in line) if content == "evil" else ("corrupt or foreign" in line), line
+
+
+def test_every_value_placeholder_names_its_values():
+    """Help reads like the docs: no option shows the bare TEXT placeholder (a value's name or choices instead)."""
+    import click
+
+    bare = [
+        f"{name} {param.opts[0]}"
+        for name, command in sorted(COMMANDS.items())
+        for param in command.get_params(click.Context(command))
+        if param.param_type_name == "option"
+        and not getattr(param, "is_flag", False)
+        and not param.hidden
+        and (param.metavar or "").upper() == "TEXT"
+    ]
+    assert bare == []
+
+
 # -- item 7: silent choices made visible ---------------------------------------------------------------
 def test_partial_encoder_weights_and_fp16_on_cpu_warn(tiny_data, tmp_path, capsys):
     import segmentation_models_pytorch as smp

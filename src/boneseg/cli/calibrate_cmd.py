@@ -32,7 +32,9 @@ def calibrate_command(
     band: int = typer.Option(
         16, "--band", help="Band region: pixels within this many pixels of labelled or predicted bone."
     ),
-    fit_on: str = typer.Option("all", "--fit-on", help="Region whose NLL the fit minimises: all or band."),
+    fit_on: str = typer.Option(
+        "all", "--fit-on", metavar="all|band", help="Region whose NLL the fit minimises: all or band."
+    ),
     platt: bool = typer.Option(
         True,
         "--platt/--temperature-only",

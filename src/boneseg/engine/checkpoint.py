@@ -13,14 +13,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from boneseg.errors import CheckpointError, quote
-from boneseg.io import atomic_open
+from boneseg.io import atomic_open, load_tensors
 
 BEST, LAST = "best.pt", "last.pt"
 FORMAT = 1
@@ -83,20 +82,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             later `FORMAT` than this version reads.
     """
     path = resolve_checkpoint(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign or broken files
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # a Python object, not data
-        if found:
-            raise CheckpointError(
-                f"{path}: refused: it holds Python objects that could run code when loaded "
-                f"({quote(found.group(1))}); only checkpoints of plain tensors and values are "
-                "accepted: re-save it as a state dict from the code that made it"
-            ) from None
-        raise CheckpointError(
-            f"{path}: not a loadable boneseg checkpoint (a corrupt or foreign file; only "
-            "checkpoints of plain tensors and values are accepted)"
-        ) from None
+    state = load_tensors(path, "boneseg checkpoint", map_location)
     if (
         not isinstance(state, dict)
         or not isinstance(state.get("config"), dict)

@@ -418,12 +418,9 @@ def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> Non
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"--encoder-weights {path}: file not found (valid names: imagenet, none, or a path)")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign pickles
-        raise CheckpointError(
-            f"{path}: not a plain state dict ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from None
+    from boneseg.io import load_tensors
+
+    sd = load_tensors(path, "state dict")
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]

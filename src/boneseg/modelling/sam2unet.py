@@ -259,13 +259,9 @@ def _read(path: Path) -> dict:
             return load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own types
             raise CheckpointError(f"--encoder-weights {path}: not a safetensors file ({exc})") from None
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign pickles
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(
-            f"--encoder-weights {path}: not a plain state dict ({type(exc).__name__}: {first})"
-        ) from None
+    from boneseg.io import load_tensors
+
+    sd = load_tensors(path, "state dict (or SAM2 release checkpoint)")
     for key in ("model", "state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
