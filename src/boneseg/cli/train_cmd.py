@@ -385,7 +385,7 @@ def _print_plan(plan: dict, as_json: bool) -> None:
 
     console.print(
         f"dry run: nothing written\n"
-        f"model     {plan['config']['arch']}/{plan['config']['encoder']}, {plan['parameters']:,} parameters\n"
+        f"model     {plan['config']['arch']}/{plan['config']['encoder']}, {plan['parameters_text']}\n"
         f"data      {plan['train_images']} train / {plan['val_images']} val images (headers and labels checked)\n"
         + (
             f"steps     none: nothing to do, {plan['finished']}\n"

@@ -1486,7 +1486,7 @@ def _run(
         restore(st, saved)
     ranks = f" x {info.world_size} ranks" if info.world_size > 1 else ""
     reporter.message(
-        f"device {info.device}{ranks}  {sum(p.numel() for p in st.model.parameters()):,} parameters  "
+        f"device {info.device}{ranks}  {parameter_count(st.model)}  "
         f"{steps_per_epoch} steps per epoch ({len(train_items)} train / {len(val_items)} val images)"
     )
     start()
@@ -1628,6 +1628,13 @@ def estimate_memory(model: torch.nn.Module, cfg: TrainConfig) -> dict:
     return mem
 
 
+def parameter_count(model: torch.nn.Module) -> str:
+    """``"N parameters"``, with how many of them train when some are frozen (a SAM2-UNet's trunk)."""
+    total = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{total:,} parameters" + (f" ({trained:,} trained, the rest frozen)" if trained < total else "")
+
+
 def dry_run(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
     """What `train` would do, checked without writing anything (no run folder, no mask cache, no download).
 
@@ -1635,9 +1642,9 @@ def dry_run(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
     pixels), builds the model (with the ``--init-from`` weights) on the CPU and runs it once.
 
     Returns:
-        ``{"config", "parameters", "train_images", "val_images", "steps_per_epoch", "steps", "memory"}``:
-        ``steps`` is what this invocation would run (to the schedule's end or ``--max-steps``), ``memory``
-        the `estimate_memory` bytes.
+        ``{"config", "parameters", "parameters_text", "train_images", "val_images", "steps_per_epoch", "steps",
+        "memory"}``: ``parameters_text`` is `parameter_count`'s line, ``steps`` what this invocation would run
+        (to the schedule's end or ``--max-steps``), ``memory`` the `estimate_memory` bytes.
     """
     from boneseg.modelling.models import build_model
 
@@ -1666,6 +1673,7 @@ def dry_run(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
         "config": cfg.to_dict(),
         "device": str(info.device),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters_text": parameter_count(model),
         "train_images": len(train_items),
         "val_images": len(val_items),
         "steps_per_epoch": steps_per_epoch,

@@ -154,3 +154,15 @@ def test_deep_supervision_weights_enter_the_same_loss():
     got = _deep_loss(criterion, {"masks": side8, "deep": [side8, side16]}, target, {}, cfg, torch.device("cpu"))
     assert torch.allclose(got, 0.5 * criterion(side8, target) + 0.25 * criterion(side16, target))
     assert float(_deep_loss(criterion, {"masks": side8}, target, {}, cfg, torch.device("cpu"))) == 0.0
+
+
+def test_the_parameter_count_says_how_many_train(model):
+    """train and --dry-run print the parameters that train beside the total: a frozen trunk is most of it."""
+    from boneseg.engine.train import parameter_count
+
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    assert 0 < trained < total / 2
+    assert parameter_count(model) == f"{total:,} parameters ({trained:,} trained, the rest frozen)"
+    plain = build_model({"arch": "unet", "encoder": "resnet18", "encoder_weights": "none"})
+    assert parameter_count(plain) == f"{sum(p.numel() for p in plain.parameters()):,} parameters"
