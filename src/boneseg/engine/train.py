@@ -363,7 +363,27 @@ def check_config(cfg: TrainConfig) -> None:
                     f"--loss term {term}: a wrist model (--wrist) predicts the carpals only, and this term "
                     "sees none of them"
                 )
+    _warn_untrained_classes(terms, cfg.wrist)
     check_teacher(cfg)
+
+
+def _warn_untrained_classes(terms, wrist: bool) -> None:
+    """Warn when restricted loss terms leave some of the model's classes out of every term: their outputs
+    would never train, yet predict writes their masks."""
+    from boneseg.classes import CARPALS, CLASSES
+
+    if any(t.classes is None for t in terms):
+        return
+    seen = {c for t in terms for c in t.classes or ()}
+    left = [c for c in (CARPALS if wrist else CLASSES) if c not in seen]
+    if left:
+        names = ", ".join(left[:3]) + (", …" if len(left) > 3 else "")
+        warnings.warn(
+            f"no --loss term sees {len(left)} class{'es' if len(left) > 1 else ''} ({names}): their outputs will "
+            "not train, yet predict writes their masks; add an unrestricted term (e.g. +bce) to train them",
+            BonesegWarning,
+            stacklevel=2,
+        )
 
 
 def check_teacher(cfg: TrainConfig) -> None:

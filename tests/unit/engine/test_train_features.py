@@ -248,3 +248,19 @@ def test_patience_stops_a_resumed_run_at_the_same_epoch(capsys, data, tmp_path):
     history = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert same(weights(tmp_path / "cut" / "last.pt"), weights(tmp_path / "full" / "last.pt"))
+
+
+@pytest.mark.parametrize(
+    "loss,wrist,untrained",
+    [("dice@wrist", False, "19 classes (finger-1, finger-2, finger-3, …)"), ("bce@Scaphoid", True, "7 classes")],
+)
+def test_classes_no_loss_term_sees_are_named(capsys, data, tmp_path, loss, wrist, untrained):
+    """Classes that no restricted loss term covers would never train, yet predict writes their masks: said."""
+    extra = ["--wrist"] if wrist else []
+    code, _, err = cli(capsys, "train", data, *TINY, *extra, "--loss", loss, "--dry-run", "--out", tmp_path / "r")
+    assert code == 0, err
+    assert f"no --loss term sees {untrained}" in " ".join(err.split()), err
+    code, _, err = cli(
+        capsys, "train", data, *TINY, "--loss", "bce@wrist+dice@fingers", "--dry-run", "--out", tmp_path / "r"
+    )
+    assert code == 0 and "no --loss term sees" not in err
