@@ -39,6 +39,11 @@ def clean_mask(mask: np.ndarray, keep_largest: bool = False, min_area: int = 0) 
     return out
 
 
+MAX_CLOSE = 255
+"""Largest closing kernel side: a closing costs about the kernel's area per pixel, so a kernel the size of an
+image would run for hours (and fills nothing a bone needs filled)."""
+
+
 def close_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Morphological closing of one (H, W) mask with a `size` x `size` ellipse (fills gaps and holes
     narrower than it; 0 or 1: off). Works on the foreground's box padded by `size`, so the result equals
@@ -134,7 +139,8 @@ def rules_list(
         r = classes.get(name) or {}
         if not isinstance(r, dict):
             raise DataError(f'{where}: class {name!r}: expected {{"keep_largest": …, "min_area": …}}')
-        keep, area = r.get("keep_largest") or False, r.get("min_area") or 0
+        keep, area = r.get("keep_largest"), r.get("min_area")  # absent or null: the default
+        keep, area = False if keep is None else keep, 0 if area is None else area
         if not isinstance(keep, bool):
             raise DataError(f"{where}: class {name!r}: keep_largest {keep!r} must be true or false")
         if (

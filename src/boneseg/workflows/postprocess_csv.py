@@ -90,19 +90,19 @@ def postprocess_csv(
         size: image side without `images`.
 
     Raises:
-        UsageError: a negative `min_area`, `close` or non-positive `size`; nothing to do.
+        UsageError: a negative `min_area`, a `close` outside [0, MAX_CLOSE], a non-positive `size`; nothing to do.
         DataError: an unreadable CSV or rules file, malformed RLE, images missing from `images`.
         OutputExistsError: `output` exists and `force` is false (checked before any work).
     """
     from boneseg import rle
     from boneseg.io import check_output, is_stdout
-    from boneseg.postprocess import clean_runs, rules_list
+    from boneseg.postprocess import MAX_CLOSE, clean_runs, rules_list
     from boneseg.submission import SubmissionWriter, read_submission
 
     if min_area < 0:
         raise UsageError(f"--min-area must be 0 or more, got {min_area}")
-    if close < 0:
-        raise UsageError(f"--close must be 0 (off) or a kernel side in pixels, got {close}")
+    if not 0 <= close <= MAX_CLOSE:
+        raise UsageError(f"--close must be 0 (off) or a kernel side in pixels up to {MAX_CLOSE}, got {close}")
     if size < 1:
         raise UsageError(f"--size must be positive, got {size}")
     doc, where = read_rules(rules) if rules is not None else (None, None)

@@ -194,6 +194,7 @@ def test_postprocess_close_fills_holes_and_streams_to_stdout(labelled, tmp_path,
         ([], 2, "nothing to do: give --rules, --min-area, --keep-largest or --close"),
         (["--min-area", "-1"], 2, "--min-area must be 0 or more"),
         (["--close", "-3"], 2, "--close must be 0"),
+        (["--close", "100000"], 2, "--close must be 0 (off) or a kernel side in pixels up to 255"),  # would run for hours
         (["--rules", "{tmp}"], 1, "no postprocess.json in this folder"),
         (["--rules", "{tmp}/x.json"], 1, "x.json: file not found"),
         (["--keep-largest", "--size", "16"], 1, "past the image's 256 pixels"),
@@ -274,7 +275,7 @@ def test_per_class_plot_starts_at_zero(synth_data, tmp_path):
     assert min(t.get_fontsize() for t in dice_axis.get_yticklabels()) >= 10
 
 
-@pytest.mark.parametrize("value", ["NaN", "-3", "2.5"])
+@pytest.mark.parametrize("value", ["NaN", "-3", "2.5", '""', "[]", "false"])
 def test_postprocess_rules_file_refuses_bad_min_area(labelled, tmp_path, capsys, value):
     rules = tmp_path / "postprocess.json"
     rules.write_text(f'{{"classes": {{"Radius": {{"keep_largest": false, "min_area": {value}}}}}}}')
@@ -293,3 +294,12 @@ def test_masks_threshold_refuses_bad_numbers(tmp_path, capsys, value, code):
         value = str(tmp_path / "t.json")
     got, _, err = cli(capsys, "masks", folder, "-o", tmp_path / "o", "-t", value)
     assert got == code and "threshold" in error_line(err) and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", ["0", '""', "[]", '"yes"'])
+def test_postprocess_rules_file_refuses_bad_keep_largest(labelled, tmp_path, capsys, value):
+    """A value that is not true/false is refused, falsy ones included (they used to read as false)."""
+    rules = tmp_path / "postprocess.json"
+    rules.write_text(f'{{"classes": {{"Radius": {{"keep_largest": {value}, "min_area": 3}}}}}}')
+    code, _, err = cli(capsys, "postprocess", labelled["csv"], "-o", tmp_path / "o.csv", "--rules", rules)
+    assert code == 1 and f"{rules}: class 'Radius': keep_largest" in error_line(err)
