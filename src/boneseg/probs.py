@@ -239,6 +239,15 @@ def write_manifest(
     )
 
 
+def refuse_calibrated(folder: str | os.PathLike, manifest: Mapping, remedy: str) -> None:
+    """A `DataError` when `folder`'s manifest says its probabilities were calibrated when predicted: a
+    calibration applied (or fitted) again on top of one would silently compound the two."""
+    if manifest.get("calibration"):
+        raise DataError(
+            f"{folder}: its probabilities were calibrated when predicted (probs.json 'calibration'); {remedy}"
+        )
+
+
 def read_manifest(folder: str | os.PathLike) -> dict:
     """The manifest of a probability folder; `DataError` when it is not one."""
     folder = Path(folder)

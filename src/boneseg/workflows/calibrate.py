@@ -305,6 +305,7 @@ def calibrate(
             raise UsageError("--plot: give another file than --out")
         check_output(plot_path, force)
     manifest = probs_mod.read_manifest(oof_probs)
+    probs_mod.refuse_calibrated(oof_probs, manifest, "fit on uncalibrated ones (boneseg oof --save-probs)")
     images = [str(i) for i in manifest["images"]]
     if not images:
         raise DataError(f"{oof_probs}: holds no images")

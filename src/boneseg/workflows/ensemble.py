@@ -589,11 +589,8 @@ def soft_vote(
     manifests = [probs_mod.read_manifest(f) for f in folders]
     check_same_images(names, [m["images"] for m in manifests])
     for name, manifest, cal in zip(names, manifests, calibrations):
-        if cal is not None and manifest.get("calibration"):
-            raise DataError(
-                f"{name}: its probabilities were calibrated when predicted (probs.json 'calibration'); "
-                f"give 'none' as its --calibration"
-            )
+        if cal is not None:
+            probs_mod.refuse_calibrated(name, manifest, "give 'none' as its --calibration")
     images = [str(i) for i in manifests[0]["images"]]
     state = {"folders": names, "plan": plan, "calibrations": calibrations}
     with SubmissionWriter(out, force=force) as writer, reporter.task("soft vote", len(images), "img") as task:

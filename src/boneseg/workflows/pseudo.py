@@ -126,11 +126,8 @@ class _ProbsSource:
         self.images = [Path(str(i)).name for i in manifest["images"]]
         self.image_set = set(self.images)
         self.cuts = probs_mod.read_thresholds(self.threshold)
-        if self.calibration is not None and manifest.get("calibration"):
-            raise DataError(
-                f"{self.path}: its probabilities were calibrated when predicted (probs.json 'calibration'); "
-                "drop --calibration"
-            )
+        if self.calibration is not None:
+            probs_mod.refuse_calibrated(self.path, manifest, "drop --calibration")
 
     def masks(self, image: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
         q = probs_mod.load(self.path, image)

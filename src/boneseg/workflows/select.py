@@ -411,12 +411,19 @@ def _train_samples(data: Path, images: Sequence[str], where: str) -> list:
     return [by_name[i] for i in images]
 
 
-def _soft_inputs(folders: Sequence[Path], data: Path) -> tuple[list[str], list[list[str]], list]:
-    """Images (base names, sorted), each folder's entry per image, and the labelled samples."""
+def _soft_inputs(
+    folders: Sequence[Path], data: Path, calibrations: Sequence | None = None
+) -> tuple[list[str], list[list[str]], list]:
+    """Images (base names, sorted), each folder's entry per image, and the labelled samples; a folder given a
+    calibration whose probabilities were already calibrated is refused."""
     from boneseg.workflows.ensemble import check_same_images
 
     names = [str(f) for f in folders]
-    entries = [{Path(str(e)).name: str(e) for e in probs_mod.read_manifest(f)["images"]} for f in folders]
+    manifests = [probs_mod.read_manifest(f) for f in folders]
+    for name, manifest, cal in zip(names, manifests, calibrations or [None] * len(names)):
+        if cal is not None:
+            probs_mod.refuse_calibrated(name, manifest, "give 'none' as its --calibration")
+    entries = [{Path(str(e)).name: str(e) for e in m["images"]} for m in manifests]
     check_same_images(names, [list(e) for e in entries])
     images = sorted(entries[0])
     samples = _train_samples(data, images, names[0])
@@ -496,7 +503,7 @@ def select(
         atoms = hard_atoms(tables, truth_runs(loaded, cache_dir, reporter))
         samples = list(loaded.samples or [])
     else:
-        _, entries, samples = _soft_inputs(paths, data)
+        _, entries, samples = _soft_inputs(paths, data, calibrations)
         atoms = soft_atoms([str(p) for p in paths], entries, samples, cache, workers, reporter, calibrations)
     assignment = load_splits(splits, discover(data, "train"))["assignments"]
     fold_of = np.array([assignment[s.name] for s in samples])

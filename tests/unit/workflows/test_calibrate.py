@@ -148,3 +148,25 @@ def test_calibrate_command(tmp_path, capsys):
     assert code == 2 and "--bins" in error_line(err)
     code, _, err = cli(capsys, "calibrate", folder, "--gt", data, "-o", tmp_path / "d.json", "--fit-on", "bnd")
     assert code == 2 and "band" in error_line(err)
+
+
+def test_probabilities_calibrated_when_predicted_are_not_calibrated_again(tmp_path, capsys):
+    """calibrate fits on them, select and ensemble apply a calibration to them: each compounds two
+    calibrations, so every reader of a probability folder refuses one whose probs.json records a calibration."""
+    from boneseg.calibration import Calibration
+
+    data, folder = _overconfident_oof(tmp_path, 2.0)
+    doc = json.loads((folder / "probs.json").read_text())
+    doc["calibration"] = {"m": {"source": "cal.json"}}
+    (folder / "probs.json").write_text(json.dumps(doc))
+    code, _, err = cli(capsys, "calibrate", folder, "--gt", data, "-o", tmp_path / "c.json", "-j", "0")
+    assert code == 1 and "calibrated when predicted" in error_line(err) and not (tmp_path / "c.json").exists()
+    Calibration(np.ones(len(CLASSES)), np.zeros(len(CLASSES))).write(tmp_path / "id.json")
+    (tmp_path / "splits.json").write_text("{}")
+    cals = ["--calibration", "none", "--calibration", tmp_path / "id.json", "-o", tmp_path / "out"]
+    for command in (
+        ["select", folder, folder, "--gt", data, "--splits", tmp_path / "splits.json", *cals],
+        ["ensemble", folder, folder, "--vote", "soft", *cals],
+    ):
+        code, _, err = cli(capsys, *command)
+        assert code == 1 and f"{folder}: its probabilities were calibrated" in error_line(err), err

@@ -194,7 +194,7 @@ def test_postprocess_close_fills_holes_and_streams_to_stdout(labelled, tmp_path,
         ([], 2, "nothing to do: give --rules, --min-area, --keep-largest or --close"),
         (["--min-area", "-1"], 2, "--min-area must be 0 or more"),
         (["--close", "-3"], 2, "--close must be 0"),
-        (["--close", "100000"], 2, "--close must be 0 (off) or a kernel side in pixels up to 255"),  # would run for hours
+        (["--close", "100000"], 2, "kernel side in pixels up to 255"),  # would run for hours
         (["--rules", "{tmp}"], 1, "no postprocess.json in this folder"),
         (["--rules", "{tmp}/x.json"], 1, "x.json: file not found"),
         (["--keep-largest", "--size", "16"], 1, "past the image's 256 pixels"),
