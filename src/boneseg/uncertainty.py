@@ -98,12 +98,14 @@ def load(folder: str | os.PathLike, image_name: str) -> dict[str, np.ndarray]:
 
 def write_table(folder: str | os.PathLike, rows: Sequence[tuple[str, dict[str, list[float | None]]]]) -> None:
     """``uncertainty.csv`` from (image name, `region_means`) pairs, in the given order."""
+    from boneseg.submission import format_row
+
     with atomic_open(Path(folder) / CSV, "w", force=True) as fh:
-        fh.write(",".join(HEADER) + "\n")
+        fh.write(format_row(*HEADER))
         for image, means in rows:
             for c, name in enumerate(CLASSES):
                 cells = ["" if means[m][c] is None else f"{means[m][c]:.6f}" for m in MAPS]
-                fh.write(",".join([Path(image).name, name, *cells]) + "\n")
+                fh.write(format_row(Path(image).name, name, *cells))  # a name with a comma is quoted
 
 
 def write_manifest(folder: str | os.PathLike, images: Sequence[str], maps: Sequence[str]) -> None:
