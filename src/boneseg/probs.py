@@ -114,6 +114,20 @@ def read_thresholds(value: float | str | os.PathLike | Sequence[float] | Mapping
     return np.full(NUM_CLASSES, number)
 
 
+def check_thresholds_calibration(value: object, calibrated: bool) -> None:
+    """A `DataError` when `value` (``--threshold``'s) is a JSON file of thresholds searched on calibrated
+    probabilities (a ``boneseg calibrate`` file, or ``tta --thresholds-out`` recording a calibration) and the
+    probabilities it is applied to are not calibrated: the cut-offs would silently be those of another scale."""
+    if calibrated or not isinstance(value, (str, os.PathLike)) or not Path(value).is_file():
+        return
+    doc = read_json(value)
+    if isinstance(doc, dict) and (doc.get("calibration") or doc.get("format") == "boneseg-calibration"):
+        raise DataError(
+            f"--threshold {value}: thresholds searched on calibrated probabilities, applied here to uncalibrated "
+            "ones (give the calibration as well, or thresholds of uncalibrated probabilities)"
+        )
+
+
 def cutoffs(threshold: float | Sequence[float] | np.ndarray | Mapping[str, float] = 0.5) -> np.ndarray:
     """The (29,) integer cut per class: a quantised value ``q`` is foreground when ``q > cut``.
 

@@ -371,6 +371,12 @@ def predict(
     elif threshold is None and len(runs) == 1 and isinstance(runs[0], Exported) and runs[0].thresholds is not None:
         thresholds = probs_mod.read_thresholds(runs[0].thresholds)
         cuts = probs_mod.cutoffs(thresholds)
+    applied = (
+        final_calibration is not None
+        or (isinstance(models, Predictor) and models.calibrations is not None)
+        or (own_calibration and any(r.calibration is not None for r in runs))
+    )
+    probs_mod.check_thresholds_calibration(threshold, applied)
     if own_calibration:
         for run in runs:
             if run.calibration is not None:

@@ -591,6 +591,9 @@ def soft_vote(
     for name, manifest, cal in zip(names, manifests, calibrations):
         if cal is not None:
             probs_mod.refuse_calibrated(name, manifest, "give 'none' as its --calibration")
+    if carried is None:
+        calibrated = all(c is not None or bool(m.get("calibration")) for m, c in zip(manifests, calibrations))
+        probs_mod.check_thresholds_calibration(threshold, calibrated)
     images = [str(i) for i in manifests[0]["images"]]
     state = {"folders": names, "plan": plan, "calibrations": calibrations}
     with SubmissionWriter(out, force=force) as writer, reporter.task("soft vote", len(images), "img") as task:

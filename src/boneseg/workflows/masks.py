@@ -156,6 +156,7 @@ def _probs_source(folder: Path, threshold):
 
     manifest = probs.read_manifest(folder)
     thresholds = probs.read_thresholds(threshold)
+    probs.check_thresholds_calibration(threshold, bool(manifest.get("calibration")))
     names = sorted(manifest["images"])
     return names, lambda name: probs.binarize(probs.load(folder, name), thresholds)
 

@@ -128,6 +128,8 @@ class _ProbsSource:
         self.cuts = probs_mod.read_thresholds(self.threshold)
         if self.calibration is not None:
             probs_mod.refuse_calibrated(self.path, manifest, "drop --calibration")
+        calibrated = self.calibration is not None or bool(manifest.get("calibration"))
+        probs_mod.check_thresholds_calibration(self.threshold, calibrated)
 
     def masks(self, image: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
         q = probs_mod.load(self.path, image)

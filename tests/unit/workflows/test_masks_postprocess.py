@@ -303,3 +303,32 @@ def test_postprocess_rules_file_refuses_bad_keep_largest(labelled, tmp_path, cap
     rules.write_text(f'{{"classes": {{"Radius": {{"keep_largest": {value}, "min_area": 3}}}}}}')
     code, _, err = cli(capsys, "postprocess", labelled["csv"], "-o", tmp_path / "o.csv", "--rules", rules)
     assert code == 1 and f"{rules}: class 'Radius': keep_largest" in error_line(err)
+
+
+def test_thresholds_of_calibrated_probabilities_are_not_applied_to_uncalibrated_ones(tmp_path, capsys):
+    """A calibration file's thresholds (or tta --thresholds-out recording a calibration) were searched on
+    calibrated probabilities: masks and the soft vote refuse them on raw ones, and take them with the calibration."""
+    from boneseg.calibration import Calibration
+
+    folder = tmp_path / "probs"
+    probs.save(folder, "a.png", np.full((len(CLASSES), 8, 8), 100, np.uint8))
+    probs.write_manifest(folder, ["a.png"], ["m"])
+    cal = tmp_path / "cal.json"
+    Calibration(np.ones(len(CLASSES)), np.zeros(len(CLASSES)), np.full(len(CLASSES), 0.3)).write(cal)
+    tta = tmp_path / "tta.json"
+    tta.write_text(json.dumps({"thresholds": dict.fromkeys(CLASSES, 0.3), "calibration": {"final": {"source": "c"}}}))
+    for thresholds in (cal, tta):
+        code, _, err = cli(capsys, "masks", folder, "-o", tmp_path / "o", "-t", thresholds)
+        assert code == 1 and "calibrated probabilities" in error_line(err) and not (tmp_path / "o").exists()
+        code, _, err = cli(
+            capsys, "ensemble", folder, folder, "--vote", "soft", "-t", thresholds, "-o", tmp_path / "e.csv"
+        )
+        assert code == 1 and "calibrated probabilities" in error_line(err) and not (tmp_path / "e.csv").exists()
+    cals = ["--calibration", cal, "--calibration", cal]
+    code, _, err = cli(capsys, "ensemble", folder, folder, "--vote", "soft", *cals, "-t", cal, "-o", tmp_path / "e.csv")
+    assert code == 0, err
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(dict.fromkeys(CLASSES, 0.3)))
+    code, _, err = cli(capsys, "masks", folder, "-o", tmp_path / "o", "-t", plain, "--no-overlays")
+    assert code == 0, err
+    assert read_mask_file(tmp_path / "o" / "a.npz").all()  # 100/255 > 0.3
