@@ -142,9 +142,13 @@ def postprocess_csv(
                     texts.append(text)
                     continue
                 kept = _overlap(starts, ends, s, e)
+                removed, added = int((ends - starts).sum()) - kept, int((e - s).sum()) - kept
+                if not removed and not added:  # the same pixels in other runs (adjacent runs merged): unchanged
+                    texts.append(text)
+                    continue
                 result.changed[c] += 1
-                result.removed[c] += int((ends - starts).sum()) - kept
-                result.added[c] += int((e - s).sum()) - kept
+                result.removed[c] += removed
+                result.added[c] += added
                 texts.append(rle.runs_to_rle(s, e))
             writer.write_rles(name, texts)
     return result

@@ -14,6 +14,7 @@ from util import cli, error_line, write_dataset
 
 from boneseg import CLASSES, probs, uncertainty
 from boneseg.calibration import Calibration
+from boneseg.errors import DataError
 from boneseg.inference import predict
 
 OPTS = ("--workers", "0", "--device", "cpu")
@@ -191,6 +192,9 @@ def test_tta_searches_thresholds_on_calibrated_probabilities(setup, tmp_path):
     # a monotone map per class: the best Dice over every cut is the same up to the uint8 re-quantisation
     assert done.tuned_mean_dice == pytest.approx(raw.tuned_mean_dice, abs=0.02)
     assert probs.read_thresholds(tmp_path / "c.json").shape == (29,)
+    with pytest.raises(DataError, match="thresholds searched on calibrated probabilities"):  # not on raw ones
+        predict(data, [runs[0]], tmp_path / "x.csv", threshold=tmp_path / "c.json", calibration="none", device="cpu")
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_pseudo_calibrates_a_probability_folder(setup, tmp_path, capsys):

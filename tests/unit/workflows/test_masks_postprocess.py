@@ -332,3 +332,16 @@ def test_thresholds_of_calibrated_probabilities_are_not_applied_to_uncalibrated_
     code, _, err = cli(capsys, "masks", folder, "-o", tmp_path / "o", "-t", plain, "--no-overlays")
     assert code == 0, err
     assert read_mask_file(tmp_path / "o" / "a.npz").all()  # 100/255 > 0.3
+
+
+def test_postprocess_counts_pixels_not_run_layouts(tmp_path, capsys):
+    """A writer that splits a mask's runs row by row (adjacent runs) has not changed when they are merged:
+    the mask is reported unchanged and its row is copied as it was."""
+    split = " ".join(f"{r * 16 + 3} 2 {r * 16 + 5} 2" for r in range(2, 6))  # a 4x4 square, two runs a row
+    rows = [f"a.png,{c},{split if c == 'Radius' else ''}" for c in CLASSES]
+    (tmp_path / "in.csv").write_text("image_name,class,rle\n" + "\n".join(rows) + "\n")
+    code, stdout, err = cli(capsys, "postprocess", tmp_path / "in.csv", "-o", tmp_path / "o.csv", "--keep-largest",
+                            "--size", "16", "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["changed_masks"] == 0
+    assert f"a.png,Radius,{split}\n" in (tmp_path / "o.csv").read_text()
