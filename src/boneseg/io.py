@@ -32,7 +32,7 @@ import socket
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -608,6 +608,18 @@ def staging_folder(folder: str | os.PathLike) -> Path:
     except OSError as exc:
         raise _disk_error(folder, exc) from None
     return path
+
+
+def check_not_over_inputs(out: str | os.PathLike, inputs: Sequence[object], option: str) -> None:
+    """A `UsageError` when the output folder `out` is one of `inputs` (paths; None and other values are
+    skipped) or holds one: replacing it (``--force``) would delete what the command reads."""
+    target = Path(out).resolve()
+    for item in inputs:
+        if not isinstance(item, (str, os.PathLike)):
+            continue
+        path = Path(item).resolve()
+        if path == target or target in path.parents:
+            raise UsageError(f"{option} {out}: holds the input {item}, which replacing it would delete")
 
 
 def publish_folder(staging: str | os.PathLike, folder: str | os.PathLike, force: bool = False) -> None:

@@ -37,7 +37,16 @@ from boneseg.inference.exported import Exported, open_model
 from boneseg.inference.predictor import InputPlan, Item, Predictor, Spread, check_weights
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
-from boneseg.io import atomic_open, check_apart, check_output, is_stdout, publish_folder, read_json, staging_folder
+from boneseg.io import (
+    atomic_open,
+    check_apart,
+    check_not_over_inputs,
+    check_output,
+    is_stdout,
+    publish_folder,
+    read_json,
+    staging_folder,
+)
 from boneseg.postprocess import postprocess, postprocess_per_class, rules_list
 from boneseg.progress import SILENT, Reporter
 from boneseg.submission import HEADER, SubmissionWriter, csv_rows, format_row
@@ -396,6 +405,10 @@ def predict(
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
     unc_dir = check_probs_dir(save_uncertainty, force, "--save-uncertainty") if save_uncertainty is not None else None
+    read = [source, *(getattr(r, "path", None) for r in runs)]
+    for folder, option in ((probs_dir, "--save-probs"), (unc_dir, "--save-uncertainty")):
+        if folder is not None:
+            check_not_over_inputs(folder, read, option)
     if probs_dir is not None and unc_dir is not None and probs_dir.resolve() == unc_dir.resolve():
         raise UsageError("--save-uncertainty: give another folder than --save-probs")
     if probs_dir is not None or unc_dir is not None:

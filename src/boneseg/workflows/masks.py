@@ -64,7 +64,7 @@ def write_masks(
     """
     import shutil
 
-    from boneseg.io import publish_folder, staging_folder, write_json
+    from boneseg.io import check_not_over_inputs, publish_folder, staging_folder, write_json
     from boneseg.workflows.report import check_out
 
     if fmt not in FORMATS:
@@ -74,6 +74,7 @@ def write_masks(
     if size < 1:
         raise UsageError(f"--size must be positive, got {size}")
     out = check_out(Path(out), force)
+    check_not_over_inputs(out, [source, images], "--out")
     source = Path(source)
     is_probs = source.is_dir()
     if threshold is not None and not is_probs:

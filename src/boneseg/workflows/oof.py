@@ -21,7 +21,15 @@ from boneseg.data.layout import Sample, by_image_name, discover
 from boneseg.engine.run import Run
 from boneseg.errors import DataError, UsageError
 from boneseg.inference.run import check_probs_dir, predict
-from boneseg.io import atomic_open, check_apart, check_output, is_stdout, publish_folder, staging_folder
+from boneseg.io import (
+    atomic_open,
+    check_apart,
+    check_not_over_inputs,
+    check_output,
+    is_stdout,
+    publish_folder,
+    staging_folder,
+)
 from boneseg.progress import SILENT, Reporter
 from boneseg.submission import HEADER, csv_rows, format_row
 
@@ -143,6 +151,8 @@ def oof(
     if output is not None and not is_stdout(output):
         check_output(output, force)
     probs_dir = check_probs_dir(save_probs, force) if save_probs is not None else None
+    if probs_dir is not None:
+        check_not_over_inputs(probs_dir, [data, *(r.path for r in opened)], "--save-probs")
     work = Path(tempfile.mkdtemp(prefix="boneseg-oof-"))
     staging = staging_folder(probs_dir) if probs_dir is not None else None
     rows: dict[str, list[list[str]]] = {}

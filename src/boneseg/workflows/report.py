@@ -21,7 +21,7 @@ import numpy as np
 
 from boneseg.classes import CLASSES, PALETTE
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError
-from boneseg.io import publish_folder, staging_folder
+from boneseg.io import check_not_over_inputs, publish_folder, staging_folder
 from boneseg.progress import SILENT, Reporter, track
 from boneseg.workflows.analysis import Analysis, analyze
 from boneseg.workflows.audit import read_suspects
@@ -100,6 +100,7 @@ def write_report(
         DataError: an image is missing or its size differs from the one the CSVs were read at.
     """
     out = check_out(Path(out), force)
+    check_not_over_inputs(out, [*result.inputs.paths, result.inputs.data, images], "--out")
     import jinja2
 
     sources = _image_sources(result, images)

@@ -345,3 +345,21 @@ def test_postprocess_counts_pixels_not_run_layouts(tmp_path, capsys):
     assert code == 0, err
     assert json.loads(stdout)["changed_masks"] == 0
     assert f"a.png,Radius,{split}\n" in (tmp_path / "o.csv").read_text()
+
+
+def test_an_output_folder_holding_an_input_is_refused_even_with_force(labelled, tmp_path, capsys):
+    """--force replaces the output folder: when it is (or holds) what the command reads, that would be deleted."""
+    folder = tmp_path / "probs"
+    probs.save(folder, "a.png", np.zeros((len(CLASSES), 8, 8), np.uint8))
+    probs.write_manifest(folder, ["a.png"], ["m"])
+    code, _, err = cli(capsys, "masks", folder, "-o", folder, "--force")
+    assert code == 2 and "holds the input" in error_line(err) and (folder / "probs.json").is_file()
+    code, _, err = cli(capsys, "masks", labelled["csv"], "-o", labelled["folder"], "--images", labelled["images"],
+                       "--force")  # fmt: skip
+    assert code == 2 and "holds the input" in error_line(err) and labelled["csv"].is_file()
+    inside = tmp_path / "o" / "report" / "p.csv"  # analyze --report replaces DIR/report
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(labelled["csv"].read_bytes())
+    code, _, err = cli(capsys, "analyze", inside, "--images", labelled["images"], "-o", tmp_path / "o", "--report",
+                       "--force")  # fmt: skip
+    assert code == 2 and "holds the input" in error_line(err) and inside.is_file()
