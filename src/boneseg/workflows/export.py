@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from boneseg import __version__
 from boneseg import calibration as calibration_mod
+from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES
 from boneseg.data.transforms import in_channels
 from boneseg.engine.run import Run
@@ -337,6 +338,7 @@ def export(
         calibrated = opened[0].calibration
     if threshold is None and calibrated is not None and calibrated.thresholds is not None:
         thresholds = calibrated.thresholds
+    probs_mod.check_thresholds_calibration(threshold, calibrated is not None)
     rules, rules_path = find_rules(opened, postprocess_rules)
     if rules is not None:
         rules_list(rules, where=str(rules_path))  # checked now, not when predict reads the export

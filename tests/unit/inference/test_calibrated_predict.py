@@ -93,6 +93,9 @@ def test_an_export_carries_the_calibration(setup, tmp_path, capsys):
     sidecar = json.loads(Path(f"{out}.json").read_text())
     assert sidecar["calibration"]["temperature"]["Ulna"] == pytest.approx(3.0)
     assert sidecar["thresholds"]["Ulna"] == pytest.approx(0.45)
+    bare = tmp_path / "bare.ts"  # the calibrated thresholds without the calibration: refused
+    code, _, err = cli(capsys, "export", runs[0], "-f", "torchscript", "-o", bare, "--threshold", root / "cal.json")
+    assert code == 1 and "calibrated probabilities" in error_line(err) and not bare.exists()
     code, _, err = cli(
         capsys,
         "predict",
