@@ -19,10 +19,20 @@ import numpy as np
 
 from boneseg import rle as rle_mod
 from boneseg.classes import CLASS_INDEX, CLASSES
-from boneseg.errors import BonesegError, DataError, quote
+from boneseg.errors import BonesegError, DataError, UsageError, quote
 from boneseg.io import atomic_open
 
 HEADER = ("image_name", "class", "rle")
+MAX_SIDE = 32768
+"""Largest image side a ``--size`` option may give (the contract's images are 2048 px)."""
+
+
+def check_side(size: int, option: str = "--size") -> None:
+    """A `UsageError` unless `size` (the image side of a CSV's masks) is within 1..`MAX_SIDE`."""
+    if not 1 <= size <= MAX_SIDE:
+        raise UsageError(f"{option} must be within 1..{MAX_SIDE} pixels, got {size}")
+
+
 _SPECIAL = (",", '"', "\n", "\r")
 
 # Python's csv refuses fields over 131,072 characters by default; the limit is process-wide.

@@ -71,8 +71,9 @@ def write_masks(
         from boneseg.errors import suggest
 
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}{suggest(fmt, FORMATS)}")
-    if size < 1:
-        raise UsageError(f"--size must be positive, got {size}")
+    from boneseg.submission import check_side
+
+    check_side(size)
     out = check_out(Path(out), force)
     check_not_over_inputs(out, [source, images], "--out")
     source = Path(source)

@@ -128,7 +128,8 @@ def test_masks_from_probabilities(tmp_path, capsys):
         (["--threshold", "0.3"], 2, "--threshold applies to a probability folder"),
         (["--format", "nifti"], 2, "--format 'nifti': expected one of npz, tiff"),
         (["--images", "{empty}"], 1, "no PNG images found"),
-        (["--size", "0"], 2, "--size must be positive"),
+        (["--size", "0"], 2, "--size must be within 1..32768 pixels"),
+        (["--size", "1000000"], 2, "--size must be within 1..32768 pixels, got 1000000"),  # not an out-of-memory hint
     ],
 )
 def test_masks_refuses(labelled, tmp_path, capsys, args, code, message):
@@ -194,6 +195,7 @@ def test_postprocess_close_fills_holes_and_streams_to_stdout(labelled, tmp_path,
         ([], 2, "nothing to do: give --rules, --min-area, --keep-largest or --close"),
         (["--min-area", "-1"], 2, "--min-area must be 0 or more"),
         (["--close", "-3"], 2, "--close must be 0"),
+        (["--keep-largest", "--size", "99999999999"], 2, "--size must be within 1..32768 pixels"),
         (["--close", "100000"], 2, "kernel side in pixels up to 255"),  # would run for hours
         (["--rules", "{tmp}"], 1, "no postprocess.json in this folder"),
         (["--rules", "{tmp}/x.json"], 1, "x.json: file not found"),
