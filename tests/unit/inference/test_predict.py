@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -408,6 +409,8 @@ def test_a_failing_rank_stops_sharded_predict_at_once_and_leaves_nothing(synth_d
     proc = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode != 0
     assert f"Error: [rank 1] {bad}: unreadable or corrupt image" in proc.stderr
-    assert "Error: [rank 0] another rank failed or stopped responding" in proc.stderr, proc.stderr[-2000:]
+    # rank 0 learns it from the broken gather or from torchrun stopping it, whichever comes first on a busy machine
+    said = re.search(r"Error: \[rank 0\] (another rank failed or stopped responding|predict interrupted)", proc.stderr)
+    assert said, proc.stderr[-2000:]
     assert "rerun the same command" in proc.stderr and "SIGKILL" not in proc.stderr  # stopped, not killed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
