@@ -1,9 +1,9 @@
 """Distillation end to end on the phantom: best single model vs the selected ensemble vs its student.
 
-python benchmarks/bench_distill.py --work /tmp/distill-bench [--epochs 5] [--patients 32]
+python benchmarks/bench_distill.py --work /tmp/distill-bench [--epochs 20] [--patients 32]
 
 The three-variant, three-fold recipe of docs/select.md, scaled down for a shared 2-core CPU: a phantom of
-32 train patients at 256² (2 test patients), unet/resnet18 at 96², 5 epochs, hands mirrored to the right;
+32 train patients at 256² (2 test patients), unet/resnet18 at 96², 20 epochs, hands mirrored to the right;
 variants `a` (bce+dice), `b` (another seed), `c` (Dice loss alone), each on 3 folds; `oof --save-probs`
 per variant; `select` a soft per-class plan; then `distill` one student per fold (the best single
 variant's settings) on the plan's OOF probabilities (and the test images' as soft pseudo-labels), and
@@ -143,7 +143,7 @@ def predict_seconds(work: Path, data: Path, models: list[str], repeats: int = 2)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--patients", type=int, default=32)
     ap.add_argument("--teachers-only", action="store_true")
     args = ap.parse_args()
