@@ -27,7 +27,7 @@ MAX_SIDE = 32768
 """Largest image side a ``--size`` option may give (the contract's images are 2048 px)."""
 
 
-def check_side(size: int, option: str = "--size") -> None:
+def check_image_side(size: int, option: str = "--size") -> None:
     """A `UsageError` unless `size` (the image side of a CSV's masks) is within 1..`MAX_SIDE`."""
     if not 1 <= size <= MAX_SIDE:
         raise UsageError(f"{option} must be within 1..{MAX_SIDE} pixels, got {size}")

@@ -198,9 +198,9 @@ def load_inputs(
         raise UsageError("--fold and --splits go together")
     if fold is not None and gt is None:
         raise UsageError("--fold/--splits need --gt DATA")
-    from boneseg.submission import check_side
+    from boneseg.submission import check_image_side
 
-    check_side(size)
+    check_image_side(size)
     if images is not None and gt is not None:
         raise UsageError("--images is for CSVs without --gt (with --gt the images are DATA's train images)")
     paths = [Path(p) for p in preds]

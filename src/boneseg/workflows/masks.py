@@ -71,9 +71,9 @@ def write_masks(
         from boneseg.errors import suggest
 
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}{suggest(fmt, FORMATS)}")
-    from boneseg.submission import check_side
+    from boneseg.submission import check_image_side
 
-    check_side(size)
+    check_image_side(size)
     out = check_out(Path(out), force)
     check_not_over_inputs(out, [source, images], "--out")
     source = Path(source)

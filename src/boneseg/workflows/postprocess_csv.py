@@ -103,9 +103,9 @@ def postprocess_csv(
         raise UsageError(f"--min-area must be 0 or more, got {min_area}")
     if not 0 <= close <= MAX_CLOSE:
         raise UsageError(f"--close must be 0 (off) or a kernel side in pixels up to {MAX_CLOSE}, got {close}")
-    from boneseg.submission import check_side
+    from boneseg.submission import check_image_side
 
-    check_side(size)
+    check_image_side(size)
     doc, where = read_rules(rules) if rules is not None else (None, None)
     per_class = (
         rules_list(doc, keep_largest, min_area, str(where))
