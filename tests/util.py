@@ -191,6 +191,21 @@ def cli(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
+def run_cli(*args) -> tuple[int, str]:
+    """Run the CLI in-process without pytest's capture fixtures (usable in module-scoped fixtures): (exit code,
+    stderr); stdout is discarded."""
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, err.getvalue()
+
+
 def error_line(err: str) -> str:
     """The single `Error:` line (and proof that there is no traceback)."""
     assert "Traceback" not in err, err

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from util import run_cli as cli
 from util import tiny_config, write_dataset
 
-from boneseg.cli import main
 from boneseg.errors import DataError
 
 LEAK = re.compile(r"Error: [A-Z]\w+(Error|Exception)\b:")
@@ -68,21 +68,6 @@ def base(tmp_path_factory) -> Path:
         == 0
     )
     return root
-
-
-def cli(*args) -> tuple[int, str]:
-    """Run the CLI in-process: (exit code, stderr)."""
-    import contextlib
-    import io
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, err.getvalue()
 
 
 def copy_data(base: Path, tmp: Path) -> Path:

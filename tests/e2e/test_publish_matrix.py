@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -23,24 +22,13 @@ from pathlib import Path
 import pytest
 import typer
 from util import TINY, tiny_config, write_dataset
+from util import run_cli as cli
 
 from boneseg.cli import main
 from boneseg.cli.app import OUTPUT_PARAMS, app
 from boneseg.io import KILL_AT, hold
 
 COMMANDS = typer.main.get_command(app).commands
-
-
-def cli(*args) -> tuple[int, str]:
-    """Run the CLI in-process: (exit code, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, err.getvalue()
 
 
 def one_error(err: str) -> str:

@@ -23,6 +23,7 @@ from boneseg.workflows.distill import distill, resolve_teacher
 
 
 def _tiny(data: Path, out: Path, **extra) -> dict:
+    """The config `_args` gives on the command line (not `util.tiny_config`: its slim decoder has no CLI option)."""
     cfg = {
         "data": str(data),
         "out": str(out),
