@@ -37,7 +37,7 @@ class _SingleThreadedOpenCV:
             load(module)
             module.setNumThreads(0)
 
-        spec.loader.exec_module = exec_module
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
 
 

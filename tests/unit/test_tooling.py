@@ -17,6 +17,9 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_mypy_passes():
     pytest.importorskip("mypy")
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert settings["check_untyped_defs"] is True, "the bodies of unannotated functions are checked too"
     result = _run("mypy", "src/boneseg")
     assert result.returncode == 0, result.stdout + result.stderr
 

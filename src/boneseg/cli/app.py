@@ -87,7 +87,7 @@ class _ReadableHelp:
     _for_help = False
 
     def get_params(self, ctx):
-        params = super().get_params(ctx)
+        params = super().get_params(ctx)  # type: ignore[misc]
         callback = getattr(self, "callback", None)
         hints = typing.get_type_hints(callback) if callback is not None else {}
         for param in params:
@@ -105,7 +105,7 @@ class _ReadableHelp:
             order = list(PANELS)
             for param in params:
                 if param.param_type_name == "option":
-                    name = (getattr(self, "name", None), param.name)
+                    name = (getattr(self, "name", None) or "", param.name or "")
                     param.rich_help_panel = _PANEL_OVERRIDES.get(name, _PANEL_OF.get(param.name, order[-1]))
             params = sorted(
                 params, key=lambda p: order.index(p.rich_help_panel) if p.param_type_name == "option" else -1
@@ -115,7 +115,7 @@ class _ReadableHelp:
     def format_help(self, ctx, formatter):
         self._for_help = True
         try:
-            return super().format_help(ctx, formatter)
+            return super().format_help(ctx, formatter)  # type: ignore[misc]
         finally:
             self._for_help = False
 
