@@ -151,3 +151,119 @@ def test_a_callers_process_group_is_left_alone(tmp_path, monkeypatch):
         assert dist.is_initialized()
     finally:
         dist.destroy_process_group()
+
+
+# -- predictions read back (CSV or probability folder) ---------------------------------------------
+
+
+def test_prediction_source_has_one_home():
+    from boneseg import predictions
+    from boneseg.workflows import audit, masks, pseudo
+
+    assert pseudo.open_predictions is audit.open_predictions is predictions.open_predictions
+    for module in (pseudo, audit):
+        assert not hasattr(module, "read_submission") and not hasattr(module, "open_source"), module.__name__
+    assert not hasattr(pseudo, "_CsvSource") and not hasattr(pseudo, "_ProbsSource")
+    for reader in (masks._csv_source, masks._probs_source):
+        assert "read_submission" not in reader.__code__.co_names and "read_manifest" not in reader.__code__.co_names
+
+
+def _probs_folder(folder, q):
+    from boneseg import probs
+
+    folder.mkdir()
+    probs.save(folder, "a.png", q)
+    probs.write_manifest(folder, ["a.png"], ["model"], {})
+    return folder
+
+
+def test_prediction_sources_check_alike(tmp_path):
+    """pseudo, audit and masks refuse thresholds searched on calibrated probabilities for uncalibrated ones
+    (audit and pseudo applied them silently) and a probability file of another size than its image."""
+    import json
+
+    from boneseg.predictions import open_predictions
+    from boneseg.workflows.audit import Predictions
+
+    q = np.zeros((29, 6, 8), np.uint8)
+    q[:, 1:4, 2:5] = 200
+    folder = _probs_folder(tmp_path / "probs", q)
+    calibrated = tmp_path / "t.json"
+    calibrated.write_text(json.dumps({"calibration": "cal.json", "thresholds": {"Radius": 0.4}}))
+    for opener in (open_predictions, Predictions):
+        with pytest.raises(DataError, match=r"^--threshold .*t\.json: thresholds searched on calibrated"):
+            opener(folder, str(calibrated))
+    src = open_predictions(folder, 0.5)
+    masks, conf = src.masks("a.png", (6, 8))
+    assert masks.sum() == 29 * 9 and np.allclose(conf, 200 / 255)
+    with pytest.raises(DataError, match=r"a\.npz: probabilities are 8x6 but the image is 9x6$"):
+        src.masks("a.png", (6, 9))
+    got, prob = Predictions(folder).get("a.png", (6, 8), (6, 8))
+    assert np.array_equal(got, masks) and np.allclose(prob, q / 255)
+
+
+# -- run-length Dice ------------------------------------------------------------------------------
+
+
+def test_run_length_dice_has_one_home():
+    import ast
+    from pathlib import Path
+
+    import boneseg
+    from boneseg import rle_dice
+    from boneseg.workflows import analysis
+
+    assert analysis.intersections is rle_dice.intersections and analysis.runs_table is rle_dice.runs_table
+    root = Path(boneseg.__file__).parent
+    engine = {"RunTable", "runs_table", "intersections", "run_dice", "iou_from_counts"}
+    for path in root.rglob("*.py"):
+        if path.name == "rle_dice.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        assert not defined & engine, f"{path.relative_to(root)} defines {sorted(defined & engine)}"
+        sweeps = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "covered_before"]
+        assert not sweeps, f"{path.relative_to(root)} sweeps runs itself (use boneseg.rle_dice)"
+
+
+# -- competition label JSON written ---------------------------------------------------------------
+
+
+def test_label_writer_has_one_home():
+    """Only `boneseg.data.labels` builds a ``poly_seg`` annotation; synth and pseudo write through it."""
+    import ast
+    from pathlib import Path
+
+    import boneseg
+    from boneseg.data import labels, synth
+    from boneseg.workflows import pseudo
+
+    assert pseudo.label_document is synth.label_document is labels.label_document
+    root = Path(boneseg.__file__).parent
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        builds = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Dict) and any(isinstance(k, ast.Constant) and k.value == "points" for k in n.keys)
+        ]
+        if path.relative_to(root).as_posix() != "data/labels.py":
+            assert not builds, f"{path.relative_to(root)} builds a label annotation (use boneseg.data.labels)"
+
+
+def test_written_labels_read_back(tmp_path):
+    from boneseg.data.labels import label_document, stable_id, write_label
+    from boneseg.data.masks import load_label
+
+    square = np.array([[1, 1], [5, 1], [5, 4], [1, 4]], np.int32)
+    polygons = {"Radius": square, "finger-1": square + 1}
+    doc = label_document(polygons, "x.png", (8, 10), source="test")
+    assert [a["label"] for a in doc["annotations"]] == ["finger-1", "Radius"]  # class order
+    assert doc["annotations"][0]["id"] == stable_id("x.png/finger-1") and "file_id" not in doc
+    path = write_label(tmp_path / "ID001" / "x.json", doc)
+    label = load_label(path, (8, 10), strict=False)
+    assert {k: v.tolist() for k, v in label.polygons.items()} == {k: v.tolist() for k, v in polygons.items()}
+    ids = iter(["a", "b", "c"])
+    drawn = label_document(polygons, "x.png", (8, 10), new_id=lambda _: next(ids), file_id=True)
+    assert [a["id"] for a in drawn["annotations"]] == ["a", "b"] and drawn["file_id"] == "c"
+    assert list(drawn) == ["annotations", "attributes", "file_id", "filename", "metadata"]

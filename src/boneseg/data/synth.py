@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import json
 import re
 import uuid
 import zipfile
@@ -34,6 +33,7 @@ import cv2
 import numpy as np
 
 from boneseg.classes import CLASSES, DIGITS
+from boneseg.data.labels import label_bytes, label_document
 from boneseg.data.split import check_seed
 from boneseg.errors import DataError, OutputExistsError, UsageError, suggest
 from boneseg.io import Publication, atomic_open, hold, publishing
@@ -548,25 +548,10 @@ def split_ids(patients: int, test_patients: int) -> tuple[list[int], list[int]]:
 
 
 def label_json(polygons: dict[str, np.ndarray], filename: str, size: int, rng: np.random.Generator) -> dict:
-    """The competition's label document for one image."""
-    annotations = [
-        {
-            "id": str(uuid.UUID(bytes=rng.bytes(16), version=4)),
-            "type": "poly_seg",
-            "attributes": {},
-            "points": polygons[name].tolist(),
-            "label": name,
-        }
-        for name in CLASSES
-        if name in polygons
-    ]
-    return {
-        "annotations": annotations,
-        "attributes": {},
-        "file_id": str(uuid.UUID(bytes=rng.bytes(16), version=4)),
-        "filename": filename,
-        "metadata": {"height": size, "width": size},
-    }
+    """The competition's label document for one image, its ids drawn from `rng` (`boneseg.data.labels`)."""
+    return label_document(
+        polygons, filename, (size, size), new_id=lambda _: str(uuid.UUID(bytes=rng.bytes(16), version=4)), file_id=True
+    )
 
 
 LABEL_ERRORS = ("shift", "scale", "swap", "delete", "blob")
@@ -769,10 +754,7 @@ def _synthesize(
                     )
                     truth += [(f"{stem}.png", c, kinds[index]) for c in names]
                 doc = label_json(polygons, f"{stem}.png", size, rng)
-                _write_bytes(
-                    folders[split] / "outputs_json" / ident / f"{stem}.json",
-                    json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode(),
-                )
+                _write_bytes(folders[split] / "outputs_json" / ident / f"{stem}.json", label_bytes(doc))
             task.advance()
     task.close()
     _write_bytes(pub.file(out / "meta_data.xlsx"), meta_xlsx(people))

@@ -1,11 +1,8 @@
 """Score predictions and compare models in run-length space (``boneseg analyze``).
 
-Every mask -- predicted (RLE text) or true (label polygons) -- becomes a list of pixel runs. The runs of
-all (image, class) masks of one input go into a single sorted array, each mask shifted into its own
-block of ``block`` pixels, so the overlap of two inputs is one vectorised pass: with ``F(x)`` the number
-of covered pixels below ``x`` in one input (a ``searchsorted`` over its run starts plus a cumulative sum
-of run lengths), a run ``[s, e)`` of the other input overlaps it by ``F(e) - F(s)``. A 2048² image is
-never decoded; the cost follows the number of runs (about one per bone row).
+Every mask -- predicted (RLE text) or true (label polygons) -- becomes a list of pixel runs, and the runs
+of all (image, class) masks of one input one `boneseg.rle_dice.RunTable`, so the Dice of two inputs is one
+vectorised pass over their runs: a 2048² image is never decoded.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from boneseg.classes import CARPALS, CLASSES, FINGERS, NUM_CLASSES
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.metrics import dice_from_counts
 from boneseg.progress import SILENT, Reporter, track
+from boneseg.rle_dice import RunTable, intersections, iou_from_counts, runs_table
 from boneseg.submission import Submission, read_submission
 
 if TYPE_CHECKING:
@@ -31,11 +29,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = [
-    "RunTable",
-    "runs_table",
-    "intersections",
-    "run_dice",
-    "iou_from_counts",
     "Inputs",
     "load_inputs",
     "Analysis",
@@ -53,73 +46,6 @@ PLOT_FILES = {
     "similarity": "similarity.png",
 }
 JSON_FILE = "analysis.json"
-
-
-# -- run tables -----------------------------------------------------------------------------------
-
-
-@dataclass
-class RunTable:
-    """The runs of ``n_keys`` masks (key = image * 29 + class) in one sorted array.
-
-    Key ``k``'s runs are shifted by ``k * block``, so runs of different masks never meet.
-    """
-
-    starts: np.ndarray  # (R,) int64, global
-    ends: np.ndarray  # (R,) int64, exclusive
-    owner: np.ndarray  # (R,) int64 key of each run
-    areas: np.ndarray  # (n_keys,) int64 pixel count of each mask
-    block: int
-
-    @property
-    def n_keys(self) -> int:
-        return len(self.areas)
-
-
-def runs_table(runs: Sequence[tuple[np.ndarray, np.ndarray]], block: int) -> RunTable:
-    """A `RunTable` from per-key (0-based starts, exclusive ends), in key order."""
-    counts = np.fromiter((len(s) for s, _ in runs), np.int64, len(runs))
-    owner = np.repeat(np.arange(len(runs), dtype=np.int64), counts)
-    if counts.sum():
-        offset = owner * np.int64(block)
-        starts = np.concatenate([s for s, _ in runs]).astype(np.int64) + offset
-        ends = np.concatenate([e for _, e in runs]).astype(np.int64) + offset
-    else:
-        starts = ends = np.empty(0, np.int64)
-    areas = np.bincount(owner, weights=ends - starts, minlength=len(runs)).astype(np.int64)
-    return RunTable(starts, ends, owner, areas, int(block))
-
-
-def intersections(a: RunTable, b: RunTable) -> np.ndarray:
-    """|A ∩ B| of every key: (n_keys,) int64, by a sorted sweep over the runs (no masks decoded)."""
-    if a.n_keys != b.n_keys or a.block != b.block:
-        raise ValueError(f"run tables differ in layout: {a.n_keys} vs {b.n_keys} keys, block {a.block} vs {b.block}")
-    if a.starts.size == 0 or b.starts.size == 0:
-        return np.zeros(a.n_keys, np.int64)
-    if a.starts.size > b.starts.size:  # search the longer list, iterate the shorter
-        a, b = b, a
-    covered_before = np.concatenate(([0], np.cumsum(b.ends - b.starts)))
-
-    def covered(x: np.ndarray) -> np.ndarray:
-        """Pixels of B below x: whole runs starting before x, minus the part of the last one at or past x."""
-        k = np.searchsorted(b.starts, x, side="left")
-        past = np.maximum(b.ends[np.maximum(k - 1, 0)] - x, 0)
-        return covered_before[k] - np.where(k > 0, past, 0)
-
-    per_run = covered(a.ends) - covered(a.starts)
-    return np.bincount(a.owner, weights=per_run, minlength=a.n_keys).astype(np.int64)
-
-
-def run_dice(a: RunTable, b: RunTable) -> np.ndarray:
-    """Competition Dice of every key (both empty -> 1.0): (n_keys,) float64."""
-    return dice_from_counts(intersections(a, b), a.areas, b.areas)
-
-
-def iou_from_counts(intersection, a_area, b_area) -> np.ndarray:
-    """IoU ``|A∩B| / |A∪B|`` from pixel counts (numpy, broadcasting); both empty gives 1.0, as Dice does."""
-    inter = np.asarray(intersection, np.float64)
-    union = np.asarray(a_area, np.float64) + np.asarray(b_area, np.float64) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 # -- inputs ---------------------------------------------------------------------------------------

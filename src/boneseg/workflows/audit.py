@@ -46,8 +46,9 @@ from boneseg.data.masks import load_label, rasterize
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError, suggest
 from boneseg.io import check_output, hold, publishing, write_json
 from boneseg.plots import overlay_compare, save_png
+from boneseg.predictions import CsvPredictions, open_predictions
 from boneseg.progress import SILENT, Reporter, track
-from boneseg.submission import format_row, read_submission
+from boneseg.submission import format_row
 from boneseg.workflows.eda import TINY_FRACTION, self_intersections
 
 KINDS = ("disagreement", "swap", "missing", "spurious", "geometry")
@@ -133,31 +134,21 @@ def _num(v: float) -> float | None:
 
 
 class Predictions:
-    """A submission CSV or a probability folder, read per image at the audit's working size."""
+    """Predictions (`boneseg.predictions`: a submission CSV or a probability folder) read per image at the
+    audit's working size."""
 
     def __init__(self, path: str | os.PathLike, threshold: float | str | os.PathLike = 0.5):
-        self.path = Path(path)
-        self.thresholds = probs_mod.read_thresholds(threshold)
-        if self.path.is_dir():
-            self.sub = None
-            self.names = list(probs_mod.read_manifest(self.path)["images"])
-        else:
-            self.sub = read_submission(self.path)
-            self.names = list(self.sub.images)
+        self.source = open_predictions(path, threshold)
+        self.names = self.source.images
 
     def get(self, name: str, shape: tuple[int, int], work: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """(masks (29, h, w) bool, probabilities (29, h, w) float32) of image `name` at the size `work`."""
-        if self.sub is not None:
-            masks = _resize(self.sub.masks(name, shape).view(np.uint8), work, cv2.INTER_NEAREST).view(np.bool_)
+        src = self.source
+        if isinstance(src, CsvPredictions):
+            masks = _resize(src.masks(name, shape)[0].view(np.uint8), work, cv2.INTER_NEAREST).view(np.bool_)
             return masks, masks.astype(np.float32)
-        q = probs_mod.load(self.path, name)
-        if q.shape[1:] != tuple(shape):
-            raise DataError(
-                f"{probs_mod.prob_path(self.path, name)}: probabilities are {q.shape[2]}x{q.shape[1]}, "
-                f"the image is {shape[1]}x{shape[0]}"
-            )
-        q = _resize(q, work, cv2.INTER_AREA)
-        return probs_mod.binarize(q, self.thresholds), q.astype(np.float32) / probs_mod.SCALE
+        q = _resize(src.quantized(name, shape), work, cv2.INTER_AREA)
+        return src.binarize(q), q.astype(np.float32) / probs_mod.SCALE
 
 
 def _resize(stack: np.ndarray, work: tuple[int, int], interpolation: int) -> np.ndarray:

@@ -142,25 +142,22 @@ def _pictures(images: str | os.PathLike | None, names: list[str]) -> dict[str, P
 
 def _csv_source(path: Path, images: str | os.PathLike | None, size: int):
     from boneseg.data.layout import image_shape
-    from boneseg.submission import read_submission
+    from boneseg.predictions import CsvPredictions
 
-    sub = read_submission(path)
-    names = sorted(sub.images)
+    src = CsvPredictions(path)
+    names = sorted(src.images)
     if not names:
         raise DataError(f"{path}: no rows")
     files = _pictures(images, names) or {}
     shapes = {n: image_shape(f) for n, f in files.items()}
-    return names, lambda name: sub.masks(name, shapes.get(name, (size, size)))
+    return names, lambda name: src.masks(name, shapes.get(name, (size, size)))[0]
 
 
 def _probs_source(folder: Path, threshold):
-    from boneseg import probs
+    from boneseg.predictions import ProbPredictions
 
-    manifest = probs.read_manifest(folder)
-    thresholds = probs.read_thresholds(threshold)
-    probs.check_thresholds_calibration(threshold, bool(manifest.get("calibration")))
-    names = sorted(manifest["images"])
-    return names, lambda name: probs.binarize(probs.load(folder, name), thresholds)
+    src = ProbPredictions(folder, threshold)
+    return sorted(src.images), lambda name: src.binarize(src.quantized(name, None))
 
 
 def _check_stems(names: list[str]) -> None:

@@ -97,6 +97,7 @@ def postprocess_csv(
     from boneseg import rle
     from boneseg.io import check_output, is_stdout
     from boneseg.postprocess import MAX_CLOSE, clean_runs, rules_list
+    from boneseg.rle_dice import overlap
     from boneseg.submission import SubmissionWriter, read_submission
 
     if min_area < 0:
@@ -142,7 +143,7 @@ def postprocess_csv(
                 if np.array_equal(s, starts) and np.array_equal(e, ends):
                     texts.append(text)
                     continue
-                kept = _overlap(starts, ends, s, e)
+                kept = overlap(starts, ends, s, e)
                 removed, added = int((ends - starts).sum()) - kept, int((e - s).sum()) - kept
                 if not removed and not added:  # the same pixels in other runs (adjacent runs merged): unchanged
                     texts.append(text)
@@ -153,18 +154,3 @@ def postprocess_csv(
                 texts.append(rle.runs_to_rle(s, e))
             writer.write_rles(name, texts)
     return result
-
-
-def _overlap(a_starts: np.ndarray, a_ends: np.ndarray, b_starts: np.ndarray, b_ends: np.ndarray) -> int:
-    """|A ∩ B| of two masks given as sorted, non-overlapping runs (the sweep of
-    `boneseg.workflows.analysis.intersections`, for one pair and without its imports)."""
-    if not len(a_starts) or not len(b_starts):
-        return 0
-    covered_before = np.concatenate(([0], np.cumsum(b_ends - b_starts)))
-
-    def covered(x: np.ndarray) -> np.ndarray:
-        k = np.searchsorted(b_starts, x, side="left")
-        past = np.maximum(b_ends[np.maximum(k - 1, 0)] - x, 0)
-        return covered_before[k] - np.where(k > 0, past, 0)
-
-    return int((covered(a_ends) - covered(a_starts)).sum())

@@ -20,11 +20,9 @@ independent models concur.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import shutil
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,8 @@ import cv2
 import numpy as np
 
 from boneseg import probs as probs_mod
-from boneseg.classes import CLASSES, NUM_CLASSES
+from boneseg.classes import CLASSES
+from boneseg.data.labels import label_document, write_label
 from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, by_image_name, find_images, read_image
 from boneseg.data.masks import rasterize
 from boneseg.errors import DataError, OutputExistsError, UsageError
@@ -41,15 +40,14 @@ from boneseg.inference.run import check_workers
 from boneseg.io import publish_folder, staging_folder, write_json
 from boneseg.maskops import bbox
 from boneseg.metrics import dice
+from boneseg.predictions import open_predictions
 from boneseg.progress import SILENT, Reporter
-from boneseg.submission import read_submission
 from boneseg.workflows.parallel import STATE, parallel_map
 
-__all__ = ["MANIFEST", "PseudoSummary", "trace_polygon", "label_document", "open_source", "make_pseudo"]
+__all__ = ["MANIFEST", "PseudoSummary", "trace_polygon", "make_pseudo"]
 
 MANIFEST = "pseudo_manifest.json"
 FORMAT = "boneseg-pseudo"
-_ID_NAMESPACE = uuid.UUID("6f1c2a4e-0b8e-4a55-9a57-3c1de2f0b7a1")
 
 
 # -- masks -> polygons ----------------------------------------------------------------------------
@@ -71,88 +69,6 @@ def trace_polygon(mask: np.ndarray) -> np.ndarray | None:
     best = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))
     points = best.reshape(-1, 2).astype(np.int32)
     return points if len(points) >= 3 else None
-
-
-def label_document(polygons: Mapping[str, np.ndarray], image_name: str, shape: tuple[int, int]) -> dict:
-    """A label JSON in the competition schema (one ``poly_seg`` annotation per class, stable ids)."""
-    annotations = [
-        {
-            "id": str(uuid.uuid5(_ID_NAMESPACE, f"{image_name}/{name}")),
-            "type": "poly_seg",
-            "attributes": {},
-            "points": np.asarray(polygons[name]).tolist(),
-            "label": name,
-        }
-        for name in CLASSES
-        if name in polygons
-    ]
-    return {
-        "annotations": annotations,
-        "filename": image_name,
-        "metadata": {"height": int(shape[0]), "width": int(shape[1]), "source": "boneseg pseudo"},
-    }
-
-
-# -- sources --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _CsvSource:
-    """Masks from a submission CSV (no probabilities, hence no confidence)."""
-
-    path: Path
-    kind: str = "csv"
-
-    def __post_init__(self) -> None:
-        self.sub = read_submission(self.path)
-        self.images = list(self.sub.images)
-        self.image_set = set(self.images)
-
-    def masks(self, image: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-        return self.sub.masks(image, shape), None
-
-
-@dataclass
-class _ProbsSource:
-    """Masks and confidences from a probability folder, binarised as `predict` does."""
-
-    path: Path
-    threshold: Any = 0.5
-    kind: str = "probs"
-    calibration: Any = None  # a `boneseg.calibration.Calibration` applied to the stored values
-
-    def __post_init__(self) -> None:
-        manifest = probs_mod.read_manifest(self.path)
-        self.images = [Path(str(i)).name for i in manifest["images"]]
-        self.image_set = set(self.images)
-        self.cuts = probs_mod.read_thresholds(self.threshold)
-        if self.calibration is not None:
-            probs_mod.refuse_calibrated(self.path, manifest, "drop --calibration")
-        calibrated = self.calibration is not None or bool(manifest.get("calibration"))
-        probs_mod.check_thresholds_calibration(self.threshold, calibrated)
-
-    def masks(self, image: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-        q = probs_mod.load(self.path, image)
-        if q.shape[1:] != tuple(shape):
-            raise DataError(
-                f"{probs_mod.prob_path(self.path, image)}: probabilities are {q.shape[2]}x"
-                f"{q.shape[1]} but the image is {shape[1]}x{shape[0]}"
-            )
-        if self.calibration is not None:
-            q = self.calibration.apply_quantized(q)
-        masks = probs_mod.binarize(q, self.cuts)
-        conf = np.zeros(NUM_CLASSES)
-        for c in range(NUM_CLASSES):
-            inside = q[c][masks[c]]
-            conf[c] = inside.mean() / probs_mod.SCALE if inside.size else 0.0
-        return masks, conf
-
-
-def open_source(path: str | os.PathLike, threshold: Any = 0.5, calibration: Any = None):
-    """A submission CSV or a probability folder (chosen by what `path` is); `threshold` binarises a folder,
-    after `calibration` (a `boneseg.calibration.Calibration`), if any."""
-    path = Path(path)
-    return _ProbsSource(path, threshold, calibration=calibration) if path.is_dir() else _CsvSource(path)
 
 
 # -- one image ------------------------------------------------------------------------------------
@@ -265,9 +181,8 @@ def _pseudo_worker(task: tuple[str, str]) -> dict:
             return {"left_out": _left_out(name, f"mask of {c} too thin to trace a polygon", [c])}
         polygons[c] = pts
     scores = dice(rasterize(polygons, shape), masks)
-    label = stage / "train" / LABEL_DIR / Path(name).with_suffix(".json")
-    label.parent.mkdir(parents=True, exist_ok=True)
-    label.write_text(json.dumps(label_document(polygons, image_name, shape), separators=(",", ":")))
+    doc = label_document(polygons, image_name, shape, source="boneseg pseudo")
+    write_label(stage / "train" / LABEL_DIR / Path(name).with_suffix(".json"), doc)
     how = _place_image(Path(image_path), stage / "train" / IMAGE_DIR / name, copy)
     worst = int(np.argmin(scores))
     record = {
@@ -379,8 +294,8 @@ def make_pseudo(
     calibrated = resolve(calibration)
     if calibrated is not None and not Path(source).is_dir():
         raise UsageError("--calibration applies to a probability folder (a CSV is already binary)")
-    src = open_source(source, thresholds, calibrated)
-    others = [open_source(p, thresholds) for p in agree_with]
+    src = open_predictions(source, threshold, calibrated)
+    others = [open_predictions(p, threshold) for p in agree_with]
     if (thresholds != 0.5).any() and all(s.kind == "csv" for s in (src, *others)):
         raise UsageError("--threshold applies to probability folders only (a CSV is already binary)")
     if min_confidence is not None and src.kind != "probs":

@@ -7,17 +7,15 @@ import json
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from util import square_polygons, write_dataset, write_label
 
-from boneseg import CLASSES, metrics, rle
+from boneseg import CLASSES, metrics
 from boneseg.cli import main
 from boneseg.data.layout import discover
 from boneseg.data.masks import MaskCache, default_cache_dir
 from boneseg.errors import DataError, UsageError
 from boneseg.submission import SubmissionWriter
-from boneseg.workflows.analysis import analyze, intersections, run_dice, runs_table, suggest_ensemble
+from boneseg.workflows.analysis import analyze, suggest_ensemble
 
 
 def cli(capsys, *args):
@@ -26,10 +24,6 @@ def cli(capsys, *args):
         main([str(a) for a in args])
     out = capsys.readouterr()
     return exc.value.code or 0, out.out, out.err
-
-
-def table_of(masks_per_key, block):
-    return runs_table([rle.runs_from_mask(m) for m in masks_per_key], block)
 
 
 def truth_masks(root):
@@ -61,33 +55,6 @@ def write_csv(path, names, masks):
         for name, m in zip(names, masks):
             w.write_masks(name, m)
     return path
-
-
-# -- the run-length sweep -------------------------------------------------------------------------
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 5), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
-def test_intersections_equal_mask_counts(seed, keys, pa, pb):
-    rng = np.random.default_rng(seed)
-    a = rng.random((keys, 7, 9)) < pa
-    b = rng.random((keys, 7, 9)) < pb
-    ta, tb = table_of(a, 63), table_of(b, 63)
-    inter, pred, gt = metrics.dice_counts(a, b)
-    assert intersections(ta, tb).tolist() == inter.tolist()
-    assert intersections(tb, ta).tolist() == inter.tolist()
-    assert ta.areas.tolist() == pred.tolist() and tb.areas.tolist() == gt.tolist()
-    np.testing.assert_array_equal(run_dice(ta, tb), metrics.dice(a, b))
-
-
-def test_empty_masks_follow_the_competition_rule():
-    empty, full = np.zeros((2, 4, 4), bool), np.ones((2, 4, 4), bool)
-    te, tf = table_of(empty, 16), table_of(full, 16)
-    assert run_dice(te, te).tolist() == [1.0, 1.0]  # both empty -> 1
-    assert run_dice(te, tf).tolist() == [0.0, 0.0]
-    assert run_dice(tf, tf).tolist() == [1.0, 1.0]
-    with pytest.raises(ValueError):
-        intersections(te, table_of(empty[:1], 16))
 
 
 # -- against the labels ---------------------------------------------------------------------------
