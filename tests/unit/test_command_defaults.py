@@ -58,11 +58,9 @@ SPECS = {
         api_only=frozenset({"samples"}),  # a ready sample list instead of DATA
     ),
     "ensemble": Spec(
-        ("boneseg.workflows.ensemble:hard_vote", "boneseg.workflows.ensemble:soft_vote"),
+        ("boneseg.workflows.ensemble:ensemble",),
         renamed={"size": "shape", "output": "out"},
-        # --vote picks the function; --scores/--per-class-out are read/written by the command; -o's alias
-        command_only=frozenset({"vote", "scores", "per_class_out", "output_alias"}),
-        api_only=frozenset({"folders"}),  # soft_vote's name for the inputs
+        command_only=frozenset({"output_alias"}),  # -o's old name
     ),
     "select": Spec(
         ("boneseg.workflows.select:select",),

@@ -99,75 +99,29 @@ def ensemble_command(
     """Ensemble predictions: [bold]hard[/bold] votes over submission CSVs (rows matched by image and class,
     any order, never decoding a mask) or [bold]soft[/bold] weighted means of probability folders."""
     from boneseg.cli.options import parse_size
-    from boneseg.errors import UsageError, check_workers
-    from boneseg.io import check_output, is_stdout
     from boneseg.workflows import ensemble
 
-    output = output_alias or output
-    dirs = [p.is_dir() for p in inputs]
-    if vote is None:
-        if any(dirs) and not all(dirs):
-            raise UsageError("inputs mix folders and files: give --vote soft (folders) or --vote hard (CSVs)")
-        vote = Vote.soft if all(dirs) else Vote.hard
-    if vote is Vote.hard and any(dirs):
-        raise UsageError(f"--vote hard takes submission CSVs; {inputs[dirs.index(True)]} is a folder")
-    if vote is Vote.soft and min_votes is not None:
-        raise UsageError("--min-votes applies to --vote hard only")
-    if vote is Vote.hard and threshold is not None:
-        raise UsageError("--threshold applies to --vote soft only")
-    if vote is Vote.hard and calibration:
-        raise UsageError("--calibration applies to --vote soft only")
-    if per_class is not None and scores:
-        raise UsageError("give either --per-class or --scores, not both")
-    if per_class_out is not None and not scores:
-        raise UsageError("--per-class-out needs --scores")
-    # every option value before any input is read or an output checked
-    w = parse_floats(weights, "--weights")
-    shape = parse_size(size)
-    check_workers(workers)
-    if vote is Vote.hard:
-        ensemble.hard_plan(len(inputs), min_votes, w)
-    else:
-        ensemble.soft_plan(len(inputs), w, threshold)
-        ensemble.read_calibrations(calibration, len(inputs))
-    if not is_stdout(output):
-        check_output(output, force)
-    if per_class_out is not None:
-        check_output(per_class_out, force)
-    names = [str(p) for p in inputs]
-    plan: Path | dict | None = per_class
-    if scores:
-        plan = ensemble.per_class_from_scores(scores, names)
     with reporter(transient=True) as shown:
-        if vote is Vote.hard:
-            summary = ensemble.hard_vote(
-                inputs,
-                output,
-                min_votes=min_votes,
-                weights=w,
-                per_class=plan,
-                shape=shape,
-                workers=workers,
-                force=force,
-                reporter=shown,
-            )
-        else:
-            summary = ensemble.soft_vote(
-                inputs,
-                output,
-                weights=w,
-                threshold=threshold,
-                per_class=plan,
-                calibration=calibration,
-                workers=workers,
-                force=force,
-                reporter=shown,
-            )
-    if per_class_out is not None and isinstance(plan, dict):  # written once the vote has passed every check
-        ensemble.write_per_class(per_class_out, plan, force=force)
-        console.print(f"per-class choice written to {per_class_out}", markup=False)
+        summary = ensemble.ensemble(
+            inputs,
+            output_alias or output,
+            vote=vote.value if vote is not None else None,
+            min_votes=min_votes,
+            weights=parse_floats(weights, "--weights"),
+            threshold=threshold,
+            per_class=per_class,
+            scores=scores,
+            per_class_out=per_class_out,
+            calibration=calibration,
+            shape=parse_size(size),
+            workers=workers,
+            force=force,
+            reporter=shown,
+        )
+    if summary.per_class_out is not None:
+        console.print(f"per-class choice written to {summary.per_class_out}", markup=False)
     console.print(
-        f"{summary.vote} vote over {len(names)} inputs: {summary.images} images -> "
-        f"{'stdout' if output == '-' else output}",
+        f"{summary.vote} vote over {len(summary.inputs)} inputs: {summary.images} images -> "
+        f"{'stdout' if summary.output == '-' else summary.output}",
         markup=False,
     )

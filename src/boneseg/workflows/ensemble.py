@@ -56,6 +56,8 @@ __all__ = [
     "vote_image_rles",
     "soft_vote_image",
     "check_same_images",
+    "resolve_vote",
+    "ensemble",
 ]
 
 _TOL = 1e-9
@@ -387,6 +389,7 @@ class EnsembleSummary:
     inputs: list[str]
     images: int
     plan: VotePlan
+    per_class_out: str | None = None  # where `ensemble` saved the per-class choice made from scores
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -600,3 +603,130 @@ def soft_vote(
         for image, rles in zip(images, parallel_map(_soft_worker, images, state, workers, task)):
             writer.write_rles(Path(image).name, rles)
     return EnsembleSummary(str(out or "-"), "soft", names, len(images), plan)
+
+
+# -- one entry point ------------------------------------------------------------------------------
+
+
+VOTES = ("hard", "soft")
+
+
+def resolve_vote(inputs: Sequence[str | os.PathLike], vote: str | None = None) -> str:
+    """The vote over `inputs`: `vote` checked against them, or (None) inferred: soft for probability folders,
+    hard for submission CSVs.
+
+    Raises:
+        UsageError: an unknown vote, inputs mixing folders and files without a vote, or an input of the
+            other kind than the vote takes.
+    """
+    paths = [Path(p) for p in inputs]
+    dirs = [p.is_dir() for p in paths]
+    if vote is None:
+        if any(dirs) and not all(dirs):
+            raise UsageError(
+                "inputs mix folders and files: give --vote soft (probability folders) or --vote hard (CSVs)"
+            )
+        return "soft" if all(dirs) else "hard"
+    if vote not in VOTES:
+        from boneseg.errors import suggest
+
+        raise UsageError(f"--vote must be hard or soft, got {vote!r}{suggest(str(vote), VOTES)}")
+    for p, d in zip(paths, dirs):
+        if d != (vote == "soft"):
+            raise UsageError(
+                f"--vote {vote} takes {'probability folders' if vote == 'soft' else 'submission CSVs'}; "
+                f"{p} is {'a folder' if d else 'not a folder'}"
+            )
+    return vote
+
+
+def ensemble(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = "-",
+    *,
+    vote: str | None = None,
+    min_votes: int | None = None,
+    weights: Sequence[float] | None = None,
+    threshold: float | str | os.PathLike | Sequence[float] | Mapping[str, float] | None = None,
+    per_class: str | os.PathLike | Mapping[str, Any] | None = None,
+    scores: Sequence[str | os.PathLike | Mapping[str, Any]] | None = None,
+    per_class_out: str | os.PathLike | None = None,
+    calibration: Sequence[str | os.PathLike | None] | None = None,
+    shape: tuple[int, int] = (2048, 2048),
+    workers: int | None = None,
+    force: bool = False,
+    reporter: Reporter = SILENT,
+) -> EnsembleSummary:
+    """Ensemble predictions (``boneseg ensemble``): `hard_vote` over submission CSVs or `soft_vote` over
+    probability folders, the vote checked against the inputs or inferred from them (`resolve_vote`).
+
+    Every option is checked against the vote and every value before any input is read or an output
+    touched. `scores` (validation scores per input, `per_class_from_scores`) give each class to its best
+    input instead of a `per_class` plan; `per_class_out` saves that choice once the vote has passed.
+    Options of the other vote (`min_votes` for soft; `threshold`, `calibration` for hard) are refused.
+
+    Raises:
+        UsageError: impossible or contradictory options. DataError, OutputExistsError: as `hard_vote` /
+            `soft_vote`, or an existing `per_class_out` without `force`.
+    """
+    from boneseg.io import check_output, is_stdout
+
+    if not inputs:
+        raise UsageError("give at least one input (submission CSVs or probability folders)")
+    if vote is None:
+        vote = resolve_vote(inputs)
+    elif vote not in VOTES:
+        resolve_vote(inputs, vote)  # says which votes there are
+    if vote == "soft" and min_votes is not None:
+        raise UsageError("--min-votes applies to --vote hard only")
+    if vote == "hard" and threshold is not None:
+        raise UsageError("--threshold applies to --vote soft only")
+    if vote == "hard" and calibration:
+        raise UsageError("--calibration applies to --vote soft only")
+    if per_class is not None and scores:
+        raise UsageError("give either --per-class or --scores, not both")
+    if per_class_out is not None and not scores:
+        raise UsageError("--per-class-out needs --scores")
+    resolve_vote(inputs, vote)  # each input of the kind the vote takes
+    # every option value before any input is read or an output checked
+    check_workers(workers)
+    if vote == "hard":
+        hard_plan(len(inputs), min_votes, weights)
+    else:
+        soft_plan(len(inputs), weights, threshold)
+        read_calibrations(calibration, len(inputs))
+    if not is_stdout(out):
+        check_output(out, force)  # type: ignore[arg-type]  # not None: is_stdout(None)
+    if per_class_out is not None:
+        check_output(per_class_out, force)
+    plan: str | os.PathLike | Mapping[str, Any] | None = per_class
+    if scores:
+        plan = per_class_from_scores(scores, [str(p) for p in inputs])
+    if vote == "hard":
+        summary = hard_vote(
+            inputs,
+            out,
+            min_votes=min_votes,
+            weights=weights,
+            per_class=plan,
+            shape=shape,
+            workers=workers,
+            force=force,
+            reporter=reporter,
+        )
+    else:
+        summary = soft_vote(
+            inputs,
+            out,
+            weights=weights,
+            threshold=threshold,
+            per_class=plan,
+            calibration=calibration,
+            workers=workers,
+            force=force,
+            reporter=reporter,
+        )
+    if per_class_out is not None and isinstance(plan, Mapping):  # written once the vote has passed every check
+        write_per_class(per_class_out, plan, force=force)
+        summary.per_class_out = str(per_class_out)
+    return summary

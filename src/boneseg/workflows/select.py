@@ -377,25 +377,6 @@ class Selection:
         write_json(path, self.plan(), force=force)
 
 
-def _vote_of(inputs: Sequence[Path], vote: str | None) -> str:
-    dirs = [p.is_dir() for p in inputs]
-    if vote is None:
-        if any(dirs) and not all(dirs):
-            raise UsageError(
-                "inputs mix folders and files: give --vote soft (probability folders) or --vote hard (CSVs)"
-            )
-        return "soft" if all(dirs) else "hard"
-    if vote not in ("hard", "soft"):
-        raise UsageError(f"--vote must be hard or soft, got {vote!r}")
-    for p, d in zip(inputs, dirs):
-        if d != (vote == "soft"):
-            raise UsageError(
-                f"--vote {vote} takes {'probability folders' if vote == 'soft' else 'submission CSVs'}; "
-                f"{p} is {'a folder' if d else 'not a folder'}"
-            )
-    return vote
-
-
 def _train_samples(data: Path, images: Sequence[str], where: str) -> list:
     """The labelled train samples of `images` (base names), in that order."""
     from boneseg.data.layout import by_image_name, discover
@@ -482,14 +463,14 @@ def select(
         raise UsageError(f"at most {MAX_MODELS} inputs, got {len(paths)}")
     if steps < 1:
         raise UsageError(f"--steps must be at least 1, got {steps}")
-    vote = _vote_of(paths, vote)
+    from boneseg.workflows.ensemble import read_calibrations, resolve_vote
+
+    vote = resolve_vote(paths, vote)
     if vote == "hard" and (threshold is not None or tune_thresholds):
         raise UsageError("--threshold and --tune-thresholds apply to --vote soft only")
     cuts = probs_mod.cutoffs(probs_mod.read_thresholds(threshold)) if vote == "soft" else None
     if vote == "hard" and calibration:
         raise UsageError("--calibration applies to --vote soft only")
-    from boneseg.workflows.ensemble import read_calibrations
-
     calibrations = read_calibrations(calibration, len(paths))
     if out is not None:
         check_output(out, force)

@@ -346,3 +346,34 @@ def test_cli_errors_are_one_line(inputs, tmp_path):
         text=True,
     )
     assert res.returncode == 2 and res.stderr.strip() == "Error: --min-votes applies to --vote hard only"
+
+
+def test_one_entry_point_infers_and_checks_the_vote(inputs, tmp_path):
+    """`ensemble.ensemble` is what the command runs: the vote inferred from the inputs, options of the other
+    vote and contradictory ones refused from Python too, before any output is written."""
+    from boneseg.workflows.ensemble import ensemble
+
+    paths, masks = inputs
+    summary = ensemble(paths[:3], tmp_path / "e.csv", shape=(H, W), workers=1)
+    assert summary.vote == "hard" and read_masks(tmp_path / "e.csv").shape == masks[0].shape
+    hard_vote(paths[:3], tmp_path / "h.csv", shape=(H, W), workers=1)
+    assert (tmp_path / "e.csv").read_bytes() == (tmp_path / "h.csv").read_bytes()
+    scores = tmp_path / "s.json"
+    scores.write_text(json.dumps({"per_class_dice": dict.fromkeys(CLASSES, 0.5)}))
+    for kwargs, message in [
+        ({"threshold": 0.4}, r"^--threshold applies to --vote soft only$"),
+        ({"calibration": ["none"] * 3}, r"^--calibration applies to --vote soft only$"),
+        ({"vote": "soft", "min_votes": 1}, r"^--min-votes applies to --vote hard only$"),
+        ({"vote": "soft"}, r"^--vote soft takes probability folders; .*m0\.csv is not a folder$"),
+        ({"vote": "sfot"}, r"^--vote must be hard or soft, got 'sfot'"),
+        ({"per_class_out": tmp_path / "pc.json"}, r"^--per-class-out needs --scores$"),
+        ({"per_class": {"Radius": 0}, "scores": [scores] * 3}, r"^give either --per-class or --scores"),
+        ({"min_votes": 9}, r"min.votes"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            ensemble(paths[:3], tmp_path / "x.csv", shape=(H, W), **kwargs)
+    assert not (tmp_path / "x.csv").exists()
+    with pytest.raises(UsageError, match=r"^inputs mix folders and files"):
+        ensemble([paths[0], tmp_path], tmp_path / "x.csv")
+    summary = ensemble(paths[:3], tmp_path / "b.csv", scores=[scores] * 3, per_class_out=tmp_path / "pc.json")
+    assert summary.per_class_out == str(tmp_path / "pc.json") and (tmp_path / "pc.json").is_file()
