@@ -35,6 +35,51 @@ class CheckpointError(BonesegError):
     """A checkpoint that cannot be loaded safely."""
 
 
+class Interrupted(BonesegError):
+    """A Ctrl-C or SIGTERM while outputs were held (`boneseg.io.on_interrupt`, `boneseg.io.hold`): says what
+    is left and how to go on; the CLI prefixes the command (``train interrupted; …``), exit code 130.
+
+    `kept`: the outputs held when it came, the outermost holder's spelling first; every output is published
+    whole (`boneseg.io.publishing`), so none of them changed. `notes`: (output, what it leaves instead), from a
+    holder that leaves something (a run folder keeps its previous ``last.pt``); a note about a path inside
+    another kept output is not the user's concern (that output is unchanged as a whole).
+    """
+
+    exit_code = 130
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[str] = []
+        self.notes: list[tuple[str, str]] = []
+
+    def add(self, paths: Iterable[str], leaves: str | None = None) -> None:
+        """What one holder held (added by each holder the interrupt passes through, innermost first)."""
+        import os
+
+        given = list(dict.fromkeys(paths))
+        mine = [os.path.abspath(p) for p in given]
+        self.kept = given + [k for k in self.kept if not _within(os.path.abspath(k), mine, same=True)]
+        if leaves is not None:
+            self.notes += [(p, leaves) for p in mine]
+
+    def __str__(self) -> str:
+        import os
+
+        kept = [os.path.abspath(k) for k in self.kept]
+        for path, leaves in self.notes:
+            if not _within(path, kept):
+                return leaves
+        said = "no output was written" + (f" ({', '.join(self.kept)} unchanged)" if self.kept else "")
+        return f"{said}; rerun the same command"
+
+
+def _within(path: str, folders: Iterable[str], same: bool = False) -> bool:
+    """Whether absolute `path` lies inside one of `folders` (or, with `same`, is one of them)."""
+    import os
+
+    return any((same and path == f) or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+
+
 class BonesegWarning(UserWarning):
     """A choice the library made on the user's behalf; the CLI shows it as one ``Warning: …`` line."""
 

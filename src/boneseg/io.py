@@ -36,7 +36,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from boneseg.errors import CheckpointError, DataError, OutputBusyError, OutputExistsError, UsageError, quote
+from boneseg.errors import (
+    CheckpointError,
+    DataError,
+    Interrupted,
+    OutputBusyError,
+    OutputExistsError,
+    UsageError,
+    quote,
+)
 
 
 def _current_umask() -> int:
@@ -176,14 +184,33 @@ def _holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def hold(*paths: str | os.PathLike | None) -> Iterator[None]:
+def on_interrupt(*paths: str | os.PathLike | None, leaves: str | None = None) -> Iterator[None]:
+    """A Ctrl-C/SIGTERM (``KeyboardInterrupt``) inside becomes an `Interrupted` that names outputs `paths` as
+    unchanged (or says `leaves`: what the interrupted work leaves of them instead); an `Interrupted` passing
+    through gets them added. `hold` does this for the outputs it holds."""
+    given = [str(p) for p in paths if p is not None and not is_stdout(p)]
+    try:
+        yield
+    except KeyboardInterrupt:
+        exc = Interrupted()
+        exc.add(given, leaves)
+        raise exc from None
+    except Interrupted as exc:
+        exc.add(given, leaves)
+        raise
+
+
+@contextlib.contextmanager
+def hold(*paths: str | os.PathLike | None, interrupted: str | None = None) -> Iterator[None]:
     """Hold outputs `paths` for writing (standard output and streams need no holding), removing what a dead
-    writer of them left; nests within one process.
+    writer of them left; nests within one process. A Ctrl-C inside says they are unchanged, or `interrupted`
+    (what is left of them instead): `on_interrupt`.
 
     Raises:
         OutputBusyError: another process holds one of them (the message names its pid, host and command).
+        Interrupted: a Ctrl-C or SIGTERM while they were held.
     """
-    with contextlib.ExitStack() as stack:
+    with on_interrupt(*paths, leaves=interrupted), contextlib.ExitStack() as stack:
         for p in dict.fromkeys(Path(p) for p in paths if p is not None and not is_stdout(p)):
             if not _is_stream(p):
                 stack.enter_context(_hold_one(p))

@@ -147,3 +147,40 @@ def test_an_output_inside_a_folder_output_is_refused(tmp_path):
     with pytest.raises(UsageError, match="--out .*sub.csv: inside --save-probs"):
         io.check_apart(tmp_path / "p" / "sub.csv", tmp_path / "p", "--out", "--save-probs")
     io.check_apart(tmp_path / "sub.csv", tmp_path / "p", "--out", "--save-probs")
+
+
+# -- what an interrupt leaves ---------------------------------------------------------------------
+
+
+def test_an_interrupt_names_the_held_outputs_outermost_first(tmp_path, monkeypatch):
+    from boneseg.errors import Interrupted
+    from boneseg.io import hold, on_interrupt
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Interrupted) as caught, hold("sub.csv", "-", None), hold("probs"), hold(tmp_path / "sub.csv"):
+        raise KeyboardInterrupt
+    assert caught.value.exit_code == 130
+    assert str(caught.value) == "no output was written (sub.csv, probs unchanged); rerun the same command"
+    with pytest.raises(Interrupted) as caught, on_interrupt():
+        raise KeyboardInterrupt
+    assert str(caught.value) == "no output was written; rerun the same command"
+    assert not list(tmp_path.iterdir())  # nothing made, no lock left
+
+
+def test_an_interrupted_run_says_what_it_keeps_unless_it_lies_inside_another_output(tmp_path, monkeypatch):
+    """train's run folder keeps its previous last.pt (continue with --resume); inside an output of its own
+    (the demo's folder) the caller's output is what the user sees, unchanged."""
+    from boneseg.engine import train
+    from boneseg.errors import Interrupted
+    from boneseg.io import hold
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "resolve_config", interrupted)
+    with pytest.raises(Interrupted) as caught:
+        train.train({"out": str(tmp_path / "run")})
+    assert str(caught.value) == train.LEFT_ON_INTERRUPT and "--resume" in str(caught.value)
+    with pytest.raises(Interrupted) as caught, hold(tmp_path / "demo"):
+        train.train({"out": str(tmp_path / "demo" / "run")})
+    assert str(caught.value) == f"no output was written ({tmp_path / 'demo'} unchanged); rerun the same command"

@@ -38,8 +38,8 @@ try:  # a Ctrl-C while the command line loads: one line, not a traceback
         train_cmd,
         tta_cmd,
     )
-    from boneseg.cli.app import OUTPUT_PARAMS, app, state
-    from boneseg.errors import BonesegError, BonesegWarning, out_of_memory, quote, suggest
+    from boneseg.cli.app import app, state
+    from boneseg.errors import BonesegError, BonesegWarning, Interrupted, out_of_memory, quote, suggest
     from boneseg.io import set_writer
 except KeyboardInterrupt:
     print("Error: interrupted", file=sys.stderr)
@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> None:
         state["debug"] = True
     state.update(command=None, finished=None)
     set_writer(" ".join(["boneseg", *argv]))  # how a lock on an output names this command
-    command = None
     try:
         _terminate_like_ctrl_c()
         command = typer.main.get_command(app)
@@ -70,13 +69,15 @@ def main(argv: list[str] | None = None) -> None:
         code = _invoke(command, argv, own_process)
     except _click.ClickException as exc:
         _fail(_usage_message(exc), exc.exit_code)
+    except Interrupted as exc:  # what the library says its outputs are left as
+        _fail(f"{state['command'] or 'the command'} interrupted; {exc}", exc.exit_code)
     except BonesegError as exc:
         _fail(str(exc), exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         if state["finished"] is not None:  # after the command returned: its outputs are in place
             print(f"Warning: interrupted after {state['command'] or 'the command'} had finished", file=sys.stderr)
             sys.exit(state["finished"])
-        _fail(_interrupted(command, argv), 130)
+        _fail(f"{state['command']} interrupted; {Interrupted()}" if state["command"] else "interrupted", 130)
     except MemoryError as exc:
         _fail(out_of_memory(exc, state["command"]) or "out of memory", 1)
     except BrokenPipeError:
@@ -136,24 +137,6 @@ def _usage_message(exc: typing.Any) -> str:
         return f"{where}no such option {quote(exc.option_name)}{suggest(exc.option_name, names, 5)}"
     text = " ".join(exc.format_message().split()).rstrip(".")
     return where + (text[:1].lower() + text[1:])
-
-
-def _interrupted(command, argv: list[str]) -> str:
-    """What an interrupted command leaves behind and how to continue, from its own options."""
-    name = state["command"]
-    if name is None or command is None:
-        return "interrupted"
-    if name == "train":  # a second Ctrl-C: the step in flight is lost, the previous last.pt is not
-        return "train interrupted; the previous last.pt (if any) is kept: continue with the same command plus --resume"
-    params = {}
-    try:
-        rest = argv[argv.index(name) + 1 :]
-        params = command.commands[name].make_context(name, rest, resilient_parsing=True).params
-    except (_click.ClickException, ValueError):
-        pass
-    outs = [str(params[k]) for k in OUTPUT_PARAMS if params.get(k) not in (None, "-")]
-    said = f"{name} interrupted; no output was written" + (f" ({', '.join(outs)} unchanged)" if outs else "")
-    return f"{said}; rerun the same command"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

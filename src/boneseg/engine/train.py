@@ -49,6 +49,10 @@ from boneseg.progress import SILENT, Reporter, Task
 CONFIG, METRICS = "config.json", "metrics.jsonl"
 
 
+LEFT_ON_INTERRUPT = "the previous last.pt (if any) is kept: continue with the same command plus --resume"
+"""What a second Ctrl-C (the step in flight lost) leaves of a run folder: `boneseg.errors.Interrupted`."""
+
+
 class TrainingInterrupted(BonesegError):
     """Ctrl-C/SIGTERM: the current step finished, ``last.pt`` was saved; exit code 130."""
 
@@ -1417,11 +1421,12 @@ def resolve_config(config: TrainConfig | dict) -> tuple[TrainConfig, dict | None
 def _train(config: TrainConfig | dict, reporter: Reporter, stop: StopFlag) -> dict:
     import os
 
-    from boneseg.io import hold
+    from boneseg.io import hold, on_interrupt
 
     given = config.out if isinstance(config, TrainConfig) else config.get("out")
     main = int(os.environ.get("RANK", "0")) == 0
-    with hold(given) if main and given else contextlib.nullcontext():  # one writer per run folder
+    left = LEFT_ON_INTERRUPT  # a second Ctrl-C: what the run folder keeps
+    with hold(given, interrupted=left) if main and given else on_interrupt(given, leaves=left):  # one writer
         if main and given and Path(given).is_dir():
             restore_previous(Path(given))  # a --force run that died before its first checkpoint
         cfg, saved = resolve_config(config)
