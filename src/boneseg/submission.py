@@ -129,6 +129,8 @@ def csv_rows(path: str | os.PathLike) -> Generator[tuple[int, list[str]], None, 
         fh = open(source, newline="", encoding="utf-8", closefd=source is path)  # noqa: SIM115
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a submission CSV") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     with fh:

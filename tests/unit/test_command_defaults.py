@@ -72,9 +72,8 @@ SPECS = {
     "oof": Spec(("boneseg.workflows.oof:oof",), renamed={"out": "output"}),
     "calibrate": Spec(("boneseg.workflows.calibrate:calibrate",), command_only=frozenset({"as_json"}), api_only=CACHE),
     "audit": Spec(
-        ("boneseg.workflows.audit:audit", "boneseg.workflows.audit:write_audit"),
+        ("boneseg.workflows.audit:run_audit",),
         command_only=frozenset({"top"}),  # rows printed on the terminal
-        api_only=frozenset({"result"}),  # write_audit's input: audit's result
     ),
     "analyze": Spec(
         ("boneseg.workflows.analysis:analyze", "boneseg.workflows.analysis:write_plots"),

@@ -38,14 +38,12 @@ def audit_command(
     geometry no bone has. Writes DIR/suspects.csv (image_name,class,kind,score, most suspect first),
     DIR/audit.json and crops of the top suspects; eda and train take the list with --exclude."""
     from boneseg.cli.output import console, reporter, table
-    from boneseg.errors import UsageError
-    from boneseg.workflows.audit import audit, write_audit
+    from boneseg.workflows.audit import run_audit
 
-    if crops < 0:
-        raise UsageError(f"--crops must be 0 or more, got {crops}")
     with reporter(transient=True, disable=not console.is_terminal) as shown:
-        result = audit(data, pred, threshold=threshold, min_score=min_score, reporter=shown)
-        write_audit(result, data, pred, out, crops=crops, threshold=threshold, force=force, reporter=shown)
+        result, _ = run_audit(
+            data, pred, out, threshold=threshold, min_score=min_score, crops=crops, force=force, reporter=shown
+        )
     n = len(result.suspects)
     console.print(
         table(

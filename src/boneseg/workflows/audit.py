@@ -431,6 +431,46 @@ def _load(sample: Sample, predictions: Predictions):
     return gt, pred, prob, label.polygons, f, problems
 
 
+def check_audit_out(out: str | os.PathLike, crops: int = 12, force: bool = False) -> list[Path]:
+    """Check `write_audit`'s options and outputs before any work; returns the two files it writes.
+
+    Raises:
+        UsageError: a negative `crops`. OutputExistsError: a file of the audit (or a crop) in `out`, without
+            `force`.
+    """
+    out = Path(out)
+    if crops < 0:
+        raise UsageError(f"--crops must be 0 or more, got {crops}")
+    paths = [out / SUSPECTS_FILE, out / AUDIT_FILE]
+    for p in paths:
+        check_output(p, force)
+    crops_dir = out / CROPS_DIR
+    if crops_dir.is_dir() and any(crops_dir.iterdir()) and not force:
+        raise OutputExistsError(f"{crops_dir} is not empty (use --force to overwrite)")
+    return paths
+
+
+def run_audit(
+    data: str | os.PathLike,
+    pred: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    threshold: float | str | os.PathLike = 0.5,
+    min_score: float = 3.5,
+    crops: int = 12,
+    force: bool = False,
+    reporter: Reporter = SILENT,
+) -> tuple[AuditResult, list[Path]]:
+    """``boneseg audit``: `audit`, then `write_audit` into `out`, every option and output checked first.
+
+    Returns:
+        The result and the files written.
+    """
+    check_audit_out(out, crops, force)
+    result = audit(data, pred, threshold=threshold, min_score=min_score, reporter=reporter)
+    return result, write_audit(result, data, pred, out, crops, threshold, force, reporter)
+
+
 def write_audit(
     result: AuditResult,
     data: str | os.PathLike,
@@ -444,14 +484,8 @@ def write_audit(
     """Write ``suspects.csv`` (``image_name,class,kind,score``, most suspect first), ``audit.json`` and
     ``crops/`` (the top `crops` suspects: prediction red, label green, both yellow) into `out`."""
     out = Path(out)
-    if crops < 0:
-        raise UsageError(f"--crops must be 0 or more, got {crops}")
-    paths = [out / SUSPECTS_FILE, out / AUDIT_FILE]
-    for p in paths:
-        check_output(p, force)
+    paths = check_audit_out(out, crops, force)
     crops_dir = out / CROPS_DIR
-    if crops_dir.is_dir() and any(crops_dir.iterdir()) and not force:
-        raise OutputExistsError(f"{crops_dir} is not empty (use --force to overwrite)")
     # one unit: the suspects, the summary and the crops (published whole, so no crop of an earlier audit stays)
     with hold(out), publishing(force) as pub:
         staging = pub.folder(crops_dir)

@@ -379,3 +379,18 @@ def test_oof_and_resume_keep_the_validation_images_training_used(tmp_path, capsy
     with pytest.raises(DataError, match="validation fold changed since the run started"):
         for k, run in enumerate(runs):  # the new patient joins one of the two folds
             train(tiny_config(data, run, fold=k, folds=2, epochs=2, resume=True))
+
+
+def test_run_audit_checks_options_and_outputs_before_any_work(tmp_path):
+    """The command's one entry point: an existing output or a bad --crops is refused before the (long) audit
+    reads anything, from Python as from the command line."""
+    from boneseg.errors import OutputExistsError, UsageError
+    from boneseg.workflows.audit import run_audit
+
+    out = tmp_path / "audit"
+    out.mkdir()
+    (out / "suspects.csv").write_text("image_name,class,kind,score\n")
+    with pytest.raises(OutputExistsError, match=r"suspects\.csv"):
+        run_audit(tmp_path / "no-data", tmp_path / "no.csv", out)
+    with pytest.raises(UsageError, match=r"^--crops must be 0 or more, got -1$"):
+        run_audit(tmp_path / "no-data", tmp_path / "no.csv", tmp_path / "other", crops=-1)
