@@ -94,7 +94,7 @@ SPECS = {
         command_only=JSON | {"threads"},  # --threads: one entry of `overrides`
         api_only=frozenset({"overrides"}),
     ),
-    "models": Spec(("boneseg.cli.models_cmd:catalog",), command_only=JSON),
+    "models": Spec(("boneseg.modelling.registry:catalog",), command_only=JSON),
     "masks": Spec(("boneseg.workflows.masks:write_masks",)),
     "postprocess": Spec(
         ("boneseg.workflows.postprocess_csv:postprocess_csv",), renamed={"out": "output"}, command_only=JSON

@@ -1,7 +1,7 @@
 """Names of boneseg's own architectures and model options, as plain data (no torch import).
 
-`boneseg models` and the command line's help read them here; the factories in `boneseg.modelling.models`
-and `boneseg.modelling.sam2unet` check values against the same names.
+`boneseg models` lists them (`catalog`, with `boneseg.names`) and the command line's help reads them here; the
+factories in `boneseg.modelling.models` and `boneseg.modelling.sam2unet` check values against the same names.
 """
 
 from __future__ import annotations
@@ -42,3 +42,55 @@ NORM_REFUSED: dict[str, dict[str, str]] = {
     "upernet": {"instance": "its pyramid pooling normalises a 1x1 map (one value per instance)"},
 }
 """Architectures where a `--norm` cannot apply, with the reason (the others' decoders take all three)."""
+
+
+TIMM_ANY = "tu-<any timm model>"
+
+
+def catalog(timm_pattern: str | None = None) -> dict:
+    """Architectures (with aliases; boneseg's own ``sam2unet`` among them), encoders (and SAM2-UNet's trunks),
+    decoder norms, losses (with the class groups a term may be restricted to), augmentation presets and TTA
+    policies (with aliases).
+
+    `timm_pattern` (e.g. ``"convnext*"``) adds the matching timm models as ``tu-<name>`` encoders (this one
+    imports timm, and with it torch).
+
+    Raises:
+        UsageError: an empty `timm_pattern` (it would match nothing).
+    """
+    from boneseg.classes import CLASS_GROUPS
+    from boneseg.errors import UsageError
+    from boneseg.names import (
+        ARCH_ALIASES,
+        AUGMENTATIONS,
+        ENCODER_WEIGHTS,
+        LOSS_NAMES,
+        TTA_ALIASES,
+        TTA_MODES,
+        TTA_NAMES,
+        smp_names,
+    )
+
+    architectures, encoders = smp_names()
+    aliases = {**ARCH_ALIASES, **OWN_ALIASES}
+    doc: dict = {
+        "architectures": {
+            a: sorted(k for k, v in aliases.items() if v == a) for a in [*architectures, *OWN_ARCHITECTURES]
+        },
+        "encoders": {"smp": list(encoders), "timm": TIMM_ANY, "sam2unet": list(SAM2_TRUNKS)},
+        "encoder_weights": [*ENCODER_WEIGHTS, "PATH"],
+        "norms": list(NORMS),
+        "losses": list(LOSS_NAMES),
+        "loss_groups": {g: list(cs) for g, cs in CLASS_GROUPS.items()},
+        "augmentations": list(AUGMENTATIONS),
+        "tta_policies": list(TTA_NAMES),
+        "tta_aliases": dict(TTA_ALIASES),
+        "tta_modes": list(TTA_MODES),
+    }
+    if timm_pattern is not None:
+        if not timm_pattern.strip():
+            raise UsageError("--timm '': an empty pattern matches no model: give a shell pattern, e.g. 'convnext*'")
+        import timm
+
+        doc["encoders"]["timm"] = ["tu-" + m for m in timm.list_models(timm_pattern.strip())]
+    return doc
