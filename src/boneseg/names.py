@@ -33,6 +33,9 @@ LOSS_NAMES = ("bce", "dice", "jaccard", "tversky", "focal_tversky", "focal", "lo
 AUGMENTATIONS = ("none", "light", "default", "strong")
 """Augmentation presets (`--aug`)."""
 
+VOTES = ("hard", "soft")
+"""``ensemble``/``select --vote``: over submission CSVs (hard) or probability folders (soft)."""
+
 TTA_NAMES = ("none", "hflip", "scale", "hflip+scale")
 TTA_MODES = ("resize", "sliding")
 TTA_ALIASES = {"flip": "hflip", "scale+hflip": "hflip+scale", "flip+scale": "hflip+scale"}

@@ -7,6 +7,16 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import (
+    fold_option,
+    force_option,
+    gt_option,
+    image_size_option,
+    images_option,
+    json_option,
+    out_option,
+    splits_option,
+)
 from boneseg.cli.output import console, escape, print_json, reporter, table
 
 
@@ -15,31 +25,15 @@ def analyze_command(
     preds: list[Path] = typer.Argument(
         ..., metavar="PRED.csv", show_default=False, help="Submission CSVs to score and/or compare."
     ),
-    gt: Path = typer.Option(
-        None,
-        "--gt",
-        metavar="DATA",
-        show_default=False,
-        help="Dataset root: score against its train labels (images matched by name).",
+    gt: Path = gt_option("Dataset root: score against its train labels (images matched by name)."),
+    fold: int = fold_option("With --splits: score only this fold's validation images."),
+    splits: Path = splits_option(),
+    size: int = image_size_option("Image side of the CSVs without --gt or --images."),
+    images: Path = images_option(
+        "Without --gt: image folder (or dataset root: its test/DCM) whose PNG headers give each image's size."
     ),
-    fold: int = typer.Option(
-        None, "--fold", show_default=False, help="With --splits: score only this fold's validation images."
-    ),
-    splits: Path = typer.Option(
-        None, "--splits", metavar="SPLITS.json", show_default=False, help="Splits file from `boneseg split`."
-    ),
-    size: int = typer.Option(2048, "--size", help="Image side of the CSVs without --gt or --images."),
-    images: Path = typer.Option(
-        None,
-        "--images",
-        metavar="DIR|DATA",
-        show_default=False,
-        help="Without --gt: image folder (or dataset root: its test/DCM) whose PNG headers give each image's size.",
-    ),
-    out: Path = typer.Option(
-        None, "--out", "-o", metavar="DIR", show_default=False, help="Folder for analysis.json and the PNG plots."
-    ),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    out: Path = out_option("Folder for analysis.json and the PNG plots.", default=None),
+    json_out: bool = json_option("Print the report as JSON on stdout."),
     worst: int = typer.Option(10, "--worst", min=0, help="How many worst images / cases to list and draw."),
     tolerance: float = typer.Option(
         0.02, "--tolerance", min=0.0, help="Ensemble suggestion: consider models within this Dice of the best."
@@ -47,7 +41,7 @@ def analyze_command(
     report: bool = typer.Option(
         False, "--report", help="Also write the HTML report (`boneseg report`) into OUT/report/."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
+    force: bool = force_option("Overwrite existing files in --out."),
 ) -> None:
     """Per-class and per-image Dice against the labels (--gt), model-vs-model Dice for several CSVs, area
     statistics, the worst cases and an ensemble suggestion. Tables on stderr; --json on stdout."""

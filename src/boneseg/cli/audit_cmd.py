@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import force_option, out_option, threshold_option
 
 
 @app.command("audit")
@@ -20,18 +21,14 @@ def audit_command(
         show_default=False,
         help="Predictions of the train images: a CSV or a --save-probs folder, ideally from boneseg oof.",
     ),
-    out: Path = typer.Option(
-        ..., "--out", "-o", metavar="DIR", show_default=False, help="Folder for suspects.csv, audit.json and crops/."
-    ),
+    out: Path = out_option("Folder for suspects.csv, audit.json and crops/."),
     min_score: float = typer.Option(
         3.5, "--min-score", help="List pairs scoring at least this (robust z-score per class)."
     ),
-    threshold: str = typer.Option(
-        "0.5", "--threshold", "-t", metavar="T|FILE.json", help="Threshold of a probability folder."
-    ),
+    threshold: str = threshold_option("Threshold of a probability folder.", default="0.5"),
     crops: int = typer.Option(12, "--crops", help="Draw this many top suspects (label green, prediction red)."),
     top: int = typer.Option(15, "--top", min=0, help="Suspects listed on the terminal."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
+    force: bool = force_option("Overwrite existing files in --out."),
 ) -> None:
     """Rank (image, class) labels by how likely they are wrong: disagreement with a confident prediction far
     beyond the class's usual (Dice, boundary distance), swapped classes, a missing or spurious label, and

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import force_option, gt_option, json_option, out_option, workers_option
 
 
 @app.command("calibrate")
@@ -17,16 +18,10 @@ def calibrate_command(
         show_default=False,
         help="Out-of-fold probability folder (boneseg oof --save-probs) over the train images.",
     ),
-    gt: Path = typer.Option(
-        ..., "--gt", metavar="DATA", show_default=False, help="Dataset root: its train labels are the truth."
-    ),
-    out: Path = typer.Option(
-        ...,
-        "--out",
-        "-o",
+    gt: Path = gt_option("Dataset root: its train labels are the truth.", default=...),
+    out: Path = out_option(
+        "The calibration file (predict/ensemble/export --calibration FILE; a run folder's calibration.json).",
         metavar="FILE.json",
-        show_default=False,
-        help="The calibration file (predict/ensemble/export --calibration FILE; a run folder's calibration.json).",
     ),
     bins: int = typer.Option(15, "--bins", help="Equal-mass bins of the ECE."),
     band: int = typer.Option(
@@ -54,11 +49,9 @@ def calibrate_command(
         show_default=False,
         help="PNG of the 29 reliability curves (default: the --out file with .png).",
     ),
-    workers: int = typer.Option(
-        None, "--workers", "-j", show_default=False, help="Processes reading probability files (default: all cores)."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON on stdout."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    workers: int = workers_option("Processes reading probability files (default: all cores)."),
+    as_json: bool = json_option("Print the figures as JSON on stdout."),
+    force: bool = force_option(),
 ) -> None:
     """Per class: expected calibration error (equal-mass bins over every pixel, within a band around bone and
     over all pixels), reliability curve and NLL, before and after a fitted temperature (and bias), cross-fitted

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
-from boneseg.cli.options import parse_size
+from boneseg.cli.options import images_option, json_option, parse_size
 from boneseg.cli.output import console, escape, print_json
 from boneseg.errors import DataError
 
@@ -17,19 +17,11 @@ def check_command(
     submission: Path = typer.Argument(
         ..., metavar="PRED.csv", help="Submission CSV to validate (`-`: standard input).", show_default=False
     ),
-    images: Path = typer.Option(
-        None,
-        "--images",
-        metavar="DIR|DATA",
-        help="Image folder (or dataset root: its test/DCM) the submission must cover exactly.",
-        show_default=False,
-    ),
+    images: Path = images_option("Image folder (or dataset root: its test/DCM) the submission must cover exactly."),
     size: str = typer.Option(
         "2048", "--size", help="Image size the RLE must fit, N or HxW (with --images: each image's own size instead)."
     ),
-    json_out: bool = typer.Option(
-        False, "--json", help="Print {file, valid, problems} as JSON on stdout (exit code as without --json)."
-    ),
+    json_out: bool = json_option("Print {file, valid, problems} as JSON on stdout (exit code as without --json)."),
 ) -> None:
     """Validate a submission: header, 29 known classes per image once each, well-formed RLE inside the
     image, and (with --images) exactly that folder's images. Exit 0 when valid, 1 listing every problem."""

@@ -8,16 +8,13 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import force_option, json_option, out_option
 
 
 @app.command("demo")
 def demo_command(
-    out: Path = typer.Option(
-        Path("boneseg-demo"),
-        "--out",
-        "-o",
-        metavar="DIR",
-        help="Folder for everything the demo writes (must be empty or absent unless --force).",
+    out: Path = out_option(
+        "Folder for everything the demo writes (must be empty or absent unless --force).", default=Path("boneseg-demo")
     ),
     seed: int = typer.Option(
         0, "--seed", help="Seed of the dataset, folds, initialisation and order: same seed, same Dice on this machine."
@@ -34,10 +31,8 @@ def demo_command(
             "more is faster on a quiet machine]."
         ),
     ),
-    force: bool = typer.Option(
-        False, "--force", help="Replace a non-empty --out (the old content stays until the new demo is done)."
-    ),
-    json_out: bool = typer.Option(False, "--json", help="Print summary.json on stdout too."),
+    force: bool = force_option("Replace a non-empty --out (the old content stays until the new demo is done)."),
+    json_out: bool = json_option("Print summary.json on stdout too."),
 ) -> None:
     """synth -> split -> train -> TTA -> predict -> analyze on a synthetic hand set: 8-9 min on a quiet 2-core
     CPU, up to ~25 on a busy one (docs/demo.md), 1.4 GB, 200 MB of disk (--quick: 15 s); ends with the

@@ -7,21 +7,15 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import force_option, json_option, out_option
 from boneseg.cli.output import console, print_json, reporter, table
 
 
 @app.command("eda")
 def eda_command(
     data: Path = typer.Argument(..., metavar="DATA", show_default=False, help="Dataset root (competition layout)."),
-    out: Path = typer.Option(
-        None,
-        "--out",
-        "-o",
-        metavar="DIR",
-        show_default=False,
-        help="Folder for eda.json and the PNG plots (none written without it).",
-    ),
-    json_out: bool = typer.Option(False, "--json", help="Print the report (eda.json) on stdout."),
+    out: Path = out_option("Folder for eda.json and the PNG plots (none written without it).", default=None),
+    json_out: bool = json_option("Print the report (eda.json) on stdout."),
     samples: int = typer.Option(4, "--samples", min=0, help="Images drawn with their labels in samples.png."),
     exclude: Path = typer.Option(
         None,
@@ -30,7 +24,7 @@ def eda_command(
         show_default=False,
         help="Leave out the train images listed in FILE (audit's suspects.csv, or one name per line).",
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
+    force: bool = force_option("Overwrite existing files in --out."),
 ) -> None:
     """Counts, image sizes and intensities, class areas, overlapping class pairs, metadata and label problems
     (missing classes, tiny or self-intersecting polygons, points outside the image)."""

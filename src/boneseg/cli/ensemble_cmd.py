@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 
 from boneseg.cli.app import app
-from boneseg.cli.options import parse_floats
+from boneseg.cli.options import (
+    Vote,
+    calibrations_option,
+    force_option,
+    out_option,
+    parse_floats,
+    threshold_option,
+    vote_option,
+    workers_option,
+)
 from boneseg.cli.output import console, reporter
-
-
-class Vote(str, Enum):
-    hard = "hard"
-    soft = "soft"
 
 
 @app.command("ensemble")
@@ -25,12 +28,9 @@ def ensemble_command(
         help="Submission CSVs (hard vote) or `predict --save-probs` folders (soft vote).",
         show_default=False,
     ),
-    vote: Vote = typer.Option(
-        None,
-        "--vote",
-        help="hard: pixel-wise vote over CSVs; soft: weighted mean of "
-        "probabilities. Default: soft for folders, hard for files.",
-        show_default=False,
+    vote: Vote = vote_option(
+        "hard: pixel-wise vote over CSVs; soft: weighted mean of "
+        "probabilities. Default: soft for folders, hard for files."
     ),
     min_votes: int = typer.Option(
         None,
@@ -46,15 +46,10 @@ def ensemble_command(
         "soft: weighted mean.",
         show_default=False,
     ),
-    threshold: str = typer.Option(
-        None,
-        "--threshold",
-        "-t",
-        metavar="T|FILE.json",
-        help="Soft vote: probability threshold, global or "
+    threshold: str = threshold_option(
+        "Soft vote: probability threshold, global or "
         "a JSON file {class: threshold} (default 0.5, or the thresholds of a "
-        "`boneseg select` plan).",
-        show_default=False,
+        "`boneseg select` plan)."
     ),
     per_class: Path = typer.Option(
         None,
@@ -80,21 +75,15 @@ def ensemble_command(
         help="Also save the per-class choice made from --scores as JSON.",
         show_default=False,
     ),
-    calibration: list[str] = typer.Option(
-        None,
-        "--calibration",
-        metavar="FILE.json|none",
-        help="Soft vote: one calibration file per input (boneseg calibrate), repeated in input order, 'none' for "
-        "an input left as is: each input is calibrated before the mean.",
-        show_default=False,
+    calibration: list[str] = calibrations_option(
+        "Soft vote: one calibration file per input (boneseg calibrate), repeated in input order, 'none' for "
+        "an input left as is: each input is calibrated before the mean."
     ),
     size: str = typer.Option("2048", "--size", help="Hard vote: image size the RLE must fit: N or HxW."),
-    workers: int = typer.Option(
-        None, "--workers", "-j", help="Worker processes (default: all cores).", show_default=False
-    ),
-    output: str = typer.Option("-", "-o", "--out", metavar="PRED.csv", help="Output CSV (`-`: stdout)."),
+    workers: int = workers_option(),
+    output: str = out_option("Output CSV (`-`: stdout).", metavar="PRED.csv", default="-"),
     output_alias: str = typer.Option(None, "--output", hidden=True),  # the old name of -o/--out
-    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    force: bool = force_option(),
 ) -> None:
     """Ensemble predictions: [bold]hard[/bold] votes over submission CSVs (rows matched by image and class,
     any order, never decoding a mask) or [bold]soft[/bold] weighted means of probability folders."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import force_option, image_size_option, images_option, out_option, threshold_option
 
 
 @app.command("masks")
@@ -17,31 +18,20 @@ def masks_command(
         show_default=False,
         help="Submission CSV, or a folder of saved probabilities (predict --save-probs).",
     ),
-    out: Path = typer.Option(
-        ..., "--out", "-o", metavar="DIR", show_default=False, help="Folder for the mask files and overlays."
+    out: Path = out_option("Folder for the mask files and overlays."),
+    images: Path = images_option(
+        "Image folder (or dataset root: its test/DCM): overlays drawn on the images, a CSV's masks at "
+        "each image's own size (PNG header)."
     ),
-    images: Path = typer.Option(
-        None,
-        "--images",
-        metavar="DIR|DATA",
-        show_default=False,
-        help="Image folder (or dataset root: its test/DCM): overlays drawn on the images, a CSV's masks at "
-        "each image's own size (PNG header).",
-    ),
-    size: int = typer.Option(2048, "--size", help="Image side of a CSV without --images."),
-    threshold: str = typer.Option(
-        None,
-        "--threshold",
-        "-t",
-        metavar="T|FILE.json",
-        show_default=False,
-        help="Probabilities only: cut-off, or per-class thresholds (tta --thresholds-out) [default: 0.5].",
+    size: int = image_size_option("Image side of a CSV without --images."),
+    threshold: str = threshold_option(
+        "Probabilities only: cut-off, or per-class thresholds (tta --thresholds-out) [default: 0.5]."
     ),
     fmt: str = typer.Option("npz", "--format", help="Mask file: npz ((29, H, W) uint8 'mask') or tiff (29 pages)."),
     overlays: bool = typer.Option(
         True, "--overlays/--no-overlays", show_default=False, help="Also write the overlay PNGs [default: on]."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    force: bool = force_option("Replace an existing output folder."),
 ) -> None:
     """Files a person opens: per image DIR/<stem>.npz (or .tif) with the 29 masks as layers in class order,
     DIR/<stem>.png with the masks in class colours on the image (or on black) at the original size and a

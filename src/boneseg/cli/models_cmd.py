@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import json_option
 
 
 @app.command("models")
@@ -16,7 +17,7 @@ def models_command(
         show_default=False,
         help="Also list the timm models matching PATTERN (e.g. 'convnext*', '*' for all) as tu-<name> encoders.",
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the lists as JSON."),
+    json_out: bool = json_option("Print the lists as JSON."),
 ) -> None:
     """Architectures with their aliases (and boneseg's SAM2-UNet), encoders (smp, timm `tu-`, SAM2 trunks),
     decoder norms, losses and their class groups, augmentation presets and TTA policies: the names `train

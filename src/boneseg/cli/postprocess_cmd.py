@@ -7,14 +7,13 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import force_option, image_size_option, images_option, json_option, out_option
 
 
 @app.command("postprocess")
 def postprocess_command(
     source: Path = typer.Argument(..., metavar="IN.csv", show_default=False, help="Submission CSV to clean."),
-    out: str = typer.Option(
-        ..., "--out", "-o", metavar="OUT.csv", show_default=False, help="Cleaned CSV (`-`: standard output)."
-    ),
+    out: str = out_option("Cleaned CSV (`-`: standard output).", metavar="OUT.csv"),
     rules: Path = typer.Option(
         None,
         "--rules",
@@ -27,16 +26,12 @@ def postprocess_command(
     close: int = typer.Option(
         0, "--close", metavar="K", help="Morphological closing with a KxK ellipse first (0: none)."
     ),
-    images: Path = typer.Option(
-        None,
-        "--images",
-        metavar="DIR|DATA",
-        show_default=False,
-        help="Image folder (or dataset root: its test/DCM): each image's size from its PNG header.",
+    images: Path = images_option(
+        "Image folder (or dataset root: its test/DCM): each image's size from its PNG header."
     ),
-    size: int = typer.Option(2048, "--size", help="Image side without --images."),
-    json_out: bool = typer.Option(False, "--json", help="Print what changed as JSON on stdout (not with -o -)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing OUT.csv."),
+    size: int = image_size_option("Image side without --images."),
+    json_out: bool = json_option("Print what changed as JSON on stdout (not with -o -)."),
+    force: bool = force_option("Overwrite an existing OUT.csv."),
 ) -> None:
     """The post-processing predict applies, on a CSV you already have: per class a closing (--close), then
     only the largest component (--keep-largest) and no island under --min-area pixels; --rules adds a run's

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import force_option, json_option, out_option, threshold_option, workers_option
 from boneseg.cli.output import console, print_json, reporter
 
 
@@ -21,26 +22,15 @@ def pseudo_command(
     data: Path = typer.Argument(
         ..., metavar="DATA", help="Dataset root (its test/DCM) or folder of the predicted PNGs.", show_default=False
     ),
-    out: Path = typer.Option(
-        ...,
-        "-o",
-        "--out",
-        metavar="PSEUDO",
-        help="Pseudo-label dataset folder to write (train layout).",
-        show_default=False,
-    ),
+    out: Path = out_option("Pseudo-label dataset folder to write (train layout).", metavar="PSEUDO"),
     min_confidence: float = typer.Option(
         None,
         "--min-confidence",
         help="Probability folders: leave out images where a class's mean probability inside its mask is below C.",
         show_default=False,
     ),
-    threshold: str = typer.Option(
-        "0.5",
-        "--threshold",
-        "-t",
-        metavar="T|FILE.json",
-        help="Probability folders: threshold, global or a JSON file {class: threshold}.",
+    threshold: str = threshold_option(
+        "Probability folders: threshold, global or a JSON file {class: threshold}.", default="0.5"
     ),
     calibration: Path = typer.Option(
         None,
@@ -79,13 +69,9 @@ def pseudo_command(
         show_default=False,
     ),
     copy: bool = typer.Option(False, "--copy", help="Copy the images instead of hard-linking them."),
-    workers: int = typer.Option(
-        None, "--workers", "-j", help="Worker processes (default: all cores).", show_default=False
-    ),
-    json_out: bool = typer.Option(
-        False, "--json", help="Print the manifest's summary and left-out list as JSON on stdout."
-    ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing pseudo-label folder."),
+    workers: int = workers_option(),
+    json_out: bool = json_option("Print the manifest's summary and left-out list as JSON on stdout."),
+    force: bool = force_option("Replace an existing pseudo-label folder."),
 ) -> None:
     """Write the test images with pseudo-labels in the train layout (PNG + one polygon per class), usable
     as `boneseg train DATA --pseudo OUT`. Images with a missing class, (with probabilities) a class

@@ -7,6 +7,15 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import (
+    fold_option,
+    force_option,
+    gt_option,
+    image_size_option,
+    images_option,
+    out_option,
+    splits_option,
+)
 
 
 @app.command("report")
@@ -17,22 +26,10 @@ def report_command(
         show_default=False,
         help="Submission CSVs (the first one is drawn on the gallery thumbnails).",
     ),
-    out: Path = typer.Option(
-        ..., "--out", "-o", metavar="DIR", show_default=False, help="Report folder: DIR/index.html and its assets."
-    ),
-    gt: Path = typer.Option(
-        None,
-        "--gt",
-        metavar="DATA",
-        show_default=False,
-        help="Dataset root: score against its train labels and show their errors.",
-    ),
-    fold: int = typer.Option(
-        None, "--fold", show_default=False, help="With --splits: only this fold's validation images."
-    ),
-    splits: Path = typer.Option(
-        None, "--splits", metavar="SPLITS.json", show_default=False, help="Splits file from `boneseg split`."
-    ),
+    out: Path = out_option("Report folder: DIR/index.html and its assets."),
+    gt: Path = gt_option("Dataset root: score against its train labels and show their errors."),
+    fold: int = fold_option("With --splits: only this fold's validation images."),
+    splits: Path = splits_option(),
     audit: Path = typer.Option(
         None,
         "--audit",
@@ -40,16 +37,13 @@ def report_command(
         show_default=False,
         help="An `audit` output folder: list its suspects.csv and link them.",
     ),
-    images: Path = typer.Option(
-        None,
-        "--images",
-        metavar="DATA_OR_DIR",
-        show_default=False,
-        help="Without --gt: where the CSV's images are (dataset root or folder of PNGs); each image's size from "
+    images: Path = images_option(
+        "Without --gt: where the CSV's images are (dataset root or folder of PNGs); each image's size from "
         "its PNG header.",
+        metavar="DATA_OR_DIR",
     ),
-    size: int = typer.Option(2048, "--size", help="Image side of the CSVs without --gt or --images."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
+    size: int = image_size_option("Image side of the CSVs without --gt or --images."),
+    force: bool = force_option("Replace an existing report folder."),
 ) -> None:
     """A page to open in a browser from the file system: sortable per-class Dice, charts, a gallery sorted by
     the worst class, a per-image view (class toggles, zoom to full resolution), model-vs-model disagreement

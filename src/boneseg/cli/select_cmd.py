@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import (
+    Vote,
+    calibrations_option,
+    force_option,
+    gt_option,
+    out_option,
+    splits_option,
+    threshold_option,
+    vote_option,
+    workers_option,
+)
 from boneseg.cli.output import console, reporter, table
-
-
-class Vote(str, Enum):
-    hard = "hard"
-    soft = "soft"
 
 
 @app.command("select")
@@ -25,56 +30,28 @@ def select_command(
         help="One out-of-fold prediction per model, over the train images: "
         "submission CSVs (hard vote) or `predict --save-probs` folders (soft vote).",
     ),
-    gt: Path = typer.Option(
-        ..., "--gt", metavar="DATA", show_default=False, help="Dataset root: its train labels are the truth."
-    ),
-    splits: Path = typer.Option(
-        ...,
-        "--splits",
-        metavar="SPLITS.json",
-        show_default=False,
-        help="Splits file (`boneseg split`): the folds of the fold-wise spread.",
-    ),
-    out: Path = typer.Option(
-        ...,
-        "-o",
-        "--out",
-        metavar="PLAN.json",
-        show_default=False,
-        help="The plan: `boneseg ensemble TEST… --per-class PLAN.json` applies it.",
-    ),
-    vote: Vote = typer.Option(
-        None, "--vote", show_default=False, help="hard or soft; default: soft for folders, hard for CSVs."
-    ),
+    gt: Path = gt_option("Dataset root: its train labels are the truth.", default=...),
+    splits: Path = splits_option("Splits file (`boneseg split`): the folds of the fold-wise spread.", default=...),
+    out: Path = out_option("The plan: `boneseg ensemble TEST… --per-class PLAN.json` applies it.", metavar="PLAN.json"),
+    vote: Vote = vote_option("hard or soft; default: soft for folders, hard for CSVs."),
     overall: bool = typer.Option(
         False, "--overall", help="One ensemble for all classes (maximise the mean Dice) instead of one per class."
     ),
     steps: int = typer.Option(10, "--steps", help="Greedy steps (the largest ensemble size)."),
-    threshold: str = typer.Option(
-        None,
-        "--threshold",
-        "-t",
-        metavar="T|FILE.json",
-        show_default=False,
-        help="Soft vote: threshold during selection, a number or a JSON file {class: threshold} (default 0.5).",
+    threshold: str = threshold_option(
+        "Soft vote: threshold during selection, a number or a JSON file {class: threshold} (default 0.5)."
     ),
     tune_thresholds: bool = typer.Option(
         False,
         "--tune-thresholds",
         help="Soft vote: then pick each class's threshold (0.05 … 0.95) for the selected ensemble.",
     ),
-    calibration: list[str] = typer.Option(
-        None,
-        "--calibration",
-        metavar="FILE.json|none",
-        show_default=False,
-        help="Soft vote: one calibration file per input (boneseg calibrate), repeated in input order, 'none' for "
-        "an input left as is; give ensemble the same files.",
+    calibration: list[str] = calibrations_option(
+        "Soft vote: one calibration file per input (boneseg calibrate), repeated in input order, 'none' for "
+        "an input left as is; give ensemble the same files."
     ),
-    workers: int = typer.Option(
-        None, "--workers", "-j", show_default=False, help="Processes reading probability folders (default: all cores)."
-    ),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing plan."),
+    workers: int = workers_option("Processes reading probability folders (default: all cores)."),
+    force: bool = force_option("Overwrite an existing plan."),
 ) -> None:
     """Greedy forward selection with replacement (Caruana et al. 2004) of the hard or soft vote that
     maximises the out-of-fold Dice, per class or overall. Each step shows the fold-wise mean and spread;

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import force_option, out_option
 
 
 @app.command("split")
@@ -17,8 +18,8 @@ def split_command(
     stratify: str = typer.Option(
         None, "--stratify", help="Balance folds by: none, side (hand side) or tilt (wrist tilt) \\[default: none]."
     ),
-    out: str = typer.Option("-", "--out", "-o", help="Output JSON file ('-' for stdout)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    out: str = out_option("Output JSON file ('-' for stdout).", metavar=None, default="-"),
+    force: bool = force_option("Overwrite an existing output file."),
 ) -> None:
     """Patient-grouped K folds (both hands of a patient in one fold) as JSON."""
     from collections import Counter

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
+from boneseg.cli.options import force_option, image_size_option
 from boneseg.cli.output import console, reporter, table
 
 
@@ -17,9 +18,9 @@ def synth_command(
     ),
     patients: int = typer.Option(8, "--patients", help="Train patients (two labelled images each: both hands)."),
     test_patients: int = typer.Option(2, "--test-patients", help="Test patients (two unlabelled images each)."),
-    size: int = typer.Option(2048, "--size", help="Image side in pixels (128..8192; the real data is 2048)."),
+    size: int = image_size_option("Image side in pixels (128..8192; the real data is 2048)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same options, byte-identical files (on one machine)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty OUT (replaces its train/, test/, meta)."),
+    force: bool = force_option("Overwrite a non-empty OUT (replaces its train/, test/, meta)."),
     label_errors: float = typer.Option(
         0.0,
         "--label-errors",

@@ -36,6 +36,7 @@ from boneseg import rle as rle_mod
 from boneseg.classes import CLASSES, NUM_CLASSES, class_index
 from boneseg.errors import BonesegWarning, DataError, UsageError, check_workers, quote
 from boneseg.io import read_json, write_json
+from boneseg.names import VOTES
 from boneseg.progress import SILENT, Reporter
 from boneseg.submission import Submission, SubmissionWriter, read_submission
 from boneseg.workflows.parallel import STATE, parallel_map
@@ -606,9 +607,6 @@ def soft_vote(
 
 
 # -- one entry point ------------------------------------------------------------------------------
-
-
-VOTES = ("hard", "soft")
 
 
 def resolve_vote(inputs: Sequence[str | os.PathLike], vote: str | None = None) -> str:
