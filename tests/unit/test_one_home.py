@@ -211,9 +211,14 @@ def test_run_length_dice_has_one_home():
 
     import boneseg
     from boneseg import rle_dice
-    from boneseg.workflows import analysis
+    from boneseg.workflows import analysis, postprocess_csv, select
 
     assert analysis.intersections is rle_dice.intersections and analysis.runs_table is rle_dice.runs_table
+    assert select.RunTable is rle_dice.RunTable
+    assert (
+        "overlap"
+        in postprocess_csv.postprocess_csv.__code__.co_names + postprocess_csv.postprocess_csv.__code__.co_varnames
+    )
     root = Path(boneseg.__file__).parent
     engine = {"RunTable", "runs_table", "intersections", "run_dice", "iou_from_counts"}
     for path in root.rglob("*.py"):

@@ -37,6 +37,7 @@ from boneseg.errors import DataError, UsageError, quote
 from boneseg.io import check_output, write_json
 from boneseg.metrics import dice_from_counts
 from boneseg.progress import SILENT, Reporter, track
+from boneseg.rle_dice import RunTable
 from boneseg.workflows.parallel import STATE, parallel_map
 
 __all__ = [
@@ -77,7 +78,7 @@ class Atoms:
         return self.values.shape[1]
 
 
-def hard_atoms(tables: Sequence, truth) -> Atoms:
+def hard_atoms(tables: Sequence[RunTable], truth: RunTable) -> Atoms:
     """Atoms of hard votes from the `RunTable`s of M predictions and of the labels (one layout).
 
     Model ``i`` is bit ``i`` of a code and the labels bit ``M``: each run start adds its bit, each run
