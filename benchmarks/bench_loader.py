@@ -62,7 +62,7 @@ def main(images: int = 6, size: int = 1024) -> list[dict]:
     from boneseg.data.masks import MaskCache
     from boneseg.data.synth import synthesize
     from boneseg.data.transforms import build_augmentation, normalize
-    from boneseg.engine.train import TrainConfig
+    from boneseg.runs.config import TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"

@@ -30,10 +30,11 @@ def main() -> None:
     from boneseg.cli import main as cli
     from boneseg.data.layout import find_images
     from boneseg.data.synth import synthesize
-    from boneseg.engine.train import TrainConfig, train
+    from boneseg.engine.train import train
     from boneseg.inference import Policy, Predictor, load_models
     from boneseg.inference.run import ImageDataset
     from boneseg.metrics import dice
+    from boneseg.runs.config import TrainConfig
     from boneseg.submission import read_submission
     from boneseg.workflows.demo import SETTINGS
     from boneseg.workflows.export import Probabilities

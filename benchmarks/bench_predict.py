@@ -37,8 +37,8 @@ def _setup(folder: Path, n: int) -> Path:
     import torch
 
     from boneseg.data.synth import render_hand
-    from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.modelling.models import build_model
+    from boneseg.runs.checkpoint import save_checkpoint
 
     rng = np.random.default_rng(0)
     images = folder / "images"
@@ -65,8 +65,8 @@ def _notebook(images: Path, ckpt: Path, out: Path) -> None:
     from boneseg.classes import CLASSES
     from boneseg.data.layout import find_images, read_image
     from boneseg.data.transforms import to_input
-    from boneseg.engine.run import Run
     from boneseg.inference.predictor import resize_image
+    from boneseg.runs.run import Run
 
     run = Run.open(ckpt)
     model, config = run.model(), run.config

@@ -96,8 +96,8 @@ def main(work: str | os.PathLike = "/tmp/boneseg-approaches") -> list[dict]:
             (out / "seconds.txt").write_text(f"{time.time() - t0:.1f}")
         return out
 
-    from boneseg.engine.checkpoint import load_checkpoint, save_checkpoint
     from boneseg.postprocess import fit_postprocess
+    from boneseg.runs.checkpoint import load_checkpoint, save_checkpoint
 
     def derived(src, name, make):
         d = work / "runs" / name

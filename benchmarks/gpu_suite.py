@@ -92,10 +92,10 @@ def _reset_peak(device: torch.device) -> None:
 def train_step_case(s: Settings, amp: bool, channels_last: bool, compile: bool) -> dict:
     """Seconds per training step, peak memory, and (with `compile`) the seconds of the first (compiling) step."""
     from boneseg.data.transforms import normalize
-    from boneseg.engine.train import TrainConfig
     from boneseg.modelling.compile import compile_model
     from boneseg.modelling.losses import build_loss
     from boneseg.modelling.models import build_model
+    from boneseg.runs.config import TrainConfig
 
     device = torch.device(s.device)
     _reset_peak(device)
@@ -165,7 +165,7 @@ def train_steps(s: Settings) -> list[dict]:
 
 
 def _config(s: Settings, data: Path, tmp: Path, workers: int, **extra):
-    from boneseg.engine.train import TrainConfig
+    from boneseg.runs.config import TrainConfig
 
     return TrainConfig(
         data=str(data), out=str(tmp / "run"), arch=s.arch, encoder=s.encoder, size=s.size, batch_size=s.batch,
@@ -175,8 +175,8 @@ def _config(s: Settings, data: Path, tmp: Path, workers: int, **extra):
 
 def loader_rate(s: Settings, data: Path, tmp: Path, workers: int) -> float:
     """Samples/s of the training loader (--aug default) after its workers started (one epoch, mask cache built)."""
+    from boneseg.engine.data import build_data, make_loader
     from boneseg.engine.distributed import DistInfo
-    from boneseg.engine.train import build_data, make_loader
     from boneseg.progress import SILENT
 
     info = DistInfo(device=torch.device(s.device))
@@ -268,9 +268,9 @@ def predict_throughput(s: Settings, tmp: Path) -> list[dict]:
     import cv2
 
     from boneseg.data.synth import render_hand
-    from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.inference import predict
     from boneseg.modelling.models import build_model
+    from boneseg.runs.checkpoint import save_checkpoint
 
     device = torch.device(s.device)
     images, warm = tmp / "images", tmp / "warm"

@@ -32,8 +32,6 @@ from boneseg.errors import BonesegError, DataError
 from boneseg.io import read_json, write_json
 from boneseg.probs import SCALE, thresholds_array
 
-FILE = "calibration.json"
-"""The calibration file's name in a run folder (beside the checkpoint)."""
 FORMAT = "boneseg-calibration"
 VERSION = 1
 CLIP = 0.5 / SCALE

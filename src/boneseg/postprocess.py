@@ -106,8 +106,6 @@ def postprocess(masks: np.ndarray, keep_largest: bool = False, min_area: int = 0
 
 # -- per-class rules validated on the validation fold (nnU-Net's rule) --------------------------------
 
-RULES_FILE = "postprocess.json"
-
 
 def postprocess_per_class(masks: np.ndarray, rules: Sequence[tuple[bool, int]]) -> np.ndarray:
     """`clean_mask` with each class's own (keep_largest, min_area); returns a new (C, H, W) array."""

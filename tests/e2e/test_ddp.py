@@ -11,11 +11,13 @@ import sys
 import pytest
 import torch
 
-from boneseg.engine.checkpoint import load_model
+from boneseg.engine.data import build_data, make_loader
 from boneseg.engine.distributed import DistInfo
-from boneseg.engine.train import TrainConfig, build_data, evaluate, make_loader, train
+from boneseg.engine.train import evaluate, train
 from boneseg.errors import UsageError
 from boneseg.progress import SILENT
+from boneseg.runs.checkpoint import load_model
+from boneseg.runs.config import TrainConfig
 
 
 def test_two_rank_gloo_training(synth_data, tmp_path):

@@ -43,8 +43,8 @@ TRAIN = [
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """A tiny dataset, one tiny untrained checkpoint and its saved probabilities, shared by every fault."""
-    from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.modelling.models import build_model
+    from boneseg.runs.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("faults")
     write_dataset(root / "data", patients=2, size=64)
@@ -109,7 +109,7 @@ def corrupt_png(split: str, command: str):
         png = first(data / split / "DCM", "*.png")
         if command == "tta":  # tta scores the checkpoint's own validation images
             from boneseg.data.layout import discover
-            from boneseg.engine.run import Run
+            from boneseg.runs.run import Run
 
             png = Run.open(base / "model.pt").validation(discover(data))[0].image
         png.write_bytes(png.read_bytes()[:100])
@@ -409,7 +409,7 @@ def test_fault_is_one_line_naming_the_culprit(fault, base, tmp_path):
 def test_full_disk_during_checkpoint_save(tmp_path, monkeypatch):
     """ENOSPC while torch writes a checkpoint: the documented disk error, no partial file left."""
     import boneseg.io
-    from boneseg.engine.checkpoint import save_checkpoint
+    from boneseg.runs.checkpoint import save_checkpoint
 
     real_open = open
     monkeypatch.setattr(

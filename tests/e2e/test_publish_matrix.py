@@ -216,8 +216,8 @@ WRITERS = [name for name, row in INVOCATIONS.items() if row is not None]
 def base(tmp_path_factory) -> Path:
     """A 64-px dataset (2 labelled patients, 1 test patient), a copy with a malformed label, two untrained
     fold checkpoints, their out-of-fold CSV and a test-set submission."""
-    from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.modelling.models import build_model
+    from boneseg.runs.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("publish")
     write_dataset(root / "data", patients=2, size=64)

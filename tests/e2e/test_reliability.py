@@ -149,7 +149,7 @@ class _Evil:
 
 
 def test_malicious_checkpoint_runs_nothing(data, tmp_path, capsys):
-    from boneseg.engine.checkpoint import load_checkpoint
+    from boneseg.runs.checkpoint import load_checkpoint
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
@@ -304,7 +304,7 @@ def test_real_signal_to_real_training_then_resume(checkpoint, tmp_path):
     )
     assert proc.returncode == 130, proc.stderr
     assert "--resume" in error_line(proc.stderr)
-    from boneseg.engine.checkpoint import load_checkpoint
+    from boneseg.runs.checkpoint import load_checkpoint
 
     saved = load_checkpoint(run / "last.pt")
     assert 0 < saved["step"] < 8 * 2

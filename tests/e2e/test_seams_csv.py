@@ -48,8 +48,8 @@ def test_rle_of_any_length_is_read_by_check_analyze_and_ensemble(tmp_path, capsy
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A freshly built tiny model saved as a boneseg checkpoint."""
-    from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.modelling.models import build_model
+    from boneseg.runs.checkpoint import save_checkpoint
 
     config = {
         "arch": "unet",

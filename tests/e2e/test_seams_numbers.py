@@ -176,8 +176,8 @@ def test_library_refuses_non_finite_weights_and_scales(images, tmp_path):
 
 
 def _checkpoint(path: Path) -> Path:
-    from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.modelling.models import build_model
+    from boneseg.runs.checkpoint import save_checkpoint
 
     config = {
         "arch": "unet",

@@ -12,7 +12,8 @@ import torch
 from util import error_line, fake_wandb, tiny_config, write_dataset
 
 from boneseg.cli import main
-from boneseg.engine.train import RUNTIME, NonFiniteLoss, train
+from boneseg.engine.train import NonFiniteLoss, train
+from boneseg.runs.config import RUNTIME
 
 OPTS = [
     "--arch",
@@ -229,8 +230,8 @@ def test_empty_validation_fold_is_refused_before_writing(data, tmp_path, capsys)
 
 def test_config_values_reach_losses_and_heads(data, tmp_path, monkeypatch):
     from boneseg.data.masks import decode_distance
-    from boneseg.engine.checkpoint import load_model
     from boneseg.modelling import heads, losses
+    from boneseg.runs.checkpoint import load_model
 
     seen = {}
     real_forward, real_aux = losses.DistanceBCE.forward, heads.aux_loss
@@ -271,7 +272,7 @@ def test_config_values_reach_losses_and_heads(data, tmp_path, monkeypatch):
 def test_resume_of_a_finished_run_with_a_new_boundary_sharpen_reaches_predict(data, tmp_path):
     """--boundary-sharpen given to a resume is written into best.pt and last.pt as well as config.json:
     predict (which reads the checkpoint) uses the new value, not the one the run started with."""
-    from boneseg.engine.checkpoint import load_checkpoint, load_model
+    from boneseg.runs.checkpoint import load_checkpoint, load_model
 
     run = tmp_path / "run"
     opts = {"folds": 2, "aug": "none", "boundary_head": 0.5}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import boneseg
 
-LAYERS = ("formats", "data", "modelling", "engine", "inference", "workflows", "cli")
+LAYERS = ("formats", "data", "modelling", "runs", "engine", "inference", "workflows", "cli")
 """Bottom-up; the formats layer is the top-level modules of ``boneseg``."""
 
 SRC = Path(boneseg.__file__).parent
@@ -124,3 +124,23 @@ def test_the_checks_see_nested_relative_and_cyclic_imports(tmp_path):
     assert upward(g) == ["boneseg.data.dataset (data) -> boneseg.cli.output (cli)"]
     assert g["boneseg.cli.output"] == {"boneseg.io"}
     assert cycle(g) in (["boneseg.io", "boneseg.rle", "boneseg.io"], ["boneseg.rle", "boneseg.io", "boneseg.rle"])
+
+
+def test_prediction_does_not_depend_on_training():
+    """The run format (`boneseg.runs`) sits below training and inference: predicting imports nothing of the
+    training engine but its device/process helpers, and a workflow takes only the `train` entry point."""
+    offenders = []
+    for module, path in modules(SRC).items():
+        top = module.split(".")[1:2]
+        if top not in (["inference"], ["workflows"], ["runs"]):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("boneseg.engine"):
+                names = {a.name for a in node.names}
+                allowed = node.module == "boneseg.engine.distributed" and top != ["runs"]
+                allowed |= node.module == "boneseg.engine.train" and top == ["workflows"] and names == {"train"}
+                if not allowed:
+                    offenders.append(f"{module}: from {node.module} import {', '.join(sorted(names))}")
+            elif isinstance(node, ast.Import) and any(a.name.startswith("boneseg.engine") for a in node.names):
+                offenders.append(f"{module}: import {', '.join(a.name for a in node.names)}")
+    assert not offenders, offenders

@@ -272,3 +272,95 @@ def test_written_labels_read_back(tmp_path):
     drawn = label_document(polygons, "x.png", (8, 10), new_id=lambda _: next(ids), file_id=True)
     assert [a["id"] for a in drawn["annotations"]] == ["a", "b"] and drawn["file_id"] == "c"
     assert list(drawn) == ["annotations", "attributes", "file_id", "filename", "metadata"]
+
+
+# -- the run format -------------------------------------------------------------------------------
+
+RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "postprocess.json", "calibration.json")
+SPELLED_ELSEWHERE = {("boneseg.inference.exported", "config.json")}
+"""(module, name) pairs that name another format's file: an smp/Hugging Face export folder's own config.json."""
+
+
+def _code_strings(path):
+    """The string constants of a module's code (f-string parts included), docstrings left out."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            yield node.value
+
+
+def test_only_the_run_format_spells_a_run_folders_file_names():
+    """`boneseg.runs.files` names the files of a run folder; every other module uses its names."""
+    import re
+    from pathlib import Path
+
+    import boneseg
+    from boneseg.runs import files
+
+    assert {files.CONFIG, files.METRICS, files.LAST, files.BEST, files.POSTPROCESS, files.CALIBRATION} == set(
+        RUN_FILE_NAMES
+    )
+    root = Path(boneseg.__file__).parent
+    spelled = re.compile(r"(^|/)(" + "|".join(map(re.escape, RUN_FILE_NAMES)) + r")$")
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(("boneseg", *path.relative_to(root).with_suffix("").parts))
+        if module.startswith("boneseg.runs."):
+            continue
+        for text in _code_strings(path):
+            found = spelled.search(text)
+            if found and (module, found.group(2)) not in SPELLED_ELSEWHERE:
+                offenders.append(f"{module}: {text!r}")
+    assert not offenders, offenders
+
+
+def test_the_run_format_has_one_home():
+    """The config schema, the resume policy, checkpoints and the hand-side alias each live once, in
+    `boneseg.runs`; training and inference take them from there."""
+    from boneseg.engine import checks, plan, state, train
+    from boneseg.inference import exported, predictor
+    from boneseg.runs import checkpoint, config, config_file, run
+
+    assert train.TrainConfig is config.TrainConfig is predictor.TrainConfig is exported.TrainConfig
+    assert checks.load_config is config.load_config and exported.check_input is config.check_input
+    assert state.save_checkpoints is checkpoint.save_checkpoints and run.load_checkpoint is checkpoint.load_checkpoint
+    assert plan.resolve_config is train.resolve_config is checks.resolve_config
+    assert config_file.field_name is config.field_name
+    assert config.ALIASES == {"unify_hands": "unify_side"}
+    for module in (train, checks, state, plan):
+        assert not hasattr(module, "merge_resume") and not hasattr(module, "FIXED_ON_RESUME"), module.__name__
+
+
+def test_old_saved_configs_still_load(tmp_path):
+    """A checkpoint of an older version (the alias ``unify_hands``, no ``format``, runtime keys, keys this
+    version does not know) opens as a typed run, and a config file with the alias reads as the field."""
+    from util import tiny_config
+
+    from boneseg.modelling.models import build_model
+    from boneseg.runs.checkpoint import load_checkpoint, save_checkpoint
+    from boneseg.runs.config import TrainConfig
+    from boneseg.runs.config_file import command_config, read_config
+    from boneseg.runs.run import Run
+
+    saved = {"arch": "unet", "encoder": "resnet18", "model_kwargs": {"decoder_channels": [16, 8, 8, 8, 8]}}
+    saved.update(in_channels=1, classes=29, unify_hands="L", device="cuda", an_old_key=3, size=64)
+    save_checkpoint(tmp_path / "run" / "best.pt", {"config": saved, "model": build_model(saved).state_dict()})
+    opened = Run.open(tmp_path / "run")
+    assert opened.config.unify_side == "L" and opened.config.device == TrainConfig().device and opened.size == 64
+    assert isinstance(opened.model(), torch.nn.Module)
+    assert load_checkpoint(tmp_path / "run")["config"]["unify_hands"] == "L"
+    (tmp_path / "c.yaml").write_text("unify-hands: R\nepochs: 2\n")
+    assert read_config(tmp_path / "c.yaml") == {"unify_side": "R", "epochs": 2}
+    merged = command_config({"unify_hands": "none", "epochs": None}, tmp_path / "c.yaml", resume=True)
+    assert merged == {"unify_side": None, "epochs": 2, "resume": True, "force": False}
+    assert TrainConfig.from_any(dict(tiny_config(tmp_path, tmp_path / "o"), unify_hands="R")).unify_side == "R"

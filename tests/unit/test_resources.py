@@ -176,10 +176,10 @@ def test_a_scaled_view_too_small_for_the_architecture_is_one_line(tmp_path):
     """A PAN trained at 128² predicted with the 0.75 scale runs at 96²: refused naming the scale."""
     import torch
 
-    from boneseg.engine.run import Run
-    from boneseg.engine.train import TrainConfig
     from boneseg.inference import Policy, Predictor
     from boneseg.inference.predictor import LoadedModel
+    from boneseg.runs.config import TrainConfig
+    from boneseg.runs.run import Run
 
     config = TrainConfig.from_any({"arch": "pan", "encoder": "resnet18", "size": 128})
     run = Run.__new__(Run)

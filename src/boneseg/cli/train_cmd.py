@@ -49,7 +49,7 @@ def train_command(
         metavar="NAME",
         help=(
             "Architecture: unet, unetpp, deeplabv3plus (dlv3p), upernet, segformer, fpn, manet, …, or sam2unet "
-            "(SAM2-UNet) (required unless --resume)."
+            "(SAM2-UNet) \\[default: unet]."
         ),
     ),
     encoder: str | None = typer.Option(
@@ -58,11 +58,11 @@ def train_command(
         metavar="NAME",
         help=(
             "smp encoder (resnet34, efficientnet-b4, mit_b2, …) or tu-<timm model>; for sam2unet the SAM2 trunk "
-            "sam2_hiera_tiny|small|base_plus|large (required unless --resume)."
+            "sam2_hiera_tiny|small|base_plus|large \\[default: resnet34]."
         ),
     ),
     size: int | None = typer.Option(
-        None, "--size", help="Side the images are resized to (multiple of 32; required unless --resume)."
+        None, "--size", help="Side the images are resized to (multiple of 32) \\[default: 512]."
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", metavar="RUN", help="Run folder (config.json, metrics.jsonl, last.pt, best.pt)."
@@ -280,41 +280,24 @@ def run_train(params: dict[str, Any], teacher: dict[str, Any] | None = None) -> 
     command's parameters by name; with `teacher`, `boneseg.workflows.distill.distill` trains."""
     from boneseg.cli.options import parse_floats
     from boneseg.cli.output import console, print_json, reporter
-    from boneseg.engine.checkpoint import BEST
-    from boneseg.engine.train import dry_run as check_run
-    from boneseg.engine.train import resolve_config, train
-    from boneseg.errors import UsageError
+    from boneseg.engine.checks import resolve_config
+    from boneseg.engine.plan import dry_run as check_run
+    from boneseg.engine.train import train
+    from boneseg.runs.config_file import command_config
+    from boneseg.runs.files import BEST, LAST
 
     p = params
     data, out, resume, device, cache_dir = p["data"], p["out"], p["resume"], p["device"], p["cache_dir"]
-    # the options the command passes as they are (None: not given); the others are renamed or made plain
-    as_given = set(p) - _COMMAND_ONLY - {"pseudo", "unify_hands", "wrist", "tensorboard", "skip_bad", "compile"}
-    as_given -= {"deep_supervision"}
-    options = {k: p[k] for k in as_given}
+    options = {k: v for k, v in p.items() if k not in _COMMAND_ONLY}  # None: not given
     options.update(
-        pseudo=[str(x) for x in p["pseudo"]] if p["pseudo"] else None,
-        unify_side=p["unify_hands"],
         deep_supervision=parse_floats(p["deep_supervision"], "--deep-supervision"),
-        **{flag: p[flag] or None for flag in ("wrist", "tensorboard", "skip_bad", "compile")},
+        **{flag: p[flag] or None for flag in _FLAGS},  # a flag left off is not given
     )
-    config: dict[str, Any] = {}
-    if p["config_file"] is not None:
-        from boneseg.engine.config_file import read_config
-
-        config = read_config(p["config_file"])
-    # only the options typed here override the file
-    config.update({k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None})
-    if p["unify_hands"] is not None and p["unify_hands"].lower() == "none":
-        config["unify_side"] = None
-    if not resume:
-        missing = [f"--{k}" for k in ("arch", "encoder", "size") if k not in config]
-        if missing:
-            raise UsageError(f"missing option {', '.join(missing)} (needed for a new run)")
+    config = command_config(options, p["config_file"], resume=resume, force=p["force"])
     if p["fit_postprocess"]:
         from boneseg.workflows.validation import check_fit_model
 
         check_fit_model(bool(config.get("wrist")))
-    config.update(resume=resume, force=p["force"])
     if teacher is not None:
         from boneseg.workflows.distill import distill_config
 
@@ -341,19 +324,19 @@ def run_train(params: dict[str, Any], teacher: dict[str, Any] | None = None) -> 
     if summary.get("early_stopped"):
         console.print(
             f"early stop at epoch {summary['epochs_done']} (--patience): best val Dice {best:.4f} "
-            f"(epoch {summary['best_epoch']}) -> {out}/best.pt",
+            f"(epoch {summary['best_epoch']}) -> {out / BEST}",
             markup=False,
         )
     elif summary["stopped"]:
         console.print(
-            f"stopped after {summary['steps']} steps (--max-steps); last.pt saved in {out}. "
+            f"stopped after {summary['steps']} steps (--max-steps); {LAST} saved in {out}. "
             f"Continue with: boneseg {'distill' if teacher is not None else 'train'} {data} --out {out} --resume",
             markup=False,
         )
     else:
         console.print(
             f"done: {summary['epochs_done']} epochs, {summary['steps']} steps, best val Dice "
-            f"{best:.4f} (epoch {summary['best_epoch']}) -> {out}/best.pt"
+            f"{best:.4f} (epoch {summary['best_epoch']}) -> {out / BEST}"
             if best is not None
             else f"done: {summary['epochs_done']} epochs -> {out}",
             markup=False,
@@ -369,10 +352,12 @@ def str_paths(value):
 
 # parameters of the command that are no training option (handled here)
 _COMMAND_ONLY = {"config_file", "print_config", "dry_run", "fit_postprocess", "json_out", "resume", "force"}
+# on/off options without an "off" spelling: off is "not given" (a config file's setting stays)
+_FLAGS = ("wrist", "tensorboard", "skip_bad", "compile")
 
 
 def _print_plan(plan: dict, as_json: bool) -> None:
-    """The `boneseg.engine.train.dry_run` result: JSON, or a few lines."""
+    """The `boneseg.engine.plan.dry_run` result: JSON, or a few lines."""
     from boneseg.cli.output import console, print_json
 
     if as_json:

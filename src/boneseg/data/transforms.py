@@ -2,7 +2,7 @@
 
 The one rule that turns an 8-bit radiograph into model input lives here: `normalize` (a batch of uint8
 tensors, on any device) and `to_input` (one numpy image). They read the typed ``channels``, ``mean`` and
-``std`` of a run's config (`boneseg.engine.train.TrainConfig`, or a `boneseg.engine.run.Run`), so
+``std`` of a run's config (`boneseg.runs.config.TrainConfig`, or a `boneseg.runs.run.Run`), so
 inference never repeats training flags nor their defaults.
 """
 

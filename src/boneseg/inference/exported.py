@@ -34,12 +34,12 @@ import torch
 from boneseg import calibration as calibration_mod
 from boneseg.classes import CLASSES
 from boneseg.data.transforms import in_channels
-from boneseg.engine.config_file import typed_option
-from boneseg.engine.run import Run
-from boneseg.engine.train import TrainConfig, check_input
 from boneseg.errors import BonesegError, CheckpointError, UsageError, out_of_memory
 from boneseg.io import read_json
 from boneseg.probs import thresholds_array
+from boneseg.runs.config import TrainConfig, check_input
+from boneseg.runs.config_file import typed_option
+from boneseg.runs.run import Run
 
 FORMAT = "boneseg-export"
 FORMATS = ("onnx", "torchscript", "hf")

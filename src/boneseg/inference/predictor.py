@@ -30,12 +30,12 @@ from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.data.layout import resize_image, side_from_masks
 from boneseg.data.transforms import check_side
 from boneseg.engine.distributed import resolve_device
-from boneseg.engine.run import Run
-from boneseg.engine.train import TrainConfig
 from boneseg.errors import CheckpointError, UsageError
 from boneseg.inference.exported import Exported, open_model
 from boneseg.inference.sliding import alloc, check_window, sliding_window
 from boneseg.inference.tta import Policy, hflip, snap, unflip
+from boneseg.runs.config import TrainConfig
+from boneseg.runs.run import Run
 
 
 @dataclass

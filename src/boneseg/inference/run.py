@@ -30,7 +30,6 @@ from boneseg.classes import NUM_CLASSES
 from boneseg.data.dataset import Loader
 from boneseg.data.layout import Sample, by_image_name, find_images, read_image
 from boneseg.engine.distributed import as_rank_failure, cleanup, setup
-from boneseg.engine.run import Run
 from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError, check_workers
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
 from boneseg.inference.exported import Exported, open_model
@@ -49,6 +48,7 @@ from boneseg.io import (
 )
 from boneseg.postprocess import postprocess, postprocess_per_class, rules_list
 from boneseg.progress import SILENT, Reporter
+from boneseg.runs.run import Run
 from boneseg.submission import HEADER, SubmissionWriter, csv_rows, format_row
 
 

@@ -300,7 +300,9 @@ def _run_demo(out: Path, cfg: dict, seed: int, quick: bool, reporter: Reporter) 
             _overlay(data, sub_csv, out / OVERLAY)
     per_class = result.per_class_dice(0)
     assert per_class is not None  # analyze was given the labels
-    best_line = next((h for h in _metrics(run_dir) if h.get("epoch") == trained["best_epoch"]), {})
+    from boneseg.runs.files import read_metrics
+
+    best_line = next((h for h in read_metrics(run_dir) if h.get("epoch") == trained["best_epoch"]), {})
     summary = {
         "mean_dice": float(per_class.mean()),
         "per_class_dice": {c: float(v) for c, v in zip(CLASSES, per_class)},
@@ -349,6 +351,7 @@ def _train_config(cfg: dict, data: Path, splits: Path, run_dir: Path, seed: int)
         "scheduler",
         "loss",
         "aug",
+        "unify_hands",
         "val_every",
         "save_every",
         "model_kwargs",
@@ -360,18 +363,10 @@ def _train_config(cfg: dict, data: Path, splits: Path, run_dir: Path, seed: int)
         "out": str(run_dir),
         "splits": str(splits),
         "size": cfg["train_size"] or cfg["size"],
-        "unify_side": cfg["unify_hands"],
         "seed": seed,
         "device": "cpu",
         "workers": 0,
     }
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    import json
-
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def _overlay(data: Path, sub_csv: Path, path: Path) -> None:

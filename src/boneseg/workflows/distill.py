@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from boneseg.classes import NUM_CLASSES
-from boneseg.engine.train import TrainConfig, train
+from boneseg.engine.train import train
 from boneseg.errors import DataError, UsageError
 from boneseg.io import read_json
 from boneseg.progress import SILENT, Reporter
+from boneseg.runs.config import TrainConfig
 from boneseg.workflows.ensemble import read_per_class
 
 

@@ -27,7 +27,6 @@ from boneseg import calibration as calibration_mod
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES
 from boneseg.data.transforms import in_channels
-from boneseg.engine.run import Run
 from boneseg.errors import CheckpointError, UsageError
 from boneseg.inference.exported import (
     CONFIG_KEYS,
@@ -50,6 +49,7 @@ from boneseg.io import check_output, disk_full, hold, is_stdout, publishing, wri
 from boneseg.postprocess import rules_list
 from boneseg.probs import read_thresholds
 from boneseg.progress import SILENT, Reporter
+from boneseg.runs.run import Run
 
 TOLERANCE = 1e-4
 """Largest difference allowed between the exported model's probabilities and torch's."""

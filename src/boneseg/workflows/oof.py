@@ -18,7 +18,6 @@ from pathlib import Path
 
 from boneseg import probs as probs_mod
 from boneseg.data.layout import Sample, by_image_name, discover
-from boneseg.engine.run import Run
 from boneseg.errors import DataError, UsageError
 from boneseg.inference.run import check_probs_dir, predict
 from boneseg.io import (
@@ -31,6 +30,7 @@ from boneseg.io import (
     staging_folder,
 )
 from boneseg.progress import SILENT, Reporter
+from boneseg.runs.run import Run
 from boneseg.submission import HEADER, csv_rows, format_row
 
 

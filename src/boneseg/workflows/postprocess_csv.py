@@ -53,13 +53,13 @@ def read_rules(path: str | os.PathLike) -> tuple[dict, str]:
         DataError: no such file, a run folder without rules, malformed JSON.
     """
     from boneseg.io import read_json
-    from boneseg.postprocess import RULES_FILE
+    from boneseg.runs.files import POSTPROCESS
 
     path = Path(path)
     if path.is_dir():
-        if not (path / RULES_FILE).is_file():
-            raise DataError(f"--rules {path}: no {RULES_FILE} in this folder (train --fit-postprocess writes it)")
-        path = path / RULES_FILE
+        if not (path / POSTPROCESS).is_file():
+            raise DataError(f"--rules {path}: no {POSTPROCESS} in this folder (train --fit-postprocess writes it)")
+        path = path / POSTPROCESS
     elif not path.is_file():
         raise DataError(f"--rules {path}: file not found")
     return read_json(path), str(path)

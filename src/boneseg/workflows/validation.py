@@ -109,11 +109,11 @@ def validation_samples(
     data: str | os.PathLike, splits: str | os.PathLike | None, fold: int | None, models: Sequence[LoadedModel]
 ) -> tuple[list[Sample], int | None, list[str]]:
     """The images to score and notes: fold `fold` of `splits`, by default the images the first model's run
-    validated on (`boneseg.engine.run.Run.validation`: recorded by training, else its fold made again as
+    validated on (`boneseg.runs.run.Run.validation`: recorded by training, else its fold made again as
     training made it); for a model without a run (an export), every train image. A note names each model
     that trained on some of the images (its scores there are optimistic)."""
     from boneseg.data.split import fold_samples, load_splits
-    from boneseg.engine.run import Run
+    from boneseg.runs.run import Run
 
     samples = discover(data, "train")
     if (splits is None) != (fold is None):
@@ -369,12 +369,12 @@ def fit_postprocess(
     from boneseg import probs as probs_mod
     from boneseg.data.layout import discover
     from boneseg.data.masks import default_cache_dir
-    from boneseg.engine.run import Run
     from boneseg.inference.encode import binarize, quantize
     from boneseg.inference.predictor import Predictor
     from boneseg.inference.run import ImageDataset, make_loader
     from boneseg.inference.tta import Policy
     from boneseg.io import write_json
+    from boneseg.runs.run import Run
 
     opened = Run.open(run)
     check_fit_model(opened.config.wrist)

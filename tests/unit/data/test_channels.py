@@ -13,8 +13,8 @@ from util import tiny_config
 
 from boneseg.data.channels import make_channels, n_channels, parse_mode
 from boneseg.data.transforms import normalize, to_input
-from boneseg.engine.train import TrainConfig
 from boneseg.errors import UsageError
+from boneseg.runs.config import TrainConfig
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:
@@ -78,9 +78,9 @@ def test_dataset_makes_the_channels_after_augmentation(synth_data, tmp_path):
 
 
 def test_train_saves_the_mode_and_predict_reapplies_it(synth_data, tmp_path):
-    from boneseg.engine.checkpoint import load_checkpoint, save_checkpoint
     from boneseg.engine.train import train
     from boneseg.inference import predict
+    from boneseg.runs.checkpoint import load_checkpoint, save_checkpoint
 
     run = tmp_path / "run"
     summary = train(tiny(synth_data, run, channels="clahe3+laplacian"))

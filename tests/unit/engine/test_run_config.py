@@ -13,15 +13,15 @@ import torch
 import typer
 
 from boneseg.classes import CLASSES
-from boneseg.engine.checkpoint import save_checkpoint
-from boneseg.engine.run import Run
-from boneseg.engine.train import RUNTIME, TrainConfig, merge_resume
 from boneseg.errors import UsageError
 from boneseg.modelling.models import build_model
+from boneseg.runs.checkpoint import save_checkpoint
+from boneseg.runs.config import ALIASES, RUNTIME, TrainConfig, merge_resume
+from boneseg.runs.run import Run
 
 ROOT = Path(__file__).resolve().parents[3]
 # `train` options whose name differs from the field, and fields only the Python API sets.
-RENAMED = {"unify_hands": "unify_side"}
+RENAMED = ALIASES
 API_ONLY = {"mean", "std", "model_kwargs"}
 # Fields `distill` sets (its options: train's plus the teacher's, tests/unit/workflows/test_distill.py).
 DISTILL = {"teacher", "teacher_test", "teacher_weights", "teacher_weight"}
@@ -122,7 +122,7 @@ def test_predict_opens_each_checkpoint_once(tmp_path, monkeypatch):
     run = tmp_path / "run"
     _checkpoint(run / "best.pt", size=64)
     (run / "postprocess.json").write_text('{"classes": {}}', encoding="utf-8")
-    from boneseg.engine import run as run_mod
+    from boneseg.runs import run as run_mod
 
     loads, resolved = [], []
     real_load, real_resolve = torch.load, run_mod.resolve_checkpoint

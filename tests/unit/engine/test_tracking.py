@@ -85,8 +85,8 @@ def test_tensorboard_gets_scalars_and_images(synth_data, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from boneseg.engine.checkpoint import load_checkpoint
     from boneseg.engine.train import train
+    from boneseg.runs.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     train(tiny(synth_data, run, log="tensorboard", log_images=1))
@@ -114,8 +114,8 @@ def test_tensorboard_resume_logs_each_epoch_once(synth_data, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from boneseg.engine.checkpoint import load_checkpoint
     from boneseg.engine.train import train
+    from boneseg.runs.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     cfg = tiny(synth_data, run, epochs=2, log="tensorboard", log_images=0)

@@ -13,9 +13,9 @@ import torch
 from util import TINY, cli, error_line, write_dataset
 
 from boneseg.classes import CLASSES
-from boneseg.engine.checkpoint import load_checkpoint, load_model
 from boneseg.engine.train import TrainingInterrupted, train
 from boneseg.errors import CheckpointError, DataError, OutputExistsError, UsageError
+from boneseg.runs.checkpoint import load_checkpoint, load_model
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:
@@ -139,7 +139,7 @@ def test_a_kill_between_the_two_saves_never_leaves_last_naming_a_best_it_lacks(s
     """Epoch 1 (always a best) writes both checkpoints as one step; killed while serialising the second, neither
     is written: a last.pt whose best epoch best.pt does not hold would resume comparing against a best whose
     model is not kept, a best.pt without last.pt could not be resumed."""
-    import boneseg.engine.checkpoint as ckpt
+    import boneseg.runs.checkpoint as ckpt
 
     class Killed(Exception):
         pass
@@ -252,7 +252,7 @@ def test_sigterm_saves_last_and_resumes_exactly(full_run, synth_data, tmp_path, 
 
 
 def test_save_every_writes_last_less_often(synth_data, tmp_path, monkeypatch):
-    import boneseg.engine.train as engine
+    import boneseg.engine.state as engine
 
     written = []
     real = engine.save_checkpoints
@@ -390,10 +390,10 @@ def test_cli_train_reports_its_pace_warns_on_long_cpu_runs_and_fits_postprocess(
     synth_data, tmp_path, capsys, monkeypatch
 ):
     from boneseg.cli import main
-    from boneseg.engine import train as train_mod
+    from boneseg.engine import plan
 
-    monkeypatch.setattr(train_mod, "PACE_STEPS", 1)
-    monkeypatch.setattr(train_mod, "CPU_WARN_SECONDS", 0)
+    monkeypatch.setattr(plan, "PACE_STEPS", 1)
+    monkeypatch.setattr(plan, "CPU_WARN_SECONDS", 0)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as done:
         main(
@@ -467,7 +467,9 @@ def test_dry_run_of_an_early_stopped_run_has_nothing_to_do(synth_data, tmp_path,
     out = tmp_path / "run"
     summary = train(tiny(synth_data, out, epochs=3, patience=1))
     assert summary["early_stopped"] and summary["epochs_done"] == 2
-    plan = engine.dry_run({"data": str(synth_data), "out": str(out), "resume": True, "workers": 0})
+    from boneseg.engine.plan import dry_run
+
+    plan = dry_run({"data": str(synth_data), "out": str(out), "resume": True, "workers": 0})
     assert plan["steps"] == 0 and "stopped early at epoch 2 (--patience 1)" in plan["finished"]
     code, stdout, err = cli(capsys, "train", synth_data, "--out", out, "--resume", "--dry-run", "--workers", "0")
     assert code == 0 and "nothing to do, the run stopped early at epoch 2" in err, err

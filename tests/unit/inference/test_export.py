@@ -13,11 +13,12 @@ from util import cli, tiny_config, write_dataset
 
 from boneseg import CLASSES
 from boneseg.data.layout import find_images
-from boneseg.engine.checkpoint import save_checkpoint
-from boneseg.engine.train import TrainConfig, train
+from boneseg.engine.train import train
 from boneseg.inference import Policy, Predictor, load_models
 from boneseg.inference.run import ImageDataset
 from boneseg.modelling.models import build_model
+from boneseg.runs.checkpoint import save_checkpoint
+from boneseg.runs.config import TrainConfig
 
 FORMATS = ["onnx", "torchscript", "hf"]
 OUT = {"onnx": "model.onnx", "torchscript": "model.ts", "hf": "model-hf"}

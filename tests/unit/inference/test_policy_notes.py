@@ -18,8 +18,8 @@ from boneseg.probs import read_manifest
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     """A dataset and two tiny real checkpoints: side-unified (R) and FiLM."""
-    from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.modelling.models import build_model
+    from boneseg.runs.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("notes")
     write_dataset(root / "data", patients=1, size=64)

@@ -18,7 +18,6 @@ from util import cli, error_line
 from boneseg import CLASSES, probs, rle
 from boneseg.cli import app
 from boneseg.data.layout import find_images
-from boneseg.engine.train import TrainConfig
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.inference import (
     LoadedModel,
@@ -32,6 +31,7 @@ from boneseg.inference import (
     tile_starts,
 )
 from boneseg.postprocess import postprocess
+from boneseg.runs.config import TrainConfig
 from boneseg.submission import SubmissionWriter, read_submission, validate_submission
 
 runner = CliRunner()
@@ -39,8 +39,8 @@ runner = CliRunner()
 
 def make_checkpoint(path: Path, seed: int = 0, **extra) -> Path:
     """A freshly built tiny model saved as a boneseg checkpoint (config as training writes it)."""
-    from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.modelling.models import build_model
+    from boneseg.runs.checkpoint import save_checkpoint
 
     config = {
         "arch": "unet",

@@ -206,7 +206,7 @@ def test_sliding_adds_the_sliding_version_of_each_named_policy(setup):
 def test_default_images_are_the_runs_own_validation_fold(setup, tmp_path):
     """Without --fold/--splits, a run trained on an on-the-fly split (no splits file) is scored on the images
     it validated on, not on its training images too."""
-    from boneseg.engine.checkpoint import load_checkpoint, save_checkpoint
+    from boneseg.runs.checkpoint import load_checkpoint, save_checkpoint
 
     data, ckpt, _, _ = setup
     samples = discover(data)

@@ -73,9 +73,9 @@ def test_refine_replaces_carpals_inside_the_box_only(synth_data, tmp_path):
 
 
 def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
-    from boneseg.engine.checkpoint import load_checkpoint, save_checkpoint
     from boneseg.engine.train import train
     from boneseg.inference import predict
+    from boneseg.runs.checkpoint import load_checkpoint, save_checkpoint
     from boneseg.submission import read_submission
 
     wrist = tmp_path / "wrist"
@@ -139,8 +139,8 @@ def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
 
 def save_untrained(path: Path, cfg: dict) -> Path:
     """A tiny real checkpoint straight from `build_model` (no training)."""
-    from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.modelling.models import build_model
+    from boneseg.runs.checkpoint import save_checkpoint
 
     save_checkpoint(path, {"config": cfg, "model": build_model(cfg).state_dict(), "epoch": 1, "step": 1, "metrics": {}})
     return path

@@ -14,8 +14,8 @@ import torch
 from util import tiny_config, write_dataset
 
 from boneseg.cli import main
-from boneseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from boneseg.modelling.models import build_model
+from boneseg.runs.checkpoint import load_checkpoint, save_checkpoint
 
 REAL_COMPILE = torch.compile
 

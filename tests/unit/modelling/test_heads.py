@@ -10,9 +10,9 @@ import torch
 from util import tiny_config
 
 from boneseg.classes import NUM_CLASSES
-from boneseg.engine.train import TrainConfig
 from boneseg.modelling.heads import META_DIM, AuxModel, aux_loss, meta_table, meta_vector, outer_band, side_target
 from boneseg.modelling.models import build_model
+from boneseg.runs.config import TrainConfig
 
 
 def tiny(data: Path, out: Path, **extra) -> dict:
@@ -91,9 +91,9 @@ def test_aux_loss_masks_missing_metadata():
 
 
 def test_meta_and_boundary_train_save_and_predict(synth_data, tmp_path):
-    from boneseg.engine.checkpoint import load_checkpoint, save_checkpoint
     from boneseg.engine.train import train
     from boneseg.inference import predict
+    from boneseg.runs.checkpoint import load_checkpoint, save_checkpoint
 
     run = tmp_path / "run"
     train(tiny(synth_data, run, meta="aux+film", boundary_head=0.5))
@@ -208,8 +208,8 @@ def test_dtbce_weighs_far_mistakes_more():
 
 
 def test_dtbce_trains_a_step(synth_data, tmp_path):
-    from boneseg.engine.checkpoint import load_checkpoint
     from boneseg.engine.train import train
+    from boneseg.runs.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     s = train(tiny(synth_data, run, loss="bce+dice+0.5*dtbce", distance_clip=8, aug="strong"))

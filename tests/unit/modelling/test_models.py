@@ -10,10 +10,10 @@ import torch
 from util import cli, write_dataset
 
 from boneseg.data.transforms import normalize, to_input
-from boneseg.engine.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
-from boneseg.engine.train import TrainConfig
 from boneseg.errors import CheckpointError, UsageError
 from boneseg.modelling.models import ALIASES, ARCHITECTURES, build_model, resolve_arch, resolve_encoder
+from boneseg.runs.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
+from boneseg.runs.config import TrainConfig
 
 ENCODER = {"dpt": "tu-vit_tiny_patch16_224"}  # DPT needs a ViT encoder
 SIZE = {"pan": 128}  # PAN's pyramid pooling needs >= 128 px

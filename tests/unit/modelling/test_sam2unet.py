@@ -144,7 +144,9 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
 
 def test_deep_supervision_weights_enter_the_same_loss():
     """Each auxiliary output is scored by the run's own --loss (here the team's), weighted by --deep-supervision."""
-    from boneseg.engine.train import TrainConfig, _deep_loss, build_criterion
+    from boneseg.engine.data import build_criterion
+    from boneseg.engine.train import _deep_loss
+    from boneseg.runs.config import TrainConfig
 
     cfg = TrainConfig(loss="0.4*bce+0.4*dice+0.2*focal_tversky@wrist", deep_supervision=[0.5, 0.25])
     criterion = build_criterion(cfg)
@@ -158,7 +160,7 @@ def test_deep_supervision_weights_enter_the_same_loss():
 
 def test_the_parameter_count_says_how_many_train(model):
     """train and --dry-run print the parameters that train beside the total: a frozen trunk is most of it."""
-    from boneseg.engine.train import parameter_count
+    from boneseg.engine.plan import parameter_count
 
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -361,8 +361,8 @@ def test_oof_and_resume_keep_the_validation_images_training_used(tmp_path, capsy
     """A patient added after training changes the folds made again from the dataset (here it joins fold 0;
     in general the folds reshuffle, and oof would predict images a run trained on). Runs record their
     validation images: oof predicts those and names what no run validated; a resume refuses a changed fold."""
-    from boneseg.engine.run import Run
     from boneseg.engine.train import train
+    from boneseg.runs.run import Run
 
     data = write_dataset(tmp_path / "data", patients=2, size=64, test_patients=0)
     runs = [tmp_path / f"run{k}" for k in range(2)]

@@ -11,7 +11,8 @@ from util import tiny_config
 
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.errors import DataError
-from boneseg.postprocess import RULES_FILE, postprocess_per_class, rules_list
+from boneseg.postprocess import postprocess_per_class, rules_list
+from boneseg.runs.files import POSTPROCESS as RULES_FILE
 from boneseg.workflows.validation import choose_rules
 
 
@@ -86,10 +87,10 @@ def test_fitted_scores_are_those_of_predict_with_and_without_the_rules(synth_dat
     from util import csv_dice
 
     from boneseg.data.layout import discover
-    from boneseg.engine.checkpoint import load_checkpoint, save_checkpoint
-    from boneseg.engine.run import Run
     from boneseg.engine.train import train
     from boneseg.inference import predict
+    from boneseg.runs.checkpoint import load_checkpoint, save_checkpoint
+    from boneseg.runs.run import Run
     from boneseg.workflows.validation import fit_postprocess
 
     run = tmp_path / "run"
@@ -114,9 +115,9 @@ def test_a_wrist_run_is_refused_by_name(synth_data, tmp_path, capsys):
     wrist run, whose command line does not say --wrist)."""
     from util import TINY, cli, error_line
 
-    from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.errors import UsageError
     from boneseg.modelling.models import build_model
+    from boneseg.runs.checkpoint import save_checkpoint
     from boneseg.workflows.validation import fit_postprocess
 
     cfg = tiny(synth_data, tmp_path / "wrist", wrist=True)

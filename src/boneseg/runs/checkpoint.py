@@ -20,8 +20,8 @@ import torch
 
 from boneseg.errors import CheckpointError, quote
 from boneseg.io import atomic_open, load_tensors
+from boneseg.runs.files import BEST, LAST, checkpoint_in
 
-BEST, LAST = "best.pt", "last.pt"
 FORMAT = 1
 """The checkpoint layout this version writes (``format``); a file of a later one is refused, not misread."""
 REQUIRED = ("arch", "encoder")
@@ -63,9 +63,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        for name in (BEST, LAST):
-            if (path / name).is_file():
-                return path / name
+        found = checkpoint_in(path)
+        if found is not None:
+            return found
         raise CheckpointError(f"{path}: run folder without {BEST} or {LAST}")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")

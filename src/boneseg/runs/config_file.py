@@ -1,19 +1,19 @@
-"""Training options from a file (``train --config FILE``): YAML or JSON, a run's own ``config.json`` included."""
+"""Training options from a file (``train --config FILE``: YAML or JSON, a run's own config file included) and
+from a command line (`command_config`: the file's options, overridden by those the command gives)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from boneseg.engine.train import TrainConfig
 from boneseg.errors import DataError, UsageError, quote, suggest
 from boneseg.io import read_json, read_yaml
+from boneseg.runs.config import DERIVED, TrainConfig, field_name
 
-DERIVED = ("in_channels", "classes")
-"""Keys a saved config holds that follow from the others: accepted and dropped."""
 ACTIONS = ("resume", "force")
 """What a command does, not a setting: refused in a file."""
 
@@ -21,7 +21,8 @@ ACTIONS = ("resume", "force")
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """The `TrainConfig` options in `path` (``.json``: JSON, else YAML), keys as field names.
 
-    Keys may use dashes (``batch-size``); ``unify_hands`` means ``unify_side``; `DERIVED` keys are dropped.
+    Keys may use dashes (``batch-size``) and aliases (``unify_hands``, `boneseg.runs.config.ALIASES`);
+    `DERIVED` keys are dropped.
     A key given twice, or two spellings of one option (``batch-size`` and ``batch_size``), is an error naming both.
     Values are checked against the field types (YAML's ``1e-3``, a string, is read as a number).
 
@@ -38,7 +39,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     out: dict[str, Any] = {}
     spelled: dict[str, Any] = {}
     for raw, value in doc.items():
-        key = {"unify_hands": "unify_side"}.get(str(raw).replace("-", "_"), str(raw).replace("-", "_"))
+        key = field_name(raw)
         if key in spelled:
             raise UsageError(
                 f"{path}: {quote(spelled[key])} and {quote(raw)} both set {key} (two spellings of one option: keep one)"
@@ -54,13 +55,44 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
+def command_config(
+    options: Mapping[str, Any],
+    config_file: str | os.PathLike | None = None,
+    resume: bool = False,
+    force: bool = False,
+) -> dict[str, Any]:
+    """The options of a ``train`` command as `boneseg.engine.train.train` takes them: the `config_file`'s
+    (`read_config`), overridden by each of `options` that was given (None or an empty list: not given); keys
+    are field names or their aliases (``unify_hands``), paths become text, ``unify_side`` ``none`` is given
+    as no side.
+    Options a command leaves out take `TrainConfig`'s defaults (a new run) or the run's (``resume``).
+
+    Raises:
+        UsageError: an unknown option (with the closest ones), or what `read_config` raises.
+    """
+    config = read_config(config_file) if config_file is not None else {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for raw, value in options.items():
+        key = field_name(raw)
+        if key not in names or key in ACTIONS:
+            raise UsageError(f"unknown training option {raw!r}{suggest(key, names)}")
+        if isinstance(value, (list, tuple)):
+            value = [str(v) if isinstance(v, os.PathLike) else v for v in value] or None
+        if key == "unify_side" and isinstance(value, str) and value.lower() == "none":
+            config[key] = None  # given: no side, whatever the file says
+        elif value is not None:
+            config[key] = str(value) if isinstance(value, os.PathLike) else value
+    config.update(resume=resume, force=force)
+    return config
+
+
 def typed_option(where: str | os.PathLike, key: str, value: Any) -> Any:
     """`value` as the type of the `TrainConfig` field `key` (dashes allowed) wants it.
 
     Raises:
         UsageError: a value of the wrong type, naming `where` and `key`.
     """
-    return _typed(Path(where), key, value, _annotations()[str(key).replace("-", "_")])
+    return _typed(Path(where), key, value, _annotations()[field_name(key)])
 
 
 def _annotations() -> dict[str, str]:

@@ -17,15 +17,11 @@ import torch
 
 from boneseg import calibration as calibration_mod
 from boneseg.classes import CLASSES
-from boneseg.engine.checkpoint import (
-    load_checkpoint,
-    model_from_state,
-    resolve_checkpoint,
-)
-from boneseg.engine.train import TrainConfig
 from boneseg.errors import DataError
 from boneseg.io import read_json
-from boneseg.postprocess import RULES_FILE
+from boneseg.runs.checkpoint import load_checkpoint, model_from_state, resolve_checkpoint
+from boneseg.runs.config import TrainConfig
+from boneseg.runs.files import CALIBRATION, POSTPROCESS
 
 
 class Run:
@@ -113,7 +109,7 @@ class Run:
 
     @property
     def rules_path(self) -> Path:
-        return self.checkpoint.parent / RULES_FILE
+        return self.checkpoint.parent / POSTPROCESS
 
     @cached_property
     def calibration(self) -> calibration_mod.Calibration | None:
@@ -122,7 +118,7 @@ class Run:
         Raises:
             DataError: a file that is not a valid calibration.
         """
-        path = self.checkpoint.parent / calibration_mod.FILE
+        path = self.checkpoint.parent / CALIBRATION
         return calibration_mod.read(path) if path.is_file() else None
 
     def model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
