@@ -1,1 +1,2 @@
-"""The training engine: the loop (`train`), checkpoints, distributed helpers, optimisers and EMA."""
+"""The training engine: the loop (`train`), its data, state and plan, distributed helpers, optimisers,
+EMA and tracking."""

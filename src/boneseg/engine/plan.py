@@ -4,6 +4,7 @@ nothing written)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -126,7 +127,7 @@ def dry_run(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
     train_items, val_items = build_data(cfg, info, reporter, check_only=True)
     steps_per_epoch = epoch_steps(len(train_items), make_sampler(len(train_items), cfg, info, train=True), cfg, info)
     weights = None if cfg.encoder_weights == "imagenet" else cfg.encoder_weights  # same shapes, no download
-    model = build_model(dict(cfg.to_dict(), encoder_weights=weights))
+    model = build_model(dataclasses.replace(cfg, encoder_weights=weights))
     if init is not None:
         assert cfg.init_from is not None  # `init` is what load_init read from it
         reporter.message(init_weights(model, init, cfg.init_from))

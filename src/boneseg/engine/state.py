@@ -259,7 +259,7 @@ def build_state(
     from boneseg.modelling.compile import compile_model
     from boneseg.modelling.models import build_model
 
-    model = build_model(cfg.to_dict())
+    model = build_model(cfg)
     if init is not None:
         assert cfg.init_from is not None  # `init` is what load_init read from it
         reporter.message(init_weights(model, init, cfg.init_from))

@@ -33,6 +33,7 @@ from torch import nn
 
 from boneseg.data.meta import META_DIM, META_FIELDS, META_STATS, find_meta_file, meta_table, meta_vector, side_target  # noqa: F401
 from boneseg.errors import UsageError, suggest
+from boneseg.modelling.spec import ModelSpec
 
 META_MODES = ("none", "aux", "film", "aux+film")
 AUX_OUTPUTS = ("age", "height", "weight", "sex", "side")
@@ -49,8 +50,10 @@ def check_meta_mode(mode: str | None) -> str:
     return mode
 
 
-def uses_heads(config: Mapping) -> bool:
-    return check_meta_mode(config.get("meta")) != "none" or float(config.get("boundary_head") or 0) > 0
+def uses_heads(config: ModelSpec | Mapping | Any) -> bool:
+    """Whether a run's config (any form `ModelSpec.of` reads) asks for a metadata or boundary head."""
+    spec = ModelSpec.of(config)
+    return check_meta_mode(spec.meta) != "none" or spec.boundary_head > 0
 
 
 # -- the wrapper ------------------------------------------------------------------------------------
@@ -135,16 +138,13 @@ class AuxModel(nn.Module):
         return out
 
 
-def wrap(model: nn.Module, config: Mapping) -> nn.Module:
-    """`model` wrapped in an `AuxModel` when the config turns on ``meta`` or ``boundary_head``."""
-    if not uses_heads(config):
+def wrap(model: nn.Module, config: ModelSpec | Mapping | Any) -> nn.Module:
+    """`model` wrapped in an `AuxModel` when the config (any form `ModelSpec.of` reads) turns on ``meta`` or
+    ``boundary_head``."""
+    spec = ModelSpec.of(config)
+    if not uses_heads(spec):
         return model
-    return AuxModel(
-        model,
-        config.get("meta") or "none",
-        float(config.get("boundary_head") or 0) > 0,
-        float(config.get("boundary_sharpen") or 0),
-    )
+    return AuxModel(model, spec.meta or "none", spec.boundary_head > 0, spec.boundary_sharpen)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -14,19 +14,21 @@ valid ones, closest first. ``norm`` (``--norm group|instance``) replaces the dec
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import segmentation_models_pytorch as smp  # noqa: E402  (after torch)
 import torch
 
-from boneseg.classes import NUM_CLASSES
 from boneseg.errors import BonesegError, BonesegWarning, CheckpointError, DataError, UsageError, suggest
 from boneseg.modelling.registry import NORM_REFUSED, NORMS, OWN_ALIASES, OWN_ARCHITECTURES
+from boneseg.modelling.spec import ModelSpec
 from boneseg.names import ARCH_ALIASES, ENCODER_WEIGHTS
 
 ARCHITECTURES: dict[str, type[torch.nn.Module]] = dict(smp.MODEL_ARCHITECTURES_MAPPING)
@@ -146,10 +148,11 @@ def _is_path(weights) -> bool:
     return weights is not None and str(weights).lower() not in (*ENCODER_WEIGHTS, "", "null", "random")
 
 
-def build_model(config: Mapping) -> torch.nn.Module:
-    """A model from a config dict: an smp model, or boneseg's ``sam2unet``.
+def build_model(config: ModelSpec | Mapping | Any) -> torch.nn.Module:
+    """A model from a run's config (read once as a `ModelSpec`: a `TrainConfig`, a saved config dict or a
+    spec): an smp model, or boneseg's ``sam2unet``.
 
-    Keys: ``arch``, ``encoder`` (required); ``in_channels`` (default 1), ``classes`` (list of names or a
+    Settings: ``arch``, ``encoder`` (required); ``in_channels`` (default 1), ``classes`` (list of names or a
     count, default 29), ``encoder_weights`` (``imagenet``, ``none`` or a path to a local state dict, for
     ``sam2unet`` also SAM2's release checkpoint; default none), ``model_kwargs`` (extra smp keyword
     arguments), ``norm`` (`apply_norm`), ``adapter_dim``/``unfreeze``/``deep_supervision`` (``sam2unet``);
@@ -164,18 +167,16 @@ def build_model(config: Mapping) -> torch.nn.Module:
         DataError: pretrained weights neither cached nor downloadable (offline).
         CheckpointError: an encoder-weights file that cannot be loaded.
     """
-    arch = resolve_arch(config["arch"])
-    encoder = resolve_encoder(config["encoder"], arch)
-    classes = config.get("classes", NUM_CLASSES)
-    n_classes = classes if isinstance(classes, int) else len(classes)
-    in_channels = int(config.get("in_channels", 1))
-    weights = config.get("encoder_weights")
-    kwargs = dict(config.get("model_kwargs") or {})
+    spec = ModelSpec.of(config)
+    arch = resolve_arch(spec.arch)
+    encoder = resolve_encoder(spec.encoder, arch)
+    n_classes, in_channels, weights = spec.classes, spec.in_channels, spec.encoder_weights
+    kwargs = dict(spec.model_kwargs)
     check_model_kwargs(arch, encoder, kwargs)
     if arch == "dpt" and encoder.startswith("tu-"):
         kwargs.setdefault("dynamic_img_size", True)
-    if encoder.startswith("tu-swin") and config.get("size"):
-        kwargs.setdefault("img_size", int(config["size"]))  # windows clamp to the stages' sizes at this size
+    if encoder.startswith("tu-swin") and spec.size:
+        kwargs.setdefault("img_size", spec.size)  # windows clamp to the stages' sizes at this size
         kwargs.setdefault("dynamic_img_size", True)  # crops, whole-image validation and sliding windows
     pretrained = _weights_arg(encoder, weights)
 
@@ -186,7 +187,7 @@ def build_model(config: Mapping) -> torch.nn.Module:
             if arch == "sam2unet":
                 from boneseg.modelling import sam2unet
 
-                return sam2unet.build(dict(config, encoder=encoder, classes=n_classes), pretrained=bool(pretrained))
+                return sam2unet.build(dataclasses.replace(spec, encoder=encoder), pretrained=bool(pretrained))
             return smp.create_model(
                 arch,
                 encoder_name=encoder,
@@ -209,10 +210,10 @@ def build_model(config: Mapping) -> torch.nn.Module:
             load_trunk_weights(model, weights)
         else:
             load_encoder_weights(model, weights)
-    apply_norm(model, arch, config.get("norm"))
+    apply_norm(model, arch, spec.norm)
     from boneseg.modelling.heads import wrap
 
-    return wrap(model, config)
+    return wrap(model, spec)
 
 
 def fetch_pretrained(encoder: str, weights, arch: str | None = None) -> None:

@@ -31,6 +31,7 @@ from torch import nn
 
 from boneseg.errors import CheckpointError, UsageError, suggest
 from boneseg.modelling.registry import SAM2_ADAPTER_DIM, SAM2_DEEP_SUPERVISION, SAM2_TRUNKS
+from boneseg.modelling.spec import ModelSpec
 
 WIDTH = 64
 """Channels of every RFB output and decoder level (as published)."""
@@ -223,17 +224,14 @@ class SAM2UNet(nn.Module):
         return logits
 
 
-def build(config, pretrained: bool) -> SAM2UNet:
-    """A `SAM2UNet` from a run config (``encoder``, ``in_channels``, ``classes``, ``adapter_dim``,
+def build(config: ModelSpec, pretrained: bool) -> SAM2UNet:
+    """A `SAM2UNet` from a model spec (``encoder``, ``in_channels``, ``classes``, ``adapter_dim``,
     ``unfreeze``, ``deep_supervision``; defaults as published)."""
-    classes = config.get("classes", 29)
-    adapter_dim = config.get("adapter_dim")
-    unfreeze = config.get("unfreeze")
-    deep = config.get("deep_supervision")
+    adapter_dim, unfreeze, deep = config.adapter_dim, config.unfreeze, config.deep_supervision
     return SAM2UNet(
-        config["encoder"],
-        in_channels=int(config.get("in_channels", 1)),
-        classes=classes if isinstance(classes, int) else len(classes),
+        config.encoder,
+        in_channels=config.in_channels,
+        classes=config.classes,
         adapter_dim=SAM2_ADAPTER_DIM if adapter_dim is None else int(adapter_dim),
         unfreeze=0 if unfreeze is None else int(unfreeze),
         deep_supervision=SAM2_DEEP_SUPERVISION if deep is None else tuple(deep),

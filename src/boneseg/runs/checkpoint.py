@@ -111,15 +111,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
     """The model described by a loaded checkpoint, weights loaded, in eval mode on `device`."""
-    from boneseg.modelling.models import build_model
+    import dataclasses
 
-    config = dict(state["config"], encoder_weights=None)
-    model = build_model(config)
+    from boneseg.modelling.models import build_model
+    from boneseg.modelling.spec import ModelSpec
+
+    spec = dataclasses.replace(ModelSpec.of(state["config"]), encoder_weights=None)  # the saved form, typed once
+    model = build_model(spec)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise CheckpointError(
-            f"checkpoint weights do not fit {config.get('arch')}/{config.get('encoder')}: {str(exc).splitlines()[0]}"
+            f"checkpoint weights do not fit {spec.arch}/{spec.encoder}: {str(exc).splitlines()[0]}"
         ) from None
     return model.to(device).eval()
 
