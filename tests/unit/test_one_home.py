@@ -339,28 +339,3 @@ def test_the_run_format_has_one_home():
     assert config.ALIASES == {"unify_hands": "unify_side"}
     for module in (train, checks, state, plan):
         assert not hasattr(module, "merge_resume") and not hasattr(module, "FIXED_ON_RESUME"), module.__name__
-
-
-def test_old_saved_configs_still_load(tmp_path):
-    """A checkpoint of an older version (the alias ``unify_hands``, no ``format``, runtime keys, keys this
-    version does not know) opens as a typed run, and a config file with the alias reads as the field."""
-    from util import tiny_config
-
-    from boneseg.modelling.models import build_model
-    from boneseg.runs.checkpoint import load_checkpoint, save_checkpoint
-    from boneseg.runs.config import TrainConfig
-    from boneseg.runs.config_file import command_config, read_config
-    from boneseg.runs.run import Run
-
-    saved = {"arch": "unet", "encoder": "resnet18", "model_kwargs": {"decoder_channels": [16, 8, 8, 8, 8]}}
-    saved.update(in_channels=1, classes=29, unify_hands="L", device="cuda", an_old_key=3, size=64)
-    save_checkpoint(tmp_path / "run" / "best.pt", {"config": saved, "model": build_model(saved).state_dict()})
-    opened = Run.open(tmp_path / "run")
-    assert opened.config.unify_side == "L" and opened.config.device == TrainConfig().device and opened.size == 64
-    assert isinstance(opened.model(), torch.nn.Module)
-    assert load_checkpoint(tmp_path / "run")["config"]["unify_hands"] == "L"
-    (tmp_path / "c.yaml").write_text("unify-hands: R\nepochs: 2\n")
-    assert read_config(tmp_path / "c.yaml") == {"unify_side": "R", "epochs": 2}
-    merged = command_config({"unify_hands": "none", "epochs": None}, tmp_path / "c.yaml", resume=True)
-    assert merged == {"unify_side": None, "epochs": 2, "resume": True, "force": False}
-    assert TrainConfig.from_any(dict(tiny_config(tmp_path, tmp_path / "o"), unify_hands="R")).unify_side == "R"

@@ -16,7 +16,7 @@ from boneseg.data.transforms import in_channels
 from boneseg.engine import distributed as D
 from boneseg.engine.checks import resolve_config
 from boneseg.engine.data import build_data, epoch_steps, make_sampler
-from boneseg.engine.state import _spent, init_weights, load_init
+from boneseg.engine.state import init_weights, load_init, patience_reached
 from boneseg.errors import BonesegWarning
 from boneseg.progress import SILENT, Reporter
 from boneseg.runs.config import TrainConfig
@@ -136,7 +136,9 @@ def dry_run(config: TrainConfig | dict, reporter: Reporter = SILENT) -> dict:
     finished = None
     if saved is not None and int(saved["epoch"]) >= cfg.epochs:
         finished = f"the run finished its {cfg.epochs} epochs"
-    elif saved is not None and _spent(cfg.patience, saved.get("history") or [], int(saved.get("best_epoch") or 0)):
+    elif saved is not None and patience_reached(
+        cfg.patience, saved.get("history") or [], int(saved.get("best_epoch") or 0)
+    ):
         finished = f"the run stopped early at epoch {saved['epoch']} (--patience {cfg.patience})"
     elif saved is not None and cfg.max_steps is not None and done >= cfg.max_steps:
         finished = f"the run reached --max-steps {cfg.max_steps}"

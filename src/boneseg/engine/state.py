@@ -267,7 +267,7 @@ def build_state(
     if info.enabled and cuda:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(info.device)
-    if _channels_last(cfg, info):
+    if uses_channels_last(cfg, info):
         model = model.to(memory_format=torch.channels_last)
     net = compile_model(model) if cfg.compile else model
     if info.enabled:
@@ -275,7 +275,7 @@ def build_state(
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
     total = cfg.epochs * steps_per_epoch
     schedule = LRSchedule(optimizer, cfg.scheduler, total, warmup=round(cfg.warmup * steps_per_epoch))
-    scaler = torch.amp.GradScaler(info.device.type, enabled=_amp(cfg, info) and cfg.amp_dtype == "fp16")
+    scaler = torch.amp.GradScaler(info.device.type, enabled=uses_amp(cfg, info) and cfg.amp_dtype == "fp16")
     if scaler.is_enabled() and info.device.type == "cpu":
         warnings.warn(
             "--amp-dtype fp16 on a CPU runs about 30x slower than fp32 (use --no-amp or bf16)",
@@ -297,16 +297,19 @@ def build_state(
     )
 
 
-def _amp(cfg: TrainConfig, info: D.DistInfo) -> bool:
+def uses_amp(cfg: TrainConfig, info: D.DistInfo) -> bool:
+    """``--amp``, or on with CUDA when not given."""
     return bool(cfg.amp) if cfg.amp is not None else info.device.type == "cuda"
 
 
-def _channels_last(cfg: TrainConfig, info: D.DistInfo) -> bool:
+def uses_channels_last(cfg: TrainConfig, info: D.DistInfo) -> bool:
+    """``--channels-last``, or on with CUDA when not given."""
     return bool(cfg.channels_last) if cfg.channels_last is not None else info.device.type == "cuda"
 
 
-def _autocast(cfg: TrainConfig, info: D.DistInfo):
-    if not _amp(cfg, info):
+def autocast(cfg: TrainConfig, info: D.DistInfo):
+    """The mixed-precision context of a forward (bf16, fp16 where the GPU lacks bf16; none without AMP)."""
+    if not uses_amp(cfg, info):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
     if dtype is torch.bfloat16 and info.device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -343,20 +346,22 @@ def write_outputs(st: State, out: Path, best: bool, last: bool = True) -> None:
     drop_previous(out)
 
 
-def _patience_spent(st: State) -> bool:
+def patience_spent(st: State) -> bool:
     """``--patience N``: N validations since the best one (counted from the history a checkpoint keeps,
     so a resumed run stops where an uninterrupted one does)."""
-    return _spent(st.cfg.patience, st.history, st.best_epoch)
+    return patience_reached(st.cfg.patience, st.history, st.best_epoch)
 
 
-def _spent(patience: int | None, history: Sequence[dict], best_epoch: int) -> bool:
+def patience_reached(patience: int | None, history: Sequence[dict], best_epoch: int) -> bool:
+    """Whether `patience` validations of `history` came after `best_epoch` (None: never)."""
     if patience is None:
         return False
     since = sum(1 for line in history if line["val_dice"] is not None and line["epoch"] > best_epoch)
     return since >= patience
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

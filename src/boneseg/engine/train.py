@@ -6,7 +6,13 @@ gradient accumulation, clipping, stop requests) and `evaluate` (competition Dice
 at the training size). Every epoch it writes ``metrics.jsonl``, ``best.pt`` on a new best mean Dice, and
 ``last.pt`` (every ``--save-every`` epochs, and always at the end). A run stopped anywhere (``--max-steps``,
 Ctrl-C, SIGTERM) writes a ``last.pt`` from which ``--resume`` finishes bit for bit like an uninterrupted run.
+
+The jobs around the loop live beside it: the checked config (`boneseg.engine.checks`), the data
+(`boneseg.engine.data`), the state and its checkpoints (`boneseg.engine.state`), pace and dry run
+(`boneseg.engine.plan`); what a run is (config, files, checkpoints) is `boneseg.runs`.
 """
+
+from __future__ import annotations
 
 import contextlib
 import math
@@ -28,13 +34,13 @@ from boneseg.engine.data import build_criterion, build_data, epoch_steps, make_l
 from boneseg.engine.plan import Pace, parameter_count
 from boneseg.engine.state import (
     State,
-    _autocast,
-    _channels_last,
-    _patience_spent,
-    _seed_everything,
+    autocast,
     build_state,
     load_init,
+    patience_spent,
     restore,
+    seed_everything,
+    uses_channels_last,
     write_outputs,
 )
 from boneseg.errors import BonesegError
@@ -144,7 +150,7 @@ def _epoch_steps(
     """The batches of `train_epoch`; `task` (None: no loss read back each step) shows the progress."""
     cfg, device = st.cfg, info.device
     assert st.loss_sum is not None and st.nonfinite_at is not None  # set by train_epoch
-    acc, criterion, channels_last = cfg.accumulate, st.criterion, _channels_last(cfg, info)
+    acc, criterion, channels_last = cfg.accumulate, st.criterion, uses_channels_last(cfg, info)
     for batch in loader:
         b = st.batch
         group_start = (b // acc) * acc
@@ -163,7 +169,7 @@ def _epoch_steps(
             else contextlib.nullcontext()
         )
         with no_sync:
-            with _autocast(cfg, info):
+            with autocast(cfg, info):
                 out = st.net(x, **heads.model_kwargs(st.model, batch, device))
             logits = out["masks"] if isinstance(out, dict) else out
             loss = _seg_loss(criterion, logits, target, batch, cfg, device)
@@ -247,13 +253,13 @@ def evaluate(
     device = info.device
     sums = torch.zeros(len(CLASSES), dtype=torch.float64, device=device)
     stats = torch.zeros(2, dtype=torch.float64, device=device)  # images, loss * images
-    channels_last = _channels_last(cfg, info)
+    channels_last = uses_channels_last(cfg, info)
     for batch in loader:
         x = normalize(batch["image"].to(device, non_blocking=True), cfg)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         target = batch["mask"].to(device, non_blocking=True)
-        with _autocast(cfg, info):
+        with autocast(cfg, info):
             logits = model(x, **heads.model_kwargs(model, batch, device))
         sums += dice(logits > 0, target).sum(0)
         n = len(x)
@@ -368,7 +374,7 @@ def _run(
     start: Callable[[], Any] = lambda: None,
 ) -> dict:
     t0 = time.time()
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     train_items, val_items = build_data(cfg, info, reporter)
@@ -401,7 +407,7 @@ def _run(
     # a resume given a --max-steps the run already reached trains no further step
     stopped = cfg.max_steps is not None and st.step >= cfg.max_steps and st.epoch < cfg.epochs
     with contextlib.closing(tracker) if tracker is not None else contextlib.nullcontext():
-        while st.epoch < cfg.epochs and not _patience_spent(st) and not stopped:
+        while st.epoch < cfg.epochs and not patience_spent(st) and not stopped:
             e_start = time.time()
             train_sampler.set_epoch(st.epoch, st.batch)
             stopped = train_epoch(st, train_loader, train_sampler, info, stop, reporter, pace)
@@ -434,7 +440,7 @@ def _run(
                 st.best, st.best_epoch = line["val_dice"], st.epoch
             st.schedule.observe(line["val_dice"])
             st.history.append(line)
-            done = st.epoch == cfg.epochs or _patience_spent(st)
+            done = st.epoch == cfg.epochs or patience_spent(st)
             if info.is_main:
                 write_outputs(st, out, best=is_best, last=st.epoch % cfg.save_every == 0 or done)
                 if tracker is not None:
@@ -456,7 +462,7 @@ def _run(
             st.rank_losses = _gather_losses(st, info)
             if info.is_main:
                 write_outputs(st, out, best=False)
-        if st.epoch < cfg.epochs and _patience_spent(st):
+        if st.epoch < cfg.epochs and patience_spent(st):
             reporter.message(
                 f"early stop (--patience {cfg.patience}): no better val Dice in {cfg.patience} "
                 f"validation(s) since epoch {st.best_epoch}"
@@ -470,7 +476,7 @@ def _run(
         "best_epoch": st.best_epoch or None,
         "last": st.history[-1] if st.history else None,
         "stopped": stopped,
-        "early_stopped": st.epoch < cfg.epochs and _patience_spent(st),
+        "early_stopped": st.epoch < cfg.epochs and patience_spent(st),
         "train_images": len(train_items),
         "val_images": len(val_items),
         "rank": info.rank,
