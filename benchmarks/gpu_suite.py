@@ -8,7 +8,7 @@ benchmarks page.
 (a) the engine's training step (normalise on the device, forward, bce+dice, backward, AdamW) of
 UNet++/EfficientNet-B4 at 1024, batch 8, on random inputs already on the device: fp32, bf16 autocast,
 bf16 + channels_last, and that + `torch.compile` (boneseg's `--compile`, compile time reported apart);
-(b) the real training loader (`boneseg.engine.train.make_loader`, --aug default, 1024 from synthetic 2048²)
+(b) the real training loader (`boneseg.engine.data.make_loader`, --aug default, 1024 from synthetic 2048²)
 with 1 and N workers against the GPU's step rate, and the GPU's busy share during a real `train` run;
 (c) `boneseg.inference.predict` on 288 synthetic 2048² PNGs to an RLE CSV: resize 1024 and sliding 1024
 windows (Gaussian blend), each with and without hflip TTA; (d) every other path that differs on a GPU, run as a
