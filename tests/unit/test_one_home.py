@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -337,5 +339,15 @@ def test_the_run_format_has_one_home():
     assert plan.resolve_config is train.resolve_config is checks.resolve_config
     assert config_file.field_name is config.field_name
     assert config.ALIASES == {"unify_hands": "unify_side"}
+    import boneseg
+
+    root = Path(boneseg.__file__).parent
+    aliased = sorted(
+        ".".join(path.relative_to(root).with_suffix("").parts)
+        for path in root.rglob("*.py")
+        if "unify_hands" in set(_code_strings(path))
+    )
+    # besides the alias: the option's parameter name (help panels) and the demo's own setting of that name
+    assert aliased == ["cli.app", "runs.config", "workflows.demo"], aliased
     for module in (train, checks, state, plan):
         assert not hasattr(module, "merge_resume") and not hasattr(module, "FIXED_ON_RESUME"), module.__name__
