@@ -49,7 +49,7 @@ def train_command(
         metavar="NAME",
         help=(
             "Architecture: unet, unetpp, deeplabv3plus (dlv3p), upernet, segformer, fpn, manet, …, or sam2unet "
-            "(SAM2-UNet) \\[default: unet]."
+            "(SAM2-UNet) (required unless --resume)."
         ),
     ),
     encoder: str | None = typer.Option(
@@ -58,11 +58,11 @@ def train_command(
         metavar="NAME",
         help=(
             "smp encoder (resnet34, efficientnet-b4, mit_b2, …) or tu-<timm model>; for sam2unet the SAM2 trunk "
-            "sam2_hiera_tiny|small|base_plus|large \\[default: resnet34]."
+            "sam2_hiera_tiny|small|base_plus|large (required unless --resume)."
         ),
     ),
     size: int | None = typer.Option(
-        None, "--size", help="Side the images are resized to (multiple of 32) \\[default: 512]."
+        None, "--size", help="Side the images are resized to (multiple of 32; required unless --resume)."
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", metavar="RUN", help="Run folder (config.json, metrics.jsonl, last.pt, best.pt)."

@@ -24,6 +24,10 @@ from boneseg.runs.files import LAST, checkpoint_names
 
 ALIASES = {"unify_hands": "unify_side"}
 """Other names of a field: the option's own name (``--unify-hands``) and older saved configs use them."""
+NAMED_BY_A_NEW_RUN = ("arch", "encoder", "size")
+"""Options a command's new run must give (on the command line or in its config file), as the command line's
+contract has it: a model is chosen, never defaulted into. `TrainConfig`'s defaults for them serve Python
+callers (a config for `normalize`, a quick experiment); a ``--resume`` takes them from the run."""
 DERIVED = ("in_channels", "classes")
 """Keys a saved config holds that follow from the others: accepted and dropped."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from boneseg.errors import DataError, UsageError, quote, suggest
 from boneseg.io import read_json, read_yaml
-from boneseg.runs.config import DERIVED, TrainConfig, field_name
+from boneseg.runs.config import DERIVED, NAMED_BY_A_NEW_RUN, TrainConfig, field_name
 
 ACTIONS = ("resume", "force")
 """What a command does, not a setting: refused in a file."""
@@ -65,10 +65,12 @@ def command_config(
     (`read_config`), overridden by each of `options` that was given (None or an empty list: not given); keys
     are field names or their aliases (``unify_hands``), paths become text, ``unify_side`` ``none`` is given
     as no side.
-    Options a command leaves out take `TrainConfig`'s defaults (a new run) or the run's (``resume``).
+    Options a command leaves out take `TrainConfig`'s defaults (a new run) or the run's (``resume``), but a
+    new run names its model (`NAMED_BY_A_NEW_RUN`).
 
     Raises:
-        UsageError: an unknown option (with the closest ones), or what `read_config` raises.
+        UsageError: an unknown option (with the closest ones), a new run without ``--arch``, ``--encoder``
+            or ``--size``, or what `read_config` raises.
     """
     config = read_config(config_file) if config_file is not None else {}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -82,6 +84,9 @@ def command_config(
             config[key] = None  # given: no side, whatever the file says
         elif value is not None:
             config[key] = str(value) if isinstance(value, os.PathLike) else value
+    missing = [f"--{k}" for k in NAMED_BY_A_NEW_RUN if k not in config]
+    if missing and not resume:
+        raise UsageError(f"missing option {', '.join(missing)} (needed for a new run)")
     config.update(resume=resume, force=force)
     return config
 

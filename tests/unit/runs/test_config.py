@@ -38,9 +38,11 @@ def test_options_given_override_the_file_and_none_is_not_given(tmp_path):
     from boneseg.runs.config_file import command_config
 
     (tmp_path / "c.json").write_text(json.dumps({"epochs": 3, "pseudo": ["p1"], "unify_side": "R", "wrist": True}))
-    given = {"data": tmp_path / "d", "out": tmp_path / "o", "epochs": 5, "pseudo": [], "wrist": None}
+    model = {"arch": "unet", "encoder": "resnet18", "size": 64}
+    given = {"data": tmp_path / "d", "out": tmp_path / "o", "epochs": 5, "pseudo": [], "wrist": None, **model}
     merged = command_config(given, tmp_path / "c.json")
     assert merged == {
+        **model,
         "epochs": 5,
         "pseudo": ["p1"],  # an empty list is "not given": the file's stays
         "unify_side": "R",
@@ -50,22 +52,26 @@ def test_options_given_override_the_file_and_none_is_not_given(tmp_path):
         "resume": False,
         "force": False,
     }
-    assert command_config({"pseudo": [tmp_path / "a"]})["pseudo"] == [str(tmp_path / "a")]
+    assert command_config({"pseudo": [tmp_path / "a"]}, resume=True)["pseudo"] == [str(tmp_path / "a")]
     with pytest.raises(UsageError, match="unknown training option 'epoch'; did you mean 'epochs'"):
         command_config({"epoch": 2})
     with pytest.raises(UsageError, match="unknown training option 'resume'"):
         command_config({"resume": True})
 
 
-def test_a_new_run_takes_the_config_defaults_for_its_model(tmp_path, capsys):
-    """No option is required of a new run: ``--arch/--encoder/--size`` left out take `TrainConfig`'s."""
+def test_a_new_run_names_its_model(tmp_path, capsys):
+    """A command's new run must give ``--arch/--encoder/--size`` (options or config file); a resume need not."""
     from boneseg.cli import main
-    from boneseg.runs.config import TrainConfig
+    from boneseg.runs.config_file import command_config
 
+    with pytest.raises(UsageError, match=r"missing option --arch, --size \(needed for a new run\)"):
+        command_config({"encoder": "resnet18"})
+    config_file = tmp_path / "model.yaml"
+    config_file.write_text("arch: unet\nencoder: resnet18\n")
+    assert command_config({"size": 64}, config_file)["size"] == 64
+    assert command_config({}, resume=True)["resume"] is True
     with pytest.raises(SystemExit) as done:
-        main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--print-config"])
-    assert done.value.code in (0, None)
-    printed = json.loads(capsys.readouterr().out)
-    defaults = TrainConfig()
-    assert (printed["arch"], printed["encoder"], printed["size"]) == (defaults.arch, defaults.encoder, defaults.size)
+        main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--encoder", "resnet18"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip() == "Error: missing option --arch, --size (needed for a new run)"
     assert not (tmp_path / "run").exists()
