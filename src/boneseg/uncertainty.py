@@ -108,6 +108,57 @@ def write_table(folder: str | os.PathLike, rows: Sequence[tuple[str, dict[str, l
                 fh.write(format_row(Path(image).name, name, *cells))  # a name with a comma is quoted
 
 
+def read_table(folder: str | os.PathLike, images: Sequence[str] | None = None) -> dict[str, dict[str, list]]:
+    """``uncertainty.csv`` of `folder`: image name -> map -> the 29 class values (None for an absent map),
+    every image with all 29 class rows. With `images`, only those (each must be in the table).
+
+    Raises:
+        DataError: no table, a wrong header, a malformed row or value outside [0, 1], an unknown class, a
+            (image, class) pair given twice, an image lacking class rows or missing from the table.
+    """
+    import csv
+
+    path = Path(folder) / CSV
+    if not path.is_file():
+        raise DataError(f"{folder}: no {CSV} (made by predict --save-uncertainty)")
+    values: dict[str, dict[str, list]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        if tuple(next(reader, ())) != HEADER:
+            raise DataError(f"{path}: header is not {','.join(HEADER)}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                cells = [None if v == "" and m != "entropy" else float(v) for m, v in zip(MAPS, row[2:], strict=True)]
+            except ValueError:
+                raise DataError(f"{path}: row {line}: expected image_name,class,{','.join(MAPS)} values") from None
+            for m, v in zip(MAPS, cells):
+                if v is not None and not 0.0 <= v <= 1.0:
+                    raise DataError(f"{path}: row {line}: {m} {v} is not within [0, 1]")
+            if row[1] not in CLASSES:
+                from boneseg.errors import suggest
+
+                raise DataError(f"{path}: row {line}: unknown class {row[1]!r}{suggest(row[1], CLASSES)}")
+            c = CLASSES.index(row[1])
+            image = values.setdefault(row[0], {m: [_UNSET] * NUM_CLASSES for m in MAPS})
+            if image["entropy"][c] is not _UNSET:
+                raise DataError(f"{path}: row {line}: image {row[0]!r}, class {row[1]!r} is given twice")
+            for m, v in zip(MAPS, cells):
+                image[m][c] = v
+    for name, image in values.items():
+        missing = [CLASSES[c] for c, v in enumerate(image["entropy"]) if v is _UNSET]
+        if missing:  # read as certain, a truncated table would let doubtful images through
+            raise DataError(f"{path}: image {name!r} lacks {len(missing)} class row(s): {', '.join(missing[:3])}")
+    if images is None:
+        return values
+    absent = [n for n in images if n not in values]
+    if absent:
+        raise DataError(f"{path}: no row for image {absent[0]!r} (maps of other predictions?)")
+    return {n: values[n] for n in images}
+
+
+_UNSET = object()
+
+
 def write_manifest(folder: str | os.PathLike, images: Sequence[str], maps: Sequence[str]) -> None:
     write_json(
         Path(folder) / MANIFEST,

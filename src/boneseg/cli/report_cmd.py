@@ -42,17 +42,36 @@ def report_command(
         "its PNG header.",
         metavar="DATA_OR_DIR",
     ),
+    uncertainty: Path = typer.Option(
+        None,
+        "--uncertainty",
+        metavar="DIR",
+        show_default=False,
+        help="The predict --save-uncertainty folder of the (first) predictions: a heat overlay per image and the "
+        "per-class uncertainty table.",
+    ),
     size: int = image_size_option("Image side of the CSVs without --gt or --images."),
     force: bool = force_option("Replace an existing report folder."),
 ) -> None:
     """A page to open in a browser from the file system: sortable per-class Dice, charts, a gallery sorted by
-    the worst class, a per-image view (class toggles, zoom to full resolution), model-vs-model disagreement
-    and the audit's suspects. No server and nothing from the network: zip the folder to share it."""
+    the worst class, a per-image view (class toggles, zoom to full resolution), model-vs-model disagreement,
+    the audit's suspects and the uncertainty maps. No server and nothing from the network: zip the folder to
+    share it."""
     from boneseg.cli.output import console, reporter
     from boneseg.workflows.report import build_report
 
     with reporter(transient=True) as shown:
         index = build_report(
-            preds, out, gt, fold=fold, splits=splits, audit=audit, images=images, size=size, force=force, reporter=shown
+            preds,
+            out,
+            gt,
+            fold=fold,
+            splits=splits,
+            audit=audit,
+            images=images,
+            uncertainty=uncertainty,
+            size=size,
+            force=force,
+            reporter=shown,
         )
     console.print(f"wrote {index}", markup=False)

@@ -114,44 +114,15 @@ def _doubtful(folder: str | os.PathLike, limit: float, images: Sequence[str]) ->
     (reason, classes).
 
     Raises:
-        DataError: no such table, a malformed row, or an image of `images` missing from it.
+        DataError: see `boneseg.uncertainty.read_table`.
     """
-    import csv
+    from boneseg.uncertainty import read_table
 
-    from boneseg.uncertainty import CSV, HEADER
-
-    path = Path(folder) / CSV
-    if not path.is_file():
-        raise DataError(f"--uncertainty {folder}: no {CSV} (made by predict --save-uncertainty)")
-    values: dict[str, dict[str, float]] = {}
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        if tuple(next(reader, ())) != HEADER:
-            raise DataError(f"{path}: header is not {','.join(HEADER)}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                v = float(row[2])
-            except (IndexError, ValueError):
-                raise DataError(f"{path}: row {line}: expected image_name,class,entropy,…") from None
-            if not 0.0 <= v <= 1.0:
-                raise DataError(f"{path}: row {line}: entropy {row[2]} is not within [0, 1]")
-            if row[1] not in CLASSES:
-                from boneseg.errors import suggest
-
-                raise DataError(f"{path}: row {line}: unknown class {row[1]!r}{suggest(row[1], CLASSES)}")
-            if row[1] in values.setdefault(row[0], {}):
-                raise DataError(f"{path}: row {line}: image {row[0]!r}, class {row[1]!r} is given twice")
-            values[row[0]][row[1]] = v
     out = {}
-    for name in images:
-        if name not in values:
-            raise DataError(f"{path}: no row for image {name!r} (maps of other predictions?)")
-        missing = [c for c in CLASSES if c not in values[name]]
-        if missing:  # read as certain, a truncated table would let doubtful images through
-            raise DataError(f"{path}: image {name!r} lacks {len(missing)} class row(s): {', '.join(missing[:3])}")
-        high = [c for c in CLASSES if values[name][c] > limit]
+    for name, maps in read_table(folder, images).items():
+        high = [c for c, v in zip(CLASSES, maps["entropy"]) if v > limit]
         if high:
-            worst = max(values[name][c] for c in high)
+            worst = max(v for v in maps["entropy"] if v > limit)
             out[name] = (f"uncertainty {worst:.3f} > {limit:g} ({len(high)} class(es))", high)
     return out
 

@@ -6,6 +6,11 @@ on), ``full/`` (full-resolution JPEGs) and ``masks/`` (one script per image with
 and of the labels). Full images and masks load only when an image is opened, as ``<img>`` and
 ``<script>`` elements: no fetch, no server, nothing from the network, so the folder opens from the file
 system and can be zipped and shared. The scores come from `boneseg.workflows.analysis.analyze`.
+
+With the folder of ``predict --save-uncertainty`` (`boneseg.uncertainty`), ``uncertainty/`` holds per image
+and map a heat overlay (``NNNN-<map>.png``: the largest value over the 29 classes, transparent where the
+prediction is sure, at most `HEAT_SIDE` a side) and the page shows the per-class table of
+``uncertainty.csv``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ REPORT_DIR = "report"
 """The report folder inside ``analyze --out`` and ``demo --out``."""
 THUMB_SIDE = 256
 """Longest side of a gallery thumbnail in pixels."""
+HEAT_SIDE = 1024
+"""Longest side of an uncertainty heat overlay in pixels (the page stretches it over the image)."""
 AGREEMENT_COLOURS = ((60, 200, 60), (255, 50, 50), (40, 110, 255))
 """(both, only the prediction, only the reference): true positive, false positive, false negative."""
 
@@ -53,6 +60,7 @@ def build_report(
     splits: str | os.PathLike | None = None,
     audit: str | os.PathLike | None = None,
     images: str | os.PathLike | None = None,
+    uncertainty: str | os.PathLike | None = None,
     size: int = 2048,
     force: bool = False,
     cache_dir: str | os.PathLike | None = None,
@@ -67,18 +75,32 @@ def build_report(
         images: without `gt`, where the CSV's images are (a dataset root or a folder of PNGs): each image
             takes the size its PNG header gives (as ``check --images``); without either, the masks are
             drawn on black at `size`² and no ``full/`` images are written.
+        uncertainty: a ``predict --save-uncertainty`` folder of the (first) predictions: heat overlays and the
+            per-class table (see the module notes).
 
     Raises:
         OutputExistsError: `out` exists and `force` is false (checked before any work).
-        UsageError, DataError: see `analyze`, `read_suspects`; images missing or of another size.
+        UsageError, DataError: see `analyze`, `read_suspects`; images missing or of another size; an
+            uncertainty folder that lacks an image or whose maps have another size.
     """
     check_out(Path(out), force)
     suspects = read_suspects(audit) if audit is not None else None
+    if uncertainty is not None:
+        from boneseg.uncertainty import read_manifest
+
+        read_manifest(uncertainty)  # not an uncertainty folder: refused before the analysis
     result = analyze(
         preds, gt, fold=fold, splits=splits, size=size, images=images, cache_dir=cache_dir, reporter=reporter
     )
     return write_report(
-        result, out, suspects=suspects, images=images, force=force, cache_dir=cache_dir, reporter=reporter
+        result,
+        out,
+        suspects=suspects,
+        images=images,
+        uncertainty=uncertainty,
+        force=force,
+        cache_dir=cache_dir,
+        reporter=reporter,
     )
 
 
@@ -88,33 +110,38 @@ def write_report(
     *,
     suspects: list[dict] | None = None,
     images: str | os.PathLike | None = None,
+    uncertainty: str | os.PathLike | None = None,
     force: bool = False,
     cache_dir: str | os.PathLike | None = None,
     reporter: Reporter = SILENT,
 ) -> Path:
     """Write the report of an `Analysis` into the folder `out` (built beside it, then moved into place by
-    `boneseg.io.publish_folder`).
+    `boneseg.io.publish_folder`); `uncertainty` as for `build_report`.
 
     Raises:
         OutputExistsError: `out` exists and `force` is false.
-        DataError: an image is missing or its size differs from the one the CSVs were read at.
+        DataError: an image is missing or its size differs from the one the CSVs were read at; see
+            `build_report` for the uncertainty folder.
     """
     out = check_out(Path(out), force)
-    check_not_over_inputs(out, [*result.inputs.paths, result.inputs.data, images], "--out")
+    check_not_over_inputs(out, [*result.inputs.paths, result.inputs.data, images, uncertainty], "--out")
     import jinja2
 
     sources = _image_sources(result, images)
+    table = _uncertainty_table(result, uncertainty) if uncertainty is not None else None
     tmp = staging_folder(out)
     try:
-        for sub in ("assets", "thumbs", "masks", *(("full",) if sources else ())):
+        for sub in ("assets", "thumbs", "masks", *(("full",) if sources else ()), *(("uncertainty",) if table else ())):
             (tmp / sub).mkdir()
         for name in ("report.css", "report.js"):
             shutil.copyfile(ASSETS / name, tmp / "assets" / name)
         truth = _truth_loader(result, cache_dir)
         for i in track(range(len(result.inputs.images)), reporter, "report images", "img"):
             _write_image(result, i, sources[i] if sources else None, truth, tmp)
+            if uncertainty is not None:
+                _write_heat(result, i, uncertainty, tmp / "uncertainty")
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(ASSETS), autoescape=True)
-        page = _page_data(result, suspects, sources)
+        page = _page_data(result, suspects, sources, table)
         if page["suspects"] and page["suspects"]["outside"]:
             warnings.warn(
                 f"{page['suspects']['outside']} audit suspect(s) name images outside the report",
@@ -205,6 +232,47 @@ def _write_image(result: Analysis, i: int, source: Path | None, truth, folder: P
     )
 
 
+def _uncertainty_table(result: Analysis, folder: str | os.PathLike) -> dict:
+    """The page's uncertainty data: the maps present and, per map, the (images, 29) table of
+    ``uncertainty.csv`` (None for an absent map) in the report's image order."""
+    from boneseg.uncertainty import read_manifest, read_table
+
+    names = list(result.inputs.images)
+    maps = [str(m) for m in read_manifest(folder).get("maps", ["entropy"])]
+    rows = read_table(folder, names)
+    return {
+        "maps": maps,
+        "table": {m: [[None if v is None else round(v, 4) for v in rows[n][m]] for n in names] for m in maps},
+    }
+
+
+def _write_heat(result: Analysis, i: int, folder: str | os.PathLike, out: Path) -> None:
+    """``out/NNNN-<map>.png`` of image `i`: per map, the largest value over the classes as an RGBA heat
+    overlay (inferno colours, alpha rising with the value: sure pixels are transparent)."""
+    import cv2
+
+    from boneseg.uncertainty import load
+
+    name, shape = result.inputs.images[i], tuple(result.inputs.shapes[i])
+    for key, stack in load(folder, name).items():
+        if stack.shape[1:] != shape:
+            raise DataError(
+                f"{folder}: {key} map of {name} is {stack.shape[2]}x{stack.shape[1]}, the image is "
+                f"{shape[1]}x{shape[0]} (maps of other predictions?)"
+            )
+        u = stack.max(axis=0)
+        scale = HEAT_SIDE / max(shape)
+        if scale < 1:
+            size = (max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale)))
+            u = cv2.resize(u, size, interpolation=cv2.INTER_AREA)
+        bgra = cv2.cvtColor(cv2.applyColorMap(u, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2BGRA)
+        bgra[..., 3] = np.minimum(255, u.astype(np.uint16) * 2 // 3 + (u > 0) * 64).astype(np.uint8)
+        ok, buf = cv2.imencode(".png", bgra)
+        if not ok:
+            raise DataError(f"cannot encode the {key} heat map of {name} as PNG")
+        (out / f"{i:04d}-{key}.png").write_bytes(buf.tobytes())
+
+
 def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
     import cv2
 
@@ -221,7 +289,9 @@ def _round(values: np.ndarray, digits: int = 4) -> list:
     return np.round(np.asarray(values, np.float64), digits).tolist()
 
 
-def _page_data(result: Analysis, suspects: list[dict] | None, sources: list[Path] | None) -> dict:
+def _page_data(
+    result: Analysis, suspects: list[dict] | None, sources: list[Path] | None, uncertainty: dict | None = None
+) -> dict:
     """Everything the page draws, as JSON-ready lists (scores rounded to 4 digits)."""
     inputs = result.inputs
     index = {n: i for i, n in enumerate(inputs.images)}
@@ -242,6 +312,7 @@ def _page_data(result: Analysis, suspects: list[dict] | None, sources: list[Path
         "dice": None if result.dice is None else _round(result.dice),
         "similarity": None,
         "suspects": None,
+        "uncertainty": uncertainty,
     }
     matrices = result.similarity_matrices()
     if result.similarity is not None and matrices is not None:

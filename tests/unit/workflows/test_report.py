@@ -226,3 +226,75 @@ def test_analyze_out_links_the_report(data, tmp_path, capsys):
     assert code == 2 and "--report writes into --out DIR" in error_line(err)
     code, _, err = cli(capsys, "analyze", data["a"], "--gt", data["root"], "--out", out, "--report")
     assert code == 1 and "already exists (use --force" in error_line(err)
+
+
+def write_uncertainty(folder: Path, samples, side: int = 64) -> None:
+    """A ``predict --save-uncertainty`` folder: image k unsure (entropy (200 + k) / 255) over a patch of class 3."""
+    from boneseg import uncertainty
+
+    rows = []
+    for k, s in enumerate(samples):
+        entropy = np.zeros((len(CLASSES), side, side), np.uint8)
+        entropy[3, 10:20, 10:30] = 200 + k
+        maps = {"entropy": entropy, "tta": entropy // 2}
+        uncertainty.save(folder, s.image_name, maps)
+        rows.append((s.image_name, uncertainty.region_means(maps, np.zeros_like(entropy, bool))))
+    uncertainty.write_table(folder, rows)
+    uncertainty.write_manifest(folder, [s.image_name for s in samples], ["entropy", "tta"])
+
+
+def test_report_shows_uncertainty(data, tmp_path, capsys):
+    """--uncertainty: a heat overlay per image and map (toggled in the viewer) and the per-class table; a folder
+    of other images or another size is refused before anything is written."""
+    import cv2
+
+    samples = data["samples"]
+    write_uncertainty(tmp_path / "u", samples)
+    out = tmp_path / "rep"
+    code, _, err = cli(capsys, "report", data["a"], "--gt", data["root"], "--uncertainty", tmp_path / "u", "-o", out)
+    assert code == 0, err
+    n = len(samples)
+    assert sorted(p.name for p in (out / "uncertainty").iterdir()) == sorted(
+        f"{i:04d}-{m}.png" for i in range(n) for m in ("entropy", "tta")
+    )
+    heat = cv2.imread(str(out / "uncertainty" / "0000-entropy.png"), cv2.IMREAD_UNCHANGED)
+    assert heat.shape == (64, 64, 4) and heat[15, 15, 3] > 128 and heat[40, 40, 3] == 0  # sure pixels transparent
+    page = page_data(out / "index.html")
+    assert page["uncertainty"]["maps"] == ["entropy", "tta"]
+    index = {name: i for i, name in enumerate(page["images"])}
+    for k, s in enumerate(samples):
+        row = page["uncertainty"]["table"]["entropy"][index[s.image_name]]
+        assert row[3] == round((200 + k) / 255, 4) and row[4] == 0.0
+    with browse(out / "index.html") as (pg, errors, requests):
+        pg.click('a[data-tab="uncertainty"]')
+        first = pg.locator("#uncertainty-body table").first.locator("tbody tr").first.locator("td").all_inner_texts()
+        assert first[0] == CLASSES[3]
+        pg.click('a[data-tab="gallery"]')
+        pg.select_option("#gallery-sort", label="most uncertain class (entropy)")
+        assert pg.locator("#gallery-items .item").first.get_attribute("data-index") == str(
+            index[samples[-1].image_name]
+        )
+        pg.locator("#gallery-items .item").first.click()
+        assert pg.locator("#viewer-heat").is_hidden()
+        pg.check("#viewer-heat-on")
+        pg.wait_for_function("document.getElementById('viewer-heat').naturalWidth == 64")
+        assert pg.locator("#viewer-heat").is_visible()
+        pg.select_option("#viewer-heat-map", "tta")
+        assert pg.locator("#viewer-heat").get_attribute("src").endswith("-tta.png")
+    assert errors == [] and all(u.startswith(out.as_uri()) for u in requests)
+
+    write_uncertainty(tmp_path / "few", samples[:2])
+    code, _, err = cli(
+        capsys, "report", data["a"], "--gt", data["root"], "--uncertainty", tmp_path / "few", "-o", tmp_path / "x"
+    )
+    assert code == 1 and "no row for image" in error_line(err)
+    write_uncertainty(tmp_path / "big", samples, side=32)
+    code, _, err = cli(
+        capsys, "report", data["a"], "--gt", data["root"], "--uncertainty", tmp_path / "big", "-o", tmp_path / "x"
+    )
+    assert code == 1 and "is 32x32, the image is 64x64" in error_line(err)
+    code, _, err = cli(
+        capsys, "report", data["a"], "--gt", data["root"], "--uncertainty", data["audit"], "-o", tmp_path / "x"
+    )
+    assert code == 1 and "uncertainty.json" in error_line(err)
+    assert not (tmp_path / "x").exists()

@@ -218,6 +218,17 @@
     sorts.push({ name: "least model agreement", key: (i) => agreementWorst(i).v,
       caption: (i) => { const w = agreementWorst(i); return `agreement ${D.classes[w.c]} ${fmt(w.v, 3)}`; } });
   }
+  // The most uncertain class of an image by a map of uncertainty.csv (its mean over the class's region).
+  const U = D.uncertainty;
+  const uncertainWorst = (map, i) => {
+    const row = U.table[map][i].map((v) => (v == null ? -1 : v));
+    const c = row.indexOf(Math.max(...row));
+    return { c, v: row[c] };
+  };
+  if (U) {
+    U.maps.forEach((map) => sorts.push({ name: `most uncertain class (${map})`, key: (i) => -uncertainWorst(map, i).v,
+      caption: (i) => { const w = uncertainWorst(map, i); return `${map} ${D.classes[w.c]} ${fmt(w.v, 3)}`; } }));
+  }
   sorts.push({ name: "image name", key: (i) => D.images[i], caption: () => "" });
   let galleryOrder = range(N);
 
@@ -278,6 +289,27 @@
     D.suspects.rows.map((s) => [s.image, D.classes[s.class], s.kind, s.score])));
   }
 
+  function uncertaintyTab() {
+    if (!U) return;
+    document.querySelector('[data-tab="uncertainty"]').hidden = false;
+    const box = $("uncertainty-body");
+    const mean = (map, c) => {
+      const vs = range(N).map((i) => U.table[map][i][c]).filter((v) => v != null);
+      return vs.length ? avg(vs) : NaN;
+    };
+    const rows = range(C).map((c) => [D.classes[c], ...U.maps.map((map) => mean(map, c))]);
+    rows.sort((a, b) => b[1] - a[1]);
+    box.append(el("h2", { text: `Mean uncertainty per class over ${N} image(s) (most uncertain first; ` +
+      "each image's value is the map's mean over the class's predicted or doubtful pixels)" }),
+    sortableTable([{ label: "class" }, ...U.maps.map((map) => ({ label: map }))], rows));
+    const map = U.maps[0];
+    const images = range(N).map((i) => { const w = uncertainWorst(map, i); return [i, D.classes[w.c], w.v]; });
+    images.sort((a, b) => b[2] - a[2]);
+    box.append(el("h2", { text: `Images with the most uncertain class (${map}; open one to see its heat map)` }),
+      sortableTable([{ label: "image", render: (v, row) => imageLink(v, D.classes.indexOf(row[1])) },
+        { label: "class" }, { label: map }], images.slice(0, 50)));
+  }
+
   // -- the image viewer ---------------------------------------------------------------------------
   const maskData = {};
   const waiting = {};
@@ -315,6 +347,14 @@
       $("zoom-in").addEventListener("click", () => this.setZoom(this.zoom * 1.5));
       $("zoom-out").addEventListener("click", () => this.setZoom(this.zoom / 1.5));
       $("classes-all").addEventListener("click", () => this.only(null));
+      if (U) {
+        $("heat-controls").hidden = false;
+        const heat = $("viewer-heat-map");
+        U.maps.forEach((m) => heat.append(el("option", { value: m, text: m })));
+        heat.hidden = U.maps.length < 2;
+        heat.addEventListener("change", () => this.heat());
+        $("viewer-heat-on").addEventListener("change", () => this.heat());
+      }
       $("classes-none").addEventListener("click", () => { this.enabled.fill(false); this.toggles(); this.render(); });
       document.addEventListener("keydown", (e) => {
         if ($("viewer").hidden) return;
@@ -356,11 +396,18 @@
       canvas.width = w;
       canvas.height = h;
       canvas.getContext("2d").clearRect(0, 0, w, h);
+      this.heat();
       this.setZoom("fit");
       this.toggles();
       $("viewer-status").textContent = "loading masks…";
       loadMasks(i).then(() => { if (this.i === i) this.render(); },
         (err) => { $("viewer-status").textContent = err.message; });
+    },
+    // The uncertainty heat overlay (largest value over the classes), above the masks while toggled on.
+    heat() {
+      const img = $("viewer-heat");
+      img.hidden = !(U && $("viewer-heat-on").checked);
+      if (!img.hidden) img.src = `uncertainty/${stem(this.i)}-${$("viewer-heat-map").value}.png`;
     },
     setZoom(z) {
       const [h, w] = D.shapes[this.i];
@@ -482,6 +529,7 @@
   gallery();
   disagreement();
   suspects();
+  uncertaintyTab();
   viewer.init();
   showTab();
   document.body.dataset.ready = "true";
