@@ -25,6 +25,13 @@ and spread, and so is ``geometry``, which does not depend on the model. A score 
 every kind and class: how many of the class's usual spreads beyond its usual value. Pairs scoring at least
 ``min_score`` are suspects, listed most suspect first with the kind of their highest score. Predictions
 whose mean Dice against the labels is below `WEAK_DICE` are too weak to rank labels: a warning says so.
+
+With the model's uncertainty maps (``predict --save-uncertainty``, `boneseg.uncertainty`; the pixel-wise
+largest of its maps), each pair's *unsureness* is the map's mean over the pixels where label and prediction
+disagree (over their union when they agree; 0 when both are empty). Every model-based measure (the
+evidence of disagreement, swap, missing and spurious, the boundary distance and the area ratio) is then
+weighted by ``1 - unsureness`` before it is scored: a disagreement where the model is sure is more suspect
+than one where it is unsure. Without maps the weight is 1 (the audit is unchanged).
 """
 
 from __future__ import annotations
@@ -98,6 +105,7 @@ class AuditResult:
     suspects: list[dict] = field(default_factory=list)
     min_score: float = 3.5
     mean_dice: float | None = None  # of the predictions against the labels, over the labelled pairs
+    uncertainty: dict | None = None  # {"folder", "maps"} when the scores were weighted by uncertainty maps
 
     @property
     def weak(self) -> bool:
@@ -113,6 +121,7 @@ class AuditResult:
             "mean_dice": _num(self.mean_dice) if self.mean_dice is not None else None,
             "weak_predictions": self.weak,
             "suspects": len(self.suspects),
+            "uncertainty": self.uncertainty,
             "by_kind": counts,
             "classes": {
                 c: {
@@ -229,9 +238,15 @@ def _mean_centre(centres: dict[str, np.ndarray | None], names: tuple[str, ...]) 
 
 
 def measure_image(
-    gt: np.ndarray, pred: np.ndarray, prob: np.ndarray, polygons: dict[str, np.ndarray], scale: float
+    gt: np.ndarray,
+    pred: np.ndarray,
+    prob: np.ndarray,
+    polygons: dict[str, np.ndarray],
+    scale: float,
+    unsure: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-class raw measurements of one image at the working size (see the module notes)."""
+    """Per-class raw measurements of one image at the working size (see the module notes); `unsure`, the
+    (29, h, w) uncertainty in [0, 1] of the predictions, gives each class's ``unsure`` (0 without it)."""
     g = gt.reshape(NUM_CLASSES, -1).astype(np.float32)
     p = pred.reshape(NUM_CLASSES, -1).astype(np.float32)
     ga, pa = g.sum(1), p.sum(1)
@@ -268,7 +283,38 @@ def measure_image(
         "stray": stray,
         "twist": twist,
         "order": order,
+        "unsure": _unsureness(gt, pred, unsure) if unsure is not None else np.zeros(NUM_CLASSES),
     }
+
+
+def _unsureness(gt: np.ndarray, pred: np.ndarray, unsure: np.ndarray) -> np.ndarray:
+    """Per class, the mean of `unsure` where label and prediction disagree (their union when they agree)."""
+    out = np.zeros(NUM_CLASSES)
+    for c in range(NUM_CLASSES):
+        region = gt[c] ^ pred[c]
+        if not region.any():
+            region = gt[c] | pred[c]
+        if region.any():
+            out[c] = float(unsure[c][region].mean())
+    return out
+
+
+def _unsure_map(folder: str | os.PathLike, name: str, shape: tuple[int, int], work: tuple[int, int]) -> np.ndarray:
+    """The pixel-wise largest of an image's uncertainty maps, in [0, 1] at the working size.
+
+    Raises:
+        DataError: no readable maps for `name`, or maps of another size than the image's `shape`.
+    """
+    from boneseg import uncertainty
+
+    maps = uncertainty.load(folder, name)
+    u = np.maximum.reduce(list(maps.values()))
+    if u.shape[1:] != tuple(shape):
+        raise DataError(
+            f"{uncertainty.path_of(folder, name)}: uncertainty maps are {u.shape[2]}x{u.shape[1]}, "
+            f"the image is {shape[1]}x{shape[0]}"
+        )
+    return _resize(u, work, cv2.INTER_AREA).astype(np.float32) / probs_mod.SCALE
 
 
 def _robust(values: np.ndarray, floor: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -285,22 +331,25 @@ def score(m: dict[str, np.ndarray], scales: np.ndarray) -> tuple[dict[str, np.nd
     measurements (images, classes)."""
     labelled, predicted = m["label_area"] > 0, m["pred_area"] > 0
     both = labelled & predicted
+    sure = 1 - m["unsure"]  # 1 without uncertainty maps: every value below unchanged
     med_area = np.array([np.median(a[a > 0]) if (a > 0).any() else 1.0 for a in m["label_area"].T])
-    dis = np.where(both, (1 - m["dice"]) * m["conf"], np.nan)
+    dis = np.where(both, (1 - m["dice"]) * m["conf"] * sure, np.nan)
     swapped = both & (m["swap_dice"] >= 0.5) & (m["swap_dice"] > m["dice"])
     spurious = labelled & ~swapped & (m["support"] < NOTHING)
     tiny = np.where(labelled & (m["label_area"] < TINY_FRACTION * med_area), 1 - m["label_area"] / med_area, 0.0)
     evidence = {
         "disagreement": np.where(both & ~swapped & ~spurious, dis, 0.0),
         "swap": np.where(swapped, np.maximum(dis, m["order"]), 0.0),
-        "missing": np.where(~labelled & predicted, np.minimum(1, m["pred_area"] / med_area) * m["conf"], 0.0),
-        "spurious": np.where(spurious, (1 - m["support"]) * np.minimum(1, m["label_area"] / med_area), 0.0),
+        "missing": np.where(~labelled & predicted, np.minimum(1, m["pred_area"] / med_area) * m["conf"] * sure, 0.0),
+        "spurious": np.where(spurious, (1 - m["support"]) * np.minimum(1, m["label_area"] / med_area) * sure, 0.0),
         "geometry": np.maximum.reduce([m["stray"], m["twist"], tiny, m["order"] * ~swapped]),
     }
     center, spread = _robust(dis, MIN_SPREAD)
-    dist = np.where(both, m["distance"], np.nan)
+    dist = np.where(both, m["distance"] * sure, np.nan)
     dcenter, dspread = _robust(dist, 1.0 / float(scales.min()))  # at least one working pixel
-    ratio = np.where(both, np.log(np.maximum(m["label_area"], 1) / np.maximum(m["pred_area"], 1)) * m["conf"], np.nan)
+    ratio = np.where(
+        both, np.log(np.maximum(m["label_area"], 1) / np.maximum(m["pred_area"], 1)) * m["conf"] * sure, np.nan
+    )
     rcenter, rspread = _robust(ratio, MIN_RATIO_SPREAD)
     gcenter, gspread = _robust(evidence["geometry"], MIN_SPREAD)
     z = np.stack([(evidence[k] - center) / spread * (evidence[k] > 0) for k in KINDS])
@@ -318,14 +367,16 @@ def audit(
     *,
     threshold: float | str | os.PathLike = 0.5,
     min_score: float = 3.5,
+    uncertainty: str | os.PathLike | None = None,
     reporter: Reporter = SILENT,
 ) -> AuditResult:
     """Rank the train labels of `data` by how likely they are wrong, given predictions `pred` (a CSV or a
-    probability folder, ideally out-of-fold: `boneseg.workflows.oof`). See the module notes.
+    probability folder, ideally out-of-fold: `boneseg.workflows.oof`). See the module notes; `uncertainty`
+    is the ``predict --save-uncertainty`` folder of the same predictions.
 
     Raises:
-        UsageError: a non-finite `min_score`. DataError: unreadable labels or predictions, no train image
-        among the predictions.
+        UsageError: a non-finite `min_score`. DataError: unreadable labels, predictions or uncertainty maps,
+        no train image among the predictions, an audited image without uncertainty maps.
     """
     if not math.isfinite(min_score):
         raise UsageError(f"--min-score {min_score}: must be a finite number")
@@ -353,12 +404,17 @@ def audit(
         )
     for note in notes:
         warnings.warn(f"{pred}: {note}", BonesegWarning, stacklevel=2)
+    unc_maps = _check_uncertainty(uncertainty, [s.image_name for s in audited]) if uncertainty is not None else None
     rows, scales, broken = [], [], []
     for s in track(audited, reporter, "audit", "img"):
         gt, pred_masks, prob, polygons, f, problems = _load(s, predictions)
         if problems:
             broken.append(f"{s.image_name}: {problems[0]}")
-        rows.append(measure_image(gt, pred_masks, prob, polygons, f))
+        unsure = None
+        if uncertainty is not None:
+            shape = png_shape(s.image) or read_image(s.image).shape[:2]
+            unsure = _unsure_map(uncertainty, s.image_name, shape, gt.shape[1:])
+        rows.append(measure_image(gt, pred_masks, prob, polygons, f, unsure))
         scales.append(f)
     if broken:  # what `train` refuses (or leaves out under --skip-bad): audited as far as the label is usable
         warnings.warn(
@@ -397,6 +453,8 @@ def audit(
             "dice": round(float(m["dice"][i, c]), 4),
             "distance": _num(m["distance"][i, c]),
         }
+        if uncertainty is not None:
+            entry["uncertainty"] = round(float(m["unsure"][i, c]), 4)
         if k == "swap":
             entry["with"] = CLASSES[int(m["swap_with"][i, c])]
         suspects.append(entry)
@@ -414,7 +472,27 @@ def audit(
         suspects,
         min_score,
         mean_dice,
+        {"folder": str(uncertainty), "maps": unc_maps} if uncertainty is not None else None,
     )
+
+
+def _check_uncertainty(folder: str | os.PathLike, images: list[str]) -> list[str]:
+    """The maps of a ``predict --save-uncertainty`` folder that covers every audited image.
+
+    Raises:
+        DataError: not such a folder, or an audited image it has no maps of.
+    """
+    from boneseg.uncertainty import read_manifest
+
+    doc = read_manifest(folder)
+    have = set(map(str, doc["images"]))
+    lacking = [n for n in images if n not in have]
+    if lacking:
+        raise DataError(
+            f"--uncertainty {folder}: no maps of {len(lacking)} of the {len(images)} audited image(s) "
+            f"(e.g. {lacking[0]}): the maps of other predictions?"
+        )
+    return [str(m) for m in doc.get("maps", [])]
 
 
 def _load(sample: Sample, predictions: Predictions):
@@ -457,6 +535,7 @@ def run_audit(
     *,
     threshold: float | str | os.PathLike = 0.5,
     min_score: float = 3.5,
+    uncertainty: str | os.PathLike | None = None,
     crops: int = 12,
     force: bool = False,
     reporter: Reporter = SILENT,
@@ -467,7 +546,7 @@ def run_audit(
         The result and the files written.
     """
     check_audit_out(out, crops, force)
-    result = audit(data, pred, threshold=threshold, min_score=min_score, reporter=reporter)
+    result = audit(data, pred, threshold=threshold, min_score=min_score, uncertainty=uncertainty, reporter=reporter)
     return result, write_audit(result, data, pred, out, crops, threshold, force, reporter)
 
 
@@ -481,8 +560,9 @@ def write_audit(
     force: bool = False,
     reporter: Reporter = SILENT,
 ) -> list[Path]:
-    """Write ``suspects.csv`` (``image_name,class,kind,score``, most suspect first), ``audit.json`` and
-    ``crops/`` (the top `crops` suspects: prediction red, label green, both yellow) into `out`."""
+    """Write ``suspects.csv`` (``image_name,class,kind,score``, most suspect first; ``uncertainty`` fifth when
+    the audit weighed by uncertainty maps), ``audit.json`` and ``crops/`` (the top `crops` suspects:
+    prediction red, label green, both yellow) into `out`."""
     out = Path(out)
     paths = check_audit_out(out, crops, force)
     crops_dir = out / CROPS_DIR
@@ -497,10 +577,12 @@ def write_audit(
                 name = f"{rank:03d}-{Path(s['image_name']).stem}-{s['class']}.png"
                 _crop(by_name[s["image_name"]], predictions, s, staging / name)
                 paths.append(crops_dir / name)
+        weighed = result.uncertainty is not None  # a fifth column: the pair's unsureness
         with open(pub.file(paths[0]), "w", encoding="utf-8", newline="") as fh:
-            fh.write(format_row(*SUSPECT_COLUMNS))
+            fh.write(format_row(*SUSPECT_COLUMNS, *(("uncertainty",) if weighed else ())))
             for s in result.suspects:
-                fh.write(format_row(s["image_name"], s["class"], s["kind"], f"{s['score']:.3f}"))
+                extra = (f"{s['uncertainty']:.4f}",) if weighed else ()
+                fh.write(format_row(s["image_name"], s["class"], s["kind"], f"{s['score']:.3f}", *extra))
         write_json(pub.file(paths[1]), {"data": str(data), "pred": str(pred), **result.to_json()}, force=True)
     return paths
 

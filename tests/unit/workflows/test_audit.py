@@ -394,3 +394,51 @@ def test_run_audit_checks_options_and_outputs_before_any_work(tmp_path):
         run_audit(tmp_path / "no-data", tmp_path / "no.csv", out)
     with pytest.raises(UsageError, match=r"^--crops must be 0 or more, got -1$"):
         run_audit(tmp_path / "no-data", tmp_path / "no.csv", tmp_path / "other", crops=-1)
+
+
+def test_audit_weighs_disagreement_by_the_models_uncertainty(phantoms, tmp_path, capsys):
+    """--uncertainty: maps that are sure everywhere change no score; a model unsure exactly where the injected
+    errors are takes them off the list (geometry, from the label alone, stays); the unsureness is in
+    suspects.csv and audit.json; maps of other images are refused."""
+    from boneseg import CLASSES, uncertainty
+
+    pred = noisy_truth_csv(phantoms / "clean", tmp_path / "pred.csv")
+    samples = discover(phantoms / "noisy")
+    injected = {(r["image_name"], r["class"]): r["kind"] for r in rows(phantoms / "noisy" / "label_errors.csv")}
+
+    def maps(folder: Path, unsure_at: set) -> Path:
+        for s in samples:
+            u = np.zeros((len(CLASSES), *png_shape(s.image)), np.uint8)
+            for c, name in enumerate(CLASSES):
+                u[c] = 255 if (s.image_name, name) in unsure_at else 0
+            uncertainty.save(folder, s.image_name, {"entropy": u})
+        uncertainty.write_manifest(folder, [s.image_name for s in samples], ["entropy"])
+        return folder
+
+    base = ("audit", phantoms / "noisy", "--pred", pred, "--crops", "0")
+    code, _, err = cli(capsys, *base, "--out", tmp_path / "plain")
+    assert code == 0, err
+    code, _, err = cli(capsys, *base, "--out", tmp_path / "sure", "--uncertainty", maps(tmp_path / "u0", set()))
+    assert code == 0, err
+    plain, sure = rows(tmp_path / "plain" / "suspects.csv"), rows(tmp_path / "sure" / "suspects.csv")
+    assert [{k: r[k] for k in ("image_name", "class", "kind", "score")} for r in sure] == plain
+    assert plain and {r["uncertainty"] for r in sure} == {"0.0000"}
+    doc = json.loads((tmp_path / "sure" / "audit.json").read_text())
+    assert doc["uncertainty"]["maps"] == ["entropy"] and doc["ranked"][0]["uncertainty"] == 0.0
+
+    code, _, err = cli(
+        capsys, *base, "--out", tmp_path / "unsure", "--uncertainty", maps(tmp_path / "u1", set(injected))
+    )
+    assert code == 0, err
+    listed = {(r["image_name"], r["class"]): r for r in rows(tmp_path / "unsure" / "suspects.csv")}
+    found_before = [p for p in injected if p in {(r["image_name"], r["class"]) for r in plain}]
+    assert len(found_before) >= 5
+    assert all(listed[p]["kind"] == "geometry" for p in injected if p in listed)
+    assert all(float(r["uncertainty"]) == 1.0 for p, r in listed.items() if p in injected)
+
+    few = tmp_path / "few"
+    uncertainty.write_manifest(few, [s.image_name for s in samples[:3]], ["entropy"])
+    code, _, err = cli(capsys, *base, "--out", tmp_path / "x", "--uncertainty", few)
+    assert code == 1 and "no maps of 9 of the 12 audited image(s)" in error_line(err)
+    code, _, err = cli(capsys, *base, "--out", tmp_path / "x", "--uncertainty", tmp_path / "plain")
+    assert code == 1 and "uncertainty.json" in error_line(err)
