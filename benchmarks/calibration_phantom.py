@@ -7,8 +7,14 @@ and ``runs/b_f{0,1,2}``, their OOF probabilities ``oof_a`` and ``oof_b``), print
    thresholds searched after calibration);
 2. the soft vote of the two models' OOF probabilities before and after calibrating each input (each fold
    calibrated by the fit on the other folds): ECE of the mean and Dice at 0.5;
-3. AUROC of each uncertainty map (``predict --save-uncertainty``: entropy, TTA views, ensemble members) against
-   per-pixel error, per fold with the two fold models on their validation images.
+3. the band ECE that each kind of per-class calibration map reaches (cross-fitted, and in-sample as the
+   map's capacity): Platt fitted on all pixels or on the band, temperature alone on the band, and an
+   isotonic (monotone step) map on the band, which the calibration file cannot hold (a ceiling, not a product);
+4. AUROC of each uncertainty map (``predict --save-uncertainty``: entropy, TTA views, ensemble members) against
+   per-pixel error, per fold with the two fold models on their validation images; and of combinations: the
+   pixel-wise largest and mean of the three maps, the entropy of probabilities calibrated on the other folds,
+   the distance to thresholds searched on the other folds (with the error at those thresholds), and the
+   error rate of the (entropy, TTA, ensemble) cell (16 levels each) measured on the other folds.
 
     python benchmarks/calibration_phantom.py FOLDER [--workers N]
 """
@@ -34,6 +40,64 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     pos, neg = pos.astype(np.float64), neg.astype(np.float64)
     below = np.cumsum(neg) - neg  # negatives with a lower score
     return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
+
+
+def auroc_scores(score: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
+    """AUROC of weighted points: `score` with `pos` errors and `neg` correct pixels each; ties count one half."""
+    order = np.argsort(score, kind="stable")
+    score, pos, neg = score[order], pos[order].astype(np.float64), neg[order].astype(np.float64)
+    _, start, counts = np.unique(score, return_index=True, return_counts=True)
+    gpos = np.add.reduceat(pos, start)
+    gneg = np.add.reduceat(neg, start)
+    below = np.cumsum(gneg) - gneg
+    return float((gpos * (below + 0.5 * gneg)).sum() / (gpos.sum() * gneg.sum()))
+
+
+def isotonic_table(hist: np.ndarray) -> np.ndarray:
+    """(256,) non-decreasing positive rate per uint8 value fitted to a (2, 256) histogram (pool adjacent
+    violators, weighted by pixels); values without pixels take their block's neighbour."""
+    n = (hist[0] + hist[1]).astype(np.float64)
+    pos = hist[1].astype(np.float64)
+    blocks: list[list[float]] = []  # [positives, pixels, first value, last value]
+    for v in range(LEVELS):
+        if n[v] == 0:
+            continue
+        blocks.append([pos[v], n[v], v, v])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            p2, n2, _, e2 = blocks.pop()
+            blocks[-1][0] += p2
+            blocks[-1][1] += n2
+            blocks[-1][3] = e2
+    table = np.zeros(LEVELS)
+    if not blocks:
+        return np.arange(LEVELS) / 255
+    edges = [b[2] for b in blocks] + [LEVELS]
+    for b, (start, end) in zip(blocks, zip(edges[:-1], edges[1:])):
+        table[start if b is not blocks[0] else 0 : end] = b[0] / b[1]
+    return table
+
+
+def band_ece_of(tables: dict, hists: dict, bins: int = 15) -> float:
+    """Mean over classes of the band ECE with fold f's (29, 2, 256) histogram mapped by `tables[f]` (29, 256)."""
+    out = []
+    for c in range(NUM_CLASSES):
+        conf = np.concatenate([tables[f][c] for f in hists])
+        pos = np.concatenate([hists[f][c, 1] for f in hists])
+        neg = np.concatenate([hists[f][c, 0] for f in hists])
+        out.append(ece(conf, pos, neg, bins)[0])
+    return float(np.nanmean(out))
+
+
+def map_table(kind: str, every: np.ndarray, near: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """(29, 256) calibrated probability per uint8 value of the map `kind` fitted on the `train` images'
+    (images, 29, 2, 256) histograms of all pixels (`every`) or of the band (`near`)."""
+    if kind == "none":
+        return np.tile(np.arange(LEVELS) / 255, (NUM_CLASSES, 1))
+    if kind == "platt, fit on all pixels":
+        return fit(every[train].sum(axis=0), platt=True).table()
+    if kind == "isotonic, fit on the band":
+        return np.stack([isotonic_table(h) for h in near[train].sum(axis=0)])
+    return fit(near[train].sum(axis=0), platt=kind.startswith("platt")).table()
 
 
 def main() -> None:
@@ -123,10 +187,38 @@ def main() -> None:
         }
         print(f"soft vote a+b {when} calibration: {out['vote'][when]}")
 
+    # band ECE by kind of calibration map, cross-fitted (fold f mapped by a fit on the others) and in-sample
+    folds = sorted(set(fold_of.tolist()))
+    out["calibrators"] = {}
+    for key in ("a", "b"):
+        every = np.stack([h[0] for h in per[key]])
+        near = np.stack([h[1] for h in per[key]])
+        band_by_fold = {f: near[fold_of == f].sum(axis=0) for f in folds}
+        kinds = (
+            "none",
+            "platt, fit on all pixels",
+            "platt, fit on the band",
+            "temperature, fit on the band",
+            "isotonic, fit on the band",
+        )
+        row = {}
+        for kind in kinds:
+            crossed = band_ece_of({f: map_table(kind, every, near, fold_of != f) for f in folds}, band_by_fold)
+            inside = band_ece_of({f: map_table(kind, every, near, fold_of >= 0) for f in folds}, band_by_fold)
+            row[kind] = {"cross_fitted": crossed, "in_sample": inside}
+            print(f"model {key}: band ECE, {kind}: cross-fitted {crossed:.4f}, in-sample {inside:.4f}", flush=True)
+        out["calibrators"][key] = row
+
     # uncertainty maps against per-pixel error: each fold's two models on their validation images
+    import cv2
+
     from boneseg.inference import predict
 
-    counts = {m: np.zeros((2, 2, LEVELS)) for m in uncertainty.MAPS}  # map -> region (all, band) -> error
+    extra = ("max", "mean")
+    counts = {m: np.zeros((2, 2, LEVELS)) for m in (*uncertainty.MAPS, *extra)}  # map -> region -> error
+    cells = 16**3
+    joint = {f: np.zeros((2, 2, cells)) for f in folds}  # fold -> region -> error -> (e, t, s) cell
+    prob_hist: dict[str, tuple] = {}  # image -> (all, band) histograms of the uncertainty run's probabilities
     for f in sorted(set(fold_of.tolist())):
         samples = [by_name[images[i]] for i in np.flatnonzero(fold_of == f)]
         folder = root / f"unc_f{f}"
@@ -150,21 +242,67 @@ def main() -> None:
             truth = cache.get(s).masks.astype(bool)
             pred = q > 127
             error = (pred != truth).astype(np.int64)
-            import cv2
-
+            prob_hist[s.image_name] = histograms(q, truth, 16)
+            stack = np.stack([maps[m] for m in uncertainty.MAPS]).astype(np.int64)  # (3, 29, H, W)
+            derived = {"max": stack.max(axis=0), "mean": (stack.sum(axis=0) + 1) // 3}
+            cell = (stack[0] >> 4) * 256 + (stack[1] >> 4) * 16 + (stack[2] >> 4)
             for c in range(NUM_CLASSES):
                 region = truth[c] | pred[c]
                 band = cv2.dilate(region.view(np.uint8), np.ones((33, 33), np.uint8)).astype(bool)
-                for m, u in maps.items():
+                for m, u in (*maps.items(), *derived.items()):
                     code = u[c].astype(np.int64) + LEVELS * error[c]
                     counts[m][0] += np.bincount(code.ravel(), minlength=2 * LEVELS).reshape(2, LEVELS)
                     counts[m][1] += np.bincount(code[band], minlength=2 * LEVELS).reshape(2, LEVELS)
+                code = cell[c] + cells * error[c]
+                joint[f][0] += np.bincount(code.ravel(), minlength=2 * cells).reshape(2, cells)
+                joint[f][1] += np.bincount(code[band], minlength=2 * cells).reshape(2, cells)
+
+    # cross-fitted: entropy of calibrated probabilities, distance to searched thresholds, the cell's error rate
+    more = {k: np.zeros((2, 2, LEVELS)) for k in ("entropy, calibrated", "entropy at searched cuts", "distance to cut")}
+    cell_points: dict[int, list] = {0: [], 1: []}
+    for f in folds:
+        held = [i for i in images if i in prob_hist and fold_of[images.index(i)] != f]
+        cal = fit(np.stack([prob_hist[i][1] for i in held]).sum(axis=0), platt=True)
+        ent_lut = np.rint(uncertainty.entropy(cal.table()) * 255).astype(np.int64)  # (29, 256)
+        raw_lut = np.rint(uncertainty.entropy(identity) * 255).astype(np.int64)
+        per_image = np.stack([prob_hist[i][0] for i in held])
+        cuts = search_cuts(_cut_dice(per_image, np.tile(identity, (NUM_CLASSES, 1))))[1]  # q > cut predicts
+        for r in (0, 1):
+            other = sum(joint[g][r] for g in folds if g != f)
+            rate = other[1] / np.maximum(other[0] + other[1], 1)
+            cell_points[r].append((rate, joint[f][r][1], joint[f][r][0]))
+        for s in (by_name[images[i]] for i in np.flatnonzero(fold_of == f)):
+            q = probs.load(root / f"unc_probs_f{f}", s.image_name).astype(np.int64)
+            truth = cache.get(s).masks.astype(bool)
+            for c in range(NUM_CLASSES):
+                region = truth[c] | (q[c] > 127)
+                band = cv2.dilate(region.view(np.uint8), np.ones((33, 33), np.uint8)).astype(bool)
+                cut = int(cuts[c])
+                tuned_error = ((q[c] > cut) != truth[c]).astype(np.int64)
+                scores = {
+                    "entropy, calibrated": (ent_lut[c][q[c]], (q[c] > 127) != truth[c]),
+                    "entropy at searched cuts": (raw_lut[q[c]], tuned_error),
+                    "distance to cut": (255 - np.abs(2 * q[c] - 2 * cut - 1) // 2, tuned_error),
+                }
+                for k, (u, err) in scores.items():
+                    code = u + LEVELS * np.asarray(err, np.int64)
+                    more[k][0] += np.bincount(code.ravel(), minlength=2 * LEVELS).reshape(2, LEVELS)
+                    more[k][1] += np.bincount(code[band], minlength=2 * LEVELS).reshape(2, LEVELS)
+    counts.update(more)
     out["auroc"] = {}
     for m, c in counts.items():
         if c.sum() == 0:
             continue
         out["auroc"][m] = {"all": auroc(c[0, 1], c[0, 0]), "band": auroc(c[1, 1], c[1, 0])}
         print(f"AUROC {m}: all pixels {out['auroc'][m]['all']:.4f}, band {out['auroc'][m]['band']:.4f}")
+    out["auroc"]["cell error rate"] = {
+        region: auroc_scores(*(np.concatenate(x) for x in zip(*cell_points[r])))
+        for r, region in ((0, "all"), (1, "band"))
+    }
+    print(
+        f"AUROC cell error rate: all pixels {out['auroc']['cell error rate']['all']:.4f}, "
+        f"band {out['auroc']['cell error rate']['band']:.4f}"
+    )
     (root / f"calibration_bench_{args.fit_on}.json").write_text(json.dumps(out, indent=1))
     worst = sorted(CLASSES, key=lambda n: -out["a"]["per_class"][n]["ece_band_before"])[:6]
     print("| class | T (a) | ECE band before | after | T (b) | ECE band before | after |")

@@ -152,6 +152,7 @@ def write_report(
         html = env.get_template("index.html.j2").render(
             title=", ".join(Path(n).name for n in result.inputs.names),
             images=len(result.inputs.images),
+            uncertainty=table is not None,
             data=data.replace("<", "\\u003c"),  # no "</script>" or "<!--" can end or derail the data block
         )
         (tmp / "index.html").write_text(html, encoding="utf-8")
@@ -312,8 +313,9 @@ def _page_data(
         "dice": None if result.dice is None else _round(result.dice),
         "similarity": None,
         "suspects": None,
-        "uncertainty": uncertainty,
     }
+    if uncertainty is not None:  # only then: a report without maps stays as it was
+        data["uncertainty"] = uncertainty
     matrices = result.similarity_matrices()
     if result.similarity is not None and matrices is not None:
         mean, per_class = matrices

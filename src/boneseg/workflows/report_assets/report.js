@@ -405,8 +405,9 @@
     },
     // The uncertainty heat overlay (largest value over the classes), above the masks while toggled on.
     heat() {
+      if (!U) return;
       const img = $("viewer-heat");
-      img.hidden = !(U && $("viewer-heat-on").checked);
+      img.hidden = !$("viewer-heat-on").checked;
       if (!img.hidden) img.src = `uncertainty/${stem(this.i)}-${$("viewer-heat-map").value}.png`;
     },
     setZoom(z) {
