@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from boneseg import probs, uncertainty
+from boneseg.calibration import logits
 from boneseg.classes import CLASSES, NUM_CLASSES
 from boneseg.data.layout import discover
 from boneseg.data.masks import MaskCache, default_cache_dir
@@ -257,16 +258,22 @@ def main() -> None:
                 joint[f][0] += np.bincount(code.ravel(), minlength=2 * cells).reshape(2, cells)
                 joint[f][1] += np.bincount(code[band], minlength=2 * cells).reshape(2, cells)
 
-    # cross-fitted: entropy of calibrated probabilities, distance to searched thresholds, the cell's error rate
-    more = {k: np.zeros((2, 2, LEVELS)) for k in ("entropy, calibrated", "entropy at searched cuts", "distance to cut")}
+    # cross-fitted on the other folds' probabilities of the same predictor: calibrations (Platt, fit on all
+    # pixels or on the band), thresholds searched on raw and on calibrated values; per fold, class, error rule
+    # (at 0.5, at the raw searched cut, at the calibrated searched cut) and region: (error, uint8 value) counts
+    rules = ("0.5", "raw cut", "calibrated cut")
+    per_value = {f: np.zeros((len(rules), NUM_CLASSES, 2, 2, LEVELS)) for f in folds}
+    fitted = {}
     cell_points: dict[int, list] = {0: [], 1: []}
     for f in folds:
         held = [i for i in images if i in prob_hist and fold_of[images.index(i)] != f]
-        cal = fit(np.stack([prob_hist[i][1] for i in held]).sum(axis=0), platt=True)
-        ent_lut = np.rint(uncertainty.entropy(cal.table()) * 255).astype(np.int64)  # (29, 256)
-        raw_lut = np.rint(uncertainty.entropy(identity) * 255).astype(np.int64)
+        cal_all = fit(np.stack([prob_hist[i][0] for i in held]).sum(axis=0), platt=True)
+        cal_band = fit(np.stack([prob_hist[i][1] for i in held]).sum(axis=0), platt=True)
         per_image = np.stack([prob_hist[i][0] for i in held])
-        cuts = search_cuts(_cut_dice(per_image, np.tile(identity, (NUM_CLASSES, 1))))[1]  # q > cut predicts
+        raw_cuts = search_cuts(_cut_dice(per_image, np.tile(identity, (NUM_CLASSES, 1))))[1]  # q > cut: on
+        cal_cuts = search_cuts(_cut_dice(per_image, cal_all.table()))[1]  # on calibrated uint8 values
+        lut = np.rint(cal_all.table() * 255).astype(np.int64)
+        fitted[f] = (cal_all, cal_band, raw_cuts, cal_cuts, lut)
         for r in (0, 1):
             other = sum(joint[g][r] for g in folds if g != f)
             rate = other[1] / np.maximum(other[0] + other[1], 1)
@@ -277,24 +284,56 @@ def main() -> None:
             for c in range(NUM_CLASSES):
                 region = truth[c] | (q[c] > 127)
                 band = cv2.dilate(region.view(np.uint8), np.ones((33, 33), np.uint8)).astype(bool)
-                cut = int(cuts[c])
-                tuned_error = ((q[c] > cut) != truth[c]).astype(np.int64)
-                scores = {
-                    "entropy, calibrated": (ent_lut[c][q[c]], (q[c] > 127) != truth[c]),
-                    "entropy at searched cuts": (raw_lut[q[c]], tuned_error),
-                    "distance to cut": (255 - np.abs(2 * q[c] - 2 * cut - 1) // 2, tuned_error),
-                }
-                for k, (u, err) in scores.items():
-                    code = u + LEVELS * np.asarray(err, np.int64)
-                    more[k][0] += np.bincount(code.ravel(), minlength=2 * LEVELS).reshape(2, LEVELS)
-                    more[k][1] += np.bincount(code[band], minlength=2 * LEVELS).reshape(2, LEVELS)
-    counts.update(more)
+                errors = ((q[c] > 127), (q[c] > raw_cuts[c]), (lut[c][q[c]] > cal_cuts[c]))
+                for k, on in enumerate(errors):
+                    code = q[c] + LEVELS * (on != truth[c])
+                    per_value[f][k, c, 0] += np.bincount(code.ravel(), minlength=2 * LEVELS).reshape(2, LEVELS)
+                    per_value[f][k, c, 1] += np.bincount(code[band], minlength=2 * LEVELS).reshape(2, LEVELS)
+
+    def quantized_entropy(p: np.ndarray) -> np.ndarray:
+        return np.rint(uncertainty.entropy(p) * 255)  # as predict saves it
+
+    def logit_distance(p: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        return -np.abs(logits(p) - logits((cut[:, None] + 0.5) / 255))
+
+    values = np.tile(identity, (NUM_CLASSES, 1))
+    scores = {  # name: (error rule, fold -> (29, 256) score per class and raw value)
+        "entropy (error at 0.5)": (0, lambda f: quantized_entropy(values)),
+        "entropy of Platt-calibrated probabilities, fit on all pixels (error at 0.5)": (
+            0,
+            lambda f: quantized_entropy(fitted[f][0].table()),
+        ),
+        "entropy of Platt-calibrated probabilities, fit on the band (error at 0.5)": (
+            0,
+            lambda f: quantized_entropy(fitted[f][1].table()),
+        ),
+        "entropy (error at searched cuts)": (1, lambda f: quantized_entropy(values)),
+        "logit distance to the searched cut (error at searched cuts)": (
+            1,
+            lambda f: logit_distance(values, fitted[f][2]),
+        ),
+        "entropy of calibrated probabilities (error at cuts searched after calibration)": (
+            2,
+            lambda f: quantized_entropy(fitted[f][4] / 255),
+        ),
+        "logit distance to the cut searched after calibration (error there)": (
+            2,
+            lambda f: logit_distance(fitted[f][4] / 255, fitted[f][3]),
+        ),
+    }
     out["auroc"] = {}
     for m, c in counts.items():
         if c.sum() == 0:
             continue
         out["auroc"][m] = {"all": auroc(c[0, 1], c[0, 0]), "band": auroc(c[1, 1], c[1, 0])}
         print(f"AUROC {m}: all pixels {out['auroc'][m]['all']:.4f}, band {out['auroc'][m]['band']:.4f}")
+    for name, (rule, score_of) in scores.items():
+        row = {}
+        for r, region in ((0, "all"), (1, "band")):
+            parts = [(score_of(f), per_value[f][rule, :, r, 1], per_value[f][rule, :, r, 0]) for f in folds]
+            row[region] = auroc_scores(*(np.concatenate([x.ravel() for x in xs]) for xs in zip(*parts)))
+        out["auroc"][name] = row
+        print(f"AUROC {name}: all pixels {row['all']:.4f}, band {row['band']:.4f}", flush=True)
     out["auroc"]["cell error rate"] = {
         region: auroc_scores(*(np.concatenate(x) for x in zip(*cell_points[r])))
         for r, region in ((0, "all"), (1, "band"))
