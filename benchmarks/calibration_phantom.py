@@ -79,7 +79,7 @@ def isotonic_table(hist: np.ndarray) -> np.ndarray:
 
 
 def band_ece_of(tables: dict, hists: dict, bins: int = 15) -> float:
-    """Mean over classes of the band ECE with fold f's (29, 2, 256) histogram mapped by `tables[f]` (29, 256)."""
+    """Mean over classes of the ECE of fold f's (29, 2, 256) histograms (of a region) mapped by `tables[f]`."""
     out = []
     for c in range(NUM_CLASSES):
         conf = np.concatenate([tables[f][c] for f in hists])
@@ -96,8 +96,9 @@ def map_table(kind: str, every: np.ndarray, near: np.ndarray, train: np.ndarray)
         return np.tile(np.arange(LEVELS) / 255, (NUM_CLASSES, 1))
     if kind == "platt, fit on all pixels":
         return fit(every[train].sum(axis=0), platt=True).table()
-    if kind == "isotonic, fit on the band":
-        return np.stack([isotonic_table(h) for h in near[train].sum(axis=0)])
+    if kind.startswith("isotonic"):
+        source = near if kind.endswith("band") else every
+        return np.stack([isotonic_table(h) for h in source[train].sum(axis=0)])
     return fit(near[train].sum(axis=0), platt=kind.startswith("platt")).table()
 
 
@@ -195,19 +196,27 @@ def main() -> None:
         every = np.stack([h[0] for h in per[key]])
         near = np.stack([h[1] for h in per[key]])
         band_by_fold = {f: near[fold_of == f].sum(axis=0) for f in folds}
+        all_by_fold = {f: every[fold_of == f].sum(axis=0) for f in folds}
         kinds = (
             "none",
             "platt, fit on all pixels",
             "platt, fit on the band",
             "temperature, fit on the band",
+            "isotonic, fit on all pixels",
             "isotonic, fit on the band",
         )
         row = {}
         for kind in kinds:
-            crossed = band_ece_of({f: map_table(kind, every, near, fold_of != f) for f in folds}, band_by_fold)
+            tables = {f: map_table(kind, every, near, fold_of != f) for f in folds}
+            crossed = band_ece_of(tables, band_by_fold)
+            everywhere = band_ece_of(tables, all_by_fold)
             inside = band_ece_of({f: map_table(kind, every, near, fold_of >= 0) for f in folds}, band_by_fold)
-            row[kind] = {"cross_fitted": crossed, "in_sample": inside}
-            print(f"model {key}: band ECE, {kind}: cross-fitted {crossed:.4f}, in-sample {inside:.4f}", flush=True)
+            row[kind] = {"cross_fitted": crossed, "in_sample": inside, "all_pixels_cross_fitted": everywhere}
+            print(
+                f"model {key}: band ECE, {kind}: cross-fitted {crossed:.4f}, in-sample {inside:.4f}; "
+                f"all-pixel ECE cross-fitted {everywhere:.5f}",
+                flush=True,
+            )
         out["calibrators"][key] = row
 
     # uncertainty maps against per-pixel error: each fold's two models on their validation images
