@@ -8,8 +8,8 @@ and ``runs/b_f{0,1,2}``, their OOF probabilities ``oof_a`` and ``oof_b``), print
 2. the soft vote of the two models' OOF probabilities before and after calibrating each input (each fold
    calibrated by the fit on the other folds): ECE of the mean and Dice at 0.5;
 3. the band ECE that each kind of per-class calibration map reaches (cross-fitted, and in-sample as the
-   map's capacity): Platt fitted on all pixels or on the band, temperature alone on the band, and an
-   isotonic (monotone step) map on the band, which the calibration file cannot hold (a ceiling, not a product);
+   map's capacity): Platt fitted on all pixels or on the band, temperature alone on the band, and the
+   isotonic map (``calibrate --isotonic``: a monotone step per saved value) on all pixels or on the band;
 4. AUROC of each uncertainty map (``predict --save-uncertainty``: entropy, TTA views, ensemble members) against
    per-pixel error, per fold with the two fold models on their validation images; and of combinations: the
    pixel-wise largest and mean of the three maps, the entropy of probabilities calibrated on the other folds,
@@ -54,30 +54,6 @@ def auroc_scores(score: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
     return float((gpos * (below + 0.5 * gneg)).sum() / (gpos.sum() * gneg.sum()))
 
 
-def isotonic_table(hist: np.ndarray) -> np.ndarray:
-    """(256,) non-decreasing positive rate per uint8 value fitted to a (2, 256) histogram (pool adjacent
-    violators, weighted by pixels); values without pixels take their block's neighbour."""
-    n = (hist[0] + hist[1]).astype(np.float64)
-    pos = hist[1].astype(np.float64)
-    blocks: list[list[float]] = []  # [positives, pixels, first value, last value]
-    for v in range(LEVELS):
-        if n[v] == 0:
-            continue
-        blocks.append([pos[v], n[v], v, v])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
-            p2, n2, _, e2 = blocks.pop()
-            blocks[-1][0] += p2
-            blocks[-1][1] += n2
-            blocks[-1][3] = e2
-    table = np.zeros(LEVELS)
-    if not blocks:
-        return np.arange(LEVELS) / 255
-    edges = [b[2] for b in blocks] + [LEVELS]
-    for b, (start, end) in zip(blocks, zip(edges[:-1], edges[1:])):
-        table[start if b is not blocks[0] else 0 : end] = b[0] / b[1]
-    return table
-
-
 def band_ece_of(tables: dict, hists: dict, bins: int = 15) -> float:
     """Mean over classes of the ECE of fold f's (29, 2, 256) histograms (of a region) mapped by `tables[f]`."""
     out = []
@@ -98,7 +74,7 @@ def map_table(kind: str, every: np.ndarray, near: np.ndarray, train: np.ndarray)
         return fit(every[train].sum(axis=0), platt=True).table()
     if kind.startswith("isotonic"):
         source = near if kind.endswith("band") else every
-        return np.stack([isotonic_table(h) for h in source[train].sum(axis=0)])
+        return fit(source[train].sum(axis=0), isotonic=True).table()
     return fit(near[train].sum(axis=0), platt=kind.startswith("platt")).table()
 
 

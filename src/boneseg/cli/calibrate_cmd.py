@@ -36,6 +36,12 @@ def calibrate_command(
         show_default=False,
         help="Fit a bias beside the temperature \\[default: on].",
     ),
+    isotonic: bool = typer.Option(
+        False,
+        "--isotonic",
+        help="Fit a non-decreasing step per saved uint8 value and class instead of temperature and bias (the file "
+        "is then version 2).",
+    ),
     thresholds: bool = typer.Option(
         True,
         "--thresholds/--no-thresholds",
@@ -54,7 +60,8 @@ def calibrate_command(
     force: bool = force_option(),
 ) -> None:
     """Per class: expected calibration error (equal-mass bins over every pixel, within a band around bone and
-    over all pixels), reliability curve and NLL, before and after a fitted temperature (and bias), cross-fitted
+    over all pixels), reliability curve and NLL, before and after a fitted temperature (and bias; or, with
+    --isotonic, a monotone step per saved value), cross-fitted
     over the folds the OOF folder records. Writes the calibration that predict, ensemble --vote soft and export
     apply, with thresholds searched after calibration, and a PNG of the reliability curves."""
     from boneseg.cli.output import console, print_json, reporter, table
@@ -69,6 +76,7 @@ def calibrate_command(
             band=band,
             fit_on=fit_on,
             platt=platt,
+            isotonic=isotonic,
             thresholds=thresholds,
             plot=plot,
             workers=workers,

@@ -19,6 +19,9 @@ Fit. Per class, ``p -> sigmoid((logit(p) - bias) / temperature)`` (`boneseg.cali
 ``platt``) minimising the NLL of the ``fit_on`` region by Newton's method on the histogram (a convex
 two-parameter logistic regression on 256 weighted points). Logits come from the dequantised probabilities
 clipped to ``[0.5/255, 1 - 0.5/255]``. A class without positive or negative pixels keeps the identity.
+With ``isotonic``, per class a non-decreasing step per uint8 value instead (`isotonic_steps`: the pooled
+adjacent violators of the positive rates, weighted by pixels, the least NLL among all monotone maps of the
+histogram), kept within ``[STEP_FLOOR, 1 - STEP_FLOOR]``.
 
 Out of fold. With the folds the OOF manifest records (``boneseg oof``), the "after" figures are
 cross-fitted: each fold is calibrated by the fit on the other folds; the spread is the standard deviation
@@ -47,6 +50,9 @@ from boneseg.progress import SILENT, Reporter
 from boneseg.workflows.parallel import STATE, parallel_map
 
 LEVELS = probs_mod.SCALE + 1
+STEP_FLOOR = 1e-4
+"""Isotonic steps stay within [STEP_FLOOR, 1 - STEP_FLOOR]: a step of exactly 0 or 1 (a value no positive, or
+no negative, pixel of the fit held) would make one such pixel of another image cost unbounded NLL."""
 REGIONS = ("band", "all")
 FIT_ON = ("all", "band")
 
@@ -169,8 +175,34 @@ def fit_class(hist: np.ndarray, platt: bool = False, iterations: int = 100) -> t
     return temperature, bias
 
 
-def fit(hist: np.ndarray, platt: bool = False) -> Calibration:
-    """A calibration fitted per class on (29, 2, 256) histograms (`fit_class`)."""
+def isotonic_steps(hist: np.ndarray) -> np.ndarray:
+    """(256,) non-decreasing positive rate per uint8 value fitted to one class's (2, 256) histogram (pool
+    adjacent violators, weighted by pixels); a value without pixels takes the step it falls in; the identity
+    table when the class has no positive or no negative pixel. Steps stay within ``[STEP_FLOOR, 1 - STEP_FLOOR]``."""
+    n = (hist[0] + hist[1]).astype(np.float64)
+    pos = hist[1].astype(np.float64)
+    if pos.sum() == 0 or pos.sum() == n.sum():
+        return Calibration.identity().table()[0]
+    blocks: list[list[float]] = []  # [positives, pixels, first value]
+    for v in np.flatnonzero(n):
+        blocks.append([pos[v], n[v], float(v)])
+        while len(blocks) > 1 and blocks[-2][0] * blocks[-1][1] >= blocks[-1][0] * blocks[-2][1]:
+            p2, n2, _ = blocks.pop()
+            blocks[-1][0] += p2
+            blocks[-1][1] += n2
+    steps = np.empty(LEVELS)
+    starts = [0] + [int(b[2]) for b in blocks[1:]] + [LEVELS]
+    for b, lo, hi in zip(blocks, starts[:-1], starts[1:]):
+        steps[lo:hi] = b[0] / b[1]
+    return np.clip(steps, STEP_FLOOR, 1 - STEP_FLOOR)
+
+
+def fit(hist: np.ndarray, platt: bool = False, isotonic: bool = False) -> Calibration:
+    """A calibration fitted per class on (29, 2, 256) histograms (`fit_class`, or `isotonic_steps`)."""
+    if isotonic:
+        identity = Calibration.identity()
+        steps = np.stack([isotonic_steps(hist[c]) for c in range(NUM_CLASSES)])
+        return Calibration(identity.temperature, identity.bias, steps=steps)
     params = np.array([fit_class(hist[c], platt) for c in range(NUM_CLASSES)])
     return Calibration(params[:, 0], params[:, 1])
 
@@ -258,6 +290,7 @@ def calibrate(
     band: int = 16,
     fit_on: str = "all",
     platt: bool = True,
+    isotonic: bool = False,
     thresholds: bool = True,
     plot: str | os.PathLike | None = None,
     workers: int | None = None,
@@ -275,6 +308,7 @@ def calibrate(
         bins: equal-mass bins of the ECE. band: width in pixels of the band region (see the module notes).
         fit_on: the region whose NLL the fit minimises: ``all`` or ``band``.
         platt: fit a bias beside the temperature.
+        isotonic: fit a non-decreasing step per uint8 value instead of temperature and bias (file version 2).
         thresholds: also store per-class thresholds searched on the calibrated probabilities.
         plot: the PNG of the 29 reliability curves (default: `out` with ``.png``; ``none``: no picture).
         workers: processes reading the probabilities (default: all cores). cache_dir: the mask cache.
@@ -327,12 +361,13 @@ def calibrate(
     region_hist = {"all": per_image, "band": per_band}
     folds = {f: fold_of == f for f in fold_ids}
 
-    final = fit(region_hist[fit_on].sum(axis=0), platt)
+    final = fit(region_hist[fit_on].sum(axis=0), platt, isotonic)
     # cross-fitted: fold f calibrated by the fit on the others (in-sample with one fold)
     held_out = {
-        f: fit(region_hist[fit_on][~m].sum(axis=0), platt) if len(fold_ids) > 1 else final for f, m in folds.items()
+        f: fit(region_hist[fit_on][~m].sum(axis=0), platt, isotonic) if len(fold_ids) > 1 else final
+        for f, m in folds.items()
     }
-    alone = {f: fit(region_hist[fit_on][m].sum(axis=0), platt) for f, m in folds.items()}
+    alone = {f: fit(region_hist[fit_on][m].sum(axis=0), platt, isotonic) for f, m in folds.items()}
     tables = {f: held_out[f].table() for f in fold_ids}
 
     report: dict[str, dict[str, Any]] = {}
@@ -393,9 +428,9 @@ def calibrate(
         summary[key] = float(d.mean())
         summary[f"{key}_sd"] = fold_sd(d)
 
-    result = Calibration(final.temperature, final.bias, searched, str(out))
+    result = Calibration(final.temperature, final.bias, searched, str(out), final.steps)
     settings = {
-        "method": "platt" if platt else "temperature",
+        "method": "isotonic" if isotonic else "platt" if platt else "temperature",
         "fit_on": fit_on,
         "band": band,
         "bins": bins,

@@ -228,3 +228,33 @@ def test_pseudo_leaves_out_uncertain_images(setup, tmp_path, capsys):
     assert code == 0 and not any(r["reason"].startswith("uncertainty") for r in json.loads(out)["left_out"])
     code, _, err = cli(capsys, "pseudo", plain, data, "-o", tmp_path / "p2", "--max-uncertainty", "0.5")
     assert code == 2 and "--uncertainty" in error_line(err)
+
+
+def test_predict_and_an_export_apply_an_isotonic_calibration(setup, tmp_path, capsys):
+    """A version-2 file (steps per saved value) goes where a temperature goes: predict applies it, an export's
+    sidecar carries it and predict -m EXPORT applies it alike."""
+    data, runs, _, root, plain = setup
+    steps = np.tile(np.sqrt(np.arange(256) / 255), (29, 1))  # monotone, far from any logistic map
+    iso = Calibration(np.ones(29), np.zeros(29), None, "", steps)
+    iso.write(tmp_path / "iso.json")
+    code, _, err = cli(
+        capsys, "predict", data, "-m", runs[0], "-o", tmp_path / "c.csv", "--calibration", tmp_path / "iso.json",
+        "--save-probs", tmp_path / "p", *OPTS,
+    )  # fmt: skip
+    assert code == 0, err
+    for name in probs.read_manifest(tmp_path / "p")["images"]:
+        raw, calibrated = probs.load(plain, name), probs.load(tmp_path / "p", name)
+        assert np.abs(iso.apply_quantized(raw).astype(int) - calibrated).max() <= 1  # float vs uint8 rounding
+    out = tmp_path / "m.ts"
+    code, _, err = cli(
+        capsys, "export", runs[0], "-f", "torchscript", "-o", out, "--calibration", tmp_path / "iso.json"
+    )
+    assert code == 0, err
+    assert len(json.loads(Path(f"{out}.json").read_text())["calibration"]["steps"]["Ulna"]) == 256
+    code, _, err = cli(
+        capsys, "predict", data, "-m", out, "-o", tmp_path / "e.csv", "--save-probs", tmp_path / "e", "--trust-model",
+        *OPTS,
+    )  # fmt: skip
+    assert code == 0, err
+    name = probs.read_manifest(tmp_path / "e")["images"][0]
+    assert np.abs(probs.load(tmp_path / "e", name).astype(int) - probs.load(tmp_path / "p", name)).max() <= 1

@@ -170,3 +170,54 @@ def test_probabilities_calibrated_when_predicted_are_not_calibrated_again(tmp_pa
     ):
         code, _, err = cli(capsys, *command)
         assert code == 1 and f"{folder}: its probabilities were calibrated" in error_line(err), err
+
+
+def test_an_isotonic_calibration_recovers_a_monotone_distortion_and_round_trips(tmp_path):
+    """Synthetic saved values whose true positive rate is a known non-logistic monotone map of the value (no
+    temperature and bias can express it): the isotonic steps recover it; the file (version 2) reads back; a
+    float probability and its saved value are calibrated alike (numpy and torch); steps that decrease or a
+    version-2 file without steps are refused."""
+    from boneseg.workflows.calibrate import STEP_FLOOR, fit, isotonic_steps
+
+    v = np.arange(256) / 255
+    truth = np.where(v < 0.5, 0.05 * v, 0.2 + 0.8 * v**3)  # a jump at 0.5: no logistic curve fits it
+    n = np.full(256, 1e6)
+    hist = np.stack([n * (1 - truth), n * truth])
+    steps = isotonic_steps(hist)
+    assert np.abs(steps - np.clip(truth, STEP_FLOOR, 1 - STEP_FLOOR)).max() < 1e-9 and (np.diff(steps) >= 0).all()
+    assert np.allclose(isotonic_steps(np.stack([n * 0, n])), calibration.Calibration.identity().table()[0])
+
+    cal = fit(np.stack([hist] * 29), isotonic=True)
+    conf = cal.table()[0]
+    assert ece(conf, hist[1], hist[0])[0] < STEP_FLOOR and ece(v, hist[1], hist[0])[0] > 0.05
+    path = tmp_path / "iso.json"
+    calibration.Calibration(cal.temperature, cal.bias, np.full(29, 0.3), "", cal.steps).write(path)
+    doc = json.loads(path.read_text())
+    assert doc["version"] == 2 and len(doc["steps"]["Ulna"]) == 256
+    back = calibration.read(path)
+    assert np.allclose(back.steps, cal.steps) and np.allclose(back.thresholds, 0.3)
+    q = np.tile(np.arange(256, dtype=np.uint8), (29, 1, 1))
+    assert np.array_equal(probs.quantize(back.apply(q / 255.0)), back.apply_quantized(q))
+    import torch
+
+    on_device = probs.quantize(back.apply(torch.from_numpy(q / 255.0).float())).astype(int)
+    assert np.abs(on_device - back.apply_quantized(q)).max() <= 1  # float32: a step at k + 0.5 may round down
+    for bad, message in [
+        ({**doc, "steps": {**doc["steps"], "Ulna": doc["steps"]["Ulna"][::-1]}}, "'steps' of 'Ulna' must not decrease"),
+        ({**doc, "steps": {**doc["steps"], "Ulna": [0.1] * 10}}, "list of 256 probabilities"),
+        ({k: v for k, v in doc.items() if k != "steps"}, "version 2 needs 'steps'"),
+    ]:
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=message):
+            calibration.read(tmp_path / "bad.json")
+
+
+def test_calibrate_isotonic_command(tmp_path, capsys):
+    data, folder = _overconfident_oof(tmp_path, 3.0)
+    out = tmp_path / "iso.json"
+    code, stdout, err = cli(capsys, "calibrate", folder, "--gt", data, "-o", out, "--isotonic", "--json", "-j", "0")
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc["method"] == "isotonic" and doc["summary"]["ece_all_after"] < doc["summary"]["ece_all_before"]
+    back = calibration.read(out)
+    assert back.steps is not None and back.thresholds is not None
