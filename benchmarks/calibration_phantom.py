@@ -246,7 +246,7 @@ def main() -> None:
     # cross-fitted on the other folds' probabilities of the same predictor: calibrations (Platt, fit on all
     # pixels or on the band), thresholds searched on raw and on calibrated values; per fold, class, error rule
     # (at 0.5, at the raw searched cut, at the calibrated searched cut) and region: (error, uint8 value) counts
-    rules = ("0.5", "raw cut", "calibrated cut")
+    rules = ("0.5", "raw cut", "calibrated cut", "isotonic cut")
     per_value = {f: np.zeros((len(rules), NUM_CLASSES, 2, 2, LEVELS)) for f in folds}
     fitted = {}
     cell_points: dict[int, list] = {0: [], 1: []}
@@ -258,7 +258,10 @@ def main() -> None:
         raw_cuts = search_cuts(_cut_dice(per_image, np.tile(identity, (NUM_CLASSES, 1))))[1]  # q > cut: on
         cal_cuts = search_cuts(_cut_dice(per_image, cal_all.table()))[1]  # on calibrated uint8 values
         lut = np.rint(cal_all.table() * 255).astype(np.int64)
-        fitted[f] = (cal_all, cal_band, raw_cuts, cal_cuts, lut)
+        iso = fit(np.stack([prob_hist[i][0] for i in held]).sum(axis=0), isotonic=True)
+        iso_cuts = search_cuts(_cut_dice(per_image, iso.table()))[1]
+        iso_lut = np.rint(iso.table() * 255).astype(np.int64)
+        fitted[f] = (cal_all, cal_band, raw_cuts, cal_cuts, lut, iso_cuts, iso_lut)
         for r in (0, 1):
             other = sum(joint[g][r] for g in folds if g != f)
             rate = other[1] / np.maximum(other[0] + other[1], 1)
@@ -269,7 +272,12 @@ def main() -> None:
             for c in range(NUM_CLASSES):
                 region = truth[c] | (q[c] > 127)
                 band = cv2.dilate(region.view(np.uint8), np.ones((33, 33), np.uint8)).astype(bool)
-                errors = ((q[c] > 127), (q[c] > raw_cuts[c]), (lut[c][q[c]] > cal_cuts[c]))
+                errors = (
+                    (q[c] > 127),
+                    (q[c] > raw_cuts[c]),
+                    (lut[c][q[c]] > cal_cuts[c]),
+                    (iso_lut[c][q[c]] > iso_cuts[c]),
+                )
                 for k, on in enumerate(errors):
                     code = q[c] + LEVELS * (on != truth[c])
                     per_value[f][k, c, 0] += np.bincount(code.ravel(), minlength=2 * LEVELS).reshape(2, LEVELS)
@@ -304,6 +312,10 @@ def main() -> None:
         "logit distance to the cut searched after calibration (error there)": (
             2,
             lambda f: logit_distance(fitted[f][4] / 255, fitted[f][3]),
+        ),
+        "entropy of isotonic-calibrated probabilities (error at cuts searched after calibration)": (
+            3,
+            lambda f: quantized_entropy(fitted[f][6] / 255),
         ),
     }
     out["auroc"] = {}
