@@ -124,23 +124,27 @@ def main() -> None:
         qb_all.append(qb)
         for key, q in (("a", qa), ("b", qb)):
             per[key].append(histograms(q, truth, 16))
-    vote = {"before": [], "after": []}
+    vote: dict[str, list] = {"before": [], "after": [], "after (isotonic)": []}
     for f in sorted(set(fold_of.tolist())):
         train = fold_of != f
-        cal = {
-            key: fit(
-                np.stack([h[0 if args.fit_on == "all" else 1] for h, t in zip(per[key], train) if t]).sum(axis=0),
-                platt=True,
-            )
-            for key in ("a", "b")
-        }
+        cals = {}
+        for when, isotonic in (("after", False), ("after (isotonic)", True)):
+            cals[when] = {
+                key: fit(
+                    np.stack([h[0 if args.fit_on == "all" else 1] for h, t in zip(per[key], train) if t]).sum(axis=0),
+                    platt=True,
+                    isotonic=isotonic,
+                )
+                for key in ("a", "b")
+            }
         for i in np.flatnonzero(fold_of == f):
             qa, qb, truth = qa_all[i], qb_all[i], truths[i]
             before = np.rint((qa.astype(np.float64) + qb) / 2).astype(np.uint8)
-            ca, cb = cal["a"].apply_quantized(qa), cal["b"].apply_quantized(qb)
-            after = np.rint((ca.astype(np.float64) + cb) / 2).astype(np.uint8)
             vote["before"].append(histograms(before, truth, 16))
-            vote["after"].append(histograms(after, truth, 16))
+            for when, cal in cals.items():
+                ca, cb = cal["a"].apply_quantized(qa), cal["b"].apply_quantized(qb)
+                after = np.rint((ca.astype(np.float64) + cb) / 2).astype(np.uint8)
+                vote[when].append(histograms(after, truth, 16))
     identity = np.arange(LEVELS) / 255
     out["vote"] = {}
     for when, hs in vote.items():
