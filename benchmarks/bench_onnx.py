@@ -32,7 +32,7 @@ def main() -> None:
     from boneseg.data.synth import synthesize
     from boneseg.engine.train import train
     from boneseg.inference import Policy, Predictor, load_models
-    from boneseg.inference.run import ImageDataset
+    from boneseg.inference.pipeline import ImageDataset
     from boneseg.metrics import dice
     from boneseg.runs.config import TrainConfig
     from boneseg.submission import read_submission

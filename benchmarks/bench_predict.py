@@ -104,9 +104,11 @@ def _child(method: str, n: int, folder: str) -> None:
     if method == "notebook":
         _notebook(folder / "images", folder / "model.pt", out)
     else:
-        from boneseg.inference import predict
+        from boneseg.inference import PredictOptions, predict
 
-        predict(folder / "images", [folder / "model.pt"], out, device="cpu", workers=1, force=True)
+        predict(
+            folder / "images", [folder / "model.pt"], out, force=True, options=PredictOptions(device="cpu", workers=1)
+        )
     seconds = time.perf_counter() - t
     peak = _peak_mb()
     print(json.dumps({"seconds": seconds, "peak_mb": peak}))

@@ -202,7 +202,7 @@ def main() -> None:
     # uncertainty maps against per-pixel error: each fold's two models on their validation images
     import cv2
 
-    from boneseg.inference import predict
+    from boneseg.inference import PredictOptions, predict
 
     extra = ("max", "mean")
     counts = {m: np.zeros((2, 2, LEVELS)) for m in (*uncertainty.MAPS, *extra)}  # map -> region -> error
@@ -221,10 +221,8 @@ def main() -> None:
                 tta="scale",
                 save_probs=pfolder,
                 save_uncertainty=folder,
-                device="cpu",
-                workers=0,
-                calibration="none",
                 force=True,
+                options=PredictOptions(device="cpu", workers=0, calibration="none"),
             )
         for s in samples:
             maps = uncertainty.load(folder, s.image_name)

@@ -96,8 +96,9 @@ def main(work: str | os.PathLike = "/tmp/boneseg-approaches") -> list[dict]:
             (out / "seconds.txt").write_text(f"{time.time() - t0:.1f}")
         return out
 
-    from boneseg.postprocess import fit_postprocess
+    from boneseg.inference import PredictOptions
     from boneseg.runs.checkpoint import load_checkpoint, save_checkpoint
+    from boneseg.workflows.validation import fit_postprocess
 
     def derived(src, name, make):
         d = work / "runs" / name
@@ -126,7 +127,7 @@ def main(work: str | os.PathLike = "/tmp/boneseg-approaches") -> list[dict]:
                 "postprocess_rule",
                 lambda d, src=src: (
                     shutil.copy(src / "best.pt", d / "best.pt"),
-                    fit_postprocess(d, data, device="cpu"),
+                    fit_postprocess(d, data, options=PredictOptions(workers=0, device="cpu")),
                 ),
             )
             models, seconds = [str(r)], float((src / "seconds.txt").read_text())

@@ -255,12 +255,13 @@ def loader_vs_gpu(s: Settings, data: Path, tmp: Path) -> dict:
 
 
 def predict_cases(s: Settings) -> list:
-    sliding = {"sliding": True, "window": s.size, "overlap": 0.5}
+    """(name, `PredictOptions` fields, predict's policy keywords) of each measured case."""
+    sliding = {"window": s.size, "overlap": 0.5}
     return [
-        (f"resize {s.size}", {"size": s.size}, "none"),
-        (f"resize {s.size} + hflip", {"size": s.size}, "hflip"),
-        (f"sliding {s.size} windows, 0.5 overlap", sliding, "none"),
-        (f"sliding {s.size} windows, 0.5 overlap + hflip", sliding, "hflip"),
+        (f"resize {s.size}", {"size": s.size}, {"tta": "none"}),
+        (f"resize {s.size} + hflip", {"size": s.size}, {"tta": "hflip"}),
+        (f"sliding {s.size} windows, 0.5 overlap", sliding, {"tta": "none", "sliding": True}),
+        (f"sliding {s.size} windows, 0.5 overlap + hflip", sliding, {"tta": "hflip", "sliding": True}),
     ]
 
 
@@ -268,7 +269,7 @@ def predict_throughput(s: Settings, tmp: Path) -> list[dict]:
     import cv2
 
     from boneseg.data.synth import render_hand
-    from boneseg.inference import predict
+    from boneseg.inference import PredictOptions, predict
     from boneseg.modelling.models import build_model
     from boneseg.runs.checkpoint import save_checkpoint
 
@@ -290,8 +291,9 @@ def predict_throughput(s: Settings, tmp: Path) -> list[dict]:
     ckpt = tmp / "model.pt"
     save_checkpoint(ckpt, {"config": config, "model": model.state_dict(), "epoch": 0, "step": 0, "metrics": {}})
     rows = []
-    for name, kwargs, tta in predict_cases(s):
-        options = dict(device=s.device, workers=s.workers, batch_size=4, force=True, tta=tta, **kwargs)
+    for name, fields, policy in predict_cases(s):
+        on = PredictOptions(device=s.device, workers=s.workers, batch_size=4, **fields)
+        options = dict(options=on, force=True, **policy)
         predict(warm, [ckpt], tmp / "w.csv", **options)  # cudnn autotune, allocator
         _sync(device)
         _reset_peak(device)

@@ -164,10 +164,12 @@ def test_library_refuses_bad_thresholds(threshold):
 
 
 def test_library_refuses_non_finite_weights_and_scales(images, tmp_path):
-    from boneseg.inference import parse_scales, predict
+    from boneseg.inference import PredictOptions, parse_scales, predict
 
     with pytest.raises(UsageError, match="--weights must be finite"):
-        predict(images, ["a.pt", "b.pt"], tmp_path / "s.csv", weights=[float("nan"), 1.0], workers=0)
+        predict(
+            images, ["a.pt", "b.pt"], tmp_path / "s.csv", options=PredictOptions(weights=[float("nan"), 1.0], workers=0)
+        )
     with pytest.raises(UsageError, match="--scales"):
         parse_scales([1.0, float("nan")])
 

@@ -4,11 +4,13 @@ For every command (but `train`: tests/unit/engine/test_run_config.py, and `disti
 teacher's: tests/unit/workflows/test_distill.py), each option is a keyword of the library
 function(s) the command calls, with the same default (None on the CLI is "not given": the library's default
 applies, and a ``[default: X]`` in the help must name it), and each keyword is an option unless the tables
-below say why not.
+below say why not. A keyword whose default is an options object (`boneseg.inference.PredictOptions`) stands
+for that object's fields, with the defaults of that instance.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import re
@@ -69,7 +71,12 @@ SPECS = {
         api_only=CACHE,
     ),
     "pseudo": Spec(("boneseg.workflows.pseudo:make_pseudo",), command_only=JSON),
-    "oof": Spec(("boneseg.workflows.oof:oof",), renamed={"out": "output"}),
+    "oof": Spec(
+        ("boneseg.workflows.oof:oof",),
+        renamed={"out": "output"},
+        # one uncalibrated model per image: oof refuses a calibration or weights; runs only, no exports
+        api_only=frozenset({"calibration", "weights", "trust_model"}),
+    ),
     "calibrate": Spec(("boneseg.workflows.calibrate:calibrate",), command_only=frozenset({"as_json"}), api_only=CACHE),
     "audit": Spec(
         ("boneseg.workflows.audit:run_audit",),
@@ -103,10 +110,19 @@ SPECS = {
 
 
 def _keywords(spec: Spec) -> dict[str, list[inspect.Parameter]]:
+    """The keywords of the spec's functions; an options object (a dataclass default, e.g. `PredictOptions`)
+    stands for its fields, each with the default that function gives it."""
     found: dict[str, list[inspect.Parameter]] = {}
     for target in spec.functions:
         module, name = target.split(":")
         for p in inspect.signature(getattr(importlib.import_module(module), name)).parameters.values():
+            if dataclasses.is_dataclass(p.default) and not isinstance(p.default, type):
+                for f in dataclasses.fields(p.default):
+                    kind = inspect.Parameter.KEYWORD_ONLY
+                    found.setdefault(f.name, []).append(
+                        inspect.Parameter(f.name, kind, default=getattr(p.default, f.name))
+                    )
+                continue
             found.setdefault(p.name, []).append(p)
     return found
 
@@ -161,3 +177,24 @@ def test_options_match_the_library_defaults(command):
                 assert _same(shown.group(1), default), f"{command} --{name}: help says {shown.group(1)!r}"
     missing = set(keywords) - reached - spec.api_only - API_ONLY
     assert not missing, f"{command}: keywords with no option {sorted(missing)}"
+
+
+PREDICTING = ("predict", "tta", "oof")
+
+
+def test_predictor_options_read_alike_everywhere():
+    """Every command that predicts takes the `PredictOptions` fields it exposes from one block
+    (`boneseg.cli.options`): the same flags and help everywhere, and predict and tta expose every field."""
+    from boneseg.inference import PredictOptions
+
+    fields = [f.name for f in dataclasses.fields(PredictOptions)]
+    seen: dict[str, tuple] = {}
+    for command in PREDICTING:
+        options = _options(command)
+        if command != "oof":
+            assert set(fields) <= set(options), f"{command}: no option for {set(fields) - set(options)}"
+        for name in fields:
+            if name in options:
+                o = options[name]
+                shape = (tuple(o.opts), tuple(o.secondary_opts), o.help)
+                assert seen.setdefault(name, shape) == shape, f"{command} --{name} differs from the other commands'"

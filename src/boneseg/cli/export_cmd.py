@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
-from boneseg.cli.options import parse_floats
-from boneseg.cli.predict_cmd import WEIGHTS
+from boneseg.cli.options import WEIGHTS, parse_floats
 
 
 @app.command("export")

@@ -7,7 +7,21 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
-from boneseg.cli.predict_cmd import BATCH, DEVICE
+from boneseg.cli.options import (
+    AMP,
+    BATCH_SIZE,
+    COMPILE,
+    DEVICE,
+    META,
+    OVERLAP,
+    SCALES,
+    SIZE,
+    SLIDING,
+    TTA,
+    WINDOW,
+    WRIST_MODEL,
+    loader_workers,
+)
 
 
 @app.command("oof")
@@ -35,32 +49,54 @@ def oof_command(
         show_default=False,
         help="Also write uint8 probabilities here (for ensemble --vote soft and audit).",
     ),
-    tta: str = typer.Option("none", "--tta", help="none, hflip, scale or hflip+scale."),
+    tta: str = TTA,
+    scales: str = SCALES,
+    sliding: bool = SLIDING,
+    window: int = WINDOW,
+    overlap: float = OVERLAP,
+    size: int = SIZE,
     threshold: str = typer.Option(
         "0.5", "--threshold", "-t", metavar="T|FILE.json", help="Threshold, or a JSON file {class: t}."
     ),
+    wrist_model: Path = WRIST_MODEL,
+    meta: Path = META,
     device: str = DEVICE,
-    batch_size: int = BATCH,
-    workers: int = typer.Option(0, "--workers", "-j", help="Background image-loading processes (0: none)."),
+    batch_size: int = BATCH_SIZE,
+    amp: bool = AMP,
+    compile: bool = COMPILE,
+    workers: int = loader_workers(0),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing CSV / non-empty --save-probs folder."),
 ) -> None:
     """Each fold run predicts the validation images of its own saved fold; together they must cover every
     train image once (a missing fold, or two runs claiming one image, is an error). Writes one CSV in
     sorted image order, as predict does, for analyze --gt, ensemble and audit."""
     from boneseg.cli.output import console, reporter, table
+    from boneseg.inference import PredictOptions
     from boneseg.workflows.oof import oof
 
+    options = PredictOptions(
+        device=device,
+        size=size,
+        window=window,
+        overlap=overlap,
+        batch_size=batch_size,
+        amp=amp,
+        compile=compile,
+        workers=workers,
+        wrist_model=wrist_model,
+        meta=meta,
+    )
     with reporter() as shown:
         summary = oof(
             runs,
             out,
             data=data,
-            save_probs=save_probs,
+            options=options,
             tta=tta,
+            scales=scales,
+            sliding=sliding,
             threshold=threshold,
-            device=device,
-            batch_size=batch_size,
-            workers=workers,
+            save_probs=save_probs,
             force=force,
             reporter=shown,
         )

@@ -11,6 +11,76 @@ import typer
 
 from boneseg.errors import UsageError
 
+# -- predictor options ----------------------------------------------------------------------------
+# The options of `boneseg.inference.PredictOptions` (and the policy) on every command that predicts
+# (predict, tta, oof); each command builds its `PredictOptions` from them.
+
+MODELS = typer.Option(
+    ...,
+    "--model",
+    "-m",
+    metavar="CKPT|RUN",
+    help="Checkpoint file, run folder (its best.pt) or an export "
+    "(boneseg export: FILE.onnx, TorchScript file, hf folder); repeat to ensemble.",
+)
+WEIGHTS = typer.Option(None, "--weights", help="Ensemble weights, comma-separated, one per -m (default equal).")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
+SIZE = typer.Option(
+    None,
+    "--size",
+    help="Resize-mode side (default: each model's training size); with "
+    "--sliding, the square resolution the window slides over.",
+)
+WINDOW = typer.Option(None, "--window", help="Sliding tile side (default: the model's training crop, else size).")
+OVERLAP = typer.Option(0.5, "--overlap", help="Sliding overlap fraction of a tile, in [0, 1).")
+BATCH_SIZE = typer.Option(4, "--batch-size", "-b", help="Tiles per forward pass in sliding mode.")
+AMP = typer.Option(
+    True,
+    "--amp/--no-amp",
+    show_default=False,
+    help="fp16 autocast (CUDA only: a CPU always runs fp32) \\[default: on].",
+)
+COMPILE = typer.Option(
+    False, "--compile", help="torch.compile each model (falls back, with a warning, where it fails)."
+)
+CALIBRATION = typer.Option(
+    "auto",
+    "--calibration",
+    metavar="auto|none|FILE.json",
+    help="auto: each run folder's calibration.json (or an export's), applied to that model's probabilities; "
+    "none; or a calibration file (boneseg calibrate) applied to the final probabilities. Its searched "
+    "thresholds apply unless --threshold is given.",
+)
+WRIST_MODEL = typer.Option(
+    None,
+    "--wrist-model",
+    metavar="CKPT|RUN",
+    help="Wrist second-stage checkpoint (train --wrist): replaces the carpal predictions inside the wrist box.",
+)
+META = typer.Option(
+    None,
+    "--meta",
+    metavar="FILE.xlsx",
+    help="Metadata file for --meta film models (default: meta_data.xlsx found from the images).",
+)
+TRUST_MODEL = typer.Option(
+    False,
+    "--trust-model",
+    help="Load TorchScript exports, which run code of their author's choosing (only from a source you trust; "
+    "ONNX and hf exports need no trust).",
+)
+TTA = typer.Option("none", "--tta", help="none, hflip, scale or hflip+scale (mean of probabilities).")
+SCALES = typer.Option("0.75,1,1.25", "--scales", help="Scales of the 'scale' TTA, comma-separated.")
+SLIDING = typer.Option(False, "--sliding", help="Sliding window at full resolution instead of resize.")
+
+
+def loader_workers(default: int = 2) -> Any:
+    """``--workers/-j``: background image-loading processes (`PredictOptions.workers`), with `default`."""
+    return workers_option("Background image-loading processes (0: none).", default)
+
+
+# -- option-value parsers -------------------------------------------------------------------------
+
 
 def parse_floats(values: str | Sequence[str] | None, option: str) -> list[float] | None:
     """``"0.5,0.3"`` or ``["0.5,0.3", "0.2"]`` (a repeated option) -> [0.5, 0.3, 0.2]; None/empty -> None.

@@ -7,62 +7,26 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
-from boneseg.cli.options import parse_floats
-
-# Options shared with `boneseg tta` (one definition, imported there).
-WRIST_MODEL = typer.Option(
-    None,
-    "--wrist-model",
-    metavar="CKPT|RUN",
-    help="Wrist second-stage checkpoint (train --wrist): replaces the carpal predictions inside the wrist box.",
+from boneseg.cli.options import (
+    AMP,
+    BATCH_SIZE,
+    CALIBRATION,
+    COMPILE,
+    DEVICE,
+    META,
+    MODELS,
+    OVERLAP,
+    SCALES,
+    SIZE,
+    SLIDING,
+    TRUST_MODEL,
+    TTA,
+    WEIGHTS,
+    WINDOW,
+    WRIST_MODEL,
+    loader_workers,
+    parse_floats,
 )
-META = typer.Option(
-    None,
-    "--meta",
-    metavar="FILE.xlsx",
-    help="Metadata file for --meta film models (default: meta_data.xlsx found from the images).",
-)
-MODELS = typer.Option(
-    ...,
-    "--model",
-    "-m",
-    metavar="CKPT|RUN",
-    help="Checkpoint file, run folder (its best.pt) or an export "
-    "(boneseg export: FILE.onnx, TorchScript file, hf folder); repeat to ensemble.",
-)
-TRUST_MODEL = typer.Option(
-    False,
-    "--trust-model",
-    help="Load TorchScript exports, which run code of their author's choosing (only from a source you trust; "
-    "ONNX and hf exports need no trust).",
-)
-WEIGHTS = typer.Option(None, "--weights", help="Ensemble weights, comma-separated, one per -m (default equal).")
-SIZE = typer.Option(
-    None,
-    "--size",
-    help="Resize-mode side (default: each model's training size); with "
-    "--sliding, the square resolution the window slides over.",
-)
-WINDOW = typer.Option(None, "--window", help="Sliding tile side (default: the model's training crop, else size).")
-OVERLAP = typer.Option(0.5, "--overlap", help="Sliding overlap fraction of a tile, in [0, 1).")
-SCALES = typer.Option("0.75,1,1.25", "--scales", help="Scales of the 'scale' TTA, comma-separated.")
-DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
-BATCH = typer.Option(4, "--batch-size", "-b", help="Tiles per forward pass in sliding mode.")
-AMP = typer.Option(
-    True,
-    "--amp/--no-amp",
-    show_default=False,
-    help="fp16 autocast (CUDA only: a CPU always runs fp32) \\[default: on].",
-)
-CALIBRATION = typer.Option(
-    "auto",
-    "--calibration",
-    metavar="auto|none|FILE.json",
-    help="auto: each run folder's calibration.json (or an export's), applied to that model's probabilities; "
-    "none; or a calibration file (boneseg calibrate) applied to the final probabilities. Its searched "
-    "thresholds apply unless --threshold is given.",
-)
-WORKERS = typer.Option(2, "--workers", "-j", help="Background image-loading processes (0: none).")
 
 
 @app.command("predict")
@@ -74,9 +38,9 @@ def predict_command(
     out: str = typer.Option(
         "-", "--out", "-o", metavar="PRED.csv", help="Submission CSV ('-' or omitted: standard output)."
     ),
-    tta: str = typer.Option("none", "--tta", help="none, hflip, scale or hflip+scale (mean of probabilities)."),
+    tta: str = TTA,
     scales: str = SCALES,
-    sliding: bool = typer.Option(False, "--sliding", help="Sliding window at full resolution instead of resize."),
+    sliding: bool = SLIDING,
     window: int = WINDOW,
     overlap: float = OVERLAP,
     size: int = SIZE,
@@ -116,12 +80,10 @@ def predict_command(
     calibration: str = CALIBRATION,
     weights: str = WEIGHTS,
     device: str = DEVICE,
-    batch_size: int = BATCH,
+    batch_size: int = BATCH_SIZE,
     amp: bool = AMP,
-    compile: bool = typer.Option(
-        False, "--compile", help="torch.compile each model (falls back, with a warning, where it fails)."
-    ),
-    workers: int = WORKERS,
+    compile: bool = COMPILE,
+    workers: int = loader_workers(),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing CSV / non-empty --save-probs folder."),
 ) -> None:
     """Predict images into a submission CSV (29 rows per image, sorted, RLE at the original size).
@@ -130,37 +92,40 @@ def predict_command(
     torchrun the images are split across ranks and rank 0 writes the merged CSV.
     """
     from boneseg.cli.output import console, reporter
-    from boneseg.inference import predict
+    from boneseg.inference import PredictOptions, predict
 
+    options = PredictOptions(
+        weights=parse_floats(weights, "--weights"),
+        device=device,
+        size=size,
+        window=window,
+        overlap=overlap,
+        batch_size=batch_size,
+        amp=amp,
+        compile=compile,
+        workers=workers,
+        calibration=calibration,
+        wrist_model=wrist_model,
+        meta=meta,
+        trust_model=trust_model,
+    )
     with reporter() as shown:
         summary = predict(
             source,
             models,
             out,
+            options=options,
             tta=tta,
             scales=scales,
             sliding=sliding,
             threshold=threshold,
             keep_largest=keep_largest,
             min_area=min_area,
+            postprocess_rules=postprocess,
             save_probs=save_probs,
-            workers=workers,
+            save_uncertainty=save_uncertainty,
             force=force,
             reporter=shown,
-            weights=parse_floats(weights, "--weights"),
-            device=device,
-            size=size,
-            window=window,
-            overlap=overlap,
-            batch_size=batch_size,
-            amp=amp,
-            compile=compile,
-            wrist_model=wrist_model,
-            postprocess_rules=postprocess,
-            meta=meta,
-            calibration=calibration,
-            save_uncertainty=save_uncertainty,
-            trust_model=trust_model,
         )
     if summary.rank == 0:
         where = "stdout" if summary.output == "-" else summary.output

@@ -315,9 +315,11 @@ def run_train(params: dict[str, Any], teacher: dict[str, Any] | None = None) -> 
         if summary.get("rank", 0) != 0:
             return
         if p["fit_postprocess"] and not summary["stopped"] and (out / BEST).is_file():
+            from boneseg.inference.pipeline import PredictOptions
             from boneseg.workflows.validation import fit_postprocess as fit
 
-            fit(out, data, device=str(device or "auto"), workers=0, reporter=shown, cache_dir=cache_dir)
+            on = PredictOptions(device=str(device or "auto"), workers=0)
+            fit(out, data, options=on, reporter=shown, cache_dir=cache_dir)
     if p["json_out"]:
         print_json(summary)
     best = summary["best_val_dice"]

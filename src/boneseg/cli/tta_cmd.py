@@ -7,11 +7,11 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
-from boneseg.cli.options import parse_floats
-from boneseg.cli.predict_cmd import (
+from boneseg.cli.options import (
     AMP,
-    BATCH,
+    BATCH_SIZE,
     CALIBRATION,
+    COMPILE,
     DEVICE,
     META,
     MODELS,
@@ -21,8 +21,9 @@ from boneseg.cli.predict_cmd import (
     TRUST_MODEL,
     WEIGHTS,
     WINDOW,
-    WORKERS,
     WRIST_MODEL,
+    loader_workers,
+    parse_floats,
 )
 
 
@@ -60,9 +61,10 @@ def tta_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     weights: str = WEIGHTS,
     device: str = DEVICE,
-    batch_size: int = BATCH,
+    batch_size: int = BATCH_SIZE,
     amp: bool = AMP,
-    workers: int = WORKERS,
+    compile: bool = COMPILE,
+    workers: int = loader_workers(),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --thresholds-out file."),
 ) -> None:
     """Score TTA policies on validation images with the competition Dice and name the best.
@@ -70,36 +72,41 @@ def tta_command(
     Optionally writes the per-class thresholds (tuned on the best policy) for predict --threshold."""
     from boneseg.cli.output import console, escape, print_json, reporter, table
     from boneseg.errors import UsageError
+    from boneseg.inference import PredictOptions
     from boneseg.workflows.validation import evaluate_policies
 
     rng = parse_floats(search, "--search")
     if rng is None or len(rng) != 2:
         raise UsageError(f"--search must be low,high, got {search!r}")
+    options = PredictOptions(
+        weights=parse_floats(weights, "--weights"),
+        device=device,
+        size=size,
+        window=window,
+        overlap=overlap,
+        batch_size=batch_size,
+        amp=amp,
+        compile=compile,
+        workers=workers,
+        calibration=calibration,
+        wrist_model=wrist_model,
+        meta=meta,
+        trust_model=trust_model,
+    )
     with reporter() as shown:
         report = evaluate_policies(
             data,
             models,
+            options=options,
             policies=[p for p in (policies or "").split(",") if p.strip()] or None,
             fold=fold,
             splits=splits,
             scales=scales,
             sliding=sliding,
             search=(rng[0], rng[1]),
-            workers=workers,
-            reporter=shown,
-            weights=parse_floats(weights, "--weights"),
-            device=device,
-            size=size,
-            window=window,
-            overlap=overlap,
-            batch_size=batch_size,
-            amp=amp,
-            wrist_model=wrist_model,
-            meta=meta,
             thresholds_out=thresholds_out,
-            calibration=calibration,
             force=force,
-            trust_model=trust_model,
+            reporter=shown,
         )
     if as_json:
         print_json(report.to_json())

@@ -23,17 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boneseg import calibration as calibration_mod
 from boneseg import probs as probs_mod
 from boneseg import uncertainty as uncertainty_mod
 from boneseg.classes import NUM_CLASSES
-from boneseg.data.dataset import Loader
-from boneseg.data.layout import Sample, by_image_name, find_images, read_image
+from boneseg.data.layout import Sample, by_image_name, find_images
 from boneseg.engine.distributed import as_rank_failure, cleanup, setup
-from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError, check_workers
+from boneseg.errors import BonesegWarning, DataError, OutputExistsError, UsageError
 from boneseg.inference.encode import binarize, format_rles, quantize, run_bounds
 from boneseg.inference.exported import Exported, open_model
-from boneseg.inference.predictor import InputPlan, Item, Predictor, Spread, check_weights
+from boneseg.inference.pipeline import ImageStream, PredictOptions
+from boneseg.inference.predictor import Predictor, Spread
 from boneseg.inference.stages import ImageStages
 from boneseg.inference.tta import DEFAULT_SCALES, Policy
 from boneseg.io import (
@@ -50,47 +49,6 @@ from boneseg.postprocess import postprocess, postprocess_per_class, rules_list
 from boneseg.progress import SILENT, Reporter
 from boneseg.runs.run import Run
 from boneseg.submission import HEADER, SubmissionWriter, csv_rows, format_row
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Samples -> `Item` (image resized to what the policies need; ground truth with `labels`)."""
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        plan: InputPlan,
-        labels: bool = False,
-        cache_dir: str | os.PathLike | None = None,
-    ):
-        self.samples, self.plan, self.labels, self.cache_dir = list(samples), plan, labels, cache_dir
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> Item:
-        s = self.samples[i]
-        if self.labels:
-            from boneseg.data.masks import MaskCache, build_sample
-
-            cached = MaskCache(self.cache_dir).get(s) if self.cache_dir else build_sample(s)
-            item = self.plan.item(i, s.image_name, cached.image, s.suffix_side)
-            item.masks = torch.from_numpy(cached.masks)
-            return item
-        return self.plan.item(i, s.image_name, read_image(s.image), s.suffix_side)
-
-
-def make_loader(dataset: ImageDataset, workers: int, device: torch.device) -> Loader:
-    """One item at a time, read `workers`-wide ahead in background processes (0: in this process)."""
-    check_workers(workers)
-    return Loader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers,
-        prefetch_factor=2 if workers else None,
-        persistent_workers=False,
-        pin_memory=device.type == "cuda",
-    )
 
 
 def check_probs_dir(folder: str | os.PathLike, force: bool, option: str = "--save-probs") -> Path:
@@ -288,30 +246,18 @@ def predict(
     models: Predictor | Sequence[str | os.PathLike],
     output: str | os.PathLike | None = "-",
     *,
+    options: PredictOptions = PredictOptions(),
     tta: str | Policy = "none",
     scales: Sequence[float] | str = DEFAULT_SCALES,
     sliding: bool = False,
     threshold: float | str | os.PathLike | dict | None = None,
     keep_largest: bool = False,
     min_area: int = 0,
+    postprocess_rules: str | os.PathLike | None = "auto",
     save_probs: str | os.PathLike | None = None,
-    workers: int = 2,
+    save_uncertainty: str | os.PathLike | None = None,
     force: bool = False,
     reporter: Reporter = SILENT,
-    weights: Sequence[float] | None = None,
-    device: str = "auto",
-    size: int | None = None,
-    window: int | None = None,
-    overlap: float = 0.5,
-    batch_size: int = 4,
-    amp: bool = True,
-    compile: bool = False,
-    wrist_model: str | os.PathLike | None = None,
-    postprocess_rules: str | os.PathLike | None = "auto",
-    meta: str | os.PathLike | None = None,
-    calibration: str | os.PathLike | None = "auto",
-    save_uncertainty: str | os.PathLike | None = None,
-    trust_model: bool = False,
 ) -> PredictSummary:
     """Predict images into a submission CSV, streaming one image at a time.
 
@@ -320,44 +266,36 @@ def predict(
         models: checkpoints/run folders (each rebuilt from its own config), exports (`boneseg export`), or a
             ready `Predictor`.
         output: CSV path, or ``-``/None for standard output.
+        options: how the models run (`PredictOptions`: device, sizes, window, batch, weights, calibration,
+            wrist model, metadata, loader processes). Its ``calibration`` file's searched thresholds apply when
+            `threshold` is None; the probability manifest records the calibrations applied. Its ``meta``
+            defaults to the ``meta_data.xlsx`` found from `source`.
         tta: ``none``, ``hflip``, ``scale``, ``hflip+scale`` (or a `Policy`); views are merged by the mean
             of their probabilities. scales: the scales of ``scale``. sliding: sliding-window mode.
         threshold: a number, a {class: t} mapping, or a JSON file of per-class thresholds; None: those of a
             single exported model, else 0.5.
         keep_largest / min_area: post-processing per class (off by default).
-        save_probs: folder for uint8 probabilities (`boneseg.probs`), for soft voting and pseudo-labels.
-        workers: data-loader processes. force: overwrite existing outputs.
-        reporter: where the progress goes (`boneseg.progress`; rank 0 only).
-        weights, device, size, window, overlap, batch_size, amp, compile: see `Predictor`.
-        wrist_model: a wrist second-stage checkpoint (`boneseg.data.wrist`): its carpal predictions, on the crop
-            around the first stage's carpals, replace the first stage's.
         postprocess_rules: ``auto`` (the ``postprocess.json`` of a single model's run folder, see
-            `boneseg.postprocess.fit_postprocess`), ``none``, or a rules file.
-        meta: metadata file for FiLM models (default: ``meta_data.xlsx`` found from `source`).
-        calibration: ``auto`` (each model's own: a run folder's ``calibration.json``, an export's sidecar),
-            ``none``, or a calibration file (`boneseg.calibration`) applied to the final probabilities instead.
-            Its searched thresholds apply when `threshold` is None. The probability manifest records it.
+            `boneseg.workflows.validation.fit_postprocess`), ``none``, or a rules file.
+        save_probs: folder for uint8 probabilities (`boneseg.probs`), for soft voting and pseudo-labels.
         save_uncertainty: folder for uncertainty maps and their per-class table (`boneseg.uncertainty`).
-        trust_model: load TorchScript exports, which run code of their author's choosing (refused otherwise).
+        force: overwrite existing outputs. reporter: where the progress goes (`boneseg.progress`; rank 0 only).
 
     Raises:
         UsageError: bad options. DataError: unreadable images or thresholds. OutputExistsError: an
         existing output without `force`. CheckpointError: a checkpoint that cannot be loaded, or a TorchScript
-        export without `trust_model`.
+        export without ``options.trust_model``.
     """
     # every option first: a bad value is reported before any input is read or output checked
-    Predictor.check_options(size, window, overlap, batch_size)
-    check_workers(workers)
+    options.check(models)
     if save_probs is not None and not is_stdout(output):
         assert output is not None  # is_stdout took None
         check_apart(output, save_probs, "--out", "--save-probs")
-    if not isinstance(models, Predictor):
-        check_weights(weights, len(models))
     policy = tta if isinstance(tta, Policy) else Policy.parse(tta, scales, sliding)
     thresholds = probs_mod.read_thresholds(threshold)
     cuts = probs_mod.cutoffs(thresholds)
-    own_calibration = str(calibration).lower() == "auto"
-    final_calibration = calibration_mod.resolve(calibration)
+    own_calibration = options.own_calibration
+    final_calibration = options.final_calibration()
     postprocess(np.zeros((0, 1, 1), np.bool_), keep_largest, min_area)  # validates the options
     run_rules = str(postprocess_rules).lower() == "auto"
     found = (None, None) if run_rules else find_rules([], postprocess_rules)  # a file is an option
@@ -366,7 +304,7 @@ def predict(
     if not samples:
         raise DataError("no images to predict")
     by_image_name(samples)
-    runs = [] if isinstance(models, Predictor) else [open_model(m, trust_model) for m in models]
+    runs = [] if isinstance(models, Predictor) else [open_model(m, options.trust_model) for m in models]
     searched = (
         final_calibration.thresholds
         if final_calibration is not None
@@ -414,30 +352,12 @@ def predict(
     if probs_dir is not None or unc_dir is not None:
         probs_mod.check_names([s.image_name for s in samples])
 
-    info = setup(models.device if isinstance(models, Predictor) else device)
+    info = setup(models.device if isinstance(models, Predictor) else options.device)
     rank, world = info.rank, info.world_size
     if unc_dir is not None and world > 1:
         raise UsageError("--save-uncertainty runs in one process, not under torchrun")
     fixed_mmap_threshold()
-    predictor = (
-        models
-        if isinstance(models, Predictor)
-        else Predictor.from_checkpoints(
-            runs,
-            weights,
-            info.device,
-            size=size,
-            window=window,
-            overlap=overlap,
-            batch_size=batch_size,
-            amp=amp,
-            compile=compile,
-            calibrated=own_calibration,
-            calibration=final_calibration,
-        )
-    )
-    if isinstance(models, Predictor) and final_calibration is not None:
-        predictor.calibration = final_calibration
+    predictor = options.predictor(models if isinstance(models, Predictor) else runs, info.device, final_calibration)
     if policy.hflip and predictor.unified:
         used = predictor.applied(policy)
         whom = (
@@ -448,9 +368,7 @@ def predict(
         )
         warnings.warn(f"--tta {policy.tta}: the flip is dropped for {whom}", BonesegWarning, stacklevel=2)
         policy = used
-    stages = ImageStages(
-        predictor, meta or (source if isinstance(source, (str, os.PathLike)) else None), wrist_model, trust_model
-    )
+    stages = options.stages(predictor, source if isinstance(source, (str, os.PathLike)) else None)
     shard = samples[rank::world]
     parts_dir = Path(tempfile.mkdtemp(prefix="boneseg-predict-")) if world > 1 else None  # on each rank's node
     target = parts_dir / "part-0.csv" if parts_dir is not None else output
@@ -468,7 +386,7 @@ def predict(
             rows,
             target,
             force or world > 1,
-            workers,
+            options.workers,
             reporter if rank == 0 else SILENT,
             label,
         )
@@ -539,16 +457,16 @@ def _predict_shard(
 ) -> float:
     """Predict `shard` into the CSV `target`, streaming (a `reporter` task titled `label`);
     returns the seconds it took."""
-    plan = stages.plan(predictor.plan([policy]))
-    loader = make_loader(ImageDataset(shard, plan), workers, predictor.device)
     start = time.perf_counter()
     bg = _Writer()
     try:
-        with SubmissionWriter(target, force=force) as writer, stages, reporter.task(label, len(shard), "img") as task:
-            for item in loader:
-                stages.before(shard[item.index])
+        with (
+            SubmissionWriter(target, force=force) as writer,
+            ImageStream(shard, predictor, stages, [policy], workers=workers, reporter=reporter, label=label) as stream,
+        ):
+            for image in stream:
                 spread = Spread() if rows.uncertainty_dir is not None else None
-                p = stages.after(predictor.predict(item, policy, spread=spread), item)
+                p = image.probabilities(policy, spread)
                 maps = _maps(p, spread) if spread is not None else None
                 q = quantize(p)
                 del p
@@ -563,8 +481,7 @@ def _predict_shard(
                 else:
                     m_np, bounds = None, run_bounds(masks)
                 del masks
-                bg.submit(rows.task(writer, item.name, bounds, m_np, q_np, maps, predicted))
-                task.advance()
+                bg.submit(rows.task(writer, image.item.name, bounds, m_np, q_np, maps, predicted))
             bg.drain()
     finally:
         bg.close()

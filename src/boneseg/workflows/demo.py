@@ -262,16 +262,17 @@ def _run_demo(out: Path, cfg: dict, seed: int, quick: bool, reporter: Reporter) 
 
             trained = train(_train_config(cfg, data, splits_path, run_dir, seed), reporter)
         with step("tta", f"policies {', '.join(cfg['tta'])} on the {len(val_samples)} validation images"):
-            from boneseg.inference import Predictor
+            from boneseg.inference import PredictOptions, Predictor
             from boneseg.workflows.validation import evaluate_policies
 
             predictor = Predictor.from_checkpoints([run_dir], device="cpu")
+            options = PredictOptions(workers=0)
             report = evaluate_policies(
                 data,
                 predictor,
+                options=options,
                 policies=cfg["tta"],
                 samples=val_samples,
-                workers=0,
                 scales=cfg["tta_scales"],
                 search=None,
                 reporter=reporter,
@@ -284,9 +285,9 @@ def _run_demo(out: Path, cfg: dict, seed: int, quick: bool, reporter: Reporter) 
         with step("predict", f"validation fold and test set with TTA {report.best}"):
             from boneseg.inference import predict
 
-            opts = {"tta": report.best.split(":")[-1], "scales": cfg["tta_scales"], "workers": 0, "reporter": reporter}
-            predict(val_samples, predictor, val_csv, **opts)
-            test = predict(data, predictor, sub_csv, **opts)
+            opts = {"tta": report.best.split(":")[-1], "scales": cfg["tta_scales"], "reporter": reporter}
+            predict(val_samples, predictor, val_csv, options=options, **opts)
+            test = predict(data, predictor, sub_csv, options=options, **opts)
         with step("analyze", "Dice per class and image of the validation predictions"):
             from boneseg.workflows.analysis import analyze, write_plots
 

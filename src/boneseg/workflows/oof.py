@@ -19,7 +19,9 @@ from pathlib import Path
 from boneseg import probs as probs_mod
 from boneseg.data.layout import Sample, by_image_name, discover
 from boneseg.errors import DataError, UsageError
+from boneseg.inference.pipeline import PredictOptions
 from boneseg.inference.run import check_probs_dir, predict
+from boneseg.inference.tta import DEFAULT_SCALES, Policy
 from boneseg.io import (
     atomic_open,
     check_apart,
@@ -107,12 +109,12 @@ def oof(
     output: str | os.PathLike | None,
     *,
     data: str | os.PathLike | None = None,
-    save_probs: str | os.PathLike | None = None,
+    options: PredictOptions = PredictOptions(workers=0),
     tta: str = "none",
+    scales: Sequence[float] | str = DEFAULT_SCALES,
+    sliding: bool = False,
     threshold: float | str | os.PathLike = 0.5,
-    device: str = "auto",
-    batch_size: int = 4,
-    workers: int = 0,
+    save_probs: str | os.PathLike | None = None,
     force: bool = False,
     reporter: Reporter = SILENT,
 ) -> OofSummary:
@@ -122,18 +124,26 @@ def oof(
         runs: one run folder or checkpoint per fold, as `boneseg train --fold k` wrote them.
         output: the CSV (``-``/None: standard output), one block per image in sorted image order.
         data: the dataset (default: the one the first run was trained on).
+        options: how each run predicts (`boneseg.inference.PredictOptions`; by default in this process). No
+            calibration is applied (``auto`` and ``none`` alike) and no ``weights`` are taken: each image has
+            one model, uncalibrated.
+        tta, scales, sliding, threshold: as for `boneseg.inference.run.predict`.
         save_probs: also write the probabilities there (`boneseg.probs`; the manifest adds ``folds``,
             image name -> fold).
-        tta, threshold, device, batch_size, workers: as for `boneseg.inference.run.predict`.
         force: overwrite existing outputs. reporter: progress, one task per fold.
 
     Raises:
-        UsageError: no runs. DataError: runs trained on different datasets, the folds do not cover the
-        images once (`assign_folds`), unreadable data. OutputExistsError: an existing output without
-        `force`. CheckpointError: a broken run.
+        UsageError: no runs, a calibration file or weights in `options`. DataError: runs trained on different
+        datasets, the folds do not cover the images once (`assign_folds`), unreadable data.
+        OutputExistsError: an existing output without `force`. CheckpointError: a broken run.
     """
     if not runs:
         raise UsageError("give one run per fold")
+    options = options.uncalibrated("oof predicts raw probabilities: the runs' calibrations were fitted on these images")
+    if options.weights is not None:
+        raise UsageError("oof takes no ensemble weights: each image is predicted by its own fold's run")
+    options.check(runs[:1])
+    policy = Policy.parse(tta, scales, sliding)
     if save_probs is not None and not is_stdout(output):
         assert output is not None  # is_stdout took None
         check_apart(output, save_probs, "--out", "--save-probs")
@@ -164,14 +174,11 @@ def oof(
                 part,
                 [str(run.checkpoint)],
                 work / f"fold-{i}.csv",
-                tta=tta,
+                options=options,
+                tta=policy,
                 threshold=threshold,
-                save_probs=fold_probs,
-                workers=workers,
-                device=device,
-                batch_size=batch_size,
                 postprocess_rules="none",
-                calibration="none",
+                save_probs=fold_probs,
                 reporter=reporter,
             )
             for _, row in csv_rows(work / f"fold-{i}.csv"):
@@ -192,7 +199,7 @@ def oof(
                 [s.image_name for s in samples],
                 [str(r.checkpoint) for r in opened],
                 {
-                    "policy": tta,
+                    "policy": policy.name if sliding else tta,
                     "threshold": [float(t) for t in probs_mod.read_thresholds(threshold)],
                     "folds": fold_of,
                 },

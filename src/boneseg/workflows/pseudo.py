@@ -35,8 +35,7 @@ from boneseg.classes import CLASSES
 from boneseg.data.labels import label_document, write_label
 from boneseg.data.layout import IMAGE_DIR, LABEL_DIR, by_image_name, find_images, read_image
 from boneseg.data.masks import rasterize
-from boneseg.errors import DataError, OutputExistsError, UsageError
-from boneseg.inference.run import check_workers
+from boneseg.errors import DataError, OutputExistsError, UsageError, check_workers
 from boneseg.io import publish_folder, staging_folder, write_json
 from boneseg.maskops import bbox
 from boneseg.metrics import dice

@@ -17,15 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from boneseg import calibration as calibration_mod
 from boneseg import probs as probs_mod
 from boneseg.classes import CLASSES, GROUPS, NUM_CLASSES
 from boneseg.data.layout import Sample, discover
-from boneseg.errors import DataError, UsageError, check_workers
+from boneseg.errors import DataError, UsageError
 from boneseg.inference.encode import quantize
-from boneseg.inference.predictor import LoadedModel, Predictor, ViewCache, check_weights
-from boneseg.inference.run import ImageDataset, make_loader
-from boneseg.inference.stages import ImageStages
+from boneseg.inference.pipeline import ImageStream, PredictOptions
+from boneseg.inference.predictor import LoadedModel, Predictor
 from boneseg.inference.tta import DEFAULT_SCALES, Policy, default_policies
 from boneseg.metrics import dice_from_counts
 from boneseg.progress import SILENT, Reporter
@@ -153,48 +151,36 @@ def evaluate_policies(
     data: str | os.PathLike,
     models: Predictor | Sequence[str | os.PathLike],
     *,
+    options: PredictOptions = PredictOptions(),
     policies: Sequence[str | Policy] | None = None,
     fold: int | None = None,
     splits: str | os.PathLike | None = None,
+    samples: Sequence[Sample] | None = None,
     scales: Sequence[float] | str = DEFAULT_SCALES,
     sliding: bool = False,
     search: tuple[float, float] | None = (0.3, 0.7),
-    workers: int = 2,
-    reporter: Reporter = SILENT,
-    weights: Sequence[float] | None = None,
-    device: str = "auto",
-    size: int | None = None,
-    window: int | None = None,
-    overlap: float = 0.5,
-    batch_size: int = 4,
-    amp: bool = True,
-    samples: Sequence[Sample] | None = None,
-    wrist_model: str | os.PathLike | None = None,
-    meta: str | os.PathLike | None = None,
     thresholds_out: str | os.PathLike | None = None,
-    calibration: str | os.PathLike | None = "auto",
     force: bool = False,
-    trust_model: bool = False,
+    reporter: Reporter = SILENT,
 ) -> TTAReport:
     """Predict the validation images under each policy and score them with the competition Dice.
 
     Args:
         data: dataset root with labelled ``train`` images.
         models: checkpoints/run folders or a ready `Predictor` (several: averaged as in predict).
+        options: how the models run, as for `boneseg.inference.predict` (`PredictOptions`; ``meta`` defaults
+            to the dataset's ``meta_data.xlsx``), so the scores and thresholds are those of the same predict
+            command; with a calibration, policies are scored and thresholds searched on the calibrated
+            probabilities.
         policies: names (``none``, ``hflip``, ``scale``, ``hflip+scale``, optionally ``sliding:``-prefixed)
             or `Policy` objects; default every TTA name. A name without a mode is scored in resize mode,
-            and also in sliding mode with `sliding`.
+            and also in sliding mode with `sliding`. scales: the scales of ``scale``.
         fold, splits: the validation fold (default: the checkpoint's). samples: score these instead.
         search: (low, high) range of the per-class threshold search on the best policy; None skips it.
-        wrist_model, meta: as in `boneseg.inference.predict` (`meta` defaults to the dataset's
-            ``meta_data.xlsx``), so the scores and thresholds are those of the same predict command.
         thresholds_out: write the tuned per-class thresholds there as JSON (for ``predict --threshold``;
             needs `search`); an existing file only with `force`. With a calibration the file is
             ``{"thresholds": {…}, "calibration": {…}}``: thresholds of the calibrated probabilities.
-        calibration: as in `boneseg.inference.predict` (``auto``: each run folder's own): policies are scored and
-            thresholds searched on the calibrated probabilities.
-        trust_model: load TorchScript exports, which run code of their author's choosing (refused otherwise).
-        Others: see `boneseg.inference.predict`.
+        reporter: where the progress goes (`boneseg.progress`).
 
     Raises:
         UsageError: bad options, reported before any checkpoint or image is read or an output checked.
@@ -203,10 +189,7 @@ def evaluate_policies(
     from boneseg.io import check_output, write_json
 
     # every option first: a bad value is reported before any input is read or output checked
-    Predictor.check_options(size, window, overlap, batch_size)
-    check_workers(workers)
-    if not isinstance(models, Predictor):
-        check_weights(weights, len(models))
+    options.check(models)
     if search is not None:
         check_search(*search)
     elif thresholds_out is not None:
@@ -220,26 +203,7 @@ def evaluate_policies(
         pols = default_policies(scales, sliding)
     if thresholds_out is not None:
         check_output(thresholds_out, force)
-    final = calibration_mod.resolve(calibration)
-    predictor = (
-        models
-        if isinstance(models, Predictor)
-        else Predictor.from_checkpoints(
-            models,
-            weights,
-            device,
-            calibrated=str(calibration).lower() == "auto",
-            trust_model=trust_model,
-            size=size,
-            window=window,
-            overlap=overlap,
-            batch_size=batch_size,
-            amp=amp,
-            calibration=final,
-        )
-    )
-    if isinstance(models, Predictor) and final is not None:
-        predictor.calibration = final
+    predictor = options.predictor(models)
     notes: list[str] = []
     dropped = [p.name for p in pols if predictor.applied(p) != p]
     if dropped:
@@ -251,27 +215,30 @@ def evaluate_policies(
         notes += extra
     from boneseg.data.masks import default_cache_dir
 
-    stages = ImageStages(predictor, meta or data, wrist_model, trust_model)
-    loader = make_loader(
-        ImageDataset(samples, stages.plan(predictor.plan(pols)), labels=True, cache_dir=default_cache_dir(data)),
-        workers,
-        predictor.device,
-    )
     sums = {p: np.zeros((NUM_CLASSES, LEVELS)) for p in pols}
     seconds = dict.fromkeys(pols, 0.0)
     n = 0
-    with stages, reporter.task("tta", len(samples), "img") as task:
-        for item in loader:
-            cache = ViewCache(keep=True)
-            gt = item.masks.to(predictor.device)
-            stages.before(samples[item.index])
+    stream = ImageStream(
+        samples,
+        predictor,
+        options.stages(predictor, data),
+        pols,
+        workers=options.workers,
+        labels=True,
+        cache_dir=default_cache_dir(data),
+        keep_views=True,
+        reporter=reporter,
+        label="tta",
+    )
+    with stream:
+        for image in stream:
+            assert image.item.masks is not None  # read with labels
+            gt = image.item.masks.to(predictor.device)
             for p in pols:
-                cache.used = set()
-                q = quantize(stages.after(predictor.predict(item, p, cache), item, shared=True))
-                seconds[p] += cache.side_seconds + sum(cache.seconds[k] for k in cache.used - cache.side_keys)
+                q = quantize(image.probabilities(p))
+                seconds[p] += image.seconds
                 sums[p] += dice_curves(q, gt)
             n += 1
-            task.advance()
     k_def = int(probs_mod.cutoffs(0.5)[0])
     report = TTAReport(images=n, fold=fold_used, notes=notes)
     for p in pols:
@@ -345,61 +312,61 @@ def fit_postprocess(
     run: str | os.PathLike,
     data: str | os.PathLike,
     *,
+    options: PredictOptions = PredictOptions(workers=0),
     threshold: float = 0.5,
-    device: str = "auto",
-    workers: int = 0,
-    reporter: Reporter = SILENT,
-    force: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    force: bool = True,
+    reporter: Reporter = SILENT,
 ) -> dict:
     """Choose per-class post-processing on a run's validation fold and write ``RUN/postprocess.json``.
 
-    The run's ``best.pt`` predicts its own validation images (the fold and split it was trained with), at
-    full resolution, without TTA, thresholded at `threshold`, FiLM models with their patients' metadata
-    (DATA's metadata file) as ``predict`` gives it; `choose_rules` keeps a rule for a class
-    only where it raises that class's validation Dice. ``boneseg predict -m RUN`` then applies it.
+    The run's ``best.pt`` predicts its own validation images (the fold and split it was trained with) through
+    the same image stream as ``predict``: at full resolution, without TTA, thresholded at `threshold`, FiLM
+    models with their patients' metadata (DATA's metadata file unless ``options.meta``), with
+    ``options.wrist_model``'s second stage when given; `choose_rules` keeps a rule for a class only where it
+    raises that class's validation Dice. ``boneseg predict -m RUN`` then applies it.
+    `options`: how the model runs (`PredictOptions`; by default in this process); no calibration is applied
+    (``auto`` and ``none`` alike: the rules are fitted on the raw probabilities, before any calibration).
     `cache_dir`: the mask cache (default ``DATA/.boneseg-cache``). `reporter`: its progress (`boneseg.progress`).
 
     Returns:
         The written document: ``{"rule", "fold", "images", "threshold", "mean_dice_before",
         "mean_dice_after", "classes": {class: {...}}}``.
     """
-    import torch
-
     from boneseg import probs as probs_mod
     from boneseg.data.layout import discover
     from boneseg.data.masks import default_cache_dir
-    from boneseg.inference.encode import binarize, quantize
-    from boneseg.inference.predictor import Predictor
-    from boneseg.inference.run import ImageDataset, make_loader
-    from boneseg.inference.tta import Policy
+    from boneseg.inference.encode import binarize
     from boneseg.io import write_json
     from boneseg.runs.run import Run
 
+    options.check([run])
+    options = options.uncalibrated("post-processing is fitted on the raw probabilities")
     opened = Run.open(run)
     check_fit_model(opened.config.wrist)
-    predictor = Predictor.from_checkpoints([opened], device=device)
+    predictor = options.predictor([opened])
     val = opened.validation(discover(data))
     if not val:
         raise UsageError(f"{opened.path}: no validation images to fit post-processing on")
     policy = Policy.parse("none")
-    loader = make_loader(
-        ImageDataset(val, predictor.plan([policy]), labels=True, cache_dir=cache_dir or default_cache_dir(data)),
-        workers,
-        predictor.device,
-    )
     cuts = probs_mod.cutoffs(threshold)
     preds, gts = [], []
-    with (
-        torch.no_grad(),
-        ImageStages(predictor, data) as stages,
-        reporter.task("fit post-processing", len(val), "img") as task,
-    ):
-        for item in loader:
-            stages.before(val[item.index])
-            preds.append(binarize(quantize(predictor.predict(item, policy)), cuts).cpu().numpy())
-            gts.append(item.masks.numpy())
-            task.advance()
+    stream = ImageStream(
+        val,
+        predictor,
+        options.stages(predictor, data),
+        [policy],
+        workers=options.workers,
+        labels=True,
+        cache_dir=cache_dir or default_cache_dir(data),
+        reporter=reporter,
+        label="fit post-processing",
+    )
+    with stream:
+        for image in stream:
+            assert image.item.masks is not None  # read with labels
+            preds.append(binarize(quantize(image.probabilities(policy)), cuts).cpu().numpy())
+            gts.append(image.item.masks.numpy())
     classes = choose_rules(preds, gts)
     doc = {
         "rule": "per class, the keep-largest / remove-small-islands option that raises validation Dice",

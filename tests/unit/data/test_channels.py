@@ -79,7 +79,7 @@ def test_dataset_makes_the_channels_after_augmentation(synth_data, tmp_path):
 
 def test_train_saves_the_mode_and_predict_reapplies_it(synth_data, tmp_path):
     from boneseg.engine.train import train
-    from boneseg.inference import predict
+    from boneseg.inference import PredictOptions, predict
     from boneseg.runs.checkpoint import load_checkpoint, save_checkpoint
 
     run = tmp_path / "run"
@@ -93,7 +93,7 @@ def test_train_saves_the_mode_and_predict_reapplies_it(synth_data, tmp_path):
     swapped = tmp_path / "swapped.pt"
     save_checkpoint(swapped, dict(state, config=dict(state["config"], channels="clahe3+sobel")))
     a, b, c = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
-    kw = {"workers": 0, "device": "cpu"}
+    kw = {"options": PredictOptions(workers=0, device="cpu")}
     predict(synth_data, [run], a, **kw)
     predict(synth_data, [run / "last.pt"], c, **kw)
     predict(synth_data, [swapped], b, **kw)

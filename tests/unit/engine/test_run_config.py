@@ -116,6 +116,7 @@ def test_predict_opens_each_checkpoint_once(tmp_path, monkeypatch):
     """`predict -m RUN` loads and resolves the run once (post-processing rules included)."""
     from util import write_dataset
 
+    from boneseg.inference.pipeline import PredictOptions
     from boneseg.inference.run import predict
 
     data = write_dataset(tmp_path / "data", patients=1, size=64, test_patients=1)
@@ -129,7 +130,7 @@ def test_predict_opens_each_checkpoint_once(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(Path(f)) or real_load(f, *a, **k))
     monkeypatch.setattr(run_mod, "resolve_checkpoint", lambda p: resolved.append(Path(p)) or real_resolve(p))
     with pytest.warns(Warning, match="post-processing rules"):
-        predict(data, [run], tmp_path / "sub.csv", device="cpu", workers=0)
+        predict(data, [run], tmp_path / "sub.csv", options=PredictOptions(device="cpu", workers=0))
     assert resolved.count(run) == 1 and loads.count(run / "best.pt") == 1
 
 

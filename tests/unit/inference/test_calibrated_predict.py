@@ -15,7 +15,7 @@ from util import cli, error_line, write_dataset
 from boneseg import CLASSES, probs, uncertainty
 from boneseg.calibration import Calibration
 from boneseg.errors import DataError
-from boneseg.inference import predict
+from boneseg.inference import PredictOptions, predict
 
 OPTS = ("--workers", "0", "--device", "cpu")
 
@@ -32,7 +32,13 @@ def setup(tmp_path_factory):
     cal = Calibration(np.linspace(0.6, 3.0, 29), np.linspace(-0.5, 0.5, 29), np.full(29, 0.45))
     cal.write(root / "cal.json")
     plain = root / "plain"
-    predict(data, [runs[0]], root / "plain.csv", save_probs=plain, device="cpu", workers=0, calibration="none")
+    predict(
+        data,
+        [runs[0]],
+        root / "plain.csv",
+        save_probs=plain,
+        options=PredictOptions(device="cpu", workers=0, calibration="none"),
+    )
     return data, runs, cal, root, plain
 
 
@@ -142,8 +148,13 @@ def test_soft_vote_calibrates_each_input(setup, tmp_path, capsys):
 
 def test_soft_vote_refuses_to_calibrate_twice(setup, tmp_path, capsys):
     data, runs, cal, root, plain = setup
-    predict(data, [runs[0]], tmp_path / "c.csv", save_probs=tmp_path / "c", device="cpu", workers=0,
-            calibration=root / "cal.json")  # fmt: skip
+    predict(
+        data,
+        [runs[0]],
+        tmp_path / "c.csv",
+        save_probs=tmp_path / "c",
+        options=PredictOptions(device="cpu", workers=0, calibration=root / "cal.json"),
+    )
     code, _, err = cli(capsys, "ensemble", tmp_path / "c", "--calibration", root / "cal.json", "-o", tmp_path / "w.csv")
     assert code == 1 and "calibrated when predicted" in error_line(err)
 
@@ -165,8 +176,14 @@ def test_uncertainty_maps_and_table(setup, tmp_path, capsys):
         assert set(maps) == {"entropy", "tta", "ensemble"} and maps["entropy"].shape == (29, 64, 64)
         assert maps["ensemble"].max() > 0 and maps["tta"].max() > 0
     # one model, no TTA: entropy alone; the map is the entropy of the saved probabilities
-    predict(data, [runs[0]], tmp_path / "v.csv", save_probs=tmp_path / "vp", save_uncertainty=tmp_path / "v",
-            device="cpu", workers=0, calibration="none")  # fmt: skip
+    predict(
+        data,
+        [runs[0]],
+        tmp_path / "v.csv",
+        save_probs=tmp_path / "vp",
+        save_uncertainty=tmp_path / "v",
+        options=PredictOptions(device="cpu", workers=0, calibration="none"),
+    )
     assert uncertainty.read_manifest(tmp_path / "v")["maps"] == ["entropy"]
     name = manifest["images"][0]
     q = probs.load(tmp_path / "vp", name)
@@ -184,10 +201,13 @@ def test_tta_searches_thresholds_on_calibrated_probabilities(setup, tmp_path):
     from boneseg.data.layout import discover
 
     samples = discover(data, "train")
-    common = {"policies": ["none"], "samples": samples, "workers": 0, "device": "cpu", "search": (0.0, 1.0)}
-    raw = evaluate_policies(data, [runs[0]], calibration="none", thresholds_out=tmp_path / "raw.json", **common)
+    common = {"policies": ["none"], "samples": samples, "search": (0.0, 1.0)}
+    on = PredictOptions(workers=0, device="cpu")
+    raw = evaluate_policies(
+        data, [runs[0]], options=on.replace(calibration="none"), thresholds_out=tmp_path / "raw.json", **common
+    )
     done = evaluate_policies(
-        data, [runs[0]], calibration=root / "cal.json", thresholds_out=tmp_path / "c.json", **common
+        data, [runs[0]], options=on.replace(calibration=root / "cal.json"), thresholds_out=tmp_path / "c.json", **common
     )
     assert json.loads((tmp_path / "raw.json").read_text()) == raw.thresholds
     doc = json.loads((tmp_path / "c.json").read_text())
@@ -196,7 +216,13 @@ def test_tta_searches_thresholds_on_calibrated_probabilities(setup, tmp_path):
     assert done.tuned_mean_dice == pytest.approx(raw.tuned_mean_dice, abs=0.02)
     assert probs.read_thresholds(tmp_path / "c.json").shape == (29,)
     with pytest.raises(DataError, match="thresholds searched on calibrated probabilities"):  # not on raw ones
-        predict(data, [runs[0]], tmp_path / "x.csv", threshold=tmp_path / "c.json", calibration="none", device="cpu")
+        predict(
+            data,
+            [runs[0]],
+            tmp_path / "x.csv",
+            threshold=tmp_path / "c.json",
+            options=PredictOptions(calibration="none", device="cpu"),
+        )
     assert not (tmp_path / "x.csv").exists()
 
 
@@ -217,8 +243,13 @@ def test_pseudo_calibrates_a_probability_folder(setup, tmp_path, capsys):
 
 def test_pseudo_leaves_out_uncertain_images(setup, tmp_path, capsys):
     data, runs, cal, root, plain = setup
-    predict(data, [runs[0]], tmp_path / "u.csv", save_uncertainty=tmp_path / "u", device="cpu", workers=0,
-            calibration="none")  # fmt: skip
+    predict(
+        data,
+        [runs[0]],
+        tmp_path / "u.csv",
+        save_uncertainty=tmp_path / "u",
+        options=PredictOptions(device="cpu", workers=0, calibration="none"),
+    )
     common = ("--uncertainty", tmp_path / "u", "--json", "-j", "0")
     code, out, err = cli(capsys, "pseudo", plain, data, "-o", tmp_path / "p0", "--max-uncertainty", "0", *common)
     assert code == 0, err

@@ -15,7 +15,7 @@ from boneseg import CLASSES
 from boneseg.data.layout import find_images
 from boneseg.engine.train import train
 from boneseg.inference import Policy, Predictor, load_models
-from boneseg.inference.run import ImageDataset
+from boneseg.inference.pipeline import ImageDataset
 from boneseg.modelling.models import build_model
 from boneseg.runs.checkpoint import save_checkpoint
 from boneseg.runs.config import TrainConfig

@@ -22,6 +22,7 @@ from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.inference import (
     LoadedModel,
     Policy,
+    PredictOptions,
     Predictor,
     ViewCache,
     gaussian_weights,
@@ -102,7 +103,7 @@ def test_csv_format_order_names_and_original_size(synth_data, ckpt, tmp_path):
 
 def test_stdout_and_python_api_agree(synth_data, ckpt, tmp_path):
     out = tmp_path / "sub.csv"
-    predict(synth_data, [ckpt], out, workers=0)
+    predict(synth_data, [ckpt], out, options=PredictOptions(workers=0))
     result = run("predict", synth_data, "-m", ckpt, "--workers", "0")
     assert result.stdout == out.read_text()
 
@@ -121,19 +122,19 @@ def test_every_mode_and_tta_runs(one_image, ckpt, tmp_path, sliding, tta):
 
 def test_two_identical_models_equal_one(synth_data, ckpt, tmp_path):
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
-    predict(synth_data, [ckpt], one, tta="hflip", workers=0)
-    predict(synth_data, [ckpt, ckpt], two, tta="hflip", workers=0)
+    predict(synth_data, [ckpt], one, tta="hflip", options=PredictOptions(workers=0))
+    predict(synth_data, [ckpt, ckpt], two, tta="hflip", options=PredictOptions(workers=0))
     assert one.read_bytes() == two.read_bytes()
 
 
 def test_ensemble_weights_matter_and_are_checked(one_image, ckpt, tmp_path):
     other = make_checkpoint(tmp_path / "other.pt", seed=1)
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    predict(one_image, [ckpt, other], a, weights=[1, 0], workers=0)
-    predict(one_image, [ckpt], b, workers=0)
+    predict(one_image, [ckpt, other], a, options=PredictOptions(weights=[1, 0], workers=0))
+    predict(one_image, [ckpt], b, options=PredictOptions(workers=0))
     assert a.read_bytes() == b.read_bytes()  # weight 0: the second model does not count
     with pytest.raises(UsageError, match="--weights"):
-        predict(one_image, [ckpt, other], tmp_path / "c.csv", weights=[1], workers=0)
+        predict(one_image, [ckpt, other], tmp_path / "c.csv", options=PredictOptions(weights=[1], workers=0))
 
 
 # -- saved probabilities and thresholds -------------------------------------------------------------
@@ -154,7 +155,7 @@ def test_saved_probs_give_back_the_same_csv(synth_data, ckpt, tmp_path, per_clas
         arg = tmp_path / "thr.json"
         arg.write_text(__import__("json").dumps(threshold))
     out, pdir = tmp_path / "sub.csv", tmp_path / "probs"
-    predict(synth_data, [ckpt], out, tta="hflip", threshold=arg, save_probs=pdir, workers=0)
+    predict(synth_data, [ckpt], out, tta="hflip", threshold=arg, save_probs=pdir, options=PredictOptions(workers=0))
     manifest = probs.read_manifest(pdir)
     assert manifest["images"] == [s.image_name for s in find_images(synth_data)]
     q = probs.load(pdir, manifest["images"][0])
@@ -181,22 +182,22 @@ def test_thresholds_file_is_honoured(one_image, ckpt, tmp_path):
         assert a.rles[(name, c)] == b.rles[(name, c)]
     thr.write_text('{"finger-100": 0.4}')
     with pytest.raises(DataError, match="thr.json.*finger-100"):
-        predict(one_image, [ckpt], tmp_path / "x.csv", threshold=thr, workers=0)
+        predict(one_image, [ckpt], tmp_path / "x.csv", threshold=thr, options=PredictOptions(workers=0))
     with pytest.raises(UsageError, match="--threshold"):
-        predict(one_image, [ckpt], tmp_path / "x.csv", threshold="nope.json", workers=0)
+        predict(one_image, [ckpt], tmp_path / "x.csv", threshold="nope.json", options=PredictOptions(workers=0))
 
 
 def test_nothing_overwritten_without_force(one_image, ckpt, tmp_path):
     out = tmp_path / "sub.csv"
     out.write_text("keep me")
     with pytest.raises(OutputExistsError):
-        predict(one_image, [ckpt], out, workers=0)
+        predict(one_image, [ckpt], out, options=PredictOptions(workers=0))
     assert out.read_text() == "keep me"
     pdir = tmp_path / "probs"
     pdir.mkdir()
     (pdir / "old.npz").write_bytes(b"x")
     with pytest.raises(OutputExistsError):
-        predict(one_image, [ckpt], tmp_path / "new.csv", save_probs=pdir, workers=0)
+        predict(one_image, [ckpt], tmp_path / "new.csv", save_probs=pdir, options=PredictOptions(workers=0))
     assert not (tmp_path / "new.csv").exists()
     result = runner.invoke(app, ["predict", str(one_image), "-m", str(ckpt), "-o", str(out), "--workers", "0"])
     assert isinstance(result.exception, OutputExistsError)
@@ -229,7 +230,7 @@ def test_bad_options_are_one_line_errors(one_image, ckpt, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "'hflip'" in proc.stderr
     with pytest.raises(UsageError, match="--window"):
-        predict(one_image, [ckpt], tmp_path / "x.csv", sliding=True, window=100, workers=0)
+        predict(one_image, [ckpt], tmp_path / "x.csv", sliding=True, options=PredictOptions(window=100, workers=0))
 
 
 # -- modes agree -----------------------------------------------------------------------------------
@@ -237,8 +238,8 @@ def test_bad_options_are_one_line_errors(one_image, ckpt, tmp_path):
 
 def test_sliding_with_one_tile_equals_resize(one_image, ckpt, tmp_path):
     a, b = tmp_path / "resize.csv", tmp_path / "sliding.csv"
-    predict(one_image, [ckpt], a, size=256, tta="hflip", workers=0)
-    predict(one_image, [ckpt], b, sliding=True, window=256, tta="hflip", workers=0)
+    predict(one_image, [ckpt], a, tta="hflip", options=PredictOptions(size=256, workers=0))
+    predict(one_image, [ckpt], b, sliding=True, tta="hflip", options=PredictOptions(window=256, workers=0))
     assert a.read_bytes() == b.read_bytes()
 
 
@@ -360,7 +361,7 @@ def test_two_rank_sharding_equals_single_process(synth_data, ckpt, tmp_path):
         (images / s.name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(s.image, images / s.name)
     single = tmp_path / "single.csv"
-    predict(images, [ckpt], single, save_probs=tmp_path / "p1", workers=0)
+    predict(images, [ckpt], single, save_probs=tmp_path / "p1", options=PredictOptions(workers=0))
     sharded = tmp_path / "sharded.csv"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[3] / "src"), OMP_NUM_THREADS="1")
     # each rank gets its own temp folder, as ranks on different nodes would: the parts travel through

@@ -16,7 +16,7 @@ from boneseg.cli import app
 from boneseg.data.layout import discover
 from boneseg.data.split import fold_samples, make_splits
 from boneseg.errors import OutputExistsError, UsageError
-from boneseg.inference import Policy, Predictor, predict
+from boneseg.inference import Policy, PredictOptions, Predictor, predict
 from boneseg.io import write_json
 from boneseg.metrics import dice, mean_dice
 from boneseg.workflows.validation import dice_curves, evaluate_policies, search_thresholds
@@ -69,7 +69,7 @@ def test_tta_json_scores_equal_the_dice_of_predicts_csv(setup, tmp_path):
     pred = Predictor.from_checkpoints([ckpt], device="cpu", window=128)
     for name, tta, sliding in (("resize:hflip", "hflip", False), ("sliding:none", "none", True)):
         out = tmp_path / f"{tta}{sliding}.csv"
-        predict(val, pred, out, tta=tta, sliding=sliding, workers=0)
+        predict(val, pred, out, tta=tta, sliding=sliding, options=PredictOptions(workers=0))
         want = csv_dice(out, val)
         got = report["policies"][name]["per_class_dice"]
         assert list(got) == list(CLASSES)
@@ -81,7 +81,7 @@ def test_tta_json_scores_equal_the_dice_of_predicts_csv(setup, tmp_path):
     assert list(thresholds) == list(CLASSES) and all(0.3 <= t <= 0.7 for t in thresholds.values())
     best = Policy.parse(report["best"])
     out = tmp_path / "tuned.csv"
-    predict(val, pred, out, tta=best, threshold=thr, workers=0)
+    predict(val, pred, out, tta=best, threshold=thr, options=PredictOptions(workers=0))
     assert mean_dice(csv_dice(out, val)) == pytest.approx(report["tuned_mean_dice"], abs=1e-12)
     assert report["tuned_mean_dice"] >= report["policies"][report["best"]]["mean_dice"] - 1e-12
 
@@ -182,7 +182,9 @@ def test_search_thresholds_round_trip():
 def test_evaluate_defaults_to_all_train_images_with_a_note(setup):
     data, ckpt, _, _ = setup
     samples = discover(data)[:2]
-    report = evaluate_policies(data, [ckpt], policies=["none"], samples=samples, search=None, workers=0, device="cpu")
+    report = evaluate_policies(
+        data, [ckpt], policies=["none"], samples=samples, search=None, options=PredictOptions(workers=0, device="cpu")
+    )
     assert report.images == 2 and report.thresholds is None and report.best == "resize:none"
 
 
@@ -197,7 +199,7 @@ def test_tta_empty_search_is_a_usage_error(tmp_path, capsys):
 def test_sliding_adds_the_sliding_version_of_each_named_policy(setup):
     """``--sliding`` also scores the sliding-window versions, of ``--policies`` names as of the default ones."""
     data, ckpt, _, _ = setup
-    kw = {"samples": discover(data)[:1], "search": None, "workers": 0, "device": "cpu", "window": 64}
+    kw = {"samples": discover(data)[:1], "search": None, "options": PredictOptions(workers=0, device="cpu", window=64)}
     report = evaluate_policies(data, [ckpt], policies=["none", "sliding:none", "resize:hflip"], sliding=True, **kw)
     assert list(report.policies) == ["resize:none", "sliding:none", "resize:hflip"]
     assert list(evaluate_policies(data, [ckpt], policies=["none"], **kw).policies) == ["resize:none"]
@@ -212,9 +214,13 @@ def test_default_images_are_the_runs_own_validation_fold(setup, tmp_path):
     samples = discover(data)
     run = tmp_path / "run.pt"
     save_checkpoint(run, {**load_checkpoint(ckpt), "val_images": [s.name for s in samples[2:4]]})
-    report = evaluate_policies(data, [run], policies=["none"], search=None, workers=0, device="cpu")
+    report = evaluate_policies(
+        data, [run], policies=["none"], search=None, options=PredictOptions(workers=0, device="cpu")
+    )
     assert report.images == 2 and report.fold == 0 and not report.notes
     other = tmp_path / "other.pt"  # another fold's model trained on those images: said, not hidden
     save_checkpoint(other, {**load_checkpoint(ckpt), "val_images": [s.name for s in samples[3:5]]})
-    report = evaluate_policies(data, [run, other], policies=["none"], search=None, workers=0, device="cpu")
+    report = evaluate_policies(
+        data, [run, other], policies=["none"], search=None, options=PredictOptions(workers=0, device="cpu")
+    )
     assert report.images == 2 and report.notes == [f"{other} trained on 1 of these 2 images: its scores are optimistic"]

@@ -74,7 +74,7 @@ def test_refine_replaces_carpals_inside_the_box_only(synth_data, tmp_path):
 
 def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
     from boneseg.engine.train import train
-    from boneseg.inference import predict
+    from boneseg.inference import PredictOptions, predict
     from boneseg.runs.checkpoint import load_checkpoint, save_checkpoint
     from boneseg.submission import read_submission
 
@@ -95,10 +95,10 @@ def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
     sd["segmentation_head.0.bias"] = bias
     forced = tmp_path / "first.pt"
     save_checkpoint(forced, dict(st, model=sd))
-    kw = {"workers": 0, "device": "cpu"}
+    on = PredictOptions(workers=0, device="cpu")
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
-    predict(synth_data, [forced], one, **kw)
-    predict(synth_data, [forced], two, wrist_model=wrist, **kw)
+    predict(synth_data, [forced], one, options=on)
+    predict(synth_data, [forced], two, options=on.replace(wrist_model=wrist))
     a, b = read_submission(one), read_submission(two)
     changed = set()
     for img in a.images:
@@ -118,22 +118,18 @@ def test_wrist_training_and_predict_with_two_models(synth_data, tmp_path):
 
     val = discover(synth_data, "train")[:3]
     out = tmp_path / "val.csv"
-    predict(val, [forced], out, wrist_model=wrist, tta="hflip", **kw)
+    predict(val, [forced], out, options=on.replace(wrist_model=wrist), tta="hflip")
     report = evaluate_policies(
         synth_data,
         [forced],
         policies=["none", "hflip"],
         samples=val,
         search=None,
-        workers=0,
-        device="cpu",
-        wrist_model=wrist,
+        options=on.replace(wrist_model=wrist),
     )
     got, want = report.policies["resize:hflip"]["per_class_dice"], csv_dice(out, val)
     np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-12)
-    plain = evaluate_policies(
-        synth_data, [forced], policies=["hflip"], samples=val, search=None, workers=0, device="cpu"
-    )
+    plain = evaluate_policies(synth_data, [forced], policies=["hflip"], samples=val, search=None, options=on)
     assert plain.policies["resize:hflip"]["per_class_dice"] != got
 
 

@@ -113,10 +113,13 @@ def test_meta_and_boundary_train_save_and_predict(synth_data, tmp_path):
     save_checkpoint(strong, dict(state, model=sd))
     empty = tmp_path / "meta.csv"
     empty.write_text("ID,age\n999,50\n")  # a metadata file without these patients
-    kw = {"workers": 0, "device": "cpu", "postprocess_rules": "none"}
+    from boneseg.inference import PredictOptions
+
+    on = PredictOptions(workers=0, device="cpu")
+    kw = {"options": on, "postprocess_rules": "none"}
     with_meta, without = tmp_path / "a.csv", tmp_path / "b.csv"
     predict(synth_data, [strong], with_meta, **kw)
-    predict(synth_data, [strong], without, meta=empty, **kw)
+    predict(synth_data, [strong], without, **{**kw, "options": on.replace(meta=empty)})
     assert with_meta.read_text() != without.read_text()
 
     # tta feeds the same metadata: its scores are the Dice of predict's CSV, with and without it
@@ -129,16 +132,14 @@ def test_meta_and_boundary_train_save_and_predict(synth_data, tmp_path):
     scores = []
     for name, meta in (("with", synth_data), ("without", empty)):
         out = tmp_path / f"val-{name}.csv"
-        predict(val, [strong], out, meta=meta, **kw)
+        predict(val, [strong], out, **{**kw, "options": on.replace(meta=meta)})
         report = evaluate_policies(
             synth_data,
             [strong],
             policies=["none"],
             samples=val,
             search=None,
-            workers=0,
-            device="cpu",
-            meta=None if name == "with" else meta,
+            options=on.replace(meta=None if name == "with" else meta),
         )
         got, want = report.policies["resize:none"]["per_class_dice"], csv_dice(out, val)
         np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-12)

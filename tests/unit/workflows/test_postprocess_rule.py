@@ -54,19 +54,21 @@ def test_rules_file_is_checked():
 
 def test_fit_after_training_and_predict_picks_it_up(synth_data, tmp_path):
     from boneseg.engine.train import train
-    from boneseg.inference import predict
+    from boneseg.inference import PredictOptions, predict
     from boneseg.workflows.validation import fit_postprocess
 
     run = tmp_path / "run"
     train(tiny(synth_data, run))
-    fit_postprocess(run, synth_data, device="cpu", cache_dir=tiny(synth_data, run)["cache_dir"])
+    fit_postprocess(
+        run, synth_data, cache_dir=tiny(synth_data, run)["cache_dir"], options=PredictOptions(workers=0, device="cpu")
+    )
     doc = json.loads((run / RULES_FILE).read_text())
     assert set(doc["classes"]) == set(CLASSES) and doc["images"] == 2 and doc["fold"] == 0
     assert doc["mean_dice_after"] >= doc["mean_dice_before"]
 
     # Predict applies RUN/postprocess.json by itself: an all-keep-largest file equals --keep-largest.
     (run / RULES_FILE).write_text(json.dumps({"classes": {c: {"keep_largest": True, "min_area": 0} for c in CLASSES}}))
-    kw = {"workers": 0, "device": "cpu"}
+    kw = {"options": PredictOptions(workers=0, device="cpu")}
     auto, flag, none, explicit = (tmp_path / f"{n}.csv" for n in ("auto", "flag", "none", "explicit"))
     predict(synth_data, [run], auto, **kw)
     predict(synth_data, [run], flag, keep_largest=True, postprocess_rules="none", **kw)
@@ -88,7 +90,7 @@ def test_fitted_scores_are_those_of_predict_with_and_without_the_rules(synth_dat
 
     from boneseg.data.layout import discover
     from boneseg.engine.train import train
-    from boneseg.inference import predict
+    from boneseg.inference import PredictOptions, predict
     from boneseg.runs.checkpoint import load_checkpoint, save_checkpoint
     from boneseg.runs.run import Run
     from boneseg.workflows.validation import fit_postprocess
@@ -100,9 +102,9 @@ def test_fitted_scores_are_those_of_predict_with_and_without_the_rules(synth_dat
     gen = torch.Generator().manual_seed(0)
     model = {k: torch.randn(v.shape, generator=gen) if k.startswith("film.") else v for k, v in state["model"].items()}
     save_checkpoint(run / "best.pt", dict(state, model=model))
-    doc = fit_postprocess(run, synth_data, device="cpu", cache_dir=cfg["cache_dir"])
+    doc = fit_postprocess(run, synth_data, cache_dir=cfg["cache_dir"], options=PredictOptions(workers=0, device="cpu"))
     val = Run.open(run).validation(discover(synth_data))
-    kw = {"workers": 0, "device": "cpu", "meta": synth_data}
+    kw = {"options": PredictOptions(workers=0, device="cpu", meta=synth_data)}
     for rules, key in (("auto", "dice_after"), ("none", "dice_before")):
         out = tmp_path / f"{rules}.csv"
         predict(val, [run], out, postprocess_rules=rules, **kw)
@@ -116,6 +118,7 @@ def test_a_wrist_run_is_refused_by_name(synth_data, tmp_path, capsys):
     from util import TINY, cli, error_line
 
     from boneseg.errors import UsageError
+    from boneseg.inference import PredictOptions
     from boneseg.modelling.models import build_model
     from boneseg.runs.checkpoint import save_checkpoint
     from boneseg.workflows.validation import fit_postprocess
@@ -124,6 +127,6 @@ def test_a_wrist_run_is_refused_by_name(synth_data, tmp_path, capsys):
     state = {"config": cfg, "model": build_model(cfg).state_dict(), "epoch": 1, "step": 1, "metrics": {}}
     save_checkpoint(tmp_path / "wrist.pt", state)
     with pytest.raises(UsageError, match="--fit-postprocess applies to whole-image models, not a --wrist model"):
-        fit_postprocess(tmp_path / "wrist.pt", synth_data, device="cpu")
+        fit_postprocess(tmp_path / "wrist.pt", synth_data, options=PredictOptions(workers=0, device="cpu"))
     code, _, err = cli(capsys, "train", synth_data, *TINY, "--wrist", "--fit-postprocess", "-o", tmp_path / "run")
     assert code != 0 and "not a --wrist model" in error_line(err) and not (tmp_path / "run").exists()
