@@ -351,3 +351,97 @@ def test_the_run_format_has_one_home():
     assert aliased == ["cli.app", "runs.config", "workflows.demo"], aliased
     for module in (train, checks, state, plan):
         assert not hasattr(module, "merge_resume") and not hasattr(module, "FIXED_ON_RESUME"), module.__name__
+
+
+# -- the per-image prediction loop ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_folds(tmp_path_factory):
+    """Two tiny runs (one training step), one per fold of 2 patients (4 train images, 2 test images)."""
+    from util import tiny_config, write_dataset
+
+    from boneseg.engine.train import train
+
+    root = tmp_path_factory.mktemp("loop")
+    data = write_dataset(root / "data", patients=2, size=64, test_patients=1)
+    runs = []
+    for k in range(2):
+        train(tiny_config(data, root / f"run{k}", fold=k, folds=2, max_steps=1, aug="none"))
+        runs.append(root / f"run{k}")
+    return data, runs
+
+
+def test_every_prediction_runs_the_one_image_stream(two_folds, tmp_path, monkeypatch):
+    """predict, tta, fit_postprocess and oof predict each image in `boneseg.inference.pipeline` alone, and each
+    runs the stages' plan before and after around every prediction (fit_postprocess once skipped them)."""
+    import inspect
+
+    from boneseg.inference import PredictOptions, predict
+    from boneseg.inference.predictor import Predictor
+    from boneseg.inference.stages import ImageStages
+    from boneseg.workflows.oof import oof
+    from boneseg.workflows.validation import evaluate_policies, fit_postprocess
+
+    data, runs = two_folds
+    calls: list[tuple[str, str]] = []  # (what, the calling module)
+
+    def spy(cls, name):
+        original = getattr(cls, name)
+
+        def wrapped(*args, **kwargs):
+            calls.append((name, inspect.stack()[1].frame.f_globals["__name__"]))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(cls, name, wrapped)
+
+    for cls, name in ((Predictor, "predict"), (ImageStages, "plan"), (ImageStages, "before"), (ImageStages, "after")):
+        spy(cls, name)
+    on = PredictOptions(device="cpu", workers=0)
+    jobs = {
+        "predict": lambda: predict(data, [runs[0]], tmp_path / "p.csv", options=on),  # the 2 test images
+        "tta": lambda: evaluate_policies(data, [runs[0]], options=on, policies=["none", "hflip"], search=None),
+        "fit_postprocess": lambda: fit_postprocess(runs[0], data, options=on),
+        "oof": lambda: oof(runs, tmp_path / "oof.csv", options=on),
+    }
+    images = {"predict": 2, "tta": 2, "fit_postprocess": 2, "oof": 4}
+    policies = {"tta": 2}
+    for job, run in jobs.items():
+        calls.clear()
+        run()
+        predicted = images[job] * policies.get(job, 1)
+        assert sorted(set(calls)) == [
+            ("after", "boneseg.inference.pipeline"),
+            ("before", "boneseg.inference.pipeline"),
+            ("plan", "boneseg.inference.pipeline"),
+            ("predict", "boneseg.inference.pipeline"),
+        ], job
+        count = {name: sum(c[0] == name for c in calls) for name in ("plan", "before", "after", "predict")}
+        folds = 2 if job == "oof" else 1
+        assert count == {"plan": folds, "before": images[job], "after": predicted, "predict": predicted}, job
+
+
+def test_the_stream_loop_has_one_home():
+    """The loader over images, the per-image stage calls and the predictor's per-image call live in
+    `boneseg.inference.pipeline` only."""
+    import ast
+    from pathlib import Path
+
+    import boneseg
+
+    root = Path(boneseg.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+                receiver = ast.unparse(f.value) if isinstance(f, ast.Attribute) else ""
+                if (
+                    name == "ImageDataset"
+                    or (name in ("before", "after") and "stages" in receiver)
+                    or (name == "predict" and "predictor" in receiver)
+                ):
+                    found.append((rel, name))
+    assert {rel for rel, _ in found} == {"inference/pipeline.py"}, found
