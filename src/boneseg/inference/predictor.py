@@ -1,7 +1,8 @@
 """The predictor: one or more models -> full-resolution probabilities of one image under a TTA policy.
 
-`predict` (the submission) and `tta` (policy scoring) both go through `Predictor.predict`; `tta` only
-keeps the per-view results in a `ViewCache` so that policies sharing a view compute it once.
+Every job that predicts calls `Predictor.predict` through `boneseg.inference.pipeline.ImageStream`; scoring
+several policies (`tta`) keeps the per-view results in a `ViewCache` so that policies sharing a view compute
+it once.
 
 Hand side: a model trained with hand-side unification (config ``unify_side`` "R" or "L") saw every hand
 mirrored to that side. An image is mirrored before such a model (and its prediction mirrored back) when
@@ -115,7 +116,7 @@ class Item:
     shape: tuple[int, int]
     side: str | None
     inputs: dict[tuple[int, int], torch.Tensor]
-    masks: torch.Tensor | None = None  # (29, H, W) bool ground truth (tta only)
+    masks: torch.Tensor | None = None  # (29, H, W) bool ground truth (a stream with labels)
 
     def pin_memory(self) -> Item:
         """Page-locked inputs, for asynchronous copies to the GPU (called by the DataLoader)."""

@@ -1,8 +1,9 @@
 """`boneseg predict` as a library call: images -> streaming submission CSV (and saved probabilities).
 
-Per image: background workers read and resize it, the device predicts, quantises and thresholds it and
-computes the run boundaries, and a writer thread formats the rows (and compresses the probabilities)
-while the device moves on. At most two finished images wait for the writer, so memory stays flat
+Per image of the `boneseg.inference.pipeline.ImageStream` (background workers read and resize it, the
+device predicts it through the stages), the device quantises and thresholds it and computes the run
+boundaries, and a writer thread formats the rows (and compresses the probabilities) while the device
+moves on. At most two finished images wait for the writer, so memory stays flat
 whatever the number of images. Under ``torchrun`` each rank predicts ``images[rank::world]`` into a
 part file and rank 0 merges the parts in image order. The CSV and the probability folder appear whole
 or not at all.

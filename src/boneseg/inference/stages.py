@@ -1,5 +1,6 @@
-"""The per-image steps around the models that `predict` and `tta` share, so both score the same thing:
-the FiLM metadata of the image's patient (``--meta film`` models) and the wrist second stage."""
+"""The per-image steps around the models, run by `boneseg.inference.pipeline.ImageStream` for every job that
+predicts (predict, tta, fit_postprocess, oof), so all score the same thing: the FiLM metadata of the image's
+patient (``--meta film`` models) and the wrist second stage."""
 
 from __future__ import annotations
 

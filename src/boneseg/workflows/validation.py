@@ -1,10 +1,11 @@
 """`boneseg tta` as a library call: score TTA policies on validation images and tune thresholds.
 
-Every policy is predicted with the same `Predictor` as `predict` (views shared between policies are
-computed once per image). For each (image, class) the quantised probabilities inside and outside the
-ground truth are histogrammed (256 bins each); that gives the exact competition Dice at every one of the
-256 possible cuts at once, summed over images in constant memory. The best policy is the one with
-the highest mean Dice at the 0.5 threshold; the per-class thresholds maximise each class's mean Dice
+Every policy is predicted through the same image stream and options as `predict`
+(`boneseg.inference.pipeline`; views shared between policies are computed once per image). For each
+(image, class) the quantised probabilities inside and outside the ground truth are histogrammed (256 bins
+each); that gives the exact competition Dice at every one of the 256 possible cuts at once, summed over
+images in constant memory. The best policy is the one with the highest mean Dice at the 0.5 threshold; the
+per-class thresholds maximise each class's mean Dice
 over the cuts inside a search range.
 """
 
