@@ -14,7 +14,7 @@ from util import cli, tiny_config, write_dataset
 
 from boneseg.data.layout import discover, png_shape
 from boneseg.data.masks import load_label, rasterize
-from boneseg.errors import DataError
+from boneseg.errors import DataError, UsageError
 from boneseg.submission import SubmissionWriter, read_submission
 
 
@@ -246,6 +246,24 @@ def test_oof_covers_every_train_image_once(fold_runs, tmp_path, capsys):
     assert code == 0, err
     code, _, err = cli(capsys, "audit", data, "--pred", probs_dir, "--out", tmp_path / "audit", "--crops", "1")
     assert code == 0, err
+
+
+def test_oof_runs_the_models_as_predict_does(fold_runs, tmp_path, capsys):
+    """oof takes predict's options of how the models run: one sliding tile of the training size is the
+    resize prediction (same CSV), recorded as the sliding policy; a calibration file is refused (Python)."""
+    from boneseg.inference import PredictOptions
+    from boneseg.workflows.oof import oof
+
+    _, runs = fold_runs
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    assert cli(capsys, "oof", *runs, "-o", a, "--device", "cpu")[0] == 0
+    code, _, err = cli(capsys, "oof", *runs, "-o", b, "--save-probs", tmp_path / "p", "--device", "cpu",
+                       "--sliding", "--window", "64", "--overlap", "0", "--no-amp", "-b", "2")  # fmt: skip
+    assert code == 0, err
+    assert a.read_text() == b.read_text()
+    assert json.loads((tmp_path / "p" / "probs.json").read_text())["policy"] == "sliding:none"
+    with pytest.raises(UsageError, match="--calibration"):
+        oof(runs, tmp_path / "c.csv", options=PredictOptions(calibration=tmp_path / "cal.json"))
 
 
 def test_oof_refuses_a_missing_fold_or_a_fold_twice(fold_runs, tmp_path, capsys):
