@@ -20,7 +20,10 @@ from boneseg.cli.options import (
     TTA,
     WINDOW,
     WRIST_MODEL,
+    force_option,
     loader_workers,
+    out_option,
+    threshold_option,
 )
 
 
@@ -32,9 +35,7 @@ def oof_command(
         show_default=False,
         help="One run folder (or checkpoint) per fold, from boneseg train --fold k.",
     ),
-    out: str = typer.Option(
-        ..., "--out", "-o", metavar="OOF.csv", help="Submission CSV over every train image ('-': standard output)."
-    ),
+    out: str = out_option("Submission CSV over every train image ('-': standard output).", "OOF.csv"),
     data: Path = typer.Option(
         None,
         "--data",
@@ -55,9 +56,7 @@ def oof_command(
     window: int = WINDOW,
     overlap: float = OVERLAP,
     size: int = SIZE,
-    threshold: str = typer.Option(
-        "0.5", "--threshold", "-t", metavar="T|FILE.json", help="Threshold, or a JSON file {class: t}."
-    ),
+    threshold: str = threshold_option("Threshold, or a JSON file {class: t}.", default="0.5"),
     wrist_model: Path = WRIST_MODEL,
     meta: Path = META,
     device: str = DEVICE,
@@ -65,7 +64,7 @@ def oof_command(
     amp: bool = AMP,
     compile: bool = COMPILE,
     workers: int = loader_workers(0),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing CSV / non-empty --save-probs folder."),
+    force: bool = force_option("Overwrite an existing CSV / non-empty --save-probs folder."),
 ) -> None:
     """Each fold run predicts the validation images of its own saved fold; together they must cover every
     train image once (a missing fold, or two runs claiming one image, is an error). Writes one CSV in

@@ -24,8 +24,11 @@ from boneseg.cli.options import (
     WEIGHTS,
     WINDOW,
     WRIST_MODEL,
+    force_option,
     loader_workers,
+    out_option,
     parse_floats,
+    threshold_option,
 )
 
 
@@ -35,22 +38,16 @@ def predict_command(
         ..., metavar="DATA|IMAGES", help="Dataset root (uses test/DCM), a folder of PNGs (recursive) or one PNG."
     ),
     models: list[Path] = MODELS,
-    out: str = typer.Option(
-        "-", "--out", "-o", metavar="PRED.csv", help="Submission CSV ('-' or omitted: standard output)."
-    ),
+    out: str = out_option("Submission CSV ('-' or omitted: standard output).", "PRED.csv", default="-"),
     tta: str = TTA,
     scales: str = SCALES,
     sliding: bool = SLIDING,
     window: int = WINDOW,
     overlap: float = OVERLAP,
     size: int = SIZE,
-    threshold: str = typer.Option(
-        None,
-        "--threshold",
-        "-t",
-        metavar="T|FILE.json",
-        help="Threshold, or a JSON file {class: t} "
-        "(e.g. from boneseg tta --thresholds-out) \\[default: an exported model's own, else 0.5].",
+    threshold: str = threshold_option(
+        "Threshold, or a JSON file {class: t} "
+        "(e.g. from boneseg tta --thresholds-out) \\[default: an exported model's own, else 0.5]."
     ),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep each class's largest component only."),
     min_area: int = typer.Option(0, "--min-area", help="Remove components smaller than this many pixels."),
@@ -84,7 +81,7 @@ def predict_command(
     amp: bool = AMP,
     compile: bool = COMPILE,
     workers: int = loader_workers(),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing CSV / non-empty --save-probs folder."),
+    force: bool = force_option("Overwrite an existing CSV / non-empty --save-probs folder."),
 ) -> None:
     """Predict images into a submission CSV (29 rows per image, sorted, RLE at the original size).
 

@@ -22,8 +22,12 @@ from boneseg.cli.options import (
     WEIGHTS,
     WINDOW,
     WRIST_MODEL,
+    fold_option,
+    force_option,
+    json_option,
     loader_workers,
     parse_floats,
+    splits_option,
 )
 
 
@@ -31,10 +35,8 @@ from boneseg.cli.options import (
 def tta_command(
     data: Path = typer.Argument(..., metavar="DATA", help="Dataset root with labelled train images."),
     models: list[Path] = MODELS,
-    fold: int = typer.Option(None, "--fold", help="Validation fold (default: the checkpoint's)."),
-    splits: Path = typer.Option(
-        None, "--splits", metavar="SPLITS.json", help="Splits JSON from boneseg split (default: the checkpoint's)."
-    ),
+    fold: int = fold_option("Validation fold (default: the checkpoint's)."),
+    splits: Path = splits_option("Splits JSON from boneseg split (default: the checkpoint's)."),
     policies: str = typer.Option(
         None,
         "--policies",
@@ -58,14 +60,14 @@ def tta_command(
     meta: Path = META,
     calibration: str = CALIBRATION,
     trust_model: bool = TRUST_MODEL,
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    as_json: bool = json_option("Print the report as JSON on stdout."),
     weights: str = WEIGHTS,
     device: str = DEVICE,
     batch_size: int = BATCH_SIZE,
     amp: bool = AMP,
     compile: bool = COMPILE,
     workers: int = loader_workers(),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing --thresholds-out file."),
+    force: bool = force_option("Overwrite an existing --thresholds-out file."),
 ) -> None:
     """Score TTA policies on validation images with the competition Dice and name the best.
 
