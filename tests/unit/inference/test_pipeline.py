@@ -57,8 +57,8 @@ def test_the_stream_hands_out_images_in_order_with_labels(tmp_path):
     step per image; probabilities at the image's size."""
     import torch
 
-    from boneseg.engine.checkpoint import save_checkpoint
     from boneseg.modelling.models import build_model
+    from boneseg.runs.checkpoint import save_checkpoint
 
     config = {"arch": "unet", "encoder": "resnet18", "size": 64, "in_channels": 1, "channels": "gray"}
     torch.manual_seed(0)
