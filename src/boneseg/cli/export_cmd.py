@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from boneseg.cli.app import app
-from boneseg.cli.options import WEIGHTS, parse_floats
+from boneseg.cli.options import WEIGHTS, force_option, out_option, parse_floats, threshold_option
 
 
 @app.command("export")
@@ -20,19 +20,11 @@ def export_command(
     fmt: str = typer.Option(
         ..., "--format", "-f", help="onnx, torchscript or hf (a folder smp.from_pretrained loads)."
     ),
-    out: Path = typer.Option(
-        ...,
-        "--out",
-        "-o",
-        metavar="FILE|DIR",
-        help="The model file (onnx, torchscript; the sidecar is FILE.json) or folder (hf).",
+    out: Path = out_option(
+        "The model file (onnx, torchscript; the sidecar is FILE.json) or folder (hf).", metavar="FILE|DIR"
     ),
-    threshold: str = typer.Option(
-        None,
-        "--threshold",
-        "-t",
-        metavar="T|FILE.json",
-        help="Per-class thresholds the export carries (e.g. from boneseg tta --thresholds-out) \\[default: 0.5].",
+    threshold: str = threshold_option(
+        "Per-class thresholds the export carries (e.g. from boneseg tta --thresholds-out) \\[default: 0.5]."
     ),
     postprocess: str = typer.Option(
         "auto",
@@ -47,7 +39,7 @@ def export_command(
         "or a calibration file (boneseg calibrate); its thresholds are carried unless --threshold is given.",
     ),
     weights: str = WEIGHTS,
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing model and sidecar."),
+    force: bool = force_option("Overwrite an existing model and sidecar."),
 ) -> None:
     """Export trained runs for deployment: `predict -m OUT` runs the export with the same results.
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from boneseg.cli import options
 from boneseg.cli.app import app
 from boneseg.names import LOSS_NAMES
 
@@ -64,15 +65,10 @@ def train_command(
     size: int | None = typer.Option(
         None, "--size", help="Side the images are resized to (multiple of 32; required unless --resume)."
     ),
-    out: Path = typer.Option(
-        ..., "--out", "-o", metavar="RUN", help="Run folder (config.json, metrics.jsonl, last.pt, best.pt)."
-    ),
-    fold: int | None = typer.Option(None, "--fold", help="Validation fold \\[default: 0]."),
-    splits: Path | None = typer.Option(
-        None,
-        "--splits",
-        metavar="SPLITS.json",
-        help="Splits JSON from `boneseg split` \\[default: 5 folds made on the fly with --seed].",
+    out: Path = options.out_option("Run folder (config.json, metrics.jsonl, last.pt, best.pt).", metavar="RUN"),
+    fold: int | None = options.fold_option("Validation fold \\[default: 0]."),
+    splits: Path | None = options.splits_option(
+        "Splits JSON from `boneseg split` \\[default: 5 folds made on the fly with --seed]."
     ),
     folds: int | None = typer.Option(
         None,
@@ -139,7 +135,7 @@ def train_command(
         "--compile",
         help="torch.compile the model for the training steps (falls back, with a warning, where it fails).",
     ),
-    workers: int | None = typer.Option(None, "--workers", "-j", help="Data-loader worker processes \\[default: 2]."),
+    workers: int | None = options.workers_option("Data-loader worker processes \\[default: 2]."),
     seed: int | None = typer.Option(
         None, "--seed", help="Seed for folds, initialisation, order and augmentation \\[default: 0]."
     ),
@@ -163,8 +159,8 @@ def train_command(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out from its last.pt to the end of its schedule."
     ),
-    force: bool = typer.Option(
-        False, "--force", help="Start over in a non-empty --out (the old run stays until the new one has a checkpoint)."
+    force: bool = options.force_option(
+        "Start over in a non-empty --out (the old run stays until the new one has a checkpoint)."
     ),
     aug: str | None = typer.Option(
         None, "--aug", metavar="NAME", help="Augmentation preset: none, light, default, strong \\[default: default]."
@@ -269,7 +265,7 @@ def train_command(
         help="Leave out (and list) unreadable images, broken labels "
         "and unpaired files instead of stopping before training.",
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+    json_out: bool = options.json_option("Print the run summary as JSON on stdout."),
 ) -> None:
     """Train a segmentation model; under `torchrun --nproc-per-node N` the same command uses DDP."""
     run_train(locals())
