@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import shutil
 import types
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
-from boneseg import CLASSES
+from boneseg import CLASSES, probs
 from boneseg.cli import main
 from boneseg.data.masks import build_sample
 from boneseg.metrics import dice, per_class
@@ -212,3 +214,75 @@ def error_line(err: str) -> str:
     lines = [l for l in err.splitlines() if l.startswith("Error: ")]
     assert len(lines) == 1, err
     return lines[0]
+
+
+# train's options for a tiny run, leaving --epochs at train's default (unlike TINY)
+TRAIN_ARGS = [
+    "--arch",
+    "unet",
+    "--encoder",
+    "resnet18",
+    "--size",
+    "64",
+    "--batch-size",
+    "2",
+    "--encoder-weights",
+    "none",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--aug",
+    "none",
+    "--folds",
+    "2",
+]
+
+
+def make_checkpoint(path: Path, seed: int = 0, **extra) -> Path:
+    """A freshly built tiny model saved as a boneseg checkpoint (config as training writes it)."""
+    from boneseg.modelling.models import build_model
+    from boneseg.runs.checkpoint import save_checkpoint
+
+    config = {
+        "arch": "unet",
+        "encoder": "resnet18",
+        "size": 64,
+        "in_channels": 1,
+        "channels": "gray",
+        "unify_side": None,
+        **extra,
+    }
+    torch.manual_seed(seed)
+    model = build_model(config)
+    save_checkpoint(path, {"config": config, "model": model.state_dict(), "epoch": 0, "step": 0, "metrics": {}})
+    return path
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write_probs(folder: Path, samples, blur: int) -> Path:
+    """A probability folder like `oof --save-probs` writes: each image's labels, softened (blurred)."""
+    import cv2
+
+    for s in samples:
+        masks = build_sample(s).masks
+        q = np.zeros((len(CLASSES), *build_sample(s).image.shape), np.uint8)
+        if masks is not None:
+            q = np.stack([cv2.blur(m.astype(np.uint8) * 255, (blur, blur)) for m in masks])
+        else:  # a test image: a box over its left half for every class
+            q[:, :, : q.shape[2] // 2] = 200
+        probs.save(folder, s.image_name, q)
+    probs.write_manifest(folder, [s.image_name for s in samples], ["made-up"])
+    return folder
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path):
+    data = path.read_bytes()
+    return data[:8] == PNG_MAGIC and cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None

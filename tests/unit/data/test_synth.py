@@ -1,4 +1,4 @@
-"""`boneseg synth`: layout, label schema, determinism, anatomy statistics and the data layer."""
+"""`boneseg synth`: layout, label schema, determinism, anatomy statistics, the data layer, `--label-errors`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from util import rows
 
 from boneseg import CLASSES
 from boneseg.cli import main
+from boneseg.data.layout import discover
+from boneseg.data.masks import load_label
 from boneseg.data.synth import render_hand, split_ids, synthesize
 from boneseg.errors import OutputExistsError, UsageError
 
@@ -219,3 +222,16 @@ def test_loads_through_data_layer(synth_data, tmp_path):
     again = cache.get(train[0], 128)
     assert first.image.shape == (128, 128) and first.masks.shape == (29, 128, 128)
     assert np.array_equal(first.masks, again.masks) and first.side == sides[0]
+
+
+def test_synth_label_errors_keep_the_images_and_list_the_truth(phantoms):
+    truth = rows(phantoms / "noisy" / "label_errors.csv")
+    assert {r["kind"] for r in truth} == {"shift", "scale", "swap", "delete", "blob"}
+    for sub in ("train/DCM",):
+        for a, b in zip(
+            sorted((phantoms / "clean" / sub).rglob("*.png")), sorted((phantoms / "noisy" / sub).rglob("*.png"))
+        ):
+            assert a.read_bytes() == b.read_bytes()
+    deleted = next(r for r in truth if r["kind"] == "delete")
+    label = next(s.label for s in discover(phantoms / "noisy") if s.image_name == deleted["image_name"])
+    assert deleted["class"] not in load_label(label).polygons

@@ -1,16 +1,14 @@
-"""Metadata heads / FiLM, the boundary head and distance maps: trained a step, saved, reapplied by predict."""
+"""Metadata heads / FiLM and the boundary head: trained a step, saved, reapplied by predict."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from util import tiny_config
 
-from boneseg.classes import NUM_CLASSES
-from boneseg.modelling.heads import META_DIM, AuxModel, aux_loss, meta_table, meta_vector, outer_band, side_target
+from boneseg.modelling.heads import META_DIM, AuxModel, aux_loss, meta_vector, outer_band
 from boneseg.modelling.models import build_model
 from boneseg.runs.config import TrainConfig
 
@@ -26,34 +24,6 @@ SMALL = {
     "in_channels": 1,
     "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
 }
-
-
-# -- metadata ---------------------------------------------------------------------------------------
-
-
-def test_meta_vector_standardises_and_flags_missing_fields():
-    v = meta_vector({"age": 55, "sex": "F", "height": float("nan"), "weight": None})
-    assert v.shape == (META_DIM,)
-    assert v[0] == pytest.approx(1.0) and v[1] == -1.0 and v[2] == 0 and v[3] == 0
-    assert v[4:].tolist() == [1, 1, 0, 0]
-    assert not meta_vector(None).any()
-
-
-def test_meta_table_reads_the_dataset_file(synth_data, tmp_path):
-    table = meta_table(synth_data)
-    assert {"ID001", "ID002"} <= set(table) and all(v[4:].all() for v in table.values())
-    below = meta_table(synth_data / "test" / "DCM")  # found from below, as predict does
-    assert below.keys() == table.keys() and all(np.array_equal(below[k], table[k]) for k in table)
-    assert meta_table(tmp_path) == {}
-
-
-def test_side_target_from_masks():
-    masks = np.zeros((NUM_CLASSES, 8, 8), bool)
-    masks[0, :, 1] = True  # thumb left
-    masks[15, :, 6] = True  # little finger right
-    assert side_target(masks) == 1.0
-    assert side_target(masks[:, :, ::-1]) == 0.0
-    assert np.isnan(side_target(np.zeros_like(masks)))
 
 
 def test_wrapper_outputs_and_eval_equivalence():
@@ -153,59 +123,6 @@ def test_meta_and_boundary_train_save_and_predict(synth_data, tmp_path):
     predict(synth_data, [run / "last.pt"], plain_csv, **kw)
     predict(synth_data, [sharp], sharp_csv, **kw)
     assert plain_csv.read_text() != sharp_csv.read_text()
-
-
-# -- distance maps and the dtbce loss ----------------------------------------------------------------
-
-
-def test_distance_maps_are_signed_and_clipped():
-    from boneseg.data.masks import DIST_ZERO, decode_distance, distance_maps
-
-    masks = np.zeros((2, 40, 40), bool)
-    masks[0, 10:30, 10:30] = True
-    d = decode_distance(distance_maps(masks, clip=6), clip=6)
-    assert d.dtype == np.float32
-    assert (d[0][masks[0]] > 0).all() and (d[0][~masks[0]] < 0).all()
-    assert d[0, 20, 20] == 6 and d[0, 0, 0] == -6 and d[0, 10, 20] == 1 and d[0, 9, 20] == -1
-    assert (d[1] == -6).all()  # empty class: far outside everywhere
-    assert decode_distance(np.zeros(1, np.uint8), 6)[0] == -6  # augmentation padding = far outside
-    assert distance_maps(masks, 6).dtype == np.uint8 and int(distance_maps(masks, 6)[0, 10, 20]) == DIST_ZERO + 1
-
-
-def test_distance_maps_are_cached_and_follow_augmentation(synth_data, tmp_path):
-    from boneseg.data.dataset import Item, SegDataset
-    from boneseg.data.layout import discover
-    from boneseg.data.masks import MaskCache, decode_distance
-    from boneseg.data.transforms import build_augmentation
-
-    cache = MaskCache(tmp_path / "cache")
-    sample = discover(synth_data)[0]
-    first = cache.distance(sample, 64)
-    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert any(".dist16." in f for f in files)
-    assert np.array_equal(cache.distance(sample, 64), first)
-    ds = SegDataset([Item(sample, cache)], 64, build_augmentation("strong"), distance=16)
-    for seed in (1, 2, 3):
-        item = ds[(0, seed)]
-        d = decode_distance(item["dist"].numpy())
-        assert np.array_equal(d > 0, item["mask"].numpy().astype(bool))  # warped together, exactly
-
-
-def test_dtbce_weighs_far_mistakes_more():
-    from boneseg.data.masks import distance_maps
-    from boneseg.modelling.losses import LossTerm, build_loss, parse_loss
-
-    assert parse_loss("bce+dice+0.5*dtbce")[-1] == LossTerm(0.5, "dtbce")
-    target = torch.zeros(1, 1, 40, 40)
-    target[..., 10:30, 10:30] = 1
-    dist = torch.from_numpy(distance_maps(target[0].bool().numpy()))[None]
-    loss = build_loss("dtbce")
-    assert loss.needs_distance
-    near, far = target.clone() * 20 - 10, target.clone() * 20 - 10
-    near[..., 9, 20] = 10  # a wrong pixel next to the edge
-    far[..., 39, 39] = 10  # a wrong pixel far from the bone
-    assert loss(far, target, dist) > loss(near, target, dist)
-    assert torch.equal(loss(near, target), loss(near, target, dist))  # computed from the target when not given
 
 
 def test_dtbce_trains_a_step(synth_data, tmp_path):

@@ -152,3 +152,20 @@ def test_a_term_restricted_to_a_class_group_sees_those_channels_only():
 def test_bad_restrictions_and_parameters_are_refused_in_one_line(spec, message):
     with pytest.raises(UsageError, match=message):
         parse_loss(spec)
+
+
+def test_dtbce_weighs_far_mistakes_more():
+    from boneseg.data.masks import distance_maps
+    from boneseg.modelling.losses import LossTerm, build_loss, parse_loss
+
+    assert parse_loss("bce+dice+0.5*dtbce")[-1] == LossTerm(0.5, "dtbce")
+    target = torch.zeros(1, 1, 40, 40)
+    target[..., 10:30, 10:30] = 1
+    dist = torch.from_numpy(distance_maps(target[0].bool().numpy()))[None]
+    loss = build_loss("dtbce")
+    assert loss.needs_distance
+    near, far = target.clone() * 20 - 10, target.clone() * 20 - 10
+    near[..., 9, 20] = 10  # a wrong pixel next to the edge
+    far[..., 39, 39] = 10  # a wrong pixel far from the bone
+    assert loss(far, target, dist) > loss(near, target, dist)
+    assert torch.equal(loss(near, target), loss(near, target, dist))  # computed from the target when not given

@@ -1,21 +1,84 @@
-"""Model factory, input normalisation and checkpoints, with tiny real smp models."""
+"""Model factory with tiny real smp models: every architecture and the encoder families of the
+write-ups (smallest variant, random weights, see docs/encoders.md) build and run."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from util import cli, write_dataset
 
-from boneseg.data.transforms import normalize, to_input
 from boneseg.errors import CheckpointError, UsageError
 from boneseg.modelling.models import ALIASES, ARCHITECTURES, build_model, resolve_arch, resolve_encoder
-from boneseg.runs.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
-from boneseg.runs.config import TrainConfig
+
+FAMILIES = [
+    # (family, arch, encoder, input side, extra config)
+    ("EfficientNet", "unet", "efficientnet-b0", 64, {}),
+    ("ResNeXt", "unet", "tu-resnext26ts", 64, {}),
+    ("HRNet", "unet", "tu-hrnet_w18_small", 64, {}),
+    ("Swin", "upernet", "tu-swin_tiny_patch4_window7_224", 224, {"size": 224}),
+    ("MiT/SegFormer", "segformer", "mit_b0", 64, {}),
+    ("ConvNeXt", "unet", "tu-convnext_atto", 64, {}),
+    ("Hiera", "upernet", "tu-hiera_tiny_224", 224, {}),
+]
+
+
+@pytest.mark.parametrize("family,arch,encoder,side,extra", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_family_builds_and_runs(family, arch, encoder, side, extra):
+    if encoder.startswith("tu-"):
+        timm = pytest.importorskip("timm")
+        if not timm.is_model(encoder[3:]):
+            pytest.skip(f"this timm has no {encoder[3:]}")
+    model = build_model({"arch": arch, "encoder": encoder, "encoder_weights": "none", "in_channels": 1, **extra}).eval()
+    with torch.no_grad():
+        y = model(torch.randn(1, 1, side, side))
+    assert y.shape == (1, 29, side, side)
+    assert torch.isfinite(y).all()
+
+
+def test_swin_is_built_for_the_training_size_and_takes_other_sides():
+    """The factory builds timm's Swin for the run's --size (off the 224 grid: 160 = 40 patches, not a multiple
+    of the 7-window) and with dynamic sizes, so crops, whole-image validation and sliding windows of other
+    multiples of 32 run too."""
+    model = build_model(
+        {"arch": "upernet", "encoder": "tu-swin_tiny_patch4_window7_224", "encoder_weights": "none", "size": 160}
+    ).eval()
+    assert model.encoder.model.patch_embed.img_size == (160, 160)
+    with torch.no_grad():
+        for side in (160, 96):
+            assert model(torch.randn(1, 1, side, side)).shape == (1, 29, side, side)
+
+
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "unreachable hub"])
+def test_missing_pretrained_weights_offline_is_one_line_at_once(how, tmp_path, monkeypatch, capsys):
+    """Default `--encoder-weights imagenet` with an empty cache and no network: one `Error:` line before any
+    data work (no hub retries), exit 1 (environment, not usage), the way out named, no run folder."""
+    import huggingface_hub.constants as hub
+    from util import cli, error_line, write_dataset
+
+    data = write_dataset(tmp_path / "data", patients=2)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    if how == "HF_HUB_OFFLINE":
+        monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    else:  # the real path: the cache misses, the hub's name does not resolve (.invalid never does)
+        monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hub, "ENDPOINT", "https://hub.boneseg.invalid")
+        for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(proxy, raising=False)
+    args = ["train", data, "--arch", "unet", "--encoder", "resnet18", "--size", "64", "--epochs", "1"]
+    code, _, err = cli(capsys, *args, "--device", "cpu", "--workers", "0", "-o", tmp_path / "run")
+    line = error_line(err)
+    assert code == 1 and err.strip() == line and "Retry" not in err, err
+    assert line.startswith("Error: --encoder-weights imagenet: the pretrained weights of resnet18 are not in")
+    assert "--encoder-weights none" in line and "--encoder-weights PATH" in line
+    assert ("HF_HUB_OFFLINE is set" if how == "HF_HUB_OFFLINE" else "hub.boneseg.invalid cannot be reached") in line
+    assert not (tmp_path / "run").exists()
+
 
 ENCODER = {"dpt": "tu-vit_tiny_patch16_224"}  # DPT needs a ViT encoder
+
+
 SIZE = {"pan": 128}  # PAN's pyramid pooling needs >= 128 px
 
 
@@ -114,51 +177,6 @@ def test_encoder_weights_from_local_file(tmp_path):
     assert torch.equal(model.encoder.layer1[0].conv1.weight, src.encoder.layer1[0].conv1.weight)
     with pytest.raises(CheckpointError, match="file not found"):
         build_model({"arch": "unet", "encoder": "resnet18", "encoder_weights": str(tmp_path / "missing.pth")})
-
-
-def test_to_input_normalisation():
-    image = np.array([[0, 255], [128, 64]], np.uint8)
-    x = to_input(image, TrainConfig(mean=[0.5], std=[0.25]))
-    assert x.shape == (1, 2, 2) and x.dtype == torch.float32
-    assert torch.allclose(x[0], (torch.tensor([[0, 255], [128, 64]]) / 255 - 0.5) / 0.25)
-    rgb = to_input(image, TrainConfig(channels="rgb", mean=[0.4, 0.5, 0.6], std=[0.2, 0.2, 0.2]))
-    assert rgb.shape == (3, 2, 2) and torch.allclose(rgb[2, 0, 0], torch.tensor(-3.0))
-    batch = torch.from_numpy(np.stack([image, image]))
-    assert torch.equal(normalize(batch, TrainConfig())[0], to_input(image, TrainConfig()))
-    assert batch.dtype == torch.uint8 and batch[0, 0, 1] == 255  # input untouched
-    with pytest.raises(UsageError, match="did you mean 'rgb'"):
-        to_input(image, TrainConfig(channels="rbg"))
-
-
-def test_checkpoint_roundtrip_and_refusals(tmp_path):
-    config = {"arch": "unet", "encoder": "resnet18", "in_channels": 1, "mean": [0.5], "std": [0.25]}
-    model = build_model(config)
-    run = tmp_path / "run"
-    save_checkpoint(
-        run / "best.pt",
-        {"config": config, "model": model.state_dict(), "epoch": 1, "step": 3, "metrics": {"val_dice": 0.5}},
-    )
-    assert not [p for p in run.iterdir() if p.name != "best.pt"]
-    loaded, cfg = load_model(run)
-    assert cfg == config and not loaded.training
-    x = torch.randn(1, 1, 64, 64)
-    model.eval()
-    with torch.no_grad():
-        assert torch.equal(model(x), loaded(x))
-    torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pt")  # a whole pickled module: never unpickled
-    with pytest.raises(CheckpointError, match="refused: it holds Python objects"):
-        load_checkpoint(tmp_path / "pickled.pt")
-    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="no 'config' and 'model'"):
-        load_checkpoint(tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="without best.pt or last.pt"):
-        load_checkpoint(tmp_path)
-    later = {"config": config, "model": model.state_dict(), "format": FORMAT + 1}
-    save_checkpoint(tmp_path / "later.pt", later)  # another layout under the same keys: never misread
-    with pytest.raises(CheckpointError, match=f"checkpoint format {FORMAT + 1}, from a later boneseg"):
-        load_checkpoint(tmp_path / "later.pt")
-    save_checkpoint(tmp_path / "earlier.pt", dict(later, format=FORMAT))
-    assert load_checkpoint(tmp_path / "earlier.pt")["format"] == FORMAT
 
 
 def test_the_refused_norms_are_those_that_fail(monkeypatch):

@@ -1,5 +1,4 @@
-"""`boneseg calibrate` and the calibration it writes: known temperatures recovered, ECE, the file's strict
-reader, and the rule applied to float and uint8 probabilities alike."""
+"""`boneseg calibrate`: known temperatures recovered, ECE, and the calibration it fits."""
 
 from __future__ import annotations
 
@@ -50,40 +49,6 @@ def test_ece_of_calibrated_points_is_zero_and_bins_hold_equal_mass():
     assert [round(c[2], 9) for c in curve] == [0.1] * 10
     # all-positive pixels at p = 0.2: ECE 0.8
     assert ece(np.array([0.2]), np.array([5.0]), np.array([0.0]), bins=4)[0] == pytest.approx(0.8)
-
-
-def test_apply_float_and_uint8_agree_and_clip_alike():
-    cal = calibration.Calibration(np.linspace(0.5, 3, 29), np.linspace(-1, 1, 29))
-    q = np.tile(np.arange(256, dtype=np.uint8), (29, 1, 1))
-    from_float = probs.quantize(cal.apply(q / 255.0))
-    assert np.array_equal(from_float, cal.apply_quantized(q))
-    import torch
-
-    assert np.array_equal(probs.quantize(cal.apply(torch.from_numpy(q / 255.0))), from_float)
-    # beyond the outermost bins a probability is calibrated as its saved value
-    extreme = cal.apply(np.full((29, 1, 1), 1e-9))
-    assert np.allclose(extreme, cal.apply(np.full((29, 1, 1), 0.0)))
-
-
-def test_reader_is_strict(tmp_path):
-    good = calibration.Calibration(np.full(29, 2.0), np.zeros(29), np.full(29, 0.4))
-    good.write(tmp_path / "c.json")
-    back = calibration.read(tmp_path / "c.json")
-    assert np.allclose(back.temperature, 2.0) and np.allclose(back.thresholds, 0.4)
-    doc = json.loads((tmp_path / "c.json").read_text())
-    for key, value, message in [
-        ("format", "x", "not a boneseg calibration"),
-        ("version", 9, "version 9"),
-        ("temperature", {**doc["temperature"], "Radius": 0}, "'temperature' of 'Radius'"),
-        ("temperature", {**doc["temperature"], "Radius": float("nan")}, "not a finite number"),
-        ("bias", {k: v for k, v in doc["bias"].items() if k != "Ulna"}, "lacks 1 class"),
-        ("bias", {**doc["bias"], "Radus": 0}, "unknown class 'Radus'"),
-        ("thresholds", {"Radius": 2}, "'thresholds'"),
-    ]:
-        (tmp_path / "bad.json").write_text(json.dumps({**doc, key: value}))
-        with pytest.raises(DataError, match="bad.json") as info:
-            calibration.read(tmp_path / "bad.json")
-        assert message in str(info.value)
 
 
 def _overconfident_oof(tmp_path: Path, t0: float) -> tuple[Path, Path]:

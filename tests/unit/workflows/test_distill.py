@@ -8,17 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from util import cli, error_line
+from util import _write_probs, cli, error_line
 
 from boneseg import probs
 from boneseg.classes import CLASSES
-from boneseg.data.dataset import Item, SegDataset
 from boneseg.data.layout import discover
-from boneseg.data.masks import MaskCache, build_sample
 from boneseg.data.teacher import make_teacher
-from boneseg.data.transforms import build_augmentation
 from boneseg.errors import DataError
-from boneseg.metrics import dice
 from boneseg.workflows.distill import distill, resolve_teacher
 
 
@@ -42,60 +38,6 @@ def _tiny(data: Path, out: Path, **extra) -> dict:
         "cache_dir": str(out.parent / "cache"),
     }
     return {**cfg, **extra}
-
-
-def _write_probs(folder: Path, samples, blur: int) -> Path:
-    """A probability folder like `oof --save-probs` writes: each image's labels, softened (blurred)."""
-    import cv2
-
-    for s in samples:
-        masks = build_sample(s).masks
-        q = np.zeros((len(CLASSES), *build_sample(s).image.shape), np.uint8)
-        if masks is not None:
-            q = np.stack([cv2.blur(m.astype(np.uint8) * 255, (blur, blur)) for m in masks])
-        else:  # a test image: a box over its left half for every class
-            q[:, :, : q.shape[2] // 2] = 200
-        probs.save(folder, s.image_name, q)
-    probs.write_manifest(folder, [s.image_name for s in samples], ["made-up"])
-    return folder
-
-
-@pytest.fixture(scope="module")
-def teacher(synth_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("teacher")
-    train, test = discover(synth_data), discover(synth_data, "test")
-    return {
-        "oof": [str(_write_probs(root / f"oof_{b}", train, b)) for b in (3, 9)],
-        "test": [str(_write_probs(root / f"test_{b}", test, b)) for b in (3, 9)],
-    }
-
-
-def test_soft_targets_follow_the_masks_through_augmentation(synth_data, teacher, tmp_path):
-    """The teacher's probabilities (saved at the images' 256²) are mirrored and warped exactly with the
-    masks: thresholded, they are the masks (at 96² too, resized by the resize rule of the images)."""
-    samples = discover(synth_data)
-    t = make_teacher(teacher["oof"][:1], None)
-    items = [Item(s, MaskCache(tmp_path / "cache"), t) for s in samples]
-    for size, side, least in ((256, None, 0.98), (256, "R", 0.98), (96, None, 0.8)):
-        ds = SegDataset(items, size, build_augmentation("strong", None, flip=side is None), side, soft=True)
-        for i in range(len(items)):
-            out = ds[(i, 1234 + i)]
-            assert out["teacher"].dtype == torch.uint8 and out["teacher"].shape == (29, size, size)
-            assert bool(out["labelled"])
-            score = dice(out["teacher"] > 127, out["mask"].bool()).mean()
-            assert score > least, (size, side, i, score)
-
-
-def test_targets_are_cached_until_a_probability_file_changes(synth_data, tmp_path):
-    sample = discover(synth_data)[0]
-    folder = _write_probs(tmp_path / "p", [sample], 3)
-    teacher, cache = make_teacher([folder], None), MaskCache(tmp_path / "cache")
-    first = cache.soft_target(sample, 64, teacher)
-    assert np.array_equal(first, teacher.target(sample.image_name, 64)) and first.shape == (29, 64, 64)
-    assert len(list((tmp_path / "cache").glob("*.teacher-*.npz"))) == 1
-    assert np.array_equal(cache.soft_target(sample, 64, teacher), first)
-    probs.save(folder, sample.image_name, np.full((29, 256, 256), 7, np.uint8))  # the teacher changed
-    assert (cache.soft_target(sample, 64, teacher) == 7).all()
 
 
 def test_distill_trains_resumes_exactly_and_predicts(synth_data, teacher, tmp_path, capsys):
@@ -217,14 +159,3 @@ def test_distill_options_are_train_options_plus_the_teacher():
     keywords = inspect.signature(distill_config).parameters
     for name in teacher:
         assert name in keywords and ours[name].default in (None, keywords[name].default)
-
-
-def test_the_target_mixes_labels_and_teacher():
-    from boneseg.engine.train import soft_target
-
-    mask = torch.tensor([1, 0, 1], dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 29, 2, 2)
-    teacher = torch.full((3, 29, 2, 2), 51, dtype=torch.uint8)  # 0.2
-    got = soft_target(mask, {"teacher": teacher, "labelled": torch.tensor([True, True, False])}, 0.25, "cpu")
-    assert torch.allclose(got[0], torch.full((29, 2, 2), 0.75 + 0.05))
-    assert torch.allclose(got[1], torch.full((29, 2, 2), 0.05))
-    assert torch.allclose(got[2], torch.full((29, 2, 2), 0.2))  # unlabelled: the teacher alone

@@ -1,32 +1,19 @@
-"""`boneseg eda` and the shared plotting helpers."""
+"""`boneseg eda`: geometry, the report's numbers, plots and label problems."""
 
 from __future__ import annotations
 
 import json
 
-import cv2
 import numpy as np
 import pytest
-from util import square_polygons, write_dataset, write_label
+from util import is_png, square_polygons, write_dataset, write_label
 
 from boneseg import CLASSES
-from boneseg.classes import PALETTE
 from boneseg.cli import main
-from boneseg.data.layout import discover, png_shape
+from boneseg.data.layout import discover
 from boneseg.data.masks import MaskCache, default_cache_dir
 from boneseg.errors import OutputExistsError
-from boneseg.plots import GT_COLOUR, PRED_COLOUR, overlay, overlay_compare, save_png
 from boneseg.workflows.eda import overlap_matrix, run_eda, self_intersections, write_eda
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def is_png(path):
-    data = path.read_bytes()
-    return data[:8] == PNG_MAGIC and cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
-
-
-# -- geometry -------------------------------------------------------------------------------------
 
 
 def test_self_intersections():
@@ -57,9 +44,6 @@ def test_overlap_matrix_equals_brute_force():
     assert areas.tolist() == np.diag(expected).tolist()
     np.fill_diagonal(expected, 0)
     assert inter.tolist() == expected.tolist()
-
-
-# -- the report -----------------------------------------------------------------------------------
 
 
 def test_report_numbers_match_the_masks(synth_data):
@@ -137,57 +121,6 @@ def test_label_problems_are_reported(tmp_path):
     assert not (tmp_path / "out" / "metadata.png").exists() and all(is_png(p) for p in written[1:])
     with pytest.raises(OutputExistsError):
         write_eda(report, tmp_path / "out")
-
-
-def test_png_shape(tmp_path):
-    path = tmp_path / "a.png"
-    cv2.imwrite(str(path), np.zeros((30, 50), np.uint8))
-    assert png_shape(path) == (30, 50)
-    (tmp_path / "b.png").write_bytes(b"not a png")
-    assert png_shape(tmp_path / "b.png") is None
-
-
-# -- plotting helpers -----------------------------------------------------------------------------
-
-
-def test_overlay_colours_each_class():
-    image = np.full((8, 8), 100, np.uint8)
-    masks = np.zeros((29, 8, 8), bool)
-    masks[0, :2] = masks[28, 6:] = True
-    masks[0, 4, 4] = masks[1, 4, 4] = True  # overlap: colours averaged
-    out = overlay(image, masks, alpha=1.0)
-    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
-    assert tuple(out[0, 0]) == PALETTE[0] and tuple(out[7, 7]) == PALETTE[28]
-    assert tuple(out[3, 3]) == (100, 100, 100)
-    assert np.allclose(out[4, 4], (np.array(PALETTE[0]) + PALETTE[1]) / 2, atol=1)
-    half = overlay(image, masks, alpha=0.5)
-    assert np.allclose(half[0, 0], (np.array(PALETTE[0]) + 100) / 2, atol=1)
-
-
-def test_overlay_compare_two_colours():
-    image = np.zeros((4, 4), np.uint8)
-    pred, gt = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
-    pred[0, 0] = gt[1, 1] = pred[2, 2] = gt[2, 2] = True
-    out = overlay_compare(image, pred, gt, alpha=1.0)
-    assert tuple(out[0, 0]) == PRED_COLOUR and tuple(out[1, 1]) == GT_COLOUR
-    assert tuple(out[2, 2]) not in (PRED_COLOUR, GT_COLOUR, (0, 0, 0)) and tuple(out[3, 3]) == (0, 0, 0)
-    stacked = overlay_compare(image, pred[None].repeat(3, 0), gt[None].repeat(3, 0), alpha=1.0)
-    assert np.array_equal(stacked, out)
-
-
-def test_save_png_array_and_figure(tmp_path):
-    from boneseg.plots import heatmap
-
-    rgb = np.zeros((5, 6, 3), np.uint8)
-    rgb[..., 0] = 255
-    path = save_png(rgb, tmp_path / "a.png")
-    back = cv2.imread(str(path))
-    assert back.shape == (5, 6, 3) and tuple(back[0, 0]) == (0, 0, 255)  # stored as RGB (read back as BGR)
-    fig = heatmap(np.eye(3), ["a", "b", "c"], "t")
-    assert is_png(save_png(fig, tmp_path / "f.png")) and not fig.axes  # released after saving
-    with pytest.raises(OutputExistsError):
-        save_png(rgb, tmp_path / "a.png")
-    save_png(rgb, tmp_path / "a.png", force=True)
 
 
 def test_a_malformed_label_is_listed_with_the_other_problems(tmp_path):

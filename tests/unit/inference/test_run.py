@@ -11,65 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
-from util import cli, error_line
+from util import cli, error_line, make_checkpoint
 
 from boneseg import CLASSES, probs, rle
 from boneseg.cli import app
 from boneseg.data.layout import find_images
 from boneseg.errors import DataError, OutputExistsError, UsageError
 from boneseg.inference import (
-    LoadedModel,
-    Policy,
     PredictOptions,
-    Predictor,
-    ViewCache,
-    gaussian_weights,
-    masks_to_rles,
     predict,
-    sliding_window,
-    tile_starts,
 )
-from boneseg.postprocess import postprocess
-from boneseg.runs.config import TrainConfig
 from boneseg.submission import SubmissionWriter, read_submission, validate_submission
 
 runner = CliRunner()
-
-
-def make_checkpoint(path: Path, seed: int = 0, **extra) -> Path:
-    """A freshly built tiny model saved as a boneseg checkpoint (config as training writes it)."""
-    from boneseg.modelling.models import build_model
-    from boneseg.runs.checkpoint import save_checkpoint
-
-    config = {
-        "arch": "unet",
-        "encoder": "resnet18",
-        "size": 64,
-        "in_channels": 1,
-        "channels": "gray",
-        "unify_side": None,
-        **extra,
-    }
-    torch.manual_seed(seed)
-    model = build_model(config)
-    save_checkpoint(path, {"config": config, "model": model.state_dict(), "epoch": 0, "step": 0, "metrics": {}})
-    return path
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
-
-
-@pytest.fixture(scope="module")
-def one_image(synth_data, tmp_path_factory):
-    """A folder holding a single 256² test image."""
-    folder = tmp_path_factory.mktemp("one")
-    src = find_images(synth_data)[0].image
-    shutil.copy(src, folder / src.name)
-    return folder
 
 
 def run(*args: str):
@@ -78,9 +33,6 @@ def run(*args: str):
         raise result.exception
     assert result.exit_code == 0, result.output
     return result
-
-
-# -- the CSV ---------------------------------------------------------------------------------------
 
 
 def test_csv_format_order_names_and_original_size(synth_data, ckpt, tmp_path):
@@ -135,9 +87,6 @@ def test_ensemble_weights_matter_and_are_checked(one_image, ckpt, tmp_path):
     assert a.read_bytes() == b.read_bytes()  # weight 0: the second model does not count
     with pytest.raises(UsageError, match="--weights"):
         predict(one_image, [ckpt, other], tmp_path / "c.csv", options=PredictOptions(weights=[1], workers=0))
-
-
-# -- saved probabilities and thresholds -------------------------------------------------------------
 
 
 def _csv_from_probs(folder: Path, out: Path, threshold) -> None:
@@ -233,113 +182,6 @@ def test_bad_options_are_one_line_errors(one_image, ckpt, tmp_path):
         predict(one_image, [ckpt], tmp_path / "x.csv", sliding=True, options=PredictOptions(window=100, workers=0))
 
 
-# -- modes agree -----------------------------------------------------------------------------------
-
-
-def test_sliding_with_one_tile_equals_resize(one_image, ckpt, tmp_path):
-    a, b = tmp_path / "resize.csv", tmp_path / "sliding.csv"
-    predict(one_image, [ckpt], a, tta="hflip", options=PredictOptions(size=256, workers=0))
-    predict(one_image, [ckpt], b, sliding=True, tta="hflip", options=PredictOptions(window=256, workers=0))
-    assert a.read_bytes() == b.read_bytes()
-
-
-def test_sliding_window_blends_to_the_forward_output():
-    x = torch.rand(1, 200, 150)
-
-    def forward(b):  # a pointwise "model"
-        return torch.sigmoid(b.repeat(1, 3, 1, 1) * 4 - 2)
-
-    want = forward(x[None])[0]
-    got = sliding_window(forward, x, window=64, overlap=0.5, batch_size=5)
-    assert got.shape == (3, 200, 150)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    small = sliding_window(forward, x[:, :40, :50], window=64)  # padded to one tile, cropped back
-    torch.testing.assert_close(small, want[:, :40, :50])
-    assert tile_starts(200, 64, 0.5) == [0, 27, 54, 82, 109, 136] and tile_starts(64, 64, 0.5) == [0]
-    g = gaussian_weights(64)
-    assert g.max() == 1 and g.min() >= 1e-3 and torch.equal(g, g.flip(0))
-
-
-# -- hand side -------------------------------------------------------------------------------------
-
-
-class _HandModel(torch.nn.Module):
-    """A "right-hand" model: the thumb on bright pixels of the left half of its input, the little finger
-    on the mirror image of the bright pixels."""
-
-    def forward(self, x):
-        logits = torch.full((x.shape[0], 29, *x.shape[-2:]), -8.0)
-        bright = x[:, 0] > 0
-        logits[:, 15] = torch.where(bright.flip(-1), 8.0, -8.0)
-        bright[..., x.shape[-1] // 2 :] = False
-        logits[:, 0] = torch.where(bright, 8.0, -8.0)
-        return logits
-
-
-def _blob_image(right: bool) -> np.ndarray:
-    img = np.zeros((64, 64), np.uint8)
-    img[20:40, 40:56] = 255
-    return img if right else img[:, ::-1].copy()
-
-
-def test_side_from_probs():
-    from boneseg.data.layout import side_from_masks as side_from_probs
-
-    p = torch.zeros(29, 10, 10)
-    p[0, :, 1] = 1
-    p[16, :, 8] = 1
-    assert side_from_probs(p) == "R" and side_from_probs(p.flip(-1)) == "L"
-    assert side_from_probs(torch.zeros(29, 4, 4)) is None
-
-
-@pytest.mark.parametrize("suffix", [None, "L", "R"])
-def test_unified_model_mirrors_left_hands(suffix):
-    model = LoadedModel(_HandModel(), TrainConfig(size=64, unify_side="R"))
-    pred = Predictor([model], "cpu")
-    policy = Policy(hflip=True)  # ignored for unified models
-    plan = pred.plan([policy])
-    for right in (False, True):
-        side = suffix if suffix else None
-        item = plan.item(0, "x.png", _blob_image(right), side)
-        cache = ViewCache()
-        p = pred.predict(item, policy, cache)
-        expected = suffix or ("R" if not right else "L")
-        assert pred.image_side(item, cache) == expected
-        # the model saw the image mirrored exactly when its side differs from the trained side: then
-        # a blob on the right reaches the model's left half and comes back as the thumb, in place
-        blob = torch.from_numpy(_blob_image(right) > 0)
-        seen = (expected == "L") == right
-        assert torch.equal(p[0] > 0.5, blob if seen else torch.zeros_like(blob))
-
-
-# -- encoding and post-processing ------------------------------------------------------------------
-
-
-def test_device_rle_equals_reference():
-    rng = np.random.default_rng(0)
-    masks = rng.random((5, 7, 9)) > 0.5
-    masks[1] = True
-    masks[2] = False
-    masks[3, :, -1] = True  # runs wrapping from one row's end into the next row
-    masks[3, 1:, 0] = True
-    assert masks_to_rles(torch.from_numpy(masks)) == [rle.encode(m) for m in masks]
-
-
-def test_postprocess_keeps_largest_and_drops_islands():
-    m = np.zeros((2, 20, 20), bool)
-    m[0, 2:10, 2:10] = True
-    m[0, 15:17, 15:17] = True
-    m[1, 0:3, 0:3] = True
-    largest = postprocess(m, keep_largest=True)
-    assert largest[0].sum() == 64 and largest[1].sum() == 9
-    small = postprocess(m, min_area=5)
-    assert small[0].sum() == 64 and small[1].sum() == 9
-    assert postprocess(m, min_area=10)[1].sum() == 0
-    assert postprocess(m) is m
-    with pytest.raises(UsageError):
-        postprocess(m, min_area=-1)
-
-
 def test_postprocess_in_predict(one_image, ckpt, tmp_path):
     import cv2
 
@@ -350,9 +192,6 @@ def test_postprocess_in_predict(one_image, ckpt, tmp_path):
     for m in masks:
         if m.any():
             assert cv2.connectedComponents(m.astype(np.uint8), connectivity=8)[0] == 2
-
-
-# -- torchrun --------------------------------------------------------------------------------------
 
 
 def test_two_rank_sharding_equals_single_process(synth_data, ckpt, tmp_path):

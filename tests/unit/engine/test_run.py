@@ -1,74 +1,18 @@
-"""A typed run: `TrainConfig` is the one source of a run's defaults (the `train` options agree with it),
-`Run` resolves a run once and every reader takes its typed fields."""
+"""`Run`: a run folder resolved once (an old checkpoint typed too); every reader takes its typed fields."""
 
 from __future__ import annotations
 
-import dataclasses
-import re
 from pathlib import Path
 
-import click
 import pytest
 import torch
-import typer
 
 from boneseg.classes import CLASSES
 from boneseg.errors import UsageError
 from boneseg.modelling.models import build_model
 from boneseg.runs.checkpoint import save_checkpoint
-from boneseg.runs.config import ALIASES, RUNTIME, TrainConfig, merge_resume
+from boneseg.runs.config import TrainConfig, merge_resume
 from boneseg.runs.run import Run
-
-ROOT = Path(__file__).resolve().parents[3]
-# `train` options whose name differs from the field, and fields only the Python API sets.
-RENAMED = ALIASES
-API_ONLY = {"mean", "std", "model_kwargs"}
-# Fields `distill` sets (its options: train's plus the teacher's, tests/unit/workflows/test_distill.py).
-DISTILL = {"teacher", "teacher_test", "teacher_weights", "teacher_weight"}
-# Options of the command that are no part of a run's config.
-COMMAND_ONLY = {"json_out", "fit_postprocess", "config_file", "print_config", "dry_run"}
-# Options whose help describes a default that depends on something else (no literal value).
-DESCRIBED = {"splits", "amp", "channels_last", "cache_dir", "adapter_dim", "unfreeze", "deep_supervision"}
-
-
-def _train_params() -> dict[str, click.Parameter]:
-    from boneseg.cli import app
-
-    command = typer.main.get_command(app).commands["train"]
-    return {RENAMED.get(p.name, p.name): p for p in command.params if p.name not in COMMAND_ONLY}
-
-
-def _same(text: str, default) -> bool:
-    if text in ("none", "off") and default in (None, 0, False):
-        return True
-    try:
-        return default is not None and float(text) == float(default)
-    except (TypeError, ValueError):
-        return text == str(default)
-
-
-def test_train_options_match_train_config():
-    """Every field has its option and no option lacks a field; a default an option's help names is the
-    field's default (the options themselves default to "not given", so a resume knows what was given)."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    params = _train_params()
-    assert set(params) - COMMAND_ONLY == set(fields) - API_ONLY - DISTILL
-    for name, p in params.items():
-        if name in COMMAND_ONLY:
-            continue
-        default = getattr(TrainConfig(), name)
-        assert p.default in (None, default), f"--{name}: option default {p.default!r} != {default!r}"
-        shown = re.search(r"\[default: ([^\]]+)\]", getattr(p, "help", "") or "")
-        if shown and name not in DESCRIBED:
-            assert _same(shown.group(1), default), f"--{name}: help says {shown.group(1)!r}, TrainConfig {default!r}"
-
-
-def test_runtime_options_are_documented_as_such():
-    doc = (ROOT / "docs" / "train.md").read_text(encoding="utf-8")
-    runtime = doc[doc.index("The options of one invocation") :]
-    runtime = runtime[: runtime.index("never saved")]
-    for name in set(RUNTIME) - {"out", "resume", "force"}:
-        assert f"`--{name.replace('_', '-')}`" in runtime, name
 
 
 def _checkpoint(path: Path, **config) -> Path:

@@ -1,4 +1,5 @@
-"""Calibration applied where probabilities are used (predict, a run folder's own, an export, the soft vote) and
+"""Calibration: the file's strict reader, the rule on float and uint8 probabilities, and the calibration
+applied where probabilities are used (predict, a run folder's own, an export, the soft vote, tta, pseudo) and
 predict's uncertainty maps."""
 
 from __future__ import annotations
@@ -9,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_predict import make_checkpoint
-from util import cli, error_line, write_dataset
+from util import cli, error_line, make_checkpoint, write_dataset
 
-from boneseg import CLASSES, probs, uncertainty
+from boneseg import CLASSES, calibration, probs, uncertainty
 from boneseg.calibration import Calibration
 from boneseg.errors import DataError
 from boneseg.inference import PredictOptions, predict
@@ -289,3 +289,37 @@ def test_predict_and_an_export_apply_an_isotonic_calibration(setup, tmp_path, ca
     assert code == 0, err
     name = probs.read_manifest(tmp_path / "e")["images"][0]
     assert np.abs(probs.load(tmp_path / "e", name).astype(int) - probs.load(tmp_path / "p", name)).max() <= 1
+
+
+def test_apply_float_and_uint8_agree_and_clip_alike():
+    cal = calibration.Calibration(np.linspace(0.5, 3, 29), np.linspace(-1, 1, 29))
+    q = np.tile(np.arange(256, dtype=np.uint8), (29, 1, 1))
+    from_float = probs.quantize(cal.apply(q / 255.0))
+    assert np.array_equal(from_float, cal.apply_quantized(q))
+    import torch
+
+    assert np.array_equal(probs.quantize(cal.apply(torch.from_numpy(q / 255.0))), from_float)
+    # beyond the outermost bins a probability is calibrated as its saved value
+    extreme = cal.apply(np.full((29, 1, 1), 1e-9))
+    assert np.allclose(extreme, cal.apply(np.full((29, 1, 1), 0.0)))
+
+
+def test_reader_is_strict(tmp_path):
+    good = calibration.Calibration(np.full(29, 2.0), np.zeros(29), np.full(29, 0.4))
+    good.write(tmp_path / "c.json")
+    back = calibration.read(tmp_path / "c.json")
+    assert np.allclose(back.temperature, 2.0) and np.allclose(back.thresholds, 0.4)
+    doc = json.loads((tmp_path / "c.json").read_text())
+    for key, value, message in [
+        ("format", "x", "not a boneseg calibration"),
+        ("version", 9, "version 9"),
+        ("temperature", {**doc["temperature"], "Radius": 0}, "'temperature' of 'Radius'"),
+        ("temperature", {**doc["temperature"], "Radius": float("nan")}, "not a finite number"),
+        ("bias", {k: v for k, v in doc["bias"].items() if k != "Ulna"}, "lacks 1 class"),
+        ("bias", {**doc["bias"], "Radus": 0}, "unknown class 'Radus'"),
+        ("thresholds", {"Radius": 2}, "'thresholds'"),
+    ]:
+        (tmp_path / "bad.json").write_text(json.dumps({**doc, key: value}))
+        with pytest.raises(DataError, match="bad.json") as info:
+            calibration.read(tmp_path / "bad.json")
+        assert message in str(info.value)

@@ -21,6 +21,8 @@ from boneseg.runs.checkpoint import save_checkpoint
 from boneseg.runs.config import TrainConfig
 
 FORMATS = ["onnx", "torchscript", "hf"]
+
+
 OUT = {"onnx": "model.onnx", "torchscript": "model.ts", "hf": "model-hf"}
 
 
@@ -275,9 +277,6 @@ def test_a_network_that_does_not_take_the_sidecars_input_is_one_line(fmt, traine
     assert code == 1 and len(lines) == 1 and str(out) in lines[0] and "Traceback" not in err, err
     assert ("in_channels 1" if fmt == "hf" else "does not match its model") in lines[0], err
     assert not (tmp_path / "p.csv").exists()
-
-
-# -- trust: nothing runs code from a model file without --trust-model -----------------------------------------
 
 
 @pytest.mark.parametrize("command", ["predict", "tta", "wrist"])

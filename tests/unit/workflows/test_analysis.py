@@ -57,9 +57,6 @@ def write_csv(path, names, masks):
     return path
 
 
-# -- against the labels ---------------------------------------------------------------------------
-
-
 def test_dice_equals_direct_computation(synth_data, tmp_path):
     samples, gt = truth_masks(synth_data)
     pred = perturb(gt, seed=1)
@@ -203,9 +200,6 @@ def test_iou_changes_spread_and_disagreement_equal_direct_computation(synth_data
     assert doc["mean_iou"] is None and doc["area_spread"] is None and doc["disagreement_images"] == []
 
 
-# -- fold selection and errors --------------------------------------------------------------------
-
-
 def test_fold_restricts_to_validation_images(synth_data, tmp_path):
     from boneseg.data.split import make_splits
     from boneseg.io import write_json
@@ -261,15 +255,17 @@ def test_suggest_ensemble_rule():
     assert suggest_ensemble(np.ones((2, 2)), [0.9, 0.9]) == [0]  # a copy adds nothing
 
 
-def test_table_titles_stay_on_one_line():
-    """A title longer than its table is not wrapped to the table's width (every command's tables)."""
-    import io
+def test_per_class_plot_starts_at_zero(synth_data, tmp_path):
+    from boneseg.workflows.analysis import _per_class_figure, analyze
 
-    from rich.console import Console
-
-    from boneseg.cli.output import table
-
-    title = "Out-of-fold predictions: 96 images -> oof_a.csv"
-    buffer = io.StringIO()
-    Console(file=buffer, width=100).print(table(title, ["fold", "run"], [[2, "runs/a_f2"]]))
-    assert buffer.getvalue().splitlines()[0].strip() == title
+    samples = discover(synth_data, "train")
+    cache = MaskCache(default_cache_dir(synth_data))
+    with SubmissionWriter(tmp_path / "p.csv") as w:
+        for s in samples:
+            m = cache.get(s).masks.copy()
+            m[:, :, :3] = False  # a small error everywhere: Dice near 0.9-1
+            w.write_masks(s.image_name, m)
+    fig = _per_class_figure(analyze([tmp_path / "p.csv"], synth_data))
+    dice_axis = fig.axes[0]
+    assert dice_axis.get_xlim() == (0.0, 1.0)
+    assert min(t.get_fontsize() for t in dice_axis.get_yticklabels()) >= 10
