@@ -1,6 +1,6 @@
 """Each command's library entry point is its typed config: the one source of its defaults.
 
-For every command (but `train`: tests/unit/engine/test_run_config.py, and `distill`, train's options plus the
+For every command (but `train`: tests/unit/engine/test_train.py, and `distill`, train's options plus the
 teacher's: tests/unit/workflows/test_distill.py), each option is a keyword of the library
 function(s) the command calls, with the same default (None on the CLI is "not given": the library's default
 applies, and a ``[default: X]`` in the help must name it), and each keyword is an option unless the tables
