@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from util import _write_probs
+from util import _write_probs, write_dataset
 
 from boneseg.data.layout import discover
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tiny labelled dataset (3 patients at 64²) for training tests (engine, runs)."""
+    return write_dataset(tmp_path_factory.mktemp("trainx") / "data", patients=3, size=64)
 
 
 @pytest.fixture(scope="module")
