@@ -23,6 +23,7 @@ from boneseg.cli.options import (
     force_option,
     loader_workers,
     out_option,
+    predict_options,
     threshold_option,
 )
 
@@ -70,21 +71,9 @@ def oof_command(
     train image once (a missing fold, or two runs claiming one image, is an error). Writes one CSV in
     sorted image order, as predict does, for analyze --gt, ensemble and audit."""
     from boneseg.cli.output import console, reporter, table
-    from boneseg.inference import PredictOptions
     from boneseg.workflows.oof import oof
 
-    options = PredictOptions(
-        device=device,
-        size=size,
-        window=window,
-        overlap=overlap,
-        batch_size=batch_size,
-        amp=amp,
-        compile=compile,
-        workers=workers,
-        wrist_model=wrist_model,
-        meta=meta,
-    )
+    options = predict_options(locals())
     with reporter() as shown:
         summary = oof(
             runs,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
 
@@ -77,6 +77,20 @@ SLIDING = typer.Option(False, "--sliding", help="Sliding window at full resoluti
 def loader_workers(default: int = 2) -> Any:
     """``--workers/-j``: background image-loading processes (`PredictOptions.workers`), with `default`."""
     return workers_option("Background image-loading processes (0: none).", default)
+
+
+def predict_options(params: Mapping[str, Any]) -> Any:
+    """The `boneseg.inference.PredictOptions` of a command that predicts: each field from the command's
+    parameter of that name (``predict_options(locals())`` first thing in the command), ``--weights`` parsed;
+    a field the command has no option for keeps its default."""
+    import dataclasses
+
+    from boneseg.inference.pipeline import PredictOptions
+
+    given = {f.name: params[f.name] for f in dataclasses.fields(PredictOptions) if f.name in params}
+    if "weights" in given:
+        given["weights"] = parse_floats(given["weights"], "--weights")
+    return PredictOptions(**given)
 
 
 # -- option-value parsers -------------------------------------------------------------------------

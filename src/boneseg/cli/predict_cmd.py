@@ -27,7 +27,7 @@ from boneseg.cli.options import (
     force_option,
     loader_workers,
     out_option,
-    parse_floats,
+    predict_options,
     threshold_option,
 )
 
@@ -89,23 +89,9 @@ def predict_command(
     torchrun the images are split across ranks and rank 0 writes the merged CSV.
     """
     from boneseg.cli.output import console, reporter
-    from boneseg.inference import PredictOptions, predict
+    from boneseg.inference import predict
 
-    options = PredictOptions(
-        weights=parse_floats(weights, "--weights"),
-        device=device,
-        size=size,
-        window=window,
-        overlap=overlap,
-        batch_size=batch_size,
-        amp=amp,
-        compile=compile,
-        workers=workers,
-        calibration=calibration,
-        wrist_model=wrist_model,
-        meta=meta,
-        trust_model=trust_model,
-    )
+    options = predict_options(locals())
     with reporter() as shown:
         summary = predict(
             source,

@@ -27,6 +27,7 @@ from boneseg.cli.options import (
     json_option,
     loader_workers,
     parse_floats,
+    predict_options,
     splits_option,
 )
 
@@ -74,27 +75,12 @@ def tta_command(
     Optionally writes the per-class thresholds (tuned on the best policy) for predict --threshold."""
     from boneseg.cli.output import console, escape, print_json, reporter, table
     from boneseg.errors import UsageError
-    from boneseg.inference import PredictOptions
     from boneseg.workflows.validation import evaluate_policies
 
     rng = parse_floats(search, "--search")
     if rng is None or len(rng) != 2:
         raise UsageError(f"--search must be low,high, got {search!r}")
-    options = PredictOptions(
-        weights=parse_floats(weights, "--weights"),
-        device=device,
-        size=size,
-        window=window,
-        overlap=overlap,
-        batch_size=batch_size,
-        amp=amp,
-        compile=compile,
-        workers=workers,
-        calibration=calibration,
-        wrist_model=wrist_model,
-        meta=meta,
-        trust_model=trust_model,
-    )
+    options = predict_options(locals())
     with reporter() as shown:
         report = evaluate_policies(
             data,
