@@ -117,7 +117,8 @@ def parse_floats(values: str | Sequence[str] | None, option: str) -> list[float]
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``2048`` -> (2048, 2048); ``1024x2048`` -> (1024, 2048) as (height, width)."""
+    """``2048`` -> (2048, 2048); ``1024x2048`` -> (1024, 2048) as (height, width); each side within
+    `boneseg.submission.check_image_side`'s bounds."""
     try:
         parts = [int(p) for p in text.lower().split("x")]
     except ValueError:
@@ -126,6 +127,10 @@ def parse_size(text: str) -> tuple[int, int]:
         parts *= 2
     if len(parts) != 2 or min(parts) < 1:
         raise UsageError(f"--size {text!r}: expected a positive integer or HxW, e.g. 2048 or 2048x2048")
+    from boneseg.submission import check_image_side
+
+    for side in parts:
+        check_image_side(side)
     return parts[0], parts[1]
 
 

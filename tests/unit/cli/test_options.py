@@ -6,10 +6,12 @@ import ast
 from pathlib import Path
 
 import click
+import pytest
 import typer
 
 import boneseg.cli
 from boneseg.cli import options
+from boneseg.errors import UsageError
 
 SHARED = {
     "--out": "out_option",
@@ -78,3 +80,15 @@ def test_vote_choices_are_the_librarys():
     from boneseg.workflows import ensemble
 
     assert tuple(v.value for v in options.Vote) == VOTES and ensemble.VOTES is VOTES
+
+
+@pytest.mark.parametrize("text", ["0", "2048x0", "32769", "2048x40000", "big"])
+def test_a_size_is_checked_both_ways(text, tmp_path):
+    """``--size N|HxW`` (check, ensemble): every side within the mask-side bounds, one line naming --size."""
+    from util import run_cli
+
+    with pytest.raises(UsageError, match="--size"):
+        options.parse_size(text)
+    (tmp_path / "a.csv").write_text("image_name,class,rle\n")
+    code, err = run_cli("check", tmp_path / "a.csv", "--size", text)
+    assert code == 2 and err.strip().startswith("Error: --size") and len(err.strip().splitlines()) == 1
