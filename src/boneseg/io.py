@@ -32,7 +32,7 @@ import socket
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -588,6 +588,22 @@ def load_tensors(path: str | os.PathLike, what: str, map_location: Any = "cpu") 
             f"{path}: not a loadable {what} (a corrupt or foreign file; only checkpoints of plain tensors and "
             "values are accepted)"
         ) from None
+
+
+def weight_mismatches(
+    own: Mapping[str, Any], theirs: Mapping[str, Any], foreign: str = "is not in this model"
+) -> list[str]:
+    """What stops `theirs` (a state dict read by `load_tensors`) loading into a module whose state dict is
+    `own`, in words, one per tensor: missing, left over (`foreign`), or of another shape; [] when all fit."""
+    return (
+        [f"{k} is missing" for k in own if k not in theirs]
+        + [f"{k} {foreign}" for k in theirs if k not in own]
+        + [
+            f"{k} is {tuple(theirs[k].shape)}, not {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in theirs and theirs[k].shape != v.shape
+        ]
+    )
 
 
 def read_yaml(path: str | os.PathLike) -> Any:

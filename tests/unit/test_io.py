@@ -184,3 +184,20 @@ def test_an_interrupted_run_says_what_it_keeps_unless_it_lies_inside_another_out
     with pytest.raises(Interrupted) as caught, hold(tmp_path / "demo"):
         train.train({"out": str(tmp_path / "demo" / "run")})
     assert str(caught.value) == f"no output was written ({tmp_path / 'demo'} unchanged); rerun the same command"
+
+
+def test_weight_mismatches_name_each_tensor_that_does_not_fit():
+    """The one listing of what stops a state dict loading (`--init-from`, a SAM2 trunk): missing, left over,
+    other shape; nothing when every tensor fits."""
+    import torch
+
+    from boneseg.io import weight_mismatches
+
+    own = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
+    assert weight_mismatches(own, {"a": torch.ones(2, 3), "b": torch.ones(4)}) == []
+    theirs = {"a": torch.zeros(3, 2), "c": torch.zeros(1)}
+    assert weight_mismatches(own, theirs, "is not in a trunk") == [
+        "b is missing",
+        "c is not in a trunk",
+        "a is (3, 2), not (2, 3)",
+    ]

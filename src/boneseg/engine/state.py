@@ -21,7 +21,7 @@ import torch
 from boneseg.classes import CLASSES
 from boneseg.engine import distributed as D
 from boneseg.errors import BonesegWarning, CheckpointError, DataError, UsageError
-from boneseg.io import atomic_open
+from boneseg.io import atomic_open, weight_mismatches
 from boneseg.progress import SILENT, Reporter
 from boneseg.runs.checkpoint import FORMAT, load_checkpoint, save_checkpoints
 from boneseg.runs.config import TrainConfig
@@ -225,15 +225,7 @@ def init_weights(model: torch.nn.Module, init: dict, path: str) -> str:
         CheckpointError: a tensor missing, left over or of another shape (naming the first).
     """
     theirs, ours = init["model"], model.state_dict()
-    problems = (
-        [f"{k!r} is missing" for k in ours if k not in theirs]
-        + [f"{k!r} is not in this model" for k in theirs if k not in ours]
-        + [
-            f"{k!r} is {tuple(theirs[k].shape)}, not {tuple(v.shape)}"
-            for k, v in ours.items()
-            if k in theirs and theirs[k].shape != v.shape
-        ]
-    )
+    problems = weight_mismatches(ours, theirs)
     if problems:
         raise CheckpointError(
             f"--init-from {path}: its weights do not fit this model: {problems[0]}"

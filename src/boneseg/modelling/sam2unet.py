@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from boneseg.errors import CheckpointError, UsageError, suggest
+from boneseg.io import weight_mismatches
 from boneseg.modelling.registry import SAM2_ADAPTER_DIM, SAM2_DEEP_SUPERVISION, SAM2_TRUNKS
 from boneseg.modelling.spec import ModelSpec
 
@@ -304,15 +305,7 @@ def load_trunk_weights(model: nn.Module, path: str | os.PathLike) -> str:
     first = "patch_embed.proj.weight"
     if first in theirs and first in own and theirs[first].shape[1] != own[first].shape[1]:
         theirs[first] = adapt_input_conv(own[first].shape[1], theirs[first])
-    problems = (
-        [f"{k} is missing" for k in own if k not in theirs]
-        + [f"{k} is not in a {encoder.name} trunk" for k in theirs if k not in own]
-        + [
-            f"{k} is {tuple(theirs[k].shape)}, not {tuple(v.shape)}"
-            for k, v in own.items()
-            if k in theirs and theirs[k].shape != v.shape
-        ]
-    )
+    problems = weight_mismatches(own, theirs, f"is not in a {encoder.name} trunk")
     if not any(k in own for k in theirs):
         raise CheckpointError(
             f"--encoder-weights {path}: no SAM2 trunk tensors in it (a SAM2 release checkpoint keeps them "
