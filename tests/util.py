@@ -216,27 +216,8 @@ def error_line(err: str) -> str:
     return lines[0]
 
 
-# train's options for a tiny run, leaving --epochs at train's default (unlike TINY)
-TRAIN_ARGS = [
-    "--arch",
-    "unet",
-    "--encoder",
-    "resnet18",
-    "--size",
-    "64",
-    "--batch-size",
-    "2",
-    "--encoder-weights",
-    "none",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--aug",
-    "none",
-    "--folds",
-    "2",
-]
+# train's options for a tiny run, leaving --epochs at train's default (TINY without its --epochs)
+TRAIN_ARGS = [*TINY[: TINY.index("--epochs")], *TINY[TINY.index("--epochs") + 2 :]]
 
 
 def make_checkpoint(path: Path, seed: int = 0, **extra) -> Path:

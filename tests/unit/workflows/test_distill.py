@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from util import _write_probs, cli, error_line
+from util import _write_probs, cli, error_line, tiny_config
 
 from boneseg import probs
 from boneseg.classes import CLASSES
@@ -19,25 +19,11 @@ from boneseg.workflows.distill import distill, resolve_teacher
 
 
 def _tiny(data: Path, out: Path, **extra) -> dict:
-    """The config `_args` gives on the command line (not `util.tiny_config`: its slim decoder has no CLI option)."""
-    cfg = {
-        "data": str(data),
-        "out": str(out),
-        "arch": "unet",
-        "encoder": "resnet18",
-        "size": 64,
-        "epochs": 1,
-        "batch_size": 2,
-        "encoder_weights": "none",
-        "device": "cpu",
-        "workers": 0,
-        "lr": 3e-3,
-        "folds": 2,
-        "aug": "strong",
-        "unify_side": "R",
-        "cache_dir": str(out.parent / "cache"),
-    }
-    return {**cfg, **extra}
+    """The config `_args` gives on the command line: `util.tiny_config` without its slim decoder (which has no
+    CLI option)."""
+    cfg = tiny_config(data, out, folds=2, aug="strong", unify_side="R", **extra)
+    del cfg["model_kwargs"]
+    return cfg
 
 
 def test_distill_trains_resumes_exactly_and_predicts(synth_data, teacher, tmp_path, capsys):
